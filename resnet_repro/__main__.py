@@ -1,0 +1,4 @@
+from resnet_repro.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""`resnet-repro <command> [hydra overrides]`: one thin function per subcommand."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from resnet_repro.config import UserError, register_configs, to_dataclass, validate
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+PROG = "resnet-repro"
+
+USAGE = f"""usage: {PROG} <command> [options or hydra overrides]
+
+commands:
+  train [overrides]              train (default: the demo); add -m for a Hydra multirun sweep
+  eval checkpoint=PATH [...]     evaluate a checkpoint; prints one JSON line
+  make-demo-data [--out DIR]     write the embedded demo dataset
+
+examples:
+  {PROG} train
+  {PROG} train experiment=imagenet_paper data.root=/data/imagenet trainer.nproc=8
+  {PROG} eval checkpoint=runs/demo/<date>/checkpoints/last.pt
+"""
+
+
+def _fail(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _hydra_command(task: Callable[[DictConfig], object], args: list[str]) -> None:
+    """Run `task` under hydra.main with `args` as the command-line overrides."""
+    import hydra
+
+    register_configs()
+    sys.argv = [f"{PROG} {task.__name__.removeprefix('_')}", *args]
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(task)()
+
+
+def _train(dcfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from resnet_repro import distributed
+    from resnet_repro.train import train, train_worker
+
+    try:
+        cfg = to_dataclass(dcfg)
+        validate(cfg)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if cfg.trainer.nproc > 1 and distributed.detect().source == "single":
+            yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+            distributed.launch_local(cfg.trainer.nproc, train_worker, yaml, str(run_dir))
+        else:
+            train(cfg, run_dir)
+    except UserError as e:
+        _fail(str(e))
+    if not distributed.detect().is_main:
+        return None
+    if not (run_dir / "final.json").exists() and (run_dir / "preempted.json").exists():
+        print(
+            json.dumps(
+                {"run_dir": str(run_dir), "preempted": json.loads((run_dir / "preempted.json").read_text())}
+            )
+        )
+        return None
+    (run_dir / "preempted.json").unlink(missing_ok=True)
+    final = json.loads((run_dir / "final.json").read_text())
+    print(json.dumps({"run_dir": str(run_dir), **final}))
+    return final["top1"]  # the sweeper's objective value
+
+
+def _eval(dcfg: DictConfig) -> None:
+    from resnet_repro.train import evaluate_checkpoint
+
+    try:
+        cfg = to_dataclass(dcfg)
+        validate(cfg)
+        if not cfg.checkpoint:
+            raise UserError("eval needs checkpoint=PATH (a last.pt of a run, or a torchvision state dict)")
+        result = evaluate_checkpoint(cfg, cfg.checkpoint)
+    except UserError as e:
+        _fail(str(e))
+    print(json.dumps(result))
+
+
+def _make_demo_data(args: list[str]) -> None:
+    import argparse
+
+    from resnet_repro.data.demo import build_demo_dataset
+
+    p = argparse.ArgumentParser(prog=f"{PROG} make-demo-data", description="Write the embedded demo dataset.")
+    p.add_argument("--out", default=None, help="output folder (default: data.root of data=demo)")
+    ns = p.parse_args(args)
+    out = ns.out
+    if out is None:
+        from hydra import compose, initialize_config_dir
+
+        register_configs()
+        with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+            out = compose(config_name="config").data.root
+    print(build_demo_dataset(out))
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {
+    "train": lambda args: _hydra_command(_train, args),
+    "eval": lambda args: _hydra_command(_eval, args),
+    "make-demo-data": _make_demo_data,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        _fail(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
+    COMMANDS[command](rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Config schemas (dataclasses registered in Hydra's ConfigStore) and cross-field validation.
+
+This module must not import torch: it is imported by the CLI before anything heavy.
+Every YAML file under conf/ is validated against these schemas, so a misspelt key fails at start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class UserError(Exception):
+    """An error caused by input the user controls (config, paths, data). Printed as one line."""
+
+
+@dataclass
+class AugmentConfig:
+    # False: training images get the evaluation transform (resize + centre crop)
+    random_resized_crop: bool = True
+    # RandomResizedCrop: fraction of the image area and aspect-ratio range of the sampled crop
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    ratio: list[float] = field(default_factory=lambda: [3.0 / 4.0, 4.0 / 3.0])
+    hflip: bool = True
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    # Folder in the ImageNet layout: <root>/<split>/<class>/<image>.JPEG
+    root: str = MISSING
+    backend: str = "dali"
+    train_split: str = "train"
+    eval_split: str = "val"
+    # Side of the square training crop and evaluation crop, in pixels
+    image_size: int = 224
+    # Evaluation: shorter side resized to image_size / crop_ratio, then a centre crop (256 -> 224)
+    crop_ratio: float = 0.875
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Per-channel mean / std on the [0, 1] pixel scale
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # CPU threads for DALI decode/augmentation (per process)
+    num_threads: int = 4
+    # Batches DALI prepares ahead of the training step
+    prefetch: int = 2
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet50"
+    zero_init_residual: bool = False
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    # LR per 256 images; scaled linearly with the global batch
+    lr_per_256: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "step"
+    # Epochs at which the LR is multiplied by gamma
+    milestones: list[int] = field(default_factory=lambda: [30, 60])
+    gamma: float = 0.1
+
+
+@dataclass
+class StabilizerConfig:
+    # Linear LR warm-up from warmup_start_factor x peak to the peak over this many epochs (0 = off)
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.1
+    # Gradient max-norm clipping threshold (L2 over all parameters); null = off
+    max_norm: float | None = None
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 90
+    # Per-device batch; the global batch is batch_size x world size
+    batch_size: int = 256
+    seed: int = 0
+    # auto = cuda when available, else cpu
+    device: str = "auto"
+    precision: str = "fp32"
+    # Local worker processes to start when not already under torchrun / srun
+    nproc: int = 1
+    # auto = continue from <run_dir>/checkpoints/last.pt when present; never; or a checkpoint path
+    resume: str = "auto"
+    # Seconds a collective may wait for a slow or dead rank before the job fails
+    dist_timeout_s: int = 600
+    # Stop after this many training steps per epoch (null = full epoch); for smoke tests
+    max_steps_per_epoch: int | None = None
+    # Also write last.pt every this many minutes inside an epoch (null = only at epoch ends)
+    checkpoint_every_minutes: float | None = None
+    # Keep checkpoints/epoch_<N>.pt for the last k epochs (0 = keep only last.pt and best.pt)
+    keep_last_k: int = 0
+    # Signals that mean "save and stop" (SLURM sends USR1 before the time limit with --signal)
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"])
+    # Ranks agree on a pending preemption every this many steps (each check is a small all-reduce)
+    preempt_check_steps: int = 10
+    # After a preemption under SLURM, requeue the job (scontrol requeue $SLURM_JOB_ID) once
+    requeue: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    progress: bool = True
+    # Training loss/LR scalars go to TensorBoard every this many steps
+    log_every_steps: int = 10
+
+
+@dataclass
+class RootConfig:
+    # Experiment name; names the run directory
+    name: str = "demo"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    stabilizer: StabilizerConfig = field(default_factory=StabilizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # For `resnet-repro eval`: the checkpoint to evaluate
+    checkpoint: str | None = None
+
+
+GROUP_SCHEMAS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "stabilizer": StabilizerConfig,
+    "trainer": TrainerConfig,
+    "logging": LoggingConfig,
+}
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+BACKENDS = ("dali",)
+
+
+def register_configs() -> None:
+    """Register the schemas so each conf/<group>/*.yaml can name its schema in its defaults list."""
+    cs = ConfigStore.instance()
+    cs.store(name="root_schema", node=RootConfig)
+    for group, schema in GROUP_SCHEMAS.items():
+        cs.store(group=group, name=f"{group}_schema", node=schema)
+    cs.store(group="data/augment", name="augment_schema", node=AugmentConfig)
+
+
+def to_dataclass(cfg: DictConfig) -> RootConfig:
+    """Resolve interpolations and convert the Hydra config to typed dataclasses."""
+    merged = OmegaConf.merge(OmegaConf.structured(RootConfig), cfg)
+    obj: Any = OmegaConf.to_object(merged)
+    assert isinstance(obj, RootConfig)
+    return obj
+
+
+def validate(cfg: RootConfig) -> None:
+    """Cross-field checks a schema cannot express. Raises UserError naming the value."""
+    t, o, d = cfg.trainer, cfg.optim, cfg.data
+    if t.batch_size <= 0:
+        raise UserError(f"trainer.batch_size={t.batch_size} must be a positive number of images per device")
+    if t.epochs <= 0:
+        raise UserError(f"trainer.epochs={t.epochs} must be positive")
+    if t.nproc <= 0:
+        raise UserError(f"trainer.nproc={t.nproc} must be a positive number of processes")
+    if o.lr_per_256 <= 0:
+        raise UserError(f"optim.lr_per_256={o.lr_per_256} must be a positive learning rate")
+    if o.weight_decay < 0:
+        raise UserError(f"optim.weight_decay={o.weight_decay} must be >= 0")
+    if t.precision not in PRECISIONS:
+        raise UserError(f"trainer.precision={t.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if t.device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"trainer.device={t.device!r} is not one of auto, cpu, cuda")
+    if d.backend not in BACKENDS:
+        raise UserError(f"data.backend={d.backend!r} is not one of {', '.join(BACKENDS)}")
+    if d.image_size <= 0:
+        raise UserError(f"data.image_size={d.image_size} must be a positive number of pixels")
+    if not 0 < d.crop_ratio <= 1:
+        raise UserError(f"data.crop_ratio={d.crop_ratio} must be in (0, 1]")
+    if len(d.mean) != 3 or len(d.std) != 3:
+        raise UserError(f"data.mean={d.mean} and data.std={d.std} must have 3 values each (R, G, B)")
+    if any(s <= 0 for s in d.std):
+        raise UserError(f"data.std={d.std} must be positive")
+    a = d.augment
+    if len(a.scale) != 2 or not 0 < a.scale[0] <= a.scale[1] <= 1:
+        raise UserError(f"data.augment.scale={a.scale} must be [low, high] with 0 < low <= high <= 1")
+    if len(a.ratio) != 2 or not 0 < a.ratio[0] <= a.ratio[1]:
+        raise UserError(f"data.augment.ratio={a.ratio} must be [low, high] with 0 < low <= high")
+    s = cfg.schedule
+    if sorted(s.milestones) != list(s.milestones) or any(m <= 0 for m in s.milestones):
+        raise UserError(f"schedule.milestones={s.milestones} must be increasing positive epochs")
+    st = cfg.stabilizer
+    if st.warmup_epochs < 0:
+        raise UserError(f"stabilizer.warmup_epochs={st.warmup_epochs} must be >= 0")
+    if not 0 < st.warmup_start_factor <= 1:
+        raise UserError(f"stabilizer.warmup_start_factor={st.warmup_start_factor} must be in (0, 1]")
+    if st.max_norm is not None and st.max_norm <= 0:
+        raise UserError(f"stabilizer.max_norm={st.max_norm} must be positive, or null to turn clipping off")
+    if t.checkpoint_every_minutes is not None and t.checkpoint_every_minutes <= 0:
+        raise UserError(
+            f"trainer.checkpoint_every_minutes={t.checkpoint_every_minutes} must be positive or null"
+        )
+    if t.keep_last_k < 0:
+        raise UserError(f"trainer.keep_last_k={t.keep_last_k} must be >= 0")
+    if t.preempt_check_steps <= 0:
+        raise UserError(f"trainer.preempt_check_steps={t.preempt_check_steps} must be positive")
+    import signal
+
+    for name in t.preempt_signals:
+        if not isinstance(getattr(signal, name, None), signal.Signals):
+            raise UserError(f"trainer.preempt_signals: {name!r} is not a signal name like SIGUSR1 or SIGTERM")
+    if t.resume not in ("auto", "never") and not t.resume.endswith(".pt"):
+        raise UserError(f"trainer.resume={t.resume!r} must be auto, never, or a path to a .pt checkpoint")

@@ -1,0 +1,175 @@
+"""NVIDIA DALI input pipelines: one definition for both devices.
+
+On CUDA, JPEGs are decoded on the GPU ("mixed") and augmented there; on a CPU-only machine the
+same graph runs on the CPU (pipeline device_id=None). Each pipeline reads an explicit list of
+files (already sharded and ordered by resnet_repro.data.sharding), so it never looks at global
+distributed state itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from resnet_repro.config import DataConfig, UserError
+
+READER_NAME = "Reader"
+
+
+@dataclass(frozen=True)
+class Transform:
+    """What a pipeline does to each image (plain values, so tests can build one directly)."""
+
+    train: bool
+    image_size: int
+    crop_ratio: float
+    mean: tuple[float, float, float]  # on the [0, 1] scale
+    std: tuple[float, float, float]
+    random_resized_crop: bool = True
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: bool = False
+
+    @property
+    def eval_resize(self) -> int:
+        """Shorter side before the evaluation centre crop (224 / 0.875 = 256)."""
+        return round(self.image_size / self.crop_ratio)
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, train: bool) -> Transform:
+        a = cfg.augment
+        return cls(
+            train=train,
+            image_size=cfg.image_size,
+            crop_ratio=cfg.crop_ratio,
+            mean=tuple(cfg.mean),
+            std=tuple(cfg.std),
+            random_resized_crop=a.random_resized_crop,
+            scale=tuple(a.scale),
+            ratio=tuple(a.ratio),
+            hflip=a.hflip,
+        )
+
+
+def _define_pipeline(files: Sequence[str], labels: Sequence[int], t: Transform, gpu: bool):
+    from nvidia.dali import fn, types
+
+    decode_device = "mixed" if gpu else "cpu"
+    jpegs, label = fn.readers.file(
+        files=list(files), labels=list(labels), random_shuffle=False, name=READER_NAME
+    )
+    size = [t.image_size, t.image_size]
+    if t.train and t.random_resized_crop:
+        # Decode only the sampled crop window (ROI decode), then resize it to the square size
+        images = fn.decoders.image_random_crop(
+            jpegs,
+            device=decode_device,
+            output_type=types.RGB,
+            random_area=list(t.scale),
+            random_aspect_ratio=list(t.ratio),
+            num_attempts=10,
+        )
+        images = fn.resize(images, size=size, interp_type=types.INTERP_LINEAR, antialias=True)
+    else:
+        images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
+        images = fn.resize(
+            images, resize_shorter=t.eval_resize, interp_type=types.INTERP_LINEAR, antialias=True
+        )
+    mirror = fn.random.coin_flip(probability=0.5) if (t.train and t.hflip) else 0
+    images = fn.crop_mirror_normalize(
+        images,
+        dtype=types.FLOAT,
+        output_layout="CHW",
+        crop=size,  # centre crop; a no-op after the training resize
+        mean=[m * 255.0 for m in t.mean],  # DALI works on the 0-255 scale
+        std=[s * 255.0 for s in t.std],
+        mirror=mirror,
+    )
+    if gpu:
+        label = label.gpu()
+    return images, label
+
+
+class DaliLoader:
+    """Iterates (images float32 NCHW, labels int64 [N]) over one list of files, once per pass.
+
+    The last batch may be partial (evaluation); it is never padded with repeated images.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str],
+        labels: Sequence[int],
+        transform: Transform,
+        *,
+        batch_size: int,
+        num_threads: int,
+        seed: int,
+        device: torch.device,
+        prefetch: int = 2,
+    ) -> None:
+        from nvidia.dali import pipeline_def
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        if len(files) == 0:
+            raise ValueError("DaliLoader needs at least one file")
+        gpu = device.type == "cuda"
+        pipe = pipeline_def(_define_pipeline)(
+            files,
+            labels,
+            transform,
+            gpu,
+            batch_size=batch_size,
+            num_threads=num_threads,
+            device_id=(device.index or 0) if gpu else None,
+            seed=seed % (2**31),
+            prefetch_queue_depth=prefetch,
+        )
+        try:
+            pipe.build()
+        except RuntimeError as e:
+            raise UserError(f"could not build the DALI pipeline: {str(e).splitlines()[0]}") from e
+        self.num_images = len(files)
+        self.batch_size = batch_size
+        self._iter = DALIGenericIterator(
+            pipe,
+            ["images", "labels"],
+            reader_name=READER_NAME,
+            last_batch_policy=LastBatchPolicy.PARTIAL,
+            auto_reset=True,
+        )
+
+    def __len__(self) -> int:
+        return -(-self.num_images // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self._iter:
+            out = batch[0]
+            labels = out["labels"].reshape(-1).long()  # DALI gives int32 of shape (N, 1)
+            if labels.numel() == 0:
+                continue
+            yield out["images"], labels
+
+
+def build_loader(
+    cfg: DataConfig,
+    files: Sequence[str],
+    labels: Sequence[int],
+    *,
+    train: bool,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+) -> DaliLoader:
+    return DaliLoader(
+        files,
+        labels,
+        Transform.from_config(cfg, train=train),
+        batch_size=batch_size,
+        num_threads=cfg.num_threads,
+        seed=seed,
+        device=device,
+        prefetch=cfg.prefetch,
+    )

@@ -1,0 +1,75 @@
+"""The embedded demo dataset: scikit-learn's bundled handwritten digits as RGB JPEGs.
+
+1,797 real 8x8 grey images of the digits 0-9, upscaled to 32x32 (bicubic) and written as
+<root>/{train,val}/<digit>/<index>.JPEG with a stratified, seeded 80/20 split. The output is
+byte-for-byte deterministic. Building is atomic: a half-written folder never looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+DEMO_SIZE = 32
+VAL_FRACTION = 0.2
+SPLIT_SEED = 0
+JPEG_QUALITY = 95
+COMPLETE_MARKER = ".complete"
+
+
+def _split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    train, val = train_test_split(idx, test_size=VAL_FRACTION, stratify=labels, random_state=SPLIT_SEED)
+    return np.sort(train), np.sort(val)
+
+
+def _to_image(pixels: np.ndarray) -> Image.Image:
+    # Digits are 0..16 ink intensities; write dark ink on white paper like a scanned digit
+    grey = (255 - pixels * (255.0 / 16.0)).round().clip(0, 255).astype(np.uint8)
+    img = Image.fromarray(grey, mode="L").resize((DEMO_SIZE, DEMO_SIZE), Image.Resampling.BICUBIC)
+    return img.convert("RGB")
+
+
+def is_built(root: str | os.PathLike) -> bool:
+    return (Path(root) / COMPLETE_MARKER).is_file()
+
+
+def build_demo_dataset(root: str | os.PathLike) -> Path:
+    """Write the demo dataset to `root` unless it is already complete there. Returns the path."""
+    from sklearn.datasets import load_digits
+
+    root = Path(root).expanduser()
+    if is_built(root):
+        return root
+    digits = load_digits()
+    images, labels = digits.images, digits.target
+    train_idx, val_idx = _split_indices(labels)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        for split, indices in (("train", train_idx), ("val", val_idx)):
+            for i in indices:
+                folder = tmp / split / str(labels[i])
+                folder.mkdir(parents=True, exist_ok=True)
+                _to_image(images[i]).save(folder / f"{i:04d}.JPEG", quality=JPEG_QUALITY)
+        (tmp / COMPLETE_MARKER).write_text(f"{len(train_idx)} train, {len(val_idx)} val\n")
+        if root.exists():  # an incomplete leftover, or another process finished first
+            if is_built(root):
+                return root
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    except OSError:
+        if is_built(root):  # lost a race against a concurrent builder: theirs is complete
+            return root
+        raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root

@@ -1,0 +1,73 @@
+"""File lists of an ImageNet-layout folder: <root>/<split>/<class>/<image>.
+
+Class index = position of the class folder name in sorted order (for ImageNet: sorted wnids),
+taken from the training split and shared by every other split.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from resnet_repro.config import UserError
+
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+
+
+@dataclass(frozen=True)
+class FileList:
+    """Images of one split with their integer labels; `classes[label]` is the folder name."""
+
+    split: str
+    files: tuple[str, ...]
+    labels: tuple[int, ...]
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def find_classes(split_dir: Path) -> list[str]:
+    if not split_dir.is_dir():
+        raise UserError(
+            f"split folder {split_dir} does not exist; expected <data.root>/<split>/<class>/*.JPEG"
+        )
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise UserError(f"{split_dir} has no class subfolders; expected {split_dir}/<class>/*.JPEG")
+    return classes
+
+
+def list_split(
+    root: str | os.PathLike, split: str, classes: list[str] | tuple[str, ...] | None = None
+) -> FileList:
+    """List `<root>/<split>`. With `classes` given (the training classes), labels follow that order
+    and a class folder outside it is an error."""
+    root_path = Path(root).expanduser()
+    if not root_path.is_dir():
+        raise UserError(f"data.root {root_path} does not exist or is not a folder")
+    split_dir = root_path / split
+    found = find_classes(split_dir)
+    if classes is None:
+        classes = found
+    else:
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise UserError(
+                f"{split_dir} has class folders not in the training split: {', '.join(unknown[:5])}"
+            )
+    index = {c: i for i, c in enumerate(classes)}
+    files: list[str] = []
+    labels: list[int] = []
+    for c in found:
+        names = sorted(
+            e.name
+            for e in os.scandir(split_dir / c)
+            if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
+        )
+        if not names:
+            raise UserError(f"class folder {split_dir / c} has no images (*.JPEG, *.jpg or *.png)")
+        files.extend(str(split_dir / c / n) for n in names)
+        labels.extend([index[c]] * len(names))
+    return FileList(split=split, files=tuple(files), labels=tuple(labels), classes=tuple(classes))

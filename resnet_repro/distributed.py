@@ -1,0 +1,185 @@
+"""Who am I in the job: DistEnv from torchrun, SLURM or a single process; init, teardown, reductions.
+
+Everything that knows about torch.distributed lives here; the rest of the code receives a DistEnv
+and asks `is_main`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from resnet_repro.config import UserError
+
+TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+SLURM_VARS = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_JOB_NODELIST")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    source: str = "single"  # single | torchrun | slurm
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a SLURM node list: 'gpu[003-004,7],cpu1' -> 'gpu003'."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        return out.stdout.split()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        pass
+    m = re.match(r"([^\[,]+)(?:\[([^\]]+)\])?", nodelist)
+    if not m:
+        raise UserError(f"cannot parse SLURM_JOB_NODELIST={nodelist!r}")
+    prefix, ranges = m.group(1), m.group(2)
+    if not ranges:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
+    """Read the launcher's variables. torchrun wins over SLURM (torchrun inside an allocation)."""
+    env = os.environ if environ is None else environ
+    present = [v for v in TORCHRUN_VARS if v in env]
+    if present:
+        missing = [v for v in TORCHRUN_VARS if v not in env]
+        if missing:
+            raise UserError(
+                f"partial torchrun environment: {', '.join(present)} set but {', '.join(missing)} missing"
+            )
+        return DistEnv(
+            rank=int(env["RANK"]),
+            local_rank=int(env["LOCAL_RANK"]),
+            world_size=int(env["WORLD_SIZE"]),
+            master_addr=env["MASTER_ADDR"],
+            master_port=int(env["MASTER_PORT"]),
+            source="torchrun",
+        )
+    # Only an `srun` step with one task per device sets SLURM_PROCID together with SLURM_NTASKS>1;
+    # a plain sbatch script (one task) is a single process that may launch its own workers.
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        missing = [v for v in SLURM_VARS if v not in env]
+        if missing:
+            raise UserError(f"partial SLURM environment: {', '.join(missing)} missing under srun")
+        job = int(env.get("SLURM_JOB_ID", "0"))
+        return DistEnv(
+            rank=int(env["SLURM_PROCID"]),
+            local_rank=int(env["SLURM_LOCALID"]),
+            world_size=int(env["SLURM_NTASKS"]),
+            master_addr=env.get("MASTER_ADDR") or first_slurm_host(env["SLURM_JOB_NODELIST"]),
+            master_port=int(env.get("MASTER_PORT", 20000 + job % 20000)),
+            source="slurm",
+        )
+    return DistEnv()
+
+
+def pick_device(requested: str, env: DistEnv) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but CUDA is not available on this machine; use auto or cpu")
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    index = env.local_rank % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def init(env: DistEnv, device: torch.device, timeout_s: int) -> None:
+    """Join the process group (NCCL on GPUs, gloo on CPU). A rank that stops answering fails the
+    collectives of the others after `timeout_s` instead of hanging them forever."""
+    if not env.distributed or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(
+        backend=backend,
+        init_method=f"tcp://{env.master_addr}:{env.master_port}",
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        device_id=device if device.type == "cuda" else None,
+    )
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(env: DistEnv, values: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks (returns the input unchanged for a single process)."""
+    if env.distributed:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def broadcast_object(env: DistEnv, obj: object) -> object:
+    if not env.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_local(nproc: int, fn: Callable[..., object], *args: object) -> None:
+    """Run fn(*args) in `nproc` local worker processes through torch.distributed.elastic.
+
+    The workers see torchrun's variables (RANK, WORLD_SIZE, ...), so `detect` treats them exactly
+    like a torchrun launch. If one worker dies, the agent stops the others and this raises.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{free_port()}",
+        run_id=f"resnet-repro-{os.getpid()}",
+        max_restarts=0,
+        monitor_interval=0.5,
+        start_method="spawn",
+    )
+    try:
+        elastic_launch(config, fn)(*args)
+    except ChildFailedError as e:
+        failures = ", ".join(f"rank {r} exit code {f.exitcode}" for r, f in sorted(e.failures.items()))
+        raise UserError(f"a training worker failed ({failures}); see its output above") from e
