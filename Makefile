@@ -12,7 +12,7 @@ DEMO_RUN := runs/demo/make-demo
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install demo test test-fast lint format tensorboard train-imagenet clean
+.PHONY: help install demo test test-fast lint format tensorboard train-imagenet sweep sweep-slurm clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -51,6 +51,22 @@ tensorboard: $(STAMP) ## serve TensorBoard over runs/ and multiruns/ on port 600
 train-imagenet: $(STAMP) ## the paper recipe: make train-imagenet DATA=/path/to/imagenet GPUS=8
 	@test -n "$(DATA)" || { echo "error: set DATA=/path/to/imagenet (with train/ and val/ inside)"; exit 2; }
 	$(BIN)/resnet-repro train experiment=imagenet_paper data.root=$(DATA) trainer.nproc=$(GPUS) $(ARGS)
+
+# Sweep grid: weight decay x max norm (null = no clipping); override e.g. WD=1e-4,5e-5 MAX_NORM=null,1
+WD ?= 1e-4,5e-5,2e-4
+MAX_NORM ?= null,1,2,5
+EXPERIMENT ?= imagenet_paper
+PARTITION ?=
+sweep: $(STAMP) ## local multirun: weight decay x max norm, one job after another (EXPERIMENT=demo works here)
+	$(BIN)/resnet-repro train -m hydra/launcher=local experiment=$(EXPERIMENT) \
+		$(if $(DATA),data.root=$(DATA)) trainer.nproc=$(GPUS) \
+		optim.weight_decay=$(WD) stabilizer.max_norm=$(MAX_NORM) $(ARGS)
+
+sweep-slurm: $(STAMP) ## the same sweep on SLURM via submitit: make sweep-slurm DATA=... PARTITION=gpu
+	@test -n "$(DATA)" || { echo "error: set DATA=/path/to/imagenet"; exit 2; }
+	$(BIN)/resnet-repro train -m hydra/launcher=slurm experiment=$(EXPERIMENT) data.root=$(DATA) \
+		$(if $(PARTITION),hydra.launcher.partition=$(PARTITION)) trainer.checkpoint_every_minutes=15 \
+		optim.weight_decay=$(WD) stabilizer.max_norm=$(MAX_NORM) $(ARGS)
 
 clean: ## remove runs/, multiruns/ and caches (not .venv)
 	rm -rf runs multiruns .pytest_cache .ruff_cache

@@ -52,8 +52,10 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         raise UserError(
             f"checkpoint {path} was refused: it holds objects other than tensors and plain data ({first})"
         ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise UserError(f"checkpoint {path} is not a readable PyTorch checkpoint: {e}") from e
+    except Exception as e:  # torch's loader raises many types on a file that is not a checkpoint
+        raise UserError(
+            f"checkpoint {path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})"
+        ) from e
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state

@@ -33,11 +33,43 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def run_id() -> str:
+    """The last part of a run directory, the same in every process of one job and across requeues:
+    the SLURM job id, else torchrun's rendezvous id, else the start time."""
+    import os
+    import time
+
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"slurm-{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+    if os.environ.get("SLURM_JOB_ID"):
+        return f"slurm-{os.environ['SLURM_JOB_ID']}"
+    rdzv = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if rdzv != "none":
+        return f"torchrun-{rdzv}"
+    return time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
 def _hydra_command(task: Callable[[DictConfig], object], args: list[str]) -> None:
     """Run `task` under hydra.main with `args` as the command-line overrides."""
     import hydra
+    from omegaconf import OmegaConf
+
+    from resnet_repro import distributed
 
     register_configs()
+    if not OmegaConf.has_resolver("run_id"):
+        OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
+    try:
+        rank = distributed.detect().rank
+    except UserError as e:
+        _fail(str(e))
+    if rank != 0:  # only rank 0 writes Hydra's config copy and log file into the run directory
+        args = [
+            *args,
+            "hydra.output_subdir=null",
+            "hydra/job_logging=disabled",
+            "hydra/hydra_logging=disabled",
+        ]
     sys.argv = [f"{PROG} {task.__name__.removeprefix('_')}", *args]
     hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(task)()
 

@@ -157,8 +157,32 @@ def register_configs() -> None:
     cs.store(group="data/augment", name="augment_schema", node=AugmentConfig)
 
 
+def _unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
+    """Keys of `node` that `schema` (a dataclass) does not declare, searched recursively."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    unknown = []
+    for key in node.keys() if isinstance(node, DictConfig) else []:
+        if key not in fields:
+            unknown.append(prefix + str(key))
+            continue
+        child_schema = GROUP_SCHEMAS.get(key) if schema is RootConfig else None
+        if child_schema is None and key == "augment":
+            child_schema = AugmentConfig
+        if child_schema is not None and isinstance(node[key], DictConfig):
+            unknown.extend(_unknown_keys(node[key], child_schema, f"{prefix}{key}."))
+    return unknown
+
+
 def to_dataclass(cfg: DictConfig) -> RootConfig:
-    """Resolve interpolations and convert the Hydra config to typed dataclasses."""
+    """Resolve interpolations and convert the Hydra config to typed dataclasses.
+
+    A key the schema does not declare (e.g. added with `+optim.lrr=0.1`) is an error, not dropped.
+    """
+    unknown = _unknown_keys(cfg, RootConfig)
+    if unknown:
+        raise UserError(f"unknown config key(s) {', '.join(unknown)}; see conf/ and resnet_repro/config.py")
     merged = OmegaConf.merge(OmegaConf.structured(RootConfig), cfg)
     obj: Any = OmegaConf.to_object(merged)
     assert isinstance(obj, RootConfig)

@@ -18,7 +18,8 @@ import torch.distributed as dist
 
 from resnet_repro.config import UserError
 
-TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+TORCHRUN_RANK_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+TORCHRUN_VARS = (*TORCHRUN_RANK_VARS, "MASTER_ADDR", "MASTER_PORT")
 SLURM_VARS = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_JOB_NODELIST")
 
 
@@ -66,7 +67,7 @@ def first_slurm_host(nodelist: str) -> str:
 def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
     """Read the launcher's variables. torchrun wins over SLURM (torchrun inside an allocation)."""
     env = os.environ if environ is None else environ
-    present = [v for v in TORCHRUN_VARS if v in env]
+    present = [v for v in TORCHRUN_RANK_VARS if v in env]
     if present:
         missing = [v for v in TORCHRUN_VARS if v not in env]
         if missing:

@@ -1,0 +1,102 @@
+"""Shared helpers and fixtures.
+
+`make_image_folder` and `compose` are plain functions: `from conftest import make_image_folder, compose`
+works because pytest puts this folder on sys.path (rootdir-relative tests/ without __init__.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO_ROOT / "conf"
+
+# (width, height): square, landscape, portrait, very wide, very tall, small, odd sizes
+DEFAULT_SIZES: tuple[tuple[int, int], ...] = (
+    (48, 48),
+    (64, 40),
+    (36, 60),
+    (96, 24),
+    (20, 80),
+    (17, 23),
+    (75, 51),
+)
+
+
+def make_image_folder(
+    root: str | Path,
+    split: str,
+    classes: dict[str, int],
+    sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES,
+    grayscale_every: int = 0,
+    seed: int = 0,
+) -> list[Path]:
+    """Write `root/split/<class>/<i>.JPEG` for each class, `classes[name]` images per class.
+
+    Image k (counting over all classes in sorted order) has size `sizes[k % len(sizes)]` (width, height)
+    and random content from a fixed RNG; with `grayscale_every=n > 0`, every n-th image is a mode "L" JPEG.
+    Returns the written paths in sorted-class, sorted-name order (the order `list_split` yields).
+    """
+    rng = np.random.default_rng(seed)
+    written: list[Path] = []
+    k = 0
+    for name in sorted(classes):
+        folder = Path(root) / split / name
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i in range(classes[name]):
+            w, h = sizes[k % len(sizes)]
+            gray = grayscale_every > 0 and k % grayscale_every == grayscale_every - 1
+            if gray:
+                pixels = rng.integers(0, 256, size=(h, w), dtype=np.uint8)
+                img = Image.fromarray(pixels, mode="L")
+            else:
+                pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+                img = Image.fromarray(pixels, mode="RGB")
+            path = folder / f"{i}.JPEG"
+            img.save(path, format="JPEG", quality=90)
+            paths.append(path)
+            k += 1
+        written.extend(sorted(paths, key=lambda p: p.name))
+    return written
+
+
+@pytest.fixture
+def image_folder_factory(tmp_path):
+    """`image_folder_factory(split, classes, **kw)` writes under a per-test tmp folder; returns the root."""
+
+    def factory(split: str, classes: dict[str, int], **kwargs) -> Path:
+        make_image_folder(tmp_path, split, classes, **kwargs)
+        return tmp_path
+
+    return factory
+
+
+def compose(overrides: list[str] | None = None):
+    """Compose conf/config.yaml with `overrides` as Hydra would at start-up; returns the DictConfig."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from resnet_repro.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            return hydra_compose(config_name="config", overrides=list(overrides or []))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """The demo dataset, built once per test session into a tmp folder."""
+    from resnet_repro.data.demo import build_demo_dataset
+
+    return build_demo_dataset(tmp_path_factory.mktemp("demo") / "digits")

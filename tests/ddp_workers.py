@@ -1,0 +1,101 @@
+"""Functions run inside locally launched worker processes by test_ddp.py (importable by spawn)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from resnet_repro import distributed
+from resnet_repro.config import AugmentConfig, DataConfig, LoggingConfig, RootConfig, TrainerConfig
+from resnet_repro.data.splits import list_split
+from resnet_repro.evaluate import evaluate
+from resnet_repro.metrics import NullLogger
+from resnet_repro.train import Interrupts, make_eval_loader, make_train_loader, train_one_epoch
+
+
+def tiny_net(num_classes: int) -> nn.Module:
+    """No BatchNorm: its batch statistics would differ between 1 x 2B and 2 x B."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, num_classes),
+    )
+
+
+def config(root: str, batch_size: int, steps: int) -> RootConfig:
+    return RootConfig(
+        data=DataConfig(
+            name="generated",
+            root=root,
+            image_size=16,
+            crop_ratio=1.0,
+            num_threads=1,
+            augment=AugmentConfig(random_resized_crop=False, hflip=False),  # deterministic inputs
+        ),
+        trainer=TrainerConfig(batch_size=batch_size, epochs=1, max_steps_per_epoch=steps, seed=3),
+        logging=LoggingConfig(tensorboard=False, progress=False),
+    )
+
+
+def eval_worker(root: str, out_dir: str, batch_size: int) -> None:
+    env = distributed.detect()
+    device = torch.device("cpu")
+    distributed.init(env, device, timeout_s=120)
+    try:
+        cfg = config(root, batch_size, steps=1)
+        files = list_split(root, "val")
+        model = tiny_net(len(files.classes))
+        loader = make_eval_loader(cfg.data, files, env, device, batch_size)
+        result = evaluate(model, loader, env, device, expected_total=len(files))
+        local = sum(len(labels) for _, labels in (loader or ()))
+        result["local_count"] = local
+        Path(out_dir, f"rank{env.rank}.json").write_text(json.dumps(result))
+    finally:
+        distributed.teardown()
+
+
+def train_worker(root: str, out_dir: str, batch_size: int, steps: int) -> None:
+    env = distributed.detect()
+    device = torch.device("cpu")
+    distributed.init(env, device, timeout_s=120)
+    try:
+        cfg = config(root, batch_size, steps)
+        files = list_split(root, "train")
+        model = tiny_net(len(files.classes))
+        if env.distributed:
+            model = nn.parallel.DistributedDataParallel(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        loader = make_train_loader(cfg, files, env, device, epoch=0)
+        interrupts = Interrupts(cfg, env, device)
+        metrics, step, _ = train_one_epoch(
+            model,
+            loader,
+            optimizer,
+            scheduler,
+            scaler,
+            cfg,
+            env,
+            device,
+            NullLogger(),
+            interrupts,
+            lambda *_: None,
+            epoch=0,
+            step=0,
+            epoch_step=0,
+        )
+        interrupts.close()
+        if env.is_main:
+            net = model.module if env.distributed else model
+            torch.save(
+                {"weights": net.state_dict(), "loss": metrics["loss"], "steps": step}, Path(out_dir, "out.pt")
+            )
+    finally:
+        distributed.teardown()

@@ -1,0 +1,204 @@
+"""Checkpoints: atomic writes, loads that refuse code, and exact RNG state round trips."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import shlex
+
+import numpy as np
+import pytest
+import torch
+
+from resnet_repro import checkpoint
+from resnet_repro.config import UserError
+
+
+def _sample_state() -> dict:
+    return {
+        "model": {
+            "conv.weight": torch.arange(24, dtype=torch.float32).reshape(2, 3, 4),
+            "bn.n": torch.tensor(7),
+        },
+        "optimizer": {"state": {0: {"momentum_buffer": torch.ones(3, dtype=torch.float64)}}, "lr": 0.1},
+        "epoch": 12,
+        "step": 3456,
+        "name": "imagenet_paper",
+        "milestones": [30, 60],
+        "shape": (224, 224),
+        "best": None,
+        "finished": False,
+    }
+
+
+class _RunsAShellCommand:
+    """Unpickling this would run a shell command (here: create a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(self.marker)}",))
+
+
+def test_save_atomic_then_load_round_trips_tensors_and_plain_data(tmp_path):
+    state = _sample_state()
+    path = tmp_path / "sub" / "last.pt"  # the folder is created
+    checkpoint.save_atomic(state, path)
+
+    loaded = checkpoint.load(path)
+
+    assert loaded.keys() == state.keys()
+    torch.testing.assert_close(loaded["model"]["conv.weight"], state["model"]["conv.weight"])
+    assert loaded["model"]["bn.n"].item() == 7
+    got_buf = loaded["optimizer"]["state"][0]["momentum_buffer"]
+    assert got_buf.dtype == torch.float64
+    torch.testing.assert_close(got_buf, torch.ones(3, dtype=torch.float64))
+    for key in ("epoch", "step", "name", "milestones", "shape", "best", "finished"):
+        assert loaded[key] == state[key], key
+    assert loaded["optimizer"]["lr"] == 0.1
+
+
+def test_save_atomic_leaves_no_temporary_files(tmp_path):
+    path = tmp_path / "last.pt"
+    checkpoint.save_atomic(_sample_state(), path)
+    checkpoint.save_atomic({"epoch": 13}, path)  # overwrite
+    assert sorted(os.listdir(tmp_path)) == ["last.pt"]
+    assert checkpoint.load(path) == {"epoch": 13}
+
+
+@pytest.mark.parametrize("error", [RuntimeError("disk full"), KeyboardInterrupt()])
+def test_failed_save_keeps_the_previous_checkpoint_and_no_temp_file(tmp_path, monkeypatch, error):
+    path = tmp_path / "last.pt"
+    checkpoint.save_atomic({"epoch": 1, "w": torch.ones(4)}, path)
+    before = path.read_bytes()
+    calls = []
+
+    def save_then_fail(obj, f, *args, **kwargs):
+        calls.append(obj)
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise error
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_then_fail)
+    with pytest.raises(type(error)):
+        checkpoint.save_atomic({"epoch": 2, "w": torch.zeros(4)}, path)
+    monkeypatch.undo()
+
+    assert calls, "the patched torch.save was not used"
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["last.pt"]
+    state = checkpoint.load(path)
+    assert state["epoch"] == 1
+    torch.testing.assert_close(state["w"], torch.ones(4))
+
+
+def test_checkpoint_with_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pt"
+    torch.save({"epoch": 1, "payload": _RunsAShellCommand(marker)}, path)
+
+    with pytest.raises(UserError, match="refused") as info:
+        checkpoint.load(path)
+
+    assert str(path) in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_plain_pickle_with_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"epoch": 1, "payload": _RunsAShellCommand(marker)}, f)
+
+    with pytest.raises(UserError) as info:
+        checkpoint.load(path)
+
+    assert str(path) in str(info.value)
+    assert not marker.exists()
+
+
+def test_payload_really_would_run_when_unpickled_unsafely(tmp_path):
+    """Guards the two tests above: the marker is what an unsafe load creates."""
+    marker = tmp_path / "marker"
+    pickle.loads(pickle.dumps(_RunsAShellCommand(marker)))
+    assert marker.exists()
+
+
+def test_load_of_a_missing_file_is_a_user_error_naming_it(tmp_path):
+    path = tmp_path / "nope.pt"
+    with pytest.raises(UserError, match="nope.pt"):
+        checkpoint.load(path)
+
+
+CORRUPT_CONTENTS = {
+    "empty": b"",
+    "zeros": bytes(1024),
+    "html-error-page": b"<!DOCTYPE html><html><body>404 Not Found</body></html>",
+    "plain-text": b"this is not a checkpoint" * 10,
+    "random-bytes": np.random.default_rng(0).bytes(4096),
+}
+
+
+@pytest.mark.parametrize("content", CORRUPT_CONTENTS.values(), ids=CORRUPT_CONTENTS.keys())
+def test_load_of_a_corrupt_file_is_a_user_error_naming_it(tmp_path, content):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="junk.pt"):
+        checkpoint.load(path)
+
+
+def test_load_of_a_truncated_checkpoint_is_a_user_error(tmp_path):
+    path = tmp_path / "cut.pt"
+    checkpoint.save_atomic(_sample_state(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="cut.pt"):
+        checkpoint.load(path)
+
+
+def test_load_of_a_non_dict_checkpoint_is_a_user_error(tmp_path):
+    path = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(UserError, match="Tensor"):
+        checkpoint.load(path)
+
+
+def _draw() -> tuple:
+    return (
+        [random.random() for _ in range(5)],
+        np.random.rand(5).tolist(),
+        np.random.randint(0, 1000, 5).tolist(),
+        torch.rand(5).tolist(),
+        torch.randn(3).tolist(),
+    )
+
+
+def test_rng_state_round_trip_reproduces_python_numpy_and_torch_draws():
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    _draw()  # move away from the seeded start
+    state = checkpoint.rng_state()
+    first = _draw()
+    _draw()
+    checkpoint.set_rng_state(state)
+    assert _draw() == first
+
+
+def test_rng_state_survives_a_safe_checkpoint_save_and_load(tmp_path):
+    random.seed(4)
+    np.random.seed(5)
+    torch.manual_seed(6)
+    _draw()
+    path = tmp_path / "rng.pt"
+    checkpoint.save_atomic({"rng": checkpoint.rng_state()}, path)
+    first = _draw()
+
+    random.seed(99)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    checkpoint.set_rng_state(checkpoint.load(path)["rng"])
+
+    assert _draw() == first

@@ -1,0 +1,179 @@
+"""Hydra composition of every conf/ file against the schemas, and `validate`'s cross-field checks."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CONF_DIR, compose
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+from resnet_repro.config import UserError, to_dataclass, validate
+
+
+def _discover_group_files() -> list[tuple[str, str]]:
+    """(group, option) for every conf/<group>/**/<option>.yaml, except Hydra's own conf/hydra/."""
+    found = []
+    for path in sorted(CONF_DIR.rglob("*.yaml")):
+        rel = path.relative_to(CONF_DIR)
+        if len(rel.parts) < 2 or rel.parts[0] == "hydra":
+            continue
+        found.append((rel.parent.as_posix(), path.stem))
+    return found
+
+
+GROUP_FILES = _discover_group_files()
+
+
+@pytest.fixture(scope="module")
+def default_cfg():
+    return compose([])
+
+
+def _composed_ok(overrides: list[str], tmp_path):
+    cfg = compose([*overrides, f"data.root={tmp_path}"])
+    obj = to_dataclass(cfg)
+    validate(obj)
+    return cfg, obj
+
+
+def test_discovery_finds_every_config_group():
+    groups = {g for g, _ in GROUP_FILES}
+    assert {
+        "data",
+        "data/augment",
+        "model",
+        "optim",
+        "schedule",
+        "stabilizer",
+        "trainer",
+        "logging",
+        "experiment",
+    } <= groups
+    assert len(GROUP_FILES) >= 20
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_FILES, ids=[f"{g}={o}" for g, o in GROUP_FILES])
+def test_every_group_file_composes_converts_and_validates(group, option, tmp_path):
+    cfg, obj = _composed_ok([f"{group}={option}"], tmp_path)
+    # The chosen file is the one in effect (a preset's `override /group` must not win over the command line)
+    own = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+    if group != "experiment" and "name" in own:
+        assert OmegaConf.select(cfg, f"{group.replace('/', '.')}.name") == own.name
+    if group == "data/augment":
+        for key in own:
+            if key != "defaults":
+                assert cfg.data.augment[key] == own[key], key
+    assert obj.data.root == str(tmp_path)
+
+
+def test_default_config_is_the_demo_and_validates(default_cfg):
+    obj = to_dataclass(default_cfg)
+    validate(obj)
+    assert obj.name == "demo"
+    assert obj.data.name == "demo"
+    assert obj.model.name == "resnet18"
+
+
+@pytest.mark.parametrize("data", ["folder", "imagenet"])
+def test_folder_datasets_require_data_root(data):
+    cfg = compose([f"data={data}"])
+    assert OmegaConf.is_missing(cfg.data, "root")
+    with pytest.raises(Exception, match="root"):
+        to_dataclass(cfg)
+
+
+@pytest.mark.parametrize("override", ["optim.lrr=0.1", "trainer.batch_sizee=8", "data.augment.hflipp=false"])
+def test_misspelt_key_override_fails_at_compose_time(override):
+    with pytest.raises(HydraException, match=override.split("=")[0]):
+        compose([override])
+
+
+@pytest.mark.parametrize("override", ["+optim.lrr=0.1", "+trainer.batch_sizee=8", "+lrr=0.1"])
+def test_appended_misspelt_key_is_refused_before_training(override):
+    """`+key=value` force-adds past Hydra's struct mode; the schema conversion must still refuse it,
+    or the misspelt value is silently dropped and the run uses the default."""
+    with pytest.raises(Exception, match=override.split("=")[0].lstrip("+").split(".")[-1]):
+        to_dataclass(compose([override]))
+
+
+def test_wrongly_typed_override_fails_at_compose_time():
+    with pytest.raises(HydraException, match="trainer.batch_size"):
+        compose(["trainer.batch_size=abc"])
+
+
+def test_validate_accepts_the_default_config_with_each_precision(default_cfg):
+    for precision in ("fp32", "bf16", "fp16"):
+        validate(to_dataclass(OmegaConf.merge(default_cfg, {"trainer": {"precision": precision}})))
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("trainer.batch_size=0", "trainer.batch_size=0"),
+        ("trainer.batch_size=-1", "trainer.batch_size=-1"),
+        ("optim.lr_per_256=0", "optim.lr_per_256=0"),
+        ("optim.lr_per_256=-0.1", "optim.lr_per_256=-0.1"),
+        ("trainer.precision=fp8", "trainer.precision='fp8'"),
+        ("trainer.precision=FP32", "trainer.precision='FP32'"),
+        ("schedule.milestones=[60,30]", "schedule.milestones=[60, 30]"),
+        ("schedule.milestones=[0,30]", "schedule.milestones=[0, 30]"),
+        ("schedule.milestones=[-5]", "schedule.milestones=[-5]"),
+        ("trainer.epochs=0", "trainer.epochs=0"),
+        ("optim.weight_decay=-1e-4", "optim.weight_decay=-0.0001"),
+        ("data.crop_ratio=1.5", "data.crop_ratio=1.5"),
+        ("data.std=[0.2,0.0,0.2]", "data.std=[0.2, 0.0, 0.2]"),
+        ("data.augment.scale=[0.9,0.1]", "data.augment.scale=[0.9, 0.1]"),
+        ("stabilizer.max_norm=0", "stabilizer.max_norm=0"),
+        ("trainer.resume=somewhere", "trainer.resume='somewhere'"),
+    ],
+)
+def test_validate_names_the_bad_value(default_cfg, override, named):
+    # Merged into the composed default (typed) config, as a command-line override would be; composing
+    # once per module keeps this fast
+    obj = to_dataclass(OmegaConf.merge(default_cfg, OmegaConf.from_dotlist([override])))
+    with pytest.raises(UserError) as info:
+        validate(obj)
+    assert named in str(info.value)
+
+
+def test_imagenet_paper_experiment_is_the_paper_recipe(tmp_path):
+    _, obj = _composed_ok(["experiment=imagenet_paper"], tmp_path)
+    assert obj.name == "imagenet_paper"
+    assert obj.model.name == "resnet50"
+    assert obj.trainer.batch_size == 256
+    assert obj.trainer.epochs == 90
+    assert obj.optim.name == "sgd"
+    assert obj.optim.lr_per_256 == pytest.approx(0.1)
+    assert obj.optim.momentum == pytest.approx(0.9)
+    assert obj.optim.weight_decay == pytest.approx(1e-4)
+    assert obj.schedule.milestones == [30, 60]
+    assert obj.schedule.gamma == pytest.approx(0.1)
+    assert obj.stabilizer.warmup_epochs == 0
+    assert obj.stabilizer.max_norm is None
+    assert obj.data.name == "imagenet"
+    assert obj.data.image_size == 224
+    assert obj.data.crop_ratio == pytest.approx(0.875)
+    assert obj.data.augment.random_resized_crop is True
+    assert obj.data.augment.scale == pytest.approx([0.08, 1.0])
+    assert obj.data.augment.ratio == pytest.approx([3 / 4, 4 / 3])
+    assert obj.data.augment.hflip is True
+
+
+def test_imagenet_paper_stabilized_adds_warmup_and_clipping_only(tmp_path):
+    _, paper = _composed_ok(["experiment=imagenet_paper"], tmp_path)
+    _, stab = _composed_ok(["experiment=imagenet_paper_stabilized"], tmp_path)
+    assert stab.stabilizer.warmup_epochs == 5
+    assert stab.stabilizer.max_norm == pytest.approx(5.0)
+    assert stab.optim == paper.optim
+    assert stab.schedule == paper.schedule
+    assert stab.trainer == paper.trainer
+    assert stab.data == paper.data
+    assert stab.model == paper.model
+
+
+def test_demo_experiment_does_not_flip_digits():
+    obj = to_dataclass(compose(["experiment=demo"]))
+    validate(obj)
+    assert obj.data.name == "demo"
+    assert obj.data.augment.hflip is False
+    assert obj.data.image_size == 32

@@ -1,0 +1,205 @@
+"""The DALI input pipeline, run on the CPU: shapes, dtypes, order, partial batches, normalization, flips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image_folder
+from PIL import Image
+
+from resnet_repro.data.dali import DaliLoader, Transform
+from resnet_repro.data.splits import list_split
+
+pytest.importorskip("nvidia.dali")
+
+CPU = torch.device("cpu")
+S = 16
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _transform(train: bool, **kw) -> Transform:
+    args = dict(train=train, image_size=S, crop_ratio=0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    args.update(kw)
+    return Transform(**args)
+
+
+def _loader(files, labels, transform, batch_size=4, seed=0) -> DaliLoader:
+    return DaliLoader(
+        [str(f) for f in files],
+        list(labels),
+        transform,
+        batch_size=batch_size,
+        num_threads=1,
+        seed=seed,
+        device=CPU,
+        prefetch=1,
+    )
+
+
+def _run(loader: DaliLoader) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    images, labels = [], []
+    for x, y in loader:
+        images.append(x)
+        labels.append(y)
+    return images, labels
+
+
+def _unnormalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """Back to the [0, 1] pixel scale (NCHW)."""
+    return x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+
+
+def _save_uniform(path: Path, colour, size=(64, 48), mode="RGB") -> Path:
+    Image.new(mode, size, colour).save(path, format="JPEG", quality=100)
+    return path
+
+
+def _save_asymmetric(path: Path, size=(40, 32)) -> Path:
+    """A left-to-right ramp (dark left, bright right) with a bright block in the top-left corner."""
+    w, h = size
+    ramp = np.linspace(0, 255, w, dtype=np.float32)[None, :, None].repeat(h, 0).repeat(3, 2)
+    ramp[: h // 3, : w // 4] = [255, 40, 40]
+    Image.fromarray(ramp.astype(np.uint8), mode="RGB").save(path, format="JPEG", quality=100)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory) -> Path:
+    """10 JPEGs in 3 classes: varied sizes and aspect ratios, every third one grayscale."""
+    root = tmp_path_factory.mktemp("mixed")
+    make_image_folder(root, "train", {"ant": 3, "bee": 4, "cow": 3}, grayscale_every=3)
+    return root
+
+
+def test_eval_batches_are_float32_nchw_with_int64_labels_in_file_order(mixed_folder):
+    fl = list_split(mixed_folder, "train")
+    grey = [p for p in fl.files if Image.open(p).mode == "L"]
+    assert grey, "the folder should hold some grayscale JPEGs"
+    assert len({Image.open(p).size for p in fl.files}) > 3
+
+    images, labels = _run(_loader(fl.files, fl.labels, _transform(train=False)))
+
+    for x, y in zip(images, labels, strict=True):
+        assert x.dtype == torch.float32
+        assert x.dim() == 4 and x.shape[1:] == (3, S, S)
+        assert y.dtype == torch.int64
+        assert y.dim() == 1 and y.shape[0] == x.shape[0]
+        assert torch.isfinite(x).all()
+    assert torch.cat(labels).tolist() == list(fl.labels)
+
+
+def test_last_partial_batch_is_returned_without_padding(mixed_folder):
+    fl = list_split(mixed_folder, "train")
+    assert len(fl) == 10
+    # distinct labels, so a repeated (padded) image would show up
+    loader = _loader(fl.files, range(10), _transform(train=False), batch_size=4)
+    assert len(loader) == 3
+
+    images, labels = _run(loader)
+
+    assert [len(y) for y in labels] == [4, 4, 2]
+    assert [x.shape[0] for x in images] == [4, 4, 2]
+    assert torch.cat(labels).tolist() == list(range(10))
+
+
+def test_every_pass_reads_every_image_exactly_once(mixed_folder):
+    fl = list_split(mixed_folder, "train")
+    loader = _loader(fl.files, range(10), _transform(train=False), batch_size=4)
+    for _ in range(3):
+        _, labels = _run(loader)
+        assert sorted(torch.cat(labels).tolist()) == list(range(10))
+
+
+def test_images_stay_paired_with_their_labels(tmp_path):
+    sizes = [(40, 40), (64, 30), (30, 64), (90, 20), (25, 25), (50, 70), (33, 17)]
+    files = []
+    for i, size in enumerate(sizes):
+        mode = "L" if i % 3 == 2 else "RGB"
+        grey = 20 + 30 * i
+        files.append(_save_uniform(tmp_path / f"{i}.JPEG", grey if mode == "L" else (grey,) * 3, size, mode))
+    images, labels = _run(_loader(files, range(len(files)), _transform(train=False), batch_size=3))
+    pixels = _unnormalize(torch.cat(images))
+    for label, img in zip(torch.cat(labels).tolist(), pixels, strict=True):
+        assert img.mean().item() == pytest.approx((20 + 30 * label) / 255, abs=0.02), label
+
+
+def test_train_batches_are_float32_nchw_of_the_crop_size(mixed_folder):
+    fl = list_split(mixed_folder, "train")
+    t = _transform(train=True, hflip=True)
+    images, labels = _run(_loader(fl.files, fl.labels, t, batch_size=4))
+    assert sum(len(y) for y in labels) == 10
+    for x in images:
+        assert x.dtype == torch.float32
+        assert x.shape[1:] == (3, S, S)
+        assert torch.isfinite(x).all()
+
+
+def test_same_seed_gives_the_same_training_batches(mixed_folder):
+    fl = list_split(mixed_folder, "train")
+    t = _transform(train=True, hflip=True)
+    a, _ = _run(_loader(fl.files, fl.labels, t, seed=3))
+    b, _ = _run(_loader(fl.files, fl.labels, t, seed=3))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_uniform_colour_normalizes_to_mean_std_per_channel(tmp_path):
+    colour = (200, 100, 50)
+    path = _save_uniform(tmp_path / "c.JPEG", colour, size=(96, 64))
+    images, _ = _run(_loader([path], [0], _transform(train=False), batch_size=1))
+    x = images[0][0]
+    for c in range(3):
+        expected = (colour[c] / 255 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
+        assert x[c].min().item() == pytest.approx(expected, abs=0.02), c
+        assert x[c].max().item() == pytest.approx(expected, abs=0.02), c
+
+
+def test_grayscale_jpeg_gives_three_equal_channels(tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "g.JPEG"
+    Image.fromarray(rng.integers(0, 256, (40, 56), dtype=np.uint8), mode="L").save(path, quality=95)
+    for train in (False, True):
+        images, _ = _run(_loader([path], [0], _transform(train=train), batch_size=1))
+        pixels = _unnormalize(images[0])[0]
+        assert pixels.std().item() > 0.05  # not a blank image
+        torch.testing.assert_close(pixels[0], pixels[1], atol=1e-4, rtol=0)
+        torch.testing.assert_close(pixels[1], pixels[2], atol=1e-4, rtol=0)
+
+
+def test_train_without_crop_or_flip_equals_the_eval_transform(tmp_path):
+    path = _save_asymmetric(tmp_path / "asym.JPEG")
+    files = [path] * 6
+    (ev,), _ = _run(_loader(files, [0] * 6, _transform(train=False), batch_size=6))
+    t = _transform(train=True, random_resized_crop=False, hflip=False)
+    (tr,), _ = _run(_loader(files, [0] * 6, t, batch_size=6, seed=1))
+    # the picture really is left-right asymmetric, so a flip would be visible
+    assert not torch.allclose(ev[0], ev[0].flip(-1), atol=0.1)
+    assert torch.equal(tr, ev)
+
+
+def test_train_with_flip_mirrors_some_images_and_leaves_the_rest(tmp_path):
+    path = _save_asymmetric(tmp_path / "asym.JPEG")
+    files = [path] * 12
+    (ev,), _ = _run(_loader(files, [0] * 12, _transform(train=False), batch_size=12))
+    t = _transform(train=True, random_resized_crop=False, hflip=True)
+    (tr,), _ = _run(_loader(files, [0] * 12, t, batch_size=12, seed=1))
+    flipped = [torch.equal(img, ev[0].flip(-1)) for img in tr]
+    unflipped = [torch.equal(img, ev[0]) for img in tr]
+    assert all(f or u for f, u in zip(flipped, unflipped, strict=True))
+    assert any(flipped) and any(unflipped)
+
+
+def test_eval_ignores_the_hflip_setting(tmp_path):
+    path = _save_asymmetric(tmp_path / "asym.JPEG")
+    files = [path] * 6
+    (plain,), _ = _run(_loader(files, [0] * 6, _transform(train=False), batch_size=6))
+    (with_flip,), _ = _run(_loader(files, [0] * 6, _transform(train=False, hflip=True), batch_size=6))
+    assert torch.equal(plain, with_flip)
+
+
+def test_empty_file_list_is_refused():
+    with pytest.raises(ValueError):
+        _loader([], [], _transform(train=False))

@@ -1,0 +1,193 @@
+"""Distributed behaviour on CPU with gloo: exact evaluation, DDP equivalence, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ddp_workers
+from resnet_repro import checkpoint, distributed
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_split(root: Path, split: str, counts: list[int]) -> None:
+    rng = np.random.default_rng(len(counts) * 1000 + sum(counts))
+    for c, n in enumerate(counts):
+        folder = root / split / f"class{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            h, w = rng.integers(16, 40, size=2)
+            base = np.array([80 * c % 256, 40, 200 - 50 * c], dtype=np.float64)
+            img = (base + rng.normal(0, 40, size=(h, w, 3))).clip(0, 255).astype(np.uint8)
+            Image.fromarray(img).save(folder / f"{i:03d}.JPEG", quality=90)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("gen")
+    write_split(root, "train", [40, 40, 40])
+    write_split(root, "val", [35, 34, 34])  # 103 images: not divisible by 2 x 16
+    return root
+
+
+def test_two_ranks_evaluate_every_image_once_and_match_one_rank(generated: Path, tmp_path: Path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    distributed.launch_local(1, ddp_workers.eval_worker, str(generated), str(one), 16)
+    distributed.launch_local(2, ddp_workers.eval_worker, str(generated), str(two), 16)
+    single = json.loads((one / "rank0.json").read_text())
+    ranks = [json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert single["num_samples"] == 103
+    assert sum(r["local_count"] for r in ranks) == 103  # each image once, no padding duplicates
+    for r in ranks:
+        assert r["num_samples"] == 103
+        assert r["top1"] == single["top1"]
+        assert r["top5"] == single["top5"]
+        assert r["loss"] == pytest.approx(single["loss"], rel=1e-6)  # float32 per-batch sums
+
+
+def test_two_ranks_of_batch_b_train_like_one_rank_of_batch_2b(generated: Path, tmp_path: Path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    distributed.launch_local(1, ddp_workers.train_worker, str(generated), str(one), 16, 5)
+    distributed.launch_local(2, ddp_workers.train_worker, str(generated), str(two), 8, 5)
+    a, b = torch.load(one / "out.pt"), torch.load(two / "out.pt")
+    assert a["steps"] == b["steps"] == 5
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    for name, wa in a["weights"].items():
+        torch.testing.assert_close(b["weights"][name], wa, rtol=1e-5, atol=1e-6)
+    init = ddp_workers.tiny_net(3).state_dict()
+    assert not torch.equal(init["4.weight"], a["weights"]["4.weight"])  # it did train
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "resnet_repro", *args]
+
+
+def demo_args(demo_root: Path, run_dir: Path) -> list[str]:
+    return [
+        "train",
+        f"data.root={demo_root}",
+        f"hydra.run.dir={run_dir}",
+        "trainer.epochs=3",
+        "trainer.batch_size=32",
+        "trainer.max_steps_per_epoch=6",
+        "schedule.milestones=[2]",
+        "logging.progress=false",
+    ]
+
+
+def test_run_killed_at_a_random_step_resumes_to_identical_weights_and_metrics(
+    demo_root: Path, tmp_path: Path
+):
+    ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run(
+        cli(*demo_args(demo_root, ref_dir)), check=True, capture_output=True, cwd=REPO, timeout=600
+    )
+
+    proc = subprocess.Popen(
+        cli(*demo_args(demo_root, killed_dir)), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    last = killed_dir / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    time.sleep(random.uniform(0.0, 2.0))  # somewhere inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (killed_dir / "final.json").exists()
+
+    resumed = subprocess.run(
+        cli(*demo_args(demo_root, killed_dir)), capture_output=True, text=True, cwd=REPO, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+
+    ref = checkpoint.load(ref_dir / "checkpoints" / "last.pt")
+    got = checkpoint.load(last)
+    assert got["step"] == ref["step"] == 18
+    for name, tensor in ref["model"].items():
+        assert torch.equal(got["model"][name], tensor), name
+    final, ref_final = (json.loads((d / "final.json").read_text()) for d in (killed_dir, ref_dir))
+    assert final["top1"] == ref_final["top1"] and final["top5"] == ref_final["top5"]
+    # the same weights on the same images; the float32 loss sum may round differently in its last bits
+    assert final["loss"] == pytest.approx(ref_final["loss"], rel=1e-6)
+
+
+def test_killing_one_rank_fails_the_whole_job_within_bounded_time(demo_root: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    args = demo_args(demo_root, run_dir) + [
+        "trainer.nproc=2",
+        "trainer.dist_timeout_s=60",
+        "trainer.max_steps_per_epoch=null",
+        "trainer.epochs=5",
+    ]
+    proc = subprocess.Popen(
+        cli(*args),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "run.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2.0)
+        workers = _worker_pids(proc.pid)
+        assert len(workers) >= 2, workers
+        os.kill(workers[-1], signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        assert time.monotonic() - killed_at < 90
+        assert "worker failed" in err
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _worker_pids(parent: int) -> list[int]:
+    """Descendant processes running the training function (the spawned workers)."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    cmd: dict[int, str] = {}
+    for line in out.splitlines():
+        pid, ppid, *rest = line.split(None, 2)
+        children.setdefault(int(ppid), []).append(int(pid))
+        cmd[int(pid)] = rest[0] if rest else ""
+    found, stack = [], [parent]
+    while stack:
+        p = stack.pop()
+        for c in children.get(p, []):
+            stack.append(c)
+            if "spawn_main" in cmd[c]:
+                found.append(c)
+    return sorted(found)
+
+
+def test_checkpoint_holding_code_is_refused(tmp_path: Path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, path)
+    with pytest.raises(Exception, match="refused"):
+        checkpoint.load(path)
+    assert not (tmp_path / "pwned").exists()

@@ -1,0 +1,106 @@
+"""The embedded digits demo dataset: deterministic, complete, stratified, atomic."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from PIL import Image
+
+from resnet_repro.data.demo import COMPLETE_MARKER, build_demo_dataset, is_built
+
+CLASSES = [str(d) for d in range(10)]
+
+
+def _tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(b"\0")
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _images(root: Path, split: str) -> list[Path]:
+    return sorted((root / split).glob("*/*.JPEG"))
+
+
+def test_demo_dataset_is_byte_identical_across_builds(demo_root, tmp_path):
+    second = build_demo_dataset(tmp_path / "again" / "digits")
+    assert second == tmp_path / "again" / "digits"
+    assert _tree_digest(second) == _tree_digest(demo_root)
+    # the build wrote into a temporary sibling and renamed it: nothing else is left beside it
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["digits"]
+
+
+def test_demo_dataset_has_all_1797_digits_in_ten_class_folders_per_split(demo_root):
+    for split in ("train", "val"):
+        folders = sorted(p.name for p in (demo_root / split).iterdir() if p.is_dir())
+        assert folders == CLASSES, split
+    train, val = _images(demo_root, "train"), _images(demo_root, "val")
+    assert len(train) + len(val) == 1797
+    assert len(val) == 360  # 20 % of 1797, rounded up by scikit-learn
+
+
+def test_demo_splits_are_disjoint_and_each_image_keeps_its_digit_label(demo_root):
+    from sklearn.datasets import load_digits
+
+    target = load_digits().target
+    seen: set[int] = set()
+    for split in ("train", "val"):
+        for path in _images(demo_root, split):
+            index = int(path.stem)
+            assert index not in seen, f"{path} appears in both splits"
+            seen.add(index)
+            assert int(path.parent.name) == target[index], path
+    assert seen == set(range(1797))
+
+
+def test_demo_val_split_is_stratified(demo_root):
+    for digit in CLASSES:
+        n_val = len(list((demo_root / "val" / digit).glob("*.JPEG")))
+        n_train = len(list((demo_root / "train" / digit).glob("*.JPEG")))
+        assert 30 <= n_val <= 42, (digit, n_val)
+        assert abs(n_val / (n_val + n_train) - 0.2) < 0.01, (digit, n_val, n_train)
+
+
+def test_demo_images_are_32x32_rgb_jpegs(demo_root):
+    paths = _images(demo_root, "train") + _images(demo_root, "val")
+    for path in paths:
+        with Image.open(path) as img:
+            assert img.format == "JPEG", path
+            assert img.mode == "RGB", path
+            assert img.size == (32, 32), path
+
+
+def test_demo_digits_are_dark_ink_on_white_paper(demo_root):
+    import numpy as np
+
+    with Image.open(_images(demo_root, "train")[0]) as img:
+        pixels = np.asarray(img, dtype=np.float32)
+    # the corners of a digit scan are blank paper
+    assert pixels[0, 0].min() > 200 and pixels[-1, -1].min() > 200
+    assert pixels.min() < 100
+
+
+def test_complete_demo_dataset_is_reused_not_rebuilt(demo_root):
+    assert is_built(demo_root)
+    before = {p: p.stat().st_mtime_ns for p in demo_root.rglob("*") if p.is_file()}
+    assert build_demo_dataset(demo_root) == demo_root
+    after = {p: p.stat().st_mtime_ns for p in demo_root.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_interrupted_demo_build_is_rebuilt_rather_than_trusted(demo_root, tmp_path):
+    root = tmp_path / "digits"
+    # what a build killed half-way through would leave, if it wrote in place: some folders, no marker
+    (root / "train" / "3").mkdir(parents=True)
+    (root / "train" / "3" / "0001.JPEG").write_bytes(b"\xff\xd8 truncated")
+    (root / "stale.txt").write_text("left over")
+    assert not is_built(root)
+
+    assert build_demo_dataset(root) == root
+
+    assert (root / COMPLETE_MARKER).is_file()
+    assert not (root / "stale.txt").exists()
+    assert _tree_digest(root) == _tree_digest(demo_root)

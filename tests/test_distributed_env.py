@@ -1,0 +1,267 @@
+"""Who-am-I detection (single / torchrun / SLURM), SLURM node lists, run ids and the preemption flag.
+
+Fast unit tests: no processes are started and no process group is joined.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from resnet_repro import distributed
+from resnet_repro.checkpoint import PreemptionWatch
+from resnet_repro.cli import run_id
+from resnet_repro.config import UserError
+from resnet_repro.distributed import DistEnv, detect, first_slurm_host
+
+TORCHRUN_ENV = {
+    "RANK": "5",
+    "LOCAL_RANK": "1",
+    "WORLD_SIZE": "8",
+    "MASTER_ADDR": "10.0.0.7",
+    "MASTER_PORT": "29411",
+}
+
+SRUN_ENV = {
+    "SLURM_PROCID": "3",
+    "SLURM_LOCALID": "3",
+    "SLURM_NTASKS": "8",
+    "SLURM_JOB_NODELIST": "gpu[003-004]",
+    "SLURM_JOB_ID": "1234",
+}
+
+
+@pytest.fixture
+def no_scontrol(monkeypatch):
+    """Make `scontrol` look absent so first_slurm_host falls back to its built-in parser."""
+    calls: list[list[str]] = []
+
+    def missing(cmd, *args, **kwargs):
+        calls.append(list(cmd))
+        raise FileNotFoundError(2, "No such file or directory", cmd[0])
+
+    monkeypatch.setattr(distributed.subprocess, "run", missing)
+    return calls
+
+
+# ------------------------------------------------------------------------------------------ detect
+def test_no_launcher_variables_give_a_single_main_process():
+    env = detect({})
+    assert env == DistEnv()
+    assert (env.rank, env.local_rank, env.world_size) == (0, 0, 1)
+    assert env.source == "single"
+    assert env.is_main
+    assert not env.distributed
+
+
+def test_torchrun_variables_give_rank_world_and_rendezvous_address():
+    env = detect(TORCHRUN_ENV)
+    assert env.source == "torchrun"
+    assert (env.rank, env.local_rank, env.world_size) == (5, 1, 8)
+    assert (env.master_addr, env.master_port) == ("10.0.0.7", 29411)
+    assert not env.is_main
+    assert env.distributed
+
+
+def test_torchrun_rank_zero_is_the_main_process():
+    env = detect({**TORCHRUN_ENV, "RANK": "0", "LOCAL_RANK": "0"})
+    assert env.is_main and env.source == "torchrun"
+
+
+def test_torchrun_wins_over_slurm_variables_inside_an_allocation(no_scontrol):
+    env = detect({**SRUN_ENV, **TORCHRUN_ENV})
+    assert env.source == "torchrun"
+    assert (env.rank, env.world_size) == (5, 8)
+
+
+def test_rank_without_world_size_is_a_user_error_naming_the_missing_variables():
+    with pytest.raises(UserError) as excinfo:
+        detect({"RANK": "0"})
+    message = str(excinfo.value)
+    for name in ("LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        assert name in message
+
+
+def test_missing_only_world_size_names_just_that_variable_as_missing():
+    partial = {k: v for k, v in TORCHRUN_ENV.items() if k != "WORLD_SIZE"}
+    with pytest.raises(UserError, match="WORLD_SIZE missing"):
+        detect(partial)
+
+
+def test_master_addr_and_port_alone_are_a_single_process_not_an_error():
+    env = detect({"MASTER_ADDR": "10.0.0.7", "MASTER_PORT": "29411"})
+    assert env.source == "single"
+    assert env.world_size == 1 and env.is_main
+
+
+def test_srun_task_reads_rank_from_slurm_and_derives_address_and_port(no_scontrol):
+    env = detect(SRUN_ENV)
+    assert env.source == "slurm"
+    assert (env.rank, env.local_rank, env.world_size) == (3, 3, 8)
+    assert env.master_addr == "gpu003"
+    assert env.master_port == 20000 + 1234 % 20000
+    assert not env.is_main
+    assert no_scontrol == [["scontrol", "show", "hostnames", "gpu[003-004]"]]
+
+
+def test_srun_port_stays_below_40000_for_large_job_ids(no_scontrol):
+    env = detect({**SRUN_ENV, "SLURM_JOB_ID": "98765"})
+    assert env.master_port == 20000 + 98765 % 20000
+    assert 20000 <= env.master_port < 40000
+
+
+def test_srun_master_addr_and_port_variables_override_the_derived_ones(no_scontrol):
+    env = detect({**SRUN_ENV, "MASTER_ADDR": "head", "MASTER_PORT": "31000"})
+    assert (env.master_addr, env.master_port) == ("head", 31000)
+    assert no_scontrol == []  # the node list is not even looked at
+
+
+def test_plain_sbatch_shell_with_one_task_is_a_single_process():
+    env = detect({**SRUN_ENV, "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "1"})
+    assert env == DistEnv()
+
+
+def test_slurm_procid_without_ntasks_is_a_single_process():
+    env = detect({"SLURM_PROCID": "0", "SLURM_JOB_ID": "1234"})
+    assert env.source == "single"
+
+
+def test_srun_without_slurm_localid_is_a_user_error_naming_it(no_scontrol):
+    partial = {k: v for k, v in SRUN_ENV.items() if k != "SLURM_LOCALID"}
+    with pytest.raises(UserError, match="SLURM_LOCALID"):
+        detect(partial)
+
+
+def test_detect_reads_os_environ_by_default(monkeypatch):
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in TORCHRUN_ENV.items():
+        monkeypatch.setenv(name, value)
+    assert detect().source == "torchrun"
+    assert detect().rank == 5
+
+
+# ------------------------------------------------------------------------------ first_slurm_host
+@pytest.mark.parametrize(
+    ("nodelist", "first"),
+    [
+        ("node7", "node7"),
+        ("a[1-3,7]", "a1"),
+        ("gpu[003-004,010],cpu1", "gpu003"),
+        ("gpu[010]", "gpu010"),
+        ("cpu1,cpu2", "cpu1"),
+    ],
+)
+def test_first_slurm_host_parses_node_lists_without_scontrol(no_scontrol, nodelist, first):
+    assert first_slurm_host(nodelist) == first
+
+
+def test_first_slurm_host_prefers_scontrol_when_it_is_available(monkeypatch):
+    def fake_run(cmd, *args, **kwargs):
+        assert cmd == ["scontrol", "show", "hostnames", "gpu[003-004]"]
+        return subprocess.CompletedProcess(cmd, 0, stdout="gpu003.cluster\ngpu004.cluster\n", stderr="")
+
+    monkeypatch.setattr(distributed.subprocess, "run", fake_run)
+    assert first_slurm_host("gpu[003-004]") == "gpu003.cluster"
+
+
+def test_first_slurm_host_falls_back_when_scontrol_fails(monkeypatch):
+    def failing(cmd, *args, **kwargs):
+        raise subprocess.CalledProcessError(1, cmd, output="", stderr="scontrol: error")
+
+    monkeypatch.setattr(distributed.subprocess, "run", failing)
+    assert first_slurm_host("a[1-3,7]") == "a1"
+
+
+# ---------------------------------------------------------------------------------------- run_id
+RUN_ID_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "TORCHELASTIC_RUN_ID")
+
+
+@pytest.fixture
+def clean_run_id_env(monkeypatch):
+    for name in RUN_ID_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_run_id_of_a_slurm_job_is_its_job_id(clean_run_id_env):
+    clean_run_id_env.setenv("SLURM_JOB_ID", "42")
+    assert run_id() == "slurm-42"
+
+
+def test_run_id_of_a_slurm_array_task_names_array_and_task(clean_run_id_env):
+    clean_run_id_env.setenv("SLURM_ARRAY_JOB_ID", "7")
+    clean_run_id_env.setenv("SLURM_ARRAY_TASK_ID", "2")
+    clean_run_id_env.setenv("SLURM_JOB_ID", "9")  # SLURM sets a distinct job id per array task too
+    assert run_id() == "slurm-7_2"
+
+
+def test_run_id_under_torchrun_is_the_rendezvous_id(clean_run_id_env):
+    clean_run_id_env.setenv("TORCHELASTIC_RUN_ID", "abc")
+    assert run_id() == "torchrun-abc"
+
+
+def test_run_id_slurm_wins_over_torchrun_inside_an_allocation(clean_run_id_env):
+    clean_run_id_env.setenv("TORCHELASTIC_RUN_ID", "abc")
+    clean_run_id_env.setenv("SLURM_JOB_ID", "42")
+    assert run_id() == "slurm-42"
+
+
+@pytest.mark.parametrize("torchelastic", [None, "none"])
+def test_run_id_without_a_launcher_is_the_start_time(clean_run_id_env, torchelastic):
+    if torchelastic is not None:
+        clean_run_id_env.setenv("TORCHELASTIC_RUN_ID", torchelastic)
+    value = run_id()
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}", value), value
+    assert abs(time.mktime(time.strptime(value, "%Y-%m-%d_%H-%M-%S")) - time.time()) < 120
+
+
+# ------------------------------------------------------------------------------- PreemptionWatch
+def test_preemption_watch_records_the_signal_and_restore_puts_back_the_previous_handler():
+    seen: list[int] = []
+
+    def previous(signum, frame):
+        seen.append(signum)
+
+    original = signal.signal(signal.SIGUSR1, previous)
+    try:
+        watch = PreemptionWatch(["SIGUSR1"])
+        assert watch.received is None
+        assert signal.getsignal(signal.SIGUSR1) != previous
+        os.kill(os.getpid(), signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while watch.received is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert watch.received == "SIGUSR1"
+        assert seen == []  # the previous handler was not called while watching
+
+        watch.restore()
+        assert signal.getsignal(signal.SIGUSR1) is previous
+        os.kill(os.getpid(), signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, original)
+
+
+def test_preemption_watch_restores_several_signals_to_their_previous_handlers():
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2)}
+    try:
+        watch = PreemptionWatch(["SIGUSR1", "SIGUSR2"])
+        os.kill(os.getpid(), signal.SIGUSR2)
+        deadline = time.monotonic() + 5
+        while watch.received is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert watch.received == "SIGUSR2"
+        watch.restore()
+        assert {sig: signal.getsignal(sig) for sig in before} == before
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,425 @@
+"""SLURM batch scripts, the submitit launchers, `make sweep*`, a local multirun and preempt/requeue/resume.
+
+`scontrol` and `srun` are fakes: small shell scripts put first on PATH that log their arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from resnet_repro import checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SBATCH_DIR = REPO_ROOT / "scripts" / "slurm"
+SBATCH_SCRIPTS = sorted(SBATCH_DIR.glob("*.sbatch"))
+SBATCH_IDS = [p.name for p in SBATCH_SCRIPTS]
+PYTHON = sys.executable
+
+# Variables of an enclosing launcher that would change what a child process believes it is
+LAUNCHER_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """os.environ without SLURM / torchrun variables, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in LAUNCHER_VARS}
+    env.update(extra)
+    return env
+
+
+def write_fake_tools(bin_dir: Path, log_dir: Path) -> None:
+    """Fake `srun` and `scontrol`: each appends its argv (one line per call) to <log_dir>/<tool>.log
+    and each argument on its own line to <log_dir>/<tool>.args. `scontrol show hostnames X` prints
+    a host name like SLURM would."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for tool in ("srun", "scontrol"):
+        script = bin_dir / tool
+        script.write_text(
+            "#!/usr/bin/env bash\n"
+            f'echo "$*" >> "{log_dir / tool}.log"\n'
+            f'printf "%s\\n" "$@" >> "{log_dir / tool}.args"\n'
+            + (
+                'if [ "$1" = show ] && [ "$2" = hostnames ]; then echo fakehost001; echo fakehost002; fi\n'
+                if tool == "scontrol"
+                else ""
+            )
+            + "exit 0\n"
+        )
+        script.chmod(0o755)
+
+
+def log_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+# ---------------------------------------------------------------------------------- sbatch scripts
+def test_both_sbatch_scripts_exist():
+    assert SBATCH_IDS == ["train_imagenet.sbatch", "train_imagenet_multinode.sbatch"]
+
+
+@pytest.mark.parametrize("script", SBATCH_SCRIPTS, ids=SBATCH_IDS)
+def test_sbatch_script_is_valid_bash(script: Path):
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("script", SBATCH_SCRIPTS, ids=SBATCH_IDS)
+def test_sbatch_script_asks_for_usr1_before_the_time_limit_and_is_requeueable(script: Path):
+    lines = script.read_text().splitlines()
+    assert "#SBATCH --signal=USR1@120" in lines
+    assert "#SBATCH --requeue" in lines
+
+
+@pytest.mark.parametrize("script", SBATCH_SCRIPTS, ids=SBATCH_IDS)
+def test_sbatch_directives_all_come_before_the_first_command(script: Path):
+    # sbatch stops reading #SBATCH lines at the first line that is not a comment or blank
+    lines = script.read_text().splitlines()
+    first_command = next(i for i, line in enumerate(lines) if line.strip() and not line.startswith("#"))
+    late = [line for line in lines[first_command:] if line.startswith("#SBATCH")]
+    assert late == []
+    assert any(line.startswith("#SBATCH") for line in lines[:first_command])
+
+
+def run_sbatch_script(script: Path, tmp_path: Path, **env_extra: str) -> subprocess.CompletedProcess:
+    bin_dir = tmp_path / "bin"
+    write_fake_tools(bin_dir, tmp_path)
+    env = clean_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **env_extra)
+    return subprocess.run(
+        ["bash", str(script), "trainer.epochs=1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+
+
+SLURM_JOB_ENV = {
+    "SLURM_JOB_ID": "77",
+    "SLURM_JOB_NODELIST": "node[1-2]",
+    "SLURM_SUBMIT_DIR": str(REPO_ROOT),
+}
+
+
+@pytest.mark.parametrize("script", SBATCH_SCRIPTS, ids=SBATCH_IDS)
+def test_sbatch_script_runs_srun_with_the_paper_recipe_and_extra_overrides(script: Path, tmp_path: Path):
+    proc = run_sbatch_script(
+        script, tmp_path, DATA="/data/imagenet", RESNET_REPRO="/fake/resnet-repro", **SLURM_JOB_ENV
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = [
+        "--kill-on-bad-exit=1",
+        "/fake/resnet-repro",
+        "train",
+        "experiment=imagenet_paper",
+        "data.root=/data/imagenet",
+        "trainer.epochs=1",
+    ]
+    assert log_lines(tmp_path / "srun.log") == [" ".join(expected)]
+    assert log_lines(tmp_path / "srun.args") == expected
+
+
+@pytest.mark.parametrize("script", SBATCH_SCRIPTS, ids=SBATCH_IDS)
+def test_sbatch_script_defaults_to_the_venv_entry_point_of_the_submit_dir(script: Path, tmp_path: Path):
+    submit_dir = tmp_path / "checkout"
+    submit_dir.mkdir()
+    env = {**SLURM_JOB_ENV, "SLURM_SUBMIT_DIR": str(submit_dir)}
+    proc = run_sbatch_script(script, tmp_path, DATA="/data/imagenet", **env)
+    assert proc.returncode == 0, proc.stderr
+    args = log_lines(tmp_path / "srun.args")
+    assert args[1] == str(submit_dir / ".venv" / "bin" / "resnet-repro")
+
+
+@pytest.mark.parametrize("script", SBATCH_SCRIPTS, ids=SBATCH_IDS)
+def test_sbatch_script_without_data_fails_with_a_message_about_data(script: Path, tmp_path: Path):
+    proc = run_sbatch_script(script, tmp_path, RESNET_REPRO="/fake/resnet-repro", **SLURM_JOB_ENV)
+    assert proc.returncode != 0
+    assert "DATA" in proc.stderr
+    assert not (tmp_path / "srun.log").exists()  # nothing was launched
+
+
+# ---------------------------------------------------------------------------- launchers and make
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "-m", "resnet_repro", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env if env is not None else clean_env(),
+        timeout=timeout,
+    )
+
+
+def test_slurm_launcher_config_composes_with_one_task_per_gpu_and_the_submitit_target():
+    proc = run_cli("train", "hydra/launcher=slurm", "--cfg", "hydra", "-p", "hydra.launcher")
+    assert proc.returncode == 0, proc.stderr
+    assert "tasks_per_node: 8" in proc.stdout
+    assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in proc.stdout
+    launcher = yaml.safe_load(proc.stdout)
+    assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher["tasks_per_node"] == launcher["gpus_per_node"] == 8
+    assert launcher["nodes"] == 1
+    assert launcher["partition"] is None
+
+
+def test_local_launcher_config_composes_with_the_submitit_local_target():
+    proc = run_cli("train", "hydra/launcher=local", "--cfg", "hydra", "-p", "hydra.launcher")
+    assert proc.returncode == 0, proc.stderr
+    launcher = yaml.safe_load(proc.stdout)
+    assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+    assert launcher["tasks_per_node"] == 1
+
+
+def make_dry_run(*args: str) -> str:
+    """`make -n ...` in the repo root, with backslash-continued lines joined."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    proc = subprocess.run(
+        ["make", "-n", *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, env=clean_env()
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.replace("\\\n", " ")
+
+
+def test_make_sweep_slurm_submits_the_weight_decay_by_max_norm_grid_to_the_partition():
+    out = make_dry_run("sweep-slurm", "DATA=/d", "PARTITION=gpu")
+    command = next(line for line in out.splitlines() if "resnet-repro train -m" in line)
+    tokens = command.split()
+    for expected in (
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        "data.root=/d",
+        "optim.weight_decay=1e-4,5e-5,2e-4",
+        "stabilizer.max_norm=null,1,2,5",
+    ):
+        assert expected in tokens, command
+
+
+def test_make_sweep_runs_the_same_grid_through_the_local_launcher():
+    out = make_dry_run("sweep", "EXPERIMENT=demo", "WD=1e-4", "MAX_NORM=null,1")
+    command = next(line for line in out.splitlines() if "resnet-repro train -m" in line)
+    tokens = command.split()
+    for expected in (
+        "hydra/launcher=local",
+        "experiment=demo",
+        "optim.weight_decay=1e-4",
+        "stabilizer.max_norm=null,1",
+    ):
+        assert expected in tokens, command
+    assert not any(t.startswith("data.root=") for t in tokens)  # no DATA: the demo's own root
+
+
+# ----------------------------------------------------------------------------- slow: real runs
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_local_multirun_of_two_ddp_jobs_leaves_one_complete_run_directory_per_sweep_point(
+    demo_root: Path, tmp_path: Path
+):
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli(
+        "train",
+        "-m",
+        "hydra/launcher=local",
+        f"data.root={demo_root}",
+        "trainer.nproc=2",
+        "trainer.batch_size=16",
+        "trainer.epochs=1",
+        "trainer.max_steps_per_epoch=2",
+        "logging.progress=false",
+        "optim.weight_decay=1e-4,5e-4",
+        f"hydra.sweep.dir={sweep_dir}",
+        env=clean_env(OMP_NUM_THREADS="1"),  # 2 jobs x 2 ranks on a small machine
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    job_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(job_dirs) == 2, [p.name for p in sweep_dir.iterdir()]
+    # Hydra's override_dirname: the job's overrides sorted, with 1e-4 written as 0.0001;
+    # trainer.nproc and data.root are excluded from the name
+    for job_dir, wd_text, wd in zip(
+        job_dirs, ("optim.weight_decay=0.0001", "optim.weight_decay=0.0005"), (1e-4, 5e-4), strict=True
+    ):
+        parts = job_dir.name.split(",")
+        assert wd_text in parts, job_dir.name
+        assert "trainer.epochs=1" in parts and "trainer.batch_size=16" in parts, job_dir.name
+        assert not any(p.startswith(("trainer.nproc=", "data.root=")) for p in parts), job_dir.name
+
+        for name in ("config.yaml", "run.json", "metrics.jsonl", "final.json", "checkpoints/last.pt"):
+            assert (job_dir / name).is_file(), f"{job_dir.name}: {name} missing"
+        assert list((job_dir / "tb").glob("events.out.tfevents.*")), f"{job_dir.name}: no tb events"
+
+        config = yaml.safe_load((job_dir / "config.yaml").read_text())
+        assert config["optim"]["weight_decay"] == pytest.approx(wd)
+        assert config["trainer"]["nproc"] == 2
+
+        run = json.loads((job_dir / "run.json").read_text())
+        assert run["derived"]["world_size"] == 2
+        assert run["derived"]["global_batch"] == 32
+        assert run["derived"]["steps_per_epoch"] == 2
+
+        rows = read_jsonl(job_dir / "metrics.jsonl")
+        assert [(r["epoch"], r["split"]) for r in rows] == [(1, "train"), (1, "val")]
+        assert rows[1]["num_samples"] == 360  # the whole val split, across both ranks
+
+        final = json.loads((job_dir / "final.json").read_text())
+        assert final["epochs"] == 1 and 0.0 <= final["top1"] <= 1.0
+
+        state = checkpoint.load(job_dir / "checkpoints" / "last.pt")
+        assert (state["epoch"], state["step"], state["epoch_step"]) == (1, 2, 0)
+        assert state["config"]["optim"]["weight_decay"] == pytest.approx(wd)
+
+
+def handler_installed(pid: int, signum: int) -> bool | None:
+    """Whether process `pid` catches `signum` (Linux /proc SigCgt); None where /proc can't tell."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return None
+
+
+def run_and_preempt(
+    args: list[str], env: dict[str, str], run_dir: Path, out_path: Path, delay_s: float
+) -> int:
+    """Start a training run, send it SIGUSR1 `delay_s` after its signal handlers are in, wait for it.
+
+    Returns the exit code; the run's output goes to `out_path`.
+    """
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while not (run_dir / "run.json").exists():
+                assert proc.poll() is None, out_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, "training did not start within 300 s"
+                time.sleep(0.1)
+            # run.json is written just before the signal handlers go in: wait for them, then a bit
+            while handler_installed(proc.pid, signal.SIGUSR1) is False and time.monotonic() < deadline:
+                assert proc.poll() is None, out_path.read_text()[-3000:]
+                time.sleep(0.05)
+            time.sleep(delay_s)
+            assert proc.poll() is None, "training finished before the signal: " + out_path.read_text()[-3000:]
+            proc.send_signal(signal.SIGUSR1)
+            return proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def preempt_args(demo_root: Path, run_dir: Path, max_steps: int) -> list[str]:
+    return [
+        PYTHON,
+        "-m",
+        "resnet_repro",
+        "train",
+        f"data.root={demo_root}",
+        "trainer.epochs=3",
+        "trainer.batch_size=32",
+        f"trainer.max_steps_per_epoch={max_steps}",
+        "logging.progress=false",
+        "trainer.preempt_check_steps=1",
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
+@pytest.mark.slow
+def test_sigusr1_saves_a_checkpoint_requeues_the_slurm_job_once_and_the_rerun_resumes(
+    demo_root: Path, tmp_path: Path
+):
+    run_dir = tmp_path / "run"
+    bin_dir = tmp_path / "bin"
+    write_fake_tools(bin_dir, tmp_path)
+    scontrol_log = tmp_path / "scontrol.log"
+    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    steps_per_epoch = 15
+    args = preempt_args(demo_root, run_dir, steps_per_epoch)
+
+    # --- first run: a single process in SLURM job 999 (no SLURM_NTASKS), preempted by USR1
+    first_out = tmp_path / "first.out"
+    env = clean_env(PATH=path, SLURM_JOB_ID="999", OMP_NUM_THREADS="1")
+    rc = run_and_preempt(args, env, run_dir, first_out, delay_s=1.5)
+    first_text = first_out.read_text()
+    assert rc == 0, first_text[-3000:]
+
+    state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    assert state["epoch_step"] > 0 or state["epoch"] >= 1, {k: state[k] for k in ("epoch", "epoch_step")}
+    assert state["epoch"] < 3  # stopped before the end
+    assert state["step"] == state["epoch"] * steps_per_epoch + state["epoch_step"]
+    preempted = json.loads((run_dir / "preempted.json").read_text())
+    assert preempted["requeued"] is True
+    assert preempted["signal"] == "SIGUSR1"
+    assert (preempted["epoch"], preempted["epoch_step"]) == (state["epoch"], state["epoch_step"])
+    assert log_lines(scontrol_log) == ["requeue 999"]
+    assert not (run_dir / "final.json").exists()
+    assert '"preempted"' in first_text  # the CLI's one-line JSON reports the preemption
+
+    # --- second run: the same command in the same run directory resumes and finishes
+    second = subprocess.run(
+        args,
+        cwd=REPO_ROOT,
+        env=clean_env(PATH=path, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    second_text = second.stdout + second.stderr
+    assert second.returncode == 0, second_text[-3000:]
+    assert "resumed from" in second_text
+    assert (run_dir / "final.json").is_file()
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["epochs"] == 3
+    assert not (run_dir / "preempted.json").exists()  # a finished run no longer reports a preemption
+    assert log_lines(scontrol_log) == ["requeue 999"]  # the unsignalled rerun requeued nothing
+
+    finished = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    assert (finished["epoch"], finished["step"], finished["epoch_step"]) == (3, 3 * steps_per_epoch, 0)
+    val_epochs = [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["split"] == "val"]
+    assert val_epochs == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_preemption_on_the_last_step_of_an_epoch_resumes_and_finishes(demo_root: Path, tmp_path: Path):
+    # With one step per epoch every preemption lands on an epoch's last step: last.pt then says
+    # epoch_step == steps_per_epoch, and the rerun must not build an empty loader for that epoch
+    run_dir = tmp_path / "run"
+    args = preempt_args(demo_root, run_dir, max_steps=1)
+    env = clean_env(OMP_NUM_THREADS="1")
+    rc = run_and_preempt(args, env, run_dir, tmp_path / "first.out", delay_s=0.2)
+    assert rc == 0, (tmp_path / "first.out").read_text()[-3000:]
+    preempted = json.loads((run_dir / "preempted.json").read_text())
+    assert preempted["requeued"] is False  # no SLURM job to requeue
+    assert preempted["epoch_step"] == 1 and preempted["epoch"] < 3
+
+    second = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    second_text = second.stdout + second.stderr
+    assert second.returncode == 0, second_text[-3000:]
+    assert "resumed from" in second_text
+    assert json.loads((run_dir / "final.json").read_text())["epochs"] == 3
+    finished = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    assert (finished["epoch"], finished["step"], finished["epoch_step"]) == (3, 3, 0)
+    val_epochs = [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["split"] == "val"]
+    assert val_epochs == [1, 2, 3]

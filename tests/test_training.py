@@ -1,0 +1,101 @@
+"""End-to-end behaviour of `resnet-repro train` / `eval` on the demo data, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "resnet_repro", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        env=env,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def short_run(demo_root: Path, tmp_path_factory) -> Path:
+    """Three epochs of ResNet-18 on the digits: enough to learn well above chance."""
+    run_dir = tmp_path_factory.mktemp("short_run")
+    proc = run_cli(
+        "train",
+        f"data.root={demo_root}",
+        f"hydra.run.dir={run_dir}",
+        "trainer.epochs=3",
+        "schedule.milestones=[2]",
+        "stabilizer.warmup_epochs=1",
+        "logging.progress=false",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_short_training_run_learns_well_above_chance(short_run: Path):
+    val = [r for r in read_metrics(short_run) if r["split"] == "val"]
+    assert [r["epoch"] for r in val] == [1, 2, 3]
+    assert val[-1]["top1"] > 0.6  # chance is 0.1
+    train = [r for r in read_metrics(short_run) if r["split"] == "train"]
+    assert train[-1]["loss"] < train[0]["loss"]
+
+
+def test_run_directory_holds_config_git_metrics_tensorboard_and_checkpoint(short_run: Path):
+    assert (short_run / "config.yaml").read_text().count("lr_per_256") == 1
+    info = json.loads((short_run / "run.json").read_text())
+    assert set(info["git"]) == {"commit", "dirty"}
+    assert info["derived"]["global_batch"] == 64
+    assert info["derived"]["peak_lr"] == pytest.approx(0.1)
+    assert (short_run / "checkpoints" / "last.pt").is_file()
+    assert list((short_run / "tb").glob("events.out.tfevents.*"))
+    for row in read_metrics(short_run):
+        assert {"epoch", "split", "loss", "top1", "lr"} <= set(row)
+        assert 0.0 <= row["top1"] <= 1.0
+        if row["split"] == "val":
+            assert 0.0 <= row["top5"] <= 1.0 and row["num_samples"] == 360
+
+
+def test_eval_of_last_checkpoint_reproduces_final_val_top1_exactly(short_run: Path, demo_root: Path):
+    proc = run_cli("eval", f"checkpoint={short_run}/checkpoints/last.pt", f"data.root={demo_root}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    final = [r for r in read_metrics(short_run) if r["split"] == "val"][-1]
+    assert result["num_samples"] == 360
+    assert result["top1"] == final["top1"]
+    assert result["top5"] == final["top5"]
+    assert result["loss"] == pytest.approx(final["loss"], rel=1e-6)
+
+
+def test_resuming_a_finished_run_trains_no_further_and_reports_final_metrics(
+    short_run: Path, demo_root: Path
+):
+    before = (short_run / "metrics.jsonl").read_text()
+    proc = run_cli(
+        "train",
+        f"data.root={demo_root}",
+        f"hydra.run.dir={short_run}",
+        "trainer.epochs=3",
+        "schedule.milestones=[2]",
+        "stabilizer.warmup_epochs=1",
+        "logging.progress=false",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (short_run / "metrics.jsonl").read_text() == before
+    final = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert final["top1"] == [r for r in read_metrics(short_run) if r["split"] == "val"][-1]["top1"]
