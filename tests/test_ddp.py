@@ -11,12 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import ddp_workers
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-import ddp_workers
 from resnet_repro import checkpoint, distributed
 
 pytestmark = pytest.mark.slow
