@@ -1,0 +1,100 @@
+"""Bad input reaches the user as one line naming the value and what is expected, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnet_repro.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _run_dirs_in_tmp(tmp_path: Path, monkeypatch):
+    """Hydra makes its run directory (runs/...) relative to the working directory."""
+    monkeypatch.chdir(tmp_path)
+
+
+def run_main(args: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err
+    return exc.value.code, err
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """A data root whose train split has a class folder but val is broken in various ways."""
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    return tmp_path
+
+
+def test_missing_data_root_is_one_line_naming_the_path(tmp_path: Path, capsys):
+    missing = tmp_path / "nope"
+    code, err = run_main(["train", "data=folder", f"data.root={missing}", "trainer.epochs=1"], capsys)
+    assert code == 2
+    assert str(missing) in one_error_line(err)
+
+
+def test_folder_without_class_subfolders_is_named(tmp_path: Path, capsys):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "loose.JPEG").write_bytes(b"x")
+    code, err = run_main(["train", "data=folder", f"data.root={tmp_path}"], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "no class subfolders" in line and str(tmp_path / "train") in line
+
+
+def test_empty_class_folder_is_named(folder: Path, capsys):
+    code, err = run_main(["train", "data=folder", f"data.root={folder}"], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "has no images" in line and str(folder / "train" / "a") in line
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.name=resnet51", "model.name='resnet51' is unknown; choose one of resnet18"),
+        ("optim.name=adamm", "optim.name='adamm' is unknown"),
+        ("trainer.batch_size=0", "trainer.batch_size=0 must be a positive"),
+        ("trainer.batch_size=-8", "trainer.batch_size=-8 must be a positive"),
+        ("optim.lr_per_256=0", "optim.lr_per_256=0.0 must be a positive"),
+        ("optim.lr_per_256=-0.1", "optim.lr_per_256=-0.1 must be a positive"),
+    ],
+)
+def test_bad_values_give_one_line_naming_the_value(override: str, expected: str, demo_root: Path, capsys):
+    code, err = run_main(["train", f"data.root={demo_root}", override, "trainer.epochs=1"], capsys)
+    assert code == 2
+    assert expected in one_error_line(err)
+
+
+def test_unknown_command_is_one_line(capsys):
+    code, err = run_main(["trian"], capsys)
+    assert code == 2 and "unknown command 'trian'" in one_error_line(err)
+
+
+def test_eval_without_checkpoint_says_what_is_needed(demo_root: Path, capsys):
+    code, err = run_main(["eval", f"data.root={demo_root}"], capsys)
+    assert code == 2 and "checkpoint=PATH" in one_error_line(err)
+
+
+def test_console_script_prints_no_traceback_for_a_bad_value(demo_root: Path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "resnet_repro", "train", f"data.root={demo_root}", "trainer.batch_size=0"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert one_error_line(proc.stderr).startswith("resnet-repro: error: trainer.batch_size=0")
