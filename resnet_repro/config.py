@@ -21,6 +21,9 @@ class UserError(Exception):
 class AugmentConfig:
     # False: training images get the evaluation transform (resize + centre crop)
     random_resized_crop: bool = True
+    # > 0: CIFAR-style training crop instead: pad this many pixels on each side, take a random
+    # image_size crop (images should already be image_size)
+    pad_crop: int = 0
     # RandomResizedCrop: fraction of the image area and aspect-ratio range of the sampled crop
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     ratio: list[float] = field(default_factory=lambda: [3.0 / 4.0, 4.0 / 3.0])
@@ -52,7 +55,37 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "resnet50"
+    # v1.5 = torchvision (stride 2 in the bottleneck's 3x3 conv); v1 = the paper (in the first 1x1)
+    variant: str = "v1.5"
+    # Start each residual branch's last norm layer at gamma=0, so blocks begin as identities
     zero_init_residual: bool = False
+    # bn = BatchNorm2d; gn = GroupNorm with gn_groups groups
+    norm: str = "bn"
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
+    gn_groups: int = 32
+    # Synchronize BatchNorm statistics across ranks (CUDA only)
+    sync_bn: bool = False
+    channels_last: bool = False
+
+
+@dataclass
+class RegularizationConfig:
+    """Each is off at 0 and acts only in training mode."""
+
+    # Dropout probability before the classifier
+    dropout: float = 0.0
+    # Channel-wise dropout (Dropout2d) after each of the 4 stages
+    spatial_dropout: float = 0.0
+    # DropBlock in stages 3-4: final drop probability, block size, epochs to ramp up from 0
+    dropblock: float = 0.0
+    dropblock_size: int = 7
+    dropblock_ramp_epochs: int = 0
+    # Stochastic depth: drop rate of the last residual branch; earlier ones scale linearly with depth
+    stochastic_depth: float = 0.0
+    label_smoothing: float = 0.0
+    # L1 penalty lambda * sum|w| over conv and linear weights, added to the loss
+    l1: float = 0.0
 
 
 @dataclass
@@ -62,15 +95,37 @@ class OptimConfig:
     lr_per_256: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
+    # SGD / AdamW: decay in the update (AdamW decoupled from the adaptive step);
+    # Adam: an L2 term added to the gradient before the adaptive rescaling
     weight_decay: float = 1e-4
+    # true: decay every parameter (the paper); false: no decay on norm weights/biases and biases
+    decay_norm_and_bias: bool = True
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
 
 
 @dataclass
 class ScheduleConfig:
+    # step | cosine | plateau | constant
     name: str = "step"
-    # Epochs at which the LR is multiplied by gamma
+    # step: epochs at which the LR is multiplied by gamma
     milestones: list[int] = field(default_factory=lambda: [30, 60])
     gamma: float = 0.1
+    # cosine: final LR as a fraction of the peak
+    final_lr_factor: float = 0.0
+    # plateau: multiply by `factor` after `patience` epochs without improvement of the
+    # model-selection split's loss
+    patience: int = 5
+    factor: float = 0.1
+
+
+@dataclass
+class EarlyStopConfig:
+    # Stop after this many evaluations without improvement on the model-selection split (null = off)
+    patience: int | None = None
+    min_delta: float = 0.0
+    # top1 (higher is better) or loss (lower is better)
+    metric: str = "top1"
 
 
 @dataclass
@@ -80,6 +135,15 @@ class StabilizerConfig:
     warmup_start_factor: float = 0.1
     # Gradient max-norm clipping threshold (L2 over all parameters); null = off
     max_norm: float | None = None
+    # A non-finite loss or gradient norm: stop (save a report, exit non-zero), skip the update, or off
+    nonfinite: str = "stop"
+    # With skip: stop after this many skipped steps in a row
+    max_skips: int = 10
+    # Warn when the epoch's train loss is still above this after `loss_warn_after_epochs`
+    # epochs (null threshold = ln(classes), the loss of a uniform guess)
+    loss_warn_after_epochs: int | None = 2
+    loss_warn_threshold: float | None = None
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 
 
 @dataclass
@@ -90,7 +154,10 @@ class TrainerConfig:
     seed: int = 0
     # auto = cuda when available, else cpu
     device: str = "auto"
+    # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaler)
     precision: str = "fp32"
+    # torch.compile the model (a cold compile costs about 30 s on CPU)
+    compile: bool = False
     # Local worker processes to start when not already under torchrun / srun
     nproc: int = 1
     # auto = continue from <run_dir>/checkpoints/last.pt when present; never; or a checkpoint path
@@ -125,6 +192,7 @@ class RootConfig:
     name: str = "demo"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     stabilizer: StabilizerConfig = field(default_factory=StabilizerConfig)
@@ -137,6 +205,7 @@ class RootConfig:
 GROUP_SCHEMAS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
+    "regularization": RegularizationConfig,
     "optim": OptimConfig,
     "schedule": ScheduleConfig,
     "stabilizer": StabilizerConfig,
@@ -168,8 +237,7 @@ def _unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
             unknown.append(prefix + str(key))
             continue
         child_schema = GROUP_SCHEMAS.get(key) if schema is RootConfig else None
-        if child_schema is None and key == "augment":
-            child_schema = AugmentConfig
+        child_schema = child_schema or {"augment": AugmentConfig, "early_stop": EarlyStopConfig}.get(key)
         if child_schema is not None and isinstance(node[key], DictConfig):
             unknown.extend(_unknown_keys(node[key], child_schema, f"{prefix}{key}."))
     return unknown
@@ -221,6 +289,16 @@ def validate(cfg: RootConfig) -> None:
         raise UserError(f"data.augment.scale={a.scale} must be [low, high] with 0 < low <= high <= 1")
     if len(a.ratio) != 2 or not 0 < a.ratio[0] <= a.ratio[1]:
         raise UserError(f"data.augment.ratio={a.ratio} must be [low, high] with 0 < low <= high")
+    if not 0 <= a.pad_crop:
+        raise UserError(f"data.augment.pad_crop={a.pad_crop} must be >= 0 pixels")
+    r = cfg.regularization
+    for key in ("dropout", "spatial_dropout", "dropblock", "stochastic_depth", "label_smoothing"):
+        if not 0 <= getattr(r, key) < 1:
+            raise UserError(f"regularization.{key}={getattr(r, key)} must be in [0, 1)")
+    if r.l1 < 0:
+        raise UserError(f"regularization.l1={r.l1} must be >= 0")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise UserError(f"optim.betas={o.betas} must be two values in [0, 1)")
     s = cfg.schedule
     if sorted(s.milestones) != list(s.milestones) or any(m <= 0 for m in s.milestones):
         raise UserError(f"schedule.milestones={s.milestones} must be increasing positive epochs")
@@ -229,6 +307,10 @@ def validate(cfg: RootConfig) -> None:
         raise UserError(f"stabilizer.warmup_epochs={st.warmup_epochs} must be >= 0")
     if not 0 < st.warmup_start_factor <= 1:
         raise UserError(f"stabilizer.warmup_start_factor={st.warmup_start_factor} must be in (0, 1]")
+    if st.nonfinite not in ("stop", "skip", "off"):
+        raise UserError(f"stabilizer.nonfinite={st.nonfinite!r} is not one of stop, skip, off")
+    if st.early_stop.metric not in ("top1", "loss"):
+        raise UserError(f"stabilizer.early_stop.metric={st.early_stop.metric!r} is not one of top1, loss")
     if st.max_norm is not None and st.max_norm <= 0:
         raise UserError(f"stabilizer.max_norm={st.max_norm} must be positive, or null to turn clipping off")
     if t.checkpoint_every_minutes is not None and t.checkpoint_every_minutes <= 0:

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from resnet_repro.config import LoggingConfig
+from omegaconf import OmegaConf
+
+from resnet_repro import __version__
+from resnet_repro.config import LoggingConfig, RootConfig
+
+REPO_DIR = Path(__file__).resolve().parent.parent
 
 
 class MetricsLogger:
@@ -63,3 +72,35 @@ class NullLogger:
 
 def make_logger(is_main: bool, run_dir: Path, cfg: LoggingConfig) -> MetricsLogger | NullLogger:
     return MetricsLogger(run_dir, cfg) if is_main else NullLogger()
+
+
+def git_info() -> dict[str, Any]:
+    """The commit of the code that ran, and whether tracked files had uncommitted changes."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def write_run_files(run_dir: Path, cfg: RootConfig, derived: Any, extra: dict[str, Any]) -> None:
+    """config.yaml (resolved) and run.json (version, git, command line, derived values)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    info = {
+        "version": __version__,
+        "git": git_info(),
+        "command": sys.argv,
+        "derived": asdict(derived),
+        **extra,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -1,18 +1,73 @@
 """LR schedules stepped once per iteration, built from torch.optim.lr_scheduler.
 
-Milestones are configured in epochs and converted to iterations with the steps per epoch.
-Warm-up (LinearLR) is chained in front with SequentialLR; the main schedule's milestones are
-shifted by the warm-up length because SequentialLR restarts the second scheduler's count.
+Milestones are configured in epochs and converted to iterations with the steps per epoch. An
+optional linear warm-up (LinearLR) is chained in front with SequentialLR; the main schedule's
+milestones are shifted by the warm-up length because SequentialLR restarts the second
+scheduler's count. `plateau` (ReduceLROnPlateau) reacts to the model-selection loss once per
+epoch, after the warm-up.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch.optim.lr_scheduler import LinearLR, LRScheduler, MultiStepLR, SequentialLR
+from torch.optim.lr_scheduler import (
+    ConstantLR,
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    MultiStepLR,
+    ReduceLROnPlateau,
+    SequentialLR,
+)
 
 from resnet_repro.config import ScheduleConfig, StabilizerConfig, UserError
 
-SCHEDULE_NAMES = ("step",)
+SCHEDULE_NAMES = ("step", "cosine", "plateau", "constant")
+
+
+class LRSchedule:
+    """`step()` after every optimizer step; `epoch_end(loss)` after every evaluation."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        per_iteration: LRScheduler,
+        plateau: ReduceLROnPlateau | None,
+        warmup_steps: int,
+    ) -> None:
+        self.optimizer = optimizer
+        self.per_iteration = per_iteration
+        self.plateau = plateau
+        self.warmup_steps = warmup_steps
+        self.iterations = 0
+
+    def step(self) -> None:
+        self.per_iteration.step()
+        self.iterations += 1
+
+    def epoch_end(self, selection_loss: float) -> None:
+        if self.plateau is not None and self.iterations >= self.warmup_steps:
+            self.plateau.step(selection_loss)
+
+    @property
+    def lr(self) -> float:
+        """The LR the next step uses (of the first parameter group)."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "per_iteration": self.per_iteration.state_dict(),
+            "plateau": self.plateau.state_dict() if self.plateau is not None else None,
+            "iterations": self.iterations,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.per_iteration.load_state_dict(state["per_iteration"])
+        if self.plateau is not None:
+            self.plateau.load_state_dict(state["plateau"])
+        self.iterations = state["iterations"]
 
 
 def build_scheduler(
@@ -21,20 +76,38 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer,
     *,
     steps_per_epoch: int,
-) -> LRScheduler:
+    epochs: int,
+) -> LRSchedule:
     if cfg.name not in SCHEDULE_NAMES:
         raise UserError(f"schedule.name={cfg.name!r} is unknown; choose one of {', '.join(SCHEDULE_NAMES)}")
     warmup_steps = round(warmup.warmup_epochs * steps_per_epoch)
-    milestones = [m * steps_per_epoch - warmup_steps for m in cfg.milestones]
-    if any(m <= 0 for m in milestones):
+    total_steps = epochs * steps_per_epoch
+    if warmup_steps >= total_steps and warmup_steps > 0:
         raise UserError(
-            f"stabilizer.warmup_epochs={warmup.warmup_epochs} reaches past the first LR milestone "
-            f"(schedule.milestones={cfg.milestones})"
+            f"stabilizer.warmup_epochs={warmup.warmup_epochs} is not shorter than trainer.epochs={epochs}"
         )
-    main = MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)
+    plateau = None
+    if cfg.name == "step":
+        milestones = [m * steps_per_epoch - warmup_steps for m in cfg.milestones]
+        if any(m <= 0 for m in milestones):
+            raise UserError(
+                f"stabilizer.warmup_epochs={warmup.warmup_epochs} reaches past the first LR milestone "
+                f"(schedule.milestones={cfg.milestones})"
+            )
+        main: LRScheduler = MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)
+    elif cfg.name == "cosine":
+        peak = optimizer.param_groups[0]["lr"]
+        main = CosineAnnealingLR(
+            optimizer, T_max=total_steps - warmup_steps, eta_min=peak * cfg.final_lr_factor
+        )
+    else:  # constant, and plateau (whose changes ReduceLROnPlateau makes once per epoch)
+        main = ConstantLR(optimizer, factor=1.0, total_iters=0)
+        if cfg.name == "plateau":
+            plateau = ReduceLROnPlateau(optimizer, mode="min", factor=cfg.factor, patience=cfg.patience)
     if warmup_steps == 0:
-        return main
+        return LRSchedule(optimizer, main, plateau, 0)
     ramp = LinearLR(
         optimizer, start_factor=warmup.warmup_start_factor, end_factor=1.0, total_iters=warmup_steps
     )
-    return SequentialLR(optimizer, schedulers=[ramp, main], milestones=[warmup_steps])
+    sequence = SequentialLR(optimizer, schedulers=[ramp, main], milestones=[warmup_steps])
+    return LRSchedule(optimizer, sequence, plateau, warmup_steps)

@@ -6,11 +6,10 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +26,20 @@ from resnet_repro.data.demo import build_demo_dataset
 from resnet_repro.data.splits import FileList, list_split
 from resnet_repro.distributed import DistEnv
 from resnet_repro.evaluate import autocast, evaluate
-from resnet_repro.metrics import MetricsLogger, NullLogger, make_logger
+from resnet_repro.metrics import MetricsLogger, NullLogger, make_logger, write_run_files
 from resnet_repro.models import build_model
-from resnet_repro.optim import build_optimizer, peak_lr
-from resnet_repro.schedule import build_scheduler
+from resnet_repro.optim import build_optimizer, l1_penalty, l1_weights, peak_lr, summarize_groups
+from resnet_repro.schedule import LRSchedule, build_scheduler
+from resnet_repro.stabilizers import (
+    EarlyStopper,
+    NonFiniteError,
+    NonFiniteGuard,
+    chance_loss,
+    grad_norm_summary,
+)
+from resnet_repro.summary import Derived, render
 
 log = logging.getLogger("resnet_repro")
-REPO_DIR = Path(__file__).resolve().parent.parent
-
-
-@dataclass(frozen=True)
-class Derived:
-    """Values computed once from the config and the job; printed and logged, never written back."""
-
-    world_size: int
-    global_batch: int
-    peak_lr: float
-    steps_per_epoch: int
-    num_train: int
-    num_eval: int
-    num_classes: int
-    device: str
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -106,52 +98,6 @@ def make_train_loader(
     )
 
 
-# ------------------------------------------------------------------------------------------ run dir
-def git_info() -> dict[str, Any]:
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
-
-
-def write_run_files(run_dir: Path, cfg: RootConfig, derived: Derived) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    info = {
-        "version": __version__,
-        "git": git_info(),
-        "command": sys.argv,
-        "derived": asdict(derived),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-
-
-def summary(cfg: RootConfig, d: Derived) -> str:
-    t, o, s, st = cfg.trainer, cfg.optim, cfg.schedule, cfg.stabilizer
-    lines = [
-        f"model {cfg.model.name} on {cfg.data.name} ({d.num_classes} classes, {d.num_train} train / "
-        f"{d.num_eval} {cfg.data.eval_split} images at {cfg.data.image_size}px)",
-        f"devices {d.world_size} x {d.device}; batch {t.batch_size}/device -> global batch {d.global_batch}",
-        f"{o.name}: lr_per_256 {o.lr_per_256} -> peak LR {d.peak_lr:g}; momentum {o.momentum}; "
-        f"weight decay {o.weight_decay}",
-        f"schedule {s.name}: x{s.gamma} at epochs {s.milestones}; "
-        f"{t.epochs} epochs of {d.steps_per_epoch} steps; warm-up {st.warmup_epochs} epochs; "
-        f"max_norm {st.max_norm}",
-        f"normalization mean {cfg.data.mean} std {cfg.data.std} (from the data config)",
-        f"precision {t.precision}",
-    ]
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------------- resume
 def resume_path(cfg: RootConfig, run_dir: Path) -> Path | None:
     mode = cfg.trainer.resume
@@ -166,21 +112,17 @@ def resume_path(cfg: RootConfig, run_dir: Path) -> Path | None:
     return path
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DDP) else model
-
-
-def training_state(
-    model, optimizer, scheduler, scaler, cfg: RootConfig, epoch: int, step: int, epoch_step: int = 0
-) -> dict[str, Any]:
+def training_state(parts: Parts, cfg: RootConfig, epoch: int, step: int, epoch_step: int) -> dict[str, Any]:
     return {
-        "model": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
+        "model": parts.net.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.schedule.state_dict(),
+        "scaler": parts.scaler.state_dict(),
+        "early_stop": parts.early_stop.state_dict(),
         "epoch": epoch,  # completed epochs
         "step": step,  # completed optimizer steps
         "epoch_step": epoch_step,  # steps done in epoch `epoch` (0 at an epoch boundary)
+        "best_top1": parts.best_top1,
         "rng": checkpoint.rng_state(),
         "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
         "version": __version__,
@@ -188,6 +130,23 @@ def training_state(
 
 
 # ------------------------------------------------------------------------------------------ training
+@dataclass
+class Parts:
+    """The objects a training step touches. `net` is the bare model (state dicts); `model` is what
+    runs the forward pass (DDP-wrapped and/or compiled)."""
+
+    net: nn.Module
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: torch.amp.GradScaler
+    guard: NonFiniteGuard
+    early_stop: EarlyStopper
+    logger: MetricsLogger | NullLogger
+    interrupts: Interrupts
+    best_top1: float = -1.0
+
+
 class Interrupts:
     """Preemption and periodic checkpoints, polled between steps.
 
@@ -224,16 +183,11 @@ class Interrupts:
 
 
 def train_one_epoch(
-    model: nn.Module,
+    parts: Parts,
     loader: dali.DaliLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
     cfg: RootConfig,
     env: DistEnv,
     device: torch.device,
-    logger: MetricsLogger | NullLogger,
-    interrupts: Interrupts,
     save: Callable[[int, int], None],
     *,
     epoch: int,
@@ -245,66 +199,95 @@ def train_one_epoch(
     Returns (the epoch's train metrics, or None when a preemption stopped it early; the global
     step; the steps done in this epoch). `save(epoch_step, step)` writes last.pt mid-epoch.
     """
-    model.train()
-    max_norm = cfg.stabilizer.max_norm
-    # loss sum, correct@1, images, clipped steps, steps: summed on the device, read once at the end
-    sums = torch.zeros(5, dtype=torch.float64, device=device)
-    progress = _progress(loader, cfg, env, epoch)
+    model, optimizer, schedule, scaler, guard = (
+        parts.model,
+        parts.optimizer,
+        parts.schedule,
+        parts.scaler,
+        parts.guard,
+    )
+    parts.net.train()
+    reg, st = cfg.regularization, cfg.stabilizer
+    l1_params = l1_weights(parts.net) if reg.l1 > 0 else []
+    clip_at = st.max_norm if st.max_norm else math.inf
+    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    # loss sum, correct@1, images: summed on the device, read once at the end of the epoch
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    norms: list[torch.Tensor] = []  # pre-clip total gradient norm of every step
     start = time.perf_counter()
-    for images, labels in progress:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        lr = scheduler.get_last_lr()[0]
+    for images, labels in _progress(loader, cfg, env, epoch):
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
+        lr = schedule.lr
 
         with autocast(device, cfg.trainer.precision):
             logits = model(images)
-            loss = F.cross_entropy(logits, labels)
+            loss = F.cross_entropy(logits, labels, label_smoothing=reg.label_smoothing)
+        if reg.l1 > 0:
+            loss = loss + l1_penalty(l1_params, reg.l1)
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)  # clip and measure the true gradient, not the fp16-scaled one
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm else math.inf)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        grad_norm = nn.utils.clip_grad_norm_(parts.net.parameters(), clip_at)  # returns the pre-clip norm
+
+        # fp16: an overflowing gradient is the scaler's business (it skips the step and lowers its
+        # scale), so only the loss is checked there
+        checked_norm = grad_norm if cfg.trainer.precision != "fp16" else torch.zeros_like(grad_norm)
+        if not guard.is_finite(loss, checked_norm, env):
+            guard.report(parts.net, loss, labels, epoch=epoch, step=step, lr=lr)
+            if st.nonfinite == "stop" or guard.skipped_in_a_row >= st.max_skips:
+                save(epoch_step, step)  # the update was not applied: this is the last good state
+                raise NonFiniteError(
+                    f"non-finite loss or gradient at epoch {epoch + 1}, step {step} (LR {lr:.4g}); report "
+                    f"{guard.report_path}; the last good state is in checkpoints/last.pt"
+                )
+            guard.skip()
+            optimizer.zero_grad(set_to_none=True)
+            scaler.update()
+        else:
+            guard.ok()
+            scaler.step(optimizer)
+            scaler.update()
+        schedule.step()
         step += 1
         epoch_step += 1
 
+        norms.append(grad_norm.detach())
         sums += torch.stack(
             [
                 loss.detach().double() * labels.numel(),
                 (logits.detach().argmax(1) == labels).sum().double(),
                 torch.tensor(labels.numel(), dtype=torch.float64, device=device),
-                (grad_norm > max_norm).double()
-                if max_norm
-                else torch.zeros((), dtype=torch.float64, device=device),
-                torch.ones((), dtype=torch.float64, device=device),
             ]
         )
         if step % cfg.logging.log_every_steps == 0:
-            loss_value = loss.item()
-            logger.scalar("train/step_loss", loss_value, step)
-            logger.scalar("train/step_lr", lr, step)
-            logger.scalar("train/grad_norm", grad_norm.item(), step)
-            if hasattr(progress, "set_postfix"):
-                progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}")
-        if interrupts.stop_requested(step):
+            guard.remember(loss.item())
+            parts.logger.scalar("train/step_loss", guard.history[-1], step)
+            parts.logger.scalar("train/step_lr", lr, step)
+        if parts.interrupts.stop_requested(step):
             save(epoch_step, step)
             return None, step, epoch_step
-        if interrupts.save_due():
+        if parts.interrupts.save_due():
             save(epoch_step, step)
     elapsed = time.perf_counter() - start
+
     distributed.all_reduce_sum(env, sums)
-    loss_sum, correct, seen, clipped, steps = sums.tolist()
+    loss_sum, correct, seen = sums.tolist()
     if seen == 0:
         raise RuntimeError("the training epoch saw no images")
+    norm_values = torch.stack(norms).float().cpu()
+    for i, value in enumerate(norm_values.tolist()):  # per-step gradient norm, written once per epoch
+        parts.logger.scalar("train/grad_norm", value, step - len(norms) + i + 1)
     return (
         {
             "loss": loss_sum / seen,
             "top1": correct / seen,
-            "lr": scheduler.get_last_lr()[0],
+            "lr": schedule.lr,
             "img_per_s": seen / elapsed,
-            "clipped_fraction": clipped / steps,
             "epoch_time_s": elapsed,
+            "skipped_steps": guard.skipped_total,
+            **grad_norm_summary(norm_values, st.max_norm),
         },
         step,
         epoch_step,
@@ -334,7 +317,7 @@ def _configure_console(env: DistEnv) -> None:
     log.setLevel(logging.INFO if env.is_main else logging.WARNING)
 
 
-def train(cfg: RootConfig, run_dir: Path) -> dict[str, float]:
+def train(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     """Train in this process: a single process, or one rank of a torchrun / srun / local launch."""
     env = distributed.detect()
     device = distributed.pick_device(cfg.trainer.device, env)
@@ -346,13 +329,31 @@ def train(cfg: RootConfig, run_dir: Path) -> dict[str, float]:
         distributed.teardown()
 
 
-def train_worker(cfg_yaml: str, run_dir: str) -> dict[str, float]:
+def train_worker(cfg_yaml: str, run_dir: str) -> dict[str, Any]:
     """Entry point of a locally launched worker process (picklable: plain strings in)."""
     cfg = to_dataclass(OmegaConf.create(cfg_yaml))
-    return train(cfg, Path(run_dir))
+    try:
+        return train(cfg, Path(run_dir))
+    except UserError as e:  # one line from the failing rank, not a traceback per rank
+        print(f"resnet-repro: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
-def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -> dict[str, float]:
+def _build_model(
+    cfg: RootConfig, num_classes: int, env: DistEnv, device: torch.device
+) -> tuple[nn.Module, nn.Module]:
+    """(bare model, the module that runs: DDP-wrapped and/or compiled)."""
+    if cfg.model.sync_bn and device.type != "cuda":
+        raise UserError("model.sync_bn=true needs CUDA devices (SyncBatchNorm has no CPU implementation)")
+    torch.manual_seed(cfg.trainer.seed)  # identical initial weights on every rank
+    net = build_model(cfg.model, num_classes, cfg.regularization).to(device)
+    model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed else net
+    if cfg.trainer.compile:
+        model = torch.compile(model)
+    return net, model
+
+
+def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -> dict[str, Any]:
     validate(cfg)
     t = cfg.trainer
     if env.is_main:
@@ -381,22 +382,35 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
         device=str(device),
     )
 
-    torch.manual_seed(t.seed)  # identical initial weights on every rank
-    model = build_model(cfg.model, derived.num_classes).to(device)
-    optimizer = build_optimizer(cfg.optim, model, global_batch)
-    scheduler = build_scheduler(cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+    net, model = _build_model(cfg, derived.num_classes, env, device)
+    optimizer = build_optimizer(cfg.optim, net, global_batch)
+    parts = Parts(
+        net=net,
+        model=model,
+        optimizer=optimizer,
+        schedule=build_scheduler(
+            cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=steps, epochs=t.epochs
+        ),
+        scaler=torch.amp.GradScaler(device.type, enabled=t.precision == "fp16"),
+        guard=NonFiniteGuard(
+            cfg.stabilizer.nonfinite, cfg.stabilizer.max_skips, run_dir / "nonfinite_report.json"
+        ),
+        early_stop=EarlyStopper(cfg.stabilizer.early_stop),
+        logger=make_logger(env.is_main, run_dir, cfg.logging),
+        interrupts=Interrupts(cfg, env, device),
+    )
 
-    start_epoch, step, epoch_step, best_top1 = 0, 0, 0, -1.0
+    start_epoch, step, epoch_step = 0, 0, 0
     resume_from = resume_path(cfg, run_dir)
     if resume_from is not None:
         state = checkpoint.load(resume_from)
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        parts.schedule.load_state_dict(state["scheduler"])
+        parts.scaler.load_state_dict(state["scaler"])
+        parts.early_stop.load_state_dict(state["early_stop"])
+        parts.best_top1 = float(state["best_top1"])
         start_epoch, step, epoch_step = int(state["epoch"]), int(state["step"]), int(state["epoch_step"])
-        best_top1 = float(state["best_top1"])
         checkpoint.set_rng_state(state["rng"])
         log.info(
             f"resumed from {resume_from}: epoch {start_epoch + 1}, step {step} ({epoch_step} into the epoch)"
@@ -404,41 +418,37 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
     else:
         torch.manual_seed(t.seed + env.rank)  # per-rank stream for dropout-like randomness
 
-    if env.distributed:
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    logger = make_logger(env.is_main, run_dir, cfg.logging)
-    text = summary(cfg, derived)
+    normalization = f"mean {list(cfg.data.mean)} std {list(cfg.data.std)} (data config)"
+    text = render(cfg, derived, summarize_groups(optimizer), normalization)
     if env.is_main:
-        write_run_files(run_dir, cfg, derived)
-        logger.text("summary", "<pre>" + text + "</pre>")
+        write_run_files(run_dir, cfg, derived, {"normalization": normalization})
+        parts.logger.text("summary", "<pre>" + text + "</pre>")
         log.info(f"run directory {run_dir}\n{text}")
 
     ckpt_dir = run_dir / "checkpoints"
 
     def save(epoch: int, epoch_step: int, step: int, name: str = "last.pt") -> None:
         if env.is_main:
-            state = training_state(model, optimizer, scheduler, scaler, cfg, epoch, step, epoch_step)
-            state["best_top1"] = best_top1
-            checkpoint.save_atomic(state, ckpt_dir / name)
+            checkpoint.save_atomic(training_state(parts, cfg, epoch, step, epoch_step), ckpt_dir / name)
 
     eval_loader = make_eval_loader(cfg.data, eval_list, env, device, t.batch_size)
-    interrupts = Interrupts(cfg, env, device)
+
+    def run_eval() -> dict[str, Any]:
+        return evaluate(model, eval_loader, env, device, expected_total=len(eval_list), precision=t.precision)
+
     final: dict[str, Any] = {}
+    stop_reason = None
     try:
         for epoch in range(start_epoch, t.epochs):
+            if net.dropblock_rate is not None:
+                net.dropblock_rate.set_epoch(epoch)
             loader = make_train_loader(cfg, train_list, env, device, epoch, skip_steps=epoch_step)
             train_metrics, step, epoch_step = train_one_epoch(
-                model,
+                parts,
                 loader,
-                optimizer,
-                scheduler,
-                scaler,
                 cfg,
                 env,
                 device,
-                logger,
-                interrupts,
                 lambda es, st, e=epoch: save(e, es, st),
                 epoch=epoch,
                 step=step,
@@ -446,13 +456,12 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
             )
             del loader
             if train_metrics is None:
-                return _preempted(cfg, env, run_dir, interrupts.stopped_by, epoch, epoch_step)
+                return _preempted(cfg, env, run_dir, parts.interrupts.stopped_by, epoch, epoch_step)
             epoch_step = 0
-            eval_metrics = evaluate(
-                model, eval_loader, env, device, expected_total=len(eval_list), precision=t.precision
-            )
-            logger.record({"epoch": epoch + 1, "split": "train", "step": step, **train_metrics}, step)
-            logger.record(
+            eval_metrics = run_eval()
+            parts.schedule.epoch_end(eval_metrics["loss"])
+            parts.logger.record({"epoch": epoch + 1, "split": "train", "step": step, **train_metrics}, step)
+            parts.logger.record(
                 {
                     "epoch": epoch + 1,
                     "split": cfg.data.eval_split,
@@ -462,8 +471,9 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
                 },
                 step,
             )
-            improved = eval_metrics["top1"] > best_top1
-            best_top1 = max(best_top1, eval_metrics["top1"])
+            improved = eval_metrics["top1"] > parts.best_top1
+            parts.best_top1 = max(parts.best_top1, eval_metrics["top1"])
+            stop_reason = parts.early_stop.update(eval_metrics)
             save(epoch + 1, 0, step)
             if improved:
                 save(epoch + 1, 0, step, name="best.pt")
@@ -474,21 +484,39 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
                 f"epoch {epoch + 1}/{t.epochs}: train loss {train_metrics['loss']:.4f} "
                 f"top-1 {train_metrics['top1']:.4f} | {cfg.data.eval_split} loss {eval_metrics['loss']:.4f} "
                 f"top-1 {eval_metrics['top1']:.4f} top-5 {eval_metrics['top5']:.4f} | "
-                f"{train_metrics['img_per_s']:.0f} img/s"
+                f"{train_metrics['img_per_s']:.0f} img/s | grad norm p50 "
+                f"{train_metrics.get('grad_norm_p50', float('nan')):.3g}, clipped "
+                f"{100 * train_metrics.get('clipped_fraction', 0.0):.0f}% of steps"
             )
-            final = eval_metrics
+            _warn_if_not_learning(cfg, epoch, train_metrics["loss"], derived.num_classes)
+            final = {"epochs_run": epoch + 1, **eval_metrics}
+            if stop_reason:
+                log.warning(stop_reason)
+                break
         if not final:  # resumed a finished run: report its final numbers
-            final = evaluate(
-                model, eval_loader, env, device, expected_total=len(eval_list), precision=t.precision
-            )
-        final = {"epochs": t.epochs, **final, "best_top1": best_top1}
+            final = {"epochs_run": start_epoch, **run_eval()}
+        final = {"epochs": t.epochs, **final, "best_top1": parts.best_top1, "stopped": stop_reason}
         if env.is_main:
             (run_dir / "final.json").write_text(json.dumps(final) + "\n")
         distributed.barrier(env)
+    except NonFiniteError as e:
+        raise UserError(str(e)) from e
     finally:
-        interrupts.close()
-        logger.close()
+        parts.interrupts.close()
+        parts.logger.close()
     return final
+
+
+def _warn_if_not_learning(cfg: RootConfig, epoch: int, train_loss: float, num_classes: int) -> None:
+    st = cfg.stabilizer
+    if st.loss_warn_after_epochs is None or epoch + 1 != st.loss_warn_after_epochs:
+        return
+    threshold = st.loss_warn_threshold if st.loss_warn_threshold is not None else chance_loss(num_classes)
+    if train_loss > threshold:
+        log.warning(
+            f"train loss {train_loss:.3f} is still above {threshold:.3f} after {epoch + 1} epochs: check the "
+            "labels, the normalization statistics and the LR (try stabilizer.warmup_epochs or max_norm)"
+        )
 
 
 def _prune_epoch_checkpoints(ckpt_dir: Path, keep: int, env: DistEnv) -> None:

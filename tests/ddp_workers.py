@@ -9,11 +9,20 @@ import torch
 import torch.nn as nn
 
 from resnet_repro import distributed
-from resnet_repro.config import AugmentConfig, DataConfig, LoggingConfig, RootConfig, TrainerConfig
+from resnet_repro.config import (
+    AugmentConfig,
+    DataConfig,
+    LoggingConfig,
+    RootConfig,
+    ScheduleConfig,
+    TrainerConfig,
+)
 from resnet_repro.data.splits import list_split
 from resnet_repro.evaluate import evaluate
 from resnet_repro.metrics import NullLogger
-from resnet_repro.train import Interrupts, make_eval_loader, make_train_loader, train_one_epoch
+from resnet_repro.schedule import build_scheduler
+from resnet_repro.stabilizers import EarlyStopper, NonFiniteGuard
+from resnet_repro.train import Interrupts, Parts, make_eval_loader, make_train_loader, train_one_epoch
 
 
 def tiny_net(num_classes: int) -> nn.Module:
@@ -39,6 +48,7 @@ def config(root: str, batch_size: int, steps: int) -> RootConfig:
             augment=AugmentConfig(random_resized_crop=False, hflip=False),  # deterministic inputs
         ),
         trainer=TrainerConfig(batch_size=batch_size, epochs=1, max_steps_per_epoch=steps, seed=3),
+        schedule=ScheduleConfig(name="constant"),
         logging=LoggingConfig(tensorboard=False, progress=False),
     )
 
@@ -70,30 +80,26 @@ def train_worker(root: str, out_dir: str, batch_size: int, steps: int) -> None:
         model = tiny_net(len(files.classes))
         if env.distributed:
             model = nn.parallel.DistributedDataParallel(model)
+        net = model.module if env.distributed else model
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
-        loader = make_train_loader(cfg, files, env, device, epoch=0)
-        interrupts = Interrupts(cfg, env, device)
-        metrics, step, _ = train_one_epoch(
-            model,
-            loader,
-            optimizer,
-            scheduler,
-            scaler,
-            cfg,
-            env,
-            device,
-            NullLogger(),
-            interrupts,
-            lambda *_: None,
-            epoch=0,
-            step=0,
-            epoch_step=0,
+        schedule = build_scheduler(cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=steps, epochs=1)
+        parts = Parts(
+            net=net,
+            model=model,
+            optimizer=optimizer,
+            schedule=schedule,
+            scaler=torch.amp.GradScaler("cpu", enabled=False),
+            guard=NonFiniteGuard("stop", 1, Path(out_dir, "report.json")),
+            early_stop=EarlyStopper(cfg.stabilizer.early_stop),
+            logger=NullLogger(),
+            interrupts=Interrupts(cfg, env, device),
         )
-        interrupts.close()
+        loader = make_train_loader(cfg, files, env, device, epoch=0)
+        metrics, step, _ = train_one_epoch(
+            parts, loader, cfg, env, device, lambda *_: None, epoch=0, step=0, epoch_step=0
+        )
+        parts.interrupts.close()
         if env.is_main:
-            net = model.module if env.distributed else model
             torch.save(
                 {"weights": net.state_dict(), "loss": metrics["loss"], "steps": step}, Path(out_dir, "out.pt")
             )

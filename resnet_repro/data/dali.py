@@ -28,6 +28,7 @@ class Transform:
     mean: tuple[float, float, float]  # on the [0, 1] scale
     std: tuple[float, float, float]
     random_resized_crop: bool = True
+    pad_crop: int = 0
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: bool = False
@@ -47,6 +48,7 @@ class Transform:
             mean=tuple(cfg.mean),
             std=tuple(cfg.std),
             random_resized_crop=a.random_resized_crop,
+            pad_crop=a.pad_crop,
             scale=tuple(a.scale),
             ratio=tuple(a.ratio),
             hflip=a.hflip,
@@ -61,7 +63,21 @@ def _define_pipeline(files: Sequence[str], labels: Sequence[int], t: Transform, 
         files=list(files), labels=list(labels), random_shuffle=False, name=READER_NAME
     )
     size = [t.image_size, t.image_size]
-    if t.train and t.random_resized_crop:
+    if t.train and t.pad_crop > 0:
+        # CIFAR style: zero-pad pad_crop pixels on each side, then a random image_size window
+        images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
+        images = fn.resize(
+            images, resize_shorter=t.image_size, interp_type=types.INTERP_LINEAR, antialias=True
+        )
+        padded = t.image_size + 2 * t.pad_crop
+        images = fn.crop(images, crop=[padded, padded], out_of_bounds_policy="pad", fill_values=0)
+        images = fn.crop(
+            images,
+            crop=size,
+            crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
+            crop_pos_y=fn.random.uniform(range=[0.0, 1.0]),
+        )
+    elif t.train and t.random_resized_crop:
         # Decode only the sampled crop window (ROI decode), then resize it to the square size
         images = fn.decoders.image_random_crop(
             jpegs,

@@ -1,0 +1,131 @@
+"""Gradient-norm statistics, the non-finite guard, the high-loss hint and early stopping."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from resnet_repro import distributed
+from resnet_repro.config import EarlyStopConfig
+from resnet_repro.distributed import DistEnv
+
+
+def grad_norm_summary(norms: torch.Tensor, max_norm: float | None) -> dict[str, float]:
+    """Per-epoch statistics of the pre-clip total gradient norms (one value per step)."""
+    finite = norms[torch.isfinite(norms)].double()
+    if finite.numel() == 0:
+        return {}
+    q = torch.quantile(finite, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
+    return {
+        "grad_norm_mean": finite.mean().item(),
+        "grad_norm_p50": q[0].item(),
+        "grad_norm_p90": q[1].item(),
+        "grad_norm_p99": q[2].item(),
+        "grad_norm_max": finite.max().item(),
+        "clipped_fraction": (finite > max_norm).double().mean().item() if max_norm else 0.0,
+    }
+
+
+class NonFiniteError(RuntimeError):
+    """Training stopped on a non-finite loss or gradient; the message names the report file."""
+
+
+@dataclass
+class NonFiniteGuard:
+    """Keeps the last losses; on a non-finite step writes a report and says what to do.
+
+    The check costs one host sync per step (reading one flag); with fp16 the gradient scaler
+    already makes that sync, and with `nonfinite=off` there is none.
+    """
+
+    mode: str
+    max_skips: int
+    report_path: Path
+    history: list[float] = field(default_factory=list)
+    skipped_in_a_row: int = 0
+    skipped_total: int = 0
+
+    def is_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor, env: DistEnv) -> bool:
+        """Whether every rank's loss and the (all-reduced, so shared) gradient norm are finite.
+
+        Ranks must agree, or one would skip an update the others apply: the flag is summed over
+        ranks (a one-number all-reduce)."""
+        if self.mode == "off":
+            return True
+        bad = (~torch.isfinite(loss.detach().float() + grad_norm.float())).float().reshape(1)
+        return distributed.all_reduce_sum(env, bad).item() == 0
+
+    def skip(self) -> None:
+        self.skipped_in_a_row += 1
+        self.skipped_total += 1
+
+    def ok(self) -> None:
+        self.skipped_in_a_row = 0
+
+    def remember(self, loss: float) -> None:
+        self.history = (self.history + [loss])[-20:]
+
+    def report(
+        self, model: nn.Module, loss: torch.Tensor, labels: torch.Tensor, *, epoch: int, step: int, lr: float
+    ) -> dict[str, Any]:
+        bad = [
+            name
+            for name, p in model.named_parameters()
+            if p.grad is not None and not torch.isfinite(p.grad).all()
+        ]
+        report = {
+            "epoch": epoch,
+            "step": step,
+            "lr": lr,
+            "loss": float(loss.detach().float().item()),
+            "loss_history_tail": self.history,
+            "nonfinite_grad_params": bad[:10],
+            "nonfinite_grad_param_count": len(bad),
+            "label_min": int(labels.min().item()),
+            "label_max": int(labels.max().item()),
+            "skipped_total": self.skipped_total,
+        }
+        self.report_path.parent.mkdir(parents=True, exist_ok=True)
+        self.report_path.write_text(json.dumps(report, indent=2) + "\n")
+        return report
+
+
+def chance_loss(num_classes: int) -> float:
+    """Cross-entropy of a uniform guess: a model still at this loss has learnt nothing."""
+    return math.log(num_classes)
+
+
+@dataclass
+class EarlyStopper:
+    cfg: EarlyStopConfig
+    best: float | None = None
+    bad_evals: int = 0
+
+    def update(self, metrics: dict[str, float]) -> str | None:
+        """Feed one evaluation; returns the reason to stop, or None."""
+        if self.cfg.patience is None:
+            return None
+        value = metrics[self.cfg.metric]
+        sign = 1.0 if self.cfg.metric == "top1" else -1.0  # top1: higher is better; loss: lower
+        if self.best is None or sign * (value - self.best) > self.cfg.min_delta:
+            self.best, self.bad_evals = value, 0
+            return None
+        self.bad_evals += 1
+        if self.bad_evals >= self.cfg.patience:
+            return (
+                f"early stop: {self.cfg.metric} has not improved by more than {self.cfg.min_delta} "
+                f"on the model-selection split for {self.bad_evals} evaluations (best {self.best:.4f})"
+            )
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad_evals = state["best"], state["bad_evals"]
