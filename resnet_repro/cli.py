@@ -20,6 +20,9 @@ commands:
   train [overrides]              train (default: the demo); add -m for a Hydra multirun sweep
   eval checkpoint=PATH [...]     evaluate a checkpoint; prints one JSON line
   make-demo-data [--out DIR]     write the embedded demo dataset
+  prepare-imagenet --train-tar T --val-tar V --devkit D --out DIR
+                                 extract the official ILSVRC2012 archives into train/ and val/ folders
+  verify-data data.root=DIR      count images per split and class, decode every image, report problems
 
 examples:
   {PROG} train
@@ -139,10 +142,84 @@ def _make_demo_data(args: list[str]) -> None:
     print(build_demo_dataset(out))
 
 
+def _prepare_imagenet(args: list[str]) -> None:
+    import argparse
+
+    from resnet_repro.data.imagenet import prepare_imagenet
+
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} prepare-imagenet",
+        description="Extract ILSVRC2012 into <out>/train/<wnid>/*.JPEG and <out>/val/<wnid>/*.JPEG. "
+        "Resumable: run it again after an interruption.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder (becomes data.root)")
+    p.add_argument("--train-tar", type=Path, help="ILSVRC2012_img_train.tar")
+    p.add_argument("--val-tar", type=Path, help="ILSVRC2012_img_val.tar")
+    p.add_argument("--devkit", type=Path, help="ILSVRC2012_devkit_t12.tar.gz (or its extracted folder)")
+    p.add_argument("--val-dir", type=Path, help="an already extracted flat folder of ILSVRC2012_val_*.JPEG")
+    p.add_argument("--val-ground-truth", type=Path, help="ILSVRC2012_validation_ground_truth.txt")
+    p.add_argument("--loc-val-solution", type=Path, help="LOC_val_solution.csv (instead of the devkit)")
+    p.add_argument("--no-progress", action="store_true")
+    ns = p.parse_args(args)
+    try:
+        summary = prepare_imagenet(
+            ns.out,
+            train_tar=ns.train_tar,
+            val_tar=ns.val_tar,
+            devkit=ns.devkit,
+            val_dir=ns.val_dir,
+            val_ground_truth=ns.val_ground_truth,
+            loc_val_solution=ns.loc_val_solution,
+            progress=not ns.no_progress,
+        )
+    except UserError as e:
+        _fail(str(e))
+    print(json.dumps(summary, default=str))
+
+
+def _verify_data(dcfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from resnet_repro.data.imagenet import verify_data
+
+    try:
+        cfg = to_dataclass(dcfg)
+        if cfg.data.name == "demo":
+            from resnet_repro.data.demo import build_demo_dataset
+
+            build_demo_dataset(cfg.data.root)
+        summary = verify_data(
+            Path(cfg.data.root).expanduser(),
+            expect_imagenet=cfg.data.name == "imagenet",
+            num_threads=cfg.data.num_threads,
+            progress=cfg.logging.progress,
+            summary_path=Path(HydraConfig.get().runtime.output_dir) / "verify_data.json",
+        )
+    except UserError as e:
+        _fail(str(e))
+    for problem in summary["problems"]:
+        print(f"problem: {problem}")
+    for issue in summary["issues"][:50]:
+        print(f"{issue['kind']}: {issue['path']}: {issue['detail']}")
+    if len(summary["issues"]) > 50:
+        print(
+            f"... {len(summary['issues']) - 50} more in {HydraConfig.get().runtime.output_dir}/verify_data.json"
+        )
+    print(
+        json.dumps(
+            {k: summary[k] for k in ("root", "images", "issue_counts", "images_per_s", "ok")}, default=str
+        )
+    )
+    if not summary["ok"]:
+        raise SystemExit(1)
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "train": lambda args: _hydra_command(_train, args),
     "eval": lambda args: _hydra_command(_eval, args),
     "make-demo-data": _make_demo_data,
+    "prepare-imagenet": _prepare_imagenet,
+    "verify-data": lambda args: _hydra_command(_verify_data, args),
 }
 
 

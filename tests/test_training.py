@@ -61,7 +61,7 @@ def test_run_directory_holds_config_git_metrics_tensorboard_and_checkpoint(short
     info = json.loads((short_run / "run.json").read_text())
     assert set(info["git"]) == {"commit", "dirty"}
     assert info["derived"]["global_batch"] == 64
-    assert info["derived"]["peak_lr"] == pytest.approx(0.1)
+    assert info["derived"]["peak_lr"] == pytest.approx(0.05)  # lr_per_256 0.2 at batch 64
     assert (short_run / "checkpoints" / "last.pt").is_file()
     assert list((short_run / "tb").glob("events.out.tfevents.*"))
     for row in read_metrics(short_run):

@@ -70,6 +70,16 @@ def _residual_branch_ends(model: tvm.ResNet) -> list[nn.Module]:
     return ends
 
 
+def _drop_block(out: torch.Tensor, p: float, block_size: int, training: bool) -> torch.Tensor:
+    """torchvision's drop_block2d with the block clamped to the largest odd size that fits the
+    feature map (small images give 2x2 maps in stage 4; the op needs an odd block)."""
+    size = min(block_size, out.shape[-1], out.shape[-2])
+    size -= 1 - size % 2
+    if p == 0 or size < 1:
+        return out
+    return drop_block2d(out, p, size, training=training)
+
+
 def _attach_regularizers(model: tvm.ResNet, reg: RegularizationConfig) -> DropBlockRate | None:
     if reg.stochastic_depth > 0:
         # Linearly increasing drop rate with depth (Huang et al. 2016): the last block drops at `p`
@@ -89,9 +99,7 @@ def _attach_regularizers(model: tvm.ResNet, reg: RegularizationConfig) -> DropBl
         rate = DropBlockRate(reg.dropblock, reg.dropblock_ramp_epochs)
         for stage in ("layer3", "layer4"):
             getattr(model, stage).register_forward_hook(
-                lambda m, _i, out: (
-                    drop_block2d(out, rate.p, reg.dropblock_size, training=m.training) if rate.p > 0 else out
-                )
+                lambda m, _i, out: _drop_block(out, rate.p, reg.dropblock_size, m.training)
             )
     if reg.dropout > 0:
         model.avgpool.register_forward_hook(

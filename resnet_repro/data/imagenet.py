@@ -1,0 +1,779 @@
+"""ImageNet-1K (ILSVRC2012): prepare the folder layout from the official archives, and verify a folder.
+
+`prepare_imagenet` writes `<out>/train/<wnid>/*.JPEG` from ILSVRC2012_img_train.tar (a tar of 1000
+per-class tars) and `<out>/val/<wnid>/*.JPEG` from the flat validation images (the archive or an
+extracted folder), labelled by the devkit (meta.mat + ground-truth txt) or Kaggle's
+LOC_val_solution.csv. Class index everywhere = position of the wnid in sorted order (splits.py).
+
+`verify_data` counts images per split and class (against ImageNet-1K's numbers when asked), decodes
+every image with the same DALI decoder the training pipeline uses and lists the files that fail or are
+not what their name says (PNG data in a .JPEG, CMYK and grayscale JPEGs).
+
+Why not torchvision.datasets.imagenet's parse_*_archive: they MD5 the archives first (minutes of
+hashing 147 GB, and a repacked archive is rejected), extract everything before moving anything (an
+interrupted run restarts from zero and can leave a folder that looks complete), and pair val images
+with labels by sorted position. Their meta.mat / ground-truth parsers are nested inside
+parse_devkit_archive and cannot be imported; `_leaf_synsets` reads meta.mat the same way
+(scipy.io.loadmat(squeeze_me=True)["synsets"], leaves = num_children == 0).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from resnet_repro.config import UserError
+from resnet_repro.data.splits import IMAGE_EXTENSIONS
+
+# ImageNet-1K (ILSVRC2012-CLS) sizes
+NUM_CLASSES = 1000
+TRAIN_IMAGES = 1_281_167
+TRAIN_PER_CLASS = (732, 1300)  # smallest and largest training class
+VAL_IMAGES = 50_000
+VAL_PER_CLASS = 50
+
+DEVKIT_DIR = "ILSVRC2012_devkit_t12"
+DEVKIT_META = "data/meta.mat"
+DEVKIT_GROUND_TRUTH = "data/ILSVRC2012_validation_ground_truth.txt"
+
+# Work in progress lives here (hidden: splits.find_classes skips dot folders) and is renamed into
+# <out>/train/<wnid> or <out>/val once complete, so a half-written class never looks finished.
+PARTIAL_DIR = ".partial"
+
+# Issue kinds from verify_data. Errors break training or evaluation; notes are files DALI decodes
+# correctly but other tools may not (the PIL backend, a colour-managed viewer).
+ERROR_KINDS = ("unreadable", "truncated", "undecodable")
+NOTE_KINDS = ("wrong_format", "cmyk", "grayscale", "unusual_mode")
+
+_WNID = re.compile(r"n\d{8}")
+_GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+# --------------------------------------------------------------------------------------------------
+# Labels for the validation images
+# --------------------------------------------------------------------------------------------------
+
+
+def _val_name(i: int) -> str:
+    """File name of the i-th (1-based) validation image; line i of the ground truth labels it."""
+    return f"ILSVRC2012_val_{i:08d}.JPEG"
+
+
+def _read_devkit_file(devkit: Path, rel: str) -> bytes:
+    """`rel` (e.g. data/meta.mat) from the devkit archive, or from an extracted devkit folder (the
+    ILSVRC2012_devkit_t12 folder itself or its parent)."""
+    if devkit.is_dir():
+        for base in (devkit, devkit / DEVKIT_DIR):
+            if (base / rel).is_file():
+                return (base / rel).read_bytes()
+        raise UserError(f"devkit folder {devkit} has no {rel} (nor {DEVKIT_DIR}/{rel})")
+    wanted = f"{DEVKIT_DIR}/{rel}"
+    try:
+        with tarfile.open(devkit, "r:*") as tar:
+            for m in tar:
+                if m.isfile() and _strip_dot_slash(m.name) == wanted:
+                    f = tar.extractfile(m)
+                    assert f is not None  # a regular file always has data
+                    return f.read()
+    except (OSError, tarfile.TarError) as e:
+        raise UserError(f"cannot read the devkit archive {devkit}: {e}") from e
+    raise UserError(f"devkit archive {devkit} has no {wanted}; is it ILSVRC2012_devkit_t12.tar.gz?")
+
+
+def _leaf_synsets(meta_mat: bytes, source: str) -> dict[int, str]:
+    """ILSVRC2012_ID -> wnid for the leaf synsets (num_children == 0: the 1000 classes) of meta.mat."""
+    try:
+        import scipy.io
+    except ImportError as e:
+        raise UserError("reading the devkit's meta.mat needs scipy: pip install scipy") from e
+    try:
+        synsets = scipy.io.loadmat(io.BytesIO(meta_mat), squeeze_me=True)["synsets"]
+        ids, wnids, children = synsets["ILSVRC2012_ID"], synsets["WNID"], synsets["num_children"]
+    except Exception as e:  # scipy raises several types for a malformed file
+        raise UserError(f"{source} is not the ILSVRC2012 meta.mat (a 'synsets' struct array): {e}") from e
+    leaves = {
+        int(i): str(w)
+        for i, w, n in zip(ids.reshape(-1), wnids.reshape(-1), children.reshape(-1), strict=True)
+        if int(n) == 0
+    }
+    if not leaves:
+        raise UserError(f"{source} has no leaf synsets (num_children == 0)")
+    return leaves
+
+
+def _labels_from_devkit(devkit: Path, ground_truth: Path | None) -> dict[str, str]:
+    """Validation file name -> wnid. The ground truth holds one 1-based ILSVRC2012_ID per line in image
+    order; meta.mat maps those IDs (not sorted-wnid positions) to wnids."""
+    id_to_wnid = _leaf_synsets(_read_devkit_file(devkit, DEVKIT_META), f"{devkit}:{DEVKIT_META}")
+    if ground_truth is not None:
+        text, source = ground_truth.read_text(), str(ground_truth)
+    else:
+        text = _read_devkit_file(devkit, DEVKIT_GROUND_TRUTH).decode()
+        source = f"{devkit}:{DEVKIT_GROUND_TRUTH}"
+    labels: dict[str, str] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            wnid = id_to_wnid[int(line)]
+        except (ValueError, KeyError):
+            raise UserError(
+                f"{source} line {lineno}: {line.strip()!r} is not an ILSVRC2012_ID of a class in meta.mat "
+                f"(expected an integer in 1..{len(id_to_wnid)})"
+            ) from None
+        labels[_val_name(lineno)] = wnid
+    if not labels:
+        raise UserError(f"{source} is empty")
+    return labels
+
+
+def _labels_from_loc_csv(path: Path) -> dict[str, str]:
+    """Kaggle's LOC_val_solution.csv: ImageId,PredictionString; the first token of PredictionString
+    (a list of `wnid x_min y_min x_max y_max` boxes) is the image's class."""
+    labels: dict[str, str] = {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"ImageId", "PredictionString"} <= set(reader.fieldnames):
+            raise UserError(
+                f"{path} has columns {reader.fieldnames}; expected ImageId,PredictionString "
+                "(Kaggle's LOC_val_solution.csv)"
+            )
+        for row in reader:
+            tokens = (row["PredictionString"] or "").split()
+            if not row["ImageId"] or not tokens:
+                raise UserError(f"{path} line {reader.line_num}: empty ImageId or PredictionString")
+            labels[row["ImageId"] + ".JPEG"] = tokens[0]
+    if not labels:
+        raise UserError(f"{path} has no rows")
+    return labels
+
+
+def _val_labels(
+    devkit: Path | None, val_ground_truth: Path | None, loc_val_solution: Path | None
+) -> tuple[dict[str, str], str]:
+    """Labels and a description of where they came from; with both sources given they must agree."""
+    from_devkit = _labels_from_devkit(devkit, val_ground_truth) if devkit is not None else None
+    from_csv = _labels_from_loc_csv(loc_val_solution) if loc_val_solution is not None else None
+    if from_devkit is not None and from_csv is not None:
+        differ = sorted(
+            n for n in from_devkit.keys() | from_csv.keys() if from_devkit.get(n) != from_csv.get(n)
+        )
+        if differ:
+            n = differ[0]
+            raise UserError(
+                f"the devkit and {loc_val_solution} disagree on {len(differ)} validation images, e.g. {n}: "
+                f"{from_devkit.get(n)} vs {from_csv.get(n)}; pass only one of them"
+            )
+    for labels, source in ((from_devkit, devkit), (from_csv, loc_val_solution)):
+        # Each label becomes a folder name under <out>/val
+        bad = sorted({w for w in (labels or {}).values() if not _is_folder_name(w)})
+        if bad:
+            raise UserError(f"{source} has class names that cannot be folder names: {', '.join(bad[:5])}")
+    if from_devkit is not None:
+        return from_devkit, f"devkit {devkit}" + (f" with {val_ground_truth}" if val_ground_truth else "")
+    assert from_csv is not None
+    return from_csv, str(loc_val_solution)
+
+
+def _is_folder_name(name: str) -> bool:
+    # Not hidden either: splits.find_classes skips dot folders
+    return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name
+
+
+# --------------------------------------------------------------------------------------------------
+# Extraction
+# --------------------------------------------------------------------------------------------------
+
+
+def _strip_dot_slash(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def _member_name(archive: str, m: tarfile.TarInfo) -> str:
+    """The plain file name of a regular-file member of a flat archive, or a UserError: the official
+    archives hold no folders, links or absolute paths, so anything else is refused rather than
+    written outside the target folder."""
+    name = _strip_dot_slash(m.name)
+    parts = name.replace("\\", "/").split("/")
+    if m.name.startswith("/") or ".." in parts:
+        raise UserError(f"{archive}: member {m.name!r} points outside the extraction folder; refusing it")
+    if not m.isfile():
+        raise UserError(f"{archive}: member {m.name!r} is a link or special file; refusing it")
+    if len(parts) != 1 or not name:
+        raise UserError(
+            f"{archive}: member {m.name!r} is inside a folder; the official ILSVRC2012 archives are flat"
+        )
+    return name
+
+
+def _write_atomic(src: IO[bytes], target: Path) -> None:
+    # Written under a hidden temporary name and renamed: a file with its final name is complete,
+    # which is what lets a resumed run skip it.
+    tmp = target.with_name(f".{target.name}.part")
+    with tmp.open("wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    os.replace(tmp, target)
+
+
+def _is_complete(target: Path, size: int) -> bool:
+    try:
+        return target.stat().st_size == size
+    except FileNotFoundError:
+        return False
+
+
+def _extract_class_tar(fileobj: IO[bytes], archive: str, dest: Path) -> int:
+    """Stream one per-class tar into `dest`; returns its number of images. Files already in `dest`
+    (from an interrupted run) are complete and skipped."""
+    n = 0
+    with tarfile.open(fileobj=fileobj, mode="r|") as inner:
+        for m in inner:
+            if m.isdir():
+                continue
+            target = dest / _member_name(archive, m)
+            if not _is_complete(target, m.size):
+                src = inner.extractfile(m)
+                assert src is not None
+                _write_atomic(src, target)
+            n += 1
+    return n
+
+
+def _count_images(folder: Path) -> int:
+    return sum(1 for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def _progress(iterable: Iterable[Any], enabled: bool, **kwargs: Any):
+    from tqdm import tqdm
+
+    return tqdm(iterable, disable=not enabled, dynamic_ncols=True, **kwargs)
+
+
+def _open_tar(path: Path, what: str) -> tarfile.TarFile:
+    # Random-access mode, not streaming: resuming seeks past finished members instead of reading them.
+    try:
+        return tarfile.open(path, "r:*")
+    except (OSError, tarfile.TarError) as e:
+        raise UserError(f"cannot read the {what} archive {path}: {e}") from e
+
+
+def _prepare_train(train_tar: Path, out: Path, progress: bool) -> dict[str, int]:
+    train_dir, partial = out / "train", out / PARTIAL_DIR / "train"
+    with _open_tar(train_tar, "train") as tar:
+        class_tars: list[tuple[str, tarfile.TarInfo]] = []
+        for m in tar.getmembers():  # reads only the ~1000 member headers
+            if m.isdir():
+                continue
+            name = _member_name(str(train_tar), m)
+            if not name.endswith(".tar") or name.startswith("."):
+                raise UserError(
+                    f"{train_tar}: member {name!r} is not a per-class <wnid>.tar; "
+                    "is this ILSVRC2012_img_train.tar?"
+                )
+            class_tars.append((name[: -len(".tar")], m))
+        if not class_tars:
+            raise UserError(f"train archive {train_tar} holds no per-class tars")
+        train_dir.mkdir(parents=True, exist_ok=True)
+        counts = {"classes": len(class_tars), "images": 0, "extracted_classes": 0, "skipped_classes": 0}
+        bar = _progress(class_tars, progress, desc="train", unit="class")
+        for wnid, m in bar:
+            final = train_dir / wnid
+            if final.is_dir():  # renamed into place only when complete
+                counts["skipped_classes"] += 1
+                counts["images"] += _count_images(final)
+            else:
+                work = partial / wnid
+                work.mkdir(parents=True, exist_ok=True)
+                f = tar.extractfile(m)
+                assert f is not None
+                with f:
+                    counts["images"] += _extract_class_tar(f, f"{train_tar}:{m.name}", work)
+                work.rename(final)
+                counts["extracted_classes"] += 1
+            bar.set_postfix(images=counts["images"])
+    return counts
+
+
+def _val_sources(val_tar: Path | None, val_dir: Path | None) -> Iterator[tuple[str, int, Any]]:
+    """(file name, size, opener) of each flat validation image; opener() gives a readable file,
+    or for a folder the source path (hard-linked rather than copied where possible)."""
+    if val_tar is not None:
+        with _open_tar(val_tar, "validation") as tar:
+            for m in tar:  # iterating seeks past the data of members we do not read
+                if m.isdir():
+                    continue
+                yield _member_name(str(val_tar), m), m.size, (lambda m=m: tar.extractfile(m))
+    else:
+        assert val_dir is not None
+        for e in sorted(os.scandir(val_dir), key=lambda e: e.name):
+            if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS):
+                yield e.name, e.stat().st_size, Path(e.path)
+
+
+def _prepare_val(
+    out: Path, val_tar: Path | None, val_dir: Path | None, labels: dict[str, str], source: str, progress: bool
+) -> dict[str, Any]:
+    val_final, work = out / "val", out / PARTIAL_DIR / "val"
+    if val_final.is_dir():  # the whole split is renamed into place at the end, so it is complete
+        classes = [e for e in os.scandir(val_final) if e.is_dir() and not e.name.startswith(".")]
+        return {
+            "classes": len(classes),
+            "images": sum(_count_images(Path(e.path)) for e in classes),
+            "skipped": True,
+            "labels": source,
+            "missing_images": 0,
+            "missing_examples": [],
+        }
+    origin = str(val_tar if val_tar is not None else val_dir)
+    seen: set[str] = set()
+    bar = _progress(_val_sources(val_tar, val_dir), progress, desc="val", unit="img", total=len(labels))
+    for name, size, src in bar:
+        wnid = labels.get(name)
+        if wnid is None:
+            raise UserError(
+                f"{origin}: {name} has no label in {source}; is this the ILSVRC2012 validation set "
+                "(ILSVRC2012_val_00000001.JPEG ...)?"
+            )
+        target = work / wnid / name
+        if not _is_complete(target, size):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(src, Path):
+                _link_or_copy(src, target)
+            else:
+                with src() as f:
+                    _write_atomic(f, target)
+        seen.add(name)
+    if not seen:
+        raise UserError(f"{origin} holds no validation images")
+    missing = sorted(set(labels) - seen)
+    classes = sorted({labels[n] for n in seen})
+    work.rename(val_final)
+    return {
+        "classes": len(classes),
+        "images": len(seen),
+        "skipped": False,
+        "labels": source,
+        "missing_images": len(missing),
+        "missing_examples": missing[:10],
+    }
+
+
+def _link_or_copy(src: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.part")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)  # same file system: no second copy of 6.4 GB
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, target)
+
+
+def _remove_empty_dirs(folder: Path) -> None:
+    if not folder.is_dir():
+        return
+    for sub in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if sub.is_dir() and not any(sub.iterdir()):
+            sub.rmdir()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _require(path: Path | None, what: str, kind: str = "file") -> Path | None:
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    ok = path.is_dir() if kind == "folder" else path.exists()
+    if not ok:
+        raise UserError(f"{what} {path} does not exist" + (" or is not a folder" if kind == "folder" else ""))
+    return path
+
+
+def prepare_imagenet(
+    out: Path,
+    *,
+    train_tar: Path | None,
+    val_tar: Path | None,
+    devkit: Path | None,
+    val_dir: Path | None = None,
+    val_ground_truth: Path | None = None,
+    loc_val_solution: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write `<out>/train/<wnid>/*.JPEG` and/or `<out>/val/<wnid>/*.JPEG`; returns summary counts.
+
+    train_tar: ILSVRC2012_img_train.tar (a tar of per-class `<wnid>.tar`).
+    val_tar or val_dir: ILSVRC2012_img_val.tar, or a folder of the same flat ILSVRC2012_val_*.JPEG.
+    Validation labels: `devkit` (ILSVRC2012_devkit_t12.tar.gz or its extracted folder; `val_ground_truth`
+    replaces its ILSVRC2012_validation_ground_truth.txt) and/or Kaggle's `loc_val_solution` csv.
+
+    Idempotent and resumable: a train class is extracted under <out>/.partial and renamed into place
+    when complete, the validation split likewise as a whole; files are written under temporary names,
+    so a rerun after an interruption skips finished classes and files and extracts nothing twice.
+    """
+    out = Path(out).expanduser()
+    train_tar = _require(train_tar, "train archive")
+    val_tar = _require(val_tar, "validation archive")
+    val_dir = _require(val_dir, "validation folder", kind="folder")
+    devkit = _require(devkit, "devkit")
+    val_ground_truth = _require(val_ground_truth, "validation ground truth")
+    loc_val_solution = _require(loc_val_solution, "LOC_val_solution.csv")
+    if train_tar is None and val_tar is None and val_dir is None:
+        raise UserError("nothing to prepare: give the train archive and/or the validation archive or folder")
+    if val_tar is not None and val_dir is not None:
+        raise UserError(f"give the validation images once: archive {val_tar} or folder {val_dir}, not both")
+    has_val = val_tar is not None or val_dir is not None
+    if has_val and devkit is None and loc_val_solution is None:
+        raise UserError(
+            "validation images need labels: the devkit (ILSVRC2012_devkit_t12.tar.gz) or LOC_val_solution.csv"
+        )
+    if val_ground_truth is not None and devkit is None:
+        raise UserError(
+            f"{val_ground_truth} holds ILSVRC2012_IDs, which the devkit's meta.mat maps to wnids: "
+            "give the devkit too (archive or extracted folder)"
+        )
+    if not has_val and (devkit is not None or val_ground_truth is not None or loc_val_solution is not None):
+        raise UserError("validation labels were given without validation images (the archive or folder)")
+    if val_dir is not None and val_dir.resolve() == (out / "val").resolve():
+        raise UserError(f"validation folder {val_dir} is <out>/val itself; move it or choose another out")
+
+    # Labels first: a bad devkit should fail before hours of train extraction, not after.
+    labels, label_source = _val_labels(devkit, val_ground_truth, loc_val_solution) if has_val else ({}, "")
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"out": str(out), "train": None, "val": None}
+    if train_tar is not None:
+        summary["train"] = _prepare_train(train_tar, out, progress)
+    if has_val:
+        summary["val"] = _prepare_val(out, val_tar, val_dir, labels, label_source, progress)
+    _remove_empty_dirs(out / PARTIAL_DIR)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# Verification
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Inspected:
+    """What reading a file and parsing its header (PIL, no pixel decode) found."""
+
+    path: str
+    split: str
+    data: bytes | None = None
+    is_jpeg: bool = False  # JPEG data, whatever the name says
+    has_eoi: bool = True
+    open_error: str | None = None
+    notes: list[dict[str, str]] = field(default_factory=list)
+
+
+def _inspect(path: str, split: str, keep_bytes: bool) -> _Inspected:
+    from PIL import Image, UnidentifiedImageError
+
+    r = _Inspected(path, split)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        r.open_error = f"cannot read: {e}"
+        return r
+    r.data = data if keep_bytes else None
+    if not data:
+        r.open_error = "empty file"
+        return r
+    r.is_jpeg = data[:3] == b"\xff\xd8\xff"
+    # A complete JPEG ends with the end-of-image marker FF D9 (some writers pad with zeros)
+    r.has_eoi = not r.is_jpeg or data.rstrip(b"\0").endswith(b"\xff\xd9")
+    try:
+        im = Image.open(io.BytesIO(data))  # header only: format, mode and size
+    except UnidentifiedImageError:
+        r.open_error = "PIL cannot identify it: no image format it knows"
+        return r
+    except Exception as e:  # a damaged header: SyntaxError, OSError, ValueError ...
+        r.open_error = f"PIL cannot read its header: {e}"
+        return r
+    fmt, mode = im.format, im.mode
+    expected = "PNG" if path.lower().endswith(".png") else "JPEG"
+    if fmt != expected:
+        r.notes.append(_issue(r, "wrong_format", f"not a {expected}: {fmt} data, mode {mode}"))
+    if mode == "CMYK":
+        if "adobe" in im.info:
+            detail = f"mode CMYK, Adobe marker (transform {im.info.get('adobe_transform')})"
+        else:
+            # No Adobe APP14 marker: PIL reads the channels as plain CMYK, DALI (nvImageCodec) as
+            # Adobe-inverted CMYK, so the two backends give different colours for this file.
+            detail = "mode CMYK, no Adobe marker: DALI and PIL decode it to different colours"
+        r.notes.append(_issue(r, "cmyk", detail))
+    elif mode in _GRAYSCALE_MODES:
+        r.notes.append(_issue(r, "grayscale", f"mode {mode}"))
+    elif mode != "RGB":
+        r.notes.append(_issue(r, "unusual_mode", f"mode {mode}"))
+    return r
+
+
+def _issue(r: _Inspected, kind: str, detail: str) -> dict[str, str]:
+    return {"split": r.split, "path": r.path, "kind": kind, "detail": detail}
+
+
+def _pil_load_error(data: bytes) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except Exception as e:
+        return str(e) or type(e).__name__
+    return None
+
+
+def _failure(r: _Inspected, dali_error: str | None, decode: bool) -> dict[str, str] | None:
+    """The error issue for a file, or None when it is usable."""
+    if decode:
+        if dali_error is None and r.open_error is None:
+            return None
+    elif r.open_error is None and r.has_eoi:
+        return None
+    parts = []
+    if dali_error is not None:
+        parts.append(f"DALI: {dali_error}")
+    if r.open_error is not None:
+        parts.append(r.open_error)
+    elif r.data is not None:
+        pil = _pil_load_error(r.data)
+        parts.append(f"PIL: {pil}" if pil else "PIL decodes it")
+    if not r.has_eoi:
+        parts.append("no JPEG end-of-image marker (FF D9) at the end")
+    if r.open_error is not None and r.open_error.startswith(("cannot read", "empty")):
+        kind = "unreadable"
+    elif not r.has_eoi or "truncated" in " ".join(parts).lower():
+        kind = "truncated"
+    else:
+        kind = "undecodable"
+    return _issue(r, kind, "; ".join(parts))
+
+
+class _DaliDecoder:
+    """Decodes batches of encoded images with DALI on the CPU (the decoder the training pipeline
+    uses) and says which items fail: DALI fails a whole batch on one bad file, so a failed batch is
+    bisected until the bad files are isolated."""
+
+    def __init__(self, batch_size: int, num_threads: int) -> None:
+        try:
+            from nvidia.dali import fn, pipeline_def, types
+        except ImportError as e:
+            raise UserError("decoding needs NVIDIA DALI (nvidia-dali-*); or verify without decoding") from e
+
+        def define():
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+            # Only the shapes leave the pipeline: decoding is the test, the pixels are not needed.
+            return fn.decoders.image(encoded, device="cpu", output_type=types.RGB).shape()
+
+        self._make = lambda: pipeline_def(define)(
+            batch_size=batch_size, num_threads=num_threads, device_id=None, prefetch_queue_depth=1
+        )
+        self._pipe = self._build()
+
+    def _build(self):
+        pipe = self._make()
+        pipe.build()
+        return pipe
+
+    def errors(self, datas: list[bytes]) -> list[str | None]:
+        import numpy as np
+
+        if not datas:
+            return []
+        try:
+            self._pipe.run(encoded=[np.frombuffer(d, dtype=np.uint8) for d in datas])
+            return [None] * len(datas)
+        except Exception as e:  # DALI raises RuntimeError (sometimes others) for any failed sample
+            self._pipe = self._build()  # a pipeline that raised is no longer valid
+            if len(datas) == 1:
+                return [_dali_message(e)]
+            mid = len(datas) // 2
+            return self.errors(datas[:mid]) + self.errors(datas[mid:])
+
+
+def _dali_message(e: Exception) -> str:
+    """The informative lines of a DALI error (it repeats a pipeline traceback around them)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if "encountered:" in lines:
+        lines = lines[lines.index("encountered:") + 1 :]
+    lines = [ln for ln in lines if not ln.startswith(("Current pipeline object", "C++ context"))]
+    return " ".join(lines[:2]).rstrip(" :") or type(e).__name__
+
+
+def _scan_split(split_dir: Path) -> tuple[dict[str, list[str]], int]:
+    """Image paths per class folder, and the number of images lying directly in the split folder."""
+    per_class: dict[str, list[str]] = {}
+    loose = 0
+    for e in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if e.name.startswith("."):
+            continue
+        if e.is_dir():
+            per_class[e.name] = sorted(
+                os.path.join(e.path, f.name)
+                for f in os.scandir(e.path)
+                if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS)
+            )
+        elif e.name.lower().endswith(IMAGE_EXTENSIONS):
+            loose += 1
+    return per_class, loose
+
+
+def _count_problems(splits: dict[str, dict[str, Any]], expect_imagenet: bool) -> list[str]:
+    problems: list[str] = []
+    for split, s in splits.items():
+        if s["loose_images"]:
+            problems.append(
+                f"{split}: {s['loose_images']} images lie outside class folders; "
+                "expected <split>/<class>/<image> (prepare-imagenet sorts the flat validation set)"
+            )
+        problems += [f"{split}/{c}: empty class folder" for c, n in s["per_class"].items() if n == 0]
+    train = splits.get("train")
+    for split, s in splits.items():
+        if split == "train" or train is None:
+            continue
+        extra = sorted(set(s["per_class"]) - set(train["per_class"]))
+        if extra:
+            problems.append(f"{split}: {len(extra)} classes not in train: {', '.join(extra[:10])}")
+    if not expect_imagenet:
+        return problems
+    expected = {
+        "train": (TRAIN_IMAGES, TRAIN_PER_CLASS, "732 to 1300"),
+        "val": (VAL_IMAGES, (VAL_PER_CLASS, VAL_PER_CLASS), str(VAL_PER_CLASS)),
+    }
+    for split, (total, (lo, hi), per_class_text) in expected.items():
+        s = splits.get(split)
+        if s is None:
+            problems.append(f"{split}: split folder is missing")
+            continue
+        if s["classes"] != NUM_CLASSES:
+            problems.append(f"{split}: {s['classes']} classes, expected {NUM_CLASSES}")
+        if s["images"] != total:
+            problems.append(f"{split}: {s['images']:,} images, expected {total:,}")
+        not_wnid = [c for c in s["per_class"] if not _WNID.fullmatch(c)]
+        if not_wnid:
+            problems.append(f"{split}: {len(not_wnid)} folders are not wnids: {', '.join(not_wnid[:10])}")
+        problems += [
+            f"{split}/{c}: {n} images, expected {per_class_text}"
+            for c, n in s["per_class"].items()
+            if n and not lo <= n <= hi
+        ]
+    if train is not None and "val" in splits:
+        missing = sorted(set(train["per_class"]) - set(splits["val"]["per_class"]))
+        if missing:
+            problems.append(f"val: {len(missing)} train classes missing: {', '.join(missing[:10])}")
+    return problems
+
+
+def verify_data(
+    root: Path,
+    *,
+    expect_imagenet: bool,
+    num_threads: int,
+    decode: bool = True,
+    progress: bool = True,
+    summary_path: Path | None,
+) -> dict[str, Any]:
+    """Count and check every image under `<root>/<split>/<class>/`; returns (and writes to `summary_path`
+    as JSON) the summary: per-split counts, count `problems`, per-file `issues` and `ok`.
+
+    expect_imagenet: check the splits train and val against ImageNet-1K's numbers (1000 classes;
+    1,281,167 train images, 732 to 1300 per class; 50,000 val images, 50 per class); otherwise every
+    sub-folder of root is a split and only consistency is checked.
+    decode: decode every image with DALI on the CPU, in parallel over `num_threads`; without it only
+    headers and the JPEG end marker are read. Issues name the path; kinds "unreadable", "truncated" and
+    "undecodable" are errors, "wrong_format" (e.g. PNG data named .JPEG), "cmyk", "grayscale" and
+    "unusual_mode" are notes (DALI decodes them to RGB).
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"data root {root} does not exist or is not a folder")
+    if num_threads < 1:
+        raise UserError(f"num_threads is {num_threads}; it must be at least 1")
+    if expect_imagenet:
+        split_names = [s for s in ("train", "val") if (root / s).is_dir()]
+    else:
+        split_names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not split_names:
+        raise UserError(f"{root} has no split folders; expected {root}/<split>/<class>/<image>")
+
+    splits: dict[str, dict[str, Any]] = {}
+    files: list[tuple[str, str]] = []  # (split, path)
+    for split in split_names:
+        per_class, loose = _scan_split(root / split)
+        counts = {c: len(paths) for c, paths in per_class.items()}
+        splits[split] = {
+            "images": sum(counts.values()),
+            "classes": len(counts),
+            "loose_images": loose,
+            "per_class": counts,
+        }
+        files += [(split, p) for paths in per_class.values() for p in paths]
+    problems = _count_problems(splits, expect_imagenet)
+
+    issues: list[dict[str, str]] = []
+    started = time.perf_counter()
+    batch_size = 64
+    decoder = _DaliDecoder(batch_size, num_threads) if decode and files else None
+    with ThreadPoolExecutor(num_threads) as pool:
+
+        def submit(batch: list[tuple[str, str]]) -> list[Future[_Inspected]]:
+            return [pool.submit(_inspect, p, s, decode) for s, p in batch]
+
+        bar = _progress(None, progress, total=len(files), desc="verify", unit="img")
+        pending = submit(files[:batch_size])
+        for start in range(0, len(files), batch_size):
+            inspected = [f.result() for f in pending]
+            # Read the next batch while DALI decodes this one
+            pending = submit(files[start + batch_size : start + 2 * batch_size])
+            dali_errors: list[str | None] = [None] * len(inspected)
+            if decoder is not None:
+                usable = [k for k, r in enumerate(inspected) if r.data]  # empty files never reach DALI
+                for k, err in zip(usable, decoder.errors([inspected[k].data for k in usable]), strict=True):
+                    dali_errors[k] = err
+            for r, err in zip(inspected, dali_errors, strict=True):
+                issues += r.notes
+                failure = _failure(r, err, decode)
+                if failure is not None:
+                    issues.append(failure)
+            bar.update(len(inspected))
+        bar.close()
+    seconds = time.perf_counter() - started
+
+    issue_counts = Counter(i["kind"] for i in issues)
+    errors = sum(issue_counts[k] for k in ERROR_KINDS)
+    summary: dict[str, Any] = {
+        "root": str(root),
+        "expect_imagenet": expect_imagenet,
+        "decoded": decode,
+        "images": len(files),
+        "splits": splits,
+        "problems": problems,
+        "issue_counts": {k: issue_counts[k] for k in ERROR_KINDS + NOTE_KINDS if issue_counts[k]},
+        "issues": issues,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(len(files) / seconds, 1) if seconds > 0 else None,
+        "ok": not problems and errors == 0,
+    }
+    if summary_path is not None:
+        summary_path = Path(summary_path).expanduser()
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = summary_path.with_name(f".{summary_path.name}.part")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, summary_path)
+    return summary

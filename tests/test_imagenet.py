@@ -1,0 +1,462 @@
+"""ImageNet preparation from (fake) official archives, and verification of a prepared folder.
+
+The archives are built here with the official structure: a train tar of per-class `<wnid>.tar`, a flat
+validation tar of ILSVRC2012_val_<8 digits>.JPEG, and the devkit tar.gz with data/meta.mat (a `synsets`
+struct array, written with scipy.io.savemat the way torchvision's parser reads it) and the ground truth.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image_folder
+from PIL import Image
+
+from resnet_repro.config import UserError
+from resnet_repro.data import imagenet
+from resnet_repro.data.imagenet import prepare_imagenet, verify_data
+from resnet_repro.data.splits import list_split
+
+# ILSVRC2012_IDs deliberately not in sorted-wnid order: id 1 is the last wnid, as in the real devkit
+# (id 1 is n02119789 there), so a label read as "position in sorted order" would be caught.
+ID_TO_WNID = {1: "n01484850", 2: "n01440764", 3: "n01443537"}
+WNIDS = sorted(ID_TO_WNID.values())
+TRAIN_PER_CLASS = {"n01440764": 3, "n01443537": 2, "n01484850": 4}
+# Ground-truth ILSVRC2012_ID of validation images 1..7
+VAL_IDS = [1, 2, 3, 2, 1, 3, 3]
+
+
+def _jpeg(seed: int, size: tuple[int, int] = (8, 6)) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _tar_bytes(members: dict[str, bytes], mode: str = "w") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tar:
+        for name, data in members.items():
+            _add(tar, name, data)
+    return buf.getvalue()
+
+
+def _train_images() -> dict[str, dict[str, bytes]]:
+    return {
+        wnid: {f"{wnid}_{k}.JPEG": _jpeg(10 * c + k) for k in range(n)}
+        for c, (wnid, n) in enumerate(TRAIN_PER_CLASS.items())
+    }
+
+
+def _val_images() -> dict[str, bytes]:
+    return {f"ILSVRC2012_val_{i:08d}.JPEG": _jpeg(100 + i) for i in range(1, len(VAL_IDS) + 1)}
+
+
+def _meta_mat() -> bytes:
+    import scipy.io
+
+    fields = [
+        "ILSVRC2012_ID",
+        "WNID",
+        "words",
+        "gloss",
+        "num_children",
+        "children",
+        "wordnet_height",
+        "num_train_images",
+    ]
+    leaf = np.zeros((0,), np.uint8)
+    rows = [(i, w, f"words {w}", f"gloss {w}", 0, leaf, 0, 3) for i, w in ID_TO_WNID.items()]
+    # An inner node (num_children > 0), as the real meta.mat has 860 of them: it is not a class
+    rows.append((1001, "n00001740", "entity", "that which exists", 3, np.array([1, 2, 3], np.uint8), 2, 9))
+    synsets = np.empty((len(rows),), dtype=[(f, object) for f in fields])
+    for k, row in enumerate(rows):
+        synsets[k] = row
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"synsets": synsets})
+    return buf.getvalue()
+
+
+def _ground_truth_txt() -> str:
+    return "".join(f"{i}\n" for i in VAL_IDS)
+
+
+def _expected_val() -> dict[str, str]:
+    return {f"ILSVRC2012_val_{i:08d}.JPEG": ID_TO_WNID[gt] for i, gt in enumerate(VAL_IDS, start=1)}
+
+
+@pytest.fixture
+def archives(tmp_path: Path) -> dict[str, Path]:
+    src = tmp_path / "downloads"
+    src.mkdir()
+    train = {f"{wnid}.tar": _tar_bytes(images) for wnid, images in _train_images().items()}
+    (src / "ILSVRC2012_img_train.tar").write_bytes(_tar_bytes(train))
+    (src / "ILSVRC2012_img_val.tar").write_bytes(_tar_bytes(_val_images()))
+    devkit = {
+        "ILSVRC2012_devkit_t12/data/meta.mat": _meta_mat(),
+        "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt": _ground_truth_txt().encode(),
+    }
+    (src / "ILSVRC2012_devkit_t12.tar.gz").write_bytes(_tar_bytes(devkit, mode="w:gz"))
+    return {
+        "train_tar": src / "ILSVRC2012_img_train.tar",
+        "val_tar": src / "ILSVRC2012_img_val.tar",
+        "devkit": src / "ILSVRC2012_devkit_t12.tar.gz",
+    }
+
+
+def _tree(root: Path) -> dict[str, dict[str, bytes]]:
+    return {d.name: {f.name: f.read_bytes() for f in sorted(d.iterdir())} for d in sorted(root.iterdir())}
+
+
+def _assert_prepared(out: Path) -> None:
+    assert _tree(out / "train") == _train_images()
+    val = _tree(out / "val")
+    assert {name: wnid for wnid, files in val.items() for name in files} == _expected_val()
+    assert all(data == _val_images()[name] for files in val.values() for name, data in files.items())
+    assert not (out / imagenet.PARTIAL_DIR).exists()
+
+
+def test_prepare_from_official_archives_labels_val_by_ground_truth(tmp_path, archives):
+    out = tmp_path / "imagenet"
+    summary = prepare_imagenet(out, **archives, progress=False)
+
+    _assert_prepared(out)
+    assert summary["train"] == {"classes": 3, "images": 9, "extracted_classes": 3, "skipped_classes": 0}
+    assert summary["val"]["images"] == len(VAL_IDS) and summary["val"]["missing_images"] == 0
+    # Class index = position in sorted wnids, the same for train and val
+    train = list_split(out, "train")
+    val = list_split(out, "val", classes=train.classes)
+    assert train.classes == tuple(WNIDS)
+    for path, label in zip(val.files, val.labels, strict=True):
+        assert WNIDS[label] == _expected_val()[Path(path).name]
+
+    # A second run changes nothing
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    again = prepare_imagenet(out, **archives, progress=False)
+    assert again["train"]["skipped_classes"] == 3 and again["val"]["skipped"]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == mtimes
+
+
+def test_interrupted_prepare_resumes_without_reextracting(tmp_path, archives, monkeypatch):
+    out = tmp_path / "imagenet"
+    real = imagenet._extract_class_tar
+    calls: list[Path] = []
+
+    def killed_during_second_class(fileobj, archive, dest):
+        calls.append(dest)
+        if len(calls) == 2:
+            real(fileobj, archive, dest)  # every file of the class written, folder not yet renamed
+            raise KeyboardInterrupt("simulated kill")
+        return real(fileobj, archive, dest)
+
+    monkeypatch.setattr(imagenet, "_extract_class_tar", killed_during_second_class)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_imagenet(out, **archives, progress=False)
+    # Only the finished class looks complete; the interrupted one is still under .partial
+    assert [d.name for d in (out / "train").iterdir()] == [WNIDS[0]]
+    assert not (out / "val").exists()
+    first_class = {p: p.stat().st_mtime_ns for p in (out / "train" / WNIDS[0]).iterdir()}
+    partial_files = {p.name: p.stat().st_mtime_ns for p in calls[1].iterdir()}
+    assert len(partial_files) == TRAIN_PER_CLASS[WNIDS[1]]
+
+    calls.clear()
+    written: list[Path] = []
+    real_write = imagenet._write_atomic
+    monkeypatch.setattr(imagenet, "_extract_class_tar", lambda *a: calls.append(a[2]) or real(*a))
+    monkeypatch.setattr(imagenet, "_write_atomic", lambda src, t: written.append(t) or real_write(src, t))
+    summary = prepare_imagenet(out, **archives, progress=False)
+
+    _assert_prepared(out)
+    assert [d.name for d in calls] == WNIDS[1:]  # the finished class was not opened again
+    assert summary["train"]["skipped_classes"] == 1 and summary["train"]["extracted_classes"] == 2
+    assert {p: p.stat().st_mtime_ns for p in (out / "train" / WNIDS[0]).iterdir()} == first_class
+    # Files of the interrupted class were already complete: none was written twice
+    assert {p.name for p in written} & set(partial_files) == set()
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "train" / WNIDS[1]).iterdir()} == partial_files
+
+
+def test_interrupted_val_extraction_resumes(tmp_path, archives, monkeypatch):
+    out = tmp_path / "imagenet"
+    args = dict(train_tar=None, val_tar=archives["val_tar"], devkit=archives["devkit"], progress=False)
+    real_write = imagenet._write_atomic
+    written: list[str] = []
+
+    def killed_at_third_file(src, target):
+        if len(written) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        real_write(src, target)
+        written.append(target.name)
+
+    monkeypatch.setattr(imagenet, "_write_atomic", killed_at_third_file)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_imagenet(out, **args)
+    assert not (out / "val").exists()  # the split appears only when complete
+    first = list(written)
+
+    written.clear()
+    monkeypatch.setattr(imagenet, "_write_atomic", lambda s, t: written.append(t.name) or real_write(s, t))
+    prepare_imagenet(out, **args)
+
+    val = _tree(out / "val")
+    assert {name: wnid for wnid, files in val.items() for name in files} == _expected_val()
+    assert sorted(first + written) == sorted(_val_images())  # each file written exactly once
+
+
+def test_val_folder_with_loc_val_solution_csv(tmp_path):
+    flat = tmp_path / "ILSVRC" / "Data" / "CLS-LOC" / "val"
+    flat.mkdir(parents=True)
+    for name, data in _val_images().items():
+        (flat / name).write_bytes(data)
+    csv_path = tmp_path / "LOC_val_solution.csv"
+    rows = [
+        f"{name[: -len('.JPEG')]},{wnid} 1 2 30 40 {wnid} 5 6 7 8"
+        for name, wnid in reversed(list(_expected_val().items()))  # Kaggle's rows are not in order
+    ]
+    csv_path.write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "imagenet"
+
+    summary = prepare_imagenet(
+        out,
+        train_tar=None,
+        val_tar=None,
+        devkit=None,
+        val_dir=flat,
+        loc_val_solution=csv_path,
+        progress=False,
+    )
+
+    val = _tree(out / "val")
+    assert {name: wnid for wnid, files in val.items() for name in files} == _expected_val()
+    assert summary["val"]["classes"] == 3 and summary["train"] is None
+    assert sorted(p.name for p in flat.iterdir()) == sorted(_val_images())  # the input is left as it was
+
+
+def test_devkit_and_loc_csv_must_agree(tmp_path, archives):
+    csv_path = tmp_path / "LOC_val_solution.csv"
+    wrong = {**_expected_val(), "ILSVRC2012_val_00000001.JPEG": "n01440764"}
+    csv_path.write_text(
+        "ImageId,PredictionString\n" + "".join(f"{n[:-5]},{w} 0 0 1 1\n" for n, w in wrong.items())
+    )
+    with pytest.raises(UserError, match="disagree on 1 validation images, e.g. ILSVRC2012_val_00000001"):
+        prepare_imagenet(
+            tmp_path / "out",
+            train_tar=None,
+            val_tar=archives["val_tar"],
+            devkit=archives["devkit"],
+            loc_val_solution=csv_path,
+            progress=False,
+        )
+
+
+@pytest.mark.parametrize("name", ["../evil.JPEG", "/tmp/evil.JPEG", "sub/../../evil.JPEG"])
+def test_prepare_refuses_path_traversal_in_archives(tmp_path, name):
+    evil_class = _tar_bytes({name: _jpeg(0)})
+    train_tar = tmp_path / "train.tar"
+    train_tar.write_bytes(_tar_bytes({"n01440764.tar": evil_class}))
+    out = tmp_path / "deep" / "out"
+
+    with pytest.raises(UserError, match="points outside the extraction folder"):
+        prepare_imagenet(out, train_tar=train_tar, val_tar=None, devkit=None, progress=False)
+    assert not list(tmp_path.rglob("evil.JPEG"))
+    assert not (out / "train" / "n01440764").exists()
+
+
+def test_prepare_refuses_class_names_that_leave_the_val_folder(tmp_path, archives):
+    csv_path = tmp_path / "LOC_val_solution.csv"
+    csv_path.write_text("ImageId,PredictionString\nILSVRC2012_val_00000001,../../evil 0 0 1 1\n")
+    with pytest.raises(UserError, match="cannot be folder names: ../../evil"):
+        prepare_imagenet(
+            tmp_path / "out",
+            train_tar=None,
+            val_tar=archives["val_tar"],
+            devkit=None,
+            loc_val_solution=csv_path,
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_refuses_links_in_archives(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        link = tarfile.TarInfo("ILSVRC2012_val_00000001.JPEG")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    val_tar = tmp_path / "val.tar"
+    val_tar.write_bytes(buf.getvalue())
+    csv_path = tmp_path / "loc.csv"
+    csv_path.write_text("ImageId,PredictionString\nILSVRC2012_val_00000001,n01440764 0 0 1 1\n")
+    with pytest.raises(UserError, match="is a link or special file"):
+        prepare_imagenet(
+            tmp_path / "out", train_tar=None, val_tar=val_tar, devkit=None, loc_val_solution=csv_path
+        )
+    assert not list((tmp_path / "out").rglob("ILSVRC2012_val_*"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Unusual files through DALI, and verify_data
+# --------------------------------------------------------------------------------------------------
+
+S = 32  # image side; the eval transform with crop_ratio 1 then neither resizes nor crops
+
+
+def _smooth(channels: int, seed: int) -> np.ndarray:
+    """Smooth random content: JPEG keeps it within a few levels, while a wrong colour convention
+    (inverted CMYK, swapped channels) moves pixels by tens of levels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:S, 0:S] / (S - 1)
+    planes = []
+    for _ in range(channels):
+        a, b, c = rng.uniform(0, 1, 3)
+        planes.append(255 * (a * xx + (1 - a) * yy) * b + 255 * c * (1 - b) * 0.5)
+    return np.clip(np.stack(planes, axis=-1), 0, 255).astype(np.uint8)
+
+
+def _write_unusual(folder: Path) -> dict[str, Path]:
+    """RGB (the control), CMYK (PIL writes Adobe-inverted CMYK with an APP14 marker), grayscale, and
+    PNG data in a file named .JPEG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {k: folder / f"{k}.JPEG" for k in ("rgb", "cmyk", "gray", "png")}
+    Image.fromarray(_smooth(3, 0)).save(paths["rgb"], format="JPEG", quality=95)
+    Image.fromarray(_smooth(4, 1), mode="CMYK").save(paths["cmyk"], format="JPEG", quality=95)
+    Image.fromarray(_smooth(1, 2)[..., 0], mode="L").save(paths["gray"], format="JPEG", quality=95)
+    Image.fromarray(_smooth(3, 3)).save(paths["png"], format="PNG")
+    return paths
+
+
+def _dali_eval_pixels(paths: list[Path]) -> list[np.ndarray]:
+    """Images through the DALI evaluation pipeline as HWC 0-255 floats."""
+    pytest.importorskip("nvidia.dali")
+    from resnet_repro.data.dali import DaliLoader, Transform
+
+    # mean 0 and std 1/255 on the [0, 1] scale: DALI subtracts 0 and divides by 1 on its 0-255 scale
+    t = Transform(train=False, image_size=S, crop_ratio=1.0, mean=(0.0,) * 3, std=(1 / 255,) * 3)
+    loader = DaliLoader(
+        [str(p) for p in paths],
+        list(range(len(paths))),
+        t,
+        batch_size=len(paths),
+        num_threads=1,
+        seed=0,
+        device=torch.device("cpu"),
+        prefetch=1,
+    )
+    (images, labels), *_ = list(loader)
+    assert labels.tolist() == list(range(len(paths)))
+    return [x.permute(1, 2, 0).numpy() for x in images]
+
+
+def test_dali_eval_pipeline_decodes_cmyk_grayscale_and_png_as_rgb(tmp_path):
+    paths = _write_unusual(tmp_path / "images")
+    names = list(paths)
+    for name, got in zip(names, _dali_eval_pixels(list(paths.values())), strict=True):
+        with Image.open(paths[name]) as im:
+            want = np.asarray(im.convert("RGB"), dtype=np.float32)
+        diff = np.abs(got - want)
+        # Same libjpeg-turbo IDCT in PIL and DALI: RGB, grayscale and PNG decode identically (0 seen);
+        # CMYK -> RGB rounds differently (max 1 level seen). 2 levels leaves room for library updates
+        # while an inverted-CMYK or channel-order mistake is off by tens of levels.
+        assert diff.max() <= 2, f"{name}: DALI differs from PIL convert('RGB') by up to {diff.max()}"
+        assert diff.mean() <= 0.5, name
+
+
+def _strip_adobe_marker(data: bytes) -> bytes:
+    at = data.index(b"\xff\xee")  # APP14 "Adobe"
+    length = int.from_bytes(data[at + 2 : at + 4], "big")
+    return data[:at] + data[at + 2 + length :]
+
+
+def test_cmyk_jpeg_without_adobe_marker_decodes_inverted_in_dali(tmp_path):
+    """Characterises a DALI/PIL disagreement verify_data warns about: for a CMYK JPEG with no Adobe
+    APP14 marker, PIL takes the channels as plain CMYK while DALI (nvImageCodec) still treats them as
+    Adobe-inverted, like Photoshop's files. With the marker (every Photoshop file) they agree."""
+    path = tmp_path / "data" / "train" / "c" / "cmyk_no_adobe.JPEG"
+    path.parent.mkdir(parents=True)
+    buf = io.BytesIO()
+    Image.fromarray(_smooth(4, 1), mode="CMYK").save(buf, format="JPEG", quality=95)
+    path.write_bytes(_strip_adobe_marker(buf.getvalue()))
+
+    (got,) = _dali_eval_pixels([path])
+    with Image.open(path) as im:
+        assert "adobe" not in im.info
+        plain = np.asarray(im.convert("RGB"), dtype=np.float32)
+        inverted = Image.fromarray(255 - np.asarray(im), mode="CMYK").convert("RGB")
+    assert np.abs(got - np.asarray(inverted, dtype=np.float32)).max() <= 2
+    assert np.abs(got - plain).mean() > 20
+
+    summary = verify_data(
+        tmp_path / "data", expect_imagenet=False, num_threads=1, progress=False, summary_path=None
+    )
+    (issue,) = summary["issues"]
+    assert issue["kind"] == "cmyk" and "no Adobe marker" in issue["detail"]
+
+
+def test_verify_data_reports_unusual_and_truncated_files(tmp_path):
+    root = tmp_path / "data"
+    make_image_folder(root, "train", {"a": 20, "b": 20}, sizes=[(S, S)])
+    make_image_folder(root, "val", {"a": 2, "b": 2}, sizes=[(S, S)])
+    unusual = _write_unusual(root / "train" / "b")
+    unusual.pop("rgb").unlink()
+    truncated = root / "train" / "a" / "7.JPEG"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    summary_path = tmp_path / "reports" / "verify.json"
+
+    summary = verify_data(
+        root, expect_imagenet=False, num_threads=2, progress=False, summary_path=summary_path
+    )
+
+    by_path = {(i["path"], i["kind"]): i["detail"] for i in summary["issues"]}
+    assert set(by_path) == {
+        (str(truncated), "truncated"),
+        (str(unusual["png"]), "wrong_format"),
+        (str(unusual["cmyk"]), "cmyk"),
+        (str(unusual["gray"]), "grayscale"),
+    }
+    assert "not a JPEG: PNG data" in by_path[str(unusual["png"]), "wrong_format"]
+    assert by_path[str(unusual["cmyk"]), "cmyk"].startswith("mode CMYK, Adobe marker")
+    assert by_path[str(unusual["gray"]), "grayscale"] == "mode L"
+    assert "DALI:" in by_path[str(truncated), "truncated"]  # and the good files of its batch pass
+    assert summary["issue_counts"] == {"truncated": 1, "wrong_format": 1, "cmyk": 1, "grayscale": 1}
+    assert not summary["ok"] and summary["problems"] == []
+    assert summary["splits"]["train"]["per_class"] == {"a": 20, "b": 23}
+    assert summary["images"] == 47 and summary["images_per_s"] > 0
+    assert json.loads(summary_path.read_text()) == summary
+
+    # Without decoding, the missing end-of-image marker still gives the truncated file away
+    quick = verify_data(
+        root, expect_imagenet=False, num_threads=2, decode=False, progress=False, summary_path=None
+    )
+    assert [(i["path"], i["kind"]) for i in quick["issues"] if i["kind"] in imagenet.ERROR_KINDS] == [
+        (str(truncated), "truncated")
+    ]
+
+
+def test_verify_data_checks_imagenet_counts(tmp_path):
+    make_image_folder(tmp_path, "train", {"n01440764": 2, "n01443537": 1, "junk": 1}, sizes=[(8, 8)])
+    make_image_folder(tmp_path, "val", {"n01440764": 1, "n09999999": 1}, sizes=[(8, 8)])
+    (tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG").write_bytes(_jpeg(0))
+
+    summary = verify_data(tmp_path, expect_imagenet=True, num_threads=1, decode=False, summary_path=None)
+
+    problems = summary["problems"]
+    assert "train: 3 classes, expected 1000" in problems
+    assert "train: 4 images, expected 1,281,167" in problems
+    assert "train/n01440764: 2 images, expected 732 to 1300" in problems
+    assert "train: 1 folders are not wnids: junk" in problems
+    assert "val/n01440764: 1 images, expected 50" in problems
+    assert "val: 1 classes not in train: n09999999" in problems
+    assert "val: 2 train classes missing: junk, n01443537" in problems
+    assert any(p.startswith("val: 1 images lie outside class folders") for p in problems)
+    assert not summary["ok"] and summary["issues"] == []

@@ -1,0 +1,357 @@
+"""The paper recipe is exact, and each technique around it behaves as documented."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from torchvision.models.resnet import Bottleneck
+
+from resnet_repro.config import (
+    EarlyStopConfig,
+    LoggingConfig,
+    ModelConfig,
+    OptimConfig,
+    RegularizationConfig,
+    RootConfig,
+    ScheduleConfig,
+    StabilizerConfig,
+    TrainerConfig,
+)
+from resnet_repro.distributed import DistEnv
+from resnet_repro.metrics import NullLogger
+from resnet_repro.models import build_model
+from resnet_repro.optim import build_optimizer, decay_groups, l1_penalty, l1_weights, peak_lr
+from resnet_repro.schedule import build_scheduler
+from resnet_repro.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard
+from resnet_repro.train import Interrupts, Parts, train_one_epoch
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------- model
+def test_resnet50_v15_has_torchvisions_parameter_count():
+    assert n_params(build_model(ModelConfig(name="resnet50"), 1000)) == 25_557_032
+
+
+def test_resnet50_v1_differs_only_in_stride_placement():
+    v1 = build_model(ModelConfig(name="resnet50", variant="v1"), 1000)
+    v15 = build_model(ModelConfig(name="resnet50", variant="v1.5"), 1000)
+    assert n_params(v1) == n_params(v15) == 25_557_032
+    first = v1.layer2[0]
+    assert isinstance(first, Bottleneck)
+    assert first.conv1.stride == (2, 2) and first.conv2.stride == (1, 1)
+    assert v15.layer2[0].conv1.stride == (1, 1) and v15.layer2[0].conv2.stride == (2, 2)
+    x = torch.randn(1, 3, 64, 64)
+    assert v1.eval()(x).shape == v15.eval()(x).shape == (1, 1000)
+
+
+def test_no_conv_feeding_a_batchnorm_has_a_bias():
+    model = build_model(ModelConfig(name="resnet50"), 10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 53
+    assert all(c.bias is None for c in convs)
+
+
+def test_convs_use_kaiming_normal_fan_out_init():
+    model = build_model(ModelConfig(name="resnet50"), 10)
+    conv = model.layer3[1].conv2  # 3x3, 256 -> 256: fan_out = 256 * 9
+    expected = math.sqrt(2.0 / (256 * 9))
+    assert conv.weight.std().item() == pytest.approx(expected, rel=0.05)
+
+
+def test_zero_init_residual_zeroes_the_last_norm_of_each_branch():
+    model = build_model(ModelConfig(name="resnet50", zero_init_residual=True), 10)
+    assert all(
+        torch.count_nonzero(b.bn3.weight) == 0 for layer in (model.layer1, model.layer4) for b in layer
+    )
+
+
+def test_group_norm_replaces_every_batchnorm():
+    model = build_model(ModelConfig(name="resnet18", norm="gn", gn_groups=32), 10)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert sum(isinstance(m, nn.GroupNorm) for m in model.modules()) == 20
+
+
+# ------------------------------------------------------------------------------------- schedule
+def lrs_per_epoch(
+    schedule_cfg, stabilizer_cfg, *, global_batch: int, steps: int, epochs: int
+) -> list[list[float]]:
+    param = nn.Parameter(torch.zeros(1))
+    optim = torch.optim.SGD([param], lr=peak_lr(OptimConfig(), global_batch), momentum=0.9)
+    schedule = build_scheduler(schedule_cfg, stabilizer_cfg, optim, steps_per_epoch=steps, epochs=epochs)
+    out = []
+    for _ in range(epochs):
+        epoch = []
+        for _ in range(steps):
+            epoch.append(schedule.lr)
+            optim.step()
+            schedule.step()
+        out.append(epoch)
+    return out
+
+
+def test_paper_schedule_is_0_1_then_0_01_then_0_001_at_batch_256():
+    lrs = lrs_per_epoch(ScheduleConfig(), StabilizerConfig(), global_batch=256, steps=3, epochs=90)
+    for epoch, values in enumerate(lrs):
+        expected = 0.1 if epoch < 30 else 0.01 if epoch < 60 else 0.001
+        assert values == pytest.approx([expected] * 3, rel=1e-12), epoch
+
+
+def test_peak_lr_scales_linearly_with_the_global_batch():
+    lrs = lrs_per_epoch(ScheduleConfig(), StabilizerConfig(), global_batch=1024, steps=2, epochs=31)
+    assert lrs[0][0] == pytest.approx(0.4) and lrs[30][0] == pytest.approx(0.04)
+
+
+def test_warmup_rises_linearly_to_the_peak_then_follows_the_milestones():
+    stab = StabilizerConfig(warmup_epochs=5, warmup_start_factor=0.1)
+    lrs = [
+        lr
+        for epoch in lrs_per_epoch(ScheduleConfig(), stab, global_batch=256, steps=4, epochs=35)
+        for lr in epoch
+    ]
+    ramp = lrs[:20]
+    diffs = [b - a for a, b in zip(ramp, ramp[1:], strict=False)]
+    assert ramp[0] == pytest.approx(0.01)
+    assert diffs == pytest.approx([diffs[0]] * len(diffs))
+    assert lrs[20] == pytest.approx(0.1) and lrs[30 * 4 - 1] == pytest.approx(0.1)
+    assert lrs[30 * 4] == pytest.approx(0.01)
+
+
+def test_cosine_ends_at_the_final_fraction_and_plateau_reacts_to_the_loss():
+    lrs = lrs_per_epoch(
+        ScheduleConfig(name="cosine", final_lr_factor=0.0),
+        StabilizerConfig(),
+        global_batch=256,
+        steps=10,
+        epochs=10,
+    )
+    assert lrs[0][0] == pytest.approx(0.1) and lrs[-1][-1] < 0.001
+    param = nn.Parameter(torch.zeros(1))
+    optim = torch.optim.SGD([param], lr=0.1)
+    schedule = build_scheduler(
+        ScheduleConfig(name="plateau", patience=1, factor=0.5),
+        StabilizerConfig(),
+        optim,
+        steps_per_epoch=1,
+        epochs=10,
+    )
+    for loss in (1.0, 1.0, 1.0):
+        schedule.epoch_end(loss)
+    assert schedule.lr == pytest.approx(0.05)
+
+
+# ------------------------------------------------------------------------------- weight decay
+def test_decay_groups_exclude_every_norm_and_bias_when_asked_including_downsample_batchnorms():
+    model = build_model(ModelConfig(name="resnet50"), 1000)
+    norm_and_bias = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
+    norm_and_bias.add(id(model.fc.bias))
+    assert id(model.layer1[0].downsample[1].weight) in norm_and_bias
+    groups = decay_groups(model, 1e-4, decay_norm_and_bias=False)
+    decayed = {id(p) for p in groups[0]["params"]}
+    exempt = {id(p) for p in groups[1]["params"]}
+    assert exempt == norm_and_bias and not decayed & norm_and_bias
+    assert groups[1]["weight_decay"] == 0.0
+    everything = decay_groups(model, 1e-4, decay_norm_and_bias=True)
+    assert len(everything) == 1 and len(everything[0]["params"]) == len(list(model.parameters()))
+
+
+def test_adam_adds_l2_to_the_gradient_while_adamw_decays_the_weight_directly():
+    w0, g, lr, wd = 2.0, 0.5, 0.01, 0.1
+
+    def one_step(name: str) -> float:
+        p = nn.Parameter(torch.tensor([w0]))
+        opt = build_optimizer(
+            OptimConfig(name=name, lr_per_256=lr, weight_decay=wd, eps=1e-12), nn.ParameterList([p]), 256
+        )
+        p.grad = torch.tensor([g])
+        opt.step()
+        return p.item()
+
+    # Adam: g' = g + wd * w0 = 0.7; the first bias-corrected step is lr * g'/|g'| = lr
+    assert one_step("adam") == pytest.approx(w0 - lr, abs=1e-7)
+    # AdamW: w0 * (1 - lr * wd) - lr * g/|g|
+    assert one_step("adamw") == pytest.approx(w0 * (1 - lr * wd) - lr, abs=1e-7)
+    # with a large weight the L2 term flips Adam's step direction; AdamW's decay stays separate
+    assert one_step("adam") != one_step("adamw")
+
+
+def test_l1_changes_the_loss_by_exactly_lambda_times_sum_abs_weights():
+    model = build_model(ModelConfig(name="resnet18"), 10)
+    lam = 1e-5
+    manual = sum(m.weight.abs().sum() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert l1_penalty(l1_weights(model), lam).item() == pytest.approx(lam * manual.item(), rel=1e-6)
+
+
+# --------------------------------------------------------------------------- dropout family
+@pytest.mark.parametrize(
+    "reg",
+    [
+        RegularizationConfig(dropout=0.5),
+        RegularizationConfig(spatial_dropout=0.3),
+        RegularizationConfig(dropblock=0.3, dropblock_size=3),
+        RegularizationConfig(stochastic_depth=0.5),
+    ],
+    ids=["dropout", "spatial_dropout", "dropblock", "stochastic_depth"],
+)
+def test_each_dropout_family_option_acts_in_train_mode_only(reg: RegularizationConfig):
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(name="resnet18"), 10)
+    torch.manual_seed(0)
+    regularized = build_model(ModelConfig(name="resnet18"), 10, reg)
+    x = torch.randn(4, 3, 64, 64)
+    plain.eval(), regularized.eval()
+    torch.testing.assert_close(regularized(x), plain(x))
+    plain.train(), regularized.train()
+    torch.manual_seed(1)
+    assert not torch.allclose(regularized(x), plain(x))
+
+
+def test_dropblock_rate_ramps_linearly_over_the_configured_epochs():
+    model = build_model(
+        ModelConfig(name="resnet18"), 10, RegularizationConfig(dropblock=0.2, dropblock_ramp_epochs=4)
+    )
+    rate = model.dropblock_rate
+    seen = []
+    for epoch in range(6):
+        rate.set_epoch(epoch)
+        seen.append(rate.p)
+    assert seen == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2, 0.2])
+
+
+# -------------------------------------------------------------------- the training step itself
+class Tiny(nn.Module):
+    """Linear classifier on 4x4 images; can be told to produce NaN at a given call."""
+
+    def __init__(self, nan_at: int | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(48, 3)
+        self.calls, self.nan_at = 0, nan_at
+        self.dropblock_rate = None
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.fc(x.flatten(1))
+        return out * float("nan") if self.calls == self.nan_at else out
+
+
+def make_parts(model: nn.Module, cfg: RootConfig, tmp_path: Path) -> Parts:
+    optimizer = build_optimizer(cfg.optim, model, cfg.trainer.batch_size)
+    return Parts(
+        net=model,
+        model=model,
+        optimizer=optimizer,
+        schedule=build_scheduler(cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=8, epochs=1),
+        scaler=torch.amp.GradScaler("cpu", enabled=cfg.trainer.precision == "fp16", init_scale=256.0),
+        guard=NonFiniteGuard(
+            cfg.stabilizer.nonfinite, cfg.stabilizer.max_skips, tmp_path / "nonfinite_report.json"
+        ),
+        early_stop=EarlyStopper(cfg.stabilizer.early_stop),
+        logger=NullLogger(),
+        interrupts=Interrupts(cfg, DistEnv(), torch.device("cpu")),
+    )
+
+
+def batches(n: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [
+        (torch.randn(4, 3, 4, 4, generator=g) * 10, torch.randint(0, 3, (4,), generator=g)) for _ in range(n)
+    ]
+
+
+def tiny_cfg(**stabilizer) -> RootConfig:
+    return RootConfig(
+        optim=OptimConfig(lr_per_256=0.1, momentum=0.0, weight_decay=0.0),
+        schedule=ScheduleConfig(name="constant"),
+        stabilizer=StabilizerConfig(**stabilizer),
+        trainer=TrainerConfig(batch_size=4),
+        logging=LoggingConfig(tensorboard=False, progress=False),
+    )
+
+
+def test_clipping_under_fp16_happens_after_unscaling_and_logs_the_pre_clip_norm(tmp_path: Path):
+    cfg = tiny_cfg(max_norm=1e-3)
+    cfg.trainer.precision = "fp16"
+    model = Tiny()
+    images, labels = batches(1)[0]
+    reference = Tiny()
+    nn.functional.cross_entropy(reference(images), labels).backward()
+    true_norm = torch.cat([p.grad.flatten() for p in reference.parameters()]).norm().item()
+
+    before = [p.detach().clone() for p in model.parameters()]
+    parts = make_parts(model, cfg, tmp_path)
+    metrics, _, _ = train_one_epoch(
+        parts,
+        [(images, labels)],
+        cfg,
+        DistEnv(),
+        torch.device("cpu"),
+        lambda *_: None,
+        epoch=0,
+        step=0,
+        epoch_step=0,
+    )
+    parts.interrupts.close()
+    # the logged norm is the true gradient's, not 256x it (scaled) nor 1e-3 (clipped)
+    assert metrics["grad_norm_max"] == pytest.approx(true_norm, rel=2e-2)
+    assert metrics["clipped_fraction"] == 1.0
+    step = (
+        torch.cat([(p - b).flatten() for p, b in zip(model.parameters(), before, strict=True)]).norm().item()
+    )
+    assert step == pytest.approx(
+        peak_lr(cfg.optim, 4) * 1e-3, rel=2e-2
+    )  # the update used the clipped gradient
+
+
+def test_injected_nan_stops_within_one_step_with_a_report(tmp_path: Path):
+    cfg = tiny_cfg(nonfinite="stop")
+    saved = []
+    parts = make_parts(Tiny(nan_at=3), cfg, tmp_path)
+    with pytest.raises(NonFiniteError, match="step 2"):
+        train_one_epoch(
+            parts,
+            batches(),
+            cfg,
+            DistEnv(),
+            torch.device("cpu"),
+            lambda es, st: saved.append((es, st)),
+            epoch=0,
+            step=0,
+            epoch_step=0,
+        )
+    parts.interrupts.close()
+    report = json.loads((tmp_path / "nonfinite_report.json").read_text())
+    assert report["step"] == 2 and report["nonfinite_grad_params"] == ["fc.weight", "fc.bias"]
+    assert 0 <= report["label_min"] <= report["label_max"] < 3
+    assert saved == [(2, 2)]  # last good state: two updates applied, the bad one not
+    assert all(torch.isfinite(p).all() for p in parts.net.parameters())
+
+
+def test_skip_mode_skips_the_bad_update_and_counts_it(tmp_path: Path):
+    cfg = tiny_cfg(nonfinite="skip", max_skips=3)
+    parts = make_parts(Tiny(nan_at=3), cfg, tmp_path)
+    metrics, step, _ = train_one_epoch(
+        parts, batches(), cfg, DistEnv(), torch.device("cpu"), lambda *_: None, epoch=0, step=0, epoch_step=0
+    )
+    parts.interrupts.close()
+    assert step == 8 and metrics["skipped_steps"] == 1
+    assert all(torch.isfinite(p).all() for p in parts.net.parameters())
+
+
+def test_early_stopping_triggers_on_a_plateau_and_names_the_reason():
+    stopper = EarlyStopper(EarlyStopConfig(patience=2, min_delta=0.01, metric="top1"))
+    assert stopper.update({"top1": 0.50}) is None
+    assert stopper.update({"top1": 0.60}) is None
+    assert stopper.update({"top1": 0.605}) is None  # below min_delta: one bad evaluation
+    reason = stopper.update({"top1": 0.59})
+    assert reason is not None and "top1" in reason and "2 evaluations" in reason
+    loss_stopper = EarlyStopper(EarlyStopConfig(patience=1, metric="loss"))
+    assert loss_stopper.update({"loss": 1.0}) is None and loss_stopper.update({"loss": 0.5}) is None
+    assert loss_stopper.update({"loss": 0.7}) is not None
