@@ -203,7 +203,8 @@ def _verify_data(dcfg: DictConfig) -> None:
         print(f"{issue['kind']}: {issue['path']}: {issue['detail']}")
     if len(summary["issues"]) > 50:
         print(
-            f"... {len(summary['issues']) - 50} more in {HydraConfig.get().runtime.output_dir}/verify_data.json"
+            f"... {len(summary['issues']) - 50} more in "
+            f"{HydraConfig.get().runtime.output_dir}/verify_data.json"
         )
     print(
         json.dumps(
