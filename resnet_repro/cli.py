@@ -23,6 +23,7 @@ commands:
   prepare-imagenet --train-tar T --val-tar V --devkit D --out DIR
                                  extract the official ILSVRC2012 archives into train/ and val/ folders
   verify-data data.root=DIR      count images per split and class, decode every image, report problems
+  bench MODE [overrides]         throughput: model | data | train | loop-overhead; prints a table + JSON
 
 examples:
   {PROG} train
@@ -215,12 +216,34 @@ def _verify_data(dcfg: DictConfig) -> None:
         raise SystemExit(1)
 
 
+def _bench(dcfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from resnet_repro.bench import format_table, run_bench
+
+    try:
+        cfg = to_dataclass(dcfg)
+        validate(cfg)
+        record = run_bench(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except UserError as e:
+        _fail(str(e))
+    print(format_table(record))
+    print(json.dumps(record))
+
+
+def _bench_command(args: list[str]) -> None:
+    if not args or "=" in args[0]:
+        _fail("bench needs a mode first: resnet-repro bench model|data|train|loop-overhead [overrides]")
+    _hydra_command(_bench, [f"bench.mode={args[0]}", "name=bench", *args[1:]])
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "train": lambda args: _hydra_command(_train, args),
     "eval": lambda args: _hydra_command(_eval, args),
     "make-demo-data": _make_demo_data,
     "prepare-imagenet": _prepare_imagenet,
     "verify-data": lambda args: _hydra_command(_verify_data, args),
+    "bench": _bench_command,
 }
 
 

@@ -187,6 +187,24 @@ class LoggingConfig:
 
 
 @dataclass
+class BenchConfig:
+    """Read only by `resnet-repro bench <mode>`."""
+
+    mode: str = "model"
+    # untimed steps first (warm-up; includes torch.compile's compile)
+    warmup: int = 5
+    # timed steps per trial (model, loop-overhead)
+    steps: int = 20
+    trials: int = 3
+    # classes of the synthetic labels (model, loop-overhead)
+    num_classes: int = 1000
+    # data / train modes: loop over the training images until a trial has at least this many
+    min_images: int = 1000
+    # where to write the JSON result (null = <run dir>/bench_<mode>.json)
+    json: str | None = None
+
+
+@dataclass
 class RootConfig:
     # Experiment name; names the run directory
     name: str = "demo"
@@ -200,6 +218,7 @@ class RootConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # For `resnet-repro eval`: the checkpoint to evaluate
     checkpoint: str | None = None
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 GROUP_SCHEMAS: dict[str, type] = {
@@ -237,7 +256,11 @@ def _unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
             unknown.append(prefix + str(key))
             continue
         child_schema = GROUP_SCHEMAS.get(key) if schema is RootConfig else None
-        child_schema = child_schema or {"augment": AugmentConfig, "early_stop": EarlyStopConfig}.get(key)
+        child_schema = child_schema or {
+            "augment": AugmentConfig,
+            "early_stop": EarlyStopConfig,
+            "bench": BenchConfig,
+        }.get(key)
         if child_schema is not None and isinstance(node[key], DictConfig):
             unknown.extend(_unknown_keys(node[key], child_schema, f"{prefix}{key}."))
     return unknown

@@ -104,3 +104,55 @@ def write_run_files(run_dir: Path, cfg: RootConfig, derived: Any, extra: dict[st
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+class StepTimer:
+    """Wraps the batch iterator: time blocked waiting for the next batch vs. the whole step.
+
+    A step is the time between two batches arriving, so wait + compute = step. On CUDA the
+    per-step host sync of the non-finite guard keeps host time honest; with the guard off,
+    GPU work may overlap the next wait.
+    """
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self.steps: list[float] = []
+
+    def wrap(self, batches):
+        it = iter(batches)
+        last = time.perf_counter()
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            now = time.perf_counter()
+            self.waits.append(now - t0)
+            if len(self.waits) > 1:
+                self.steps.append(now - last)
+            last = now
+            yield item
+
+    def summary(self) -> dict[str, float]:
+        if not self.steps:
+            return {}
+        steps = sorted(self.steps)
+        total = sum(self.steps)
+        # the first wait (pipeline start-up) has no step of its own; leave it out
+        return {
+            "data_wait_fraction": sum(self.waits[1:]) / total if total > 0 else 0.0,
+            "step_time_p50_s": steps[len(steps) // 2],
+            "step_time_p90_s": steps[min(len(steps) - 1, int(0.9 * len(steps)))],
+        }
+
+
+def peak_memory_mb(device_type: str) -> float:
+    """Peak GPU memory allocated by torch on CUDA; the process's peak RSS elsewhere."""
+    if device_type == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -26,7 +26,13 @@ from resnet_repro.data.demo import build_demo_dataset
 from resnet_repro.data.splits import FileList, list_split
 from resnet_repro.distributed import DistEnv
 from resnet_repro.evaluate import autocast, evaluate
-from resnet_repro.metrics import MetricsLogger, NullLogger, make_logger, write_run_files
+from resnet_repro.metrics import (
+    MetricsLogger,
+    NullLogger,
+    StepTimer,
+    make_logger,
+    write_run_files,
+)
 from resnet_repro.models import build_model
 from resnet_repro.optim import build_optimizer, l1_penalty, l1_weights, peak_lr, summarize_groups
 from resnet_repro.schedule import LRSchedule, build_scheduler
@@ -214,8 +220,9 @@ def train_one_epoch(
     # loss sum, correct@1, images: summed on the device, read once at the end of the epoch
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     norms: list[torch.Tensor] = []  # pre-clip total gradient norm of every step
+    timer = StepTimer()
     start = time.perf_counter()
-    for images, labels in _progress(loader, cfg, env, epoch):
+    for images, labels in timer.wrap(_progress(loader, cfg, env, epoch)):
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
         lr = schedule.lr
@@ -353,6 +360,30 @@ def _build_model(
     return net, model
 
 
+def build_parts(
+    cfg: RootConfig, derived: Derived, env: DistEnv, device: torch.device, run_dir: Path
+) -> Parts:
+    """Model, optimizer, schedule, scaler and guards for a fresh run (training or a benchmark)."""
+    t = cfg.trainer
+    net, model = _build_model(cfg, derived.num_classes, env, device)
+    optimizer = build_optimizer(cfg.optim, net, derived.global_batch)
+    return Parts(
+        net=net,
+        model=model,
+        optimizer=optimizer,
+        schedule=build_scheduler(
+            cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=derived.steps_per_epoch, epochs=t.epochs
+        ),
+        scaler=torch.amp.GradScaler(device.type, enabled=t.precision == "fp16"),
+        guard=NonFiniteGuard(
+            cfg.stabilizer.nonfinite, cfg.stabilizer.max_skips, run_dir / "nonfinite_report.json"
+        ),
+        early_stop=EarlyStopper(cfg.stabilizer.early_stop),
+        logger=make_logger(env.is_main, run_dir, cfg.logging),
+        interrupts=Interrupts(cfg, env, device),
+    )
+
+
 def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -> dict[str, Any]:
     validate(cfg)
     t = cfg.trainer
@@ -382,23 +413,8 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
         device=str(device),
     )
 
-    net, model = _build_model(cfg, derived.num_classes, env, device)
-    optimizer = build_optimizer(cfg.optim, net, global_batch)
-    parts = Parts(
-        net=net,
-        model=model,
-        optimizer=optimizer,
-        schedule=build_scheduler(
-            cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=steps, epochs=t.epochs
-        ),
-        scaler=torch.amp.GradScaler(device.type, enabled=t.precision == "fp16"),
-        guard=NonFiniteGuard(
-            cfg.stabilizer.nonfinite, cfg.stabilizer.max_skips, run_dir / "nonfinite_report.json"
-        ),
-        early_stop=EarlyStopper(cfg.stabilizer.early_stop),
-        logger=make_logger(env.is_main, run_dir, cfg.logging),
-        interrupts=Interrupts(cfg, env, device),
-    )
+    parts = build_parts(cfg, derived, env, device, run_dir)
+    net, optimizer = parts.net, parts.optimizer
 
     start_epoch, step, epoch_step = 0, 0, 0
     resume_from = resume_path(cfg, run_dir)
@@ -434,7 +450,10 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
     eval_loader = make_eval_loader(cfg.data, eval_list, env, device, t.batch_size)
 
     def run_eval() -> dict[str, Any]:
-        return evaluate(model, eval_loader, env, device, expected_total=len(eval_list), precision=t.precision)
+        # the bare module: DDP may broadcast buffers in forward, and ranks hold uneven eval shards
+        return evaluate(
+            parts.net, eval_loader, env, device, expected_total=len(eval_list), precision=t.precision
+        )
 
     final: dict[str, Any] = {}
     stop_reason = None

@@ -244,6 +244,7 @@ def test_local_multirun_of_two_ddp_jobs_leaves_one_complete_run_directory_per_sw
         "trainer.batch_size=16",
         "trainer.epochs=1",
         "trainer.max_steps_per_epoch=2",
+        "stabilizer.warmup_epochs=0",  # the demo's 1-epoch warm-up must be shorter than the run
         "logging.progress=false",
         "optim.weight_decay=1e-4,5e-4",
         f"hydra.sweep.dir={sweep_dir}",

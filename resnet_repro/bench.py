@@ -1,0 +1,230 @@
+"""`resnet-repro bench <mode>`: throughput numbers measured, never assumed.
+
+model          synthetic batches already on the device: forward + backward + step, img/s, peak memory
+data           the configured input pipeline alone (decode + augment + normalize), img/s
+train          the real training step with the real pipeline: img/s and data-wait fraction
+loop-overhead  this runner's train_one_epoch vs a bare loop on the same model and batches
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from resnet_repro import distributed
+from resnet_repro.config import RootConfig, UserError
+from resnet_repro.data import dali
+from resnet_repro.distributed import DistEnv
+from resnet_repro.evaluate import autocast
+from resnet_repro.metrics import peak_memory_mb
+from resnet_repro.optim import peak_lr
+from resnet_repro.summary import Derived
+
+MODES = ("model", "data", "train", "loop-overhead")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_trials(fn: Callable[[], int], device: torch.device, trials: int) -> list[float]:
+    """img/s of each call of fn (which returns the images it processed)."""
+    rates = []
+    for _ in range(trials):
+        _sync(device)
+        start = time.perf_counter()
+        images = fn()
+        _sync(device)
+        rates.append(images / (time.perf_counter() - start))
+    return rates
+
+
+def _derived(cfg: RootConfig, num_classes: int, device: torch.device, steps: int) -> Derived:
+    b = cfg.trainer.batch_size
+    return Derived(1, b, peak_lr(cfg.optim, b), steps, 0, 0, num_classes, str(device))
+
+
+def _synthetic_batches(cfg: RootConfig, n: int, num_classes: int, device: torch.device) -> list:
+    g = torch.Generator(device="cpu").manual_seed(0)
+    s, b = cfg.data.image_size, cfg.trainer.batch_size
+    fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    return [
+        (
+            torch.randn(b, 3, s, s, generator=g).to(device).contiguous(memory_format=fmt),
+            torch.randint(0, num_classes, (b,), generator=g).to(device),
+        )
+        for _ in range(n)
+    ]
+
+
+def bench_model(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
+    from resnet_repro.train import build_parts
+
+    b = cfg.bench
+    parts = build_parts(cfg, _derived(cfg, b.num_classes, device, b.steps), DistEnv(), device, run_dir)
+    batches = _synthetic_batches(cfg, 1, b.num_classes, device)
+    images, labels = batches[0]
+
+    def run(steps: int) -> int:
+        for _ in range(steps):
+            with autocast(device, cfg.trainer.precision):
+                loss = F.cross_entropy(parts.model(images), labels)
+            parts.optimizer.zero_grad(set_to_none=True)
+            parts.scaler.scale(loss).backward()
+            parts.scaler.step(parts.optimizer)
+            parts.scaler.update()
+        return steps * images.shape[0]
+
+    run(b.warmup)  # includes torch.compile's compile time when trainer.compile=true
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rates = _timed_trials(lambda: run(b.steps), device, b.trials)
+    parts.interrupts.close()
+    return {
+        "img_per_s": statistics.median(rates),
+        "trials": rates,
+        "peak_memory_mb": peak_memory_mb(device.type),
+    }
+
+
+def _repeated_files(cfg: RootConfig, min_images: int) -> tuple[list[str], list[int]]:
+    from resnet_repro.train import load_file_lists
+
+    train_list, _ = load_file_lists(cfg.data)
+    reps = max(1, -(-min_images // len(train_list)))
+    return list(train_list.files) * reps, list(train_list.labels) * reps
+
+
+def bench_data(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
+    b = cfg.bench
+    files, labels = _repeated_files(cfg, b.min_images)
+
+    def one_pass(seed: int) -> int:
+        loader = dali.build_loader(
+            cfg.data, files, labels, train=True, batch_size=cfg.trainer.batch_size, seed=seed, device=device
+        )
+        n = 0
+        for images, _ in loader:
+            n += images.shape[0]
+        return n
+
+    one_pass(0)  # warm-up: thread pools, allocations
+    seeds = iter(range(1, b.trials + 1))
+    rates = _timed_trials(lambda: one_pass(next(seeds)), device, b.trials)
+    return {"img_per_s": statistics.median(rates), "trials": rates, "images_per_trial": len(files)}
+
+
+def bench_train(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
+    from resnet_repro.metrics import NullLogger
+    from resnet_repro.train import build_parts, train_one_epoch
+
+    b = cfg.bench
+    files, labels = _repeated_files(cfg, b.min_images)
+    steps = len(files) // cfg.trainer.batch_size
+    num_classes = max(labels) + 1
+    cfg = replace(cfg, logging=replace(cfg.logging, tensorboard=False, progress=False))
+    parts = build_parts(cfg, _derived(cfg, num_classes, device, steps), DistEnv(), device, run_dir)
+    parts.logger = NullLogger()
+    results = []
+    for trial in range(b.trials + 1):
+        loader = dali.build_loader(
+            cfg.data, files, labels, train=True, batch_size=cfg.trainer.batch_size, seed=trial, device=device
+        )
+        metrics, _, _ = train_one_epoch(
+            parts, loader, cfg, DistEnv(), device, lambda *_: None, epoch=0, step=0, epoch_step=0
+        )
+        if trial > 0:  # the first pass is warm-up
+            results.append(metrics)
+    parts.interrupts.close()
+    return {
+        "img_per_s": statistics.median(m["img_per_s"] for m in results),
+        "data_wait_fraction": statistics.median(m.get("data_wait_fraction", 0.0) for m in results),
+        "step_time_p50_s": statistics.median(m.get("step_time_p50_s", 0.0) for m in results),
+        "trials": [m["img_per_s"] for m in results],
+    }
+
+
+def bench_loop_overhead(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
+    """Same model, optimizer and in-memory batches: the runner's step vs forward/loss/backward/step."""
+    from resnet_repro.metrics import NullLogger
+    from resnet_repro.train import build_parts, train_one_epoch
+
+    b = cfg.bench
+    cfg = replace(cfg, logging=replace(cfg.logging, tensorboard=False, progress=False))
+    batches = _synthetic_batches(cfg, b.steps, b.num_classes, device)
+    parts = build_parts(cfg, _derived(cfg, b.num_classes, device, b.steps), DistEnv(), device, run_dir)
+    parts.logger = NullLogger()
+
+    def bare() -> int:
+        model, opt = parts.model, parts.optimizer
+        for images, labels in batches:
+            loss = F.cross_entropy(model(images), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return len(batches) * cfg.trainer.batch_size
+
+    def ours() -> int:
+        train_one_epoch(
+            parts, batches, cfg, DistEnv(), device, lambda *_: None, epoch=0, step=0, epoch_step=0
+        )
+        return len(batches) * cfg.trainer.batch_size
+
+    bare(), ours()  # warm-up both
+    bare_rates, our_rates = [], []
+    for _ in range(b.trials):  # interleaved, so drift in machine speed hits both alike
+        bare_rates += _timed_trials(bare, device, 1)
+        our_rates += _timed_trials(ours, device, 1)
+    parts.interrupts.close()
+    bare_rate, our_rate = statistics.median(bare_rates), statistics.median(our_rates)
+    return {"bare_img_per_s": bare_rate, "runner_img_per_s": our_rate, "overhead_ratio": bare_rate / our_rate}
+
+
+_BENCHES: dict[str, Callable[[RootConfig, torch.device, Path], dict[str, Any]]] = {
+    "model": bench_model,
+    "data": bench_data,
+    "train": bench_train,
+    "loop-overhead": bench_loop_overhead,
+}
+
+
+def run_bench(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
+    mode = cfg.bench.mode
+    if mode not in _BENCHES:
+        raise UserError(f"bench mode {mode!r} is unknown; choose one of {', '.join(_BENCHES)}")
+    env = DistEnv()
+    device = distributed.pick_device(cfg.trainer.device, env)
+    torch.manual_seed(cfg.trainer.seed)
+    result = _BENCHES[mode](cfg, device, run_dir)
+    record = {
+        "mode": mode,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "model": cfg.model.name,
+        "batch_size": cfg.trainer.batch_size,
+        "image_size": cfg.data.image_size,
+        "precision": cfg.trainer.precision,
+        "channels_last": cfg.model.channels_last,
+        "compile": cfg.trainer.compile,
+        "backend": cfg.data.backend,
+        "threads": torch.get_num_threads(),
+        **result,
+    }
+    out = Path(cfg.bench.json) if cfg.bench.json else run_dir / f"bench_{mode}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def format_table(record: dict[str, Any]) -> str:
+    rows = [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in record.items() if k != "trials"]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

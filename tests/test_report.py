@@ -1,0 +1,258 @@
+"""`resnet_repro.report`: a fake Hydra multirun (2x2 grid + failed, NaN and early-stopped jobs) -> rows,
+report.md, report.csv, a PNG heat map and TensorBoard hparams in each job's tb/."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from resnet_repro import report
+from resnet_repro.config import UserError
+
+WD, MN = "optim.weight_decay", "stabilizer.max_norm"
+COMMON = ["trainer.epochs=3", "data.root=/data/imagenet"]
+
+# (weight decay, max norm) -> eval top1 per epoch; the grid's best job is (0.0005, 1)
+GRID = {
+    ("0.0001", "null"): [0.30, 0.52, 0.50],  # best is not the last epoch
+    ("0.0001", "1"): [0.31, 0.45, 0.55],
+    ("0.0005", "null"): [0.28, 0.40, 0.48],
+    ("0.0005", "1"): [0.35, 0.58, 0.61],
+}
+IMG_PER_S = [1000.0, 1200.0, 1400.0]
+EPOCH_TIME_S = [10.0, 11.0, 12.0]
+
+
+def write_job(
+    sweep: Path,
+    overrides: list[str],
+    top1s: list[float],
+    *,
+    final: dict | None = None,
+    extra_files: dict[str, str] | None = None,
+    partial_line: bool = False,
+) -> Path:
+    """A job dir as train() and Hydra leave it: .hydra/overrides.yaml, config.yaml, metrics.jsonl."""
+    job = sweep / ",".join(sorted(o for o in overrides if not o.startswith("data.root")))
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / "config.yaml").write_text(yaml.safe_dump({"trainer": {"epochs": 3}}))
+    lines = []
+    for epoch, top1 in enumerate(top1s, start=1):
+        lines.append(
+            {
+                "epoch": epoch,
+                "split": "train",
+                "step": 10 * epoch,
+                "loss": 5.0 - epoch,
+                "top1": 0.99,  # train accuracy: must not count as best top1
+                "lr": 0.1,
+                "img_per_s": IMG_PER_S[epoch - 1],
+                "epoch_time_s": EPOCH_TIME_S[epoch - 1],
+            }
+        )
+        lines.append(
+            {"epoch": epoch, "split": "val", "step": 10 * epoch, "loss": 4.0, "top1": top1, "top5": 0.9}
+        )
+    text = "".join(json.dumps(r) + "\n" for r in lines)
+    if partial_line:
+        text += '{"epoch": 2, "split": "tr'  # killed while writing
+    (job / "metrics.jsonl").write_text(text)
+    if final is not None:
+        (job / "final.json").write_text(json.dumps(final))
+    for name, content in (extra_files or {}).items():
+        (job / name).write_text(content)
+    return job
+
+
+def final_json(top1s: list[float], stopped: str | None = None) -> dict:
+    return {
+        "epochs": 3,
+        "epochs_run": len(top1s),
+        "top1": top1s[-1],
+        "top5": 0.9,
+        "loss": 1.2345,
+        "num_samples": 100,
+        "best_top1": max(top1s),
+        "stopped": stopped,
+    }
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    sweep = tmp_path / "multiruns" / "imagenet_paper" / "2024-01-01_00-00-00"
+    sweep.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    (sweep / ".submitit").mkdir()  # the submitit launcher's logs: not a job
+    for (wd, mn), top1s in GRID.items():
+        write_job(sweep, [*COMMON, f"{WD}={wd}", f"{MN}={mn}"], top1s, final=final_json(top1s))
+    # crashed during epoch 2: only .hydra and one epoch of metrics (plus a torn line)
+    write_job(sweep, [*COMMON, f"{WD}=0.001", f"{MN}=null"], [0.2], partial_line=True)
+    nan_report = json.dumps({"epoch": 1, "step": 17, "loss": float("nan")}).replace("NaN", "null")
+    write_job(
+        sweep, [*COMMON, f"{WD}=0.001", f"{MN}=1"], [0.25], extra_files={"nonfinite_report.json": nan_report}
+    )
+    # early stop after 2 of 3 epochs
+    write_job(
+        sweep,
+        [*COMMON, f"{WD}=0.0001", f"{MN}=5"],
+        [0.40, 0.41],
+        final=final_json([0.40, 0.41], stopped="early stop: top1 has not improved"),
+    )
+    return sweep
+
+
+def by_point(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(r["overrides"][WD], r["overrides"][MN]): r for r in rows}
+
+
+def test_collect_gives_one_row_per_job_with_status_best_top1_epochs_and_throughput(sweep: Path):
+    rows = report.collect(sweep.parent.parent)  # a folder above the sweep also works
+    assert len(rows) == 7
+    points = by_point(rows)
+
+    for point, top1s in GRID.items():
+        row = points[point]
+        assert row["status"] == "done"
+        assert row["best_top1"] == pytest.approx(max(top1s))  # max of eval rows, not the train top1 0.99
+        assert row["final_top1"] == pytest.approx(top1s[-1])
+        assert row["final_loss"] == pytest.approx(1.2345)
+        assert (row["epochs_run"], row["epochs"]) == (3, 3)
+        assert row["img_per_s"] == pytest.approx(1200.0)
+        assert row["wall_time_s"] == pytest.approx(33.0)
+        assert row["overrides"]["data.root"] == "/data/imagenet"
+
+    failed = points[("0.001", "null")]
+    assert failed["status"] == "failed/incomplete"
+    assert (failed["best_top1"], failed["final_top1"], failed["epochs_run"]) == (pytest.approx(0.2), None, 1)
+    assert failed["epochs"] == 3  # from config.yaml
+    assert failed["img_per_s"] == pytest.approx(1000.0)
+
+    nan = points[("0.001", "1")]
+    assert nan["status"] == "nan"
+    assert "epoch 2, step 17" in nan["note"]
+
+    early = points[("0.0001", "5")]
+    assert early["status"] == "early_stop"
+    assert (early["epochs_run"], early["best_top1"]) == (2, pytest.approx(0.41))
+    assert "early stop" in early["note"]
+
+
+def test_collect_reports_preempted_jobs_and_the_newer_of_nan_and_preempted(tmp_path: Path):
+    job = write_job(
+        tmp_path, ["optim.lr=0.1"], [0.3], extra_files={"preempted.json": '{"signal": "SIGUSR1"}'}
+    )
+    assert report.collect(tmp_path)[0]["status"] == "preempted"
+    (job / "nonfinite_report.json").write_text("{}")
+    import os
+
+    os.utime(job / "preempted.json", (1, 1))  # preempted long ago, resumed, then NaN
+    assert report.collect(tmp_path)[0]["status"] == "nan"
+
+
+def test_collect_names_the_path_when_there_is_nothing_to_report(tmp_path: Path):
+    with pytest.raises(UserError, match="does-not-exist"):
+        report.collect(tmp_path / "does-not-exist")
+    (tmp_path / "empty" / "tb").mkdir(parents=True)
+    with pytest.raises(UserError, match=f"{tmp_path / 'empty'}.*no job directories"):
+        report.collect(tmp_path / "empty")
+
+
+def test_parse_value_turns_null_into_none_and_numbers_into_floats():
+    assert report.parse_value("null") is None
+    assert report.parse_value("1e-4") == pytest.approx(1e-4)
+    assert report.parse_value("5") == 5.0 and isinstance(report.parse_value("5"), float)
+    assert report.parse_value("sgd") == "sgd"
+    assert report.parse_value("'1'") == "1"
+
+
+def test_report_table_is_sorted_by_best_top1_with_failed_jobs_last(sweep: Path):
+    rows = report.collect(sweep)
+    paths = report.write_report(rows, sweep)
+    assert set(paths) == {"markdown", "csv", "plot"}
+
+    md = paths["markdown"].read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header[:3] == [WD, MN, "status"]  # only the varying keys: data.root and epochs are common
+    assert "`data.root=/data/imagenet`" in md
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in table[1:]]
+    assert [(r[0], r[1], r[2], r[3]) for r in body] == [
+        ("0.0005", "1", "done", "61.00"),
+        ("0.0001", "1", "done", "55.00"),
+        ("0.0001", "null", "done", "52.00"),
+        ("0.0005", "null", "done", "48.00"),
+        ("0.0001", "5", "early_stop", "41.00"),
+        ("0.001", "1", "nan", "25.00"),
+        ("0.001", "null", "failed/incomplete", "20.00"),
+    ]
+    assert body[-1][4] == "-"  # no final top1 for the crashed job
+    assert body[0][header.index("epochs")] == "3/3" and body[0][header.index("img/s")] == "1200"
+    assert body[0][header.index("wall time")] == "0:00:33"
+    assert "early stop: top1 has not improved" in md  # notes below the table
+
+    with open(paths["csv"], newline="") as f:
+        records = list(csv.DictReader(f))
+    assert [(r[WD], r[MN], r["status"]) for r in records][-2:] == [
+        ("0.001", "1", "nan"),
+        ("0.001", "null", "failed/incomplete"),
+    ]
+    assert float(records[0]["best_top1"]) == pytest.approx(0.61)
+    assert records[-1]["final_top1"] == "" and records[0]["data.root"] == "/data/imagenet"
+
+
+def test_two_varying_keys_give_a_heat_map_with_failed_cells(sweep: Path):
+    rows = [r for r in report.collect(sweep) if r["overrides"][MN] != "5"]  # a full 3 x 2 grid
+    path = report.write_report(rows, sweep / "out")["plot"]
+    with Image.open(path) as img:
+        img.load()
+        assert img.format == "PNG"
+        width, height = img.size
+        colours = img.convert("RGB").getcolors(maxcolors=1 << 20)
+    # 3 weight decays x 2 max norms, 120 x 56 pixel cells, plus labels and a colour bar
+    assert 2 * 120 < width < 1200 and 3 * 56 < height < 800
+    assert any(c == (175, 175, 175) for _, c in colours)  # the failed cells' grey
+    assert any(c == (253, 231, 37) for _, c in colours)  # the best cell: the top of viridis
+
+
+def test_one_varying_key_gives_a_bar_chart(tmp_path: Path):
+    for wd, top1 in (("0.0001", 0.5), ("0.0005", 0.6)):
+        write_job(tmp_path, [f"{WD}={wd}"], [top1], final=final_json([top1]))
+    write_job(tmp_path, [f"{WD}=0.01"], [0.1])  # failed
+    path = report.write_report(report.collect(tmp_path), tmp_path)["plot"]
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.width > 300 and img.height > 3 * 28
+
+
+def test_hparams_land_in_each_jobs_own_event_files_and_are_replaced_on_rerun(sweep: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    rows = report.collect(sweep)
+    report.write_hparams(rows)
+    written = report.write_hparams(rows)  # a second report run replaces, not adds
+    assert len(written) == len(rows)
+
+    point = by_point(rows)
+    for key, expected_mn, expected_best in (
+        (("0.0005", "1"), "1", 0.61),
+        (("0.001", "null"), "null", 0.2),
+    ):
+        tb = point[key]["path"] / "tb"
+        assert len(list(tb.glob("events.out.tfevents.*"))) == 1
+        acc = EventAccumulator(str(tb))
+        acc.Reload()
+        content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+        assert {metadata.EXPERIMENT_TAG, metadata.SESSION_START_INFO_TAG} <= set(content)
+        start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+        assert start.hparams[WD].number_value == pytest.approx(float(key[0]))
+        # max_norm mixes null and numbers across jobs: written as text in every job
+        assert start.hparams[MN].string_value == expected_mn
+        experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+        assert {m.name.tag for m in experiment.metric_infos} == {"hparam/best_top1", "hparam/final_top1"}
+        assert acc.Scalars("hparam/best_top1")[-1].value == pytest.approx(expected_best)
