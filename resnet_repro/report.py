@@ -604,9 +604,11 @@ def hparam_values(rows: list[Row]) -> list[dict[str, float | str]]:
             parsed = parse_value(text)
             if numeric[k]:
                 values[k] = float(parsed)  # type: ignore[arg-type]
+            elif parsed is None:
+                values[k] = "null"
             else:
                 # a number keeps the text the user wrote ("1", not "1.0"), as in the job's dir name
-                values[k] = "null" if parsed is None else parsed if isinstance(parsed, str) else text.strip()
+                values[k] = parsed if isinstance(parsed, str) else str(text).strip()
         typed.append(values)
     return typed
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -149,8 +150,6 @@ def test_collect_reports_preempted_jobs_and_the_newer_of_nan_and_preempted(tmp_p
     )
     assert report.collect(tmp_path)[0]["status"] == "preempted"
     (job / "nonfinite_report.json").write_text("{}")
-    import os
-
     os.utime(job / "preempted.json", (1, 1))  # preempted long ago, resumed, then NaN
     assert report.collect(tmp_path)[0]["status"] == "nan"
 
