@@ -58,7 +58,7 @@ MAX_NORM ?= null,1,2,5
 EXPERIMENT ?= imagenet_paper
 PARTITION ?=
 sweep: $(STAMP) ## local multirun: weight decay x max norm, one job after another (EXPERIMENT=demo works here)
-	$(BIN)/resnet-repro train -m hydra/launcher=local experiment=$(EXPERIMENT) \
+	$(BIN)/resnet-repro train -m experiment=$(EXPERIMENT) \
 		$(if $(DATA),data.root=$(DATA)) trainer.nproc=$(GPUS) \
 		optim.weight_decay=$(WD) stabilizer.max_norm=$(MAX_NORM) $(ARGS)
 

@@ -23,6 +23,7 @@ commands:
   prepare-imagenet --train-tar T --val-tar V --devkit D --out DIR
                                  extract the official ILSVRC2012 archives into train/ and val/ folders
   verify-data data.root=DIR      count images per split and class, decode every image, report problems
+  report MULTIRUN_DIR            table (markdown + CSV), plot and TensorBoard hparams of a sweep
   bench MODE [overrides]         throughput: model | data | train | loop-overhead; prints a table + JSON
 
 examples:
@@ -237,6 +238,26 @@ def _bench_command(args: list[str]) -> None:
     _hydra_command(_bench, [f"bench.mode={args[0]}", "name=bench", *args[1:]])
 
 
+def _report(args: list[str]) -> None:
+    import argparse
+
+    from resnet_repro.report import collect, markdown_table, write_hparams, write_report
+
+    p = argparse.ArgumentParser(prog=f"{PROG} report", description="Summarize a Hydra multirun directory.")
+    p.add_argument("multirun_dir", type=Path)
+    p.add_argument("--no-hparams", action="store_true", help="do not write TensorBoard hparams")
+    ns = p.parse_args(args)
+    try:
+        rows = collect(ns.multirun_dir)
+        paths = write_report(rows, ns.multirun_dir)
+        if not ns.no_hparams:
+            write_hparams(rows)
+    except UserError as e:
+        _fail(str(e))
+    print(markdown_table(rows))
+    print("\n" + "\n".join(f"{kind}: {path}" for kind, path in paths.items()))
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "train": lambda args: _hydra_command(_train, args),
     "eval": lambda args: _hydra_command(_eval, args),
@@ -244,6 +265,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "prepare-imagenet": _prepare_imagenet,
     "verify-data": lambda args: _hydra_command(_verify_data, args),
     "bench": _bench_command,
+    "report": _report,
 }
 
 

@@ -328,6 +328,10 @@ def validate(cfg: RootConfig) -> None:
     st = cfg.stabilizer
     if st.warmup_epochs < 0:
         raise UserError(f"stabilizer.warmup_epochs={st.warmup_epochs} must be >= 0")
+    if st.warmup_epochs > 0 and st.warmup_epochs >= t.epochs:
+        raise UserError(
+            f"stabilizer.warmup_epochs={st.warmup_epochs} must be shorter than trainer.epochs={t.epochs}"
+        )
     if not 0 < st.warmup_start_factor <= 1:
         raise UserError(f"stabilizer.warmup_start_factor={st.warmup_start_factor} must be in (0, 1]")
     if st.nonfinite not in ("stop", "skip", "off"):

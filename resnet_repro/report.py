@@ -24,7 +24,7 @@ from resnet_repro.config import UserError
 
 Row = dict[str, Any]
 
-# Statuses, in the order a job can end. "failed" ones sort last and are drawn as "failed".
+# Job statuses; the FAILED_STATUSES ones sort last in the table and are drawn as "failed" cells
 DONE, EARLY_STOP, NAN, PREEMPTED, FAILED = "done", "early_stop", "nan", "preempted", "failed/incomplete"
 FAILED_STATUSES = (NAN, FAILED)
 
@@ -225,12 +225,15 @@ def _wall_time(job_dir: Path, train_rows: list[dict[str, Any]]) -> float | None:
     """Training time in seconds: the sum of epoch_time_s (excludes start-up and evaluation).
 
     A job that never finished an epoch has none; then the span of its files' modification times, from
-    Hydra's .hydra/ files (written at job start) to the newest file, stands in for it.
+    the files written at job start to the newest file, stands in for it.
     """
     times = [float(r["epoch_time_s"]) for r in train_rows if _is_number(r.get("epoch_time_s"))]
     if times:
         return sum(times)
-    start_files = list((job_dir / ".hydra").glob("*"))
+    # Hydra's .hydra/ files, else train()'s config.yaml / run.json: both are written as the job starts
+    start_files = list((job_dir / ".hydra").glob("*")) or [
+        p for p in (job_dir / "config.yaml", job_dir / "run.json") if p.is_file()
+    ]
     files = [p for p in job_dir.rglob("*") if p.is_file()]
     if not start_files or not files:
         return None
@@ -365,7 +368,7 @@ def write_report(rows: list[Row], out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out_dir / "report.md", "csv": out_dir / "report.csv", "plot": out_dir / "report.png"}
-    paths["markdown"].write_text(_markdown_report(rows, out_dir.name))
+    paths["markdown"].write_text(_markdown_report(rows, "/".join(out_dir.resolve().parts[-2:])))
     _write_csv(rows, paths["csv"])
     draw_plot(rows, paths["plot"])
     return paths
@@ -429,11 +432,15 @@ def _value_text(row: Row, key: str) -> str:
     return row["overrides"].get(key, "default")
 
 
+def _failure(row: Row) -> str:
+    return "NaN" if row["status"] == NAN else "incomplete"
+
+
 def _cell_text(row: Row | None) -> str:
     if row is None:
         return "no job"
     if row["status"] in FAILED_STATUSES:
-        return "failed\n" + ("NaN" if row["status"] == NAN else "incomplete")
+        return "failed\n" + _failure(row)
     text = _pct(row["best_top1"])
     if row["status"] in (EARLY_STOP, PREEMPTED):
         text += "\n" + row["status"].replace("_", " ")
@@ -566,7 +573,7 @@ def bar_chart(rows: list[Row], key: str | None) -> Image.Image:
         failed = row["status"] in FAILED_STATUSES
         length = round(bar_max * best / hi) if best is not None and hi > 0 else 0
         draw.rectangle([x0, y, x0 + max(length, 4), y + bar_h], fill=_fill(row, lo, hi))
-        text = _cell_text(row).replace("\n", " ") if not failed else "failed (" + row["status"] + ")"
+        text = f"failed ({_failure(row)})" if failed else _cell_text(row).replace("\n", " ")
         draw.text((x0 + max(length, 4) + 6, y + (bar_h - h) // 2), text, font=font, fill=_FG)
     return img
 

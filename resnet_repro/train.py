@@ -169,8 +169,10 @@ class Interrupts:
         self.watch = checkpoint.PreemptionWatch(cfg.trainer.preempt_signals)
         self.stopped_by: str | None = None
 
-    def stop_requested(self, step: int) -> bool:
-        if step % self.check_steps != 0 and not (self.watch.received and not self.env.distributed):
+    def stop_requested(self, step: int, force_check: bool = False) -> bool:
+        """Whether any rank got a preemption signal; all ranks must call this at the same steps."""
+        due = force_check or step % self.check_steps == 0
+        if not due and not (self.watch.received and not self.env.distributed):
             return False
         flag = torch.tensor([1.0 if self.watch.received else 0.0], device=self.device)
         if distributed.all_reduce_sum(self.env, flag).item() > 0:
@@ -220,6 +222,7 @@ def train_one_epoch(
     # loss sum, correct@1, images: summed on the device, read once at the end of the epoch
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     norms: list[torch.Tensor] = []  # pre-clip total gradient norm of every step
+    epoch_steps = epoch_step + len(loader)
     timer = StepTimer()
     start = time.perf_counter()
     for images, labels in timer.wrap(_progress(loader, cfg, env, epoch)):
@@ -272,7 +275,9 @@ def train_one_epoch(
             guard.remember(loss.item())
             parts.logger.scalar("train/step_loss", guard.history[-1], step)
             parts.logger.scalar("train/step_lr", lr, step)
-        if parts.interrupts.stop_requested(step):
+        # never on the epoch's last batch: the epoch then ends normally (with its evaluation and
+        # checkpoint) and the epoch-boundary check in the caller stops the run
+        if epoch_step < epoch_steps and parts.interrupts.stop_requested(step):
             save(epoch_step, step)
             return None, step, epoch_step
         if parts.interrupts.save_due():
@@ -318,17 +323,26 @@ def _progress(loader, cfg: RootConfig, env: DistEnv, epoch: int):
     )
 
 
-def _configure_console(env: DistEnv) -> None:
+def _configure_console(env: DistEnv, run_dir: Path) -> None:
+    """Console output (Hydra's in the launching process; a plain one in spawned workers), plus
+    <run_dir>/train.log written by rank 0 whichever process that is."""
     if not logging.getLogger().handlers:
         logging.basicConfig(format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     log.setLevel(logging.INFO if env.is_main else logging.WARNING)
+    if env.is_main and not any(
+        isinstance(h, logging.FileHandler) and h.baseFilename.endswith("train.log") for h in log.handlers
+    ):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(message)s"))
+        log.addHandler(handler)
 
 
 def train(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     """Train in this process: a single process, or one rank of a torchrun / srun / local launch."""
     env = distributed.detect()
     device = distributed.pick_device(cfg.trainer.device, env)
-    _configure_console(env)
+    _configure_console(env, run_dir)
     distributed.init(env, device, cfg.trainer.dist_timeout_s)
     try:
         return _train(cfg, run_dir, env, device)
@@ -512,6 +526,8 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
             if stop_reason:
                 log.warning(stop_reason)
                 break
+            if epoch + 1 < t.epochs and parts.interrupts.stop_requested(step, force_check=True):
+                return _preempted(cfg, env, run_dir, parts.interrupts.stopped_by, epoch + 1, 0)
         if not final:  # resumed a finished run: report its final numbers
             final = {"epochs_run": start_epoch, **run_eval()}
         final = {"epochs": t.epochs, **final, "best_top1": parts.best_top1, "stopped": stop_reason}

@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         ratio = r["images_per_s"] / base["images_per_s"]
         cpu_ratio = base["cpu_ms_per_image"] / r["cpu_ms_per_image"]
         label = "decode only" if m == "decode" else f"stats ({m})"
-        print(f"{label:<14}{r['images_per_s']:>10.1f}{ratio:>8.3f}{r['cpu_ms_per_image']:>12.2f}{cpu_ratio:>11.3f}")
+        print(
+            f"{label:<14}{r['images_per_s']:>10.1f}{ratio:>8.3f}{r['cpu_ms_per_image']:>12.2f}{cpu_ratio:>11.3f}"
+        )
         rows.append({"mode": m, **r, "ratio": ratio, "cpu_ratio": cpu_ratio, "trials": results[m]})
     if args.json:
         out = {

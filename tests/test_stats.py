@@ -109,9 +109,8 @@ def test_stats_equal_float64_reference_on_mixed_sizes_and_grayscale(dataset, red
     ref_mean, ref_std, n = _reference(dali_pixels)
     assert sums.num_images == len(files) == 18
     assert sums.num_pixels == n == sum(w * h for w, h in (SIZES[k % len(SIZES)] for k in range(18)))
-    assert sums.sum == tuple(
-        int(v) for v in sum(im.reshape(-1, 3).astype(np.int64).sum(0) for im in dali_pixels)
-    )
+    exact_sum = sum(im.reshape(-1, 3).astype(np.int64).sum(0) for im in dali_pixels)
+    assert sums.sum == tuple(int(v) for v in exact_sum)
     np.testing.assert_allclose(mean, ref_mean, rtol=0, atol=1e-6)
     np.testing.assert_allclose(std, ref_std, rtol=0, atol=1e-6)
 
@@ -149,10 +148,10 @@ def test_float32_running_sum_drifts_where_exact_sums_do_not(tmp_path):
 
 
 def test_finalize_is_exact_when_variance_is_tiny_next_to_the_mean():
-    # 10^12 pixels of value 200 on every channel except 1000 pixels of 201: std ~ 1.2e-7 on the
-    # [0, 1] scale. E[x^2] - mean^2 in float64 cancels ~16 digits and gets it wrong; the exact
+    # 10^12 pixels of value 200 on every channel except 10 pixels of 201: std ~ 1.2e-8 on the
+    # [0, 1] scale. E[x^2] - mean^2 in float64 cancels all 16 digits and is off by 15%; the exact
     # integer formula gets it to rounding.
-    n, k = 10**12, 1000
+    n, k = 10**12, 10
     s = 200 * n + k
     q = 200 * 200 * n + (201 * 201 - 200 * 200) * k
     sums = PartialSums(num_images=1, num_pixels=n, sum=(s, s, s), sum_sq=(q, q, q))
@@ -163,7 +162,7 @@ def test_finalize_is_exact_when_variance_is_tiny_next_to_the_mean():
     assert std[0] == pytest.approx(exact_std, rel=1e-12)
     naive_var = (q / 255**2) / n - (s / 255 / n) ** 2
     naive_std = math.sqrt(max(naive_var, 0.0))
-    assert abs(naive_std - exact_std) > 0.01 * exact_std  # why finalize does not do this
+    assert abs(naive_std - exact_std) > 0.1 * exact_std  # why finalize does not do this
 
 
 def test_two_shards_merged_equal_one_shard(dataset):
@@ -227,7 +226,8 @@ def test_holdout_is_stratified_exact_and_disjoint(tmp_path):
     make_image_folder(tmp_path, "train", classes, sizes=[(8, 8)])
     train = list_split(tmp_path, "train")
 
-    for size, expected in ((0.5, 31), (0.1, 6), (17, 17), (1, 1)):
+    # a float >= 1 is a count too (a float-typed config field turns 17 into 17.0)
+    for size, expected in ((0.5, 31), (0.1, 6), (17, 17), (17.0, 17), (1, 1), (1.0, 1)):
         rest, held = carve_holdout(train, size, seed=0)
         assert len(held) == expected, size
         assert set(rest.files).isdisjoint(held.files)
@@ -250,7 +250,7 @@ def test_holdout_is_deterministic_per_seed(dataset):
     assert carve_holdout(train, 0.3, seed=5)[1].files != carve_holdout(train, 0.3, seed=6)[1].files
 
 
-@pytest.mark.parametrize("size", [0, -3, 1.0, 1.5, 0.0, True, "0.1", 16, 0.99, 0.01])
+@pytest.mark.parametrize("size", [0, -3, 1.5, 0.0, True, "0.1", float("nan"), 16, 16.0, 0.99, 0.01])
 def test_bad_holdout_size_is_a_user_error_naming_it(dataset, size):
     train = list_split(dataset, "train")  # 18 images in 3 classes: at most 15 can be held out
     shown = repr(size) if isinstance(size, str) else str(size)
@@ -330,12 +330,10 @@ def test_guard_rejects_stats_that_saw_test_images(dataset):
     mixed = type(train)(
         split="train", files=train.files + val.files, labels=train.labels + val.labels, classes=train.classes
     )
-    record = _record(
-        PartialSums(num_images=24, num_pixels=1, sum=(1, 1, 1), sum_sq=(1, 1, 1)), mixed, dataset, "train"
-    )
-    with pytest.raises(
-        UserError, match=r"includes 6 images of the test split \(val/a/0.JPEG, val/a/1.JPEG, val/b/0"
-    ):
+    sums = PartialSums(num_images=24, num_pixels=1, sum=(1, 1, 1), sum_sq=(1, 1, 1))
+    record = _record(sums, mixed, dataset, "train")
+    expected = r"includes 6 images of the test split \(val/a/0.JPEG, val/a/1.JPEG, val/b/0.JPEG, \.\.\.\)"
+    with pytest.raises(UserError, match=expected):
         check_stats_file(
             record, train_selection=train, test=val, holdout=None, stats_from="train", root=dataset
         )
@@ -363,6 +361,7 @@ def test_guard_rejects_stale_stats_after_a_file_is_added(tmp_path):
     # a file replaced by one of another size: same paths, different fingerprint
     (tmp_path / "train" / "a" / "new.JPEG").unlink()
     Image.new("RGB", (40, 40), "red").save(tmp_path / "train" / "b" / "0.JPEG")
+    kw["train_selection"] = list_split(tmp_path, "train")
     with pytest.raises(UserError, match="same paths, different file sizes"):
         check_stats_file(record, **kw)
 
@@ -374,21 +373,10 @@ def test_guard_without_a_file_list_relies_on_the_fingerprint(dataset):
     rest, held = carve_holdout(train, 3, seed=0)
     record = _record(_compute(train.files[:2]), train, dataset, "train")
     record.contents = None
+    kw = dict(test=val, holdout=held, root=dataset)
     with pytest.raises(UserError, match=r"different file list \(fingerprint [0-9a-f]{12} != [0-9a-f]{12}\)"):
-        check_stats_file(
-            record,
-            train_selection=rest,
-            test=val,
-            holdout=held,
-            stats_from="train_minus_holdout",
-            root=dataset,
-        )
-    assert (
-        check_stats_file(
-            record, train_selection=train, test=val, holdout=held, stats_from="train", root=dataset
-        )
-        == []
-    )
+        check_stats_file(record, train_selection=rest, stats_from="train_minus_holdout", **kw)
+    assert check_stats_file(record, train_selection=train, stats_from="train", **kw) == []
 
 
 def test_fingerprint_is_the_same_for_the_same_layout_elsewhere(dataset, tmp_path):

@@ -66,25 +66,25 @@ def stratified_indices(
 def holdout_count(size: float | int, num_images: int) -> int:
     """Number of images a holdout `size` means for a split of `num_images`.
 
-    An int >= 1 is a count; a float in (0, 1) is a fraction, rounded half up. A float >= 1 is
-    refused rather than guessed at (is 1.0 "everything" or "one image"?).
+    Below 1: a fraction in (0, 1), rounded half up. From 1 up: a whole number of images (10000 and
+    10000.0 alike, since a float-typed config field turns 10000 into 10000.0).
     """
-    if isinstance(size, bool) or not isinstance(size, numbers.Real):
+    if isinstance(size, bool) or not isinstance(size, numbers.Real) or not math.isfinite(size):
         raise UserError(f"data.holdout.size={size!r} must be a count >= 1 or a fraction in (0, 1)")
-    if isinstance(size, numbers.Integral):
-        if size < 1:
-            raise UserError(f"data.holdout.size={size} must be a count >= 1 or a fraction in (0, 1)")
-        return int(size)
-    if not 0 < size < 1:
+    if size <= 0:
+        raise UserError(f"data.holdout.size={size} must be a count >= 1 or a fraction in (0, 1)")
+    if size < 1:
+        count = math.floor(size * num_images + 0.5)
+        if count < 1:
+            raise UserError(
+                f"data.holdout.size={size} of {num_images} training images is 0 images; use a larger fraction"
+            )
+        return count
+    if size != int(size):
         raise UserError(
-            f"data.holdout.size={size} must be a fraction in (0, 1) or an integer count >= 1 (e.g. 10000)"
+            f"data.holdout.size={size} must be a whole number of images (>= 1) or a fraction in (0, 1)"
         )
-    count = math.floor(size * num_images + 0.5)
-    if count < 1:
-        raise UserError(
-            f"data.holdout.size={size} of {num_images} training images is 0 images; use a larger fraction"
-        )
-    return count
+    return int(size)
 
 
 def carve_holdout(train: FileList, size: float | int, seed: int) -> tuple[FileList, FileList]:

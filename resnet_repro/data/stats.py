@@ -3,14 +3,14 @@
 Exactness: decoded pixels are integers 0..255, so the per-channel sum and sum of squares are kept as
 exact integers (DALI sums uint8 into uint64; in numpy, integer sums in blocks that cannot overflow).
 Nothing is rounded until `finalize`, which divides exact integers once. So partial sums from any
-number of shards merge exactly (a 2-rank result is bit-identical to the 1-rank one), and the
+number of shards merge exactly (a 2-rank mean/std is bit-identical to the 1-rank one), and the
 variance has no E[x^2] - mean^2 cancellation problem at any dataset size. (DALI's reductions do
 not offer float64 accumulation; an exact integer accumulator is better than float64 anyway.)
 
 Where the reduction runs: on a GPU, in the DALI graph (mixed decode, reductions on the device, only
-[3]-vectors reach the host). On the CPU, DALI's reduction kernels cost about as much as the JPEG
-decode itself, so the decoded images go to a vectorized numpy kernel instead (scripts/bench_stats.py
-measures both against decode alone).
+[3]-vectors reach the host). On the CPU, DALI's reduction operators cost nearly as much as the JPEG
+decode itself (~2 ms per ImageNet image), so the decoded images go to a vectorized numpy kernel
+(~0.4 ms) instead; scripts/bench_stats.py measures both against decoding alone.
 
 The stats file: a JSON `StatsRecord` beside the dataset, with a fingerprint of the file list it was
 computed on, so training can refuse stale stats and stats that saw holdout or test images.
@@ -46,11 +46,10 @@ CONTENTS_LIMIT = 200_000
 PATH_HASH_CHARS = 12  # 48 bits: ~1e-5 chance of any collision between 200k and 50k paths
 READER_NAME = "StatsReader"
 
-# numpy kernel: rows of 1024 pixels (3072 values, so column j holds channel j % 3). uint16 holds the
-# sum of at most 257 values <= 255; uint32 the sum of at most 66051 squares <= 255^2.
+# numpy kernel: rows of 1024 pixels (3072 values, so column j holds channel j % 3), summed in blocks
+# of 257 rows: the most values <= 255 whose sum fits uint16
 _ROW = 3 * 1024
 _U16_ROWS = 65535 // 255
-_U32_ROWS = (2**32 - 1) // 255**2
 
 
 # --------------------------------------------------------------------------------------- file lists
@@ -616,6 +615,8 @@ def read_stats_file(path: str | os.PathLike) -> StatsRecord:
     if missing:
         raise UserError(f"stats file {path} lacks {', '.join(missing)}; recompute with `resnet-repro stats`")
     record = StatsRecord(**{k: v for k, v in data.items() if k in names})
+    if record.split not in STATS_FROM:
+        raise UserError(f"stats file {path} has split={record.split!r}, not one of {', '.join(STATS_FROM)}")
     if len(record.mean) != 3 or len(record.std) != 3 or any(s <= 0 for s in record.std):
         raise UserError(f"stats file {path} has mean={record.mean} std={record.std}: need 3 values, std > 0")
     return record
@@ -656,9 +657,9 @@ def check_stats_file(
     """
     label = f"stats file {path}" if path is not None else "the stats file"
     if stats_from not in STATS_FROM:
-        raise UserError(f"data.stats.from={stats_from!r} is not one of {', '.join(STATS_FROM)}")
+        raise UserError(f"data.stats.split={stats_from!r} is not one of {', '.join(STATS_FROM)}")
     if stats_from == "train_minus_holdout" and holdout is None:
-        raise UserError("data.stats.from=train_minus_holdout needs a holdout; set data.holdout.size")
+        raise UserError("data.stats.split=train_minus_holdout needs a holdout; set data.holdout.size")
     contents = set(record.contents) if record.contents is not None else None
     if contents is not None:
         groups = [("test", test)]
@@ -694,5 +695,7 @@ def check_stats_file(
         f"files); recompute with `resnet-repro stats` or set data.stats.allow_mismatch=true"
     )
     if allow_mismatch:
+        if contents is None:
+            msg += " (without a file list in the record, holdout/test images in it cannot be ruled out)"
         return [msg]
     raise UserError(msg)
