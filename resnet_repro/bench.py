@@ -99,7 +99,7 @@ def bench_model(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
 def _repeated_files(cfg: RootConfig, min_images: int) -> tuple[list[str], list[int]]:
     from resnet_repro.train import load_file_lists
 
-    train_list, _ = load_file_lists(cfg.data)
+    train_list = load_file_lists(cfg.data).train
     reps = max(1, -(-min_images // len(train_list)))
     return list(train_list.files) * reps, list(train_list.labels) * reps
 

@@ -23,6 +23,7 @@ commands:
   prepare-imagenet --train-tar T --val-tar V --devkit D --out DIR
                                  extract the official ILSVRC2012 archives into train/ and val/ folders
   verify-data data.root=DIR      count images per split and class, decode every image, report problems
+  stats [data overrides]         train-only per-channel mean/std -> stats file beside the data; prints JSON
   report MULTIRUN_DIR            table (markdown + CSV), plot and TensorBoard hparams of a sweep
   bench MODE [overrides]         throughput: model | data | train | loop-overhead; prints a table + JSON
 
@@ -238,6 +239,30 @@ def _bench_command(args: list[str]) -> None:
     _hydra_command(_bench, [f"bench.mode={args[0]}", "name=bench", *args[1:]])
 
 
+def _stats(dcfg: DictConfig) -> None:
+    import dataclasses
+
+    from resnet_repro import distributed
+    from resnet_repro.data.normalization import compute_and_save
+    from resnet_repro.train import load_file_lists
+
+    try:
+        cfg = to_dataclass(dcfg)
+        validate(cfg)
+        env = distributed.detect()
+        device = distributed.pick_device(cfg.trainer.device, env)
+        distributed.init(env, device, cfg.trainer.dist_timeout_s)
+        try:
+            record, path = compute_and_save(cfg.data, load_file_lists(cfg.data), env, device)
+        finally:
+            distributed.teardown()
+    except UserError as e:
+        _fail(str(e))
+    if env.is_main:
+        shown = {k: v for k, v in dataclasses.asdict(record).items() if k != "contents"}
+        print(json.dumps({"path": str(path), **shown}))
+
+
 def _report(args: list[str]) -> None:
     import argparse
 
@@ -266,6 +291,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "verify-data": lambda args: _hydra_command(_verify_data, args),
     "bench": _bench_command,
     "report": _report,
+    "stats": lambda args: _hydra_command(_stats, [*args, "name=stats"]),
 }
 
 

@@ -31,6 +31,34 @@ class AugmentConfig:
 
 
 @dataclass
+class HoldoutConfig:
+    """A validation ("holdout") part carved from the training split for model selection."""
+
+    # A count (>= 1) or a fraction of the training split (< 1); null = no holdout
+    size: float | None = None
+    seed: int = 0
+    # Normalization statistics from the whole training split (train: the common order, holdout
+    # carved afterwards) or from train minus holdout (train_minus_holdout: the rigorous order)
+    stats_from: str = "train"
+
+
+@dataclass
+class StatsConfig:
+    """Train-only normalization statistics (`resnet-repro stats`, data.normalization=computed)."""
+
+    # The stats file; null = beside the dataset, named after the fingerprint of the file list
+    path: str | None = None
+    # Compute on a deterministic class-stratified sample of this many images (null = all)
+    max_images: int | None = None
+    seed: int = 0
+    # Resize the shorter side to this before counting pixels (null = every pixel at full size)
+    resize: int | None = None
+    # Accept a stats file whose file list differs from the current selection (recorded in the run)
+    allow_mismatch: bool = False
+    batch_size: int = 32
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     # Folder in the ImageNet layout: <root>/<split>/<class>/<image>.JPEG
@@ -43,9 +71,15 @@ class DataConfig:
     # Evaluation: shorter side resized to image_size / crop_ratio, then a centre crop (256 -> 224)
     crop_ratio: float = 0.875
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # Per-channel mean / std on the [0, 1] pixel scale
+    # computed: train-only statistics from the stats file (computed first when missing);
+    # published: data.mean / data.std as given; none: pixels scaled to [0, 1] only
+    normalization: str = "computed"
+    # Per-channel mean / std on the [0, 1] pixel scale, used with normalization=published
+    # (ImageNet's published train statistics by default)
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
     # CPU threads for DALI decode/augmentation (per process)
     num_threads: int = 4
     # Batches DALI prepares ahead of the training step
@@ -164,6 +198,9 @@ class TrainerConfig:
     resume: str = "auto"
     # Seconds a collective may wait for a slow or dead rank before the job fails
     dist_timeout_s: int = 600
+    # Allow model selection (best.pt, early stopping, plateau) on the test split when there is no
+    # holdout; warned about in the log. Without a holdout and without this, there is no selection.
+    select_on_test: bool = False
     # Stop after this many training steps per epoch (null = full epoch); for smoke tests
     max_steps_per_epoch: int | None = None
     # Also write last.pt every this many minutes inside an epoch (null = only at epoch ends)
@@ -260,6 +297,8 @@ def _unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
             "augment": AugmentConfig,
             "early_stop": EarlyStopConfig,
             "bench": BenchConfig,
+            "holdout": HoldoutConfig,
+            "stats": StatsConfig,
         }.get(key)
         if child_schema is not None and isinstance(node[key], DictConfig):
             unknown.extend(_unknown_keys(node[key], child_schema, f"{prefix}{key}."))
@@ -297,6 +336,22 @@ def validate(cfg: RootConfig) -> None:
         raise UserError(f"trainer.precision={t.precision!r} is not one of {', '.join(PRECISIONS)}")
     if t.device not in ("auto", "cpu", "cuda"):
         raise UserError(f"trainer.device={t.device!r} is not one of auto, cpu, cuda")
+    if d.normalization not in ("computed", "published", "none"):
+        raise UserError(f"data.normalization={d.normalization!r} is not one of computed, published, none")
+    if d.holdout.stats_from not in ("train", "train_minus_holdout"):
+        raise UserError(
+            f"data.holdout.stats_from={d.holdout.stats_from!r} is not one of train, train_minus_holdout"
+        )
+    if d.holdout.stats_from == "train_minus_holdout" and d.holdout.size is None:
+        raise UserError("data.holdout.stats_from=train_minus_holdout needs a holdout: set data.holdout.size")
+    if d.stats.max_images is not None and d.stats.max_images <= 0:
+        raise UserError(f"data.stats.max_images={d.stats.max_images} must be positive or null")
+    no_selection = d.holdout.size is None and not t.select_on_test
+    if no_selection and (cfg.schedule.name == "plateau" or cfg.stabilizer.early_stop.patience is not None):
+        raise UserError(
+            "schedule.name=plateau and stabilizer.early_stop need a model-selection split: set "
+            "data.holdout.size (recommended) or trainer.select_on_test=true"
+        )
     if d.backend not in BACKENDS:
         raise UserError(f"data.backend={d.backend!r} is not one of {', '.join(BACKENDS)}")
     if d.image_size <= 0:

@@ -23,6 +23,9 @@ from resnet_repro import __version__, checkpoint, distributed
 from resnet_repro.config import DataConfig, RootConfig, UserError, to_dataclass, validate
 from resnet_repro.data import dali, sharding
 from resnet_repro.data.demo import build_demo_dataset
+from resnet_repro.data.holdout import carve_holdout
+from resnet_repro.data.normalization import Normalization, Splits
+from resnet_repro.data.normalization import resolve as resolve_normalization
 from resnet_repro.data.splits import FileList, list_split
 from resnet_repro.distributed import DistEnv
 from resnet_repro.evaluate import autocast, evaluate
@@ -49,17 +52,29 @@ log = logging.getLogger("resnet_repro")
 
 
 # ---------------------------------------------------------------------------------------------- data
-def load_file_lists(cfg: DataConfig) -> tuple[FileList, FileList]:
-    """Training and evaluation lists; builds the demo dataset on first use."""
+def load_file_lists(cfg: DataConfig) -> Splits:
+    """Training, holdout and test (data.eval_split) lists; builds the demo dataset on first use."""
     if cfg.name == "demo":
         build_demo_dataset(cfg.root)
-    train_list = list_split(cfg.root, cfg.train_split)
-    eval_list = list_split(cfg.root, cfg.eval_split, classes=train_list.classes)
-    return train_list, eval_list
+    train_full = list_split(cfg.root, cfg.train_split)
+    test = list_split(cfg.root, cfg.eval_split, classes=train_full.classes)
+    train, holdout = train_full, None
+    if cfg.holdout.size is not None:
+        train, holdout = carve_holdout(train_full, cfg.holdout.size, cfg.holdout.seed)
+    return Splits(train_full=train_full, train=train, holdout=holdout, test=test)
+
+
+def _norm_args(norm: Normalization | None) -> dict[str, Any]:
+    return {"mean": norm.mean, "std": norm.std} if norm is not None else {}
 
 
 def make_eval_loader(
-    cfg: DataConfig, files: FileList, env: DistEnv, device: torch.device, batch_size: int
+    cfg: DataConfig,
+    files: FileList,
+    env: DistEnv,
+    device: torch.device,
+    batch_size: int,
+    norm: Normalization | None = None,
 ) -> dali.DaliLoader | None:
     idx = sharding.eval_indices(len(files), rank=env.rank, world_size=env.world_size)
     if len(idx) == 0:
@@ -72,11 +87,18 @@ def make_eval_loader(
         batch_size=batch_size,
         seed=0,
         device=device,
+        **_norm_args(norm),
     )
 
 
 def make_train_loader(
-    cfg: RootConfig, files: FileList, env: DistEnv, device: torch.device, epoch: int, skip_steps: int = 0
+    cfg: RootConfig,
+    files: FileList,
+    env: DistEnv,
+    device: torch.device,
+    epoch: int,
+    skip_steps: int = 0,
+    norm: Normalization | None = None,
 ) -> dali.DaliLoader:
     """This rank's images for `epoch`, after the first `skip_steps` batches (a mid-epoch resume)."""
     t = cfg.trainer
@@ -101,6 +123,7 @@ def make_train_loader(
         # its start repeats exactly; one resumed mid-epoch reads the same images, freshly augmented
         seed=(t.seed * 1_000_003 + epoch * 1009 + env.rank * 7919 + skip_steps * 31) % (2**31),
         device=device,
+        **_norm_args(norm),
     )
 
 
@@ -402,16 +425,18 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
     validate(cfg)
     t = cfg.trainer
     if env.is_main:
-        train_list, eval_list = load_file_lists(cfg.data)  # rank 0 builds the demo data if needed
+        splits = load_file_lists(cfg.data)  # rank 0 builds the demo data if needed
     distributed.barrier(env)
     if not env.is_main:
-        train_list, eval_list = load_file_lists(cfg.data)
+        splits = load_file_lists(cfg.data)
+    norm, norm_warnings = resolve_normalization(cfg.data, splits, env, device)
 
     global_batch = t.batch_size * env.world_size
-    steps = sharding.steps_per_epoch(len(train_list), global_batch)
+    steps = sharding.steps_per_epoch(len(splits.train), global_batch)
     if steps == 0:
         raise UserError(
-            f"the training split has {len(train_list)} images, fewer than one global batch of {global_batch} "
+            f"the training split has {len(splits.train)} images, "
+            f"fewer than one global batch of {global_batch} "
             f"(trainer.batch_size={t.batch_size} x {env.world_size} processes)"
         )
     if t.max_steps_per_epoch is not None:
@@ -421,9 +446,9 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
         global_batch=global_batch,
         peak_lr=peak_lr(cfg.optim, global_batch),
         steps_per_epoch=steps,
-        num_train=len(train_list),
-        num_eval=len(eval_list),
-        num_classes=len(train_list.classes),
+        num_train=len(splits.train),
+        num_eval=len(splits.test),
+        num_classes=len(splits.train.classes),
         device=str(device),
     )
 
@@ -448,26 +473,61 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
     else:
         torch.manual_seed(t.seed + env.rank)  # per-rank stream for dropout-like randomness
 
-    normalization = f"mean {list(cfg.data.mean)} std {list(cfg.data.std)} (data config)"
-    text = render(cfg, derived, summarize_groups(optimizer), normalization)
+    # model selection (best.pt, early stopping, plateau): the holdout; the test split only on request
+    test_name = cfg.data.eval_split
+    selection = "holdout" if splits.holdout is not None else (test_name if t.select_on_test else None)
+    text = render(cfg, derived, summarize_groups(optimizer), norm.describe())
+    text += f"\n  model selection  {selection or 'none (no holdout): no best.pt'}"
     if env.is_main:
-        write_run_files(run_dir, cfg, derived, {"normalization": normalization})
+        write_run_files(
+            run_dir,
+            cfg,
+            derived,
+            {
+                "normalization": {
+                    "mean": norm.mean,
+                    "std": norm.std,
+                    "source": norm.source,
+                    "detail": norm.detail,
+                }
+            },
+        )
+        if splits.holdout is not None:
+            (run_dir / "holdout_files.txt").write_text("\n".join(splits.holdout.files) + "\n")
         parts.logger.text("summary", "<pre>" + text + "</pre>")
         log.info(f"run directory {run_dir}\n{text}")
+        for warning in norm_warnings:
+            log.warning(warning)
+        if selection == test_name:
+            log.warning(
+                f"model selection uses the test split ({test_name}): its numbers are no longer an unbiased "
+                "estimate; carve a holdout with data.holdout.size instead"
+            )
 
     ckpt_dir = run_dir / "checkpoints"
 
     def save(epoch: int, epoch_step: int, step: int, name: str = "last.pt") -> None:
         if env.is_main:
-            checkpoint.save_atomic(training_state(parts, cfg, epoch, step, epoch_step), ckpt_dir / name)
+            state = training_state(parts, cfg, epoch, step, epoch_step)
+            state["normalization"] = {"mean": list(norm.mean), "std": list(norm.std)}
+            checkpoint.save_atomic(state, ckpt_dir / name)
 
-    eval_loader = make_eval_loader(cfg.data, eval_list, env, device, t.batch_size)
+    eval_sets = {test_name: splits.test}
+    if splits.holdout is not None:
+        eval_sets["holdout"] = splits.holdout
+    eval_loaders = {
+        name: make_eval_loader(cfg.data, files, env, device, t.batch_size, norm)
+        for name, files in eval_sets.items()
+    }
 
-    def run_eval() -> dict[str, Any]:
+    def run_eval() -> dict[str, dict[str, Any]]:
         # the bare module: DDP may broadcast buffers in forward, and ranks hold uneven eval shards
-        return evaluate(
-            parts.net, eval_loader, env, device, expected_total=len(eval_list), precision=t.precision
-        )
+        return {
+            name: evaluate(
+                parts.net, eval_loaders[name], env, device, expected_total=len(files), precision=t.precision
+            )
+            for name, files in eval_sets.items()
+        }
 
     final: dict[str, Any] = {}
     stop_reason = None
@@ -475,7 +535,9 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
         for epoch in range(start_epoch, t.epochs):
             if net.dropblock_rate is not None:
                 net.dropblock_rate.set_epoch(epoch)
-            loader = make_train_loader(cfg, train_list, env, device, epoch, skip_steps=epoch_step)
+            loader = make_train_loader(
+                cfg, splits.train, env, device, epoch, skip_steps=epoch_step, norm=norm
+            )
             train_metrics, step, epoch_step = train_one_epoch(
                 parts,
                 loader,
@@ -491,46 +553,47 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
             if train_metrics is None:
                 return _preempted(cfg, env, run_dir, parts.interrupts.stopped_by, epoch, epoch_step)
             epoch_step = 0
-            eval_metrics = run_eval()
-            parts.schedule.epoch_end(eval_metrics["loss"])
+            evals = run_eval()
             parts.logger.record({"epoch": epoch + 1, "split": "train", "step": step, **train_metrics}, step)
-            parts.logger.record(
-                {
-                    "epoch": epoch + 1,
-                    "split": cfg.data.eval_split,
-                    "step": step,
-                    "lr": train_metrics["lr"],
-                    **eval_metrics,
-                },
-                step,
-            )
-            improved = eval_metrics["top1"] > parts.best_top1
-            parts.best_top1 = max(parts.best_top1, eval_metrics["top1"])
-            stop_reason = parts.early_stop.update(eval_metrics)
+            for name, metrics in evals.items():
+                row = {"epoch": epoch + 1, "split": name, "step": step, "lr": train_metrics["lr"], **metrics}
+                parts.logger.record(row, step)
+            improved = False
+            if selection is not None:
+                chosen = evals[selection]
+                parts.schedule.epoch_end(chosen["loss"])
+                improved = chosen["top1"] > parts.best_top1
+                parts.best_top1 = max(parts.best_top1, chosen["top1"])
+                stop_reason = parts.early_stop.update(chosen)
             save(epoch + 1, 0, step)
             if improved:
                 save(epoch + 1, 0, step, name="best.pt")
             if t.keep_last_k > 0:
                 save(epoch + 1, 0, step, name=f"epoch_{epoch + 1:04d}.pt")
                 _prune_epoch_checkpoints(ckpt_dir, t.keep_last_k, env)
-            log.info(
-                f"epoch {epoch + 1}/{t.epochs}: train loss {train_metrics['loss']:.4f} "
-                f"top-1 {train_metrics['top1']:.4f} | {cfg.data.eval_split} loss {eval_metrics['loss']:.4f} "
-                f"top-1 {eval_metrics['top1']:.4f} top-5 {eval_metrics['top5']:.4f} | "
-                f"{train_metrics['img_per_s']:.0f} img/s | grad norm p50 "
-                f"{train_metrics.get('grad_norm_p50', float('nan')):.3g}, clipped "
-                f"{100 * train_metrics.get('clipped_fraction', 0.0):.0f}% of steps"
-            )
+            _log_epoch(cfg, epoch, train_metrics, evals)
             _warn_if_not_learning(cfg, epoch, train_metrics["loss"], derived.num_classes)
-            final = {"epochs_run": epoch + 1, **eval_metrics}
+            final = {"epochs_run": epoch + 1, **evals[test_name]}
+            if "holdout" in evals:
+                final["holdout"] = evals["holdout"]
             if stop_reason:
                 log.warning(stop_reason)
                 break
             if epoch + 1 < t.epochs and parts.interrupts.stop_requested(step, force_check=True):
                 return _preempted(cfg, env, run_dir, parts.interrupts.stopped_by, epoch + 1, 0)
         if not final:  # resumed a finished run: report its final numbers
-            final = {"epochs_run": start_epoch, **run_eval()}
-        final = {"epochs": t.epochs, **final, "best_top1": parts.best_top1, "stopped": stop_reason}
+            evals = run_eval()
+            final = {"epochs_run": start_epoch, **evals[test_name]}
+            if "holdout" in evals:
+                final["holdout"] = evals["holdout"]
+        best = parts.best_top1 if selection is not None else None
+        final = {
+            "epochs": t.epochs,
+            **final,
+            "best_top1": best,
+            "selection": selection,
+            "stopped": stop_reason,
+        }
         if env.is_main:
             (run_dir / "final.json").write_text(json.dumps(final) + "\n")
         distributed.barrier(env)
@@ -540,6 +603,19 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
         parts.interrupts.close()
         parts.logger.close()
     return final
+
+
+def _log_epoch(cfg: RootConfig, epoch: int, train: dict[str, Any], evals: dict[str, dict[str, Any]]) -> None:
+    evaluated = " | ".join(
+        f"{name} loss {m['loss']:.4f} top-1 {m['top1']:.4f} top-5 {m['top5']:.4f}"
+        for name, m in evals.items()
+    )
+    log.info(
+        f"epoch {epoch + 1}/{cfg.trainer.epochs}: train loss {train['loss']:.4f} top-1 {train['top1']:.4f} | "
+        f"{evaluated} | {train['img_per_s']:.0f} img/s | grad norm p50 "
+        f"{train.get('grad_norm_p50', float('nan')):.3g}, "
+        f"clipped {100 * train.get('clipped_fraction', 0.0):.0f}%"
+    )
 
 
 def _warn_if_not_learning(cfg: RootConfig, epoch: int, train_loss: float, num_classes: int) -> None:
@@ -584,9 +660,10 @@ def _preempted(
     return {"preempted": True, "requeued": requeued}
 
 
-def load_model_for_eval(cfg: RootConfig, path: str, num_classes: int, device: torch.device) -> nn.Module:
+def load_model_for_eval(
+    cfg: RootConfig, state: dict[str, Any], path: str, num_classes: int, device: torch.device
+) -> nn.Module:
     """A training checkpoint of this tool (its own model config is used) or a plain state dict."""
-    state = checkpoint.load(path)
     if "model" in state and "config" in state:
         model_cfg = to_dataclass(OmegaConf.create({"model": state["config"]["model"]})).model
         weights = state["model"]
@@ -609,11 +686,17 @@ def evaluate_checkpoint(cfg: RootConfig, path: str) -> dict[str, float]:
     device = distributed.pick_device(cfg.trainer.device, env)
     distributed.init(env, device, cfg.trainer.dist_timeout_s)
     try:
-        _, eval_list = load_file_lists(cfg.data)
-        model = load_model_for_eval(cfg, path, len(eval_list.classes), device)
-        loader = make_eval_loader(cfg.data, eval_list, env, device, cfg.trainer.batch_size)
+        splits = load_file_lists(cfg.data)
+        state = checkpoint.load(path)
+        model = load_model_for_eval(cfg, state, path, len(splits.test.classes), device)
+        if "normalization" in state:  # exactly what the run trained and evaluated with
+            saved = state["normalization"]
+            norm = Normalization(tuple(saved["mean"]), tuple(saved["std"]), "checkpoint", str(path))
+        else:
+            norm, _ = resolve_normalization(cfg.data, splits, env, device)
+        loader = make_eval_loader(cfg.data, splits.test, env, device, cfg.trainer.batch_size, norm)
         return evaluate(
-            model, loader, env, device, expected_total=len(eval_list), precision=cfg.trainer.precision
+            model, loader, env, device, expected_total=len(splits.test), precision=cfg.trainer.precision
         )
     finally:
         distributed.teardown()

@@ -42,7 +42,7 @@ def folder(tmp_path: Path) -> Path:
 
 def test_missing_data_root_is_one_line_naming_the_path(tmp_path: Path, capsys):
     missing = tmp_path / "nope"
-    code, err = run_main(["train", "data=folder", f"data.root={missing}", "trainer.epochs=1"], capsys)
+    code, err = run_main(["train", "data=folder", f"data.root={missing}", "trainer.epochs=2"], capsys)
     assert code == 2
     assert str(missing) in one_error_line(err)
 
@@ -73,7 +73,7 @@ def test_empty_class_folder_is_named(folder: Path, capsys):
     ],
 )
 def test_bad_values_give_one_line_naming_the_value(override: str, expected: str, demo_root: Path, capsys):
-    code, err = run_main(["train", f"data.root={demo_root}", override, "trainer.epochs=1"], capsys)
+    code, err = run_main(["train", f"data.root={demo_root}", override, "trainer.epochs=2"], capsys)
     assert code == 2
     assert expected in one_error_line(err)
 

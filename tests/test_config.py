@@ -54,7 +54,9 @@ def test_discovery_finds_every_config_group():
 
 @pytest.mark.parametrize(("group", "option"), GROUP_FILES, ids=[f"{g}={o}" for g, o in GROUP_FILES])
 def test_every_group_file_composes_converts_and_validates(group, option, tmp_path):
-    cfg, obj = _composed_ok([f"{group}={option}"], tmp_path)
+    # a plateau schedule reacts to the model-selection split, which needs a holdout
+    needs = ["data.holdout.size=0.1"] if (group, option) == ("schedule", "plateau") else []
+    cfg, obj = _composed_ok([f"{group}={option}", *needs], tmp_path)
     # The chosen file is the one in effect (a preset's `override /group` must not win over the command line)
     own = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
     if group != "experiment" and "name" in own:
@@ -177,3 +179,11 @@ def test_demo_experiment_does_not_flip_digits():
     assert obj.data.name == "demo"
     assert obj.data.augment.hflip is False
     assert obj.data.image_size == 32
+
+
+def test_plateau_or_early_stopping_without_a_selection_split_is_refused(tmp_path):
+    with pytest.raises(UserError, match="data.holdout.size"):
+        _composed_ok(["schedule=plateau"], tmp_path)
+    with pytest.raises(UserError, match="model-selection split"):
+        _composed_ok(["stabilizer.early_stop.patience=3"], tmp_path)
+    _composed_ok(["stabilizer.early_stop.patience=3", "trainer.select_on_test=true"], tmp_path)

@@ -211,12 +211,12 @@ def test_make_sweep_slurm_submits_the_weight_decay_by_max_norm_grid_to_the_parti
         assert expected in tokens, command
 
 
-def test_make_sweep_runs_the_same_grid_through_the_local_launcher():
+def test_make_sweep_runs_the_same_grid_one_job_after_another():
     out = make_dry_run("sweep", "EXPERIMENT=demo", "WD=1e-4", "MAX_NORM=null,1")
     command = next(line for line in out.splitlines() if "resnet-repro train -m" in line)
     tokens = command.split()
+    assert not any(t.startswith("hydra/launcher=") for t in tokens)  # Hydra's basic launcher: in sequence
     for expected in (
-        "hydra/launcher=local",
         "experiment=demo",
         "optim.weight_decay=1e-4",
         "stabilizer.max_norm=null,1",
@@ -404,8 +404,9 @@ def test_sigusr1_saves_a_checkpoint_requeues_the_slurm_job_once_and_the_rerun_re
 
 @pytest.mark.slow
 def test_preemption_on_the_last_step_of_an_epoch_resumes_and_finishes(demo_root: Path, tmp_path: Path):
-    # With one step per epoch every preemption lands on an epoch's last step: last.pt then says
-    # epoch_step == steps_per_epoch, and the rerun must not build an empty loader for that epoch
+    # With one step per epoch every preemption lands on an epoch's last step: the epoch finishes
+    # (evaluation, checkpoint) and the run stops at the epoch boundary, so the rerun starts a new
+    # epoch instead of an empty remainder of the old one
     run_dir = tmp_path / "run"
     args = preempt_args(demo_root, run_dir, max_steps=1)
     env = clean_env(OMP_NUM_THREADS="1")
@@ -413,7 +414,7 @@ def test_preemption_on_the_last_step_of_an_epoch_resumes_and_finishes(demo_root:
     assert rc == 0, (tmp_path / "first.out").read_text()[-3000:]
     preempted = json.loads((run_dir / "preempted.json").read_text())
     assert preempted["requeued"] is False  # no SLURM job to requeue
-    assert preempted["epoch_step"] == 1 and preempted["epoch"] < 3
+    assert preempted["epoch_step"] == 0 and 1 <= preempted["epoch"] < 3
 
     second = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     second_text = second.stdout + second.stderr

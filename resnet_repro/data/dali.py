@@ -39,14 +39,23 @@ class Transform:
         return round(self.image_size / self.crop_ratio)
 
     @classmethod
-    def from_config(cls, cfg: DataConfig, train: bool) -> Transform:
+    def from_config(
+        cls,
+        cfg: DataConfig,
+        train: bool,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> Transform:
+        """`mean` / `std`: the run's resolved normalization (default: data.mean / data.std)."""
         a = cfg.augment
+        mean = cfg.mean if mean is None else mean
+        std = cfg.std if std is None else std
         return cls(
             train=train,
             image_size=cfg.image_size,
             crop_ratio=cfg.crop_ratio,
-            mean=tuple(cfg.mean),
-            std=tuple(cfg.std),
+            mean=tuple(mean),
+            std=tuple(std),
             random_resized_crop=a.random_resized_crop,
             pad_crop=a.pad_crop,
             scale=tuple(a.scale),
@@ -178,11 +187,13 @@ def build_loader(
     batch_size: int,
     seed: int,
     device: torch.device,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> DaliLoader:
     return DaliLoader(
         files,
         labels,
-        Transform.from_config(cfg, train=train),
+        Transform.from_config(cfg, train=train, mean=mean, std=std),
         batch_size=batch_size,
         num_threads=cfg.num_threads,
         seed=seed,

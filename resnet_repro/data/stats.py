@@ -657,9 +657,9 @@ def check_stats_file(
     """
     label = f"stats file {path}" if path is not None else "the stats file"
     if stats_from not in STATS_FROM:
-        raise UserError(f"data.stats.split={stats_from!r} is not one of {', '.join(STATS_FROM)}")
+        raise UserError(f"data.holdout.stats_from={stats_from!r} is not one of {', '.join(STATS_FROM)}")
     if stats_from == "train_minus_holdout" and holdout is None:
-        raise UserError("data.stats.split=train_minus_holdout needs a holdout; set data.holdout.size")
+        raise UserError("data.holdout.stats_from=train_minus_holdout needs a holdout; set data.holdout.size")
     contents = set(record.contents) if record.contents is not None else None
     if contents is not None:
         groups = [("test", test)]

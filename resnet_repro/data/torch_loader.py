@@ -18,6 +18,7 @@ Workers return uint8 CHW crops; conversion to float and normalization happen onc
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -56,16 +57,20 @@ def _open_pil(path: str) -> Image.Image:
 
 def _decode_tensor(path: str) -> torch.Tensor:
     """uint8 RGB tensor (3, H, W) via libjpeg-turbo; PIL for non-JPEG content or JPEGs it refuses."""
-    try:
-        data = read_file(path)
-    except RuntimeError as e:  # torchvision reports a missing file as a RuntimeError
-        raise UserError(f"could not read image {path}: {str(e).splitlines()[0]}") from e
-    if data.numel() >= 2 and data[0].item() == 0xFF and data[1].item() == 0xD8:  # JPEG start-of-image
+    # torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every call;
+    # they still work, and a per-image warning from every worker would bury the training log
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision.io")
         try:
-            # mode=RGB expands grayscale and converts CMYK (Adobe-inverted too) the way PIL does
-            return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-        except RuntimeError:
-            pass  # e.g. a corrupt or exotic JPEG: PIL gets a second chance and names the file if it fails
+            data = read_file(path)
+        except RuntimeError as e:  # torchvision reports a missing file as a RuntimeError
+            raise UserError(f"could not read image {path}: {str(e).splitlines()[0]}") from e
+        if data.numel() >= 2 and data[0].item() == 0xFF and data[1].item() == 0xD8:  # JPEG start-of-image
+            try:
+                # mode=RGB expands grayscale and converts CMYK (Adobe-inverted too) the way PIL does
+                return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+            except RuntimeError:
+                pass  # a corrupt or exotic JPEG: PIL gets a second chance and names the file if it fails
     return F.pil_to_tensor(_open_pil(path))
 
 
@@ -267,12 +272,17 @@ def build_torch_loader(
     seed: int,
     device: torch.device,
     decoder: str = "pil",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> TorchLoader:
-    """Mirror of resnet_repro.data.dali.build_loader; data.num_threads becomes the worker count."""
+    """Mirror of resnet_repro.data.dali.build_loader; data.num_threads becomes the worker count.
+
+    `mean` / `std`: the run's resolved normalization (default: data.mean / data.std).
+    """
     return TorchLoader(
         files,
         labels,
-        Transform.from_config(cfg, train=train),
+        Transform.from_config(cfg, train=train, mean=mean, std=std),
         batch_size=batch_size,
         num_workers=cfg.num_threads,
         seed=seed,

@@ -1,0 +1,172 @@
+"""Which mean / std a run normalizes with, and where they come from.
+
+computed: the stats file of the current training selection (the whole training split, or train
+  minus holdout), checked against leakage; computed first when missing, each rank reading its own
+  shard and the exact integer sums all-reduced, so no rank waits idle through a long pass.
+published: data.mean / data.std as configured (ImageNet's published values by default).
+none: pixels scaled to [0, 1] only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from resnet_repro import distributed
+from resnet_repro.config import DataConfig, UserError
+from resnet_repro.data import stats
+from resnet_repro.data.splits import FileList
+from resnet_repro.distributed import DistEnv
+
+
+@dataclass(frozen=True)
+class Normalization:
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source: str  # computed | published | none
+    detail: str  # provenance, one line
+
+    def describe(self) -> str:
+        m = ", ".join(f"{v:.4f}" for v in self.mean)
+        s = ", ".join(f"{v:.4f}" for v in self.std)
+        return f"mean ({m}) std ({s}); {self.source}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The file lists of a run. `train` excludes the holdout; `train_full` is the whole split."""
+
+    train_full: FileList
+    train: FileList
+    holdout: FileList | None
+    test: FileList
+
+
+def stats_selection(cfg: DataConfig, splits: Splits) -> tuple[FileList, str]:
+    """The images the statistics must cover, and the record's name for that selection."""
+    if cfg.holdout.stats_from == "train_minus_holdout":
+        return splits.train, "train_minus_holdout"
+    return splits.train_full, "train"
+
+
+def stats_path(cfg: DataConfig, fingerprint: str) -> Path:
+    """Explicit data.stats.path, else beside the data, one file per selection and stats setting."""
+    if cfg.stats.path:
+        return Path(cfg.stats.path).expanduser()
+    path = stats.default_stats_path(cfg.root, fingerprint)
+    suffix = "".join(
+        f"-{k}{v}" for k, v in (("r", cfg.stats.resize), ("n", cfg.stats.max_images)) if v is not None
+    )
+    return path.with_name(path.stem + suffix + path.suffix)
+
+
+def compute_record(cfg: DataConfig, splits: Splits, env: DistEnv, device: torch.device) -> stats.StatsRecord:
+    """One pass over the selection (or its stratified sample), split across ranks, sums merged."""
+    selection, split = stats_selection(cfg, splits)
+    images = selection
+    if cfg.stats.max_images is not None and cfg.stats.max_images < len(selection):
+        images = stats.stratified_sample(selection, cfg.stats.max_images, cfg.stats.seed)
+    start = time.perf_counter()
+    sums = stats.compute_stats(
+        list(images.files),
+        resize_shorter=cfg.stats.resize,
+        num_threads=cfg.num_threads,
+        batch_size=cfg.stats.batch_size,
+        device=device,
+        shard_id=env.rank,
+        num_shards=env.world_size,
+    )
+    if env.distributed:
+        ints, floats = sums.to_arrays()
+        ints_t = distributed.all_reduce_sum(env, torch.from_numpy(ints).to(device))
+        floats_t = distributed.all_reduce_sum(env, torch.from_numpy(floats).to(device))
+        sums = stats.PartialSums.from_arrays(ints_t.cpu().numpy(), floats_t.cpu().numpy())
+    holdout = {"size": cfg.holdout.size, "seed": cfg.holdout.seed} if splits.holdout is not None else None
+    return stats.build_record(
+        sums,
+        selection=selection,
+        root=cfg.root,
+        split=split,
+        holdout=holdout,
+        elapsed_s=time.perf_counter() - start,
+        resize_shorter=cfg.stats.resize,
+        max_images=cfg.stats.max_images,
+        sample_seed=cfg.stats.seed,
+    )
+
+
+def _existing(cfg: DataConfig, splits: Splits) -> tuple[Path, stats.StatsRecord | None]:
+    selection, _ = stats_selection(cfg, splits)
+    path = stats_path(cfg, stats.fingerprint(selection, cfg.root))
+    return path, (stats.read_stats_file(path) if path.is_file() else None)
+
+
+def _checked(cfg: DataConfig, splits: Splits, record: stats.StatsRecord, path: Path) -> list[str]:
+    selection, _ = stats_selection(cfg, splits)
+    return stats.check_stats_file(
+        record,
+        train_selection=selection,
+        test=splits.test,
+        holdout=splits.holdout,
+        stats_from=cfg.holdout.stats_from,
+        root=cfg.root,
+        allow_mismatch=cfg.stats.allow_mismatch,
+        path=path,
+    )
+
+
+def compute_and_save(
+    cfg: DataConfig, splits: Splits, env: DistEnv, device: torch.device
+) -> tuple[stats.StatsRecord, Path]:
+    """`resnet-repro stats`: always recompute; rank 0 writes the file."""
+    path = distributed.broadcast_object(env, _existing(cfg, splits)[0] if env.is_main else None)
+    record = compute_record(cfg, splits, env, device)
+    if env.is_main:
+        stats.write_stats_file(path, record)
+    return record, path
+
+
+def resolve(
+    cfg: DataConfig, splits: Splits, env: DistEnv, device: torch.device
+) -> tuple[Normalization, list[str]]:
+    """The normalization of a training run, the same on every rank, plus warnings to log."""
+    if cfg.normalization == "none":
+        return Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "none", "pixels scaled to [0, 1]"), []
+    if cfg.normalization == "published":
+        return Normalization(tuple(cfg.mean), tuple(cfg.std), "published", "data.mean / data.std"), []
+
+    # rank 0 looks for the file (fingerprinting stats every file: once, not per rank)
+    found: object = None
+    if env.is_main:
+        try:
+            found = _existing(cfg, splits)
+        except UserError as e:
+            found = e
+    found = distributed.broadcast_object(env, found)
+    if isinstance(found, UserError):
+        raise found
+    path, record = found
+    computed_now = record is None
+    if computed_now:
+        record = compute_record(cfg, splits, env, device)
+        if env.is_main:
+            stats.write_stats_file(path, record)
+
+    outcome: object = None
+    if env.is_main:
+        try:
+            outcome = _checked(cfg, splits, record, path)
+        except UserError as e:
+            outcome = e
+    outcome = distributed.broadcast_object(env, outcome)
+    if isinstance(outcome, UserError):
+        raise outcome
+    how = "computed now" if computed_now else "loaded"
+    detail = (
+        f"{how} from {path} ({record.split}, {record.num_images} images, "
+        f"fingerprint {record.fingerprint[:12]})"
+    )
+    return Normalization(tuple(record.mean), tuple(record.std), "computed", detail), list(outcome)
