@@ -105,3 +105,21 @@ def train_worker(root: str, out_dir: str, batch_size: int, steps: int) -> None:
             )
     finally:
         distributed.teardown()
+
+
+def stats_worker(root: str, out_dir: str) -> None:
+    """Each rank computes its shard of the training stats; the sums are all-reduced."""
+    from resnet_repro.data.normalization import compute_record
+    from resnet_repro.train import load_file_lists
+
+    env = distributed.detect()
+    device = torch.device("cpu")
+    distributed.init(env, device, timeout_s=120)
+    try:
+        cfg = DataConfig(name="generated", root=root, num_threads=1)
+        record = compute_record(cfg, load_file_lists(cfg), env, device)
+        Path(out_dir, f"rank{env.rank}.json").write_text(
+            json.dumps({"mean": record.mean, "std": record.std, "num_pixels": record.num_pixels})
+        )
+    finally:
+        distributed.teardown()

@@ -191,3 +191,13 @@ def test_checkpoint_holding_code_is_refused(tmp_path: Path):
     with pytest.raises(Exception, match="refused"):
         checkpoint.load(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_two_rank_stats_equal_the_one_rank_result_exactly(generated: Path, tmp_path: Path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    distributed.launch_local(1, ddp_workers.stats_worker, str(generated), str(one))
+    distributed.launch_local(2, ddp_workers.stats_worker, str(generated), str(two))
+    single = json.loads((one / "rank0.json").read_text())
+    for rank in (0, 1):
+        assert json.loads((two / f"rank{rank}.json").read_text()) == single

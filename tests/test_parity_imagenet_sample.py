@@ -76,6 +76,7 @@ def test_torch_eval_inputs_are_close_to_dalis(inputs):
 @pytest.mark.slow
 def test_random_resnet18_predicts_the_same_class_from_either_backends_inputs(inputs):
     import torchvision
+    from torch.fx.experimental.optimization import fuse
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18()
@@ -90,7 +91,9 @@ def test_random_resnet18_predicts_the_same_class_from_either_backends_inputs(inp
     model = model.to(memory_format=torch.channels_last)  # faster CPU convolutions
     with torch.no_grad():
         model.train()(inputs["dali"][::5].contiguous(memory_format=torch.channels_last))
-    model.eval()
+    # Folding each BatchNorm into its convolution halves the CPU time of the 500 forwards; the logits
+    # change by ~1e-6
+    model = fuse(model.eval())
 
     def logits(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

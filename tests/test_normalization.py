@@ -1,0 +1,106 @@
+"""How a training run gets its normalization: train-only stats, computed once, checked for leakage."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image_folder
+from PIL import Image
+
+from resnet_repro.config import DataConfig, HoldoutConfig, StatsConfig, UserError
+from resnet_repro.data import stats
+from resnet_repro.data.normalization import compute_record, resolve, stats_selection
+from resnet_repro.distributed import DistEnv
+from resnet_repro.train import load_file_lists
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    make_image_folder(tmp_path, "train", {"a": 12, "b": 12}, grayscale_every=5)
+    make_image_folder(tmp_path, "val", {"a": 4, "b": 4}, seed=1)
+    return tmp_path
+
+
+def data_cfg(root: Path, **kw) -> DataConfig:
+    return DataConfig(name="folder", root=str(root), num_threads=1, **kw)
+
+
+def reference(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    pixels = np.concatenate(
+        [np.asarray(Image.open(f).convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255 for f in files]
+    )
+    return pixels.mean(0), pixels.std(0)
+
+
+def test_computed_stats_are_written_once_then_loaded_and_cover_only_training_images(root: Path):
+    cfg = data_cfg(root)
+    splits = load_file_lists(cfg)
+    first, _ = resolve(cfg, splits, DistEnv(), CPU)
+    assert first.source == "computed" and "computed now" in first.detail
+    second, _ = resolve(cfg, splits, DistEnv(), CPU)
+    assert "loaded" in second.detail and second.mean == first.mean
+    mean, std = reference(list(splits.train_full.files))
+    # DALI's and PIL's JPEG decoders may round a few pixels differently
+    np.testing.assert_allclose(first.mean, mean, atol=2e-3)
+    np.testing.assert_allclose(first.std, std, atol=2e-3)
+
+
+def test_holdout_images_enter_the_stats_under_train_and_not_under_train_minus_holdout(root: Path):
+    for stats_from, expected in (("train", 24), ("train_minus_holdout", 18)):
+        cfg = data_cfg(root, holdout=HoldoutConfig(size=6, seed=0, stats_from=stats_from))
+        splits = load_file_lists(cfg)
+        assert len(splits.holdout) == 6 and len(splits.train) == 18
+        record = compute_record(cfg, splits, DistEnv(), CPU)
+        assert record.num_images == expected
+        selection, _ = stats_selection(cfg, splits)
+        assert record.fingerprint == stats.fingerprint(selection, cfg.root)
+        if stats_from == "train_minus_holdout":
+            held = {stats.path_hash(p) for p in stats.relative_paths(splits.holdout, root)}
+            assert not held & set(record.contents)
+
+
+def test_training_refuses_a_stats_file_that_saw_test_images(root: Path, tmp_path_factory):
+    path = tmp_path_factory.mktemp("stats") / "leaky.json"
+    cfg = data_cfg(root, stats=StatsConfig(path=str(path)))
+    splits = load_file_lists(cfg)
+    # stats over train + val: the leak this tool promises never to allow
+    leaky = dataclasses.replace(
+        splits.train_full,
+        files=splits.train_full.files + splits.test.files,
+        labels=splits.train_full.labels + splits.test.labels,
+    )
+    sums = stats.compute_stats(
+        list(leaky.files), resize_shorter=None, num_threads=1, batch_size=8, device="cpu"
+    )
+    record = stats.build_record(
+        sums, selection=leaky, root=root, split="train", holdout=None, elapsed_s=0.0, resize_shorter=None
+    )
+    stats.write_stats_file(path, record)
+    with pytest.raises(UserError, match="test split"):
+        resolve(cfg, splits, DistEnv(), CPU)
+
+
+def test_training_refuses_stale_stats_after_a_training_image_is_added(root: Path):
+    cfg = data_cfg(root, stats=StatsConfig(path=str(root / "pinned.json")))
+    resolve(cfg, load_file_lists(cfg), DistEnv(), CPU)
+    make_image_folder(root, "train", {"c": 2}, seed=7)
+    with pytest.raises(UserError, match="different file list"):
+        resolve(cfg, load_file_lists(cfg), DistEnv(), CPU)
+    relaxed = data_cfg(root, stats=StatsConfig(path=str(root / "pinned.json"), allow_mismatch=True))
+    norm, warnings = resolve(relaxed, load_file_lists(relaxed), DistEnv(), CPU)
+    assert warnings and norm.source == "computed"
+
+
+def test_published_and_none_normalizations_are_recorded_as_such(root: Path):
+    cfg = data_cfg(root, normalization="published")
+    norm, _ = resolve(cfg, load_file_lists(cfg), DistEnv(), CPU)
+    assert norm.mean == (0.485, 0.456, 0.406) and norm.source == "published"
+    cfg = data_cfg(root, normalization="none")
+    norm, _ = resolve(cfg, load_file_lists(cfg), DistEnv(), CPU)
+    assert norm.mean == (0.0, 0.0, 0.0) and norm.std == (1.0, 1.0, 1.0)
