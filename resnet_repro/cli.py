@@ -183,7 +183,7 @@ def _prepare_imagenet(args: list[str]) -> None:
 def _verify_data(dcfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from resnet_repro.data.imagenet import verify_data
+    from resnet_repro.data.imagenet import ERROR_KINDS, verify_data
 
     try:
         cfg = to_dataclass(dcfg)
@@ -200,6 +200,11 @@ def _verify_data(dcfg: DictConfig) -> None:
         )
     except UserError as e:
         _fail(str(e))
+    bad = [i["path"] for i in summary["issues"] if i["kind"] in ERROR_KINDS]
+    if bad:
+        bad_list = Path(HydraConfig.get().runtime.output_dir) / "bad_files.txt"
+        bad_list.write_text("\n".join(bad) + "\n")
+        print(f"{len(bad)} files cannot be used; to train without them: data.exclude_files={bad_list}")
     for problem in summary["problems"]:
         print(f"problem: {problem}")
     for issue in summary["issues"][:50]:

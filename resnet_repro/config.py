@@ -78,6 +78,9 @@ class DataConfig:
     # (ImageNet's published train statistics by default)
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # A text file of image paths (relative to data.root, or absolute) to leave out of every split,
+    # e.g. the bad_files.txt that `resnet-repro verify-data` writes
+    exclude_files: str | None = None
     holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     # CPU threads for DALI decode/augmentation (per process)

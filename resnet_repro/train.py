@@ -26,7 +26,7 @@ from resnet_repro.data.demo import build_demo_dataset
 from resnet_repro.data.holdout import carve_holdout
 from resnet_repro.data.normalization import Normalization, Splits
 from resnet_repro.data.normalization import resolve as resolve_normalization
-from resnet_repro.data.splits import FileList, list_split
+from resnet_repro.data.splits import FileList, list_split, read_exclude_list, without
 from resnet_repro.distributed import DistEnv
 from resnet_repro.evaluate import autocast, evaluate
 from resnet_repro.metrics import (
@@ -58,6 +58,9 @@ def load_file_lists(cfg: DataConfig) -> Splits:
         build_demo_dataset(cfg.root)
     train_full = list_split(cfg.root, cfg.train_split)
     test = list_split(cfg.root, cfg.eval_split, classes=train_full.classes)
+    if cfg.exclude_files:
+        excluded = read_exclude_list(cfg.exclude_files, cfg.root)
+        train_full, test = without(train_full, excluded), without(test, excluded)
     train, holdout = train_full, None
     if cfg.holdout.size is not None:
         train, holdout = carve_holdout(train_full, cfg.holdout.size, cfg.holdout.seed)

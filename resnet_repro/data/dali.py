@@ -156,6 +156,7 @@ class DaliLoader:
             pipe.build()
         except RuntimeError as e:
             raise UserError(f"could not build the DALI pipeline: {str(e).splitlines()[0]}") from e
+        self.files = list(files)
         self.num_images = len(files)
         self.batch_size = batch_size
         self._iter = DALIGenericIterator(
@@ -170,12 +171,50 @@ class DaliLoader:
         return -(-self.num_images // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self._iter:
+        done = 0
+        batches = iter(self._iter)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as e:  # DALI fails a whole batch for one bad file: find and name it
+                raise UserError(self._describe_failure(done, e)) from e
+            done += 1
             out = batch[0]
             labels = out["labels"].reshape(-1).long()  # DALI gives int32 of shape (N, 1)
             if labels.numel() == 0:
                 continue
             yield out["images"], labels
+
+    def _describe_failure(self, batch_index: int, error: RuntimeError) -> str:
+        # the failing batch is the next one in reading order (a repeated pass may start elsewhere:
+        # then every file is checked, which is slow but only happens on this error path)
+        start = (batch_index * self.batch_size) % max(1, self.num_images)
+        candidates = self.files[start : start + self.batch_size]
+        bad = [(f, reason) for f in candidates if (reason := undecodable_reason(f)) is not None]
+        if not bad:
+            bad = [(f, reason) for f in self.files if (reason := undecodable_reason(f)) is not None]
+        if bad:
+            listed = "; ".join(f"{f} ({reason})" for f, reason in bad[:3])
+            return (
+                f"cannot decode {listed}. Fix or remove the file, or list it in a file passed as "
+                "data.exclude_files (`resnet-repro verify-data` writes bad_files.txt)"
+            )
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"the input pipeline failed near {candidates[0]} (batch {batch_index}): {first}"
+
+
+def undecodable_reason(path: str) -> str | None:
+    """Why PIL cannot fully decode `path` (truncated, unreadable, not an image), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+        return str(e) or type(e).__name__
+    return None
 
 
 def build_loader(

@@ -71,3 +71,28 @@ def list_split(
         files.extend(str(split_dir / c / n) for n in names)
         labels.extend([index[c]] * len(names))
     return FileList(split=split, files=tuple(files), labels=tuple(labels), classes=tuple(classes))
+
+
+def read_exclude_list(path: str | os.PathLike, root: str | os.PathLike) -> set[str]:
+    """Absolute paths listed in `path` (one per line; relative ones are relative to `root`)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"data.exclude_files={path} does not exist; expected a text file of image paths")
+    root_path = Path(root).expanduser()
+    out = set()
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            p = Path(line)
+            out.add(str(p if p.is_absolute() else root_path / p))
+    return out
+
+
+def without(files: FileList, excluded: set[str]) -> FileList:
+    keep = [i for i, f in enumerate(files.files) if f not in excluded]
+    return FileList(
+        split=files.split,
+        files=tuple(files.files[i] for i in keep),
+        labels=tuple(files.labels[i] for i in keep),
+        classes=files.classes,
+    )

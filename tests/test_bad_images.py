@@ -1,0 +1,47 @@
+"""A broken image never passes silently: training names it, and an exclude list skips it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_image_folder
+
+from resnet_repro.config import DataConfig, UserError
+from resnet_repro.data.dali import DaliLoader, Transform
+from resnet_repro.data.splits import list_split
+from resnet_repro.train import load_file_lists
+
+
+@pytest.fixture
+def root_with_truncated_jpeg(tmp_path: Path) -> tuple[Path, Path]:
+    make_image_folder(tmp_path, "train", {"a": 6, "b": 6})
+    make_image_folder(tmp_path, "val", {"a": 2, "b": 2})
+    bad = tmp_path / "train" / "b" / "3.JPEG"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    return tmp_path, bad
+
+
+def test_a_truncated_jpeg_stops_the_loader_with_a_message_naming_it(root_with_truncated_jpeg):
+    root, bad = root_with_truncated_jpeg
+    files = list_split(root, "train")
+    transform = Transform(train=True, image_size=16, crop_ratio=1.0, mean=(0.5,) * 3, std=(0.25,) * 3)
+    loader = DaliLoader(
+        files.files, files.labels, transform, batch_size=4, num_threads=1, seed=0, device=torch.device("cpu")
+    )
+    with pytest.raises(UserError, match=str(bad)) as info:
+        for _ in loader:
+            pass
+    assert "data.exclude_files" in str(info.value)
+
+
+def test_exclude_files_leaves_the_listed_image_out_of_every_split(root_with_truncated_jpeg, tmp_path: Path):
+    root, bad = root_with_truncated_jpeg
+    listing = tmp_path / "bad_files.txt"
+    listing.write_text("# from verify-data\ntrain/b/3.JPEG\n")
+    splits = load_file_lists(DataConfig(name="folder", root=str(root), exclude_files=str(listing)))
+    assert str(bad) not in splits.train.files and len(splits.train) == 11
+    with pytest.raises(UserError, match="does not exist"):
+        load_file_lists(DataConfig(name="folder", root=str(root), exclude_files=str(tmp_path / "nope.txt")))
