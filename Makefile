@@ -38,12 +38,12 @@ test-fast: $(STAMP) ## run the tests not marked slow
 	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP) ## ruff check and format check
-	$(BIN)/ruff check resnet_repro tests
-	$(BIN)/ruff format --check resnet_repro tests
+	$(BIN)/ruff check resnet_repro tests scripts
+	$(BIN)/ruff format --check resnet_repro tests scripts
 
 format: $(STAMP) ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix resnet_repro tests
-	$(BIN)/ruff format resnet_repro tests
+	$(BIN)/ruff check --fix resnet_repro tests scripts
+	$(BIN)/ruff format resnet_repro tests scripts
 
 tensorboard: $(STAMP) ## serve TensorBoard over runs/ and multiruns/ on port 6006
 	$(BIN)/tensorboard --logdir . --port 6006 --bind_all

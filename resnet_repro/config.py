@@ -7,10 +7,14 @@ Every YAML file under conf/ is validated against these schemas, so a misspelt ke
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+# omegaconf's marker for a value that must be given (kept local so this module imports without
+# Hydra, e.g. on a GPU machine that only has torch: scripts/gpu_check.sh)
+MISSING = "???"
 
 
 class UserError(Exception):
@@ -278,6 +282,8 @@ BACKENDS = ("dali",)
 
 def register_configs() -> None:
     """Register the schemas so each conf/<group>/*.yaml can name its schema in its defaults list."""
+    from hydra.core.config_store import ConfigStore
+
     cs = ConfigStore.instance()
     cs.store(name="root_schema", node=RootConfig)
     for group, schema in GROUP_SCHEMAS.items():
@@ -288,6 +294,8 @@ def register_configs() -> None:
 def _unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
     """Keys of `node` that `schema` (a dataclass) does not declare, searched recursively."""
     import dataclasses
+
+    from omegaconf import DictConfig
 
     fields = {f.name: f for f in dataclasses.fields(schema)}
     unknown = []
@@ -313,6 +321,8 @@ def to_dataclass(cfg: DictConfig) -> RootConfig:
 
     A key the schema does not declare (e.g. added with `+optim.lrr=0.1`) is an error, not dropped.
     """
+    from omegaconf import OmegaConf
+
     unknown = _unknown_keys(cfg, RootConfig)
     if unknown:
         raise UserError(f"unknown config key(s) {', '.join(unknown)}; see conf/ and resnet_repro/config.py")

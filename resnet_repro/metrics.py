@@ -11,8 +11,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from resnet_repro import __version__
 from resnet_repro.config import LoggingConfig, RootConfig
 
@@ -93,6 +91,8 @@ def git_info() -> dict[str, Any]:
 
 def write_run_files(run_dir: Path, cfg: RootConfig, derived: Any, extra: dict[str, Any]) -> None:
     """config.yaml (resolved) and run.json (version, git, command line, derived values)."""
+    from omegaconf import OmegaConf
+
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     info = {

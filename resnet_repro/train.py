@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -16,11 +17,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from resnet_repro import __version__, checkpoint, distributed
-from resnet_repro.config import DataConfig, RootConfig, UserError, to_dataclass, validate
+from resnet_repro.config import DataConfig, ModelConfig, RootConfig, UserError, to_dataclass, validate
 from resnet_repro.data import dali, sharding
 from resnet_repro.data.demo import build_demo_dataset
 from resnet_repro.data.holdout import carve_holdout
@@ -156,7 +156,7 @@ def training_state(parts: Parts, cfg: RootConfig, epoch: int, step: int, epoch_s
         "epoch_step": epoch_step,  # steps done in epoch `epoch` (0 at an epoch boundary)
         "best_top1": parts.best_top1,
         "rng": checkpoint.rng_state(),
-        "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
+        "config": dataclasses.asdict(cfg),
         "version": __version__,
     }
 
@@ -378,6 +378,8 @@ def train(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
 
 def train_worker(cfg_yaml: str, run_dir: str) -> dict[str, Any]:
     """Entry point of a locally launched worker process (picklable: plain strings in)."""
+    from omegaconf import OmegaConf
+
     cfg = to_dataclass(OmegaConf.create(cfg_yaml))
     try:
         return train(cfg, Path(run_dir))
@@ -668,7 +670,7 @@ def load_model_for_eval(
 ) -> nn.Module:
     """A training checkpoint of this tool (its own model config is used) or a plain state dict."""
     if "model" in state and "config" in state:
-        model_cfg = to_dataclass(OmegaConf.create({"model": state["config"]["model"]})).model
+        model_cfg = ModelConfig(**state["config"]["model"])
         weights = state["model"]
     else:
         model_cfg, weights = cfg.model, state

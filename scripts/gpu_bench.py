@@ -1,0 +1,86 @@
+"""ResNet-50 `bench model` in fp32 / bf16 / bf16+channels_last / +compile, one table.
+
+Runs without Hydra or DALI (the lent GPU machine has torch only): it builds the config dataclasses
+directly and calls resnet_repro.bench.bench_model, the same code `resnet-repro bench model` runs.
+Usage: python scripts/gpu_bench.py [--batch-size 256] [--steps 20] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from resnet_repro.bench import bench_model  # noqa: E402
+from resnet_repro.config import (  # noqa: E402
+    BenchConfig,
+    DataConfig,
+    LoggingConfig,
+    ModelConfig,
+    RootConfig,
+    TrainerConfig,
+)
+
+VARIANTS = (
+    ("fp32", "fp32", False, False),
+    ("bf16", "bf16", False, False),
+    ("bf16 + channels_last", "bf16", True, False),
+    ("bf16 + channels_last + compile", "bf16", True, True),
+)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--skip-compile", action="store_true")
+    p.add_argument("--json", type=Path)
+    ns = p.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu_bench: no CUDA device; nothing to measure", file=sys.stderr)
+        return 2
+    device = torch.device("cuda", 0)
+    torch.backends.cudnn.benchmark = True
+    base = RootConfig(
+        data=DataConfig(name="synthetic", root="-", image_size=224),
+        model=ModelConfig(name="resnet50"),
+        trainer=TrainerConfig(batch_size=ns.batch_size, device="cuda"),
+        logging=LoggingConfig(tensorboard=False, progress=False),
+        bench=BenchConfig(mode="model", warmup=10, steps=ns.steps, trials=ns.trials),
+    )
+    rows = []
+    for label, precision, channels_last, compile_ in VARIANTS:
+        if compile_ and ns.skip_compile:
+            continue
+        cfg = replace(
+            base,
+            model=replace(base.model, channels_last=channels_last),
+            trainer=replace(base.trainer, precision=precision, compile=compile_),
+        )
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as run_dir:
+            result = bench_model(cfg, device, Path(run_dir))
+        rows.append({"setting": label, **result, "wall_s": time.perf_counter() - start})
+        torch.cuda.empty_cache()
+    name = torch.cuda.get_device_name(device)
+    print(f"\nResNet-50 train step (forward + backward + SGD step), batch {ns.batch_size}, {name}")
+    print(f"| setting | img/s (median of {ns.trials}) | peak memory (GiB) |")
+    print("|---|---|---|")
+    for r in rows:
+        print(f"| {r['setting']} | {r['img_per_s']:.0f} | {r['peak_memory_mb'] / 1024:.1f} |")
+    if ns.json:
+        ns.json.write_text(json.dumps({"device": name, "batch_size": ns.batch_size, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
