@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from resnet_repro import distributed
 from resnet_repro.config import RootConfig, UserError
-from resnet_repro.data import dali
+from resnet_repro.data.loaders import build_loader
 from resnet_repro.distributed import DistEnv
 from resnet_repro.evaluate import autocast
 from resnet_repro.metrics import peak_memory_mb
@@ -109,7 +109,7 @@ def bench_data(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str
     files, labels = _repeated_files(cfg, b.min_images)
 
     def one_pass(seed: int) -> int:
-        loader = dali.build_loader(
+        loader = build_loader(
             cfg.data, files, labels, train=True, batch_size=cfg.trainer.batch_size, seed=seed, device=device
         )
         n = 0
@@ -136,7 +136,7 @@ def bench_train(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
     parts.logger = NullLogger()
     results = []
     for trial in range(b.trials + 1):
-        loader = dali.build_loader(
+        loader = build_loader(
             cfg.data, files, labels, train=True, batch_size=cfg.trainer.batch_size, seed=trial, device=device
         )
         metrics, _, _ = train_one_epoch(

@@ -67,7 +67,11 @@ class DataConfig:
     name: str = MISSING
     # Folder in the ImageNet layout: <root>/<split>/<class>/<image>.JPEG
     root: str = MISSING
+    # dali (GPU decode where CUDA is present); torchvision (DataLoader: fallback and parity
+    # reference); synthetic (random tensors, for throughput benchmarks)
     backend: str = "dali"
+    # torchvision backend: pil, or decode_jpeg (torchvision.io + transforms v2)
+    decoder: str = "pil"
     train_split: str = "train"
     eval_split: str = "val"
     # Side of the square training crop and evaluation crop, in pixels
@@ -277,7 +281,7 @@ GROUP_SCHEMAS: dict[str, type] = {
 }
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-BACKENDS = ("dali",)
+BACKENDS = ("dali", "torchvision", "synthetic")
 
 
 def register_configs() -> None:
@@ -367,6 +371,8 @@ def validate(cfg: RootConfig) -> None:
         )
     if d.backend not in BACKENDS:
         raise UserError(f"data.backend={d.backend!r} is not one of {', '.join(BACKENDS)}")
+    if d.decoder not in ("pil", "decode_jpeg"):
+        raise UserError(f"data.decoder={d.decoder!r} is not one of pil, decode_jpeg")
     if d.image_size <= 0:
         raise UserError(f"data.image_size={d.image_size} must be a positive number of pixels")
     if not 0 < d.crop_ratio <= 1:

@@ -21,9 +21,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from resnet_repro import __version__, checkpoint, distributed
 from resnet_repro.config import DataConfig, ModelConfig, RootConfig, UserError, to_dataclass, validate
-from resnet_repro.data import dali, sharding
+from resnet_repro.data import sharding
 from resnet_repro.data.demo import build_demo_dataset
 from resnet_repro.data.holdout import carve_holdout
+from resnet_repro.data.loaders import Loader, build_loader
 from resnet_repro.data.normalization import Normalization, Splits
 from resnet_repro.data.normalization import resolve as resolve_normalization
 from resnet_repro.data.splits import FileList, list_split, read_exclude_list, without
@@ -78,11 +79,11 @@ def make_eval_loader(
     device: torch.device,
     batch_size: int,
     norm: Normalization | None = None,
-) -> dali.DaliLoader | None:
+) -> Loader | None:
     idx = sharding.eval_indices(len(files), rank=env.rank, world_size=env.world_size)
     if len(idx) == 0:
         return None
-    return dali.build_loader(
+    return build_loader(
         cfg,
         [files.files[i] for i in idx],
         [files.labels[i] for i in idx],
@@ -102,7 +103,7 @@ def make_train_loader(
     epoch: int,
     skip_steps: int = 0,
     norm: Normalization | None = None,
-) -> dali.DaliLoader:
+) -> Loader:
     """This rank's images for `epoch`, after the first `skip_steps` batches (a mid-epoch resume)."""
     t = cfg.trainer
     idx = sharding.train_indices(
@@ -116,7 +117,7 @@ def make_train_loader(
     if t.max_steps_per_epoch is not None:
         idx = idx[: t.max_steps_per_epoch * t.batch_size]
     idx = idx[skip_steps * t.batch_size :]
-    return dali.build_loader(
+    return build_loader(
         cfg.data,
         [files.files[i] for i in idx],
         [files.labels[i] for i in idx],
@@ -218,7 +219,7 @@ class Interrupts:
 
 def train_one_epoch(
     parts: Parts,
-    loader: dali.DaliLoader,
+    loader: Loader,
     cfg: RootConfig,
     env: DistEnv,
     device: torch.device,
@@ -371,6 +372,9 @@ def train(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     _configure_console(env, run_dir)
     distributed.init(env, device, cfg.trainer.dist_timeout_s)
     try:
+        # every rank uses rank 0's run directory (under torchrun each process composed its own, and
+        # a start-time name can differ by a second): it decides where to resume from
+        run_dir = Path(distributed.broadcast_object(env, str(run_dir)))
         return _train(cfg, run_dir, env, device)
     finally:
         distributed.teardown()

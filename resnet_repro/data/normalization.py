@@ -65,6 +65,13 @@ def stats_path(cfg: DataConfig, fingerprint: str) -> Path:
 
 def compute_record(cfg: DataConfig, splits: Splits, env: DistEnv, device: torch.device) -> stats.StatsRecord:
     """One pass over the selection (or its stratified sample), split across ranks, sums merged."""
+    import importlib.util
+
+    if importlib.util.find_spec("nvidia.dali") is None:
+        raise UserError(
+            "computing normalization statistics needs NVIDIA DALI, which is not installed; install "
+            "nvidia-dali-cuda130, or use data.normalization=published (data.mean / data.std)"
+        )
     selection, split = stats_selection(cfg, splits)
     images = selection
     if cfg.stats.max_images is not None and cfg.stats.max_images < len(selection):

@@ -1,0 +1,54 @@
+"""The input backend chosen by data.backend: dali (default), torchvision, or synthetic.
+
+Each loader iterates (images float32 NCHW on the device, labels int64 [N]) over an explicit,
+already sharded and ordered list of files, keeps a partial last batch and never pads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import torch
+
+from resnet_repro.config import DataConfig
+
+
+class Loader(Protocol):
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+def build_loader(
+    cfg: DataConfig,
+    files: Sequence[str],
+    labels: Sequence[int],
+    *,
+    train: bool,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Loader:
+    common = {
+        "train": train,
+        "batch_size": batch_size,
+        "seed": seed,
+        "device": device,
+        "mean": mean,
+        "std": std,
+    }
+    if cfg.backend == "dali":
+        from resnet_repro.data.dali import build_loader as build_dali
+
+        return build_dali(cfg, files, labels, **common)
+    if cfg.backend == "torchvision":
+        from resnet_repro.data.torch_loader import build_torch_loader
+
+        return build_torch_loader(cfg, files, labels, decoder=cfg.decoder, **common)
+    from resnet_repro.data.synthetic import SyntheticLoader
+
+    # same number of images and classes as the real selection, no decoding at all
+    return SyntheticLoader(len(files), max(labels) + 1, cfg.image_size, batch_size, device, seed)
