@@ -76,24 +76,21 @@ def test_torch_eval_inputs_are_close_to_dalis(inputs):
 @pytest.mark.slow
 def test_random_resnet18_predicts_the_same_class_from_either_backends_inputs(inputs):
     import torchvision
-    from torch.fx.experimental.optimization import fuse
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18()
     # Out of the box, the random net's BatchNorm layers hold (mean 0, var 1), activations blow up and
     # every image lands in one of 2 classes: argmax agreement is then 0.996 and says nothing. So the
-    # BN statistics are first estimated on 50 of the DALI inputs (every fifth image; one train-mode
+    # BN statistics are first estimated on 25 of the DALI inputs (every tenth image; one train-mode
     # pass, cumulative average), giving a net whose predictions depend on the image.
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.reset_running_stats()
             m.momentum = None
-    model = model.to(memory_format=torch.channels_last)  # faster CPU convolutions
+    model = model.to(memory_format=torch.channels_last)  # 20% less CPU time than NCHW here
     with torch.no_grad():
-        model.train()(inputs["dali"][::5].contiguous(memory_format=torch.channels_last))
-    # Folding each BatchNorm into its convolution halves the CPU time of the 500 forwards; the logits
-    # change by ~1e-6
-    model = fuse(model.eval())
+        model.train()(inputs["dali"][::10].contiguous(memory_format=torch.channels_last))
+    model.eval()
 
     def logits(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -109,10 +106,10 @@ def test_random_resnet18_predicts_the_same_class_from_either_backends_inputs(inp
         f"\nrandom resnet18 (seed 0, BN calibrated): top-1 agreement DALI vs torch[pil] {agreement:.3f}, "
         f"DALI top-1 within torch top-5 {in_top5:.3f}, {distinct} distinct predicted classes"
     )
-    # Measured 0.812 agreement, 1.000 within top-5, 11 classes. A random net's top logits sit close
-    # together (its margins are of the order of the 0.04 mean logit change the 1 px crop shifts cause),
-    # so a fifth of the argmaxes flip; a trained net's margins are far wider. The decode_jpeg inputs
-    # equal pil's to 3e-5, so they are not run through the net again.
+    # Measured 0.872 agreement, 1.000 within top-5, 11 classes (0.79-0.81 with other choices of the
+    # 50 calibration images). A random net's top logits sit close together, within the ~0.04 mean
+    # logit change the 1 px crop shifts cause, so an eighth to a fifth of the argmaxes flip; a trained
+    # net's margins are far wider. decode_jpeg inputs equal pil's to 3e-5, so they are not run again.
     assert distinct >= 5
     assert agreement >= 0.6
     assert in_top5 >= 0.95

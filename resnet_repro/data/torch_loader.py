@@ -237,6 +237,7 @@ class TorchLoader:
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
             persistent_workers=False,
+            # batches each worker prepares ahead (DALI's prefetch counts batches for the whole pipeline)
             prefetch_factor=prefetch if num_workers > 0 else None,
         )
         # DALI's convention: mean/std on the 0-255 scale, applied to the uint8 pixels
