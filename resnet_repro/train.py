@@ -291,13 +291,10 @@ def train_one_epoch(
         epoch_step += 1
 
         norms.append(grad_norm.detach())
-        sums += torch.stack(
-            [
-                loss.detach().double() * labels.numel(),
-                (logits.detach().argmax(1) == labels).sum().double(),
-                torch.tensor(labels.numel(), dtype=torch.float64, device=device),
-            ]
-        )
+        # device-side accumulation; a Python number as the operand is a kernel argument, not a copy
+        sums[0] += loss.detach().double() * labels.numel()
+        sums[1] += (logits.detach().argmax(1) == labels).sum()
+        sums[2] += labels.numel()
         if step % cfg.logging.log_every_steps == 0:
             guard.remember(loss.item())
             parts.logger.scalar("train/step_loss", guard.history[-1], step)
