@@ -89,12 +89,16 @@ def git_info() -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
-def write_run_files(run_dir: Path, cfg: RootConfig, derived: Any, extra: dict[str, Any]) -> None:
-    """config.yaml (resolved) and run.json (version, git, command line, derived values)."""
+def write_run_files(
+    run_dir: Path, cfg: RootConfig, derived: Any, extra: dict[str, Any], notes: list[str] | None = None
+) -> None:
+    """config.yaml (resolved; `notes` as comment lines at its end, so it still loads as a config)
+    and run.json (version, git, command line, derived values, `extra`)."""
     from omegaconf import OmegaConf
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    comments = "".join(f"# {line}\n" for line in notes or [])
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)) + comments)
     info = {
         "version": __version__,
         "git": git_info(),
