@@ -497,6 +497,10 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
                     "detail": norm.detail,
                 }
             },
+            notes=[
+                f"normalization used: {norm.describe()}",
+                f"global batch {global_batch}, peak LR {derived.peak_lr:g}",
+            ],
         )
         if splits.holdout is not None:
             (run_dir / "holdout_files.txt").write_text("\n".join(splits.holdout.files) + "\n")
