@@ -537,6 +537,9 @@ def _paste_rotated_label(img: Image.Image, text: str, font: Any, box: tuple[int,
     label = Image.new("RGB", (w + 4, h + 6), _BG)
     ImageDraw.Draw(label).text((2, 0), text, font=font, fill=_FG)
     label = label.rotate(90, expand=True)
+    room = box[3] - box[1]
+    if label.height > room:  # a long key beside a short grid: shrink it to fit rather than clip it
+        label = label.resize((max(1, label.width * room // label.height), room), Image.Resampling.LANCZOS)
     x = box[0] + max(0, (box[2] - box[0] - label.width) // 2)
     y = box[1] + max(0, (box[3] - box[1] - label.height) // 2)
     img.paste(label, (x, y))
