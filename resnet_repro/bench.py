@@ -166,11 +166,13 @@ def bench_loop_overhead(cfg: RootConfig, device: torch.device, run_dir: Path) ->
 
     def bare() -> int:
         model, opt = parts.model, parts.optimizer
-        for images, labels in batches:
-            loss = F.cross_entropy(model(images), labels)
+        for images, labels in batches:  # the same precision as the runner's step
+            with autocast(device, cfg.trainer.precision):
+                loss = F.cross_entropy(model(images), labels)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            parts.scaler.scale(loss).backward()
+            parts.scaler.step(opt)
+            parts.scaler.update()
         return len(batches) * cfg.trainer.batch_size
 
     def ours() -> int:

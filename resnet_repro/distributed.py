@@ -20,7 +20,7 @@ from resnet_repro.config import UserError
 
 TORCHRUN_RANK_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 TORCHRUN_VARS = (*TORCHRUN_RANK_VARS, "MASTER_ADDR", "MASTER_PORT")
-SLURM_VARS = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_JOB_NODELIST")
+SLURM_VARS = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NUM_TASKS", "SLURM_JOB_NODELIST")
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,10 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
             master_port=int(env["MASTER_PORT"]),
             source="torchrun",
         )
-    # Only an `srun` step with one task per device sets SLURM_PROCID together with SLURM_NTASKS>1;
-    # a plain sbatch script (one task) is a single process that may launch its own workers.
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+    # Only inside an `srun` step is each process one task of the job: srun sets SLURM_STEP_NUM_TASKS.
+    # The batch shell of an sbatch job (which may also carry SLURM_PROCID=0 and SLURM_NTASKS=8) is a
+    # single process that may launch its own workers.
+    if "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
         missing = [v for v in SLURM_VARS if v not in env]
         if missing:
             raise UserError(f"partial SLURM environment: {', '.join(missing)} missing under srun")
@@ -92,7 +93,7 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
         return DistEnv(
             rank=int(env["SLURM_PROCID"]),
             local_rank=int(env["SLURM_LOCALID"]),
-            world_size=int(env["SLURM_NTASKS"]),
+            world_size=int(env["SLURM_STEP_NUM_TASKS"]),
             master_addr=env.get("MASTER_ADDR") or first_slurm_host(env["SLURM_JOB_NODELIST"]),
             master_port=int(env.get("MASTER_PORT", 20000 + job % 20000)),
             source="slurm",
@@ -141,6 +142,14 @@ def all_reduce_sum(env: DistEnv, values: torch.Tensor) -> torch.Tensor:
     if env.distributed:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def broadcast_buffers(env: DistEnv, module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank: DDP syncs them only at the
+    start of each forward, so after the last step each rank holds its own."""
+    if env.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def broadcast_object(env: DistEnv, obj: object) -> object:

@@ -35,6 +35,7 @@ from resnet_repro.metrics import (
     NullLogger,
     StepTimer,
     make_logger,
+    peak_memory_mb,
     write_run_files,
 )
 from resnet_repro.models import build_model
@@ -250,6 +251,9 @@ def train_one_epoch(
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     norms: list[torch.Tensor] = []  # pre-clip total gradient norm of every step
     epoch_steps = epoch_step + len(loader)
+    epoch_lr = schedule.lr
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     timer = StepTimer()
     start = time.perf_counter()
     for images, labels in timer.wrap(_progress(loader, cfg, env, epoch)):
@@ -272,7 +276,8 @@ def train_one_epoch(
         # scale), so only the loss is checked there
         checked_norm = grad_norm if cfg.trainer.precision != "fp16" else torch.zeros_like(grad_norm)
         if not guard.is_finite(loss, checked_norm, env):
-            guard.report(parts.net, loss, labels, epoch=epoch, step=step, lr=lr)
+            if env.is_main:
+                guard.report(parts.net, loss, labels, epoch=epoch, step=step, lr=lr)
             if st.nonfinite == "stop" or guard.skipped_in_a_row >= st.max_skips:
                 save(epoch_step, step)  # the update was not applied: this is the last good state
                 raise NonFiniteError(
@@ -291,10 +296,11 @@ def train_one_epoch(
         epoch_step += 1
 
         norms.append(grad_norm.detach())
-        # device-side accumulation; a Python number as the operand is a kernel argument, not a copy
-        sums[0] += loss.detach().double() * labels.numel()
-        sums[1] += (logits.detach().argmax(1) == labels).sum()
-        sums[2] += labels.numel()
+        if guard.skipped_in_a_row == 0:  # a skipped step's non-finite loss stays out of the sums
+            # device-side accumulation; a Python number as the operand is a kernel argument, not a copy
+            sums[0] += loss.detach().double() * labels.numel()
+            sums[1] += (logits.detach().argmax(1) == labels).sum()
+            sums[2] += labels.numel()
         if step % cfg.logging.log_every_steps == 0:
             guard.remember(loss.item())
             parts.logger.scalar("train/step_loss", guard.history[-1], step)
@@ -304,7 +310,7 @@ def train_one_epoch(
         if epoch_step < epoch_steps and parts.interrupts.stop_requested(step):
             save(epoch_step, step)
             return None, step, epoch_step
-        if parts.interrupts.save_due():
+        if epoch_step < epoch_steps and parts.interrupts.save_due():
             save(epoch_step, step)
     elapsed = time.perf_counter() - start
 
@@ -319,10 +325,13 @@ def train_one_epoch(
         {
             "loss": loss_sum / seen,
             "top1": correct / seen,
-            "lr": schedule.lr,
+            "lr": epoch_lr,  # the LR this epoch started with (a milestone's change shows next epoch)
+            "lr_end": schedule.lr,
             "img_per_s": seen / elapsed,
             "epoch_time_s": elapsed,
             "skipped_steps": guard.skipped_total,
+            "peak_memory_mb": peak_memory_mb(device.type),
+            **timer.summary(),
             **grad_norm_summary(norm_values, st.max_norm),
         },
         step,
@@ -353,9 +362,10 @@ def _configure_console(env: DistEnv, run_dir: Path) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     log.setLevel(logging.INFO if env.is_main else logging.WARNING)
-    if env.is_main and not any(
-        isinstance(h, logging.FileHandler) and h.baseFilename.endswith("train.log") for h in log.handlers
-    ):
+    for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:  # an earlier job's
+        log.removeHandler(old)
+        old.close()
+    if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(run_dir / "train.log")
         handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(message)s"))
@@ -461,17 +471,26 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
     parts = build_parts(cfg, derived, env, device, run_dir)
     net, optimizer = parts.net, parts.optimizer
 
-    start_epoch, step, epoch_step = 0, 0, 0
-    resume_from = resume_path(cfg, run_dir)
+    start_epoch, step, epoch_step, stop_reason = 0, 0, 0, None
+    # rank 0 decides (a node-local or stale view of the file system must not split the ranks)
+    resume_from = distributed.broadcast_object(env, resume_path(cfg, run_dir) if env.is_main else None)
     if resume_from is not None:
         state = checkpoint.load(resume_from)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        parts.schedule.load_state_dict(state["scheduler"])
-        parts.scaler.load_state_dict(state["scaler"])
+        _check_resumable(state, resume_from, derived)
+        try:
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            parts.schedule.load_state_dict(state["scheduler"])
+            parts.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"checkpoint {resume_from} does not fit this run's model or optimizer: {first}"
+            ) from e
         parts.early_stop.load_state_dict(state["early_stop"])
         parts.best_top1 = float(state["best_top1"])
         start_epoch, step, epoch_step = int(state["epoch"]), int(state["step"]), int(state["epoch_step"])
+        stop_reason = state.get("stopped")
         checkpoint.set_rng_state(state["rng"])
         log.info(
             f"resumed from {resume_from}: epoch {start_epoch + 1}, step {step} ({epoch_step} into the epoch)"
@@ -519,6 +538,12 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
     def save(epoch: int, epoch_step: int, step: int, name: str = "last.pt") -> None:
         if env.is_main:
             state = training_state(parts, cfg, epoch, step, epoch_step)
+            state["stopped"] = stop_reason
+            state["job"] = {
+                "world_size": env.world_size,
+                "global_batch": global_batch,
+                "steps_per_epoch": steps,
+            }
             state["normalization"] = {"mean": list(norm.mean), "std": list(norm.std)}
             checkpoint.save_atomic(state, ckpt_dir / name)
 
@@ -540,9 +565,11 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
         }
 
     final: dict[str, Any] = {}
-    stop_reason = None
     try:
-        for epoch in range(start_epoch, t.epochs):
+        for epoch in range(start_epoch, t.epochs if stop_reason is None else start_epoch):
+            # per-rank dropout-family randomness as a function of (seed, epoch, rank): a resumed
+            # run draws what the uninterrupted one would have, on every rank
+            torch.manual_seed((t.seed * 1_000_003 + epoch * 1009 + env.rank * 7919) % 2**63)
             if net.dropblock_rate is not None:
                 net.dropblock_rate.set_epoch(epoch)
             loader = make_train_loader(
@@ -563,6 +590,7 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
             if train_metrics is None:
                 return _preempted(cfg, env, run_dir, parts.interrupts.stopped_by, epoch, epoch_step)
             epoch_step = 0
+            distributed.broadcast_buffers(env, net)  # rank 0's BatchNorm statistics everywhere
             evals = run_eval()
             parts.logger.record({"epoch": epoch + 1, "split": "train", "step": step, **train_metrics}, step)
             for name, metrics in evals.items():
@@ -626,6 +654,29 @@ def _log_epoch(cfg: RootConfig, epoch: int, train: dict[str, Any], evals: dict[s
         f"{train.get('grad_norm_p50', float('nan')):.3g}, "
         f"clipped {100 * train.get('clipped_fraction', 0.0):.0f}%"
     )
+
+
+def _check_resumable(state: dict[str, Any], path: Path, derived: Derived) -> None:
+    """A checkpoint continues only the job it came from: same world size, global batch and steps
+    per epoch (the LR schedule and the data position are counted in those)."""
+    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "epoch_step", "rng"):
+        if key not in state:
+            raise UserError(
+                f"checkpoint {path} is not a training checkpoint of this tool (no {key!r}); "
+                "to evaluate weights use `resnet-repro eval checkpoint=...`"
+            )
+    job = state.get("job")
+    now = {
+        "world_size": derived.world_size,
+        "global_batch": derived.global_batch,
+        "steps_per_epoch": derived.steps_per_epoch,
+    }
+    if job is not None and job != now:
+        diff = ", ".join(f"{k} {job[k]} -> {now[k]}" for k in now if job.get(k) != now[k])
+        raise UserError(
+            f"checkpoint {path} belongs to a different job ({diff}); resume with the same processes and "
+            "batch size, or start a new run directory (trainer.resume=never or another hydra.run.dir)"
+        )
 
 
 def _warn_if_not_learning(cfg: RootConfig, epoch: int, train_loss: float, num_classes: int) -> None:

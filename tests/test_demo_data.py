@@ -14,7 +14,8 @@ CLASSES = [str(d) for d in range(10)]
 
 def _tree_digest(root: Path) -> str:
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    # the images and the marker; not the stats files that training runs add beside the data
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and ".resnet_repro_stats" not in p.parts):
         h.update(path.relative_to(root).as_posix().encode())
         h.update(b"\0")
         h.update(path.read_bytes())

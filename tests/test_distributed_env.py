@@ -31,6 +31,7 @@ SRUN_ENV = {
     "SLURM_PROCID": "3",
     "SLURM_LOCALID": "3",
     "SLURM_NTASKS": "8",
+    "SLURM_STEP_NUM_TASKS": "8",  # set by srun for the tasks of a step, not in the batch shell
     "SLURM_JOB_NODELIST": "gpu[003-004]",
     "SLURM_JOB_ID": "1234",
 }
@@ -122,8 +123,15 @@ def test_srun_master_addr_and_port_variables_override_the_derived_ones(no_scontr
 
 
 def test_plain_sbatch_shell_with_one_task_is_a_single_process():
-    env = detect({**SRUN_ENV, "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "1"})
+    env = detect({**SRUN_ENV, "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_STEP_NUM_TASKS": "1"})
     assert env == DistEnv()
+
+
+def test_batch_shell_of_an_8_task_job_is_a_single_process_not_rank_0_of_8():
+    # sbatch --ntasks-per-node=8: the batch shell carries SLURM_PROCID=0 and SLURM_NTASKS=8 but is
+    # no srun step; `make train-imagenet GPUS=8` there must launch its own workers
+    shell = {k: v for k, v in SRUN_ENV.items() if k != "SLURM_STEP_NUM_TASKS"}
+    assert detect({**shell, "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}) == DistEnv()
 
 
 def test_slurm_procid_without_ntasks_is_a_single_process():
@@ -138,7 +146,7 @@ def test_srun_without_slurm_localid_is_a_user_error_naming_it(no_scontrol):
 
 
 def test_detect_reads_os_environ_by_default(monkeypatch):
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS"):
         monkeypatch.delenv(name, raising=False)
     for name, value in TORCHRUN_ENV.items():
         monkeypatch.setenv(name, value)

@@ -113,6 +113,7 @@ def run_sbatch_script(script: Path, tmp_path: Path, **env_extra: str) -> subproc
 SLURM_JOB_ENV = {
     "SLURM_JOB_ID": "77",
     "SLURM_JOB_NODELIST": "node[1-2]",
+    "SLURM_NTASKS": "16",
     "SLURM_SUBMIT_DIR": str(REPO_ROOT),
 }
 
@@ -129,6 +130,7 @@ def test_sbatch_script_runs_srun_with_the_paper_recipe_and_extra_overrides(scrip
         "train",
         "experiment=imagenet_paper",
         "data.root=/data/imagenet",
+        f"trainer.batch_size={256 // int(SLURM_JOB_ENV['SLURM_NTASKS'])}",  # the paper's global batch 256
         "trainer.epochs=1",
     ]
     assert log_lines(tmp_path / "srun.log") == [" ".join(expected)]

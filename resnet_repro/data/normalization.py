@@ -129,7 +129,11 @@ def compute_and_save(
     cfg: DataConfig, splits: Splits, env: DistEnv, device: torch.device
 ) -> tuple[stats.StatsRecord, Path]:
     """`resnet-repro stats`: always recompute; rank 0 writes the file."""
-    path = distributed.broadcast_object(env, _existing(cfg, splits)[0] if env.is_main else None)
+    # only the path: an old or corrupt file there is what this command replaces
+    selection, _ = stats_selection(cfg, splits)
+    path = distributed.broadcast_object(
+        env, stats_path(cfg, stats.fingerprint(selection, cfg.root)) if env.is_main else None
+    )
     record = compute_record(cfg, splits, env, device)
     if env.is_main:
         stats.write_stats_file(path, record)
