@@ -736,7 +736,7 @@ def load_model_for_eval(
     except RuntimeError as e:
         raise UserError(
             f"checkpoint {path} does not fit model {model_cfg.name} with {num_classes} classes: "
-            f"{str(e).splitlines()[0]}"
+            f"{' '.join(line.strip() for line in str(e).splitlines()[1:2])[:200]}"
         ) from e
     return model.to(device)
 
