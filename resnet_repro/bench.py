@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from resnet_repro import distributed
-from resnet_repro.config import RootConfig, UserError
+from resnet_repro.config import RootConfig, UserError, per_device_batch
 from resnet_repro.data.loaders import build_loader
 from resnet_repro.distributed import DistEnv
 from resnet_repro.evaluate import autocast
@@ -49,13 +49,13 @@ def _timed_trials(fn: Callable[[], int], device: torch.device, trials: int) -> l
 
 
 def _derived(cfg: RootConfig, num_classes: int, device: torch.device, steps: int) -> Derived:
-    b = cfg.trainer.batch_size
+    b = per_device_batch(cfg.trainer, 1)
     return Derived(1, b, peak_lr(cfg.optim, b), steps, 0, 0, num_classes, str(device))
 
 
 def _synthetic_batches(cfg: RootConfig, n: int, num_classes: int, device: torch.device) -> list:
     g = torch.Generator(device="cpu").manual_seed(0)
-    s, b = cfg.data.image_size, cfg.trainer.batch_size
+    s, b = cfg.data.image_size, per_device_batch(cfg.trainer, 1)
     fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     return [
         (
@@ -110,7 +110,13 @@ def bench_data(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str
 
     def one_pass(seed: int) -> int:
         loader = build_loader(
-            cfg.data, files, labels, train=True, batch_size=cfg.trainer.batch_size, seed=seed, device=device
+            cfg.data,
+            files,
+            labels,
+            train=True,
+            batch_size=per_device_batch(cfg.trainer, 1),
+            seed=seed,
+            device=device,
         )
         n = 0
         for images, _ in loader:
@@ -129,7 +135,7 @@ def bench_train(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
 
     b = cfg.bench
     files, labels = _repeated_files(cfg, b.min_images)
-    steps = len(files) // cfg.trainer.batch_size
+    steps = len(files) // per_device_batch(cfg.trainer, 1)
     num_classes = max(labels) + 1
     cfg = replace(cfg, logging=replace(cfg.logging, tensorboard=False, progress=False))
     parts = build_parts(cfg, _derived(cfg, num_classes, device, steps), DistEnv(), device, run_dir)
@@ -137,7 +143,13 @@ def bench_train(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
     results = []
     for trial in range(b.trials + 1):
         loader = build_loader(
-            cfg.data, files, labels, train=True, batch_size=cfg.trainer.batch_size, seed=trial, device=device
+            cfg.data,
+            files,
+            labels,
+            train=True,
+            batch_size=per_device_batch(cfg.trainer, 1),
+            seed=trial,
+            device=device,
         )
         metrics, _, _ = train_one_epoch(
             parts, loader, cfg, DistEnv(), device, lambda *_: None, epoch=0, step=0, epoch_step=0
@@ -173,13 +185,13 @@ def bench_loop_overhead(cfg: RootConfig, device: torch.device, run_dir: Path) ->
             parts.scaler.scale(loss).backward()
             parts.scaler.step(opt)
             parts.scaler.update()
-        return len(batches) * cfg.trainer.batch_size
+        return len(batches) * per_device_batch(cfg.trainer, 1)
 
     def ours() -> int:
         train_one_epoch(
             parts, batches, cfg, DistEnv(), device, lambda *_: None, epoch=0, step=0, epoch_step=0
         )
-        return len(batches) * cfg.trainer.batch_size
+        return len(batches) * per_device_batch(cfg.trainer, 1)
 
     bare(), ours()  # warm-up both
     bare_rates, our_rates = [], []
@@ -211,7 +223,7 @@ def run_bench(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         "mode": mode,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "model": cfg.model.name,
-        "batch_size": cfg.trainer.batch_size,
+        "batch_size": per_device_batch(cfg.trainer, 1),
         "image_size": cfg.data.image_size,
         "precision": cfg.trainer.precision,
         "channels_last": cfg.model.channels_last,

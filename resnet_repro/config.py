@@ -196,6 +196,9 @@ class TrainerConfig:
     epochs: int = 90
     # Per-device batch; the global batch is batch_size x world size
     batch_size: int = 256
+    # When set, the global batch: each of the world's processes takes global_batch / world size
+    # (which must divide), and batch_size is not used. The paper recipe sets 256.
+    global_batch: int | None = None
     seed: int = 0
     # auto = cuda when available, else cpu
     device: str = "auto"
@@ -336,11 +339,25 @@ def to_dataclass(cfg: DictConfig) -> RootConfig:
     return obj
 
 
+def per_device_batch(t: TrainerConfig, world_size: int) -> int:
+    """Images per process per step: trainer.global_batch split over the world, or trainer.batch_size."""
+    if t.global_batch is None:
+        return t.batch_size
+    if t.global_batch % world_size != 0:
+        raise UserError(
+            f"trainer.global_batch={t.global_batch} is not divisible by the world size {world_size}; "
+            f"choose a multiple of {world_size} or another number of processes"
+        )
+    return t.global_batch // world_size
+
+
 def validate(cfg: RootConfig) -> None:
     """Cross-field checks a schema cannot express. Raises UserError naming the value."""
     t, o, d = cfg.trainer, cfg.optim, cfg.data
     if t.batch_size <= 0:
         raise UserError(f"trainer.batch_size={t.batch_size} must be a positive number of images per device")
+    if t.global_batch is not None and t.global_batch <= 0:
+        raise UserError(f"trainer.global_batch={t.global_batch} must be a positive number of images, or null")
     if t.epochs <= 0:
         raise UserError(f"trainer.epochs={t.epochs} must be positive")
     if t.nproc <= 0:

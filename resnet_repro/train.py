@@ -20,7 +20,15 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from resnet_repro import __version__, checkpoint, distributed
-from resnet_repro.config import DataConfig, ModelConfig, RootConfig, UserError, to_dataclass, validate
+from resnet_repro.config import (
+    DataConfig,
+    ModelConfig,
+    RootConfig,
+    UserError,
+    per_device_batch,
+    to_dataclass,
+    validate,
+)
 from resnet_repro.data import sharding
 from resnet_repro.data.demo import build_demo_dataset
 from resnet_repro.data.holdout import carve_holdout
@@ -107,23 +115,24 @@ def make_train_loader(
 ) -> Loader:
     """This rank's images for `epoch`, after the first `skip_steps` batches (a mid-epoch resume)."""
     t = cfg.trainer
+    batch = per_device_batch(t, env.world_size)
     idx = sharding.train_indices(
         len(files),
         epoch=epoch,
         seed=t.seed,
-        batch_size=t.batch_size,
+        batch_size=batch,
         rank=env.rank,
         world_size=env.world_size,
     )
     if t.max_steps_per_epoch is not None:
-        idx = idx[: t.max_steps_per_epoch * t.batch_size]
-    idx = idx[skip_steps * t.batch_size :]
+        idx = idx[: t.max_steps_per_epoch * batch]
+    idx = idx[skip_steps * batch :]
     return build_loader(
         cfg.data,
         [files.files[i] for i in idx],
         [files.labels[i] for i in idx],
         train=True,
-        batch_size=t.batch_size,
+        batch_size=batch,
         # augmentation randomness is a function of (seed, epoch, rank, skip): an epoch resumed from
         # its start repeats exactly; one resumed mid-epoch reads the same images, freshly augmented
         seed=(t.seed * 1_000_003 + epoch * 1009 + env.rank * 7919 + skip_steps * 31) % (2**31),
@@ -447,13 +456,14 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
         splits = load_file_lists(cfg.data)
     norm, norm_warnings = resolve_normalization(cfg.data, splits, env, device)
 
-    global_batch = t.batch_size * env.world_size
+    batch = per_device_batch(t, env.world_size)
+    global_batch = batch * env.world_size
     steps = sharding.steps_per_epoch(len(splits.train), global_batch)
     if steps == 0:
         raise UserError(
             f"the training split has {len(splits.train)} images, "
             f"fewer than one global batch of {global_batch} "
-            f"(trainer.batch_size={t.batch_size} x {env.world_size} processes)"
+            f"({batch} per process x {env.world_size} processes)"
         )
     if t.max_steps_per_epoch is not None:
         steps = min(steps, t.max_steps_per_epoch)
@@ -551,8 +561,7 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
     if splits.holdout is not None:
         eval_sets["holdout"] = splits.holdout
     eval_loaders = {
-        name: make_eval_loader(cfg.data, files, env, device, t.batch_size, norm)
-        for name, files in eval_sets.items()
+        name: make_eval_loader(cfg.data, files, env, device, batch, norm) for name, files in eval_sets.items()
     }
 
     def run_eval() -> dict[str, dict[str, Any]]:
@@ -755,7 +764,8 @@ def evaluate_checkpoint(cfg: RootConfig, path: str) -> dict[str, float]:
             norm = Normalization(tuple(saved["mean"]), tuple(saved["std"]), "checkpoint", str(path))
         else:
             norm, _ = resolve_normalization(cfg.data, splits, env, device)
-        loader = make_eval_loader(cfg.data, splits.test, env, device, cfg.trainer.batch_size, norm)
+        batch = per_device_batch(cfg.trainer, env.world_size)
+        loader = make_eval_loader(cfg.data, splits.test, env, device, batch, norm)
         return evaluate(
             model, loader, env, device, expected_total=len(splits.test), precision=cfg.trainer.precision
         )

@@ -7,7 +7,7 @@ from conftest import CONF_DIR, compose
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from resnet_repro.config import UserError, to_dataclass, validate
+from resnet_repro.config import TrainerConfig, UserError, per_device_batch, to_dataclass, validate
 
 
 def _discover_group_files() -> list[tuple[str, str]]:
@@ -142,7 +142,8 @@ def test_imagenet_paper_experiment_is_the_paper_recipe(tmp_path):
     _, obj = _composed_ok(["experiment=imagenet_paper"], tmp_path)
     assert obj.name == "imagenet_paper"
     assert obj.model.name == "resnet50"
-    assert obj.trainer.batch_size == 256
+    assert obj.trainer.global_batch == 256  # the paper's batch, whatever the number of GPUs
+    assert per_device_batch(obj.trainer, 8) == 32 and per_device_batch(obj.trainer, 1) == 256
     assert obj.trainer.epochs == 90
     assert obj.optim.name == "sgd"
     assert obj.optim.lr_per_256 == pytest.approx(0.1)
@@ -187,3 +188,9 @@ def test_plateau_or_early_stopping_without_a_selection_split_is_refused(tmp_path
     with pytest.raises(UserError, match="model-selection split"):
         _composed_ok(["stabilizer.early_stop.patience=3"], tmp_path)
     _composed_ok(["stabilizer.early_stop.patience=3", "trainer.select_on_test=true"], tmp_path)
+
+
+def test_global_batch_that_does_not_divide_over_the_world_is_refused():
+    with pytest.raises(UserError, match="trainer.global_batch=250 is not divisible by the world size 8"):
+        per_device_batch(TrainerConfig(global_batch=250), 8)
+    assert per_device_batch(TrainerConfig(batch_size=64), 8) == 64  # per-device batch when unset

@@ -130,7 +130,6 @@ def test_sbatch_script_runs_srun_with_the_paper_recipe_and_extra_overrides(scrip
         "train",
         "experiment=imagenet_paper",
         "data.root=/data/imagenet",
-        f"trainer.batch_size={256 // int(SLURM_JOB_ENV['SLURM_NTASKS'])}",  # the paper's global batch 256
         "trainer.epochs=1",
     ]
     assert log_lines(tmp_path / "srun.log") == [" ".join(expected)]
