@@ -104,20 +104,18 @@ def _repeated_files(cfg: RootConfig, min_images: int) -> tuple[list[str], list[i
     return list(train_list.files) * reps, list(train_list.labels) * reps
 
 
+def _train_loader(cfg: RootConfig, files: list[str], labels: list[int], seed: int, device: torch.device):
+    """The configured backend with the training transform (augmentation drawn from `seed`)."""
+    batch = per_device_batch(cfg.trainer, 1)
+    return build_loader(cfg.data, files, labels, train=True, batch_size=batch, seed=seed, device=device)
+
+
 def bench_data(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
     b = cfg.bench
     files, labels = _repeated_files(cfg, b.min_images)
 
     def one_pass(seed: int) -> int:
-        loader = build_loader(
-            cfg.data,
-            files,
-            labels,
-            train=True,
-            batch_size=per_device_batch(cfg.trainer, 1),
-            seed=seed,
-            device=device,
-        )
+        loader = _train_loader(cfg, files, labels, seed, device)
         n = 0
         for images, _ in loader:
             n += images.shape[0]
@@ -142,15 +140,7 @@ def bench_train(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
     parts.logger = NullLogger()
     results = []
     for trial in range(b.trials + 1):
-        loader = build_loader(
-            cfg.data,
-            files,
-            labels,
-            train=True,
-            batch_size=per_device_batch(cfg.trainer, 1),
-            seed=trial,
-            device=device,
-        )
+        loader = _train_loader(cfg, files, labels, trial, device)
         metrics, _, _ = train_one_epoch(
             parts, loader, cfg, DistEnv(), device, lambda *_: None, epoch=0, step=0, epoch_step=0
         )
