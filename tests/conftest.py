@@ -100,3 +100,17 @@ def demo_root(tmp_path_factory) -> Path:
     from resnet_repro.data.demo import build_demo_dataset
 
     return build_demo_dataset(tmp_path_factory.mktemp("demo") / "digits")
+
+
+# A small evaluation/training transform shared by the DALI and torchvision backend tests
+S = 16
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def small_transform(train: bool, **kw):
+    from resnet_repro.data.dali import Transform
+
+    args = dict(train=train, image_size=S, crop_ratio=0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    args.update(kw)
+    return Transform(**args)

@@ -7,24 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import IMAGENET_MEAN, IMAGENET_STD, S, make_image_folder
+from conftest import small_transform as _transform
 from PIL import Image
 
-from resnet_repro.data.dali import DaliLoader, Transform
+from resnet_repro.data.dali import DaliLoader
 from resnet_repro.data.splits import list_split
 
 pytest.importorskip("nvidia.dali")
 
 CPU = torch.device("cpu")
-S = 16
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _transform(train: bool, **kw) -> Transform:
-    args = dict(train=train, image_size=S, crop_ratio=0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    args.update(kw)
-    return Transform(**args)
 
 
 def _loader(files, labels, transform, batch_size=4, seed=0) -> DaliLoader:

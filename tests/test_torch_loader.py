@@ -10,25 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import IMAGENET_STD, S, make_image_folder
+from conftest import small_transform as _transform
 from PIL import Image, ImageOps
 
 from resnet_repro.config import DataConfig, UserError
-from resnet_repro.data.dali import Transform
 from resnet_repro.data.splits import list_split
 from resnet_repro.data.synthetic import SyntheticLoader
 from resnet_repro.data.torch_loader import DECODERS, TorchLoader, build_torch_loader
 
 CPU = torch.device("cpu")
-S = 16
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _transform(train: bool, **kw) -> Transform:
-    args = dict(train=train, image_size=S, crop_ratio=0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    args.update(kw)
-    return Transform(**args)
 
 
 def _loader(files, labels, transform, batch_size=4, seed=0, decoder="pil", num_workers=0) -> TorchLoader:
