@@ -113,6 +113,17 @@ def _train(dcfg: DictConfig) -> float | None:
     return final["top1"]  # the sweeper's objective value
 
 
+def _override_keys() -> set[str]:
+    """The config keys and groups named on this command line (`data.root=..` -> `data.root`)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    keys = set()
+    for item in HydraConfig.get().overrides.task:
+        key = item.split("=", 1)[0].lstrip("+~")
+        keys.add(key.split("@", 1)[0])
+    return keys
+
+
 def _eval(dcfg: DictConfig) -> None:
     from resnet_repro.train import evaluate_checkpoint
 
@@ -121,7 +132,7 @@ def _eval(dcfg: DictConfig) -> None:
         validate(cfg)
         if not cfg.checkpoint:
             raise UserError("eval needs checkpoint=PATH (a last.pt of a run, or a torchvision state dict)")
-        result = evaluate_checkpoint(cfg, cfg.checkpoint)
+        result = evaluate_checkpoint(cfg, cfg.checkpoint, explicit=_override_keys())
     except UserError as e:
         _fail(str(e))
     print(json.dumps(result))

@@ -82,6 +82,27 @@ def test_eval_of_last_checkpoint_reproduces_final_val_top1_exactly(short_run: Pa
     assert result["loss"] == pytest.approx(final["loss"], rel=1e-6)
 
 
+def test_eval_without_data_overrides_measures_the_checkpoint_on_its_runs_data(
+    short_run: Path, tmp_path: Path
+):
+    # a different cache location: only the checkpoint's own config can point at the demo data
+    env_cwd = tmp_path / "elsewhere"
+    env_cwd.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "resnet_repro", "eval", f"checkpoint={short_run}/checkpoints/last.pt"],
+        capture_output=True,
+        text=True,
+        cwd=env_cwd,
+        env={**os.environ, "RESNET_REPRO_CACHE": str(tmp_path / "empty-cache"), "PYTHONPATH": str(REPO)},
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "data from the checkpoint's run" in proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    final = [r for r in read_metrics(short_run) if r["split"] == "val"][-1]
+    assert result["num_samples"] == 360 and result["top1"] == final["top1"]
+
+
 def test_resuming_a_finished_run_trains_no_further_and_reports_final_metrics(
     short_run: Path, demo_root: Path
 ):

@@ -1,0 +1,66 @@
+"""`resnet-repro eval` measures a checkpoint the way its run did unless told otherwise."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from resnet_repro.config import DataConfig, RootConfig, TrainerConfig, UserError
+from resnet_repro.train import eval_config
+
+
+def trained_config() -> dict:
+    run = RootConfig(
+        data=DataConfig(name="imagenet", root="/data/imagenet", image_size=160, crop_ratio=0.95),
+        trainer=TrainerConfig(precision="bf16"),
+    )
+    return dataclasses.asdict(run)
+
+
+def command_line(**data) -> RootConfig:
+    data = {"name": "demo", "root": "/cache/digits", **data}
+    return RootConfig(data=DataConfig(**data), trainer=TrainerConfig(precision="fp32"))
+
+
+def test_without_overrides_eval_uses_the_runs_data_and_precision():
+    cfg, note = eval_config(command_line(image_size=32), trained_config(), explicit={"checkpoint"})
+    assert (cfg.data.name, cfg.data.root, cfg.data.image_size, cfg.data.crop_ratio) == (
+        "imagenet",
+        "/data/imagenet",
+        160,
+        0.95,
+    )
+    assert cfg.trainer.precision == "bf16"
+    assert "checkpoint's run" in note and "NOTE" not in note
+
+
+def test_an_explicit_data_key_wins_and_a_changed_image_size_is_pointed_out():
+    cfg, note = eval_config(
+        command_line(image_size=224, root="/elsewhere"),
+        trained_config(),
+        explicit={"checkpoint", "data.root", "data.image_size", "trainer.precision"},
+    )
+    assert cfg.data.root == "/elsewhere" and cfg.data.image_size == 224
+    assert cfg.data.name == "imagenet" and cfg.data.crop_ratio == 0.95  # the rest stays the run's
+    assert cfg.trainer.precision == "fp32"
+    assert "NOTE data.image_size=224 differs from the run's 160" in note
+
+
+def test_choosing_another_data_group_takes_the_command_lines_data_whole():
+    cfg, note = eval_config(command_line(image_size=32), trained_config(), explicit={"checkpoint", "data"})
+    assert cfg.data.name == "demo" and cfg.data.image_size == 32
+    assert "command line" in note and "differs from the run's 160" in note
+
+
+def test_a_plain_state_dict_uses_the_composed_config_as_it_is():
+    composed = command_line(image_size=32)
+    cfg, note = eval_config(composed, None, explicit=set())
+    assert cfg is composed and "plain state dict" in note
+
+
+def test_a_checkpoint_config_this_version_cannot_read_is_a_clear_error():
+    saved = trained_config()
+    saved["data"]["no_such_key"] = 1
+    with pytest.raises(UserError, match="data config does not fit"):
+        eval_config(command_line(), saved, explicit=set())
