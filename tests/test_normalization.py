@@ -51,6 +51,28 @@ def test_computed_stats_are_written_once_then_loaded_and_cover_only_training_ima
     np.testing.assert_allclose(first.std, std, atol=2e-3)
 
 
+def test_torchvision_backend_computes_stats_with_its_own_decoder_where_dali_is_missing(
+    root: Path, monkeypatch
+):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.startswith("nvidia.dali") else real_find_spec(name, *a),
+    )
+    cfg = data_cfg(root, backend="torchvision", decoder="pil")
+    splits = load_file_lists(cfg)
+    record = compute_record(cfg, splits, DistEnv(), CPU)
+    assert record.decoder == "pil" and record.num_images == 24
+    mean, std = reference(list(splits.train_full.files))
+    np.testing.assert_allclose(record.mean, mean, atol=1e-6)  # the same decoder as the reference: exact
+    np.testing.assert_allclose(record.std, std, atol=1e-6)
+    with pytest.raises(UserError, match="data.backend=dali needs NVIDIA DALI"):
+        compute_record(data_cfg(root), splits, DistEnv(), CPU)
+
+
 def test_holdout_images_enter_the_stats_under_train_and_not_under_train_minus_holdout(root: Path):
     for stats_from, expected in (("train", 24), ("train_minus_holdout", 18)):
         cfg = data_cfg(root, holdout=HoldoutConfig(size=6, seed=0, stats_from=stats_from))

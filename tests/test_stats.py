@@ -124,6 +124,34 @@ def test_stats_equal_float64_reference_on_mixed_sizes_and_grayscale(dataset, red
     assert len(gray) == 18 // 4  # exactly the grayscale files
 
 
+@pytest.mark.parametrize("decoder", ["pil", "decode_jpeg"])
+def test_torchvision_decoders_give_exact_sums_of_their_own_pixels_without_dali(dataset, decoder):
+    files = list_split(dataset, "train").files
+    sums = _compute(files, decoder=decoder, num_threads=2)
+    pil_pixels = _pil_decode(files)  # both decoders are libjpeg-turbo, as PIL's
+    exact_sum = sum(im.reshape(-1, 3).astype(np.int64).sum(0) for im in pil_pixels)
+    exact_sq = sum((im.reshape(-1, 3).astype(np.int64) ** 2).sum(0) for im in pil_pixels)
+    assert sums.num_images == 18 and sums.num_pixels == sum(im.shape[0] * im.shape[1] for im in pil_pixels)
+    if decoder == "pil":
+        assert sums.sum == tuple(int(v) for v in exact_sum)
+        assert sums.sum_sq == tuple(int(v) for v in exact_sq)
+    # and the same statistics as the DALI pass, to decoder rounding
+    dali_mean, dali_std = finalize(_compute(files))
+    np.testing.assert_allclose(finalize(sums), (dali_mean, dali_std), rtol=0, atol=2e-3)
+
+
+def test_torchvision_decoder_resizes_the_shorter_side_like_the_dali_pass(dataset):
+    files = list_split(dataset, "train").files
+    sums = _compute(files, decoder="pil", resize_shorter=32)
+    dali = _dali_decode(files, resize_shorter=32)
+    # shorter side 32 in both; the longer side may differ by one pixel (torchvision truncates, DALI rounds)
+    assert abs(sums.num_pixels - sum(im.shape[0] * im.shape[1] for im in dali)) <= 32 * len(files)
+    assert sums.num_pixels < sum(w * h for w, h in (SIZES[k % len(SIZES)] for k in range(18)))
+    np.testing.assert_allclose(
+        finalize(sums), finalize(_compute(files, resize_shorter=32)), rtol=0, atol=3e-3
+    )
+
+
 def test_float32_running_sum_drifts_where_exact_sums_do_not(tmp_path):
     # 6 Mpx of bright noise: a float32 running sum passes 2^22 after ~4.7M pixels; from there its
     # spacing is 0.5, so each value in [0.78, 1] is rounded up to 1 and the sum drifts upward

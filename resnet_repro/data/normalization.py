@@ -67,10 +67,13 @@ def compute_record(cfg: DataConfig, splits: Splits, env: DistEnv, device: torch.
     """One pass over the selection (or its stratified sample), split across ranks, sums merged."""
     import importlib.util
 
-    if importlib.util.find_spec("nvidia.dali") is None:
+    # decode as the run's input pipeline does: DALI, or the torchvision backend's decoder
+    decoder = cfg.decoder if cfg.backend == "torchvision" else "dali"
+    if decoder == "dali" and importlib.util.find_spec("nvidia.dali") is None:
         raise UserError(
-            "computing normalization statistics needs NVIDIA DALI, which is not installed; install "
-            "nvidia-dali-cuda130, or use data.normalization=published (data.mean / data.std)"
+            "computing normalization statistics with data.backend=dali needs NVIDIA DALI, which is not "
+            "installed; install nvidia-dali-cuda130, or use data.backend=torchvision, or "
+            "data.normalization=published (data.mean / data.std)"
         )
     selection, split = stats_selection(cfg, splits)
     images = selection
@@ -85,6 +88,7 @@ def compute_record(cfg: DataConfig, splits: Splits, env: DistEnv, device: torch.
         device=device,
         shard_id=env.rank,
         num_shards=env.world_size,
+        decoder=decoder,
     )
     if env.distributed:
         ints, floats = sums.to_arrays()
@@ -102,6 +106,7 @@ def compute_record(cfg: DataConfig, splits: Splits, env: DistEnv, device: torch.
         resize_shorter=cfg.stats.resize,
         max_images=cfg.stats.max_images,
         sample_seed=cfg.stats.seed,
+        decoder=decoder,
     )
 
 

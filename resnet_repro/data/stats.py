@@ -1,4 +1,5 @@
-"""Per-channel mean / std of the training images, streamed through DALI, and the file that records them.
+"""Per-channel mean / std of the training images, streamed through DALI (or torchvision's decoders
+when the run uses the torchvision backend), and the file that records them.
 
 Exactness: decoded pixels are integers 0..255, so the per-channel sum and sum of squares are kept as
 exact integers (DALI sums uint8 into uint64; in numpy, integer sums in blocks that cannot overflow).
@@ -463,6 +464,58 @@ class _Accumulator:
         )
 
 
+# ------------------------------------------------------------------------- torchvision streaming
+def _torchvision_image(path: str, decoder: str, resize_shorter: int | None) -> np.ndarray:
+    """One image as HWC uint8 RGB, decoded like the torchvision backend (upright, grayscale/CMYK to
+    RGB), its shorter side resized like DALI's stats pipeline when `resize_shorter` is set."""
+    import torchvision.transforms.v2.functional as F
+
+    from resnet_repro.data.torch_loader import _decode_tensor, _open_pil
+
+    if decoder == "pil":
+        image = _open_pil(path)
+        if resize_shorter:
+            image = F.resize(
+                image, [resize_shorter], interpolation=F.InterpolationMode.BILINEAR, antialias=True
+            )
+        return np.asarray(image)
+    tensor = _decode_tensor(path)
+    if resize_shorter:
+        tensor = F.resize(
+            tensor, [resize_shorter], interpolation=F.InterpolationMode.BILINEAR, antialias=True
+        )
+    return tensor.permute(1, 2, 0).numpy()
+
+
+def stream_torchvision(
+    files: Sequence[str],
+    *,
+    decoder: str,
+    resize_shorter: int | None,
+    num_threads: int,
+    batch_size: int,
+    decode_only: bool = False,
+) -> tuple[PartialSums, int]:
+    """The statistics pass without DALI: torchvision's decoders in `num_threads` threads (they
+    release the GIL while decoding), exact sums on the host with the same numpy kernel."""
+    if decoder not in ("pil", "decode_jpeg"):
+        raise UserError(f"data.decoder={decoder!r} is not pil or decode_jpeg")
+    acc = _Accumulator()
+    reducer = _HostReducer()
+    done = 0
+    with ThreadPoolExecutor(max_workers=num_threads) as pool:
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            images = list(pool.map(lambda f: _torchvision_image(f, decoder, resize_shorter), chunk))
+            done += len(images)
+            if decode_only:
+                continue
+            sums = np.stack([reducer.add_image(im) for im in images])
+            shape = np.array([im.shape for im in images], dtype=np.int64)
+            acc.add(sums, reducer.take_squares(), shape[:, 0] * shape[:, 1])
+    return acc.result(), done
+
+
 def compute_stats(
     files: Sequence[str],
     *,
@@ -473,6 +526,7 @@ def compute_stats(
     shard_id: int = 0,
     num_shards: int = 1,
     reduce_in: str = "auto",
+    decoder: str = "dali",
 ) -> PartialSums:
     """Exact per-channel sums over this shard's images (contiguous chunks, every image in exactly
     one shard: resnet_repro.data.sharding.eval_indices). Merge the shards with `merge` or `+`, or
@@ -481,10 +535,24 @@ def compute_stats(
     Every pixel of every image counts, at the image's own resolution, unless `resize_shorter` is
     set (then after resizing the shorter side to it, like the evaluation transform before its crop).
     `device`: "cpu" / "cuda" / "cuda:1" or a torch.device; on CUDA decoding is "mixed" (nvJPEG).
+    `decoder`: "dali", or torchvision's "pil" / "decode_jpeg" (on the CPU, without DALI).
     """
     if not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id={shard_id} is not in [0, num_shards={num_shards})")
     idx = sharding.eval_indices(len(files), rank=shard_id, world_size=num_shards)
+    if decoder != "dali":
+        if resize_shorter is not None and resize_shorter < 1:
+            raise UserError(
+                f"data.stats.resize_shorter={resize_shorter} must be a positive size in pixels or null"
+            )
+        sums, _ = stream_torchvision(
+            [str(files[i]) for i in idx],
+            decoder=decoder,
+            resize_shorter=resize_shorter,
+            num_threads=num_threads,
+            batch_size=batch_size,
+        )
+        return sums
     sums, _ = stream(
         [files[i] for i in idx],
         resize_shorter=resize_shorter,
@@ -513,6 +581,7 @@ class StatsRecord:
     version: str  # resnet_repro.__version__ that wrote it
     elapsed_s: float
     resize_shorter: int | None = None
+    decoder: str = "dali"  # what decoded the images: dali, or torchvision's pil / decode_jpeg
     max_images: int | None = None  # null: every image of the selection
     sample_seed: int | None = None
     mean_stderr: list[float] | None = None  # per channel, when sampled
@@ -533,6 +602,7 @@ def build_record(
     resize_shorter: int | None,
     max_images: int | None = None,
     sample_seed: int | None = None,
+    decoder: str = "dali",
 ) -> StatsRecord:
     """The record for sums computed over `selection` (or a `stratified_sample` of it)."""
     import datetime
@@ -555,6 +625,7 @@ def build_record(
         version=__version__,
         elapsed_s=round(elapsed_s, 3),
         resize_shorter=resize_shorter,
+        decoder=decoder,
         max_images=max_images if sampled else None,
         sample_seed=sample_seed if sampled else None,
         mean_stderr=mean_stderr(sums) if sampled else None,
