@@ -1,4 +1,5 @@
-"""ResNet-50 `bench model` in fp32 / bf16 / bf16+channels_last / +compile, one table.
+"""ResNet-50 `bench model` in fp32 / bf16 / bf16+channels_last / +compile, one table; then the
+runner's training step against a bare loop (`bench loop-overhead`) in bf16 + channels_last.
 
 Runs without Hydra or DALI (the lent GPU machine has torch only): it builds the config dataclasses
 directly and calls resnet_repro.bench.bench_model, the same code `resnet-repro bench model` runs.
@@ -19,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from resnet_repro.bench import bench_model  # noqa: E402
+from resnet_repro.bench import bench_loop_overhead, bench_model  # noqa: E402
 from resnet_repro.config import (  # noqa: E402
     BenchConfig,
     DataConfig,
@@ -37,25 +38,32 @@ VARIANTS = (
 )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--skip-compile", action="store_true")
+    p.add_argument("--skip-overhead", action="store_true", help="no runner-vs-bare-loop comparison")
     p.add_argument("--json", type=Path)
-    ns = p.parse_args()
-    if not torch.cuda.is_available():
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument(
+        "--device", default="cuda", help="cuda; cpu only to smoke-test this script (bf16 autocast on CPU)"
+    )
+    ns = p.parse_args(argv)
+    if ns.device == "cuda" and not torch.cuda.is_available():
         print("gpu_bench: no CUDA device; nothing to measure", file=sys.stderr)
         return 2
-    device = torch.device("cuda", 0)
+    device = torch.device("cuda", 0) if ns.device == "cuda" else torch.device("cpu")
     torch.backends.cudnn.benchmark = True
     base = RootConfig(
-        data=DataConfig(name="synthetic", root="-", image_size=224),
-        model=ModelConfig(name="resnet50"),
-        trainer=TrainerConfig(batch_size=ns.batch_size, device="cuda"),
+        data=DataConfig(name="synthetic", root="-", image_size=ns.image_size),
+        model=ModelConfig(name=ns.model),
+        trainer=TrainerConfig(batch_size=ns.batch_size, device=device.type),
         logging=LoggingConfig(tensorboard=False, progress=False),
-        bench=BenchConfig(mode="model", warmup=10, steps=ns.steps, trials=ns.trials),
+        bench=BenchConfig(mode="model", warmup=ns.warmup, steps=ns.steps, trials=ns.trials),
     )
     rows = []
     for label, precision, channels_last, compile_ in VARIANTS:
@@ -70,15 +78,33 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as run_dir:
             result = bench_model(cfg, device, Path(run_dir))
         rows.append({"setting": label, **result, "wall_s": time.perf_counter() - start})
-        torch.cuda.empty_cache()
-    name = torch.cuda.get_device_name(device)
-    print(f"\nResNet-50 train step (forward + backward + SGD step), batch {ns.batch_size}, {name}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"\n{ns.model} train step (forward + backward + SGD step), batch {ns.batch_size}, {name}")
     print(f"| setting | img/s (median of {ns.trials}) | peak memory (GiB) |")
     print("|---|---|---|")
     for r in rows:
         print(f"| {r['setting']} | {r['img_per_s']:.0f} | {r['peak_memory_mb'] / 1024:.1f} |")
+    overhead = None
+    if not ns.skip_overhead:
+        # the runner's step (non-finite check, clipping statistics, device-side sums) vs
+        # forward/loss/backward/step on the same model and batches, interleaved trials
+        cfg = replace(
+            base,
+            model=replace(base.model, channels_last=True),
+            trainer=replace(base.trainer, precision="bf16"),
+        )
+        with tempfile.TemporaryDirectory() as run_dir:
+            overhead = bench_loop_overhead(cfg, device, Path(run_dir))
+        print(
+            f"\nloop overhead, bf16 + channels_last: bare {overhead['bare_img_per_s']:.0f} img/s, "
+            f"runner {overhead['runner_img_per_s']:.0f} img/s, ratio {overhead['overhead_ratio']:.3f} "
+            "(goal <= 1.05)"
+        )
     if ns.json:
-        ns.json.write_text(json.dumps({"device": name, "batch_size": ns.batch_size, "rows": rows}, indent=2))
+        out = {"device": name, "batch_size": ns.batch_size, "rows": rows, "loop_overhead": overhead}
+        ns.json.write_text(json.dumps(out, indent=2))
     return 0
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU check (under 8 minutes on one H100): the tests marked `gpu`, then ResNet-50
-# `bench model` at batch 256 in fp32 / bf16 / bf16+channels_last / +compile, as one table.
+# `bench model` at batch 256 in fp32 / bf16 / bf16+channels_last / +compile, as one table, and the
+# runner-vs-bare-loop overhead in bf16 + channels_last. The gpu tests include the host-sync audit.
 # Works on a machine with torch but without DALI or Hydra: it says what it skipped.
 # Usage: bash scripts/gpu_check.sh [OUT_DIR]
 set -uo pipefail

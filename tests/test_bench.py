@@ -44,3 +44,53 @@ def test_each_bench_mode_measures_and_writes_json(mode: str, demo_root: Path, tm
     if mode == "train":
         assert 0.0 <= written["data_wait_fraction"] <= 1.0
     assert mode in format_table(record)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_gpu_bench_script_runs_end_to_end_on_the_cpu_and_writes_its_table(tmp_path: Path):
+    """The GPU check runs on a lent machine with minutes of budget: its script must not fail there
+    for a reason the CPU could have shown (same code, tiny sizes, compile left out)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "g.json"
+    args = "--device cpu --model resnet18 --image-size 32 --batch-size 4 --steps 1 --trials 1 --warmup 1"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "gpu_bench.py"),
+            *args.split(),
+            "--skip-compile",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| bf16 + channels_last |" in proc.stdout and "loop overhead" in proc.stdout
+    record = json.loads(out.read_text())
+    assert [r["setting"] for r in record["rows"]] == ["fp32", "bf16", "bf16 + channels_last"]
+    assert record["loop_overhead"]["overhead_ratio"] > 0
+
+
+def test_gpu_check_script_says_what_it_skipped_on_a_machine_without_cuda(tmp_path: Path):
+    import subprocess
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the script would really run")
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_check.sh"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "== gpu tests" in proc.stdout and "== bench model" in proc.stdout
+    assert "skipped" in proc.stdout  # pytest's summary of the gpu tests
+    assert "no CUDA device" in proc.stdout + proc.stderr

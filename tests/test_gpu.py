@@ -83,6 +83,43 @@ def test_training_step_runs_on_cuda_and_learns(precision: str, channels_last: bo
     assert next(parts.net.parameters()).device.type == "cuda"
 
 
+@pytest.mark.parametrize(("nonfinite", "per_step"), [("stop", 1), ("off", 0)])
+def test_training_step_makes_only_the_audited_host_syncs(nonfinite: str, per_step: int, tmp_path: Path):
+    """The audit of issue 6, enforced: a bf16 step waits for the GPU once (the non-finite flag), or
+    never with stabilizer.nonfinite=off; the epoch's end reads its sums and norms once. Logging and
+    the preemption check are pushed past the epoch here so only the step itself is counted."""
+    import dataclasses
+    import warnings
+
+    from resnet_repro.train import build_parts, train_one_epoch
+
+    base = cfg_for("bf16", True, max_norm=5.0)
+    cfg = dataclasses.replace(
+        base,
+        stabilizer=dataclasses.replace(base.stabilizer, nonfinite=nonfinite),
+        trainer=dataclasses.replace(base.trainer, preempt_check_steps=1000),
+        logging=dataclasses.replace(base.logging, log_every_steps=1000),
+    )
+    derived = Derived(1, 32, 0.0125, 8, 0, 0, 10, str(CUDA))
+    parts = build_parts(cfg, derived, DistEnv(), CUDA, tmp_path)
+    data = batches(6, True)
+    train_one_epoch(parts, data[:2], cfg, DistEnv(), CUDA, lambda *_: None, epoch=0, step=0, epoch_step=0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_one_epoch(
+                parts, data[2:], cfg, DistEnv(), CUDA, lambda *_: None, epoch=1, step=2, epoch_step=0
+            )
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        parts.interrupts.close()
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    end_of_epoch = 3  # sums.tolist(), the norms' .cpu(), and one spare for the peak-memory query
+    assert len(syncs) <= per_step * 4 + end_of_epoch, [f"{w.filename}:{w.lineno}" for w in syncs]
+
+
 def test_exact_evaluation_on_cuda_counts_every_image(tmp_path: Path):
     from resnet_repro.models import build_model
 
