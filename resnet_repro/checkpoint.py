@@ -15,17 +15,43 @@ import torch
 from resnet_repro.config import UserError
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask sets it, for a
+    moment, for every thread of the process)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Write to a temporary file in the same folder, fsync it, then rename over `path`.
 
     A crash at any moment leaves either the old complete file or the new complete file.
     """
+    _write_atomic(path, lambda f: torch.save(state, f))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """`save_atomic` for a small text file (final.json, preempted.json): never half written."""
+    _write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def _write_atomic(path: str | os.PathLike, write: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; give the file the permissions a plain open() would (group members
+        # on a shared cluster can read the checkpoints)
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -62,15 +88,17 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
 
 
 def rng_state() -> dict[str, Any]:
-    """Python, numpy and torch (CPU and CUDA) generator states, in weights_only-loadable types."""
+    """Python, numpy and torch (CPU and the current CUDA device) generator states, in
+    weights_only-loadable types."""
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {"keys": torch.from_numpy(np_state[1].copy()), "pos": int(np_state[2])},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's device only: the resuming
+        # process may see a different number of GPUs (torchrun vs srun --gpus-per-task=1)
     return state
 
 
@@ -78,8 +106,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(("MT19937", state["numpy"]["keys"].numpy(), state["numpy"]["pos"], 0, 0.0))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, torch.Tensor) and torch.cuda.is_available():  # older files held a list: skipped
+        torch.cuda.set_rng_state(cuda)
 
 
 class PreemptionWatch:

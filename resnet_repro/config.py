@@ -6,6 +6,7 @@ Every YAML file under conf/ is validated against these schemas, so a misspelt ke
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -298,6 +299,52 @@ def register_configs() -> None:
     cs.store(group="data/augment", name="augment_schema", node=AugmentConfig)
 
 
+_NESTED_SCHEMAS: dict[str, type] = {
+    "augment": AugmentConfig,
+    "early_stop": EarlyStopConfig,
+    "bench": BenchConfig,
+    "holdout": HoldoutConfig,
+    "stats": StatsConfig,
+}
+
+
+def _child_schema(schema: type, key: str) -> type | None:
+    """The dataclass of field `key` of `schema`, or None for a plain value."""
+    child = GROUP_SCHEMAS.get(key) if schema is RootConfig else None
+    return child or _NESTED_SCHEMAS.get(key)
+
+
+def check_override_keys(overrides: Sequence[str], groups: Iterable[str]) -> None:
+    """A command-line `key=value` whose key the schema does not declare is a UserError naming it
+    (with the closest real key), before Hydra turns it into a multi-line message.
+
+    `+key=value` additions are left to `to_dataclass`; `hydra.*`, `group=option` and
+    `group/sub=option` are Hydra's own."""
+    import dataclasses
+    import difflib
+
+    groups = set(groups)
+    for item in overrides:
+        if item.startswith("-") or "=" not in item:
+            continue
+        key = item.split("=", 1)[0].split("@", 1)[0]
+        if key.startswith(("+", "~", "hydra")) or "/" in key or key in groups:
+            continue
+        schema: type | None = RootConfig
+        path = []
+        for part in key.split("."):
+            if schema is None:
+                break  # inside a plain value (a list or dict): Hydra checks the rest
+            names = [f.name for f in dataclasses.fields(schema)]
+            if part not in names:
+                close = difflib.get_close_matches(part, names, n=1)
+                hint = f"; did you mean {'.'.join([*path, close[0]])}?" if close else ""
+                where = ".".join(path) or "the top level"
+                raise UserError(f"unknown config key {key} (no {part!r} in {where}){hint}")
+            path.append(part)
+            schema = _child_schema(schema, part)
+
+
 def _unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
     """Keys of `node` that `schema` (a dataclass) does not declare, searched recursively."""
     import dataclasses
@@ -310,14 +357,7 @@ def _unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
         if key not in fields:
             unknown.append(prefix + str(key))
             continue
-        child_schema = GROUP_SCHEMAS.get(key) if schema is RootConfig else None
-        child_schema = child_schema or {
-            "augment": AugmentConfig,
-            "early_stop": EarlyStopConfig,
-            "bench": BenchConfig,
-            "holdout": HoldoutConfig,
-            "stats": StatsConfig,
-        }.get(key)
+        child_schema = _child_schema(schema, key)
         if child_schema is not None and isinstance(node[key], DictConfig):
             unknown.extend(_unknown_keys(node[key], child_schema, f"{prefix}{key}."))
     return unknown
@@ -333,8 +373,15 @@ def to_dataclass(cfg: DictConfig) -> RootConfig:
     unknown = _unknown_keys(cfg, RootConfig)
     if unknown:
         raise UserError(f"unknown config key(s) {', '.join(unknown)}; see conf/ and resnet_repro/config.py")
+    from omegaconf.errors import MissingMandatoryValue
+
     merged = OmegaConf.merge(OmegaConf.structured(RootConfig), cfg)
-    obj: Any = OmegaConf.to_object(merged)
+    try:
+        obj: Any = OmegaConf.to_object(merged)
+    except MissingMandatoryValue as e:
+        key = getattr(e, "full_key", None) or "a required value"
+        example = " (e.g. data.root=/path/to/imagenet)" if key == "data.root" else ""
+        raise UserError(f"{key} is required but not set: pass {key}=...{example}") from e
     assert isinstance(obj, RootConfig)
     return obj
 
@@ -437,6 +484,12 @@ def validate(cfg: RootConfig) -> None:
         )
     if t.keep_last_k < 0:
         raise UserError(f"trainer.keep_last_k={t.keep_last_k} must be >= 0")
+    if cfg.logging.log_every_steps <= 0:
+        raise UserError(
+            f"logging.log_every_steps={cfg.logging.log_every_steps} must be a positive number of steps"
+        )
+    if cfg.stabilizer.max_skips <= 0:
+        raise UserError(f"stabilizer.max_skips={cfg.stabilizer.max_skips} must be a positive number of steps")
     if t.preempt_check_steps <= 0:
         raise UserError(f"trainer.preempt_check_steps={t.preempt_check_steps} must be positive")
     import signal

@@ -12,11 +12,14 @@ import re
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from resnet_repro.config import UserError
+
+T = TypeVar("T")
 
 TORCHRUN_RANK_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 TORCHRUN_VARS = (*TORCHRUN_RANK_VARS, "MASTER_ADDR", "MASTER_PORT")
@@ -158,6 +161,26 @@ def broadcast_object(env: DistEnv, obj: object) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_or_none(env: DistEnv, fn: Callable[[], T]) -> T:
+    """fn() on every rank; a UserError on any rank is raised on all of them (naming the rank), so
+    no rank is left waiting in the next collective until the timeout while another has exited."""
+    value, error = None, None
+    try:
+        value = fn()
+    except UserError as e:
+        error = str(e)
+    if env.distributed:
+        errors: list[str | None] = [None] * env.world_size
+        dist.all_gather_object(errors, error)
+        failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
+        if failed:
+            rank, message = failed[0]
+            raise UserError(message if rank == env.rank or rank == 0 else f"(rank {rank}) {message}")
+    elif error is not None:
+        raise UserError(error)
+    return value  # type: ignore[return-value]
 
 
 def free_port() -> int:

@@ -272,9 +272,10 @@ def train_one_epoch(
 
         with autocast(device, cfg.trainer.precision):
             logits = model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=reg.label_smoothing)
-        if reg.l1 > 0:
-            loss = loss + l1_penalty(l1_params, reg.l1)
+            data_loss = F.cross_entropy(logits, labels, label_smoothing=reg.label_smoothing)
+        # the L1 penalty is optimized but not reported: the train loss stays comparable with the
+        # evaluation loss and the chance level
+        loss = data_loss + l1_penalty(l1_params, reg.l1) if reg.l1 > 0 else data_loss
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -307,11 +308,11 @@ def train_one_epoch(
         norms.append(grad_norm.detach())
         if guard.skipped_in_a_row == 0:  # a skipped step's non-finite loss stays out of the sums
             # device-side accumulation; a Python number as the operand is a kernel argument, not a copy
-            sums[0] += loss.detach().double() * labels.numel()
+            sums[0] += data_loss.detach().double() * labels.numel()
             sums[1] += (logits.detach().argmax(1) == labels).sum()
             sums[2] += labels.numel()
         if step % cfg.logging.log_every_steps == 0:
-            guard.remember(loss.item())
+            guard.remember(data_loss.item())
             parts.logger.scalar("train/step_loss", guard.history[-1], step)
             parts.logger.scalar("train/step_lr", lr, step)
         # never on the epoch's last batch: the epoch then ends normally (with its evaluation and
@@ -326,7 +327,10 @@ def train_one_epoch(
     distributed.all_reduce_sum(env, sums)
     loss_sum, correct, seen = sums.tolist()
     if seen == 0:
-        raise RuntimeError("the training epoch saw no images")
+        raise NonFiniteError(
+            f"every step of epoch {epoch + 1} was skipped as non-finite (stabilizer.nonfinite=skip); "
+            f"see {guard.report_path}"
+        )
     norm_values = torch.stack(norms).float().cpu()
     for i, value in enumerate(norm_values.tolist()):  # per-step gradient norm, written once per epoch
         parts.logger.scalar("train/grad_norm", value, step - len(norms) + i + 1)
@@ -449,11 +453,10 @@ def build_parts(
 def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -> dict[str, Any]:
     validate(cfg)
     t = cfg.trainer
-    if env.is_main:
-        splits = load_file_lists(cfg.data)  # rank 0 builds the demo data if needed
-    distributed.barrier(env)
-    if not env.is_main:
-        splits = load_file_lists(cfg.data)
+    # rank 0 first (it builds the demo data if needed), then the others; an error on any rank
+    # stops all of them at once
+    first = distributed.all_or_none(env, lambda: load_file_lists(cfg.data) if env.is_main else None)
+    splits = distributed.all_or_none(env, lambda: first if env.is_main else load_file_lists(cfg.data))
     norm, norm_warnings = resolve_normalization(cfg.data, splits, env, device)
 
     batch = per_device_batch(t, env.world_size)
@@ -483,10 +486,16 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
 
     start_epoch, step, epoch_step, stop_reason = 0, 0, 0, None
     # rank 0 decides (a node-local or stale view of the file system must not split the ranks)
-    resume_from = distributed.broadcast_object(env, resume_path(cfg, run_dir) if env.is_main else None)
+    decided = distributed.all_or_none(env, lambda: resume_path(cfg, run_dir) if env.is_main else None)
+    resume_from = distributed.broadcast_object(env, decided)
     if resume_from is not None:
-        state = checkpoint.load(resume_from)
-        _check_resumable(state, resume_from, derived)
+
+        def load_resumable() -> dict[str, Any]:
+            state = checkpoint.load(resume_from)
+            _check_resumable(state, resume_from, derived, cfg)
+            return state
+
+        state = distributed.all_or_none(env, load_resumable)
         try:
             net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -576,9 +585,12 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
     final: dict[str, Any] = {}
     try:
         for epoch in range(start_epoch, t.epochs if stop_reason is None else start_epoch):
-            # per-rank dropout-family randomness as a function of (seed, epoch, rank): a resumed
-            # run draws what the uninterrupted one would have, on every rank
-            torch.manual_seed((t.seed * 1_000_003 + epoch * 1009 + env.rank * 7919) % 2**63)
+            # per-rank dropout-family randomness as a function of (seed, epoch, rank): a run resumed
+            # at an epoch boundary draws what the uninterrupted one would have, on every rank; one
+            # resumed mid-epoch draws fresh numbers from its resume point (not a replay of the
+            # epoch's first steps)
+            mid = epoch_step if epoch == start_epoch else 0
+            torch.manual_seed((t.seed * 1_000_003 + epoch * 1009 + env.rank * 7919 + mid * 104_729) % 2**63)
             if net.dropblock_rate is not None:
                 net.dropblock_rate.set_epoch(epoch)
             loader = make_train_loader(
@@ -642,7 +654,7 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
             "stopped": stop_reason,
         }
         if env.is_main:
-            (run_dir / "final.json").write_text(json.dumps(final) + "\n")
+            checkpoint.write_text_atomic(run_dir / "final.json", json.dumps(final) + "\n")
         distributed.barrier(env)
     except NonFiniteError as e:
         raise UserError(str(e)) from e
@@ -665,9 +677,43 @@ def _log_epoch(cfg: RootConfig, epoch: int, train: dict[str, Any], evals: dict[s
     )
 
 
-def _check_resumable(state: dict[str, Any], path: Path, derived: Derived) -> None:
+def _flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def resume_config_changes(saved: dict[str, Any], cfg: RootConfig) -> list[str]:
+    """Settings whose state a resume takes from the checkpoint, changed on this command line:
+    the optimizer's (LR, momentum, weight decay are in its state), the LR schedule's (milestones,
+    warm-up; with cosine also the length of the run), as "key old -> new"."""
+    now = dataclasses.asdict(cfg)
+    keys = ["optim", "schedule", "stabilizer.warmup_epochs", "stabilizer.warmup_start_factor"]
+    if cfg.schedule.name == "cosine":
+        keys.append("trainer.epochs")
+    changes = []
+    for key in keys:
+        section, _, leaf = key.partition(".")
+        if section not in saved:
+            continue
+        old_values = _flat(saved[section], f"{section}.")
+        new_values = _flat(now[section], f"{section}.")
+        for k in sorted(new_values):
+            if (leaf and k != key) or k not in old_values:
+                continue
+            if old_values[k] != new_values[k]:
+                changes.append(f"{k} {old_values[k]} -> {new_values[k]}")
+    return changes
+
+
+def _check_resumable(state: dict[str, Any], path: Path, derived: Derived, cfg: RootConfig) -> None:
     """A checkpoint continues only the job it came from: same world size, global batch and steps
-    per epoch (the LR schedule and the data position are counted in those)."""
+    per epoch (the LR schedule and the data position are counted in those), and the same optimizer
+    and schedule settings (their state comes from the checkpoint: a change would be ignored)."""
     for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "epoch_step", "rng"):
         if key not in state:
             raise UserError(
@@ -685,6 +731,14 @@ def _check_resumable(state: dict[str, Any], path: Path, derived: Derived) -> Non
         raise UserError(
             f"checkpoint {path} belongs to a different job ({diff}); resume with the same processes and "
             "batch size, or start a new run directory (trainer.resume=never or another hydra.run.dir)"
+        )
+    changes = resume_config_changes(state["config"], cfg) if isinstance(state.get("config"), dict) else []
+    if changes:
+        raise UserError(
+            f"checkpoint {path} was trained with other optimizer/schedule settings ({'; '.join(changes[:4])}"
+            f"{'; ...' if len(changes) > 4 else ''}): resuming would keep the checkpoint's and ignore "
+            "the new ones; resume with the run's settings, or start a new run directory "
+            "(trainer.resume=never or another hydra.run.dir)"
         )
 
 
@@ -720,11 +774,12 @@ def _preempted(
             f"checkpoint {run_dir / 'checkpoints' / 'last.pt'}; "
             + (f"SLURM job {job} requeued" if requeued else "run the same command again to resume")
         )
-        (run_dir / "preempted.json").write_text(
+        checkpoint.write_text_atomic(
+            run_dir / "preempted.json",
             json.dumps(
                 {"signal": signal_name, "epoch": epoch, "epoch_step": epoch_step, "requeued": requeued}
             )
-            + "\n"
+            + "\n",
         )
     distributed.barrier(env)
     return {"preempted": True, "requeued": requeued}
@@ -735,7 +790,12 @@ def load_model_for_eval(
 ) -> nn.Module:
     """A training checkpoint of this tool (its own model config is used) or a plain state dict."""
     if "model" in state and "config" in state:
-        model_cfg = ModelConfig(**state["config"]["model"])
+        try:
+            model_cfg = ModelConfig(**state["config"]["model"])
+        except (TypeError, KeyError) as e:
+            raise UserError(
+                f"checkpoint {path} describes its model with settings this version does not know ({e})"
+            ) from e
         weights = state["model"]
     else:
         model_cfg, weights = cfg.model, state
@@ -780,7 +840,8 @@ def eval_config(cfg: RootConfig, saved: dict[str, Any] | None, explicit: set[str
             OmegaConf.update(merged, key[len("data.") :], OmegaConf.select(composed, key[len("data.") :]))
         data = OmegaConf.to_object(merged)
         assert isinstance(data, DataConfig)
-    precision = cfg.trainer.precision if "trainer.precision" in explicit else saved["trainer"]["precision"]
+    run_precision = saved.get("trainer", {}).get("precision", cfg.trainer.precision)
+    precision = cfg.trainer.precision if "trainer.precision" in explicit else run_precision
     out = dataclasses.replace(cfg, data=data, trainer=dataclasses.replace(cfg.trainer, precision=precision))
     source = "the command line" if whole_data else "the checkpoint's run"
     note = (

@@ -123,3 +123,27 @@ def stats_worker(root: str, out_dir: str) -> None:
         )
     finally:
         distributed.teardown()
+
+
+def failing_on_one_rank_worker(out_dir: str, failing_rank: int) -> None:
+    """`all_or_none` with a UserError on one rank: every rank must get it (and none wait)."""
+    from resnet_repro.config import UserError
+
+    env = distributed.detect()
+    distributed.init(env, torch.device("cpu"), timeout_s=60)
+    try:
+
+        def work() -> int:
+            if env.rank == failing_rank:
+                raise UserError("data.root=/nope does not exist")
+            return env.rank
+
+        try:
+            distributed.all_or_none(env, work)
+            outcome = "no error"
+        except UserError as e:
+            outcome = str(e)
+        distributed.barrier(env)  # a rank left behind would hang here, not pass
+        Path(out_dir, f"rank{env.rank}.txt").write_text(outcome)
+    finally:
+        distributed.teardown()

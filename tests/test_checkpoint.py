@@ -202,3 +202,50 @@ def test_rng_state_survives_a_safe_checkpoint_save_and_load(tmp_path):
     checkpoint.set_rng_state(checkpoint.load(path)["rng"])
 
     assert _draw() == first
+
+
+def test_checkpoints_and_run_files_get_the_permissions_of_a_plain_file(tmp_path):
+    import os
+    import stat
+
+    from resnet_repro import checkpoint
+
+    old = os.umask(0o022)
+    try:
+        checkpoint.save_atomic({"x": torch.zeros(1)}, tmp_path / "last.pt")
+        checkpoint.write_text_atomic(tmp_path / "final.json", "{}\n")
+    finally:
+        os.umask(old)
+    for name in ("last.pt", "final.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644  # group can read, as with open()
+    assert (tmp_path / "final.json").read_text() == "{}\n"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resume_refuses_changed_optimizer_or_schedule_settings_and_names_them():
+    import dataclasses
+
+    from resnet_repro.config import OptimConfig, RootConfig, ScheduleConfig, StabilizerConfig, TrainerConfig
+    from resnet_repro.train import resume_config_changes
+
+    run = RootConfig(
+        optim=OptimConfig(lr_per_256=0.1),
+        schedule=ScheduleConfig(name="cosine"),
+        trainer=TrainerConfig(epochs=10),
+    )
+    saved = dataclasses.asdict(run)
+    assert resume_config_changes(saved, run) == []
+    changed = dataclasses.replace(
+        run,
+        optim=OptimConfig(lr_per_256=0.05),
+        trainer=TrainerConfig(epochs=20),
+        stabilizer=StabilizerConfig(warmup_epochs=2.0, max_norm=1.0),
+    )
+    assert resume_config_changes(saved, changed) == [
+        "optim.lr_per_256 0.1 -> 0.05",
+        "stabilizer.warmup_epochs 0.0 -> 2.0",
+        "trainer.epochs 10 -> 20",  # the cosine length is in the scheduler's state
+    ]  # the max norm is read every step: changing it on resume is allowed
+    step_run = dataclasses.replace(run, schedule=ScheduleConfig(name="step"))
+    longer = dataclasses.replace(step_run, trainer=TrainerConfig(epochs=20))
+    assert resume_config_changes(dataclasses.asdict(step_run), longer) == []  # milestones are absolute

@@ -98,3 +98,42 @@ def test_console_script_prints_no_traceback_for_a_bad_value(demo_root: Path):
     )
     assert proc.returncode == 2
     assert one_error_line(proc.stderr).startswith("resnet-repro: error: trainer.batch_size=0")
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("trainer.epochs_x=3", "did you mean trainer.epochs?"),
+        ("data.augment.hflp=true", "did you mean data.augment.hflip?"),
+        ("epochs=3", "unknown config key epochs"),
+    ],
+)
+def test_a_misspelt_config_key_is_one_line_with_the_closest_real_key(override: str, expected: str, capsys):
+    code, err = run_main(["train", override], capsys)
+    assert code == 2
+    assert expected in one_error_line(err)
+
+
+def test_group_choices_hydra_keys_and_sweeps_pass_the_key_check():
+    from resnet_repro.config import check_override_keys
+
+    check_override_keys(
+        [
+            "-m",
+            "data=imagenet",
+            "data/augment=light",
+            "experiment=imagenet_paper",
+            "hydra.run.dir=/tmp/x",
+            "stabilizer.max_norm=null,2",
+            "+optim.betas=[0.9,0.99]",
+            "data.augment.scale=[0.1,1.0]",
+        ],
+        groups=["data", "experiment", "hydra"],
+    )
+
+
+def test_an_unset_required_data_root_is_one_line_naming_the_key(capsys):
+    code, err = run_main(["train", "experiment=imagenet_paper"], capsys)
+    assert code == 2
+    line = one_error_line(err)
+    assert "data.root is required" in line and "data.root=" in line

@@ -201,3 +201,11 @@ def test_two_rank_stats_equal_the_one_rank_result_exactly(generated: Path, tmp_p
     single = json.loads((one / "rank0.json").read_text())
     for rank in (0, 1):
         assert json.loads((two / f"rank{rank}.json").read_text()) == single
+
+
+def test_a_user_error_on_one_rank_reaches_every_rank_instead_of_a_hang(tmp_path: Path):
+    distributed.launch_local(2, ddp_workers.failing_on_one_rank_worker, str(tmp_path), 1)
+    rank0 = (tmp_path / "rank0.txt").read_text()
+    rank1 = (tmp_path / "rank1.txt").read_text()
+    assert rank1 == "data.root=/nope does not exist"
+    assert rank0 == "(rank 1) data.root=/nope does not exist"

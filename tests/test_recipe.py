@@ -355,3 +355,37 @@ def test_early_stopping_triggers_on_a_plateau_and_names_the_reason():
     loss_stopper = EarlyStopper(EarlyStopConfig(patience=1, metric="loss"))
     assert loss_stopper.update({"loss": 1.0}) is None and loss_stopper.update({"loss": 0.5}) is None
     assert loss_stopper.update({"loss": 0.7}) is not None
+
+
+def test_reported_train_loss_is_the_cross_entropy_without_the_l1_penalty(tmp_path: Path):
+    data = batches(1)
+    reported = {}
+    for l1 in (0.0, 10.0):  # a penalty far larger than the loss itself
+        cfg = tiny_cfg()
+        cfg.optim.lr_per_256 = 1e-12  # no visible update: both runs see the same weights
+        cfg.regularization.l1 = l1
+        parts = make_parts(Tiny(), cfg, tmp_path)
+        metrics, _, _ = train_one_epoch(
+            parts, data, cfg, DistEnv(), torch.device("cpu"), lambda *_: None, epoch=0, step=0, epoch_step=0
+        )
+        parts.interrupts.close()
+        reported[l1] = metrics["loss"]
+    assert reported[10.0] == pytest.approx(reported[0.0], rel=1e-6)
+
+
+def test_an_epoch_whose_every_step_was_skipped_stops_with_a_clear_error(tmp_path: Path):
+    cfg = tiny_cfg(nonfinite="skip", max_skips=100)
+    parts = make_parts(Tiny(nan_at=1), cfg, tmp_path)
+    with pytest.raises(NonFiniteError, match="every step of epoch 1 was skipped"):
+        train_one_epoch(
+            parts,
+            batches(1),
+            cfg,
+            DistEnv(),
+            torch.device("cpu"),
+            lambda *_: None,
+            epoch=0,
+            step=0,
+            epoch_step=0,
+        )
+    parts.interrupts.close()
