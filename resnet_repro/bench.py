@@ -193,11 +193,46 @@ def bench_loop_overhead(cfg: RootConfig, device: torch.device, run_dir: Path) ->
     return {"bare_img_per_s": bare_rate, "runner_img_per_s": our_rate, "overhead_ratio": bare_rate / our_rate}
 
 
+def bench_stats(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
+    """The normalization-statistics pass against decoding alone: same files, reader, decoder and
+    resize (data.stats.resize), the same threads; decode-only and stats passes interleaved."""
+    from resnet_repro.data import stats
+    from resnet_repro.data.normalization import stats_decoder
+
+    b, d = cfg.bench, cfg.data
+    files, _ = _repeated_files(cfg, b.min_images)
+    decoder = stats_decoder(d)
+
+    def one_pass(decode_only: bool) -> int:
+        common = dict(resize_shorter=d.stats.resize, num_threads=d.num_threads, batch_size=d.stats.batch_size)
+        if decoder == "dali":
+            _, n = stats.stream(files, device=device, decode_only=decode_only, **common)
+        else:
+            _, n = stats.stream_torchvision(files, decoder=decoder, decode_only=decode_only, **common)
+        return n
+
+    one_pass(True), one_pass(False)  # warm-up: file cache, thread pools
+    decode_rates, stats_rates = [], []
+    for _ in range(b.trials):  # interleaved, so drift in machine speed hits both alike
+        decode_rates += _timed_trials(lambda: one_pass(True), device, 1)
+        stats_rates += _timed_trials(lambda: one_pass(False), device, 1)
+    decode_rate, stats_rate = statistics.median(decode_rates), statistics.median(stats_rates)
+    return {
+        "decoder": decoder,
+        "resize_shorter": d.stats.resize,
+        "decode_img_per_s": decode_rate,
+        "stats_img_per_s": stats_rate,
+        "stats_vs_decode": stats_rate / decode_rate,
+        "images_per_trial": len(files),
+    }
+
+
 _BENCHES: dict[str, Callable[[RootConfig, torch.device, Path], dict[str, Any]]] = {
     "model": bench_model,
     "data": bench_data,
     "train": bench_train,
     "loop-overhead": bench_loop_overhead,
+    "stats": bench_stats,
 }
 
 

@@ -25,7 +25,7 @@ commands:
   verify-data data.root=DIR      count images per split and class, decode every image, report problems
   stats [data overrides]         train-only per-channel mean/std -> stats file beside the data; prints JSON
   report MULTIRUN_DIR            table (markdown + CSV), plot and TensorBoard hparams of a sweep
-  bench MODE [overrides]         throughput: model | data | train | loop-overhead; prints a table + JSON
+  bench MODE [overrides]         throughput: model | data | train | loop-overhead | stats; table + JSON
 
 examples:
   {PROG} train
@@ -255,7 +255,7 @@ def _bench(dcfg: DictConfig) -> None:
 
 def _bench_command(args: list[str]) -> None:
     if not args or "=" in args[0]:
-        _fail("bench needs a mode first: resnet-repro bench model|data|train|loop-overhead [overrides]")
+        _fail("bench needs a mode first: resnet-repro bench model|data|train|loop-overhead|stats [overrides]")
     _hydra_command(_bench, [f"bench.mode={args[0]}", "name=bench", *args[1:]])
 
 

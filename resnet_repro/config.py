@@ -242,7 +242,7 @@ class LoggingConfig:
 class BenchConfig:
     """Read only by `resnet-repro bench <mode>`."""
 
-    mode: str = "model"
+    mode: str = "model"  # model | data | train | loop-overhead | stats
     # untimed steps first (warm-up; includes torch.compile's compile)
     warmup: int = 5
     # timed steps per trial (model, loop-overhead)

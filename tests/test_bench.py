@@ -30,7 +30,7 @@ def tiny(mode: str, root: Path, tmp_path: Path) -> RootConfig:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["model", "data", "train", "loop-overhead"])
+@pytest.mark.parametrize("mode", ["model", "data", "train", "loop-overhead", "stats"])
 def test_each_bench_mode_measures_and_writes_json(mode: str, demo_root: Path, tmp_path: Path):
     record = run_bench(tiny(mode, demo_root, tmp_path), tmp_path)
     written = json.loads((tmp_path / f"{mode}.json").read_text())
@@ -43,6 +43,11 @@ def test_each_bench_mode_measures_and_writes_json(mode: str, demo_root: Path, tm
         )
     if mode == "train":
         assert 0.0 <= written["data_wait_fraction"] <= 1.0
+    if mode == "stats":
+        assert written["decoder"] == "dali" and written["images_per_trial"] >= 64
+        assert written["stats_vs_decode"] == pytest.approx(
+            written["stats_img_per_s"] / written["decode_img_per_s"]
+        )
     assert mode in format_table(record)
 
 

@@ -63,12 +63,17 @@ def stats_path(cfg: DataConfig, fingerprint: str) -> Path:
     return path.with_name(path.stem + suffix + path.suffix)
 
 
+def stats_decoder(cfg: DataConfig) -> str:
+    """Decode for the statistics as the run's input pipeline does: DALI, or the torchvision
+    backend's decoder (which needs no DALI)."""
+    return cfg.decoder if cfg.backend == "torchvision" else "dali"
+
+
 def compute_record(cfg: DataConfig, splits: Splits, env: DistEnv, device: torch.device) -> stats.StatsRecord:
     """One pass over the selection (or its stratified sample), split across ranks, sums merged."""
     import importlib.util
 
-    # decode as the run's input pipeline does: DALI, or the torchvision backend's decoder
-    decoder = cfg.decoder if cfg.backend == "torchvision" else "dali"
+    decoder = stats_decoder(cfg)
     if decoder == "dali" and importlib.util.find_spec("nvidia.dali") is None:
         raise UserError(
             "computing normalization statistics with data.backend=dali needs NVIDIA DALI, which is not "
