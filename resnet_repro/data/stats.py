@@ -496,23 +496,36 @@ def stream_torchvision(
     batch_size: int,
     decode_only: bool = False,
 ) -> tuple[PartialSums, int]:
-    """The statistics pass without DALI: torchvision's decoders in `num_threads` threads (they
-    release the GIL while decoding), exact sums on the host with the same numpy kernel."""
+    """The statistics pass without DALI: each of `num_threads` threads decodes an image with
+    torchvision's decoder and reduces it with its own copy of the numpy kernel (both release the
+    GIL), so decoding and summing overlap; the exact per-image sums are merged in order."""
+    import threading
+
     if decoder not in ("pil", "decode_jpeg"):
         raise UserError(f"data.decoder={decoder!r} is not pil or decode_jpeg")
+    local = threading.local()
+
+    def one(path: str) -> tuple[np.ndarray, list[int], int] | None:
+        image = _torchvision_image(path, decoder, resize_shorter)
+        if decode_only:
+            return None
+        if not hasattr(local, "reducer"):
+            local.reducer = _HostReducer()
+        sums = local.reducer.add_image(image)
+        return sums, local.reducer.take_squares(), image.shape[0] * image.shape[1]
+
     acc = _Accumulator()
-    reducer = _HostReducer()
     done = 0
     with ThreadPoolExecutor(max_workers=num_threads) as pool:
         for start in range(0, len(files), batch_size):
-            chunk = files[start : start + batch_size]
-            images = list(pool.map(lambda f: _torchvision_image(f, decoder, resize_shorter), chunk))
-            done += len(images)
+            results = list(pool.map(one, files[start : start + batch_size]))
+            done += len(results)
             if decode_only:
                 continue
-            sums = np.stack([reducer.add_image(im) for im in images])
-            shape = np.array([im.shape for im in images], dtype=np.int64)
-            acc.add(sums, reducer.take_squares(), shape[:, 0] * shape[:, 1])
+            sums = np.stack([r[0] for r in results])  # type: ignore[index]
+            squares = [sum(r[1][c] for r in results) for c in range(3)]  # type: ignore[index]
+            pixels = np.array([r[2] for r in results], dtype=np.int64)  # type: ignore[index]
+            acc.add(sums, squares, pixels)
     return acc.result(), done
 
 
