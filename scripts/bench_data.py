@@ -1,7 +1,7 @@
 """Images per second of the training input pipeline alone: DALI vs torchvision (PIL, decode_jpeg).
 
     .venv/bin/python scripts/bench_data.py [--root DIR] [--split train] [--repeat 4] [--trials 3]
-        [--threads 2] [--batch-size 64] [--device cpu|cuda] [--json out.json]
+        [--threads 2] [--batch-size 64] [--device cpu|cuda] [--json out.json] [--dali-stages]
 
 Every backend runs the paper's training transform (RandomResizedCrop 224, horizontal flip, normalize)
 over the folder's images repeated `--repeat` times, in batches of `--batch-size`, with `--threads`
@@ -87,6 +87,61 @@ def one_pass(loader, args: argparse.Namespace) -> dict[str, float]:
     return {"images": n, "steady_img_s": steady, "pass_img_s": n / wall, "cpu_ms_per_img": 1e3 * cpu / n}
 
 
+STAGES = ("decode+crop", "+resize", "+resize (no antialias)", "+resize+normalize")
+
+
+def dali_stages(files: list[str], labels: list[int], args: argparse.Namespace) -> dict[str, float]:
+    """Where DALI's CPU time goes: the training graph cut after each stage (pipeline.run() img/s,
+    no iterator), plus the resize without antialiasing for scale."""
+    import statistics
+
+    from nvidia.dali import fn, pipeline_def, types
+
+    size = [args.image_size, args.image_size]
+
+    def graph(stage: str):
+        jpegs, label = fn.readers.file(files=files, labels=labels, random_shuffle=False)
+        images = fn.decoders.image_random_crop(
+            jpegs,
+            device="cpu",
+            output_type=types.RGB,
+            random_area=[0.08, 1.0],
+            random_aspect_ratio=[0.75, 4 / 3],
+        )
+        if stage != "decode+crop":
+            aa = stage != "+resize (no antialias)"
+            images = fn.resize(images, size=size, interp_type=types.INTERP_LINEAR, antialias=aa)
+        if stage == "+resize+normalize":
+            images = fn.crop_mirror_normalize(
+                images,
+                dtype=types.FLOAT,
+                output_layout="CHW",
+                crop=size,
+                mean=[m * 255 for m in IMAGENET_MEAN],
+                std=[v * 255 for v in IMAGENET_STD],
+                mirror=fn.random.coin_flip(probability=0.5),
+            )
+        return images, label
+
+    per_pass = len(files) // args.batch_size
+    pipes = {}
+    for stage in STAGES:
+        pipes[stage] = pipeline_def(graph)(
+            stage, batch_size=args.batch_size, num_threads=args.threads, device_id=None, seed=0
+        )
+        pipes[stage].build()
+        for _ in range(per_pass):  # warm-up
+            pipes[stage].run()
+    rates: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    for _ in range(args.trials):
+        for stage in STAGES:
+            t0 = time.perf_counter()
+            for _ in range(per_pass):
+                pipes[stage].run()
+            rates[stage].append(per_pass * args.batch_size / (time.perf_counter() - t0))
+    return {stage: statistics.median(r) for stage, r in rates.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", default=str(DEFAULT_ROOT), help="folder in the ImageNet layout")
@@ -100,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated subset of {BACKENDS}")
     p.add_argument("--settle", type=float, default=2.0, help="seconds of quiet after each pass")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--dali-stages", action="store_true", help="also time DALI's CPU graph stage by stage")
     args = p.parse_args(argv)
 
     backends = [b for b in args.backends.split(",") if b]
@@ -166,9 +222,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['cpu_ms_per_img']:>11.1f}"
         )
     print(f"1-min load average during the trials: {', '.join(f'{x:.1f}' for x in load)}")
+    stages = None
+    if args.dali_stages:
+        stages = dali_stages(files, labels, args)
+        print("DALI CPU graph cut after each stage (pipeline.run, median img/s):")
+        for stage, rate in stages.items():
+            print(f"  {stage:<24} {rate:>6.0f}")
     if args.json:
         out = {"config": {k: v for k, v in vars(args).items() if k != "json"}, "images_per_pass": len(files)}
-        out.update(results=rows, load_average=load)
+        out.update(results=rows, load_average=load, dali_stages=stages)
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
