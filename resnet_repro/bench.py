@@ -196,12 +196,18 @@ def bench_loop_overhead(cfg: RootConfig, device: torch.device, run_dir: Path) ->
 def bench_stats(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
     """The normalization-statistics pass against decoding alone: same files, reader, decoder and
     resize (data.stats.resize), the same threads; decode-only and stats passes interleaved."""
+    import importlib.util
+
     from resnet_repro.data import stats
     from resnet_repro.data.normalization import stats_decoder
 
     b, d = cfg.bench, cfg.data
-    files, _ = _repeated_files(cfg, b.min_images)
     decoder = stats_decoder(d)
+    if decoder == "dali" and importlib.util.find_spec("nvidia.dali") is None:
+        raise UserError(
+            "bench stats with data.backend=dali needs NVIDIA DALI; or pass data.backend=torchvision"
+        )
+    files, _ = _repeated_files(cfg, b.min_images)
 
     def one_pass(decode_only: bool) -> int:
         common = dict(resize_shorter=d.stats.resize, num_threads=d.num_threads, batch_size=d.stats.batch_size)

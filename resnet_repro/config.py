@@ -484,6 +484,8 @@ def validate(cfg: RootConfig) -> None:
         )
     if t.keep_last_k < 0:
         raise UserError(f"trainer.keep_last_k={t.keep_last_k} must be >= 0")
+    if d.stats.resize is not None and d.stats.resize < 1:
+        raise UserError(f"data.stats.resize={d.stats.resize} must be a positive size in pixels or null")
     if cfg.logging.log_every_steps <= 0:
         raise UserError(
             f"logging.log_every_steps={cfg.logging.log_every_steps} must be a positive number of steps"

@@ -692,7 +692,14 @@ def resume_config_changes(saved: dict[str, Any], cfg: RootConfig) -> list[str]:
     the optimizer's (LR, momentum, weight decay are in its state), the LR schedule's (milestones,
     warm-up; with cosine also the length of the run), as "key old -> new"."""
     now = dataclasses.asdict(cfg)
-    keys = ["optim", "schedule", "stabilizer.warmup_epochs", "stabilizer.warmup_start_factor"]
+    # only the fields the chosen schedule reads (a plateau patience under the step schedule is inert)
+    used = {
+        "step": ["milestones", "gamma"],
+        "cosine": ["final_lr_factor"],
+        "plateau": ["patience", "factor"],
+    }.get(cfg.schedule.name, [])
+    keys = ["optim", "schedule.name", *(f"schedule.{k}" for k in used)]
+    keys += ["stabilizer.warmup_epochs", "stabilizer.warmup_start_factor"]
     if cfg.schedule.name == "cosine":
         keys.append("trainer.epochs")
     changes = []

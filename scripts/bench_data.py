@@ -91,8 +91,8 @@ STAGES = ("decode+crop", "+resize", "+resize (no antialias)", "+resize+normalize
 
 
 def dali_stages(files: list[str], labels: list[int], args: argparse.Namespace) -> dict[str, float]:
-    """Where DALI's CPU time goes: the training graph cut after each stage (pipeline.run() img/s,
-    no iterator), plus the resize without antialiasing for scale."""
+    """Where DALI's CPU time goes: the training graph cut after each stage (synchronous
+    pipeline.run() img/s, no iterator), plus the resize without antialiasing for scale."""
     import statistics
 
     from nvidia.dali import fn, pipeline_def, types
@@ -126,8 +126,17 @@ def dali_stages(files: list[str], labels: list[int], args: argparse.Namespace) -
     per_pass = len(files) // args.batch_size
     pipes = {}
     for stage in STAGES:
+        # synchronous (no batch computed ahead): with four pipelines timed in turn, a prefetched
+        # batch would be credited to the next pass and compete with the next stage's timing
         pipes[stage] = pipeline_def(graph)(
-            stage, batch_size=args.batch_size, num_threads=args.threads, device_id=None, seed=0
+            stage,
+            batch_size=args.batch_size,
+            num_threads=args.threads,
+            device_id=None,
+            seed=0,
+            exec_pipelined=False,
+            exec_async=False,
+            prefetch_queue_depth=1,
         )
         pipes[stage].build()
         for _ in range(per_pass):  # warm-up

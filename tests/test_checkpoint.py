@@ -249,3 +249,9 @@ def test_resume_refuses_changed_optimizer_or_schedule_settings_and_names_them():
     step_run = dataclasses.replace(run, schedule=ScheduleConfig(name="step"))
     longer = dataclasses.replace(step_run, trainer=TrainerConfig(epochs=20))
     assert resume_config_changes(dataclasses.asdict(step_run), longer) == []  # milestones are absolute
+    inert = dataclasses.replace(step_run, schedule=ScheduleConfig(name="step", patience=2))
+    assert resume_config_changes(dataclasses.asdict(step_run), inert) == []  # plateau-only field
+    moved = dataclasses.replace(step_run, schedule=ScheduleConfig(name="step", milestones=[5, 8]))
+    assert resume_config_changes(dataclasses.asdict(step_run), moved) == [
+        "schedule.milestones [30, 60] -> [5, 8]"
+    ]

@@ -127,6 +127,9 @@ def test_validate_accepts_the_default_config_with_each_precision(default_cfg):
         ("data.augment.scale=[0.9,0.1]", "data.augment.scale=[0.9, 0.1]"),
         ("stabilizer.max_norm=0", "stabilizer.max_norm=0"),
         ("trainer.resume=somewhere", "trainer.resume='somewhere'"),
+        ("data.stats.resize=0", "data.stats.resize=0"),
+        ("logging.log_every_steps=0", "logging.log_every_steps=0"),
+        ("stabilizer.max_skips=0", "stabilizer.max_skips=0"),
     ],
 )
 def test_validate_names_the_bad_value(default_cfg, override, named):

@@ -473,6 +473,8 @@ def test_stats_file_round_trips_atomically_beside_the_data(dataset):
     assert data["split"] == "train" and data["holdout"] == {"size": 0.1, "seed": 3}
     assert data["version"] and data["num_images"] == 4 and data["mean_stderr"] is None
     assert list_split(dataset, "train").files == train.files  # the hidden folder is not a split/class
+    # readable by other users of a shared dataset copy, as a plain file would be (umask permitting)
+    assert path.stat().st_mode & 0o044 == 0o644 & 0o044 & ~_umask()
 
     with pytest.raises(UserError, match="does not exist; compute it with `resnet-repro stats`"):
         read_stats_file(dataset / "missing.json")
@@ -485,6 +487,14 @@ def test_stats_file_round_trips_atomically_beside_the_data(dataset):
     with pytest.raises(UserError, match="lacks fingerprint"):
         read_stats_file(bad)
     bad.unlink()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @pytest.mark.skipif(not SAMPLE_ROOT.is_dir(), reason=f"real ImageNet sample not present at {SAMPLE_ROOT}")

@@ -85,15 +85,19 @@ def compute_record(cfg: DataConfig, splits: Splits, env: DistEnv, device: torch.
     if cfg.stats.max_images is not None and cfg.stats.max_images < len(selection):
         images = stats.stratified_sample(selection, cfg.stats.max_images, cfg.stats.seed)
     start = time.perf_counter()
-    sums = stats.compute_stats(
-        list(images.files),
-        resize_shorter=cfg.stats.resize,
-        num_threads=cfg.num_threads,
-        batch_size=cfg.stats.batch_size,
-        device=device,
-        shard_id=env.rank,
-        num_shards=env.world_size,
-        decoder=decoder,
+    # an undecodable image in one rank's shard stops every rank (not a hang in the all-reduce)
+    sums = distributed.all_or_none(
+        env,
+        lambda: stats.compute_stats(
+            list(images.files),
+            resize_shorter=cfg.stats.resize,
+            num_threads=cfg.num_threads,
+            batch_size=cfg.stats.batch_size,
+            device=device,
+            shard_id=env.rank,
+            num_shards=env.world_size,
+            decoder=decoder,
+        ),
     )
     if env.distributed:
         ints, floats = sums.to_arrays()

@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -379,9 +378,7 @@ def stream(
     if batch_size < 1 or num_threads < 1:
         raise UserError(f"batch_size={batch_size} and num_threads={num_threads} must be positive")
     if resize_shorter is not None and resize_shorter < 1:
-        raise UserError(
-            f"data.stats.resize_shorter={resize_shorter} must be a positive size in pixels or null"
-        )
+        raise UserError(f"data.stats.resize={resize_shorter} must be a positive size in pixels or null")
     files = [str(f) for f in files]
     if not files:
         return PartialSums(), 0
@@ -555,9 +552,7 @@ def compute_stats(
     idx = sharding.eval_indices(len(files), rank=shard_id, world_size=num_shards)
     if decoder != "dali":
         if resize_shorter is not None and resize_shorter < 1:
-            raise UserError(
-                f"data.stats.resize_shorter={resize_shorter} must be a positive size in pixels or null"
-            )
+            raise UserError(f"data.stats.resize={resize_shorter} must be a positive size in pixels or null")
         sums, _ = stream_torchvision(
             [str(files[i]) for i in idx],
             decoder=decoder,
@@ -655,20 +650,14 @@ def default_stats_path(root: str | os.PathLike, fingerprint: str) -> Path:
 
 def write_stats_file(path: str | os.PathLike, record: StatsRecord) -> Path:
     """Write atomically (temporary file in the same folder, then rename): a reader never sees half a file."""
+    from resnet_repro.checkpoint import write_text_atomic
+
     path = Path(path).expanduser()
     text = json.dumps(dataclasses.asdict(record), indent=1) + "\n"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # atomic, and readable by the group like a plain file: other users of a shared dataset
+        # copy read the same stats file
+        write_text_atomic(path, text)
     except PermissionError as e:
         raise UserError(
             f"cannot write the stats file {path} (permission denied); set data.stats.path to a writable file"
@@ -682,6 +671,11 @@ def read_stats_file(path: str | os.PathLike) -> StatsRecord:
         raise UserError(f"stats file {path} does not exist; compute it with `resnet-repro stats`")
     try:
         data = json.loads(path.read_text())
+    except PermissionError as e:
+        raise UserError(
+            f"stats file {path} is not readable (permission denied); ask its owner to make it readable, "
+            "or set data.stats.path to a file of your own"
+        ) from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(
             f"stats file {path} is not valid JSON ({e}); recompute with `resnet-repro stats`"
