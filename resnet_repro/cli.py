@@ -129,7 +129,7 @@ def _override_keys() -> set[str]:
 
 
 def _eval(dcfg: DictConfig) -> None:
-    from resnet_repro.train import evaluate_checkpoint
+    from resnet_repro.eval_checkpoint import evaluate_checkpoint
 
     try:
         cfg = to_dataclass(dcfg)

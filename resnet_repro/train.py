@@ -22,7 +22,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from resnet_repro import __version__, checkpoint, distributed
 from resnet_repro.config import (
     DataConfig,
-    ModelConfig,
     RootConfig,
     UserError,
     per_device_batch,
@@ -48,6 +47,7 @@ from resnet_repro.metrics import (
 )
 from resnet_repro.models import build_model
 from resnet_repro.optim import build_optimizer, l1_penalty, l1_weights, peak_lr, summarize_groups
+from resnet_repro.resume import check_resumable, resume_path
 from resnet_repro.schedule import LRSchedule, build_scheduler
 from resnet_repro.stabilizers import (
     EarlyStopper,
@@ -142,19 +142,6 @@ def make_train_loader(
 
 
 # ------------------------------------------------------------------------------------------- resume
-def resume_path(cfg: RootConfig, run_dir: Path) -> Path | None:
-    mode = cfg.trainer.resume
-    if mode == "never":
-        return None
-    if mode == "auto":
-        last = run_dir / "checkpoints" / "last.pt"
-        return last if last.is_file() else None
-    path = Path(mode).expanduser()
-    if not path.is_file():
-        raise UserError(f"trainer.resume={mode}: no such checkpoint file")
-    return path
-
-
 def training_state(parts: Parts, cfg: RootConfig, epoch: int, step: int, epoch_step: int) -> dict[str, Any]:
     return {
         "model": parts.net.state_dict(),
@@ -492,7 +479,7 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
 
         def load_resumable() -> dict[str, Any]:
             state = checkpoint.load(resume_from)
-            _check_resumable(state, resume_from, derived, cfg)
+            check_resumable(state, resume_from, derived, cfg)
             return state
 
         state = distributed.all_or_none(env, load_resumable)
@@ -677,78 +664,6 @@ def _log_epoch(cfg: RootConfig, epoch: int, train: dict[str, Any], evals: dict[s
     )
 
 
-def _flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def resume_config_changes(saved: dict[str, Any], cfg: RootConfig) -> list[str]:
-    """Settings whose state a resume takes from the checkpoint, changed on this command line:
-    the optimizer's (LR, momentum, weight decay are in its state), the LR schedule's (milestones,
-    warm-up; with cosine also the length of the run), as "key old -> new"."""
-    now = dataclasses.asdict(cfg)
-    # only the fields the chosen schedule reads (a plateau patience under the step schedule is inert)
-    used = {
-        "step": ["milestones", "gamma"],
-        "cosine": ["final_lr_factor"],
-        "plateau": ["patience", "factor"],
-    }.get(cfg.schedule.name, [])
-    keys = ["optim", "schedule.name", *(f"schedule.{k}" for k in used)]
-    keys += ["stabilizer.warmup_epochs", "stabilizer.warmup_start_factor"]
-    if cfg.schedule.name == "cosine":
-        keys.append("trainer.epochs")
-    changes = []
-    for key in keys:
-        section, _, leaf = key.partition(".")
-        if section not in saved:
-            continue
-        old_values = _flat(saved[section], f"{section}.")
-        new_values = _flat(now[section], f"{section}.")
-        for k in sorted(new_values):
-            if (leaf and k != key) or k not in old_values:
-                continue
-            if old_values[k] != new_values[k]:
-                changes.append(f"{k} {old_values[k]} -> {new_values[k]}")
-    return changes
-
-
-def _check_resumable(state: dict[str, Any], path: Path, derived: Derived, cfg: RootConfig) -> None:
-    """A checkpoint continues only the job it came from: same world size, global batch and steps
-    per epoch (the LR schedule and the data position are counted in those), and the same optimizer
-    and schedule settings (their state comes from the checkpoint: a change would be ignored)."""
-    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "epoch_step", "rng"):
-        if key not in state:
-            raise UserError(
-                f"checkpoint {path} is not a training checkpoint of this tool (no {key!r}); "
-                "to evaluate weights use `resnet-repro eval checkpoint=...`"
-            )
-    job = state.get("job")
-    now = {
-        "world_size": derived.world_size,
-        "global_batch": derived.global_batch,
-        "steps_per_epoch": derived.steps_per_epoch,
-    }
-    if job is not None and job != now:
-        diff = ", ".join(f"{k} {job[k]} -> {now[k]}" for k in now if job.get(k) != now[k])
-        raise UserError(
-            f"checkpoint {path} belongs to a different job ({diff}); resume with the same processes and "
-            "batch size, or start a new run directory (trainer.resume=never or another hydra.run.dir)"
-        )
-    changes = resume_config_changes(state["config"], cfg) if isinstance(state.get("config"), dict) else []
-    if changes:
-        raise UserError(
-            f"checkpoint {path} was trained with other optimizer/schedule settings ({'; '.join(changes[:4])}"
-            f"{'; ...' if len(changes) > 4 else ''}): resuming would keep the checkpoint's and ignore "
-            "the new ones; resume with the run's settings, or start a new run directory "
-            "(trainer.resume=never or another hydra.run.dir)"
-        )
-
-
 def _warn_if_not_learning(cfg: RootConfig, epoch: int, train_loss: float, num_classes: int) -> None:
     st = cfg.stabilizer
     if st.loss_warn_after_epochs is None or epoch + 1 != st.loss_warn_after_epochs:
@@ -790,102 +705,3 @@ def _preempted(
         )
     distributed.barrier(env)
     return {"preempted": True, "requeued": requeued}
-
-
-def load_model_for_eval(
-    cfg: RootConfig, state: dict[str, Any], path: str, num_classes: int, device: torch.device
-) -> nn.Module:
-    """A training checkpoint of this tool (its own model config is used) or a plain state dict."""
-    if "model" in state and "config" in state:
-        try:
-            model_cfg = ModelConfig(**state["config"]["model"])
-        except (TypeError, KeyError) as e:
-            raise UserError(
-                f"checkpoint {path} describes its model with settings this version does not know ({e})"
-            ) from e
-        weights = state["model"]
-    else:
-        model_cfg, weights = cfg.model, state
-    model = build_model(model_cfg, num_classes)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise UserError(
-            f"checkpoint {path} does not fit model {model_cfg.name} with {num_classes} classes: "
-            f"{' '.join(line.strip() for line in str(e).splitlines()[1:2])[:200]}"
-        ) from e
-    return model.to(device)
-
-
-def eval_config(cfg: RootConfig, saved: dict[str, Any] | None, explicit: set[str]) -> tuple[RootConfig, str]:
-    """The config `resnet-repro eval` runs with, and a one-line account of where it came from.
-
-    For a checkpoint of this tool (`saved` = its run's config), the data section (root, splits,
-    backend, image size, crop ratio) and the precision are the run's own, so that evaluating a
-    checkpoint measures what the run measured; a key named on the command line (`explicit`, e.g.
-    `data.root`, `data.image_size`, `trainer.precision`) wins over the run's value, and choosing
-    another `data` group or `experiment` takes the composed data section whole. Without `saved`
-    (a plain state dict) the composed config is used as it is.
-    """
-    from omegaconf import OmegaConf
-
-    if saved is None:
-        return cfg, "eval: plain state dict: data and precision from the command line"
-    whole_data = bool(explicit & {"data", "experiment"})
-    if whole_data:
-        data = cfg.data
-    else:
-        try:
-            merged = OmegaConf.merge(OmegaConf.structured(DataConfig), saved["data"])
-        except Exception as e:  # omegaconf raises several types for keys or values the schema refuses
-            raise UserError(
-                f"the checkpoint's data config does not fit this version of resnet-repro ({e}); "
-                "name the data explicitly, e.g. data=imagenet data.root=/path"
-            ) from e
-        composed = OmegaConf.structured(cfg.data)
-        for key in sorted(k for k in explicit if k.startswith("data.")):
-            OmegaConf.update(merged, key[len("data.") :], OmegaConf.select(composed, key[len("data.") :]))
-        data = OmegaConf.to_object(merged)
-        assert isinstance(data, DataConfig)
-    run_precision = saved.get("trainer", {}).get("precision", cfg.trainer.precision)
-    precision = cfg.trainer.precision if "trainer.precision" in explicit else run_precision
-    out = dataclasses.replace(cfg, data=data, trainer=dataclasses.replace(cfg.trainer, precision=precision))
-    source = "the command line" if whole_data else "the checkpoint's run"
-    note = (
-        f"eval: data from {source} ({data.name} at {data.root}, split {data.eval_split}, "
-        f"{data.image_size} px, crop ratio {data.crop_ratio}), precision {precision}"
-    )
-    trained = saved["data"]
-    for key in ("image_size", "crop_ratio"):
-        if getattr(data, key) != trained[key]:
-            note += f"; NOTE data.{key}={getattr(data, key)} differs from the run's {trained[key]}"
-    return out, note
-
-
-def evaluate_checkpoint(cfg: RootConfig, path: str, explicit: set[str] | None = None) -> dict[str, float]:
-    """`resnet-repro eval`: top-1 / top-5 / loss of a checkpoint on its run's eval split.
-
-    `explicit`: the config keys given on the command line (see eval_config)."""
-    state = checkpoint.load(path)
-    saved = state.get("config") if isinstance(state.get("config"), dict) and "model" in state else None
-    cfg, note = eval_config(cfg, saved, explicit or set())
-    env = distributed.detect()
-    if env.is_main:
-        print(note, file=sys.stderr, flush=True)
-    device = distributed.pick_device(cfg.trainer.device, env)
-    distributed.init(env, device, cfg.trainer.dist_timeout_s)
-    try:
-        splits = load_file_lists(cfg.data)
-        model = load_model_for_eval(cfg, state, path, len(splits.test.classes), device)
-        if "normalization" in state:  # exactly what the run trained and evaluated with
-            stored = state["normalization"]
-            norm = Normalization(tuple(stored["mean"]), tuple(stored["std"]), "checkpoint", str(path))
-        else:
-            norm, _ = resolve_normalization(cfg.data, splits, env, device)
-        batch = per_device_batch(cfg.trainer, env.world_size)
-        loader = make_eval_loader(cfg.data, splits.test, env, device, batch, norm)
-        return evaluate(
-            model, loader, env, device, expected_total=len(splits.test), precision=cfg.trainer.precision
-        )
-    finally:
-        distributed.teardown()

@@ -226,7 +226,7 @@ def test_resume_refuses_changed_optimizer_or_schedule_settings_and_names_them():
     import dataclasses
 
     from resnet_repro.config import OptimConfig, RootConfig, ScheduleConfig, StabilizerConfig, TrainerConfig
-    from resnet_repro.train import resume_config_changes
+    from resnet_repro.resume import resume_config_changes
 
     run = RootConfig(
         optim=OptimConfig(lr_per_256=0.1),

@@ -1,0 +1,117 @@
+"""`resnet-repro eval`: a checkpoint measured the way its run measured it."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from resnet_repro import checkpoint, distributed
+from resnet_repro.config import DataConfig, ModelConfig, RootConfig, UserError, per_device_batch
+from resnet_repro.data.normalization import Normalization
+from resnet_repro.data.normalization import resolve as resolve_normalization
+from resnet_repro.evaluate import evaluate
+from resnet_repro.models import build_model
+from resnet_repro.train import load_file_lists, make_eval_loader
+
+
+def load_model_for_eval(
+    cfg: RootConfig, state: dict[str, Any], path: str, num_classes: int, device: torch.device
+) -> nn.Module:
+    """A training checkpoint of this tool (its own model config is used) or a plain state dict."""
+    if "model" in state and "config" in state:
+        try:
+            model_cfg = ModelConfig(**state["config"]["model"])
+        except (TypeError, KeyError) as e:
+            raise UserError(
+                f"checkpoint {path} describes its model with settings this version does not know ({e})"
+            ) from e
+        weights = state["model"]
+    else:
+        model_cfg, weights = cfg.model, state
+    model = build_model(model_cfg, num_classes)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise UserError(
+            f"checkpoint {path} does not fit model {model_cfg.name} with {num_classes} classes: "
+            f"{' '.join(line.strip() for line in str(e).splitlines()[1:2])[:200]}"
+        ) from e
+    return model.to(device)
+
+
+def eval_config(cfg: RootConfig, saved: dict[str, Any] | None, explicit: set[str]) -> tuple[RootConfig, str]:
+    """The config `resnet-repro eval` runs with, and a one-line account of where it came from.
+
+    For a checkpoint of this tool (`saved` = its run's config), the data section (root, splits,
+    backend, image size, crop ratio) and the precision are the run's own, so that evaluating a
+    checkpoint measures what the run measured; a key named on the command line (`explicit`, e.g.
+    `data.root`, `data.image_size`, `trainer.precision`) wins over the run's value, and choosing
+    another `data` group or `experiment` takes the composed data section whole. Without `saved`
+    (a plain state dict) the composed config is used as it is.
+    """
+    from omegaconf import OmegaConf
+
+    if saved is None:
+        return cfg, "eval: plain state dict: data and precision from the command line"
+    whole_data = bool(explicit & {"data", "experiment"})
+    if whole_data:
+        data = cfg.data
+    else:
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(DataConfig), saved["data"])
+        except Exception as e:  # omegaconf raises several types for keys or values the schema refuses
+            raise UserError(
+                f"the checkpoint's data config does not fit this version of resnet-repro ({e}); "
+                "name the data explicitly, e.g. data=imagenet data.root=/path"
+            ) from e
+        composed = OmegaConf.structured(cfg.data)
+        for key in sorted(k for k in explicit if k.startswith("data.")):
+            OmegaConf.update(merged, key[len("data.") :], OmegaConf.select(composed, key[len("data.") :]))
+        data = OmegaConf.to_object(merged)
+        assert isinstance(data, DataConfig)
+    run_precision = saved.get("trainer", {}).get("precision", cfg.trainer.precision)
+    precision = cfg.trainer.precision if "trainer.precision" in explicit else run_precision
+    out = dataclasses.replace(cfg, data=data, trainer=dataclasses.replace(cfg.trainer, precision=precision))
+    source = "the command line" if whole_data else "the checkpoint's run"
+    note = (
+        f"eval: data from {source} ({data.name} at {data.root}, split {data.eval_split}, "
+        f"{data.image_size} px, crop ratio {data.crop_ratio}), precision {precision}"
+    )
+    trained = saved["data"]
+    for key in ("image_size", "crop_ratio"):
+        if getattr(data, key) != trained[key]:
+            note += f"; NOTE data.{key}={getattr(data, key)} differs from the run's {trained[key]}"
+    return out, note
+
+
+def evaluate_checkpoint(cfg: RootConfig, path: str, explicit: set[str] | None = None) -> dict[str, float]:
+    """`resnet-repro eval`: top-1 / top-5 / loss of a checkpoint on its run's eval split.
+
+    `explicit`: the config keys given on the command line (see eval_config)."""
+    state = checkpoint.load(path)
+    saved = state.get("config") if isinstance(state.get("config"), dict) and "model" in state else None
+    cfg, note = eval_config(cfg, saved, explicit or set())
+    env = distributed.detect()
+    if env.is_main:
+        print(note, file=sys.stderr, flush=True)
+    device = distributed.pick_device(cfg.trainer.device, env)
+    distributed.init(env, device, cfg.trainer.dist_timeout_s)
+    try:
+        splits = load_file_lists(cfg.data)
+        model = load_model_for_eval(cfg, state, path, len(splits.test.classes), device)
+        if "normalization" in state:  # exactly what the run trained and evaluated with
+            stored = state["normalization"]
+            norm = Normalization(tuple(stored["mean"]), tuple(stored["std"]), "checkpoint", str(path))
+        else:
+            norm, _ = resolve_normalization(cfg.data, splits, env, device)
+        batch = per_device_batch(cfg.trainer, env.world_size)
+        loader = make_eval_loader(cfg.data, splits.test, env, device, batch, norm)
+        return evaluate(
+            model, loader, env, device, expected_total=len(splits.test), precision=cfg.trainer.precision
+        )
+    finally:
+        distributed.teardown()
