@@ -195,3 +195,21 @@ def test_eval_ignores_the_hflip_setting(tmp_path):
 def test_empty_file_list_is_refused():
     with pytest.raises(ValueError):
         _loader([], [], _transform(train=False))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_the_mixed_decoders_extra_arguments_exist_in_this_dali(mixed_folder, train: bool):
+    """The "mixed" (GPU) graph cannot run here; its extra decoder arguments are checked against this
+    DALI's operator schema by building the same graph on the CPU with them."""
+    from nvidia.dali import pipeline_def
+
+    from resnet_repro.data.dali import MIXED_DECODER_ARGS, _define_pipeline
+
+    files = list_split(mixed_folder, "train")
+    t = _transform(train=train, hflip=train)
+    pipe = pipeline_def(_define_pipeline)(
+        files.files, files.labels, t, False, MIXED_DECODER_ARGS, batch_size=2, num_threads=1, device_id=None
+    )
+    pipe.build()
+    images, labels = pipe.run()
+    assert len(images) == len(labels) == 2

@@ -315,12 +315,19 @@ def _build_pipeline(
 ):
     from nvidia.dali import fn, pipeline_def, types
 
+    from resnet_repro.data.dali import MIXED_DECODER_ARGS
+
     def graph():
         # pad_last_batch: the last batch of a pass repeats the last file instead of running into
         # the next pass, so each pass is exactly ceil(n / batch) batches; the padding is dropped
         jpegs, _ = fn.readers.file(files=files, random_shuffle=False, pad_last_batch=True, name=READER_NAME)
         # RGB output: grayscale JPEGs come out with three equal channels
-        images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        images = fn.decoders.image(
+            jpegs,
+            device="mixed" if gpu else "cpu",
+            output_type=types.RGB,
+            **(MIXED_DECODER_ARGS if gpu else {}),
+        )
         if resize_shorter:
             images = fn.resize(
                 images, resize_shorter=resize_shorter, interp_type=types.INTERP_LINEAR, antialias=True
