@@ -305,13 +305,15 @@ def _report(args: list[str]) -> None:
 
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "train": lambda args: _hydra_command(_train, args),
-    "eval": lambda args: _hydra_command(_eval, args),
+    # eval, verify-data and stats keep their small Hydra output (config, log, verify_data.json) in
+    # runs/<command>/<time>, apart from training runs (a name= on the command line still wins)
+    "eval": lambda args: _hydra_command(_eval, ["name=eval", *args]),
     "make-demo-data": _make_demo_data,
     "prepare-imagenet": _prepare_imagenet,
-    "verify-data": lambda args: _hydra_command(_verify_data, args),
+    "verify-data": lambda args: _hydra_command(_verify_data, ["name=verify-data", *args]),
     "bench": _bench_command,
     "report": _report,
-    "stats": lambda args: _hydra_command(_stats, [*args, "name=stats"]),
+    "stats": lambda args: _hydra_command(_stats, ["name=stats", *args]),
 }
 
 
