@@ -266,6 +266,13 @@ def batches(n: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
     ]
 
 
+def run_epoch(parts: Parts, cfg: RootConfig, data) -> tuple:
+    """One epoch of train_one_epoch from step 0, single process on the CPU, no mid-epoch saves."""
+    return train_one_epoch(
+        parts, data, cfg, DistEnv(), torch.device("cpu"), lambda *_: None, epoch=0, step=0, epoch_step=0
+    )
+
+
 def tiny_cfg(**stabilizer) -> RootConfig:
     return RootConfig(
         optim=OptimConfig(lr_per_256=0.1, momentum=0.0, weight_decay=0.0),
@@ -287,17 +294,7 @@ def test_clipping_under_fp16_happens_after_unscaling_and_logs_the_pre_clip_norm(
 
     before = [p.detach().clone() for p in model.parameters()]
     parts = make_parts(model, cfg, tmp_path)
-    metrics, _, _ = train_one_epoch(
-        parts,
-        [(images, labels)],
-        cfg,
-        DistEnv(),
-        torch.device("cpu"),
-        lambda *_: None,
-        epoch=0,
-        step=0,
-        epoch_step=0,
-    )
+    metrics, _, _ = run_epoch(parts, cfg, [(images, labels)])
     parts.interrupts.close()
     # the logged norm is the true gradient's, not 256x it (scaled) nor 1e-3 (clipped)
     assert metrics["grad_norm_max"] == pytest.approx(true_norm, rel=2e-2)
@@ -337,9 +334,7 @@ def test_injected_nan_stops_within_one_step_with_a_report(tmp_path: Path):
 def test_skip_mode_skips_the_bad_update_and_counts_it(tmp_path: Path):
     cfg = tiny_cfg(nonfinite="skip", max_skips=3)
     parts = make_parts(Tiny(nan_at=3), cfg, tmp_path)
-    metrics, step, _ = train_one_epoch(
-        parts, batches(), cfg, DistEnv(), torch.device("cpu"), lambda *_: None, epoch=0, step=0, epoch_step=0
-    )
+    metrics, step, _ = run_epoch(parts, cfg, batches())
     parts.interrupts.close()
     assert step == 8 and metrics["skipped_steps"] == 1
     assert all(torch.isfinite(p).all() for p in parts.net.parameters())
@@ -365,9 +360,7 @@ def test_reported_train_loss_is_the_cross_entropy_without_the_l1_penalty(tmp_pat
         cfg.optim.lr_per_256 = 1e-12  # no visible update: both runs see the same weights
         cfg.regularization.l1 = l1
         parts = make_parts(Tiny(), cfg, tmp_path)
-        metrics, _, _ = train_one_epoch(
-            parts, data, cfg, DistEnv(), torch.device("cpu"), lambda *_: None, epoch=0, step=0, epoch_step=0
-        )
+        metrics, _, _ = run_epoch(parts, cfg, data)
         parts.interrupts.close()
         reported[l1] = metrics["loss"]
     assert reported[10.0] == pytest.approx(reported[0.0], rel=1e-6)
@@ -377,15 +370,5 @@ def test_an_epoch_whose_every_step_was_skipped_stops_with_a_clear_error(tmp_path
     cfg = tiny_cfg(nonfinite="skip", max_skips=100)
     parts = make_parts(Tiny(nan_at=1), cfg, tmp_path)
     with pytest.raises(NonFiniteError, match="every step of epoch 1 was skipped"):
-        train_one_epoch(
-            parts,
-            batches(1),
-            cfg,
-            DistEnv(),
-            torch.device("cpu"),
-            lambda *_: None,
-            epoch=0,
-            step=0,
-            epoch_step=0,
-        )
+        run_epoch(parts, cfg, batches(1))
     parts.interrupts.close()
