@@ -65,10 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         logging=LoggingConfig(tensorboard=False, progress=False),
         bench=BenchConfig(mode="model", warmup=ns.warmup, steps=ns.steps, trials=ns.trials),
     )
-    rows = []
-    for label, precision, channels_last, compile_ in VARIANTS:
-        if compile_ and ns.skip_compile:
-            continue
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    out = {"device": name, "batch_size": ns.batch_size, "rows": [], "loop_overhead": None}
+
+    def save() -> None:  # after every measurement: a timeout still leaves what was measured
+        if ns.json:
+            ns.json.write_text(json.dumps(out, indent=2))
+
+    def measure(label: str, precision: str, channels_last: bool, compile_: bool) -> None:
         cfg = replace(
             base,
             model=replace(base.model, channels_last=channels_last),
@@ -77,16 +81,19 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as run_dir:
             result = bench_model(cfg, device, Path(run_dir))
-        rows.append({"setting": label, **result, "wall_s": time.perf_counter() - start})
+        out["rows"].append({"setting": label, **result, "wall_s": time.perf_counter() - start})
+        print(f"| {label} | {result['img_per_s']:.0f} | {result['peak_memory_mb'] / 1024:.1f} |", flush=True)
+        save()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
     print(f"\n{ns.model} train step (forward + backward + SGD step), batch {ns.batch_size}, {name}")
     print(f"| setting | img/s (median of {ns.trials}) | peak memory (GiB) |")
-    print("|---|---|---|")
-    for r in rows:
-        print(f"| {r['setting']} | {r['img_per_s']:.0f} | {r['peak_memory_mb'] / 1024:.1f} |")
-    overhead = None
+    print("|---|---|---|", flush=True)
+    # compile last: its cold compile is the slowest and least predictable part
+    for label, precision, channels_last, compile_ in VARIANTS:
+        if not compile_:
+            measure(label, precision, channels_last, compile_)
     if not ns.skip_overhead:
         # the runner's step (non-finite check, clipping statistics, device-side sums) vs
         # forward/loss/backward/step on the same model and batches, interleaved trials
@@ -97,14 +104,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         with tempfile.TemporaryDirectory() as run_dir:
             overhead = bench_loop_overhead(cfg, device, Path(run_dir))
+        out["loop_overhead"] = overhead
+        save()
         print(
-            f"\nloop overhead, bf16 + channels_last: bare {overhead['bare_img_per_s']:.0f} img/s, "
-            f"runner {overhead['runner_img_per_s']:.0f} img/s, ratio {overhead['overhead_ratio']:.3f} "
-            "(goal <= 1.05)"
+            f"| loop overhead, bf16 + channels_last: runner {overhead['runner_img_per_s']:.0f} vs bare loop "
+            f"{overhead['bare_img_per_s']:.0f} | ratio {overhead['overhead_ratio']:.3f} (goal <= 1.05) | |",
+            flush=True,
         )
-    if ns.json:
-        out = {"device": name, "batch_size": ns.batch_size, "rows": rows, "loop_overhead": overhead}
-        ns.json.write_text(json.dumps(out, indent=2))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    for label, precision, channels_last, compile_ in VARIANTS:
+        if compile_ and not ns.skip_compile:
+            measure(label, precision, channels_last, compile_)
     return 0
 
 
