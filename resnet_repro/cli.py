@@ -325,7 +325,10 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         _fail(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
-    COMMANDS[command](rest)
+    try:
+        COMMANDS[command](rest)
+    except UserError as e:  # any command's bad input: one line, never a traceback
+        _fail(str(e))
 
 
 if __name__ == "__main__":

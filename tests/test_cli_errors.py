@@ -137,3 +137,12 @@ def test_an_unset_required_data_root_is_one_line_naming_the_key(capsys):
     assert code == 2
     line = one_error_line(err)
     assert "data.root is required" in line and "data.root=" in line
+
+
+def test_make_demo_data_into_a_foreign_folder_is_one_line_and_deletes_nothing(tmp_path: Path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    code, err = run_main(["make-demo-data", "--out", str(tmp_path)], capsys)
+    assert code == 2
+    assert "is not the demo dataset" in one_error_line(err)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from resnet_repro.data.demo import COMPLETE_MARKER, build_demo_dataset, is_built
+from resnet_repro.data.demo import build_demo_dataset, is_built
 
 CLASSES = [str(d) for d in range(10)]
 
@@ -92,16 +92,22 @@ def test_complete_demo_dataset_is_reused_not_rebuilt(demo_root):
     assert after == before
 
 
-def test_interrupted_demo_build_is_rebuilt_rather_than_trusted(demo_root, tmp_path):
+def test_a_folder_that_is_not_the_demo_dataset_is_refused_and_left_untouched(tmp_path):
+    import pytest
+
+    from resnet_repro.config import UserError
+
+    root = tmp_path / "mydata"
+    (root / "important").mkdir(parents=True)
+    (root / "important" / "thesis.txt").write_text("years of work")
+    with pytest.raises(UserError, match=f"{root} exists and is not the demo dataset"):
+        build_demo_dataset(root)
+    assert (root / "important" / "thesis.txt").read_text() == "years of work"
+    assert not list(tmp_path.glob(".mydata-*"))  # no temporary folder left beside it
+
+
+def test_an_empty_folder_becomes_the_demo_dataset(demo_root, tmp_path):
     root = tmp_path / "digits"
-    # what a build killed half-way through would leave, if it wrote in place: some folders, no marker
-    (root / "train" / "3").mkdir(parents=True)
-    (root / "train" / "3" / "0001.JPEG").write_bytes(b"\xff\xd8 truncated")
-    (root / "stale.txt").write_text("left over")
-    assert not is_built(root)
-
+    root.mkdir()
     assert build_demo_dataset(root) == root
-
-    assert (root / COMPLETE_MARKER).is_file()
-    assert not (root / "stale.txt").exists()
     assert _tree_digest(root) == _tree_digest(demo_root)

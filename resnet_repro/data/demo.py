@@ -2,7 +2,8 @@
 
 1,797 real 8x8 grey images of the digits 0-9, upscaled to 32x32 (bicubic) and written as
 <root>/{train,val}/<digit>/<index>.JPEG with a stratified, seeded 80/20 split. The output is
-byte-for-byte deterministic. Building is atomic: a half-written folder never looks complete.
+byte-for-byte deterministic. Building is atomic (a temporary folder renamed into place), so a
+half-written folder never looks complete, and an existing folder that is not the dataset is refused.
 """
 
 from __future__ import annotations
@@ -41,6 +42,18 @@ def is_built(root: str | os.PathLike) -> bool:
     return (Path(root) / COMPLETE_MARKER).is_file()
 
 
+def _refuse_foreign(root: Path) -> None:
+    """A non-empty folder without the marker is not ours (builds are atomic: they never leave a
+    half-written `root`): never delete it."""
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        from resnet_repro.config import UserError
+
+        raise UserError(
+            f"{root} exists and is not the demo dataset (no {COMPLETE_MARKER} marker); choose another "
+            "folder (data.root=..., or make-demo-data --out ...) or remove it yourself"
+        )
+
+
 def build_demo_dataset(root: str | os.PathLike) -> Path:
     """Write the demo dataset to `root` unless it is already complete there. Returns the path."""
     from sklearn.datasets import load_digits
@@ -48,6 +61,7 @@ def build_demo_dataset(root: str | os.PathLike) -> Path:
     root = Path(root).expanduser()
     if is_built(root):
         return root
+    _refuse_foreign(root)
     digits = load_digits()
     images, labels = digits.images, digits.target
     train_idx, val_idx = _split_indices(labels)
@@ -60,10 +74,11 @@ def build_demo_dataset(root: str | os.PathLike) -> Path:
                 folder.mkdir(parents=True, exist_ok=True)
                 _to_image(images[i]).save(folder / f"{i:04d}.JPEG", quality=JPEG_QUALITY)
         (tmp / COMPLETE_MARKER).write_text(f"{len(train_idx)} train, {len(val_idx)} val\n")
-        if root.exists():  # an incomplete leftover, or another process finished first
+        if root.exists():  # another process finished first, or the folder appeared meanwhile
             if is_built(root):
                 return root
-            shutil.rmtree(root)
+            _refuse_foreign(root)
+            root.rmdir()  # empty
         os.replace(tmp, root)
     except OSError:
         if is_built(root):  # lost a race against a concurrent builder: theirs is complete
