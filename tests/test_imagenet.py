@@ -135,7 +135,7 @@ def test_prepare_from_official_archives_labels_val_by_ground_truth(tmp_path, arc
 
     _assert_prepared(out)
     assert summary["train"] == {"classes": 3, "images": 9, "extracted_classes": 3, "skipped_classes": 0}
-    assert summary["val"]["images"] == len(VAL_IDS) and summary["val"]["missing_images"] == 0
+    assert summary["val"]["images"] == len(VAL_IDS)
     # Class index = position in sorted wnids, the same for train and val
     train = list_split(out, "train")
     val = list_split(out, "val", classes=train.classes)
@@ -186,6 +186,28 @@ def test_interrupted_prepare_resumes_without_reextracting(tmp_path, archives, mo
     # Files of the interrupted class were already complete: none was written twice
     assert {p.name for p in written} & set(partial_files) == set()
     assert {p.name: p.stat().st_mtime_ns for p in (out / "train" / WNIDS[1]).iterdir()} == partial_files
+
+
+def test_a_truncated_val_archive_is_an_error_and_a_complete_one_finishes_the_split(tmp_path, archives):
+    out = tmp_path / "imagenet"
+    images = _val_images()
+    first_half = dict(list(images.items())[: len(images) // 2])
+    short = tmp_path / "short_val.tar"
+    short.write_bytes(_tar_bytes(first_half))
+    args = dict(train_tar=None, devkit=archives["devkit"], progress=False)
+    with pytest.raises(UserError, match=f"lacks {len(images) - len(first_half)} of the {len(images)}"):
+        prepare_imagenet(out, val_tar=short, **args)
+    assert not (out / "val").exists()  # not mistaken for a complete split
+    summary = prepare_imagenet(out, val_tar=archives["val_tar"], **args)
+    assert summary["val"]["images"] == len(images) and not summary["val"]["skipped"]
+
+
+def test_a_cut_off_train_archive_is_one_error_naming_it(tmp_path, archives):
+    data = archives["train_tar"].read_bytes()
+    cut = tmp_path / "cut_train.tar"
+    cut.write_bytes(data[: len(data) // 2 + 100])  # ends inside a member's data
+    with pytest.raises(UserError, match="cut_train.tar is damaged or truncated"):
+        prepare_imagenet(tmp_path / "imagenet", train_tar=cut, val_tar=None, devkit=None, progress=False)
 
 
 def test_interrupted_val_extraction_resumes(tmp_path, archives, monkeypatch):

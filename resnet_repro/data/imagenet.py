@@ -19,6 +19,7 @@ parse_devkit_archive and cannot be imported; `_leaf_synsets` reads meta.mat the 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -27,6 +28,7 @@ import re
 import shutil
 import tarfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -271,6 +273,19 @@ def _open_tar(path: Path, what: str) -> tarfile.TarFile:
         raise UserError(f"cannot read the {what} archive {path}: {e}") from e
 
 
+@contextlib.contextmanager
+def _truncation_is_a_user_error(archive: Path | None) -> Iterator[None]:
+    """A damaged or cut-off archive, found while reading it: one line naming it (what was extracted
+    so far stays under .partial/ and a rerun continues)."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise UserError(
+            f"{archive} is damaged or truncated ({type(e).__name__}: {e}); download it again and rerun: "
+            "finished classes are kept"
+        ) from e
+
+
 def _prepare_train(train_tar: Path, out: Path, progress: bool) -> dict[str, int]:
     train_dir, partial = out / "train", out / PARTIAL_DIR / "train"
     with _open_tar(train_tar, "train") as tar:
@@ -335,8 +350,6 @@ def _prepare_val(
             "images": sum(_count_images(Path(e.path)) for e in classes),
             "skipped": True,
             "labels": source,
-            "missing_images": 0,
-            "missing_examples": [],
         }
     origin = str(val_tar if val_tar is not None else val_dir)
     seen: set[str] = set()
@@ -360,16 +373,15 @@ def _prepare_val(
     if not seen:
         raise UserError(f"{origin} holds no validation images")
     missing = sorted(set(labels) - seen)
+    if missing:  # a truncated archive ends quietly at a member boundary: never call that complete
+        raise UserError(
+            f"{origin} lacks {len(missing)} of the {len(labels)} labelled validation images "
+            f"(e.g. {', '.join(missing[:3])}): a truncated download? The {len(seen)} extracted ones are "
+            f"kept in {work}; rerun with the complete archive to finish"
+        )
     classes = sorted({labels[n] for n in seen})
     work.rename(val_final)
-    return {
-        "classes": len(classes),
-        "images": len(seen),
-        "skipped": False,
-        "labels": source,
-        "missing_images": len(missing),
-        "missing_examples": missing[:10],
-    }
+    return {"classes": len(classes), "images": len(seen), "skipped": False, "labels": source}
 
 
 def _link_or_copy(src: Path, target: Path) -> None:
@@ -455,9 +467,11 @@ def prepare_imagenet(
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"out": str(out), "train": None, "val": None}
     if train_tar is not None:
-        summary["train"] = _prepare_train(train_tar, out, progress)
+        with _truncation_is_a_user_error(train_tar):
+            summary["train"] = _prepare_train(train_tar, out, progress)
     if has_val:
-        summary["val"] = _prepare_val(out, val_tar, val_dir, labels, label_source, progress)
+        with _truncation_is_a_user_error(val_tar or val_dir):
+            summary["val"] = _prepare_val(out, val_tar, val_dir, labels, label_source, progress)
     _remove_empty_dirs(out / PARTIAL_DIR)
     return summary
 
