@@ -196,6 +196,8 @@ def _prepare_imagenet(args: list[str]) -> None:
 
 
 def _verify_data(dcfg: DictConfig) -> None:
+    import os
+
     from hydra.core.hydra_config import HydraConfig
 
     from resnet_repro.data.imagenet import ERROR_KINDS, verify_data
@@ -218,7 +220,9 @@ def _verify_data(dcfg: DictConfig) -> None:
     bad = [i["path"] for i in summary["issues"] if i["kind"] in ERROR_KINDS]
     if bad:
         bad_list = Path(HydraConfig.get().runtime.output_dir) / "bad_files.txt"
-        bad_list.write_text("\n".join(bad) + "\n")
+        root = Path(cfg.data.root).expanduser()
+        # relative to data.root: the list then matches however the root is spelled later
+        bad_list.write_text("\n".join(os.path.relpath(p, root) for p in bad) + "\n")
         print(f"{len(bad)} files cannot be used; to train without them: data.exclude_files={bad_list}")
     for problem in summary["problems"]:
         print(f"problem: {problem}")

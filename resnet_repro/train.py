@@ -70,7 +70,15 @@ def load_file_lists(cfg: DataConfig) -> Splits:
     test = list_split(cfg.root, cfg.eval_split, classes=train_full.classes)
     if cfg.exclude_files:
         excluded = read_exclude_list(cfg.exclude_files, cfg.root)
-        train_full, test = without(train_full, excluded), without(test, excluded)
+        train_full, dropped_train = without(train_full, excluded, cfg.root)
+        test, dropped_test = without(test, excluded, cfg.root)
+        unmatched = excluded - dropped_train - dropped_test
+        if unmatched:
+            log.warning(
+                f"data.exclude_files={cfg.exclude_files}: {len(unmatched)} of {len(excluded)} listed files "
+                f"are in neither {cfg.train_split} nor {cfg.eval_split} under {cfg.root} "
+                f"(e.g. {sorted(unmatched)[0]}); they exclude nothing"
+            )
     train, holdout = train_full, None
     if cfg.holdout.size is not None:
         train, holdout = carve_holdout(train_full, cfg.holdout.size, cfg.holdout.seed)

@@ -45,3 +45,31 @@ def test_exclude_files_leaves_the_listed_image_out_of_every_split(root_with_trun
     assert str(bad) not in splits.train.files and len(splits.train) == 11
     with pytest.raises(UserError, match="does not exist"):
         load_file_lists(DataConfig(name="folder", root=str(root), exclude_files=str(tmp_path / "nope.txt")))
+
+
+def test_an_exclude_list_matches_however_the_root_is_spelled(root_with_truncated_jpeg, tmp_path, monkeypatch):
+    root, bad = root_with_truncated_jpeg
+    link = tmp_path.parent / f"{tmp_path.name}-link"
+    link.symlink_to(root, target_is_directory=True)
+    monkeypatch.chdir(root.parent)
+    listings = {
+        "absolute": str(bad),
+        "relative to the working directory": f"{root.name}/train/b/3.JPEG",
+        "through a symlink": str(link / "train" / "b" / "3.JPEG"),
+    }
+    for spelling, line in listings.items():
+        listing = tmp_path / "list.txt"
+        listing.write_text(line + "\n")
+        for data_root in (str(root), root.name, str(link)):  # absolute, relative, symlinked root
+            splits = load_file_lists(DataConfig(name="folder", root=data_root, exclude_files=str(listing)))
+            assert len(splits.train) == 11, (spelling, data_root)
+
+
+def test_exclude_entries_that_match_nothing_are_warned_about(root_with_truncated_jpeg, tmp_path, caplog):
+    root, _ = root_with_truncated_jpeg
+    listing = tmp_path / "list.txt"
+    listing.write_text("train/b/3.JPEG\ntrain/a/999.JPEG\n")
+    with caplog.at_level("WARNING", logger="resnet_repro"):
+        splits = load_file_lists(DataConfig(name="folder", root=str(root), exclude_files=str(listing)))
+    assert len(splits.train) == 11
+    assert "1 of 2 listed files" in caplog.text and "train/a/999.JPEG" in caplog.text

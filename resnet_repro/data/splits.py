@@ -74,25 +74,42 @@ def list_split(
 
 
 def read_exclude_list(path: str | os.PathLike, root: str | os.PathLike) -> set[str]:
-    """Absolute paths listed in `path` (one per line; relative ones are relative to `root`)."""
+    """The images listed in `path` (one per line), as paths relative to `root`, so that a list
+    matches however the root is spelled (relative, absolute, through a symlink). A line may be
+    relative to `root` (what verify-data writes), absolute, or relative to the working directory."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"data.exclude_files={path} does not exist; expected a text file of image paths")
     root_path = Path(root).expanduser()
+    real_root = os.path.realpath(root_path)
     out = set()
     for line in path.read_text().splitlines():
         line = line.strip()
-        if line and not line.startswith("#"):
-            p = Path(line)
-            out.add(str(p if p.is_absolute() else root_path / p))
+        if not line or line.startswith("#"):
+            continue
+        p = Path(line).expanduser()
+        if not p.is_absolute() and (root_path / p).exists():
+            out.add(os.path.normpath(p))
+        elif p.is_absolute() or p.exists():
+            out.add(os.path.relpath(os.path.realpath(p), real_root))
+        else:
+            out.add(os.path.normpath(p))  # relative to the root, no longer there: nothing to drop
     return out
 
 
-def without(files: FileList, excluded: set[str]) -> FileList:
-    keep = [i for i, f in enumerate(files.files) if f not in excluded]
-    return FileList(
-        split=files.split,
-        files=tuple(files.files[i] for i in keep),
-        labels=tuple(files.labels[i] for i in keep),
-        classes=files.classes,
+def without(files: FileList, excluded: set[str], root: str | os.PathLike) -> tuple[FileList, set[str]]:
+    """`files` minus the `excluded` ones (paths relative to `root`); also returns the entries that
+    matched here."""
+    root_path = str(Path(root).expanduser())
+    keys = [os.path.relpath(f, root_path) for f in files.files]  # textual: no file-system calls
+    keep = [i for i, k in enumerate(keys) if k not in excluded]
+    matched = {keys[i] for i in range(len(keys)) if keys[i] in excluded}
+    return (
+        FileList(
+            split=files.split,
+            files=tuple(files.files[i] for i in keep),
+            labels=tuple(files.labels[i] for i in keep),
+            classes=files.classes,
+        ),
+        matched,
     )
