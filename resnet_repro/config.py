@@ -484,6 +484,9 @@ def validate(cfg: RootConfig) -> None:
         )
     if t.keep_last_k < 0:
         raise UserError(f"trainer.keep_last_k={t.keep_last_k} must be >= 0")
+    for key, seed in (("data.holdout.seed", d.holdout.seed), ("data.stats.seed", d.stats.seed)):
+        if seed < 0:
+            raise UserError(f"{key}={seed} must be a non-negative integer")
     if d.stats.resize is not None and d.stats.resize < 1:
         raise UserError(f"data.stats.resize={d.stats.resize} must be a positive size in pixels or null")
     if cfg.logging.log_every_steps <= 0:

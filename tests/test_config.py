@@ -128,6 +128,7 @@ def test_validate_accepts_the_default_config_with_each_precision(default_cfg):
         ("stabilizer.max_norm=0", "stabilizer.max_norm=0"),
         ("trainer.resume=somewhere", "trainer.resume='somewhere'"),
         ("data.stats.resize=0", "data.stats.resize=0"),
+        ("data.holdout.seed=-1", "data.holdout.seed=-1"),
         ("logging.log_every_steps=0", "logging.log_every_steps=0"),
         ("stabilizer.max_skips=0", "stabilizer.max_skips=0"),
     ],

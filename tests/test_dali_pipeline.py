@@ -213,3 +213,36 @@ def test_the_mixed_decoders_extra_arguments_exist_in_this_dali(mixed_folder, tra
     pipe.build()
     images, labels = pipe.run()
     assert len(images) == len(labels) == 2
+
+
+def test_pad_crop_offsets_are_whole_pixels_each_equally_likely(tmp_path):
+    """CIFAR-style padding 4: the window lands 0..8 pixels into the padded image, uniformly (as
+    torchvision's RandomCrop(padding=4)); the black border it leaves reveals where."""
+    from collections import Counter
+
+    from resnet_repro.data.dali import Transform
+
+    path = tmp_path / "white.png"  # lossless, so the border is exact
+    Image.new("RGB", (16, 16), (255, 255, 255)).save(path)
+    t = Transform(
+        train=True,
+        image_size=16,
+        crop_ratio=1.0,
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+        random_resized_crop=False,
+        pad_crop=4,
+    )
+    n = 1800
+    loader = DaliLoader(
+        [str(path)] * n, [0] * n, t, batch_size=200, num_threads=1, seed=0, device=torch.device("cpu")
+    )
+    offsets = Counter()
+    for images, _ in loader:
+        dark_cols = images[:, 0].mean(dim=1) < 0.5  # [N, W]: a column of the zero padding
+        for row in dark_cols:
+            left = int(row[:4].sum())
+            right = int(row[-4:].sum())
+            offsets[4 - left if left else 4 + right] += 1
+    assert sorted(offsets) == list(range(9))
+    assert min(offsets.values()) > 150 and max(offsets.values()) < 250  # 200 each expected

@@ -237,6 +237,21 @@ def test_interrupted_val_extraction_resumes(tmp_path, archives, monkeypatch):
     assert sorted(first + written) == sorted(_val_images())  # each file written exactly once
 
 
+def test_val_images_left_under_another_label_by_an_earlier_run_are_not_kept_twice(tmp_path, archives):
+    out = tmp_path / "imagenet"
+    name = sorted(_val_images())[0]
+    wrong = next(w for w in WNIDS if w != _expected_val()[name])
+    stale = out / imagenet.PARTIAL_DIR / "val" / wrong / name
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(_val_images()[name])  # filed under another class by a run with other labels
+    prepare_imagenet(
+        out, train_tar=None, val_tar=archives["val_tar"], devkit=archives["devkit"], progress=False
+    )
+    val = _tree(out / "val")
+    assert {n: w for w, files in val.items() for n in files} == _expected_val()
+    assert sum(len(files) for files in val.values()) == len(_val_images())
+
+
 def test_val_folder_with_loc_val_solution_csv(tmp_path):
     flat = tmp_path / "ILSVRC" / "Data" / "CLS-LOC" / "val"
     flat.mkdir(parents=True)

@@ -126,3 +126,14 @@ def test_published_and_none_normalizations_are_recorded_as_such(root: Path):
     cfg = data_cfg(root, normalization="none")
     norm, _ = resolve(cfg, load_file_lists(cfg), DistEnv(), CPU)
     assert norm.mean == (0.0, 0.0, 0.0) and norm.std == (1.0, 1.0, 1.0)
+
+
+def test_an_unwritable_stats_location_fails_before_the_pass(root: Path, tmp_path_factory, monkeypatch):
+    import resnet_repro.data.normalization as normalization
+
+    blocker = tmp_path_factory.mktemp("ro") / "not-a-folder"
+    blocker.write_text("a file where the stats folder would go")  # (root may write anywhere: no chmod)
+    cfg = data_cfg(root, stats=StatsConfig(path=str(blocker / "stats.json")))
+    monkeypatch.setattr(normalization, "compute_record", lambda *a: pytest.fail("the pass ran"))
+    with pytest.raises(UserError, match="cannot write the stats file .*data.stats.path"):
+        resolve(cfg, load_file_lists(cfg), DistEnv(), CPU)

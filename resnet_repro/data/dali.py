@@ -94,11 +94,14 @@ def _define_pipeline(
         )
         padded = t.image_size + 2 * t.pad_crop
         images = fn.crop(images, crop=[padded, padded], out_of_bounds_policy="pad", fill_values=0)
+        # a whole-pixel offset in 0..2*pad_crop, each equally likely (as torchvision's RandomCrop):
+        # crop_pos k / (2 * pad) puts the window exactly k pixels in
+        positions = [k / (2 * t.pad_crop) for k in range(2 * t.pad_crop + 1)]
         images = fn.crop(
             images,
             crop=size,
-            crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
-            crop_pos_y=fn.random.uniform(range=[0.0, 1.0]),
+            crop_pos_x=fn.random.uniform(values=positions),
+            crop_pos_y=fn.random.uniform(values=positions),
         )
     elif t.train and t.random_resized_crop:
         # Decode only the sampled crop window (ROI decode), then resize it to the square size

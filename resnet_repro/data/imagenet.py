@@ -339,6 +339,19 @@ def _val_sources(val_tar: Path | None, val_dir: Path | None) -> Iterator[tuple[s
                 yield e.name, e.stat().st_size, Path(e.path)
 
 
+def _drop_mislabelled_leftovers(work: Path, labels: dict[str, str]) -> None:
+    """A previous, interrupted run may have filed images under other labels (another label source):
+    an image must end up in exactly one class, the one `labels` gives it."""
+    if not work.is_dir():
+        return
+    for class_dir in os.scandir(work):
+        if not class_dir.is_dir():
+            continue
+        for e in os.scandir(class_dir.path):
+            if labels.get(e.name.removeprefix(".").removesuffix(".part")) != class_dir.name:
+                os.unlink(e.path)
+
+
 def _prepare_val(
     out: Path, val_tar: Path | None, val_dir: Path | None, labels: dict[str, str], source: str, progress: bool
 ) -> dict[str, Any]:
@@ -352,6 +365,7 @@ def _prepare_val(
             "labels": source,
         }
     origin = str(val_tar if val_tar is not None else val_dir)
+    _drop_mislabelled_leftovers(work, labels)
     seen: set[str] = set()
     bar = _progress(_val_sources(val_tar, val_dir), progress, desc="val", unit="img", total=len(labels))
     for name, size, src in bar:

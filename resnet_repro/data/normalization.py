@@ -148,6 +148,7 @@ def compute_and_save(
     path = distributed.broadcast_object(
         env, stats_path(cfg, stats.fingerprint(selection, cfg.root)) if env.is_main else None
     )
+    distributed.all_or_none(env, lambda: stats.check_writable(path) if env.is_main else None)
     record = compute_record(cfg, splits, env, device)
     if env.is_main:
         stats.write_stats_file(path, record)
@@ -176,6 +177,7 @@ def resolve(
     path, record = found
     computed_now = record is None
     if computed_now:
+        distributed.all_or_none(env, lambda: stats.check_writable(path) if env.is_main else None)
         record = compute_record(cfg, splits, env, device)
         if env.is_main:
             stats.write_stats_file(path, record)

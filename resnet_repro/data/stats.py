@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -665,11 +666,27 @@ def write_stats_file(path: str | os.PathLike, record: StatsRecord) -> Path:
         # atomic, and readable by the group like a plain file: other users of a shared dataset
         # copy read the same stats file
         write_text_atomic(path, text)
-    except PermissionError as e:
+    except OSError as e:  # read-only mount, permissions, disk full: keep the numbers of the pass
         raise UserError(
-            f"cannot write the stats file {path} (permission denied); set data.stats.path to a writable file"
+            f"cannot write the stats file {path} ({e.strerror or e}); the pass found mean={record.mean} "
+            f"std={record.std}; set data.stats.path to a writable file and rerun"
         ) from e
     return path
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail before an hours-long pass, not after it, when the stats file cannot be written."""
+    path = Path(path).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(
+            f"cannot write the stats file {path} ({e.strerror or e}); the dataset folder may be read-only: "
+            "set data.stats.path to a writable file (e.g. data.stats.path=~/imagenet_stats.json)"
+        ) from e
 
 
 def read_stats_file(path: str | os.PathLike) -> StatsRecord:
