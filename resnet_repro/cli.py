@@ -84,8 +84,24 @@ def _hydra_command(task: Callable[[DictConfig], object], args: list[str]) -> Non
     hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(task)()
 
 
+def _record_failure(run_dir: Path, message: str) -> None:
+    if _is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(message + "\n")
+
+
+def _is_main_process() -> bool:
+    from resnet_repro import distributed
+
+    try:
+        return distributed.detect().is_main
+    except UserError:
+        return True
+
+
 def _train(dcfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import OmegaConf
 
     from resnet_repro import distributed
@@ -101,6 +117,12 @@ def _train(dcfg: DictConfig) -> float | None:
         else:
             train(cfg, run_dir)
     except UserError as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # one sweep point that fails (a NaN stop, a bad combination) must not end the sweep:
+            # say why, leave the reason in its directory for `resnet-repro report`, go on
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            _record_failure(Path(HydraConfig.get().runtime.output_dir), str(e))
+            return None
         _fail(str(e))
     if not distributed.detect().is_main:
         return None

@@ -198,11 +198,31 @@ def _mean(values: Iterable[Any]) -> float | None:
 
 
 def _best_top1(eval_rows: list[dict[str, Any]], final: dict[str, Any]) -> float | None:
-    if eval_rows:
-        return max(float(r["top1"]) for r in eval_rows)
+    """The best top-1 on the run's model-selection split (final.json's `selection`: the holdout, or
+    the test split under trainer.select_on_test); None when the run had no selection split, since
+    a best-epoch number on the test split would be a selection on the test set. A job without
+    final.json (crashed) shows its best holdout top-1, else its best evaluation."""
+    if "selection" in final:
+        split = final["selection"]
+        if split is None:
+            return None
+        rows = [r for r in eval_rows if r.get("split") == split]
+        if rows:
+            return max(float(r["top1"]) for r in rows)
+        best = final.get("best_top1")
+        # train() starts best_top1 at -1.0: a run that never evaluated has no best
+        return float(best) if _is_number(best) and best >= 0 else None
+    rows = [r for r in eval_rows if r.get("split") == "holdout"] or eval_rows
+    if rows:
+        return max(float(r["top1"]) for r in rows)
     best = final.get("best_top1")
-    # train() starts best_top1 at -1.0: a run that never evaluated has no best
     return float(best) if _is_number(best) and best >= 0 else None
+
+
+def score(row: Row) -> float | None:
+    """What ranks a job and colours its heat-map cell: best top-1 on its selection split, or, for a
+    run without one, its final top-1."""
+    return row["best_top1"] if row["best_top1"] is not None else row["final_top1"]
 
 
 def _epochs_run(metrics: list[dict[str, Any]], final: dict[str, Any]) -> int:
@@ -252,6 +272,9 @@ def _note(job_dir: Path, status: str, final: dict[str, Any]) -> str:
         info = _read_json(job_dir / "preempted.json") or {}
         return f"preempted by {info.get('signal')}; rerun the same command to resume"
     if status == FAILED:
+        error = job_dir / "error.txt"
+        if error.is_file():
+            return "error: " + error.read_text().strip().splitlines()[0]
         return "no final.json: the job crashed, was killed or is still running; see its log"
     return ""
 
@@ -262,10 +285,11 @@ def _note(job_dir: Path, status: str, final: dict[str, Any]) -> str:
 
 
 def sort_rows(rows: list[Row]) -> list[Row]:
-    """Best top-1 descending; failed jobs (NaN, crashed) last; ties by job name."""
+    """Best top-1 (final top-1 for runs without a selection split) descending; failed jobs (NaN,
+    crashed) last; ties by job name."""
 
     def key(row: Row) -> tuple[bool, bool, float, str]:
-        best = row["best_top1"]
+        best = score(row)
         return (row["status"] in FAILED_STATUSES, best is None, -(best or 0.0), row["job"])
 
     return sorted(rows, key=key)
@@ -441,7 +465,7 @@ def _cell_text(row: Row | None) -> str:
         return "no job"
     if row["status"] in FAILED_STATUSES:
         return "failed\n" + _failure(row)
-    text = _pct(row["best_top1"])
+    text = _pct(score(row)) + ("" if row["best_top1"] is not None else "\n(final)")
     if row["status"] in (EARLY_STOP, PREEMPTED):
         text += "\n" + row["status"].replace("_", " ")
     return text
@@ -449,16 +473,17 @@ def _cell_text(row: Row | None) -> str:
 
 def _scale(rows: Iterable[Row | None]) -> tuple[float, float]:
     ok = [r for r in rows if r and r["status"] not in FAILED_STATUSES]
-    values = [r["best_top1"] for r in ok if r["best_top1"] is not None]
+    values = [score(r) for r in ok if score(r) is not None]
     return (min(values), max(values)) if values else (0.0, 1.0)
 
 
 def _fill(row: Row | None, lo: float, hi: float) -> tuple[int, int, int]:
     if row is None:
         return _EMPTY_BG
-    if row["status"] in FAILED_STATUSES or row["best_top1"] is None:
+    value = score(row)
+    if row["status"] in FAILED_STATUSES or value is None:
         return _FAILED_BG
-    return _colour((row["best_top1"] - lo) / (hi - lo) if hi > lo else 0.5)
+    return _colour((value - lo) / (hi - lo) if hi > lo else 0.5)
 
 
 def _centered(draw: ImageDraw.ImageDraw, box: tuple[int, ...], text: str, font: Any, fill: Any) -> None:
@@ -500,7 +525,7 @@ def heat_map(rows: list[Row], row_key: str, col_key: str) -> Image.Image:
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     row_label_w = max(_text_size(probe, y, font)[0] for y in ys) + _PAD
     axis_h = _text_size(probe, row_key, font)[1] + _PAD  # height of the rotated y-axis title
-    title = "best top-1 (%)"
+    title = "best top-1 (%) on the selection split; (final) where a run had none"
     left = _PAD + axis_h + row_label_w
     top = _PAD + 2 * (_FONT_SIZE + _PAD)  # title line, column value labels
     width = left + len(xs) * _CELL_W + _PAD + 80  # + colour bar and its labels
@@ -560,7 +585,7 @@ def bar_chart(rows: list[Row], key: str | None) -> Image.Image:
 
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = max(_text_size(probe, t, font)[0] for t in labels) + _PAD
-    title = "best top-1 (%)" + (f" by {key}" if key else "")
+    title = "best top-1 (%), else final" + (f" by {key}" if key else "")
     top = _PAD + _FONT_SIZE + _PAD
     width = max(_PAD + label_w + bar_max + 140, 2 * _PAD + _text_size(probe, title, font)[0])
     img = Image.new("RGB", (width, top + len(rows) * (bar_h + 6) + _PAD), _BG)
@@ -572,7 +597,7 @@ def bar_chart(rows: list[Row], key: str | None) -> Image.Image:
         y = top + i * (bar_h + 6)
         w, h = _text_size(draw, label, font)
         draw.text((x0 - w - _PAD // 2, y + (bar_h - h) // 2), label, font=font, fill=_FG)
-        best = row["best_top1"]
+        best = score(row)
         failed = row["status"] in FAILED_STATUSES
         length = round(bar_max * best / hi) if best is not None and hi > 0 else 0
         draw.rectangle([x0, y, x0 + max(length, 4), y + bar_h], fill=_fill(row, lo, hi))

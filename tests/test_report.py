@@ -80,6 +80,7 @@ def final_json(top1s: list[float], stopped: str | None = None) -> dict:
         "loss": 1.2345,
         "num_samples": 100,
         "best_top1": max(top1s),
+        "selection": "val",  # as trainer.select_on_test=true leaves it
         "stopped": stopped,
     }
 
@@ -142,6 +143,33 @@ def test_collect_gives_one_row_per_job_with_status_best_top1_epochs_and_throughp
     assert early["status"] == "early_stop"
     assert (early["epochs_run"], early["best_top1"]) == (2, pytest.approx(0.41))
     assert "early stop" in early["note"]
+
+
+def test_best_top1_is_taken_on_the_selection_split_only(tmp_path: Path):
+    with_holdout = write_job(tmp_path, ["optim.lr=0.1"], [0.50, 0.65, 0.60])  # val rows
+    holdout_rows = [
+        {"epoch": e, "split": "holdout", "top1": t, "loss": 1.0} for e, t in ((1, 0.4), (2, 0.45), (3, 0.5))
+    ]
+    with (with_holdout / "metrics.jsonl").open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in holdout_rows))
+    (with_holdout / "final.json").write_text(
+        json.dumps({**final_json([0.5, 0.65, 0.6]), "selection": "holdout"})
+    )
+    no_selection = write_job(
+        tmp_path, ["optim.lr=0.2"], [0.70, 0.55], final={**final_json([0.70, 0.55]), "selection": None}
+    )
+    (no_selection / "error.txt").unlink(missing_ok=True)
+    rows = {r["overrides"]["optim.lr"]: r for r in report.collect(tmp_path)}
+    assert rows["0.1"]["best_top1"] == pytest.approx(0.5)  # the holdout's best, not the val peak 0.65
+    # no selection split: no best (a val peak would be a selection on the test set); ranked by final
+    assert rows["0.2"]["best_top1"] is None and report.score(rows["0.2"]) == pytest.approx(0.55)
+    assert [r["overrides"]["optim.lr"] for r in report.sort_rows(list(rows.values()))] == ["0.2", "0.1"]
+
+
+def test_a_sweep_point_that_failed_with_an_error_shows_it_in_the_note(tmp_path: Path):
+    write_job(tmp_path, ["optim.lr=0.1"], [0.2], extra_files={"error.txt": "non-finite loss at epoch 1\n"})
+    row = report.collect(tmp_path)[0]
+    assert row["status"] == "failed/incomplete" and row["note"] == "error: non-finite loss at epoch 1"
 
 
 def test_collect_reports_preempted_jobs_and_the_newer_of_nan_and_preempted(tmp_path: Path):

@@ -426,3 +426,18 @@ def test_preemption_on_the_last_step_of_an_epoch_resumes_and_finishes(demo_root:
     assert (finished["epoch"], finished["step"], finished["epoch_step"]) == (3, 3, 0)
     val_epochs = [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["split"] == "val"]
     assert val_epochs == [1, 2, 3]
+
+
+def test_a_failing_sweep_point_does_not_stop_the_sweep(demo_root: Path, tmp_path: Path):
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli(
+        "train",
+        "-m",
+        f"data.root={demo_root}",
+        "optim.lr_per_256=-1,-2",  # both invalid: the second still runs after the first failed
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = sorted(p.read_text() for p in sweep_dir.glob("*/error.txt"))
+    assert len(errors) == 2 and all("optim.lr_per_256=" in e for e in errors)
+    assert proc.stderr.count("resnet-repro: error: optim.lr_per_256=") == 2
