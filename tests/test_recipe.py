@@ -225,6 +225,26 @@ def test_dropblock_rate_ramps_linearly_over_the_configured_epochs():
     assert seen == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2, 0.2])
 
 
+def test_a_compiled_model_is_not_recompiled_as_the_dropblock_rate_ramps():
+    model = build_model(
+        ModelConfig(name="resnet18"), 10, RegularizationConfig(dropblock=0.2, dropblock_ramp_epochs=4)
+    ).train()
+    graphs = []
+
+    def counting_backend(gm, example_inputs):  # no code generation: counts what dynamo compiles
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(model, backend=counting_backend)
+    x = torch.randn(2, 3, 32, 32)
+    counts = []
+    for epoch in range(6):
+        model.dropblock_rate.set_epoch(epoch)
+        compiled(x)
+        counts.append(len(graphs))
+    assert counts == [counts[0]] * 6  # compiled once, whatever the rate
+
+
 # -------------------------------------------------------------------- the training step itself
 class Tiny(nn.Module):
     """Linear classifier on 4x4 images; can be told to produce NaN at a given call."""

@@ -70,9 +70,15 @@ def _residual_branch_ends(model: tvm.ResNet) -> list[nn.Module]:
     return ends
 
 
-def _drop_block(out: torch.Tensor, p: float, block_size: int, training: bool) -> torch.Tensor:
+@torch.compiler.disable
+def _drop_block(out: torch.Tensor, rate: DropBlockRate, block_size: int, training: bool) -> torch.Tensor:
     """torchvision's drop_block2d with the block clamped to the largest odd size that fits the
-    feature map (small images give 2x2 maps in stage 4; the op needs an odd block)."""
+    feature map (small images give 2x2 maps in stage 4; the op needs an odd block).
+
+    Run eagerly under torch.compile: the ramped rate is a Python number that changes every epoch,
+    and a compiled graph guarding on it would be recompiled each epoch (then, past dynamo's
+    recompile limit, silently run uncompiled)."""
+    p = rate.p
     size = min(block_size, out.shape[-1], out.shape[-2])
     size -= 1 - size % 2
     if p == 0 or size < 1:
@@ -99,7 +105,7 @@ def _attach_regularizers(model: tvm.ResNet, reg: RegularizationConfig) -> DropBl
         rate = DropBlockRate(reg.dropblock, reg.dropblock_ramp_epochs)
         for stage in ("layer3", "layer4"):
             getattr(model, stage).register_forward_hook(
-                lambda m, _i, out: _drop_block(out, rate.p, reg.dropblock_size, m.training)
+                lambda m, _i, out: _drop_block(out, rate, reg.dropblock_size, m.training)
             )
     if reg.dropout > 0:
         model.avgpool.register_forward_hook(
