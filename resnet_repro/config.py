@@ -484,6 +484,20 @@ def validate(cfg: RootConfig) -> None:
         )
     if t.keep_last_k < 0:
         raise UserError(f"trainer.keep_last_k={t.keep_last_k} must be >= 0")
+    r, m = cfg.regularization, cfg.model
+    if r.dropblock > 0 and r.dropblock_size < 1:
+        raise UserError(f"regularization.dropblock_size={r.dropblock_size} must be a positive block size")
+    if r.dropblock_ramp_epochs < 0:
+        raise UserError(
+            f"regularization.dropblock_ramp_epochs={r.dropblock_ramp_epochs} must be >= 0 (0: no ramp)"
+        )
+    if m.gn_groups < 1 or 64 % m.gn_groups != 0:
+        raise UserError(
+            f"model.gn_groups={m.gn_groups} must divide 64 (every ResNet width is a multiple of 64): "
+            "1, 2, 4, 8, 16, 32 or 64"
+        )
+    if cfg.bench.trials < 1 or cfg.bench.steps < 1:
+        raise UserError(f"bench.trials={cfg.bench.trials} and bench.steps={cfg.bench.steps} must be >= 1")
     for key, seed in (("data.holdout.seed", d.holdout.seed), ("data.stats.seed", d.stats.seed)):
         if seed < 0:
             raise UserError(f"{key}={seed} must be a non-negative integer")
