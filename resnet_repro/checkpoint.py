@@ -6,6 +6,7 @@ import os
 import pickle
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,27 @@ class PreemptionWatch:
 
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+    def launcher_handler(self) -> Callable[[int, Any], Any] | None:
+        """The handler that was installed for the received signal before ours, when it is Python
+        code (e.g. submitit's, which requeues its job on SIGUSR2); None for the default handler."""
+        import signal
+
+        if self.received is None:
+            return None
+        previous = self._previous.get(getattr(signal, self.received))
+        return previous if callable(previous) else None
+
+    def hand_over(self) -> None:
+        """After our checkpoint: let the launcher's own handler do what it does (submitit: requeue the
+        job on rank 0 and exit; return on the other ranks)."""
+        import signal
+
+        handler = self.launcher_handler()
+        if handler is not None:
+            signum = getattr(signal, self.received or "")
+            self.restore()
+            handler(signum, None)
 
 
 def requeue_slurm_job(job_id: str) -> bool:

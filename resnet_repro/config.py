@@ -222,8 +222,9 @@ class TrainerConfig:
     checkpoint_every_minutes: float | None = None
     # Keep checkpoints/epoch_<N>.pt for the last k epochs (0 = keep only last.pt and best.pt)
     keep_last_k: int = 0
-    # Signals that mean "save and stop" (SLURM sends USR1 before the time limit with --signal)
-    preempt_signals: list[str] = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"])
+    # Signals that mean "save and stop": SLURM sends USR1 before the time limit (the sbatch scripts'
+    # --signal); submitit sends USR2 (its own handler then requeues the job, after our checkpoint)
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGUSR1", "SIGTERM", "SIGUSR2"])
     # Ranks agree on a pending preemption every this many steps (each check is a small all-reduce)
     preempt_check_steps: int = 10
     # After a preemption under SLURM, requeue the job (scontrol requeue $SLURM_JOB_ID) once

@@ -604,7 +604,7 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
             )
             del loader
             if train_metrics is None:
-                return _preempted(cfg, env, run_dir, parts.interrupts.stopped_by, epoch, epoch_step)
+                return _preempted(cfg, env, run_dir, parts.interrupts, epoch, epoch_step)
             epoch_step = 0
             distributed.broadcast_buffers(env, net)  # rank 0's BatchNorm statistics everywhere
             evals = run_eval()
@@ -634,7 +634,7 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
                 log.warning(stop_reason)
                 break
             if epoch + 1 < t.epochs and parts.interrupts.stop_requested(step, force_check=True):
-                return _preempted(cfg, env, run_dir, parts.interrupts.stopped_by, epoch + 1, 0)
+                return _preempted(cfg, env, run_dir, parts.interrupts, epoch + 1, 0)
         if not final:  # resumed a finished run: report its final numbers
             evals = run_eval()
             final = {"epochs_run": start_epoch, **evals[test_name]}
@@ -691,18 +691,32 @@ def _prune_epoch_checkpoints(ckpt_dir: Path, keep: int, env: DistEnv) -> None:
 
 
 def _preempted(
-    cfg: RootConfig, env: DistEnv, run_dir: Path, signal_name: str | None, epoch: int, epoch_step: int
+    cfg: RootConfig,
+    env: DistEnv,
+    run_dir: Path,
+    interrupts: Interrupts,
+    epoch: int,
+    epoch_step: int,
 ) -> dict[str, Any]:
-    """After the checkpoint of a preempted run: requeue the SLURM job once (rank 0), report."""
+    """After the checkpoint of a preempted run: requeue the SLURM job once (rank 0), report.
+
+    Where a launcher had its own handler for the signal (submitit's SIGUSR2 at the time limit), the
+    checkpoint is written first and then that handler runs: it requeues the job its own way."""
+    signal_name = interrupts.stopped_by
     job = os.environ.get("SLURM_JOB_ID")
-    requeued = False
+    launcher = interrupts.watch.launcher_handler() is not None
+    requeued: bool | str = "by the launcher" if launcher else False
     if env.is_main:
-        if job and cfg.trainer.requeue:
+        if job and cfg.trainer.requeue and not launcher:
             requeued = checkpoint.requeue_slurm_job(job)
+        then = {
+            "by the launcher": "its launcher requeues the job",
+            True: f"SLURM job {job} requeued",
+            False: "run the same command again to resume",
+        }[requeued]
         log.warning(
             f"stopped by {signal_name} at epoch {epoch + 1}, step {epoch_step} of the epoch; "
-            f"checkpoint {run_dir / 'checkpoints' / 'last.pt'}; "
-            + (f"SLURM job {job} requeued" if requeued else "run the same command again to resume")
+            f"checkpoint {run_dir / 'checkpoints' / 'last.pt'}; {then}"
         )
         checkpoint.write_text_atomic(
             run_dir / "preempted.json",
@@ -712,4 +726,6 @@ def _preempted(
             + "\n",
         )
     distributed.barrier(env)
+    if launcher:
+        interrupts.watch.hand_over()  # submitit: rank 0 requeues and exits here
     return {"preempted": True, "requeued": requeued}

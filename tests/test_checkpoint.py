@@ -255,3 +255,30 @@ def test_resume_refuses_changed_optimizer_or_schedule_settings_and_names_them():
     assert resume_config_changes(dataclasses.asdict(step_run), moved) == [
         "schedule.milestones [30, 60] -> [5, 8]"
     ]
+
+
+def test_a_launchers_own_signal_handler_runs_after_our_checkpoint_not_instead(tmp_path):
+    """submitit handles SIGUSR2 (its time-limit warning) by requeueing the job: the watch catches the
+    signal first (so the run checkpoints at a step boundary), then hands it over."""
+    import os
+    import signal
+
+    from resnet_repro.checkpoint import PreemptionWatch
+
+    calls = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    try:
+        watch = PreemptionWatch(["SIGUSR2", "SIGUSR1"])
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert watch.received == "SIGUSR2" and calls == []  # only flagged: the loop saves first
+        assert watch.launcher_handler() is not None
+        watch.hand_over()
+        assert calls == [signal.SIGUSR2]
+        assert signal.getsignal(signal.SIGUSR2) is not watch._handle  # restored to the launcher's
+
+        plain = PreemptionWatch(["SIGUSR1"])  # SIGUSR1's previous handler is the default
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert plain.received == "SIGUSR1" and plain.launcher_handler() is None
+        plain.restore()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
