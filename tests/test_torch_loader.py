@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 from resnet_repro.config import DataConfig, UserError
 from resnet_repro.data.splits import list_split
 from resnet_repro.data.synthetic import SyntheticLoader
-from resnet_repro.data.torch_loader import DECODERS, TorchLoader, build_torch_loader
+from resnet_repro.data.torch_loader import DECODERS, TorchLoader
 
 CPU = torch.device("cpu")
 
@@ -96,10 +96,17 @@ def test_last_partial_batch_is_returned_without_padding(mixed_folder):
 
 def test_build_torch_loader_reads_its_slice_of_the_data_config(mixed_folder):
     fl = list_split(mixed_folder, "train")
-    cfg = DataConfig(name="t", root=str(mixed_folder), image_size=S, num_threads=0)
-    loader = build_torch_loader(
-        cfg, fl.files, fl.labels, train=True, batch_size=8, seed=0, device=CPU, decoder="decode_jpeg"
+    from resnet_repro.data.loaders import build_loader
+
+    cfg = DataConfig(
+        name="t",
+        root=str(mixed_folder),
+        image_size=S,
+        num_threads=0,
+        backend="torchvision",
+        decoder="decode_jpeg",
     )
+    loader = build_loader(cfg, fl.files, fl.labels, train=True, batch_size=8, seed=0, device=CPU)
     images, labels = _run(loader)
     assert len(loader) == 2 and [x.shape for x in images] == [(8, 3, S, S), (2, 3, S, S)]
 

@@ -233,27 +233,3 @@ def undecodable_reason(path: str) -> str | None:
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
         return str(e) or type(e).__name__
     return None
-
-
-def build_loader(
-    cfg: DataConfig,
-    files: Sequence[str],
-    labels: Sequence[int],
-    *,
-    train: bool,
-    batch_size: int,
-    seed: int,
-    device: torch.device,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> DaliLoader:
-    return DaliLoader(
-        files,
-        labels,
-        Transform.from_config(cfg, train=train, mean=mean, std=std),
-        batch_size=batch_size,
-        num_threads=cfg.num_threads,
-        seed=seed,
-        device=device,
-        prefetch=cfg.prefetch,
-    )

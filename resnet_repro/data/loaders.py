@@ -32,23 +32,22 @@ def build_loader(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> Loader:
-    common = {
-        "train": train,
-        "batch_size": batch_size,
-        "seed": seed,
-        "device": device,
-        "mean": mean,
-        "std": std,
-    }
+    """The configured backend over `files`; `mean` / `std`: the run's resolved normalization
+    (default: data.mean / data.std). data.num_threads is DALI's thread count or the DataLoader's
+    worker count."""
+    if cfg.backend == "synthetic":
+        from resnet_repro.data.synthetic import SyntheticLoader
+
+        # same number of images and classes as the real selection, no decoding at all
+        return SyntheticLoader(len(files), max(labels) + 1, cfg.image_size, batch_size, device, seed)
+    from resnet_repro.data.dali import Transform
+
+    transform = Transform.from_config(cfg, train=train, mean=mean, std=std)
+    common = {"batch_size": batch_size, "seed": seed, "device": device, "prefetch": cfg.prefetch}
     if cfg.backend == "dali":
-        from resnet_repro.data.dali import build_loader as build_dali
+        from resnet_repro.data.dali import DaliLoader
 
-        return build_dali(cfg, files, labels, **common)
-    if cfg.backend == "torchvision":
-        from resnet_repro.data.torch_loader import build_torch_loader
+        return DaliLoader(files, labels, transform, num_threads=cfg.num_threads, **common)
+    from resnet_repro.data.torch_loader import TorchLoader
 
-        return build_torch_loader(cfg, files, labels, decoder=cfg.decoder, **common)
-    from resnet_repro.data.synthetic import SyntheticLoader
-
-    # same number of images and classes as the real selection, no decoding at all
-    return SyntheticLoader(len(files), max(labels) + 1, cfg.image_size, batch_size, device, seed)
+    return TorchLoader(files, labels, transform, num_workers=cfg.num_threads, decoder=cfg.decoder, **common)

@@ -148,11 +148,18 @@ def compute_and_save(
     path = distributed.broadcast_object(
         env, stats_path(cfg, stats.fingerprint(selection, cfg.root)) if env.is_main else None
     )
+    return _compute_and_write(cfg, splits, env, device, path), path
+
+
+def _compute_and_write(
+    cfg: DataConfig, splits: Splits, env: DistEnv, device: torch.device, path: Path
+) -> stats.StatsRecord:
+    """The pass, then rank 0 writes `path`; whether it can be written is checked first."""
     distributed.all_or_none(env, lambda: stats.check_writable(path) if env.is_main else None)
     record = compute_record(cfg, splits, env, device)
     if env.is_main:
         stats.write_stats_file(path, record)
-    return record, path
+    return record
 
 
 def resolve(
@@ -177,10 +184,7 @@ def resolve(
     path, record = found
     computed_now = record is None
     if computed_now:
-        distributed.all_or_none(env, lambda: stats.check_writable(path) if env.is_main else None)
-        record = compute_record(cfg, splits, env, device)
-        if env.is_main:
-            stats.write_stats_file(path, record)
+        record = _compute_and_write(cfg, splits, env, device, path)
 
     outcome: object = None
     if env.is_main:

@@ -361,6 +361,11 @@ def _host(tensor_list: Any) -> Any:
     return tensor_list.as_cpu() if hasattr(tensor_list, "as_cpu") else tensor_list
 
 
+def _check_resize(resize_shorter: int | None) -> None:
+    if resize_shorter is not None and resize_shorter < 1:
+        raise UserError(f"data.stats.resize={resize_shorter} must be a positive size in pixels or null")
+
+
 def stream(
     files: Sequence[str],
     *,
@@ -385,8 +390,7 @@ def stream(
         raise ValueError(f"reduce_in={reduce_in!r} is not auto, dali or numpy")
     if batch_size < 1 or num_threads < 1:
         raise UserError(f"batch_size={batch_size} and num_threads={num_threads} must be positive")
-    if resize_shorter is not None and resize_shorter < 1:
-        raise UserError(f"data.stats.resize={resize_shorter} must be a positive size in pixels or null")
+    _check_resize(resize_shorter)
     files = [str(f) for f in files]
     if not files:
         return PartialSums(), 0
@@ -508,6 +512,7 @@ def stream_torchvision(
 
     if decoder not in ("pil", "decode_jpeg"):
         raise UserError(f"data.decoder={decoder!r} is not pil or decode_jpeg")
+    _check_resize(resize_shorter)
     local = threading.local()
 
     def one(path: str) -> tuple[np.ndarray, list[int], int] | None:
@@ -559,8 +564,6 @@ def compute_stats(
         raise ValueError(f"shard_id={shard_id} is not in [0, num_shards={num_shards})")
     idx = sharding.eval_indices(len(files), rank=shard_id, world_size=num_shards)
     if decoder != "dali":
-        if resize_shorter is not None and resize_shorter < 1:
-            raise UserError(f"data.stats.resize={resize_shorter} must be a positive size in pixels or null")
         sums, _ = stream_torchvision(
             [str(files[i]) for i in idx],
             decoder=decoder,

@@ -29,7 +29,7 @@ from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from resnet_repro.config import DataConfig, UserError
+from resnet_repro.config import UserError
 from resnet_repro.data.dali import Transform
 
 DECODERS = ("pil", "decode_jpeg")
@@ -261,33 +261,3 @@ class TorchLoader:
             images = images.to(self.device, non_blocking=True).float()
             images.sub_(self._mean).div_(self._std)
             yield images, labels.to(self.device, non_blocking=True)
-
-
-def build_torch_loader(
-    cfg: DataConfig,
-    files: Sequence[str],
-    labels: Sequence[int],
-    *,
-    train: bool,
-    batch_size: int,
-    seed: int,
-    device: torch.device,
-    decoder: str = "pil",
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> TorchLoader:
-    """Mirror of resnet_repro.data.dali.build_loader; data.num_threads becomes the worker count.
-
-    `mean` / `std`: the run's resolved normalization (default: data.mean / data.std).
-    """
-    return TorchLoader(
-        files,
-        labels,
-        Transform.from_config(cfg, train=train, mean=mean, std=std),
-        batch_size=batch_size,
-        num_workers=cfg.num_threads,
-        seed=seed,
-        device=device,
-        decoder=decoder,
-        prefetch=cfg.prefetch,
-    )
