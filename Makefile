@@ -64,8 +64,7 @@ sweep: $(STAMP) ## local multirun: weight decay x max norm, one job after anothe
 		optim.weight_decay=$(WD) stabilizer.max_norm=$(MAX_NORM) $(ARGS)
 
 sweep-slurm: $(STAMP) ## the same sweep on SLURM via submitit: make sweep-slurm DATA=... PARTITION=gpu
-	@test -n "$(DATA)" || { echo "error: set DATA=/path/to/imagenet"; exit 2; }
-	$(BIN)/resnet-repro train -m hydra/launcher=slurm experiment=$(EXPERIMENT) data.root=$(DATA) \
+	$(BIN)/resnet-repro train -m hydra/launcher=slurm experiment=$(EXPERIMENT) $(if $(DATA),data.root=$(DATA)) \
 		$(if $(PARTITION),hydra.launcher.partition=$(PARTITION)) trainer.checkpoint_every_minutes=15 \
 		optim.weight_decay=$(WD) stabilizer.max_norm=$(MAX_NORM) $(ARGS)
 

@@ -130,7 +130,8 @@ class PreemptionWatch:
     def _handle(self, signum, frame) -> None:
         import signal
 
-        self.received = signal.Signals(signum).name
+        if self.received is None:  # the first one decides (a requeue's SIGTERM may follow a USR2)
+            self.received = signal.Signals(signum).name
 
     def restore(self) -> None:
         import signal
@@ -148,6 +149,13 @@ class PreemptionWatch:
         previous = self._previous.get(getattr(signal, self.received))
         return previous if callable(previous) else None
 
+    def launcher_requeues(self) -> bool:
+        """Whether the launcher's own handler for the received signal requeues the job. submitit
+        installs one for USR2 (checkpoint_and_try_requeue) and, for SIGTERM and SIGCONT, one that
+        only logs the signal ("bypass"): after a SIGTERM nothing would requeue."""
+        handler = self.launcher_handler()
+        return handler is not None and getattr(handler, "__name__", "") != "bypass"
+
     def hand_over(self) -> None:
         """After our checkpoint: let the launcher's own handler do what it does (submitit: requeue the
         job on rank 0 and exit; return on the other ranks)."""
@@ -158,6 +166,48 @@ class PreemptionWatch:
             signum = getattr(signal, self.received or "")
             self.restore()
             handler(signum, None)
+
+
+def slurm_job_ref(environ: dict[str, str] | None = None) -> str | None:
+    """This process's SLURM job as scontrol names it: `<array id>_<task>` for an array task (the
+    bare array id would name every task of the array: a requeue would requeue them all), else
+    the job id; None outside SLURM."""
+    env = os.environ if environ is None else environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID") or None
+
+
+def slurm_job_fields(job: str) -> dict[str, str] | None:
+    """`scontrol show job` of one job as a dict (no accounting database needed); None when
+    scontrol is missing or does not know the job."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            ["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    fields = dict(item.split("=", 1) for item in proc.stdout.split() if "=" in item)
+    return fields if proc.returncode == 0 and "JobState" in fields else None
+
+
+def slurm_job_fate(job: str, restarts_seen: int) -> str:
+    """What SLURM is doing with the job that just signalled us: "requeued" (someone requeued it
+    already: its restart count passed the one this process started with), "cancelled" (`scancel
+    <job>`: SLURM sends SIGTERM, as at the time limit and on preemption, but only a cancel leaves
+    the job COMPLETING with no reason, or CANCELLED), or "running" (a time limit, a preemption, a
+    signal sent with `scancel --signal=...`: the job should be requeued to continue)."""
+    fields = slurm_job_fields(job)
+    if fields is None:
+        return "running"
+    if int(fields.get("Restarts", "0")) > restarts_seen:
+        return "requeued"
+    state, reason = fields["JobState"], fields.get("Reason", "None")
+    if state == "CANCELLED" or (state == "COMPLETING" and reason == "None"):
+        return "cancelled"
+    return "running"
 
 
 def requeue_slurm_job(job_id: str) -> bool:

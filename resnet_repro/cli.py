@@ -40,19 +40,25 @@ def _fail(message: str) -> None:
 
 
 def run_id() -> str:
-    """The last part of a run directory, the same in every process of one job and across requeues:
-    the SLURM job id, else torchrun's rendezvous id, else the start time."""
+    """The last part of a run directory, the same in every process of one job step and across
+    requeues: the SLURM job id (array: <array id>_<task>), plus `.<step>` for the second and later
+    `srun` steps of one allocation (a seed loop in one sbatch script gets one directory per step;
+    a requeued job's script numbers its steps the same way again); else torchrun's rendezvous id,
+    else the start time."""
     import os
     import time
 
-    if os.environ.get("SLURM_ARRAY_JOB_ID"):
-        return f"slurm-{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
-    if os.environ.get("SLURM_JOB_ID"):
-        return f"slurm-{os.environ['SLURM_JOB_ID']}"
-    rdzv = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    if rdzv != "none":
-        return f"torchrun-{rdzv}"
-    return time.strftime("%Y-%m-%d_%H-%M-%S")
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID"):
+        job = f"slurm-{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
+    elif env.get("SLURM_JOB_ID"):
+        job = f"slurm-{env['SLURM_JOB_ID']}"
+    else:
+        rdzv = env.get("TORCHELASTIC_RUN_ID", "none")
+        return f"torchrun-{rdzv}" if rdzv != "none" else time.strftime("%Y-%m-%d_%H-%M-%S")
+    step = env.get("SLURM_STEP_ID", "")
+    # the batch script itself has no step id (or SLURM's "batch" number); step 0 keeps the plain name
+    return f"{job}.{step}" if step.isdigit() and 0 < int(step) < 0xFFFFFFF0 else job
 
 
 def _hydra_command(task: Callable[[DictConfig], object], args: list[str]) -> None:

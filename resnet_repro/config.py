@@ -211,6 +211,10 @@ class TrainerConfig:
     nproc: int = 1
     # auto = continue from <run_dir>/checkpoints/last.pt when present; never; or a checkpoint path
     resume: str = "auto"
+    # Resume even when the checkpoint was trained with other settings (seed, model, data, transform,
+    # normalization, precision, regularization, optimizer, schedule): the differences are logged and
+    # the checkpoint's optimizer and schedule state wins. Off: such a resume is refused.
+    resume_with_changes: bool = False
     # Seconds a collective may wait for a slow or dead rank before the job fails
     dist_timeout_s: int = 600
     # Allow model selection (best.pt, early stopping, plateau) on the test split when there is no
@@ -227,7 +231,8 @@ class TrainerConfig:
     preempt_signals: list[str] = field(default_factory=lambda: ["SIGUSR1", "SIGTERM", "SIGUSR2"])
     # Ranks agree on a pending preemption every this many steps (each check is a small all-reduce)
     preempt_check_steps: int = 10
-    # After a preemption under SLURM, requeue the job (scontrol requeue $SLURM_JOB_ID) once
+    # After a preemption or time-limit signal under SLURM, requeue the job (scontrol requeue); a plain
+    # `scancel` (the job is being cancelled) never requeues
     requeue: bool = True
 
 

@@ -33,10 +33,36 @@ def _flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:
     return out
 
 
+# What a run *is*: a checkpoint trained with other values of these is another experiment, and
+# continuing it under this run's name would describe weights that were never trained this way
+# (e.g. two `srun` steps of a seed loop sharing a run directory). Leaves not listed (data.root,
+# backend, threads, logging, max_norm, early stopping, checkpoint cadence) may change on resume.
+IDENTITY_KEYS = (
+    "trainer.seed",
+    "trainer.precision",
+    "model",
+    "regularization",
+    "data.name",
+    "data.train_split",
+    "data.eval_split",
+    "data.image_size",
+    "data.crop_ratio",
+    "data.augment",
+    "data.normalization",
+    "data.exclude_files",
+    "data.holdout.size",
+    "data.holdout.seed",
+    "data.holdout.stats_from",
+)
+# model settings that change speed or memory, not the computation
+IDENTITY_EXEMPT = ("model.channels_last",)
+
+
 def resume_config_changes(saved: dict[str, Any], cfg: RootConfig) -> list[str]:
-    """Settings whose state a resume takes from the checkpoint, changed on this command line:
-    the optimizer's (LR, momentum, weight decay are in its state), the LR schedule's (milestones,
-    warm-up; with cosine also the length of the run), as "key old -> new"."""
+    """Settings that a resume would silently not honour, changed on this command line, as
+    "key old -> new": the optimizer's and the LR schedule's (their state comes from the
+    checkpoint: LR, momentum, weight decay, milestones, warm-up; with cosine also the length of
+    the run), and the settings that make the run what it is (IDENTITY_KEYS)."""
     now = dataclasses.asdict(cfg)
     # only the fields the chosen schedule reads (a plateau patience under the step schedule is inert)
     used = {
@@ -48,25 +74,49 @@ def resume_config_changes(saved: dict[str, Any], cfg: RootConfig) -> list[str]:
     keys += ["stabilizer.warmup_epochs", "stabilizer.warmup_start_factor"]
     if cfg.schedule.name == "cosine":
         keys.append("trainer.epochs")
+    keys += IDENTITY_KEYS
+    if cfg.data.normalization != "published":  # data.mean / data.std are read only then
+        exempt = (*IDENTITY_EXEMPT, "data.mean", "data.std")
+    else:
+        keys += ["data.mean", "data.std"]
+        exempt = IDENTITY_EXEMPT
+    old_values = {
+        k: v
+        for section in saved
+        if isinstance(saved[section], dict)
+        for k, v in _flat(saved[section], f"{section}.").items()
+    }
+    new_values = {
+        k: v
+        for section in now
+        if isinstance(now[section], dict)
+        for k, v in _flat(now[section], f"{section}.").items()
+    }
     changes = []
-    for key in keys:
-        section, _, leaf = key.partition(".")
-        if section not in saved:
+    for k in sorted(new_values):
+        if k not in old_values or k in exempt:
             continue
-        old_values = _flat(saved[section], f"{section}.")
-        new_values = _flat(now[section], f"{section}.")
-        for k in sorted(new_values):
-            if (leaf and k != key) or k not in old_values:
-                continue
-            if old_values[k] != new_values[k]:
-                changes.append(f"{k} {old_values[k]} -> {new_values[k]}")
+        if not any(k == key or k.startswith(key + ".") for key in keys):
+            continue
+        if old_values[k] != new_values[k]:
+            changes.append(f"{k} {old_values[k]} -> {new_values[k]}")
     return changes
 
 
-def check_resumable(state: dict[str, Any], path: Path, derived: Derived, cfg: RootConfig) -> None:
+def check_resumable(
+    state: dict[str, Any],
+    path: Path,
+    derived: Derived,
+    cfg: RootConfig,
+    normalization: tuple[list[float], list[float]] | None = None,
+) -> list[str]:
     """A checkpoint continues only the job it came from: same world size, global batch and steps
-    per epoch (the LR schedule and the data position are counted in those), and the same optimizer
-    and schedule settings (their state comes from the checkpoint: a change would be ignored)."""
+    per epoch (the LR schedule and the data position are counted in those), the same optimizer
+    and schedule settings (their state comes from the checkpoint: a change would be ignored), and
+    the same experiment (IDENTITY_KEYS and the normalization values in use).
+
+    With trainer.resume_with_changes=true the setting differences are accepted and returned (for
+    the log); the job's shape never is."""
     for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "epoch_step", "rng"):
         if key not in state:
             raise UserError(
@@ -86,10 +136,19 @@ def check_resumable(state: dict[str, Any], path: Path, derived: Derived, cfg: Ro
             "batch size, or start a new run directory (trainer.resume=never or another hydra.run.dir)"
         )
     changes = resume_config_changes(state["config"], cfg) if isinstance(state.get("config"), dict) else []
-    if changes:
+    saved_norm = state.get("normalization")
+    if normalization is not None and isinstance(saved_norm, dict):
+        for name, values in zip(("mean", "std"), normalization, strict=True):
+            old = [round(float(v), 6) for v in saved_norm.get(name, [])]
+            new = [round(float(v), 6) for v in values]
+            if old != new:
+                changes.append(f"normalization {name} {old} -> {new}")
+    if changes and not cfg.trainer.resume_with_changes:
         raise UserError(
-            f"checkpoint {path} was trained with other optimizer/schedule settings ({'; '.join(changes[:4])}"
-            f"{'; ...' if len(changes) > 4 else ''}): resuming would keep the checkpoint's and ignore "
-            "the new ones; resume with the run's settings, or start a new run directory "
-            "(trainer.resume=never or another hydra.run.dir)"
+            f"checkpoint {path} was trained with other settings ({'; '.join(changes[:4])}"
+            f"{'; ...' if len(changes) > 4 else ''}): it is another run (optimizer and schedule state "
+            "would come from the checkpoint, ignoring the new values); resume with the run's settings, "
+            "start a new run directory (trainer.resume=never or another hydra.run.dir), or set "
+            "trainer.resume_with_changes=true to continue it anyway"
         )
+    return changes

@@ -485,12 +485,16 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
     resume_from = distributed.broadcast_object(env, decided)
     if resume_from is not None:
 
-        def load_resumable() -> dict[str, Any]:
+        def load_resumable() -> tuple[dict[str, Any], list[str]]:
             state = checkpoint.load(resume_from)
-            check_resumable(state, resume_from, derived, cfg)
-            return state
+            return state, check_resumable(state, resume_from, derived, cfg, (norm.mean, norm.std))
 
-        state = distributed.all_or_none(env, load_resumable)
+        state, accepted_changes = distributed.all_or_none(env, load_resumable)
+        if accepted_changes:
+            log.warning(
+                f"resuming {resume_from} despite changed settings (trainer.resume_with_changes=true): "
+                + "; ".join(accepted_changes)
+            )
         try:
             net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -698,34 +702,59 @@ def _preempted(
     epoch: int,
     epoch_step: int,
 ) -> dict[str, Any]:
-    """After the checkpoint of a preempted run: requeue the SLURM job once (rank 0), report.
+    """After the checkpoint of a preempted run: requeue the SLURM job (rank 0), report.
 
-    Where a launcher had its own handler for the signal (submitit's SIGUSR2 at the time limit), the
+    A time-limit warning (USR1 from the sbatch scripts' --signal), a preemption or a signal sent
+    with `scancel --signal=...` requeues the job; a plain `scancel <job>` (SIGTERM while the job is
+    being cancelled) does not: a cancel cancels, and last.pt stays for a deliberate resume. Where a
+    launcher has its own requeueing handler for the signal (submitit's USR2 at the time limit), the
     checkpoint is written first and then that handler runs: it requeues the job its own way."""
     signal_name = interrupts.stopped_by
-    job = os.environ.get("SLURM_JOB_ID")
-    launcher = interrupts.watch.launcher_handler() is not None
-    requeued: bool | str = "by the launcher" if launcher else False
+    job = checkpoint.slurm_job_ref()
+    watch = interrupts.watch
+    by_launcher = watch.launcher_requeues()
+    requeued: bool | str = "by the launcher" if by_launcher else False
+    cancelled = False
     if env.is_main:
-        if job and cfg.trainer.requeue and not launcher:
-            requeued = checkpoint.requeue_slurm_job(job)
-        then = {
-            "by the launcher": "its launcher requeues the job",
-            True: f"SLURM job {job} requeued",
-            False: "run the same command again to resume",
-        }[requeued]
-        log.warning(
-            f"stopped by {signal_name} at epoch {epoch + 1}, step {epoch_step} of the epoch; "
-            f"checkpoint {run_dir / 'checkpoints' / 'last.pt'}; {then}"
-        )
+        if job and not by_launcher:
+            fate = checkpoint.slurm_job_fate(job, int(os.environ.get("SLURM_RESTART_COUNT", "0")))
+            cancelled = fate == "cancelled"
+            if fate == "requeued":
+                requeued = "by SLURM"
+            elif cfg.trainer.requeue and not cancelled:
+                requeued = checkpoint.requeue_slurm_job(job)
+        last = run_dir / "checkpoints" / "last.pt"
+        if cancelled:
+            then = f"SLURM job {job} was cancelled, not requeued; to continue: hydra.run.dir={run_dir}"
+        else:
+            then = {
+                "by the launcher": "its launcher requeues the job",
+                "by SLURM": f"SLURM requeued job {job} itself",
+                True: f"SLURM job {job} requeued (SLURM holds a requeued job about 2 minutes)",
+                False: "run the same command again to resume",
+            }[requeued]
+        where = f"epoch {epoch + 1}, step {epoch_step} of the epoch"
+        log.warning(f"stopped by {signal_name} at {where}; checkpoint {last}; {then}")
         checkpoint.write_text_atomic(
             run_dir / "preempted.json",
             json.dumps(
-                {"signal": signal_name, "epoch": epoch, "epoch_step": epoch_step, "requeued": requeued}
+                {
+                    "signal": signal_name,
+                    "epoch": epoch,
+                    "epoch_step": epoch_step,
+                    "requeued": requeued,
+                    "cancelled": cancelled,
+                    "slurm_job": job,
+                }
             )
             + "\n",
         )
     distributed.barrier(env)
-    if launcher:
-        interrupts.watch.hand_over()  # submitit: rank 0 requeues and exits here
-    return {"preempted": True, "requeued": requeued}
+    if by_launcher:
+        watch.hand_over()  # submitit: rank 0 requeues and exits here
+    elif requeued is True and watch.launcher_handler() is not None and env.is_main:
+        # requeued by us under a launcher whose handler only logged the signal (submitit's SIGTERM):
+        # end the process without a result, as submitit's own requeue does, so that the sweep waits
+        # for the requeued job instead of collecting this unfinished one
+        raise SystemExit(-1)
+    return {"preempted": True, "requeued": requeued, "cancelled": cancelled}

@@ -282,3 +282,117 @@ def test_a_launchers_own_signal_handler_runs_after_our_checkpoint_not_instead(tm
         plain.restore()
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_the_first_signal_decides_when_a_second_follows():
+    # submitit's USR2, then the SIGTERM of the requeue it triggers: USR2 must still be handed over
+    import os
+    import signal
+
+    from resnet_repro.checkpoint import PreemptionWatch
+
+    watch = PreemptionWatch(["SIGUSR1", "SIGUSR2"])
+    try:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert watch.received == "SIGUSR2"
+    finally:
+        watch.restore()
+
+
+def test_a_launcher_handler_that_only_logs_the_signal_is_not_a_requeue():
+    # submitit's handler for SIGTERM is `bypass` (it logs); only its USR2 handler requeues
+    import signal
+
+    from resnet_repro.checkpoint import PreemptionWatch
+
+    class Launcher:
+        def bypass(self, signum, frame):
+            pass
+
+        def checkpoint_and_try_requeue(self, signum, frame):
+            pass
+
+    launcher = Launcher()
+    old_term = signal.signal(signal.SIGTERM, launcher.bypass)
+    old_usr2 = signal.signal(signal.SIGUSR2, launcher.checkpoint_and_try_requeue)
+    try:
+        watch = PreemptionWatch(["SIGTERM", "SIGUSR2"])
+        watch.received = "SIGTERM"
+        assert watch.launcher_handler() is not None and not watch.launcher_requeues()
+        watch.received = "SIGUSR2"
+        assert watch.launcher_requeues()
+        watch.restore()
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGUSR2, old_usr2)
+
+
+def test_slurm_job_of_an_array_task_is_named_with_its_task(monkeypatch):
+    from resnet_repro.checkpoint import slurm_job_ref
+
+    # the bare array id names the whole array: `scontrol requeue 9` would requeue every task
+    assert (
+        slurm_job_ref({"SLURM_JOB_ID": "10", "SLURM_ARRAY_JOB_ID": "9", "SLURM_ARRAY_TASK_ID": "0"}) == "9_0"
+    )
+    assert slurm_job_ref({"SLURM_JOB_ID": "10"}) == "10"
+    assert slurm_job_ref({}) is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "restarts_seen", "fate"),
+    [
+        ({"JobState": "COMPLETING", "Reason": "None", "Restarts": "0"}, 0, "cancelled"),  # scancel
+        ({"JobState": "CANCELLED", "Reason": "None", "Restarts": "1"}, 1, "cancelled"),
+        ({"JobState": "COMPLETING", "Reason": "TimeLimit", "Restarts": "0"}, 0, "running"),  # time limit
+        ({"JobState": "RUNNING", "Reason": "None", "Restarts": "0"}, 0, "running"),  # scancel --signal
+        ({"JobState": "COMPLETING", "Reason": "None", "Restarts": "2"}, 1, "requeued"),  # being requeued
+        (None, 0, "running"),  # scontrol unavailable: behave as before
+    ],
+)
+def test_slurm_job_fate_tells_a_cancel_from_a_time_limit_a_signal_and_a_requeue(
+    monkeypatch, fields, restarts_seen, fate
+):
+    from resnet_repro import checkpoint
+
+    monkeypatch.setattr(checkpoint, "slurm_job_fields", lambda job: fields)
+    assert checkpoint.slurm_job_fate("5", restarts_seen) == fate
+
+
+def test_resume_refuses_a_checkpoint_of_another_experiment_and_names_the_keys(tmp_path):
+    # two `srun` steps of a seed loop used to share a run directory: the second "resumed" the first
+    import dataclasses
+
+    from resnet_repro.config import DataConfig, ModelConfig, RootConfig, TrainerConfig
+    from resnet_repro.resume import check_resumable, resume_config_changes
+    from resnet_repro.summary import Derived
+
+    run = RootConfig(data=DataConfig(name="demo", root="/a"), trainer=TrainerConfig(seed=0))
+    saved = dataclasses.asdict(run)
+    moved = dataclasses.replace(run, data=DataConfig(name="demo", root="/b", num_threads=8))
+    assert resume_config_changes(saved, moved) == []  # where the data lives and how fast it loads
+    fast = dataclasses.replace(run, model=ModelConfig(channels_last=True))
+    assert resume_config_changes(saved, fast) == []
+    other = dataclasses.replace(
+        run, trainer=TrainerConfig(seed=1, precision="bf16"), model=ModelConfig(name="resnet18")
+    )
+    assert resume_config_changes(saved, other) == [
+        "model.name resnet50 -> resnet18",
+        "trainer.precision fp32 -> bf16",
+        "trainer.seed 0 -> 1",
+    ]
+
+    derived = Derived(1, 16, 0.1, 5, 80, 20, 10, "cpu")
+    state = {
+        k: 0 for k in ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "epoch_step", "rng")
+    }
+    state.update(config=saved, normalization={"mean": [0.5] * 3, "std": [0.25] * 3})
+    with pytest.raises(UserError, match=r"trainer\.seed 0 -> 1.*trainer\.resume_with_changes=true"):
+        check_resumable(
+            state, tmp_path / "last.pt", derived, dataclasses.replace(run, trainer=TrainerConfig(seed=1))
+        )
+    with pytest.raises(UserError, match=r"normalization mean \[0\.5, 0\.5, 0\.5\] -> \[0\.4"):
+        check_resumable(state, tmp_path / "last.pt", derived, run, ([0.4] * 3, [0.25] * 3))
+    assert check_resumable(state, tmp_path / "last.pt", derived, run, ([0.5] * 3, [0.25] * 3)) == []
+    anyway = dataclasses.replace(run, trainer=TrainerConfig(seed=1, resume_with_changes=True))
+    assert check_resumable(state, tmp_path / "last.pt", derived, anyway) == ["trainer.seed 0 -> 1"]

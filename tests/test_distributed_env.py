@@ -187,7 +187,13 @@ def test_first_slurm_host_falls_back_when_scontrol_fails(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------- run_id
-RUN_ID_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "TORCHELASTIC_RUN_ID")
+RUN_ID_VARS = (
+    "SLURM_JOB_ID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_STEP_ID",
+    "TORCHELASTIC_RUN_ID",
+)
 
 
 @pytest.fixture
@@ -207,6 +213,25 @@ def test_run_id_of_a_slurm_array_task_names_array_and_task(clean_run_id_env):
     clean_run_id_env.setenv("SLURM_ARRAY_TASK_ID", "2")
     clean_run_id_env.setenv("SLURM_JOB_ID", "9")  # SLURM sets a distinct job id per array task too
     assert run_id() == "slurm-7_2"
+
+
+def test_run_id_tells_later_srun_steps_of_one_allocation_apart(clean_run_id_env):
+    # a seed loop of `srun` steps in one sbatch script: step 0 keeps the job's name, later steps
+    # get their own directories (the numbering repeats after a requeue: still the same directories)
+    clean_run_id_env.setenv("SLURM_JOB_ID", "42")
+    clean_run_id_env.setenv("SLURM_STEP_ID", "0")
+    assert run_id() == "slurm-42"
+    clean_run_id_env.setenv("SLURM_STEP_ID", "2")
+    assert run_id() == "slurm-42.2"
+    clean_run_id_env.setenv("SLURM_ARRAY_JOB_ID", "7")
+    clean_run_id_env.setenv("SLURM_ARRAY_TASK_ID", "1")
+    assert run_id() == "slurm-7_1.2"
+
+
+def test_run_id_of_the_batch_script_itself_has_no_step(clean_run_id_env):
+    clean_run_id_env.setenv("SLURM_JOB_ID", "42")
+    clean_run_id_env.setenv("SLURM_STEP_ID", str(0xFFFFFFFE))  # SLURM's number for the batch step
+    assert run_id() == "slurm-42"
 
 
 def test_run_id_under_torchrun_is_the_rendezvous_id(clean_run_id_env):

@@ -1,0 +1,485 @@
+"""Every SLURM path against a real one-node SLURM cluster (scripts/slurm/local_cluster.sh), on the
+demo data, CPU only: the sbatch scripts as shipped (GPU requests overridden on the sbatch command
+line, as a user without GPUs would), preemption and time-limit requeues, a plain cancel, the
+submitit sweep launcher, a job array, and two `srun` steps in one allocation.
+
+SLURM holds a requeued job about 2 minutes before it may start again, so the scenarios run side by
+side as jobs on the one node: a module fixture starts every scenario in its own thread, and each
+test waits for its scenario and checks what it saw. Skipped, with the reason, where a cluster
+cannot be brought up (not root, or SLURM missing and no apt-get).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_CLUSTER = REPO_ROOT / "scripts" / "slurm" / "local_cluster.sh"
+SBATCH = REPO_ROOT / "scripts" / "slurm" / "train_imagenet.sbatch"
+SBATCH_MULTINODE = REPO_ROOT / "scripts" / "slurm" / "train_imagenet_multinode.sbatch"
+RESNET_REPRO = str(Path(sys.executable).parent / "resnet-repro")
+# CPUs the node offers: more than the machine has, so that all scenarios run at once
+NODE_CPUS = 16
+# a scenario's whole life, the ~2 minute requeue hold included, on a busy 2-core machine
+SCENARIO_TIMEOUT_S = 900
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+# No GPUs here: the sbatch scripts' --gpus-per-node=8 and 8 tasks are overridden as a user would
+CPU_JOB = ["--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=30"]
+# a small demo run: a few steps per epoch, one check for a signal after every step
+SMALL_RUN = [
+    "experiment=demo",
+    "trainer.batch_size=16",
+    "trainer.max_steps_per_epoch=6",
+    "trainer.preempt_check_steps=1",
+    "logging.progress=false",
+    "data.num_threads=1",
+    "stabilizer.warmup_epochs=0",  # the demo's 1-epoch warm-up must be shorter than the run
+]
+
+
+def skip_reason() -> str | None:
+    if not sys.platform.startswith("linux"):
+        return "a local SLURM cluster needs Linux"
+    if os.geteuid() != 0:
+        return "a local SLURM cluster needs root (slurmd runs the jobs as their users)"
+    if not (shutil.which("slurmctld") and shutil.which("munged")) and not shutil.which("apt-get"):
+        return "SLURM is not installed and there is no apt-get to install slurm-wlm and munge"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """The SLURM commands, pointed at the test cluster through SLURM_CONF."""
+
+    def __init__(self, folder: Path, demo_root: Path) -> None:
+        self.folder = folder
+        self.demo_root = demo_root
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
+        for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+            self.env.pop(name, None)
+        self.env.update(
+            SLURM_CONF=str(folder / "slurm.conf"),
+            OMP_NUM_THREADS="1",
+            DATA=str(demo_root),
+            RESNET_REPRO=RESNET_REPRO,
+        )
+
+    def run(self, *args: str, cwd: Path | None = None, timeout: int = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(args, capture_output=True, text=True, env=self.env, cwd=cwd, timeout=timeout)
+
+    def sbatch(self, *args: str, cwd: Path) -> str:
+        proc = self.run("sbatch", "--parsable", *args, cwd=cwd)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip().split(";")[0]
+
+    def job(self, job_id: str) -> dict[str, str]:
+        """`scontrol show job` as a dict (there is no accounting database for sacct)."""
+        proc = self.run("scontrol", "show", "job", "-o", job_id)
+        if proc.returncode != 0:
+            return {}
+        return dict(item.split("=", 1) for item in proc.stdout.split() if "=" in item)
+
+    def wait_job(self, job_id: str, until: Callable[[dict[str, str]], bool], what: str) -> dict[str, str]:
+        deadline = time.monotonic() + SCENARIO_TIMEOUT_S
+        while True:
+            info = self.job(job_id)
+            if info and until(info):
+                return info
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id}: {what} did not happen; last seen {info}")
+            time.sleep(1)
+
+    def wait_done(self, job_id: str) -> dict[str, str]:
+        return self.wait_job(job_id, lambda j: j["JobState"] in FINAL_STATES, "the end")
+
+    def log_of(self, job_id: str) -> str:
+        path = self.job(job_id).get("StdOut")
+        return Path(path).read_text()[-4000:] if path and Path(path).exists() else "(no log)"
+
+
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout_s: float = SCENARIO_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def epochs_done(run_dir: Path) -> int:
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return 0
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return max((r["epoch"] for r in rows if r["split"] == "train"), default=0)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------- scenarios
+# Each takes the cluster and a folder of its own, drives its jobs and returns what it saw.
+
+
+def scenario_sbatch(c: Cluster, work: Path) -> dict[str, Any]:
+    job = c.sbatch(*CPU_JOB, str(SBATCH), *SMALL_RUN, "trainer.epochs=1", cwd=work)
+    info = c.wait_done(job)
+    return {
+        "job": job,
+        "info": info,
+        "run_dir": work / "runs" / "demo" / f"slurm-{job}",
+        "log": c.log_of(job),
+    }
+
+
+def scenario_multinode(c: Cluster, work: Path) -> dict[str, Any]:
+    job = c.sbatch(
+        "--nodes=1",
+        "--ntasks-per-node=2",
+        "--gpus-per-node=0",
+        "--cpus-per-task=1",
+        "--time=30",
+        str(SBATCH_MULTINODE),
+        *SMALL_RUN,
+        "trainer.epochs=1",
+        cwd=work,
+    )
+    info = c.wait_done(job)
+    return {
+        "job": job,
+        "info": info,
+        "run_dir": work / "runs" / "demo" / f"slurm-{job}",
+        "log": c.log_of(job),
+    }
+
+
+def scenario_usr1_preemption(c: Cluster, work: Path) -> dict[str, Any]:
+    job = c.sbatch(*CPU_JOB, str(SBATCH), *SMALL_RUN, "trainer.epochs=3", cwd=work)
+    run_dir = work / "runs" / "demo" / f"slurm-{job}"
+    wait_for(lambda: epochs_done(run_dir) >= 1 or c.job(job).get("JobState") in FINAL_STATES, "epoch 1")
+    signalled = c.run("scancel", "--signal=USR1", job)
+    requeued = c.wait_job(job, lambda j: int(j["Restarts"]) >= 1 or j["JobState"] in FINAL_STATES, "requeue")
+    preempted = read_json(run_dir / "preempted.json") if (run_dir / "preempted.json").exists() else None
+    info = c.wait_done(job)
+    return {
+        "job": job,
+        "signalled": signalled,
+        "requeued": requeued,
+        "preempted": preempted,
+        "info": info,
+        "run_dir": run_dir,
+        "log": c.log_of(job),
+    }
+
+
+def scenario_time_limit(c: Cluster, work: Path) -> dict[str, Any]:
+    # The script's own `--signal=USR1@120`: with the time limit cut to 2 minutes the job is inside
+    # its last 120 s at once, and SLURM sends USR1 at its next time-limit check (within ~30 s)
+    job = c.sbatch(*CPU_JOB, str(SBATCH), *SMALL_RUN, "trainer.epochs=12", cwd=work)
+    run_dir = work / "runs" / "demo" / f"slurm-{job}"
+    wait_for(lambda: epochs_done(run_dir) >= 1 or c.job(job).get("JobState") in FINAL_STATES, "epoch 1")
+    cut = c.run("scontrol", "update", f"JobId={job}", "TimeLimit=2")
+    requeued = c.wait_job(job, lambda j: int(j["Restarts"]) >= 1 or j["JobState"] in FINAL_STATES, "requeue")
+    # while SLURM holds it: give the rerun room, or its own USR1 would come at once again
+    c.run("scontrol", "update", f"JobId={job}", "TimeLimit=30")
+    preempted = read_json(run_dir / "preempted.json") if (run_dir / "preempted.json").exists() else None
+    info = c.wait_done(job)
+    return {
+        "job": job,
+        "cut": cut,
+        "requeued": requeued,
+        "preempted": preempted,
+        "info": info,
+        "run_dir": run_dir,
+        "log": c.log_of(job),
+    }
+
+
+def scenario_cancel(c: Cluster, work: Path) -> dict[str, Any]:
+    job = c.sbatch(*CPU_JOB, str(SBATCH), *SMALL_RUN, "trainer.epochs=12", cwd=work)
+    run_dir = work / "runs" / "demo" / f"slurm-{job}"
+    wait_for(lambda: epochs_done(run_dir) >= 1 or c.job(job).get("JobState") in FINAL_STATES, "epoch 1")
+    cancelled = c.run("scancel", job)
+    info = c.wait_done(job)
+    time.sleep(5)  # a requeue would show by now
+    return {
+        "job": job,
+        "cancelled": cancelled,
+        "info": info,
+        "later": c.job(job),
+        "run_dir": run_dir,
+        "log": c.log_of(job),
+    }
+
+
+def scenario_array(c: Cluster, work: Path) -> dict[str, Any]:
+    job = c.sbatch("--array=0-1", *CPU_JOB, str(SBATCH), *SMALL_RUN, "trainer.epochs=1", cwd=work)
+    infos = [c.wait_done(f"{job}_{task}") for task in (0, 1)]
+    return {"job": job, "infos": infos, "runs": work / "runs" / "demo", "log": c.log_of(f"{job}_0")}
+
+
+SEED_LOOP = """#!/usr/bin/env bash
+#SBATCH --job-name=seed-loop
+set -euo pipefail
+for seed in 0 1; do
+    srun "$RESNET_REPRO" train data.root="$DATA" trainer.seed=$seed "$@"
+done
+"""
+
+
+def scenario_seed_loop(c: Cluster, work: Path) -> dict[str, Any]:
+    script = work / "seed_loop.sbatch"
+    script.write_text(SEED_LOOP)
+    job = c.sbatch(*CPU_JOB, str(script), *SMALL_RUN, "trainer.epochs=1", cwd=work)
+    info = c.wait_done(job)
+    return {"job": job, "info": info, "runs": work / "runs" / "demo", "log": c.log_of(job)}
+
+
+def point_dir(sweep: Path, seed: int) -> Path:
+    """A sweep point's directory (named after all its overrides by Hydra)."""
+    found = [p for p in sweep.glob("*") if f"trainer.seed={seed}" in p.name.split(",")]
+    return found[0] if found else sweep / f"not-yet-seed-{seed}"
+
+
+def scenario_submitit_sweep(c: Cluster, work: Path) -> dict[str, Any]:
+    """Two sweep points through hydra-submitit-launcher; point 0 gets submitit's time-limit signal
+    (USR2), point 1 a SIGTERM that is not a cancel (`scancel --signal=TERM`, as a preemption)."""
+    sweep = work / "sweep"
+    args = [
+        RESNET_REPRO,
+        "train",
+        "-m",
+        "hydra/launcher=slurm",
+        f"data.root={c.demo_root}",
+        "hydra.launcher.gpus_per_node=0",
+        "hydra.launcher.tasks_per_node=1",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=1",
+        "hydra.launcher.timeout_min=30",
+        f"hydra.sweep.dir={sweep}",
+        *SMALL_RUN,
+        "trainer.epochs=3",
+        "trainer.seed=0,1",
+    ]
+    with open(work / "sweep.out", "w") as out:
+        proc = subprocess.Popen(args, env=c.env, cwd=work, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for(
+                lambda: all(epochs_done(point_dir(sweep, s)) >= 1 for s in (0, 1)) or proc.poll() is not None,
+                "epoch 1",
+            )
+            points = [point_dir(sweep, s) for s in (0, 1)]
+            names = c.run("squeue", "-h", "-o", "%i %j").stdout.split("\n")
+            array_id = next(line.split()[0].split("_")[0] for line in names if line.endswith(" demo"))
+            tasks = [f"{array_id}_0", f"{array_id}_1"]
+            signals = [
+                c.run("scancel", "--signal=USR2", tasks[0]),
+                c.run("scancel", "--signal=TERM", tasks[1]),
+            ]
+            requeues = [
+                c.wait_job(t, lambda j: int(j["Restarts"]) >= 1 or j["JobState"] in FINAL_STATES, "requeue")
+                for t in tasks
+            ]
+            preempted = [
+                read_json(p / "preempted.json") if (p / "preempted.json").exists() else None for p in points
+            ]
+            rc = proc.wait(timeout=SCENARIO_TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    report = subprocess.run(
+        [RESNET_REPRO, "report", str(sweep)], capture_output=True, text=True, env=c.env, timeout=300
+    )
+    return {
+        "rc": rc,
+        "output": (work / "sweep.out").read_text()[-4000:],
+        "names": names,
+        "tasks": tasks,
+        "signals": signals,
+        "requeues": requeues,
+        "preempted": preempted,
+        "finals": [c.job(t) for t in tasks],
+        "points": points,
+        "report": report,
+    }
+
+
+SCENARIOS: dict[str, Callable[[Cluster, Path], dict[str, Any]]] = {
+    "sbatch": scenario_sbatch,
+    "multinode": scenario_multinode,
+    "usr1": scenario_usr1_preemption,
+    "time_limit": scenario_time_limit,
+    "cancel": scenario_cancel,
+    "array": scenario_array,
+    "seed_loop": scenario_seed_loop,
+    "submitit": scenario_submitit_sweep,
+}
+
+
+# -------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, demo_root: Path):
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    folder = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "SLURMCTLD_PORT": str(free_port()), "SLURMD_PORT": str(free_port())}
+    start = subprocess.run(
+        ["bash", str(LOCAL_CLUSTER), "start", str(folder), str(NODE_CPUS)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert start.returncode == 0, start.stdout + start.stderr
+    c = Cluster(folder, demo_root)
+    # the demo's normalization statistics once, before the jobs (each would compute them otherwise)
+    stats = subprocess.run(
+        [RESNET_REPRO, "stats", f"data.root={demo_root}"],
+        capture_output=True,
+        text=True,
+        env=c.env,
+        timeout=600,
+    )
+    assert stats.returncode == 0, stats.stderr
+    try:
+        yield c
+    finally:
+        c.run("scancel", "--user", "root")
+        subprocess.run(["bash", str(LOCAL_CLUSTER), "stop", str(folder)], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def scenarios(cluster: Cluster, tmp_path_factory):
+    """Every scenario started at once, each in its own thread and folder."""
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=len(SCENARIOS)) as pool:
+        futures: dict[str, Future] = {
+            name: pool.submit(fn, cluster, tmp_path_factory.mktemp(name)) for name, fn in SCENARIOS.items()
+        }
+        yield futures
+        for future in futures.values():  # let every scenario end before the cluster stops
+            future.exception()
+    print(f"\nSLURM scenarios: {time.monotonic() - started:.0f} s wall time side by side")
+
+
+def outcome(scenarios: dict[str, Future], name: str) -> dict[str, Any]:
+    return scenarios[name].result(timeout=SCENARIO_TIMEOUT_S + 60)
+
+
+# ----------------------------------------------------------------------------------------- tests
+def test_sbatch_script_as_shipped_completes_into_runs_experiment_slurm_job_id(scenarios):
+    o = outcome(scenarios, "sbatch")
+    assert o["info"]["JobState"] == "COMPLETED", o["log"]
+    assert o["info"]["ExitCode"] == "0:0"
+    final = read_json(o["run_dir"] / "final.json")
+    assert final["epochs"] == 1 and 0.0 <= final["top1"] <= 1.0
+
+
+def test_multinode_script_with_two_tasks_runs_two_rank_ddp_from_slurm_variables(scenarios):
+    o = outcome(scenarios, "multinode")
+    assert o["info"]["JobState"] == "COMPLETED", o["log"]
+    run = read_json(o["run_dir"] / "run.json")
+    assert run["derived"]["world_size"] == 2
+    assert read_json(o["run_dir"] / "final.json")["num_samples"] == 360  # every val image once
+
+
+def test_usr1_checkpoints_requeues_once_and_the_job_resumes_in_the_same_directory(scenarios):
+    o = outcome(scenarios, "usr1")
+    assert o["signalled"].returncode == 0, o["signalled"].stderr
+    assert o["preempted"] is not None, o["log"]
+    assert o["preempted"]["signal"] == "SIGUSR1" and o["preempted"]["requeued"] is True
+    assert o["info"]["JobState"] == "COMPLETED", o["log"]
+    assert o["info"]["Restarts"] == "1"
+    assert read_json(o["run_dir"] / "final.json")["epochs"] == 3
+    train_log = (o["run_dir"] / "train.log").read_text()
+    assert train_log.count("resumed from") == 1
+    assert not (o["run_dir"] / "preempted.json").exists()
+
+
+def test_the_scripts_time_limit_signal_checkpoints_requeues_and_the_job_completes(scenarios):
+    o = outcome(scenarios, "time_limit")
+    assert o["cut"].returncode == 0, o["cut"].stderr
+    assert o["preempted"] is not None, o["log"]
+    assert o["preempted"]["signal"] == "SIGUSR1" and o["preempted"]["requeued"] is True
+    assert o["info"]["JobState"] == "COMPLETED", o["log"]
+    assert o["info"]["Restarts"] == "1"
+    assert read_json(o["run_dir"] / "final.json")["epochs"] == 12
+    assert "resumed from" in (o["run_dir"] / "train.log").read_text()
+
+
+def test_plain_scancel_cancels_without_requeue_and_keeps_the_last_checkpoint(scenarios):
+    o = outcome(scenarios, "cancel")
+    assert o["cancelled"].returncode == 0, o["cancelled"].stderr
+    assert o["info"]["JobState"] == "CANCELLED", o["log"]
+    assert o["later"]["JobState"] == "CANCELLED" and o["later"]["Restarts"] == "0"
+    preempted = read_json(o["run_dir"] / "preempted.json")
+    assert preempted["signal"] == "SIGTERM"
+    assert preempted["cancelled"] is True and preempted["requeued"] is False
+    assert (o["run_dir"] / "checkpoints" / "last.pt").is_file()
+    assert not (o["run_dir"] / "final.json").exists()
+
+
+def test_job_array_gives_one_run_directory_per_task(scenarios):
+    o = outcome(scenarios, "array")
+    assert [i["JobState"] for i in o["infos"]] == ["COMPLETED", "COMPLETED"], o["log"]
+    dirs = sorted(p.name for p in o["runs"].iterdir())
+    assert dirs == [f"slurm-{o['job']}_0", f"slurm-{o['job']}_1"]
+    for name in dirs:
+        assert (o["runs"] / name / "final.json").is_file()
+
+
+def test_two_srun_steps_with_different_seeds_get_two_run_directories_and_two_results(scenarios):
+    o = outcome(scenarios, "seed_loop")
+    assert o["info"]["JobState"] == "COMPLETED", o["log"]
+    dirs = sorted(p.name for p in o["runs"].iterdir())
+    assert dirs == [f"slurm-{o['job']}", f"slurm-{o['job']}.1"]
+    finals = [read_json(o["runs"] / name / "final.json") for name in dirs]
+    assert [f["epochs_run"] for f in finals] == [1, 1]  # both trained; neither resumed the other
+    assert finals[0]["loss"] != finals[1]["loss"]
+    import yaml
+
+    seeds = [yaml.safe_load((o["runs"] / n / "config.yaml").read_text())["trainer"]["seed"] for n in dirs]
+    assert seeds == [0, 1]
+
+
+def test_submitit_sweep_runs_on_the_cluster_and_its_signals_requeue_and_resume(scenarios):
+    o = outcome(scenarios, "submitit")
+    assert o["rc"] == 0, o["output"]
+    assert any(line.endswith(" demo") for line in o["names"])  # squeue names the jobs after the experiment
+    for signalled in o["signals"]:
+        assert signalled.returncode == 0, signalled.stderr
+    usr2, term = o["preempted"]
+    assert usr2 is not None and usr2["signal"] == "SIGUSR2" and usr2["requeued"] == "by the launcher"
+    # submitit's own SIGTERM handler only logs: the run requeues itself, and says so
+    assert term is not None and term["signal"] == "SIGTERM" and term["requeued"] is True
+    for final in o["finals"]:
+        assert final["JobState"] == "COMPLETED" and final["Restarts"] == "1", final
+    for point in o["points"]:
+        assert read_json(point / "final.json")["epochs"] == 3
+        assert "resumed from" in (point / "train.log").read_text()
+    assert o["report"].returncode == 0, o["report"].stderr
+    assert "trainer.seed=0" in o["report"].stdout and "trainer.seed=1" in o["report"].stdout
