@@ -205,7 +205,7 @@ class TrainerConfig:
     # Per-device batch; the global batch is batch_size x world size
     batch_size: int = 256
     # When set, the global batch: each of the world's processes takes global_batch / world size
-    # (which must divide), and batch_size is not used. The paper recipe sets 256.
+    # (which must divide), and batch_size is not used. Both ImageNet recipes set 256.
     global_batch: int | None = None
     seed: int = 0
     # auto = cuda when available, else cpu
