@@ -11,8 +11,9 @@ Two decoders:
                transforms.v2 on uint8 tensors; anything that is not a JPEG (ImageNet has a PNG named
                .JPEG) or that libjpeg-turbo refuses goes through PIL instead.
 
-Workers return uint8 CHW crops; conversion to float and normalization happen once per batch on
-`device` (as DALI does): a quarter of the bytes through shared memory and the host-to-device copy.
+Workers return uint8 CHW crops (and each image's PCA lighting offset, three floats); conversion to
+float, the lighting offset and normalization happen once per batch on `device` (as DALI does): a
+quarter of the bytes through shared memory and the host-to-device copy.
 """
 
 from __future__ import annotations
