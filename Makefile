@@ -48,10 +48,10 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 tensorboard: $(STAMP) ## serve TensorBoard over runs/ and multiruns/ on port 6006
 	$(BIN)/tensorboard --logdir . --port 6006 --bind_all
 
-# The paper's global batch 256 (trainer.global_batch) is split over the GPUS devices
-train-imagenet: $(STAMP) ## the paper recipe: make train-imagenet DATA=/path/to/imagenet GPUS=8
+# The recipe's global batch 256 (trainer.global_batch) is split over the GPUS devices
+train-imagenet: $(STAMP) ## torchvision's ResNet-50 recipe (EXPERIMENT=he2016: the paper as written): make train-imagenet DATA=/path/to/imagenet GPUS=8
 	@test -n "$(DATA)" || { echo "error: set DATA=/path/to/imagenet (with train/ and val/ inside)"; exit 2; }
-	$(BIN)/resnet-repro train experiment=imagenet_paper data.root=$(DATA) trainer.nproc=$(GPUS) $(ARGS)
+	$(BIN)/resnet-repro train experiment=$(EXPERIMENT) data.root=$(DATA) trainer.nproc=$(GPUS) $(ARGS)
 
 # Sweep grid: weight decay x max norm (null = no clipping); override e.g. WD=1e-4,5e-5 MAX_NORM=null,1
 WD ?= 1e-4,5e-5,2e-4

@@ -9,7 +9,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from resnet_repro.config import UserError, check_override_keys, register_configs, to_dataclass, validate
+from resnet_repro.config import (
+    UserError,
+    check_override_keys,
+    deprecation_warnings,
+    register_configs,
+    to_dataclass,
+    validate,
+)
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 PROG = "resnet-repro"
@@ -73,6 +80,8 @@ def _hydra_command(task: Callable[[DictConfig], object], args: list[str]) -> Non
         check_override_keys(args, groups=[d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()])
     except UserError as e:
         _fail(str(e))
+    for line in deprecation_warnings(args):
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
     try:

@@ -33,6 +33,13 @@ class AugmentConfig:
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     ratio: list[float] = field(default_factory=lambda: [3.0 / 4.0, 4.0 / 3.0])
     hflip: bool = True
+    # [low, high]: He et al. 2016's scale augmentation instead: shorter side resized to an integer
+    # drawn uniformly from [low, high] pixels (the paper: [256, 480]), then a random image_size
+    # crop; set random_resized_crop=false with it. null = off
+    scale_short_side: list[int] | None = None
+    # Krizhevsky et al. 2012's PCA lighting noise: std of each eigenvector's weight (the paper and
+    # fb.resnet.torch: 0.1) on the [0, 1] RGB scale, with ImageNet's eigenvectors; 0 = off
+    pca_lighting: float = 0.0
 
 
 @dataclass
@@ -198,7 +205,7 @@ class TrainerConfig:
     # Per-device batch; the global batch is batch_size x world size
     batch_size: int = 256
     # When set, the global batch: each of the world's processes takes global_batch / world size
-    # (which must divide), and batch_size is not used. The paper recipe sets 256.
+    # (which must divide), and batch_size is not used. Both ImageNet recipes set 256.
     global_batch: int | None = None
     seed: int = 0
     # auto = cuda when available, else cpu
@@ -266,6 +273,9 @@ class BenchConfig:
 class RootConfig:
     # Experiment name; names the run directory
     name: str = "demo"
+    # The published recipe this run claims to reproduce: the start-up summary stars every setting
+    # that differs from it. torchvision (ResNet50_Weights.IMAGENET1K_V1's recipe) | he2016 (the paper)
+    reference: str = "torchvision"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
@@ -292,6 +302,25 @@ GROUP_SCHEMAS: dict[str, type] = {
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 BACKENDS = ("dali", "torchvision", "synthetic")
+REFERENCES = ("torchvision", "he2016")
+# Old config option names that still work, and what they are now called
+DEPRECATED_OPTIONS: dict[tuple[str, str], str] = {("data/augment", "paper"): "torchvision"}
+
+
+def deprecation_warnings(overrides: Sequence[str]) -> list[str]:
+    """One line per command-line `group=option` (also in a sweep's comma list) that names a
+    deprecated option."""
+    lines = []
+    for item in overrides:
+        if "=" not in item:
+            continue
+        group, options = item.split("=", 1)
+        group = group.lstrip("+~").removeprefix("/")
+        for option in options.split(","):
+            new = DEPRECATED_OPTIONS.get((group, option.strip()))
+            if new is not None:
+                lines.append(f"{group}={option.strip()} is deprecated; use {group}={new} (the same settings)")
+    return lines
 
 
 def register_configs() -> None:
@@ -458,6 +487,22 @@ def validate(cfg: RootConfig) -> None:
         raise UserError(f"data.augment.ratio={a.ratio} must be [low, high] with 0 < low <= high")
     if not 0 <= a.pad_crop:
         raise UserError(f"data.augment.pad_crop={a.pad_crop} must be >= 0 pixels")
+    if a.scale_short_side is not None:
+        lo_hi = list(a.scale_short_side)
+        if len(lo_hi) != 2 or not d.image_size <= lo_hi[0] <= lo_hi[1]:
+            raise UserError(
+                f"data.augment.scale_short_side={lo_hi} must be [low, high] pixels with "
+                f"data.image_size={d.image_size} <= low <= high"
+            )
+        if a.random_resized_crop or a.pad_crop > 0:
+            raise UserError(
+                f"data.augment.scale_short_side={lo_hi} is a training crop of its own: set "
+                "data.augment.random_resized_crop=false and data.augment.pad_crop=0 with it"
+            )
+    if a.pca_lighting < 0:
+        raise UserError(f"data.augment.pca_lighting={a.pca_lighting} must be >= 0 (0 = off)")
+    if cfg.reference not in REFERENCES:
+        raise UserError(f"reference={cfg.reference!r} is not one of {', '.join(REFERENCES)}")
     r = cfg.regularization
     for key in ("dropout", "spatial_dropout", "dropblock", "stochastic_depth", "label_smoothing"):
         if not 0 <= getattr(r, key) < 1:

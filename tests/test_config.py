@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import CONF_DIR, compose
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from resnet_repro.config import TrainerConfig, UserError, per_device_batch, to_dataclass, validate
+from resnet_repro.config import (
+    TrainerConfig,
+    UserError,
+    deprecation_warnings,
+    per_device_batch,
+    to_dataclass,
+    validate,
+)
 
 
 def _discover_group_files() -> list[tuple[str, str]]:
@@ -134,6 +143,8 @@ def test_validate_accepts_the_default_config_with_each_precision(default_cfg):
         ("bench.trials=0", "bench.trials=0"),
         ("logging.log_every_steps=0", "logging.log_every_steps=0"),
         ("stabilizer.max_skips=0", "stabilizer.max_skips=0"),
+        ("data.augment.pca_lighting=-0.1", "data.augment.pca_lighting=-0.1"),
+        ("reference=he2015", "reference='he2015'"),
     ],
 )
 def test_validate_names_the_bad_value(default_cfg, override, named):
@@ -148,6 +159,7 @@ def test_validate_names_the_bad_value(default_cfg, override, named):
 def test_imagenet_paper_experiment_is_the_paper_recipe(tmp_path):
     _, obj = _composed_ok(["experiment=imagenet_paper"], tmp_path)
     assert obj.name == "imagenet_paper"
+    assert obj.reference == "torchvision"  # torchvision's recipe (76.13%), not He et al. 2016 as written
     assert obj.model.name == "resnet50"
     assert obj.trainer.global_batch == 256  # the paper's batch, whatever the number of GPUs
     assert per_device_batch(obj.trainer, 8) == 32 and per_device_batch(obj.trainer, 1) == 256
@@ -201,3 +213,81 @@ def test_global_batch_that_does_not_divide_over_the_world_is_refused():
     with pytest.raises(UserError, match="trainer.global_batch=250 is not divisible by the world size 8"):
         per_device_batch(TrainerConfig(global_batch=250), 8)
     assert per_device_batch(TrainerConfig(batch_size=64), 8) == 64  # per-device batch when unset
+
+
+def test_he2016_experiment_is_the_paper_as_written(tmp_path):
+    _, obj = _composed_ok(["experiment=he2016"], tmp_path)
+    assert obj.name == "he2016" and obj.reference == "he2016"
+    assert obj.model.name == "resnet50" and obj.model.variant == "v1"  # stride 2 in the first 1x1
+    assert obj.model.zero_init_residual is False and obj.model.norm == "bn"
+    assert obj.trainer.global_batch == 256 and obj.trainer.epochs == 120
+    assert obj.optim.name == "sgd" and obj.optim.nesterov is False
+    assert obj.optim.lr_per_256 == pytest.approx(0.1)
+    assert obj.optim.momentum == pytest.approx(0.9)
+    assert obj.optim.weight_decay == pytest.approx(1e-4)
+    assert obj.optim.decay_norm_and_bias is True
+    assert obj.schedule.name == "plateau" and obj.schedule.factor == pytest.approx(0.1)
+    assert obj.data.holdout.size == 10000  # "the error plateaus" on a holdout carved from train
+    assert obj.data.eval_split == "val"
+    assert obj.stabilizer.warmup_epochs == 0 and obj.stabilizer.max_norm is None
+    assert all(v == 0 for k, v in vars(obj.regularization).items() if not k.startswith("dropblock_"))
+    a = obj.data.augment
+    assert a.random_resized_crop is False and a.pad_crop == 0
+    assert a.scale_short_side == [256, 480] and obj.data.image_size == 224
+    assert a.hflip is True and a.pca_lighting == pytest.approx(0.1)
+
+
+def test_he2016_settings_show_in_cfg_job(tmp_path):
+    """`resnet-repro train experiment=he2016 --cfg job` prints every paper setting."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resnet_repro",
+            "train",
+            "experiment=he2016",
+            f"data.root={tmp_path}",
+            "--cfg",
+            "job",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    ).stdout
+    job = OmegaConf.create(out)
+    assert job.reference == "he2016" and job.model.variant == "v1"
+    assert list(job.data.augment.scale_short_side) == [256, 480] and job.data.augment.pca_lighting == 0.1
+    assert job.schedule.name == "plateau" and job.trainer.epochs == 120 and job.trainer.global_batch == 256
+    assert job.optim.weight_decay == pytest.approx(1e-4) and job.data.holdout.size == 10000
+
+
+def test_old_augment_name_paper_is_torchvisions_recipe_with_a_deprecation_line(tmp_path):
+    _, old = _composed_ok(["data=imagenet", "data/augment=paper"], tmp_path)
+    _, new = _composed_ok(["data=imagenet", "data/augment=torchvision"], tmp_path)
+    assert old.data.augment == new.data.augment
+    assert new.data.augment.random_resized_crop is True and new.data.augment.scale == [0.08, 1.0]
+    (line,) = deprecation_warnings(["data/augment=paper", "trainer.epochs=3"])
+    assert "data/augment=paper is deprecated; use data/augment=torchvision" in line
+    assert len(deprecation_warnings(["data/augment=light,paper"])) == 1  # a sweep's list too
+    assert deprecation_warnings(["data/augment=torchvision", "data/augment=he2016"]) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["data.augment.scale_short_side=[256,480]"], "random_resized_crop=false"),
+        (["data.augment.random_resized_crop=false", "data.augment.scale_short_side=[200,480]"], "[200, 480]"),
+        (["data.augment.random_resized_crop=false", "data.augment.scale_short_side=[480,256]"], "[480, 256]"),
+    ],
+)
+def test_bad_scale_augmentation_is_refused_naming_the_value(overrides, named, tmp_path):
+    with pytest.raises(UserError, match=re.escape(named)):
+        _composed_ok(["data=imagenet", *overrides], tmp_path)

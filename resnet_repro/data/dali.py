@@ -32,6 +32,10 @@ class Transform:
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: bool = False
+    # He et al. 2016: shorter side drawn uniformly from [low, high] (integers), random square crop
+    scale_short_side: tuple[int, int] | None = None
+    # PCA lighting noise: std of each eigenvector's weight (resnet_repro.data.lighting); 0 = off
+    pca_lighting: float = 0.0
 
     @property
     def eval_resize(self) -> int:
@@ -61,6 +65,8 @@ class Transform:
             scale=tuple(a.scale),
             ratio=tuple(a.ratio),
             hflip=a.hflip,
+            scale_short_side=None if a.scale_short_side is None else tuple(a.scale_short_side),
+            pca_lighting=a.pca_lighting,
         )
 
 
@@ -86,7 +92,21 @@ def _define_pipeline(
         files=list(files), labels=list(labels), random_shuffle=False, name=READER_NAME
     )
     size = [t.image_size, t.image_size]
-    if t.train and t.pad_crop > 0:
+    # where crop_mirror_normalize puts its window (normalized, 0..1): the centre unless drawn below
+    crop_pos: dict = {}
+    if t.train and t.scale_short_side is not None:
+        # He et al. 2016 Sec. 3.4: shorter side an integer drawn uniformly from [low, high] (as
+        # fb.resnet.torch's RandomScale), then a uniformly placed image_size window (taken below)
+        images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB, **decode_args)
+        images = scale_resize(images, short_side_node(*t.scale_short_side))
+        # anchor = round(pos * (W - crop)), pos uniform in [0, 1]: each of the two end offsets is
+        # half as likely as an inner one (torchvision draws the integer offset exactly uniformly);
+        # with at least 33 offsets at ImageNet sizes the difference is immaterial
+        crop_pos = {
+            "crop_pos_x": fn.random.uniform(range=[0.0, 1.0]),
+            "crop_pos_y": fn.random.uniform(range=[0.0, 1.0]),
+        }
+    elif t.train and t.pad_crop > 0:
         # CIFAR style: zero-pad pad_crop pixels on each side, then a random image_size window
         images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB, **decode_args)
         images = fn.resize(
@@ -121,18 +141,53 @@ def _define_pipeline(
             images, resize_shorter=t.eval_resize, interp_type=types.INTERP_LINEAR, antialias=True
         )
     mirror = fn.random.coin_flip(probability=0.5) if (t.train and t.hflip) else 0
+    mean = [m * 255.0 for m in t.mean]  # DALI works on the 0-255 scale
+    if t.train and t.pca_lighting > 0:
+        # (x - (mean - 255 offset)) / std = (x + 255 offset - mean) / std: the lighting offset added
+        # to every pixel before normalization, as a per-sample mean
+        offset = lighting_offset_node(fn.random.normal(shape=[3], stddev=t.pca_lighting))
+        mean = types.Constant([float(m) for m in mean], dtype=types.FLOAT) - offset * 255.0
     images = fn.crop_mirror_normalize(
         images,
         dtype=types.FLOAT,
         output_layout="CHW",
-        crop=size,  # centre crop; a no-op after the training resize
-        mean=[m * 255.0 for m in t.mean],  # DALI works on the 0-255 scale
+        crop=size,  # centre crop (a no-op after the training resize) unless crop_pos is drawn
+        **crop_pos,
+        mean=mean,
         std=[s * 255.0 for s in t.std],
         mirror=mirror,
     )
     if gpu:
         label = label.gpu()
     return images, label
+
+
+def short_side_node(low: int, high: int):
+    """Per sample, an integer drawn uniformly from [low, high] (fb.resnet.torch's RandomScale:
+    torch.random(low, high)), as a float for fn.resize."""
+    from nvidia.dali import fn
+
+    return fn.random.uniform(values=[float(v) for v in range(low, high + 1)])
+
+
+def scale_resize(images, shorter):
+    """He et al. 2016's scale augmentation: each image's shorter side resized to `shorter` pixels."""
+    from nvidia.dali import fn, types
+
+    return fn.resize(images, resize_shorter=shorter, interp_type=types.INTERP_LINEAR, antialias=True)
+
+
+def lighting_offset_node(alpha):
+    """The RGB offset ([0, 1] scale) of resnet_repro.data.lighting for a per-sample DALI 3-vector
+    of eigenvector weights: sum_j alpha_j l_j p_j, written as DALI arithmetic."""
+    import numpy as np
+    from nvidia.dali import types
+
+    from resnet_repro.data.lighting import IMAGENET_EIGVAL, IMAGENET_EIGVEC
+
+    vec = np.asarray(IMAGENET_EIGVEC, dtype=np.float32)
+    columns = [types.Constant(vec[:, j] * np.float32(IMAGENET_EIGVAL[j])) for j in range(3)]
+    return alpha[0] * columns[0] + alpha[1] * columns[1] + alpha[2] * columns[2]
 
 
 class DaliLoader:

@@ -11,8 +11,9 @@ Two decoders:
                transforms.v2 on uint8 tensors; anything that is not a JPEG (ImageNet has a PNG named
                .JPEG) or that libjpeg-turbo refuses goes through PIL instead.
 
-Workers return uint8 CHW crops; conversion to float and normalization happen once per batch on
-`device` (as DALI does): a quarter of the bytes through shared memory and the host-to-device copy.
+Workers return uint8 CHW crops (and each image's PCA lighting offset, three floats); conversion to
+float, the lighting offset and normalization happen once per batch on `device` (as DALI does): a
+quarter of the bytes through shared memory and the host-to-device copy.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from torchvision.transforms.v2 import functional as F
 
 from resnet_repro.config import UserError
 from resnet_repro.data.dali import Transform
+from resnet_repro.data.lighting import draw_lighting_offset
 
 DECODERS = ("pil", "decode_jpeg")
 _EXIF_ORIENTATION = 0x0112
@@ -110,6 +112,13 @@ def random_resized_crop_params(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def sample_short_side(low_high: tuple[int, int], generator: torch.Generator) -> int:
+    """The training shorter side of the scale augmentation: an integer uniform in [low, high]
+    (fb.resnet.torch's RandomScale: torch.random(minSize, maxSize))."""
+    low, high = low_high
+    return int(torch.randint(low, high + 1, (1,), generator=generator))
+
+
 def apply_transform(img: ImageLike, t: Transform, generator: torch.Generator | None) -> ImageLike:
     """The geometric part of `t` (everything but normalization) on a PIL image or uint8 CHW tensor.
 
@@ -117,7 +126,18 @@ def apply_transform(img: ImageLike, t: Transform, generator: torch.Generator | N
     the evaluation transform, which draws nothing.
     """
     size = [t.image_size, t.image_size]
-    if t.train and t.pad_crop > 0:
+    if t.train and t.scale_short_side is not None:
+        # He et al. 2016 Sec. 3.4, as DALI: shorter side an integer uniform in [low, high], then a
+        # uniformly placed image_size window
+        assert generator is not None
+        img = F.resize(
+            img, [sample_short_side(t.scale_short_side, generator)], interpolation=_BILINEAR, antialias=True
+        )
+        h, w = F.get_size(img)
+        top = int(torch.randint(0, h - t.image_size + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - t.image_size + 1, (1,), generator=generator))
+        img = F.crop(img, top, left, t.image_size, t.image_size)
+    elif t.train and t.pad_crop > 0:
         # CIFAR style, as DALI: shorter side to image_size, centre crop/zero-pad to image_size + 2 pad,
         # then a uniformly placed image_size window
         assert generator is not None
@@ -151,7 +171,10 @@ def _sample_seed(seed: int, pass_index: int, index: int) -> int:
 
 
 class _ImageDataset(Dataset):
-    """Sample i = (uint8 CHW crop of files[i], labels[i])."""
+    """Sample i = (uint8 CHW crop of files[i], labels[i], the image's lighting offset).
+
+    The lighting offset (float32 [3], on the [0, 1] scale; zeros without PCA lighting) is added to
+    every pixel at normalization time, so workers still pass uint8 crops."""
 
     def __init__(
         self, files: Sequence[str], labels: Sequence[int], transform: Transform, decoder: str, seed: int
@@ -167,7 +190,7 @@ class _ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
         path = self.files[index]
         t = self.transform
         generator = None
@@ -177,7 +200,11 @@ class _ImageDataset(Dataset):
             img = F.pil_to_tensor(apply_transform(_open_pil(path), t, generator))
         else:
             img = apply_transform(_decode_tensor(path), t, generator)
-        return img.contiguous(), self.labels[index]
+        offset = torch.zeros(3)
+        if t.train and t.pca_lighting > 0:
+            assert generator is not None
+            offset = draw_lighting_offset(t.pca_lighting, generator)
+        return img.contiguous(), self.labels[index], offset
 
 
 def _one_line(e: UserError) -> UserError:
@@ -243,6 +270,7 @@ class TorchLoader:
         # DALI's convention: mean/std on the 0-255 scale, applied to the uint8 pixels
         self._mean = torch.tensor([m * 255.0 for m in transform.mean], device=device).view(1, 3, 1, 1)
         self._std = torch.tensor([s * 255.0 for s in transform.std], device=device).view(1, 3, 1, 1)
+        self._lighting = transform.train and transform.pca_lighting > 0
 
     def __len__(self) -> int:
         return -(-self.num_images // self.batch_size)
@@ -253,11 +281,13 @@ class TorchLoader:
         batches = iter(self._loader)
         while True:
             try:
-                images, labels = next(batches)
+                images, labels, offsets = next(batches)
             except StopIteration:
                 return
             except UserError as e:
                 raise _one_line(e) from None
             images = images.to(self.device, non_blocking=True).float()
+            if self._lighting:  # (x + 255 offset - mean) / std, as DALI's per-sample mean
+                images.add_(offsets.to(self.device, non_blocking=True).view(-1, 3, 1, 1) * 255.0)
             images.sub_(self._mean).div_(self._std)
             yield images, labels.to(self.device, non_blocking=True)
