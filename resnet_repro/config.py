@@ -88,7 +88,9 @@ class DataConfig:
     crop_ratio: float = 0.875
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # computed: train-only statistics from the stats file (computed first when missing);
-    # published: data.mean / data.std as given; none: pixels scaled to [0, 1] only
+    # published: data.mean / data.std as given; none: pixels scaled to [0, 1] only;
+    # pixel_mean: a train-only per-pixel mean image at the training resolution (He et al. 2016),
+    # then divided by the per-channel std of the pixels about it (resnet_repro/data/pixel_mean.py)
     normalization: str = "computed"
     # Per-channel mean / std on the [0, 1] pixel scale, used with normalization=published
     # (ImageNet's published train statistics by default)
@@ -321,6 +323,7 @@ def deprecation_warnings(overrides: Sequence[str]) -> list[str]:
             if new is not None:
                 lines.append(f"{group}={option.strip()} is deprecated; use {group}={new} (the same settings)")
     return lines
+NORMALIZATIONS = ("computed", "published", "none", "pixel_mean")
 
 
 def register_configs() -> None:
@@ -452,8 +455,8 @@ def validate(cfg: RootConfig) -> None:
         raise UserError(f"trainer.precision={t.precision!r} is not one of {', '.join(PRECISIONS)}")
     if t.device not in ("auto", "cpu", "cuda"):
         raise UserError(f"trainer.device={t.device!r} is not one of auto, cpu, cuda")
-    if d.normalization not in ("computed", "published", "none"):
-        raise UserError(f"data.normalization={d.normalization!r} is not one of computed, published, none")
+    if d.normalization not in NORMALIZATIONS:
+        raise UserError(f"data.normalization={d.normalization!r} is not one of {', '.join(NORMALIZATIONS)}")
     if d.holdout.stats_from not in ("train", "train_minus_holdout"):
         raise UserError(
             f"data.holdout.stats_from={d.holdout.stats_from!r} is not one of train, train_minus_holdout"

@@ -105,7 +105,14 @@ def evaluate_checkpoint(cfg: RootConfig, path: str, explicit: set[str] | None = 
         model = load_model_for_eval(cfg, state, path, len(splits.test.classes), device)
         if "normalization" in state:  # exactly what the run trained and evaluated with
             stored = state["normalization"]
-            norm = Normalization(tuple(stored["mean"]), tuple(stored["std"]), "checkpoint", str(path))
+            image = stored.get("mean_image")  # data.normalization=pixel_mean
+            norm = Normalization(
+                tuple(stored["mean"]),
+                tuple(stored["std"]),
+                "checkpoint",
+                str(path),
+                mean_image=image.double().numpy() if image is not None else None,
+            )
         else:
             norm, _ = resolve_normalization(cfg.data, splits, env, device)
         batch = per_device_batch(cfg.trainer, env.world_size)

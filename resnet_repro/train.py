@@ -86,7 +86,9 @@ def load_file_lists(cfg: DataConfig) -> Splits:
 
 
 def _norm_args(norm: Normalization | None) -> dict[str, Any]:
-    return {"mean": norm.mean, "std": norm.std} if norm is not None else {}
+    if norm is None:
+        return {}
+    return {"mean": norm.mean, "std": norm.std, "mean_image": norm.mean_image}
 
 
 def make_eval_loader(
@@ -563,6 +565,8 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
                 "steps_per_epoch": steps,
             }
             state["normalization"] = {"mean": list(norm.mean), "std": list(norm.std)}
+            if norm.mean_image is not None:  # so `resnet-repro eval` subtracts exactly this image
+                state["normalization"]["mean_image"] = torch.from_numpy(norm.mean_image)
             checkpoint.save_atomic(state, ckpt_dir / name)
 
     eval_sets = {test_name: splits.test}

@@ -125,6 +125,35 @@ def stats_worker(root: str, out_dir: str) -> None:
         distributed.teardown()
 
 
+def pixel_mean_worker(root: str, out_dir: str) -> None:
+    """data.normalization=pixel_mean: computed (shards all-reduced), then loaded (rank 0 reads,
+    broadcasts); each rank writes what it got both times."""
+    import hashlib
+
+    from resnet_repro.config import StatsConfig
+    from resnet_repro.data.normalization import resolve
+    from resnet_repro.train import load_file_lists
+
+    env = distributed.detect()
+    device = torch.device("cpu")
+    distributed.init(env, device, timeout_s=120)
+    try:
+        stats_cfg = StatsConfig(path=str(Path(out_dir, "stats.json")))
+        cfg = DataConfig(
+            name="generated", root=root, num_threads=1, image_size=16, crop_ratio=0.5,
+            normalization="pixel_mean", stats=stats_cfg,
+        )  # fmt: skip
+        splits = load_file_lists(cfg)
+        got = []
+        for _ in range(2):
+            norm, _ = resolve(cfg, splits, env, device)
+            image = hashlib.sha256(norm.mean_image.tobytes()).hexdigest()
+            got.append({"image": image, "std": norm.std, "detail": norm.detail.split(" from ")[0]})
+        Path(out_dir, f"rank{env.rank}.json").write_text(json.dumps(got))
+    finally:
+        distributed.teardown()
+
+
 def failing_on_one_rank_worker(out_dir: str, failing_rank: int) -> None:
     """`all_or_none` with a UserError on one rank: every rank must get it (and none wait)."""
     from resnet_repro.config import UserError

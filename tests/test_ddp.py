@@ -203,6 +203,17 @@ def test_two_rank_stats_equal_the_one_rank_result_exactly(generated: Path, tmp_p
         assert json.loads((two / f"rank{rank}.json").read_text()) == single
 
 
+def test_two_rank_mean_image_equals_the_one_rank_result_exactly(generated: Path, tmp_path: Path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    distributed.launch_local(1, ddp_workers.pixel_mean_worker, str(generated), str(one))
+    distributed.launch_local(2, ddp_workers.pixel_mean_worker, str(generated), str(two))
+    single = json.loads((one / "rank0.json").read_text())
+    assert [g["detail"] for g in single] == ["computed now", "loaded"]
+    for rank in (0, 1):
+        assert json.loads((two / f"rank{rank}.json").read_text()) == single
+
+
 def test_a_user_error_on_one_rank_reaches_every_rank_instead_of_a_hang(tmp_path: Path):
     distributed.launch_local(2, ddp_workers.failing_on_one_rank_worker, str(tmp_path), 1)
     rank0 = (tmp_path / "rank0.txt").read_text()

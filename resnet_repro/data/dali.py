@@ -9,8 +9,9 @@ distributed state itself.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from resnet_repro.config import DataConfig, UserError
@@ -36,6 +37,23 @@ class Transform:
     scale_short_side: tuple[int, int] | None = None
     # PCA lighting noise: std of each eigenvector's weight (resnet_repro.data.lighting); 0 = off
     pca_lighting: float = 0.0
+    # data.normalization=pixel_mean: float [3, image_size, image_size] on the [0, 1] scale, subtracted
+    # instead of `mean` (every crop is image_size square); then divided by `std` as usual
+    mean_image: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        want = (3, self.image_size, self.image_size)
+        if self.mean_image is not None and tuple(self.mean_image.shape) != want:
+            raise UserError(
+                f"the mean image has shape {tuple(self.mean_image.shape)} but data.image_size="
+                f"{self.image_size} crops need {want}; use the image size it was computed at, or recompute it"
+            )
+
+    def pixel_mean_over_std(self) -> np.ndarray:
+        """mean_image / std per channel (float32 [3, S, S]): what is left to subtract from x / (255 std)."""
+        assert self.mean_image is not None
+        std = np.asarray(self.std, dtype=np.float64).reshape(3, 1, 1)
+        return (np.asarray(self.mean_image, dtype=np.float64) / std).astype(np.float32)
 
     @property
     def eval_resize(self) -> int:
@@ -49,8 +67,9 @@ class Transform:
         train: bool,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        mean_image: np.ndarray | None = None,
     ) -> Transform:
-        """`mean` / `std`: the run's resolved normalization (default: data.mean / data.std)."""
+        """`mean` / `std` / `mean_image`: the run's resolved normalization (default: data.mean / data.std)."""
         a = cfg.augment
         mean = cfg.mean if mean is None else mean
         std = cfg.std if std is None else std
@@ -67,6 +86,7 @@ class Transform:
             hflip=a.hflip,
             scale_short_side=None if a.scale_short_side is None else tuple(a.scale_short_side),
             pca_lighting=a.pca_lighting,
+            mean_image=mean_image,
         )
 
 
@@ -141,7 +161,10 @@ def _define_pipeline(
             images, resize_shorter=t.eval_resize, interp_type=types.INTERP_LINEAR, antialias=True
         )
     mirror = fn.random.coin_flip(probability=0.5) if (t.train and t.hflip) else 0
-    mean = [m * 255.0 for m in t.mean]  # DALI works on the 0-255 scale
+    pixel_mean = t.mean_image is not None
+    # DALI works on the 0-255 scale; with a mean image, x / (255 std) here and minus
+    # mean_image / std below, i.e. (x - 255 mean_image) / (255 std) as the torchvision backend
+    mean = [0.0] * 3 if pixel_mean else [m * 255.0 for m in t.mean]
     if t.train and t.pca_lighting > 0:
         # (x - (mean - 255 offset)) / std = (x + 255 offset - mean) / std: the lighting offset added
         # to every pixel before normalization, as a per-sample mean
@@ -157,6 +180,11 @@ def _define_pipeline(
         std=[s * 255.0 for s in t.std],
         mirror=mirror,
     )
+    if pixel_mean:
+        # a constant node on the images' device, produced once and reused for every batch
+        images = images - types.Constant(
+            t.pixel_mean_over_std(), layout="CHW", device="gpu" if gpu else "cpu"
+        )
     if gpu:
         label = label.gpu()
     return images, label

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from resnet_repro.config import DataConfig
@@ -31,9 +32,10 @@ def build_loader(
     device: torch.device,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    mean_image: np.ndarray | None = None,
 ) -> Loader:
-    """The configured backend over `files`; `mean` / `std`: the run's resolved normalization
-    (default: data.mean / data.std). data.num_threads is DALI's thread count or the DataLoader's
+    """The configured backend over `files`; `mean` / `std` / `mean_image`: the run's resolved
+    normalization (default: data.mean / data.std). data.num_threads is DALI's thread count or the DataLoader's
     worker count."""
     if cfg.backend == "synthetic":
         from resnet_repro.data.synthetic import SyntheticLoader
@@ -42,7 +44,7 @@ def build_loader(
         return SyntheticLoader(len(files), max(labels) + 1, cfg.image_size, batch_size, device, seed)
     from resnet_repro.data.dali import Transform
 
-    transform = Transform.from_config(cfg, train=train, mean=mean, std=std)
+    transform = Transform.from_config(cfg, train=train, mean=mean, std=std, mean_image=mean_image)
     common = {"batch_size": batch_size, "seed": seed, "device": device, "prefetch": cfg.prefetch}
     if cfg.backend == "dali":
         from resnet_repro.data.dali import DaliLoader

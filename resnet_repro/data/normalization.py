@@ -5,14 +5,17 @@ computed: the stats file of the current training selection (the whole training s
   shard and the exact integer sums all-reduced, so no rank waits idle through a long pass.
 published: data.mean / data.std as configured (ImageNet's published values by default).
 none: pixels scaled to [0, 1] only.
+pixel_mean: a per-pixel mean image from the same selection, with the same guards
+  (resnet_repro.data.pixel_mean).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from resnet_repro import distributed
@@ -26,12 +29,18 @@ from resnet_repro.distributed import DistEnv
 class Normalization:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    source: str  # computed | published | none
+    source: str  # computed | published | none | pixel_mean | checkpoint
     detail: str  # provenance, one line
+    # pixel_mean: float64 [3, image_size, image_size] on the [0, 1] scale, subtracted instead of
+    # `mean` (which then holds its channel averages, for the record only)
+    mean_image: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:
         m = ", ".join(f"{v:.4f}" for v in self.mean)
         s = ", ".join(f"{v:.4f}" for v in self.std)
+        if self.mean_image is not None:
+            shape = "x".join(str(n) for n in self.mean_image.shape)
+            return f"mean image {shape} (channel averages {m}) std ({s}); {self.source}: {self.detail}"
         return f"mean ({m}) std ({s}); {self.source}: {self.detail}"
 
 
@@ -69,8 +78,8 @@ def stats_decoder(cfg: DataConfig) -> str:
     return cfg.decoder if cfg.backend == "torchvision" else "dali"
 
 
-def compute_record(cfg: DataConfig, splits: Splits, env: DistEnv, device: torch.device) -> stats.StatsRecord:
-    """One pass over the selection (or its stratified sample), split across ranks, sums merged."""
+def available_stats_decoder(cfg: DataConfig) -> str:
+    """stats_decoder(cfg), refused in one line when it is DALI and DALI is not installed."""
     import importlib.util
 
     decoder = stats_decoder(cfg)
@@ -80,10 +89,22 @@ def compute_record(cfg: DataConfig, splits: Splits, env: DistEnv, device: torch.
             "installed; install nvidia-dali-cuda130, or use data.backend=torchvision, or "
             "data.normalization=published (data.mean / data.std)"
         )
+    return decoder
+
+
+def stats_images(cfg: DataConfig, splits: Splits) -> tuple[FileList, FileList, str]:
+    """(selection, the images actually read: all of it or its stratified sample, split name)."""
     selection, split = stats_selection(cfg, splits)
     images = selection
     if cfg.stats.max_images is not None and cfg.stats.max_images < len(selection):
         images = stats.stratified_sample(selection, cfg.stats.max_images, cfg.stats.seed)
+    return selection, images, split
+
+
+def compute_record(cfg: DataConfig, splits: Splits, env: DistEnv, device: torch.device) -> stats.StatsRecord:
+    """One pass over the selection (or its stratified sample), split across ranks, sums merged."""
+    decoder = available_stats_decoder(cfg)
+    selection, images, split = stats_images(cfg, splits)
     start = time.perf_counter()
     # an undecodable image in one rank's shard stops every rank (not a hang in the all-reduce)
     sums = distributed.all_or_none(
@@ -143,6 +164,10 @@ def compute_and_save(
     cfg: DataConfig, splits: Splits, env: DistEnv, device: torch.device
 ) -> tuple[stats.StatsRecord, Path]:
     """`resnet-repro stats`: always recompute; rank 0 writes the file."""
+    if cfg.normalization == "pixel_mean":
+        from resnet_repro.data import pixel_mean
+
+        return pixel_mean.compute_and_save(cfg, splits, env, device)
     # only the path: an old or corrupt file there is what this command replaces
     selection, _ = stats_selection(cfg, splits)
     path = distributed.broadcast_object(
@@ -170,6 +195,10 @@ def resolve(
         return Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "none", "pixels scaled to [0, 1]"), []
     if cfg.normalization == "published":
         return Normalization(tuple(cfg.mean), tuple(cfg.std), "published", "data.mean / data.std"), []
+    if cfg.normalization == "pixel_mean":
+        from resnet_repro.data import pixel_mean
+
+        return pixel_mean.resolve(cfg, splits, env, device)
 
     # rank 0 looks for the file (fingerprinting stats every file: once, not per rank)
     found: object = None

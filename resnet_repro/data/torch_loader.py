@@ -267,8 +267,13 @@ class TorchLoader:
             # batches each worker prepares ahead (DALI's prefetch counts batches for the whole pipeline)
             prefetch_factor=prefetch if num_workers > 0 else None,
         )
-        # DALI's convention: mean/std on the 0-255 scale, applied to the uint8 pixels
-        self._mean = torch.tensor([m * 255.0 for m in transform.mean], device=device).view(1, 3, 1, 1)
+        # DALI's convention: mean/std on the 0-255 scale, applied to the uint8 pixels; a mean image
+        # (data.normalization=pixel_mean) broadcasts over the batch like a per-channel mean
+        if transform.mean_image is not None:
+            mean = torch.as_tensor(transform.mean_image, dtype=torch.float64) * 255.0
+            self._mean = mean.to(device=device, dtype=torch.float32).unsqueeze(0)
+        else:
+            self._mean = torch.tensor([m * 255.0 for m in transform.mean], device=device).view(1, 3, 1, 1)
         self._std = torch.tensor([s * 255.0 for s in transform.std], device=device).view(1, 3, 1, 1)
         self._lighting = transform.train and transform.pca_lighting > 0
 
