@@ -212,6 +212,23 @@ def test_make_sweep_slurm_submits_the_weight_decay_by_max_norm_grid_to_the_parti
         assert expected in tokens, command
 
 
+def test_make_sweep_slurm_on_the_demo_needs_no_data_folder():
+    out = make_dry_run("sweep-slurm", "EXPERIMENT=demo")
+    command = next(line for line in out.splitlines() if "resnet-repro train -m" in line)
+    assert "experiment=demo" in command.split()
+    assert not any(t.startswith("data.root=") for t in command.split())
+
+
+def test_submitit_jobs_are_named_after_the_experiment():
+    # resolved against the job's config when the launcher submits (squeue shows "demo": see
+    # tests/test_slurm_cluster.py); submitit's default would be the script's name, "cli"
+    proc = run_cli(
+        "train", "hydra/launcher=slurm", "experiment=demo", "--cfg", "hydra", "-p", "hydra.launcher"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout)["name"] == "${name}"
+
+
 def test_make_sweep_runs_the_same_grid_one_job_after_another():
     out = make_dry_run("sweep", "EXPERIMENT=demo", "WD=1e-4", "MAX_NORM=null,1")
     command = next(line for line in out.splitlines() if "resnet-repro train -m" in line)
