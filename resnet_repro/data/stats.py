@@ -428,7 +428,8 @@ def stream(
                     s, q, shape = (np.asarray(_host(t).as_array())[:take] for t in outs)
                     q_sum = [int(v) for v in q.sum(axis=0, dtype=np.uint64)]
                 else:
-                    images = [np.asarray(outs[0][i]) for i in range(take)]
+                    decoded = _host(outs[0])  # GPU-decoded images reduced on the host, too
+                    images = [np.asarray(decoded[i]) for i in range(take)]
                     s = np.stack([reducer.add_image(im) for im in images])
                     q_sum = reducer.take_squares()
                     shape = np.array([im.shape for im in images], dtype=np.int64)
