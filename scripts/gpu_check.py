@@ -470,6 +470,7 @@ def row_cli(ctx: Ctx) -> dict[str, Any]:
             "eval",
             f"checkpoint={run_dir}/checkpoints/last.pt",
             f"data.root={root}",
+            f"hydra.run.dir={ctx.out}/cli_eval_run",
         ],
         180,
         ctx.out / "cli_eval.txt",
@@ -568,7 +569,9 @@ def main(argv: list[str] | None = None) -> int:
             Path(tmp),
         )
         for i, row in enumerate(ROWS, 1):
-            reason = "not in --rows" if only is not None and i not in only else skip_reason(row, ctx)
+            reason = skip_reason(row, ctx) or (
+                "not in --rows" if only is not None and i not in only else None
+            )
             start = time.perf_counter()
             entry: dict[str, Any] = {"row": i, "name": row.name}
             if reason is not None:

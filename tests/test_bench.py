@@ -109,7 +109,7 @@ def test_gpu_check_on_a_machine_without_cuda_asks_for_device_cpu(tmp_path: Path)
         pytest.skip("this machine has CUDA: the script would really run")
     proc = _gpu_check(tmp_path)
     assert proc.returncode == 2
-    assert "no CUDA device here; run with --device cpu" in proc.stderr
+    assert "no CUDA device here; run with --device cpu" in proc.stdout + proc.stderr
 
 
 GPU_ONLY_ROWS = {2, 5, 6, 7}  # decode GPU vs CPU, stats GPU vs CPU, GPU memory, the gpu tests
