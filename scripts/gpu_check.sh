@@ -20,7 +20,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --device|--sample|--rows) ARGS+=("$1" "$2"); shift 2 ;;
     --quick) ARGS+=("$1"); shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
     *) OUT="$1"; shift ;;
   esac
