@@ -107,7 +107,16 @@ def _repeated_files(cfg: RootConfig, min_images: int) -> tuple[list[str], list[i
 def _train_loader(cfg: RootConfig, files: list[str], labels: list[int], seed: int, device: torch.device):
     """The configured backend with the training transform (augmentation drawn from `seed`)."""
     batch = per_device_batch(cfg.trainer, 1)
-    return build_loader(cfg.data, files, labels, train=True, batch_size=batch, seed=seed, device=device)
+    return build_loader(
+        cfg.data,
+        files,
+        labels,
+        train=True,
+        batch_size=batch,
+        seed=seed,
+        device=device,
+        channels_last=cfg.model.channels_last,
+    )
 
 
 def bench_data(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:

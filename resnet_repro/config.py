@@ -323,6 +323,8 @@ def deprecation_warnings(overrides: Sequence[str]) -> list[str]:
             if new is not None:
                 lines.append(f"{group}={option.strip()} is deprecated; use {group}={new} (the same settings)")
     return lines
+
+
 NORMALIZATIONS = ("computed", "published", "none", "pixel_mean")
 
 

@@ -116,7 +116,7 @@ def evaluate_checkpoint(cfg: RootConfig, path: str, explicit: set[str] | None = 
         else:
             norm, _ = resolve_normalization(cfg.data, splits, env, device)
         batch = per_device_batch(cfg.trainer, env.world_size)
-        loader = make_eval_loader(cfg.data, splits.test, env, device, batch, norm)
+        loader = make_eval_loader(cfg.data, splits.test, env, device, batch, norm, cfg.model.channels_last)
         return evaluate(
             model, loader, env, device, expected_total=len(splits.test), precision=cfg.trainer.precision
         )

@@ -98,7 +98,10 @@ def make_eval_loader(
     device: torch.device,
     batch_size: int,
     norm: Normalization | None = None,
+    channels_last: bool = False,
 ) -> Loader | None:
+    """This rank's shard of `files`; `channels_last`: the model's memory format (batches then come
+    as channels_last views, no copy)."""
     idx = sharding.eval_indices(len(files), rank=env.rank, world_size=env.world_size)
     if len(idx) == 0:
         return None
@@ -110,6 +113,7 @@ def make_eval_loader(
         batch_size=batch_size,
         seed=0,
         device=device,
+        channels_last=channels_last,
         **_norm_args(norm),
     )
 
@@ -147,6 +151,7 @@ def make_train_loader(
         # its start repeats exactly; one resumed mid-epoch reads the same images, freshly augmented
         seed=(t.seed * 1_000_003 + epoch * 1009 + env.rank * 7919 + skip_steps * 31) % (2**31),
         device=device,
+        channels_last=cfg.model.channels_last,
         **_norm_args(norm),
     )
 
@@ -263,6 +268,7 @@ def train_one_epoch(
     timer = StepTimer()
     start = time.perf_counter()
     for images, labels in timer.wrap(_progress(loader, cfg, env, epoch)):
+        # a no-op for DALI batches, which already come in the model's memory format
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
         lr = schedule.lr
@@ -573,7 +579,8 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
     if splits.holdout is not None:
         eval_sets["holdout"] = splits.holdout
     eval_loaders = {
-        name: make_eval_loader(cfg.data, files, env, device, batch, norm) for name, files in eval_sets.items()
+        name: make_eval_loader(cfg.data, files, env, device, batch, norm, cfg.model.channels_last)
+        for name, files in eval_sets.items()
     }
 
     def run_eval() -> dict[str, dict[str, Any]]:

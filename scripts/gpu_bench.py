@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-compile", action="store_true")
     p.add_argument("--skip-overhead", action="store_true", help="no runner-vs-bare-loop comparison")
     p.add_argument("--json", type=Path)
+    p.add_argument("--only", help="measure only this setting (e.g. 'bf16 + channels_last')")
     p.add_argument("--model", default="resnet50")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--warmup", type=int, default=10)
@@ -91,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| setting | img/s (median of {ns.trials}) | peak memory (GiB) |")
     print("|---|---|---|", flush=True)
     # compile last: its cold compile is the slowest and least predictable part
-    for label, precision, channels_last, compile_ in VARIANTS:
+    variants = [v for v in VARIANTS if ns.only is None or v[0] == ns.only]
+    if not variants:
+        p.error(f"--only {ns.only!r} is not one of {', '.join(v[0] for v in VARIANTS)}")
+    for label, precision, channels_last, compile_ in variants:
         if not compile_:
             measure(label, precision, channels_last, compile_)
     if not ns.skip_overhead:
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    for label, precision, channels_last, compile_ in VARIANTS:
+    for label, precision, channels_last, compile_ in variants:
         if compile_ and not ns.skip_compile:
             measure(label, precision, channels_last, compile_)
     return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,19 +90,51 @@ def test_gpu_bench_script_runs_end_to_end_on_the_cpu_and_writes_its_table(tmp_pa
     assert record["loop_overhead"]["overhead_ratio"] > 0
 
 
-def test_gpu_check_script_says_what_it_skipped_on_a_machine_without_cuda(tmp_path: Path):
+def _gpu_check(tmp_path: Path, *args: str):
     import subprocess
 
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_check.sh"), *args, str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+
+
+def test_gpu_check_on_a_machine_without_cuda_asks_for_device_cpu(tmp_path: Path):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the script would really run")
-    proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "gpu_check.sh"), str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert "== gpu tests" in proc.stdout and "== bench model" in proc.stdout
-    assert "skipped" in proc.stdout  # pytest's summary of the gpu tests
-    assert "no CUDA device" in proc.stdout + proc.stderr
+    proc = _gpu_check(tmp_path)
+    assert proc.returncode == 2
+    assert "no CUDA device here; run with --device cpu" in proc.stdout + proc.stderr
+
+
+GPU_ONLY_ROWS = {2, 5, 6, 7}  # decode GPU vs CPU, stats GPU vs CPU, GPU memory, the gpu tests
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args",
+    [("--quick",), ("--rows", "3,4,9,11")],
+    ids=["quick", "the-other-cpu-rows"],
+)
+def test_gpu_check_device_cpu_runs_every_cpu_row_and_says_why_it_skipped_the_rest(tmp_path: Path, args):
+    """`--quick` runs environment, bench model and the CLI row; the other CPU rows (odd images,
+    multi-pass evaluation, bench train, torchrun) run in the second case: together every row that
+    can run on a CPU. The GPU-only rows are skipped, saying why."""
+    proc = _gpu_check(tmp_path, "--device", "cpu", *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    rows = {r["row"]: r for r in record["rows"]}
+    assert sorted(rows) == list(range(1, 12))
+    assert not [r for r in rows.values() if r["status"] == "failed"]
+    for i in GPU_ONLY_ROWS:
+        assert rows[i]["status"] == "skipped" and rows[i]["why"].startswith("needs a CUDA GPU"), rows[i]
+    run = {1, 8, 10} if args == ("--quick",) else {3, 4, 9, 11}
+    assert {i for i, r in rows.items() if r["status"] == "measured"} == run
+    for i in set(rows) - run - GPU_ONLY_ROWS:
+        assert rows[i]["why"] in ("not in --quick", "not in --rows"), rows[i]
+    assert "| # | row | status | result | s |" in proc.stdout  # the table at the end

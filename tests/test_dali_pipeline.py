@@ -215,6 +215,68 @@ def test_the_mixed_decoders_extra_arguments_exist_in_this_dali(mixed_folder, tra
     assert len(images) == len(labels) == 2
 
 
+def _decoder_specs(files, t, gpu: bool) -> list[str]:
+    """The argument listing of each decoder operator in the graph `_define_pipeline` defines. Only the
+    graph is built (no backend), so the "mixed" (GPU) graph can be inspected without a GPU."""
+    from nvidia.dali import pipeline_def
+
+    from resnet_repro.data.dali import _define_pipeline
+
+    pipe = pipeline_def(_define_pipeline)(
+        files.files, files.labels, t, gpu, batch_size=2, num_threads=1, device_id=0 if gpu else None
+    )
+    pipe._build_graph()
+    specs = [str(op.spec) for op in pipe._ops]
+    return [spec for spec in specs if spec.startswith("OpSpec for decoders__")]
+
+
+TRANSFORMS = {
+    "train-random-resized-crop": dict(train=True, hflip=True),
+    "train-pad-crop": dict(train=True, random_resized_crop=False, pad_crop=2),
+    "train-resize-only": dict(train=True, random_resized_crop=False),
+    "eval": dict(train=False),
+}
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_only_the_gpu_training_decoder_preallocates_nvjpeg_buffers(mixed_folder, name: str):
+    """nvJPEG's padding is allocated per decoder thread in every pipeline that has it; a run keeps a
+    training and two evaluation pipelines alive, so only the training decoder gets it."""
+    from resnet_repro.data.dali import MIXED_DECODER_ARGS
+
+    files = list_split(mixed_folder, "train")
+    t = _transform(**TRANSFORMS[name])
+    (gpu_spec,) = _decoder_specs(files, t, gpu=True)
+    (cpu_spec,) = _decoder_specs(files, t, gpu=False)
+    assert "device: mixed" in gpu_spec and "device: cpu" in cpu_spec
+    for key, value in MIXED_DECODER_ARGS.items():
+        assert (f"{key}: {value}" in gpu_spec) == t.train, (key, gpu_spec)
+        assert key not in cpu_spec
+
+
+def test_channels_last_batches_are_views_of_hwc_output_equal_to_the_chw_ones(mixed_folder):
+    fl = list_split(mixed_folder, "train")
+    chw, _ = _run(_loader(fl.files, fl.labels, _transform(train=False)))
+    loader = DaliLoader(
+        fl.files,
+        list(fl.labels),
+        _transform(train=False),
+        batch_size=4,
+        num_threads=1,
+        seed=0,
+        device=CPU,
+        prefetch=1,
+        channels_last=True,
+    )
+    nhwc, _ = _run(loader)
+    for a, b in zip(chw, nhwc, strict=True):
+        assert b.shape == a.shape and a.is_contiguous()
+        assert b.is_contiguous(memory_format=torch.channels_last)
+        # what the training step does to a batch: a no-op here, not a copy
+        assert b.contiguous(memory_format=torch.channels_last).data_ptr() == b.data_ptr()
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
 def test_pad_crop_offsets_are_whole_pixels_each_equally_likely(tmp_path):
     """CIFAR-style padding 4: the window lands 0..8 pixels into the padded image, uniformly (as
     torchvision's RandomCrop(padding=4)); the black border it leaves reveals where."""

@@ -137,3 +137,75 @@ def test_an_unwritable_stats_location_fails_before_the_pass(root: Path, tmp_path
     monkeypatch.setattr(normalization, "compute_record", lambda *a: pytest.fail("the pass ran"))
     with pytest.raises(UserError, match="cannot write the stats file .*data.stats.path"):
         resolve(cfg, load_file_lists(cfg), DistEnv(), CPU)
+
+
+def test_a_stats_file_computed_at_resize_64_is_refused_when_the_run_asks_for_resize_128(root: Path):
+    path = root / "pinned.json"
+    at_64 = data_cfg(root, stats=StatsConfig(path=str(path), resize=64))
+    resolve(at_64, load_file_lists(at_64), DistEnv(), CPU)
+    assert stats.read_stats_file(path).resize_shorter == 64
+    at_128 = data_cfg(root, stats=StatsConfig(path=str(path), resize=128))
+    with pytest.raises(UserError, match=r"data.stats.resize=64, but this run asks for data.stats.resize=128"):
+        resolve(at_128, load_file_lists(at_128), DistEnv(), CPU)
+    # not a fingerprint question: allowing a file-list mismatch does not let other settings through
+    relaxed = data_cfg(root, stats=StatsConfig(path=str(path), resize=128, allow_mismatch=True))
+    with pytest.raises(UserError, match="data.stats.resize=64"):
+        resolve(relaxed, load_file_lists(relaxed), DistEnv(), CPU)
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        (dict(stats=StatsConfig(max_images=10, seed=1)), "data.stats.seed=0, but this run asks for .*seed=1"),
+        (dict(stats=StatsConfig(max_images=12)), "data.stats.max_images=10, but .*max_images=12"),
+        (
+            dict(backend="torchvision", decoder="pil", stats=StatsConfig(max_images=10)),
+            "decoder .*=dali, but this run asks for .*=pil",
+        ),
+    ],
+    ids=["seed", "max_images", "decoder"],
+)
+def test_a_stats_file_with_other_sample_or_decoder_settings_is_refused(root: Path, second, message):
+    path = str(root / "pinned.json")
+    first = data_cfg(root, stats=StatsConfig(path=path, max_images=10, seed=0))
+    resolve(first, load_file_lists(first), DistEnv(), CPU)
+    second = data_cfg(root, **{**second, "stats": dataclasses.replace(second["stats"], path=path)})
+    with pytest.raises(UserError, match=message):
+        resolve(second, load_file_lists(second), DistEnv(), CPU)
+
+
+def test_default_stats_file_names_differ_by_resize_sample_seed_and_decoder(root: Path):
+    from resnet_repro.data.normalization import stats_path
+
+    variants = [
+        data_cfg(root),
+        data_cfg(root, stats=StatsConfig(resize=64)),
+        data_cfg(root, stats=StatsConfig(max_images=10, seed=0)),
+        data_cfg(root, stats=StatsConfig(max_images=10, seed=1)),
+        data_cfg(root, backend="torchvision", decoder="pil"),
+        data_cfg(root, backend="torchvision", decoder="decode_jpeg"),
+    ]
+    names = [stats_path(cfg, "f" * 64).name for cfg in variants]
+    assert len(set(names)) == len(names), names
+    assert names[0] == "ffffffffffffffff.json"  # the default settings keep the plain name
+    assert names[3] == "ffffffffffffffff-n10-s1.json" and names[4] == "ffffffffffffffff-pil.json"
+
+
+def test_the_file_list_fingerprint_is_computed_once_per_start(root: Path, monkeypatch):
+    """Fingerprinting stats every file (seconds for ImageNet, minutes on network storage): looking
+    for the file, checking it and writing a fresh record share one computation."""
+    from resnet_repro.data.normalization import compute_and_save
+
+    real = stats.fingerprint
+    calls = []
+    monkeypatch.setattr(stats, "fingerprint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = data_cfg(root)
+    splits = load_file_lists(cfg)
+    _, _ = resolve(cfg, splits, DistEnv(), CPU)  # no file yet: look, compute, write, check
+    assert len(calls) == 1
+    calls.clear()
+    norm, _ = resolve(cfg, splits, DistEnv(), CPU)  # the file exists: look, load, check
+    assert "loaded" in norm.detail and len(calls) == 1
+    calls.clear()
+    compute_and_save(cfg, splits, DistEnv(), CPU)  # `resnet-repro stats`
+    assert len(calls) == 1

@@ -237,6 +237,22 @@ def test_image_sums_are_exact_for_large_and_odd_shapes():
         assert s == x.sum(0).tolist() and q == (x * x).sum(0).tolist(), shape
 
 
+@pytest.mark.slow  # DALI's CPU reductions take ~4 s over 17.6M pixels
+@pytest.mark.parametrize("reduce_in", ["dali", "numpy"])
+def test_sums_are_exact_on_an_image_whose_channel_sum_overflows_uint32(tmp_path, reduce_in):
+    """4200 x 4200 pixels of value 251: the red sum is 4.43e9 > 2^32. DALI's reduction accumulates
+    in the type it is asked for (uint64 here); an accumulator of the input's width would wrap."""
+    side, colour = 4200, (251, 250, 3)
+    path = tmp_path / "big.png"  # lossless, so the decoded pixels are known exactly
+    Image.new("RGB", (side, side), colour).save(path, compress_level=1)
+    sums = _compute([path], reduce_in=reduce_in)
+    n = side * side
+    assert 251 * n > 2**32
+    assert sums.num_pixels == n
+    assert sums.sum == tuple(c * n for c in colour)
+    assert sums.sum_sq == tuple(c * c * n for c in colour)
+
+
 def test_undecodable_image_is_a_user_error(tmp_path):
     folder = tmp_path / "train" / "a"
     folder.mkdir(parents=True)

@@ -33,10 +33,13 @@ def build_loader(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     mean_image: np.ndarray | None = None,
+    channels_last: bool = False,
 ) -> Loader:
     """The configured backend over `files`; `mean` / `std` / `mean_image`: the run's resolved
-    normalization (default: data.mean / data.std). data.num_threads is DALI's thread count or the DataLoader's
-    worker count."""
+    normalization (default: data.mean / data.std). data.num_threads is DALI's thread count or the
+    DataLoader's worker count. `channels_last`: the model's memory format; DALI then emits HWC and
+    the batches are channels_last views, so the training step's `.contiguous(channels_last)` copies
+    nothing."""
     if cfg.backend == "synthetic":
         from resnet_repro.data.synthetic import SyntheticLoader
 
@@ -49,7 +52,9 @@ def build_loader(
     if cfg.backend == "dali":
         from resnet_repro.data.dali import DaliLoader
 
-        return DaliLoader(files, labels, transform, num_threads=cfg.num_threads, **common)
+        return DaliLoader(
+            files, labels, transform, num_threads=cfg.num_threads, channels_last=channels_last, **common
+        )
     from resnet_repro.data.torch_loader import TorchLoader
 
     return TorchLoader(files, labels, transform, num_workers=cfg.num_threads, decoder=cfg.decoder, **common)

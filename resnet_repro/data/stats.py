@@ -335,11 +335,13 @@ def _build_pipeline(
             )
         if decode_only or not reduce_in_dali:
             return images  # uint8 HWC, one shape per image
-        # Exact integer sums per image: uint8 -> uint64 sum; squares in uint16 (255^2 fits) -> uint64
+        # Exact integer sums per image: uint8 -> uint64 sum; squares in uint16 (255^2 fits) -> uint64.
+        # The accumulator type is requested, not left to DALI's default (uint64 in DALI 2.4; older
+        # versions accumulated in the input type, which overflows past 2^32 / 255 = 16.8M pixels)
         wide = fn.cast(images, dtype=types.UINT16)
         return (
-            fn.reductions.sum(images, axes=[0, 1]),
-            fn.reductions.sum(wide * wide, axes=[0, 1]),
+            fn.reductions.sum(images, axes=[0, 1], dtype=types.UINT64),
+            fn.reductions.sum(wide * wide, axes=[0, 1], dtype=types.UINT64),
             images.shape(dtype=types.INT64),
         )
 
@@ -426,7 +428,8 @@ def stream(
                     s, q, shape = (np.asarray(_host(t).as_array())[:take] for t in outs)
                     q_sum = [int(v) for v in q.sum(axis=0, dtype=np.uint64)]
                 else:
-                    images = [np.asarray(outs[0][i]) for i in range(take)]
+                    decoded = _host(outs[0])  # GPU-decoded images reduced on the host, too
+                    images = [np.asarray(decoded[i]) for i in range(take)]
                     s = np.stack([reducer.add_image(im) for im in images])
                     q_sum = reducer.take_squares()
                     shape = np.array([im.shape for im in images], dtype=np.int64)
@@ -622,8 +625,11 @@ def build_record(
     max_images: int | None = None,
     sample_seed: int | None = None,
     decoder: str = "dali",
+    selection_fingerprint: str | None = None,
 ) -> StatsRecord:
-    """The record for sums computed over `selection` (or a `stratified_sample` of it)."""
+    """The record for sums computed over `selection` (or a `stratified_sample` of it).
+    `selection_fingerprint`: fingerprint(selection, root) when the caller has it already (it stats
+    every file: seconds for ImageNet on a local disk, minutes on network storage)."""
     import datetime
 
     from resnet_repro import __version__
@@ -632,13 +638,15 @@ def build_record(
         raise ValueError(f"split={split!r} is not one of {STATS_FROM}")
     mean, std = finalize(sums)
     sampled = max_images is not None and sums.num_images < len(selection)
+    if selection_fingerprint is None:
+        selection_fingerprint = fingerprint(selection, root)
     return StatsRecord(
         mean=mean,
         std=std,
         num_images=sums.num_images,
         num_pixels=sums.num_pixels,
         split=split,
-        fingerprint=fingerprint(selection, root),
+        fingerprint=selection_fingerprint,
         file_count=len(selection),
         holdout=holdout,
         version=__version__,
@@ -745,8 +753,10 @@ def check_stats_file(
     root: str | os.PathLike,
     allow_mismatch: bool = False,
     path: str | os.PathLike | None = None,
+    expected_fingerprint: str | None = None,
 ) -> list[str]:
     """Refuse stats that saw images they must not have, or that belong to another file list.
+    `expected_fingerprint`: fingerprint(train_selection, root) when the caller has it already.
 
     `train_selection` is what the stats must have been computed on: the training split, or the
     training split minus the holdout when `stats_from="train_minus_holdout"`.
@@ -777,7 +787,7 @@ def check_stats_file(
                     f"{label} includes {_count(len(hits), 'image')} of the {name} split ({_first(hits)}); "
                     f"recompute with `resnet-repro stats`"
                 )
-    expected = fingerprint(train_selection, root)
+    expected = expected_fingerprint or fingerprint(train_selection, root)
     if record.fingerprint == expected:
         return []
     detail = ""
@@ -804,3 +814,42 @@ def check_stats_file(
             msg += " (without a file list in the record, holdout/test images in it cannot be ruled out)"
         return [msg]
     raise UserError(msg)
+
+
+def record_settings(
+    *, resize_shorter: int | None, max_images: int | None, sample_seed: int, decoder: str, selection_size: int
+) -> dict[str, Any]:
+    """The settings a record computed with these options holds, as `build_record` writes them: a
+    sample no smaller than the selection is the whole selection (max_images and seed recorded null)."""
+    sampled = max_images is not None and max_images < selection_size
+    return {
+        "resize_shorter": resize_shorter,
+        "max_images": max_images if sampled else None,
+        "sample_seed": sample_seed if sampled else None,
+        "decoder": decoder,
+    }
+
+
+# the config key each recorded setting comes from, for the error message
+SETTING_KEYS = {
+    "resize_shorter": "data.stats.resize",
+    "max_images": "data.stats.max_images",
+    "sample_seed": "data.stats.seed",
+    "decoder": "decoder (data.backend / data.decoder)",
+}
+
+
+def check_settings(
+    record: StatsRecord, expected: dict[str, Any], path: str | os.PathLike | None = None
+) -> None:
+    """Refuse a record computed with other settings (`record_settings` of the run) than the run asks
+    for: statistics at another resolution, on another sample or from another decoder are other numbers."""
+    label = f"stats file {path}" if path is not None else "the stats file"
+    for name, want in expected.items():
+        have = getattr(record, name)
+        if have != want:
+            raise UserError(
+                f"{label} was computed with {SETTING_KEYS[name]}={have}, but this run asks for "
+                f"{SETTING_KEYS[name]}={want}; recompute it with `resnet-repro stats` (same overrides; it "
+                "replaces the file) or point data.stats.path at another file"
+            )
