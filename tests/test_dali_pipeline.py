@@ -254,13 +254,20 @@ def test_only_the_gpu_training_decoder_preallocates_nvjpeg_buffers(mixed_folder,
         assert key not in cpu_spec
 
 
-def test_channels_last_batches_are_views_of_hwc_output_equal_to_the_chw_ones(mixed_folder):
+@pytest.mark.parametrize("pixel_mean", [False, True], ids=["per-channel", "mean-image"])
+def test_channels_last_batches_are_views_of_hwc_output_equal_to_the_chw_ones(mixed_folder, pixel_mean):
+    import dataclasses
+
     fl = list_split(mixed_folder, "train")
-    chw, _ = _run(_loader(fl.files, fl.labels, _transform(train=False)))
+    transform = _transform(train=False)
+    if pixel_mean:  # the mean image is subtracted in the pipeline's own layout (HWC here)
+        ramp = np.linspace(0.2, 0.8, 3 * transform.image_size**2).reshape(3, transform.image_size, -1)
+        transform = dataclasses.replace(transform, mean_image=ramp)
+    chw, _ = _run(_loader(fl.files, fl.labels, transform))
     loader = DaliLoader(
         fl.files,
         list(fl.labels),
-        _transform(train=False),
+        transform,
         batch_size=4,
         num_threads=1,
         seed=0,
