@@ -31,8 +31,8 @@ demo: $(STAMP) ## build the digits demo data, train ResNet-18 on it (~2.5 min on
 	@echo "--- re-evaluating $(DEMO_RUN)/checkpoints/last.pt"
 	$(BIN)/resnet-repro eval checkpoint=$(DEMO_RUN)/checkpoints/last.pt
 
-test: $(STAMP) ## run the whole test suite
-	$(BIN)/pytest -q
+test: $(STAMP) ## run the whole test suite (the slowest tests, SLURM's among them, listed at the end)
+	$(BIN)/pytest -q --durations=12
 
 test-fast: $(STAMP) ## run the tests not marked slow
 	$(BIN)/pytest -q -m "not slow"

@@ -197,7 +197,8 @@ def scenario_usr1_preemption(c: Cluster, work: Path) -> dict[str, Any]:
 def scenario_time_limit(c: Cluster, work: Path) -> dict[str, Any]:
     # The script's own `--signal=USR1@120`: with the time limit cut to 2 minutes the job is inside
     # its last 120 s at once, and SLURM sends USR1 at its next time-limit check (within ~30 s)
-    job = c.sbatch(*CPU_JOB, str(SBATCH), *SMALL_RUN, "trainer.epochs=12", cwd=work)
+    # long enough to be still running when the signal comes (SLURM checks time limits every 30 s)
+    job = c.sbatch(*CPU_JOB, str(SBATCH), *SMALL_RUN, "trainer.epochs=20", cwd=work)
     run_dir = work / "runs" / "demo" / f"slurm-{job}"
     wait_for(lambda: epochs_done(run_dir) >= 1 or c.job(job).get("JobState") in FINAL_STATES, "epoch 1")
     cut = c.run("scontrol", "update", f"JobId={job}", "TimeLimit=2")
@@ -427,7 +428,7 @@ def test_the_scripts_time_limit_signal_checkpoints_requeues_and_the_job_complete
     assert o["preempted"]["signal"] == "SIGUSR1" and o["preempted"]["requeued"] is True
     assert o["info"]["JobState"] == "COMPLETED", o["log"]
     assert o["info"]["Restarts"] == "1"
-    assert read_json(o["run_dir"] / "final.json")["epochs"] == 12
+    assert read_json(o["run_dir"] / "final.json")["epochs"] == 20
     assert "resumed from" in (o["run_dir"] / "train.log").read_text()
 
 
