@@ -50,6 +50,7 @@ from resnet_repro.optim import build_optimizer, l1_penalty, l1_weights, peak_lr,
 from resnet_repro.resume import check_resumable, resume_path
 from resnet_repro.schedule import LRSchedule, build_scheduler
 from resnet_repro.stabilizers import (
+    BufferSnapshot,
     EarlyStopper,
     NonFiniteError,
     NonFiniteGuard,
@@ -251,6 +252,8 @@ def train_one_epoch(
     l1_params = l1_weights(parts.net) if reg.l1 > 0 else []
     clip_at = st.max_norm if st.max_norm else math.inf
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    # BatchNorm statistics before each step, put back if the step turns out non-finite
+    buffers = BufferSnapshot(parts.net) if st.nonfinite != "off" else None
     # loss sum, correct@1, images: summed on the device, read once at the end of the epoch
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     norms: list[torch.Tensor] = []  # pre-clip total gradient norm of every step
@@ -265,6 +268,8 @@ def train_one_epoch(
         labels = labels.to(device, non_blocking=True)
         lr = schedule.lr
 
+        if buffers is not None:
+            buffers.take()
         with autocast(device, cfg.trainer.precision):
             logits = model(images)
             data_loss = F.cross_entropy(logits, labels, label_smoothing=reg.label_smoothing)
@@ -281,6 +286,8 @@ def train_one_epoch(
         # scale), so only the loss is checked there
         checked_norm = grad_norm if cfg.trainer.precision != "fp16" else torch.zeros_like(grad_norm)
         if not guard.is_finite(loss, checked_norm, env):
+            # every rank (the verdict is shared): the forward's BatchNorm update is undone with the step
+            buffers.restore()  # type: ignore[union-attr]  # not None: the guard is on
             if env.is_main:
                 guard.report(parts.net, loss, labels, epoch=epoch, step=step, lr=lr)
             if st.nonfinite == "stop" or guard.skipped_in_a_row >= st.max_skips:

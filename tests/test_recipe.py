@@ -23,12 +23,13 @@ from resnet_repro.config import (
     TrainerConfig,
 )
 from resnet_repro.distributed import DistEnv
+from resnet_repro.evaluate import evaluate
 from resnet_repro.metrics import NullLogger
 from resnet_repro.models import build_model
 from resnet_repro.optim import build_optimizer, decay_groups, l1_penalty, l1_weights, peak_lr
 from resnet_repro.schedule import build_scheduler
 from resnet_repro.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard
-from resnet_repro.train import Interrupts, Parts, train_one_epoch
+from resnet_repro.train import Interrupts, Parts, train_one_epoch, training_state
 
 
 def n_params(model: nn.Module) -> int:
@@ -392,3 +393,79 @@ def test_an_epoch_whose_every_step_was_skipped_stops_with_a_clear_error(tmp_path
     with pytest.raises(NonFiniteError, match="every step of epoch 1 was skipped"):
         run_epoch(parts, cfg, batches(1))
     parts.interrupts.close()
+
+
+# ------------------------------------------------- a non-finite step leaves BatchNorm untouched
+def bn_batches(n: int = 4, bad: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Tiny 16 px images for a ResNet-18; batch `bad` carries one inf pixel."""
+    g = torch.Generator().manual_seed(0)
+    data = [
+        (torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(n)
+    ]
+    if bad is not None:
+        data[bad][0][1, 0, 5, 7] = float("inf")
+    return data
+
+
+def resnet18_parts(cfg: RootConfig, tmp_path: Path) -> Parts:
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(name="resnet18"), 3)
+    net.dropblock_rate = None
+    return make_parts(net, cfg, tmp_path)
+
+
+def bn_buffers(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+def test_a_skipped_non_finite_step_leaves_batchnorm_statistics_as_if_the_batch_was_never_seen(tmp_path: Path):
+    """One inf pixel: the forward's BatchNorm update (NaN running mean/var) is undone with the step."""
+    cfg = tiny_cfg(nonfinite="skip", max_skips=3)
+    skipped = resnet18_parts(cfg, tmp_path)
+    metrics, _, _ = run_epoch(skipped, cfg, bn_batches(bad=2))
+    skipped.interrupts.close()
+    assert metrics["skipped_steps"] == 1
+    buffers = bn_buffers(skipped.net)
+    assert buffers and all(torch.isfinite(v.float()).all() for v in buffers.values())
+
+    clean = resnet18_parts(cfg, tmp_path)
+    run_epoch(clean, cfg, [b for i, b in enumerate(bn_batches(bad=2)) if i != 2])
+    clean.interrupts.close()
+    torch.testing.assert_close(buffers, bn_buffers(clean.net), rtol=0, atol=0)
+    torch.testing.assert_close(skipped.net.state_dict(), clean.net.state_dict(), rtol=0, atol=0)
+    result = evaluate(skipped.net, bn_batches(2), DistEnv(), torch.device("cpu"), expected_total=8)
+    assert math.isfinite(result["loss"])
+
+
+def test_a_non_finite_stop_saves_finite_batchnorm_statistics_as_the_last_good_state(tmp_path: Path):
+    cfg = tiny_cfg(nonfinite="stop")
+    parts = resnet18_parts(cfg, tmp_path)
+    saved: list[dict[str, torch.Tensor]] = []
+    before_bad: list[dict[str, torch.Tensor]] = []
+
+    class Data(list):  # records the BatchNorm buffers just before the bad batch is trained on
+        def __iter__(self):
+            for i, batch in enumerate(super().__iter__()):
+                if i == 2:
+                    before_bad.append(bn_buffers(parts.net))
+                yield batch
+
+    with pytest.raises(NonFiniteError):
+        train_one_epoch(
+            parts,
+            Data(bn_batches(bad=2)),
+            cfg,
+            DistEnv(),
+            torch.device("cpu"),
+            lambda *_: saved.append(training_state(parts, cfg, 0, 2, 2)),
+            epoch=0,
+            step=0,
+            epoch_step=0,
+        )
+    parts.interrupts.close()
+    assert len(saved) == 1
+    last = saved[0]["model"]
+    assert all(torch.isfinite(v.float()).all() for v in last.values())
+    torch.testing.assert_close({k: last[k] for k in before_bad[0]}, before_bad[0], rtol=0, atol=0)
+    result = evaluate(parts.net, bn_batches(2), DistEnv(), torch.device("cpu"), expected_total=8)
+    assert math.isfinite(result["loss"])
