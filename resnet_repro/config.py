@@ -159,15 +159,24 @@ class ScheduleConfig:
     gamma: float = 0.1
     # cosine: final LR as a fraction of the peak
     final_lr_factor: float = 0.0
-    # plateau: multiply by `factor` after `patience` epochs without improvement of the
-    # model-selection split's loss
+    # plateau: multiply the LR by `factor` once `patience` evaluations in a row of the
+    # model-selection split have not improved `metric` by more than `min_delta` (absolute: top1 as
+    # a fraction, loss in nats); evaluations before the LR warm-up ends are not counted, and the
+    # count restarts after each cut. Early stopping (stabilizer.early_stop) uses the same rule.
     patience: int = 5
     factor: float = 0.1
+    # loss (lower is better) or top1 (higher is better; He et al. divide the LR when the error
+    # plateaus)
+    metric: str = "loss"
+    min_delta: float = 0.0
 
 
 @dataclass
 class EarlyStopConfig:
-    # Stop after this many evaluations without improvement on the model-selection split (null = off)
+    # Stop once this many evaluations in a row of the model-selection split have not improved
+    # `metric` by more than `min_delta` (absolute), counting only evaluations after the LR
+    # warm-up: the plateau schedule's rule (null = off). With the plateau schedule on the same
+    # metric, give this a longer patience, or the run stops where the LR would have been cut.
     patience: int | None = None
     min_delta: float = 0.0
     # top1 (higher is better) or loss (lower is better)
@@ -428,6 +437,9 @@ def validate(cfg: RootConfig) -> None:
         raise UserError("data.holdout.stats_from=train_minus_holdout needs a holdout: set data.holdout.size")
     if d.stats.max_images is not None and d.stats.max_images <= 0:
         raise UserError(f"data.stats.max_images={d.stats.max_images} must be positive or null")
+    patience = cfg.stabilizer.early_stop.patience
+    if patience is not None and patience < 1:
+        raise UserError(f"stabilizer.early_stop.patience={patience} must be at least 1 evaluation, or null")
     no_selection = d.holdout.size is None and not t.select_on_test
     if no_selection and (cfg.schedule.name == "plateau" or cfg.stabilizer.early_stop.patience is not None):
         raise UserError(
@@ -462,6 +474,14 @@ def validate(cfg: RootConfig) -> None:
     if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
         raise UserError(f"optim.betas={o.betas} must be two values in [0, 1)")
     s = cfg.schedule
+    if s.metric not in ("top1", "loss"):
+        raise UserError(f"schedule.metric={s.metric!r} is not one of top1, loss")
+    if s.patience < 1:
+        raise UserError(f"schedule.patience={s.patience} must be at least 1 evaluation")
+    if not 0 < s.factor < 1:
+        raise UserError(f"schedule.factor={s.factor} must be in (0, 1)")
+    if s.min_delta < 0:
+        raise UserError(f"schedule.min_delta={s.min_delta} must be >= 0")
     if sorted(s.milestones) != list(s.milestones) or any(m <= 0 for m in s.milestones):
         raise UserError(f"schedule.milestones={s.milestones} must be increasing positive epochs")
     st = cfg.stabilizer
@@ -477,6 +497,8 @@ def validate(cfg: RootConfig) -> None:
         raise UserError(f"stabilizer.nonfinite={st.nonfinite!r} is not one of stop, skip, off")
     if st.early_stop.metric not in ("top1", "loss"):
         raise UserError(f"stabilizer.early_stop.metric={st.early_stop.metric!r} is not one of top1, loss")
+    if st.early_stop.min_delta < 0:
+        raise UserError(f"stabilizer.early_stop.min_delta={st.early_stop.min_delta} must be >= 0")
     if st.max_norm is not None and st.max_norm <= 0:
         raise UserError(f"stabilizer.max_norm={st.max_norm} must be positive, or null to turn clipping off")
     if t.checkpoint_every_minutes is not None and t.checkpoint_every_minutes <= 0:

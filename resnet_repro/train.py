@@ -622,10 +622,9 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
             improved = False
             if selection is not None:
                 chosen = evals[selection]
-                parts.schedule.epoch_end(chosen["loss"])
                 improved = chosen["top1"] > parts.best_top1
                 parts.best_top1 = max(parts.best_top1, chosen["top1"])
-                stop_reason = parts.early_stop.update(chosen)
+                stop_reason = feed_model_selection(parts.schedule, parts.early_stop, chosen)
             save(epoch + 1, 0, step)
             if improved:
                 save(epoch + 1, 0, step, name="best.pt")
@@ -664,6 +663,19 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
         parts.interrupts.close()
         parts.logger.close()
     return final
+
+
+def feed_model_selection(
+    schedule: LRSchedule, early_stop: EarlyStopper, metrics: dict[str, float]
+) -> str | None:
+    """The model-selection split's evaluation to the plateau schedule and early stopping; the
+    reason to stop, or None. Both skip evaluations before the LR warm-up ends (a metric measured
+    while the LR still rises says nothing about a plateau) and judge improvement by the same rule
+    (stabilizers.NoImprovement)."""
+    if not schedule.warmed_up:
+        return None
+    schedule.epoch_end(metrics)
+    return early_stop.update(metrics)
 
 
 def _log_epoch(cfg: RootConfig, epoch: int, train: dict[str, Any], evals: dict[str, dict[str, Any]]) -> None:

@@ -134,6 +134,12 @@ def test_validate_accepts_the_default_config_with_each_precision(default_cfg):
         ("bench.trials=0", "bench.trials=0"),
         ("logging.log_every_steps=0", "logging.log_every_steps=0"),
         ("stabilizer.max_skips=0", "stabilizer.max_skips=0"),
+        ("schedule.metric=error", "schedule.metric='error'"),
+        ("schedule.patience=0", "schedule.patience=0"),
+        ("schedule.factor=1.0", "schedule.factor=1.0"),
+        ("schedule.min_delta=-0.1", "schedule.min_delta=-0.1"),
+        ("stabilizer.early_stop.patience=0", "stabilizer.early_stop.patience=0"),
+        ("stabilizer.early_stop.min_delta=-1", "stabilizer.early_stop.min_delta=-1"),
     ],
 )
 def test_validate_names_the_bad_value(default_cfg, override, named):

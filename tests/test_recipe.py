@@ -29,7 +29,7 @@ from resnet_repro.models import build_model
 from resnet_repro.optim import build_optimizer, decay_groups, l1_penalty, l1_weights, peak_lr
 from resnet_repro.schedule import build_scheduler
 from resnet_repro.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard
-from resnet_repro.train import Interrupts, Parts, train_one_epoch, training_state
+from resnet_repro.train import Interrupts, Parts, feed_model_selection, train_one_epoch, training_state
 
 
 def n_params(model: nn.Module) -> int:
@@ -143,9 +143,74 @@ def test_cosine_ends_at_the_final_fraction_and_plateau_reacts_to_the_loss():
         steps_per_epoch=1,
         epochs=10,
     )
-    for loss in (1.0, 1.0, 1.0):
-        schedule.epoch_end(loss)
+    for loss in (1.0, 1.0):  # the best, then one evaluation without improvement: patience 1 is up
+        schedule.epoch_end({"loss": loss})
     assert schedule.lr == pytest.approx(0.05)
+
+
+def plateau_schedule(patience: int, *, metric: str = "loss", min_delta: float = 0.0, warmup_epochs=0.0):
+    """A plateau schedule from LR 1.0, two steps per epoch."""
+    optim = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    cfg = ScheduleConfig(name="plateau", patience=patience, factor=0.1, metric=metric, min_delta=min_delta)
+    return build_scheduler(
+        cfg, StabilizerConfig(warmup_epochs=warmup_epochs), optim, steps_per_epoch=2, epochs=50
+    )
+
+
+def test_plateau_reduces_the_lr_after_exactly_patience_epochs_without_improvement():
+    schedule = plateau_schedule(patience=3)
+    lrs = []
+    # best 0.9 at evaluation 2; 3, 4, 5 do not improve (5 is equal: not better) -> cut after 5;
+    # the count restarts after a cut: 6, 7, 8 do not improve -> cut after 8; 9 improves
+    for loss in (1.0, 0.9, 0.95, 0.91, 0.9, 0.92, 0.93, 0.94, 0.5):
+        schedule.epoch_end({"loss": loss, "top1": 0.0})
+        lrs.append(schedule.lr)
+    assert lrs == pytest.approx([1, 1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_plateau_can_follow_the_top1_error_with_an_absolute_threshold():
+    schedule = plateau_schedule(patience=2, metric="top1", min_delta=0.01)
+    lrs = []
+    # higher is better; 0.505 and 0.509 are within min_delta of 0.50: no improvement
+    for top1 in (0.50, 0.505, 0.509, 0.52):
+        schedule.epoch_end({"loss": 9.9, "top1": top1})
+        lrs.append(schedule.lr)
+    assert lrs == pytest.approx([1, 1, 0.1, 0.1])
+
+
+@pytest.mark.parametrize("metric", ["loss", "top1"])
+def test_plateau_and_early_stopping_agree_on_what_counts_as_improvement(metric: str):
+    """Same metric, min_delta and patience: the first LR cut and the early stop fall on the same
+    evaluation, over random curves whose steps are often within min_delta."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        steps = torch.randint(-3, 4, (30,), generator=g).double() * 0.005  # multiples of min_delta / 2
+        values = (0.5 + steps.cumsum(0)).tolist()
+        patience = int(torch.randint(1, 5, (1,), generator=g))
+        schedule = plateau_schedule(patience, metric=metric, min_delta=0.01)
+        stopper = EarlyStopper(EarlyStopConfig(patience=patience, min_delta=0.01, metric=metric))
+        first_cut = first_stop = None
+        for i, value in enumerate(values):
+            schedule.epoch_end({metric: value})
+            if first_cut is None and schedule.lr < 1.0:
+                first_cut = i
+            if stopper.update({metric: value}) is not None and first_stop is None:
+                first_stop = i
+        assert first_cut == first_stop, values
+
+
+def test_warm_up_evaluations_count_toward_neither_the_plateau_nor_early_stopping():
+    schedule = plateau_schedule(patience=1, metric="top1", warmup_epochs=2)
+    stopper = EarlyStopper(EarlyStopConfig(patience=1, metric="top1"))
+    reasons, lrs = [], []
+    for top1 in (0.9, 0.5, 0.4):  # 0.9 at the end of the first warm-up epoch is not the best
+        for _ in range(2):
+            schedule.optimizer.step()
+            schedule.step()
+        reasons.append(feed_model_selection(schedule, stopper, {"top1": top1, "loss": 1.0}))
+        lrs.append(schedule.lr)
+    assert reasons[:2] == [None, None] and reasons[2] is not None
+    assert lrs == pytest.approx([0.55, 1.0, 0.1])  # warm-up from 0.1: halfway, at the peak, cut
 
 
 # ------------------------------------------------------------------------------- weight decay
