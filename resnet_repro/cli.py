@@ -9,7 +9,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from resnet_repro.config import UserError, check_override_keys, register_configs, to_dataclass, validate
+from resnet_repro.config import (
+    UserError,
+    check_override_keys,
+    per_device_batch,
+    register_configs,
+    to_dataclass,
+    validate,
+)
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 PROG = "resnet-repro"
@@ -111,7 +118,10 @@ def _train(dcfg: DictConfig) -> float | None:
         cfg = to_dataclass(dcfg)
         validate(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        if cfg.trainer.nproc > 1 and distributed.detect().source == "single":
+        local_launch = cfg.trainer.nproc > 1 and distributed.detect().source == "single"
+        # a batch-size conflict is refused here, once, before any worker or data loading starts
+        per_device_batch(cfg.trainer, cfg.trainer.nproc if local_launch else distributed.detect().world_size)
+        if local_launch:
             yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
             distributed.launch_local(cfg.trainer.nproc, train_worker, yaml, str(run_dir))
         else:

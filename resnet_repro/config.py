@@ -204,10 +204,11 @@ class StabilizerConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 90
-    # Per-device batch; the global batch is batch_size x world size
-    batch_size: int = 256
+    # Per-device batch; the global batch is batch_size x world size. null: set by global_batch
+    batch_size: int | None = 256
     # When set, the global batch: each of the world's processes takes global_batch / world size
-    # (which must divide), and batch_size is not used. The paper recipe sets 256.
+    # (which must divide). With both set, batch_size x world size must equal it (an error
+    # otherwise); a preset that sets global_batch sets batch_size: null. The paper recipe sets 256.
     global_batch: int | None = None
     seed: int = 0
     # auto = cuda when available, else cpu
@@ -397,13 +398,25 @@ def to_dataclass(cfg: DictConfig) -> RootConfig:
 
 
 def per_device_batch(t: TrainerConfig, world_size: int) -> int:
-    """Images per process per step: trainer.global_batch split over the world, or trainer.batch_size."""
+    """Images per process per step: trainer.global_batch split over the world, or trainer.batch_size.
+
+    Both set must agree: a per-device batch (from a preset or the command line) silently replaced
+    by the global batch would train with a batch nobody asked for."""
     if t.global_batch is None:
+        if t.batch_size is None:
+            raise UserError("trainer.batch_size and trainer.global_batch are both null: set one of them")
         return t.batch_size
     if t.global_batch % world_size != 0:
         raise UserError(
             f"trainer.global_batch={t.global_batch} is not divisible by the world size {world_size}; "
             f"choose a multiple of {world_size} or another number of processes"
+        )
+    if t.batch_size is not None and t.batch_size * world_size != t.global_batch:
+        processes = f"{world_size} process{'es' if world_size > 1 else ''}"
+        raise UserError(
+            f"trainer.batch_size={t.batch_size} per process x {processes} disagrees with "
+            f"trainer.global_batch={t.global_batch}; pass trainer.batch_size=null to split the global "
+            "batch over the processes, or trainer.global_batch=null to use the per-process batch"
         )
     return t.global_batch // world_size
 
@@ -411,8 +424,10 @@ def per_device_batch(t: TrainerConfig, world_size: int) -> int:
 def validate(cfg: RootConfig) -> None:
     """Cross-field checks a schema cannot express. Raises UserError naming the value."""
     t, o, d = cfg.trainer, cfg.optim, cfg.data
-    if t.batch_size <= 0:
+    if t.batch_size is not None and t.batch_size <= 0:
         raise UserError(f"trainer.batch_size={t.batch_size} must be a positive number of images per device")
+    if t.batch_size is None and t.global_batch is None:
+        raise UserError("trainer.batch_size and trainer.global_batch are both null: set one of them")
     if t.global_batch is not None and t.global_batch <= 0:
         raise UserError(f"trainer.global_batch={t.global_batch} must be a positive number of images, or null")
     if t.epochs <= 0:

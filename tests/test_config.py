@@ -207,3 +207,17 @@ def test_global_batch_that_does_not_divide_over_the_world_is_refused():
     with pytest.raises(UserError, match="trainer.global_batch=250 is not divisible by the world size 8"):
         per_device_batch(TrainerConfig(global_batch=250), 8)
     assert per_device_batch(TrainerConfig(batch_size=64), 8) == 64  # per-device batch when unset
+
+
+def test_a_per_device_batch_must_agree_with_the_global_batch():
+    assert per_device_batch(TrainerConfig(batch_size=32, global_batch=256), 8) == 32  # they agree
+    assert per_device_batch(TrainerConfig(batch_size=None, global_batch=256), 8) == 32
+    with pytest.raises(
+        UserError,
+        match=r"trainer.batch_size=64 per process x 8 processes disagrees with trainer.global_batch=256",
+    ):
+        per_device_batch(TrainerConfig(batch_size=64, global_batch=256), 8)
+    with pytest.raises(UserError, match="both null"):
+        per_device_batch(TrainerConfig(batch_size=None), 1)
+    with pytest.raises(UserError, match="both null"):
+        validate(to_dataclass(compose(["trainer.batch_size=null"])))
