@@ -13,6 +13,7 @@ from resnet_repro.config import (
     UserError,
     check_override_keys,
     deprecation_warnings,
+    per_device_batch,
     register_configs,
     to_dataclass,
     validate,
@@ -126,7 +127,10 @@ def _train(dcfg: DictConfig) -> float | None:
         cfg = to_dataclass(dcfg)
         validate(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        if cfg.trainer.nproc > 1 and distributed.detect().source == "single":
+        local_launch = cfg.trainer.nproc > 1 and distributed.detect().source == "single"
+        # a batch-size conflict is refused here, once, before any worker or data loading starts
+        per_device_batch(cfg.trainer, cfg.trainer.nproc if local_launch else distributed.detect().world_size)
+        if local_launch:
             yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
             distributed.launch_local(cfg.trainer.nproc, train_worker, yaml, str(run_dir))
         else:

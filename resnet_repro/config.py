@@ -168,15 +168,24 @@ class ScheduleConfig:
     gamma: float = 0.1
     # cosine: final LR as a fraction of the peak
     final_lr_factor: float = 0.0
-    # plateau: multiply by `factor` after `patience` epochs without improvement of the
-    # model-selection split's loss
+    # plateau: multiply the LR by `factor` once `patience` evaluations in a row of the
+    # model-selection split have not improved `metric` by more than `min_delta` (absolute: top1 as
+    # a fraction, loss in nats); evaluations before the LR warm-up ends are not counted, and the
+    # count restarts after each cut. Early stopping (stabilizer.early_stop) uses the same rule.
     patience: int = 5
     factor: float = 0.1
+    # loss (lower is better) or top1 (higher is better; He et al. divide the LR when the error
+    # plateaus)
+    metric: str = "loss"
+    min_delta: float = 0.0
 
 
 @dataclass
 class EarlyStopConfig:
-    # Stop after this many evaluations without improvement on the model-selection split (null = off)
+    # Stop once this many evaluations in a row of the model-selection split have not improved
+    # `metric` by more than `min_delta` (absolute), counting only evaluations after the LR
+    # warm-up: the plateau schedule's rule (null = off). With the plateau schedule on the same
+    # metric, give this a longer patience, or the run stops where the LR would have been cut.
     patience: int | None = None
     min_delta: float = 0.0
     # top1 (higher is better) or loss (lower is better)
@@ -204,10 +213,11 @@ class StabilizerConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 90
-    # Per-device batch; the global batch is batch_size x world size
-    batch_size: int = 256
+    # Per-device batch; the global batch is batch_size x world size. null: set by global_batch
+    batch_size: int | None = 256
     # When set, the global batch: each of the world's processes takes global_batch / world size
-    # (which must divide), and batch_size is not used. Both ImageNet recipes set 256.
+    # (which must divide). With both set, batch_size x world size must equal it (an error
+    # otherwise); a preset that sets global_batch sets batch_size: null. Both ImageNet recipes set 256.
     global_batch: int | None = None
     seed: int = 0
     # auto = cuda when available, else cpu
@@ -427,13 +437,25 @@ def to_dataclass(cfg: DictConfig) -> RootConfig:
 
 
 def per_device_batch(t: TrainerConfig, world_size: int) -> int:
-    """Images per process per step: trainer.global_batch split over the world, or trainer.batch_size."""
+    """Images per process per step: trainer.global_batch split over the world, or trainer.batch_size.
+
+    Both set must agree: a per-device batch (from a preset or the command line) silently replaced
+    by the global batch would train with a batch nobody asked for."""
     if t.global_batch is None:
+        if t.batch_size is None:
+            raise UserError("trainer.batch_size and trainer.global_batch are both null: set one of them")
         return t.batch_size
     if t.global_batch % world_size != 0:
         raise UserError(
             f"trainer.global_batch={t.global_batch} is not divisible by the world size {world_size}; "
             f"choose a multiple of {world_size} or another number of processes"
+        )
+    if t.batch_size is not None and t.batch_size * world_size != t.global_batch:
+        processes = f"{world_size} process{'es' if world_size > 1 else ''}"
+        raise UserError(
+            f"trainer.batch_size={t.batch_size} per process x {processes} disagrees with "
+            f"trainer.global_batch={t.global_batch}; pass trainer.batch_size=null to split the global "
+            "batch over the processes, or trainer.global_batch=null to use the per-process batch"
         )
     return t.global_batch // world_size
 
@@ -441,8 +463,10 @@ def per_device_batch(t: TrainerConfig, world_size: int) -> int:
 def validate(cfg: RootConfig) -> None:
     """Cross-field checks a schema cannot express. Raises UserError naming the value."""
     t, o, d = cfg.trainer, cfg.optim, cfg.data
-    if t.batch_size <= 0:
+    if t.batch_size is not None and t.batch_size <= 0:
         raise UserError(f"trainer.batch_size={t.batch_size} must be a positive number of images per device")
+    if t.batch_size is None and t.global_batch is None:
+        raise UserError("trainer.batch_size and trainer.global_batch are both null: set one of them")
     if t.global_batch is not None and t.global_batch <= 0:
         raise UserError(f"trainer.global_batch={t.global_batch} must be a positive number of images, or null")
     if t.epochs <= 0:
@@ -467,6 +491,9 @@ def validate(cfg: RootConfig) -> None:
         raise UserError("data.holdout.stats_from=train_minus_holdout needs a holdout: set data.holdout.size")
     if d.stats.max_images is not None and d.stats.max_images <= 0:
         raise UserError(f"data.stats.max_images={d.stats.max_images} must be positive or null")
+    patience = cfg.stabilizer.early_stop.patience
+    if patience is not None and patience < 1:
+        raise UserError(f"stabilizer.early_stop.patience={patience} must be at least 1 evaluation, or null")
     no_selection = d.holdout.size is None and not t.select_on_test
     if no_selection and (cfg.schedule.name == "plateau" or cfg.stabilizer.early_stop.patience is not None):
         raise UserError(
@@ -517,6 +544,14 @@ def validate(cfg: RootConfig) -> None:
     if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
         raise UserError(f"optim.betas={o.betas} must be two values in [0, 1)")
     s = cfg.schedule
+    if s.metric not in ("top1", "loss"):
+        raise UserError(f"schedule.metric={s.metric!r} is not one of top1, loss")
+    if s.patience < 1:
+        raise UserError(f"schedule.patience={s.patience} must be at least 1 evaluation")
+    if not 0 < s.factor < 1:
+        raise UserError(f"schedule.factor={s.factor} must be in (0, 1)")
+    if s.min_delta < 0:
+        raise UserError(f"schedule.min_delta={s.min_delta} must be >= 0")
     if sorted(s.milestones) != list(s.milestones) or any(m <= 0 for m in s.milestones):
         raise UserError(f"schedule.milestones={s.milestones} must be increasing positive epochs")
     st = cfg.stabilizer
@@ -532,6 +567,8 @@ def validate(cfg: RootConfig) -> None:
         raise UserError(f"stabilizer.nonfinite={st.nonfinite!r} is not one of stop, skip, off")
     if st.early_stop.metric not in ("top1", "loss"):
         raise UserError(f"stabilizer.early_stop.metric={st.early_stop.metric!r} is not one of top1, loss")
+    if st.early_stop.min_delta < 0:
+        raise UserError(f"stabilizer.early_stop.min_delta={st.early_stop.min_delta} must be >= 0")
     if st.max_norm is not None and st.max_norm <= 0:
         raise UserError(f"stabilizer.max_norm={st.max_norm} must be positive, or null to turn clipping off")
     if t.checkpoint_every_minutes is not None and t.checkpoint_every_minutes <= 0:

@@ -68,7 +68,7 @@ def resume_config_changes(saved: dict[str, Any], cfg: RootConfig) -> list[str]:
     used = {
         "step": ["milestones", "gamma"],
         "cosine": ["final_lr_factor"],
-        "plateau": ["patience", "factor"],
+        "plateau": ["patience", "factor", "metric", "min_delta"],
     }.get(cfg.schedule.name, [])
     keys = ["optim", "schedule.name", *(f"schedule.{k}" for k in used)]
     keys += ["stabilizer.warmup_epochs", "stabilizer.warmup_start_factor"]

@@ -3,12 +3,13 @@
 Milestones are configured in epochs and converted to iterations with the steps per epoch. An
 optional linear warm-up (LinearLR) is chained in front with SequentialLR; the main schedule's
 milestones are shifted by the warm-up length because SequentialLR restarts the second
-scheduler's count. `plateau` (ReduceLROnPlateau) reacts to the model-selection loss once per
-epoch, after the warm-up.
+scheduler's count. `plateau` reacts to the model-selection split once per epoch, after the
+warm-up (see `Plateau`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -18,23 +19,54 @@ from torch.optim.lr_scheduler import (
     LinearLR,
     LRScheduler,
     MultiStepLR,
-    ReduceLROnPlateau,
     SequentialLR,
 )
 
 from resnet_repro.config import ScheduleConfig, StabilizerConfig, UserError
+from resnet_repro.stabilizers import NoImprovement
 
 SCHEDULE_NAMES = ("step", "cosine", "plateau", "constant")
 
 
+class Plateau:
+    """LR x `factor` once `patience` evaluations in a row have not improved; the count restarts
+    after each cut.
+
+    Not torch's ReduceLROnPlateau: that cuts after patience + 1 bad epochs and measures
+    improvement its own way; this uses `NoImprovement`, the rule early stopping uses, so equal
+    settings mean the same thing in both."""
+
+    def __init__(self, cfg: ScheduleConfig) -> None:
+        self.rule = NoImprovement(cfg.metric, cfg.min_delta)
+        self.patience, self.factor = cfg.patience, cfg.factor
+
+    def update(self, optimizer: torch.optim.Optimizer, metrics: dict[str, float]) -> None:
+        if self.rule.update(metrics[self.rule.metric]) or self.rule.bad_evals < self.patience:
+            return
+        # the per-iteration schedulers that follow (ConstantLR) read the group's LR and keep it
+        for group in optimizer.param_groups:
+            group["lr"] *= self.factor
+        self.rule.bad_evals = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.rule.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "num_bad_epochs" in state:  # a checkpoint from when this was torch's ReduceLROnPlateau
+            best = state["best"]
+            state = {"best": best if math.isfinite(best) else None, "bad_evals": state["num_bad_epochs"]}
+        self.rule.load_state_dict(state)
+
+
 class LRSchedule:
-    """`step()` after every optimizer step; `epoch_end(loss)` after every evaluation."""
+    """`step()` after every optimizer step; `epoch_end(metrics)` after every model-selection
+    evaluation."""
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
         per_iteration: LRScheduler,
-        plateau: ReduceLROnPlateau | None,
+        plateau: Plateau | None,
         warmup_steps: int,
     ) -> None:
         self.optimizer = optimizer
@@ -47,9 +79,15 @@ class LRSchedule:
         self.per_iteration.step()
         self.iterations += 1
 
-    def epoch_end(self, selection_loss: float) -> None:
-        if self.plateau is not None and self.iterations >= self.warmup_steps:
-            self.plateau.step(selection_loss)
+    @property
+    def warmed_up(self) -> bool:
+        """Whether the LR warm-up is over (always, without one)."""
+        return self.iterations >= self.warmup_steps
+
+    def epoch_end(self, metrics: dict[str, float]) -> None:
+        """The model-selection split's evaluation (top1, loss); ignored inside the warm-up."""
+        if self.plateau is not None and self.warmed_up:
+            self.plateau.update(self.optimizer, metrics)
 
     @property
     def lr(self) -> float:
@@ -100,10 +138,10 @@ def build_scheduler(
         main = CosineAnnealingLR(
             optimizer, T_max=total_steps - warmup_steps, eta_min=peak * cfg.final_lr_factor
         )
-    else:  # constant, and plateau (whose changes ReduceLROnPlateau makes once per epoch)
+    else:  # constant, and plateau (whose changes Plateau makes once per epoch)
         main = ConstantLR(optimizer, factor=1.0, total_iters=0)
         if cfg.name == "plateau":
-            plateau = ReduceLROnPlateau(optimizer, mode="min", factor=cfg.factor, patience=cfg.patience)
+            plateau = Plateau(cfg)
     if warmup_steps == 0:
         return LRSchedule(optimizer, main, plateau, 0)
     ramp = LinearLR(

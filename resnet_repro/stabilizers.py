@@ -96,36 +96,89 @@ class NonFiniteGuard:
         return report
 
 
+class BufferSnapshot:
+    """The module's buffers (BatchNorm running mean/var and batch counts) as they were before a step.
+
+    A training-mode forward updates them before the non-finite check can run, and a moving
+    average that has taken in one NaN stays NaN: a step found non-finite must put them back, or a
+    skipped step poisons every later evaluation and a stopped run saves NaN statistics as its last
+    good state. `take()` is one device-side copy per step into buffers allocated once (no host
+    sync; ResNet-50's BatchNorm buffers are about 0.2 MB)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.live = list(module.buffers())
+        self.saved = [b.detach().clone() for b in self.live]
+
+    def take(self) -> None:
+        if self.live:
+            torch._foreach_copy_(self.saved, self.live)
+
+    def restore(self) -> None:
+        if self.live:
+            with torch.no_grad():
+                torch._foreach_copy_(self.live, self.saved)
+
+
 def chance_loss(num_classes: int) -> float:
     """Cross-entropy of a uniform guess: a model still at this loss has learnt nothing."""
     return math.log(num_classes)
 
 
+METRICS = ("top1", "loss")
+
+
 @dataclass
-class EarlyStopper:
-    cfg: EarlyStopConfig
+class NoImprovement:
+    """The one definition of "no improvement" that the plateau schedule and early stopping share.
+
+    An evaluation improves when its `metric` beats the best so far by more than `min_delta`, an
+    absolute amount (top1, a fraction, higher is better: 0.001 = 0.1 points; loss, in nats, lower
+    is better); the first evaluation fed sets the best. `bad_evals` counts the evaluations in a row
+    without improvement. Which evaluations are fed (not those inside the LR warm-up) is decided
+    by the caller, the same for both (train.feed_model_selection)."""
+
+    metric: str
+    min_delta: float = 0.0
     best: float | None = None
     bad_evals: int = 0
 
-    def update(self, metrics: dict[str, float]) -> str | None:
-        """Feed one evaluation; returns the reason to stop, or None."""
-        if self.cfg.patience is None:
-            return None
-        value = metrics[self.cfg.metric]
-        sign = 1.0 if self.cfg.metric == "top1" else -1.0  # top1: higher is better; loss: lower
-        if self.best is None or sign * (value - self.best) > self.cfg.min_delta:
+    def update(self, value: float) -> bool:
+        """Feed one evaluation's value; whether it improved (a NaN never does)."""
+        sign = 1.0 if self.metric == "top1" else -1.0
+        if self.best is None or sign * (value - self.best) > self.min_delta:
             self.best, self.bad_evals = value, 0
-            return None
+            return True
         self.bad_evals += 1
-        if self.bad_evals >= self.cfg.patience:
-            return (
-                f"early stop: {self.cfg.metric} has not improved by more than {self.cfg.min_delta} "
-                f"on the model-selection split for {self.bad_evals} evaluations (best {self.best:.4f})"
-            )
-        return None
+        return False
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "bad_evals": self.bad_evals}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.bad_evals = state["best"], state["bad_evals"]
+
+
+@dataclass
+class EarlyStopper:
+    cfg: EarlyStopConfig
+    rule: NoImprovement = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rule = NoImprovement(self.cfg.metric, self.cfg.min_delta)
+
+    def update(self, metrics: dict[str, float]) -> str | None:
+        """Feed one evaluation; returns the reason to stop, or None."""
+        if self.cfg.patience is None:
+            return None
+        if self.rule.update(metrics[self.cfg.metric]) or self.rule.bad_evals < self.cfg.patience:
+            return None
+        return (
+            f"early stop: {self.cfg.metric} has not improved by more than {self.cfg.min_delta} "
+            f"on the model-selection split for {self.rule.bad_evals} evaluations (best {self.rule.best:.4f})"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.rule.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rule.load_state_dict(state)

@@ -71,10 +71,12 @@ def step_schedule(gamma: float, milestones: list[int], epochs: int) -> Setting:
     )
 
 
-def plateau_schedule(factor: float, epochs: int, patience: int | None = None) -> Setting:
-    """He et al. give no patience ("when the error plateaus"), so it is shown but not compared."""
-    when = f"after {patience} flat epochs" if patience is not None else "on plateau"
-    return Setting(("plateau", factor, epochs), f"x{factor:g} {when}, up to {epochs} epochs")
+def plateau_schedule(factor: float, epochs: int, metric: str, patience: int | None = None) -> Setting:
+    """He et al. give no patience ("when the error plateaus"), so it is shown but not compared;
+    what plateaus (top-1 error or loss) is compared."""
+    what = "top-1" if metric == "top1" else "loss"
+    when = f"after {patience} epochs of flat {what}" if patience is not None else f"when {what} plateaus"
+    return Setting(("plateau", factor, epochs, metric), f"x{factor:g} {when}, up to {epochs} epochs")
 
 
 def none_setting() -> Setting:
@@ -127,7 +129,7 @@ REFERENCES: dict[str, tuple[str, dict[str, Setting]]] = {
             "global batch": number_setting(256),
             "optimizer": sgd_setting(0.9),
             "peak LR": number_setting(0.1),
-            "schedule": plateau_schedule(0.1, 120),
+            "schedule": plateau_schedule(0.1, 120, "top1"),
             "warm-up": none_setting(),
             "max norm": none_setting(),
             "weight decay": decay_setting(1e-4, on_all=True),
@@ -179,7 +181,7 @@ def recipe(cfg: RootConfig, d: Derived, groups: list[GroupSummary]) -> dict[str,
             ("cosine", s.final_lr_factor, epochs), f"cosine to {s.final_lr_factor:g} x peak, {epochs} epochs"
         )
     elif s.name == "plateau":
-        schedule = plateau_schedule(s.factor, epochs, s.patience)
+        schedule = plateau_schedule(s.factor, epochs, s.metric, s.patience)
     else:
         schedule = Setting(("constant", epochs), f"constant, {epochs} epochs")
     decayed = [g for g in groups if g.weight_decay > 0]

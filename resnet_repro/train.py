@@ -50,6 +50,7 @@ from resnet_repro.optim import build_optimizer, l1_penalty, l1_weights, peak_lr,
 from resnet_repro.resume import check_resumable, resume_path
 from resnet_repro.schedule import LRSchedule, build_scheduler
 from resnet_repro.stabilizers import (
+    BufferSnapshot,
     EarlyStopper,
     NonFiniteError,
     NonFiniteGuard,
@@ -258,6 +259,8 @@ def train_one_epoch(
     l1_params = l1_weights(parts.net) if reg.l1 > 0 else []
     clip_at = st.max_norm if st.max_norm else math.inf
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    # BatchNorm statistics before each step, put back if the step turns out non-finite
+    buffers = BufferSnapshot(parts.net) if st.nonfinite != "off" else None
     # loss sum, correct@1, images: summed on the device, read once at the end of the epoch
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     norms: list[torch.Tensor] = []  # pre-clip total gradient norm of every step
@@ -273,6 +276,8 @@ def train_one_epoch(
         labels = labels.to(device, non_blocking=True)
         lr = schedule.lr
 
+        if buffers is not None:
+            buffers.take()
         with autocast(device, cfg.trainer.precision):
             logits = model(images)
             data_loss = F.cross_entropy(logits, labels, label_smoothing=reg.label_smoothing)
@@ -289,6 +294,8 @@ def train_one_epoch(
         # scale), so only the loss is checked there
         checked_norm = grad_norm if cfg.trainer.precision != "fp16" else torch.zeros_like(grad_norm)
         if not guard.is_finite(loss, checked_norm, env):
+            # every rank (the verdict is shared): the forward's BatchNorm update is undone with the step
+            buffers.restore()  # type: ignore[union-attr]  # not None: the guard is on
             if env.is_main:
                 guard.report(parts.net, loss, labels, epoch=epoch, step=step, lr=lr)
             if st.nonfinite == "stop" or guard.skipped_in_a_row >= st.max_skips:
@@ -630,10 +637,9 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
             improved = False
             if selection is not None:
                 chosen = evals[selection]
-                parts.schedule.epoch_end(chosen["loss"])
                 improved = chosen["top1"] > parts.best_top1
                 parts.best_top1 = max(parts.best_top1, chosen["top1"])
-                stop_reason = parts.early_stop.update(chosen)
+                stop_reason = feed_model_selection(parts.schedule, parts.early_stop, chosen)
             save(epoch + 1, 0, step)
             if improved:
                 save(epoch + 1, 0, step, name="best.pt")
@@ -672,6 +678,19 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
         parts.interrupts.close()
         parts.logger.close()
     return final
+
+
+def feed_model_selection(
+    schedule: LRSchedule, early_stop: EarlyStopper, metrics: dict[str, float]
+) -> str | None:
+    """The model-selection split's evaluation to the plateau schedule and early stopping; the
+    reason to stop, or None. Both skip evaluations before the LR warm-up ends (a metric measured
+    while the LR still rises says nothing about a plateau) and judge improvement by the same rule
+    (stabilizers.NoImprovement)."""
+    if not schedule.warmed_up:
+        return None
+    schedule.epoch_end(metrics)
+    return early_stop.update(metrics)
 
 
 def _log_epoch(cfg: RootConfig, epoch: int, train: dict[str, Any], evals: dict[str, dict[str, Any]]) -> None:

@@ -176,3 +176,51 @@ def failing_on_one_rank_worker(out_dir: str, failing_rank: int) -> None:
         Path(out_dir, f"rank{env.rank}.txt").write_text(outcome)
     finally:
         distributed.teardown()
+
+
+def nonfinite_bn_worker(out_dir: str) -> None:
+    """ResNet-18 under DDP with stabilizer.nonfinite=skip: rank 0's second batch and rank 1's last
+    batch carry one inf pixel. Saves each rank's BatchNorm buffers after the epoch."""
+    from resnet_repro.config import StabilizerConfig
+    from resnet_repro.models import build_model
+
+    env = distributed.detect()
+    device = torch.device("cpu")
+    distributed.init(env, device, timeout_s=120)
+    try:
+        cfg = RootConfig(
+            schedule=ScheduleConfig(name="constant"),
+            stabilizer=StabilizerConfig(nonfinite="skip", max_skips=3),
+            trainer=TrainerConfig(batch_size=4),
+            logging=LoggingConfig(tensorboard=False, progress=False),
+        )
+        torch.manual_seed(0)
+        net = build_model(cfg.model, 3)
+        model = nn.parallel.DistributedDataParallel(net)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        g = torch.Generator().manual_seed(env.rank)
+        data = [
+            (torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(3)
+        ]
+        data[1 if env.rank == 0 else 2][0][0, 1, 3, 3] = float("inf")
+        parts = Parts(
+            net=net,
+            model=model,
+            optimizer=optimizer,
+            schedule=build_scheduler(cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=3, epochs=1),
+            scaler=torch.amp.GradScaler("cpu", enabled=False),
+            guard=NonFiniteGuard("skip", 3, Path(out_dir, "report.json")),
+            early_stop=EarlyStopper(cfg.stabilizer.early_stop),
+            logger=NullLogger(),
+            interrupts=Interrupts(cfg, env, device),
+        )
+        metrics, _, _ = train_one_epoch(
+            parts, data, cfg, env, device, lambda *_: None, epoch=0, step=0, epoch_step=0
+        )
+        parts.interrupts.close()
+        buffers = {k: v for k, v in net.state_dict().items() if "running_" in k}
+        torch.save(
+            {"buffers": buffers, "skipped": metrics["skipped_steps"]}, Path(out_dir, f"rank{env.rank}.pt")
+        )
+    finally:
+        distributed.teardown()

@@ -255,6 +255,32 @@ def test_resume_refuses_changed_optimizer_or_schedule_settings_and_names_them():
     assert resume_config_changes(dataclasses.asdict(step_run), moved) == [
         "schedule.milestones [30, 60] -> [5, 8]"
     ]
+    plateau_run = dataclasses.replace(run, schedule=ScheduleConfig(name="plateau"))
+    on_error = dataclasses.replace(run, schedule=ScheduleConfig(name="plateau", metric="top1"))
+    assert resume_config_changes(dataclasses.asdict(plateau_run), on_error) == [
+        "schedule.metric loss -> top1"  # the best value in the checkpoint is a loss
+    ]
+    older = dataclasses.asdict(plateau_run)
+    del older["schedule"]["metric"], older["schedule"]["min_delta"]  # saved before these keys existed
+    assert resume_config_changes(older, plateau_run) == []
+
+
+def test_a_plateau_state_saved_by_torchs_reduce_lr_on_plateau_resumes_its_best_and_count():
+    import torch
+
+    from resnet_repro.config import ScheduleConfig
+    from resnet_repro.schedule import Plateau
+
+    optim = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    old = torch.optim.lr_scheduler.ReduceLROnPlateau(optim, patience=5)
+    for loss in (1.0, 0.8, 0.9, 0.85):
+        old.step(loss)
+    plateau = Plateau(ScheduleConfig(name="plateau", patience=3))
+    plateau.load_state_dict(old.state_dict())
+    assert (plateau.rule.best, plateau.rule.bad_evals, plateau.patience) == (0.8, 2, 3)
+    fresh = Plateau(ScheduleConfig(name="plateau"))
+    fresh.load_state_dict(torch.optim.lr_scheduler.ReduceLROnPlateau(optim).state_dict())
+    assert fresh.rule.best is None  # torch's "nothing seen yet" (inf) is ours
 
 
 def test_a_launchers_own_signal_handler_runs_after_our_checkpoint_not_instead(tmp_path):

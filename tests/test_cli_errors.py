@@ -146,3 +146,28 @@ def test_make_demo_data_into_a_foreign_folder_is_one_line_and_deletes_nothing(tm
     assert code == 2
     assert "is not the demo dataset" in one_error_line(err)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["trainer.global_batch=128"], "trainer.batch_size=64 per process x 1 process"),  # the demo's 64
+        (["experiment=imagenet_paper", "trainer.batch_size=64"], "trainer.batch_size=64 per process x 1"),
+        (["experiment=imagenet_paper", "trainer.batch_size=32", "trainer.nproc=2"], "x 2 processes"),
+    ],
+)
+def test_a_batch_size_that_disagrees_with_the_global_batch_is_one_line_naming_both(
+    overrides: list[str], expected: str, demo_root: Path, capsys
+):
+    # a short run, should the check ever be missed
+    short = ["trainer.epochs=2", "trainer.max_steps_per_epoch=1", "logging.progress=false"]
+    code, err = run_main(["train", f"data.root={demo_root}", *overrides, *short], capsys)
+    assert code == 2
+    line = one_error_line(err)
+    assert expected in line and "trainer.global_batch=" in line and "trainer.batch_size=null" in line
+
+
+def test_the_paper_preset_leaves_the_per_device_batch_to_the_global_batch(capsys):
+    main(["train", "experiment=imagenet_paper", "data.root=/data", "--cfg", "job"])
+    job = capsys.readouterr().out
+    assert "global_batch: 256" in job and "batch_size: null" in job

@@ -145,6 +145,12 @@ def test_validate_accepts_the_default_config_with_each_precision(default_cfg):
         ("stabilizer.max_skips=0", "stabilizer.max_skips=0"),
         ("data.augment.pca_lighting=-0.1", "data.augment.pca_lighting=-0.1"),
         ("reference=he2015", "reference='he2015'"),
+        ("schedule.metric=error", "schedule.metric='error'"),
+        ("schedule.patience=0", "schedule.patience=0"),
+        ("schedule.factor=1.0", "schedule.factor=1.0"),
+        ("schedule.min_delta=-0.1", "schedule.min_delta=-0.1"),
+        ("stabilizer.early_stop.patience=0", "stabilizer.early_stop.patience=0"),
+        ("stabilizer.early_stop.min_delta=-1", "stabilizer.early_stop.min_delta=-1"),
     ],
 )
 def test_validate_names_the_bad_value(default_cfg, override, named):
@@ -227,6 +233,7 @@ def test_he2016_experiment_is_the_paper_as_written(tmp_path):
     assert obj.optim.weight_decay == pytest.approx(1e-4)
     assert obj.optim.decay_norm_and_bias is True
     assert obj.schedule.name == "plateau" and obj.schedule.factor == pytest.approx(0.1)
+    assert obj.schedule.metric == "top1"  # "when the error plateaus"
     assert obj.data.holdout.size == 10000  # "the error plateaus" on a holdout carved from train
     assert obj.data.eval_split == "val"
     assert obj.stabilizer.warmup_epochs == 0 and obj.stabilizer.max_norm is None
@@ -291,3 +298,17 @@ def test_old_augment_name_paper_is_torchvisions_recipe_with_a_deprecation_line(t
 def test_bad_scale_augmentation_is_refused_naming_the_value(overrides, named, tmp_path):
     with pytest.raises(UserError, match=re.escape(named)):
         _composed_ok(["data=imagenet", *overrides], tmp_path)
+
+
+def test_a_per_device_batch_must_agree_with_the_global_batch():
+    assert per_device_batch(TrainerConfig(batch_size=32, global_batch=256), 8) == 32  # they agree
+    assert per_device_batch(TrainerConfig(batch_size=None, global_batch=256), 8) == 32
+    with pytest.raises(
+        UserError,
+        match=r"trainer.batch_size=64 per process x 8 processes disagrees with trainer.global_batch=256",
+    ):
+        per_device_batch(TrainerConfig(batch_size=64, global_batch=256), 8)
+    with pytest.raises(UserError, match="both null"):
+        per_device_batch(TrainerConfig(batch_size=None), 1)
+    with pytest.raises(UserError, match="both null"):
+        validate(to_dataclass(compose(["trainer.batch_size=null"])))

@@ -73,6 +73,16 @@ def test_two_ranks_of_batch_b_train_like_one_rank_of_batch_2b(generated: Path, t
     assert not torch.equal(init["4.weight"], a["weights"]["4.weight"])  # it did train
 
 
+def test_under_ddp_every_rank_restores_its_batchnorm_statistics_after_a_skipped_step(tmp_path: Path):
+    """An inf pixel on rank 0 (whose buffers DDP broadcasts at the next forward) and one on rank 1
+    at the epoch's last step: both steps are skipped everywhere and no rank keeps NaN statistics."""
+    distributed.launch_local(2, ddp_workers.nonfinite_bn_worker, str(tmp_path))
+    for rank in (0, 1):
+        out = torch.load(tmp_path / f"rank{rank}.pt")
+        assert out["skipped"] == 2
+        assert out["buffers"] and all(torch.isfinite(v).all() for v in out["buffers"].values()), rank
+
+
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "resnet_repro", *args]
 

@@ -25,13 +25,14 @@ from resnet_repro.config import (
     validate,
 )
 from resnet_repro.distributed import DistEnv
+from resnet_repro.evaluate import evaluate
 from resnet_repro.metrics import NullLogger
 from resnet_repro.models import build_model
 from resnet_repro.optim import build_optimizer, decay_groups, l1_penalty, l1_weights, peak_lr
 from resnet_repro.schedule import build_scheduler
 from resnet_repro.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard
 from resnet_repro.summary import Derived, differences, render, same
-from resnet_repro.train import Interrupts, Parts, train_one_epoch
+from resnet_repro.train import Interrupts, Parts, feed_model_selection, train_one_epoch, training_state
 
 
 def n_params(model: nn.Module) -> int:
@@ -145,9 +146,74 @@ def test_cosine_ends_at_the_final_fraction_and_plateau_reacts_to_the_loss():
         steps_per_epoch=1,
         epochs=10,
     )
-    for loss in (1.0, 1.0, 1.0):
-        schedule.epoch_end(loss)
+    for loss in (1.0, 1.0):  # the best, then one evaluation without improvement: patience 1 is up
+        schedule.epoch_end({"loss": loss})
     assert schedule.lr == pytest.approx(0.05)
+
+
+def plateau_schedule(patience: int, *, metric: str = "loss", min_delta: float = 0.0, warmup_epochs=0.0):
+    """A plateau schedule from LR 1.0, two steps per epoch."""
+    optim = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    cfg = ScheduleConfig(name="plateau", patience=patience, factor=0.1, metric=metric, min_delta=min_delta)
+    return build_scheduler(
+        cfg, StabilizerConfig(warmup_epochs=warmup_epochs), optim, steps_per_epoch=2, epochs=50
+    )
+
+
+def test_plateau_reduces_the_lr_after_exactly_patience_epochs_without_improvement():
+    schedule = plateau_schedule(patience=3)
+    lrs = []
+    # best 0.9 at evaluation 2; 3, 4, 5 do not improve (5 is equal: not better) -> cut after 5;
+    # the count restarts after a cut: 6, 7, 8 do not improve -> cut after 8; 9 improves
+    for loss in (1.0, 0.9, 0.95, 0.91, 0.9, 0.92, 0.93, 0.94, 0.5):
+        schedule.epoch_end({"loss": loss, "top1": 0.0})
+        lrs.append(schedule.lr)
+    assert lrs == pytest.approx([1, 1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_plateau_can_follow_the_top1_error_with_an_absolute_threshold():
+    schedule = plateau_schedule(patience=2, metric="top1", min_delta=0.01)
+    lrs = []
+    # higher is better; 0.505 and 0.509 are within min_delta of 0.50: no improvement
+    for top1 in (0.50, 0.505, 0.509, 0.52):
+        schedule.epoch_end({"loss": 9.9, "top1": top1})
+        lrs.append(schedule.lr)
+    assert lrs == pytest.approx([1, 1, 0.1, 0.1])
+
+
+@pytest.mark.parametrize("metric", ["loss", "top1"])
+def test_plateau_and_early_stopping_agree_on_what_counts_as_improvement(metric: str):
+    """Same metric, min_delta and patience: the first LR cut and the early stop fall on the same
+    evaluation, over random curves whose steps are often within min_delta."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        steps = torch.randint(-3, 4, (30,), generator=g).double() * 0.005  # multiples of min_delta / 2
+        values = (0.5 + steps.cumsum(0)).tolist()
+        patience = int(torch.randint(1, 5, (1,), generator=g))
+        schedule = plateau_schedule(patience, metric=metric, min_delta=0.01)
+        stopper = EarlyStopper(EarlyStopConfig(patience=patience, min_delta=0.01, metric=metric))
+        first_cut = first_stop = None
+        for i, value in enumerate(values):
+            schedule.epoch_end({metric: value})
+            if first_cut is None and schedule.lr < 1.0:
+                first_cut = i
+            if stopper.update({metric: value}) is not None and first_stop is None:
+                first_stop = i
+        assert first_cut == first_stop, values
+
+
+def test_warm_up_evaluations_count_toward_neither_the_plateau_nor_early_stopping():
+    schedule = plateau_schedule(patience=1, metric="top1", warmup_epochs=2)
+    stopper = EarlyStopper(EarlyStopConfig(patience=1, metric="top1"))
+    reasons, lrs = [], []
+    for top1 in (0.9, 0.5, 0.4):  # 0.9 at the end of the first warm-up epoch is not the best
+        for _ in range(2):
+            schedule.optimizer.step()
+            schedule.step()
+        reasons.append(feed_model_selection(schedule, stopper, {"top1": top1, "loss": 1.0}))
+        lrs.append(schedule.lr)
+    assert reasons[:2] == [None, None] and reasons[2] is not None
+    assert lrs == pytest.approx([0.55, 1.0, 0.1])  # warm-up from 0.1: halfway, at the peak, cut
 
 
 # ------------------------------------------------------------------------------- weight decay
@@ -446,3 +512,79 @@ def test_summary_stars_a_change_against_the_claimed_reference():
     assert diff["he2016"] == ["weight decay", "train transform"]
     diff, _ = summary_of("imagenet_paper_stabilized")
     assert diff["torchvision"] == ["warm-up", "max norm"]
+
+
+# ------------------------------------------------- a non-finite step leaves BatchNorm untouched
+def bn_batches(n: int = 4, bad: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Tiny 16 px images for a ResNet-18; batch `bad` carries one inf pixel."""
+    g = torch.Generator().manual_seed(0)
+    data = [
+        (torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(n)
+    ]
+    if bad is not None:
+        data[bad][0][1, 0, 5, 7] = float("inf")
+    return data
+
+
+def resnet18_parts(cfg: RootConfig, tmp_path: Path) -> Parts:
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(name="resnet18"), 3)
+    net.dropblock_rate = None
+    return make_parts(net, cfg, tmp_path)
+
+
+def bn_buffers(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+def test_a_skipped_non_finite_step_leaves_batchnorm_statistics_as_if_the_batch_was_never_seen(tmp_path: Path):
+    """One inf pixel: the forward's BatchNorm update (NaN running mean/var) is undone with the step."""
+    cfg = tiny_cfg(nonfinite="skip", max_skips=3)
+    skipped = resnet18_parts(cfg, tmp_path)
+    metrics, _, _ = run_epoch(skipped, cfg, bn_batches(bad=2))
+    skipped.interrupts.close()
+    assert metrics["skipped_steps"] == 1
+    buffers = bn_buffers(skipped.net)
+    assert buffers and all(torch.isfinite(v.float()).all() for v in buffers.values())
+
+    clean = resnet18_parts(cfg, tmp_path)
+    run_epoch(clean, cfg, [b for i, b in enumerate(bn_batches(bad=2)) if i != 2])
+    clean.interrupts.close()
+    torch.testing.assert_close(buffers, bn_buffers(clean.net), rtol=0, atol=0)
+    torch.testing.assert_close(skipped.net.state_dict(), clean.net.state_dict(), rtol=0, atol=0)
+    result = evaluate(skipped.net, bn_batches(2), DistEnv(), torch.device("cpu"), expected_total=8)
+    assert math.isfinite(result["loss"])
+
+
+def test_a_non_finite_stop_saves_finite_batchnorm_statistics_as_the_last_good_state(tmp_path: Path):
+    cfg = tiny_cfg(nonfinite="stop")
+    parts = resnet18_parts(cfg, tmp_path)
+    saved: list[dict[str, torch.Tensor]] = []
+    before_bad: list[dict[str, torch.Tensor]] = []
+
+    class Data(list):  # records the BatchNorm buffers just before the bad batch is trained on
+        def __iter__(self):
+            for i, batch in enumerate(super().__iter__()):
+                if i == 2:
+                    before_bad.append(bn_buffers(parts.net))
+                yield batch
+
+    with pytest.raises(NonFiniteError):
+        train_one_epoch(
+            parts,
+            Data(bn_batches(bad=2)),
+            cfg,
+            DistEnv(),
+            torch.device("cpu"),
+            lambda *_: saved.append(training_state(parts, cfg, 0, 2, 2)),
+            epoch=0,
+            step=0,
+            epoch_step=0,
+        )
+    parts.interrupts.close()
+    assert len(saved) == 1
+    last = saved[0]["model"]
+    assert all(torch.isfinite(v.float()).all() for v in last.values())
+    torch.testing.assert_close({k: last[k] for k in before_bad[0]}, before_bad[0], rtol=0, atol=0)
+    result = evaluate(parts.net, bn_batches(2), DistEnv(), torch.device("cpu"), expected_total=8)
+    assert math.isfinite(result["loss"])

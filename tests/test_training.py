@@ -120,3 +120,26 @@ def test_resuming_a_finished_run_trains_no_further_and_reports_final_metrics(
     assert (short_run / "metrics.jsonl").read_text() == before
     final = json.loads(proc.stdout.strip().splitlines()[-1])
     assert final["top1"] == [r for r in read_metrics(short_run) if r["split"] == "val"][-1]["top1"]
+
+
+def test_a_non_finite_stop_leaves_finite_batchnorm_statistics_in_last_pt(demo_root: Path, tmp_path: Path):
+    """A std of 1e-40 makes every normalized pixel inf: the first forward puts NaN into the BatchNorm
+    running statistics before the guard stops the run; last.pt must not keep them."""
+    import torch
+
+    from resnet_repro import checkpoint
+
+    proc = run_cli(
+        "train",
+        f"data.root={demo_root}",
+        f"hydra.run.dir={tmp_path}",
+        "data.normalization=published",
+        "data.std=[1e-40,1e-40,1e-40]",
+        "trainer.epochs=2",
+        "logging.progress=false",
+    )
+    assert proc.returncode == 2 and "non-finite loss or gradient" in proc.stderr, proc.stderr[-3000:]
+    state = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
+    assert state["step"] == 0
+    running = {k: v for k, v in state["model"].items() if "running_" in k}
+    assert running and all(torch.isfinite(v).all() for v in running.values())
