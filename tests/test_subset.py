@@ -12,7 +12,6 @@ import pytest
 from conftest import make_image_folder
 
 from resnet_repro.config import DataConfig, SubsetConfig, UserError
-from resnet_repro.data import subset
 from resnet_repro.train import load_file_lists
 
 CLASSES = {f"n{i:02d}": 6 + i % 3 for i in range(10)}  # 10 classes of 6-8 images
@@ -42,7 +41,10 @@ def test_a_class_count_is_a_seeded_choice_kept_identically_in_every_split(folder
         names = {Path(f).parent.name for f in split.files}
         assert names == kept  # every kept class, nothing else
         # labels follow the kept classes' order: the model has 4 outputs
-        assert all(split.classes[label] == Path(f).parent.name for f, label in zip(split.files, split.labels))
+        assert all(
+            split.classes[label] == Path(f).parent.name
+            for f, label in zip(split.files, split.labels, strict=True)
+        )
     assert len(a.test) == 4 * 3
 
 
