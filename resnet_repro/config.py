@@ -43,6 +43,18 @@ class AugmentConfig:
 
 
 @dataclass
+class SubsetConfig:
+    """A cheaper proxy of the dataset: the same classes kept in every split (resnet_repro.data.subset)."""
+
+    # A class count (a seeded random choice of that many classes), or a text file of class names
+    # (one per line, e.g. ImageNet-100's wnids); null = every class
+    classes: Any = None
+    # At most this many images of each class, in the training and the test split (null = all)
+    per_class: int | None = None
+    seed: int = 0
+
+
+@dataclass
 class HoldoutConfig:
     """A validation ("holdout") part carved from the training split for model selection."""
 
@@ -99,6 +111,7 @@ class DataConfig:
     # A text file of image paths (relative to data.root, or absolute) to leave out of every split,
     # e.g. the bad_files.txt that `resnet-repro verify-data` writes
     exclude_files: str | None = None
+    subset: SubsetConfig = field(default_factory=SubsetConfig)
     holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     # CPU threads for DALI decode/augmentation (per process)
@@ -483,6 +496,12 @@ def validate(cfg: RootConfig) -> None:
         raise UserError(f"trainer.device={t.device!r} is not one of auto, cpu, cuda")
     if d.normalization not in NORMALIZATIONS:
         raise UserError(f"data.normalization={d.normalization!r} is not one of {', '.join(NORMALIZATIONS)}")
+    if d.subset.per_class is not None and d.subset.per_class < 1:
+        raise UserError(f"data.subset.per_class={d.subset.per_class} must be >= 1 image per class, or null")
+    if d.subset.classes is not None and (isinstance(d.subset.classes, bool) or d.subset.classes == ""):
+        raise UserError(
+            f"data.subset.classes={d.subset.classes!r} must be a class count or a file of class names"
+        )
     if d.holdout.stats_from not in ("train", "train_minus_holdout"):
         raise UserError(
             f"data.holdout.stats_from={d.holdout.stats_from!r} is not one of train, train_minus_holdout"

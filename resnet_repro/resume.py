@@ -50,6 +50,7 @@ IDENTITY_KEYS = (
     "data.augment",
     "data.normalization",
     "data.exclude_files",
+    "data.subset",
     "data.holdout.size",
     "data.holdout.seed",
     "data.holdout.stats_from",

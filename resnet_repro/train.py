@@ -28,7 +28,7 @@ from resnet_repro.config import (
     to_dataclass,
     validate,
 )
-from resnet_repro.data import sharding
+from resnet_repro.data import sharding, subset
 from resnet_repro.data.demo import build_demo_dataset
 from resnet_repro.data.holdout import carve_holdout
 from resnet_repro.data.loaders import Loader, build_loader
@@ -80,6 +80,12 @@ def load_file_lists(cfg: DataConfig) -> Splits:
                 f"are in neither {cfg.train_split} nor {cfg.eval_split} under {cfg.root} "
                 f"(e.g. {sorted(unmatched)[0]}); they exclude nothing"
             )
+    if subset.is_active(cfg.subset):
+        kept = subset.select_classes(train_full.classes, cfg.subset)
+        train_full, test = (
+            subset.restrict(train_full, kept, cfg.subset),
+            subset.restrict(test, kept, cfg.subset),
+        )
     train, holdout = train_full, None
     if cfg.holdout.size is not None:
         train, holdout = carve_holdout(train_full, cfg.holdout.size, cfg.holdout.seed)
@@ -536,6 +542,11 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
     selection = "holdout" if splits.holdout is not None else (test_name if t.select_on_test else None)
     text = render(cfg, derived, summarize_groups(optimizer), norm.describe())
     text += f"\n  model selection  {selection or 'none (no holdout): no best.pt'}"
+    if subset.is_active(cfg.data.subset):
+        cap = cfg.data.subset.per_class
+        text += f"\n* subset           {derived.num_classes} classes (classes.txt)" + (
+            f", at most {cap} images per class" if cap is not None else ""
+        )
     if env.is_main:
         write_run_files(
             run_dir,
@@ -556,6 +567,8 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
         )
         if splits.holdout is not None:
             (run_dir / "holdout_files.txt").write_text("\n".join(splits.holdout.files) + "\n")
+        if subset.is_active(cfg.data.subset):  # the kept classes, in label order
+            (run_dir / "classes.txt").write_text("\n".join(splits.train.classes) + "\n")
         parts.logger.text("summary", "<pre>" + text + "</pre>")
         log.info(f"run directory {run_dir}\n{text}")
         for warning in norm_warnings:
