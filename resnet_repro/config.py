@@ -174,13 +174,17 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    # step | cosine | plateau | constant
+    # step | cosine | plateau | constant | linear_ramp
     name: str = "step"
     # step: epochs at which the LR is multiplied by gamma
     milestones: list[int] = field(default_factory=lambda: [30, 60])
     gamma: float = 0.1
     # cosine: final LR as a fraction of the peak
     final_lr_factor: float = 0.0
+    # linear_ramp (FFCV's ImageNet schedule): linear from 0 to the peak at `peak_epoch`, then
+    # linear to `end_factor` x peak at the last epoch; its own warm-up (no stabilizer warm-up)
+    peak_epoch: float = 2.0
+    end_factor: float = 0.0
     # plateau: multiply the LR by `factor` once `patience` evaluations in a row of the
     # model-selection split have not improved `metric` by more than `min_delta` (absolute: top1 as
     # a fraction, loss in nats); evaluations before the LR warm-up ends are not counted, and the

@@ -69,11 +69,12 @@ def resume_config_changes(saved: dict[str, Any], cfg: RootConfig) -> list[str]:
     used = {
         "step": ["milestones", "gamma"],
         "cosine": ["final_lr_factor"],
+        "linear_ramp": ["peak_epoch", "end_factor"],
         "plateau": ["patience", "factor", "metric", "min_delta"],
     }.get(cfg.schedule.name, [])
     keys = ["optim", "schedule.name", *(f"schedule.{k}" for k in used)]
     keys += ["stabilizer.warmup_epochs", "stabilizer.warmup_start_factor"]
-    if cfg.schedule.name == "cosine":
+    if cfg.schedule.name in ("cosine", "linear_ramp"):  # the run's length is in their state
         keys.append("trainer.epochs")
     keys += IDENTITY_KEYS
     if cfg.data.normalization != "published":  # data.mean / data.std are read only then

@@ -16,6 +16,7 @@ import torch
 from torch.optim.lr_scheduler import (
     ConstantLR,
     CosineAnnealingLR,
+    LambdaLR,
     LinearLR,
     LRScheduler,
     MultiStepLR,
@@ -25,7 +26,7 @@ from torch.optim.lr_scheduler import (
 from resnet_repro.config import ScheduleConfig, StabilizerConfig, UserError
 from resnet_repro.stabilizers import NoImprovement
 
-SCHEDULE_NAMES = ("step", "cosine", "plateau", "constant")
+SCHEDULE_NAMES = ("step", "cosine", "plateau", "constant", "linear_ramp")
 
 
 class Plateau:
@@ -125,6 +126,8 @@ def build_scheduler(
             f"stabilizer.warmup_epochs={warmup.warmup_epochs} is not shorter than trainer.epochs={epochs}"
         )
     plateau = None
+    if cfg.name == "linear_ramp":
+        return LRSchedule(optimizer, linear_ramp(cfg, warmup, optimizer, steps_per_epoch, epochs), None, 0)
     if cfg.name == "step":
         milestones = [m * steps_per_epoch - warmup_steps for m in cfg.milestones]
         if any(m <= 0 for m in milestones):
@@ -149,3 +152,31 @@ def build_scheduler(
     )
     sequence = SequentialLR(optimizer, schedulers=[ramp, main], milestones=[warmup_steps])
     return LRSchedule(optimizer, sequence, plateau, warmup_steps)
+
+
+def linear_ramp(
+    cfg: ScheduleConfig,
+    warmup: StabilizerConfig,
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
+    epochs: int,
+) -> LRScheduler:
+    """Per iteration, the peak LR times the piecewise-linear interpolation of (0, 0),
+    (peak_epoch, 1), (epochs, end_factor) in epochs (FFCV's ResNet-50 schedule)."""
+    if warmup.warmup_epochs > 0:
+        raise UserError(
+            f"schedule=linear_ramp ramps up to its peak by itself (schedule.peak_epoch={cfg.peak_epoch}); "
+            f"set stabilizer.warmup_epochs=0 (it is {warmup.warmup_epochs})"
+        )
+    if not 0 < cfg.peak_epoch < epochs:
+        raise UserError(f"schedule.peak_epoch={cfg.peak_epoch} must be inside the run (0, {epochs}) epochs")
+    if not 0 <= cfg.end_factor <= 1:
+        raise UserError(f"schedule.end_factor={cfg.end_factor} must be in [0, 1] (a fraction of the peak)")
+    peak, total = cfg.peak_epoch * steps_per_epoch, epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step <= peak:
+            return step / peak
+        return 1.0 + (cfg.end_factor - 1.0) * min(1.0, (step - peak) / (total - peak))
+
+    return LambdaLR(optimizer, factor)

@@ -180,6 +180,11 @@ def recipe(cfg: RootConfig, d: Derived, groups: list[GroupSummary]) -> dict[str,
         schedule = Setting(
             ("cosine", s.final_lr_factor, epochs), f"cosine to {s.final_lr_factor:g} x peak, {epochs} epochs"
         )
+    elif s.name == "linear_ramp":
+        schedule = Setting(
+            ("linear_ramp", s.peak_epoch, s.end_factor, epochs),
+            f"linear 0 -> peak at epoch {s.peak_epoch:g} -> {s.end_factor:g} x peak, {epochs} epochs",
+        )
     elif s.name == "plateau":
         schedule = plateau_schedule(s.factor, epochs, s.metric, s.patience)
     else:

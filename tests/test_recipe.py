@@ -588,3 +588,41 @@ def test_a_non_finite_stop_saves_finite_batchnorm_statistics_as_the_last_good_st
     torch.testing.assert_close({k: last[k] for k in before_bad[0]}, before_bad[0], rtol=0, atol=0)
     result = evaluate(parts.net, bn_batches(2), DistEnv(), torch.device("cpu"), expected_total=8)
     assert math.isfinite(result["loss"])
+
+
+# ------------------------------------------------------------------------------------ linear ramp
+def test_linear_ramp_lr_at_known_steps_equals_the_direct_formula():
+    """FFCV's schedule: np.interp(epoch, [0, peak_epoch, epochs], [0, 1, end_factor]) x peak LR,
+    evaluated per iteration."""
+    import numpy as np
+
+    from resnet_repro.config import ScheduleConfig, StabilizerConfig
+    from resnet_repro.schedule import build_scheduler
+
+    steps_per_epoch, epochs, peak_lr = 10, 8, 0.4
+    cfg = ScheduleConfig(name="linear_ramp", peak_epoch=2.0, end_factor=0.1)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=peak_lr)
+    schedule = build_scheduler(cfg, StabilizerConfig(), opt, steps_per_epoch=steps_per_epoch, epochs=epochs)
+    seen = []
+    for _ in range(epochs * steps_per_epoch):
+        seen.append(schedule.lr)
+        opt.step()
+        schedule.step()
+    expected = [
+        peak_lr * np.interp(i / steps_per_epoch, [0, 2, epochs], [0, 1, 0.1]) for i in range(len(seen))
+    ]
+    np.testing.assert_allclose(seen, expected, rtol=1e-12, atol=1e-15)
+    assert seen[20] == pytest.approx(peak_lr) and seen[-1] == pytest.approx(peak_lr * (0.1 + 0.9 / 60))
+
+
+def test_linear_ramp_refuses_a_second_warm_up_and_a_peak_outside_the_run():
+    from resnet_repro.config import ScheduleConfig, StabilizerConfig, UserError
+    from resnet_repro.schedule import build_scheduler
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    ramp = ScheduleConfig(name="linear_ramp", peak_epoch=2.0)
+    with pytest.raises(UserError, match="set stabilizer.warmup_epochs=0"):
+        build_scheduler(ramp, StabilizerConfig(warmup_epochs=1), opt, steps_per_epoch=5, epochs=4)
+    with pytest.raises(UserError, match=r"schedule.peak_epoch=5.0 must be inside the run \(0, 4\)"):
+        late = ScheduleConfig(name="linear_ramp", peak_epoch=5.0)
+        build_scheduler(late, StabilizerConfig(), opt, steps_per_epoch=5, epochs=4)
