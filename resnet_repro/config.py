@@ -43,6 +43,21 @@ class AugmentConfig:
 
 
 @dataclass
+class ProgressiveConfig:
+    """Progressive resizing of the training crop (resnet_repro.data.progressive); off when
+    start_size is null. Evaluation stays at data.image_size."""
+
+    start_size: int | None = None
+    end_size: int | None = None
+    # epochs (0-based) between which the size grows linearly (rounded half to even, as numpy);
+    # end_epoch null = the last epoch
+    start_epoch: int = 0
+    end_epoch: int | None = None
+    # sizes are rounded to a multiple of this many pixels
+    step: int = 32
+
+
+@dataclass
 class SubsetConfig:
     """A cheaper proxy of the dataset: the same classes kept in every split (resnet_repro.data.subset)."""
 
@@ -112,6 +127,7 @@ class DataConfig:
     # e.g. the bad_files.txt that `resnet-repro verify-data` writes
     exclude_files: str | None = None
     subset: SubsetConfig = field(default_factory=SubsetConfig)
+    progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
     holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     # CPU threads for DALI decode/augmentation (per process)
@@ -500,6 +516,22 @@ def validate(cfg: RootConfig) -> None:
         raise UserError(f"trainer.device={t.device!r} is not one of auto, cpu, cuda")
     if d.normalization not in NORMALIZATIONS:
         raise UserError(f"data.normalization={d.normalization!r} is not one of {', '.join(NORMALIZATIONS)}")
+    pr = d.progressive
+    if pr.start_size is not None:
+        if pr.end_size is None or pr.start_size <= 0 or pr.end_size <= 0 or pr.step <= 0:
+            raise UserError(
+                f"data.progressive.start_size={pr.start_size} needs a positive end_size (it is "
+                f"{pr.end_size}) and step (it is {pr.step}), in pixels"
+            )
+        if pr.end_epoch is not None and not 0 <= pr.start_epoch <= pr.end_epoch:
+            raise UserError(
+                f"data.progressive.start_epoch={pr.start_epoch} must be >= 0 and <= end_epoch={pr.end_epoch}"
+            )
+        if d.normalization == "pixel_mean":
+            raise UserError(
+                "data.progressive and data.normalization=pixel_mean do not combine: the mean image has "
+                "one size (data.image_size); use normalization=computed"
+            )
     if d.subset.per_class is not None and d.subset.per_class < 1:
         raise UserError(f"data.subset.per_class={d.subset.per_class} must be >= 1 image per class, or null")
     if d.subset.classes is not None and (isinstance(d.subset.classes, bool) or d.subset.classes == ""):

@@ -28,7 +28,7 @@ from resnet_repro.config import (
     to_dataclass,
     validate,
 )
-from resnet_repro.data import sharding, subset
+from resnet_repro.data import progressive, sharding, subset
 from resnet_repro.data.demo import build_demo_dataset
 from resnet_repro.data.holdout import carve_holdout
 from resnet_repro.data.loaders import Loader, build_loader
@@ -149,7 +149,7 @@ def make_train_loader(
         idx = idx[: t.max_steps_per_epoch * batch]
     idx = idx[skip_steps * batch :]
     return build_loader(
-        cfg.data,
+        progressive.train_data_config(cfg.data, epoch, t.epochs),
         [files.files[i] for i in idx],
         [files.labels[i] for i in idx],
         train=True,
@@ -542,6 +542,8 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
     selection = "holdout" if splits.holdout is not None else (test_name if t.select_on_test else None)
     text = render(cfg, derived, summarize_groups(optimizer), norm.describe())
     text += f"\n  model selection  {selection or 'none (no holdout): no best.pt'}"
+    if progressive.is_active(cfg.data.progressive):
+        text += "\n* progressive      " + progressive.describe(cfg.data, t.epochs)
     if subset.is_active(cfg.data.subset):
         cap = cfg.data.subset.per_class
         text += f"\n* subset           {derived.num_classes} classes (classes.txt)" + (
@@ -643,7 +645,9 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
             epoch_step = 0
             distributed.broadcast_buffers(env, net)  # rank 0's BatchNorm statistics everywhere
             evals = run_eval()
-            parts.logger.record({"epoch": epoch + 1, "split": "train", "step": step, **train_metrics}, step)
+            train_size = progressive.train_data_config(cfg.data, epoch, t.epochs).image_size
+            row = {"epoch": epoch + 1, "split": "train", "step": step, "image_size": train_size}
+            parts.logger.record({**row, **train_metrics}, step)
             for name, metrics in evals.items():
                 row = {"epoch": epoch + 1, "split": name, "step": step, "lr": train_metrics["lr"], **metrics}
                 parts.logger.record(row, step)

@@ -1,0 +1,50 @@
+"""Progressive resizing (FFCV's ResNet recipes): the training crop grows from `start_size` to
+`end_size` between `start_epoch` and `end_epoch`, linearly, rounded to a multiple of `step`;
+evaluation keeps data.image_size. Small early crops make the first epochs cheap; testing at a
+higher resolution than the last training crop suits the train/test resolution discrepancy that
+Touvron et al. 2019 ("FixRes") describe.
+
+The size is a function of the epoch alone, so a resumed run trains each epoch at the size the
+uninterrupted run would have used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from resnet_repro.config import DataConfig, ProgressiveConfig
+
+
+def is_active(cfg: ProgressiveConfig) -> bool:
+    return cfg.start_size is not None
+
+
+def size_at(cfg: ProgressiveConfig, epoch: int, epochs: int) -> int:
+    """The training crop of epoch `epoch` (0-based) of a run of `epochs` epochs."""
+    assert cfg.start_size is not None and cfg.end_size is not None
+    end_epoch = epochs - 1 if cfg.end_epoch is None else cfg.end_epoch  # null: reached at the last
+    if epoch <= cfg.start_epoch or end_epoch <= cfg.start_epoch:
+        size = float(cfg.start_size if epoch <= cfg.start_epoch else cfg.end_size)
+    elif epoch >= end_epoch:
+        size = float(cfg.end_size)
+    else:
+        done = (epoch - cfg.start_epoch) / (end_epoch - cfg.start_epoch)
+        size = cfg.start_size + done * (cfg.end_size - cfg.start_size)
+    return max(cfg.step, int(round(size / cfg.step)) * cfg.step)
+
+
+def train_data_config(cfg: DataConfig, epoch: int, epochs: int) -> DataConfig:
+    """The data section the training loader of `epoch` uses (the evaluation loaders keep `cfg`)."""
+    if not is_active(cfg.progressive):
+        return cfg
+    return dataclasses.replace(cfg, image_size=size_at(cfg.progressive, epoch, epochs))
+
+
+def describe(cfg: DataConfig, epochs: int) -> str:
+    p = cfg.progressive
+    sizes = [size_at(p, e, epochs) for e in range(epochs)]
+    return (
+        f"training crop {sizes[0]} -> {sizes[-1]} px (epochs {p.start_epoch + 1}-"
+        f"{(p.end_epoch if p.end_epoch is not None else epochs - 1) + 1}, multiples of {p.step}); "
+        f"evaluation at {cfg.image_size} px"
+    )

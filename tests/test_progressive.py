@@ -1,0 +1,81 @@
+"""Progressive resizing: the training crop of each epoch, its rounding, resume, and a demo run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnet_repro.config import DataConfig, ProgressiveConfig, RootConfig, UserError, validate
+from resnet_repro.data.progressive import size_at, train_data_config
+
+
+def test_sizes_grow_linearly_between_the_epochs_rounded_to_the_step():
+    # FFCV's rn50 88-epoch config: 160 px until epoch 65 (0-based start), 192 px from epoch 76
+    cfg = ProgressiveConfig(start_size=160, end_size=192, start_epoch=65, end_epoch=76, step=32)
+    sizes = [size_at(cfg, e, 88) for e in range(88)]
+    assert sizes[:66] == [160] * 66 and sizes[76:] == [192] * 12
+    # linear 160 -> 192 over 11 epochs, each rounded to a multiple of 32: the switch is half way
+    assert sizes[66:76] == [160] * 5 + [192] * 5
+    fine = ProgressiveConfig(start_size=24, end_size=32, start_epoch=0, end_epoch=4, step=4)
+    # 26 -> 24 and 30 -> 32: a half step rounds to the even multiple, as numpy's round does
+    assert [size_at(fine, e, 5) for e in range(5)] == [24, 24, 28, 32, 32]
+    to_last = ProgressiveConfig(start_size=128, end_size=224, step=32)  # end_epoch null: the last one
+    assert [size_at(to_last, e, 4) for e in range(4)] == [128, 160, 192, 224]
+
+
+def test_only_the_training_loader_changes_size_and_a_resume_gets_the_same_size():
+    data = DataConfig(name="demo", root="/d", image_size=32, progressive=ProgressiveConfig(16, 32, 0, 2, 8))
+    assert [train_data_config(data, e, 4).image_size for e in range(4)] == [16, 24, 32, 32]
+    assert data.image_size == 32  # the evaluation's crop, untouched
+    # a function of the epoch alone: a run resumed at epoch 1 trains it at 24 px again
+    assert train_data_config(data, 1, 4) == train_data_config(data, 1, 4)
+    off = DataConfig(name="demo", root="/d")
+    assert train_data_config(off, 3, 4) is off
+
+
+def test_bad_progressive_settings_are_one_line_errors():
+    bad = RootConfig(data=DataConfig(name="demo", root="/d", progressive=ProgressiveConfig(start_size=16)))
+    with pytest.raises(UserError, match="data.progressive.start_size=16 needs a positive end_size"):
+        validate(bad)
+    mean_image = RootConfig(
+        data=DataConfig(
+            name="demo", root="/d", normalization="pixel_mean", progressive=ProgressiveConfig(16, 32)
+        )
+    )
+    with pytest.raises(UserError, match="pixel_mean do not combine"):
+        validate(mean_image)
+
+
+@pytest.mark.slow
+def test_a_demo_run_logs_the_training_size_of_every_epoch(demo_root: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resnet_repro",
+            "train",
+            f"data.root={demo_root}",
+            "trainer.epochs=3",
+            "trainer.batch_size=32",
+            "trainer.max_steps_per_epoch=2",
+            "stabilizer.warmup_epochs=0",
+            "logging.progress=false",
+            "data.progressive.start_size=24",
+            "data.progressive.end_size=32",
+            "data.progressive.step=4",
+            f"hydra.run.dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["image_size"] for r in rows if r["split"] == "train"] == [24, 28, 32]
+    assert "progressive      training crop 24 -> 32 px" in proc.stdout + proc.stderr
+    assert json.loads((run_dir / "final.json").read_text())["num_samples"] == 360  # evaluated at 32 px
