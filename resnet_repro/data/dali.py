@@ -32,6 +32,11 @@ class Transform:
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: bool = False
+    # Evaluation only: center = resize to eval_resize + centre crop (the training-time evaluation);
+    # resize = the same resize, no crop (ten_crop takes its crops on the device); decode = the decoded
+    # image as it is (multiscale resizes it on the device). Images of the last two differ in size, so
+    # their loaders run one image per batch.
+    eval_mode: str = "center"
 
     @property
     def eval_resize(self) -> int:
@@ -45,8 +50,10 @@ class Transform:
         train: bool,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        eval_mode: str = "center",
     ) -> Transform:
-        """`mean` / `std`: the run's resolved normalization (default: data.mean / data.std)."""
+        """`mean` / `std`: the run's resolved normalization (default: data.mean / data.std);
+        `eval_mode`: see the field."""
         a = cfg.augment
         mean = cfg.mean if mean is None else mean
         std = cfg.std if std is None else std
@@ -61,6 +68,7 @@ class Transform:
             scale=tuple(a.scale),
             ratio=tuple(a.ratio),
             hflip=a.hflip,
+            eval_mode=eval_mode,
         )
 
 
@@ -117,18 +125,21 @@ def _define_pipeline(
         images = fn.resize(images, size=size, interp_type=types.INTERP_LINEAR, antialias=True)
     else:
         images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB, **decode_args)
-        images = fn.resize(
-            images, resize_shorter=t.eval_resize, interp_type=types.INTERP_LINEAR, antialias=True
-        )
+        if t.train or t.eval_mode != "decode":
+            images = fn.resize(
+                images, resize_shorter=t.eval_resize, interp_type=types.INTERP_LINEAR, antialias=True
+            )
     mirror = fn.random.coin_flip(probability=0.5) if (t.train and t.hflip) else 0
+    # centre crop (a no-op after the training resize); none for the ten_crop / multiscale loaders
+    crop = {"crop": size} if t.train or t.eval_mode == "center" else {}
     images = fn.crop_mirror_normalize(
         images,
         dtype=types.FLOAT,
         output_layout="CHW",
-        crop=size,  # centre crop; a no-op after the training resize
         mean=[m * 255.0 for m in t.mean],  # DALI works on the 0-255 scale
         std=[s * 255.0 for s in t.std],
         mirror=mirror,
+        **crop,
     )
     if gpu:
         label = label.gpu()

@@ -31,10 +31,11 @@ def build_loader(
     device: torch.device,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    eval_mode: str = "center",
 ) -> Loader:
     """The configured backend over `files`; `mean` / `std`: the run's resolved normalization
-    (default: data.mean / data.std). data.num_threads is DALI's thread count or the DataLoader's
-    worker count."""
+    (default: data.mean / data.std); `eval_mode`: see Transform.eval_mode. data.num_threads is
+    DALI's thread count or the DataLoader's worker count."""
     if cfg.backend == "synthetic":
         from resnet_repro.data.synthetic import SyntheticLoader
 
@@ -42,7 +43,7 @@ def build_loader(
         return SyntheticLoader(len(files), max(labels) + 1, cfg.image_size, batch_size, device, seed)
     from resnet_repro.data.dali import Transform
 
-    transform = Transform.from_config(cfg, train=train, mean=mean, std=std)
+    transform = Transform.from_config(cfg, train=train, mean=mean, std=std, eval_mode=eval_mode)
     common = {"batch_size": batch_size, "seed": seed, "device": device, "prefetch": cfg.prefetch}
     if cfg.backend == "dali":
         from resnet_repro.data.dali import DaliLoader
