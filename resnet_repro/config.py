@@ -297,6 +297,22 @@ class LoggingConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The test protocol (resnet_repro/protocols.py) of `resnet-repro eval` and of the evaluation
+    at the end of training (per-epoch evaluations and model selection always use `center`)."""
+
+    # center: resize to image_size / crop_ratio, one centre image_size crop (torchvision's protocol);
+    # ten_crop: same resize, 4 corner + centre crops and their flips, softmax averaged (He et al. Table 3);
+    # multiscale: the whole image with its shorter side at each of `scales`, and its flip, softmax
+    # averaged (fully convolutional; He et al. Table 4)
+    protocol: str = "center"
+    # multiscale: shorter sides in pixels (the paper's five)
+    scales: list[int] = field(default_factory=lambda: [224, 256, 384, 480, 640])
+    # ten_crop / multiscale: also the horizontally flipped views (false: 5 crops, or 1 view per scale)
+    hflip: bool = True
+
+
+@dataclass
 class BenchConfig:
     """Read only by `resnet-repro bench <mode>`."""
 
@@ -331,6 +347,7 @@ class RootConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # For `resnet-repro eval`: the checkpoint to evaluate
     checkpoint: str | None = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
@@ -343,6 +360,7 @@ GROUP_SCHEMAS: dict[str, type] = {
     "stabilizer": StabilizerConfig,
     "trainer": TrainerConfig,
     "logging": LoggingConfig,
+    "eval": EvalConfig,
 }
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -369,6 +387,7 @@ def deprecation_warnings(overrides: Sequence[str]) -> list[str]:
 
 
 NORMALIZATIONS = ("computed", "published", "none", "pixel_mean")
+EVAL_PROTOCOLS = ("center", "ten_crop", "multiscale")
 
 
 def register_configs() -> None:
@@ -664,5 +683,10 @@ def validate(cfg: RootConfig) -> None:
     for name in t.preempt_signals:
         if not isinstance(getattr(signal, name, None), signal.Signals):
             raise UserError(f"trainer.preempt_signals: {name!r} is not a signal name like SIGUSR1 or SIGTERM")
+    ev = cfg.eval
+    if ev.protocol not in EVAL_PROTOCOLS:
+        raise UserError(f"eval.protocol={ev.protocol!r} is not one of {', '.join(EVAL_PROTOCOLS)}")
+    if not ev.scales or any(x <= 0 for x in ev.scales):
+        raise UserError(f"eval.scales={ev.scales} must be a non-empty list of shorter sides in pixels (> 0)")
     if t.resume not in ("auto", "never") and not t.resume.endswith(".pt"):
         raise UserError(f"trainer.resume={t.resume!r} must be auto, never, or a path to a .pt checkpoint")

@@ -10,12 +10,11 @@ import torch
 import torch.nn as nn
 
 from resnet_repro import checkpoint, distributed
-from resnet_repro.config import DataConfig, ModelConfig, RootConfig, UserError, per_device_batch
+from resnet_repro.config import DataConfig, EvalConfig, ModelConfig, RootConfig, UserError, per_device_batch
 from resnet_repro.data.normalization import Normalization
 from resnet_repro.data.normalization import resolve as resolve_normalization
-from resnet_repro.evaluate import evaluate
 from resnet_repro.models import build_model
-from resnet_repro.train import load_file_lists, make_eval_loader
+from resnet_repro.train import evaluate_protocol, load_file_lists
 
 
 def load_model_for_eval(
@@ -75,17 +74,40 @@ def eval_config(cfg: RootConfig, saved: dict[str, Any] | None, explicit: set[str
         assert isinstance(data, DataConfig)
     run_precision = saved.get("trainer", {}).get("precision", cfg.trainer.precision)
     precision = cfg.trainer.precision if "trainer.precision" in explicit else run_precision
-    out = dataclasses.replace(cfg, data=data, trainer=dataclasses.replace(cfg.trainer, precision=precision))
+    protocol, protocol_source = _eval_protocol(cfg.eval, saved.get("eval"), explicit)
+    out = dataclasses.replace(
+        cfg, data=data, trainer=dataclasses.replace(cfg.trainer, precision=precision), eval=protocol
+    )
     source = "the command line" if whole_data else "the checkpoint's run"
     note = (
         f"eval: data from {source} ({data.name} at {data.root}, split {data.eval_split}, "
-        f"{data.image_size} px, crop ratio {data.crop_ratio}), precision {precision}"
+        f"{data.image_size} px, crop ratio {data.crop_ratio}), precision {precision}, "
+        f"protocol {protocol.protocol} from {protocol_source}"
     )
     trained = saved["data"]
     for key in ("image_size", "crop_ratio"):
         if getattr(data, key) != trained[key]:
             note += f"; NOTE data.{key}={getattr(data, key)} differs from the run's {trained[key]}"
     return out, note
+
+
+def _eval_protocol(
+    composed: EvalConfig, saved: dict[str, Any] | None, explicit: set[str]
+) -> tuple[EvalConfig, str]:
+    """The run's test protocol (its final evaluation's) with the command line's eval.* keys on top;
+    the command line's whole when the run recorded none (older checkpoints) or `eval=` is given."""
+    if saved is None or "eval" in explicit:
+        return composed, "the command line"
+    named = sorted(k[len("eval.") :] for k in explicit if k.startswith("eval."))
+    try:
+        run = EvalConfig(**saved)
+    except TypeError as e:
+        raise UserError(
+            f"the checkpoint's eval config does not fit this version of resnet-repro ({e}); "
+            "pass eval=default to use the command line's"
+        ) from e
+    merged = dataclasses.replace(run, **{key: getattr(composed, key) for key in named})
+    return merged, "the command line and the checkpoint's run" if named else "the checkpoint's run"
 
 
 def evaluate_checkpoint(cfg: RootConfig, path: str, explicit: set[str] | None = None) -> dict[str, float]:
@@ -116,9 +138,6 @@ def evaluate_checkpoint(cfg: RootConfig, path: str, explicit: set[str] | None = 
         else:
             norm, _ = resolve_normalization(cfg.data, splits, env, device)
         batch = per_device_batch(cfg.trainer, env.world_size)
-        loader = make_eval_loader(cfg.data, splits.test, env, device, batch, norm, cfg.model.channels_last)
-        return evaluate(
-            model, loader, env, device, expected_total=len(splits.test), precision=cfg.trainer.precision
-        )
+        return evaluate_protocol(cfg, model, splits.test, env, device, batch, norm)
     finally:
         distributed.teardown()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -26,11 +26,13 @@ def evaluate(
     *,
     expected_total: int,
     precision: str = "fp32",
+    scorer: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Top-1, top-5 (fractions) and mean cross-entropy over every image of the split exactly once.
 
     `batches` is this rank's shard (None for a rank whose shard is empty). Raises if the images
-    counted over all ranks differ from `expected_total`.
+    counted over all ranks differ from `expected_total`. `scorer(model, images)`: (N, classes)
+    scores of a batch under a test protocol (resnet_repro.protocols.Scorer); default the logits.
     """
     was_training = model.training
     model.eval()
@@ -39,7 +41,7 @@ def evaluate(
     for images, labels in batches or ():
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, precision):
-            logits = model(images)
+            logits = model(images) if scorer is None else scorer(model, images)
         logits = logits.float()
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices

@@ -47,6 +47,8 @@ from resnet_repro.metrics import (
 )
 from resnet_repro.models import build_model
 from resnet_repro.optim import build_optimizer, l1_penalty, l1_weights, peak_lr, summarize_groups
+from resnet_repro.protocols import LOADER_MODE, Scorer
+from resnet_repro.protocols import describe as describe_protocol
 from resnet_repro.resume import check_resumable, resume_path
 from resnet_repro.schedule import LRSchedule, build_scheduler
 from resnet_repro.stabilizers import (
@@ -106,9 +108,12 @@ def make_eval_loader(
     batch_size: int,
     norm: Normalization | None = None,
     channels_last: bool = False,
+    protocol: str = "center",
 ) -> Loader | None:
-    """This rank's shard of `files`; `channels_last`: the model's memory format (batches then come
-    as channels_last views, no copy)."""
+    """This rank's contiguous chunk of `files` (None when empty), prepared for the test protocol:
+    ten_crop and multiscale images differ in size, so their loaders deliver one image per batch.
+    `channels_last`: the model's memory format (centre-crop batches then come as channels_last
+    views, no copy)."""
     idx = sharding.eval_indices(len(files), rank=env.rank, world_size=env.world_size)
     if len(idx) == 0:
         return None
@@ -117,12 +122,48 @@ def make_eval_loader(
         [files.files[i] for i in idx],
         [files.labels[i] for i in idx],
         train=False,
-        batch_size=batch_size,
+        batch_size=batch_size if protocol == "center" else 1,
         seed=0,
         device=device,
-        channels_last=channels_last,
+        channels_last=channels_last and protocol == "center",
+        eval_mode=LOADER_MODE[protocol],
         **_norm_args(norm),
     )
+
+
+def evaluate_protocol(
+    cfg: RootConfig,
+    model: nn.Module,
+    files: FileList,
+    env: DistEnv,
+    device: torch.device,
+    batch_size: int,
+    norm: Normalization | None = None,
+) -> dict[str, Any]:
+    """`files` evaluated once under cfg.eval's test protocol; the metrics name the protocol."""
+    protocol, mean_image = cfg.eval.protocol, None
+    if norm is not None and norm.mean_image is not None and protocol != "center":
+        # the mean image fits image_size crops: the protocol's views subtract it (protocols.Scorer)
+        std = torch.tensor(norm.std, dtype=torch.float64).view(3, 1, 1)
+        mean_image = (torch.as_tensor(norm.mean_image) / std).float().to(device)
+        norm = dataclasses.replace(norm, mean=(0.0, 0.0, 0.0), mean_image=None)
+    loader = make_eval_loader(
+        cfg.data, files, env, device, batch_size, norm, cfg.model.channels_last, protocol
+    )
+    metrics = evaluate(
+        model,
+        loader,
+        env,
+        device,
+        expected_total=len(files),
+        precision=cfg.trainer.precision,
+        scorer=Scorer(cfg.eval, cfg.data.image_size, mean_image),
+    )
+    return {
+        **metrics,
+        "protocol": cfg.eval.protocol,
+        "protocol_detail": describe_protocol(cfg.eval, cfg.data.image_size, cfg.data.crop_ratio),
+    }
 
 
 def make_train_loader(
@@ -549,6 +590,11 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
         text += f"\n* subset           {derived.num_classes} classes (classes.txt)" + (
             f", at most {cap} images per class" if cap is not None else ""
         )
+
+    text += (
+        f"\n  final test eval  {cfg.eval.protocol}: "
+        f"{describe_protocol(cfg.eval, cfg.data.image_size, cfg.data.crop_ratio)}"
+    )
     if env.is_main:
         write_run_files(
             run_dir,
@@ -678,6 +724,7 @@ def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -
             final = {"epochs_run": start_epoch, **evals[test_name]}
             if "holdout" in evals:
                 final["holdout"] = evals["holdout"]
+        final = final_test_eval(cfg, final, parts, splits.test, env, device, batch, norm, step)
         best = parts.best_top1 if selection is not None else None
         final = {
             "epochs": t.epochs,
@@ -708,6 +755,38 @@ def feed_model_selection(
         return None
     schedule.epoch_end(metrics)
     return early_stop.update(metrics)
+
+
+def final_test_eval(
+    cfg: RootConfig,
+    final: dict[str, Any],
+    parts: Parts,
+    test: FileList,
+    env: DistEnv,
+    device: torch.device,
+    batch_size: int,
+    norm: Normalization,
+    step: int,
+) -> dict[str, Any]:
+    """`final` (the last epoch's centre-crop evaluation of the test split) under eval.protocol.
+
+    Per-epoch evaluations and model selection stay centre crop (ten_crop costs 10 forward passes
+    per image, multiscale five scales up to 640 px); the test split is measured once more under
+    the configured protocol at the end, whose numbers replace the centre ones (kept under
+    "center"). metrics.jsonl gets that evaluation as split "<eval_split>-<protocol>"."""
+    if cfg.eval.protocol == "center":
+        detail = describe_protocol(cfg.eval, cfg.data.image_size, cfg.data.crop_ratio)
+        return {**final, "protocol": "center", "protocol_detail": detail}
+    centre = {key: final[key] for key in ("top1", "top5", "loss")}
+    log.info(f"final evaluation of {cfg.data.eval_split} under eval.protocol={cfg.eval.protocol}")
+    measured = evaluate_protocol(cfg, parts.net, test, env, device, batch_size, norm)
+    split = f"{cfg.data.eval_split}-{cfg.eval.protocol}"
+    parts.logger.record({"epoch": final["epochs_run"], "split": split, "step": step, **measured}, step)
+    log.info(
+        f"{split}: loss {measured['loss']:.4f} top-1 {measured['top1']:.4f} top-5 {measured['top5']:.4f} "
+        f"({measured['protocol_detail']}); centre crop top-1 {centre['top1']:.4f}"
+    )
+    return {**final, **measured, "center": centre}
 
 
 def _log_epoch(cfg: RootConfig, epoch: int, train: dict[str, Any], evals: dict[str, dict[str, Any]]) -> None:

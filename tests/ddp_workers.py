@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -65,6 +66,28 @@ def eval_worker(root: str, out_dir: str, batch_size: int) -> None:
         result = evaluate(model, loader, env, device, expected_total=len(files))
         local = sum(len(labels) for _, labels in (loader or ()))
         result["local_count"] = local
+        Path(out_dir, f"rank{env.rank}.json").write_text(json.dumps(result))
+    finally:
+        distributed.teardown()
+
+
+def protocol_eval_worker(root: str, out_dir: str, protocol: str, scales: list[int]) -> None:
+    """`evaluate_protocol` on this rank's shard of the val split; writes the metrics and local count."""
+    from resnet_repro.config import EvalConfig
+    from resnet_repro.train import evaluate_protocol
+
+    env = distributed.detect()
+    device = torch.device("cpu")
+    distributed.init(env, device, timeout_s=120)
+    try:
+        cfg = dataclasses.replace(
+            config(root, 16, steps=1), eval=EvalConfig(protocol=protocol, scales=scales)
+        )
+        files = list_split(root, "val")
+        model = tiny_net(len(files.classes))
+        result = evaluate_protocol(cfg, model, files, env, device, batch_size=16)
+        shard = make_eval_loader(cfg.data, files, env, device, 16, protocol=protocol)
+        result["local_count"] = sum(len(labels) for _, labels in (shard or ()))
         Path(out_dir, f"rank{env.rank}.json").write_text(json.dumps(result))
     finally:
         distributed.teardown()

@@ -88,6 +88,20 @@ def test_eval_without_checkpoint_says_what_is_needed(demo_root: Path, capsys):
     assert code == 2 and "checkpoint=PATH" in one_error_line(err)
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("eval.protocol=tencrop", "eval.protocol='tencrop' is not one of center, ten_crop, multiscale"),
+        ("eval.scales=[]", "eval.scales=[] must be a non-empty list"),
+    ],
+)
+def test_eval_with_a_bad_protocol_is_one_line_naming_the_value(
+    override: str, expected: str, demo_root: Path, capsys
+):
+    code, err = run_main(["eval", "checkpoint=never_read.pt", f"data.root={demo_root}", override], capsys)
+    assert code == 2 and expected in one_error_line(err)
+
+
 def test_console_script_prints_no_traceback_for_a_bad_value(demo_root: Path):
     proc = subprocess.run(
         [sys.executable, "-m", "resnet_repro", "train", f"data.root={demo_root}", "trainer.batch_size=0"],

@@ -59,6 +59,28 @@ def test_two_ranks_evaluate_every_image_once_and_match_one_rank(generated: Path,
         assert r["loss"] == pytest.approx(single["loss"], rel=1e-6)  # float32 per-batch sums
 
 
+def test_multiscale_evaluation_on_two_ranks_equals_one_rank_with_every_image_counted_once(
+    generated: Path, tmp_path: Path
+):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    scales = [12, 20, 28]  # the generated images are 16 to 40 px on a side, of many aspect ratios
+    distributed.launch_local(
+        1, ddp_workers.protocol_eval_worker, str(generated), str(one), "multiscale", scales
+    )
+    distributed.launch_local(
+        2, ddp_workers.protocol_eval_worker, str(generated), str(two), "multiscale", scales
+    )
+    single = json.loads((one / "rank0.json").read_text())
+    ranks = [json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert single["num_samples"] == single["local_count"] == 103
+    assert [r["local_count"] for r in ranks] == [52, 51]  # each image once, no padding duplicates
+    for r in ranks:
+        assert r["protocol"] == "multiscale" and r["num_samples"] == 103
+        assert (r["top1"], r["top5"]) == (single["top1"], single["top5"])
+        assert r["loss"] == pytest.approx(single["loss"], rel=1e-12)  # float64 sums in another order
+
+
 def test_two_ranks_of_batch_b_train_like_one_rank_of_batch_2b(generated: Path, tmp_path: Path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()

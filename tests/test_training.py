@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -80,6 +81,54 @@ def test_eval_of_last_checkpoint_reproduces_final_val_top1_exactly(short_run: Pa
     assert result["top1"] == final["top1"]
     assert result["top5"] == final["top5"]
     assert result["loss"] == pytest.approx(final["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "protocol"),
+    [
+        (["eval.protocol=ten_crop"], "ten_crop"),
+        (["eval.protocol=multiscale", "eval.scales=[32,40,48]"], "multiscale"),
+    ],
+)
+def test_eval_under_ten_crop_and_multiscale_prints_a_json_line_naming_the_protocol(
+    short_run: Path, demo_root: Path, overrides: list[str], protocol: str
+):
+    proc = run_cli(
+        "eval", f"checkpoint={short_run}/checkpoints/last.pt", f"data.root={demo_root}", *overrides
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["protocol"] == protocol and result["num_samples"] == 360
+    assert 0.0 <= result["top1"] <= result["top5"] <= 1.0 and math.isfinite(result["loss"])
+
+
+def test_final_evaluation_uses_the_configured_protocol_and_eval_repeats_it(demo_root: Path, tmp_path: Path):
+    # multiscale at the 32 px training size without flips sees exactly the centre protocol's image
+    run_dir = tmp_path / "run"
+    protocol = ["eval.protocol=multiscale", "eval.scales=[32]", "eval.hflip=false"]
+    proc = run_cli(
+        "train",
+        f"data.root={demo_root}",
+        f"hydra.run.dir={run_dir}",
+        "trainer.epochs=1",
+        "trainer.max_steps_per_epoch=3",
+        "stabilizer.warmup_epochs=0",
+        "logging.progress=false",
+        *protocol,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["protocol"] == "multiscale" and final["num_samples"] == 360
+    assert final["top1"] == final["center"]["top1"] and final["top5"] == final["center"]["top5"]
+    assert final["loss"] == pytest.approx(final["center"]["loss"], rel=1e-4)
+    assert [r["split"] for r in read_metrics(run_dir)][-1] == "val-multiscale"
+
+    # `resnet-repro eval` without eval.* overrides measures the way the run's final evaluation did
+    proc = run_cli("eval", f"checkpoint={run_dir}/checkpoints/last.pt", f"data.root={demo_root}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "protocol multiscale from the checkpoint's run" in proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (result["protocol"], result["top1"], result["num_samples"]) == ("multiscale", final["top1"], 360)
 
 
 def test_eval_without_data_overrides_measures_the_checkpoint_on_its_runs_data(

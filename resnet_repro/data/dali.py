@@ -55,6 +55,12 @@ class Transform:
         std = np.asarray(self.std, dtype=np.float64).reshape(3, 1, 1)
         return (np.asarray(self.mean_image, dtype=np.float64) / std).astype(np.float32)
 
+    # Evaluation only: center = resize to eval_resize + centre crop (the training-time evaluation);
+    # resize = the same resize, no crop (ten_crop takes its crops on the device); decode = the decoded
+    # image as it is (multiscale resizes it on the device). Images of the last two differ in size, so
+    # their loaders run one image per batch.
+    eval_mode: str = "center"
+
     @property
     def eval_resize(self) -> int:
         """Shorter side before the evaluation centre crop (224 / 0.875 = 256)."""
@@ -68,8 +74,10 @@ class Transform:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         mean_image: np.ndarray | None = None,
+        eval_mode: str = "center",
     ) -> Transform:
-        """`mean` / `std` / `mean_image`: the run's resolved normalization (default: data.mean / data.std)."""
+        """`mean` / `std` / `mean_image`: the run's resolved normalization (default: data.mean /
+        data.std); `eval_mode`: see the field."""
         a = cfg.augment
         mean = cfg.mean if mean is None else mean
         std = cfg.std if std is None else std
@@ -87,6 +95,7 @@ class Transform:
             scale_short_side=None if a.scale_short_side is None else tuple(a.scale_short_side),
             pca_lighting=a.pca_lighting,
             mean_image=mean_image,
+            eval_mode=eval_mode,
         )
 
 
@@ -174,9 +183,10 @@ def _define_pipeline(
         images = fn.resize(images, size=size, interp_type=types.INTERP_LINEAR, antialias=True)
     else:
         images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB, **decode_args)
-        images = fn.resize(
-            images, resize_shorter=t.eval_resize, interp_type=types.INTERP_LINEAR, antialias=True
-        )
+        if t.train or t.eval_mode != "decode":
+            images = fn.resize(
+                images, resize_shorter=t.eval_resize, interp_type=types.INTERP_LINEAR, antialias=True
+            )
     mirror = fn.random.coin_flip(probability=0.5) if (t.train and t.hflip) else 0
     pixel_mean = t.mean_image is not None
     # DALI works on the 0-255 scale; with a mean image, x / (255 std) here and minus
@@ -187,12 +197,14 @@ def _define_pipeline(
         # to every pixel before normalization, as a per-sample mean
         offset = lighting_offset_node(fn.random.normal(shape=[3], stddev=t.pca_lighting))
         mean = types.Constant([float(m) for m in mean], dtype=types.FLOAT) - offset * 255.0
+    # centre crop (a no-op after the training resize) unless crop_pos is drawn; none for the
+    # ten_crop / multiscale loaders
+    crop = {"crop": size, **crop_pos} if t.train or t.eval_mode == "center" else {}
     images = fn.crop_mirror_normalize(
         images,
         dtype=types.FLOAT,
         output_layout="HWC" if channels_last else "CHW",
-        crop=size,  # centre crop (a no-op after the training resize) unless crop_pos is drawn
-        **crop_pos,
+        **crop,
         mean=mean,
         std=[s * 255.0 for s in t.std],
         mirror=mirror,

@@ -34,12 +34,13 @@ def build_loader(
     std: Sequence[float] | None = None,
     mean_image: np.ndarray | None = None,
     channels_last: bool = False,
+    eval_mode: str = "center",
 ) -> Loader:
     """The configured backend over `files`; `mean` / `std` / `mean_image`: the run's resolved
-    normalization (default: data.mean / data.std). data.num_threads is DALI's thread count or the
-    DataLoader's worker count. `channels_last`: the model's memory format; DALI then emits HWC and
-    the batches are channels_last views, so the training step's `.contiguous(channels_last)` copies
-    nothing."""
+    normalization (default: data.mean / data.std); `eval_mode`: see Transform.eval_mode.
+    data.num_threads is DALI's thread count or the DataLoader's worker count. `channels_last`: the
+    model's memory format; DALI then emits HWC and the batches are channels_last views, so the
+    training step's `.contiguous(channels_last)` copies nothing."""
     if cfg.backend == "synthetic":
         from resnet_repro.data.synthetic import SyntheticLoader
 
@@ -47,7 +48,9 @@ def build_loader(
         return SyntheticLoader(len(files), max(labels) + 1, cfg.image_size, batch_size, device, seed)
     from resnet_repro.data.dali import Transform
 
-    transform = Transform.from_config(cfg, train=train, mean=mean, std=std, mean_image=mean_image)
+    transform = Transform.from_config(
+        cfg, train=train, mean=mean, std=std, mean_image=mean_image, eval_mode=eval_mode
+    )
     common = {"batch_size": batch_size, "seed": seed, "device": device, "prefetch": cfg.prefetch}
     if cfg.backend == "dali":
         from resnet_repro.data.dali import DaliLoader

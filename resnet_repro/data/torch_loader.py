@@ -153,9 +153,12 @@ def apply_transform(img: ImageLike, t: Transform, generator: torch.Generator | N
         h, w = F.get_size(img)
         top, left, ch, cw = random_resized_crop_params(h, w, t.scale, t.ratio, generator)
         img = F.resized_crop(img, top, left, ch, cw, size, interpolation=_BILINEAR, antialias=True)
-    else:
+    elif t.train or t.eval_mode == "center":
         img = F.resize(img, [t.eval_resize], interpolation=_BILINEAR, antialias=True)
         img = F.center_crop(img, size)
+    elif t.eval_mode == "resize":  # ten_crop: its crops are taken on the device
+        img = F.resize(img, [t.eval_resize], interpolation=_BILINEAR, antialias=True)
+    # eval_mode decode (multiscale): the decoded image as it is
     # DALI mirrors in every training branch when hflip is on (also with random_resized_crop false)
     if t.train and t.hflip:
         assert generator is not None
