@@ -308,8 +308,11 @@ class EvalConfig:
     protocol: str = "center"
     # multiscale: shorter sides in pixels (the paper's five)
     scales: list[int] = field(default_factory=lambda: [224, 256, 384, 480, 640])
-    # ten_crop / multiscale: also the horizontally flipped views (false: 5 crops, or 1 view per scale)
-    hflip: bool = True
+    # Also the horizontally flipped views, softmax averaged with the others. null = the protocol's
+    # own: off for center (torchvision's protocol), on for ten_crop and multiscale (the paper's);
+    # true with center is test-time flip averaging (FFCV's recipes), false gives 5 crops, or one
+    # view per scale
+    hflip: bool | None = None
 
 
 @dataclass

@@ -59,7 +59,7 @@ class Scorer:
     def __init__(self, cfg: EvalConfig, image_size: int, mean_image: torch.Tensor | None = None) -> None:
         self.protocol = cfg.protocol
         self.scales = list(cfg.scales)
-        self.hflip = cfg.hflip
+        self.hflip = flips(cfg)
         self.image_size = image_size
         # data.normalization=pixel_mean: mean image / std (C, image_size, image_size), subtracted from
         # every view here (resized to a multiscale view's size), since the loader's images are not
@@ -72,10 +72,10 @@ class Scorer:
             return [ten_crop_views(images, self.image_size, self.hflip)]
         if self.protocol == "multiscale":
             return multiscale_views(images, self.scales, self.hflip)
-        raise ValueError(f"no views for protocol {self.protocol!r}")
+        return [torch.stack([images, TF.horizontal_flip(images)]) if self.hflip else images[None]]
 
     def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        if self.protocol == "center":
+        if self.protocol == "center" and not self.hflip and self.mean_image is None:
             return model(images).float()
         n = images.shape[0]
         probs = torch.zeros((), device=images.device)
@@ -101,14 +101,28 @@ class Scorer:
         return resized
 
 
+def flips(cfg: EvalConfig) -> bool:
+    """Whether the protocol averages in the flipped views (eval.hflip, null = the protocol's own)."""
+    return cfg.hflip if cfg.hflip is not None else cfg.protocol != "center"
+
+
+def views_own_mean_image(cfg: EvalConfig) -> bool:
+    """Whether the views subtract a mean image themselves (the loader's images are not the final
+    crops, or a flipped view must subtract it unflipped)."""
+    return cfg.protocol != "center" or flips(cfg)
+
+
 def describe(cfg: EvalConfig, image_size: int, crop_ratio: float) -> str:
     """One line naming the protocol with its sizes, for logs and JSON."""
     resize = round(image_size / crop_ratio)
-    flips = " and flips" if cfg.hflip else ""
+    flipped = flips(cfg)
+    flips_text = " and flips" if flipped else ""
     if cfg.protocol == "center":
-        return f"centre crop {image_size} of shorter side {resize}"
+        return f"centre crop {image_size} of shorter side {resize}" + (
+            " and its flip, softmax averaged" if flipped else ""
+        )
     if cfg.protocol == "ten_crop":
-        crops = 10 if cfg.hflip else 5
-        where = f"corners, centre{flips}"
+        crops = 10 if flipped else 5
+        where = f"corners, centre{flips_text}"
         return f"{crops} crops of {image_size} ({where}) of shorter side {resize}, softmax averaged"
-    return f"whole image at shorter sides {list(cfg.scales)}{flips}, softmax averaged"
+    return f"whole image at shorter sides {list(cfg.scales)}{flips_text}, softmax averaged"

@@ -47,7 +47,7 @@ from resnet_repro.metrics import (
 )
 from resnet_repro.models import build_model
 from resnet_repro.optim import build_optimizer, l1_penalty, l1_weights, peak_lr, summarize_groups
-from resnet_repro.protocols import LOADER_MODE, Scorer
+from resnet_repro.protocols import LOADER_MODE, Scorer, views_own_mean_image
 from resnet_repro.protocols import describe as describe_protocol
 from resnet_repro.resume import check_resumable, resume_path
 from resnet_repro.schedule import LRSchedule, build_scheduler
@@ -142,7 +142,7 @@ def evaluate_protocol(
 ) -> dict[str, Any]:
     """`files` evaluated once under cfg.eval's test protocol; the metrics name the protocol."""
     protocol, mean_image = cfg.eval.protocol, None
-    if norm is not None and norm.mean_image is not None and protocol != "center":
+    if norm is not None and norm.mean_image is not None and views_own_mean_image(cfg.eval):
         # the mean image fits image_size crops: the protocol's views subtract it (protocols.Scorer)
         std = torch.tensor(norm.std, dtype=torch.float64).view(3, 1, 1)
         mean_image = (torch.as_tensor(norm.mean_image) / std).float().to(device)

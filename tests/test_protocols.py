@@ -201,3 +201,21 @@ def test_a_mean_image_is_subtracted_from_every_view_resized_to_its_size(protocol
         expected = group - with_mean.mean_image_at(group.shape[-2:])
         torch.testing.assert_close(fed, expected.flatten(0, 1))
     assert with_mean.mean_image_at(torch.Size([size, size])) is mean_image  # ten_crop: as it is
+
+
+def test_test_time_flip_is_the_mean_of_the_two_passes_probabilities():
+    # eval.hflip=true with the centre protocol (FFCV's test-time augmentation); off by default there
+    from resnet_repro.config import EvalConfig
+    from resnet_repro.protocols import Scorer, describe
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+    images = torch.rand(6, 3, 8, 8)
+    flipped = Scorer(EvalConfig(protocol="center", hflip=True), 8)(model, images)
+    by_hand = (model(images).softmax(1) + model(images.flip(-1)).softmax(1)) / 2
+    torch.testing.assert_close(flipped.exp(), by_hand)
+    plain = Scorer(EvalConfig(protocol="center"), 8)(model, images)
+    torch.testing.assert_close(plain, model(images))  # the default centre protocol: the plain logits
+    assert "and its flip" in describe(EvalConfig(protocol="center", hflip=True), 224, 0.875)
+    assert "flip" not in describe(EvalConfig(protocol="center"), 224, 0.875)
+    assert "10 crops" in describe(EvalConfig(protocol="ten_crop"), 224, 0.875)  # the paper's, flips on
