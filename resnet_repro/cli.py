@@ -29,6 +29,8 @@ commands:
   make-demo-data [--out DIR]     write the embedded demo dataset
   prepare-imagenet --train-tar T --val-tar V --devkit D --out DIR
                                  extract the official ILSVRC2012 archives into train/ and val/ folders
+  prepare-cifar10 --archive cifar-10-python.tar.gz --out DIR
+                                 CIFAR-10 as PNGs in train/<class>/ and val/<class>/ (val = test set)
   verify-data data.root=DIR      count images per split and class, decode every image, report problems
   stats [data overrides]         train-only per-channel mean/std -> stats file beside the data; prints JSON
   report MULTIRUN_DIR            table (markdown + CSV), plot and TensorBoard hparams of a sweep
@@ -232,6 +234,27 @@ def _prepare_imagenet(args: list[str]) -> None:
     print(json.dumps(summary, default=str))
 
 
+def _prepare_cifar10(args: list[str]) -> None:
+    import argparse
+
+    from resnet_repro.data.cifar10 import prepare_cifar10
+
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} prepare-cifar10",
+        description="Write CIFAR-10 as PNGs into <out>/train/<class>/ and <out>/val/<class>/ (val = the "
+        "official test set). Resumable: run it again after an interruption.",
+    )
+    p.add_argument("--archive", required=True, type=Path, help="cifar-10-python.tar.gz (the official one)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (becomes data.root)")
+    p.add_argument("--no-progress", action="store_true")
+    ns = p.parse_args(args)
+    try:
+        summary = prepare_cifar10(ns.archive, ns.out, progress=not ns.no_progress)
+    except UserError as e:
+        _fail(str(e))
+    print(json.dumps(summary))
+
+
 def _verify_data(dcfg: DictConfig) -> None:
     import os
 
@@ -351,6 +374,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "eval": lambda args: _hydra_command(_eval, ["name=eval", *args]),
     "make-demo-data": _make_demo_data,
     "prepare-imagenet": _prepare_imagenet,
+    "prepare-cifar10": _prepare_cifar10,
     "verify-data": lambda args: _hydra_command(_verify_data, ["name=verify-data", *args]),
     "bench": _bench_command,
     "report": _report,
