@@ -112,6 +112,9 @@ class ModelConfig:
     name: str = "resnet50"
     # v1.5 = torchvision (stride 2 in the bottleneck's 3x3 conv); v1 = the paper (in the first 1x1)
     variant: str = "v1.5"
+    # imagenet = 7x7 stride-2 conv + 3x3 stride-2 max pool (input / 4); cifar = one 3x3 stride-1
+    # conv, no max pool, for 32 px inputs (He et al. 2016's CIFAR practice, kept with the 4 stages)
+    stem: str = "imagenet"
     # Start each residual branch's last norm layer at gamma=0, so blocks begin as identities
     zero_init_residual: bool = False
     # bn = BatchNorm2d; gn = GroupNorm with gn_groups groups
@@ -326,6 +329,7 @@ def deprecation_warnings(overrides: Sequence[str]) -> list[str]:
 
 
 NORMALIZATIONS = ("computed", "published", "none", "pixel_mean")
+STEMS = ("imagenet", "cifar")
 
 
 def register_configs() -> None:
@@ -546,6 +550,11 @@ def validate(cfg: RootConfig) -> None:
     if r.dropblock_ramp_epochs < 0:
         raise UserError(
             f"regularization.dropblock_ramp_epochs={r.dropblock_ramp_epochs} must be >= 0 (0: no ramp)"
+        )
+    if m.stem not in STEMS:
+        raise UserError(
+            f"model.stem={m.stem!r} is not one of {', '.join(STEMS)} (cifar: 3x3 stride-1 first conv, "
+            "no max pool, for 32 px images)"
         )
     if m.gn_groups < 1 or 64 % m.gn_groups != 0:
         raise UserError(

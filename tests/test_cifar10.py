@@ -118,6 +118,49 @@ def test_prepared_cifar10_is_listed_by_the_data_pipeline_with_official_labels(tm
     assert [by_index[k] for k in range(TEST_IMAGES)] == members["test_batch"][b"labels"]
 
 
+@pytest.mark.parametrize(
+    ("backend", "decoder"), [("dali", "pil"), ("torchvision", "pil"), ("torchvision", "decode_jpeg")]
+)
+def test_both_backends_decode_the_pngs_to_the_archive_pixels(tmp_path, archive, backend, decoder):
+    import torch
+
+    from resnet_repro.config import DataConfig
+    from resnet_repro.data.loaders import build_loader
+    from resnet_repro.data.splits import list_split
+
+    path, members = archive
+    out = tmp_path / "cifar10"
+    prepare_cifar10(path, out, progress=False)
+    val = list_split(out, "val")
+    cfg = DataConfig(
+        name="cifar10",
+        root=str(out),
+        backend=backend,
+        decoder=decoder,
+        image_size=32,
+        crop_ratio=1.0,
+        num_threads=1,
+    )
+    loader = build_loader(
+        cfg,
+        val.files,
+        val.labels,
+        train=False,
+        batch_size=4,
+        seed=0,
+        device=torch.device("cpu"),
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+    )
+    images = torch.cat([x for x, _ in loader])  # [0, 1] scale, NCHW, in the order of val.files
+    rows = members["test_batch"][b"data"]
+    expected = torch.stack(
+        [torch.from_numpy(_plane_pixels(rows[int(Path(f).stem)])).permute(2, 0, 1) for f in val.files]
+    )
+    # eval at 32 px with crop ratio 1 is the identity: the decoded pixels are the archive's
+    assert torch.allclose(images * 255, expected.float(), atol=1e-3)
+
+
 def test_rerun_skips_finished_splits_and_resumes_an_interrupted_one(tmp_path, archive, monkeypatch):
     from resnet_repro.data import cifar10
 
@@ -190,3 +233,114 @@ def test_prepare_cifar10_command_prints_one_json_line(tmp_path, archive, capsys)
         main(["prepare-cifar10", "--archive", str(tmp_path / "missing.tar.gz"), "--out", str(tmp_path / "d")])
     assert e.value.code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- model.stem=cifar
+def _stage1_side(stem: str) -> tuple[int, tuple[int, ...]]:
+    import torch
+
+    from resnet_repro.config import ModelConfig
+    from resnet_repro.models import build_model
+
+    model = build_model(ModelConfig(name="resnet18", stem=stem), num_classes=10).eval()
+    seen = {}
+
+    def record(_m, _i, out) -> None:  # a hook that returns nothing leaves the output alone
+        seen["side"] = out.shape[-1]
+
+    model.layer1.register_forward_hook(record)
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 32, 32))
+    return seen["side"], tuple(out.shape)
+
+
+def test_cifar_stem_is_a_3x3_stride_1_conv_without_max_pool_keeping_32px_in_stage_1():
+    import torch.nn as nn
+
+    from resnet_repro.config import ModelConfig
+    from resnet_repro.models import build_model
+
+    model = build_model(ModelConfig(name="resnet18", stem="cifar"), num_classes=10)
+    assert (
+        model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1) and model.conv1.padding == (1, 1)
+    )
+    assert model.conv1.bias is None and tuple(model.conv1.weight.shape) == (64, 3, 3, 3)
+    assert isinstance(model.maxpool, nn.Identity)
+    assert _stage1_side("cifar") == (32, (2, 10))
+    assert _stage1_side("imagenet") == (8, (2, 10))  # 7x7 stride 2 + max pool: a quarter
+
+
+def test_unknown_stem_is_refused_naming_the_choices():
+    from conftest import compose
+
+    from resnet_repro.config import to_dataclass, validate
+
+    cfg = to_dataclass(compose(["model.stem=cifar100"]))
+    with pytest.raises(UserError, match=r"model.stem='cifar100' is not one of imagenet, cifar"):
+        validate(cfg)
+
+
+# ---------------------------------------------------------------------------- experiment=cifar10_resnet18
+def test_cifar10_resnet18_preset_is_the_common_recipe(tmp_path):
+    from conftest import compose
+
+    from resnet_repro.config import per_device_batch, to_dataclass, validate
+    from resnet_repro.optim import peak_lr
+
+    cfg = to_dataclass(compose(["experiment=cifar10_resnet18", f"data.root={tmp_path}"]))
+    validate(cfg)
+    assert (cfg.model.name, cfg.model.stem) == ("resnet18", "cifar")
+    assert (cfg.data.name, cfg.data.image_size, cfg.data.crop_ratio) == ("cifar10", 32, 1.0)
+    assert (cfg.data.augment.pad_crop, cfg.data.augment.hflip, cfg.data.augment.random_resized_crop) == (
+        4,
+        True,
+        False,
+    )
+    assert cfg.data.normalization == "computed"
+    batch = per_device_batch(cfg.trainer, 1)
+    assert batch == 128 and peak_lr(cfg.optim, batch) == pytest.approx(0.1)
+    assert (cfg.optim.name, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 0.9, 5e-4)
+    assert (cfg.schedule.name, cfg.schedule.final_lr_factor, cfg.trainer.epochs) == ("cosine", 0.0, 200)
+    assert cfg.stabilizer.warmup_epochs == 0 and cfg.stabilizer.max_norm is None
+
+
+@pytest.mark.slow
+def test_cifar10_resnet18_trains_a_few_steps_on_a_prepared_archive(tmp_path, archive):
+    import subprocess
+    import sys
+
+    path, _ = archive
+    root = tmp_path / "cifar10"
+    prepare_cifar10(path, root, progress=False)
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resnet_repro",
+            "train",
+            "experiment=cifar10_resnet18",
+            f"data.root={root}",
+            f"hydra.run.dir={run_dir}",
+            "trainer.epochs=1",
+            "trainer.max_steps_per_epoch=2",
+            "trainer.global_batch=8",
+            "trainer.device=cpu",
+            "data.num_threads=1",
+            "logging.progress=false",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in rows if r["epoch"] == 1 and r["split"] in ("train", "val")] == [
+        "train",
+        "val",
+    ]
+    val = next(r for r in rows if r["split"] == "val")
+    assert val["num_samples"] == TEST_IMAGES  # every test image evaluated once
+    config = (run_dir / "config.yaml").read_text()
+    assert "stem: cifar" in config and "name: cifar10" in config
