@@ -35,6 +35,7 @@ commands:
   stats [data overrides]         train-only per-channel mean/std -> stats file beside the data; prints JSON
   report MULTIRUN_DIR            table (markdown + CSV), plot and TensorBoard hparams of a sweep
   bench MODE [overrides]         throughput: model | data | train | loop-overhead | stats; table + JSON
+  plan [-m] [overrides]          steps, images and expected wall time of a run or a -m sweep; table + JSON
 
 examples:
   {PROG} train
@@ -323,6 +324,38 @@ def _bench_command(args: list[str]) -> None:
     _hydra_command(_bench, [f"bench.mode={args[0]}", "name=bench", *args[1:]])
 
 
+def _plan_command(args: list[str]) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    from resnet_repro.plan import expand_sweep, format_table, plan
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    overrides = [a for a in args if a not in ("-m", "--multirun")]
+    register_configs()
+    jobs = []
+    try:
+        check_override_keys(overrides, groups=[d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()])
+        for job in expand_sweep(overrides, multirun):
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+                dcfg = compose(config_name="config", overrides=job)
+            if OmegaConf.is_missing(dcfg.data, "root"):
+                dcfg.data.root = ""  # plan.train_images may stand in for the data (plan says so if not)
+            cfg = to_dataclass(dcfg)
+            validate(cfg)
+            jobs.append((job, cfg))
+        record = plan(jobs)
+    except HydraException as e:
+        _fail(str(e).splitlines()[0])
+    except UserError as e:
+        _fail(str(e))
+    print(format_table(record))
+    print(json.dumps(record))
+
+
 def _stats(dcfg: DictConfig) -> None:
     import dataclasses
 
@@ -377,6 +410,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "prepare-cifar10": _prepare_cifar10,
     "verify-data": lambda args: _hydra_command(_verify_data, ["name=verify-data", *args]),
     "bench": _bench_command,
+    "plan": _plan_command,
     "report": _report,
     "stats": lambda args: _hydra_command(_stats, ["name=stats", *args]),
 }

@@ -268,10 +268,27 @@ class BenchConfig:
     trials: int = 3
     # classes of the synthetic labels (model, loop-overhead)
     num_classes: int = 1000
-    # data / train modes: loop over the training images until a trial has at least this many
+    # data / train / stats modes: the training images of one trial (evenly spaced over the split;
+    # the split repeated when it has fewer)
     min_images: int = 1000
     # where to write the JSON result (null = <run dir>/bench_<mode>.json)
     json: str | None = None
+
+
+@dataclass
+class PlanConfig:
+    """Read only by `resnet-repro plan`."""
+
+    # Training images per epoch; null = count the training split under data.root (after
+    # data.exclude_files and the holdout), e.g. 1281167 for ImageNet-1K before it is downloaded
+    train_images: int | None = None
+    # Throughput of one job in images/s, all its processes together; null = measure it on this
+    # machine with a short `bench train` (or `bench model` on synthetic batches without data.root)
+    img_per_s: float | None = None
+    # Processes per job (null = trainer.nproc); a measured img/s is scaled linearly to it
+    world_size: int | None = None
+    # The measurement: training steps untimed (warm-up), then as many timed
+    measure_steps: int = 5
 
 
 @dataclass
@@ -292,6 +309,7 @@ class RootConfig:
     # For `resnet-repro eval`: the checkpoint to evaluate
     checkpoint: str | None = None
     bench: BenchConfig = field(default_factory=BenchConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
 
 GROUP_SCHEMAS: dict[str, type] = {
@@ -347,6 +365,7 @@ _NESTED_SCHEMAS: dict[str, type] = {
     "augment": AugmentConfig,
     "early_stop": EarlyStopConfig,
     "bench": BenchConfig,
+    "plan": PlanConfig,
     "holdout": HoldoutConfig,
     "stats": StatsConfig,
 }
@@ -563,6 +582,16 @@ def validate(cfg: RootConfig) -> None:
         )
     if cfg.bench.trials < 1 or cfg.bench.steps < 1:
         raise UserError(f"bench.trials={cfg.bench.trials} and bench.steps={cfg.bench.steps} must be >= 1")
+    pl = cfg.plan
+    for key, value in (
+        ("train_images", pl.train_images),
+        ("img_per_s", pl.img_per_s),
+        ("world_size", pl.world_size),
+    ):
+        if value is not None and value <= 0:
+            raise UserError(f"plan.{key}={value} must be positive, or null")
+    if pl.measure_steps < 1:
+        raise UserError(f"plan.measure_steps={pl.measure_steps} must be >= 1")
     for key, seed in (("data.holdout.seed", d.holdout.seed), ("data.stats.seed", d.stats.seed)):
         if seed < 0:
             raise UserError(f"{key}={seed} must be a non-negative integer")
