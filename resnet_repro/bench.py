@@ -97,11 +97,17 @@ def bench_model(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
 
 
 def _repeated_files(cfg: RootConfig, min_images: int) -> tuple[list[str], list[int]]:
+    """`min_images` training images for one trial: the split repeated when it is smaller, else an
+    evenly spaced selection (every class, not the first few; a trial on ImageNet is not an epoch)."""
     from resnet_repro.train import load_file_lists
 
     train_list = load_file_lists(cfg.data).train
-    reps = max(1, -(-min_images // len(train_list)))
-    return list(train_list.files) * reps, list(train_list.labels) * reps
+    n = len(train_list)
+    reps = max(1, -(-min_images // n))
+    if reps > 1:
+        return list(train_list.files) * reps, list(train_list.labels) * reps
+    idx = [i * n // min_images for i in range(min_images)]
+    return [train_list.files[i] for i in idx], [train_list.labels[i] for i in idx]
 
 
 def _train_loader(cfg: RootConfig, files: list[str], labels: list[int], seed: int, device: torch.device):

@@ -30,10 +30,13 @@ commands:
   make-demo-data [--out DIR]     write the embedded demo dataset
   prepare-imagenet --train-tar T --val-tar V --devkit D --out DIR
                                  extract the official ILSVRC2012 archives into train/ and val/ folders
+  prepare-cifar10 --archive cifar-10-python.tar.gz --out DIR
+                                 CIFAR-10 as PNGs in train/<class>/ and val/<class>/ (val = test set)
   verify-data data.root=DIR      count images per split and class, decode every image, report problems
   stats [data overrides]         train-only per-channel mean/std -> stats file beside the data; prints JSON
   report MULTIRUN_DIR            table (markdown + CSV), plot and TensorBoard hparams of a sweep
   bench MODE [overrides]         throughput: model | data | train | loop-overhead | stats; table + JSON
+  plan [-m] [overrides]          steps, images and expected wall time of a run or a -m sweep; table + JSON
 
 examples:
   {PROG} train
@@ -236,6 +239,27 @@ def _prepare_imagenet(args: list[str]) -> None:
     print(json.dumps(summary, default=str))
 
 
+def _prepare_cifar10(args: list[str]) -> None:
+    import argparse
+
+    from resnet_repro.data.cifar10 import prepare_cifar10
+
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} prepare-cifar10",
+        description="Write CIFAR-10 as PNGs into <out>/train/<class>/ and <out>/val/<class>/ (val = the "
+        "official test set). Resumable: run it again after an interruption.",
+    )
+    p.add_argument("--archive", required=True, type=Path, help="cifar-10-python.tar.gz (the official one)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (becomes data.root)")
+    p.add_argument("--no-progress", action="store_true")
+    ns = p.parse_args(args)
+    try:
+        summary = prepare_cifar10(ns.archive, ns.out, progress=not ns.no_progress)
+    except UserError as e:
+        _fail(str(e))
+    print(json.dumps(summary))
+
+
 def _verify_data(dcfg: DictConfig) -> None:
     import os
 
@@ -304,6 +328,38 @@ def _bench_command(args: list[str]) -> None:
     _hydra_command(_bench, [f"bench.mode={args[0]}", "name=bench", *args[1:]])
 
 
+def _plan_command(args: list[str]) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    from resnet_repro.plan import expand_sweep, format_table, plan
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    overrides = [a for a in args if a not in ("-m", "--multirun")]
+    register_configs()
+    jobs = []
+    try:
+        check_override_keys(overrides, groups=[d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()])
+        for job in expand_sweep(overrides, multirun):
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+                dcfg = compose(config_name="config", overrides=job)
+            if OmegaConf.is_missing(dcfg.data, "root"):
+                dcfg.data.root = ""  # plan.train_images may stand in for the data (plan says so if not)
+            cfg = to_dataclass(dcfg)
+            validate(cfg)
+            jobs.append((job, cfg))
+        record = plan(jobs)
+    except HydraException as e:
+        _fail(str(e).splitlines()[0])
+    except UserError as e:
+        _fail(str(e))
+    print(format_table(record))
+    print(json.dumps(record))
+
+
 def _stats(dcfg: DictConfig) -> None:
     import dataclasses
 
@@ -355,8 +411,10 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "eval": lambda args: _hydra_command(_eval, ["name=eval", *args]),
     "make-demo-data": _make_demo_data,
     "prepare-imagenet": _prepare_imagenet,
+    "prepare-cifar10": _prepare_cifar10,
     "verify-data": lambda args: _hydra_command(_verify_data, ["name=verify-data", *args]),
     "bench": _bench_command,
+    "plan": _plan_command,
     "report": _report,
     "stats": lambda args: _hydra_command(_stats, ["name=stats", *args]),
 }

@@ -141,6 +141,9 @@ class ModelConfig:
     name: str = "resnet50"
     # v1.5 = torchvision (stride 2 in the bottleneck's 3x3 conv); v1 = the paper (in the first 1x1)
     variant: str = "v1.5"
+    # imagenet = 7x7 stride-2 conv + 3x3 stride-2 max pool (input / 4); cifar = one 3x3 stride-1
+    # conv, no max pool, for 32 px inputs (He et al. 2016's CIFAR practice, kept with the 4 stages)
+    stem: str = "imagenet"
     # Start each residual branch's last norm layer at gamma=0, so blocks begin as identities
     zero_init_residual: bool = False
     # bn = BatchNorm2d; gn = GroupNorm with gn_groups groups
@@ -327,10 +330,27 @@ class BenchConfig:
     trials: int = 3
     # classes of the synthetic labels (model, loop-overhead)
     num_classes: int = 1000
-    # data / train modes: loop over the training images until a trial has at least this many
+    # data / train / stats modes: the training images of one trial (evenly spaced over the split;
+    # the split repeated when it has fewer)
     min_images: int = 1000
     # where to write the JSON result (null = <run dir>/bench_<mode>.json)
     json: str | None = None
+
+
+@dataclass
+class PlanConfig:
+    """Read only by `resnet-repro plan`."""
+
+    # Training images per epoch; null = count the training split under data.root (after
+    # data.exclude_files and the holdout), e.g. 1281167 for ImageNet-1K before it is downloaded
+    train_images: int | None = None
+    # Throughput of one job in images/s, all its processes together; null = measure it on this
+    # machine with a short `bench train` (or `bench model` on synthetic batches without data.root)
+    img_per_s: float | None = None
+    # Processes per job (null = trainer.nproc); a measured img/s is scaled linearly to it
+    world_size: int | None = None
+    # The measurement: training steps untimed (warm-up), then as many timed
+    measure_steps: int = 5
 
 
 @dataclass
@@ -352,6 +372,7 @@ class RootConfig:
     checkpoint: str | None = None
     eval: EvalConfig = field(default_factory=EvalConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
 
 GROUP_SCHEMAS: dict[str, type] = {
@@ -391,6 +412,7 @@ def deprecation_warnings(overrides: Sequence[str]) -> list[str]:
 
 NORMALIZATIONS = ("computed", "published", "none", "pixel_mean")
 EVAL_PROTOCOLS = ("center", "ten_crop", "multiscale")
+STEMS = ("imagenet", "cifar")
 
 
 def register_configs() -> None:
@@ -408,6 +430,7 @@ _NESTED_SCHEMAS: dict[str, type] = {
     "augment": AugmentConfig,
     "early_stop": EarlyStopConfig,
     "bench": BenchConfig,
+    "plan": PlanConfig,
     "holdout": HoldoutConfig,
     "stats": StatsConfig,
 }
@@ -661,6 +684,11 @@ def validate(cfg: RootConfig) -> None:
         raise UserError(
             f"regularization.dropblock_ramp_epochs={r.dropblock_ramp_epochs} must be >= 0 (0: no ramp)"
         )
+    if m.stem not in STEMS:
+        raise UserError(
+            f"model.stem={m.stem!r} is not one of {', '.join(STEMS)} (cifar: 3x3 stride-1 first conv, "
+            "no max pool, for 32 px images)"
+        )
     if m.gn_groups < 1 or 64 % m.gn_groups != 0:
         raise UserError(
             f"model.gn_groups={m.gn_groups} must divide 64 (every ResNet width is a multiple of 64): "
@@ -668,6 +696,16 @@ def validate(cfg: RootConfig) -> None:
         )
     if cfg.bench.trials < 1 or cfg.bench.steps < 1:
         raise UserError(f"bench.trials={cfg.bench.trials} and bench.steps={cfg.bench.steps} must be >= 1")
+    pl = cfg.plan
+    for key, value in (
+        ("train_images", pl.train_images),
+        ("img_per_s", pl.img_per_s),
+        ("world_size", pl.world_size),
+    ):
+        if value is not None and value <= 0:
+            raise UserError(f"plan.{key}={value} must be positive, or null")
+    if pl.measure_steps < 1:
+        raise UserError(f"plan.measure_steps={pl.measure_steps} must be >= 1")
     for key, seed in (("data.holdout.seed", d.holdout.seed), ("data.stats.seed", d.stats.seed)):
         if seed < 0:
             raise UserError(f"{key}={seed} must be a non-negative integer")

@@ -49,9 +49,10 @@ def same(a: Any, b: Any) -> bool:
 
 
 # ----------------------------------------------------------- one formatter per row, shared by all columns
-def model_setting(name: str, variant: str) -> Setting:
+def model_setting(name: str, variant: str, stem: str = "imagenet") -> Setting:
     where = "torchvision" if variant == "v1.5" else "paper strides"
-    return Setting((name, variant), f"{name} {variant} ({where})")
+    suffix = ", 3x3 CIFAR stem" if stem == "cifar" else ""
+    return Setting((name, variant, stem), f"{name} {variant} ({where}{suffix})")
 
 
 def number_setting(x: float) -> Setting:
@@ -219,7 +220,7 @@ def recipe(cfg: RootConfig, d: Derived, groups: list[GroupSummary]) -> dict[str,
         else none_setting()
     )
     return {
-        "model": model_setting(m.name, m.variant),
+        "model": model_setting(m.name, m.variant, m.stem),
         "global batch": number_setting(d.global_batch),
         "optimizer": optimizer,
         "peak LR": number_setting(d.peak_lr),

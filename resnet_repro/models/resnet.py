@@ -61,6 +61,16 @@ def _use_v1_strides(model: tvm.ResNet) -> None:
             block.conv1.stride, block.conv2.stride = (2, 2), (1, 1)
 
 
+def _use_cifar_stem(model: tvm.ResNet) -> None:
+    """The stem for 32 px images: a 3x3 stride-1 conv and no max pool, so stage 1 sees 32x32
+    instead of 8x8 (the ImageNet stem's 7x7 stride 2 + max pool divide by 4). Same parameter name
+    (conv1.weight), a [64, 3, 3, 3] shape, initialized as torchvision initializes its convs."""
+    conv = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    model.conv1 = conv
+    model.maxpool = nn.Identity()
+
+
 def _residual_branch_ends(model: tvm.ResNet) -> list[nn.Module]:
     """The last norm layer of every block's residual branch, in depth order."""
     ends = []
@@ -132,6 +142,10 @@ def build_model(cfg: ModelConfig, num_classes: int, reg: RegularizationConfig | 
     )
     if cfg.variant == "v1":
         _use_v1_strides(model)
+    if cfg.stem == "cifar":
+        _use_cifar_stem(model)
+    elif cfg.stem != "imagenet":
+        raise UserError(f"model.stem={cfg.stem!r} is unknown; choose imagenet or cifar (32 px images)")
     if cfg.sync_bn and cfg.norm == "bn":
         # before the hooks: conversion replaces the BatchNorm modules the hooks attach to
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
