@@ -1,0 +1,47 @@
+"""Weight EMA: the averaged weights and BatchNorm buffers equal a hand-computed average."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from resnet_repro.ema import WeightEMA
+
+
+def test_ema_weights_and_buffers_equal_a_hand_computed_average_after_a_few_steps():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    net(torch.rand(2, 3, 6, 6))  # materialize the lazy layer
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    decay = 0.9
+    ema = WeightEMA(net, decay)
+    by_hand: dict[str, torch.Tensor] | None = None
+    for _ in range(4):
+        loss = net(torch.rand(8, 3, 6, 6)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema.update(net)
+        now = {k: v.detach().clone().double() for k, v in net.state_dict().items()}
+        # the first update copies; later ones move decay of the way back towards the old average
+        by_hand = now if by_hand is None else {k: decay * by_hand[k] + (1 - decay) * now[k] for k in now}
+    averaged = ema.module.state_dict()
+    for key, value in by_hand.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        torch.testing.assert_close(averaged[key].double(), value, rtol=1e-6, atol=1e-7, msg=key)
+    # the averaged model is not the live one
+    assert not torch.equal(averaged["0.weight"], net.state_dict()["0.weight"])
+
+
+def test_ema_state_round_trips_through_a_state_dict():
+    net = nn.Linear(3, 2)
+    ema = WeightEMA(net, 0.5)
+    ema.update(net)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(net)
+    restored = WeightEMA(nn.Linear(3, 2), 0.5)
+    restored.load_state_dict(ema.state_dict())
+    torch.testing.assert_close(restored.module.weight, ema.module.weight)
+    assert int(restored.averaged.n_averaged) == 2
