@@ -312,3 +312,35 @@ def test_a_per_device_batch_must_agree_with_the_global_batch():
         per_device_batch(TrainerConfig(batch_size=None), 1)
     with pytest.raises(UserError, match="both null"):
         validate(to_dataclass(compose(["trainer.batch_size=null"])))
+
+
+@pytest.mark.parametrize(
+    ("preset", "epochs", "ramp"),
+    [
+        ("fast_16", 16, (11, 13)),
+        ("fast_24", 24, (17, 20)),
+        ("fast_40", 40, (29, 34)),
+        ("fast_88", 88, (65, 76)),
+    ],
+)
+def test_fast_presets_are_ffcvs_resnet50_configurations(tmp_path, preset, epochs, ramp):
+    from resnet_repro.data.progressive import size_at
+
+    _, obj = _composed_ok([f"experiment={preset}"], tmp_path)
+    assert obj.name == preset and obj.trainer.epochs == epochs and obj.model.name == "resnet50"
+    assert obj.trainer.precision == "bf16" and obj.model.channels_last is True
+    assert obj.schedule.name == "linear_ramp" and obj.schedule.peak_epoch == 2
+    assert obj.regularization.label_smoothing == pytest.approx(0.1)
+    assert obj.optim.decay_norm_and_bias is False and obj.optim.weight_decay == pytest.approx(1e-4)
+    assert obj.eval.hflip is True and obj.data.image_size == 256
+    p = obj.data.progressive
+    assert (p.start_size, p.end_size, p.start_epoch, p.end_epoch) == (160, 192, *ramp)
+    sizes = [size_at(p, e, epochs) for e in range(epochs)]
+    assert sizes[0] == 160 and sizes[-1] == 192 and set(sizes) == {160, 192}
+
+
+def test_sweep_proxy_is_a_100_class_low_resolution_fast_16(tmp_path):
+    _, obj = _composed_ok(["experiment=sweep_proxy"], tmp_path)
+    assert obj.data.subset.classes == 100 and obj.data.holdout.size == 5000
+    assert obj.trainer.epochs == 16 and obj.data.image_size == 128
+    assert (obj.data.progressive.start_size, obj.data.progressive.end_size) == (112, 128)
