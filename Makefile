@@ -58,15 +58,19 @@ WD ?= 1e-4,5e-5,2e-4
 MAX_NORM ?= null,1,2,5
 EXPERIMENT ?= imagenet_paper
 PARTITION ?=
+# SEEDS=3: every point trained with seeds 0, 1, 2 (a trainer.seed axis), so `resnet-repro report`
+# can tell a difference from seed noise
+SEEDS ?= 1
+SEED_AXIS = $(if $(filter-out 1,$(SEEDS)),trainer.seed=$(shell seq -s, 0 $$(( $(SEEDS) - 1 ))))
 sweep: $(STAMP) ## local multirun: weight decay x max norm, one job after another (EXPERIMENT=demo works here)
 	$(BIN)/resnet-repro train -m experiment=$(EXPERIMENT) \
 		$(if $(DATA),data.root=$(DATA)) trainer.nproc=$(GPUS) \
-		optim.weight_decay=$(WD) stabilizer.max_norm=$(MAX_NORM) $(ARGS)
+		optim.weight_decay=$(WD) stabilizer.max_norm=$(MAX_NORM) $(SEED_AXIS) $(ARGS)
 
 sweep-slurm: $(STAMP) ## the same sweep on SLURM via submitit: make sweep-slurm DATA=... PARTITION=gpu
 	$(BIN)/resnet-repro train -m hydra/launcher=slurm experiment=$(EXPERIMENT) $(if $(DATA),data.root=$(DATA)) \
 		$(if $(PARTITION),hydra.launcher.partition=$(PARTITION)) trainer.checkpoint_every_minutes=15 \
-		optim.weight_decay=$(WD) stabilizer.max_norm=$(MAX_NORM) $(ARGS)
+		optim.weight_decay=$(WD) stabilizer.max_norm=$(MAX_NORM) $(SEED_AXIS) $(ARGS)
 
 clean: ## remove runs/, multiruns/ and caches (not .venv)
 	rm -rf runs multiruns .pytest_cache .ruff_cache

@@ -212,6 +212,12 @@ def test_make_sweep_slurm_submits_the_weight_decay_by_max_norm_grid_to_the_parti
         assert expected in tokens, command
 
 
+def test_make_sweep_seeds_adds_a_seed_axis_to_the_grid():
+    tokens = make_dry_run("sweep", "EXPERIMENT=demo", "SEEDS=3").split()
+    assert "trainer.seed=0,1,2" in tokens
+    assert not any(t.startswith("trainer.seed=") for t in make_dry_run("sweep", "EXPERIMENT=demo").split())
+
+
 def test_make_sweep_slurm_on_the_demo_needs_no_data_folder():
     out = make_dry_run("sweep-slurm", "EXPERIMENT=demo")
     command = next(line for line in out.splitlines() if "resnet-repro train -m" in line)
