@@ -213,7 +213,7 @@ def bench_stats(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
     resize (data.stats.resize), the same threads; decode-only and stats passes interleaved."""
     import importlib.util
 
-    from resnet_repro.data import stats
+    from resnet_repro.data import channel_sums
     from resnet_repro.data.normalization import stats_decoder
 
     b, d = cfg.bench, cfg.data
@@ -227,9 +227,9 @@ def bench_stats(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
     def one_pass(decode_only: bool) -> int:
         common = dict(resize_shorter=d.stats.resize, num_threads=d.num_threads, batch_size=d.stats.batch_size)
         if decoder == "dali":
-            _, n = stats.stream(files, device=device, decode_only=decode_only, **common)
+            _, n = channel_sums.stream(files, device=device, decode_only=decode_only, **common)
         else:
-            _, n = stats.stream_torchvision(files, decoder=decoder, decode_only=decode_only, **common)
+            _, n = channel_sums.stream_torchvision(files, decoder=decoder, decode_only=decode_only, **common)
         return n
 
     one_pass(True), one_pass(False)  # warm-up: file cache, thread pools

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -33,16 +34,135 @@ commands:
   prepare-cifar10 --archive cifar-10-python.tar.gz --out DIR
                                  CIFAR-10 as PNGs in train/<class>/ and val/<class>/ (val = test set)
   verify-data data.root=DIR      count images per split and class, decode every image, report problems
+                                 (--no-decode: headers only)
   stats [data overrides]         train-only per-channel mean/std -> stats file beside the data; prints JSON
   report MULTIRUN_DIR            table (markdown + CSV), plot and TensorBoard hparams of a sweep
   bench MODE [overrides]         throughput: model | data | train | loop-overhead | stats; table + JSON
   plan [-m] [overrides]          steps, images and expected wall time of a run or a -m sweep; table + JSON
+
+{PROG} <command> --help: what the command does, its options or key overrides, an example.
 
 examples:
   {PROG} train
   {PROG} train experiment=imagenet_paper data.root=/data/imagenet trainer.nproc=8
   {PROG} eval checkpoint=runs/demo/<date>/checkpoints/last.pt
 """
+
+
+# `<command> --help` of the Hydra-based commands (conf/hydra/help/resnet_repro.yaml shows it with
+# the config groups). No "$": Hydra's help template is a string.Template.
+HYDRA_HELP = {
+    "train": f"""usage: {PROG} train [group=option ...] [key=value ...] [-m]
+
+Train a ResNet. With no overrides: the embedded demo (digits, on the CPU in minutes). Writes
+runs/<name>/<run id>/ (resolved config, metrics.jsonl, TensorBoard events, checkpoints) and prints
+one JSON line with the final top-1. -m runs a Hydra multirun sweep over comma-separated values.
+
+key overrides:
+  experiment=imagenet_paper         a whole recipe (imagenet_paper_stabilized, he2016, demo)
+  data=imagenet data.root=DIR       <root>/train/<class>/*.JPEG and <root>/val/<class>/*.JPEG
+  trainer.nproc=8                   processes (GPUs) on this machine
+  trainer.epochs=90 trainer.batch_size=256 trainer.precision=bf16
+  optim.lr_per_256=0.1 optim.weight_decay=1e-4
+  stabilizer=warmup_clip stabilizer.max_norm=2.0   LR warm-up and gradient max-norm clipping
+
+example:
+  {PROG} train experiment=imagenet_paper data.root=/data/imagenet trainer.nproc=8
+""",
+    "eval": f"""usage: {PROG} eval checkpoint=PATH [key=value ...]
+
+Top-1 / top-5 / loss of a checkpoint (a run's last.pt or best.pt, or a plain torchvision ResNet
+state dict) on data.eval_split; prints one JSON line. From a run's checkpoint it takes that run's
+model, data and precision; data.* keys and trainer.precision on the command line win.
+
+key overrides:
+  checkpoint=PATH                   the checkpoint (required)
+  data.root=DIR data.eval_split=val trainer.precision=bf16
+
+example:
+  {PROG} eval checkpoint=runs/demo/<run id>/checkpoints/last.pt
+""",
+    "verify-data": f"""usage: {PROG} verify-data [--no-decode] [data=imagenet] data.root=DIR [key=value ...]
+
+Count the images per split and class (data=imagenet: against ImageNet-1K's 1,000 classes, 1,281,167
+train and 50,000 val images), decode every image with DALI and list the files that fail or are not
+what their name says. Writes verify_data.json (and bad_files.txt, for data.exclude_files) into
+runs/verify-data/<time>/; exits 1 when a count or a file is wrong.
+
+options and key overrides:
+  --no-decode                       read headers and the JPEG end marker only (much faster)
+  data.num_threads=16               reader and decoder threads
+  logging.progress=false            no progress bar
+
+example:
+  {PROG} verify-data data=imagenet data.root=/data/imagenet
+""",
+    "stats": f"""usage: {PROG} stats [data=...] [key=value ...]
+
+Per-channel mean / std of the training images only (never the holdout or test images), exact over
+every pixel, written to a stats file beside the data (<root>/.resnet_repro_stats/, or
+data.stats.path) that training checks and reuses; prints it as JSON. Under torchrun the ranks
+share the pass.
+
+key overrides:
+  data=imagenet data.root=DIR
+  data.stats.max_images=50000       a stratified sample (with standard errors), not every image
+  data.stats.resize=256             after resizing the shorter side, as evaluation does
+  data.holdout.size=10000 data.holdout.stats_from=train_minus_holdout
+
+example:
+  {PROG} stats data=imagenet data.root=/data/imagenet
+""",
+    "bench": f"""usage: {PROG} bench MODE [key=value ...]
+
+Throughput, measured: prints a table and writes JSON (<run dir>/bench_<mode>.json, or bench.json).
+MODE:
+  model                             synthetic batches on the device: forward, backward, step
+  data                              the configured input pipeline alone (decode, augment, normalize)
+  train                             the real training step with the real pipeline; data-wait share
+  loop-overhead                     this runner's training step vs a bare loop
+  stats                             the normalization-statistics pass vs decoding alone
+
+key overrides:
+  bench.steps=20 bench.trials=3 bench.warmup=5 bench.min_images=1000 bench.json=PATH
+  model.name=resnet50 trainer.batch_size=256 trainer.precision=bf16 model.channels_last=true
+
+example:
+  {PROG} bench model trainer.precision=bf16 trainer.batch_size=256
+""",
+}
+
+
+def _help_groups() -> str:
+    """The config groups and their options (YAML files in conf/ and configs in Hydra's ConfigStore,
+    such as the launcher plugins'), without the schemas config.register_configs stores in each
+    group, and of Hydra's own groups only the launcher. Listed here rather than through Hydra's
+    config loader, which copies its whole config repository for every group (seconds in all)."""
+    from hydra.core.config_store import ConfigStore
+
+    conf, store = Path(CONF_DIR), ConfigStore.instance()
+    lines = []
+    for folder in sorted(d for d in conf.rglob("*") if d.is_dir()):
+        group = folder.relative_to(conf).as_posix()
+        if group.startswith("hydra") and group != "hydra/launcher":
+            continue
+        options = {f.stem for f in folder.glob("*.yaml")}
+        with contextlib.suppress(OSError):  # no ConfigStore entries in this group
+            options |= {n.removesuffix(".yaml") for n in store.list(group) if n.endswith(".yaml")}
+        options = {o for o in options if not o.endswith("_schema")}
+        if options:
+            lines.append(f"  {group}: {', '.join(sorted(options))}")
+    return "\n".join(lines)
+
+
+def _register_help(command: str) -> None:
+    """The resolver conf/hydra/help/resnet_repro.yaml reads for `command --help`."""
+    from omegaconf import OmegaConf
+
+    def text(part: str) -> str:
+        return (HYDRA_HELP[command] if part == "command" else _help_groups()).replace("$", "$$")
+
+    OmegaConf.register_new_resolver("resnet_repro_help", text, replace=True)
 
 
 def _fail(message: str) -> None:
@@ -72,7 +192,7 @@ def run_id() -> str:
     return f"{job}.{step}" if step.isdigit() and 0 < int(step) < 0xFFFFFFF0 else job
 
 
-def _hydra_command(task: Callable[[DictConfig], object], args: list[str]) -> None:
+def _hydra_command(task: Callable[[DictConfig], object], args: list[str], command: str) -> None:
     """Run `task` under hydra.main with `args` as the command-line overrides."""
     import hydra
     from omegaconf import OmegaConf
@@ -88,6 +208,7 @@ def _hydra_command(task: Callable[[DictConfig], object], args: list[str]) -> Non
         print(f"{PROG}: warning: {line}", file=sys.stderr)
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
+    _register_help(command)
     try:
         rank = distributed.detect().rank
     except UserError as e:
@@ -99,7 +220,7 @@ def _hydra_command(task: Callable[[DictConfig], object], args: list[str]) -> Non
             "hydra/job_logging=disabled",
             "hydra/hydra_logging=disabled",
         ]
-    sys.argv = [f"{PROG} {task.__name__.removeprefix('_')}", *args]
+    sys.argv = [f"{PROG} {command}", *args]
     hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(task)()
 
 
@@ -191,7 +312,13 @@ def _make_demo_data(args: list[str]) -> None:
 
     from resnet_repro.data.demo import build_demo_dataset
 
-    p = argparse.ArgumentParser(prog=f"{PROG} make-demo-data", description="Write the embedded demo dataset.")
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} make-demo-data",
+        description="Write the embedded demo dataset (digits; train/ and val/ class folders). "
+        "`resnet-repro train` writes it itself when missing.",
+        epilog=f"example:\n  {PROG} make-demo-data --out /tmp/demo-digits",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", default=None, help="output folder (default: data.root of data=demo)")
     ns = p.parse_args(args)
     out = ns.out
@@ -207,12 +334,17 @@ def _make_demo_data(args: list[str]) -> None:
 def _prepare_imagenet(args: list[str]) -> None:
     import argparse
 
-    from resnet_repro.data.imagenet import prepare_imagenet
+    from resnet_repro.data.imagenet_prepare import prepare_imagenet
 
     p = argparse.ArgumentParser(
         prog=f"{PROG} prepare-imagenet",
         description="Extract ILSVRC2012 into <out>/train/<wnid>/*.JPEG and <out>/val/<wnid>/*.JPEG. "
         "Resumable: run it again after an interruption.",
+        epilog=f"example:\n  {PROG} prepare-imagenet --out /data/imagenet \\\n"
+        "      --train-tar ILSVRC2012_img_train.tar --val-tar ILSVRC2012_img_val.tar \\\n"
+        "      --devkit ILSVRC2012_devkit_t12.tar.gz\n"
+        f"  {PROG} verify-data data=imagenet data.root=/data/imagenet     # then check the result",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, type=Path, help="output folder (becomes data.root)")
     p.add_argument("--train-tar", type=Path, help="ILSVRC2012_img_train.tar")
@@ -248,6 +380,9 @@ def _prepare_cifar10(args: list[str]) -> None:
         prog=f"{PROG} prepare-cifar10",
         description="Write CIFAR-10 as PNGs into <out>/train/<class>/ and <out>/val/<class>/ (val = the "
         "official test set). Resumable: run it again after an interruption.",
+        epilog=f"example:\n  {PROG} prepare-cifar10 --archive cifar-10-python.tar.gz --out /data/cifar10\n"
+        f"  {PROG} train experiment=cifar10_resnet18 data.root=/data/cifar10",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--archive", required=True, type=Path, help="cifar-10-python.tar.gz (the official one)")
     p.add_argument("--out", required=True, type=Path, help="output folder (becomes data.root)")
@@ -260,12 +395,12 @@ def _prepare_cifar10(args: list[str]) -> None:
     print(json.dumps(summary))
 
 
-def _verify_data(dcfg: DictConfig) -> None:
+def _verify_data(dcfg: DictConfig, decode: bool = True) -> None:
     import os
 
     from hydra.core.hydra_config import HydraConfig
 
-    from resnet_repro.data.imagenet import ERROR_KINDS, verify_data
+    from resnet_repro.data.imagenet_verify import ERROR_KINDS, verify_data
 
     try:
         cfg = to_dataclass(dcfg)
@@ -277,6 +412,7 @@ def _verify_data(dcfg: DictConfig) -> None:
             Path(cfg.data.root).expanduser(),
             expect_imagenet=cfg.data.name == "imagenet",
             num_threads=cfg.data.num_threads,
+            decode=decode,
             progress=cfg.logging.progress,
             summary_path=Path(HydraConfig.get().runtime.output_dir) / "verify_data.json",
         )
@@ -322,13 +458,50 @@ def _bench(dcfg: DictConfig) -> None:
     print(json.dumps(record))
 
 
+def _verify_data_command(args: list[str]) -> None:
+    decode = "--no-decode" not in args
+
+    def _verify_data_task(dcfg: DictConfig) -> None:
+        _verify_data(dcfg, decode=decode)
+
+    # verify-data keeps its small Hydra output (config, log, verify_data.json) in
+    # runs/verify-data/<time>, apart from training runs (a name= on the command line still wins)
+    args = ["name=verify-data", *(a for a in args if a != "--no-decode")]
+    _hydra_command(_verify_data_task, args, "verify-data")
+
+
 def _bench_command(args: list[str]) -> None:
+    if args and args[0] in ("-h", "--help"):
+        _hydra_command(_bench, ["name=bench", *args], "bench")
+        return
     if not args or "=" in args[0]:
         _fail("bench needs a mode first: resnet-repro bench model|data|train|loop-overhead|stats [overrides]")
-    _hydra_command(_bench, [f"bench.mode={args[0]}", "name=bench", *args[1:]])
+    _hydra_command(_bench, [f"bench.mode={args[0]}", "name=bench", *args[1:]], "bench")
+
+
+PLAN_HELP = f"""usage: {PROG} plan [-m] [overrides]
+
+What a run (or, with -m, a sweep) will cost before you queue it: images per epoch, steps per epoch,
+total steps and images processed, and the expected training time from plan.img_per_s or from a short
+measurement on this machine. Nothing is trained or launched.
+
+key overrides:
+  any training override (experiment=, data.root=, trainer.*, ...), and
+  plan.img_per_s=N       throughput to assume (default: measure a few steps here)
+  plan.train_images=N    training images per epoch when data.root is not readable here
+  plan.world_size=N      processes the run will use
+  plan.measure_steps=N   timed steps of the short measurement
+
+example:
+  {PROG} plan experiment=fast_16 plan.train_images=1281167 plan.img_per_s=2470
+  {PROG} plan -m experiment=imagenet_paper data.root=/data/imagenet optim.weight_decay=1e-4,5e-5
+"""
 
 
 def _plan_command(args: list[str]) -> None:
+    if any(a in ("-h", "--help") for a in args):
+        print(PLAN_HELP)
+        return
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -389,8 +562,14 @@ def _report(args: list[str]) -> None:
 
     from resnet_repro.report import collect, markdown_table, write_hparams, write_report
 
-    p = argparse.ArgumentParser(prog=f"{PROG} report", description="Summarize a Hydra multirun directory.")
-    p.add_argument("multirun_dir", type=Path)
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} report",
+        description="Summarize a Hydra multirun directory: one table of its jobs (markdown + CSV), "
+        "a heat map PNG, and TensorBoard hparams in each job's events.",
+        epilog=f"example:\n  {PROG} report multiruns/demo/<date>",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("multirun_dir", type=Path, help="the sweep's folder (hydra.sweep.dir)")
     p.add_argument("--no-hparams", action="store_true", help="do not write TensorBoard hparams")
     ns = p.parse_args(args)
     try:
@@ -405,18 +584,18 @@ def _report(args: list[str]) -> None:
 
 
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
-    "train": lambda args: _hydra_command(_train, args),
+    "train": lambda args: _hydra_command(_train, args, "train"),
     # eval, verify-data and stats keep their small Hydra output (config, log, verify_data.json) in
     # runs/<command>/<time>, apart from training runs (a name= on the command line still wins)
-    "eval": lambda args: _hydra_command(_eval, ["name=eval", *args]),
+    "eval": lambda args: _hydra_command(_eval, ["name=eval", *args], "eval"),
     "make-demo-data": _make_demo_data,
     "prepare-imagenet": _prepare_imagenet,
     "prepare-cifar10": _prepare_cifar10,
-    "verify-data": lambda args: _hydra_command(_verify_data, ["name=verify-data", *args]),
+    "verify-data": _verify_data_command,
     "bench": _bench_command,
     "plan": _plan_command,
     "report": _report,
-    "stats": lambda args: _hydra_command(_stats, ["name=stats", *args]),
+    "stats": lambda args: _hydra_command(_stats, ["name=stats", *args], "stats"),
 }
 
 

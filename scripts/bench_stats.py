@@ -24,7 +24,7 @@ DEFAULT_ROOT = REPO.parent / "shared" / "data" / "imagenet-sample"
 
 
 def measure(files: list[str], mode: str, args: argparse.Namespace) -> dict[str, float]:
-    from resnet_repro.data.stats import stream
+    from resnet_repro.data.channel_sums import stream
 
     clock: dict[str, float] = {}
 

@@ -274,13 +274,13 @@ def row_multipass_eval(ctx: Ctx) -> dict[str, Any]:
 def row_stats(ctx: Ctx) -> dict[str, Any]:
     """The statistics pass on the GPU (reductions in the DALI graph) vs the same decoded pixels
     reduced on the host (exact sums must be equal), and vs the CPU decoder (reported)."""
-    from resnet_repro.data import stats
+    from resnet_repro.data import channel_sums
 
     files, _, origin = ctx.files()
     common = dict(resize_shorter=None, num_threads=4, batch_size=32)
-    in_graph, _ = stats.stream(files, device=ctx.device, reduce_in="dali", **common)
-    on_host, _ = stats.stream(files, device=ctx.device, reduce_in="numpy", **common)
-    cpu, _ = stats.stream(files, device="cpu", **common)
+    in_graph, _ = channel_sums.stream(files, device=ctx.device, reduce_in="dali", **common)
+    on_host, _ = channel_sums.stream(files, device=ctx.device, reduce_in="numpy", **common)
+    cpu, _ = channel_sums.stream(files, device="cpu", **common)
     same = (in_graph.num_pixels, in_graph.sum, in_graph.sum_sq) == (
         on_host.num_pixels,
         on_host.sum,
@@ -288,8 +288,8 @@ def row_stats(ctx: Ctx) -> dict[str, Any]:
     )
     if not same:
         raise RuntimeError(f"in-graph sums {in_graph.sum} != host sums {on_host.sum} of the same pixels")
-    gm, gs = stats.finalize(in_graph)
-    cm, cs = stats.finalize(cpu)
+    gm, gs = channel_sums.finalize(in_graph)
+    cm, cs = channel_sums.finalize(cpu)
     return {
         "images": len(files),
         "from": origin,

@@ -19,8 +19,9 @@ from conftest import make_image_folder
 from PIL import Image
 
 from resnet_repro.config import UserError
-from resnet_repro.data import imagenet
-from resnet_repro.data.imagenet import prepare_imagenet, verify_data
+from resnet_repro.data import imagenet_prepare, imagenet_verify
+from resnet_repro.data.imagenet_prepare import prepare_imagenet
+from resnet_repro.data.imagenet_verify import verify_data
 from resnet_repro.data.splits import list_split
 
 # ILSVRC2012_IDs deliberately not in sorted-wnid order: id 1 is the last wnid, as in the real devkit
@@ -126,7 +127,7 @@ def _assert_prepared(out: Path) -> None:
     val = _tree(out / "val")
     assert {name: wnid for wnid, files in val.items() for name in files} == _expected_val()
     assert all(data == _val_images()[name] for files in val.values() for name, data in files.items())
-    assert not (out / imagenet.PARTIAL_DIR).exists()
+    assert not (out / imagenet_prepare.PARTIAL_DIR).exists()
 
 
 def test_prepare_from_official_archives_labels_val_by_ground_truth(tmp_path, archives):
@@ -152,7 +153,7 @@ def test_prepare_from_official_archives_labels_val_by_ground_truth(tmp_path, arc
 
 def test_interrupted_prepare_resumes_without_reextracting(tmp_path, archives, monkeypatch):
     out = tmp_path / "imagenet"
-    real = imagenet._extract_class_tar
+    real = imagenet_prepare._extract_class_tar
     calls: list[Path] = []
 
     def killed_during_second_class(fileobj, archive, dest):
@@ -162,7 +163,7 @@ def test_interrupted_prepare_resumes_without_reextracting(tmp_path, archives, mo
             raise KeyboardInterrupt("simulated kill")
         return real(fileobj, archive, dest)
 
-    monkeypatch.setattr(imagenet, "_extract_class_tar", killed_during_second_class)
+    monkeypatch.setattr(imagenet_prepare, "_extract_class_tar", killed_during_second_class)
     with pytest.raises(KeyboardInterrupt):
         prepare_imagenet(out, **archives, progress=False)
     # Only the finished class looks complete; the interrupted one is still under .partial
@@ -174,9 +175,11 @@ def test_interrupted_prepare_resumes_without_reextracting(tmp_path, archives, mo
 
     calls.clear()
     written: list[Path] = []
-    real_write = imagenet._write_atomic
-    monkeypatch.setattr(imagenet, "_extract_class_tar", lambda *a: calls.append(a[2]) or real(*a))
-    monkeypatch.setattr(imagenet, "_write_atomic", lambda src, t: written.append(t) or real_write(src, t))
+    real_write = imagenet_prepare._write_atomic
+    monkeypatch.setattr(imagenet_prepare, "_extract_class_tar", lambda *a: calls.append(a[2]) or real(*a))
+    monkeypatch.setattr(
+        imagenet_prepare, "_write_atomic", lambda src, t: written.append(t) or real_write(src, t)
+    )
     summary = prepare_imagenet(out, **archives, progress=False)
 
     _assert_prepared(out)
@@ -213,7 +216,7 @@ def test_a_cut_off_train_archive_is_one_error_naming_it(tmp_path, archives):
 def test_interrupted_val_extraction_resumes(tmp_path, archives, monkeypatch):
     out = tmp_path / "imagenet"
     args = dict(train_tar=None, val_tar=archives["val_tar"], devkit=archives["devkit"], progress=False)
-    real_write = imagenet._write_atomic
+    real_write = imagenet_prepare._write_atomic
     written: list[str] = []
 
     def killed_at_third_file(src, target):
@@ -222,14 +225,16 @@ def test_interrupted_val_extraction_resumes(tmp_path, archives, monkeypatch):
         real_write(src, target)
         written.append(target.name)
 
-    monkeypatch.setattr(imagenet, "_write_atomic", killed_at_third_file)
+    monkeypatch.setattr(imagenet_prepare, "_write_atomic", killed_at_third_file)
     with pytest.raises(KeyboardInterrupt):
         prepare_imagenet(out, **args)
     assert not (out / "val").exists()  # the split appears only when complete
     first = list(written)
 
     written.clear()
-    monkeypatch.setattr(imagenet, "_write_atomic", lambda s, t: written.append(t.name) or real_write(s, t))
+    monkeypatch.setattr(
+        imagenet_prepare, "_write_atomic", lambda s, t: written.append(t.name) or real_write(s, t)
+    )
     prepare_imagenet(out, **args)
 
     val = _tree(out / "val")
@@ -241,7 +246,7 @@ def test_val_images_left_under_another_label_by_an_earlier_run_are_not_kept_twic
     out = tmp_path / "imagenet"
     name = sorted(_val_images())[0]
     wrong = next(w for w in WNIDS if w != _expected_val()[name])
-    stale = out / imagenet.PARTIAL_DIR / "val" / wrong / name
+    stale = out / imagenet_prepare.PARTIAL_DIR / "val" / wrong / name
     stale.parent.mkdir(parents=True)
     stale.write_bytes(_val_images()[name])  # filed under another class by a run with other labels
     prepare_imagenet(
@@ -468,14 +473,20 @@ def test_verify_data_reports_unusual_and_truncated_files(tmp_path):
     assert summary["issue_counts"] == {"truncated": 1, "wrong_format": 1, "cmyk": 1, "grayscale": 1}
     assert not summary["ok"] and summary["problems"] == []
     assert summary["splits"]["train"]["per_class"] == {"a": 20, "b": 23}
-    assert summary["images"] == 47 and summary["images_per_s"] > 0
+    assert summary["images"] == 47
+    # train and val speeds apart, each from its own images
+    assert set(summary["images_per_s"]) == {"train", "val"} and min(summary["images_per_s"].values()) > 0
+    for split in ("train", "val"):
+        s = summary["splits"][split]
+        assert s["images_per_s"] == summary["images_per_s"][split]
+        assert s["images_per_s"] == pytest.approx(s["images"] / s["seconds"], rel=1e-3)
     assert json.loads(summary_path.read_text()) == summary
 
     # Without decoding, the missing end-of-image marker still gives the truncated file away
     quick = verify_data(
         root, expect_imagenet=False, num_threads=2, decode=False, progress=False, summary_path=None
     )
-    assert [(i["path"], i["kind"]) for i in quick["issues"] if i["kind"] in imagenet.ERROR_KINDS] == [
+    assert [(i["path"], i["kind"]) for i in quick["issues"] if i["kind"] in imagenet_verify.ERROR_KINDS] == [
         (str(truncated), "truncated")
     ]
 
@@ -490,10 +501,96 @@ def test_verify_data_checks_imagenet_counts(tmp_path):
     problems = summary["problems"]
     assert "train: 3 classes, expected 1000" in problems
     assert "train: 4 images, expected 1,281,167" in problems
-    assert "train/n01440764: 2 images, expected 732 to 1300" in problems
+    assert (
+        "train: 3 classes do not have 732 to 1300 images: junk (1), n01440764 (2), n01443537 (1)" in problems
+    )
     assert "train: 1 folders are not wnids: junk" in problems
-    assert "val/n01440764: 1 images, expected 50" in problems
+    assert "val: 2 classes do not have 50 images: n01440764 (1), n09999999 (1)" in problems
     assert "val: 1 classes not in train: n09999999" in problems
     assert "val: 2 train classes missing: junk, n01443537" in problems
     assert any(p.startswith("val: 1 images lie outside class folders") for p in problems)
     assert not summary["ok"] and summary["issues"] == []
+
+
+def test_verify_data_summarizes_per_class_count_problems_in_one_line_per_split(tmp_path):
+    """A miniature of many classes (a subset, or the first images of each ImageNet class) gives one
+    line per split and kind, not one per class; the per-class numbers stay in the summary."""
+    wnids = [f"n{i:08d}" for i in range(12)]
+    make_image_folder(tmp_path, "train", dict.fromkeys(wnids, 1), sizes=[(8, 8)])
+    make_image_folder(tmp_path, "val", dict.fromkeys(wnids, 1), sizes=[(8, 8)])
+    for c in wnids[:7]:  # empty class folders are summarized the same way
+        (tmp_path / "train" / f"{c}x").mkdir()
+
+    summary = verify_data(tmp_path, expect_imagenet=True, num_threads=1, decode=False, summary_path=None)
+
+    problems = summary["problems"]
+    listed = ", ".join(f"{c} (1)" for c in wnids[:5])
+    assert f"train: 12 classes do not have 732 to 1300 images: {listed}, ..." in problems
+    assert f"val: 12 classes do not have 50 images: {listed}, ..." in problems
+    empty = ", ".join(f"{c}x" for c in wnids[:5])
+    assert f"train: 7 empty class folders: {empty}, ..." in problems
+    # and per split: classes and images against ImageNet's; train: 7 folders not wnids; val: 7 missing
+    assert len(problems) == 9, problems
+    assert summary["splits"]["val"]["per_class"] == dict.fromkeys(wnids, 1)
+
+
+def test_verify_data_command_can_skip_decoding(tmp_path, monkeypatch, capsys):
+    from resnet_repro.cli import main
+
+    root = tmp_path / "data"
+    make_image_folder(root, "train", {"a": 2, "b": 2}, sizes=[(8, 8)])
+    make_image_folder(root, "val", {"a": 1, "b": 1}, sizes=[(8, 8)])
+    monkeypatch.chdir(tmp_path)  # Hydra's run directory: runs/verify-data/<time>
+    decoders: list[int] = []
+    monkeypatch.setattr(imagenet_verify, "_DaliDecoder", lambda *a: decoders.append(1))
+
+    main(["verify-data", "--no-decode", "data=folder", f"data.root={root}", "logging.progress=false"])
+
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["ok"] and result["images"] == 6 and set(result["images_per_s"]) == {"train", "val"}
+    assert decoders == []  # no DALI decoder was even built
+    (summary_file,) = tmp_path.glob("runs/verify-data/*/verify_data.json")
+    assert json.loads(summary_file.read_text())["decoded"] is False
+
+
+def test_prepare_progress_shows_image_counts_as_integers(tmp_path, archives, monkeypatch, capsys):
+    # 20,000 images per class without writing them: tqdm's own number format would show 4e+4
+    monkeypatch.setattr(imagenet_prepare, "_extract_class_tar", lambda fileobj, archive, dest: 20_000)
+    prepare_imagenet(tmp_path / "imagenet", train_tar=archives["train_tar"], val_tar=None, devkit=None)
+
+    err = capsys.readouterr().err
+    assert "images=60,000" in err and "e+" not in err
+
+
+def test_prepare_syncs_a_class_to_disk_before_renaming_it_into_place(tmp_path, archives, monkeypatch):
+    """A rerun skips a folder with its final name: its files must be on disk before the rename, or a
+    power loss can leave a complete-looking class of empty files."""
+    import os
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, Path.rename
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(self: Path, target):
+        events.append(("rename", str(self)))
+        return real_rename(self, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(Path, "rename", rename)
+    out = (tmp_path / "imagenet").resolve()
+    prepare_imagenet(out, **archives, progress=False)
+
+    _assert_prepared(out)
+    renames = [k for k, (kind, _) in enumerate(events) if kind == "rename"]
+    assert len(renames) == len(WNIDS) + 1  # each train class, then the whole val split
+    partial = out / imagenet_prepare.PARTIAL_DIR
+    published = [(partial / "train" / w, out / "train" / w) for w in WNIDS] + [(partial / "val", out / "val")]
+    for k, (work, final) in zip(renames, published, strict=True):
+        assert events[k] == ("rename", str(work))
+        synced_before = {path for kind, path in events[:k] if kind == "fsync"}
+        on_disk = {str(work / p.relative_to(final)) for p in final.rglob("*")}
+        assert on_disk and on_disk | {str(work)} <= synced_before
+        assert events[k + 1] == ("fsync", str(final.parent))  # the rename itself

@@ -12,7 +12,7 @@ from conftest import make_image_folder
 from PIL import Image
 
 from resnet_repro.config import DataConfig, HoldoutConfig, StatsConfig, UserError
-from resnet_repro.data import stats
+from resnet_repro.data import channel_sums, stats
 from resnet_repro.data.normalization import compute_record, resolve, stats_selection
 from resnet_repro.distributed import DistEnv
 from resnet_repro.train import load_file_lists
@@ -97,7 +97,7 @@ def test_training_refuses_a_stats_file_that_saw_test_images(root: Path, tmp_path
         files=splits.train_full.files + splits.test.files,
         labels=splits.train_full.labels + splits.test.labels,
     )
-    sums = stats.compute_stats(
+    sums = channel_sums.compute_stats(
         list(leaky.files), resize_shorter=None, num_threads=1, batch_size=8, device="cpu"
     )
     record = stats.build_record(

@@ -15,16 +15,14 @@ from conftest import make_image_folder
 from PIL import Image
 
 from resnet_repro.config import UserError
-from resnet_repro.data import stats
+from resnet_repro.data import channel_sums, stats
+from resnet_repro.data.channel_sums import PartialSums, compute_stats, finalize
 from resnet_repro.data.holdout import carve_holdout
 from resnet_repro.data.splits import list_split
 from resnet_repro.data.stats import (
-    PartialSums,
     build_record,
     check_stats_file,
-    compute_stats,
     default_stats_path,
-    finalize,
     fingerprint,
     read_stats_file,
     stratified_sample,
@@ -198,7 +196,7 @@ def test_two_shards_merged_equal_one_shard(dataset):
     whole = _compute(files)
     parts = [_compute(files, shard_id=r, num_shards=2) for r in range(2)]
     assert [p.num_images for p in parts] == [9, 9]
-    merged = stats.merge(parts)
+    merged = channel_sums.merge(parts)
     # the integer sums are exact, so the merge is too; only the per-image-mean float sums may differ
     # in the last bit (another summation order)
     assert (merged.num_images, merged.num_pixels, merged.sum, merged.sum_sq) == (
@@ -213,7 +211,7 @@ def test_two_shards_merged_equal_one_shard(dataset):
     ints, floats = merged.to_arrays()
     assert PartialSums.from_arrays(ints, floats) == merged
     # more shards than images: the empty shards add nothing
-    many = stats.merge(_compute(files[:3], shard_id=r, num_shards=5) for r in range(5))
+    many = channel_sums.merge(_compute(files[:3], shard_id=r, num_shards=5) for r in range(5))
     assert many.sum == _compute(files[:3]).sum and many.num_images == 3
 
 
@@ -232,7 +230,7 @@ def test_image_sums_are_exact_for_large_and_odd_shapes():
     for shape in ((1, 1, 3), (7, 11, 3), (600, 700, 3), (2100, 1100, 3)):  # the last: > 257 rows of 1024 px
         im = rng.integers(0, 256, size=shape, dtype=np.uint8)
         im.reshape(-1)[:1000] = 255  # saturated values: the overflow case of the integer blocks
-        s, q = stats.image_sums(im)
+        s, q = channel_sums.image_sums(im)
         x = im.reshape(-1, 3).astype(np.int64)
         assert s == x.sum(0).tolist() and q == (x * x).sum(0).tolist(), shape
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from resnet_repro.config import UserError
-from resnet_repro.data.imagenet import PARTIAL_DIR, _is_folder_name, _progress, _remove_empty_dirs
+from resnet_repro.data.imagenet_prepare import PARTIAL_DIR, _is_folder_name, _progress, _remove_empty_dirs
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))

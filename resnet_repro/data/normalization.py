@@ -20,7 +20,7 @@ import torch
 
 from resnet_repro import distributed
 from resnet_repro.config import DataConfig, UserError
-from resnet_repro.data import stats
+from resnet_repro.data import channel_sums, stats
 from resnet_repro.data.splits import FileList
 from resnet_repro.distributed import DistEnv
 
@@ -129,7 +129,7 @@ def compute_record(
     # an undecodable image in one rank's shard stops every rank (not a hang in the all-reduce)
     sums = distributed.all_or_none(
         env,
-        lambda: stats.compute_stats(
+        lambda: channel_sums.compute_stats(
             list(images.files),
             resize_shorter=cfg.stats.resize,
             num_threads=cfg.num_threads,
@@ -144,7 +144,7 @@ def compute_record(
         ints, floats = sums.to_arrays()
         ints_t = distributed.all_reduce_sum(env, torch.from_numpy(ints).to(device))
         floats_t = distributed.all_reduce_sum(env, torch.from_numpy(floats).to(device))
-        sums = stats.PartialSums.from_arrays(ints_t.cpu().numpy(), floats_t.cpu().numpy())
+        sums = channel_sums.PartialSums.from_arrays(ints_t.cpu().numpy(), floats_t.cpu().numpy())
     holdout = {"size": cfg.holdout.size, "seed": cfg.holdout.seed} if splits.holdout is not None else None
     return stats.build_record(
         sums,

@@ -39,7 +39,7 @@ import torch
 
 from resnet_repro import distributed
 from resnet_repro.config import DataConfig, UserError
-from resnet_repro.data import sharding, stats
+from resnet_repro.data import channel_sums, sharding, stats
 from resnet_repro.data.normalization import (
     Normalization,
     Splits,
@@ -94,7 +94,7 @@ class PixelSums:
     """Exact sums over some crops: per-pixel int64 [3, S, S] plus the per-channel PartialSums."""
 
     pixels: np.ndarray
-    channels: stats.PartialSums
+    channels: channel_sums.PartialSums
 
 
 def crop_sums(cfg: DataConfig, files: list[str], decoder: str, device: torch.device) -> PixelSums:
@@ -103,7 +103,7 @@ def crop_sums(cfg: DataConfig, files: list[str], decoder: str, device: torch.dev
 
     s = cfg.image_size
     pixel_sum = torch.zeros((3, s, s), dtype=torch.int64, device=device)
-    channels = stats.PartialSums()
+    channels = channel_sums.PartialSums()
     if not files:
         return PixelSums(pixel_sum.cpu().numpy(), channels)
     # mean 0 and std 1/255 on the [0, 1] scale: the loaders apply 0 and 1.0 on the 0..255 scale, so
@@ -125,7 +125,7 @@ def crop_sums(cfg: DataConfig, files: list[str], decoder: str, device: torch.dev
         pixel_sum += x.sum(dim=0)
         per_image = x.sum(dim=(2, 3))  # [B, 3]
         means = per_image.double() / (255.0 * s * s)
-        batch = stats.PartialSums(
+        batch = channel_sums.PartialSums(
             num_images=x.shape[0],
             num_pixels=x.shape[0] * s * s,
             sum=tuple(int(v) for v in per_image.sum(dim=0).tolist()),
@@ -170,7 +170,7 @@ def compute(
         ints_t = distributed.all_reduce_sum(env, torch.from_numpy(ints).to(device))
         floats_t = distributed.all_reduce_sum(env, torch.from_numpy(floats).to(device))
         pixels_t = distributed.all_reduce_sum(env, torch.from_numpy(sums.pixels).to(device))
-        channels = stats.PartialSums.from_arrays(ints_t.cpu().numpy(), floats_t.cpu().numpy())
+        channels = channel_sums.PartialSums.from_arrays(ints_t.cpu().numpy(), floats_t.cpu().numpy())
         sums = PixelSums(pixels_t.cpu().numpy(), channels)
     mean_image, pixel_std = finalize(sums)
     holdout = {"size": cfg.holdout.size, "seed": cfg.holdout.seed} if splits.holdout is not None else None

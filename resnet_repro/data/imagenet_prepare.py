@@ -1,13 +1,10 @@
-"""ImageNet-1K (ILSVRC2012): prepare the folder layout from the official archives, and verify a folder.
+"""ImageNet-1K (ILSVRC2012): prepare the folder layout from the official archives.
 
 `prepare_imagenet` writes `<out>/train/<wnid>/*.JPEG` from ILSVRC2012_img_train.tar (a tar of 1000
 per-class tars) and `<out>/val/<wnid>/*.JPEG` from the flat validation images (the archive or an
 extracted folder), labelled by the devkit (meta.mat + ground-truth txt) or Kaggle's
 LOC_val_solution.csv. Class index everywhere = position of the wnid in sorted order (splits.py).
-
-`verify_data` counts images per split and class (against ImageNet-1K's numbers when asked), decodes
-every image with the same DALI decoder the training pipeline uses and lists the files that fail or are
-not what their name says (PNG data in a .JPEG, CMYK and grayscale JPEGs).
+Checking the result (counts, decodability) is resnet_repro.data.imagenet_verify.
 
 Why not torchvision.datasets.imagenet's parse_*_archive: they MD5 the archives first (minutes of
 hashing 147 GB, and a repacked archive is rejected), extract everything before moving anything (an
@@ -22,29 +19,17 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import os
-import re
 import shutil
 import tarfile
-import time
 import zlib
-from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
 from resnet_repro.config import UserError
 from resnet_repro.data.splits import IMAGE_EXTENSIONS
-
-# ImageNet-1K (ILSVRC2012-CLS) sizes
-NUM_CLASSES = 1000
-TRAIN_IMAGES = 1_281_167
-TRAIN_PER_CLASS = (732, 1300)  # smallest and largest training class
-VAL_IMAGES = 50_000
-VAL_PER_CLASS = 50
 
 DEVKIT_DIR = "ILSVRC2012_devkit_t12"
 DEVKIT_META = "data/meta.mat"
@@ -53,14 +38,6 @@ DEVKIT_GROUND_TRUTH = "data/ILSVRC2012_validation_ground_truth.txt"
 # Work in progress lives here (hidden: splits.find_classes skips dot folders) and is renamed into
 # <out>/train/<wnid> or <out>/val once complete, so a half-written class never looks finished.
 PARTIAL_DIR = ".partial"
-
-# Issue kinds from verify_data. Errors break training or evaluation; notes are files DALI decodes
-# correctly but other tools may not (the PIL backend, a colour-managed viewer).
-ERROR_KINDS = ("unreadable", "truncated", "undecodable")
-NOTE_KINDS = ("wrong_format", "cmyk", "grayscale", "unusual_mode")
-
-_WNID = re.compile(r"n\d{8}")
-_GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -255,6 +232,34 @@ def _extract_class_tar(fileobj: IO[bytes], archive: str, dest: Path) -> int:
     return n
 
 
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)  # a folder too: Linux syncs its entries this way
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(work: Path, final: Path) -> None:
+    """Rename the finished `work` folder to `final`, its files and folders synced to disk first.
+
+    A rerun skips a folder that has its final name, so what it holds must survive a power loss:
+    without the sync, the rename can reach the disk before the data and leave a complete-looking
+    class of empty or zero-filled files. Threads, because fsync releases the GIL and the file system
+    merges concurrent syncs into fewer journal commits (one class: ~1300 files).
+    """
+    files, folders = [], []
+    for dirpath, _, filenames in os.walk(work):
+        folders.append(dirpath)
+        files += [os.path.join(dirpath, f) for f in filenames]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(_fsync, files))
+    for folder in reversed(folders):  # deepest first
+        _fsync(folder)
+    work.rename(final)
+    _fsync(str(final.parent))  # the rename itself
+
+
 def _count_images(folder: Path) -> int:
     return sum(1 for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
 
@@ -317,9 +322,9 @@ def _prepare_train(train_tar: Path, out: Path, progress: bool) -> dict[str, int]
                 assert f is not None
                 with f:
                     counts["images"] += _extract_class_tar(f, f"{train_tar}:{m.name}", work)
-                work.rename(final)
+                _publish(work, final)
                 counts["extracted_classes"] += 1
-            bar.set_postfix(images=counts["images"])
+            bar.set_postfix(images=f"{counts['images']:,}")  # tqdm would show 40000 as 4e+4
     return counts
 
 
@@ -394,7 +399,7 @@ def _prepare_val(
             f"kept in {work}; rerun with the complete archive to finish"
         )
     classes = sorted({labels[n] for n in seen})
-    work.rename(val_final)
+    _publish(work, val_final)
     return {"classes": len(classes), "images": len(seen), "skipped": False, "labels": source}
 
 
@@ -487,321 +492,4 @@ def prepare_imagenet(
         with _truncation_is_a_user_error(val_tar or val_dir):
             summary["val"] = _prepare_val(out, val_tar, val_dir, labels, label_source, progress)
     _remove_empty_dirs(out / PARTIAL_DIR)
-    return summary
-
-
-# --------------------------------------------------------------------------------------------------
-# Verification
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Inspected:
-    """What reading a file and parsing its header (PIL, no pixel decode) found."""
-
-    path: str
-    split: str
-    data: bytes | None = None
-    is_jpeg: bool = False  # JPEG data, whatever the name says
-    has_eoi: bool = True
-    open_error: str | None = None
-    notes: list[dict[str, str]] = field(default_factory=list)
-
-
-def _inspect(path: str, split: str, keep_bytes: bool) -> _Inspected:
-    from PIL import Image, UnidentifiedImageError
-
-    r = _Inspected(path, split)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        r.open_error = f"cannot read: {e}"
-        return r
-    r.data = data if keep_bytes else None
-    if not data:
-        r.open_error = "empty file"
-        return r
-    r.is_jpeg = data[:3] == b"\xff\xd8\xff"
-    # A complete JPEG ends with the end-of-image marker FF D9 (some writers pad with zeros)
-    r.has_eoi = not r.is_jpeg or data.rstrip(b"\0").endswith(b"\xff\xd9")
-    try:
-        im = Image.open(io.BytesIO(data))  # header only: format, mode and size
-    except UnidentifiedImageError:
-        r.open_error = "PIL cannot identify it: no image format it knows"
-        return r
-    except Exception as e:  # a damaged header: SyntaxError, OSError, ValueError ...
-        r.open_error = f"PIL cannot read its header: {e}"
-        return r
-    fmt, mode = im.format, im.mode
-    expected = "PNG" if path.lower().endswith(".png") else "JPEG"
-    if fmt != expected:
-        r.notes.append(_issue(r, "wrong_format", f"not a {expected}: {fmt} data, mode {mode}"))
-    if mode == "CMYK":
-        if "adobe" in im.info:
-            detail = f"mode CMYK, Adobe marker (transform {im.info.get('adobe_transform')})"
-        else:
-            # No Adobe APP14 marker: PIL reads the channels as plain CMYK, DALI (nvImageCodec) as
-            # Adobe-inverted CMYK, so the two backends give different colours for this file.
-            detail = "mode CMYK, no Adobe marker: DALI and PIL decode it to different colours"
-        r.notes.append(_issue(r, "cmyk", detail))
-    elif mode in _GRAYSCALE_MODES:
-        r.notes.append(_issue(r, "grayscale", f"mode {mode}"))
-    elif mode != "RGB":
-        r.notes.append(_issue(r, "unusual_mode", f"mode {mode}"))
-    return r
-
-
-def _issue(r: _Inspected, kind: str, detail: str) -> dict[str, str]:
-    return {"split": r.split, "path": r.path, "kind": kind, "detail": detail}
-
-
-def _pil_load_error(data: bytes) -> str | None:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-    except Exception as e:
-        return str(e) or type(e).__name__
-    return None
-
-
-def _failure(r: _Inspected, dali_error: str | None, decode: bool) -> dict[str, str] | None:
-    """The error issue for a file, or None when it is usable."""
-    if decode:
-        if dali_error is None and r.open_error is None:
-            return None
-    elif r.open_error is None and r.has_eoi:
-        return None
-    parts = []
-    if dali_error is not None:
-        parts.append(f"DALI: {dali_error}")
-    if r.open_error is not None:
-        parts.append(r.open_error)
-    elif r.data is not None:
-        pil = _pil_load_error(r.data)
-        parts.append(f"PIL: {pil}" if pil else "PIL decodes it")
-    if not r.has_eoi:
-        parts.append("no JPEG end-of-image marker (FF D9) at the end")
-    if r.open_error is not None and r.open_error.startswith(("cannot read", "empty")):
-        kind = "unreadable"
-    elif not r.has_eoi or "truncated" in " ".join(parts).lower():
-        kind = "truncated"
-    else:
-        kind = "undecodable"
-    return _issue(r, kind, "; ".join(parts))
-
-
-class _DaliDecoder:
-    """Decodes batches of encoded images with DALI on the CPU (the decoder the training pipeline
-    uses) and says which items fail: DALI fails a whole batch on one bad file, so a failed batch is
-    bisected until the bad files are isolated."""
-
-    def __init__(self, batch_size: int, num_threads: int) -> None:
-        try:
-            from nvidia.dali import fn, pipeline_def, types
-        except ImportError as e:
-            raise UserError("decoding needs NVIDIA DALI (nvidia-dali-*); or verify without decoding") from e
-
-        def define():
-            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-            # Only the shapes leave the pipeline: decoding is the test, the pixels are not needed.
-            return fn.decoders.image(encoded, device="cpu", output_type=types.RGB).shape()
-
-        self._make = lambda: pipeline_def(define)(
-            batch_size=batch_size, num_threads=num_threads, device_id=None, prefetch_queue_depth=1
-        )
-        self._pipe = self._build()
-
-    def _build(self):
-        pipe = self._make()
-        pipe.build()
-        return pipe
-
-    def errors(self, datas: list[bytes]) -> list[str | None]:
-        import numpy as np
-
-        if not datas:
-            return []
-        try:
-            self._pipe.run(encoded=[np.frombuffer(d, dtype=np.uint8) for d in datas])
-            return [None] * len(datas)
-        except Exception as e:  # DALI raises RuntimeError (sometimes others) for any failed sample
-            self._pipe = self._build()  # a pipeline that raised is no longer valid
-            if len(datas) == 1:
-                return [_dali_message(e)]
-            mid = len(datas) // 2
-            return self.errors(datas[:mid]) + self.errors(datas[mid:])
-
-
-def _dali_message(e: Exception) -> str:
-    """The informative lines of a DALI error (it repeats a pipeline traceback around them)."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    if "encountered:" in lines:
-        lines = lines[lines.index("encountered:") + 1 :]
-    lines = [ln for ln in lines if not ln.startswith(("Current pipeline object", "C++ context"))]
-    return " ".join(lines[:2]).rstrip(" :") or type(e).__name__
-
-
-def _scan_split(split_dir: Path) -> tuple[dict[str, list[str]], int]:
-    """Image paths per class folder, and the number of images lying directly in the split folder."""
-    per_class: dict[str, list[str]] = {}
-    loose = 0
-    for e in sorted(os.scandir(split_dir), key=lambda e: e.name):
-        if e.name.startswith("."):
-            continue
-        if e.is_dir():
-            per_class[e.name] = sorted(
-                os.path.join(e.path, f.name)
-                for f in os.scandir(e.path)
-                if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS)
-            )
-        elif e.name.lower().endswith(IMAGE_EXTENSIONS):
-            loose += 1
-    return per_class, loose
-
-
-def _count_problems(splits: dict[str, dict[str, Any]], expect_imagenet: bool) -> list[str]:
-    problems: list[str] = []
-    for split, s in splits.items():
-        if s["loose_images"]:
-            problems.append(
-                f"{split}: {s['loose_images']} images lie outside class folders; "
-                "expected <split>/<class>/<image> (prepare-imagenet sorts the flat validation set)"
-            )
-        problems += [f"{split}/{c}: empty class folder" for c, n in s["per_class"].items() if n == 0]
-    train = splits.get("train")
-    for split, s in splits.items():
-        if split == "train" or train is None:
-            continue
-        extra = sorted(set(s["per_class"]) - set(train["per_class"]))
-        if extra:
-            problems.append(f"{split}: {len(extra)} classes not in train: {', '.join(extra[:10])}")
-    if not expect_imagenet:
-        return problems
-    expected = {
-        "train": (TRAIN_IMAGES, TRAIN_PER_CLASS, "732 to 1300"),
-        "val": (VAL_IMAGES, (VAL_PER_CLASS, VAL_PER_CLASS), str(VAL_PER_CLASS)),
-    }
-    for split, (total, (lo, hi), per_class_text) in expected.items():
-        s = splits.get(split)
-        if s is None:
-            problems.append(f"{split}: split folder is missing")
-            continue
-        if s["classes"] != NUM_CLASSES:
-            problems.append(f"{split}: {s['classes']} classes, expected {NUM_CLASSES}")
-        if s["images"] != total:
-            problems.append(f"{split}: {s['images']:,} images, expected {total:,}")
-        not_wnid = [c for c in s["per_class"] if not _WNID.fullmatch(c)]
-        if not_wnid:
-            problems.append(f"{split}: {len(not_wnid)} folders are not wnids: {', '.join(not_wnid[:10])}")
-        problems += [
-            f"{split}/{c}: {n} images, expected {per_class_text}"
-            for c, n in s["per_class"].items()
-            if n and not lo <= n <= hi
-        ]
-    if train is not None and "val" in splits:
-        missing = sorted(set(train["per_class"]) - set(splits["val"]["per_class"]))
-        if missing:
-            problems.append(f"val: {len(missing)} train classes missing: {', '.join(missing[:10])}")
-    return problems
-
-
-def verify_data(
-    root: Path,
-    *,
-    expect_imagenet: bool,
-    num_threads: int,
-    decode: bool = True,
-    progress: bool = True,
-    summary_path: Path | None,
-) -> dict[str, Any]:
-    """Count and check every image under `<root>/<split>/<class>/`; returns (and writes to `summary_path`
-    as JSON) the summary: per-split counts, count `problems`, per-file `issues` and `ok`.
-
-    expect_imagenet: check the splits train and val against ImageNet-1K's numbers (1000 classes;
-    1,281,167 train images, 732 to 1300 per class; 50,000 val images, 50 per class); otherwise every
-    sub-folder of root is a split and only consistency is checked.
-    decode: decode every image with DALI on the CPU, in parallel over `num_threads`; without it only
-    headers and the JPEG end marker are read. Issues name the path; kinds "unreadable", "truncated" and
-    "undecodable" are errors, "wrong_format" (e.g. PNG data named .JPEG), "cmyk", "grayscale" and
-    "unusual_mode" are notes (DALI decodes them to RGB).
-    """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise UserError(f"data root {root} does not exist or is not a folder")
-    if num_threads < 1:
-        raise UserError(f"num_threads is {num_threads}; it must be at least 1")
-    if expect_imagenet:
-        split_names = [s for s in ("train", "val") if (root / s).is_dir()]
-    else:
-        split_names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    if not split_names:
-        raise UserError(f"{root} has no split folders; expected {root}/<split>/<class>/<image>")
-
-    splits: dict[str, dict[str, Any]] = {}
-    files: list[tuple[str, str]] = []  # (split, path)
-    for split in split_names:
-        per_class, loose = _scan_split(root / split)
-        counts = {c: len(paths) for c, paths in per_class.items()}
-        splits[split] = {
-            "images": sum(counts.values()),
-            "classes": len(counts),
-            "loose_images": loose,
-            "per_class": counts,
-        }
-        files += [(split, p) for paths in per_class.values() for p in paths]
-    problems = _count_problems(splits, expect_imagenet)
-
-    issues: list[dict[str, str]] = []
-    started = time.perf_counter()
-    batch_size = 64
-    decoder = _DaliDecoder(batch_size, num_threads) if decode and files else None
-    with ThreadPoolExecutor(num_threads) as pool:
-
-        def submit(batch: list[tuple[str, str]]) -> list[Future[_Inspected]]:
-            return [pool.submit(_inspect, p, s, decode) for s, p in batch]
-
-        bar = _progress(None, progress, total=len(files), desc="verify", unit="img")
-        pending = submit(files[:batch_size])
-        for start in range(0, len(files), batch_size):
-            inspected = [f.result() for f in pending]
-            # Read the next batch while DALI decodes this one
-            pending = submit(files[start + batch_size : start + 2 * batch_size])
-            dali_errors: list[str | None] = [None] * len(inspected)
-            if decoder is not None:
-                usable = [k for k, r in enumerate(inspected) if r.data]  # empty files never reach DALI
-                for k, err in zip(usable, decoder.errors([inspected[k].data for k in usable]), strict=True):
-                    dali_errors[k] = err
-            for r, err in zip(inspected, dali_errors, strict=True):
-                issues += r.notes
-                failure = _failure(r, err, decode)
-                if failure is not None:
-                    issues.append(failure)
-            bar.update(len(inspected))
-        bar.close()
-    seconds = time.perf_counter() - started
-
-    issue_counts = Counter(i["kind"] for i in issues)
-    errors = sum(issue_counts[k] for k in ERROR_KINDS)
-    summary: dict[str, Any] = {
-        "root": str(root),
-        "expect_imagenet": expect_imagenet,
-        "decoded": decode,
-        "images": len(files),
-        "splits": splits,
-        "problems": problems,
-        "issue_counts": {k: issue_counts[k] for k in ERROR_KINDS + NOTE_KINDS if issue_counts[k]},
-        "issues": issues,
-        "seconds": round(seconds, 3),
-        "images_per_s": round(len(files) / seconds, 1) if seconds > 0 else None,
-        "ok": not problems and errors == 0,
-    }
-    if summary_path is not None:
-        summary_path = Path(summary_path).expanduser()
-        summary_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = summary_path.with_name(f".{summary_path.name}.part")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, summary_path)
     return summary
