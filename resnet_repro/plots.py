@@ -104,10 +104,10 @@ def curves(panels: dict[str, dict[str, Series]], *, title: str) -> Figure:
 
 
 def stabilizer(
-    norms: dict[str, Series], clipped: Series, lr: Series, *, max_norm: float | None, title: str
+    norms: dict[str, Series], clipped: Series, lr: dict[str, Series], *, max_norm: float | None, title: str
 ) -> Figure:
     """Top: pre-clip gradient-norm quantiles per epoch (log axis), the max_norm line, and the
-    fraction of steps clipped (right axis). Bottom: the learning rate per epoch."""
+    fraction of steps clipped (right axis). Bottom: the learning rate per epoch ({label: series})."""
     fig = Figure(figsize=(8, 6.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
     for label, (epochs, values) in norms.items():
@@ -120,16 +120,18 @@ def stabilizer(
     right = top.twinx()
     epochs, fractions = clipped
     right.plot(epochs, [100 * f for f in fractions], ":sk", markersize=3, label="steps clipped (%)")
-    right.set_ylim(0, 100)
+    right.set_ylim(0, 105)  # 100% stays visible above the frame
     right.set_ylabel("steps clipped (%)")
     handles = top.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    top.legend(handles=handles, loc="upper right", fontsize="small")
+    right.legend(handles=handles, loc="lower left", fontsize="small")  # the twin is drawn last: on top
     top.set_title(title + ("" if max_norm is not None else "  (max_norm null: no clipping)"))
 
-    bottom.plot(*lr, marker="o", markersize=3, color="tab:green")
-    if all(v > 0 for v in lr[1]):
+    for label, (epochs, values) in lr.items():
+        bottom.plot(epochs, values, marker="o", markersize=3, label=label)
+    if all(v > 0 for _, values in lr.values() for v in values):
         bottom.set_yscale("log")  # step decay and warm-up span decades
-    bottom.set_ylabel("learning rate\n(at epoch start)")
+    bottom.set_ylabel("learning rate")
+    bottom.legend(fontsize="small")
     bottom.set_xlabel("epoch")
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     bottom.grid(alpha=0.3, which="both")

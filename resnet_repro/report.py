@@ -562,9 +562,9 @@ def stabilizer_figure(metrics: list[dict[str, Any]], max_norm: float | None, tit
     """Per epoch: pre-clip gradient-norm p50/p90/p99/max, the max_norm line, the clipped fraction, LR."""
     train = [r for r in metrics if r.get("split") == "train"]
     norms = {q: series(train, f"grad_norm_{q}") for q in ("p50", "p90", "p99", "max")}
-    return plots.stabilizer(
-        norms, series(train, "clipped_fraction"), series(train, "lr"), max_norm=max_norm, title=title
-    )
+    # the LR each epoch started and ended with: warm-up rises within an epoch, milestones step between
+    lr = {"at epoch start": series(train, "lr"), "at epoch end": series(train, "lr_end")}
+    return plots.stabilizer(norms, series(train, "clipped_fraction"), lr, max_norm=max_norm, title=title)
 
 
 def is_run_dir(path: Path) -> bool:

@@ -325,6 +325,7 @@ def write_run(run: Path, max_norm: float | None) -> Path:
             "loss": 3.0 / epoch,
             "top1": 0.2 * epoch,
             "lr": 0.1 / 10 ** (epoch - 1),
+            "lr_end": 0.05 / 10 ** (epoch - 1),
         }
         rows += [
             {**train, **norms, **clipped},
@@ -356,8 +357,9 @@ def test_a_run_directory_gets_its_curves_and_the_stabilizer_figure(tmp_path: Pat
     assert norm_ax.get_yscale() == "log"
     (clipped,) = clip_ax.get_lines()
     assert clipped.get_ydata().tolist() == [pytest.approx(60.0 / e) for e in (1, 2, 3)]
-    (lr,) = lr_ax.get_lines()
-    assert lr.get_ydata().tolist() == [pytest.approx(0.1), pytest.approx(0.01), pytest.approx(0.001)]
+    lr_start, lr_end = lr_ax.get_lines()
+    assert lr_start.get_ydata().tolist() == [pytest.approx(0.1), pytest.approx(0.01), pytest.approx(0.001)]
+    assert lr_end.get_ydata().tolist() == [pytest.approx(0.05), pytest.approx(0.005), pytest.approx(0.0005)]
 
     loss_ax, top1_ax = report.run_curves(metrics, "run1").axes
     assert [line.get_label() for line in loss_ax.get_lines()] == ["train", "val"]
