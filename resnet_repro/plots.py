@@ -85,7 +85,7 @@ def bars(labels: list[str], values: list[float | None], texts: list[str], *, tit
 
 def curves(panels: dict[str, dict[str, Series]], *, title: str) -> Figure:
     """One panel per entry ({panel title: {line label: (epochs, values)}}), side by side, one legend."""
-    fig = Figure(figsize=(5 * len(panels) + 2.5, 4.2), layout="constrained")
+    fig = Figure(figsize=(5 * len(panels), 4.5), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (name, lines) in zip(axes, panels.items(), strict=True):
         if len(lines) > 10:  # the default cycle repeats after 10 colours
@@ -98,7 +98,7 @@ def curves(panels: dict[str, dict[str, Series]], *, title: str) -> Figure:
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(2, len(labels)), fontsize="small")
     fig.suptitle(title)
     return fig
 
