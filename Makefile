@@ -45,8 +45,13 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix resnet_repro tests scripts
 	$(BIN)/ruff format resnet_repro tests scripts
 
-tensorboard: $(STAMP) ## serve TensorBoard over runs/ and multiruns/ on port 6006
-	$(BIN)/tensorboard --logdir . --port 6006 --bind_all
+# TensorBoard listens on this machine only (reach it from a laptop with `ssh -L 6006:localhost:6006 HOST`);
+# HOST=0.0.0.0 serves every interface: anyone who can reach the port sees the runs. `:=`, so an
+# exported HOST variable of the shell (tcsh sets one to the host name) cannot widen it by accident.
+HOST := 127.0.0.1
+PORT := 6006
+tensorboard: $(STAMP) ## serve TensorBoard over runs/ and multiruns/ on localhost:6006 (HOST=0.0.0.0: all interfaces)
+	$(BIN)/tensorboard --logdir . --port $(PORT) --host $(HOST)
 
 # The recipe's global batch 256 (trainer.global_batch) is split over the GPUS devices
 train-imagenet: $(STAMP) ## torchvision's ResNet-50 recipe (EXPERIMENT=he2016: the paper as written): make train-imagenet DATA=/path/to/imagenet GPUS=8

@@ -16,6 +16,7 @@ from resnet_repro.config import (
     deprecation_warnings,
     per_device_batch,
     register_configs,
+    sweep_collisions,
     to_dataclass,
     validate,
 )
@@ -36,7 +37,8 @@ commands:
   verify-data data.root=DIR      count images per split and class, decode every image, report problems
                                  (--no-decode: headers only)
   stats [data overrides]         train-only per-channel mean/std -> stats file beside the data; prints JSON
-  report MULTIRUN_DIR            table (markdown + CSV), plot and TensorBoard hparams of a sweep
+  report MULTIRUN_DIR            table (markdown + CSV), heat map, curves and TensorBoard hparams of a sweep
+  report RUN_DIR                 one run's curves and gradient-norm/clipping/LR figure (PNG)
   bench MODE [overrides]         throughput: model | data | train | loop-overhead | stats; table + JSON
   plan [-m] [overrides]          steps, images and expected wall time of a run or a -m sweep; table + JSON
 
@@ -206,6 +208,13 @@ def _hydra_command(task: Callable[[DictConfig], object], args: list[str], comman
         _fail(str(e))
     for line in deprecation_warnings(args):
         print(f"{PROG}: warning: {line}", file=sys.stderr)
+    swept = sweep_collisions(args) if {"-m", "--multirun"} & set(args) else []
+    if swept and not any(a.startswith("hydra.sweep.subdir=") for a in args):
+        _fail(
+            f"sweeping {', '.join(swept)} (run control, left out of job directory names) would put every "
+            "job in one directory; name the jobs by number: 'hydra.sweep.subdir=${hydra.job.num}_"
+            "${hydra.job.override_dirname}'"
+        )
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
     _register_help(command)
@@ -560,26 +569,29 @@ def _stats(dcfg: DictConfig) -> None:
 def _report(args: list[str]) -> None:
     import argparse
 
-    from resnet_repro.report import collect, markdown_table, write_hparams, write_report
+    from resnet_repro import report
 
     p = argparse.ArgumentParser(
         prog=f"{PROG} report",
-        description="Summarize a Hydra multirun directory: one table of its jobs (markdown + CSV), "
-        "a heat map PNG, and TensorBoard hparams in each job's events.",
-        epilog=f"example:\n  {PROG} report multiruns/demo/<date>",
+        description="Summarize a Hydra multirun directory (table, CSV, heat map, curves, TensorBoard "
+        "hparams), or plot one run directory (curves.png, stabilizer.png).",
+        epilog=f"example:\n  {PROG} report multiruns/demo/<date>\n  {PROG} report runs/demo/<id>",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("multirun_dir", type=Path, help="the sweep's folder (hydra.sweep.dir)")
+    p.add_argument("dir", type=Path, metavar="MULTIRUN_DIR|RUN_DIR")
     p.add_argument("--no-hparams", action="store_true", help="do not write TensorBoard hparams")
     ns = p.parse_args(args)
     try:
-        rows = collect(ns.multirun_dir)
-        paths = write_report(rows, ns.multirun_dir)
-        if not ns.no_hparams:
-            write_hparams(rows)
+        rows = report.collect(ns.dir)
+        if report.is_run_dir(ns.dir):  # one run: its own figures; a table of one row needs no files
+            paths = report.write_run_figures(ns.dir)
+        else:
+            paths = report.write_report(rows, ns.dir)
+            if not ns.no_hparams:
+                report.write_hparams(rows)
     except UserError as e:
         _fail(str(e))
-    print(markdown_table(rows))
+    print(report.markdown_table(rows))
     print("\n" + "\n".join(f"{kind}: {path}" for kind, path in paths.items()))
 
 

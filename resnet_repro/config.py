@@ -393,6 +393,61 @@ REFERENCES = ("torchvision", "he2016")
 # Old config option names that still work, and what they are now called
 DEPRECATED_OPTIONS: dict[tuple[str, str], str] = {("data/augment", "paper"): "torchvision"}
 
+# Run-control keys: how and where a run executes (progress bars, step caps, processes, resume,
+# checkpoint cadence, preemption, data location and threads), not what it learns. They are left
+# out of a sweep job's directory name and out of the hyperparameters `resnet-repro report` gives
+# TensorBoard. conf/config.yaml's hydra.job.config.override_dirname.exclude_keys is this list
+# (Hydra matches exact keys; tests/test_config.py checks the two agree). hydra.* overrides
+# (launcher, sweep dir) never reach a job's overrides and need no entry. Sweeping one of these
+# keys would give every job the same directory name: the CLI refuses that (see sweep_collisions).
+RUN_CONTROL_KEYS: tuple[str, ...] = (
+    "logging.tensorboard",
+    "logging.progress",
+    "logging.log_every_steps",
+    "trainer.nproc",
+    "trainer.max_steps_per_epoch",
+    "trainer.resume",
+    "trainer.resume_with_changes",
+    "trainer.checkpoint_every_minutes",
+    "trainer.keep_last_k",
+    "trainer.preempt_signals",
+    "trainer.preempt_check_steps",
+    "trainer.requeue",
+    "trainer.dist_timeout_s",
+    "data.root",
+    "data.num_threads",
+    "data.prefetch",
+    "data.stats.path",
+    "checkpoint",
+)
+
+
+def is_run_control(key: str) -> bool:
+    """Whether an override key (`+key`/`++key`/`~key` forms too) is run control, not a hyperparameter."""
+    key = key.lstrip("+~")
+    return key in RUN_CONTROL_KEYS or key.startswith("hydra.")
+
+
+def sweep_collisions(overrides: Sequence[str]) -> list[str]:
+    """Run-control keys given several values on a multirun command line (`key=a,b`, `key=range(..)`):
+    their jobs would share one directory, since these keys are left out of its name."""
+    swept = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not is_run_control(key) or key.lstrip("+~").startswith("hydra."):
+            continue
+        depth, top_level_comma = 0, False  # a comma inside [..] is a list value, not a sweep
+        for char in value:
+            if char in "[{(":
+                depth += 1
+            elif char in "]})":
+                depth -= 1
+            elif char == "," and depth == 0:
+                top_level_comma = True
+        if top_level_comma or value.strip().startswith(("range(", "choice(", "glob(")):
+            swept.append(key.lstrip("+~"))
+    return swept
+
 
 def deprecation_warnings(overrides: Sequence[str]) -> list[str]:
     """One line per command-line `group=option` (also in a sweep's comma list) that names a

@@ -1,11 +1,10 @@
-"""Sweep aggregation: one row per job of a Hydra multirun -> report.md, report.csv, a PNG, TB hparams.
+"""Sweep aggregation: one row per job of a Hydra multirun -> report.md, report.csv, PNG figures, TB hparams.
 
 A job directory is any directory below the sweep directory that holds `.hydra/overrides.yaml` (written by
 Hydra at job start) or `config.yaml` (written by `train`). Everything here reads files only, so it also
 works on a sweep that is still running or whose jobs crashed: missing files give missing cells, never
-an error. Accuracies are fractions (as in metrics.jsonl); report.md and the plot show percentages.
-
-No matplotlib dependency: the plot is drawn with PIL.
+an error. Accuracies are fractions (as in metrics.jsonl); report.md and the figures show percentages.
+A single run directory (metrics.jsonl inside it) gets its own figures: curves and the stabilizer's.
 """
 
 from __future__ import annotations
@@ -18,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from PIL import Image, ImageDraw, ImageFont
+from matplotlib.figure import Figure
 
-from resnet_repro.config import UserError
+from resnet_repro import plots
+from resnet_repro.config import UserError, is_run_control
 
 Row = dict[str, Any]
 
@@ -386,55 +386,29 @@ def _write_csv(rows: list[Row], path: Path) -> None:
 
 
 def write_report(rows: list[Row], out_dir: Path) -> dict[str, Path]:
-    """report.md, report.csv and report.png in `out_dir`; returns {"markdown", "csv", "plot": path}."""
+    """report.md, report.csv, report.png (heat map or bars) and curves.png (every job per epoch) in
+    `out_dir`; returns {"markdown", "csv", "plot", "curves": path}."""
     if not rows:
         raise UserError(f"no jobs to report in {out_dir}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out_dir / "report.md", "csv": out_dir / "report.csv", "plot": out_dir / "report.png"}
+    paths = {
+        "markdown": out_dir / "report.md",
+        "csv": out_dir / "report.csv",
+        "plot": out_dir / "report.png",
+        "curves": out_dir / "curves.png",
+    }
     paths["markdown"].write_text(_markdown_report(rows, "/".join(out_dir.resolve().parts[-2:])))
     _write_csv(rows, paths["csv"])
     draw_plot(rows, paths["plot"])
+    plots.save(sweep_curves(rows), paths["curves"])
     return paths
 
 
 # ----------------------------------------------------------------------------------------------------
-# Plot (PIL): a heat map for a sweep over two keys, else a bar chart
+# Figures (drawn by plots.py): a heat map for a sweep over two keys, else a bar chart; every job's
+# curves; for one run its curves and the stabilizer figure
 # ----------------------------------------------------------------------------------------------------
-
-_FONT_SIZE = 14
-_PAD = 12
-_CELL_W, _CELL_H = 120, 56
-_BG, _FG, _GRID = (255, 255, 255), (20, 20, 20), (200, 200, 200)
-_FAILED_BG, _EMPTY_BG = (175, 175, 175), (240, 240, 240)
-# viridis at 0, 0.25, 0.5, 0.75, 1 (perceptually uniform, readable in grey scale)
-_VIRIDIS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
-
-
-def _font(size: int = _FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)  # scalable with FreeType (Pillow >= 10.1)
-    except (TypeError, OSError):
-        return ImageFont.load_default()
-
-
-def _text_size(draw: ImageDraw.ImageDraw, text: str, font: Any) -> tuple[int, int]:
-    left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=font)
-    return int(right - left), int(bottom - top)
-
-
-def _colour(t: float) -> tuple[int, int, int]:
-    """Viridis colour for t in [0, 1], linearly interpolated between 5 anchors."""
-    t = min(1.0, max(0.0, t)) * (len(_VIRIDIS) - 1)
-    i = min(int(t), len(_VIRIDIS) - 2)
-    f = t - i
-    a, b = _VIRIDIS[i], _VIRIDIS[i + 1]
-    return tuple(round(x + (y - x) * f) for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
-
-
-def _ink_on(bg: tuple[int, int, int]) -> tuple[int, int, int]:
-    luminance = 0.299 * bg[0] + 0.587 * bg[1] + 0.114 * bg[2]
-    return _FG if luminance > 140 else _BG
 
 
 def _value_order(texts: Iterable[str]) -> list[str]:
@@ -471,38 +445,11 @@ def _cell_text(row: Row | None) -> str:
     return text
 
 
-def _scale(rows: Iterable[Row | None]) -> tuple[float, float]:
-    ok = [r for r in rows if r and r["status"] not in FAILED_STATUSES]
-    values = [score(r) for r in ok if score(r) is not None]
-    return (min(values), max(values)) if values else (0.0, 1.0)
-
-
-def _fill(row: Row | None, lo: float, hi: float) -> tuple[int, int, int]:
-    if row is None:
-        return _EMPTY_BG
-    value = score(row)
-    if row["status"] in FAILED_STATUSES or value is None:
-        return _FAILED_BG
-    return _colour((value - lo) / (hi - lo) if hi > lo else 0.5)
-
-
-def _centered(draw: ImageDraw.ImageDraw, box: tuple[int, ...], text: str, font: Any, fill: Any) -> None:
-    w, h = _text_size(draw, text, font)
-    x = box[0] + (box[2] - box[0] - w) // 2
-    y = box[1] + (box[3] - box[1] - h) // 2
-    draw.multiline_text((x, y), text, font=font, fill=fill, align="center")
-
-
-def _colour_bar(
-    draw: ImageDraw.ImageDraw, xy: tuple[int, int], height: int, scale: tuple[float, float], font: Any
-) -> None:
-    """A vertical viridis bar from lo (bottom) to hi (top), labelled in percent."""
-    (x, y), (lo, hi) = xy, scale
-    for i in range(height):
-        draw.line([(x, y + i), (x + 16, y + i)], fill=_colour(1 - i / max(1, height - 1)))
-    draw.rectangle([x, y, x + 16, y + height], outline=_GRID)
-    draw.text((x + 22, y), _pct(hi), font=font, fill=_FG)
-    draw.text((x + 22, y + height - _FONT_SIZE), _pct(lo), font=font, fill=_FG)
+def _plotted_score(row: Row | None) -> float | None:
+    """The percentage that colours a cell or sizes a bar; None (grey) for failed or missing jobs."""
+    if row is None or row["status"] in FAILED_STATUSES or score(row) is None:
+        return None
+    return 100 * score(row)
 
 
 def _best_of(rows: list[Row]) -> Row | None:
@@ -510,69 +457,30 @@ def _best_of(rows: list[Row]) -> Row | None:
     return sort_rows(rows)[0] if rows else None
 
 
-def heat_map(rows: list[Row], row_key: str, col_key: str) -> Image.Image:
+def heat_map(rows: list[Row], row_key: str, col_key: str) -> Figure:
     """Best top-1 (%) on a grid of row_key values x col_key values; failed cells grey and labelled."""
-    font, small = _font(), _font(_FONT_SIZE - 2)
     ys = _value_order(_value_text(r, row_key) for r in rows)
     xs = _value_order(_value_text(r, col_key) for r in rows)
-    grid = {
-        (y, x): _best_of([r for r in rows if (_value_text(r, row_key), _value_text(r, col_key)) == (y, x)])
+    grid = [
+        [
+            _best_of([r for r in rows if (_value_text(r, row_key), _value_text(r, col_key)) == (y, x)])
+            for x in xs
+        ]
         for y in ys
-        for x in xs
-    }
-    lo, hi = _scale(grid.values())
-
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    row_label_w = max(_text_size(probe, y, font)[0] for y in ys) + _PAD
-    axis_h = _text_size(probe, row_key, font)[1] + _PAD  # height of the rotated y-axis title
-    title = "best top-1 (%) on the selection split; (final) where a run had none"
-    left = _PAD + axis_h + row_label_w
-    top = _PAD + 2 * (_FONT_SIZE + _PAD)  # title line, column value labels
-    width = left + len(xs) * _CELL_W + _PAD + 80  # + colour bar and its labels
-    height = top + len(ys) * _CELL_H + 2 * _PAD + _FONT_SIZE
-    img = Image.new("RGB", (max(width, left + _text_size(probe, title, font)[0] + _PAD), height), _BG)
-    draw = ImageDraw.Draw(img)
-
-    draw.text((left, _PAD), title, font=font, fill=_FG)
-    for j, x in enumerate(xs):
-        cx = left + j * _CELL_W
-        _centered(draw, (cx, top - _FONT_SIZE - _PAD, cx + _CELL_W, top - 4), x, font, _FG)
-    for i, y in enumerate(ys):
-        cy = top + i * _CELL_H
-        w, h = _text_size(draw, y, font)
-        draw.text((left - w - _PAD // 2, cy + (_CELL_H - h) // 2), y, font=font, fill=_FG)
-        for j, x in enumerate(xs):
-            box = (left + j * _CELL_W, cy, left + (j + 1) * _CELL_W, cy + _CELL_H)
-            cell = grid[(y, x)]
-            bg = _fill(cell, lo, hi)
-            draw.rectangle(box, fill=bg, outline=_BG, width=2)
-            _centered(draw, box, _cell_text(cell), small if cell is None else font, _ink_on(bg))
-
-    grid_bottom = top + len(ys) * _CELL_H
-    _centered(draw, (left, grid_bottom + 4, left + len(xs) * _CELL_W, height), col_key, font, _FG)
-    _paste_rotated_label(img, row_key, font, (_PAD, top, _PAD + axis_h, grid_bottom))
-    _colour_bar(draw, (left + len(xs) * _CELL_W + _PAD, top), len(ys) * _CELL_H, (lo, hi), small)
-    return img
+    ]
+    return plots.heat_map(
+        [[_plotted_score(cell) for cell in line] for line in grid],
+        [[_cell_text(cell) for cell in line] for line in grid],
+        ys,
+        xs,
+        row_key=row_key,
+        col_key=col_key,
+        title="best top-1 (%) on the selection split; (final) where a run had none",
+    )
 
 
-def _paste_rotated_label(img: Image.Image, text: str, font: Any, box: tuple[int, int, int, int]) -> None:
-    """The y-axis title, drawn horizontally on its own image and turned 90 degrees."""
-    probe = ImageDraw.Draw(img)
-    w, h = _text_size(probe, text, font)
-    label = Image.new("RGB", (w + 4, h + 6), _BG)
-    ImageDraw.Draw(label).text((2, 0), text, font=font, fill=_FG)
-    label = label.rotate(90, expand=True)
-    room = box[3] - box[1]
-    if label.height > room:  # a long key beside a short grid: shrink it to fit rather than clip it
-        label = label.resize((max(1, label.width * room // label.height), room), Image.Resampling.LANCZOS)
-    x = box[0] + max(0, (box[2] - box[0] - label.width) // 2)
-    y = box[1] + max(0, (box[3] - box[1] - label.height) // 2)
-    img.paste(label, (x, y))
-
-
-def bar_chart(rows: list[Row], key: str | None) -> Image.Image:
+def bar_chart(rows: list[Row], key: str | None) -> Figure:
     """Horizontal bars of best top-1 (%), one per job: labelled by `key`'s value, or by job name."""
-    font = _font()
     if key is not None:
         order = _value_order(_value_text(r, key) for r in rows)
         rows = sorted(rows, key=lambda r: (order.index(_value_text(r, key)), r["job"]))
@@ -580,41 +488,105 @@ def bar_chart(rows: list[Row], key: str | None) -> Image.Image:
     else:
         rows = sort_rows(rows)
         labels = [r["job"] if len(r["job"]) <= 60 else "..." + r["job"][-57:] for r in rows]
-    lo, hi = _scale(rows)
-    bar_h, bar_max = 28, 420
-
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = max(_text_size(probe, t, font)[0] for t in labels) + _PAD
+    texts = [f"failed ({_failure(r)})" if r["status"] in FAILED_STATUSES else _cell_text(r) for r in rows]
     title = "best top-1 (%), else final" + (f" by {key}" if key else "")
-    top = _PAD + _FONT_SIZE + _PAD
-    width = max(_PAD + label_w + bar_max + 140, 2 * _PAD + _text_size(probe, title, font)[0])
-    img = Image.new("RGB", (width, top + len(rows) * (bar_h + 6) + _PAD), _BG)
-    draw = ImageDraw.Draw(img)
-    draw.text((_PAD, _PAD), title, font=font, fill=_FG)
-    x0 = _PAD + label_w
-    draw.line([(x0, top - 4), (x0, img.height - _PAD)], fill=_GRID)
-    for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
-        y = top + i * (bar_h + 6)
-        w, h = _text_size(draw, label, font)
-        draw.text((x0 - w - _PAD // 2, y + (bar_h - h) // 2), label, font=font, fill=_FG)
-        best = score(row)
-        failed = row["status"] in FAILED_STATUSES
-        length = round(bar_max * best / hi) if best is not None and hi > 0 else 0
-        draw.rectangle([x0, y, x0 + max(length, 4), y + bar_h], fill=_fill(row, lo, hi))
-        text = f"failed ({_failure(row)})" if failed else _cell_text(row).replace("\n", " ")
-        draw.text((x0 + max(length, 4) + 6, y + (bar_h - h) // 2), text, font=font, fill=_FG)
-    return img
+    return plots.bars(
+        labels, [_plotted_score(r) for r in rows], [t.replace("\n", " ") for t in texts], title=title
+    )
 
 
 def draw_plot(rows: list[Row], path: Path) -> Path:
     """A heat map when exactly two overrides vary across jobs, else a bar chart; saved as PNG."""
     keys = varying_keys(rows)
     if len(keys) == 2:
-        img = heat_map(rows, keys[0], keys[1])
-    else:
-        img = bar_chart(rows, keys[0] if len(keys) == 1 else None)
-    img.save(path, format="PNG")
-    return path
+        return plots.save(heat_map(rows, keys[0], keys[1]), path)
+    return plots.save(bar_chart(rows, keys[0] if len(keys) == 1 else None), path)
+
+
+def series(rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> plots.Series:
+    """(epochs, values) of `key` over metrics rows, in epoch order; rows without a number are skipped."""
+    points = sorted((int(r["epoch"]), scale * r[key]) for r in rows if _is_number(r.get(key)))
+    return [e for e, _ in points], [v for _, v in points]
+
+
+def _eval_split(metrics: list[dict[str, Any]]) -> str | None:
+    """The split a job's curve shows: the holdout when it has one, else its first other evaluation."""
+    splits = [r["split"] for r in metrics if r.get("split") != "train" and _is_number(r.get("top1"))]
+    return "holdout" if "holdout" in splits else (splits[0] if splits else None)
+
+
+def sweep_curves(rows: list[Row]) -> Figure:
+    """Every job's evaluation top-1 and train loss per epoch, one line per job, labelled by the
+    overrides that vary across the sweep."""
+    keys = varying_keys(rows)
+    top1: dict[str, plots.Series] = {}
+    loss: dict[str, plots.Series] = {}
+    splits = set()
+    for row in sort_rows(rows):
+        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={_value_text(row, k)}" for k in keys) or row["job"]
+        metrics = read_metrics(Path(row["path"]) / "metrics.jsonl")
+        split = _eval_split(metrics)
+        if split is not None:
+            splits.add(split)
+            top1[label] = series([r for r in metrics if r.get("split") == split], "top1", 100)
+        loss[label] = series([r for r in metrics if r.get("split") == "train"], "loss")
+    name = "/".join(sorted(splits)) or "evaluation"
+    return plots.curves({f"{name} top-1 (%)": top1, "train loss": loss}, title="every job, per epoch")
+
+
+def _config_value(run_dir: Path, *keys: str) -> Any:
+    """A value from the run's resolved config.yaml; None when the file or the key is missing."""
+    try:
+        node = yaml.safe_load((run_dir / "config.yaml").read_text())
+        for key in keys:
+            node = node[key]
+        return node
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+
+
+def run_curves(metrics: list[dict[str, Any]], title: str) -> Figure:
+    """One run's loss and top-1 per epoch, for the train split and every evaluated split."""
+    splits = list(dict.fromkeys(r.get("split") for r in metrics if _is_number(r.get("loss"))))
+    by_split = {s: [r for r in metrics if r.get("split") == s] for s in splits}
+    return plots.curves(
+        {
+            "loss": {s: series(rs, "loss") for s, rs in by_split.items()},
+            "top-1 (%)": {s: series(rs, "top1", 100) for s, rs in by_split.items()},
+        },
+        title=title,
+    )
+
+
+def stabilizer_figure(metrics: list[dict[str, Any]], max_norm: float | None, title: str) -> Figure:
+    """Per epoch: pre-clip gradient-norm p50/p90/p99/max, the max_norm line, the clipped fraction, LR."""
+    train = [r for r in metrics if r.get("split") == "train"]
+    norms = {q: series(train, f"grad_norm_{q}") for q in ("p50", "p90", "p99", "max")}
+    # the LR each epoch started and ended with: warm-up rises within an epoch, milestones step between
+    lr = {"at epoch start": series(train, "lr"), "at epoch end": series(train, "lr_end")}
+    return plots.stabilizer(norms, series(train, "clipped_fraction"), lr, max_norm=max_norm, title=title)
+
+
+def is_run_dir(path: Path) -> bool:
+    """A single run (metrics.jsonl in the folder itself), as opposed to a sweep of job folders."""
+    return (Path(path) / "metrics.jsonl").is_file()
+
+
+def write_run_figures(run_dir: Path) -> dict[str, Path]:
+    """curves.png and stabilizer.png in a run directory; returns {"curves", "stabilizer": path}."""
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    if not any(r.get("split") == "train" for r in metrics):
+        raise UserError(f"{run_dir / 'metrics.jsonl'} holds no finished epoch yet; nothing to plot")
+    max_norm = _config_value(run_dir, "stabilizer", "max_norm")
+    name = "/".join(run_dir.resolve().parts[-2:])
+    return {
+        "curves": plots.save(run_curves(metrics, name), run_dir / "curves.png"),
+        "stabilizer": plots.save(
+            stabilizer_figure(metrics, max_norm, f"{name}: gradient norms per epoch"),
+            run_dir / "stabilizer.png",
+        ),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -622,14 +594,21 @@ def draw_plot(rows: list[Row], path: Path) -> Path:
 # ----------------------------------------------------------------------------------------------------
 
 
+def hparam_keys(rows: list[Row]) -> list[str]:
+    """The override keys that are hyperparameters: run control (config.RUN_CONTROL_KEYS: data.root,
+    step caps, logging, ...) is left out, as it is from the job directory names."""
+    return [k for k in override_keys(rows) if not is_run_control(k)]
+
+
 def hparam_values(rows: list[Row]) -> list[dict[str, float | str]]:
-    """Each job's overrides typed for TensorBoard: floats for keys that are numbers in every job, else text.
+    """Each job's hyperparameters typed for TensorBoard: floats for keys that are numbers in every job,
+    else text.
 
     A key that is a number in one job and text in another (max_norm=null vs 1) is written as text in all
     of them ("null", "1"): TensorBoard types a column from one run's experiment summary, and a numeric
     column's interval filter rejects text values. A job without the key gets "null".
     """
-    keys = override_keys(rows)
+    keys = hparam_keys(rows)
     numeric = {k: all(isinstance(parse_value(r["overrides"].get(k)), float) for r in rows) for k in keys}
     typed = []
     for row in rows:
@@ -651,10 +630,12 @@ def hparam_values(rows: list[Row]) -> list[dict[str, float | str]]:
 def write_hparams(rows: list[Row]) -> list[Path]:
     """TensorBoard hparams (the HPARAMS tab) in each job's own tb/ folder; returns the event files.
 
-    Every job gets the same experiment summary (all keys, every value as a discrete domain, both
+    Every job gets the same experiment summary (all keys, every value as a discrete domain, the
     metrics), because TensorBoard reads that summary from one arbitrary run and applies it to all.
-    Missing metrics (a failed job) are NaN. Earlier hparams files of this function are replaced, so
-    running the report again while a sweep progresses does not add duplicate sessions.
+    A metric no job has (best top-1 in a sweep without a holdout) is left out, and a job without a
+    metric (a failed one) writes no value for it: TensorBoard shows an empty cell, not NaN. Earlier
+    hparams files of this function are replaced, so running the report again while a sweep
+    progresses does not add duplicate sessions.
     """
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
@@ -665,15 +646,16 @@ def write_hparams(rows: list[Row]) -> list[Path]:
     for values in typed:
         for k, v in values.items():
             domains.setdefault(k, set()).add(v)
+    tags = {
+        f"hparam/{key}": key for key in ("best_top1", "final_top1") if any(r[key] is not None for r in rows)
+    }
     written = []
     for row, values in zip(rows, typed, strict=True):
-        metrics = {
-            "hparam/best_top1": _or_nan(row["best_top1"]),
-            "hparam/final_top1": _or_nan(row["final_top1"]),
-        }
+        metrics = {tag: float(row[key]) for tag, key in tags.items() if row[key] is not None}
         # the same thing SummaryWriter.add_hparams(..., run_name=".") writes, but into a file we can
-        # recognise (and replace) by its suffix, and without add_hparams' extra empty event file
-        exp, ssi, sei = hparams(values, metrics, {k: sorted(domains[k]) for k in values})
+        # recognise (and replace) by its suffix, and without add_hparams' extra empty event file;
+        # hparams() reads only the names of its metric dict
+        exp, ssi, sei = hparams(values, dict.fromkeys(tags), {k: sorted(domains[k]) for k in values})
         tb_dir = Path(row["path"]) / "tb"
         tb_dir.mkdir(parents=True, exist_ok=True)
         for old in tb_dir.glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"):
@@ -685,7 +667,3 @@ def write_hparams(rows: list[Row]) -> list[Path]:
                 writer.add_scalar(tag, value, 0)
         written += sorted(tb_dir.glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"))
     return written
-
-
-def _or_nan(value: float | None) -> float:
-    return float(value) if value is not None else math.nan

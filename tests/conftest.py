@@ -77,8 +77,9 @@ def image_folder_factory(tmp_path):
     return factory
 
 
-def compose(overrides: list[str] | None = None):
-    """Compose conf/config.yaml with `overrides` as Hydra would at start-up; returns the DictConfig."""
+def compose(overrides: list[str] | None = None, return_hydra_config: bool = False):
+    """Compose conf/config.yaml with `overrides` as Hydra would at start-up; returns the DictConfig
+    (with its `hydra` node, e.g. hydra.job.override_dirname, when return_hydra_config)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -89,7 +90,9 @@ def compose(overrides: list[str] | None = None):
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-            return hydra_compose(config_name="config", overrides=list(overrides or []))
+            return hydra_compose(
+                config_name="config", overrides=list(overrides or []), return_hydra_config=return_hydra_config
+            )
     finally:
         GlobalHydra.instance().clear()
 

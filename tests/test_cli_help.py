@@ -34,7 +34,7 @@ SAYS = {
     "prepare-imagenet": "--train-tar",
     "verify-data": "--no-decode",
     "stats": "data.stats.max_images",
-    "report": "multirun_dir",
+    "report": "MULTIRUN_DIR|RUN_DIR",
     "bench": "loop-overhead",  # the modes: `bench --help` is help, not an unknown mode
     "prepare-cifar10": "--archive",
     "plan": "plan.img_per_s",

@@ -10,10 +10,12 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from resnet_repro.config import (
+    RUN_CONTROL_KEYS,
     TrainerConfig,
     UserError,
     deprecation_warnings,
     per_device_batch,
+    sweep_collisions,
     to_dataclass,
     validate,
 )
@@ -344,3 +346,49 @@ def test_sweep_proxy_is_a_100_class_low_resolution_fast_16(tmp_path):
     assert obj.data.subset.classes == 100 and obj.data.holdout.size == 5000
     assert obj.trainer.epochs == 16 and obj.data.image_size == 128
     assert (obj.data.progressive.start_size, obj.data.progressive.end_size) == (112, 128)
+
+
+def test_sweep_job_directory_names_leave_out_run_control_keys():
+    overrides = [
+        "optim.weight_decay=0.0001",
+        "stabilizer.max_norm=null",
+        "trainer.epochs=2",
+        "trainer.max_steps_per_epoch=3",
+        "logging.progress=false",
+        "data.root=/data/imagenet",
+        "data.num_threads=2",
+        "trainer.nproc=2",
+    ]
+    cfg = compose(overrides, return_hydra_config=True)
+    assert (
+        cfg.hydra.job.override_dirname
+        == "optim.weight_decay=0.0001,stabilizer.max_norm=null,trainer.epochs=2"
+    )
+
+
+def test_run_control_keys_are_the_directory_name_exclude_list_and_real_config_keys():
+    cfg = compose([], return_hydra_config=True)
+    # one list: report.py's TensorBoard hparams use RUN_CONTROL_KEYS, Hydra's names this copy
+    assert list(cfg.hydra.job.config.override_dirname.exclude_keys) == list(RUN_CONTROL_KEYS)
+    for key in RUN_CONTROL_KEYS:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        assert leaf in node, f"{key} is not a config key"
+
+
+def test_sweeping_a_run_control_key_is_recognised_but_a_list_value_is_not():
+    assert sweep_collisions(["-m", "data.num_threads=2,4", "optim.weight_decay=1e-4,5e-4"]) == [
+        "data.num_threads"
+    ]
+    assert sweep_collisions(["trainer.max_steps_per_epoch=range(2,5)"]) == ["trainer.max_steps_per_epoch"]
+    assert sweep_collisions(["trainer.preempt_signals=[SIGUSR1,SIGTERM]", "data.root=/a/b"]) == []
+    assert sweep_collisions(["hydra.launcher.partition=a,b"]) == []  # hydra.* is not a job override
+
+
+def test_a_multirun_over_a_run_control_key_is_refused_before_any_job_starts(capsys):
+    from resnet_repro import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["train", "-m", "data.num_threads=2,4", "optim.weight_decay=1e-4,5e-4"])
+    err = capsys.readouterr().err
+    assert "sweeping data.num_threads" in err and "hydra.sweep.subdir=" in err

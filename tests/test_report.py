@@ -1,5 +1,6 @@
 """`resnet_repro.report`: a fake Hydra multirun (2x2 grid + failed, NaN and early-stopped jobs) -> rows,
-report.md, report.csv, a PNG heat map and TensorBoard hparams in each job's tb/."""
+report.md, report.csv, a PNG heat map, every job's curves and TensorBoard hparams in each job's tb/;
+a single run directory -> its curves and the stabilizer figure."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+import matplotlib
 import pytest
 import yaml
 from PIL import Image
@@ -16,7 +18,13 @@ from resnet_repro import report
 from resnet_repro.config import UserError
 
 WD, MN = "optim.weight_decay", "stabilizer.max_norm"
-COMMON = ["trainer.epochs=3", "data.root=/data/imagenet"]
+# data.root, the step cap and the progress bar are run control: in the table, not in TB's hparams
+COMMON = [
+    "trainer.epochs=3",
+    "data.root=/data/imagenet",
+    "trainer.max_steps_per_epoch=4",
+    "logging.progress=false",
+]
 
 # (weight decay, max norm) -> eval top1 per epoch; the grid's best job is (0.0005, 1)
 GRID = {
@@ -201,7 +209,7 @@ def test_parse_value_turns_null_into_none_and_numbers_into_floats():
 def test_report_table_is_sorted_by_best_top1_with_failed_jobs_last(sweep: Path):
     rows = report.collect(sweep)
     paths = report.write_report(rows, sweep)
-    assert set(paths) == {"markdown", "csv", "plot"}
+    assert set(paths) == {"markdown", "csv", "plot", "curves"}
 
     md = paths["markdown"].read_text()
     table = [line for line in md.splitlines() if line.startswith("| ")]
@@ -233,27 +241,147 @@ def test_report_table_is_sorted_by_best_top1_with_failed_jobs_last(sweep: Path):
     assert records[-1]["final_top1"] == "" and records[0]["data.root"] == "/data/imagenet"
 
 
-def test_two_varying_keys_give_a_heat_map_with_failed_cells(sweep: Path):
-    rows = [r for r in report.collect(sweep) if r["overrides"][MN] != "5"]  # a full 3 x 2 grid
-    path = report.write_report(rows, sweep / "out")["plot"]
+def png_facts(path: Path) -> tuple[int, int, set[tuple[int, int, int]]]:
+    """Width, height and the set of colours of a PNG file (which must be one)."""
     with Image.open(path) as img:
         img.load()
         assert img.format == "PNG"
-        width, height = img.size
-        colours = img.convert("RGB").getcolors(maxcolors=1 << 20)
-    # 3 weight decays x 2 max norms, 120 x 56 pixel cells, plus labels and a colour bar
-    assert 2 * 120 < width < 1200 and 3 * 56 < height < 800
-    assert any(c == (175, 175, 175) for _, c in colours)  # the failed cells' grey
-    assert any(c == (253, 231, 37) for _, c in colours)  # the best cell: the top of viridis
+        colours = {c for _, c in img.convert("RGB").getcolors(maxcolors=1 << 22)}
+        return img.width, img.height, colours
+
+
+VIRIDIS_TOP = tuple(int(c) for c in matplotlib.colormaps["viridis"](1.0, bytes=True)[:3])
+FAILED_GREY = (175, 175, 175)
+
+
+def test_two_varying_keys_give_a_heat_map_with_failed_cells(sweep: Path):
+    rows = [r for r in report.collect(sweep) if r["overrides"][MN] != "5"]  # a full 3 x 2 grid
+    path = report.write_report(rows, sweep / "out")["plot"]
+    width, height, colours = png_facts(path)
+    assert 300 < width < 1200 and 200 < height < 800
+    assert FAILED_GREY in colours  # the failed cells
+    assert VIRIDIS_TOP in colours  # the best cell: the top of viridis
+    assert len(colours) > 50  # text, colour bar: not a blank canvas
+
+    # what was drawn: weight decays down (ascending), max norms across (null first)
+    ax = report.heat_map(rows, WD, MN).axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0.0001", "0.0005", "0.001"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["null", "1"]
+    grid = ax.images[0].get_array()
+    assert grid.mask.tolist() == [[False, False], [False, False], [True, True]]  # failed: grey
+    assert grid[:2].tolist() == [
+        [pytest.approx(52.0), pytest.approx(55.0)],
+        [pytest.approx(48.0), pytest.approx(61.0)],
+    ]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["52.00", "55.00", "48.00", "61.00", "failed\nincomplete", "failed\nNaN"]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == (MN, WD)
 
 
 def test_one_varying_key_gives_a_bar_chart(tmp_path: Path):
     for wd, top1 in (("0.0001", 0.5), ("0.0005", 0.6)):
         write_job(tmp_path, [f"{WD}={wd}"], [top1], final=final_json([top1]))
     write_job(tmp_path, [f"{WD}=0.01"], [0.1])  # failed
-    path = report.write_report(report.collect(tmp_path), tmp_path)["plot"]
-    with Image.open(path) as img:
-        assert img.format == "PNG" and img.width > 300 and img.height > 3 * 28
+    rows = report.collect(tmp_path)
+    width, height, colours = png_facts(report.write_report(rows, tmp_path)["plot"])
+    assert width > 300 and height > 3 * 28 and len(colours) > 50
+    ax = report.bar_chart(rows, WD).axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0.0001", "0.0005", "0.01"]
+    assert [p.get_width() for p in ax.patches] == [pytest.approx(50.0), pytest.approx(60.0), 0.0]
+    assert [t.get_text() for t in ax.texts] == ["50.00", "60.00", "failed (incomplete)"]
+
+
+def test_sweep_curves_show_every_jobs_eval_top1_and_train_loss_per_epoch(sweep: Path):
+    rows = report.collect(sweep)
+    width, height, colours = png_facts(report.write_report(rows, sweep / "out")["curves"])
+    assert width > 600 and height > 300 and len(colours) > 50
+    top1_ax, loss_ax = report.sweep_curves(rows).axes
+    assert top1_ax.get_title() == "val top-1 (%)" and loss_ax.get_title() == "train loss"
+    top1 = {line.get_label(): line for line in top1_ax.get_lines()}
+    assert len(top1) == len(rows) == len(loss_ax.get_lines())
+    best = top1["weight_decay=0.0005, max_norm=1"]  # labelled by the varying keys
+    assert best.get_xdata().tolist() == [1, 2, 3]
+    assert best.get_ydata().tolist() == [pytest.approx(100 * t) for t in GRID[("0.0005", "1")]]
+    crashed = top1["weight_decay=0.001, max_norm=null"]
+    assert crashed.get_xdata().tolist() == [1]  # one epoch before the crash
+    assert loss_ax.get_lines()[0].get_ydata().tolist() == [4.0, 3.0, 2.0]
+
+
+def write_run(run: Path, max_norm: float | None) -> Path:
+    """A finished run directory: config.yaml and metrics.jsonl with the gradient-norm summary keys."""
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(
+        yaml.safe_dump({"trainer": {"epochs": 3}, "stabilizer": {"max_norm": max_norm}})
+    )
+    rows = []
+    for epoch in (1, 2, 3):
+        norms = {
+            f"grad_norm_{q}": v / epoch for q, v in (("p50", 1.0), ("p90", 2.5), ("p99", 4.0), ("max", 9.0))
+        }
+        clipped = {"clipped_fraction": 0.6 / epoch}
+        train = {
+            "epoch": epoch,
+            "split": "train",
+            "loss": 3.0 / epoch,
+            "top1": 0.2 * epoch,
+            "lr": 0.1 / 10 ** (epoch - 1),
+            "lr_end": 0.05 / 10 ** (epoch - 1),
+        }
+        rows += [
+            {**train, **norms, **clipped},
+            {"epoch": epoch, "split": "val", "loss": 3.5 / epoch, "top1": 0.15 * epoch},
+        ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_a_run_directory_gets_its_curves_and_the_stabilizer_figure(tmp_path: Path, capsys):
+    from resnet_repro import cli
+
+    run = write_run(tmp_path / "runs" / "demo" / "run1", max_norm=2.0)
+    cli.main(["report", str(run)])
+    out = capsys.readouterr().out
+    assert f"curves: {run / 'curves.png'}" in out and f"stabilizer: {run / 'stabilizer.png'}" in out
+    assert not (run / "report.md").exists()  # a sweep's files are for sweeps
+    for name in ("curves.png", "stabilizer.png"):
+        width, height, colours = png_facts(run / name)
+        assert width > 500 and height > 300 and len(colours) > 50, name
+
+    metrics = report.read_metrics(run / "metrics.jsonl")
+    fig = report.stabilizer_figure(metrics, 2.0, "run1")
+    norm_ax, lr_ax, clip_ax = fig.axes  # the twin (clipped %) axis is added last
+    lines = {line.get_label(): line for line in norm_ax.get_lines()}
+    assert set(lines) == {"p50", "p90", "p99", "max", "max_norm = 2"}
+    assert lines["p99"].get_ydata().tolist() == [pytest.approx(4.0 / e) for e in (1, 2, 3)]
+    assert list(lines["max_norm = 2"].get_ydata()) == [2.0, 2.0]  # a horizontal line at max_norm
+    assert norm_ax.get_yscale() == "log"
+    (clipped,) = clip_ax.get_lines()
+    assert clipped.get_ydata().tolist() == [pytest.approx(60.0 / e) for e in (1, 2, 3)]
+    lr_start, lr_end = lr_ax.get_lines()
+    assert lr_start.get_ydata().tolist() == [pytest.approx(0.1), pytest.approx(0.01), pytest.approx(0.001)]
+    assert lr_end.get_ydata().tolist() == [pytest.approx(0.05), pytest.approx(0.005), pytest.approx(0.0005)]
+
+    loss_ax, top1_ax = report.run_curves(metrics, "run1").axes
+    assert [line.get_label() for line in loss_ax.get_lines()] == ["train", "val"]
+    assert top1_ax.get_lines()[1].get_ydata().tolist() == [pytest.approx(15.0 * e) for e in (1, 2, 3)]
+
+
+def test_the_stabilizer_figure_of_a_run_without_clipping_has_no_max_norm_line(tmp_path: Path):
+    run = write_run(tmp_path / "run", max_norm=None)
+    report.write_run_figures(run)
+    assert (run / "stabilizer.png").is_file()
+    fig = report.stabilizer_figure(report.read_metrics(run / "metrics.jsonl"), None, "run")
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["p50", "p90", "p99", "max"]
+    assert "no clipping" in fig.axes[0].get_title()
+
+
+def test_a_run_directory_without_a_finished_epoch_is_named_in_the_error(tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("trainer: {epochs: 3}\n")
+    (run / "metrics.jsonl").write_text("")
+    with pytest.raises(UserError, match=f"{run / 'metrics.jsonl'} holds no finished epoch"):
+        report.write_run_figures(run)
 
 
 def test_hparams_land_in_each_jobs_own_event_files_and_are_replaced_on_rerun(sweep: Path):
@@ -280,6 +408,41 @@ def test_hparams_land_in_each_jobs_own_event_files_and_are_replaced_on_rerun(swe
         assert start.hparams[WD].number_value == pytest.approx(float(key[0]))
         # max_norm mixes null and numbers across jobs: written as text in every job
         assert start.hparams[MN].string_value == expected_mn
+        # run control is no hyperparameter; trainer.epochs is
+        assert set(start.hparams) == {WD, MN, "trainer.epochs"}
         experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
         assert {m.name.tag for m in experiment.metric_infos} == {"hparam/best_top1", "hparam/final_top1"}
         assert acc.Scalars("hparam/best_top1")[-1].value == pytest.approx(expected_best)
+
+
+def hparams_of(job: Path) -> tuple[list[str], dict[str, float]]:
+    """The experiment's metric tags and the job's last value of each hparam/ scalar it wrote."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    acc = EventAccumulator(str(job / "tb"))
+    acc.Reload()
+    content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+    experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+    values = {tag: acc.Scalars(tag)[-1].value for tag in acc.Tags()["scalars"]}
+    return [m.name.tag for m in experiment.metric_infos], values
+
+
+def test_hparams_leave_out_metrics_a_job_does_not_have_instead_of_writing_nan(tmp_path: Path):
+    # no holdout and no select_on_test: no finished job has a best top-1 (TensorBoard showed NaN)
+    finished = [
+        write_job(tmp_path, [f"{WD}={wd}"], [0.5, 0.6], final={**final_json([0.5, 0.6]), "selection": None})
+        for wd in ("0.0001", "0.0005")
+    ]
+    report.write_hparams(report.collect(tmp_path))
+    for job in finished:
+        assert hparams_of(job) == (["hparam/final_top1"], {"hparam/final_top1": pytest.approx(0.6)})
+
+    # a crashed job has a best top-1 (of its evaluations) but no final one: each job writes what it has
+    crashed = write_job(tmp_path, [f"{WD}=0.001"], [0.1])
+    report.write_hparams(report.collect(tmp_path))
+    assert hparams_of(crashed) == (
+        ["hparam/best_top1", "hparam/final_top1"],
+        {"hparam/best_top1": pytest.approx(0.1)},
+    )
+    assert hparams_of(finished[0])[1] == {"hparam/final_top1": pytest.approx(0.6)}
