@@ -592,6 +592,9 @@ def _report(args: list[str]) -> None:
     except UserError as e:
         _fail(str(e))
     print(report.markdown_table(rows))
+    groups = report.seed_groups_of(rows)
+    if groups is not None:  # jobs that differ only in trainer.seed, summarized per point
+        print("\n" + report.seed_table(groups) + "\n\n" + report.SEED_NOTE)
     print("\n" + "\n".join(f"{kind}: {path}" for kind, path in paths.items()))
 
 

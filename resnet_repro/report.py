@@ -21,6 +21,8 @@ from matplotlib.figure import Figure
 
 from resnet_repro import plots
 from resnet_repro.config import UserError, is_run_control
+from resnet_repro.seeds import ALPHA as SEED_ALPHA
+from resnet_repro.seeds import SEED_KEY, SeedGroup, against_best, seed_groups
 
 Row = dict[str, Any]
 
@@ -368,11 +370,60 @@ def _markdown_report(rows: list[Row], title: str) -> str:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     parts += [f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()), ""]
     parts += [markdown_table(rows), ""]
+    groups = seed_groups_of(rows)
+    if groups is not None:
+        parts += ["## Seed groups", "", seed_table(groups), "", SEED_NOTE, ""]
     notes = [f"- `{r['job']}`: {r['note']}" for r in sort_rows(rows) if r["note"]]
     if notes:
         parts += ["Notes:", "", *notes, ""]
     parts += ["Wall time is training time (sum of epoch_time_s), or file times for jobs without one.", ""]
     return "\n".join(parts)
+
+
+def seed_groups_of(rows: list[Row]) -> list[SeedGroup] | None:
+    """The sweep's seed groups (resnet_repro.seeds), scored as the table ranks jobs; failed and
+    unfinished jobs count in a group's jobs, not in its mean."""
+    return seed_groups(rows, lambda r: None if r["status"] in FAILED_STATUSES else score(r))
+
+
+SEED_NOTE = (
+    "Mean ± sample standard deviation (finished seeds) of the best top-1 on the selection split "
+    "(final top-1 for runs without one). Welch p: the t-test of a point's seeds against the best "
+    "point's; `*` where p < 0.05, a difference beyond the seed spread."
+)
+
+
+def seed_table(groups: list[SeedGroup]) -> str:
+    """One line per point: its overrides (seed left out), mean ± std (n), difference to the best."""
+    keys = [
+        k
+        for k in override_keys([{"overrides": g.point} for g in groups])
+        if len({g.point.get(k) for g in groups}) > 1
+    ]
+    header = [*keys, "top-1 % mean ± std (n)", "vs best (points)", "Welch p", "beyond spread"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for group, delta, p in against_best(groups):
+        cells = [
+            *(group.point.get(k, "") for k in keys),
+            group.text(),
+            "best" if p is None and delta == 0 else (f"{100 * delta:+.1f}" if delta is not None else "-"),
+            f"{p:.3f}" if p is not None else "-",
+            "*" if p is not None and p < SEED_ALPHA else "",
+        ]
+        lines.append("| " + " | ".join(_markdown_cell(str(c)) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _write_seed_csv(groups: list[SeedGroup], path: Path) -> None:
+    keys = override_keys([{"overrides": g.point} for g in groups])
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*keys, "n", "jobs", "mean_top1", "std_top1", "delta_to_best", "welch_p"])
+        for group, delta, p in against_best(groups):
+            values = [group.n, group.jobs, group.mean, group.std, delta, p]
+            writer.writerow(
+                [*(group.point.get(k, "") for k in keys), *("" if v is None else v for v in values)]
+            )
 
 
 def _write_csv(rows: list[Row], path: Path) -> None:
@@ -400,7 +451,11 @@ def write_report(rows: list[Row], out_dir: Path) -> dict[str, Path]:
     }
     paths["markdown"].write_text(_markdown_report(rows, "/".join(out_dir.resolve().parts[-2:])))
     _write_csv(rows, paths["csv"])
-    draw_plot(rows, paths["plot"])
+    groups = seed_groups_of(rows)
+    if groups is not None:
+        paths["seeds_csv"] = out_dir / "report_seeds.csv"
+        _write_seed_csv(groups, paths["seeds_csv"])
+    draw_plot(rows, paths["plot"], groups)
     plots.save(sweep_curves(rows), paths["curves"])
     return paths
 
@@ -495,8 +550,30 @@ def bar_chart(rows: list[Row], key: str | None) -> Figure:
     )
 
 
-def draw_plot(rows: list[Row], path: Path) -> Path:
-    """A heat map when exactly two overrides vary across jobs, else a bar chart; saved as PNG."""
+def seed_heat_map(groups: list[SeedGroup], row_key: str, col_key: str) -> Figure:
+    """Mean best top-1 (%) per point over its seeds, each cell "mean ± std (n)"."""
+    ys = _value_order(g.point.get(row_key, "default") for g in groups)
+    xs = _value_order(g.point.get(col_key, "default") for g in groups)
+    cell = {(g.point.get(row_key, "default"), g.point.get(col_key, "default")): g for g in groups}
+    grid = [[cell.get((y, x)) for x in xs] for y in ys]
+    return plots.heat_map(
+        [[100 * g.mean if g is not None and g.mean is not None else None for g in line] for line in grid],
+        [[g.text().replace(" (", "\n(") if g is not None else "no job" for g in line] for line in grid],
+        ys,
+        xs,
+        row_key=row_key,
+        col_key=col_key,
+        title="best top-1 (%): mean ± std (seeds) on the selection split",
+    )
+
+
+def draw_plot(rows: list[Row], path: Path, groups: list[SeedGroup] | None = None) -> Path:
+    """A heat map when exactly two overrides vary across jobs (seeds averaged when trainer.seed is
+    a third axis), else a bar chart; saved as PNG."""
+    if groups is not None:
+        axes = [k for k in varying_keys(rows) if k != SEED_KEY]
+        if len(axes) == 2:
+            return plots.save(seed_heat_map(groups, axes[0], axes[1]), path)
     keys = varying_keys(rows)
     if len(keys) == 2:
         return plots.save(heat_map(rows, keys[0], keys[1]), path)

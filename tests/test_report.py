@@ -446,3 +446,80 @@ def test_hparams_leave_out_metrics_a_job_does_not_have_instead_of_writing_nan(tm
         {"hparam/best_top1": pytest.approx(0.1)},
     )
     assert hparams_of(finished[0])[1] == {"hparam/final_top1": pytest.approx(0.6)}
+
+
+# ------------------------------------------------------------------------------------- seed groups
+SEEDED = {  # (weight decay, max norm) -> final top-1 of seeds 0, 1, 2
+    ("0.0001", "null"): [0.80, 0.82, 0.84],  # mean 82.0, std 2.0
+    ("0.0001", "1"): [0.90, 0.91, 0.89],  # mean 90.0, std 1.0: the best point
+    ("0.0005", "null"): [0.81, 0.95, 0.88],  # mean 88.0, std 7.0: within the spread of the best
+    ("0.0005", "1"): [0.70, 0.71, None],  # one seed failed: mean 70.5 of 2
+}
+
+
+def seeded_sweep(tmp_path: Path) -> Path:
+    sweep = tmp_path / "seeds"
+    for (wd, mn), top1s in SEEDED.items():
+        for seed, top1 in enumerate(top1s):
+            overrides = [f"{WD}={wd}", f"{MN}={mn}", f"trainer.seed={seed}", *COMMON]
+            if top1 is None:
+                write_job(sweep, overrides, [0.1], final=None)  # crashed after one epoch
+                continue
+            final = {"epochs": 3, "epochs_run": 3, "top1": top1, "top5": 0.99, "loss": 0.5, "selection": None}
+            write_job(sweep, overrides, [top1 - 0.1, top1 - 0.05, top1], final=final)
+    return sweep
+
+
+def test_jobs_differing_only_in_seed_are_summarized_as_mean_std_and_n(tmp_path):
+
+    rows = report.collect(seeded_sweep(tmp_path))
+    groups = report.seed_groups_of(rows)
+    by_point = {(g.point[WD], g.point[MN]): g for g in groups}
+    best = by_point[("0.0001", "1")]
+    assert groups[0] is best and best.n == 3
+    assert best.mean == pytest.approx(0.90) and best.std == pytest.approx(0.01)
+    assert by_point[("0.0001", "null")].std == pytest.approx(0.02)
+    assert by_point[("0.0005", "null")].std == pytest.approx(0.07)
+    failed = by_point[("0.0005", "1")]
+    assert (failed.n, failed.jobs) == (2, 3) and failed.mean == pytest.approx(0.705)
+    assert best.text() == "90.0 ± 1.0 (3)" and failed.text() == "70.5 ± 0.7 (2)"
+    assert "trainer.seed" not in best.point
+
+
+def test_the_seed_table_marks_only_differences_beyond_the_spread(tmp_path):
+    from scipy.stats import ttest_ind
+
+    sweep = seeded_sweep(tmp_path)
+    rows = report.collect(sweep)
+    paths = report.write_report(rows, sweep)
+    text = paths["markdown"].read_text()
+    section = text.split("## Seed groups", 1)[1]
+    lines = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in section.splitlines()}
+    # 82 ± 2 against 90 ± 1 (3 seeds each): Welch p well below 0.05
+    p = ttest_ind([0.80, 0.82, 0.84], [0.90, 0.91, 0.89], equal_var=False).pvalue
+    assert (
+        p < 0.05
+        and f"{p:.3f}" in lines[("0.0001", "null")]
+        and lines[("0.0001", "null")].rstrip("| ").endswith("*")
+    )
+    # 88 ± 7: two points lower, but within the spread
+    assert not lines[("0.0005", "null")].rstrip(" |").endswith("*") and "-2.0" in lines[("0.0005", "null")]
+    assert "| best |" in lines[("0.0001", "1")]
+    with open(paths["seeds_csv"]) as f:
+        table = {(r[WD], r[MN]): r for r in csv.DictReader(f)}
+    assert float(table[("0.0005", "1")]["n"]) == 2 and float(table[("0.0005", "1")]["jobs"]) == 3
+    assert float(table[("0.0001", "1")]["mean_top1"]) == pytest.approx(0.90)
+    # the heat map averages the seeds: one cell per point, "mean ± std (n)"
+    figure = report.seed_heat_map(report.seed_groups_of(rows), WD, MN)
+    texts = [t.get_text() for t in figure.axes[0].texts]
+    assert "90.0 ± 1.0\n(3)" in texts and len(texts) == 4
+
+
+def test_a_sweep_with_one_seed_per_point_has_no_seed_section(tmp_path):
+
+    sweep = tmp_path / "plain"
+    for (wd, mn), top1s in GRID.items():
+        write_job(sweep, [f"{WD}={wd}", f"{MN}={mn}", *COMMON], top1s, final={"epochs": 3, "top1": top1s[-1]})
+    rows = report.collect(sweep)
+    assert report.seed_groups_of(rows) is None
+    assert "## Seed groups" not in report.write_report(rows, sweep)["markdown"].read_text()
