@@ -1,6 +1,6 @@
 """Optimizers by name, weight-decay parameter groups, and the L1 penalty.
 
-Weight decay semantics (see README):
+Weight decay semantics (see docs/recipes.md):
 - SGD:   w <- w - lr * (g + wd * w)                   (decay as in its definition, via momentum)
 - AdamW: w <- w - lr * wd * w - lr * adam_step(g)       (decoupled from the adaptive rescaling)
 - Adam:  g <- g + wd * w, then the adaptive step         (an L2 term, rescaled per parameter)

@@ -16,7 +16,7 @@ log(mean probability): top-k and the cross-entropy are those of the averaged dis
 Memory: their loaders deliver one image per batch (resized images differ in size). ten_crop runs
 its 10 crops as one batch of 10 x image_size^2; multiscale runs one scale at a time, a batch of 2
 (the image and its flip), so the largest scale bounds the memory: for ResNet-50 in fp32 at shorter
-side 640 about 250 MiB of activations for a 4:3 image (README, "Test protocols").
+side 640 about 250 MiB of activations for a 4:3 image (docs/evaluation.md).
 """
 
 from __future__ import annotations

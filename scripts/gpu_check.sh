@@ -10,7 +10,7 @@
 # Usage: bash scripts/gpu_check.sh [--device cuda|cpu] [--quick] [--sample DIR] [OUT_DIR]
 #   --device cpu: every row that can run on a CPU (toy sizes), the GPU-only rows skipped with why.
 #   WHEELHOUSE=DIR: first install what is missing (DALI, Hydra, ...) from DIR without any network
-#     (scripts/wheelhouse.sh builds it), into this machine's own Python, keeping its torch; see README.
+#     (scripts/wheelhouse.sh builds it), into this machine's own Python, keeping its torch; see docs/install.md.
 #   PYTHON=...: the interpreter (default: .venv/bin/python when present, else python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
