@@ -136,8 +136,8 @@ def _define_pipeline(
     jpegs, label = fn.readers.file(
         files=list(files), labels=list(labels), random_shuffle=False, name=READER_NAME
     )
-    # the order of the steps is the order the graph's random operators are created in, which
-    # their seeds follow: a reordering changes the augmentation drawn for a seed
+    # keep the steps in this order: DALI derives its random operators' seeds from the pipeline's
+    # seed in the order the operators are added, so a reordering may change what a seed draws
     images, crop_pos = _decode_and_crop(jpegs, t, "mixed" if gpu else "cpu", decode_args)
     images = _mirror_and_normalize(images, t, crop_pos, gpu, channels_last)
     if gpu:
