@@ -71,17 +71,18 @@ def bench_model(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
 
     b = cfg.bench
     parts = build_parts(cfg, _derived(cfg, b.num_classes, device, b.steps), DistEnv(), device, run_dir)
+    state = parts.state
     batches = _synthetic_batches(cfg, 1, b.num_classes, device)
     images, labels = batches[0]
 
     def run(steps: int) -> int:
         for _ in range(steps):
             with autocast(device, cfg.trainer.precision):
-                loss = F.cross_entropy(parts.model(images), labels)
-            parts.optimizer.zero_grad(set_to_none=True)
-            parts.scaler.scale(loss).backward()
-            parts.scaler.step(parts.optimizer)
-            parts.scaler.update()
+                loss = F.cross_entropy(state.model(images), labels)
+            state.optimizer.zero_grad(set_to_none=True)
+            state.scaler.scale(loss).backward()
+            state.scaler.step(state.optimizer)
+            state.scaler.update()
         return steps * images.shape[0]
 
     run(b.warmup)  # includes torch.compile's compile time when trainer.compile=true
@@ -99,7 +100,7 @@ def bench_model(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
 def _repeated_files(cfg: RootConfig, min_images: int) -> tuple[list[str], list[int]]:
     """`min_images` training images for one trial: the split repeated when it is smaller, else an
     evenly spaced selection (every class, not the first few; a trial on ImageNet is not an epoch)."""
-    from resnet_repro.train import load_file_lists
+    from resnet_repro.run_data import load_file_lists
 
     train_list = load_file_lists(cfg.data).train
     n = len(train_list)
@@ -143,8 +144,9 @@ def bench_data(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str
 
 
 def bench_train(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
+    from resnet_repro.loop import train_one_epoch
     from resnet_repro.metrics import NullLogger
-    from resnet_repro.train import build_parts, train_one_epoch
+    from resnet_repro.train import build_parts
 
     b = cfg.bench
     files, labels = _repeated_files(cfg, b.min_images)
@@ -156,9 +158,7 @@ def bench_train(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
     results = []
     for trial in range(b.trials + 1):
         loader = _train_loader(cfg, files, labels, trial, device)
-        metrics, _, _ = train_one_epoch(
-            parts, loader, cfg, DistEnv(), device, lambda *_: None, epoch=0, step=0, epoch_step=0
-        )
+        metrics = train_one_epoch(parts, loader, cfg, DistEnv(), device)
         if trial > 0:  # the first pass is warm-up
             results.append(metrics)
     parts.interrupts.close()
@@ -172,8 +172,9 @@ def bench_train(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
 
 def bench_loop_overhead(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
     """Same model, optimizer and in-memory batches: the runner's step vs forward/loss/backward/step."""
+    from resnet_repro.loop import train_one_epoch
     from resnet_repro.metrics import NullLogger
-    from resnet_repro.train import build_parts, train_one_epoch
+    from resnet_repro.train import build_parts
 
     b = cfg.bench
     cfg = replace(cfg, logging=replace(cfg.logging, tensorboard=False, progress=False))
@@ -182,20 +183,18 @@ def bench_loop_overhead(cfg: RootConfig, device: torch.device, run_dir: Path) ->
     parts.logger = NullLogger()
 
     def bare() -> int:
-        model, opt = parts.model, parts.optimizer
+        model, opt, scaler = parts.state.model, parts.state.optimizer, parts.state.scaler
         for images, labels in batches:  # the same precision as the runner's step
             with autocast(device, cfg.trainer.precision):
                 loss = F.cross_entropy(model(images), labels)
             opt.zero_grad(set_to_none=True)
-            parts.scaler.scale(loss).backward()
-            parts.scaler.step(opt)
-            parts.scaler.update()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         return len(batches) * per_device_batch(cfg.trainer, 1)
 
     def ours() -> int:
-        train_one_epoch(
-            parts, batches, cfg, DistEnv(), device, lambda *_: None, epoch=0, step=0, epoch_step=0
-        )
+        train_one_epoch(parts, batches, cfg, DistEnv(), device)
         return len(batches) * per_device_batch(cfg.trainer, 1)
 
     bare(), ours()  # warm-up both

@@ -547,7 +547,7 @@ def _stats(dcfg: DictConfig) -> None:
 
     from resnet_repro import distributed
     from resnet_repro.data.normalization import compute_and_save
-    from resnet_repro.train import load_file_lists
+    from resnet_repro.run_data import load_file_lists
 
     try:
         cfg = to_dataclass(dcfg)

@@ -14,7 +14,8 @@ from resnet_repro.config import DataConfig, EvalConfig, ModelConfig, RootConfig,
 from resnet_repro.data.normalization import Normalization
 from resnet_repro.data.normalization import resolve as resolve_normalization
 from resnet_repro.models import build_model
-from resnet_repro.train import evaluate_protocol, load_file_lists
+from resnet_repro.run_data import load_file_lists
+from resnet_repro.run_eval import evaluate_protocol
 
 
 def load_model_for_eval(

@@ -54,7 +54,7 @@ def count_images(cfg: RootConfig) -> tuple[int, int | None, str]:
     """(training images per epoch, evaluation images per epoch or None, where the count came from)."""
     if cfg.plan.train_images is not None:
         return cfg.plan.train_images, None, "plan.train_images"
-    from resnet_repro.train import load_file_lists
+    from resnet_repro.run_data import load_file_lists
 
     if not cfg.data.root:
         raise UserError(

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from resnet_repro.config import RootConfig, UserError
+from resnet_repro.run_state import TRAINING_KEYS, job_shape
+from resnet_repro.schedule import resume_fields
 from resnet_repro.summary import Derived
 
 
@@ -65,18 +67,7 @@ def resume_config_changes(saved: dict[str, Any], cfg: RootConfig) -> list[str]:
     checkpoint: LR, momentum, weight decay, milestones, warm-up; with cosine also the length of
     the run), and the settings that make the run what it is (IDENTITY_KEYS)."""
     now = dataclasses.asdict(cfg)
-    # only the fields the chosen schedule reads (a plateau patience under the step schedule is inert)
-    used = {
-        "step": ["milestones", "gamma"],
-        "cosine": ["final_lr_factor"],
-        "linear_ramp": ["peak_epoch", "end_factor"],
-        "plateau": ["patience", "factor", "metric", "min_delta"],
-    }.get(cfg.schedule.name, [])
-    keys = ["optim", "schedule.name", *(f"schedule.{k}" for k in used)]
-    keys += ["stabilizer.warmup_epochs", "stabilizer.warmup_start_factor"]
-    if cfg.schedule.name in ("cosine", "linear_ramp"):  # the run's length is in their state
-        keys.append("trainer.epochs")
-    keys += IDENTITY_KEYS
+    keys = ["optim", *resume_fields(cfg.schedule.name), *IDENTITY_KEYS]
     if cfg.data.normalization != "published":  # data.mean / data.std are read only then
         exempt = (*IDENTITY_EXEMPT, "data.mean", "data.std")
     else:
@@ -119,18 +110,14 @@ def check_resumable(
 
     With trainer.resume_with_changes=true the setting differences are accepted and returned (for
     the log); the job's shape never is."""
-    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "epoch_step", "rng"):
+    for key in TRAINING_KEYS:
         if key not in state:
             raise UserError(
                 f"checkpoint {path} is not a training checkpoint of this tool (no {key!r}); "
                 "to evaluate weights use `resnet-repro eval checkpoint=...`"
             )
     job = state.get("job")
-    now = {
-        "world_size": derived.world_size,
-        "global_batch": derived.global_batch,
-        "steps_per_epoch": derived.steps_per_epoch,
-    }
+    now = job_shape(derived)
     if job is not None and job != now:
         diff = ", ".join(f"{k} {job[k]} -> {now[k]}" for k in now if job.get(k) != now[k])
         raise UserError(

@@ -27,6 +27,25 @@ from resnet_repro.config import ScheduleConfig, StabilizerConfig, UserError
 from resnet_repro.stabilizers import NoImprovement
 
 SCHEDULE_NAMES = ("step", "cosine", "plateau", "constant", "linear_ramp")
+# the schedule.* fields each schedule reads (a plateau patience under the step schedule is inert)
+FIELDS = {
+    "step": ("milestones", "gamma"),
+    "cosine": ("final_lr_factor",),
+    "linear_ramp": ("peak_epoch", "end_factor"),
+    "plateau": ("patience", "factor", "metric", "min_delta"),
+}
+# schedules whose state holds the run's length: trainer.epochs is part of them
+LENGTH_DEPENDENT = ("cosine", "linear_ramp")
+
+
+def resume_fields(name: str) -> list[str]:
+    """The config keys whose values the schedule `name` has baked into its state: a resume takes
+    the state from the checkpoint, so a changed value would be silently ignored."""
+    keys = ["schedule.name", *(f"schedule.{k}" for k in FIELDS.get(name, ()))]
+    keys += ["stabilizer.warmup_epochs", "stabilizer.warmup_start_factor"]  # the warm-up is chained in
+    if name in LENGTH_DEPENDENT:
+        keys.append("trainer.epochs")
+    return keys
 
 
 class Plateau:

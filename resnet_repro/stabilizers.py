@@ -135,7 +135,7 @@ class NoImprovement:
     absolute amount (top1, a fraction, higher is better: 0.001 = 0.1 points; loss, in nats, lower
     is better); the first evaluation fed sets the best. `bad_evals` counts the evaluations in a row
     without improvement. Which evaluations are fed (not those inside the LR warm-up) is decided
-    by the caller, the same for both (train.feed_model_selection)."""
+    by the caller, the same for both (run_eval.feed_model_selection)."""
 
     metric: str
     min_delta: float = 0.0

@@ -20,10 +20,13 @@ from resnet_repro.config import (
 )
 from resnet_repro.data.splits import list_split
 from resnet_repro.evaluate import evaluate
+from resnet_repro.loop import Parts, train_one_epoch
 from resnet_repro.metrics import NullLogger
+from resnet_repro.preemption import Interrupts
+from resnet_repro.run_data import make_eval_loader, make_train_loader
+from resnet_repro.run_state import RunState
 from resnet_repro.schedule import build_scheduler
 from resnet_repro.stabilizers import EarlyStopper, NonFiniteGuard
-from resnet_repro.train import Interrupts, Parts, make_eval_loader, make_train_loader, train_one_epoch
 
 
 def tiny_net(num_classes: int) -> nn.Module:
@@ -74,7 +77,7 @@ def eval_worker(root: str, out_dir: str, batch_size: int) -> None:
 def protocol_eval_worker(root: str, out_dir: str, protocol: str, scales: list[int]) -> None:
     """`evaluate_protocol` on this rank's shard of the val split; writes the metrics and local count."""
     from resnet_repro.config import EvalConfig
-    from resnet_repro.train import evaluate_protocol
+    from resnet_repro.run_eval import evaluate_protocol
 
     env = distributed.detect()
     device = torch.device("cpu")
@@ -106,21 +109,24 @@ def train_worker(root: str, out_dir: str, batch_size: int, steps: int) -> None:
         net = model.module if env.distributed else model
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         schedule = build_scheduler(cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=steps, epochs=1)
-        parts = Parts(
+        state = RunState(
             net=net,
             model=model,
             optimizer=optimizer,
             schedule=schedule,
             scaler=torch.amp.GradScaler("cpu", enabled=False),
-            guard=NonFiniteGuard("stop", 1, Path(out_dir, "report.json")),
             early_stop=EarlyStopper(cfg.stabilizer.early_stop),
+            config=cfg,
+        )
+        parts = Parts(
+            state=state,
+            guard=NonFiniteGuard("stop", 1, Path(out_dir, "report.json")),
             logger=NullLogger(),
             interrupts=Interrupts(cfg, env, device),
         )
         loader = make_train_loader(cfg, files, env, device, epoch=0)
-        metrics, step, _ = train_one_epoch(
-            parts, loader, cfg, env, device, lambda *_: None, epoch=0, step=0, epoch_step=0
-        )
+        metrics = train_one_epoch(parts, loader, cfg, env, device)
+        step = state.step
         parts.interrupts.close()
         if env.is_main:
             torch.save(
@@ -133,7 +139,7 @@ def train_worker(root: str, out_dir: str, batch_size: int, steps: int) -> None:
 def stats_worker(root: str, out_dir: str) -> None:
     """Each rank computes its shard of the training stats; the sums are all-reduced."""
     from resnet_repro.data.normalization import compute_record
-    from resnet_repro.train import load_file_lists
+    from resnet_repro.run_data import load_file_lists
 
     env = distributed.detect()
     device = torch.device("cpu")
@@ -155,7 +161,7 @@ def pixel_mean_worker(root: str, out_dir: str) -> None:
 
     from resnet_repro.config import StatsConfig
     from resnet_repro.data.normalization import resolve
-    from resnet_repro.train import load_file_lists
+    from resnet_repro.run_data import load_file_lists
 
     env = distributed.detect()
     device = torch.device("cpu")
@@ -226,20 +232,22 @@ def nonfinite_bn_worker(out_dir: str) -> None:
             (torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(3)
         ]
         data[1 if env.rank == 0 else 2][0][0, 1, 3, 3] = float("inf")
-        parts = Parts(
+        state = RunState(
             net=net,
             model=model,
             optimizer=optimizer,
             schedule=build_scheduler(cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=3, epochs=1),
             scaler=torch.amp.GradScaler("cpu", enabled=False),
-            guard=NonFiniteGuard("skip", 3, Path(out_dir, "report.json")),
             early_stop=EarlyStopper(cfg.stabilizer.early_stop),
+            config=cfg,
+        )
+        parts = Parts(
+            state=state,
+            guard=NonFiniteGuard("skip", 3, Path(out_dir, "report.json")),
             logger=NullLogger(),
             interrupts=Interrupts(cfg, env, device),
         )
-        metrics, _, _ = train_one_epoch(
-            parts, data, cfg, env, device, lambda *_: None, epoch=0, step=0, epoch_step=0
-        )
+        metrics = train_one_epoch(parts, data, cfg, env, device)
         parts.interrupts.close()
         buffers = {k: v for k, v in net.state_dict().items() if "running_" in k}
         torch.save(

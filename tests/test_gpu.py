@@ -65,22 +65,19 @@ def batches(n: int, channels_last: bool) -> list[tuple[torch.Tensor, torch.Tenso
     ids=["fp32", "bf16-cl", "fp16-cl"],
 )
 def test_training_step_runs_on_cuda_and_learns(precision: str, channels_last: bool, tmp_path: Path):
-    from resnet_repro.train import build_parts, train_one_epoch
+    from resnet_repro.loop import train_one_epoch
+    from resnet_repro.train import build_parts
 
     cfg = cfg_for(precision, channels_last, max_norm=5.0)
     derived = Derived(1, 32, 0.0125, 8, 0, 0, 10, str(CUDA))
     parts = build_parts(cfg, derived, DistEnv(), CUDA, tmp_path)
     data = batches(4, channels_last) * 2  # the same 4 batches twice: the loss must drop
-    first, _, _ = train_one_epoch(
-        parts, data[:4], cfg, DistEnv(), CUDA, lambda *_: None, epoch=0, step=0, epoch_step=0
-    )
-    second, _, _ = train_one_epoch(
-        parts, data[4:], cfg, DistEnv(), CUDA, lambda *_: None, epoch=1, step=4, epoch_step=0
-    )
+    first = train_one_epoch(parts, data[:4], cfg, DistEnv(), CUDA)
+    second = train_one_epoch(parts, data[4:], cfg, DistEnv(), CUDA)
     parts.interrupts.close()
     assert second["loss"] < first["loss"]
     assert first["peak_memory_mb"] > 0 and 0 <= first["clipped_fraction"] <= 1
-    assert next(parts.net.parameters()).device.type == "cuda"
+    assert next(parts.state.net.parameters()).device.type == "cuda"
 
 
 @pytest.mark.parametrize(("nonfinite", "per_step"), [("stop", 1), ("off", 0)])
@@ -91,7 +88,8 @@ def test_training_step_makes_only_the_audited_host_syncs(nonfinite: str, per_ste
     import dataclasses
     import warnings
 
-    from resnet_repro.train import build_parts, train_one_epoch
+    from resnet_repro.loop import train_one_epoch
+    from resnet_repro.train import build_parts
 
     base = cfg_for("bf16", True, max_norm=5.0)
     cfg = dataclasses.replace(
@@ -103,15 +101,13 @@ def test_training_step_makes_only_the_audited_host_syncs(nonfinite: str, per_ste
     derived = Derived(1, 32, 0.0125, 8, 0, 0, 10, str(CUDA))
     parts = build_parts(cfg, derived, DistEnv(), CUDA, tmp_path)
     data = batches(6, True)
-    train_one_epoch(parts, data[:2], cfg, DistEnv(), CUDA, lambda *_: None, epoch=0, step=0, epoch_step=0)
+    train_one_epoch(parts, data[:2], cfg, DistEnv(), CUDA)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            train_one_epoch(
-                parts, data[2:], cfg, DistEnv(), CUDA, lambda *_: None, epoch=1, step=2, epoch_step=0
-            )
+            train_one_epoch(parts, data[2:], cfg, DistEnv(), CUDA)
     finally:
         torch.cuda.set_sync_debug_mode("default")
         parts.interrupts.close()

@@ -15,7 +15,7 @@ from resnet_repro.config import DataConfig, HoldoutConfig, StatsConfig, UserErro
 from resnet_repro.data import channel_sums, stats
 from resnet_repro.data.normalization import compute_record, resolve, stats_selection
 from resnet_repro.distributed import DistEnv
-from resnet_repro.train import load_file_lists
+from resnet_repro.run_data import load_file_lists
 
 CPU = torch.device("cpu")
 

@@ -19,7 +19,7 @@ from resnet_repro.data.dali import Transform
 from resnet_repro.data.normalization import resolve
 from resnet_repro.data.torch_loader import TorchLoader
 from resnet_repro.distributed import DistEnv
-from resnet_repro.train import load_file_lists
+from resnet_repro.run_data import load_file_lists
 
 CPU = torch.device("cpu")
 S = 16

@@ -26,13 +26,16 @@ from resnet_repro.config import (
 )
 from resnet_repro.distributed import DistEnv
 from resnet_repro.evaluate import evaluate
+from resnet_repro.loop import Parts, train_one_epoch
 from resnet_repro.metrics import NullLogger
 from resnet_repro.models import build_model
 from resnet_repro.optim import build_optimizer, decay_groups, l1_penalty, l1_weights, peak_lr
+from resnet_repro.preemption import Interrupts
+from resnet_repro.run_eval import feed_model_selection
+from resnet_repro.run_state import RunState
 from resnet_repro.schedule import build_scheduler
 from resnet_repro.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard
 from resnet_repro.summary import Derived, differences, render, same
-from resnet_repro.train import Interrupts, Parts, feed_model_selection, train_one_epoch, training_state
 
 
 def n_params(model: nn.Module) -> int:
@@ -332,19 +335,25 @@ class Tiny(nn.Module):
 
 
 def make_parts(model: nn.Module, cfg: RootConfig, tmp_path: Path) -> Parts:
+    """Single-process CPU parts; checkpoints (last.pt) go to tmp_path/checkpoints."""
     optimizer = build_optimizer(cfg.optim, model, cfg.trainer.batch_size)
-    return Parts(
+    state = RunState(
         net=model,
         model=model,
         optimizer=optimizer,
         schedule=build_scheduler(cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=8, epochs=1),
         scaler=torch.amp.GradScaler("cpu", enabled=cfg.trainer.precision == "fp16", init_scale=256.0),
+        early_stop=EarlyStopper(cfg.stabilizer.early_stop),
+        config=cfg,
+    )
+    return Parts(
+        state=state,
         guard=NonFiniteGuard(
             cfg.stabilizer.nonfinite, cfg.stabilizer.max_skips, tmp_path / "nonfinite_report.json"
         ),
-        early_stop=EarlyStopper(cfg.stabilizer.early_stop),
         logger=NullLogger(),
         interrupts=Interrupts(cfg, DistEnv(), torch.device("cpu")),
+        ckpt_dir=tmp_path / "checkpoints",
     )
 
 
@@ -355,11 +364,9 @@ def batches(n: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
     ]
 
 
-def run_epoch(parts: Parts, cfg: RootConfig, data) -> tuple:
-    """One epoch of train_one_epoch from step 0, single process on the CPU, no mid-epoch saves."""
-    return train_one_epoch(
-        parts, data, cfg, DistEnv(), torch.device("cpu"), lambda *_: None, epoch=0, step=0, epoch_step=0
-    )
+def run_epoch(parts: Parts, cfg: RootConfig, data) -> dict[str, float] | None:
+    """One epoch of train_one_epoch from step 0, single process on the CPU."""
+    return train_one_epoch(parts, data, cfg, DistEnv(), torch.device("cpu"))
 
 
 def tiny_cfg(**stabilizer) -> RootConfig:
@@ -383,7 +390,7 @@ def test_clipping_under_fp16_happens_after_unscaling_and_logs_the_pre_clip_norm(
 
     before = [p.detach().clone() for p in model.parameters()]
     parts = make_parts(model, cfg, tmp_path)
-    metrics, _, _ = run_epoch(parts, cfg, [(images, labels)])
+    metrics = run_epoch(parts, cfg, [(images, labels)])
     parts.interrupts.close()
     # the logged norm is the true gradient's, not 256x it (scaled) nor 1e-3 (clipped)
     assert metrics["grad_norm_max"] == pytest.approx(true_norm, rel=2e-2)
@@ -396,37 +403,33 @@ def test_clipping_under_fp16_happens_after_unscaling_and_logs_the_pre_clip_norm(
     )  # the update used the clipped gradient
 
 
-def test_injected_nan_stops_within_one_step_with_a_report(tmp_path: Path):
+def test_injected_nan_stops_within_one_step_with_a_report(tmp_path: Path, monkeypatch):
     cfg = tiny_cfg(nonfinite="stop")
     saved = []
+    save = RunState.save
+    monkeypatch.setattr(
+        RunState, "save", lambda st, path: saved.append((st.epoch_step, st.step)) or save(st, path)
+    )
     parts = make_parts(Tiny(nan_at=3), cfg, tmp_path)
     with pytest.raises(NonFiniteError, match="step 2"):
-        train_one_epoch(
-            parts,
-            batches(),
-            cfg,
-            DistEnv(),
-            torch.device("cpu"),
-            lambda es, st: saved.append((es, st)),
-            epoch=0,
-            step=0,
-            epoch_step=0,
-        )
+        run_epoch(parts, cfg, batches())
     parts.interrupts.close()
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert (last["epoch_step"], last["step"]) == (2, 2)
     report = json.loads((tmp_path / "nonfinite_report.json").read_text())
     assert report["step"] == 2 and report["nonfinite_grad_params"] == ["fc.weight", "fc.bias"]
     assert 0 <= report["label_min"] <= report["label_max"] < 3
     assert saved == [(2, 2)]  # last good state: two updates applied, the bad one not
-    assert all(torch.isfinite(p).all() for p in parts.net.parameters())
+    assert all(torch.isfinite(p).all() for p in parts.state.net.parameters())
 
 
 def test_skip_mode_skips_the_bad_update_and_counts_it(tmp_path: Path):
     cfg = tiny_cfg(nonfinite="skip", max_skips=3)
     parts = make_parts(Tiny(nan_at=3), cfg, tmp_path)
-    metrics, step, _ = run_epoch(parts, cfg, batches())
+    metrics = run_epoch(parts, cfg, batches())
     parts.interrupts.close()
-    assert step == 8 and metrics["skipped_steps"] == 1
-    assert all(torch.isfinite(p).all() for p in parts.net.parameters())
+    assert parts.state.step == 8 and metrics["skipped_steps"] == 1
+    assert all(torch.isfinite(p).all() for p in parts.state.net.parameters())
 
 
 def test_early_stopping_triggers_on_a_plateau_and_names_the_reason():
@@ -449,7 +452,7 @@ def test_reported_train_loss_is_the_cross_entropy_without_the_l1_penalty(tmp_pat
         cfg.optim.lr_per_256 = 1e-12  # no visible update: both runs see the same weights
         cfg.regularization.l1 = l1
         parts = make_parts(Tiny(), cfg, tmp_path)
-        metrics, _, _ = run_epoch(parts, cfg, data)
+        metrics = run_epoch(parts, cfg, data)
         parts.interrupts.close()
         reported[l1] = metrics["loss"]
     assert reported[10.0] == pytest.approx(reported[0.0], rel=1e-6)
@@ -541,52 +544,42 @@ def test_a_skipped_non_finite_step_leaves_batchnorm_statistics_as_if_the_batch_w
     """One inf pixel: the forward's BatchNorm update (NaN running mean/var) is undone with the step."""
     cfg = tiny_cfg(nonfinite="skip", max_skips=3)
     skipped = resnet18_parts(cfg, tmp_path)
-    metrics, _, _ = run_epoch(skipped, cfg, bn_batches(bad=2))
+    metrics = run_epoch(skipped, cfg, bn_batches(bad=2))
     skipped.interrupts.close()
     assert metrics["skipped_steps"] == 1
-    buffers = bn_buffers(skipped.net)
+    buffers = bn_buffers(skipped.state.net)
     assert buffers and all(torch.isfinite(v.float()).all() for v in buffers.values())
 
     clean = resnet18_parts(cfg, tmp_path)
     run_epoch(clean, cfg, [b for i, b in enumerate(bn_batches(bad=2)) if i != 2])
     clean.interrupts.close()
-    torch.testing.assert_close(buffers, bn_buffers(clean.net), rtol=0, atol=0)
-    torch.testing.assert_close(skipped.net.state_dict(), clean.net.state_dict(), rtol=0, atol=0)
-    result = evaluate(skipped.net, bn_batches(2), DistEnv(), torch.device("cpu"), expected_total=8)
+    torch.testing.assert_close(buffers, bn_buffers(clean.state.net), rtol=0, atol=0)
+    torch.testing.assert_close(skipped.state.net.state_dict(), clean.state.net.state_dict(), rtol=0, atol=0)
+    result = evaluate(skipped.state.net, bn_batches(2), DistEnv(), torch.device("cpu"), expected_total=8)
     assert math.isfinite(result["loss"])
 
 
 def test_a_non_finite_stop_saves_finite_batchnorm_statistics_as_the_last_good_state(tmp_path: Path):
     cfg = tiny_cfg(nonfinite="stop")
     parts = resnet18_parts(cfg, tmp_path)
-    saved: list[dict[str, torch.Tensor]] = []
     before_bad: list[dict[str, torch.Tensor]] = []
 
     class Data(list):  # records the BatchNorm buffers just before the bad batch is trained on
         def __iter__(self):
             for i, batch in enumerate(super().__iter__()):
                 if i == 2:
-                    before_bad.append(bn_buffers(parts.net))
+                    before_bad.append(bn_buffers(parts.state.net))
                 yield batch
 
     with pytest.raises(NonFiniteError):
-        train_one_epoch(
-            parts,
-            Data(bn_batches(bad=2)),
-            cfg,
-            DistEnv(),
-            torch.device("cpu"),
-            lambda *_: saved.append(training_state(parts, cfg, 0, 2, 2)),
-            epoch=0,
-            step=0,
-            epoch_step=0,
-        )
+        run_epoch(parts, cfg, Data(bn_batches(bad=2)))
     parts.interrupts.close()
-    assert len(saved) == 1
-    last = saved[0]["model"]
+    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert (saved["epoch"], saved["step"], saved["epoch_step"]) == (0, 2, 2)
+    last = saved["model"]
     assert all(torch.isfinite(v.float()).all() for v in last.values())
     torch.testing.assert_close({k: last[k] for k in before_bad[0]}, before_bad[0], rtol=0, atol=0)
-    result = evaluate(parts.net, bn_batches(2), DistEnv(), torch.device("cpu"), expected_total=8)
+    result = evaluate(parts.state.net, bn_batches(2), DistEnv(), torch.device("cpu"), expected_total=8)
     assert math.isfinite(result["loss"])
 
 

@@ -129,14 +129,27 @@ def _define_pipeline(
 ):
     """`decode_args`: extra decoder arguments (default: `decoder_args(gpu, t.train)`).
     `channels_last`: emit HWC, which DaliLoader views as NCHW in channels_last memory without a copy."""
-    from nvidia.dali import fn, types
+    from nvidia.dali import fn
 
-    decode_device = "mixed" if gpu else "cpu"
     if decode_args is None:
         decode_args = decoder_args(gpu, t.train)
     jpegs, label = fn.readers.file(
         files=list(files), labels=list(labels), random_shuffle=False, name=READER_NAME
     )
+    # keep the steps in this order: DALI derives its random operators' seeds from the pipeline's
+    # seed in the order the operators are added, so a reordering may change what a seed draws
+    images, crop_pos = _decode_and_crop(jpegs, t, "mixed" if gpu else "cpu", decode_args)
+    images = _mirror_and_normalize(images, t, crop_pos, gpu, channels_last)
+    if gpu:
+        label = label.gpu()
+    return images, label
+
+
+def _decode_and_crop(jpegs, t: Transform, decode_device: str, decode_args: dict[str, int]):
+    """Decode, and the transform's crop and resize: (images, where crop_mirror_normalize puts its
+    window as crop_pos_x / crop_pos_y arguments, or {} for the centre)."""
+    from nvidia.dali import fn, types
+
     size = [t.image_size, t.image_size]
     # where crop_mirror_normalize puts its window (normalized, 0..1): the centre unless drawn below
     crop_pos: dict = {}
@@ -187,6 +200,15 @@ def _define_pipeline(
             images = fn.resize(
                 images, resize_shorter=t.eval_resize, interp_type=types.INTERP_LINEAR, antialias=True
             )
+    return images, crop_pos
+
+
+def _mirror_and_normalize(images, t: Transform, crop_pos: dict, gpu: bool, channels_last: bool):
+    """The random flip, the final crop, (x - mean) / std on the 0-255 scale with the PCA lighting
+    offset in the mean, and the mean image subtracted where there is one."""
+    from nvidia.dali import fn, types
+
+    size = [t.image_size, t.image_size]
     mirror = fn.random.coin_flip(probability=0.5) if (t.train and t.hflip) else 0
     pixel_mean = t.mean_image is not None
     # DALI works on the 0-255 scale; with a mean image, x / (255 std) here and minus
@@ -217,9 +239,7 @@ def _define_pipeline(
             layout="HWC" if channels_last else "CHW",
             device="gpu" if gpu else "cpu",
         )
-    if gpu:
-        label = label.gpu()
-    return images, label
+    return images
 
 
 def short_side_node(low: int, high: int):

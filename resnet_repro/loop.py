@@ -1,0 +1,251 @@
+"""The training loop: `train_step` (one optimizer step, written out) and `train_one_epoch`, which
+runs it over one epoch's batches, keeps the data position and writes mid-epoch checkpoints."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from resnet_repro import distributed
+from resnet_repro.config import RootConfig
+from resnet_repro.data.loaders import Loader
+from resnet_repro.distributed import DistEnv
+from resnet_repro.evaluate import autocast
+from resnet_repro.metrics import MetricsLogger, NullLogger, StepTimer, peak_memory_mb
+from resnet_repro.optim import l1_penalty, l1_weights
+from resnet_repro.preemption import Interrupts
+from resnet_repro.run_state import RunState
+from resnet_repro.stabilizers import BufferSnapshot, NonFiniteError, NonFiniteGuard, grad_norm_summary
+
+
+@dataclass
+class Parts:
+    """What a training run touches. `state` is everything a checkpoint holds; the guard, logger
+    and interrupts live as long as this process. `ckpt_dir`: where `save()` writes; None on ranks
+    other than 0 and where nothing is saved (benchmarks, tests)."""
+
+    state: RunState
+    guard: NonFiniteGuard
+    logger: MetricsLogger | NullLogger
+    interrupts: Interrupts
+    ckpt_dir: Path | None = None
+
+    def save(self, name: str = "last.pt") -> None:
+        if self.ckpt_dir is not None:
+            self.state.save(self.ckpt_dir / name)
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What every step of an epoch reads, resolved once per epoch."""
+
+    precision: str
+    label_smoothing: float
+    l1: float
+    l1_params: list[nn.Parameter]
+    clip_at: float  # math.inf: measure the gradient norm, clip nothing
+    nonfinite: str
+    max_skips: int
+    # BatchNorm statistics before each step, put back if the step turns out non-finite
+    buffers: BufferSnapshot | None
+
+    @classmethod
+    def of(cls, cfg: RootConfig, net: nn.Module) -> StepSettings:
+        reg, st = cfg.regularization, cfg.stabilizer
+        return cls(
+            precision=cfg.trainer.precision,
+            label_smoothing=reg.label_smoothing,
+            l1=reg.l1,
+            l1_params=l1_weights(net) if reg.l1 > 0 else [],
+            clip_at=st.max_norm if st.max_norm else math.inf,
+            nonfinite=st.nonfinite,
+            max_skips=st.max_skips,
+            buffers=BufferSnapshot(net) if st.nonfinite != "off" else None,
+        )
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: torch.Tensor  # the data loss (without the L1 penalty), on the device
+    logits: torch.Tensor
+    grad_norm: torch.Tensor  # the total gradient norm before clipping, on the device
+    lr: float  # the LR this step used
+    applied: bool  # False: the step was non-finite and skipped (stabilizer.nonfinite=skip)
+
+
+def train_step(
+    parts: Parts, s: StepSettings, images: torch.Tensor, labels: torch.Tensor, env: DistEnv
+) -> StepResult:
+    """One optimizer step: forward under autocast, loss, backward, unscale, clip, non-finite
+    check, optimizer step, LR schedule step. Raises NonFiniteError when a non-finite step stops
+    the run (the update is not applied: the model is still the last good state).
+
+    Host syncs: one per step for the non-finite verdict (none with stabilizer.nonfinite=off; with
+    fp16 the gradient scaler makes one anyway)."""
+    state, guard = parts.state, parts.guard
+    lr = state.schedule.lr
+    if s.buffers is not None:
+        s.buffers.take()
+    with autocast(images.device, s.precision):
+        logits = state.model(images)
+        data_loss = F.cross_entropy(logits, labels, label_smoothing=s.label_smoothing)
+    # the L1 penalty is optimized but not reported: the train loss stays comparable with the
+    # evaluation loss and the chance level
+    loss = data_loss + l1_penalty(s.l1_params, s.l1) if s.l1 > 0 else data_loss
+
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    state.scaler.unscale_(state.optimizer)  # clip and measure the true gradient, not the fp16-scaled one
+    grad_norm = nn.utils.clip_grad_norm_(state.net.parameters(), s.clip_at)  # returns the pre-clip norm
+
+    # fp16: an overflowing gradient is the scaler's business (it skips the step and lowers its
+    # scale), so only the loss is checked there
+    checked_norm = grad_norm if s.precision != "fp16" else torch.zeros_like(grad_norm)
+    applied = guard.is_finite(loss, checked_norm, env)
+    if applied:
+        guard.ok()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        # every rank (the verdict is shared): the forward's BatchNorm update is undone with the step
+        s.buffers.restore()  # type: ignore[union-attr]  # not None: the guard is on
+        if env.is_main:
+            guard.report(state.net, loss, labels, epoch=state.epoch, step=state.step, lr=lr)
+        if s.nonfinite == "stop" or guard.skipped_in_a_row >= s.max_skips:
+            raise NonFiniteError(
+                f"non-finite loss or gradient at epoch {state.epoch + 1}, step {state.step} (LR {lr:.4g}); "
+                f"report {guard.report_path}; the last good state is in checkpoints/last.pt"
+            )
+        guard.skip()
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.update()
+    state.schedule.step()
+    return StepResult(data_loss, logits, grad_norm, lr, applied)
+
+
+class EpochTally:
+    """Loss sum, correct@1 and images, summed on the device, and every step's pre-clip gradient
+    norm: read once, at the end of the epoch."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.norms: list[torch.Tensor] = []
+
+    def add(self, out: StepResult, labels: torch.Tensor) -> None:
+        self.norms.append(out.grad_norm.detach())
+        if out.applied:  # a skipped step's non-finite loss stays out of the sums
+            # device-side accumulation; a Python number as the operand is a kernel argument, not a copy
+            self.sums[0] += out.loss.detach().double() * labels.numel()
+            self.sums[1] += (out.logits.detach().argmax(1) == labels).sum()
+            self.sums[2] += labels.numel()
+
+
+def train_one_epoch(
+    parts: Parts, loader: Loader, cfg: RootConfig, env: DistEnv, device: torch.device
+) -> dict[str, float] | None:
+    """One pass over this rank's shard of epoch `parts.state.epoch`, from batch `epoch_step` on.
+
+    Returns the epoch's train metrics, with the data position moved to the next epoch's start;
+    or None when a preemption stopped it early (last.pt then holds the position reached)."""
+    state, guard = parts.state, parts.guard
+    state.net.train()
+    settings = StepSettings.of(cfg, state.net)
+    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    tally = EpochTally(device)
+    epoch_steps = state.epoch_step + len(loader)
+    epoch_lr = state.schedule.lr
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timer = StepTimer()
+    start = time.perf_counter()
+    for images, labels in timer.wrap(_progress(loader, cfg, env, state.epoch)):
+        # a no-op for DALI batches, which already come in the model's memory format
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
+        try:
+            out = train_step(parts, settings, images, labels, env)
+        except NonFiniteError:
+            parts.save()  # the update was not applied: this is the last good state
+            raise
+        state.step += 1
+        state.epoch_step += 1
+
+        tally.add(out, labels)
+        if state.step % cfg.logging.log_every_steps == 0:
+            guard.remember(out.loss.item())
+            parts.logger.scalar("train/step_loss", guard.history[-1], state.step)
+            parts.logger.scalar("train/step_lr", out.lr, state.step)
+        # never on the epoch's last batch: the epoch then ends normally (with its evaluation and
+        # checkpoint) and the epoch-boundary check in the caller stops the run
+        if state.epoch_step < epoch_steps and parts.interrupts.stop_requested(state.step):
+            parts.save()
+            return None
+        if state.epoch_step < epoch_steps and parts.interrupts.save_due():
+            parts.save()
+    elapsed = time.perf_counter() - start
+
+    metrics = _epoch_metrics(parts, cfg, env, device, tally, epoch_lr, elapsed, timer)
+    state.epoch, state.epoch_step = state.epoch + 1, 0
+    return metrics
+
+
+def _epoch_metrics(
+    parts: Parts,
+    cfg: RootConfig,
+    env: DistEnv,
+    device: torch.device,
+    tally: EpochTally,
+    epoch_lr: float,
+    elapsed: float,
+    timer: StepTimer,
+) -> dict[str, float]:
+    """The epoch's sums over all ranks (one all-reduce, one read), and the per-step gradient norms
+    written once per epoch."""
+    distributed.all_reduce_sum(env, tally.sums)
+    loss_sum, correct, seen = tally.sums.tolist()
+    norms = tally.norms
+    if seen == 0:
+        raise NonFiniteError(
+            f"every step of epoch {parts.state.epoch + 1} was skipped as non-finite "
+            f"(stabilizer.nonfinite=skip); see {parts.guard.report_path}"
+        )
+    norm_values = torch.stack(norms).float().cpu()
+    step = parts.state.step
+    for i, value in enumerate(norm_values.tolist()):
+        parts.logger.scalar("train/grad_norm", value, step - len(norms) + i + 1)
+    return {
+        "loss": loss_sum / seen,
+        "top1": correct / seen,
+        "lr": epoch_lr,  # the LR this epoch started with (a milestone's change shows next epoch)
+        "lr_end": parts.state.schedule.lr,
+        "img_per_s": seen / elapsed,
+        "epoch_time_s": elapsed,
+        "skipped_steps": parts.guard.skipped_total,
+        "peak_memory_mb": peak_memory_mb(device.type),
+        **timer.summary(),
+        **grad_norm_summary(norm_values, cfg.stabilizer.max_norm),
+    }
+
+
+def _progress(loader, cfg: RootConfig, env: DistEnv, epoch: int):
+    if not (cfg.logging.progress and env.is_main):
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(
+        loader,
+        total=len(loader),
+        desc=f"epoch {epoch + 1}/{cfg.trainer.epochs}",
+        unit="batch",
+        mininterval=1.0,
+        dynamic_ncols=True,
+        leave=False,
+        file=sys.stderr,
+    )

@@ -1,0 +1,109 @@
+"""Everything a checkpoint holds, in one object: `RunState.state_dict()` is what last.pt, best.pt
+and epoch_*.pt contain, and `load_state_dict()` is how a resume restores it.
+
+Checkpoint keys (the file format; `resnet-repro eval` and older files rely on them):
+    model, optimizer, scheduler, scaler, early_stop   the stateful objects' own state dicts
+    epoch, step, epoch_step                           the data position (see RunState)
+    best_top1                                         the model-selection score so far
+    rng                                               Python, numpy and torch generator states
+    config, version                                   the run's resolved config and the tool version
+    stopped                                           why training stopped early, or None
+    job                                               world size, global batch, steps per epoch
+    normalization                                     mean, std (and mean_image) the model was fed
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from resnet_repro import __version__, checkpoint
+from resnet_repro.config import RootConfig
+from resnet_repro.data.normalization import Normalization
+from resnet_repro.schedule import LRSchedule
+from resnet_repro.stabilizers import EarlyStopper
+from resnet_repro.summary import Derived
+
+# the keys without which a file is not a training checkpoint of this tool (resume refuses it)
+TRAINING_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "epoch_step", "rng")
+
+
+def job_shape(derived: Derived) -> dict[str, int]:
+    """What a checkpoint's data position and LR schedule are counted in: a resume needs the same."""
+    return {
+        "world_size": derived.world_size,
+        "global_batch": derived.global_batch,
+        "steps_per_epoch": derived.steps_per_epoch,
+    }
+
+
+@dataclass
+class RunState:
+    """The run's stateful parts. `net` is the bare model (its state dict is saved); `model` is what
+    runs the forward pass (DDP-wrapped and/or compiled; not saved itself).
+
+    The data position: `epoch` epochs are complete, and `epoch_step` steps of the next one are
+    done (0 at an epoch boundary); `step` counts optimizer steps over the whole run. `job` and
+    `normalization` are recorded for the resume check and for `resnet-repro eval`; a resume
+    compares them (resume.check_resumable) instead of loading them."""
+
+    net: nn.Module
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: torch.amp.GradScaler
+    early_stop: EarlyStopper
+    config: RootConfig
+    job: dict[str, int] | None = None
+    normalization: Normalization | None = None
+    best_top1: float = -1.0
+    epoch: int = 0
+    step: int = 0
+    epoch_step: int = 0
+    stopped: str | None = None  # the reason training stopped early (early stopping), or None
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "early_stop": self.early_stop.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "epoch_step": self.epoch_step,
+            "best_top1": self.best_top1,
+            "rng": checkpoint.rng_state(),
+            "config": dataclasses.asdict(self.config),
+            "version": __version__,
+            "stopped": self.stopped,
+            "job": self.job,
+        }
+        if self.normalization is not None:
+            norm = self.normalization
+            state["normalization"] = {"mean": list(norm.mean), "std": list(norm.std)}
+            if norm.mean_image is not None:  # so `resnet-repro eval` subtracts exactly this image
+                state["normalization"]["mean_image"] = torch.from_numpy(norm.mean_image)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state` (checked by resume.check_resumable first). The model, optimizer,
+        schedule and scaler raise RuntimeError / ValueError / KeyError when the file does not fit."""
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.early_stop.load_state_dict(state["early_stop"])
+        self.best_top1 = float(state["best_top1"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.epoch_step = int(state["epoch_step"])
+        self.stopped = state.get("stopped")
+        checkpoint.set_rng_state(state["rng"])
+
+    def save(self, path) -> None:
+        """Write state_dict() atomically (callers: rank 0 only)."""
+        checkpoint.save_atomic(self.state_dict(), path)
