@@ -113,6 +113,8 @@ def train_step(
         guard.ok()
         state.scaler.step(state.optimizer)
         state.scaler.update()
+        if state.ema is not None:
+            state.ema.update(state.net)
     else:
         # every rank (the verdict is shared): the forward's BatchNorm update is undone with the step
         s.buffers.restore()  # type: ignore[union-attr]  # not None: the guard is on

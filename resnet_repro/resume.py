@@ -42,6 +42,7 @@ def _flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:
 IDENTITY_KEYS = (
     "trainer.seed",
     "trainer.precision",
+    "trainer.ema",
     "model",
     "regularization",
     "data.name",

@@ -10,6 +10,7 @@ Checkpoint keys (the file format; `resnet-repro eval` and older files rely on th
     stopped                                           why training stopped early, or None
     job                                               world size, global batch, steps per epoch
     normalization                                     mean, std (and mean_image) the model was fed
+    ema                                               the weight average (only with trainer.ema.decay)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch.nn as nn
 from resnet_repro import __version__, checkpoint
 from resnet_repro.config import RootConfig
 from resnet_repro.data.normalization import Normalization
+from resnet_repro.ema import WeightEMA
 from resnet_repro.schedule import LRSchedule
 from resnet_repro.stabilizers import EarlyStopper
 from resnet_repro.summary import Derived
@@ -65,6 +67,7 @@ class RunState:
     step: int = 0
     epoch_step: int = 0
     stopped: str | None = None  # the reason training stopped early (early stopping), or None
+    ema: WeightEMA | None = None  # trainer.ema.decay: the weight average, updated after each step
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
@@ -83,6 +86,8 @@ class RunState:
             "stopped": self.stopped,
             "job": self.job,
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         if self.normalization is not None:
             norm = self.normalization
             state["normalization"] = {"mean": list(norm.mean), "std": list(norm.std)}
@@ -102,6 +107,8 @@ class RunState:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.epoch_step = int(state["epoch_step"])
         self.stopped = state.get("stopped")
+        if self.ema is not None and "ema" in state:  # a run that had none starts its average here
+            self.ema.load_state_dict(state["ema"])
         checkpoint.set_rng_state(state["rng"])
 
     def save(self, path) -> None:

@@ -19,6 +19,7 @@ from resnet_repro.config import RootConfig, UserError, to_dataclass, validate
 from resnet_repro.data import progressive, subset
 from resnet_repro.data.normalization import Normalization
 from resnet_repro.distributed import DistEnv
+from resnet_repro.ema import WeightEMA
 from resnet_repro.loop import Parts, train_one_epoch
 from resnet_repro.metrics import make_logger, write_run_files
 from resnet_repro.models import build_model
@@ -140,6 +141,7 @@ def build_parts(
         config=cfg,
         job=job_shape(derived),
         normalization=norm,
+        ema=WeightEMA(net, t.ema.decay) if t.ema.decay is not None else None,
     )
     return Parts(
         state=state,
@@ -260,6 +262,8 @@ def _run_epochs(
             return None
         distributed.broadcast_buffers(env, state.net)  # rank 0's BatchNorm statistics everywhere
         last = evals.run(state.net)
+        if state.ema is not None:  # the weight average beside the weights: "<split>-ema" rows
+            last.update({f"{name}-ema": m for name, m in evals.run(state.ema.module).items()})
         _end_epoch(parts, cfg, epoch, train_metrics, last, selection, data.derived.num_classes)
         if state.stopped:
             log.warning(state.stopped)
@@ -327,9 +331,13 @@ def _finish(
     state, test_name = parts.state, cfg.data.eval_split
     if last is None:  # resumed a finished run: report its final numbers
         last = evals.run(state.net)
+        if state.ema is not None:
+            last.update({f"{name}-ema": m for name, m in evals.run(state.ema.module).items()})
     final: dict[str, Any] = {"epochs_run": state.epoch, **last[test_name]}
     if "holdout" in last:
         final["holdout"] = last["holdout"]
+    if f"{test_name}-ema" in last:  # the weight average's centre-crop numbers
+        final["ema"] = last[f"{test_name}-ema"]
     final = final_test_eval(
         cfg, final, state.net, parts.logger, data.splits.test, env, device, data.batch, data.norm, state.step
     )

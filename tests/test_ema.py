@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn as nn
 
@@ -45,3 +51,51 @@ def test_ema_state_round_trips_through_a_state_dict():
     restored.load_state_dict(ema.state_dict())
     torch.testing.assert_close(restored.module.weight, ema.module.weight)
     assert int(restored.averaged.n_averaged) == 2
+
+
+@pytest.mark.slow
+def test_a_demo_run_with_progressive_resizing_and_ema_evaluates_both_and_checkpoints_the_average(
+    demo_root: Path, tmp_path: Path
+):
+    from resnet_repro import checkpoint
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resnet_repro",
+            "train",
+            f"data.root={demo_root}",
+            "trainer.epochs=2",
+            "trainer.batch_size=32",
+            "trainer.max_steps_per_epoch=3",
+            "stabilizer.warmup_epochs=0",
+            "logging.progress=false",
+            "data.progressive.start_size=24",
+            "data.progressive.end_size=32",
+            "data.progressive.step=8",
+            "trainer.ema.decay=0.5",
+            f"hydra.run.dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["image_size"] for r in rows if r["split"] == "train"] == [24, 32]
+    assert [r["epoch"] for r in rows if r["split"] == "val-ema"] == [1, 2]
+    assert all(r["num_samples"] == 360 for r in rows if r["split"] in ("val", "val-ema"))
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["ema"]["num_samples"] == 360 and 0.0 <= final["ema"]["top1"] <= 1.0
+    state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    assert int(state["ema"]["n_averaged"]) == 6  # one update per optimizer step
+    assert not torch.equal(state["ema"]["module.conv1.weight"], state["model"]["conv1.weight"])
+
+
+def test_ema_decay_outside_zero_one_is_a_one_line_error():
+    from resnet_repro.config import EmaConfig, RootConfig, TrainerConfig, UserError, validate
+
+    with pytest.raises(UserError, match=r"trainer.ema.decay=1.0 must be in \(0, 1\)"):
+        validate(RootConfig(trainer=TrainerConfig(ema=EmaConfig(decay=1.0))))
