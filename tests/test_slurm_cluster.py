@@ -175,53 +175,53 @@ def scenario_multinode(c: Cluster, work: Path) -> dict[str, Any]:
     }
 
 
-def scenario_usr1_preemption(c: Cluster, work: Path) -> dict[str, Any]:
-    job = c.sbatch(*CPU_JOB, str(SBATCH), *SMALL_RUN, "trainer.epochs=3", cwd=work)
+def start_small_run(c: Cluster, work: Path, epochs: int) -> tuple[str, Path]:
+    """Submit the single-node script on a small demo run; return once its first epoch is done."""
+    job = c.sbatch(*CPU_JOB, str(SBATCH), *SMALL_RUN, f"trainer.epochs={epochs}", cwd=work)
     run_dir = work / "runs" / "demo" / f"slurm-{job}"
     wait_for(lambda: epochs_done(run_dir) >= 1 or c.job(job).get("JobState") in FINAL_STATES, "epoch 1")
-    signalled = c.run("scancel", "--signal=USR1", job)
+    return job, run_dir
+
+
+def requeued_then_finished(
+    c: Cluster, job: str, run_dir: Path, while_held: Callable[[], object] | None = None
+) -> dict[str, Any]:
+    """Wait for the requeue, read preempted.json while SLURM holds the job (a finished run deletes
+    it), run `while_held`, then wait for the end."""
     requeued = c.wait_job(job, lambda j: int(j["Restarts"]) >= 1 or j["JobState"] in FINAL_STATES, "requeue")
+    if while_held is not None:
+        while_held()
     preempted = read_json(run_dir / "preempted.json") if (run_dir / "preempted.json").exists() else None
     info = c.wait_done(job)
     return {
         "job": job,
-        "signalled": signalled,
         "requeued": requeued,
         "preempted": preempted,
         "info": info,
         "run_dir": run_dir,
         "log": c.log_of(job),
     }
+
+
+def scenario_usr1_preemption(c: Cluster, work: Path) -> dict[str, Any]:
+    job, run_dir = start_small_run(c, work, epochs=3)
+    signalled = c.run("scancel", "--signal=USR1", job)
+    return {"signalled": signalled, **requeued_then_finished(c, job, run_dir)}
 
 
 def scenario_time_limit(c: Cluster, work: Path) -> dict[str, Any]:
     # The script's own `--signal=USR1@120`: with the time limit cut to 2 minutes the job is inside
-    # its last 120 s at once, and SLURM sends USR1 at its next time-limit check (within ~30 s)
-    # long enough to be still running when the signal comes (SLURM checks time limits every 30 s)
-    job = c.sbatch(*CPU_JOB, str(SBATCH), *SMALL_RUN, "trainer.epochs=20", cwd=work)
-    run_dir = work / "runs" / "demo" / f"slurm-{job}"
-    wait_for(lambda: epochs_done(run_dir) >= 1 or c.job(job).get("JobState") in FINAL_STATES, "epoch 1")
+    # its last 120 s at once, and SLURM sends USR1 at its next time-limit check (every 30 s), so
+    # the run is long enough to be still going then
+    job, run_dir = start_small_run(c, work, epochs=20)
     cut = c.run("scontrol", "update", f"JobId={job}", "TimeLimit=2")
-    requeued = c.wait_job(job, lambda j: int(j["Restarts"]) >= 1 or j["JobState"] in FINAL_STATES, "requeue")
     # while SLURM holds it: give the rerun room, or its own USR1 would come at once again
-    c.run("scontrol", "update", f"JobId={job}", "TimeLimit=30")
-    preempted = read_json(run_dir / "preempted.json") if (run_dir / "preempted.json").exists() else None
-    info = c.wait_done(job)
-    return {
-        "job": job,
-        "cut": cut,
-        "requeued": requeued,
-        "preempted": preempted,
-        "info": info,
-        "run_dir": run_dir,
-        "log": c.log_of(job),
-    }
+    room = lambda: c.run("scontrol", "update", f"JobId={job}", "TimeLimit=30")  # noqa: E731
+    return {"cut": cut, **requeued_then_finished(c, job, run_dir, while_held=room)}
 
 
 def scenario_cancel(c: Cluster, work: Path) -> dict[str, Any]:
-    job = c.sbatch(*CPU_JOB, str(SBATCH), *SMALL_RUN, "trainer.epochs=12", cwd=work)
-    run_dir = work / "runs" / "demo" / f"slurm-{job}"
-    wait_for(lambda: epochs_done(run_dir) >= 1 or c.job(job).get("JobState") in FINAL_STATES, "epoch 1")
+    job, run_dir = start_small_run(c, work, epochs=12)
     cancelled = c.run("scancel", job)
     info = c.wait_done(job)
     time.sleep(5)  # a requeue would show by now
