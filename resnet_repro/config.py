@@ -134,6 +134,10 @@ class DataConfig:
     num_threads: int = 4
     # Batches DALI prepares ahead of the training step
     prefetch: int = 2
+    # Evaluate at most this many images of the test split and of the holdout (evenly spaced over
+    # each, so every class keeps some); for smoke tests, as trainer.max_steps_per_epoch caps
+    # training. Starred in the start-up summary: such numbers are not the split's. null = all
+    max_eval_images: int | None = None
 
 
 @dataclass
@@ -427,6 +431,7 @@ RUN_CONTROL_KEYS: tuple[str, ...] = (
     "data.root",
     "data.num_threads",
     "data.prefetch",
+    "data.max_eval_images",
     "data.stats.path",
     "checkpoint",
 )
@@ -684,6 +689,7 @@ def _validate_data(d: DataConfig) -> None:
     if d.normalization not in NORMALIZATIONS:
         raise UserError(f"data.normalization={d.normalization!r} is not one of {', '.join(NORMALIZATIONS)}")
     _validate_progressive(d)
+    _validate_eval_cap(d)
     if d.subset.per_class is not None and d.subset.per_class < 1:
         raise UserError(f"data.subset.per_class={d.subset.per_class} must be >= 1 image per class, or null")
     if d.subset.classes is not None and (isinstance(d.subset.classes, bool) or d.subset.classes == ""):
@@ -704,6 +710,11 @@ def _validate_data(d: DataConfig) -> None:
     if any(s <= 0 for s in d.std):
         raise UserError(f"data.std={d.std} must be positive")
     _validate_augment(d.augment, d.image_size)
+
+
+def _validate_eval_cap(d: DataConfig) -> None:
+    if d.max_eval_images is not None and d.max_eval_images < 1:
+        raise UserError(f"data.max_eval_images={d.max_eval_images} must be >= 1 image, or null for all")
 
 
 def _validate_progressive(d: DataConfig) -> None:

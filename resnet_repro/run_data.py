@@ -94,7 +94,24 @@ def load_file_lists(cfg: DataConfig) -> Splits:
     train, holdout = train_full, None
     if cfg.holdout.size is not None:
         train, holdout = carve_holdout(train_full, cfg.holdout.size, cfg.holdout.seed)
+    if cfg.max_eval_images is not None:
+        test = capped(test, cfg.max_eval_images)
+        holdout = capped(holdout, cfg.max_eval_images) if holdout is not None else None
     return Splits(train_full=train_full, train=train, holdout=holdout, test=test)
+
+
+def capped(files: FileList, limit: int) -> FileList:
+    """At most `limit` of `files`, evenly spaced over the list (which is sorted by class, so every
+    class keeps some): data.max_eval_images."""
+    if len(files) <= limit:
+        return files
+    idx = sorted({round(i * (len(files) - 1) / max(limit - 1, 1)) for i in range(limit)})
+    return FileList(
+        split=files.split,
+        files=tuple(files.files[i] for i in idx),
+        labels=tuple(files.labels[i] for i in idx),
+        classes=files.classes,
+    )
 
 
 def _norm_args(norm: Normalization | None) -> dict[str, Any]:

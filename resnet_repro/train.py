@@ -231,6 +231,11 @@ def _summary_text(parts: Parts, cfg: RootConfig, data: RunData, selection: str |
         text += f"\n* subset           {data.derived.num_classes} classes (classes.txt)" + (
             f", at most {cap} images per class" if cap is not None else ""
         )
+    if cfg.data.max_eval_images is not None:  # a smoke test's numbers are not the split's
+        text += (
+            f"\n* eval capped      at {cfg.data.max_eval_images} images per split "
+            f"(data.max_eval_images): {data.derived.num_eval} {cfg.data.eval_split} images evaluated"
+        )
     text += (
         f"\n  final test eval  {cfg.eval.protocol}: "
         f"{describe_protocol(cfg.eval, cfg.data.image_size, cfg.data.crop_ratio)}"

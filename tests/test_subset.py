@@ -124,3 +124,14 @@ def test_subset_statistics_exclude_val_and_other_classes_and_the_run_saves_its_c
     record = json.loads(stats_files[0].read_text())
     assert record["num_images"] == 15
     assert not any("/val/" in f for f in record.get("files", []))
+
+
+def test_an_evaluation_cap_keeps_evenly_spaced_images_of_every_class(folder):
+    cfg = DataConfig(name="folder", root=str(folder), max_eval_images=10)
+    cfg.holdout.size = 20
+    splits = load_file_lists(cfg)
+    assert len(splits.test) == 10 and len(splits.holdout) == 10
+    assert set(splits.test.labels) == set(range(10))  # 30 images of 10 classes: every class kept
+    full = load_file_lists(DataConfig(name="folder", root=str(folder)))
+    assert set(splits.test.files) <= set(full.test.files)
+    assert len(load_file_lists(DataConfig(name="folder", root=str(folder), max_eval_images=100)).test) == 30
