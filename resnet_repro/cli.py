@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from resnet_repro.config import (
+    DataConfig,
     UserError,
     check_override_keys,
     deprecation_warnings,
@@ -404,6 +405,17 @@ def _prepare_cifar10(args: list[str]) -> None:
     print(json.dumps(summary))
 
 
+def _subset_classes(data: DataConfig) -> tuple[str, ...] | None:
+    """data.subset's classes (chosen from the training split's folders), or None without one."""
+    from resnet_repro.data import subset
+    from resnet_repro.data.splits import find_classes
+
+    if not subset.is_active(data.subset) or data.subset.classes is None:
+        return None
+    root = Path(data.root).expanduser()
+    return subset.select_classes(tuple(find_classes(root / data.train_split)), data.subset)
+
+
 def _verify_data(dcfg: DictConfig, decode: bool = True) -> None:
     import os
 
@@ -424,6 +436,7 @@ def _verify_data(dcfg: DictConfig, decode: bool = True) -> None:
             decode=decode,
             progress=cfg.logging.progress,
             summary_path=Path(HydraConfig.get().runtime.output_dir) / "verify_data.json",
+            classes=_subset_classes(cfg.data),
         )
     except UserError as e:
         _fail(str(e))

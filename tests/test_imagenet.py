@@ -594,3 +594,41 @@ def test_prepare_syncs_a_class_to_disk_before_renaming_it_into_place(tmp_path, a
         on_disk = {str(work / p.relative_to(final)) for p in final.rglob("*")}
         assert on_disk and on_disk | {str(work)} <= synced_before
         assert events[k + 1] == ("fsync", str(final.parent))  # the rename itself
+
+
+def test_verify_data_of_a_class_subset_checks_only_its_classes(tmp_path, monkeypatch, capsys):
+    from resnet_repro.cli import main
+
+    root = tmp_path / "data"
+    wnids = {f"n{i:08d}": 2 for i in range(6)}
+    make_image_folder(root, "train", wnids, sizes=[(8, 8)])
+    make_image_folder(root, "val", {w: 1 for w in wnids}, sizes=[(8, 8)])
+    monkeypatch.chdir(tmp_path)
+
+    # a subset of ImageNet: its totals are not ImageNet's, its per-class counts still are checked
+    summary = imagenet_verify.verify_data(
+        root,
+        expect_imagenet=True,
+        num_threads=1,
+        decode=False,
+        progress=False,
+        summary_path=None,
+        classes=("n00000001", "n00000004"),
+    )
+    assert summary["splits"]["train"]["classes"] == 2 and summary["images"] == 6
+    assert summary["subset_classes"] == 2
+    assert not any("expected 1000" in p or "images, expected" in p for p in summary["problems"])
+    assert any("2 classes do not have 732 to 1300 images" in p for p in summary["problems"])
+
+    main(
+        [
+            "verify-data",
+            "--no-decode",
+            "data=folder",
+            f"data.root={root}",
+            "data.subset.classes=3",
+            "logging.progress=false",
+        ]
+    )
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["images"] == 3 * 3 and result["ok"]  # the 3 seeded classes: 2 train + 1 val each

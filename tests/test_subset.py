@@ -135,3 +135,41 @@ def test_an_evaluation_cap_keeps_evenly_spaced_images_of_every_class(folder):
     full = load_file_lists(DataConfig(name="folder", root=str(folder)))
     assert set(splits.test.files) <= set(full.test.files)
     assert len(load_file_lists(DataConfig(name="folder", root=str(folder), max_eval_images=100)).test) == 30
+
+
+@pytest.mark.slow
+def test_a_demo_sweep_on_a_class_subset_runs_end_to_end_and_reports(demo_root: Path, tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    common = [sys.executable, "-m", "resnet_repro"]
+    proc = subprocess.run(
+        [
+            *common,
+            "train",
+            "-m",
+            f"data.root={demo_root}",
+            "data.subset.classes=4",
+            "data.subset.per_class=40",
+            "trainer.epochs=1",
+            "trainer.batch_size=16",
+            "trainer.max_steps_per_epoch=2",
+            "stabilizer.warmup_epochs=0",
+            "logging.progress=false",
+            "optim.weight_decay=1e-4,5e-4",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(jobs) == 2
+    for job in jobs:
+        kept = (job / "classes.txt").read_text().split()
+        assert len(kept) == 4
+        val_images = sum(len(list((demo_root / "val" / c).glob("*.JPEG"))) for c in kept)
+        assert json.loads((job / "final.json").read_text())["num_samples"] == val_images  # those classes only
+    assert len({(job / "classes.txt").read_text() for job in jobs}) == 1  # the same seeded classes
+    report = subprocess.run([*common, "report", str(sweep)], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "optim.weight_decay" in report.stdout and report.stdout.count("done") == 2

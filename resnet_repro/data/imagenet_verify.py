@@ -12,6 +12,7 @@ import os
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,8 +237,9 @@ def _layout_problems(splits: dict[str, dict[str, Any]]) -> list[str]:
     return problems
 
 
-def _imagenet_problems(splits: dict[str, dict[str, Any]]) -> list[str]:
-    """Where the train and val splits differ from ImageNet-1K's numbers, one line per split and kind."""
+def _imagenet_problems(splits: dict[str, dict[str, Any]], subset: bool = False) -> list[str]:
+    """Where the train and val splits differ from ImageNet-1K's numbers, one line per split and kind
+    (`subset`: a class subset, whose totals are not ImageNet's)."""
     problems: list[str] = []
     expected = {
         "train": (TRAIN_IMAGES, TRAIN_PER_CLASS, "732 to 1300"),
@@ -248,9 +250,9 @@ def _imagenet_problems(splits: dict[str, dict[str, Any]]) -> list[str]:
         if s is None:
             problems.append(f"{split}: split folder is missing")
             continue
-        if s["classes"] != NUM_CLASSES:
+        if s["classes"] != NUM_CLASSES and not subset:
             problems.append(f"{split}: {s['classes']} classes, expected {NUM_CLASSES}")
-        if s["images"] != total:
+        if s["images"] != total and not subset:
             problems.append(f"{split}: {s['images']:,} images, expected {total:,}")
         not_wnid = [c for c in s["per_class"] if not _WNID.fullmatch(c)]
         if not_wnid:
@@ -266,8 +268,10 @@ def _imagenet_problems(splits: dict[str, dict[str, Any]]) -> list[str]:
     return problems
 
 
-def _count_problems(splits: dict[str, dict[str, Any]], expect_imagenet: bool) -> list[str]:
-    return _layout_problems(splits) + (_imagenet_problems(splits) if expect_imagenet else [])
+def _count_problems(
+    splits: dict[str, dict[str, Any]], expect_imagenet: bool, subset: bool = False
+) -> list[str]:
+    return _layout_problems(splits) + (_imagenet_problems(splits, subset) if expect_imagenet else [])
 
 
 def _split_names(root: Path, expect_imagenet: bool) -> list[str]:
@@ -282,12 +286,18 @@ def _split_names(root: Path, expect_imagenet: bool) -> list[str]:
     return names
 
 
-def _scan(root: Path, split_names: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
-    """Per-split counts (the summary's `splits`) and the image paths of each split."""
+def _scan(
+    root: Path, split_names: list[str], classes: Sequence[str] | None = None
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
+    """Per-split counts (the summary's `splits`) and the image paths of each split (of `classes`
+    only, when given)."""
     splits: dict[str, dict[str, Any]] = {}
     paths: dict[str, list[str]] = {}
     for split in split_names:
         per_class, loose = _scan_split(root / split)
+        if classes is not None:
+            kept = set(classes)
+            per_class = {c: p for c, p in per_class.items() if c in kept}
         counts = {c: len(p) for c, p in per_class.items()}
         splits[split] = {
             "images": sum(counts.values()),
@@ -374,6 +384,7 @@ def verify_data(
     decode: bool = True,
     progress: bool = True,
     summary_path: Path | None,
+    classes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Count and check every image under `<root>/<split>/<class>/`; returns (and writes to `summary_path`
     as JSON) the summary: per-split counts and speed, count `problems`, per-file `issues` and `ok`.
@@ -385,18 +396,21 @@ def verify_data(
     headers and the JPEG end marker are read. Issues name the path; kinds "unreadable", "truncated" and
     "undecodable" are errors, "wrong_format" (e.g. PNG data named .JPEG), "cmyk", "grayscale" and
     "unusual_mode" are notes (DALI decodes them to RGB).
+    classes: a class subset (data.subset): only these class folders are counted and checked, and
+    ImageNet's totals (classes, images per split) are not expected; its per-class counts still are.
     """
     root = Path(root).expanduser()
     if num_threads < 1:
         raise UserError(f"num_threads is {num_threads}; it must be at least 1")
-    splits, paths = _scan(root, _split_names(root, expect_imagenet))
-    problems = _count_problems(splits, expect_imagenet)
+    splits, paths = _scan(root, _split_names(root, expect_imagenet), classes)
+    problems = _count_problems(splits, expect_imagenet, subset=classes is not None)
     started = time.perf_counter()
     issues = _check_files(splits, paths, num_threads, decode, progress)
     issue_counts = Counter(i["kind"] for i in issues)
     summary: dict[str, Any] = {
         "root": str(root),
         "expect_imagenet": expect_imagenet,
+        "subset_classes": None if classes is None else len(classes),
         "decoded": decode,
         "images": sum(s["images"] for s in splits.values()),
         "splits": splits,
