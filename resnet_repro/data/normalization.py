@@ -174,11 +174,14 @@ def _existing(cfg: DataConfig, splits: Splits) -> tuple[Path, stats.StatsRecord 
     return path, (stats.read_stats_file(path) if path.is_file() else None), fingerprint
 
 
-def _checked(
-    cfg: DataConfig, splits: Splits, record: stats.StatsRecord, path: Path, fingerprint: str
+def check_leakage_and_staleness(
+    cfg: DataConfig, splits: Splits, record: stats.StatsRecord, path: Path, fingerprint: str | None = None
 ) -> list[str]:
+    """A statistics record against this run's selection: refused when it saw evaluation or holdout
+    images, or (unless data.stats.allow_mismatch) a different file list; the per-channel file and
+    the mean image share this guard."""
     selection, _ = stats_selection(cfg, splits)
-    warnings = stats.check_stats_file(
+    return stats.check_stats_file(
         record,
         train_selection=selection,
         test=splits.test,
@@ -189,6 +192,12 @@ def _checked(
         path=path,
         expected_fingerprint=fingerprint,
     )
+
+
+def _checked(
+    cfg: DataConfig, splits: Splits, record: stats.StatsRecord, path: Path, fingerprint: str
+) -> list[str]:
+    warnings = check_leakage_and_staleness(cfg, splits, record, path, fingerprint)
     stats.check_settings(record, expected_settings(cfg, splits), path)
     return warnings
 

@@ -44,6 +44,7 @@ from resnet_repro.data.normalization import (
     Normalization,
     Splits,
     available_stats_decoder,
+    check_leakage_and_staleness,
     stats_images,
     stats_selection,
 )
@@ -251,17 +252,7 @@ def check(
             f"this run needs {cfg.image_size}/{eval_resize(cfg)} (data.image_size / data.crop_ratio); "
             f"{RECOMPUTE}"
         )
-    selection, _ = stats_selection(cfg, splits)
-    return stats.check_stats_file(
-        record,
-        train_selection=selection,
-        test=splits.test,
-        holdout=splits.holdout,
-        stats_from=cfg.holdout.stats_from,
-        root=cfg.root,
-        allow_mismatch=cfg.stats.allow_mismatch,
-        path=path,
-    )
+    return check_leakage_and_staleness(cfg, splits, record, path)
 
 
 def _on_main(env: DistEnv, fn: Any) -> Any:
