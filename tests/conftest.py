@@ -6,6 +6,8 @@ works because pytest puts this folder on sys.path (rootdir-relative tests/ witho
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -117,3 +119,10 @@ def small_transform(train: bool, **kw):
     args = dict(train=train, image_size=S, crop_ratio=0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     args.update(kw)
     return Transform(**args)
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`resnet-repro <args>` in a subprocess of this interpreter, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "resnet_repro", *args], capture_output=True, text=True, timeout=timeout
+    )

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+from conftest import run_cli
 
 from resnet_repro.ema import WeightEMA
 
@@ -60,26 +59,19 @@ def test_a_demo_run_with_progressive_resizing_and_ema_evaluates_both_and_checkpo
     from resnet_repro import checkpoint
 
     run_dir = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "resnet_repro",
-            "train",
-            f"data.root={demo_root}",
-            "trainer.epochs=2",
-            "trainer.batch_size=32",
-            "trainer.max_steps_per_epoch=3",
-            "stabilizer.warmup_epochs=0",
-            "logging.progress=false",
-            "data.progressive.start_size=24",
-            "data.progressive.end_size=32",
-            "data.progressive.step=8",
-            "trainer.ema.decay=0.5",
-            f"hydra.run.dir={run_dir}",
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_cli(
+        "train",
+        f"data.root={demo_root}",
+        "trainer.epochs=2",
+        "trainer.batch_size=32",
+        "trainer.max_steps_per_epoch=3",
+        "stabilizer.warmup_epochs=0",
+        "logging.progress=false",
+        "data.progressive.start_size=24",
+        "data.progressive.end_size=32",
+        "data.progressive.step=8",
+        "trainer.ema.decay=0.5",
+        f"hydra.run.dir={run_dir}",
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

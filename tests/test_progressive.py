@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from resnet_repro.config import DataConfig, ProgressiveConfig, RootConfig, UserError, validate
 from resnet_repro.data.progressive import size_at, train_data_config
@@ -53,25 +52,18 @@ def test_bad_progressive_settings_are_one_line_errors():
 @pytest.mark.slow
 def test_a_demo_run_logs_the_training_size_of_every_epoch(demo_root: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "resnet_repro",
-            "train",
-            f"data.root={demo_root}",
-            "trainer.epochs=3",
-            "trainer.batch_size=32",
-            "trainer.max_steps_per_epoch=2",
-            "stabilizer.warmup_epochs=0",
-            "logging.progress=false",
-            "data.progressive.start_size=24",
-            "data.progressive.end_size=32",
-            "data.progressive.step=4",
-            f"hydra.run.dir={run_dir}",
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_cli(
+        "train",
+        f"data.root={demo_root}",
+        "trainer.epochs=3",
+        "trainer.batch_size=32",
+        "trainer.max_steps_per_epoch=2",
+        "stabilizer.warmup_epochs=0",
+        "logging.progress=false",
+        "data.progressive.start_size=24",
+        "data.progressive.end_size=32",
+        "data.progressive.step=4",
+        f"hydra.run.dir={run_dir}",
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_image_folder
+from conftest import make_image_folder, run_cli
 
 from resnet_repro.config import DataConfig, SubsetConfig, UserError
 from resnet_repro.run_data import load_file_lists
@@ -87,27 +87,20 @@ def test_the_holdout_is_carved_from_the_subset(folder):
 @pytest.mark.slow
 def test_subset_statistics_exclude_val_and_other_classes_and_the_run_saves_its_classes(folder, tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "resnet_repro",
-            "train",
-            "data=folder",
-            f"data.root={folder}",
-            "data.image_size=12",
-            "data.crop_ratio=1.0",
-            "data.subset.classes=3",
-            "data.subset.per_class=5",
-            "model=resnet18",
-            "trainer.epochs=1",
-            "trainer.batch_size=5",
-            "stabilizer.warmup_epochs=0",
-            "logging.progress=false",
-            f"hydra.run.dir={run_dir}",
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_cli(
+        "train",
+        "data=folder",
+        f"data.root={folder}",
+        "data.image_size=12",
+        "data.crop_ratio=1.0",
+        "data.subset.classes=3",
+        "data.subset.per_class=5",
+        "model=resnet18",
+        "trainer.epochs=1",
+        "trainer.batch_size=5",
+        "stabilizer.warmup_epochs=0",
+        "logging.progress=false",
+        f"hydra.run.dir={run_dir}",
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
