@@ -170,6 +170,7 @@ def bench_train(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
         "img_per_s": statistics.median(m["img_per_s"] for m in results),
         "data_wait_fraction": statistics.median(m.get("data_wait_fraction", 0.0) for m in results),
         "step_time_p50_s": statistics.median(m.get("step_time_p50_s", 0.0) for m in results),
+        "peak_memory_mb": max(m["peak_memory_mb"] for m in results),
         "trials": [m["img_per_s"] for m in results],
     }
 
