@@ -176,3 +176,48 @@ def test_gpu_check_rejects_an_unknown_goal_naming_the_known_ones():
     )
     assert proc.returncode == 1 and "--goal 'img_per_sec=5': expected NAME=VALUE" in proc.stderr
     assert "train_img_per_s" in proc.stderr
+
+
+@pytest.mark.slow  # the environment row imports DALI, Hydra, scikit-learn and torchvision
+def test_gpu_check_records_what_the_kit_installed_and_misses_a_goal_for_a_missing_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The environment row reads scripts/wheelhouse.sh --install's report: every package's result
+    is in the row, and one package missing from the kit misses the install goal."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look themselves up there
+    spec.loader.exec_module(gpu_check)
+    report = tmp_path / "install.json"
+    packages = [
+        {
+            "name": "hydra-core",
+            "version": "1.3.2",
+            "file": "hydra_core-1.3.2-py3-none-any.whl",
+            "result": "installed",
+        },
+        {
+            "name": "nvidia-dali-cuda130",
+            "version": "2.4.0",
+            "file": "x.whl",
+            "result": "missing",
+            "detail": "part001",
+        },
+        {
+            "name": "torch",
+            "version": "2.11.0",
+            "file": "torch.whl",
+            "result": "kept",
+            "detail": "already has it",
+        },
+    ]
+    report.write_text(json.dumps({"python": "python3", "packages": packages}))
+    ctx = gpu_check.Ctx(torch.device("cpu"), True, tmp_path, None, tmp_path, install_report=report)
+    result = gpu_check.row_environment(ctx)
+    assert result["installed"]["packages"] == packages and result["install_failed"] == 1
+    goals = gpu_check.judge(gpu_check.ROWS[0].goals, result, "cpu")
+    assert [g["met"] for g in goals if g["name"] == "install_failed_packages"] == [False]
