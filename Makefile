@@ -12,7 +12,7 @@ DEMO_RUN := runs/demo/make-demo
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install demo test test-fast lint format tensorboard train-imagenet sweep sweep-slurm clean
+.PHONY: help install demo test test-fast lint format tensorboard train-imagenet sweep sweep-slurm gpu-kit clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -76,6 +76,16 @@ sweep-slurm: $(STAMP) ## the same sweep on SLURM via submitit: make sweep-slurm 
 	$(BIN)/resnet-repro train -m hydra/launcher=slurm experiment=$(EXPERIMENT) $(if $(DATA),data.root=$(DATA)) \
 		$(if $(PARTITION),hydra.launcher.partition=$(PARTITION)) trainer.checkpoint_every_minutes=15 \
 		optim.weight_decay=$(WD) stabilizer.max_norm=$(MAX_NORM) $(SEED_AXIS) $(ARGS)
+
+# The real JPEG sample, copied into the checkout (gpu_kit/ is git-ignored) so that it travels with it
+# to a GPU node: scripts/gpu_check.py reads gpu_kit/imagenet-sample first. SAMPLE=... for another one.
+SAMPLE ?= ../shared/data/imagenet-sample
+gpu-kit: ## copy the JPEG sample into gpu_kit/ for scripts/gpu_check.sh (then wheelhouse.sh --pack: docs/install.md)
+	@test -d "$(SAMPLE)/train" || { echo "error: no sample at SAMPLE=$(SAMPLE) (expected an ImageNet-layout folder with train/)"; exit 2; }
+	rm -rf gpu_kit/imagenet-sample
+	mkdir -p gpu_kit
+	cp -r "$(SAMPLE)" gpu_kit/imagenet-sample
+	@echo "gpu_kit/imagenet-sample: $$(find gpu_kit/imagenet-sample -type f | wc -l) files, $$(du -sh gpu_kit/imagenet-sample | cut -f1)"
 
 clean: ## remove runs/, multiruns/ and caches (not .venv)
 	rm -rf runs multiruns .pytest_cache .ruff_cache

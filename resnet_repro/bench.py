@@ -98,16 +98,20 @@ def bench_model(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
 
 
 def _repeated_files(cfg: RootConfig, min_images: int) -> tuple[list[str], list[int]]:
-    """`min_images` training images for one trial: the split repeated when it is smaller, else an
-    evenly spaced selection (every class, not the first few; a trial on ImageNet is not an epoch)."""
+    """At least `min_images` training images for one trial, in whole batches (a partial last batch
+    would time a different shape, and recompile a compiled model): the split repeated when it is
+    smaller, else an evenly spaced selection (every class, not the first few; a trial on ImageNet
+    is not an epoch)."""
     from resnet_repro.run_data import load_file_lists
 
     train_list = load_file_lists(cfg.data).train
     n = len(train_list)
-    reps = max(1, -(-min_images // n))
-    if reps > 1:
-        return list(train_list.files) * reps, list(train_list.labels) * reps
-    idx = [i * n // min_images for i in range(min_images)]
+    batch = per_device_batch(cfg.trainer, 1)
+    wanted = -(-min_images // batch) * batch
+    if wanted > n:
+        reps = -(-wanted // n)
+        return (list(train_list.files) * reps)[:wanted], (list(train_list.labels) * reps)[:wanted]
+    idx = [i * n // wanted for i in range(wanted)]
     return [train_list.files[i] for i in idx], [train_list.labels[i] for i in idx]
 
 
@@ -166,6 +170,7 @@ def bench_train(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
         "img_per_s": statistics.median(m["img_per_s"] for m in results),
         "data_wait_fraction": statistics.median(m.get("data_wait_fraction", 0.0) for m in results),
         "step_time_p50_s": statistics.median(m.get("step_time_p50_s", 0.0) for m in results),
+        "peak_memory_mb": max(m["peak_memory_mb"] for m in results),
         "trials": [m["img_per_s"] for m in results],
     }
 

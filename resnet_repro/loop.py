@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from resnet_repro import distributed
+from resnet_repro.compiling import graphs_compiled
 from resnet_repro.config import RootConfig
 from resnet_repro.data.loaders import Loader
 from resnet_repro.distributed import DistEnv
@@ -231,6 +232,7 @@ def _epoch_metrics(
         "epoch_time_s": elapsed,
         "skipped_steps": parts.guard.skipped_total,
         "peak_memory_mb": peak_memory_mb(device.type),
+        **({"compiled_graphs": graphs_compiled()} if cfg.trainer.compile else {}),
         **timer.summary(),
         **grad_norm_summary(norm_values, cfg.stabilizer.max_norm),
     }

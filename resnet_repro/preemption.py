@@ -23,7 +23,8 @@ class Interrupts:
     """Preemption and periodic checkpoints, polled between steps.
 
     Ranks agree on a pending signal every `check_steps` steps with one small all-reduce, so all
-    of them stop after the same step.
+    of them stop after the same step. A single process reads its own flag after every step
+    instead: no all-reduce, so no device tensor and no host sync.
     """
 
     def __init__(self, cfg: RootConfig, env: DistEnv, device: torch.device) -> None:
@@ -37,12 +38,19 @@ class Interrupts:
 
     def stop_requested(self, step: int, force_check: bool = False) -> bool:
         """Whether any rank got a preemption signal; all ranks must call this at the same steps."""
-        due = force_check or step % self.check_steps == 0
-        if not due and not (self.watch.received and not self.env.distributed):
+        if not self.env.distributed:  # one process: its own flag, no device tensor, no sync
+            return self._stopped_locally()
+        if not (force_check or step % self.check_steps == 0):
             return False
         flag = torch.tensor([1.0 if self.watch.received else 0.0], device=self.device)
         if distributed.all_reduce_sum(self.env, flag).item() > 0:
             self.stopped_by = self.watch.received or "a signal on another rank"
+            return True
+        return False
+
+    def _stopped_locally(self) -> bool:
+        if self.watch.received:
+            self.stopped_by = self.watch.received
             return True
         return False
 

@@ -15,6 +15,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from resnet_repro import checkpoint, distributed
+from resnet_repro.compiling import compile_for_shapes
 from resnet_repro.config import RootConfig, UserError, to_dataclass, validate
 from resnet_repro.data import progressive, subset
 from resnet_repro.data.normalization import Normalization
@@ -89,8 +90,12 @@ def _build_model(
     torch.manual_seed(cfg.trainer.seed)  # identical initial weights on every rank
     net = build_model(cfg.model, num_classes, cfg.regularization).to(device)
     model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed else net
+    if device.type == "cuda":
+        # the input shape is fixed within an epoch (training drops the partial last batch): let
+        # cuDNN time its convolution algorithms once per shape and keep the fastest
+        torch.backends.cudnn.benchmark = True
     if cfg.trainer.compile:
-        model = torch.compile(model)
+        model = compile_for_shapes(model, len(progressive.train_sizes(cfg.data, cfg.trainer.epochs)))
     return net, model
 
 
@@ -369,6 +374,7 @@ def _log_epoch(cfg: RootConfig, epoch: int, train: dict[str, Any], evals: dict[s
         f"{evaluated} | {train['img_per_s']:.0f} img/s | grad norm p50 "
         f"{train.get('grad_norm_p50', float('nan')):.3g}, "
         f"clipped {100 * train.get('clipped_fraction', 0.0):.0f}%"
+        + (f" | {train['compiled_graphs']} compiled graphs" if "compiled_graphs" in train else "")
     )
 
 

@@ -1,41 +1,58 @@
 #!/usr/bin/env bash
-# The GPU acceptance run (under 8 minutes on one H100/H200; --quick under 3): environment; DALI
-# "mixed" vs CPU decode (fancy upsampling off/on) with top-1 agreement of a fixed model; an odd-images
-# batch; multi-pass exact evaluation; GPU vs CPU statistics; memory of train + 2 eval pipelines; the
-# `gpu` tests with the host-sync audit; ResNet-50 `bench model` at batch 256 (fp32 / bf16 /
-# bf16+channels_last / +compile); `bench train` with DALI mixed; a CLI train + eval of the demo; a
-# 1-process NCCL torchrun. One table at the end, OUT_DIR/gpu_check.json; every row says measured,
-# skipped (why) or failed (why). The rows themselves live in scripts/gpu_check.py.
+# The GPU acceptance run, judged: rows in order of value (environment and what the kit installed;
+# DALI "mixed" vs CPU decode agreement on the real sample; ResNet-50 bf16 channels_last training
+# img/s with DALI, eager and compiled, median of 3 trials, with data-wait and peak memory; host syncs
+# per step; pipeline memory; statistics pass; 1-process torchrun; then odd images, multi-pass
+# evaluation, bench model and a CLI train + eval). Every row has goals (data) and `met`; the exit
+# code is 1 when a goal is missed. The rows themselves live in scripts/gpu_check.py.
 #
-# Usage: bash scripts/gpu_check.sh [--device cuda|cpu] [--quick] [--sample DIR] [OUT_DIR]
+# Usage: OUT=DIR bash scripts/gpu_check.sh [--device cuda|cpu] [--quick] [--budget-s 540]
+#            [--goal NAME=VALUE]... [--sample DIR] [--rows 1,3] [--kit DIR] [OUT_DIR]
+#   Leaves three files in OUT_DIR (default gpu_check_out): gpu_check.json, gpu_check.txt (this log)
+#     and gpu_check_logs.tar.gz (the rows' own logs); runs and checkpoints go to a temporary folder.
+#   --budget-s: the whole run, install included; rows that no longer fit are skipped and named.
+#   --goal train_img_per_s=1e9: replace a goal's value (scripts/gpu_check.py --list-goals lists them).
 #   --device cpu: every row that can run on a CPU (toy sizes), the GPU-only rows skipped with why.
-#   WHEELHOUSE=DIR: first install what is missing (DALI, Hydra, ...) from DIR without any network
-#     (scripts/wheelhouse.sh builds it), into this machine's own Python, keeping its torch; see docs/install.md.
+#   --kit DIR (or WHEELHOUSE=DIR): first install, without network, each package of a kit that
+#     scripts/wheelhouse.sh built (parts joined and checked) into this machine's own Python, keeping
+#     its torch; what was installed goes into the environment row. See docs/install.md.
 #   PYTHON=...: the interpreter (default: .venv/bin/python when present, else python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ARGS=()
 OUT="${OUT:-gpu_check_out}"
+KIT="${WHEELHOUSE:-}"
+BUDGET=540
 while [ $# -gt 0 ]; do
   case "$1" in
-    --device|--sample|--rows) ARGS+=("$1" "$2"); shift 2 ;;
+    --device|--sample|--rows|--goal) ARGS+=("$1" "$2"); shift 2 ;;
+    --budget-s) BUDGET="$2"; shift 2 ;;
+    --kit) KIT="$2"; shift 2 ;;
     --quick) ARGS+=("$1"); shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
     *) OUT="$1"; shift ;;
   esac
 done
 mkdir -p "$OUT"
+LOG="$OUT/gpu_check.txt"
+: > "$LOG"
 PY="${PYTHON:-python3}"
 [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && PY=.venv/bin/python
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_sh.XXXXXX")"
+trap 'rm -rf "$SCRATCH"' EXIT
 
-if [ -n "${WHEELHOUSE:-}" ]; then
-  echo "== install from $WHEELHOUSE (no network)"
-  bash scripts/wheelhouse.sh --install "$WHEELHOUSE" --python-bin "$PY" 2>&1 | tee "$OUT/install.txt" | tail -5
+if [ -n "$KIT" ]; then
+  echo "== install from the kit $KIT (no network)" | tee -a "$LOG"
+  bash scripts/wheelhouse.sh --install "$KIT" --python-bin "$PY" --report "$SCRATCH/install.json" 2>&1 | tee -a "$LOG" | tail -20
+  ARGS+=(--install-report "$SCRATCH/install.json")
 fi
 
-echo "== machine"
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-"$PY" scripts/gpu_check.py --out "$OUT" "${ARGS[@]}" 2>&1 | tee "$OUT/gpu_check.txt"
+{
+  echo "== machine"
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+} 2>&1 | tee -a "$LOG"
+LEFT=$(( BUDGET - SECONDS ))
+"$PY" scripts/gpu_check.py --out "$OUT" --budget-s "$LEFT" "${ARGS[@]}" 2>&1 | tee -a "$LOG"
 exit "${PIPESTATUS[0]}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -91,8 +92,6 @@ def test_gpu_bench_script_runs_end_to_end_on_the_cpu_and_writes_its_table(tmp_pa
 
 
 def _gpu_check(tmp_path: Path, *args: str):
-    import subprocess
-
     return subprocess.run(
         ["bash", str(REPO / "scripts" / "gpu_check.sh"), *args, str(tmp_path / "out")],
         capture_output=True,
@@ -112,29 +111,113 @@ def test_gpu_check_on_a_machine_without_cuda_asks_for_device_cpu(tmp_path: Path)
     assert "no CUDA device here; run with --device cpu" in proc.stdout + proc.stderr
 
 
-GPU_ONLY_ROWS = {2, 5, 6, 7}  # decode GPU vs CPU, stats GPU vs CPU, GPU memory, the gpu tests
+GPU_ONLY_ROWS = {2, 4, 5, 6, 7}  # decode, compiled training, sync audit, memory, statistics
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "args",
-    [("--quick",), ("--rows", "3,4,9,11")],
-    ids=["quick", "the-other-cpu-rows"],
-)
-def test_gpu_check_device_cpu_runs_every_cpu_row_and_says_why_it_skipped_the_rest(tmp_path: Path, args):
-    """`--quick` runs environment, bench model and the CLI row; the other CPU rows (odd images,
-    multi-pass evaluation, bench train, torchrun) run in the second case: together every row that
-    can run on a CPU. The GPU-only rows are skipped, saying why."""
-    proc = _gpu_check(tmp_path, "--device", "cpu", *args)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    record = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+def test_gpu_check_judges_every_row_leaves_three_files_and_skips_what_the_budget_cannot_fit(tmp_path: Path):
+    """`--device cpu --quick --budget-s 60` with one goal set out of reach (`--goal cpus=1e9`): the
+    environment row runs and misses that goal, so the exit code is 1; the training and CLI rows
+    (estimated past a minute on a CPU) are skipped for the budget and named; the GPU-only rows are
+    skipped saying why; every row carries its goals as data and `met`; the output folder holds
+    gpu_check.json, the text log and one archive of logs, nothing else."""
+    import tarfile
+
+    proc = _gpu_check(tmp_path, "--device", "cpu", "--quick", "--budget-s", "60", "--goal", "cpus=1e9")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "gpu_check.json",
+        "gpu_check.txt",
+        "gpu_check_logs.tar.gz",
+    ]
+    record = json.loads((out / "gpu_check.json").read_text())
     rows = {r["row"]: r for r in record["rows"]}
-    assert sorted(rows) == list(range(1, 12))
-    assert not [r for r in rows.values() if r["status"] == "failed"]
+    assert sorted(rows) == list(range(1, 13))
+    assert all("goal" in r and "met" in r and r["goal"] for r in rows.values())
+    env = rows[1]
+    assert env["status"] == "measured" and env["met"] is False
+    cpus = next(g for g in env["goal"] if g["name"] == "cpus")
+    assert cpus == {
+        "name": "cpus",
+        "key": "cpus",
+        "op": ">=",
+        "value": 1e9,
+        "measured": os.cpu_count(),
+        "met": False,
+    }
+    assert all(g["met"] for g in env["goal"] if g["name"] != "cpus")
+    assert record["goals_missed"] == ["1. cpus"] and record["all_met"] is False
+    budget_skips = [rows[3]["name"], rows[12]["name"]]
+    assert record["skipped_for_budget"] == budget_skips
+    assert all(rows[i]["why"].startswith("budget: needs about") and rows[i]["met"] is None for i in (3, 12))
     for i in GPU_ONLY_ROWS:
         assert rows[i]["status"] == "skipped" and rows[i]["why"].startswith("needs a CUDA GPU"), rows[i]
-    run = {1, 8, 10} if args == ("--quick",) else {3, 4, 9, 11}
-    assert {i for i, r in rows.items() if r["status"] == "measured"} == run
-    for i in set(rows) - run - GPU_ONLY_ROWS:
-        assert rows[i]["why"] in ("not in --quick", "not in --rows"), rows[i]
-    assert "| # | row | status | result | s |" in proc.stdout  # the table at the end
+    assert "skipped for the budget: " + "; ".join(budget_skips) in proc.stdout
+    log = (out / "gpu_check.txt").read_text()
+    assert "| # | row | status | goals | result | s |" in log and "goals missed: 1. cpus" in log
+    with tarfile.open(out / "gpu_check_logs.tar.gz") as tar:
+        assert all(m.size <= 256 * 1024 for m in tar.getmembers())
+
+
+def test_gpu_check_rejects_an_unknown_goal_naming_the_known_ones():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "gpu_check.py"),
+            "--goal",
+            "img_per_sec=5",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1 and "--goal 'img_per_sec=5': expected NAME=VALUE" in proc.stderr
+    assert "train_img_per_s" in proc.stderr
+
+
+@pytest.mark.slow  # the environment row imports DALI, Hydra, scikit-learn and torchvision
+def test_gpu_check_records_what_the_kit_installed_and_misses_a_goal_for_a_missing_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The environment row reads scripts/wheelhouse.sh --install's report: every package's result
+    is in the row, and one package missing from the kit misses the install goal."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look themselves up there
+    spec.loader.exec_module(gpu_check)
+    report = tmp_path / "install.json"
+    packages = [
+        {
+            "name": "hydra-core",
+            "version": "1.3.2",
+            "file": "hydra_core-1.3.2-py3-none-any.whl",
+            "result": "installed",
+        },
+        {
+            "name": "nvidia-dali-cuda130",
+            "version": "2.4.0",
+            "file": "x.whl",
+            "result": "missing",
+            "detail": "part001",
+        },
+        {
+            "name": "torch",
+            "version": "2.11.0",
+            "file": "torch.whl",
+            "result": "kept",
+            "detail": "already has it",
+        },
+    ]
+    report.write_text(json.dumps({"python": "python3", "packages": packages}))
+    ctx = gpu_check.Ctx(torch.device("cpu"), True, tmp_path, None, tmp_path, install_report=report)
+    result = gpu_check.row_environment(ctx)
+    assert result["installed"]["packages"] == packages and result["install_failed"] == 1
+    goals = gpu_check.judge(gpu_check.ROWS[0].goals, result, "cpu")
+    assert [g["met"] for g in goals if g["name"] == "install_failed_packages"] == [False]

@@ -422,3 +422,28 @@ def test_resume_refuses_a_checkpoint_of_another_experiment_and_names_the_keys(tm
     assert check_resumable(state, tmp_path / "last.pt", derived, run, ([0.5] * 3, [0.25] * 3)) == []
     anyway = dataclasses.replace(run, trainer=TrainerConfig(seed=1, resume_with_changes=True))
     assert check_resumable(state, tmp_path / "last.pt", derived, anyway) == ["trainer.seed 0 -> 1"]
+
+
+def test_a_single_process_reads_its_own_signal_flag_without_an_all_reduce(monkeypatch):
+    """One process: the flag is read after every step (not only every preempt_check_steps), and no
+    device tensor is made and reduced (on CUDA that poll cost two host syncs)."""
+    import os
+    import signal
+
+    from resnet_repro import distributed
+    from resnet_repro.config import RootConfig, TrainerConfig
+    from resnet_repro.distributed import DistEnv
+    from resnet_repro.preemption import Interrupts
+
+    def no_reduce(*args):
+        raise AssertionError("a single process must not all-reduce its preemption flag")
+
+    monkeypatch.setattr(distributed, "all_reduce_sum", no_reduce)
+    cfg = RootConfig(trainer=TrainerConfig(preempt_signals=["SIGUSR1"], preempt_check_steps=10))
+    interrupts = Interrupts(cfg, DistEnv(), torch.device("cpu"))
+    try:
+        assert not interrupts.stop_requested(10) and not interrupts.stop_requested(3, force_check=True)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert interrupts.stop_requested(3) and interrupts.stopped_by == "SIGUSR1"
+    finally:
+        interrupts.close()

@@ -315,3 +315,14 @@ def test_pad_crop_offsets_are_whole_pixels_each_equally_likely(tmp_path):
             offsets[4 - left if left else 4 + right] += 1
     assert sorted(offsets) == list(range(9))
     assert min(offsets.values()) > 150 and max(offsets.values()) < 250  # 200 each expected
+
+
+def test_only_the_gpu_training_decoder_preallocates_and_its_pinned_memory_counts_two_buffers_per_thread():
+    """DALI's decoders.image preallocates one device buffer and two (double-buffered) pinned host
+    buffers per thread: 8 threads of the training decoder hold ~1.6 GiB GPU + ~2.1 GiB pinned."""
+    from resnet_repro.data.dali import decoder_args, preallocated_bytes
+
+    gpu, pinned = preallocated_bytes(decoder_args(gpu=True, train=True), num_threads=8)
+    assert round(gpu / 2**30, 2) == 1.57 and round(pinned / 2**30, 2) == 2.09
+    assert preallocated_bytes(decoder_args(gpu=True, train=False), 8) == (0, 0)
+    assert preallocated_bytes(decoder_args(gpu=False, train=True), 8) == (0, 0)

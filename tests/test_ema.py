@@ -39,6 +39,31 @@ def test_ema_weights_and_buffers_equal_a_hand_computed_average_after_a_few_steps
     assert not torch.equal(averaged["0.weight"], net.state_dict()["0.weight"])
 
 
+def test_ema_update_matches_torchs_averaged_model_exactly_including_integer_buffers():
+    """The update without AveragedModel.update_parameters (no read of n_averaged) gives torch's
+    averages bit for bit: the first call copies, then foreach lerp per dtype, num_batches_tracked
+    as torch rounds it; and the counter a checkpoint holds stays the same."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    ours = WeightEMA(net, 0.7)
+    torchs = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.7), use_buffers=True)
+    for _ in range(5):
+        net(torch.rand(8, 3, 6, 6)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        ours.update(net)
+        torchs.update_parameters(net)
+    expected = torchs.state_dict()
+    got = ours.state_dict()
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), key
+    assert got["n_averaged"].device.type == "cpu" and int(got["n_averaged"]) == 5
+
+
 def test_ema_state_round_trips_through_a_state_dict():
     net = nn.Linear(3, 2)
     ema = WeightEMA(net, 0.5)
@@ -49,7 +74,7 @@ def test_ema_state_round_trips_through_a_state_dict():
     restored = WeightEMA(nn.Linear(3, 2), 0.5)
     restored.load_state_dict(ema.state_dict())
     torch.testing.assert_close(restored.module.weight, ema.module.weight)
-    assert int(restored.averaged.n_averaged) == 2
+    assert int(restored.averaged.n_averaged) == 2 and restored.updates == 2
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import torch
 from resnet_repro.config import (
     BenchConfig,
     DataConfig,
+    EmaConfig,
     LoggingConfig,
     ModelConfig,
     OptimConfig,
@@ -80,11 +81,18 @@ def test_training_step_runs_on_cuda_and_learns(precision: str, channels_last: bo
     assert next(parts.state.net.parameters()).device.type == "cuda"
 
 
-@pytest.mark.parametrize(("nonfinite", "per_step"), [("stop", 1), ("off", 0)])
-def test_training_step_makes_only_the_audited_host_syncs(nonfinite: str, per_step: int, tmp_path: Path):
+@pytest.mark.parametrize(
+    ("nonfinite", "ema_decay", "per_step"),
+    [("stop", None, 1), ("off", None, 0), ("off", 0.99, 0)],
+    ids=["nonfinite-stop", "nonfinite-off", "nonfinite-off-ema"],
+)
+def test_training_step_makes_only_the_audited_host_syncs(
+    nonfinite: str, ema_decay: float | None, per_step: int, tmp_path: Path
+):
     """The audit of issue 6, enforced: a bf16 step waits for the GPU once (the non-finite flag), or
-    never with stabilizer.nonfinite=off; the epoch's end reads its sums and norms once. Logging and
-    the preemption check are pushed past the epoch here so only the step itself is counted."""
+    never with stabilizer.nonfinite=off, also with the weight EMA (its update reads no counter);
+    the epoch's end reads its sums and norms once. Logging is pushed past the epoch here so only
+    the step itself is counted; a single process polls no preemption all-reduce."""
     import dataclasses
     import warnings
 
@@ -95,7 +103,7 @@ def test_training_step_makes_only_the_audited_host_syncs(nonfinite: str, per_ste
     cfg = dataclasses.replace(
         base,
         stabilizer=dataclasses.replace(base.stabilizer, nonfinite=nonfinite),
-        trainer=dataclasses.replace(base.trainer, preempt_check_steps=1000),
+        trainer=dataclasses.replace(base.trainer, ema=EmaConfig(decay=ema_decay)),
         logging=dataclasses.replace(base.logging, log_every_steps=1000),
     )
     derived = Derived(1, 32, 0.0125, 8, 0, 0, 10, str(CUDA))

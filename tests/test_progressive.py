@@ -71,3 +71,47 @@ def test_a_demo_run_logs_the_training_size_of_every_epoch(demo_root: Path, tmp_p
     assert [r["image_size"] for r in rows if r["split"] == "train"] == [24, 28, 32]
     assert "progressive      training crop 24 -> 32 px" in proc.stdout + proc.stderr
     assert json.loads((run_dir / "final.json").read_text())["num_samples"] == 360  # evaluated at 32 px
+
+
+@pytest.mark.slow
+def test_compiled_training_with_progressive_resizing_compiles_once_per_size(monkeypatch, tmp_path: Path):
+    """trainer.compile with sizes 16 -> 24 -> 32 over four epochs: dynamo compiles one static graph
+    per size (its own counter, recorded as each epoch's compiled_graphs), none for the repeated 32
+    px epoch, and none for a dynamic-shape graph (dynamo's default would compile 2 for 3 sizes).
+    The "eager" backend keeps it cheap: the same capture and guards, no code generation."""
+    import torch
+    import torch._dynamo
+
+    from resnet_repro import compiling
+    from resnet_repro.config import LoggingConfig, ModelConfig, ScheduleConfig, TrainerConfig
+    from resnet_repro.data.progressive import train_sizes
+    from resnet_repro.distributed import DistEnv
+    from resnet_repro.loop import train_one_epoch
+    from resnet_repro.summary import Derived
+    from resnet_repro.train import build_parts
+
+    monkeypatch.setattr(compiling, "BACKEND", "eager")
+    torch._dynamo.reset()
+    growing = ProgressiveConfig(start_size=16, end_size=32, start_epoch=0, end_epoch=2, step=8)
+    data = DataConfig(name="synthetic", root="-", image_size=32, progressive=growing)
+    cfg = RootConfig(
+        data=data,
+        model=ModelConfig(name="resnet18"),
+        schedule=ScheduleConfig(name="constant"),
+        trainer=TrainerConfig(batch_size=2, epochs=4, compile=True),
+        logging=LoggingConfig(tensorboard=False, progress=False),
+    )
+    sizes = [train_data_config(data, e, 4).image_size for e in range(4)]
+    assert sizes == [16, 24, 32, 32] and train_sizes(data, 4) == [16, 24, 32]
+    cpu = torch.device("cpu")
+    parts = build_parts(cfg, Derived(1, 2, 0.1, 2, 0, 0, 4, "cpu"), DistEnv(), cpu, tmp_path)
+    g = torch.Generator().manual_seed(0)
+    compiled = []
+    try:
+        for size in sizes:
+            batches = [(torch.rand(2, 3, size, size, generator=g), torch.tensor([0, 1])) for _ in range(2)]
+            compiled.append(train_one_epoch(parts, batches, cfg, DistEnv(), cpu)["compiled_graphs"])
+    finally:
+        parts.interrupts.close()
+        torch._dynamo.reset()
+    assert compiled == [1, 2, 3, 3]

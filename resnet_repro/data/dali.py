@@ -8,6 +8,7 @@ distributed state itself.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ import torch
 from resnet_repro.config import DataConfig, UserError
 
 READER_NAME = "Reader"
+log = logging.getLogger("resnet_repro")
 
 
 @dataclass(frozen=True)
@@ -101,17 +103,28 @@ class Transform:
 
 # nvJPEG's scratch buffers for "mixed" decoding, sized (as in NVIDIA's DALI ResNet-50 examples) for
 # ImageNet's largest JPEGs so that they are not reallocated mid-epoch when a large image arrives, and
-# the hardware JPEG decoder's (A100/H100) preallocation hints for the same images. The padding is
-# preallocated per decoder thread (~200 MiB GPU + ~134 MiB pinned host each, times data.num_threads,
-# per pipeline), and a training run keeps three pipelines alive (train, val, holdout): so only the
-# training decoder gets it, as in NVIDIA's examples; the evaluation decoders keep DALI's defaults and
-# grow their buffers on demand (evaluation is not timed per step).
+# the hardware JPEG decoder's (A100/H100) preallocation hints for the same images. DALI preallocates
+# them per decoder thread: one device buffer of device_memory_padding and two pinned host buffers
+# of host_memory_padding (double buffering; DALI's decoders.image documentation), i.e. ~201 MiB GPU
+# + ~268 MiB pinned host per thread, times data.num_threads, per pipeline (8 threads: ~1.6 GiB GPU
+# + ~2.1 GiB pinned per training pipeline, ~17 GiB pinned on an 8-GPU node). A training run keeps
+# three pipelines alive (train, val, holdout), so only the training decoder gets them, as in
+# NVIDIA's examples; the evaluation and statistics decoders keep DALI's defaults and grow their
+# buffers on demand (neither is timed per step).
 MIXED_DECODER_ARGS = {
     "device_memory_padding": 211_025_920,
     "host_memory_padding": 140_544_512,
     "preallocate_width_hint": 5980,
     "preallocate_height_hint": 6430,
 }
+HOST_BUFFERS_PER_THREAD = 2  # nvJPEG's pinned host buffers are double-buffered
+
+
+def preallocated_bytes(decode_args: dict[str, int], num_threads: int) -> tuple[int, int]:
+    """(GPU bytes, pinned host bytes) a decoder with `decode_args` preallocates at `num_threads`."""
+    gpu = decode_args.get("device_memory_padding", 0) * num_threads
+    pinned = decode_args.get("host_memory_padding", 0) * HOST_BUFFERS_PER_THREAD * num_threads
+    return gpu, pinned
 
 
 def decoder_args(gpu: bool, train: bool) -> dict[str, int]:
@@ -309,6 +322,12 @@ class DaliLoader:
             seed=seed % (2**31),
             prefetch_queue_depth=prefetch,
         )
+        padded_gpu, padded_pinned = preallocated_bytes(decoder_args(gpu, transform.train), num_threads)
+        if padded_pinned:
+            log.info(
+                f"DALI training decoder: {num_threads} threads preallocate {padded_gpu / 2**20:.0f} MiB GPU "
+                f"+ {padded_pinned / 2**20:.0f} MiB pinned host memory (data.num_threads sets it)"
+            )
         try:
             pipe.build()
         except RuntimeError as e:

@@ -40,6 +40,13 @@ def train_data_config(cfg: DataConfig, epoch: int, epochs: int) -> DataConfig:
     return dataclasses.replace(cfg, image_size=size_at(cfg.progressive, epoch, epochs))
 
 
+def train_sizes(cfg: DataConfig, epochs: int) -> list[int]:
+    """The distinct training crops of a run, in order (one compiled graph each)."""
+    if not is_active(cfg.progressive):
+        return [cfg.image_size]
+    return list(dict.fromkeys(size_at(cfg.progressive, e, epochs) for e in range(epochs)))
+
+
 def describe(cfg: DataConfig, epochs: int) -> str:
     p = cfg.progressive
     sizes = [size_at(p, e, epochs) for e in range(epochs)]
