@@ -171,6 +171,80 @@ def given_throughput(cfg: RootConfig) -> Throughput | None:
     return Throughput(pl.img_per_s_per_gpu, pl.img_per_s_size, source)
 
 
+# Steps per epoch of the LR-schedule simulation behind total_weight_decay: the mean LR over a run
+# hardly depends on the steps per epoch, and 10 keep the simulation short
+_LR_STEPS_PER_EPOCH = 10
+
+
+def mean_lr_factor(cfg: RootConfig) -> float:
+    """The run's mean LR as a fraction of the peak, from the schedule itself (schedule.py stepped
+    with a dummy optimizer); plateau cuts react to evaluations and are not foreseen (factor 1)."""
+    st = cfg.stabilizer  # what the schedule depends on
+    key = _key(cfg.schedule, st.warmup_epochs, st.warmup_start_factor, cfg.trainer.epochs)
+    if key not in _MEAN_LR:
+        _MEAN_LR[key] = _simulate_mean_lr(cfg)
+    return _MEAN_LR[key]
+
+
+_MEAN_LR: dict[str, float] = {}
+
+
+def _simulate_mean_lr(cfg: RootConfig) -> float:
+    import warnings
+
+    import torch
+
+    from resnet_repro.schedule import build_scheduler
+
+    steps = _LR_STEPS_PER_EPOCH * cfg.trainer.epochs
+    optimizer = torch.optim.SGD([torch.zeros(1)], lr=1.0)
+    schedule = build_scheduler(
+        cfg.schedule,
+        cfg.stabilizer,
+        optimizer,
+        steps_per_epoch=_LR_STEPS_PER_EPOCH,
+        epochs=cfg.trainer.epochs,
+    )
+    total = 0.0
+    with warnings.catch_warnings():  # no optimizer.step(): only the LR is wanted
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(steps):
+            total += optimizer.param_groups[0]["lr"]  # the LR this step trains with
+            schedule.step()
+    return total / steps
+
+
+def total_weight_decay(cfg: RootConfig, total_steps: int, global_batch: int) -> float:
+    """Sum over the run's steps of LR x weight decay: how far decay alone shrinks a weight
+    (by exp(-sum)). It grows with the steps, so a proxy with a tenth of the steps applies a tenth
+    of the decay at the same optim.weight_decay (docs/recipes.md)."""
+    from resnet_repro.optim import peak_lr
+
+    return peak_lr(cfg.optim, global_batch) * cfg.optim.weight_decay * total_steps * mean_lr_factor(cfg)
+
+
+def ema_initial_weight(decay: float | None, total_steps: int) -> float | None:
+    """The weight the initial weights still have in a weight EMA at the end of the run:
+    decay^(steps - 1) (torch's EMA copies the first weights, then has no warm-up); None without EMA."""
+    return None if decay is None else decay ** max(0, total_steps - 1)
+
+
+# An EMA that still gives the initial weights this much at the end does not average the run
+EMA_WARN = 0.05
+
+
+def warnings(run: dict[str, Any]) -> list[str]:
+    """One line per setting of a planned run that defeats its purpose."""
+    out = []
+    left = run["ema_initial_weight"]
+    if left is not None and left > EMA_WARN:
+        out.append(
+            f"warning: trainer.ema.decay over {run['total_steps']:,} steps leaves {left:.2f} of the average "
+            f"on the initial weights; use a decay near 1 - 10/steps ({1 - 10 / run['total_steps']:.4f})"
+        )
+    return out
+
+
 def estimate(
     cfg: RootConfig, train_images: int, throughput: Throughput, eval_images: int | None = None
 ) -> dict[str, Any]:
@@ -211,6 +285,8 @@ def estimate(
         "total_steps": total_steps,
         "images_processed": images,
         "train_sizes": sizes,
+        "total_weight_decay": total_weight_decay(cfg, total_steps, global_batch),
+        "ema_initial_weight": ema_initial_weight(cfg.trainer.ema.decay, total_steps),
         "img_per_s_per_gpu": {str(s): throughput.at(s) for s in sorted(set(sizes))},
         "img_per_s_source": throughput.source,
         "scaling_efficiency": cfg.plan.scaling_efficiency if world > 1 else 1.0,
@@ -301,6 +377,10 @@ def format_table(record: dict[str, Any]) -> str:
             ("training crops", _sizes_text(r["train_sizes"])),
             ("total steps", f"{r['total_steps']:,}"),
             ("images processed", f"{r['images_processed']:,}"),
+            (
+                "total weight decay",
+                f"{r['total_weight_decay']:.3g} (sum of LR x weight decay over the steps)",
+            ),
             ("throughput per GPU", f"{rates} img/s{scaling} ({r['img_per_s_source']})"),
             ("training time", _hours(r["train_hours"])),
             ("evaluation time", _eval_text(r)),
@@ -309,7 +389,8 @@ def format_table(record: dict[str, Any]) -> str:
         if r["eval_images_per_epoch"] is not None:
             rows.insert(1, ("evaluated per epoch", f"{r['eval_images_per_epoch']:,} images"))
         width = max(len(k) for k, _ in rows)
-        return "\n".join([f"plan: {r['name']} ({r['model']})", *(f"  {k:<{width}}  {v}" for k, v in rows)])
+        lines = [f"plan: {r['name']} ({r['model']})", *(f"  {k:<{width}}  {v}" for k, v in rows)]
+        return "\n".join(lines + warnings(r))
     # the table names each job by what differs between the jobs; the rest is printed once
     common = [o for o in runs[0]["overrides"] if all(o in r["overrides"] for r in runs)]
     head = (
@@ -347,4 +428,5 @@ def format_table(record: dict[str, Any]) -> str:
         f"{_hours(record['total_hours'])} one after another, evaluation included ({note})"
     )
     lines += ["img/s: the job's mean training rate; per GPU: " + s for s in sources]
+    lines += sorted({w for r in runs for w in warnings(r)})
     return "\n".join(lines)

@@ -125,3 +125,25 @@ def test_img_per_s_is_measured_with_a_short_bench_when_not_given(demo_root, tmp_
     # no data to read: the model alone on synthetic batches, and the source says so
     record, _ = run_plan(capsys, f"data.root={tmp_path / 'none'}", "plan.train_images=100", *small)
     assert "bench model on synthetic batches" in record["runs"][0]["img_per_s_source"]
+
+
+def test_total_weight_decay_of_the_proxy_is_a_tenth_of_fast_16s_and_an_ema_that_cannot_average_warns(capsys):
+    # sum of LR x wd: peak 0.425 (1024 images at 0.10625 per 256) x 1e-4 x steps x mean LR factor
+    # (the linear ramp up to epoch 2 and down to 0 averages half the peak)
+    fast, _ = run_plan(
+        capsys, "experiment=fast_16", "plan.train_images=1281167", "plan.img_per_s_per_gpu=2470"
+    )
+    proxy, table = run_plan(
+        capsys,
+        "experiment=sweep_proxy",
+        "plan.train_images=123116",
+        "plan.img_per_s_per_gpu=2470",
+        "trainer.ema.decay=0.9999",
+    )
+    assert fast["runs"][0]["total_weight_decay"] == pytest.approx(0.425 * 1e-4 * 1251 * 16 * 0.5, rel=0.02)
+    assert proxy["runs"][0]["total_weight_decay"] == pytest.approx(0.425 * 1e-4 * 120 * 16 * 0.5, rel=0.02)
+    assert "total weight decay  0.04" in table
+    # 0.9999^1919 = 0.83 of the average is still the initial weights
+    assert proxy["runs"][0]["ema_initial_weight"] == pytest.approx(0.9999**1919)
+    assert table.splitlines()[-1].startswith("warning: trainer.ema.decay over 1,920 steps leaves 0.83")
+    assert fast["runs"][0]["ema_initial_weight"] is None
