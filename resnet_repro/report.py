@@ -225,8 +225,8 @@ def _best_top1(eval_rows: list[dict[str, Any]], final: dict[str, Any]) -> float 
 
 def _score_split(eval_rows: list[dict[str, Any]], final: dict[str, Any], best: float | None) -> str | None:
     """The split `score` comes from: the selection split of the best top-1 (as `_best_top1` picks
-    it), else the final evaluation's (data.eval_split, read from config.yaml by the caller's
-    figures as "final"); None for a job with neither."""
+    it), else "final evaluation" (a run without a selection split is scored by its final top-1);
+    None for a job with neither."""
     if best is not None:
         if final.get("selection"):
             return str(final["selection"])

@@ -127,6 +127,7 @@ def test_img_per_s_is_measured_with_a_short_bench_when_not_given(demo_root, tmp_
     assert "bench model on synthetic batches" in record["runs"][0]["img_per_s_source"]
 
 
+@pytest.mark.slow  # two plans, each simulating its LR schedule
 def test_total_weight_decay_of_the_proxy_is_a_tenth_of_fast_16s_and_an_ema_that_cannot_average_warns(capsys):
     # sum of LR x wd: peak 0.425 (1024 images at 0.10625 per 256) x 1e-4 x steps x mean LR factor
     # (the linear ramp up to epoch 2 and down to 0 averages half the peak)

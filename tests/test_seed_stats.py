@@ -27,6 +27,7 @@ def groups_of(top1: np.ndarray) -> list[seeds.SeedGroup]:
     return groups
 
 
+@pytest.mark.slow  # 3-7 s: 200 simulated sweeps
 def test_null_sweeps_of_identical_points_mark_a_point_in_about_5_percent_of_sweeps():
     # 12 identical points x 3 seeds (mean 75%, seed std 0.3 points): any point marked is a false
     # positive. Without the correction 45% of such sweeps mark one; Holm keeps the rate near 5%.
