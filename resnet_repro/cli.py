@@ -504,18 +504,22 @@ def _bench_command(args: list[str]) -> None:
 PLAN_HELP = f"""usage: {PROG} plan [-m] [overrides]
 
 What a run (or, with -m, a sweep) will cost before you queue it: images per epoch, steps per epoch,
-total steps and images processed, and the expected training time from plan.img_per_s or from a short
-measurement on this machine. Nothing is trained or launched.
+total steps and images processed, each epoch's training crop (progressive resizing included), and the
+expected training and evaluation time from a per-GPU img/s that is given or measured on this machine
+at each training crop. Nothing is trained or launched.
 
 key overrides:
   any training override (experiment=, data.root=, trainer.*, ...), and
-  plan.img_per_s=N       throughput to assume (default: measure a few steps here)
-  plan.train_images=N    training images per epoch when data.root is not readable here
-  plan.world_size=N      processes the run will use
-  plan.measure_steps=N   timed steps of the short measurement
+  plan.img_per_s_per_gpu=N      training img/s of ONE GPU to assume (default: measure a few steps here)
+  plan.img_per_s_size=PX        the training crop that number holds at (default 224)
+  plan.eval_img_per_s_per_gpu=N evaluation img/s of one GPU (default: 3 x the training rate)
+  plan.scaling_efficiency=F     fraction of linear scaling over the processes (default 1.0)
+  plan.train_images=N           training images per epoch when data.root is not readable here
+  plan.world_size=N             processes the run will use
+  plan.measure_steps=N          timed steps of the short measurement
 
 example:
-  {PROG} plan experiment=fast_16 plan.train_images=1281167 plan.img_per_s=2470
+  {PROG} plan experiment=fast_16 plan.train_images=1281167 plan.img_per_s_per_gpu=2470
   {PROG} plan -m experiment=imagenet_paper data.root=/data/imagenet optim.weight_decay=1e-4,5e-5
 """
 

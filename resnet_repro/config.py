@@ -358,9 +358,16 @@ class PlanConfig:
     # Training images per epoch; null = count the training split under data.root (after
     # data.exclude_files and the holdout), e.g. 1281167 for ImageNet-1K before it is downloaded
     train_images: int | None = None
-    # Throughput of one job in images/s, all its processes together; null = measure it on this
-    # machine with a short `bench train` (or `bench model` on synthetic batches without data.root)
-    img_per_s: float | None = None
+    # Training throughput of one GPU (one process) in images/s at a plan.img_per_s_size px crop;
+    # other crops (progressive resizing) scale by pixel count. null = measure it on this machine
+    # at each training crop with a short `bench train` (`bench model` without data.root)
+    img_per_s_per_gpu: float | None = None
+    # The training crop (px) img_per_s_per_gpu was measured at (published numbers: 224)
+    img_per_s_size: int = 224
+    # Evaluation (forward only) images/s of one GPU at data.image_size; null = 3 x the training rate
+    eval_img_per_s_per_gpu: float | None = None
+    # A job's img/s = per GPU x processes x this (1.0 = linear scaling; DDP on one node often 0.9)
+    scaling_efficiency: float = 1.0
     # Processes per job (null = trainer.nproc); a measured img/s is scaled linearly to it
     world_size: int | None = None
     # The measurement: training steps untimed (warm-up), then as many timed
@@ -513,6 +520,13 @@ def _child_schema(schema: type, key: str) -> type | None:
     return child or _NESTED_SCHEMAS.get(key)
 
 
+# Keys that were renamed because their meaning changed: an old script fails with the new name
+RENAMED_KEYS = {
+    "plan.img_per_s": "use plan.img_per_s_per_gpu=N, the images/s of ONE GPU at plan.img_per_s_size px "
+    "(the old key meant all of a job's processes together)",
+}
+
+
 def check_override_keys(overrides: Sequence[str], groups: Iterable[str]) -> None:
     """A command-line `key=value` whose key the schema does not declare is a UserError naming it
     (with the closest real key), before Hydra turns it into a multi-line message.
@@ -527,6 +541,8 @@ def check_override_keys(overrides: Sequence[str], groups: Iterable[str]) -> None
         if item.startswith("-") or "=" not in item:
             continue
         key = item.split("=", 1)[0].split("@", 1)[0]
+        if key.lstrip("+~") in RENAMED_KEYS:
+            raise UserError(f"{key} was renamed: {RENAMED_KEYS[key.lstrip('+~')]}")
         if key.startswith(("+", "~", "hydra")) or "/" in key or key in groups:
             continue
         schema: type | None = RootConfig
@@ -839,11 +855,17 @@ def _validate_stabilizer(st: StabilizerConfig, epochs: int) -> None:
 def _validate_plan(pl: PlanConfig) -> None:
     for key, value in (
         ("train_images", pl.train_images),
-        ("img_per_s", pl.img_per_s),
+        ("img_per_s_per_gpu", pl.img_per_s_per_gpu),
+        ("img_per_s_size", pl.img_per_s_size),
+        ("eval_img_per_s_per_gpu", pl.eval_img_per_s_per_gpu),
         ("world_size", pl.world_size),
     ):
         if value is not None and value <= 0:
             raise UserError(f"plan.{key}={value} must be positive, or null")
+    if not 0 < pl.scaling_efficiency <= 1:
+        raise UserError(
+            f"plan.scaling_efficiency={pl.scaling_efficiency} must be in (0, 1]: a fraction of linear"
+        )
     if pl.measure_steps < 1:
         raise UserError(f"plan.measure_steps={pl.measure_steps} must be >= 1")
 

@@ -2,9 +2,17 @@
 
 For each job: images per epoch (counted from data.root's file lists, or plan.train_images), the
 global batch, steps per epoch (full batches only: the trainer drops the incomplete last one), total
-steps and images processed, and the expected wall time of its training steps from an img/s that is
-given (plan.img_per_s) or measured here with a short `bench train` (bench.py). Evaluation and
-start-up are not in the estimate. Nothing is written and nothing is launched.
+steps and images processed, each epoch's training crop (`train_sizes`: progressive resizing
+included) and the expected wall time of each epoch's training steps, and of the evaluations
+separately.
+
+Throughput is per GPU (one process) at a training crop: given (plan.img_per_s_per_gpu at
+plan.img_per_s_size px) or measured here with a short `bench train` (bench.py) at each distinct
+training crop of the run. A given number is carried to other crops by pixel count (a ResNet's
+compute per image grows with its pixels). A job's img/s is per-GPU x processes x
+plan.scaling_efficiency. Evaluation runs forward passes only: plan.eval_img_per_s_per_gpu, or by
+default three times the training rate at the evaluation size (forward ~ a third of a training
+step's compute). Start-up is not in the estimate. Nothing is written and nothing is launched.
 """
 
 from __future__ import annotations
@@ -21,10 +29,25 @@ from resnet_repro.config import RootConfig, UserError, per_device_batch
 IMAGENET_TRAIN_IMAGES = 1_281_167  # for the hint when data.root is not there yet
 
 
+# Forward-only evaluation against a training step (forward + backward ~ 3 forwards)
+EVAL_SPEEDUP = 3.0
+
+
 @dataclass(frozen=True)
 class Throughput:
-    img_per_s: float  # one job, all its processes
+    """Training images/s of one GPU (process): `by_size` at the crops that were measured, else
+    `img_per_s_per_gpu` at `size` px carried to other crops by pixel count."""
+
+    img_per_s_per_gpu: float
+    size: int  # the training crop (px) img_per_s_per_gpu holds at
     source: str  # where the number came from, in words
+    by_size: dict[int, float] = dataclasses.field(default_factory=dict)
+
+    def at(self, size: int) -> float:
+        """Images/s of one GPU training at a `size` px crop."""
+        if size in self.by_size:
+            return self.by_size[size]
+        return self.img_per_s_per_gpu * (self.size / size) ** 2
 
 
 def expand_sweep(overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -76,35 +99,50 @@ def _readable(cfg: RootConfig) -> bool:
     return bool(cfg.data.root) and (Path(cfg.data.root).expanduser() / cfg.data.train_split).is_dir()
 
 
+def train_sizes(cfg: RootConfig) -> list[int]:
+    """The training crop of each epoch (progressive resizing included), in px."""
+    from resnet_repro.data.progressive import train_data_config
+
+    return [train_data_config(cfg.data, e, cfg.trainer.epochs).image_size for e in range(cfg.trainer.epochs)]
+
+
 def measure(cfg: RootConfig, readable: bool) -> Throughput:
     """A short `bench train` on this machine (one untimed pass of plan.measure_steps steps, then one
-    timed), scaled to the job's processes; `bench model` on synthetic batches when the data cannot
-    be read (`readable` false). Single process: the per-device batch is the job's."""
+    timed) at each distinct training crop of the run, one process with the job's per-device batch;
+    `bench model` on synthetic batches when the data cannot be read (`readable` false)."""
     import torch
 
     from resnet_repro import bench, distributed
     from resnet_repro.distributed import DistEnv
 
-    world = world_size(cfg)
-    batch = per_device_batch(cfg.trainer, world)
+    batch = per_device_batch(cfg.trainer, world_size(cfg))
     steps = cfg.plan.measure_steps
     one = dataclasses.replace(cfg.trainer, batch_size=batch, global_batch=None, nproc=1)
     quiet = dataclasses.replace(cfg.logging, tensorboard=False, progress=False)
     device = distributed.pick_device(cfg.trainer.device, DistEnv())
-    torch.manual_seed(cfg.trainer.seed)
     b = dataclasses.replace(cfg.bench, warmup=steps, steps=steps, trials=1, min_images=steps * batch)
-    mcfg = dataclasses.replace(cfg, trainer=one, logging=quiet, bench=b)
+    fixed = dataclasses.replace(cfg.data.progressive, start_size=None)
+    by_size = {}
     with tempfile.TemporaryDirectory(prefix="resnet-repro-plan-") as tmp:
-        if readable:
-            result = bench.bench_train(mcfg, device, Path(tmp))
-            what = f"bench train (data.backend={cfg.data.backend})"
-        else:
-            result = bench.bench_model(mcfg, device, Path(tmp))
-            what = "bench model on synthetic batches (data.root not readable: no input pipeline)"
+        for size in sorted(set(train_sizes(cfg))):
+            torch.manual_seed(cfg.trainer.seed)
+            data = dataclasses.replace(cfg.data, image_size=size, progressive=fixed)
+            mcfg = dataclasses.replace(cfg, data=data, trainer=one, logging=quiet, bench=b)
+            if readable:
+                result = bench.bench_train(mcfg, device, Path(tmp))
+            else:
+                result = bench.bench_model(mcfg, device, Path(tmp))
+            by_size[size] = float(result["img_per_s"])
+    what = (
+        f"bench train (data.backend={cfg.data.backend})"
+        if readable
+        else "bench model on synthetic batches (data.root not readable: no input pipeline)"
+    )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    scaled = f", x{world} processes assuming linear scaling" if world > 1 else ""
-    source = f"measured here: {what}, {steps} timed steps of {batch} on {name}{scaled}"
-    return Throughput(result["img_per_s"] * world, source)
+    sizes = ", ".join(f"{s} px" for s in by_size)
+    source = f"measured here: {what}, {steps} timed steps of {batch} per crop ({sizes}) on one {name}"
+    first = min(by_size)
+    return Throughput(by_size[first], first, source, by_size)
 
 
 def _key(*parts: Any) -> str:
@@ -112,19 +150,106 @@ def _key(*parts: Any) -> str:
 
 
 def throughput_key(cfg: RootConfig) -> str:
-    """Settings that change img/s: jobs of a sweep that agree on these share one measurement."""
+    """Settings that change a GPU's img/s: jobs of a sweep that agree on these share one measurement."""
     d, t = cfg.data, cfg.trainer
     return _key(
         cfg.model,
         cfg.regularization,
-        [d.root, d.backend, d.decoder, d.image_size, d.num_threads, d.augment],
-        [per_device_batch(t, world_size(cfg)), world_size(cfg), t.precision, t.compile, t.device],
+        [d.root, d.backend, d.decoder, d.num_threads, d.augment, sorted(set(train_sizes(cfg)))],
+        [per_device_batch(t, world_size(cfg)), t.precision, t.compile, t.device],
         cfg.stabilizer.max_norm is not None,
     )
 
 
-def estimate(cfg: RootConfig, train_images: int, throughput: Throughput) -> dict[str, Any]:
-    """The numbers of one job (plain data: printed and written as JSON)."""
+def given_throughput(cfg: RootConfig) -> Throughput | None:
+    """plan.img_per_s_per_gpu at plan.img_per_s_size px, when given."""
+    pl = cfg.plan
+    if pl.img_per_s_per_gpu is None:
+        return None
+    given = f"plan.img_per_s_per_gpu={pl.img_per_s_per_gpu:g} at {pl.img_per_s_size} px"
+    source = f"{given}, other crops by pixel count"
+    return Throughput(pl.img_per_s_per_gpu, pl.img_per_s_size, source)
+
+
+# Steps per epoch of the LR-schedule simulation behind total_weight_decay: the mean LR over a run
+# hardly depends on the steps per epoch, and 10 keep the simulation short
+_LR_STEPS_PER_EPOCH = 10
+
+
+def mean_lr_factor(cfg: RootConfig) -> float:
+    """The run's mean LR as a fraction of the peak, from the schedule itself (schedule.py stepped
+    with a dummy optimizer); plateau cuts react to evaluations and are not foreseen (factor 1)."""
+    st = cfg.stabilizer  # what the schedule depends on
+    key = _key(cfg.schedule, st.warmup_epochs, st.warmup_start_factor, cfg.trainer.epochs)
+    if key not in _MEAN_LR:
+        _MEAN_LR[key] = _simulate_mean_lr(cfg)
+    return _MEAN_LR[key]
+
+
+_MEAN_LR: dict[str, float] = {}
+
+
+def _simulate_mean_lr(cfg: RootConfig) -> float:
+    import warnings
+
+    import torch
+
+    from resnet_repro.schedule import build_scheduler
+
+    steps = _LR_STEPS_PER_EPOCH * cfg.trainer.epochs
+    optimizer = torch.optim.SGD([torch.zeros(1)], lr=1.0)
+    schedule = build_scheduler(
+        cfg.schedule,
+        cfg.stabilizer,
+        optimizer,
+        steps_per_epoch=_LR_STEPS_PER_EPOCH,
+        epochs=cfg.trainer.epochs,
+    )
+    total = 0.0
+    with warnings.catch_warnings():  # no optimizer.step(): only the LR is wanted
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(steps):
+            total += optimizer.param_groups[0]["lr"]  # the LR this step trains with
+            schedule.step()
+    return total / steps
+
+
+def total_weight_decay(cfg: RootConfig, total_steps: int, global_batch: int) -> float:
+    """Sum over the run's steps of LR x weight decay: how far decay alone shrinks a weight
+    (by exp(-sum)). It grows with the steps, so a proxy with a tenth of the steps applies a tenth
+    of the decay at the same optim.weight_decay (docs/recipes.md)."""
+    from resnet_repro.optim import peak_lr
+
+    return peak_lr(cfg.optim, global_batch) * cfg.optim.weight_decay * total_steps * mean_lr_factor(cfg)
+
+
+def ema_initial_weight(decay: float | None, total_steps: int) -> float | None:
+    """The weight the initial weights still have in a weight EMA at the end of the run:
+    decay^(steps - 1) (torch's EMA copies the first weights, then has no warm-up); None without EMA."""
+    return None if decay is None else decay ** max(0, total_steps - 1)
+
+
+# An EMA that still gives the initial weights this much at the end does not average the run
+EMA_WARN = 0.05
+
+
+def warnings(run: dict[str, Any]) -> list[str]:
+    """One line per setting of a planned run that defeats its purpose."""
+    out = []
+    left = run["ema_initial_weight"]
+    if left is not None and left > EMA_WARN:
+        out.append(
+            f"warning: trainer.ema.decay over {run['total_steps']:,} steps leaves {left:.2f} of the average "
+            f"on the initial weights; use a decay near 1 - 10/steps ({1 - 10 / run['total_steps']:.4f})"
+        )
+    return out
+
+
+def estimate(
+    cfg: RootConfig, train_images: int, throughput: Throughput, eval_images: int | None = None
+) -> dict[str, Any]:
+    """The numbers of one job (plain data: printed and written as JSON). `eval_images` is what the
+    run evaluates after each epoch (None: unknown, eval time not estimated)."""
     world = world_size(cfg)
     global_batch = per_device_batch(cfg.trainer, world) * world
     steps = train_images // global_batch  # the trainer drops the incomplete last batch
@@ -136,7 +261,19 @@ def estimate(cfg: RootConfig, train_images: int, throughput: Throughput) -> dict
         steps = min(steps, cfg.trainer.max_steps_per_epoch)
     total_steps = steps * cfg.trainer.epochs
     images = total_steps * global_batch
-    seconds = images / throughput.img_per_s
+    # all processes together; scaling_efficiency stands for what DDP loses to communication
+    gpus = world * (cfg.plan.scaling_efficiency if world > 1 else 1.0)
+    sizes = train_sizes(cfg)
+    epoch_train_s = [steps * global_batch / (throughput.at(size) * gpus) for size in sizes]
+    eval_size = cfg.data.image_size
+    eval_rate = cfg.plan.eval_img_per_s_per_gpu or EVAL_SPEEDUP * throughput.at(eval_size)
+    eval_source = (
+        "plan.eval_img_per_s_per_gpu"
+        if cfg.plan.eval_img_per_s_per_gpu
+        else f"{EVAL_SPEEDUP:g} x the training rate at {eval_size} px (forward only)"
+    )
+    eval_s = eval_images / (eval_rate * world) if eval_images is not None else None
+    train_s = sum(epoch_train_s)
     return {
         "name": cfg.name,
         "model": cfg.model.name,
@@ -147,9 +284,21 @@ def estimate(cfg: RootConfig, train_images: int, throughput: Throughput) -> dict
         "epochs": cfg.trainer.epochs,
         "total_steps": total_steps,
         "images_processed": images,
-        "img_per_s": throughput.img_per_s,
+        "train_sizes": sizes,
+        "total_weight_decay": total_weight_decay(cfg, total_steps, global_batch),
+        "ema_initial_weight": ema_initial_weight(cfg.trainer.ema.decay, total_steps),
+        "img_per_s_per_gpu": {str(s): throughput.at(s) for s in sorted(set(sizes))},
         "img_per_s_source": throughput.source,
-        "train_hours": seconds / 3600,
+        "scaling_efficiency": cfg.plan.scaling_efficiency if world > 1 else 1.0,
+        "img_per_s": images / train_s,  # the job's mean training rate over the run
+        "epoch_train_s": epoch_train_s,
+        "eval_size": eval_size,
+        "eval_img_per_s_per_gpu": eval_rate,
+        "eval_img_per_s_source": eval_source,
+        "eval_s_per_epoch": eval_s,
+        "train_hours": train_s / 3600,
+        "eval_hours": eval_s * cfg.trainer.epochs / 3600 if eval_s is not None else None,
+        "total_hours": (train_s + (eval_s or 0.0) * cfg.trainer.epochs) / 3600,
     }
 
 
@@ -164,15 +313,14 @@ def plan(jobs: list[tuple[list[str], RootConfig]]) -> dict[str, Any]:
         if data_key not in counts:
             counts[data_key] = count_images(cfg)
         train_images, eval_images, count_source = counts[data_key]
-        if cfg.plan.img_per_s is not None:
-            rate = Throughput(cfg.plan.img_per_s, "plan.img_per_s")
-        else:
+        rate = given_throughput(cfg)
+        if rate is None:
             key = throughput_key(cfg)
             if key not in rates:
                 readable = count_source != "plan.train_images" or _readable(cfg)
                 rates[key] = measure(cfg, readable)
             rate = rates[key]
-        run = estimate(cfg, train_images, rate)
+        run = estimate(cfg, train_images, rate, eval_images)
         run.update(overrides=overrides, train_images_source=count_source, eval_images_per_epoch=eval_images)
         runs.append(run)
     return {
@@ -180,46 +328,93 @@ def plan(jobs: list[tuple[list[str], RootConfig]]) -> dict[str, Any]:
         "total_steps": sum(r["total_steps"] for r in runs),
         "total_images": sum(r["images_processed"] for r in runs),
         "total_train_hours": sum(r["train_hours"] for r in runs),
+        "total_hours": sum(r["total_hours"] for r in runs),
         "runs": runs,
     }
+
+
+def _sizes_text(sizes: list[int]) -> str:
+    """`160 px x 11, 176 px x 2, 192 px x 3` (runs of equal crops, in epoch order)."""
+    runs: list[list[int]] = []
+    for s in sizes:
+        if runs and runs[-1][0] == s:
+            runs[-1][1] += 1
+        else:
+            runs.append([s, 1])
+    return ", ".join(f"{s} px x {n}" for s, n in runs)
 
 
 def _hours(h: float) -> str:
     return f"{h * 60:.1f} min" if h < 1 else f"{h:,.1f} h" + (f" ({h / 24:.1f} days)" if h >= 48 else "")
 
 
+def _eval_text(r: dict[str, Any]) -> str:
+    if r["eval_hours"] is None:
+        return "not estimated (evaluated images unknown: give data.root)"
+    return (
+        f"{_hours(r['eval_hours'])} ({r['eval_images_per_epoch']:,} images a epoch at {r['eval_size']} px, "
+        f"{r['eval_img_per_s_per_gpu']:,.0f} img/s per GPU: {r['eval_img_per_s_source']})"
+    )
+
+
 def format_table(record: dict[str, Any]) -> str:
     """One job: a key-value table; a sweep: one row per job and the total."""
     runs = record["runs"]
-    note = "training steps only: evaluation and start-up are not included"
+    note = "start-up not included"
     if len(runs) == 1:
         r = runs[0]
+        rates = ", ".join(f"{float(v):,.1f} at {s} px" for s, v in r["img_per_s_per_gpu"].items())
+        scaling = (
+            f" x {r['world_size']} GPUs x scaling efficiency {r['scaling_efficiency']:g}"
+            if r["world_size"] > 1
+            else ""
+        )
         rows = [
             ("images per epoch", f"{r['train_images']:,} ({r['train_images_source']})"),
             ("global batch", f"{r['global_batch']:,} ({r['world_size']} process(es))"),
             ("steps per epoch", f"{r['steps_per_epoch']:,} (full batches; the last partial one is dropped)"),
             ("epochs", f"{r['epochs']:,}"),
+            ("training crops", _sizes_text(r["train_sizes"])),
             ("total steps", f"{r['total_steps']:,}"),
             ("images processed", f"{r['images_processed']:,}"),
-            ("throughput", f"{r['img_per_s']:,.1f} img/s ({r['img_per_s_source']})"),
-            ("wall time", f"{_hours(r['train_hours'])} ({note})"),
+            (
+                "total weight decay",
+                f"{r['total_weight_decay']:.3g} (sum of LR x weight decay over the steps)",
+            ),
+            ("throughput per GPU", f"{rates} img/s{scaling} ({r['img_per_s_source']})"),
+            ("training time", _hours(r["train_hours"])),
+            ("evaluation time", _eval_text(r)),
+            ("wall time", f"{_hours(r['total_hours'])} ({note})"),
         ]
         if r["eval_images_per_epoch"] is not None:
             rows.insert(1, ("evaluated per epoch", f"{r['eval_images_per_epoch']:,} images"))
         width = max(len(k) for k, _ in rows)
-        return "\n".join([f"plan: {r['name']} ({r['model']})", *(f"  {k:<{width}}  {v}" for k, v in rows)])
+        lines = [f"plan: {r['name']} ({r['model']})", *(f"  {k:<{width}}  {v}" for k, v in rows)]
+        return "\n".join(lines + warnings(r))
     # the table names each job by what differs between the jobs; the rest is printed once
     common = [o for o in runs[0]["overrides"] if all(o in r["overrides"] for r in runs)]
-    head = ("job", "steps/epoch", "epochs", "total steps", "images", "img/s", "wall time")
+    head = (
+        "job",
+        "steps/epoch",
+        "epochs",
+        "crops (px)",
+        "total steps",
+        "images",
+        "img/s",
+        "train",
+        "wall time",
+    )
     table = [
         (
             " ".join(o for o in r["overrides"] if o not in common) or "(the same)",
             f"{r['steps_per_epoch']:,}",
             f"{r['epochs']}",
+            "-".join(str(s) for s in sorted(set(r["train_sizes"]))),
             f"{r['total_steps']:,}",
             f"{r['images_processed']:,}",
             f"{r['img_per_s']:,.1f}",
             _hours(r["train_hours"]),
+            _hours(r["total_hours"]),
         )
         for r in runs
     ]
@@ -230,7 +425,8 @@ def format_table(record: dict[str, Any]) -> str:
     sources = sorted({r["img_per_s_source"] for r in runs})
     lines.append(
         f"{record['jobs']} jobs: {record['total_steps']:,} steps, {record['total_images']:,} images, "
-        f"{_hours(record['total_train_hours'])} one after another ({note})"
+        f"{_hours(record['total_hours'])} one after another, evaluation included ({note})"
     )
-    lines += [f"img/s: {s}" for s in sources]
+    lines += ["img/s: the job's mean training rate; per GPU: " + s for s in sources]
+    lines += sorted({w for r in runs for w in warnings(r)})
     return "\n".join(lines)

@@ -16,7 +16,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 # (epochs, values) of one line
 Series = tuple[Sequence[float], Sequence[float]]
@@ -30,10 +31,14 @@ def save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _norm(values: Sequence[float | None]) -> Normalize:
+def _norm(values: Sequence[float | None], min_span: float = 0.0) -> Normalize:
+    """The colour range: the values' range, widened about its centre to at least `min_span` (so
+    a difference of the size of the noise does not use the whole palette); one value: mid-scale."""
     numbers = [v for v in values if v is not None]
     lo, hi = (min(numbers), max(numbers)) if numbers else (0.0, 1.0)
-    return Normalize(lo, hi) if hi > lo else Normalize(lo - 1, hi + 1)  # one value: mid-scale
+    span = max(hi - lo, min_span) or 2.0
+    middle = (lo + hi) / 2
+    return Normalize(middle - span / 2, middle + span / 2)
 
 
 def heat_map(
@@ -45,10 +50,14 @@ def heat_map(
     row_key: str,
     col_key: str,
     title: str,
+    min_span: float = 0.0,
+    hatched: Sequence[tuple[int, int]] = (),
+    label: str = "top-1 (%)",
 ) -> Figure:
     """values[i][j] colours cell (row i, column j) on viridis; None (a failed job, no job) is grey.
-    texts[i][j] is written in the cell."""
-    norm = _norm([v for row in values for v in row])
+    texts[i][j] is written in the cell; cells in `hatched` (a point with failed seeds) are hatched.
+    The colour range spans at least `min_span` and the colour bar names it."""
+    norm = _norm([v for row in values for v in row], min_span)
     data = np.ma.masked_invalid(np.array(values, dtype=float))  # None -> nan -> masked -> grey
     fig = Figure(figsize=(2.5 + 1.4 * len(col_labels), 1.6 + 0.8 * len(row_labels)), layout="constrained")
     ax = fig.add_subplot()
@@ -58,12 +67,14 @@ def heat_map(
             value = values[i][j]
             dark = value is not None and norm(value) < 0.6  # white text on viridis' dark end
             ax.text(j, i, text, ha="center", va="center", color="white" if dark else "black")
+    for i, j in hatched:
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", edgecolor="crimson", lw=1.5))
     ax.set_xticks(range(len(col_labels)), col_labels)
     ax.set_yticks(range(len(row_labels)), row_labels)
     ax.set_xlabel(col_key)
     ax.set_ylabel(row_key)
     ax.set_title(title, fontsize="medium")
-    fig.colorbar(image, ax=ax, label="top-1 (%)")
+    fig.colorbar(image, ax=ax, label=f"{label}; colours span {norm.vmin:.4g} to {norm.vmax:.4g}")
     return fig
 
 
@@ -136,3 +147,128 @@ def stabilizer(
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     bottom.grid(alpha=0.3, which="both")
     return fig
+
+
+def _colours(n: int) -> list:
+    """n distinct colours: tab10, tab20 up to 20 lines, then samples of viridis (ordered values)."""
+    if n <= 10:
+        return list(matplotlib.colormaps["tab10"].colors[:n])
+    if n <= 20:
+        return list(matplotlib.colormaps["tab20"].colors[:n])
+    return [CMAP(i / (n - 1)) for i in range(n)]
+
+
+def _band(runs: Sequence[Series]) -> tuple[list[float], list[float], list[float], list[float]]:
+    """(epochs, mean, low, high) over the runs of one point; an epoch some runs lack (a seed that
+    diverged early) averages the runs that have it."""
+    by_epoch: dict[float, list[float]] = {}
+    for epochs, values in runs:
+        for e, v in zip(epochs, values, strict=True):
+            by_epoch.setdefault(e, []).append(v)
+    epochs = sorted(by_epoch)
+    return (
+        epochs,
+        [float(np.mean(by_epoch[e])) for e in epochs],
+        [min(by_epoch[e]) for e in epochs],
+        [max(by_epoch[e]) for e in epochs],
+    )
+
+
+def grouped_curves(rows: dict[str, dict[str, dict[str, Sequence[Series]]]], *, title: str) -> Figure:
+    """Small multiples of a sweep's curves: one row of panels per entry of `rows` ({row title:
+    {panel title: {line label: [one Series per seed]}}}), one line per point (the mean over its
+    seeds) with a band from the lowest to the highest seed, a legend in each row's first panel.
+    The figure grows with the number of rows, so the legend never has more lines than a row; each
+    column shares its y axis, so the rows compare at a glance."""
+    names = list(dict.fromkeys(p for panels in rows.values() for p in panels))
+    fig = Figure(figsize=(5.5 * len(names), 1.0 + 3.2 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), len(names), squeeze=False, sharex=True, sharey="col")
+    for line_axes, (row_title, panels) in zip(axes, rows.items(), strict=True):
+        for ax, name in zip(line_axes, names, strict=True):
+            lines = panels.get(name, {})
+            for colour, (label, runs) in zip(_colours(len(lines)), lines.items(), strict=True):
+                epochs, mean, low, high = _band(runs)
+                ax.plot(epochs, mean, marker="o", markersize=3, color=colour, label=label)
+                if len(runs) > 1:
+                    ax.fill_between(epochs, low, high, color=colour, alpha=0.2, linewidth=0)
+            ax.set_title(f"{row_title}: {name}" if row_title else name, fontsize="medium")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+        line_axes[0].legend(fontsize="small", ncols=1 + len(line_axes[0].lines) // 8)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    fig.suptitle(title)
+    return fig
+
+
+# one number per max-norm value of a line (None: no finished job at that point)
+Values = Sequence[float | None]
+
+
+def clipping(
+    max_norms: list[str],
+    top1: dict[str, tuple[Values, Values]],
+    clipped: dict[str, Values],
+    grad_norm: dict[str, Values],
+    *,
+    split: str,
+) -> Figure:
+    """A max-norm sweep side by side, x = max_norm (as text: "null" is no clipping), one line per
+    value of the other axes: top-1 (mean, error bar one std over seeds), the share of steps clipped
+    (%), and the median pre-clip gradient norm next to the max_norm itself (log axis)."""
+    fig = Figure(figsize=(15, 4.8), layout="constrained")
+    acc, share, norm = fig.subplots(1, 3, sharex=True)
+    x = list(range(len(max_norms)))
+    colours = _colours(len(top1))
+
+    def draw(ax, values: Values, colour, label: str, errors: Values | None = None) -> None:
+        points = [
+            (i, v, (errors[i] if errors else None)) for i, v in zip(x, values, strict=True) if v is not None
+        ]
+        if not points:
+            return
+        xs, ys, es = zip(*points, strict=True)
+        if errors is None:
+            ax.plot(xs, ys, marker="o", color=colour, label=label)
+        else:  # no error bar where a point has a single finished seed
+            ax.errorbar(xs, ys, yerr=[e or 0.0 for e in es], marker="o", capsize=4, color=colour, label=label)
+
+    for colour, label in zip(colours, top1, strict=True):
+        draw(acc, top1[label][0], colour, label, top1[label][1])
+        draw(share, [None if v is None else 100 * v for v in clipped[label]], colour, label)
+        draw(norm, grad_norm[label], colour, label)
+    limits = [(i, float(t)) for i, t in zip(x, max_norms, strict=True) if _is_float(t)]
+    if limits:
+        norm.plot(*zip(*limits, strict=True), "x", color="crimson", markersize=10, mew=2, label="max_norm")
+    norm.set_yscale("log")
+    norm.yaxis.set_major_formatter(ScalarFormatter())  # 3, not 3 x 10^0
+    norm.yaxis.set_minor_formatter(ScalarFormatter())
+    acc.set_ylabel(f"top-1 (%) on {split}, mean ± std over seeds")
+    share.set_ylabel("steps clipped (%), whole run")
+    share.set_ylim(-3, 103)
+    norm.set_ylabel("median pre-clip gradient norm")
+    for ax, name in (
+        (acc, "top-1"),
+        (share, "share of steps clipped"),
+        (norm, "median gradient norm vs max_norm"),
+    ):
+        ax.set_xticks(x, [t if _is_float(t) else f"{t} (off)" for t in max_norms])
+        ax.set_xlabel("stabilizer.max_norm")
+        ax.set_title(name, fontsize="medium")
+        ax.grid(alpha=0.3, which="both")
+    acc.legend(fontsize="small")
+    norm.legend(fontsize="small")
+    fig.suptitle(
+        "clipping in this sweep: is max_norm too tight? (clipped share near 100% and a median "
+        "norm far above max_norm: every step is shortened)",
+        fontsize="medium",
+    )
+    return fig
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,7 @@ from matplotlib.figure import Figure
 
 from resnet_repro import plots
 from resnet_repro.config import UserError, is_run_control
-from resnet_repro.seeds import ALPHA as SEED_ALPHA
-from resnet_repro.seeds import SEED_KEY, SeedGroup, against_best, seed_groups
+from resnet_repro.seeds import SEED_KEY, Comparison, SeedGroup, against_best, seed_groups
 
 Row = dict[str, Any]
 
@@ -173,12 +173,14 @@ def summarize_job(job_dir: Path, root: Path) -> Row:
     eval_rows = [r for r in metrics if r.get("split") != "train" and _is_number(r.get("top1"))]
     status = job_status(job_dir, final)
     final = final or {}
+    best_top1 = _best_top1(eval_rows, final)
     return {
         "job": job_dir.relative_to(root).as_posix(),
         "path": job_dir,
         "overrides": read_overrides(job_dir),
         "status": status,
-        "best_top1": _best_top1(eval_rows, final),
+        "best_top1": best_top1,
+        "score_split": _score_split(eval_rows, final, best_top1),
         "final_top1": final.get("top1"),
         "final_top5": final.get("top5"),
         "final_loss": final.get("loss"),
@@ -219,6 +221,23 @@ def _best_top1(eval_rows: list[dict[str, Any]], final: dict[str, Any]) -> float 
         return max(float(r["top1"]) for r in rows)
     best = final.get("best_top1")
     return float(best) if _is_number(best) and best >= 0 else None
+
+
+def _score_split(eval_rows: list[dict[str, Any]], final: dict[str, Any], best: float | None) -> str | None:
+    """The split `score` comes from: the selection split of the best top-1 (as `_best_top1` picks
+    it), else "final evaluation" (a run without a selection split is scored by its final top-1);
+    None for a job with neither."""
+    if best is not None:
+        if final.get("selection"):
+            return str(final["selection"])
+        splits = [r.get("split") for r in eval_rows]
+        return "holdout" if "holdout" in splits else (str(splits[0]) if splits else None)
+    return "final evaluation" if _is_number(final.get("top1")) else None
+
+
+def score_splits(rows: list[Row]) -> str:
+    """The splits behind the sweep's scores, for a figure's title: `holdout`, `holdout/final evaluation`."""
+    return "/".join(sorted({r["score_split"] for r in rows if r.get("score_split")})) or "no evaluation"
 
 
 def score(row: Row) -> float | None:
@@ -382,48 +401,93 @@ def _markdown_report(rows: list[Row], title: str) -> str:
 
 def seed_groups_of(rows: list[Row]) -> list[SeedGroup] | None:
     """The sweep's seed groups (resnet_repro.seeds), scored as the table ranks jobs; failed and
-    unfinished jobs count in a group's jobs, not in its mean."""
-    return seed_groups(rows, lambda r: None if r["status"] in FAILED_STATUSES else score(r))
+    unfinished jobs count in a group's jobs (and its `failed`, NaN ones in its `nan`), not in its
+    mean, and rank the point below every point whose seeds all finished."""
+    return seed_groups(
+        rows, lambda r: None if r["status"] in FAILED_STATUSES else score(r), lambda r: r["status"] == NAN
+    )
 
 
 SEED_NOTE = (
-    "Mean ± sample standard deviation (finished seeds) of the best top-1 on the selection split "
-    "(final top-1 for runs without one). Welch p: the t-test of a point's seeds against the best "
-    "point's; `*` where p < 0.05, a difference beyond the seed spread."
+    "Mean ± sample standard deviation (finished seeds; decimals follow the spread) of the best top-1 "
+    "on the selection split (final top-1 for runs without one). A point whose seeds did not all "
+    "finish says so and ranks below every complete point. Welch p: the t-test of a point's seeds "
+    "against the best point's; Holm p: the same adjusted by Holm's method for all the comparisons "
+    "against the best (docs/reports.md); `*` where Holm p < 0.05, a difference beyond the seed spread."
 )
 
 
+def _p_text(p: float | None) -> str:
+    return "-" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _delta_text(c: Comparison, best: SeedGroup) -> str:
+    if c.group is best:
+        return "best"
+    if c.delta is None:
+        return "-"
+    return f"{100 * c.delta:+.{max(c.group.decimals(), best.decimals())}f}"
+
+
 def seed_table(groups: list[SeedGroup]) -> str:
-    """One line per point: its overrides (seed left out), mean ± std (n), difference to the best."""
+    """One line per point: its overrides (seed left out), mean ± std (n), difference to the best,
+    Welch p and Holm-adjusted p."""
     keys = [
         k
         for k in override_keys([{"overrides": g.point} for g in groups])
         if len({g.point.get(k) for g in groups}) > 1
     ]
-    header = [*keys, "top-1 % mean ± std (n)", "vs best (points)", "Welch p", "beyond spread"]
+    header = [*keys, "top-1 % mean ± std (n)", "vs best (points)", "Welch p", "Holm p", "beyond spread"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for group, delta, p in against_best(groups):
+    for c in against_best(groups):
         cells = [
-            *(group.point.get(k, "") for k in keys),
-            group.text(),
-            "best" if p is None and delta == 0 else (f"{100 * delta:+.1f}" if delta is not None else "-"),
-            f"{p:.3f}" if p is not None else "-",
-            "*" if p is not None and p < SEED_ALPHA else "",
+            *(c.group.point.get(k, "") for k in keys),
+            c.group.text(),
+            _delta_text(c, groups[0]),
+            _p_text(c.p),
+            _p_text(c.p_adjusted),
+            "*" if c.beyond_spread else "",
         ]
-        lines.append("| " + " | ".join(_markdown_cell(str(c)) for c in cells) + " |")
+        lines.append("| " + " | ".join(_markdown_cell(str(cell)) for cell in cells) + " |")
     return "\n".join(lines)
 
 
+SEED_CSV_COLUMNS = (
+    "n",
+    "jobs",
+    "failed",
+    "nan",
+    "mean_top1",
+    "std_top1",
+    "delta_to_best",
+    "welch_p",
+    "p_adjusted",
+    "beyond_spread",
+)
+
+
 def _write_seed_csv(groups: list[SeedGroup], path: Path) -> None:
+    """One row per point, ranked as the table; `failed` counts seeds without a score (`nan` of them
+    diverged), `p_adjusted` is Holm's."""
     keys = override_keys([{"overrides": g.point} for g in groups])
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*keys, "n", "jobs", "mean_top1", "std_top1", "delta_to_best", "welch_p"])
-        for group, delta, p in against_best(groups):
-            values = [group.n, group.jobs, group.mean, group.std, delta, p]
-            writer.writerow(
-                [*(group.point.get(k, "") for k in keys), *("" if v is None else v for v in values)]
-            )
+        writer.writerow([*keys, *SEED_CSV_COLUMNS])
+        for c in against_best(groups):
+            g = c.group
+            values = [
+                g.n,
+                g.jobs,
+                g.failed,
+                g.nan,
+                g.mean,
+                g.std,
+                c.delta,
+                c.p,
+                c.p_adjusted,
+                c.beyond_spread,
+            ]
+            writer.writerow([*(g.point.get(k, "") for k in keys), *("" if v is None else v for v in values)])
 
 
 def _write_csv(rows: list[Row], path: Path) -> None:
@@ -437,8 +501,9 @@ def _write_csv(rows: list[Row], path: Path) -> None:
 
 
 def write_report(rows: list[Row], out_dir: Path) -> dict[str, Path]:
-    """report.md, report.csv, report.png (heat map or bars) and curves.png (every job per epoch) in
-    `out_dir`; returns {"markdown", "csv", "plot", "curves": path}."""
+    """report.md, report.csv, report.png (heat map or bars), curves.png (every point per epoch),
+    report_seeds.csv (a sweep over seeds) and clipping.png (a sweep over stabilizer.max_norm) in
+    `out_dir`; returns {"markdown", "csv", "plot", "curves"[, "seeds_csv"][, "clipping"]: path}."""
     if not rows:
         raise UserError(f"no jobs to report in {out_dir}")
     out_dir = Path(out_dir)
@@ -457,6 +522,9 @@ def write_report(rows: list[Row], out_dir: Path) -> dict[str, Path]:
         _write_seed_csv(groups, paths["seeds_csv"])
     draw_plot(rows, paths["plot"], groups)
     plots.save(sweep_curves(rows), paths["curves"])
+    clipping = clipping_figure(rows)
+    if clipping is not None:
+        paths["clipping"] = plots.save(clipping, out_dir / "clipping.png")
     return paths
 
 
@@ -530,7 +598,7 @@ def heat_map(rows: list[Row], row_key: str, col_key: str) -> Figure:
         xs,
         row_key=row_key,
         col_key=col_key,
-        title="best top-1 (%) on the selection split; (final) where a run had none",
+        title=f"best top-1 (%) on {score_splits(rows)}; (final) where a run had no selection split",
     )
 
 
@@ -550,12 +618,17 @@ def bar_chart(rows: list[Row], key: str | None) -> Figure:
     )
 
 
-def seed_heat_map(groups: list[SeedGroup], row_key: str, col_key: str) -> Figure:
-    """Mean best top-1 (%) per point over its seeds, each cell "mean ± std (n)"."""
+def seed_heat_map(
+    groups: list[SeedGroup], row_key: str, col_key: str, split: str = "selection split"
+) -> Figure:
+    """Mean best top-1 (%) per point over its seeds, each cell "mean ± std (n)"; a point with failed
+    seeds hatched and its count "2/3 finished, 1 NaN". The colours span at least four times the
+    largest seed std, so a difference within the seed noise does not take the whole palette."""
     ys = _value_order(g.point.get(row_key, "default") for g in groups)
     xs = _value_order(g.point.get(col_key, "default") for g in groups)
     cell = {(g.point.get(row_key, "default"), g.point.get(col_key, "default")): g for g in groups}
     grid = [[cell.get((y, x)) for x in xs] for y in ys]
+    noise = max((g.std for g in groups if g.std is not None), default=0.0)
     return plots.heat_map(
         [[100 * g.mean if g is not None and g.mean is not None else None for g in line] for line in grid],
         [[g.text().replace(" (", "\n(") if g is not None else "no job" for g in line] for line in grid],
@@ -563,7 +636,12 @@ def seed_heat_map(groups: list[SeedGroup], row_key: str, col_key: str) -> Figure
         xs,
         row_key=row_key,
         col_key=col_key,
-        title="best top-1 (%): mean ± std (seeds) on the selection split",
+        title=f"best top-1 (%) on {split}: mean ± std (seeds); hatched: seeds failed",
+        min_span=4 * 100 * noise,
+        hatched=[
+            (i, j) for i, line in enumerate(grid) for j, g in enumerate(line) if g is not None and g.failed
+        ],
+        label=f"mean top-1 (%), {split}",
     )
 
 
@@ -573,7 +651,7 @@ def draw_plot(rows: list[Row], path: Path, groups: list[SeedGroup] | None = None
     if groups is not None:
         axes = [k for k in varying_keys(rows) if k != SEED_KEY]
         if len(axes) == 2:
-            return plots.save(seed_heat_map(groups, axes[0], axes[1]), path)
+            return plots.save(seed_heat_map(groups, axes[0], axes[1], score_splits(rows)), path)
     keys = varying_keys(rows)
     if len(keys) == 2:
         return plots.save(heat_map(rows, keys[0], keys[1]), path)
@@ -592,23 +670,100 @@ def _eval_split(metrics: list[dict[str, Any]]) -> str | None:
     return "holdout" if "holdout" in splits else (splits[0] if splits else None)
 
 
+def _in_axis_order(rows: list[Row], keys: list[str]) -> list[Row]:
+    """Rows ordered by their values of `keys` (each in axis order: null, numbers, text), then job."""
+    order = {k: _value_order(_value_text(r, k) for r in rows) for k in keys}
+    return sorted(rows, key=lambda r: ([order[k].index(_value_text(r, k)) for k in keys], r["job"]))
+
+
+def _point_label(row: Row, keys: list[str]) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={_value_text(row, k)}" for k in keys)
+
+
 def sweep_curves(rows: list[Row]) -> Figure:
-    """Every job's evaluation top-1 and train loss per epoch, one line per job, labelled by the
-    overrides that vary across the sweep."""
-    keys = varying_keys(rows)
-    top1: dict[str, plots.Series] = {}
-    loss: dict[str, plots.Series] = {}
+    """Evaluation top-1 and train loss per epoch, one line per point (the mean of its seeds, a band
+    from the lowest to the highest), small multiples: one row of panels per value of the sweep's
+    first axis when it has two or more, lines labelled by the other axes."""
+    keys = [k for k in varying_keys(rows) if k != SEED_KEY]
+    row_key, line_keys = (keys[0], keys[1:]) if len(keys) >= 2 else (None, keys)
+    groups = seed_groups_of(rows)
+    failed = {tuple(sorted(g.point.items())): g for g in groups or [] if g.failed}
+    grid: dict[str, dict[str, dict[str, list[plots.Series]]]] = {}
     splits = set()
-    for row in sort_rows(rows):
-        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={_value_text(row, k)}" for k in keys) or row["job"]
+    for row in _in_axis_order(rows, keys):
+        panel_row = _point_label(row, [row_key]) if row_key else ""
+        label = _point_label(row, line_keys) or (row["job"] if groups is None else "all jobs")
+        point = tuple(sorted((k, v) for k, v in row["overrides"].items() if k != SEED_KEY))
+        if point in failed:
+            label += f" ({failed[point].count_text()})"
         metrics = read_metrics(Path(row["path"]) / "metrics.jsonl")
         split = _eval_split(metrics)
+        panels = grid.setdefault(panel_row, {"top-1 (%)": {}, "train loss": {}})
         if split is not None:
             splits.add(split)
-            top1[label] = series([r for r in metrics if r.get("split") == split], "top1", 100)
-        loss[label] = series([r for r in metrics if r.get("split") == "train"], "loss")
+            top1 = series([r for r in metrics if r.get("split") == split], "top1", 100)
+            panels["top-1 (%)"].setdefault(label, []).append(top1)
+        loss = series([r for r in metrics if r.get("split") == "train"], "loss")
+        panels["train loss"].setdefault(label, []).append(loss)
     name = "/".join(sorted(splits)) or "evaluation"
-    return plots.curves({f"{name} top-1 (%)": top1, "train loss": loss}, title="every job, per epoch")
+    for panels in grid.values():
+        panels[f"{name} top-1 (%)"] = panels.pop("top-1 (%)")
+        panels["train loss"] = panels.pop("train loss")
+    seeds = " (mean of seeds, band: lowest to highest)" if groups is not None else ""
+    return plots.grouped_curves(grid, title=f"every point, per epoch{seeds}")
+
+
+MAX_NORM_KEY = "stabilizer.max_norm"
+
+
+def _clipping_stats(members: list[Row]) -> tuple[float | None, float | None]:
+    """(share of steps clipped, median pre-clip gradient norm) of one point over all its seeds'
+    training epochs: the mean of the epochs' clipped_fraction (epochs have equal steps) and the
+    median of their per-epoch medians (grad_norm_p50)."""
+    train = [
+        r
+        for row in members
+        for r in read_metrics(Path(row["path"]) / "metrics.jsonl")
+        if r.get("split") == "train"
+    ]
+    shares = [float(r["clipped_fraction"]) for r in train if _is_number(r.get("clipped_fraction"))]
+    norms = [float(r["grad_norm_p50"]) for r in train if _is_number(r.get("grad_norm_p50"))]
+    return (statistics.fmean(shares) if shares else None, statistics.median(norms) if norms else None)
+
+
+def clipping_figure(rows: list[Row]) -> Figure | None:
+    """For a sweep over stabilizer.max_norm (and e.g. weight decay): top-1 (mean, std over seeds),
+    share of steps clipped and median pre-clip gradient norm against max_norm, one line per value of
+    the other axes; None when max_norm does not vary."""
+    keys = [k for k in varying_keys(rows) if k != SEED_KEY]
+    if MAX_NORM_KEY not in keys:
+        return None
+    others = [k for k in keys if k != MAX_NORM_KEY]
+    xs = _value_order(_value_text(r, MAX_NORM_KEY) for r in rows)
+    line_labels = list(
+        dict.fromkeys(_point_label(r, others) or "all jobs" for r in _in_axis_order(rows, others))
+    )
+    top1: dict[str, tuple[list[float | None], list[float | None]]] = {}
+    clipped: dict[str, list[float | None]] = {}
+    grad_norm: dict[str, list[float | None]] = {}
+    for label in line_labels:
+        means, stds, shares, norms = [], [], [], []
+        for x in xs:
+            members = [
+                r
+                for r in rows
+                if (_point_label(r, others) or "all jobs") == label and _value_text(r, MAX_NORM_KEY) == x
+            ]
+            scores = [
+                100 * score(r) for r in members if r["status"] not in FAILED_STATUSES and score(r) is not None
+            ]
+            means.append(statistics.fmean(scores) if scores else None)
+            stds.append(statistics.stdev(scores) if len(scores) > 1 else None)
+            share, norm = _clipping_stats(members)
+            shares.append(share)
+            norms.append(norm)
+        top1[label], clipped[label], grad_norm[label] = (means, stds), shares, norms
+    return plots.clipping(xs, top1, clipped, grad_norm, split=score_splits(rows))
 
 
 def _config_value(run_dir: Path, *keys: str) -> Any:

@@ -37,7 +37,7 @@ SAYS = {
     "report": "MULTIRUN_DIR|RUN_DIR",
     "bench": "loop-overhead",  # the modes: `bench --help` is help, not an unknown mode
     "prepare-cifar10": "--archive",
-    "plan": "plan.img_per_s",
+    "plan": "plan.img_per_s_per_gpu",
 }
 
 

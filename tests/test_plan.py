@@ -8,7 +8,7 @@ import pytest
 
 from resnet_repro.cli import main
 
-IMAGENET = ["plan.train_images=1281167", "plan.img_per_s=1000"]
+IMAGENET = ["plan.train_images=1281167", "plan.img_per_s_per_gpu=1000"]
 SWEEP = ["optim.weight_decay=1e-4,5e-5,2e-4", "stabilizer.max_norm=null,1,2,5"]
 
 
@@ -26,14 +26,19 @@ def test_imagenet_recipe_at_1000_img_per_s_is_5004_steps_an_epoch_and_32_hours(c
     assert (run["global_batch"], run["steps_per_epoch"], run["epochs"]) == (256, 5004, 90)
     assert run["total_steps"] == 450_360 and run["images_processed"] == 450_360 * 256
     assert run["train_hours"] == pytest.approx(115_292_160 / 1000 / 3600)  # 32.03 h
-    assert run["img_per_s_source"] == "plan.img_per_s"
+    assert run["img_per_s_source"].startswith("plan.img_per_s_per_gpu=1000 at 224 px")
+    assert run["train_sizes"] == [224] * 90 and run["epoch_train_s"][0] == pytest.approx(5004 * 256 / 1000)
     assert "5,004" in table and "32.0 h" in table and "115,292,160" in table
 
 
 def test_global_batch_stays_the_recipes_over_more_processes_and_max_steps_caps_an_epoch(capsys):
-    record, _ = run_plan(capsys, "experiment=imagenet_paper", *IMAGENET, "plan.world_size=8")
+    record, _ = run_plan(
+        capsys, "experiment=imagenet_paper", *IMAGENET, "plan.world_size=8", "plan.scaling_efficiency=0.9"
+    )
     run = record["runs"][0]
     assert (run["world_size"], run["global_batch"], run["steps_per_epoch"]) == (8, 256, 5004)
+    # img/s is per GPU: 8 GPUs at 90% of linear
+    assert run["train_hours"] == pytest.approx(115_292_160 / (1000 * 8 * 0.9) / 3600)
     record, _ = run_plan(capsys, "experiment=demo", *IMAGENET, "trainer.max_steps_per_epoch=3")
     assert record["runs"][0]["steps_per_epoch"] == 3 and record["runs"][0]["total_steps"] == 3 * 8
 
@@ -63,20 +68,49 @@ def test_images_are_counted_from_the_file_lists_after_the_holdout(image_folder_f
     root = image_folder_factory("train", {"a": 10, "b": 7})
     image_folder_factory("val", {"a": 2, "b": 3})
     args = [f"data.root={root}", "data=folder", "trainer.batch_size=4", "trainer.epochs=2"]
-    record, table = run_plan(capsys, *args, "data.holdout.size=3", "plan.img_per_s=7")
+    record, table = run_plan(
+        capsys, *args, "data.holdout.size=3", "plan.img_per_s_per_gpu=7", "data.image_size=224"
+    )
     run = record["runs"][0]
     assert (run["train_images"], run["eval_images_per_epoch"]) == (14, 5 + 3)
     assert (run["steps_per_epoch"], run["total_steps"], run["images_processed"]) == (3, 6, 24)
     assert run["train_hours"] == pytest.approx(24 / 7 / 3600)
     assert run["train_images_source"] == f"file lists of {root}"
+    # 8 images evaluated each epoch, forward only at 3 x the training rate by default
+    assert run["eval_s_per_epoch"] == pytest.approx(8 / (3 * 7)) and "evaluation time" in table
+    assert run["total_hours"] == pytest.approx((24 / 7 + 2 * 8 / 21) / 3600)
 
 
 def test_without_data_or_a_count_the_error_names_plan_train_images(capsys):
     with pytest.raises(SystemExit) as e:
-        main(["plan", "experiment=imagenet_paper", "plan.img_per_s=1000"])
+        main(["plan", "experiment=imagenet_paper", "plan.img_per_s_per_gpu=1000"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "plan.train_images=N (ImageNet-1K: 1281167)" in err
+
+
+def test_fast_16_is_planned_at_its_training_crops_not_the_evaluation_size(capsys):
+    # 2,470 img/s at 224 px (NVIDIA's A100 number): 160 px epochs run (224/160)^2 = 1.96x faster
+    args = ["experiment=fast_16", "plan.train_images=1281167", "plan.img_per_s_per_gpu=2470"]
+    record, table = run_plan(capsys, *args)
+    run = record["runs"][0]
+    assert run["train_sizes"] == [160] * 12 + [192] * 4  # 160 -> 192 px over epochs 11-13, step 32
+    assert "training crops" in table and "160 px x 12, 192 px x 4" in table
+    steps = 1281167 // 1024
+    at = {size: 2470 * (224 / size) ** 2 for size in (160, 192)}
+    assert run["epoch_train_s"][0] == pytest.approx(steps * 1024 / at[160])
+    assert run["epoch_train_s"][-1] == pytest.approx(steps * 1024 / at[192])
+    assert run["img_per_s_per_gpu"] == {"160": pytest.approx(at[160]), "192": pytest.approx(at[192])}
+    assert run["train_hours"] == pytest.approx(steps * 1024 * (12 / at[160] + 4 / at[192]) / 3600)
+
+
+def test_the_old_job_wide_img_per_s_key_fails_naming_its_per_gpu_successor(capsys):
+    with pytest.raises(SystemExit):
+        main(["plan", "experiment=fast_16", "plan.train_images=1281167", "plan.img_per_s=2470"])
+    err = capsys.readouterr().err.strip()
+    assert (
+        len(err.splitlines()) == 1 and "plan.img_per_s was renamed" in err and "plan.img_per_s_per_gpu" in err
+    )
 
 
 @pytest.mark.slow
@@ -86,7 +120,31 @@ def test_img_per_s_is_measured_with_a_short_bench_when_not_given(demo_root, tmp_
     run = record["runs"][0]
     assert run["img_per_s"] > 0 and run["img_per_s_source"].startswith("measured here: bench train")
     assert run["train_hours"] == pytest.approx(run["images_processed"] / run["img_per_s"] / 3600)
+    assert list(run["img_per_s_per_gpu"]) == [str(s) for s in sorted(set(run["train_sizes"]))]
     assert "measured here" in table
     # no data to read: the model alone on synthetic batches, and the source says so
     record, _ = run_plan(capsys, f"data.root={tmp_path / 'none'}", "plan.train_images=100", *small)
     assert "bench model on synthetic batches" in record["runs"][0]["img_per_s_source"]
+
+
+@pytest.mark.slow  # two plans, each simulating its LR schedule
+def test_total_weight_decay_of_the_proxy_is_a_tenth_of_fast_16s_and_an_ema_that_cannot_average_warns(capsys):
+    # sum of LR x wd: peak 0.425 (1024 images at 0.10625 per 256) x 1e-4 x steps x mean LR factor
+    # (the linear ramp up to epoch 2 and down to 0 averages half the peak)
+    fast, _ = run_plan(
+        capsys, "experiment=fast_16", "plan.train_images=1281167", "plan.img_per_s_per_gpu=2470"
+    )
+    proxy, table = run_plan(
+        capsys,
+        "experiment=sweep_proxy",
+        "plan.train_images=123116",
+        "plan.img_per_s_per_gpu=2470",
+        "trainer.ema.decay=0.9999",
+    )
+    assert fast["runs"][0]["total_weight_decay"] == pytest.approx(0.425 * 1e-4 * 1251 * 16 * 0.5, rel=0.02)
+    assert proxy["runs"][0]["total_weight_decay"] == pytest.approx(0.425 * 1e-4 * 120 * 16 * 0.5, rel=0.02)
+    assert "total weight decay  0.04" in table
+    # 0.9999^1919 = 0.83 of the average is still the initial weights
+    assert proxy["runs"][0]["ema_initial_weight"] == pytest.approx(0.9999**1919)
+    assert table.splitlines()[-1].startswith("warning: trainer.ema.decay over 1,920 steps leaves 0.83")
+    assert fast["runs"][0]["ema_initial_weight"] is None

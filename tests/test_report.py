@@ -209,7 +209,7 @@ def test_parse_value_turns_null_into_none_and_numbers_into_floats():
 def test_report_table_is_sorted_by_best_top1_with_failed_jobs_last(sweep: Path):
     rows = report.collect(sweep)
     paths = report.write_report(rows, sweep)
-    assert set(paths) == {"markdown", "csv", "plot", "curves"}
+    assert set(paths) == {"markdown", "csv", "plot", "curves", "clipping"}
 
     md = paths["markdown"].read_text()
     table = [line for line in md.splitlines() if line.startswith("| ")]
@@ -291,20 +291,24 @@ def test_one_varying_key_gives_a_bar_chart(tmp_path: Path):
     assert [t.get_text() for t in ax.texts] == ["50.00", "60.00", "failed (incomplete)"]
 
 
-def test_sweep_curves_show_every_jobs_eval_top1_and_train_loss_per_epoch(sweep: Path):
+def test_sweep_curves_show_each_point_in_a_row_of_panels_per_value_of_the_first_axis(sweep: Path):
     rows = report.collect(sweep)
     width, height, colours = png_facts(report.write_report(rows, sweep / "out")["curves"])
     assert width > 600 and height > 300 and len(colours) > 50
-    top1_ax, loss_ax = report.sweep_curves(rows).axes
-    assert top1_ax.get_title() == "val top-1 (%)" and loss_ax.get_title() == "train loss"
-    top1 = {line.get_label(): line for line in top1_ax.get_lines()}
-    assert len(top1) == len(rows) == len(loss_ax.get_lines())
-    best = top1["weight_decay=0.0005, max_norm=1"]  # labelled by the varying keys
+    axes = report.sweep_curves(rows).axes
+    titles = [ax.get_title() for ax in axes]
+    # one row per weight decay (0.0001, 0.0005, 0.001), lines labelled by max norm
+    assert titles[:2] == ["weight_decay=0.0001: val top-1 (%)", "weight_decay=0.0001: train loss"]
+    assert len(axes) == 6
+    top1 = {line.get_label(): line for line in axes[2].get_lines()}  # weight_decay=0.0005
+    assert set(top1) == {"max_norm=null", "max_norm=1"}
+    best = top1["max_norm=1"]
     assert best.get_xdata().tolist() == [1, 2, 3]
     assert best.get_ydata().tolist() == [pytest.approx(100 * t) for t in GRID[("0.0005", "1")]]
-    crashed = top1["weight_decay=0.001, max_norm=null"]
+    crashed = {line.get_label(): line for line in axes[4].get_lines()}["max_norm=null"]
     assert crashed.get_xdata().tolist() == [1]  # one epoch before the crash
-    assert loss_ax.get_lines()[0].get_ydata().tolist() == [4.0, 3.0, 2.0]
+    assert axes[1].get_lines()[0].get_ydata().tolist() == [4.0, 3.0, 2.0]
+    assert sum(len(ax.get_lines()) for ax in axes[::2]) == len(rows)  # one seed each: a line per job
 
 
 def write_run(run: Path, max_norm: float | None) -> Path:
@@ -482,7 +486,7 @@ def test_jobs_differing_only_in_seed_are_summarized_as_mean_std_and_n(tmp_path):
     assert by_point[("0.0005", "null")].std == pytest.approx(0.07)
     failed = by_point[("0.0005", "1")]
     assert (failed.n, failed.jobs) == (2, 3) and failed.mean == pytest.approx(0.705)
-    assert best.text() == "90.0 ± 1.0 (3)" and failed.text() == "70.5 ± 0.7 (2)"
+    assert best.text() == "90.0 ± 1.0 (3)" and failed.text() == "70.5 ± 0.7 (2/3 finished, 1 failed)"
     assert "trainer.seed" not in best.point
 
 
@@ -523,3 +527,107 @@ def test_a_sweep_with_one_seed_per_point_has_no_seed_section(tmp_path):
     rows = report.collect(sweep)
     assert report.seed_groups_of(rows) is None
     assert "## Seed groups" not in report.write_report(rows, sweep)["markdown"].read_text()
+
+
+# ------------------------------------------------------------- the real sweep's shape: 4 x 3 x 3 seeds
+WDS, MNS = ("0.00005", "0.0001", "0.0002", "0.0005"), ("null", "1", "2")
+
+
+def wd_max_norm_job(sweep: Path, wd: str, mn: str, seed: int, *, diverged: bool = False) -> Path:
+    """A job of a weight decay x max norm x seed sweep whose metrics carry the stabilizer's keys:
+    top-1 rises with weight decay, the median gradient norm is 3 (so max_norm 1 and 2 clip every
+    step; max_norm=1 also learns slower), and a diverged job stops after epoch 1 with a
+    nonfinite_report.json."""
+    top1 = 0.70 + 50 * float(wd) + {"null": 0.0, "1": -0.03, "2": -0.01}[mn] + 0.004 * seed
+    epochs = [1] if diverged else [1, 2, 3, 4, 5]
+    rows = []
+    for epoch in epochs:
+        clipped = 0.0 if mn == "null" else (1.0 if mn == "1" else 0.8)
+        slow = 0.8**epoch * (1.5 if mn == "1" else 1.0)  # max_norm=1 learns slower
+        loss = 1.0 + 3 * slow + 0.02 * seed
+        rows.append(
+            {
+                "epoch": epoch,
+                "split": "train",
+                "loss": loss,
+                "grad_norm_p50": 3.0,
+                "clipped_fraction": clipped,
+            }
+        )
+        rows.append(
+            {
+                "epoch": epoch,
+                "split": "holdout",
+                "loss": 2.0,
+                "top1": top1 - 0.5 * slow + 0.002 * seed * epoch,
+            }
+        )
+    extra = {"metrics.jsonl": "".join(json.dumps(r) + "\n" for r in rows)}
+    final = None
+    if diverged:
+        extra["nonfinite_report.json"] = json.dumps({"epoch": 1, "step": 3})
+    else:
+        final = {"epochs": 5, "epochs_run": 5, "top1": top1, "best_top1": top1, "selection": "holdout"}
+    return write_job(
+        sweep,
+        [f"{WD}={wd}", f"{MN}={mn}", f"trainer.seed={seed}", *COMMON],
+        [],
+        final=final,
+        extra_files=extra,
+    )
+
+
+@pytest.mark.slow
+def test_a_36_job_sweep_reports_failed_seeds_the_clipping_figure_and_readable_curves(tmp_path, monkeypatch):
+    sweep = tmp_path / "sweep"
+    for wd in WDS:
+        for mn in MNS:
+            for seed in range(3):
+                # the best weight decay's third seed at max_norm=null diverges: 2 of 3 seeds finish
+                wd_max_norm_job(sweep, wd, mn, seed, diverged=(wd, mn, seed) == ("0.0005", "null", 2))
+    rows = report.collect(sweep)
+    assert len(rows) == 36
+    drawn, save = {}, report.plots.save
+    monkeypatch.setattr(
+        report.plots, "save", lambda fig, path: save(drawn.setdefault(Path(path).name, fig), path)
+    )
+    paths = report.write_report(rows, sweep)
+
+    # the point with a NaN seed has the highest mean, yet ranks below every complete point
+    with open(paths["seeds_csv"]) as f:
+        table = list(csv.DictReader(f))
+    assert {"p_adjusted", "failed", "nan"} <= set(table[0])
+    diverged = [r for r in table if (r[WD], r[MN]) == ("0.0005", "null")]
+    assert table[-1] is diverged[0] and (table[-1]["failed"], table[-1]["nan"]) == ("1", "1")
+    assert all(r["failed"] == "0" for r in table[:-1]) and (table[0][WD], table[0][MN]) == ("0.0005", "2")
+    assert float(table[-1]["mean_top1"]) > float(table[0]["mean_top1"])
+    assert "(2/3 finished, 1 NaN)" in paths["markdown"].read_text()
+    heat = drawn["report.png"]
+    texts = [t.get_text() for t in heat.axes[0].texts]
+    assert any(t.endswith("(2/3 finished, 1 NaN)") for t in texts)
+    assert len([p for p in heat.axes[0].patches if p.get_hatch()]) == 1  # that cell is hatched
+    assert "holdout" in heat.axes[0].get_title() and "colours span" in heat.axes[1].get_ylabel()
+
+    # clipping.png: per weight decay, top-1, the clipped share and the median gradient norm by max norm
+    assert paths["clipping"].is_file()
+    top1_ax, share_ax, norm_ax = drawn["clipping.png"].axes
+    assert [t.get_text() for t in share_ax.get_xticklabels()] == ["null (off)", "1", "2"]
+    shares = {line.get_label(): line.get_ydata().tolist() for line in share_ax.get_lines()}
+    assert shares["weight_decay=0.0001"] == [pytest.approx(0.0), pytest.approx(100.0), pytest.approx(80.0)]
+    norms = {line.get_label(): line.get_ydata().tolist() for line in norm_ax.get_lines()}
+    assert norms["weight_decay=0.0001"] == [3.0, 3.0, 3.0] and norms["max_norm"] == [1.0, 2.0]
+
+    # curves.png: a row of panels per weight decay, a line (mean) and a band per max norm
+    figure = drawn["curves.png"]
+    assert len(figure.axes) == 2 * len(WDS) and figure.get_figheight() > 3 * len(WDS)
+    for ax in figure.axes[::2]:
+        assert len(ax.get_lines()) == len(MNS) and len(ax.collections) >= len(MNS) - 1
+    legend = [t.get_text() for t in figure.axes[6].get_legend().get_texts()]
+    assert legend == ["max_norm=null (2/3 finished, 1 NaN)", "max_norm=1", "max_norm=2"]
+    width, height, colours = png_facts(paths["curves"])
+    assert height > 900 and len(colours) > 50
+    if os.environ.get("RESNET_REPRO_DOC_IMAGES"):  # refresh docs/images (see docs/reports.md)
+        images = Path(__file__).resolve().parents[1] / "docs" / "images"
+        for name in ("curves", "clipping", "plot"):
+            target = images / f"sweep36_{'heatmap' if name == 'plot' else name}.png"
+            target.write_bytes(paths[name].read_bytes())
