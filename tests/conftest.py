@@ -126,3 +126,41 @@ def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "resnet_repro", *args], capture_output=True, text=True, timeout=timeout
     )
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else the platform's processor string."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+_SUITE_START: list[float] = []
+
+
+def pytest_sessionstart(session):
+    import time
+
+    _SUITE_START.append(time.monotonic())
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Every suite ends with the machine it ran on and its wall time, so each CI log tells both
+    (machines differ up to 9x in speed between sessions; compare times on one machine only)."""
+    import os
+    import time
+
+    import torch
+
+    elapsed = f"{time.monotonic() - _SUITE_START[0]:.0f} s" if _SUITE_START else "unknown time"
+    capability = torch.backends.cpu.get_cpu_capability()
+    requested = os.environ.get("ATEN_CPU_CAPABILITY")
+    note = f" (ATEN_CPU_CAPABILITY={requested})" if requested else ""
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, ATen capability {capability}{note}"
+    terminalreporter.write_line(f"suite: {elapsed} of tests on {machine}")
