@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from resnet_repro import checkpoint
+from resnet_repro.preemption import EXIT_NOT_REQUEUED
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SBATCH_DIR = REPO_ROOT / "scripts" / "slurm"
@@ -435,9 +436,14 @@ def test_preemption_on_the_last_step_of_an_epoch_resumes_and_finishes(demo_root:
     args = preempt_args(demo_root, run_dir, max_steps=1)
     env = clean_env(OMP_NUM_THREADS="1")
     rc = run_and_preempt(args, env, run_dir, tmp_path / "first.out", delay_s=0.2)
-    assert rc == 0, (tmp_path / "first.out").read_text()[-3000:]
+    first_text = (tmp_path / "first.out").read_text()
+    # not requeued (no SLURM job): a non-zero exit and the exact command that resumes the run
+    assert rc == EXIT_NOT_REQUEUED, first_text[-3000:]
+    assert f"to resume: resnet-repro train data.root={demo_root} " in first_text
+    assert f"hydra.run.dir={run_dir}" in first_text.splitlines()[-1]
     preempted = json.loads((run_dir / "preempted.json").read_text())
-    assert preempted["requeued"] is False  # no SLURM job to requeue
+    assert preempted["requeued"] is False and preempted["why"] == "not a SLURM job"
+    assert preempted["resume"].endswith(f"hydra.run.dir={run_dir}")
     assert preempted["epoch_step"] == 0 and 1 <= preempted["epoch"] < 3
 
     second = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
