@@ -303,9 +303,21 @@ def point_dir(sweep: Path, seed: int) -> Path:
     return found[0] if found else sweep / f"not-yet-seed-{seed}"
 
 
+def held_or_ended(job: dict[str, str]) -> bool:
+    """Requeued and waiting to run again, or ended."""
+    return (int(job["Restarts"]) > 0 and job["JobState"] == "PENDING") or job["JobState"] in FINAL_STATES
+
+
+def submitit_results(sweep: Path, task: str) -> list[Path]:
+    """The result files submitit wrote for an array task (`<array id>_<index>`)."""
+    return sorted(sweep.glob(f".submitit/{task}/*_result.pkl"))
+
+
 def scenario_submitit_sweep(c: Cluster, work: Path) -> dict[str, Any]:
     """Two sweep points through hydra-submitit-launcher; point 0 gets submitit's time-limit signal
-    (USR2), point 1 a SIGTERM that is not a cancel (`scancel --signal=TERM`, as a preemption)."""
+    (USR2), point 1 is requeued by SLURM (`scontrol requeue`, as an admin or a PreemptMode=REQUEUE
+    preemption would). Neither may leave a result while SLURM holds it, or the sweep would not
+    wait for the rerun."""
     sweep = work / "sweep"
     args = [
         RESNET_REPRO,
@@ -336,12 +348,10 @@ def scenario_submitit_sweep(c: Cluster, work: Path) -> dict[str, Any]:
             tasks = [f"{array_id}_0", f"{array_id}_1"]
             signals = [
                 c.run("scancel", "--signal=USR2", tasks[0]),
-                c.run("scancel", "--signal=TERM", tasks[1]),
+                c.run("scontrol", "requeue", tasks[1]),
             ]
-            requeues = [
-                c.wait_job(t, lambda j: int(j["Restarts"]) >= 1 or j["JobState"] in FINAL_STATES, "requeue")
-                for t in tasks
-            ]
+            requeues = [c.wait_job(t, held_or_ended, "the requeue hold") for t in tasks]
+            results_while_held = [submitit_results(sweep, t) for t in tasks]
             preempted = [
                 read_json(p / "preempted.json") if (p / "preempted.json").exists() else None for p in points
             ]
@@ -360,6 +370,8 @@ def scenario_submitit_sweep(c: Cluster, work: Path) -> dict[str, Any]:
         "tasks": tasks,
         "signals": signals,
         "requeues": requeues,
+        "results_while_held": results_while_held,
+        "results": [submitit_results(sweep, t) for t in tasks],
         "preempted": preempted,
         "finals": [c.job(t) for t in tasks],
         "points": points,
@@ -460,65 +472,6 @@ def scenario_node_failure(c: Cluster, work: Path) -> dict[str, Any]:
     }
 
 
-def submitit_results(sweep: Path) -> list[Path]:
-    return sorted(sweep.glob(".submitit/**/*_result.pkl"))
-
-
-def scenario_submitit_requeue(c: Cluster, work: Path) -> dict[str, Any]:
-    """A one-point submitit sweep whose job SLURM requeues (`scontrol requeue`, as an admin or a
-    PreemptMode=REQUEUE preemption would): the first run must leave no result, so that the sweep
-    waits for the requeued run."""
-    sweep = work / "sweep"
-    args = [
-        RESNET_REPRO,
-        "train",
-        "-m",
-        "hydra/launcher=slurm",
-        f"data.root={c.demo_root}",
-        "hydra.launcher.gpus_per_node=0",
-        "hydra.launcher.tasks_per_node=1",
-        "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.mem_gb=1",
-        "hydra.launcher.timeout_min=30",
-        "hydra.launcher.name=requeue-case",  # not `demo`: the other sweep's jobs are named so
-        f"hydra.sweep.dir={sweep}",
-        *SMALL_RUN,
-        "trainer.epochs=3",
-        "trainer.seed=3",
-    ]
-    with open(work / "sweep.out", "w") as out:
-        proc = subprocess.Popen(args, env=c.env, cwd=work, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_for(lambda: epochs_done(point_dir(sweep, 3)) >= 1 or proc.poll() is not None, "epoch 1")
-            point = point_dir(sweep, 3)
-            names = c.run("squeue", "-h", "-o", "%i %j").stdout.split("\n")
-            task = next(line.split()[0] for line in names if line.endswith(" requeue-case"))
-            requeue = c.run("scontrol", "requeue", task)
-            held = c.wait_job(
-                task,
-                lambda j: (
-                    (int(j["Restarts"]) >= 1 and j["JobState"] == "PENDING") or j["JobState"] in FINAL_STATES
-                ),
-                "the requeue hold",
-            )
-            results_while_held = submitit_results(sweep)
-            rc = proc.wait(timeout=SCENARIO_TIMEOUT_S)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return {
-        "rc": rc,
-        "output": (work / "sweep.out").read_text()[-4000:],
-        "requeue": requeue,
-        "held": held,
-        "results_while_held": results_while_held,
-        "results": submitit_results(sweep),
-        "final": c.job(task),
-        "point": point,
-    }
-
-
 # name -> (cluster, scenario)
 SCENARIOS: dict[str, tuple[str, Callable[[Cluster, Path], dict[str, Any]]]] = {
     "sbatch": ("one", scenario_sbatch),
@@ -530,7 +483,6 @@ SCENARIOS: dict[str, tuple[str, Callable[[Cluster, Path], dict[str, Any]]]] = {
     "seed_loop": ("one", scenario_seed_loop),
     "submitit": ("one", scenario_submitit_sweep),
     "node_failure": ("one", scenario_node_failure),
-    "submitit_requeue": ("one", scenario_submitit_requeue),
     "preempt": ("nodes", scenario_preempt),
     "two_node": ("nodes", scenario_two_node),
     "controller": ("controller", scenario_controller_down),
@@ -658,13 +610,15 @@ def test_plain_scancel_cancels_without_requeue_exits_non_zero_and_keeps_the_last
     assert o["cancelled"].returncode == 0, o["cancelled"].stderr
     assert o["info"]["JobState"] == "CANCELLED", o["log"]
     assert o["info"]["ExitCode"] != "0:0"  # not a success: `--dependency=afterok` jobs do not start
-    # the run stopped unfinished and says how to resume it
+    # the training process itself exits non-zero (srun reports its task's status) ...
+    exits = [line for line in o["log"].splitlines() if "task 0: Exited with exit code" in line]
+    assert exits and not exits[-1].endswith(" 0"), o["log"]
+    # ... after saying how to resume the unfinished run
     resume = [line for line in o["log"].splitlines() if RESUME_COMMAND in line]
     assert resume and o["run_dir"].name in resume[-1], o["log"]
     assert o["later"]["JobState"] == "CANCELLED" and o["later"]["Restarts"] == "0"
     preempted = read_json(o["run_dir"] / "preempted.json")
-    assert preempted["signal"] == "SIGTERM"
-    assert preempted["cancelled"] is True and preempted["requeued"] is False
+    assert preempted["signal"] == "SIGTERM" and preempted["requeued"] is False
     assert (o["run_dir"] / "checkpoints" / "last.pt").is_file()
     assert not (o["run_dir"] / "final.json").exists()
 
@@ -695,16 +649,20 @@ def test_two_srun_steps_with_different_seeds_get_two_run_directories_and_two_res
 
 
 @scenario("submitit")
-def test_submitit_sweep_runs_on_the_cluster_and_its_signals_requeue_and_resume(scenarios):
+def test_submitit_sweep_requeued_by_submitit_or_by_slurm_leaves_no_result_waits_and_resumes(scenarios):
     o = outcome(scenarios, "submitit")
     assert o["rc"] == 0, o["output"]
     assert any(line.endswith(" demo") for line in o["names"])  # squeue names the jobs after the experiment
     for signalled in o["signals"]:
         assert signalled.returncode == 0, signalled.stderr
+    assert [j["JobState"] for j in o["requeues"]] == ["PENDING", "PENDING"], o["requeues"]
+    # while SLURM holds the jobs, submitit has no result for either: the sweep waits for the reruns
+    assert o["results_while_held"] == [[], []], o["results_while_held"]
     usr2, term = o["preempted"]
     assert usr2 is not None and usr2["signal"] == "SIGUSR2" and usr2["requeued"] == "by the launcher"
-    # submitit's own SIGTERM handler only logs: the run requeues itself, and says so
-    assert term is not None and term["signal"] == "SIGTERM" and term["requeued"] is True
+    # `scontrol requeue` sends SIGTERM; the run sees that SLURM requeued the job, and says so
+    assert term is not None and term["signal"] == "SIGTERM" and term["requeued"] == "by SLURM", term
+    assert [len(r) for r in o["results"]] == [1, 1]
     for final in o["finals"]:
         assert final["JobState"] == "COMPLETED" and final["Restarts"] == "1", final
     for point in o["points"]:
@@ -752,8 +710,11 @@ def test_controller_down_when_sigterm_arrives_means_no_requeue_a_non_zero_exit_a
     assert o["later"]["JobState"] == "FAILED" and o["later"]["Restarts"] == "0"
     # decided within the ~10 s limit on scontrol (not two 60 s waits), well inside KillWait
     assert o["exit_s"] < 100
+    exits = [line for line in o["log"].splitlines() if "task 0: Exited with exit code" in line]
+    assert exits and not exits[-1].endswith(" 0"), o["log"]
     resume = [line for line in o["log"].splitlines() if RESUME_COMMAND in line]
     assert resume and str(o["run_dir"].name) in resume[-1], o["log"]
+    assert "unknown" in resume[-1], resume[-1]
     assert (o["run_dir"] / "checkpoints" / "last.pt").is_file()
     assert not (o["run_dir"] / "final.json").exists()
     if o["preempted"] is not None:
@@ -776,16 +737,3 @@ def test_node_failure_without_a_signal_resumes_from_the_periodic_checkpoint_afte
     # "epoch 1, step S (S into the epoch)": inside the epoch, from the periodic checkpoint
     into = int(resumed[0].split("(")[-1].split()[0])
     assert 0 < into < 40, resumed[0]
-
-
-@scenario("submitit_requeue")
-def test_submitit_job_requeued_by_slurm_leaves_no_result_and_the_sweep_waits_for_the_rerun(scenarios):
-    o = outcome(scenarios, "submitit_requeue")
-    assert o["requeue"].returncode == 0, o["requeue"].stderr
-    assert o["held"]["JobState"] == "PENDING", o["held"]
-    assert o["results_while_held"] == []  # submitit has nothing to report yet
-    assert o["rc"] == 0, o["output"]
-    assert o["final"]["JobState"] == "COMPLETED" and o["final"]["Restarts"] == "1", o["final"]
-    assert len(o["results"]) == 1
-    assert read_json(o["point"] / "final.json")["epochs"] == 3
-    assert (o["point"] / "train.log").read_text().count("resumed from") == 1
