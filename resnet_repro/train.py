@@ -257,14 +257,18 @@ def _run_epochs(
     state, last = parts.state, None
     while state.epoch < cfg.trainer.epochs and state.stopped is None:
         epoch = state.epoch
-        _seed_epoch(state, cfg, env)
-        loader = make_train_loader(
-            cfg, data.splits.train, env, device, epoch, skip_steps=state.epoch_step, norm=data.norm
-        )
-        train_metrics = train_one_epoch(parts, loader, cfg, env, device)
-        del loader
-        if train_metrics is None:
-            return None
+        if state.epoch_metrics is not None:  # resumed after a stop on the epoch's last step
+            train_metrics, state.epoch_metrics = state.epoch_metrics, None
+            state.epoch, state.epoch_step = epoch + 1, 0
+        else:
+            _seed_epoch(state, cfg, env)
+            loader = make_train_loader(
+                cfg, data.splits.train, env, device, epoch, skip_steps=state.epoch_step, norm=data.norm
+            )
+            train_metrics = train_one_epoch(parts, loader, cfg, env, device)
+            del loader
+            if train_metrics is None:
+                return None
         distributed.broadcast_buffers(env, state.net)  # rank 0's BatchNorm statistics everywhere
         last = evals.run(state.net)
         if state.ema is not None:  # the weight average beside the weights: "<split>-ema" rows
