@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import pickle
 import random
@@ -56,15 +58,32 @@ def _write_atomic(path: str | os.PathLike, write: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+_refused_dir_fsync: set[str] = set()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable. Some file systems (FUSE, CIFS mounts) refuse to fsync a directory:
+    the rename has succeeded, so the file is there; warn once per folder and go on."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        if str(folder) not in _refused_dir_fsync:
+            _refused_dir_fsync.add(str(folder))
+            logging.getLogger("resnet_repro").warning(
+                f"the file system refused to fsync the folder {folder} ({e.strerror or e}): the files are "
+                "written and renamed, but a power loss right after a save could lose the rename"
+            )
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -86,6 +105,17 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
+
+
+def fingerprint(state: dict[str, Any]) -> str:
+    """The position and a SHA-256 of the model weights of a loaded checkpoint: two ranks that read
+    last.pt through different (e.g. stale network file system) views disagree here."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.get("model", {}).items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    position = "/".join(str(state.get(k)) for k in ("epoch", "step", "epoch_step"))
+    return f"{position}/{digest.hexdigest()[:16]}"
 
 
 def rng_state() -> dict[str, Any]:

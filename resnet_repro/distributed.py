@@ -166,6 +166,15 @@ def broadcast_object(env: DistEnv, obj: object) -> object:
     return box[0]
 
 
+def all_gather(env: DistEnv, obj: T) -> list[T]:
+    """Every rank's `obj`, in rank order (a one-element list for a single process)."""
+    if not env.distributed:
+        return [obj]
+    objects: list[T] = [obj] * env.world_size
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
 def all_or_none(env: DistEnv, fn: Callable[[], T]) -> T:
     """fn() on every rank; a UserError on any rank is raised on all of them (naming the rank), so
     no rank is left waiting in the next collective until the timeout while another has exited."""
