@@ -119,9 +119,11 @@ class Cluster:
     def wait_done(self, job_id: str) -> dict[str, str]:
         return self.wait_job(job_id, lambda j: j["JobState"] in FINAL_STATES, "the end")
 
-    def log_of(self, job_id: str) -> str:
+    def log_of(self, job_id: str, tail: int | None = 4000) -> str:
+        """The job's output file, its last `tail` characters (all of it with None)."""
         path = self.job(job_id).get("StdOut")
-        return Path(path).read_text()[-4000:] if path and Path(path).exists() else "(no log)"
+        text = Path(path).read_text() if path and Path(path).exists() else "(no log)"
+        return text if tail is None else text[-tail:]
 
     def training_pids(self, job_id: str) -> list[int]:
         """The job's training processes (`resnet-repro train` started by srun; not srun itself).
@@ -386,7 +388,9 @@ def scenario_preempt(c: Cluster, work: Path) -> dict[str, Any]:
     high = c.sbatch(
         "--partition=high", "--nodelist=node3", "--exclusive", "--time=5", "--wrap=sleep 1", cwd=work
     )
-    return {"high": c.wait_done(high), **requeued_then_finished(c, job, run_dir)}
+    high_info = c.wait_done(high)
+    rerun = requeued_then_finished(c, job, run_dir)
+    return {"high": high_info, "whole_log": c.log_of(job, tail=None), **rerun}
 
 
 def scenario_two_node(c: Cluster, work: Path) -> dict[str, Any]:
@@ -678,7 +682,7 @@ def test_preempt_by_a_high_priority_partition_requeues_the_job_and_it_completes_
 ):
     o = outcome(scenarios, "preempt")
     assert o["high"]["JobState"] == "COMPLETED", o["high"]
-    assert "DUE TO PREEMPTION" in o["log"], o["log"]
+    assert "DUE TO PREEMPTION" in o["whole_log"], o["log"]
     assert o["info"]["JobState"] == "COMPLETED", o["log"]
     assert o["info"]["Restarts"] == "1"
     assert read_json(o["run_dir"] / "final.json")["epochs"] == 4
