@@ -66,6 +66,9 @@ def skip_reason() -> str | None:
         return "a local SLURM cluster needs root (slurmd runs the jobs as their users)"
     if not (shutil.which("slurmctld") and shutil.which("munged")) and not shutil.which("apt-get"):
         return "SLURM is not installed and there is no apt-get to install slurm-wlm and munge"
+    missing = [tool for tool in ("ip", "nsenter", "unshare") if not shutil.which(tool)]
+    if missing:  # the namespaced nodes of the multi-node cluster
+        return f"{', '.join(missing)} not found (iproute2 and util-linux make a cluster's nodes)"
     return None
 
 
