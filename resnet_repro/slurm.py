@@ -297,7 +297,7 @@ def decide_stop(
         )
     view, how = query(job)
     if view is None:
-        return StopDecision("stop", f"SLURM job {job}'s state is unknown ({how}): not requeued")
+        return StopDecision("stop", f"SLURM job {job}'s state is unknown ({how})")
     seen = view.describe()
     if restarts_at_start is not None and view.restarts > restarts_at_start:
         return StopDecision(
