@@ -74,7 +74,7 @@ sweep: $(STAMP) ## local multirun: weight decay x max norm, one job after anothe
 
 sweep-slurm: $(STAMP) ## the same sweep on SLURM via submitit: make sweep-slurm DATA=... PARTITION=gpu
 	$(BIN)/resnet-repro train -m hydra/launcher=slurm experiment=$(EXPERIMENT) $(if $(DATA),data.root=$(DATA)) \
-		$(if $(PARTITION),hydra.launcher.partition=$(PARTITION)) trainer.checkpoint_every_minutes=15 \
+		$(if $(PARTITION),hydra.launcher.partition=$(PARTITION)) \
 		optim.weight_decay=$(WD) stabilizer.max_norm=$(MAX_NORM) $(SEED_AXIS) $(ARGS)
 
 # The real JPEG sample, copied into the checkout (gpu_kit/ is git-ignored) so that it travels with it

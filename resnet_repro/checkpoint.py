@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import pickle
 import random
@@ -56,15 +58,32 @@ def _write_atomic(path: str | os.PathLike, write: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+_refused_dir_fsync: set[str] = set()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable. Some file systems (FUSE, CIFS mounts) refuse to fsync a directory:
+    the rename has succeeded, so the file is there; warn once per folder and go on."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        if str(folder) not in _refused_dir_fsync:
+            _refused_dir_fsync.add(str(folder))
+            logging.getLogger("resnet_repro").warning(
+                f"the file system refused to fsync the folder {folder} ({e.strerror or e}): the files are "
+                "written and renamed, but a power loss right after a save could lose the rename"
+            )
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -86,6 +105,17 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
+
+
+def fingerprint(state: dict[str, Any]) -> str:
+    """The position and a SHA-256 of the model weights of a loaded checkpoint: two ranks that read
+    last.pt through different (e.g. stale network file system) views disagree here."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.get("model", {}).items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    position = "/".join(str(state.get(k)) for k in ("epoch", "step", "epoch_step"))
+    return f"{position}/{digest.hexdigest()[:16]}"
 
 
 def rng_state() -> dict[str, Any]:
@@ -166,56 +196,3 @@ class PreemptionWatch:
             signum = getattr(signal, self.received or "")
             self.restore()
             handler(signum, None)
-
-
-def slurm_job_ref(environ: dict[str, str] | None = None) -> str | None:
-    """This process's SLURM job as scontrol names it: `<array id>_<task>` for an array task (the
-    bare array id would name every task of the array: a requeue would requeue them all), else
-    the job id; None outside SLURM."""
-    env = os.environ if environ is None else environ
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return env.get("SLURM_JOB_ID") or None
-
-
-def slurm_job_fields(job: str) -> dict[str, str] | None:
-    """`scontrol show job` of one job as a dict (no accounting database needed); None when
-    scontrol is missing or does not know the job."""
-    import subprocess
-
-    try:
-        proc = subprocess.run(
-            ["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=60
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    fields = dict(item.split("=", 1) for item in proc.stdout.split() if "=" in item)
-    return fields if proc.returncode == 0 and "JobState" in fields else None
-
-
-def slurm_job_fate(job: str, restarts_seen: int) -> str:
-    """What SLURM is doing with the job that just signalled us: "requeued" (someone requeued it
-    already: its restart count passed the one this process started with), "cancelled" (`scancel
-    <job>`: SLURM sends SIGTERM, as at the time limit and on preemption, but only a cancel leaves
-    the job COMPLETING with no reason, or CANCELLED), or "running" (a time limit, a preemption, a
-    signal sent with `scancel --signal=...`: the job should be requeued to continue)."""
-    fields = slurm_job_fields(job)
-    if fields is None:
-        return "running"
-    if int(fields.get("Restarts", "0")) > restarts_seen:
-        return "requeued"
-    state, reason = fields["JobState"], fields.get("Reason", "None")
-    if state == "CANCELLED" or (state == "COMPLETING" and reason == "None"):
-        return "cancelled"
-    return "running"
-
-
-def requeue_slurm_job(job_id: str) -> bool:
-    """`scontrol requeue <job>`: SLURM restarts the same job id, which resumes from last.pt."""
-    import subprocess
-
-    try:
-        proc = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return proc.returncode == 0

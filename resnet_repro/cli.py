@@ -266,9 +266,9 @@ def _train(dcfg: DictConfig) -> float | None:
         per_device_batch(cfg.trainer, cfg.trainer.nproc if local_launch else distributed.detect().world_size)
         if local_launch:
             yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
-            distributed.launch_local(cfg.trainer.nproc, train_worker, yaml, str(run_dir))
+            outcome = distributed.launch_local(cfg.trainer.nproc, train_worker, yaml, str(run_dir))[0]
         else:
-            train(cfg, run_dir)
+            outcome = train(cfg, run_dir)
     except UserError as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # one sweep point that fails (a NaN stop, a bad combination) must not end the sweep:
@@ -277,19 +277,48 @@ def _train(dcfg: DictConfig) -> float | None:
             _record_failure(Path(HydraConfig.get().runtime.output_dir), str(e))
             return None
         _fail(str(e))
-    if not distributed.detect().is_main:
+    if outcome.get("preempted"):
+        _stopped(run_dir, outcome, distributed.detect().is_main)
         return None
-    if not (run_dir / "final.json").exists() and (run_dir / "preempted.json").exists():
-        print(
-            json.dumps(
-                {"run_dir": str(run_dir), "preempted": json.loads((run_dir / "preempted.json").read_text())}
-            )
-        )
+    if not distributed.detect().is_main:
         return None
     (run_dir / "preempted.json").unlink(missing_ok=True)
     final = json.loads((run_dir / "final.json").read_text())
     print(json.dumps({"run_dir": str(run_dir), **final}))
     return final["top1"]  # the sweeper's objective value
+
+
+def _stopped(run_dir: Path, outcome: dict, is_main: bool) -> None:
+    """A stopped run: its one-line JSON; under submitit after a requeue, no result; when it was not
+    requeued, the command that resumes it
+    (also in preempted.json) and a non-zero exit on every rank, so that the job does not read as
+    COMPLETED and `--dependency=afterok` jobs do not start on an unfinished run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from resnet_repro.preemption import EXIT_NOT_REQUEUED, resume_command, under_submitit
+
+    path = run_dir / "preempted.json"
+    preempted = json.loads(path.read_text()) if is_main and path.is_file() else dict(outcome)
+    if not outcome["requeued"]:
+        preempted["resume"] = resume_command(run_dir, list(HydraConfig.get().overrides.task))
+        if is_main:
+            from resnet_repro.checkpoint import write_text_atomic
+
+            write_text_atomic(path, json.dumps(preempted) + "\n")
+    if is_main:
+        print(json.dumps({"run_dir": str(run_dir), "preempted": preempted}))
+    if outcome["requeued"] and under_submitit():
+        # any requeue (ours, submitit's, SLURM's own: PreemptMode=REQUEUE, an admin's `scontrol
+        # requeue`) ends every rank without a result, as submitit's own requeue does: the sweep
+        # then waits for the requeued job instead of collecting this unfinished one
+        raise SystemExit(-1)
+    if not outcome["requeued"]:
+        if is_main:
+            print(
+                f"{PROG}: stopped, not requeued ({outcome['why']}); to resume: {preempted['resume']}",
+                file=sys.stderr,
+            )
+        raise SystemExit(EXIT_NOT_REQUEUED)
 
 
 def _override_keys() -> set[str]:

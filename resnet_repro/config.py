@@ -291,8 +291,10 @@ class TrainerConfig:
     select_on_test: bool = False
     # Stop after this many training steps per epoch (null = full epoch); for smoke tests
     max_steps_per_epoch: int | None = None
-    # Also write last.pt every this many minutes inside an epoch (null = only at epoch ends)
-    checkpoint_every_minutes: float | None = None
+    # Also write last.pt every this many minutes inside an epoch (null = only at epoch ends): a node
+    # failure or a SIGKILL, which give no warning, loses at most this much training (an ImageNet
+    # epoch can take hours); a ResNet-50 last.pt is ~200 MB
+    checkpoint_every_minutes: float | None = 15
     # Keep checkpoints/epoch_<N>.pt for the last k epochs (0 = keep only last.pt and best.pt)
     keep_last_k: int = 0
     # Signals that mean "save and stop": SLURM sends USR1 before the time limit (the sbatch scripts'

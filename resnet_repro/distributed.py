@@ -6,10 +6,10 @@ and asks `is_main`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-import re
-import subprocess
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -17,6 +17,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from resnet_repro import slurm
 from resnet_repro.config import UserError
 
 T = TypeVar("T")
@@ -44,27 +45,28 @@ class DistEnv:
         return self.world_size > 1
 
 
-def first_slurm_host(nodelist: str) -> str:
-    """First host of a SLURM node list: 'gpu[003-004,7],cpu1' -> 'gpu003'."""
-    try:
-        out = subprocess.run(
-            ["scontrol", "show", "hostnames", nodelist],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
+# set in the environment of workers that launch_local starts: their agent is resnet-repro itself
+LOCAL_AGENT_VAR = "RESNET_REPRO_LOCAL_AGENT"
+FORWARDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+SRUN_FORM = "srun --ntasks-per-node=<GPUs per node> resnet-repro train ... (scripts/slurm/*.sbatch)"
+
+
+def _refuse_torchrun_in_srun(env: Mapping[str, str]) -> None:
+    """`srun torchrun ...`: SLURM signals every process of the step, and torchrun's agent dies of
+    the time-limit warning (USR1; it handles only TERM, INT, HUP and QUIT), taking the workers with
+    it before they save. torchrun outside an srun step (a workstation, the batch shell) is fine."""
+    step = env.get("SLURM_STEP_ID", "")
+    if (
+        env.get("TORCHELASTIC_RUN_ID")
+        and not env.get(LOCAL_AGENT_VAR)
+        and step.isdigit()
+        and int(step) < 0xFFFFFFF0
+    ):
+        raise UserError(
+            f"torchrun inside an srun step (SLURM job {env.get('SLURM_JOB_ID', '?')}, step {step}) is not "
+            "supported: SLURM's USR1 time-limit warning kills torchrun's agent before the workers save; "
+            f"start one task per GPU instead: {SRUN_FORM}"
         )
-        return out.stdout.split()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        pass
-    m = re.match(r"([^\[,]+)(?:\[([^\]]+)\])?", nodelist)
-    if not m:
-        raise UserError(f"cannot parse SLURM_JOB_NODELIST={nodelist!r}")
-    prefix, ranges = m.group(1), m.group(2)
-    if not ranges:
-        return prefix
-    first = ranges.split(",")[0].split("-")[0]
-    return prefix + first
 
 
 def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
@@ -77,6 +79,7 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
             raise UserError(
                 f"partial torchrun environment: {', '.join(present)} set but {', '.join(missing)} missing"
             )
+        _refuse_torchrun_in_srun(env)
         return DistEnv(
             rank=int(env["RANK"]),
             local_rank=int(env["LOCAL_RANK"]),
@@ -97,7 +100,7 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
             rank=int(env["SLURM_PROCID"]),
             local_rank=int(env["SLURM_LOCALID"]),
             world_size=int(env["SLURM_STEP_NUM_TASKS"]),
-            master_addr=env.get("MASTER_ADDR") or first_slurm_host(env["SLURM_JOB_NODELIST"]),
+            master_addr=env.get("MASTER_ADDR") or slurm.rendezvous_host(env),
             master_port=int(env.get("MASTER_PORT", 20000 + job % 20000)),
             source="slurm",
         )
@@ -163,6 +166,15 @@ def broadcast_object(env: DistEnv, obj: object) -> object:
     return box[0]
 
 
+def all_gather(env: DistEnv, obj: T) -> list[T]:
+    """Every rank's `obj`, in rank order (a one-element list for a single process)."""
+    if not env.distributed:
+        return [obj]
+    objects: list[T] = [obj] * env.world_size
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
 def all_or_none(env: DistEnv, fn: Callable[[], T]) -> T:
     """fn() on every rank; a UserError on any rank is raised on all of them (naming the rank), so
     no rank is left waiting in the next collective until the timeout while another has exited."""
@@ -191,7 +203,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_local(nproc: int, fn: Callable[..., object], *args: object) -> None:
+def launch_local(nproc: int, fn: Callable[..., T], *args: object) -> dict[int, T]:
     """Run fn(*args) in `nproc` local worker processes through torch.distributed.elastic.
 
     The workers see torchrun's variables (RANK, WORLD_SIZE, ...), so `detect` treats them exactly
@@ -211,8 +223,40 @@ def launch_local(nproc: int, fn: Callable[..., object], *args: object) -> None:
         monitor_interval=0.5,
         start_method="spawn",
     )
+    os.environ[LOCAL_AGENT_VAR] = str(os.getpid())  # the workers' agent is this process, not torchrun
+    previous = {sig: signal.signal(sig, _forward_to_workers) for sig in FORWARDED_SIGNALS}
     try:
-        elastic_launch(config, fn)(*args)
+        return elastic_launch(config, fn)(*args)
     except ChildFailedError as e:
         failures = ", ".join(f"rank {r} exit code {f.exitcode}" for r, f in sorted(e.failures.items()))
         raise UserError(f"a training worker failed ({failures}); see its output above") from e
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.environ.pop(LOCAL_AGENT_VAR, None)
+
+
+def _worker_pids(parent: int) -> list[int]:
+    """The spawned worker processes of `parent` (multiprocessing's spawn children; not its resource
+    tracker, which a USR1 would kill)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"--multiprocessing-fork" in cmdline and b"spawn_main" in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def _forward_to_workers(signum: int, frame: object) -> None:
+    """The launching process passes SLURM's time-limit warning (USR1) or submitit's USR2 on to its
+    workers instead of dying of it (the default action) and taking them down before they save."""
+    for pid in _worker_pids(os.getpid()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)

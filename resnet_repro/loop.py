@@ -185,12 +185,14 @@ def train_one_epoch(
             guard.remember(out.loss.item())
             parts.logger.scalar("train/step_loss", guard.history[-1], state.step)
             parts.logger.scalar("train/step_lr", out.lr, state.step)
-        # never on the epoch's last batch: the epoch then ends normally (with its evaluation and
-        # checkpoint) and the epoch-boundary check in the caller stops the run
-        if state.epoch_step < epoch_steps and parts.interrupts.stop_requested(state.step):
+        last = state.epoch_step == epoch_steps
+        if parts.interrupts.stop_requested(state.step, force_check=last):
+            if last:  # acted on before the epoch's evaluation, which the resumed run does
+                elapsed = time.perf_counter() - start
+                state.epoch_metrics = _epoch_metrics(parts, cfg, env, device, tally, epoch_lr, elapsed, timer)
             parts.save()
             return None
-        if state.epoch_step < epoch_steps and parts.interrupts.save_due():
+        if not last and parts.interrupts.save_due():
             parts.save()
     elapsed = time.perf_counter() - start
 

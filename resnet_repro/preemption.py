@@ -6,17 +6,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from resnet_repro import checkpoint, distributed
+from resnet_repro import checkpoint, distributed, slurm
 from resnet_repro.config import RootConfig
 from resnet_repro.distributed import DistEnv
 
 log = logging.getLogger("resnet_repro")
+
+# The exit code of a run that stopped and was not requeued (EX_TEMPFAIL: try again, i.e. resume):
+# never 0, so that SLURM does not record the job as COMPLETED
+EXIT_NOT_REQUEUED = 75
 
 
 class Interrupts:
@@ -35,6 +40,10 @@ class Interrupts:
         self.last_save = time.monotonic()
         self.watch = checkpoint.PreemptionWatch(cfg.trainer.preempt_signals)
         self.stopped_by: str | None = None
+        # the job's restart count now, from the controller: a later SIGTERM with a higher count
+        # means SLURM requeued the job itself (rank 0 decides; nothing to ask outside SLURM)
+        job = slurm.job_ref()
+        self.restarts_at_start = slurm.restart_count(job) if env.is_main and job else None
 
     def stop_requested(self, step: int, force_check: bool = False) -> bool:
         """Whether any rank got a preemption signal; all ranks must call this at the same steps."""
@@ -64,6 +73,43 @@ class Interrupts:
         self.watch.restore()
 
 
+def under_submitit() -> bool:
+    """Whether this process is a job of the submitit launcher (hydra/launcher=slurm)."""
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+
+
+def resume_command(run_dir: Path, overrides: list[str], prog: str = "resnet-repro train") -> str:
+    """The exact command that continues a stopped run: the run's own overrides (a resume mode and
+    a run directory named on the command line replaced) plus hydra.run.dir=<run_dir>."""
+    kept = [
+        o
+        for o in overrides
+        if not o.lstrip("+~").startswith(("hydra.run.dir=", "trainer.resume="))
+        and o not in ("-m", "--multirun")
+    ]
+    return " ".join([prog, *(shlex.quote(o) for o in kept), shlex.quote(f"hydra.run.dir={run_dir}")])
+
+
+def _decide(cfg: RootConfig, interrupts: Interrupts, job: str | None) -> tuple[bool | str, str]:
+    """Rank 0: (requeued: True by us, "by SLURM", "by the launcher" or False; why, in one line)."""
+    if interrupts.watch.launcher_requeues():  # submitit's USR2: its own handler requeues, after our save
+        return "by the launcher", "its launcher requeues the job"
+    signal_name = interrupts.stopped_by or "a signal"
+    decision = slurm.decide_stop(signal_name, job, interrupts.restarts_at_start, cfg.trainer.requeue)
+    if decision.action == "requeued":
+        return "by SLURM", decision.why
+    if decision.action == "requeue":
+        assert job is not None
+        ok, failure = slurm.requeue_job(job)
+        if ok:
+            return (
+                True,
+                f"{decision.why}; SLURM job {job} requeued (SLURM holds a requeued job about 2 minutes)",
+            )
+        return False, f"{decision.why}; the requeue failed: {failure}"
+    return False, decision.why
+
+
 def after_preemption(
     cfg: RootConfig,
     env: DistEnv,
@@ -72,59 +118,33 @@ def after_preemption(
     epoch: int,
     epoch_step: int,
 ) -> dict[str, Any]:
-    """After the checkpoint of a preempted run: requeue the SLURM job (rank 0), report.
+    """After the checkpoint of a stopped run: decide (rank 0, from evidence: resnet_repro.slurm),
+    requeue when that is the decision, write preempted.json, and tell every rank.
 
-    A time-limit warning (USR1 from the sbatch scripts' --signal), a preemption or a signal sent
-    with `scancel --signal=...` requeues the job; a plain `scancel <job>` (SIGTERM while the job is
-    being cancelled) does not: a cancel cancels, and last.pt stays for a deliberate resume. Where a
-    launcher has its own requeueing handler for the signal (submitit's USR2 at the time limit), the
-    checkpoint is written first and then that handler runs: it requeues the job its own way."""
-    signal_name = interrupts.stopped_by
-    job = checkpoint.slurm_job_ref()
-    watch = interrupts.watch
-    by_launcher = watch.launcher_requeues()
-    requeued: bool | str = "by the launcher" if by_launcher else False
-    cancelled = False
+    Where a launcher has its own requeueing handler for the signal (submitit's USR2 at the time
+    limit), the checkpoint is written first and then that handler runs: it requeues the job its
+    own way. The CLI ends the process from the returned outcome: without a result under submitit
+    after any requeue, non-zero with the resume command after a stop that was not requeued."""
+    job = slurm.job_ref()
+    requeued: bool | str = False
+    why = ""
     if env.is_main:
-        if job and not by_launcher:
-            fate = checkpoint.slurm_job_fate(job, int(os.environ.get("SLURM_RESTART_COUNT", "0")))
-            cancelled = fate == "cancelled"
-            if fate == "requeued":
-                requeued = "by SLURM"
-            elif cfg.trainer.requeue and not cancelled:
-                requeued = checkpoint.requeue_slurm_job(job)
+        requeued, why = _decide(cfg, interrupts, job)
         last = run_dir / "checkpoints" / "last.pt"
-        if cancelled:
-            then = f"SLURM job {job} was cancelled, not requeued; to continue: hydra.run.dir={run_dir}"
-        else:
-            then = {
-                "by the launcher": "its launcher requeues the job",
-                "by SLURM": f"SLURM requeued job {job} itself",
-                True: f"SLURM job {job} requeued (SLURM holds a requeued job about 2 minutes)",
-                False: "run the same command again to resume",
-            }[requeued]
         where = f"epoch {epoch + 1}, step {epoch_step} of the epoch"
-        log.warning(f"stopped by {signal_name} at {where}; checkpoint {last}; {then}")
-        checkpoint.write_text_atomic(
-            run_dir / "preempted.json",
-            json.dumps(
-                {
-                    "signal": signal_name,
-                    "epoch": epoch,
-                    "epoch_step": epoch_step,
-                    "requeued": requeued,
-                    "cancelled": cancelled,
-                    "slurm_job": job,
-                }
-            )
-            + "\n",
-        )
+        then = "requeued" if requeued else "not requeued"
+        log.warning(f"stopped by {interrupts.stopped_by} at {where}; checkpoint {last}; {then}: {why}")
+        outcome = {
+            "signal": interrupts.stopped_by,
+            "epoch": epoch,
+            "epoch_step": epoch_step,
+            "requeued": requeued,
+            "why": why,
+            "slurm_job": job,
+        }
+        checkpoint.write_text_atomic(run_dir / "preempted.json", json.dumps(outcome) + "\n")
+    requeued, why = distributed.broadcast_object(env, (requeued, why))  # type: ignore[misc]
     distributed.barrier(env)
-    if by_launcher:
-        watch.hand_over()  # submitit: rank 0 requeues and exits here
-    elif requeued is True and watch.launcher_handler() is not None and env.is_main:
-        # requeued by us under a launcher whose handler only logged the signal (submitit's SIGTERM):
-        # end the process without a result, as submitit's own requeue does, so that the sweep waits
-        # for the requeued job instead of collecting this unfinished one
-        raise SystemExit(-1)
-    return {"preempted": True, "requeued": requeued, "cancelled": cancelled}
+    if requeued == "by the launcher":
+        interrupts.watch.hand_over()  # submitit: rank 0 requeues and exits here
+    return {"preempted": True, "requeued": requeued, "why": why}

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from resnet_repro import slurm
 from resnet_repro.config import RootConfig, UserError
 from resnet_repro.run_state import TRAINING_KEYS, job_shape
 from resnet_repro.schedule import resume_fields
@@ -57,6 +63,11 @@ IDENTITY_KEYS = (
     "data.holdout.size",
     "data.holdout.seed",
     "data.holdout.stats_from",
+    # the numbers that drive the LR plateau, early stopping and best.pt: another image size
+    # schedule, evaluation cap or selection split makes the saved plateau/early-stop state another run's
+    "data.progressive",
+    "data.max_eval_images",
+    "trainer.select_on_test",
 )
 # model settings that change speed or memory, not the computation
 IDENTITY_EXEMPT = ("model.channels_last",)
@@ -97,6 +108,30 @@ def resume_config_changes(saved: dict[str, Any], cfg: RootConfig) -> list[str]:
     return changes
 
 
+def check_job_shape(state: dict[str, Any], path: Path, derived: Derived) -> str | None:
+    """None when the checkpoint's job shape is this run's; a line for the log when only the world
+    size changed (the global batch kept: every step reads the same images, data/sharding.py);
+    otherwise a UserError (the LR schedule and the data position are counted in global batches
+    and steps per epoch)."""
+    job = state.get("job")
+    now = job_shape(derived)
+    if job is not None and job != now:
+        diff = ", ".join(f"{k} {job[k]} -> {now[k]}" for k in now if job.get(k) != now[k])
+        if any(job.get(k) != now[k] for k in now if k != "world_size"):
+            raise UserError(
+                f"checkpoint {path} belongs to a different job ({diff}); resume with the same global batch "
+                "(trainer.global_batch) and data, or start a new run directory (trainer.resume=never or "
+                "another hydra.run.dir)"
+            )
+        per_rank = f"{now['global_batch'] // job['world_size']} -> {now['global_batch'] // now['world_size']}"
+        return (
+            f"world size {job['world_size']} -> {now['world_size']} with the same global batch "
+            f"{now['global_batch']}: the same images in every step; images per rank (and per BatchNorm) "
+            f"{per_rank}"
+        )
+    return None
+
+
 def check_resumable(
     state: dict[str, Any],
     path: Path,
@@ -104,10 +139,13 @@ def check_resumable(
     cfg: RootConfig,
     normalization: tuple[list[float], list[float]] | None = None,
 ) -> list[str]:
-    """A checkpoint continues only the job it came from: same world size, global batch and steps
-    per epoch (the LR schedule and the data position are counted in those), the same optimizer
-    and schedule settings (their state comes from the checkpoint: a change would be ignored), and
-    the same experiment (IDENTITY_KEYS and the normalization values in use).
+    """A checkpoint continues only the job it came from: the same global batch and steps per epoch
+    (the LR schedule and the data position are counted in those), the same optimizer and schedule
+    settings (their state comes from the checkpoint: a change would be ignored), and the same
+    experiment (IDENTITY_KEYS and the normalization values in use). The world size may change
+    with the global batch kept: every global batch holds the same images whatever the number of
+    ranks (data/sharding.py); the change is returned as a line for the log (BatchNorm then
+    normalizes over another per-rank batch).
 
     With trainer.resume_with_changes=true the setting differences are accepted and returned (for
     the log); the job's shape never is."""
@@ -117,14 +155,7 @@ def check_resumable(
                 f"checkpoint {path} is not a training checkpoint of this tool (no {key!r}); "
                 "to evaluate weights use `resnet-repro eval checkpoint=...`"
             )
-    job = state.get("job")
-    now = job_shape(derived)
-    if job is not None and job != now:
-        diff = ", ".join(f"{k} {job[k]} -> {now[k]}" for k in now if job.get(k) != now[k])
-        raise UserError(
-            f"checkpoint {path} belongs to a different job ({diff}); resume with the same processes and "
-            "batch size, or start a new run directory (trainer.resume=never or another hydra.run.dir)"
-        )
+    check_job_shape(state, path, derived)
     changes = resume_config_changes(state["config"], cfg) if isinstance(state.get("config"), dict) else []
     saved_norm = state.get("normalization")
     if normalization is not None and isinstance(saved_norm, dict):
@@ -142,3 +173,90 @@ def check_resumable(
             "trainer.resume_with_changes=true to continue it anyway"
         )
     return changes
+
+
+# ------------------------------------------------------------------------------ run directory lock
+
+LOCK_NAME = "run.lock"
+# job states (or flags) of a job that may still write: its lock is live
+LIVE_JOB_STATES = frozenset({"RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "STOPPED", "SIGNALING"})
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _stale_because(
+    holder: dict[str, Any], me: dict[str, Any], query: Callable[[str], tuple[slurm.JobView | None, str]]
+) -> str | None:
+    """Why the lock `holder` wrote is stale (its writer is gone), or None while it may be live."""
+    job, host, pid = holder.get("job"), holder.get("host"), holder.get("pid")
+    if host == me["host"] and isinstance(pid, int):
+        if not _pid_alive(pid):
+            return f"process {pid} on {host} is gone"
+        return None
+    if job is not None and job == me["job"]:
+        return f"it is this SLURM job's own ({job}), from before a requeue"
+    if job is None:
+        return None
+    view, how = query(job)
+    if view is None:
+        return f"SLURM no longer knows job {job}" if "Invalid job id" in how else None
+    if LIVE_JOB_STATES & set(view.states):
+        return None
+    return f"SLURM job {job} is {view.base or view.describe()}"
+
+
+def acquire_run_lock(
+    run_dir: Path,
+    environ: Mapping[str, str] | None = None,
+    query: Callable[[str], tuple[slurm.JobView | None, str]] = slurm.query_job,
+) -> Path:
+    """Take <run_dir>/run.lock (SLURM job, host, pid), so that two jobs never write one run
+    directory. A lock whose writer is gone (a dead process on this host, this job before its
+    requeue, a SLURM job that no longer runs) is taken over with a log line; a live one, or one
+    that cannot be checked (another host, no job, SLURM unreachable), is refused naming its holder."""
+    me = {"job": slurm.job_ref(environ), "host": socket.gethostname(), "pid": os.getpid()}
+    path = run_dir / LOCK_NAME
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+            except (OSError, ValueError):
+                holder = {}
+            stale = _stale_because(holder, me, query) if holder else "it is unreadable"
+            if stale is None:
+                who = ", ".join(f"{k} {holder.get(k)}" for k in ("job", "host", "pid"))
+                raise UserError(
+                    f"run directory {run_dir} is held by another run ({who}; {path}): two jobs must not "
+                    f"write one run directory; use another hydra.run.dir, or delete {path} if that run "
+                    "is gone"
+                ) from None
+            logging.getLogger("resnet_repro").info(f"taking over the stale lock {path}: {stale}")
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me) + "\n")
+        return path
+    raise UserError(f"could not take the lock {path}: other processes keep taking it")
+
+
+def release_run_lock(path: Path | None) -> None:
+    """Remove the lock when it is still this process's."""
+    if path is None:
+        return
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        path.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ Checkpoint keys (the file format; `resnet-repro eval` and older files rely on th
     job                                               world size, global batch, steps per epoch
     normalization                                     mean, std (and mean_image) the model was fed
     ema                                               the weight average (only with trainer.ema.decay)
+    epoch_metrics                                     train metrics of a trained, unevaluated epoch
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class RunState:
     epoch_step: int = 0
     stopped: str | None = None  # the reason training stopped early (early stopping), or None
     ema: WeightEMA | None = None  # trainer.ema.decay: the weight average, updated after each step
+    # the train metrics of epoch `epoch` when all its steps are done but its evaluation is not (a
+    # stop on its last step is acted on before the evaluation); None otherwise
+    epoch_metrics: dict[str, float] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
@@ -88,6 +92,8 @@ class RunState:
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
+        if self.epoch_metrics is not None:
+            state["epoch_metrics"] = dict(self.epoch_metrics)
         if self.normalization is not None:
             norm = self.normalization
             state["normalization"] = {"mean": list(norm.mean), "std": list(norm.std)}
@@ -107,6 +113,7 @@ class RunState:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.epoch_step = int(state["epoch_step"])
         self.stopped = state.get("stopped")
+        self.epoch_metrics = state.get("epoch_metrics")
         if self.ema is not None and "ema" in state:  # a run that had none starts its average here
             self.ema.load_state_dict(state["ema"])
         checkpoint.set_rng_state(state["rng"])

@@ -27,7 +27,13 @@ from resnet_repro.models import build_model
 from resnet_repro.optim import build_optimizer, summarize_groups
 from resnet_repro.preemption import Interrupts, after_preemption
 from resnet_repro.protocols import describe as describe_protocol
-from resnet_repro.resume import check_resumable, resume_path
+from resnet_repro.resume import (
+    acquire_run_lock,
+    check_job_shape,
+    check_resumable,
+    release_run_lock,
+    resume_path,
+)
 from resnet_repro.run_data import RunData, make_train_loader, prepare_data
 from resnet_repro.run_eval import EvalSets, feed_model_selection, final_test_eval, selection_split
 from resnet_repro.run_state import RunState, job_shape
@@ -101,6 +107,14 @@ def _build_model(
 
 def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -> dict[str, Any]:
     validate(cfg)
+    lock = distributed.all_or_none(env, lambda: acquire_run_lock(run_dir) if env.is_main else None)
+    try:
+        return _train_locked(cfg, run_dir, env, device)
+    finally:
+        release_run_lock(lock)
+
+
+def _train_locked(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -> dict[str, Any]:
     data = prepare_data(cfg, env, device)
     parts = build_parts(cfg, data.derived, env, device, run_dir, norm=data.norm, checkpoints=True)
     _resume(parts, cfg, run_dir, env, data)
@@ -168,12 +182,23 @@ def _resume(parts: Parts, cfg: RootConfig, run_dir: Path, env: DistEnv, data: Ru
         torch.manual_seed(cfg.trainer.seed + env.rank)  # per-rank stream for dropout-like randomness
         return
 
-    def load_resumable() -> tuple[dict[str, Any], list[str]]:
+    def load_resumable() -> tuple[dict[str, Any], list[str], str | None]:
         state = checkpoint.load(resume_from)
         norm = (data.norm.mean, data.norm.std)
-        return state, check_resumable(state, resume_from, data.derived, cfg, norm)
+        changes = check_resumable(state, resume_from, data.derived, cfg, norm)
+        return state, changes, check_job_shape(state, resume_from, data.derived)
 
-    saved, accepted_changes = distributed.all_or_none(env, load_resumable)
+    saved, accepted_changes, shape_change = distributed.all_or_none(env, load_resumable)
+    # every rank read last.pt itself: a stale network-file-system view must not split them
+    seen = distributed.all_gather(env, checkpoint.fingerprint(saved))
+    if any(f != seen[0] for f in seen):
+        differ = ", ".join(f"rank {r}: {f}" for r, f in enumerate(seen) if f != seen[0])
+        raise UserError(
+            f"ranks read different contents of {resume_from} (rank 0: {seen[0]}; {differ}): a stale view "
+            "of a network file system; run again once every node sees the same file"
+        )
+    if shape_change:
+        log.info(f"resuming {resume_from} on another world size: {shape_change}")
     if accepted_changes:
         log.warning(
             f"resuming {resume_from} despite changed settings (trainer.resume_with_changes=true): "
@@ -262,14 +287,18 @@ def _run_epochs(
     state, last = parts.state, None
     while state.epoch < cfg.trainer.epochs and state.stopped is None:
         epoch = state.epoch
-        _seed_epoch(state, cfg, env)
-        loader = make_train_loader(
-            cfg, data.splits.train, env, device, epoch, skip_steps=state.epoch_step, norm=data.norm
-        )
-        train_metrics = train_one_epoch(parts, loader, cfg, env, device)
-        del loader
-        if train_metrics is None:
-            return None
+        if state.epoch_metrics is not None:  # resumed after a stop on the epoch's last step
+            train_metrics, state.epoch_metrics = state.epoch_metrics, None
+            state.epoch, state.epoch_step = epoch + 1, 0
+        else:
+            _seed_epoch(state, cfg, env)
+            loader = make_train_loader(
+                cfg, data.splits.train, env, device, epoch, skip_steps=state.epoch_step, norm=data.norm
+            )
+            train_metrics = train_one_epoch(parts, loader, cfg, env, device)
+            del loader
+            if train_metrics is None:
+                return None
         distributed.broadcast_buffers(env, state.net)  # rank 0's BatchNorm statistics everywhere
         last = evals.run(state.net)
         if state.ema is not None:  # the weight average beside the weights: "<split>-ema" rows

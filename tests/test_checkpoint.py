@@ -354,37 +354,6 @@ def test_a_launcher_handler_that_only_logs_the_signal_is_not_a_requeue():
         signal.signal(signal.SIGUSR2, old_usr2)
 
 
-def test_slurm_job_of_an_array_task_is_named_with_its_task(monkeypatch):
-    from resnet_repro.checkpoint import slurm_job_ref
-
-    # the bare array id names the whole array: `scontrol requeue 9` would requeue every task
-    assert (
-        slurm_job_ref({"SLURM_JOB_ID": "10", "SLURM_ARRAY_JOB_ID": "9", "SLURM_ARRAY_TASK_ID": "0"}) == "9_0"
-    )
-    assert slurm_job_ref({"SLURM_JOB_ID": "10"}) == "10"
-    assert slurm_job_ref({}) is None
-
-
-@pytest.mark.parametrize(
-    ("fields", "restarts_seen", "fate"),
-    [
-        ({"JobState": "COMPLETING", "Reason": "None", "Restarts": "0"}, 0, "cancelled"),  # scancel
-        ({"JobState": "CANCELLED", "Reason": "None", "Restarts": "1"}, 1, "cancelled"),
-        ({"JobState": "COMPLETING", "Reason": "TimeLimit", "Restarts": "0"}, 0, "running"),  # time limit
-        ({"JobState": "RUNNING", "Reason": "None", "Restarts": "0"}, 0, "running"),  # scancel --signal
-        ({"JobState": "COMPLETING", "Reason": "None", "Restarts": "2"}, 1, "requeued"),  # being requeued
-        (None, 0, "running"),  # scontrol unavailable: behave as before
-    ],
-)
-def test_slurm_job_fate_tells_a_cancel_from_a_time_limit_a_signal_and_a_requeue(
-    monkeypatch, fields, restarts_seen, fate
-):
-    from resnet_repro import checkpoint
-
-    monkeypatch.setattr(checkpoint, "slurm_job_fields", lambda job: fields)
-    assert checkpoint.slurm_job_fate("5", restarts_seen) == fate
-
-
 def test_resume_refuses_a_checkpoint_of_another_experiment_and_names_the_keys(tmp_path):
     # two `srun` steps of a seed loop used to share a run directory: the second "resumed" the first
     import dataclasses

@@ -8,16 +8,14 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import time
 
 import pytest
 
-from resnet_repro import distributed
 from resnet_repro.checkpoint import PreemptionWatch
 from resnet_repro.cli import run_id
 from resnet_repro.config import UserError
-from resnet_repro.distributed import DistEnv, detect, first_slurm_host
+from resnet_repro.distributed import DistEnv, detect
 
 TORCHRUN_ENV = {
     "RANK": "5",
@@ -35,19 +33,6 @@ SRUN_ENV = {
     "SLURM_JOB_NODELIST": "gpu[003-004]",
     "SLURM_JOB_ID": "1234",
 }
-
-
-@pytest.fixture
-def no_scontrol(monkeypatch):
-    """Make `scontrol` look absent so first_slurm_host falls back to its built-in parser."""
-    calls: list[list[str]] = []
-
-    def missing(cmd, *args, **kwargs):
-        calls.append(list(cmd))
-        raise FileNotFoundError(2, "No such file or directory", cmd[0])
-
-    monkeypatch.setattr(distributed.subprocess, "run", missing)
-    return calls
 
 
 # ------------------------------------------------------------------------------------------ detect
@@ -74,7 +59,7 @@ def test_torchrun_rank_zero_is_the_main_process():
     assert env.is_main and env.source == "torchrun"
 
 
-def test_torchrun_wins_over_slurm_variables_inside_an_allocation(no_scontrol):
+def test_torchrun_wins_over_slurm_variables_inside_an_allocation():
     env = detect({**SRUN_ENV, **TORCHRUN_ENV})
     assert env.source == "torchrun"
     assert (env.rank, env.world_size) == (5, 8)
@@ -100,26 +85,24 @@ def test_master_addr_and_port_alone_are_a_single_process_not_an_error():
     assert env.world_size == 1 and env.is_main
 
 
-def test_srun_task_reads_rank_from_slurm_and_derives_address_and_port(no_scontrol):
+def test_srun_task_reads_rank_from_slurm_and_derives_address_and_port():
     env = detect(SRUN_ENV)
     assert env.source == "slurm"
     assert (env.rank, env.local_rank, env.world_size) == (3, 3, 8)
     assert env.master_addr == "gpu003"
     assert env.master_port == 20000 + 1234 % 20000
     assert not env.is_main
-    assert no_scontrol == [["scontrol", "show", "hostnames", "gpu[003-004]"]]
 
 
-def test_srun_port_stays_below_40000_for_large_job_ids(no_scontrol):
+def test_srun_port_stays_below_40000_for_large_job_ids():
     env = detect({**SRUN_ENV, "SLURM_JOB_ID": "98765"})
     assert env.master_port == 20000 + 98765 % 20000
     assert 20000 <= env.master_port < 40000
 
 
-def test_srun_master_addr_and_port_variables_override_the_derived_ones(no_scontrol):
+def test_srun_master_addr_and_port_variables_override_the_derived_ones():
     env = detect({**SRUN_ENV, "MASTER_ADDR": "head", "MASTER_PORT": "31000"})
     assert (env.master_addr, env.master_port) == ("head", 31000)
-    assert no_scontrol == []  # the node list is not even looked at
 
 
 def test_plain_sbatch_shell_with_one_task_is_a_single_process():
@@ -139,7 +122,7 @@ def test_slurm_procid_without_ntasks_is_a_single_process():
     assert env.source == "single"
 
 
-def test_srun_without_slurm_localid_is_a_user_error_naming_it(no_scontrol):
+def test_srun_without_slurm_localid_is_a_user_error_naming_it():
     partial = {k: v for k, v in SRUN_ENV.items() if k != "SLURM_LOCALID"}
     with pytest.raises(UserError, match="SLURM_LOCALID"):
         detect(partial)
@@ -154,7 +137,7 @@ def test_detect_reads_os_environ_by_default(monkeypatch):
     assert detect().rank == 5
 
 
-# ------------------------------------------------------------------------------ first_slurm_host
+# ------------------------------------------------------------------------------ rendezvous host
 @pytest.mark.parametrize(
     ("nodelist", "first"),
     [
@@ -165,25 +148,8 @@ def test_detect_reads_os_environ_by_default(monkeypatch):
         ("cpu1,cpu2", "cpu1"),
     ],
 )
-def test_first_slurm_host_parses_node_lists_without_scontrol(no_scontrol, nodelist, first):
-    assert first_slurm_host(nodelist) == first
-
-
-def test_first_slurm_host_prefers_scontrol_when_it_is_available(monkeypatch):
-    def fake_run(cmd, *args, **kwargs):
-        assert cmd == ["scontrol", "show", "hostnames", "gpu[003-004]"]
-        return subprocess.CompletedProcess(cmd, 0, stdout="gpu003.cluster\ngpu004.cluster\n", stderr="")
-
-    monkeypatch.setattr(distributed.subprocess, "run", fake_run)
-    assert first_slurm_host("gpu[003-004]") == "gpu003.cluster"
-
-
-def test_first_slurm_host_falls_back_when_scontrol_fails(monkeypatch):
-    def failing(cmd, *args, **kwargs):
-        raise subprocess.CalledProcessError(1, cmd, output="", stderr="scontrol: error")
-
-    monkeypatch.setattr(distributed.subprocess, "run", failing)
-    assert first_slurm_host("a[1-3,7]") == "a1"
+def test_srun_rendezvous_host_is_the_first_host_of_the_node_list(nodelist, first):
+    assert detect({**SRUN_ENV, "SLURM_JOB_NODELIST": nodelist}).master_addr == first
 
 
 # ---------------------------------------------------------------------------------------- run_id

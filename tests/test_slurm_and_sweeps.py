@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from resnet_repro import checkpoint
+from resnet_repro.preemption import EXIT_NOT_REQUEUED
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SBATCH_DIR = REPO_ROOT / "scripts" / "slurm"
@@ -428,17 +429,23 @@ def test_sigusr1_saves_a_checkpoint_requeues_the_slurm_job_once_and_the_rerun_re
 
 @pytest.mark.slow
 def test_preemption_on_the_last_step_of_an_epoch_resumes_and_finishes(demo_root: Path, tmp_path: Path):
-    # With one step per epoch every preemption lands on an epoch's last step: the epoch finishes
-    # (evaluation, checkpoint) and the run stops at the epoch boundary, so the rerun starts a new
-    # epoch instead of an empty remainder of the old one
+    # With one step per epoch every preemption lands on an epoch's last step, acted on before the
+    # epoch's evaluation (the rerun evaluates it), or during an evaluation (the rerun starts the
+    # next epoch): either way every epoch is evaluated exactly once
     run_dir = tmp_path / "run"
     args = preempt_args(demo_root, run_dir, max_steps=1)
     env = clean_env(OMP_NUM_THREADS="1")
     rc = run_and_preempt(args, env, run_dir, tmp_path / "first.out", delay_s=0.2)
-    assert rc == 0, (tmp_path / "first.out").read_text()[-3000:]
+    first_text = (tmp_path / "first.out").read_text()
+    # not requeued (no SLURM job): a non-zero exit and the exact command that resumes the run
+    assert rc == EXIT_NOT_REQUEUED, first_text[-3000:]
+    assert f"to resume: resnet-repro train data.root={demo_root} " in first_text
+    assert f"hydra.run.dir={run_dir}" in first_text.splitlines()[-1]
     preempted = json.loads((run_dir / "preempted.json").read_text())
-    assert preempted["requeued"] is False  # no SLURM job to requeue
-    assert preempted["epoch_step"] == 0 and 1 <= preempted["epoch"] < 3
+    assert preempted["requeued"] is False and preempted["why"] == "not a SLURM job"
+    assert preempted["resume"].endswith(f"hydra.run.dir={run_dir}")
+    position = (preempted["epoch"], preempted["epoch_step"])
+    assert position in {(0, 1), (1, 1), (2, 1), (1, 0), (2, 0)}, position
 
     second = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     second_text = second.stdout + second.stderr

@@ -1,12 +1,17 @@
-"""Every SLURM path against a real one-node SLURM cluster (scripts/slurm/local_cluster.sh), on the
-demo data, CPU only: the sbatch scripts as shipped (GPU requests overridden on the sbatch command
-line, as a user without GPUs would), preemption and time-limit requeues, a plain cancel, the
-submitit sweep launcher, a job array, and two `srun` steps in one allocation.
+"""Every SLURM path against real SLURM clusters on this machine (scripts/slurm/local_cluster.sh),
+on the demo data, CPU only: the sbatch scripts as shipped (GPU requests overridden on the sbatch
+command line, as a user without GPUs would), signal, time-limit and partition-preemption requeues,
+a plain cancel, a node failure, the controller down while a job is signalled, the submitit sweep
+launcher, a job array, two `srun` steps in one allocation, and a job on two nodes.
 
+Three clusters, so that no scenario disturbs another: `one` (one node, this machine: most
+scenarios), `nodes` (three nodes in network namespaces of their own: the two-node job on node1 and
+node2 in the `high` partition, which nothing preempts, and the partition preemption on node3) and
+`controller` (one node in a namespace, whose slurmctld the controller scenario stops).
 SLURM holds a requeued job about 2 minutes before it may start again, so the scenarios run side by
-side as jobs on the one node: a module fixture starts every scenario in its own thread, and each
-test waits for its scenario and checks what it saw. Skipped, with the reason, where a cluster
-cannot be brought up (not root, or SLURM missing and no apt-get).
+side: a module fixture starts every scenario in its own thread, and each test waits for its
+scenario and checks what it saw. Skipped, with the reason, where a cluster cannot be brought up
+(not root, or SLURM missing and no apt-get).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +38,8 @@ SBATCH_MULTINODE = REPO_ROOT / "scripts" / "slurm" / "train_imagenet_multinode.s
 RESNET_REPRO = str(Path(sys.executable).parent / "resnet-repro")
 # CPUs the node offers: more than the machine has, so that all scenarios run at once
 NODE_CPUS = 16
+# the clusters: name -> local_cluster.sh arguments after DIR
+CLUSTERS = {"one": [str(NODE_CPUS)], "nodes": ["4", "--nodes", "3"], "controller": ["4", "--nodes", "1"]}
 # a scenario's whole life, the ~2 minute requeue hold included, on a busy 2-core machine
 SCENARIO_TIMEOUT_S = 900
 
@@ -58,6 +66,9 @@ def skip_reason() -> str | None:
         return "a local SLURM cluster needs root (slurmd runs the jobs as their users)"
     if not (shutil.which("slurmctld") and shutil.which("munged")) and not shutil.which("apt-get"):
         return "SLURM is not installed and there is no apt-get to install slurm-wlm and munge"
+    missing = [tool for tool in ("ip", "nsenter", "unshare") if not shutil.which(tool)]
+    if missing:  # the namespaced nodes of the multi-node cluster
+        return f"{', '.join(missing)} not found (iproute2 and util-linux make a cluster's nodes)"
     return None
 
 
@@ -111,11 +122,44 @@ class Cluster:
     def wait_done(self, job_id: str) -> dict[str, str]:
         return self.wait_job(job_id, lambda j: j["JobState"] in FINAL_STATES, "the end")
 
-    def log_of(self, job_id: str) -> str:
+    def log_of(self, job_id: str, tail: int | None = 4000) -> str:
+        """The job's output file, its last `tail` characters (all of it with None)."""
         path = self.job(job_id).get("StdOut")
-        return Path(path).read_text()[-4000:] if path and Path(path).exists() else "(no log)"
+        text = Path(path).read_text() if path and Path(path).exists() else "(no log)"
+        return text if tail is None else text[-tail:]
+
+    def training_pids(self, job_id: str) -> list[int]:
+        """The job's training processes (`resnet-repro train` started by srun; not srun itself).
+        Job ids repeat across the test clusters: the job's SLURM_CONF tells them apart."""
+        wanted = {f"SLURM_JOB_ID={job_id}".encode(), f"SLURM_CONF={self.env['SLURM_CONF']}".encode()}
+        pids = []
+        for proc in Path("/proc").iterdir():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                srun = Path(argv[0].decode()).name == "srun"
+                if srun or not any(a.endswith(b"resnet-repro") for a in argv):
+                    continue
+                environ = set((proc / "environ").read_bytes().split(b"\0"))
+            except (OSError, ValueError, IndexError):
+                continue  # not a process, or one that ended meanwhile
+            if wanted <= environ and b"train" in argv:
+                pids.append(int(proc.name))
+        return pids
+
+    def stop_controller(self) -> None:
+        """Stop slurmctld (SIGTERM: it saves its state, as on a controller restart)."""
+        pid = int((self.folder / "slurmctld.pid").read_text())
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), "slurmctld's exit", timeout_s=60)
+
+    def start_controller(self) -> None:
+        proc = self.run("slurmctld", "-f", self.env["SLURM_CONF"])
+        assert proc.returncode == 0, proc.stderr
+        wait_for(lambda: self.run("scontrol", "ping").returncode == 0, "slurmctld's restart", timeout_s=60)
 
 
+# the line a stopped run that was not requeued prints, with the command that resumes it
+RESUME_COMMAND = "hydra.run.dir="
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 
 
@@ -175,9 +219,9 @@ def scenario_multinode(c: Cluster, work: Path) -> dict[str, Any]:
     }
 
 
-def start_small_run(c: Cluster, work: Path, epochs: int) -> tuple[str, Path]:
+def start_small_run(c: Cluster, work: Path, epochs: int, *sbatch_args: str) -> tuple[str, Path]:
     """Submit the single-node script on a small demo run; return once its first epoch is done."""
-    job = c.sbatch(*CPU_JOB, str(SBATCH), *SMALL_RUN, f"trainer.epochs={epochs}", cwd=work)
+    job = c.sbatch(*CPU_JOB, *sbatch_args, str(SBATCH), *SMALL_RUN, f"trainer.epochs={epochs}", cwd=work)
     run_dir = work / "runs" / "demo" / f"slurm-{job}"
     wait_for(lambda: epochs_done(run_dir) >= 1 or c.job(job).get("JobState") in FINAL_STATES, "epoch 1")
     return job, run_dir
@@ -264,9 +308,21 @@ def point_dir(sweep: Path, seed: int) -> Path:
     return found[0] if found else sweep / f"not-yet-seed-{seed}"
 
 
+def held_or_ended(job: dict[str, str]) -> bool:
+    """Requeued and waiting to run again, or ended."""
+    return (int(job["Restarts"]) > 0 and job["JobState"] == "PENDING") or job["JobState"] in FINAL_STATES
+
+
+def submitit_results(sweep: Path, task: str) -> list[Path]:
+    """The result files submitit wrote for an array task (`<array id>_<index>`)."""
+    return sorted(sweep.glob(f".submitit/{task}/*_result.pkl"))
+
+
 def scenario_submitit_sweep(c: Cluster, work: Path) -> dict[str, Any]:
     """Two sweep points through hydra-submitit-launcher; point 0 gets submitit's time-limit signal
-    (USR2), point 1 a SIGTERM that is not a cancel (`scancel --signal=TERM`, as a preemption)."""
+    (USR2), point 1 is requeued by SLURM (`scontrol requeue`, as an admin or a PreemptMode=REQUEUE
+    preemption would). Neither may leave a result while SLURM holds it, or the sweep would not
+    wait for the rerun."""
     sweep = work / "sweep"
     args = [
         RESNET_REPRO,
@@ -297,12 +353,10 @@ def scenario_submitit_sweep(c: Cluster, work: Path) -> dict[str, Any]:
             tasks = [f"{array_id}_0", f"{array_id}_1"]
             signals = [
                 c.run("scancel", "--signal=USR2", tasks[0]),
-                c.run("scancel", "--signal=TERM", tasks[1]),
+                c.run("scontrol", "requeue", tasks[1]),
             ]
-            requeues = [
-                c.wait_job(t, lambda j: int(j["Restarts"]) >= 1 or j["JobState"] in FINAL_STATES, "requeue")
-                for t in tasks
-            ]
+            requeues = [c.wait_job(t, held_or_ended, "the requeue hold") for t in tasks]
+            results_while_held = [submitit_results(sweep, t) for t in tasks]
             preempted = [
                 read_json(p / "preempted.json") if (p / "preempted.json").exists() else None for p in points
             ]
@@ -321,6 +375,8 @@ def scenario_submitit_sweep(c: Cluster, work: Path) -> dict[str, Any]:
         "tasks": tasks,
         "signals": signals,
         "requeues": requeues,
+        "results_while_held": results_while_held,
+        "results": [submitit_results(sweep, t) for t in tasks],
         "preempted": preempted,
         "finals": [c.job(t) for t in tasks],
         "points": points,
@@ -328,63 +384,182 @@ def scenario_submitit_sweep(c: Cluster, work: Path) -> dict[str, Any]:
     }
 
 
-SCENARIOS: dict[str, Callable[[Cluster, Path], dict[str, Any]]] = {
-    "sbatch": scenario_sbatch,
-    "multinode": scenario_multinode,
-    "usr1": scenario_usr1_preemption,
-    "time_limit": scenario_time_limit,
-    "cancel": scenario_cancel,
-    "array": scenario_array,
-    "seed_loop": scenario_seed_loop,
-    "submitit": scenario_submitit_sweep,
+def scenario_preempt(c: Cluster, work: Path) -> dict[str, Any]:
+    """A job of partition `local` on node3, preempted by an exclusive job of partition `high`
+    (PreemptType=preempt/partition_prio, PreemptMode=REQUEUE): SLURM signals and requeues it."""
+    job, run_dir = start_small_run(c, work, 4, "--partition=local", "--nodelist=node3")
+    high = c.sbatch(
+        "--partition=high", "--nodelist=node3", "--exclusive", "--time=5", "--wrap=sleep 1", cwd=work
+    )
+    high_info = c.wait_done(high)
+    rerun = requeued_then_finished(c, job, run_dir)
+    return {"high": high_info, "whole_log": c.log_of(job, tail=None), **rerun}
+
+
+def scenario_two_node(c: Cluster, work: Path) -> dict[str, Any]:
+    """The multi-node script on node1 and node2, one rank each, in the partition nothing preempts."""
+    job = c.sbatch(
+        "--partition=high",
+        "--nodes=2",
+        "--nodelist=node[1-2]",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=0",
+        "--cpus-per-task=1",
+        "--time=30",
+        str(SBATCH_MULTINODE),
+        *SMALL_RUN,
+        "trainer.epochs=1",
+        cwd=work,
+    )
+    info = c.wait_done(job)
+    return {
+        "job": job,
+        "info": info,
+        "run_dir": work / "runs" / "demo" / f"slurm-{job}",
+        "log": c.log_of(job),
+    }
+
+
+def scenario_controller_down(c: Cluster, work: Path) -> dict[str, Any]:
+    """slurmctld stopped, then the training process sent SIGTERM: nothing can tell a preemption from
+    a cancel. The controller is started again once the process has exited."""
+    job, run_dir = start_small_run(c, work, 12)
+    wait_for(lambda: bool(c.training_pids(job)), "the training process")
+    (pid,) = c.training_pids(job)
+    c.stop_controller()
+    try:
+        os.kill(pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the training process's exit", timeout_s=300)
+        exit_s = time.monotonic() - signalled
+    finally:
+        c.start_controller()
+    info = c.wait_done(job)
+    time.sleep(5)  # a requeue would show by now
+    return {
+        "job": job,
+        "exit_s": exit_s,
+        "info": info,
+        "later": c.job(job),
+        "run_dir": run_dir,
+        "preempted": read_json(run_dir / "preempted.json") if (run_dir / "preempted.json").exists() else None,
+        "log": c.log_of(job),
+    }
+
+
+def scenario_node_failure(c: Cluster, work: Path) -> dict[str, Any]:
+    """A node failure as the job sees it: its training process killed at once (SIGKILL, no signal to
+    act on) in the middle of epoch 1, then the job requeued by SLURM (`scontrol requeue`, as after a
+    node failure); the run resumes from its last periodic checkpoint."""
+    job = c.sbatch(
+        *CPU_JOB,
+        str(SBATCH),
+        *[arg for arg in SMALL_RUN if not arg.startswith("trainer.max_steps_per_epoch=")],
+        "trainer.max_steps_per_epoch=40",
+        "trainer.epochs=1",
+        "trainer.checkpoint_every_minutes=0.01",
+        cwd=work,
+    )
+    run_dir = work / "runs" / "demo" / f"slurm-{job}"
+    last = run_dir / "checkpoints" / "last.pt"
+    # metrics.jsonl gets epoch 1's row before the epoch's own checkpoint: a last.pt without the row
+    # is a periodic checkpoint, from inside the epoch
+    wait_for(lambda: last.exists() or epochs_done(run_dir) >= 1, "a periodic checkpoint")
+    periodic_before_kill = epochs_done(run_dir) == 0
+    for pid in c.training_pids(job):
+        os.kill(pid, signal.SIGKILL)
+    periodic = periodic_before_kill and epochs_done(run_dir) == 0
+    failed = c.wait_done(job)
+    requeue = c.run("scontrol", "requeue", job)
+    return {
+        "requeue": requeue,
+        "failed": failed,
+        "periodic": periodic,
+        **requeued_then_finished(c, job, run_dir),
+    }
+
+
+# name -> (cluster, scenario)
+SCENARIOS: dict[str, tuple[str, Callable[[Cluster, Path], dict[str, Any]]]] = {
+    "sbatch": ("one", scenario_sbatch),
+    "multinode": ("one", scenario_multinode),
+    "usr1": ("one", scenario_usr1_preemption),
+    "time_limit": ("one", scenario_time_limit),
+    "cancel": ("one", scenario_cancel),
+    "array": ("one", scenario_array),
+    "seed_loop": ("one", scenario_seed_loop),
+    "submitit": ("one", scenario_submitit_sweep),
+    "node_failure": ("one", scenario_node_failure),
+    "preempt": ("nodes", scenario_preempt),
+    "two_node": ("nodes", scenario_two_node),
+    "controller": ("controller", scenario_controller_down),
 }
 
 
 # -------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, demo_root: Path):
+def clusters(tmp_path_factory, demo_root: Path):
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
-    folder = tmp_path_factory.mktemp("slurm")
-    env = {**os.environ, "SLURMCTLD_PORT": str(free_port()), "SLURMD_PORT": str(free_port())}
-    start = subprocess.run(
-        ["bash", str(LOCAL_CLUSTER), "start", str(folder), str(NODE_CPUS)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    assert start.returncode == 0, start.stdout + start.stderr
-    c = Cluster(folder, demo_root)
-    # the demo's normalization statistics once, before the jobs (each would compute them otherwise)
-    stats = subprocess.run(
-        [RESNET_REPRO, "stats", f"data.root={demo_root}"],
-        capture_output=True,
-        text=True,
-        env=c.env,
-        timeout=600,
-    )
-    assert stats.returncode == 0, stats.stderr
+    started: dict[str, Cluster] = {}
     try:
-        yield c
+        for name, cluster_args in CLUSTERS.items():
+            folder = tmp_path_factory.mktemp(f"slurm-{name}")
+            env = {**os.environ, "SLURMCTLD_PORT": str(free_port()), "SLURMD_PORT": str(free_port())}
+            start = subprocess.run(
+                ["bash", str(LOCAL_CLUSTER), "start", str(folder), *cluster_args],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=900,
+            )
+            started[name] = Cluster(folder, demo_root)
+            assert start.returncode == 0, f"cluster {name}: " + start.stdout + start.stderr
+        # the demo's normalization statistics once, before the jobs (each would compute them otherwise)
+        stats = subprocess.run(
+            [RESNET_REPRO, "stats", f"data.root={demo_root}"],
+            capture_output=True,
+            text=True,
+            env=started["one"].env,
+            timeout=600,
+        )
+        assert stats.returncode == 0, stats.stderr
+        yield started
     finally:
-        c.run("scancel", "--user", "root")
-        subprocess.run(["bash", str(LOCAL_CLUSTER), "stop", str(folder)], capture_output=True, timeout=120)
+        for c in started.values():
+            c.run("scancel", "--user", "root")
+            subprocess.run(
+                ["bash", str(LOCAL_CLUSTER), "stop", str(c.folder)], capture_output=True, timeout=120
+            )
 
 
 @pytest.fixture(scope="module")
-def scenarios(cluster: Cluster, tmp_path_factory):
-    """Every scenario started at once, each in its own thread and folder."""
+def scenarios(clusters: dict[str, Cluster], tmp_path_factory, request):
+    """The selected tests' scenarios started at once, each in its own thread and folder."""
+    selected = {getattr(item, "function", None) for item in request.session.items}
+    wanted = {getattr(test, "scenario", None) for test in selected}
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=len(SCENARIOS)) as pool:
         futures: dict[str, Future] = {
-            name: pool.submit(fn, cluster, tmp_path_factory.mktemp(name)) for name, fn in SCENARIOS.items()
+            name: pool.submit(fn, clusters[on], tmp_path_factory.mktemp(name))
+            for name, (on, fn) in SCENARIOS.items()
+            if name in wanted
         }
         yield futures
-        for future in futures.values():  # let every scenario end before the cluster stops
+        for future in futures.values():  # let every scenario end before the clusters stop
             future.exception()
     print(f"\nSLURM scenarios: {time.monotonic() - started:.0f} s wall time side by side")
+
+
+def scenario(name: str) -> Callable:
+    """Names the scenario a test checks: only the scenarios of the selected tests run."""
+
+    def mark(test: Callable) -> Callable:
+        test.scenario = name  # type: ignore[attr-defined]
+        return test
+
+    return mark
 
 
 def outcome(scenarios: dict[str, Future], name: str) -> dict[str, Any]:
@@ -392,6 +567,7 @@ def outcome(scenarios: dict[str, Future], name: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------- tests
+@scenario("sbatch")
 def test_sbatch_script_as_shipped_completes_into_runs_experiment_slurm_job_id(scenarios):
     o = outcome(scenarios, "sbatch")
     assert o["info"]["JobState"] == "COMPLETED", o["log"]
@@ -400,6 +576,7 @@ def test_sbatch_script_as_shipped_completes_into_runs_experiment_slurm_job_id(sc
     assert final["epochs"] == 1 and 0.0 <= final["top1"] <= 1.0
 
 
+@scenario("multinode")
 def test_multinode_script_with_two_tasks_runs_two_rank_ddp_from_slurm_variables(scenarios):
     o = outcome(scenarios, "multinode")
     assert o["info"]["JobState"] == "COMPLETED", o["log"]
@@ -408,6 +585,7 @@ def test_multinode_script_with_two_tasks_runs_two_rank_ddp_from_slurm_variables(
     assert read_json(o["run_dir"] / "final.json")["num_samples"] == 360  # every val image once
 
 
+@scenario("usr1")
 def test_usr1_checkpoints_requeues_once_and_the_job_resumes_in_the_same_directory(scenarios):
     o = outcome(scenarios, "usr1")
     assert o["signalled"].returncode == 0, o["signalled"].stderr
@@ -421,6 +599,7 @@ def test_usr1_checkpoints_requeues_once_and_the_job_resumes_in_the_same_director
     assert not (o["run_dir"] / "preempted.json").exists()
 
 
+@scenario("time_limit")
 def test_the_scripts_time_limit_signal_checkpoints_requeues_and_the_job_completes(scenarios):
     o = outcome(scenarios, "time_limit")
     assert o["cut"].returncode == 0, o["cut"].stderr
@@ -432,18 +611,26 @@ def test_the_scripts_time_limit_signal_checkpoints_requeues_and_the_job_complete
     assert "resumed from" in (o["run_dir"] / "train.log").read_text()
 
 
-def test_plain_scancel_cancels_without_requeue_and_keeps_the_last_checkpoint(scenarios):
+@scenario("cancel")
+def test_plain_scancel_cancels_without_requeue_exits_non_zero_and_keeps_the_last_checkpoint(scenarios):
     o = outcome(scenarios, "cancel")
     assert o["cancelled"].returncode == 0, o["cancelled"].stderr
     assert o["info"]["JobState"] == "CANCELLED", o["log"]
+    assert o["info"]["ExitCode"] != "0:0"  # not a success: `--dependency=afterok` jobs do not start
+    # the training process itself exits non-zero (srun reports its task's status) ...
+    exits = [line for line in o["log"].splitlines() if "task 0: Exited with exit code" in line]
+    assert exits and not exits[-1].endswith(" 0"), o["log"]
+    # ... after saying how to resume the unfinished run
+    resume = [line for line in o["log"].splitlines() if RESUME_COMMAND in line]
+    assert resume and o["run_dir"].name in resume[-1], o["log"]
     assert o["later"]["JobState"] == "CANCELLED" and o["later"]["Restarts"] == "0"
     preempted = read_json(o["run_dir"] / "preempted.json")
-    assert preempted["signal"] == "SIGTERM"
-    assert preempted["cancelled"] is True and preempted["requeued"] is False
+    assert preempted["signal"] == "SIGTERM" and preempted["requeued"] is False
     assert (o["run_dir"] / "checkpoints" / "last.pt").is_file()
     assert not (o["run_dir"] / "final.json").exists()
 
 
+@scenario("array")
 def test_job_array_gives_one_run_directory_per_task(scenarios):
     o = outcome(scenarios, "array")
     assert [i["JobState"] for i in o["infos"]] == ["COMPLETED", "COMPLETED"], o["log"]
@@ -453,6 +640,7 @@ def test_job_array_gives_one_run_directory_per_task(scenarios):
         assert (o["runs"] / name / "final.json").is_file()
 
 
+@scenario("seed_loop")
 def test_two_srun_steps_with_different_seeds_get_two_run_directories_and_two_results(scenarios):
     o = outcome(scenarios, "seed_loop")
     assert o["info"]["JobState"] == "COMPLETED", o["log"]
@@ -467,16 +655,21 @@ def test_two_srun_steps_with_different_seeds_get_two_run_directories_and_two_res
     assert seeds == [0, 1]
 
 
-def test_submitit_sweep_runs_on_the_cluster_and_its_signals_requeue_and_resume(scenarios):
+@scenario("submitit")
+def test_submitit_sweep_requeued_by_submitit_or_by_slurm_leaves_no_result_waits_and_resumes(scenarios):
     o = outcome(scenarios, "submitit")
     assert o["rc"] == 0, o["output"]
     assert any(line.endswith(" demo") for line in o["names"])  # squeue names the jobs after the experiment
     for signalled in o["signals"]:
         assert signalled.returncode == 0, signalled.stderr
+    assert [j["JobState"] for j in o["requeues"]] == ["PENDING", "PENDING"], o["requeues"]
+    # while SLURM holds the jobs, submitit has no result for either: the sweep waits for the reruns
+    assert o["results_while_held"] == [[], []], o["results_while_held"]
     usr2, term = o["preempted"]
     assert usr2 is not None and usr2["signal"] == "SIGUSR2" and usr2["requeued"] == "by the launcher"
-    # submitit's own SIGTERM handler only logs: the run requeues itself, and says so
-    assert term is not None and term["signal"] == "SIGTERM" and term["requeued"] is True
+    # `scontrol requeue` sends SIGTERM; the run sees that SLURM requeued the job, and says so
+    assert term is not None and term["signal"] == "SIGTERM" and term["requeued"] == "by SLURM", term
+    assert [len(r) for r in o["results"]] == [1, 1]
     for final in o["finals"]:
         assert final["JobState"] == "COMPLETED" and final["Restarts"] == "1", final
     for point in o["points"]:
@@ -484,3 +677,70 @@ def test_submitit_sweep_runs_on_the_cluster_and_its_signals_requeue_and_resume(s
         assert "resumed from" in (point / "train.log").read_text()
     assert o["report"].returncode == 0, o["report"].stderr
     assert "trainer.seed=0" in o["report"].stdout and "trainer.seed=1" in o["report"].stdout
+
+
+@scenario("preempt")
+def test_preempt_by_a_high_priority_partition_requeues_the_job_and_it_completes_in_the_same_directory(
+    scenarios,
+):
+    o = outcome(scenarios, "preempt")
+    assert o["high"]["JobState"] == "COMPLETED", o["high"]
+    assert "DUE TO PREEMPTION" in o["whole_log"], o["log"]
+    assert o["info"]["JobState"] == "COMPLETED", o["log"]
+    assert o["info"]["Restarts"] == "1"
+    assert read_json(o["run_dir"] / "final.json")["epochs"] == 4
+    assert (o["run_dir"] / "train.log").read_text().count("resumed from") == 1
+    assert sorted(p.name for p in o["run_dir"].parent.iterdir()) == [o["run_dir"].name]
+
+
+@scenario("two_node")
+def test_two_node_job_runs_the_multinode_script_with_one_rank_per_node_and_master_addr_across_hosts(
+    scenarios,
+):
+    o = outcome(scenarios, "two_node")
+    assert o["info"]["JobState"] == "COMPLETED", o["log"]
+    assert o["info"]["NodeList"] == "node[1-2]"
+    run = read_json(o["run_dir"] / "run.json")
+    # rank 1 on node2 reached rank 0 at node1's address: each node resolves the other's host name
+    # (the hosts file of its own mount namespace), over the bridge between their network namespaces
+    assert run["derived"]["world_size"] == 2
+    assert read_json(o["run_dir"] / "final.json")["num_samples"] == 360  # every val image once
+
+
+@scenario("controller")
+def test_controller_down_when_sigterm_arrives_means_no_requeue_a_non_zero_exit_and_the_resume_command(
+    scenarios,
+):
+    o = outcome(scenarios, "controller")
+    assert o["info"]["JobState"] == "FAILED", o["log"]  # the batch script's exit status is non-zero
+    assert o["info"]["ExitCode"] != "0:0"
+    assert o["later"]["JobState"] == "FAILED" and o["later"]["Restarts"] == "0"
+    # decided within the ~10 s limit on scontrol (not two 60 s waits), well inside KillWait
+    assert o["exit_s"] < 100
+    exits = [line for line in o["log"].splitlines() if "task 0: Exited with exit code" in line]
+    assert exits and not exits[-1].endswith(" 0"), o["log"]
+    resume = [line for line in o["log"].splitlines() if RESUME_COMMAND in line]
+    assert resume and str(o["run_dir"].name) in resume[-1], o["log"]
+    assert "unknown" in resume[-1], resume[-1]
+    assert (o["run_dir"] / "checkpoints" / "last.pt").is_file()
+    assert not (o["run_dir"] / "final.json").exists()
+    if o["preempted"] is not None:
+        assert o["preempted"]["requeued"] is False
+
+
+@scenario("node_failure")
+def test_node_failure_without_a_signal_resumes_from_the_periodic_checkpoint_after_the_requeue(scenarios):
+    o = outcome(scenarios, "node_failure")
+    assert o["failed"]["JobState"] == "FAILED", o["log"]  # the killed task fails the job
+    assert o["requeue"].returncode == 0, o["requeue"].stderr
+    assert o["preempted"] is None  # no signal: nothing was recorded on the way out
+    assert o["info"]["JobState"] == "COMPLETED", o["log"]
+    assert o["info"]["Restarts"] == "1"
+    assert read_json(o["run_dir"] / "final.json")["epochs"] == 1
+    train_log = (o["run_dir"] / "train.log").read_text()
+    resumed = [line for line in train_log.splitlines() if "resumed from" in line]
+    assert len(resumed) == 1, train_log
+    assert o["periodic"], "epoch 1 ended before the kill: the scenario did not test a periodic checkpoint"
+    # "epoch 1, step S (S into the epoch)": inside the epoch, from the periodic checkpoint
+    into = int(resumed[0].split("(")[-1].split()[0])
+    assert 0 < into < 40, resumed[0]

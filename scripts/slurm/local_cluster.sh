@@ -1,28 +1,62 @@
 #!/usr/bin/env bash
-# A real one-node SLURM cluster on this machine, in one folder: try the sbatch scripts, preemption,
-# requeues and the submitit sweeps without a cluster (the test suite's `slurm` tests use it too).
+# A real SLURM cluster on this machine, in one folder: try the sbatch scripts, preemption, requeues,
+# multi-node jobs and the submitit sweeps without a cluster (the test suite's `slurm` tests use it).
 #
-#   sudo scripts/slurm/local_cluster.sh start DIR [CPUS]   # installs slurm-wlm + munge when missing
+#   sudo scripts/slurm/local_cluster.sh start DIR [CPUS] [--nodes N]  # installs slurm-wlm + munge
 #   export SLURM_CONF=DIR/slurm.conf                        # sbatch, squeue, scontrol, scancel use it
 #   sbatch --gpus-per-node=0 --ntasks-per-node=1 --cpus-per-task=1 scripts/slurm/train_imagenet.sbatch ...
+#   sbatch -p high ...                                      # preempts (requeues) jobs of partition local
 #   sudo scripts/slurm/local_cluster.sh stop DIR            # stops exactly the daemons `start` started
 #
 # Everything lives in DIR: slurm.conf, the munge key and socket, state, spool, pid and log files;
 # nothing under /etc is changed. Needs root (slurmd runs jobs as their users) and no systemd.
-# CPUS (default: this machine's core count) is what the node offers; more than the machine has is
+# CPUS (default: this machine's core count) is what each node offers; more than the machine has is
 # allowed (SlurmdParameters=config_overrides), so that several small jobs can run side by side.
 # No accounting database: `sacct` answers nothing; `scontrol show job ID` shows every job for a day
 # (MinJobAge). JobRequeue=1: jobs may requeue. SLURM holds a requeued job about 2 minutes before it
-# can start again.
+# can start again. Two partitions on the same nodes: `local` (the default) and `high`, whose jobs
+# preempt `local` jobs when they need their CPUs (PreemptType=preempt/partition_prio,
+# PreemptMode=REQUEUE: the preempted job gets SIGTERM, SIGKILL after KillWait, and is requeued).
+#
+# --nodes N: N nodes node1..nodeN on this one machine instead of one. Each runs `slurmd -N nodeI`
+# in a network namespace of its own, address 10.201.S.(10+I) on a bridge this script creates (S is
+# picked per DIR; the controller listens on the bridge's 10.201.S.1), and in UTS and mount
+# namespaces of its own, with its host name and a hosts file naming every node bind-mounted on
+# /etc/hosts: a multi-node job resolves its nodes' names as on a real cluster. `stop` removes the
+# namespaces and the bridge.
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop|status DIR [CPUS]" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop|status DIR [CPUS] [--nodes N]" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 action=$1
 dir=$(realpath -m "$2")
-cpus=${3:-$(nproc)}
+shift 2
+cpus=$(nproc)
+nodes=0 # 0: one node, this machine itself, no namespaces
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --nodes)
+        if [ $# -lt 2 ] || ! [[ "$2" =~ ^[1-9][0-9]?$ ]]; then
+            echo "error: --nodes takes a number of nodes from 1 to 99, got '${2:-}'" >&2
+            exit 2
+        fi
+        nodes=$2
+        shift 2
+        ;;
+    *)
+        [[ "$1" =~ ^[1-9][0-9]*$ ]] || { echo "error: CPUS must be a positive number, got '$1'" >&2; exit 2; }
+        cpus=$1
+        shift
+        ;;
+    esac
+done
+# this cluster's bridge and namespace names come from DIR, so that clusters side by side differ
+tag=$(printf %s "$dir" | md5sum | cut -c1-6)
+bridge="sbr$tag"
+netns() { echo "slurm-$tag-node$1"; }
+subnet=""
 
-daemon_pids() { cat "$dir"/munged.pid "$dir"/slurmctld.pid "$dir"/slurmd.pid 2>/dev/null || true; }
+daemon_pids() { cat "$dir"/munged.pid "$dir"/slurmctld.pid "$dir"/slurmd*.pid 2>/dev/null || true; }
 
 install_packages() {
     command -v slurmctld >/dev/null && command -v munged >/dev/null && return 0
@@ -35,25 +69,36 @@ install_packages() {
 }
 
 write_config() {
-    local host mem_mb
+    local host mem_mb ctld_host per_node i
     host=$(hostname -s)
     # 85% of the machine's memory, in MB: what jobs may ask for with --mem
     mem_mb=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.85}' /proc/meminfo)
     mkdir -p "$dir/state" "$dir/spool"
+    ctld_host=$host
+    nodes_conf="NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN"
+    per_node="" # one pid file, log file and spool folder per node (%n: the node's name)
+    if [ "$nodes" -gt 0 ]; then
+        ctld_host="$host($subnet.1)"
+        per_node="-%n"
+        nodes_conf=""
+        for i in $(seq 1 "$nodes"); do
+            nodes_conf+="NodeName=node$i NodeAddr=$subnet.$((10 + i)) CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN"$'\n'
+        done
+    fi
     cat >"$dir/slurm.conf" <<EOF
 ClusterName=local
-SlurmctldHost=$host
+SlurmctldHost=$ctld_host
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$dir/munge.socket
 StateSaveLocation=$dir/state
-SlurmdSpoolDir=$dir/spool
+SlurmdSpoolDir=$dir/spool/slurmd$per_node
 SlurmctldPidFile=$dir/slurmctld.pid
-SlurmdPidFile=$dir/slurmd.pid
+SlurmdPidFile=$dir/slurmd$per_node.pid
 SlurmctldLogFile=$dir/slurmctld.log
-SlurmdLogFile=$dir/slurmd.log
+SlurmdLogFile=$dir/slurmd$per_node.log
 SlurmctldPort=${SLURMCTLD_PORT:-6817}
 SlurmdPort=${SLURMD_PORT:-6818}
 ProctrackType=proctrack/linuxproc
@@ -71,9 +116,73 @@ KillWait=30
 ReturnToService=2
 MpiDefault=none
 SlurmdParameters=config_overrides
-NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
-PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+$nodes_conf
+PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=high Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 EOF
+}
+
+# a free 10.201.S.0/24 for this cluster's bridge (S from DIR's tag, the next free one if taken)
+pick_subnet() {
+    local s
+    s=$((16#${tag:0:2} % 250 + 1))
+    for _ in $(seq 1 250); do
+        if ! ip -4 route show | grep -q "^10\.201\.$s\.0/24 "; then
+            subnet="10.201.$s"
+            return 0
+        fi
+        s=$((s % 250 + 1))
+    done
+    echo "error: no free 10.201.S.0/24 left for the bridge" >&2
+    exit 1
+}
+
+# the bridge (with the controller's address), one network namespace per node on it, the hosts file
+make_network() {
+    local i ns
+    pick_subnet
+    ip link add "$bridge" type bridge
+    ip addr add "$subnet.1/24" dev "$bridge"
+    ip link set "$bridge" up
+    {
+        echo "127.0.0.1 localhost"
+        echo "$subnet.1 $(hostname -s)"
+        for i in $(seq 1 "$nodes"); do echo "$subnet.$((10 + i)) node$i"; done
+    } >"$dir/hosts"
+    for i in $(seq 1 "$nodes"); do
+        ns=$(netns "$i")
+        ip netns add "$ns"
+        ip link add "sv$tag$i" type veth peer name eth0 netns "$ns"
+        ip link set "sv$tag$i" master "$bridge" up
+        ip -n "$ns" addr add "$subnet.$((10 + i))/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        ip -n "$ns" link set lo up
+    done
+}
+
+remove_network() {
+    local i
+    for i in $(seq 1 99); do
+        [ -e "/run/netns/$(netns "$i")" ] || break
+        ip netns del "$(netns "$i")" 2>/dev/null || true
+    done
+    ip link del "$bridge" 2>/dev/null || true
+}
+
+start_slurmd() {
+    local i
+    if [ "$nodes" -eq 0 ]; then
+        slurmd -f "$SLURM_CONF"
+        return 0
+    fi
+    for i in $(seq 1 "$nodes"); do
+        # not `ip netns exec`: it remounts /sys, where slurmd looks for its cgroups
+        nsenter --net="/run/netns/$(netns "$i")" unshare --uts --mount sh -c \
+            'hostname "$1" && mount --bind "$2" /etc/hosts && exec slurmd -N "$1" -f "$3"' \
+            sh "node$i" "$dir/hosts" "$SLURM_CONF"
+    done
 }
 
 start() {
@@ -84,6 +193,7 @@ start() {
     fi
     mkdir -p "$dir"
     chmod 700 "$dir"
+    [ "$nodes" -eq 0 ] || make_network
     write_config
     [ -s "$dir/munge.key" ] || { dd if=/dev/urandom of="$dir/munge.key" bs=1024 count=1 status=none; }
     chmod 400 "$dir/munge.key"
@@ -92,16 +202,16 @@ start() {
         --log-file="$dir/munged.log" --seed-file="$dir/munged.seed" 2>>"$dir/munged.log"
     export SLURM_CONF="$dir/slurm.conf"
     slurmctld -f "$SLURM_CONF"
-    slurmd -f "$SLURM_CONF"
-    # the node reports in within seconds; it is usable once sinfo shows it idle
+    start_slurmd
+    # the nodes report in within seconds; the cluster is usable once sinfo shows them all idle
     for _ in $(seq 1 120); do
-        if sinfo -h -o %T 2>/dev/null | grep -qx idle; then
+        if [ "$(sinfo -h -N -p local -o %T 2>/dev/null | grep -cx idle)" -ge "$((nodes > 0 ? nodes : 1))" ]; then
             echo "SLURM is up: export SLURM_CONF=$SLURM_CONF"
             return 0
         fi
         sleep 0.5
     done
-    echo "error: the node did not become idle within 60 s; logs in $dir" >&2
+    echo "error: the nodes did not become idle within 60 s; logs in $dir" >&2
     sinfo >&2 || true
     exit 1
 }
@@ -109,17 +219,21 @@ start() {
 stop() {
     local pids
     pids=$(daemon_pids)
-    [ -n "$pids" ] || { echo "no daemons recorded in $dir" >&2; return 0; }
-    # shellcheck disable=SC2086
-    kill $pids 2>/dev/null || true
-    for _ in $(seq 1 40); do
+    if [ -n "$pids" ]; then
         # shellcheck disable=SC2086
-        kill -0 $pids 2>/dev/null || { rm -f "$dir"/*.pid; return 0; }
-        sleep 0.25
-    done
-    # shellcheck disable=SC2086
-    kill -9 $pids 2>/dev/null || true
-    rm -f "$dir"/*.pid
+        kill $pids 2>/dev/null || true
+        for _ in $(seq 1 40); do
+            # shellcheck disable=SC2086
+            kill -0 $pids 2>/dev/null || break
+            sleep 0.25
+        done
+        # shellcheck disable=SC2086
+        kill -9 $pids 2>/dev/null || true
+        rm -f "$dir"/*.pid
+    else
+        echo "no daemons recorded in $dir" >&2
+    fi
+    remove_network
 }
 
 case "$action" in

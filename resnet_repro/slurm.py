@@ -1,0 +1,335 @@
+"""SLURM as this tool asks it: node lists, what the controller says about a job, and what a stop
+signal means for the job: requeue it, SLURM requeued it already, or stop (and say how to resume).
+
+A decision never rests on a guess. USR1 / USR2 come from `--signal` (the time-limit warning) or a
+deliberate `scancel --signal`, never from a plain `scancel`: they requeue without asking the
+controller. SIGTERM is what SLURM sends for a cancel, a time limit, a preemption and a requeue
+alike: it requeues only on positive evidence (a time limit or a preemption in `scontrol show job`)
+and an unknown state (no scontrol, a slow or unreachable controller, an error) never requeues.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from resnet_repro.config import UserError
+
+# Seconds one scontrol call may take. SLURM's default KillWait is 30 s between SIGTERM and SIGKILL,
+# and the sbatch scripts' warning is 120 s: two calls must fit in it beside the checkpoint.
+QUERY_TIMEOUT_S = 10.0
+
+# Job state flags that SLURM shows *instead of* the base state (job_state_string() returns the
+# first flag set): `JobState=COMPLETING` hides whether the job was CANCELLED, TIMEOUT, PREEMPTED or
+# requeued (PENDING). Only the JSON of SLURM >= 23.02 lists the base state beside them.
+STATE_FLAGS = frozenset(
+    {
+        "COMPLETING",
+        "CONFIGURING",
+        "LAUNCH_FAILED",
+        "POWER_UP_NODE",
+        "RECONFIG_FAIL",
+        "REQUEUED",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "RESIZING",
+        "RESV_DEL_HOLD",
+        "REVOKED",
+        "SIGNALING",
+        "SPECIAL_EXIT",
+        "STAGE_OUT",
+        "STOPPED",
+        "UPDATE_DB",
+    }
+)
+REQUEUE_FLAGS = frozenset({"REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD"})
+# the signals `scancel <job>` never sends: SLURM's --signal time-limit warning, submitit's USR2
+WARNING_SIGNALS = frozenset({"SIGUSR1", "SIGUSR2"})
+
+Runner = Callable[..., subprocess.CompletedProcess]
+
+
+# ------------------------------------------------------------------------------------- node lists
+
+
+def _split_top_level(text: str) -> list[str]:
+    """'a,b[1-3,5],c' -> ['a', 'b[1-3,5]', 'c']: commas outside brackets separate host expressions."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _expand_range(spec: str, nodelist: str) -> list[str]:
+    """'01-03,7' -> ['01', '02', '03', '7']: each range keeps the zero padding of its lower bound."""
+    out = []
+    for item in spec.split(","):
+        lo, sep, hi = item.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise UserError(f"SLURM node list {nodelist!r}: cannot read the range [{spec}]")
+        if not sep:
+            out.append(lo)
+            continue
+        if int(hi) < int(lo):
+            raise UserError(f"SLURM node list {nodelist!r}: range {item} runs backwards")
+        width = len(lo) if lo.startswith("0") else 0
+        out.extend(str(n).zfill(width) for n in range(int(lo), int(hi) + 1))
+    return out
+
+
+def expand_hostlist(nodelist: str) -> list[str]:
+    """Every host of a SLURM node list, in SLURM's order, as `scontrol show hostnames` prints them:
+    'gpu[01-02]-ib' -> gpu01-ib, gpu02-ib; 'rack[1-2]-node[01-02]' -> rack1-node01, rack1-node02,
+    rack2-node01, rack2-node02; 'a,b[1-3],c' -> a, b1, b2, b3, c."""
+    hosts: list[str] = []
+    for expr in _split_top_level(nodelist.strip()):
+        if not expr:
+            raise UserError(f"SLURM node list {nodelist!r}: an empty host name")
+        names = [""]
+        for text, spec in re.findall(r"([^\[\]]*)(?:\[([^\[\]]*)\])?", expr):
+            names = [n + text for n in names]
+            if spec:
+                names = [n + suffix for n in names for suffix in _expand_range(spec, nodelist)]
+        if expr.count("[") != expr.count("]") or any(not n for n in names):
+            raise UserError(f"SLURM node list {nodelist!r}: unbalanced brackets in {expr!r}")
+        hosts.extend(names)
+    return hosts
+
+
+def rendezvous_host(environ: Mapping[str, str]) -> str:
+    """The host that rank 0 of this srun step runs on: the first node of the step's node list
+    (a step may use part of the job's nodes), of heterogeneous group 0 in a heterogeneous job."""
+    if "SLURM_HET_SIZE" in environ or "SLURM_JOB_NODELIST_HET_GROUP_0" in environ:
+        group0 = environ.get("SLURM_JOB_NODELIST_HET_GROUP_0")
+        if not group0:
+            raise UserError(
+                "heterogeneous SLURM job without SLURM_JOB_NODELIST_HET_GROUP_0: cannot tell where rank 0 "
+                "runs; set MASTER_ADDR (and MASTER_PORT) in the job script"
+            )
+        return expand_hostlist(group0)[0]
+    for var in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"):
+        if environ.get(var):
+            return expand_hostlist(environ[var])[0]
+    raise UserError("srun task without SLURM_STEP_NODELIST or SLURM_JOB_NODELIST: set MASTER_ADDR")
+
+
+# ------------------------------------------------------------------------------------ job states
+
+
+def job_ref(environ: Mapping[str, str] | None = None) -> str | None:
+    """This process's SLURM job as scontrol names it: `<array id>_<task>` for an array task (the
+    bare array id would name every task of the array: a requeue would requeue them all), else
+    the job id; None outside SLURM."""
+    env = os.environ if environ is None else environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID") or None
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the controller says about one job: its state names (a base state and/or flags, as
+    reported), the reason, the restart count, and whether a preemption has begun."""
+
+    states: tuple[str, ...]
+    reason: str = "None"
+    restarts: int = 0
+    preempted: bool = False
+
+    @property
+    def base(self) -> str | None:
+        """The base state (RUNNING, PENDING, CANCELLED, TIMEOUT, PREEMPTED, ...); None where a flag
+        hides it (22.05's `JobState=COMPLETING`)."""
+        return next((s for s in self.states if s not in STATE_FLAGS), None)
+
+    def describe(self) -> str:
+        preempt = ", PreemptTime set" if self.preempted else ""
+        return f"JobState={'+'.join(self.states)} Reason={self.reason} Restarts={self.restarts}{preempt}"
+
+
+def _number(value: object) -> int:
+    """An integer field of SLURM's JSON: a plain number (v0.0.38) or {"set", "number"} (v0.0.40+)."""
+    if isinstance(value, dict):
+        return int(value.get("number") or 0) if value.get("set", True) else 0
+    return int(value or 0)
+
+
+def _json_record_matches(record: dict, job: str) -> bool:
+    ids = {str(record.get("job_id"))}
+    array_id, task = record.get("array_job_id"), record.get("array_task_id")
+    if _number(array_id) and task is not None:
+        ids.add(f"{_number(array_id)}_{_number(task)}")
+    return job in ids
+
+
+def parse_job_json(text: str, job: str) -> JobView:
+    """`scontrol --json show job <job>` (or squeue --json): the record of `job` (of heterogeneous
+    component 0 when the job is a heterogeneous leader: its records share het_job_id)."""
+    records = json.loads(text).get("jobs") or []
+    chosen = [r for r in records if _json_record_matches(r, job)] or [
+        r for r in records if str(r.get("het_job_id")) == job and _number(r.get("het_job_offset")) == 0
+    ]
+    if not chosen:
+        raise ValueError(f"no record of job {job} in the JSON")
+    record = chosen[0]
+    state = record.get("job_state")
+    states = tuple(state) if isinstance(state, list) else tuple(str(state).split(","))
+    return JobView(
+        states=tuple(s for s in states if s),
+        reason=str(record.get("state_reason") or "None"),
+        restarts=_number(record.get("restart_cnt")),
+        preempted=_number(record.get("preempt_time")) > 0,
+    )
+
+
+_TEXT_KEY = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_/:.]*)=")
+
+
+def _text_fields(line: str) -> dict[str, str]:
+    """One `scontrol show job -o` line as a dict; values may hold spaces (Reason=launch failed ...)."""
+    keys = list(_TEXT_KEY.finditer(line))
+    return {
+        m.group(1): line[m.end() : keys[i + 1].start() if i + 1 < len(keys) else len(line)].strip()
+        for i, m in enumerate(keys)
+    }
+
+
+def parse_job_text(text: str, job: str) -> JobView:
+    """`scontrol show job -o <job>`: one line per record (a heterogeneous job prints one per
+    component: component 0's, the one named by the job id, is used)."""
+    records = [_text_fields(line) for line in text.splitlines() if "JobState=" in line]
+    if not records:
+        raise ValueError(f"no JobState in the output for job {job}")
+    record = next((r for r in records if r.get("JobId") == job.split("_")[0]), records[0])
+    if "_" in job:  # an array task: its own line
+        array_id, task = job.split("_", 1)
+        record = next(
+            (r for r in records if r.get("ArrayJobId") == array_id and r.get("ArrayTaskId") == task), record
+        )
+    preempt_time = record.get("PreemptTime", "None")
+    return JobView(
+        states=tuple(record["JobState"].split(",")),
+        reason=record.get("Reason", "None") or "None",
+        restarts=int(record.get("Restarts", "0") or 0),
+        preempted=preempt_time not in ("None", "Unknown", ""),
+    )
+
+
+def query_job(
+    job: str, timeout_s: float = QUERY_TIMEOUT_S, run: Runner = subprocess.run
+) -> tuple[JobView | None, str]:
+    """(the job's view, how it was read) or (None, why it is unknown). The JSON form where scontrol
+    has it (SLURM >= 23.02: base state and flags apart), else the one-line text form."""
+    attempts = (["scontrol", "--json", "show", "job", job], ["scontrol", "show", "job", "-o", job])
+    for args, parse in zip(attempts, (parse_job_json, parse_job_text), strict=True):
+        command = " ".join(args[:-1])
+        try:
+            proc = run(args, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None, f"`{command}` did not answer within {timeout_s:g} s"
+        except OSError as e:
+            return None, f"`{command}` could not run ({e.strerror or e})"
+        if proc.returncode != 0 and args[1] == "--json" and "--json" in (proc.stderr or ""):
+            continue  # SLURM < 23.02: scontrol has no --json ("unrecognized option '--json'")
+        if proc.returncode != 0:
+            first = (proc.stderr or proc.stdout or "").strip().splitlines()
+            return None, f"`{command}` failed (exit {proc.returncode}: {first[0] if first else 'no output'})"
+        try:
+            return parse(proc.stdout, job), command
+        except (ValueError, KeyError, TypeError) as e:
+            return None, f"`{command}` gave output this tool cannot read ({e})"
+    raise AssertionError("unreachable")
+
+
+def restart_count(
+    job: str | None, environ: Mapping[str, str] | None = None, run: Runner = subprocess.run
+) -> int | None:
+    """The job's restart count as the controller reports it now (at start-up), so that a later
+    SIGTERM can tell whether SLURM requeued the job meanwhile. SLURM_RESTART_COUNT only when the
+    controller cannot be asked (a container may strip it: then None, and only the job state
+    counts as evidence)."""
+    if job is None:
+        return None
+    view, _ = query_job(job, run=run)
+    if view is not None:
+        return view.restarts
+    env = os.environ if environ is None else environ
+    value = env.get("SLURM_RESTART_COUNT", "")
+    return int(value) if value.isdigit() else None
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    """What follows the checkpoint of a stopped run. action: "requeue" (ask SLURM to requeue the
+    job), "requeued" (SLURM requeued it already), "stop" (not requeued: resume by hand); `why` is
+    the one line the log and preempted.json give."""
+
+    action: str
+    why: str
+
+
+def decide_stop(
+    signal_name: str,
+    job: str | None,
+    restarts_at_start: int | None,
+    requeue: bool,
+    query: Callable[[str], tuple[JobView | None, str]] = query_job,
+) -> StopDecision:
+    """Requeue, leave to SLURM, or stop, from evidence only (see the module docstring)."""
+    if job is None:
+        return StopDecision("stop", "not a SLURM job")
+    if signal_name in WARNING_SIGNALS:
+        if not requeue:
+            return StopDecision("stop", f"{signal_name} (a time-limit warning); trainer.requeue=false")
+        return StopDecision(
+            "requeue", f"{signal_name}: the time-limit warning or a deliberate scancel --signal"
+        )
+    view, how = query(job)
+    if view is None:
+        return StopDecision("stop", f"SLURM job {job}'s state is unknown ({how})")
+    seen = view.describe()
+    if restarts_at_start is not None and view.restarts > restarts_at_start:
+        return StopDecision(
+            "requeued", f"SLURM requeued job {job} itself (Restarts {restarts_at_start} -> {view.restarts})"
+        )
+    if view.base == "PENDING" or REQUEUE_FLAGS & set(view.states):
+        return StopDecision("requeued", f"SLURM requeued job {job} itself ({seen})")
+    time_limit = view.base in ("TIMEOUT", "DEADLINE") or view.reason in ("TimeLimit", "DeadLine")
+    preemption = view.base == "PREEMPTED" or view.preempted or view.reason == "Preempted"
+    if not (time_limit or preemption):
+        return StopDecision(
+            "stop",
+            f"{signal_name} with no sign of a time limit or preemption ({seen}): a cancel or a plain signal",
+        )
+    what = "time limit" if time_limit else "preemption"
+    if not requeue:
+        return StopDecision("stop", f"{signal_name} at a {what} ({seen}); trainer.requeue=false")
+    return StopDecision("requeue", f"{signal_name} at a {what} ({seen})")
+
+
+def requeue_job(
+    job: str, timeout_s: float = QUERY_TIMEOUT_S, run: Runner = subprocess.run
+) -> tuple[bool, str]:
+    """`scontrol requeue <job>`: SLURM restarts the same job id, which resumes from last.pt.
+    (True, "") or (False, why not)."""
+    try:
+        proc = run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return False, f"`scontrol requeue {job}` did not answer within {timeout_s:g} s"
+    except OSError as e:
+        return False, f"`scontrol requeue` could not run ({e.strerror or e})"
+    if proc.returncode != 0:
+        first = (proc.stderr or proc.stdout or "").strip().splitlines()
+        return False, f"`scontrol requeue {job}` failed ({first[0] if first else f'exit {proc.returncode}'})"
+    return True, ""

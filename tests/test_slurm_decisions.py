@@ -1,0 +1,308 @@
+"""What a stop signal means under SLURM, from the job states SLURM 22.05 really reports.
+
+The fixtures in tests/assets/slurm/ are captured from a real SLURM 22.05.8 cluster
+(scripts/slurm/local_cluster.sh) with a job that traps SIGTERM: `scontrol show job -o` (the text
+form) and the same job's record of `squeue --json` (openapi v0.0.38, what `scontrol --json show job`
+prints on SLURM >= 23.02, whose 22.05 build has no --json), for a cancel, a partition preemption
+(PreemptMode=REQUEUE, and CANCEL with GraceTime), an admin's `scontrol requeue`, a time limit and a
+`scancel --signal=TERM`. The host lists are checked against `scontrol show hostnames` outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from resnet_repro import slurm
+from resnet_repro.config import UserError
+from resnet_repro.distributed import LOCAL_AGENT_VAR, detect
+
+ASSETS = Path(__file__).parent / "assets" / "slurm"
+JOB_IDS = {  # fixture -> the job id it shows
+    "running": "2",
+    "cancel_completing": "1",
+    "cancelled": "1",
+    "preempt_requeue_completing": "2",
+    "preempt_requeue_pending": "2",
+    "admin_requeue_completing": "4",
+    "timeout_completing": "5",
+    "timeout": "5",
+    "user_sigterm_running": "6",
+    "preempt_cancel_grace_running": "7",
+    "preempt_cancel_completing": "7",
+    "preempted": "7",
+}
+
+
+def view(name: str, form: str) -> slurm.JobView:
+    text = (ASSETS / f"{name}.{form}").read_text()
+    parse = slurm.parse_job_json if form == "json" else slurm.parse_job_text
+    return parse(text, JOB_IDS[name])
+
+
+# ------------------------------------------------------------------------------------ host lists
+
+
+@pytest.mark.parametrize(
+    "line", (ASSETS / "hostnames_22.05.tsv").read_text().splitlines(), ids=lambda line: line.split("\t")[0]
+)
+def test_host_list_expands_as_scontrol_show_hostnames_does(line: str):
+    nodelist, hosts = line.split("\t")
+    assert slurm.expand_hostlist(nodelist) == hosts.split()
+
+
+@pytest.mark.parametrize(
+    ("nodelist", "hosts"),
+    [
+        # SLURM 22.05's own `scontrol show hostnames` calls these "Invalid hostlist"
+        ("gpu[01-04]-ib", ["gpu01-ib", "gpu02-ib", "gpu03-ib", "gpu04-ib"]),
+        ("x[1-2]y[3-4]z", ["x1y3z", "x1y4z", "x2y3z", "x2y4z"]),
+        ("gpu[01-02]-ib,cpu[9-10]", ["gpu01-ib", "gpu02-ib", "cpu9", "cpu10"]),
+    ],
+)
+def test_host_list_with_a_suffix_or_two_ranges_expands_every_host(nodelist: str, hosts: list[str]):
+    assert slurm.expand_hostlist(nodelist) == hosts
+
+
+@pytest.mark.parametrize("nodelist", ["gpu[01-04", "gpu[a-b]", "gpu[4-1]", "a,,b"])
+def test_a_malformed_host_list_is_a_user_error_naming_it(nodelist: str):
+    with pytest.raises(UserError, match="SLURM node list"):
+        slurm.expand_hostlist(nodelist)
+
+
+def test_rendezvous_host_is_the_first_node_of_the_step_not_of_the_job():
+    env = {"SLURM_STEP_NODELIST": "rack[2]-node[03-04]", "SLURM_JOB_NODELIST": "rack[1-2]-node[01-04]"}
+    assert slurm.rendezvous_host(env) == "rack2-node03"
+    assert slurm.rendezvous_host({"SLURM_JOB_NODELIST": "gpu[01-04]-ib"}) == "gpu01-ib"
+
+
+def test_rendezvous_host_of_a_heterogeneous_job_is_group_0s_first_node():
+    env = {
+        "SLURM_HET_SIZE": "2",
+        "SLURM_JOB_NODELIST_HET_GROUP_0": "gpu[07-08]",
+        "SLURM_JOB_NODELIST_HET_GROUP_1": "cpu[01-02]",
+        "SLURM_STEP_NODELIST": "cpu[01-02]",
+    }
+    assert slurm.rendezvous_host(env) == "gpu07"
+
+
+def test_a_heterogeneous_job_without_group_0s_node_list_is_refused_with_the_fix():
+    with pytest.raises(UserError, match="heterogeneous SLURM job.*MASTER_ADDR"):
+        slurm.rendezvous_host({"SLURM_HET_SIZE": "2", "SLURM_STEP_NODELIST": "a1"})
+
+
+def srun_env(**extra: str) -> dict[str, str]:
+    return {
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_STEP_NUM_TASKS": "2",
+        "SLURM_JOB_ID": "7",
+        "SLURM_JOB_NODELIST": "n[01-02]",
+        **extra,
+    }
+
+
+def test_srun_task_takes_the_steps_first_node_as_rendezvous_address():
+    assert detect(srun_env(SLURM_STEP_NODELIST="n[02-03]-ib")).master_addr == "n02-ib"
+
+
+def test_torchrun_inside_an_srun_step_is_refused_naming_the_supported_srun_form():
+    env = {**srun_env(SLURM_STEP_ID="0"), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "8"}
+    env |= {"MASTER_ADDR": "n01", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "7"}
+    with pytest.raises(UserError, match=r"torchrun inside an srun step.*srun --ntasks-per-node="):
+        detect(env)
+    assert detect({**env, LOCAL_AGENT_VAR: "123"}).source == "torchrun"  # resnet-repro's own workers
+    del env["SLURM_STEP_ID"]  # torchrun in the batch shell itself: no step
+    assert detect(env).world_size == 8
+
+
+# ------------------------------------------------------------------------------------ job states
+
+
+@pytest.mark.parametrize("form", ["txt", "json"])
+@pytest.mark.parametrize(
+    ("name", "base", "reason", "restarts", "preempted"),
+    [
+        ("running", "RUNNING", "None", 0, False),
+        ("cancel_completing", None, "None", 0, False),  # COMPLETING hides CANCELLED
+        ("cancelled", "CANCELLED", "None", 0, False),
+        ("admin_requeue_completing", None, "None", 1, False),
+        ("preempt_requeue_pending", "PENDING", "BeginTime", 1, False),
+        ("timeout_completing", None, "TimeLimit", 0, False),
+        ("timeout", "TIMEOUT", "TimeLimit", 0, False),
+        ("preempt_cancel_grace_running", "RUNNING", "None", 0, True),
+        ("preempt_cancel_completing", None, "None", 0, True),
+        ("preempted", "PREEMPTED", "None", 0, True),
+    ],
+)
+def test_job_state_of_slurm_22_05_reads_the_same_from_text_and_json(
+    name: str, form: str, base: str | None, reason: str, restarts: int, preempted: bool
+):
+    v = view(name, form)
+    assert (v.base, v.reason, v.restarts, v.preempted) == (base, reason, restarts, preempted)
+
+
+def test_json_of_newer_slurm_shows_the_base_state_beside_the_completing_flag():
+    record = {
+        "job_id": 12,
+        "job_state": ["CANCELLED", "COMPLETING"],
+        "state_reason": "None",
+        "restart_cnt": 2,
+        "preempt_time": {"set": True, "infinite": False, "number": 0},
+    }
+    v = slurm.parse_job_json(json.dumps({"jobs": [record]}), "12")
+    assert (v.base, v.states, v.restarts, v.preempted) == ("CANCELLED", ("CANCELLED", "COMPLETING"), 2, False)
+
+
+def test_heterogeneous_job_text_is_read_from_component_0_not_the_last_line():
+    lines = [
+        "JobId=40 HetJobId=40 HetJobOffset=0 JobState=TIMEOUT Reason=TimeLimit Restarts=0",
+        "JobId=41 HetJobId=40 HetJobOffset=1 JobState=RUNNING Reason=None Restarts=0",
+    ]
+    assert slurm.parse_job_text("\n".join(lines), "40").base == "TIMEOUT"
+
+
+def test_array_task_is_read_from_its_own_record():
+    lines = [
+        "JobId=51 ArrayJobId=50 ArrayTaskId=0 JobState=RUNNING Reason=None Restarts=0",
+        "JobId=52 ArrayJobId=50 ArrayTaskId=1 JobState=COMPLETING Reason=TimeLimit Restarts=3",
+    ]
+    v = slurm.parse_job_text("\n".join(lines), "50_1")
+    assert (v.reason, v.restarts) == ("TimeLimit", 3)
+
+
+def test_a_reason_with_spaces_is_read_whole():
+    v = slurm.parse_job_text("JobId=3 JobState=PENDING Reason=launch failed requeued held Restarts=1", "3")
+    assert v.reason == "launch failed requeued held"
+
+
+# ------------------------------------------------------------------------------------- decisions
+
+
+def fixture_query(name: str, form: str = "txt"):
+    def query(job: str):
+        assert job == JOB_IDS[name]
+        return view(name, form), "fixture"
+
+    return query
+
+
+@pytest.mark.parametrize("form", ["txt", "json"])
+@pytest.mark.parametrize(
+    ("name", "action"),
+    [
+        ("cancel_completing", "stop"),  # a plain scancel: never requeued
+        ("user_sigterm_running", "stop"),  # scancel --signal=TERM, a kill: no evidence
+        ("admin_requeue_completing", "requeued"),
+        ("preempt_requeue_completing", "requeued"),
+        ("preempt_requeue_pending", "requeued"),
+        ("timeout_completing", "requeue"),
+        ("preempt_cancel_grace_running", "requeue"),
+        ("preempt_cancel_completing", "requeue"),
+    ],
+)
+def test_sigterm_requeues_only_on_evidence_of_a_time_limit_or_preemption(name: str, form: str, action: str):
+    decision = slurm.decide_stop("SIGTERM", JOB_IDS[name], 0, True, query=fixture_query(name, form))
+    assert decision.action == action, decision.why
+
+
+def test_sigterm_while_the_job_is_being_cancelled_says_why_it_is_not_requeued():
+    decision = slurm.decide_stop("SIGTERM", "1", 0, True, query=fixture_query("cancel_completing"))
+    assert "no sign of a time limit or preemption" in decision.why and "JobState=COMPLETING" in decision.why
+
+
+def test_an_earlier_requeue_is_not_mistaken_for_this_one_when_the_start_count_is_recorded():
+    # the job already ran once (Restarts=1 at start-up); a cancel now must not read as "requeued"
+    decision = slurm.decide_stop("SIGTERM", "4", 1, True, query=fixture_query("admin_requeue_completing"))
+    assert decision.action == "stop", decision.why
+
+
+@pytest.mark.parametrize("signal_name", ["SIGUSR1", "SIGUSR2"])
+def test_usr1_and_usr2_requeue_without_asking_the_controller(signal_name: str):
+    def query(job: str):
+        raise AssertionError("the controller was asked")
+
+    assert slurm.decide_stop(signal_name, "9", None, True, query=query).action == "requeue"
+    assert slurm.decide_stop(signal_name, "9", None, False, query=query).action == "stop"
+
+
+def test_time_limit_with_requeue_turned_off_stops_and_says_so():
+    decision = slurm.decide_stop("SIGTERM", "5", 0, False, query=fixture_query("timeout_completing"))
+    assert decision.action == "stop" and "trainer.requeue=false" in decision.why
+
+
+def test_outside_slurm_a_stop_is_never_requeued():
+    assert slurm.decide_stop("SIGUSR1", None, None, True).action == "stop"
+
+
+def runner(returncode: int = 0, stdout: str = "", stderr: str = "", raises: BaseException | None = None):
+    calls: list[list[str]] = []
+
+    def run(args, **kwargs):
+        calls.append(list(args))
+        assert kwargs["timeout"] <= 10  # within SLURM's KillWait, twice over
+        if raises is not None:
+            raise raises
+        return subprocess.CompletedProcess(args, returncode, stdout, stderr)
+
+    run.calls = calls  # type: ignore[attr-defined]
+    return run
+
+
+@pytest.mark.parametrize(
+    ("run", "said"),
+    [
+        (runner(raises=subprocess.TimeoutExpired("scontrol", 10)), "did not answer within 10 s"),
+        (runner(raises=FileNotFoundError(2, "No such file or directory")), "could not run"),
+        (runner(1, stderr="slurm_load_jobs error: Unable to contact slurm controller"), "Unable to contact"),
+        (runner(0, stdout="garbage"), "cannot read"),
+    ],
+    ids=["timeout", "no-scontrol", "controller-down", "unreadable"],
+)
+def test_unknown_job_state_never_requeues_and_says_why_in_one_line(run, said: str):
+    decision = slurm.decide_stop("SIGTERM", "3", 0, True, query=lambda job: slurm.query_job(job, run=run))
+    assert decision.action == "stop"
+    assert "state is unknown" in decision.why and said in decision.why and "\n" not in decision.why
+
+
+def test_query_falls_back_to_the_text_form_where_scontrol_has_no_json():
+    unsupported = (ASSETS / "scontrol_json_unsupported_22.05.stderr").read_text()
+    text = (ASSETS / "timeout_completing.txt").read_text()
+    answers = iter([(1, "", unsupported), (0, text, "")])
+
+    def run(args, **kwargs):
+        rc, out, err = next(answers)
+        return subprocess.CompletedProcess(args, rc, out, err)
+
+    v, how = slurm.query_job("5", run=run)
+    assert v is not None and v.reason == "TimeLimit" and how == "scontrol show job -o"
+
+
+def test_query_prefers_the_json_form():
+    run = runner(0, stdout=(ASSETS / "preempted.json").read_text())
+    v, how = slurm.query_job("7", run=run)
+    assert v is not None and v.base == "PREEMPTED" and run.calls[0][:2] == ["scontrol", "--json"]
+
+
+def test_restart_count_comes_from_the_controller_not_the_environment():
+    run = runner(0, stdout=(ASSETS / "admin_requeue_completing.json").read_text())
+    assert slurm.restart_count("4", environ={"SLURM_RESTART_COUNT": "0"}, run=run) == 1
+    down = runner(raises=subprocess.TimeoutExpired("scontrol", 10))
+    assert slurm.restart_count("4", environ={"SLURM_RESTART_COUNT": "2"}, run=down) == 2
+    assert slurm.restart_count("4", environ={}, run=down) is None
+
+
+def test_a_failed_requeue_says_why():
+    ok, why = slurm.requeue_job("8", run=runner(1, stderr="Requested operation is presently disabled"))
+    assert not ok and "presently disabled" in why
+    assert slurm.requeue_job("8", run=runner(0)) == (True, "")
+
+
+def test_job_ref_of_an_array_task_is_named_with_its_task():
+    env = {"SLURM_JOB_ID": "10", "SLURM_ARRAY_JOB_ID": "9", "SLURM_ARRAY_TASK_ID": "0"}
+    assert slurm.job_ref(env) == "9_0"
+    assert slurm.job_ref({"SLURM_JOB_ID": "10"}) == "10"
+    assert slurm.job_ref({}) is None

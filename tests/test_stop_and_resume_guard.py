@@ -1,0 +1,257 @@
+"""A stop acted on before the epoch's evaluation, the resume guard's keys and job shape, the run
+directory lock, and a refused directory fsync: in-process, on the demo data."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import logging
+import os
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose
+
+from resnet_repro import checkpoint, slurm
+from resnet_repro.config import DataConfig, ProgressiveConfig, RootConfig, UserError, to_dataclass
+from resnet_repro.data import sharding
+from resnet_repro.preemption import Interrupts
+from resnet_repro.resume import (
+    LOCK_NAME,
+    acquire_run_lock,
+    check_job_shape,
+    check_resumable,
+    release_run_lock,
+)
+from resnet_repro.run_state import TRAINING_KEYS, job_shape
+from resnet_repro.summary import Derived
+
+
+def demo_cfg(demo_root: Path, *overrides: str):
+    return to_dataclass(
+        compose(
+            [
+                "experiment=demo",
+                f"data.root={demo_root}",
+                "trainer.epochs=2",
+                "trainer.batch_size=16",
+                "trainer.max_steps_per_epoch=2",
+                "data.max_eval_images=32",
+                "logging.progress=false",
+                "logging.tensorboard=false",
+                "stabilizer.warmup_epochs=0",
+                "trainer.preempt_check_steps=1",
+                *overrides,
+            ]
+        )
+    )
+
+
+def rows(run_dir: Path) -> list[tuple[int, str]]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [(r["epoch"], r["split"]) for r in map(json.loads, lines)]
+
+
+@pytest.mark.slow
+def test_a_stop_on_the_epochs_last_step_comes_before_its_evaluation_which_the_resume_runs(
+    demo_root: Path, tmp_path: Path, monkeypatch
+):
+    from resnet_repro.train import train
+
+    cfg = demo_cfg(demo_root)
+    forced: list[int] = []
+
+    def stop_on_first_forced_check(self, step: int, force_check: bool = False) -> bool:
+        if force_check:
+            forced.append(step)
+            self.stopped_by = "SIGTERM"
+        return force_check and len(forced) == 1
+
+    with monkeypatch.context() as m:
+        m.setattr(Interrupts, "stop_requested", stop_on_first_forced_check)
+        stopped = train(cfg, tmp_path)
+    assert stopped["preempted"] and stopped["requeued"] is False
+    assert forced == [2]  # the epoch's last step, before any evaluation
+    assert rows(tmp_path) == []  # the evaluation of epoch 1 was not run before stopping
+    resumed = train(cfg, tmp_path)
+    assert resumed["epochs_run"] == 2
+    assert rows(tmp_path) == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
+
+
+# ---------------------------------------------------------------------------------- resume guard
+
+
+def derived(world_size: int, global_batch: int = 256, steps: int = 10) -> Derived:
+    return Derived(world_size, global_batch, 0.1, steps, global_batch * steps, 100, 10, "cpu")
+
+
+@pytest.mark.parametrize(
+    ("section", "change", "key"),
+    [
+        (
+            "data",
+            {"progressive": ProgressiveConfig(start_size=128, end_size=192)},
+            "data.progressive.start_size",
+        ),
+        ("data", {"max_eval_images": 500}, "data.max_eval_images"),
+        ("trainer", {"select_on_test": True}, "trainer.select_on_test"),
+    ],
+)
+def test_resume_refuses_a_change_of_what_drives_the_plateau_and_early_stopping(
+    section, change, key, tmp_path
+):
+    run = RootConfig(data=DataConfig(name="demo", root="/a"))
+    state = {
+        **dict.fromkeys(TRAINING_KEYS, 0),
+        "config": dataclasses.asdict(run),
+        "job": job_shape(derived(1)),
+    }
+    changed = dataclasses.replace(run, **{section: dataclasses.replace(getattr(run, section), **change)})
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        check_resumable(state, tmp_path / "last.pt", derived(1), changed)
+    anyway = dataclasses.replace(
+        changed, trainer=dataclasses.replace(changed.trainer, resume_with_changes=True)
+    )
+    assert any(
+        c.startswith(key + " ") for c in check_resumable(state, tmp_path / "last.pt", derived(1), anyway)
+    )
+
+
+def test_a_world_size_change_with_the_same_global_batch_resumes_with_a_line_saying_so(tmp_path):
+    saved = {"job": job_shape(derived(8))}
+    line = check_job_shape(saved, tmp_path / "last.pt", derived(4))
+    assert line is not None and "world size 8 -> 4" in line and "32 -> 64" in line
+    assert check_job_shape(saved, tmp_path / "last.pt", derived(8)) is None
+    with pytest.raises(UserError, match="global_batch 256 -> 512"):
+        check_job_shape(saved, tmp_path / "last.pt", derived(8, 512, 5))
+
+
+@pytest.mark.parametrize("skip_steps", [0, 3])
+def test_every_global_batch_holds_the_same_images_on_any_world_size(skip_steps: int):
+    global_batch, num_images = 24, 250
+
+    def steps(world_size: int) -> list[set[int]]:
+        per_rank = [
+            sharding.train_indices(
+                num_images,
+                epoch=5,
+                seed=7,
+                batch_size=global_batch // world_size,
+                rank=r,
+                world_size=world_size,
+            )[skip_steps * (global_batch // world_size) :].reshape(-1, global_batch // world_size)
+            for r in range(world_size)
+        ]
+        return [set(np.concatenate([rank[s] for rank in per_rank]).tolist()) for s in range(len(per_rank[0]))]
+
+    one = steps(1)
+    assert len(one) == num_images // global_batch - skip_steps
+    assert steps(2) == one and steps(3) == one and steps(8) == one
+
+
+def test_checkpoint_fingerprint_tells_apart_another_position_or_other_weights():
+    model = {"w": torch.arange(6.0).reshape(2, 3), "n": torch.tensor(3)}
+    state = {"model": model, "epoch": 1, "step": 40, "epoch_step": 0}
+    assert checkpoint.fingerprint(state) == checkpoint.fingerprint({**state, "model": dict(model)})
+    assert checkpoint.fingerprint({**state, "step": 41}) != checkpoint.fingerprint(state)
+    other = {**model, "w": model["w"] + 1e-6}
+    assert checkpoint.fingerprint({**state, "model": other}) != checkpoint.fingerprint(state)
+
+
+def test_a_refused_directory_fsync_after_the_rename_warns_once_and_keeps_the_file(
+    tmp_path, monkeypatch, caplog
+):
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    with caplog.at_level(logging.WARNING, logger="resnet_repro"):
+        checkpoint.write_text_atomic(tmp_path / "a.json", "1\n")
+        checkpoint.write_text_atomic(tmp_path / "a.json", "2\n")
+    assert (tmp_path / "a.json").read_text() == "2\n"
+    warnings = [r.message for r in caplog.records if "refused to fsync" in r.message]
+    assert len(warnings) == 1 and str(tmp_path) in warnings[0]
+
+
+# ---------------------------------------------------------------------------------------- lock
+
+
+def write_lock(run_dir: Path, **holder) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / LOCK_NAME).write_text(json.dumps(holder))
+
+
+def no_query(job: str):
+    raise AssertionError("SLURM was asked")
+
+
+def test_a_run_directory_held_by_a_live_process_refuses_a_second_writer(tmp_path):
+    with subprocess.Popen(["sleep", "30"]) as other:
+        try:
+            write_lock(tmp_path, job=None, host=socket.gethostname(), pid=other.pid)
+            with pytest.raises(UserError, match=rf"held by another run \(job None, host .*pid {other.pid}"):
+                acquire_run_lock(tmp_path, environ={}, query=no_query)
+        finally:
+            other.kill()
+
+
+def test_a_lock_of_a_dead_process_on_this_host_is_taken_over_and_released_at_the_end(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    write_lock(tmp_path, job="5", host=socket.gethostname(), pid=dead.pid)
+    path = acquire_run_lock(tmp_path, environ={"SLURM_JOB_ID": "6"}, query=no_query)
+    assert json.loads(path.read_text()) == {"job": "6", "host": socket.gethostname(), "pid": os.getpid()}
+    release_run_lock(path)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("states", "answer", "taken"),
+    [
+        (("RUNNING",), "", False),
+        (("COMPLETING",), "", False),
+        (("CANCELLED",), "", True),
+        (("PENDING",), "", True),  # requeued and waiting: it resumes from last.pt, as this run would
+        (
+            None,
+            "`scontrol show job -o` failed (exit 1: slurm_load_jobs error: Invalid job id specified)",
+            True,
+        ),
+        (None, "`scontrol show job -o` did not answer within 10 s", False),
+    ],
+)
+def test_a_lock_of_a_job_on_another_host_is_stale_only_when_slurm_says_it_no_longer_runs(
+    tmp_path, states, answer, taken
+):
+    write_lock(tmp_path, job="77", host="elsewhere", pid=1)
+
+    def query(job: str):
+        assert job == "77"
+        return (slurm.JobView(states=states) if states else None), answer
+
+    if taken:
+        assert acquire_run_lock(tmp_path, environ={"SLURM_JOB_ID": "78"}, query=query).is_file()
+    else:
+        with pytest.raises(UserError, match="held by another run"):
+            acquire_run_lock(tmp_path, environ={"SLURM_JOB_ID": "78"}, query=query)
+
+
+def test_the_same_slurm_job_after_a_requeue_takes_its_own_lock_over(tmp_path):
+    write_lock(tmp_path, job="77", host="node-before-requeue", pid=1)
+    assert acquire_run_lock(tmp_path, environ={"SLURM_JOB_ID": "77"}, query=no_query).is_file()
+
+
+def test_a_lock_from_another_host_without_a_job_is_refused_naming_the_file_to_delete(tmp_path):
+    write_lock(tmp_path, job=None, host="elsewhere", pid=1)
+    with pytest.raises(UserError, match=f"delete {tmp_path / LOCK_NAME}"):
+        acquire_run_lock(tmp_path, environ={}, query=no_query)
