@@ -56,6 +56,17 @@ class Interrupts:
         self.watch.restore()
 
 
+def resume_command(run_dir: Path) -> str:
+    """This process's command line with hydra.run.dir=<run_dir>: the command that continues the run
+    (`resnet-repro` rewrites sys.argv[0] to "resnet-repro <command>")."""
+    import shlex
+    import sys
+
+    program = sys.argv[0].split() if sys.argv and sys.argv[0].startswith("resnet-repro") else ["resnet-repro"]
+    args = [a for a in sys.argv[1:] if not a.startswith("hydra.run.dir=")]
+    return shlex.join([*program, *args, f"hydra.run.dir={run_dir}"])
+
+
 def after_preemption(
     cfg: RootConfig,
     env: DistEnv,
@@ -93,7 +104,7 @@ def after_preemption(
                 "by the launcher": "its launcher requeues the job",
                 "by SLURM": f"SLURM requeued job {job} itself",
                 True: f"SLURM job {job} requeued (SLURM holds a requeued job about 2 minutes)",
-                False: "run the same command again to resume",
+                False: f"to resume, run: {resume_command(run_dir)}",
             }[requeued]
         where = f"epoch {epoch + 1}, step {epoch_step} of the epoch"
         log.warning(f"stopped by {signal_name} at {where}; checkpoint {last}; {then}")
