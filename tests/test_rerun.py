@@ -99,4 +99,4 @@ def test_a_rerun_id_follows_the_runs_identity_not_its_run_control():
     same = rid()
     assert same.startswith("cfg-") and rid("trainer.max_steps_per_epoch=4", "logging.progress=false") == same
     assert rid("data.root=/elsewhere", "trainer.epochs=12") == same  # a moved data set, a longer run
-    assert len({same, rid("trainer.seed=1"), rid("optim.lr_per_256=0.2"), rid("experiment=he2016")}) == 4
+    assert len({same, rid("trainer.seed=1"), rid("optim.lr_per_256=0.3"), rid("experiment=he2016")}) == 4
