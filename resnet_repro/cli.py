@@ -49,7 +49,7 @@ commands:
 examples:
   {PROG} train
   {PROG} train experiment=imagenet_paper data.root=/data/imagenet trainer.nproc=8
-  {PROG} eval checkpoint=runs/demo/<date>/checkpoints/last.pt
+  {PROG} eval checkpoint=runs/demo/<run id>/checkpoints/last.pt
 """
 
 
@@ -59,8 +59,10 @@ HYDRA_HELP = {
     "train": f"""usage: {PROG} train [group=option ...] [key=value ...] [-m]
 
 Train a ResNet. With no overrides: the embedded demo (digits, on the CPU in minutes). Writes
-runs/<name>/<run id>/ (resolved config, metrics.jsonl, TensorBoard events, checkpoints) and prints
-one JSON line with the final top-1. -m runs a Hydra multirun sweep over comma-separated values.
+runs/<name>/<run id>/ (resolved config, deviations.json, metrics.jsonl, TensorBoard events,
+checkpoints) and prints one JSON line with the final top-1. The run id follows from the run's
+settings (cfg-<hash>; slurm-<job id> under SLURM): the same command run again resumes the run
+(trainer.resume=never: a new one). -m runs a Hydra multirun sweep over comma-separated values.
 
 key overrides:
   experiment=imagenet_paper         a whole recipe (imagenet_paper_stabilized, he2016, demo)

@@ -29,8 +29,9 @@ def train_command(demo_root: Path, *extra: str) -> list[str]:
         "train",
         f"data.root={demo_root}",
         "trainer.epochs=3",
-        "trainer.batch_size=32",
-        "trainer.max_steps_per_epoch=4",
+        "trainer.batch_size=16",
+        "trainer.max_steps_per_epoch=2",
+        "data.max_eval_images=40",
         "schedule.milestones=[2]",
         "logging.progress=false",
         "logging.tensorboard=false",
@@ -72,11 +73,11 @@ def test_the_same_command_after_a_stop_or_a_crash_resumes_the_same_run(demo_root
     assert not (run_dir / "final.json").exists()
     if sig == signal.SIGTERM:  # the stop message names the command that continues the run
         assert first.returncode == 0, first.stdout[-3000:]
-        assert f"hydra.run.dir={run_dir.relative_to(tmp_path)}" in first.stdout
+        assert f"hydra.run.dir={run_dir}" in first.stdout
 
     again = run(command, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resumed from {run_dir.relative_to(tmp_path)}/checkpoints/last.pt" in again.stdout + again.stderr
+    assert f"resumed from {run_dir}/checkpoints/last.pt" in again.stdout + again.stderr
     assert the_run_directory(tmp_path) == run_dir
     final = json.loads((run_dir / "final.json").read_text())
     assert final["epochs_run"] == 3
