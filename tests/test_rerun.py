@@ -85,7 +85,8 @@ def test_the_same_command_after_a_stop_or_a_crash_resumes_the_same_run(demo_root
     assert {r["epoch"] for r in rows if r["split"] == "train"} == {1, 2, 3}
 
     if sig == signal.SIGTERM:  # trainer.resume=never starts afresh, in a directory of its own
-        fresh = run([*command, "trainer.resume=never", "trainer.epochs=1"], tmp_path)
+        never = ["trainer.resume=never", "trainer.epochs=2", "trainer.max_steps_per_epoch=1"]
+        fresh = run([*command, *never], tmp_path)
         assert fresh.returncode == 0, fresh.stderr[-3000:]
         assert "resumed from" not in fresh.stdout + fresh.stderr
         assert len(list((tmp_path / "runs" / "demo").iterdir())) == 2
