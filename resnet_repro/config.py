@@ -971,7 +971,7 @@ def _validate_eval(ev: EvalConfig) -> None:
     bad = [p for p in names if p not in EVAL_PROTOCOLS]
     if not names or bad or len(set(names)) != len(names):
         raise UserError(
-            f"eval.protocol={ev.protocol!r} must be one of {', '.join(EVAL_PROTOCOLS)}, or a list of "
+            f"eval.protocol={ev.protocol!r} is not one of {', '.join(EVAL_PROTOCOLS)}, nor a list of "
             "different ones (e.g. [ten_crop,multiscale])"
         )
     if not ev.scales or any(x <= 0 for x in ev.scales):
