@@ -53,7 +53,9 @@ PORT := 6006
 tensorboard: $(STAMP) ## serve TensorBoard over runs/ and multiruns/ on localhost:6006 (HOST=0.0.0.0: all interfaces)
 	$(BIN)/tensorboard --logdir . --port $(PORT) --host $(HOST)
 
-# The recipe's global batch 256 (trainer.global_batch) is split over the GPUS devices
+# The recipe's global batch 256 (trainer.global_batch) is split over the GPUS devices. The run
+# directory runs/<experiment>/cfg-<hash> is named after the run's settings: the same make command
+# run again (after a stop, a crash or a reboot) resumes it (docs/cluster.md, "Rerunning resumes")
 train-imagenet: $(STAMP) ## torchvision's ResNet-50 recipe (EXPERIMENT=he2016: the paper as written): make train-imagenet DATA=/path/to/imagenet GPUS=8
 	@test -n "$(DATA)" || { echo "error: set DATA=/path/to/imagenet (with train/ and val/ inside)"; exit 2; }
 	$(BIN)/resnet-repro train experiment=$(EXPERIMENT) data.root=$(DATA) trainer.nproc=$(GPUS) $(ARGS)

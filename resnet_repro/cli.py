@@ -11,7 +11,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from resnet_repro.config import (
+    CONF_DIR,
     DataConfig,
+    RootConfig,
     UserError,
     check_override_keys,
     deprecation_warnings,
@@ -22,7 +24,6 @@ from resnet_repro.config import (
     validate,
 )
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 PROG = "resnet-repro"
 
 USAGE = f"""usage: {PROG} <command> [options or hydra overrides]
@@ -48,7 +49,7 @@ commands:
 examples:
   {PROG} train
   {PROG} train experiment=imagenet_paper data.root=/data/imagenet trainer.nproc=8
-  {PROG} eval checkpoint=runs/demo/<date>/checkpoints/last.pt
+  {PROG} eval checkpoint=runs/demo/<run id>/checkpoints/last.pt
 """
 
 
@@ -58,8 +59,10 @@ HYDRA_HELP = {
     "train": f"""usage: {PROG} train [group=option ...] [key=value ...] [-m]
 
 Train a ResNet. With no overrides: the embedded demo (digits, on the CPU in minutes). Writes
-runs/<name>/<run id>/ (resolved config, metrics.jsonl, TensorBoard events, checkpoints) and prints
-one JSON line with the final top-1. -m runs a Hydra multirun sweep over comma-separated values.
+runs/<name>/<run id>/ (resolved config, deviations.json, metrics.jsonl, TensorBoard events,
+checkpoints) and prints one JSON line with the final top-1. The run id follows from the run's
+settings (cfg-<hash>; slurm-<job id> under SLURM): the same command run again resumes the run
+(trainer.resume=never: a new one). -m runs a Hydra multirun sweep over comma-separated values.
 
 key overrides:
   experiment=imagenet_paper         a whole recipe (imagenet_paper_stabilized, he2016, demo)
@@ -195,6 +198,36 @@ def run_id() -> str:
     return f"{job}.{step}" if step.isdigit() and 0 < int(step) < 0xFFFFFFF0 else job
 
 
+def rerun_id(cfg: RootConfig) -> str:
+    """A training run's directory name outside SLURM: `cfg-` and a hash of the settings a
+    checkpoint must share to continue the run (resume.resume_identity), so that the same command
+    run again (after a stop, a crash or a reboot) finds its run and resumes it."""
+    import hashlib
+
+    from resnet_repro.resume import resume_identity
+
+    text = json.dumps(resume_identity(cfg), sort_keys=True, default=str)
+    return "cfg-" + hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _train_run_id(_root_: DictConfig) -> str:
+    """runs/<name>/<this>: the SLURM job's id under SLURM (stable across requeues); with
+    trainer.resume=auto elsewhere, rerun_id (a rerun resumes); else run_id (torchrun's id or the
+    start time: trainer.resume=never starts a fresh directory)."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    if os.environ.get("SLURM_JOB_ID") or os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return run_id()
+    try:
+        job = OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"])
+        cfg = to_dataclass(job)
+    except Exception:  # a bad config: the command fails on it with its own message right after
+        return run_id()
+    return rerun_id(cfg) if cfg.trainer.resume == "auto" else run_id()
+
+
 def _hydra_command(task: Callable[[DictConfig], object], args: list[str], command: str) -> None:
     """Run `task` under hydra.main with `args` as the command-line overrides."""
     import hydra
@@ -216,8 +249,19 @@ def _hydra_command(task: Callable[[DictConfig], object], args: list[str], comman
             "job in one directory; name the jobs by number: 'hydra.sweep.subdir=${hydra.job.num}_"
             "${hydra.job.override_dirname}'"
         )
-    if not OmegaConf.has_resolver("run_id"):
-        OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
+    # a training run's directory is named after its settings (a rerun resumes it); the other
+    # commands' after the start time
+    if command == "train":
+        memo: dict[str, str] = {}  # one value per process, as use_cache (refused with _root_) would
+
+        def train_run_id(_root_: DictConfig) -> str:
+            if "id" not in memo:
+                memo["id"] = _train_run_id(_root_)
+            return memo["id"]
+
+        OmegaConf.register_new_resolver("run_id", train_run_id, replace=True)
+    else:
+        OmegaConf.register_new_resolver("run_id", run_id, use_cache=True, replace=True)
     _register_help(command)
     try:
         rank = distributed.detect().rank

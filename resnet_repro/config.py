@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
+
+# conf/: conf/config.yaml and one folder per config group
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 # omegaconf's marker for a value that must be given (kept local so this module imports without
 # Hydra, e.g. on a GPU machine that only has torch: scripts/gpu_check.sh)
@@ -323,8 +327,9 @@ class EvalConfig:
     # center: resize to image_size / crop_ratio, one centre image_size crop (torchvision's protocol);
     # ten_crop: same resize, 4 corner + centre crops and their flips, softmax averaged (He et al. Table 3);
     # multiscale: the whole image with its shorter side at each of `scales`, and its flip, softmax
-    # averaged (fully convolutional; He et al. Table 4)
-    protocol: str = "center"
+    # averaged (fully convolutional; He et al. Table 4). A list runs each in the final evaluation
+    # (e.g. [ten_crop, multiscale], He et al.'s two); the first gives final.json's headline numbers
+    protocol: Any = "center"
     # multiscale: shorter sides in pixels (the paper's five)
     scales: list[int] = field(default_factory=lambda: [224, 256, 384, 480, 640])
     # Also the horizontally flipped views, softmax averaged with the others. null = the protocol's
@@ -380,8 +385,9 @@ class PlanConfig:
 class RootConfig:
     # Experiment name; names the run directory
     name: str = "demo"
-    # The published recipe this run claims to reproduce: the start-up summary stars every setting
-    # that differs from it. torchvision (ResNet50_Weights.IMAGENET1K_V1's recipe) | he2016 (the paper)
+    # The published recipe this run claims to reproduce (a key of REFERENCES): the start-up summary
+    # and deviations.json list every setting that differs from it. torchvision
+    # (ResNet50_Weights.IMAGENET1K_V1's recipe) | he2016 (the paper) | ffcv_rn50_<epochs> (FFCV's)
     reference: str = "torchvision"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -412,7 +418,69 @@ GROUP_SCHEMAS: dict[str, type] = {
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 BACKENDS = ("dali", "torchvision", "synthetic")
-REFERENCES = ("torchvision", "he2016")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A published recipe as this tool's config: conf/config.yaml composed with `overrides`."""
+
+    title: str
+    overrides: tuple[str, ...]
+
+
+# FFCV's ResNet-50 configs (ffcv-imagenet rn50_configs/rn50_<epochs>_epochs.yaml): epochs ->
+# (resolution.start_ramp, resolution.end_ramp); every other setting is the same in all of them
+FFCV_RN50_RAMPS = {16: (11, 13), 24: (17, 20), 32: (23, 27), 40: (29, 34), 56: (41, 48), 88: (65, 76)}
+
+
+def _ffcv_rn50(epochs: int) -> Reference:
+    """FFCV's rn50_<epochs>_epochs.yaml with its train_imagenet.py defaults, in this tool's keys. Not
+    expressible here, so not compared: BlurPool (use_blurpool: 1) and the ramp's start at 1e-4 x
+    peak (this tool's linear_ramp starts at 0)."""
+    start, end = FFCV_RN50_RAMPS[epochs]
+    return Reference(
+        f"FFCV rn50 {epochs} epochs",
+        (
+            "experiment=fast_88",  # what FFCV's files leave unsaid (data set, splits) as fast_88's
+            "model=resnet50",  # torchvision's resnet50 (v1.5), channels_last
+            "model.variant=v1.5",
+            "optim=sgd",
+            "optim.momentum=0.9",
+            "optim.lr_per_256=0.10625",  # lr 1.7 at 8 GPUs x batch_size 512 = 4096 images per step
+            "optim.weight_decay=1e-4",
+            "optim.decay_norm_and_bias=false",  # bn_wd: 0
+            "schedule=linear_ramp",  # lr_schedule_type: cyclic, linear per iteration
+            "schedule.peak_epoch=2",  # lr_peak_epoch: 2
+            "schedule.end_factor=0",
+            "regularization=label_smoothing",
+            "regularization.label_smoothing=0.1",
+            "stabilizer=none",
+            "data/augment=torchvision",  # RandomResizedCrop (area 0.08-1, ratio 3/4-4/3) + flip
+            "data.normalization=published",  # IMAGENET_MEAN / IMAGENET_STD
+            "data.image_size=256",  # validation.resolution
+            "data.crop_ratio=0.875",  # DEFAULT_CROP_RATIO = 224/256
+            "data.progressive.start_size=160",  # min_res
+            "data.progressive.end_size=192",  # max_res
+            "data.progressive.step=32",
+            f"data.progressive.start_epoch={start}",
+            f"data.progressive.end_epoch={end}",
+            "eval.protocol=center",
+            "eval.hflip=true",  # lr_tta
+            "trainer.precision=fp16",  # autocast + GradScaler
+            "trainer.global_batch=4096",
+            "trainer.batch_size=null",
+            f"trainer.epochs={epochs}",
+        ),
+    )
+
+
+# The recipes a run may claim (`reference=`): the summary's deviations are every setting in which
+# the run's composed config differs from the reference's (summary.deviations)
+REFERENCES: dict[str, Reference] = {
+    "torchvision": Reference("torchvision V1", ("experiment=imagenet_paper",)),
+    "he2016": Reference("He 2016", ("experiment=he2016",)),
+    **{f"ffcv_rn50_{n}": _ffcv_rn50(n) for n in FFCV_RN50_RAMPS},
+}
 # Old config option names that still work, and what they are now called
 DEPRECATED_OPTIONS: dict[tuple[str, str], str] = {("data/augment", "paper"): "torchvision"}
 
@@ -443,6 +511,32 @@ RUN_CONTROL_KEYS: tuple[str, ...] = (
     "data.max_eval_images",
     "data.stats.path",
     "checkpoint",
+)
+
+
+# Left out of the deviations from the claimed reference (summary.deviations), as a key or a whole
+# section: the run-control keys, and the settings that name, seed or speed up a run, or only warn,
+# rather than change what it trains (another seed is another sample of the same recipe; model.channels_last
+# and trainer.compile change the memory layout and the kernels, not the computation). Paths too:
+# data.exclude_files lists unreadable files of one copy of the data.
+NOT_RECIPE_KEYS: tuple[str, ...] = (
+    *RUN_CONTROL_KEYS,
+    "name",
+    "reference",
+    "bench",
+    "plan",
+    "trainer.seed",
+    "trainer.device",
+    "trainer.compile",
+    "model.channels_last",
+    "data.exclude_files",
+    "data.holdout.seed",
+    "data.subset.seed",
+    "data.stats.seed",
+    "data.stats.batch_size",
+    "data.stats.allow_mismatch",
+    "stabilizer.loss_warn_after_epochs",
+    "stabilizer.loss_warn_threshold",
 )
 
 
@@ -601,6 +695,25 @@ def to_dataclass(cfg: DictConfig) -> RootConfig:
         raise UserError(f"{key} is required but not set: pass {key}=...{example}") from e
     assert isinstance(obj, RootConfig)
     return obj
+
+
+def compose(overrides: Sequence[str]) -> RootConfig:
+    """conf/config.yaml composed with `overrides` (as `resnet-repro train` would compose it),
+    converted to dataclasses, not validated. Works inside a running Hydra app too: its global
+    state is put back afterwards."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    register_configs()
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+            return to_dataclass(hydra_compose(config_name="config", overrides=list(overrides)))
+    finally:
+        restore_gh_from_backup(backup)
 
 
 def per_device_batch(t: TrainerConfig, world_size: int) -> int:
@@ -872,8 +985,18 @@ def _validate_plan(pl: PlanConfig) -> None:
         raise UserError(f"plan.measure_steps={pl.measure_steps} must be >= 1")
 
 
+def eval_protocols(ev: EvalConfig) -> list[str]:
+    """eval.protocol as a list of protocol names (one name, or a list of them)."""
+    return [ev.protocol] if isinstance(ev.protocol, str) else list(ev.protocol)
+
+
 def _validate_eval(ev: EvalConfig) -> None:
-    if ev.protocol not in EVAL_PROTOCOLS:
-        raise UserError(f"eval.protocol={ev.protocol!r} is not one of {', '.join(EVAL_PROTOCOLS)}")
+    names = eval_protocols(ev)
+    bad = [p for p in names if p not in EVAL_PROTOCOLS]
+    if not names or bad or len(set(names)) != len(names):
+        raise UserError(
+            f"eval.protocol={ev.protocol!r} is not one of {', '.join(EVAL_PROTOCOLS)}, nor a list of "
+            "different ones (e.g. [ten_crop,multiscale])"
+        )
     if not ev.scales or any(x <= 0 for x in ev.scales):
         raise UserError(f"eval.scales={ev.scales} must be a non-empty list of shorter sides in pixels (> 0)")

@@ -10,7 +10,15 @@ import torch
 import torch.nn as nn
 
 from resnet_repro import checkpoint, distributed
-from resnet_repro.config import DataConfig, EvalConfig, ModelConfig, RootConfig, UserError, per_device_batch
+from resnet_repro.config import (
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    RootConfig,
+    UserError,
+    eval_protocols,
+    per_device_batch,
+)
 from resnet_repro.data.normalization import Normalization
 from resnet_repro.data.normalization import resolve as resolve_normalization
 from resnet_repro.models import build_model
@@ -83,7 +91,7 @@ def eval_config(cfg: RootConfig, saved: dict[str, Any] | None, explicit: set[str
     note = (
         f"eval: data from {source} ({data.name} at {data.root}, split {data.eval_split}, "
         f"{data.image_size} px, crop ratio {data.crop_ratio}), precision {precision}, "
-        f"protocol {protocol.protocol} from {protocol_source}"
+        f"protocol {', '.join(eval_protocols(protocol))} from {protocol_source}"
     )
     trained = saved["data"]
     for key in ("image_size", "crop_ratio"):

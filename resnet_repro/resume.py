@@ -73,37 +73,52 @@ IDENTITY_KEYS = (
 IDENTITY_EXEMPT = ("model.channels_last",)
 
 
+def _sections_flat(config: dict[str, Any]) -> dict[str, Any]:
+    """The leaves of a config's sections (not its top-level plain values) by dotted key."""
+    flat: dict[str, Any] = {}
+    for section, node in config.items():
+        if isinstance(node, dict):
+            flat.update(_flat(node, f"{section}."))
+    return flat
+
+
+def _identity_keys(cfg: RootConfig) -> tuple[list[str], tuple[str, ...]]:
+    """(keys, exempt leaves): what a checkpoint must share with this run to continue it."""
+    keys = ["optim", *resume_fields(cfg.schedule.name), *IDENTITY_KEYS]
+    if cfg.data.normalization != "published":  # data.mean / data.std are read only then
+        return keys, (*IDENTITY_EXEMPT, "data.mean", "data.std")
+    return [*keys, "data.mean", "data.std"], IDENTITY_EXEMPT
+
+
+def _selected(values: dict[str, Any], keys: list[str], exempt: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in values.items()
+        if k not in exempt and any(k == key or k.startswith(key + ".") for key in keys)
+    }
+
+
+def resume_identity(cfg: RootConfig) -> dict[str, Any]:
+    """The settings a checkpoint must share with this run to continue it (the ones
+    resume_config_changes compares), plus the experiment's name and its batch: a rerun of the same
+    command has the same identity, so it is given the same run directory (cli.run_id)."""
+    keys, exempt = _identity_keys(cfg)
+    identity = _selected(_sections_flat(dataclasses.asdict(cfg)), keys, exempt)
+    t = cfg.trainer
+    return {"name": cfg.name, "batch": [t.batch_size, t.global_batch], **identity}
+
+
 def resume_config_changes(saved: dict[str, Any], cfg: RootConfig) -> list[str]:
     """Settings that a resume would silently not honour, changed on this command line, as
     "key old -> new": the optimizer's and the LR schedule's (their state comes from the
     checkpoint: LR, momentum, weight decay, milestones, warm-up; with cosine also the length of
     the run), and the settings that make the run what it is (IDENTITY_KEYS)."""
-    now = dataclasses.asdict(cfg)
-    keys = ["optim", *resume_fields(cfg.schedule.name), *IDENTITY_KEYS]
-    if cfg.data.normalization != "published":  # data.mean / data.std are read only then
-        exempt = (*IDENTITY_EXEMPT, "data.mean", "data.std")
-    else:
-        keys += ["data.mean", "data.std"]
-        exempt = IDENTITY_EXEMPT
-    old_values = {
-        k: v
-        for section in saved
-        if isinstance(saved[section], dict)
-        for k, v in _flat(saved[section], f"{section}.").items()
-    }
-    new_values = {
-        k: v
-        for section in now
-        if isinstance(now[section], dict)
-        for k, v in _flat(now[section], f"{section}.").items()
-    }
+    keys, exempt = _identity_keys(cfg)
+    old_values = _sections_flat(saved)
+    new_values = _selected(_sections_flat(dataclasses.asdict(cfg)), keys, exempt)
     changes = []
     for k in sorted(new_values):
-        if k not in old_values or k in exempt:
-            continue
-        if not any(k == key or k.startswith(key + ".") for key in keys):
-            continue
-        if old_values[k] != new_values[k]:
+        if k in old_values and old_values[k] != new_values[k]:
             changes.append(f"{k} {old_values[k]} -> {new_values[k]}")
     return changes
 

@@ -1,5 +1,5 @@
 """A run's evaluations: the splits measured after every epoch (centre crop), model selection, and
-the final measurement of the test split under eval.protocol."""
+the final measurement of the test split under each of eval.protocol's test protocols."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from resnet_repro.config import RootConfig
+from resnet_repro.config import EvalConfig, RootConfig, eval_protocols
 from resnet_repro.data.normalization import Normalization, Splits
 from resnet_repro.data.splits import FileList
 from resnet_repro.distributed import DistEnv
 from resnet_repro.evaluate import evaluate
 from resnet_repro.metrics import MetricsLogger, NullLogger
-from resnet_repro.protocols import Scorer, views_own_mean_image
+from resnet_repro.protocols import Scorer, flips, views_own_mean_image
 from resnet_repro.protocols import describe as describe_protocol
 from resnet_repro.run_data import make_eval_loader
 from resnet_repro.schedule import LRSchedule
@@ -75,15 +75,37 @@ def evaluate_protocol(
     batch_size: int,
     norm: Normalization | None = None,
 ) -> dict[str, Any]:
-    """`files` evaluated once under cfg.eval's test protocol; the metrics name the protocol."""
-    protocol, mean_image = cfg.eval.protocol, None
-    if norm is not None and norm.mean_image is not None and views_own_mean_image(cfg.eval):
+    """`files` evaluated under each of cfg.eval's test protocols: the first one's metrics, named
+    (`protocol`, `protocol_detail`), and every protocol's metrics under its name (`ten_crop`, ...)."""
+    names = eval_protocols(cfg.eval)
+    measured = {
+        name: _evaluate_one(
+            cfg, dataclasses.replace(cfg.eval, protocol=name), model, files, env, device, batch_size, norm
+        )
+        for name in names
+    }
+    return {**measured[names[0]], **measured}
+
+
+def _evaluate_one(
+    cfg: RootConfig,
+    ev: EvalConfig,
+    model: nn.Module,
+    files: FileList,
+    env: DistEnv,
+    device: torch.device,
+    batch_size: int,
+    norm: Normalization | None,
+) -> dict[str, Any]:
+    """`files` evaluated once under the single test protocol `ev`; the metrics name it."""
+    mean_image = None
+    if norm is not None and norm.mean_image is not None and views_own_mean_image(ev):
         # the mean image fits image_size crops: the protocol's views subtract it (protocols.Scorer)
         std = torch.tensor(norm.std, dtype=torch.float64).view(3, 1, 1)
         mean_image = (torch.as_tensor(norm.mean_image) / std).float().to(device)
         norm = dataclasses.replace(norm, mean=(0.0, 0.0, 0.0), mean_image=None)
     loader = make_eval_loader(
-        cfg.data, files, env, device, batch_size, norm, cfg.model.channels_last, protocol
+        cfg.data, files, env, device, batch_size, norm, cfg.model.channels_last, ev.protocol
     )
     metrics = evaluate(
         model,
@@ -92,12 +114,12 @@ def evaluate_protocol(
         device,
         expected_total=len(files),
         precision=cfg.trainer.precision,
-        scorer=Scorer(cfg.eval, cfg.data.image_size, mean_image),
+        scorer=Scorer(ev, cfg.data.image_size, mean_image),
     )
     return {
         **metrics,
-        "protocol": cfg.eval.protocol,
-        "protocol_detail": describe_protocol(cfg.eval, cfg.data.image_size, cfg.data.crop_ratio),
+        "protocol": ev.protocol,
+        "protocol_detail": describe_protocol(ev, cfg.data.image_size, cfg.data.crop_ratio),
     }
 
 
@@ -130,18 +152,20 @@ def final_test_eval(
 
     Per-epoch evaluations and model selection stay centre crop (ten_crop costs 10 forward passes
     per image, multiscale five scales up to 640 px); the test split is measured once more under
-    the configured protocol at the end, whose numbers replace the centre ones (kept under
-    "center"). metrics.jsonl gets that evaluation as split "<eval_split>-<protocol>"."""
-    if cfg.eval.protocol == "center":
+    each configured protocol at the end: the first one's numbers replace the centre ones (kept
+    under "center"), and each protocol's are under its name ("ten_crop", "multiscale").
+    metrics.jsonl gets each as split "<eval_split>-<protocol>"."""
+    if eval_protocols(cfg.eval) == ["center"] and not flips(cfg.eval):
         detail = describe_protocol(cfg.eval, cfg.data.image_size, cfg.data.crop_ratio)
         return {**final, "protocol": "center", "protocol_detail": detail}
     centre = {key: final[key] for key in ("top1", "top5", "loss")}
     log.info(f"final evaluation of {cfg.data.eval_split} under eval.protocol={cfg.eval.protocol}")
     measured = evaluate_protocol(cfg, net, test, env, device, batch_size, norm)
-    split = f"{cfg.data.eval_split}-{cfg.eval.protocol}"
-    logger.record({"epoch": final["epochs_run"], "split": split, "step": step, **measured}, step)
-    log.info(
-        f"{split}: loss {measured['loss']:.4f} top-1 {measured['top1']:.4f} top-5 {measured['top5']:.4f} "
-        f"({measured['protocol_detail']}); centre crop top-1 {centre['top1']:.4f}"
-    )
+    for name in eval_protocols(cfg.eval):
+        split, m = f"{cfg.data.eval_split}-{name}", measured[name]
+        logger.record({"epoch": final["epochs_run"], "split": split, "step": step, **m}, step)
+        log.info(
+            f"{split}: loss {m['loss']:.4f} top-1 {m['top1']:.4f} top-5 {m['top5']:.4f} "
+            f"({m['protocol_detail']}); centre crop top-1 {centre['top1']:.4f}"
+        )
     return {**final, **measured, "center": centre}

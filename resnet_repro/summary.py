@@ -1,17 +1,25 @@
-"""The start-up summary: the resolved recipe beside the two published ResNet-50 recipes (He et al.
-2016 as written, and torchvision's reference recipe for its V1 weights), differences marked.
-
-Each row holds a value, compared, and its text, shown: the references are built by the same
-formatters as the run's own rows, and values are compared as numbers, so 1e-4 and 0.0001 are one
-setting, not a difference of spelling."""
+"""The start-up summary: the resolved recipe as a table, and its deviations from the published
+recipe the experiment claims (`reference`: torchvision's V1 recipe, He et al. 2016 as written, or
+FFCV's ResNet-50 configs), found by comparing the run's composed config with the reference's,
+key by key (config.REFERENCES). Values are compared as numbers, so 1e-4 and 0.0001 are one
+setting, not a difference of spelling; run-control keys (config.NOT_RECIPE_KEYS) are left out."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from resnet_repro.config import RootConfig
+from resnet_repro.config import (
+    NOT_RECIPE_KEYS,
+    REFERENCES,
+    RootConfig,
+    compose,
+    eval_protocols,
+    per_device_batch,
+)
 from resnet_repro.optim import GroupSummary
 
 
@@ -120,49 +128,6 @@ def centre_transform(resize: int, size: int) -> Setting:
     return Setting(("centre", resize, size), f"resize {resize}, centre crop {size}")
 
 
-# The published recipes, as the same rows as a run's
-REFERENCES: dict[str, tuple[str, dict[str, Setting]]] = {
-    # He et al. 2016, Sec. 3.4 (ImageNet val, ResNet-50: 10-crop top-1 error 22.85%, multi-scale 20.74%)
-    "he2016": (
-        "He 2016",
-        {
-            "model": model_setting("resnet50", "v1"),
-            "global batch": number_setting(256),
-            "optimizer": sgd_setting(0.9),
-            "peak LR": number_setting(0.1),
-            "schedule": plateau_schedule(0.1, 120, "top1"),
-            "warm-up": none_setting(),
-            "max norm": none_setting(),
-            "weight decay": decay_setting(1e-4, on_all=True),
-            "regularization": none_setting(),
-            "train transform": scale_transform(224, [256, 480], hflip=True, pca_lighting=0.1),
-            # the per-epoch evaluation; the paper's reported numbers are 10-crop and multi-scale
-            "eval transform": centre_transform(256, 224),
-            "precision": Setting(("fp32",), "fp32"),
-        },
-    ),
-    # torchvision's reference recipe, the one behind ResNet50_Weights.IMAGENET1K_V1 (76.13% top-1,
-    # single centre crop)
-    "torchvision": (
-        "torchvision V1",
-        {
-            "model": model_setting("resnet50", "v1.5"),
-            "global batch": number_setting(256),
-            "optimizer": sgd_setting(0.9),
-            "peak LR": number_setting(0.1),
-            "schedule": step_schedule(0.1, [30, 60], 90),
-            "warm-up": none_setting(),
-            "max norm": none_setting(),
-            "weight decay": decay_setting(1e-4, on_all=True),
-            "regularization": none_setting(),
-            "train transform": rrc_transform(224, [0.08, 1.0], hflip=True),
-            "eval transform": centre_transform(256, 224),
-            "precision": Setting(("fp32",), "fp32"),
-        },
-    ),
-}
-
-
 def recipe(cfg: RootConfig, d: Derived, groups: list[GroupSummary]) -> dict[str, Setting]:
     """This run's rows, in the references' order."""
     m, o, s, st, a, r = (
@@ -237,47 +202,106 @@ def recipe(cfg: RootConfig, d: Derived, groups: list[GroupSummary]) -> dict[str,
     }
 
 
-def differences(cfg: RootConfig, d: Derived, groups: list[GroupSummary]) -> dict[str, list[str]]:
-    """For each reference (he2016, torchvision), the settings of this run that differ from it."""
-    ours = recipe(cfg, d, groups)
+@dataclass(frozen=True)
+class Deviation:
+    """A setting of this run (a dotted config key) that differs from the claimed reference."""
+
+    key: str
+    value: Any
+    reference: Any
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_leaves(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def _exempt(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in NOT_RECIPE_KEYS)
+
+
+def _recipe_values(cfg: RootConfig, world_size: int) -> dict[str, Any]:
+    """Every leaf of the config by dotted key, except NOT_RECIPE_KEYS; the batch as the global
+    batch it gives on `world_size` processes (a per-process 32 on 8 GPUs is the recipe's 256)."""
+    values = {k: v for k, v in _leaves(dataclasses.asdict(cfg)).items() if not _exempt(k)}
+    del values["trainer.batch_size"]
+    values["trainer.global_batch"] = per_device_batch(cfg.trainer, world_size) * world_size
+    if cfg.data.normalization != "published":  # read only then
+        del values["data.mean"], values["data.std"]
+    if "multiscale" not in eval_protocols(cfg.eval):
+        del values["eval.scales"]
+    return values
+
+
+@functools.cache
+def reference_config(name: str) -> RootConfig:
+    """The claimed reference `name` (a key of config.REFERENCES) as a composed config."""
+    # data.root is run control (never compared), but a composed ImageNet config requires one
+    return compose([*REFERENCES[name].overrides, "data.root=unused"])
+
+
+def deviations(cfg: RootConfig, world_size: int) -> list[Deviation]:
+    """Every setting in which this run differs from the recipe it claims (cfg.reference), compared
+    as values (1e-4 == 0.0001), in config order; NOT_RECIPE_KEYS are left out."""
+    ours = _recipe_values(cfg, world_size)
+    theirs = _recipe_values(reference_config(cfg.reference), world_size)
+    # a key left out on either side is not read there (eval.scales without multiscale): the key
+    # that makes it so (eval.protocol) is the deviation
+    return [Deviation(k, v, theirs[k]) for k, v in ours.items() if k in theirs and not same(v, theirs[k])]
+
+
+def deviations_record(cfg: RootConfig, found: list[Deviation]) -> dict[str, Any]:
+    """deviations.json: the claimed reference and each deviation (key, this run's value, the
+    reference's value)."""
     return {
-        ref: [key for key, setting in ours.items() if not same(setting.value, rows[key].value)]
-        for ref, (_, rows) in REFERENCES.items()
+        "reference": cfg.reference,
+        "reference_title": REFERENCES[cfg.reference].title,
+        "reference_overrides": list(REFERENCES[cfg.reference].overrides),
+        "deviations": [dataclasses.asdict(d) for d in found],
     }
 
 
-def render(cfg: RootConfig, d: Derived, groups: list[GroupSummary], normalization: str) -> str:
-    """A text table: setting | this run | He 2016 | torchvision V1, with `*` before every reference
-    value this run differs from; the reference the experiment claims (cfg.reference) is named."""
+def _text(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "null"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_text(v) for v in value) + "]"
+    return str(value)
+
+
+def render(
+    cfg: RootConfig, d: Derived, groups: list[GroupSummary], normalization: str, found: list[Deviation]
+) -> str:
+    """The run's recipe as a table, then one starred line per deviation (`found`, from
+    `deviations`) from the reference the experiment claims (cfg.reference)."""
     ours = recipe(cfg, d, groups)
-    differ = differences(cfg, d, groups)
-    widths = [max(len(v.text) for v in ours.values())]
-    headers = []
-    for ref, (title, rows) in REFERENCES.items():
-        headers.append(title + (" (claimed)" if ref == cfg.reference else ""))
-        widths.append(max(len(headers[-1]), *(len(v.text) for v in rows.values())))
+    width = max(len(v.text) for v in ours.values())
     lines = [
         f"{cfg.model.name} on {cfg.data.name}: {d.num_classes} classes, {d.num_train} train / {d.num_eval} "
         f"{cfg.data.eval_split} images; {d.world_size} x {d.device}, {d.steps_per_epoch} steps/epoch",
-        f"  {'setting':<16} {'this run':<{widths[0]}}"
-        + "".join(f"   {h:<{w}}" for h, w in zip(headers, widths[1:], strict=True)).rstrip(),
+        f"  {'setting':<16} {'this run':<{width}}".rstrip(),
     ]
-    for key, value in ours.items():
-        cells = [
-            f" {'*' if key in differ[ref] else ' '} {rows[key].text:<{w}}"
-            for (ref, (_, rows)), w in zip(REFERENCES.items(), widths[1:], strict=True)
-        ]
-        lines.append(f"  {key:<16} {value.text:<{widths[0]}}" + "".join(cells).rstrip())
+    lines += [f"  {key:<16} {value.text}" for key, value in ours.items()]
     lines.append(f"  normalization    {normalization}")
     for g in groups:
         lines.append(
             f"  param group {g.name}: {g.tensors} tensors, {g.parameters:,} parameters, "
             f"weight decay {g.weight_decay:g}"
         )
-    claimed = REFERENCES[cfg.reference][0]
-    n = len(differ[cfg.reference])
+    title, n = REFERENCES[cfg.reference].title, len(found)
     lines.append(
-        f"  (* = this run differs from that column; this experiment claims {claimed} "
-        f"(reference={cfg.reference}): {n} difference{'' if n == 1 else 's'})"
+        f"  claimed reference: {title} (reference={cfg.reference}): {n} deviation{'' if n == 1 else 's'}"
+        + (" (* below; deviations.json)" if n else "")
     )
+    key_width = max((len(x.key) for x in found), default=0)
+    value_width = max((len(_text(x.value)) for x in found), default=0)
+    for x in found:
+        ours = _text(x.value)
+        lines.append(f"* {x.key:<{key_width}}  {ours:<{value_width}}  {title}: {_text(x.reference)}")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ loop.py, what a checkpoint holds in run_state.py, the evaluations in run_eval.py
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -16,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from resnet_repro import checkpoint, distributed
 from resnet_repro.compiling import compile_for_shapes
-from resnet_repro.config import RootConfig, UserError, to_dataclass, validate
+from resnet_repro.config import RootConfig, UserError, eval_protocols, to_dataclass, validate
 from resnet_repro.data import progressive, subset
 from resnet_repro.data.normalization import Normalization
 from resnet_repro.distributed import DistEnv
@@ -39,7 +40,7 @@ from resnet_repro.run_eval import EvalSets, feed_model_selection, final_test_eva
 from resnet_repro.run_state import RunState, job_shape
 from resnet_repro.schedule import build_scheduler
 from resnet_repro.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard, chance_loss
-from resnet_repro.summary import Derived, render
+from resnet_repro.summary import Derived, Deviation, deviations, deviations_record, render
 
 log = logging.getLogger("resnet_repro")
 
@@ -225,7 +226,11 @@ def _describe(
     if not env.is_main:
         return
     norm, derived, splits = data.norm, data.derived, data.splits
-    text = _summary_text(parts, cfg, data, selection)
+    found = deviations(cfg, derived.world_size)
+    checkpoint.write_text_atomic(
+        run_dir / "deviations.json", json.dumps(deviations_record(cfg, found), indent=1) + "\n"
+    )
+    text = _summary_text(parts, cfg, data, selection, found)
     write_run_files(
         run_dir,
         cfg,
@@ -251,8 +256,11 @@ def _describe(
         )
 
 
-def _summary_text(parts: Parts, cfg: RootConfig, data: RunData, selection: str | None) -> str:
-    text = render(cfg, data.derived, summarize_groups(parts.state.optimizer), data.norm.describe())
+def _summary_text(
+    parts: Parts, cfg: RootConfig, data: RunData, selection: str | None, found: list[Deviation]
+) -> str:
+    groups = summarize_groups(parts.state.optimizer)
+    text = render(cfg, data.derived, groups, data.norm.describe(), found)
     text += f"\n  model selection  {selection or 'none (no holdout): no best.pt'}"
     if progressive.is_active(cfg.data.progressive):
         text += "\n* progressive      " + progressive.describe(cfg.data, cfg.trainer.epochs)
@@ -266,10 +274,10 @@ def _summary_text(parts: Parts, cfg: RootConfig, data: RunData, selection: str |
             f"\n* eval capped      at {cfg.data.max_eval_images} images per split "
             f"(data.max_eval_images): {data.derived.num_eval} {cfg.data.eval_split} images evaluated"
         )
-    text += (
-        f"\n  final test eval  {cfg.eval.protocol}: "
-        f"{describe_protocol(cfg.eval, cfg.data.image_size, cfg.data.crop_ratio)}"
-    )
+    d = cfg.data
+    for name in eval_protocols(cfg.eval):
+        detail = describe_protocol(dataclasses.replace(cfg.eval, protocol=name), d.image_size, d.crop_ratio)
+        text += f"\n  final test eval  {name}: {detail}"
     return text
 
 

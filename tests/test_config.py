@@ -19,6 +19,7 @@ from resnet_repro.config import (
     to_dataclass,
     validate,
 )
+from resnet_repro.summary import deviations
 
 
 def _discover_group_files() -> list[tuple[str, str]]:
@@ -77,6 +78,12 @@ def test_every_group_file_composes_converts_and_validates(group, option, tmp_pat
             if key != "defaults":
                 assert cfg.data.augment[key] == own[key], key
     assert obj.data.root == str(tmp_path)
+    if group == "experiment":  # the job shapes users run: 1 and 8 processes (he2016 failed at 8)
+        for world_size in (1, 8):
+            per_device_batch(obj.trainer, world_size)
+        deviations(obj, 8)  # its claimed reference composes and compares
+        if option.startswith("fast_"):
+            assert obj.reference == f"ffcv_rn50_{obj.trainer.epochs}"
 
 
 def test_default_config_is_the_demo_and_validates(default_cfg):

@@ -35,7 +35,7 @@ from resnet_repro.run_eval import feed_model_selection
 from resnet_repro.run_state import RunState
 from resnet_repro.schedule import build_scheduler
 from resnet_repro.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard
-from resnet_repro.summary import Derived, differences, render, same
+from resnet_repro.summary import Derived, deviations, render, same
 
 
 def n_params(model: nn.Module) -> int:
@@ -467,9 +467,9 @@ def test_an_epoch_whose_every_step_was_skipped_stops_with_a_clear_error(tmp_path
 
 
 # ---------------------------------------------------------------------------- start-up summary
-def summary_of(experiment: str, *overrides: str) -> tuple[dict[str, list[str]], str]:
-    """(settings differing from each reference, the rendered table) for an experiment preset,
-    with the derived values of an 8-GPU ImageNet job."""
+def summary_of(experiment: str, *overrides: str) -> str:
+    """The rendered start-up summary of an experiment preset, with the derived values of an 8-GPU
+    ImageNet job."""
     from conftest import compose
 
     from resnet_repro.optim import GroupSummary
@@ -479,7 +479,7 @@ def summary_of(experiment: str, *overrides: str) -> tuple[dict[str, list[str]], 
     gb = cfg.trainer.global_batch or cfg.trainer.batch_size * 8
     d = Derived(8, gb, peak_lr(cfg.optim, gb), 1251 * 256 // gb, 1_271_167, 50_000, 1000, "cuda")
     groups = [GroupSummary("decay", cfg.optim.weight_decay, 161, 25_557_032)]
-    return differences(cfg, d, groups), render(cfg, d, groups, "per-channel")
+    return render(cfg, d, groups, "per-channel", deviations(cfg, 8))
 
 
 def test_values_are_compared_not_their_spelling():
@@ -489,32 +489,25 @@ def test_values_are_compared_not_their_spelling():
 
 
 def test_he2016_summary_shows_every_paper_setting_with_nothing_starred():
-    diff, text = summary_of("he2016")
-    assert diff["he2016"] == []
-    assert "He 2016 (claimed)" in text and "0 differences" in text
+    text = summary_of("he2016")
+    assert "claimed reference: He 2016 (reference=he2016): 0 deviations" in text
+    assert not any(line.startswith("*") for line in text.splitlines())
     for shown in (
         "resnet50 v1 (paper strides)",
         "scale [256, 480], crop 224 + flip + lighting 0.1",
         "x0.1 after",
     ):
         assert shown in text
-    assert {"model", "schedule", "train transform"} <= set(diff["torchvision"])
 
 
-def test_imagenet_paper_is_torchvisions_recipe_and_differs_from_he2016_in_strides_and_crop():
-    diff, text = summary_of("imagenet_paper")
-    assert diff["torchvision"] == []  # weight decay 0.0001 is the reference's 1e-4
-    assert {"model", "train transform", "schedule"} == set(diff["he2016"])
-    assert "torchvision V1 (claimed)" in text
-    model_row = next(line for line in text.splitlines() if line.lstrip().startswith("model"))
-    assert "* resnet50 v1 (paper strides)" in model_row and "* resnet50 v1.5" not in model_row
-
-
-def test_summary_stars_a_change_against_the_claimed_reference():
-    diff, _ = summary_of("he2016", "optim.weight_decay=5e-4", "data.augment.pca_lighting=0")
-    assert diff["he2016"] == ["weight decay", "train transform"]
-    diff, _ = summary_of("imagenet_paper_stabilized")
-    assert diff["torchvision"] == ["warm-up", "max norm"]
+def test_summary_stars_each_deviation_with_the_references_value():
+    text = summary_of("he2016", "optim.weight_decay=5e-4", "data.augment.pca_lighting=0")
+    starred = [line.split() for line in text.splitlines() if line.startswith("*")]
+    assert starred == [
+        ["*", "data.augment.pca_lighting", "0", "He", "2016:", "0.1"],
+        ["*", "optim.weight_decay", "0.0005", "He", "2016:", "0.0001"],
+    ]
+    assert "2 deviations (* below; deviations.json)" in text
 
 
 # ------------------------------------------------- a non-finite step leaves BatchNorm untouched

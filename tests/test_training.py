@@ -102,10 +102,13 @@ def test_eval_under_ten_crop_and_multiscale_prints_a_json_line_naming_the_protoc
     assert 0.0 <= result["top1"] <= result["top5"] <= 1.0 and math.isfinite(result["loss"])
 
 
-def test_final_evaluation_uses_the_configured_protocol_and_eval_repeats_it(demo_root: Path, tmp_path: Path):
-    # multiscale at the 32 px training size without flips sees exactly the centre protocol's image
+def test_final_evaluation_runs_each_configured_protocol_names_each_and_eval_repeats_them(
+    demo_root: Path, tmp_path: Path
+):
+    # multiscale at the 32 px training size without flips sees exactly the centre protocol's image,
+    # and so do the five crops of ten_crop without flips (the demo's crop_ratio is 1: each is whole)
     run_dir = tmp_path / "run"
-    protocol = ["eval.protocol=multiscale", "eval.scales=[32]", "eval.hflip=false"]
+    protocol = ["eval.protocol=[multiscale,ten_crop]", "eval.scales=[32]", "eval.hflip=false"]
     proc = run_cli(
         "train",
         f"data.root={demo_root}",
@@ -121,14 +124,17 @@ def test_final_evaluation_uses_the_configured_protocol_and_eval_repeats_it(demo_
     assert final["protocol"] == "multiscale" and final["num_samples"] == 360
     assert final["top1"] == final["center"]["top1"] and final["top5"] == final["center"]["top5"]
     assert final["loss"] == pytest.approx(final["center"]["loss"], rel=1e-4)
-    assert [r["split"] for r in read_metrics(run_dir)][-1] == "val-multiscale"
+    for name in ("multiscale", "ten_crop"):  # each protocol by name, beside the centre crop
+        assert final[name]["protocol"] == name and final[name]["top1"] == final["center"]["top1"], name
+    assert [r["split"] for r in read_metrics(run_dir)][-2:] == ["val-multiscale", "val-ten_crop"]
 
     # `resnet-repro eval` without eval.* overrides measures the way the run's final evaluation did
     proc = run_cli("eval", f"checkpoint={run_dir}/checkpoints/last.pt", f"data.root={demo_root}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "protocol multiscale from the checkpoint's run" in proc.stderr
+    assert "protocol multiscale, ten_crop from the checkpoint's run" in proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (result["protocol"], result["top1"], result["num_samples"]) == ("multiscale", final["top1"], 360)
+    assert result["ten_crop"]["top1"] == final["ten_crop"]["top1"]
 
 
 def test_eval_without_data_overrides_measures_the_checkpoint_on_its_runs_data(

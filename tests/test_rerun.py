@@ -1,0 +1,106 @@
+"""Outside SLURM the same `resnet-repro train` command run again continues its run: after a stop
+(SIGTERM), after a crash (SIGKILL), or after a reboot (the same thing to the run directory)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from resnet_repro.preemption import EXIT_NOT_REQUEUED
+
+from resnet_repro.config import compose
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def train_command(demo_root: Path, *extra: str) -> list[str]:
+    """A tiny demo run with no hydra.run.dir: its directory is runs/demo/<its own id>."""
+    return [
+        sys.executable,
+        "-m",
+        "resnet_repro",
+        "train",
+        f"data.root={demo_root}",
+        "trainer.epochs=3",
+        "trainer.batch_size=16",
+        "trainer.max_steps_per_epoch=2",
+        "data.max_eval_images=40",
+        "schedule.milestones=[2]",
+        "logging.progress=false",
+        "logging.tensorboard=false",
+        *extra,
+    ]
+
+
+def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def start_and_interrupt(command: list[str], cwd: Path, sig: signal.Signals) -> subprocess.CompletedProcess:
+    """Start `command`, send `sig` once the first epoch's checkpoint exists, wait for the end."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    log = cwd / f"{sig.name}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while not list(cwd.glob("runs/demo/*/checkpoints/last.pt")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(sig)
+    proc.wait(timeout=600)
+    return subprocess.CompletedProcess(command, proc.returncode, log.read_text(), "")
+
+
+def the_run_directory(cwd: Path) -> Path:
+    (run_dir,) = (cwd / "runs" / "demo").iterdir()  # one directory: the rerun found the first
+    return run_dir
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "crashed"])
+def test_the_same_command_after_a_stop_or_a_crash_resumes_the_same_run(demo_root: Path, tmp_path: Path, sig):
+    command = train_command(demo_root)
+    first = start_and_interrupt(command, tmp_path, sig)
+    run_dir = the_run_directory(tmp_path)
+    assert not (run_dir / "final.json").exists()
+    if sig == signal.SIGTERM:  # not requeued: a non-zero exit and the command that continues the run
+        assert first.returncode == EXIT_NOT_REQUEUED, first.stdout[-3000:]
+        assert f"hydra.run.dir={run_dir}" in first.stdout
+
+    again = run(command, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {run_dir}/checkpoints/last.pt" in again.stdout + again.stderr
+    assert the_run_directory(tmp_path) == run_dir
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["epochs_run"] == 3
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {r["epoch"] for r in rows if r["split"] == "train"} == {1, 2, 3}
+
+    if sig == signal.SIGTERM:  # trainer.resume=never starts afresh, in a directory of its own
+        never = ["trainer.resume=never", "trainer.epochs=2", "trainer.max_steps_per_epoch=1"]
+        fresh = run([*command, *never], tmp_path)
+        assert fresh.returncode == 0, fresh.stderr[-3000:]
+        assert "resumed from" not in fresh.stdout + fresh.stderr
+        assert len(list((tmp_path / "runs" / "demo").iterdir())) == 2
+
+
+def test_a_rerun_id_follows_the_runs_identity_not_its_run_control():
+    from resnet_repro.cli import rerun_id
+
+    def rid(*overrides: str) -> str:
+        return rerun_id(compose(["data.root=/data/demo", *overrides]))
+
+    same = rid()
+    assert same.startswith("cfg-") and rid("trainer.max_steps_per_epoch=4", "logging.progress=false") == same
+    assert rid("data.root=/elsewhere", "trainer.epochs=12") == same  # a moved data set, a longer run
+    assert len({same, rid("trainer.seed=1"), rid("optim.lr_per_256=0.3"), rid("experiment=he2016")}) == 4
