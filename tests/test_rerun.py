@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from resnet_repro.preemption import EXIT_NOT_REQUEUED
-
 from resnet_repro.config import compose
+from resnet_repro.preemption import EXIT_NOT_REQUEUED
 
 pytestmark = pytest.mark.slow
 
