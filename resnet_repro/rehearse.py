@@ -294,11 +294,10 @@ def rehearsal_config(cfg: RootConfig, world: int, run_dir: Path) -> tuple[RootCo
 def collect(run_dir: Path, shape: Shape, cfg: RootConfig, data_note: str) -> dict[str, Any]:
     """The rehearsal's record: the job's shape, what was trained, the peak memory per process, the
     final evaluation, the plan estimate (from plan.img_per_s or the rehearsal's own throughput)."""
-    from resnet_repro import plan
-    from resnet_repro.report import read_metrics
+    from resnet_repro import plan, step_plan
 
-    metrics = read_metrics(run_dir / "metrics.jsonl")
-    train_rows = [r for r in metrics if r.get("split") == "train"]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    train_rows = [r for r in map(json.loads, lines) if r.get("split") == "train"]  # every window's
     final = json.loads((run_dir / "final.json").read_text())
     memory = [
         json.loads(p.read_text()) for p in sorted((run_dir / "rehearsal").glob("peak_memory_rank*.json"))
@@ -306,21 +305,22 @@ def collect(run_dir: Path, shape: Shape, cfg: RootConfig, data_note: str) -> dic
     memory.sort(key=lambda m: m["rank"])
     if cfg.plan.img_per_s is not None:
         rate = plan.Throughput(cfg.plan.img_per_s, "plan.img_per_s")
-    else:
-        seen = sum(r["img_per_s"] * r["epoch_time_s"] for r in train_rows)
-        seconds = sum(r["epoch_time_s"] for r in train_rows)
-        where = f"this rehearsal's {len(train_rows)} windows on {shape.device}"
-        rate = plan.Throughput(seen / seconds, where)
+    else:  # each window's steps without its loader's start-up; first steps of fresh builds: pessimistic
+        images = sum(r["img_per_s"] * r["epoch_time_s"] for r in train_rows)
+        seconds = sum(r["epoch_time_s"] - r.get("startup_wait_s", 0.0) for r in train_rows)
+        where = f"the rehearsal's first steps on {shape.device}, start-up excluded; plan.img_per_s=N to set"
+        rate = plan.Throughput(images / max(seconds, 1e-9), where)
     estimate = None
     if shape.train_images is not None:
         estimate = plan.estimate(cfg, shape.train_images, rate)
+    spe = json.loads((run_dir / "run.json").read_text())["derived"]["steps_per_epoch"]
+    trained = [dataclasses.asdict(w) for w in step_plan.windows(cfg, spe, STEPS_PER_POINT)]
     return {
         "ok": True,
         "shape": dataclasses.asdict(shape),
         "data": data_note,
-        "trained_steps": [
-            {"epoch": r["epoch"], "step": r["step"], "image_size": r.get("image_size")} for r in train_rows
-        ],
+        "steps_per_epoch": spe,
+        "trained": trained,
         "peak_memory_mb": [m["peak_memory_mb"] for m in memory],
         "final": {k: final.get(k) for k in ("top1", "top5", "loss", "protocol", "protocol_detail")},
         "plan": estimate,
@@ -349,8 +349,13 @@ def verdict(shape: Shape, record: dict[str, Any] | None = None) -> str:
         mem = ", ".join(f"rank {i}: {m:,.0f} MB" for i, m in enumerate(record["peak_memory_mb"]))
         lines.append(f"  peak memory      {mem or 'not recorded'}")
         lines.append(f"  data             {record['data']}")
-        steps = ", ".join(f"epoch {r['epoch']} (to step {r['step']})" for r in record["trained_steps"])
-        lines.append(f"  trained          {steps}; stopped, rebuilt from last.pt, finished")
+        spe = record["steps_per_epoch"]
+        steps = "; ".join(
+            f"{w['start'] + 1}" + (f"-{w['end']}" if w["end"] > w["start"] + 1 else "") + f" ({w['why']})"
+            for w in record["trained"]
+        )
+        lines.append(f"  trained steps    {steps} of {spe} per epoch of this data")
+        lines.append("  resumed          stopped before the last window, rebuilt from last.pt, finished")
         f = record["final"]
         lines.append(f"  final eval       {f['protocol']} ({f['protocol_detail']}): top-1 {f['top1']:.4f}")
         p = record["plan"]
