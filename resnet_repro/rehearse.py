@@ -18,6 +18,7 @@ Two layers:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -87,15 +88,29 @@ def real_train_images(cfg: RootConfig) -> tuple[int | None, str]:
     return None, "unknown (data.root not readable here; give plan.train_images=N)"
 
 
+@functools.lru_cache(maxsize=8)
+def _meta_model(model_json: str, num_classes: int, regularization_json: str) -> Any:
+    """The run's model on PyTorch's meta device (the real modules and parameter shapes, no storage);
+    built once per distinct model section (the jobs of a sweep share it)."""
+    import torch
+
+    from resnet_repro.config import ModelConfig, RegularizationConfig
+    from resnet_repro.models import build_model
+
+    with torch.device("meta"):
+        return build_model(
+            ModelConfig(**json.loads(model_json)),
+            num_classes,
+            RegularizationConfig(**json.loads(regularization_json)),
+        )
+
+
 def check(cfg: RootConfig, nproc_world: tuple[bool, int, str] | None = None) -> Shape:
     """Everything the real run settles before its first step, without data or memory; raises the
     UserError the real run would raise."""
-    import torch
-
     from resnet_repro import distributed, step_plan
     from resnet_repro.config import validate
     from resnet_repro.distributed import DistEnv
-    from resnet_repro.models import build_model
     from resnet_repro.optim import build_optimizer, peak_lr, summarize_groups
     from resnet_repro.schedule import build_scheduler
     from resnet_repro.summary import Derived, differences
@@ -119,8 +134,11 @@ def check(cfg: RootConfig, nproc_world: tuple[bool, int, str] | None = None) -> 
         if cfg.trainer.max_steps_per_epoch is not None:
             steps = min(steps, cfg.trainer.max_steps_per_epoch)
     num_classes = CLASS_COUNTS.get(cfg.data.name, cfg.bench.num_classes)
-    with torch.device("meta"):  # the real modules and parameter shapes, no storage
-        net = build_model(cfg.model, num_classes, cfg.regularization)
+    net = _meta_model(
+        json.dumps(dataclasses.asdict(cfg.model)),
+        num_classes,
+        json.dumps(dataclasses.asdict(cfg.regularization)),
+    )
     optimizer = build_optimizer(cfg.optim, net, global_batch)
     build_scheduler(
         cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=steps or 1000, epochs=cfg.trainer.epochs
