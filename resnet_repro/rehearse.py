@@ -52,6 +52,7 @@ class Shape:
     change_points: list[str]
     deviations: list[str]
     reference: str
+    plan: dict[str, Any] | None  # plan.estimate at plan.img_per_s, when given and the images are known
 
 
 def launch_description(nproc: int) -> tuple[bool, int, str]:
@@ -108,7 +109,7 @@ def _meta_model(model_json: str, num_classes: int, regularization_json: str) -> 
 def check(cfg: RootConfig, nproc_world: tuple[bool, int, str] | None = None) -> Shape:
     """Everything the real run settles before its first step, without data or memory; raises the
     UserError the real run would raise."""
-    from resnet_repro import distributed, step_plan
+    from resnet_repro import distributed, plan, step_plan
     from resnet_repro.config import validate
     from resnet_repro.distributed import DistEnv
     from resnet_repro.optim import build_optimizer, peak_lr, summarize_groups
@@ -155,6 +156,9 @@ def check(cfg: RootConfig, nproc_world: tuple[bool, int, str] | None = None) -> 
     )
     deviations = differences(cfg, derived, summarize_groups(optimizer))[cfg.reference]
     points = step_plan.change_points(cfg, steps or 1000)
+    estimate = None
+    if images is not None and cfg.plan.img_per_s is not None:
+        estimate = plan.estimate(cfg, images, plan.Throughput(cfg.plan.img_per_s, "plan.img_per_s"))
     return Shape(
         processes=world,
         launch=launch,
@@ -170,6 +174,7 @@ def check(cfg: RootConfig, nproc_world: tuple[bool, int, str] | None = None) -> 
         change_points=[why for _, why in points],
         deviations=deviations,
         reference=cfg.reference,
+        plan=estimate,
     )
 
 
@@ -376,13 +381,13 @@ def verdict(shape: Shape, record: dict[str, Any] | None = None) -> str:
         lines.append("  resumed          stopped before the last window, rebuilt from last.pt, finished")
         f = record["final"]
         lines.append(f"  final eval       {f['protocol']} ({f['protocol_detail']}): top-1 {f['top1']:.4f}")
-        p = record["plan"]
-        if p is not None:
-            lines.append(
-                f"  plan             {_hours(p['train_hours'])} of training at {p['img_per_s']:,.1f} img/s "
-                f"({p['img_per_s_source']})"
-            )
         lines.append(f"  run directory    {record['run_dir']}")
+    p = record["plan"] if record is not None else s.plan
+    if p is not None:
+        lines.append(
+            f"  plan             {_hours(p['train_hours'])} of training at {p['img_per_s']:,.1f} img/s "
+            f"({p['img_per_s_source']})"
+        )
     dev = ", ".join(s.deviations) if s.deviations else "none"
     lines.append(f"  deviations       from reference={s.reference}: {dev}")
     return "\n".join(lines)

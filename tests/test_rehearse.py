@@ -89,9 +89,10 @@ def test_he2016_on_8_gpus_as_make_train_imagenet_composes_it_passes_the_check(ca
     """The README's `make train-imagenet EXPERIMENT=he2016 GPUS=8`, expanded by make without running."""
     args = make_train_args("train-imagenet", f"DATA={STUB_DATA}", "GPUS=8", "EXPERIMENT=he2016")
     assert "trainer.nproc=8" in args and "experiment=he2016" in args
-    code, out, err = rehearse_check(args, capsys)
+    code, out, err = rehearse_check([*args, "plan.img_per_s=2500"], capsys)
     assert code == 0, err
     assert "32 per process, 256 global" in out
+    assert "plan             " in out and "at 2,500.0 img/s (plan.img_per_s)" in out
     assert "deviations       from reference=he2016: none" in out
 
 
@@ -152,8 +153,8 @@ def rehearsal_args(command: str) -> list[str] | None:
     words = shlex.split(command.replace("DATA=...", f"DATA={STUB_DATA}"))
     if any("..." in w or "<" in w or w.startswith("[") for w in words) or "--cfg" in words:
         return None
-    if words[:2] == ["resnet-repro", "train"]:
-        return words[2:]
+    if words[:2] in (["resnet-repro", "train"], ["resnet-repro", "rehearse"]):
+        return [w for w in words[2:] if w != "--check-only"]
     if (
         words[0] == "make"
         and len(words) > 1
