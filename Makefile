@@ -77,5 +77,5 @@ sweep-slurm: $(STAMP) ## the same sweep on SLURM via submitit: make sweep-slurm 
 		$(if $(PARTITION),hydra.launcher.partition=$(PARTITION)) trainer.checkpoint_every_minutes=15 \
 		optim.weight_decay=$(WD) stabilizer.max_norm=$(MAX_NORM) $(SEED_AXIS) $(ARGS)
 
-clean: ## remove runs/, multiruns/ and caches (not .venv)
-	rm -rf runs multiruns .pytest_cache .ruff_cache
+clean: ## remove runs/, multiruns/, rehearsals/ and caches (not .venv)
+	rm -rf runs multiruns rehearsals .pytest_cache .ruff_cache
