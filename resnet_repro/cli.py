@@ -682,13 +682,15 @@ def _rehearse_command(args: list[str]) -> None:
     if "--check-only" in args:
         _rehearse_check([a for a in args if a != "--check-only"])
         return
-    multirun = any(a in ("-m", "--multirun") for a in args)
+    flags = [a for a in args if a in ("-m", "--multirun")]
+    rest = [a for a in args if a not in flags]
+    # rehearsals/<name>/..., apart from training runs; a hydra.run.dir / hydra.sweep.dir given wins
+    key = "hydra.sweep.dir" if flags else "hydra.run.dir"
     where = (
-        "hydra.sweep.dir=rehearsals/${name}/multirun-${now:%Y-%m-%d_%H-%M-%S}"
-        if multirun
-        else ("hydra.run.dir=rehearsals/${name}/${run_id:}")
+        "rehearsals/${name}/multirun-${now:%Y-%m-%d_%H-%M-%S}" if flags else "rehearsals/${name}/${run_id:}"
     )
-    _hydra_command(_rehearse, [where, *args], "rehearse")
+    own = [] if any(a.startswith(f"{key}=") for a in rest) else [f"{key}={where}"]
+    _hydra_command(_rehearse, [*flags, *own, *rest], "rehearse")
     if _REHEARSAL_FAILURES:
         raise SystemExit(2)
 
