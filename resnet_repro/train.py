@@ -84,7 +84,11 @@ def _rehearse(
 
     from resnet_repro.metrics import peak_memory_mb
 
-    _train(cfg, run_dir, env, device, StepPlan(steps_per_point, "first"))
+    # a rehearsal starts from scratch (trainer.resume=auto in a fresh run directory), even where its
+    # directory is reused (hydra.run.dir given twice); a checkpoint path given is loaded as the run would
+    fresh = "never" if cfg.trainer.resume == "auto" else cfg.trainer.resume
+    first = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, resume=fresh))
+    _train(first, run_dir, env, device, StepPlan(steps_per_point, "first"))
     last = run_dir / "checkpoints" / "last.pt"
     resumed = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, resume=str(last)))
     final = _train(resumed, run_dir, env, device, StepPlan(steps_per_point, "second"))
