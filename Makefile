@@ -89,5 +89,5 @@ gpu-kit: ## copy the JPEG sample into gpu_kit/ for scripts/gpu_check.sh (then wh
 	cp -r "$(SAMPLE)" gpu_kit/imagenet-sample
 	@echo "gpu_kit/imagenet-sample: $$(find gpu_kit/imagenet-sample -type f | wc -l) files, $$(du -sh gpu_kit/imagenet-sample | cut -f1)"
 
-clean: ## remove runs/, multiruns/ and caches (not .venv)
-	rm -rf runs multiruns .pytest_cache .ruff_cache
+clean: ## remove runs/, multiruns/, rehearsals/ and caches (not .venv)
+	rm -rf runs multiruns rehearsals .pytest_cache .ruff_cache

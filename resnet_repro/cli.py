@@ -43,6 +43,9 @@ commands:
   report RUN_DIR                 one run's curves and gradient-norm/clipping/LR figure (PNG)
   bench MODE [overrides]         throughput: model | data | train | loop-overhead | stats; table + JSON
   plan [-m] [overrides]          steps, images and expected wall time of a run or a -m sweep; table + JSON
+  rehearse [-m] [--check-only] [overrides]
+                                 the exact job in minutes on a CPU: a few steps at each schedule change,
+                                 checkpoint, resume, final evaluation, report; a one-screen verdict
 
 {PROG} <command> --help: what the command does, its options or key overrides, an example.
 
@@ -632,6 +635,142 @@ def _plan_command(args: list[str]) -> None:
     print(json.dumps(record))
 
 
+REHEARSE_HELP = f"""usage: {PROG} rehearse [-m] [--check-only] [train overrides]
+
+Before you queue: the job `train` would run with these overrides, on this machine in minutes. The
+same composed config and launch path (local workers for trainer.nproc, torchrun, srun), nothing
+shrunk but the work: a few steps at each point of the schedule where behaviour changes (first step,
+end of warm-up, LR milestones or ramp peak, each progressive-resizing size, last epoch), a
+checkpoint, the processes' state dropped and rebuilt from it, the final evaluation under
+eval.protocol, `report` on the result. Data: a few images per class of data.root, listed by the
+real listing; or, when data.root is not readable here, a generated stand-in with the configured
+classes and image sizes (said so). Ends in a verdict (processes, batches, steps per epoch,
+precision, peak memory per process, the plan estimate, deviations from the claimed reference):
+exit 0, or the one-line error the real run would hit, exit 2. Writes rehearsals/<name>/<id>/.
+
+options:
+  -m                     rehearse each job of the sweep
+  --check-only           only what the run decides before touching data (config, launch, batch,
+                         model, optimizer and schedule shapes, plan, deviations); seconds, nothing written
+
+example:
+  {PROG} rehearse experiment=he2016 data.root=/data/imagenet trainer.nproc=2
+  {PROG} rehearse --check-only experiment=he2016 trainer.nproc=8
+"""
+
+
+def _compose_jobs(args: list[str]) -> list[tuple[list[str], RootConfig]]:
+    """The jobs of a command line (`-m`: each job of the sweep), composed as `train` composes them
+    and converted to dataclasses (an unset data.root is left empty: the caller decides)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    from resnet_repro.plan import expand_sweep
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    overrides = [a for a in args if a not in ("-m", "--multirun")]
+    register_configs()
+    check_override_keys(overrides, groups=[d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()])
+    jobs = []
+    for job in expand_sweep(overrides, multirun):
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+                dcfg = compose(config_name="config", overrides=job)
+        except HydraException as e:
+            raise UserError(str(e).splitlines()[0]) from e
+        finally:
+            GlobalHydra.instance().clear()
+        if OmegaConf.is_missing(dcfg.data, "root"):
+            dcfg.data.root = ""
+        jobs.append((job, to_dataclass(dcfg)))
+    return jobs
+
+
+def _rehearse_check(args: list[str]) -> None:
+    """`rehearse --check-only`: every job's checks and verdict; exit 2 at the first refusal."""
+    from resnet_repro import rehearse
+
+    try:
+        for job, cfg in _compose_jobs(args):
+            shape = rehearse.check(cfg)
+            print(f"{PROG} rehearse --check-only {' '.join(job)}".rstrip())
+            print(rehearse.verdict(shape))
+    except UserError as e:
+        _fail(str(e))
+
+
+_REHEARSAL_FAILURES: list[str] = []
+
+
+def _rehearse(dcfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from resnet_repro import distributed, rehearse
+    from resnet_repro.report import write_run_figures
+    from resnet_repro.step_plan import StepPlan
+    from resnet_repro.train import train, train_worker
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        if OmegaConf.is_missing(dcfg.data, "root"):
+            dcfg.data.root = ""  # the stand-in takes its place (the verdict says so)
+        cfg = to_dataclass(dcfg)
+        launch = rehearse.launch_description(cfg.trainer.nproc)
+        shape = rehearse.check(cfg, launch)
+        local_launch, world, _ = launch
+        # under torchrun / srun every rank writes the same sample (idempotently) and reads it
+        rcfg, note = rehearse.rehearsal_config(cfg, world, run_dir)
+        if local_launch:
+            yaml = OmegaConf.to_yaml(OmegaConf.structured(rcfg))
+            try:
+                distributed.launch_local(
+                    cfg.trainer.nproc, train_worker, yaml, str(run_dir), rehearse.STEPS_PER_POINT
+                )
+            except UserError as e:
+                reason = run_dir / "error.txt"
+                raise UserError(reason.read_text().strip() if reason.exists() else str(e)) from e
+        else:
+            train(rcfg, run_dir, StepPlan(rehearse.STEPS_PER_POINT))
+        if not distributed.detect().is_main:
+            return
+        write_run_figures(run_dir)
+        record = rehearse.collect(run_dir, shape, cfg, note)
+    except UserError as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # the other jobs are rehearsed too
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            _record_failure(run_dir, str(e))
+            _REHEARSAL_FAILURES.append(str(e))
+            return
+        _fail(str(e))
+    (run_dir / "rehearsal.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(rehearse.verdict(shape, record))
+
+
+def _rehearse_command(args: list[str]) -> None:
+    if any(a in ("-h", "--help") for a in args):
+        print(REHEARSE_HELP)
+        return
+    if "--check-only" in args:
+        _rehearse_check([a for a in args if a != "--check-only"])
+        return
+    flags = [a for a in args if a in ("-m", "--multirun")]
+    rest = [a for a in args if a not in flags]
+    # rehearsals/<name>/..., apart from training runs; a hydra.run.dir / hydra.sweep.dir given wins
+    key = "hydra.sweep.dir" if flags else "hydra.run.dir"
+    where = (
+        "rehearsals/${name}/multirun-${now:%Y-%m-%d_%H-%M-%S}" if flags else "rehearsals/${name}/${run_id:}"
+    )
+    own = [] if any(a.startswith(f"{key}=") for a in rest) else [f"{key}={where}"]
+    _hydra_command(_rehearse, [*flags, *own, *rest], "rehearse")
+    if _REHEARSAL_FAILURES:
+        raise SystemExit(2)
+
+
 def _stats(dcfg: DictConfig) -> None:
     import dataclasses
 
@@ -699,6 +838,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "verify-data": _verify_data_command,
     "bench": _bench_command,
     "plan": _plan_command,
+    "rehearse": _rehearse_command,
     "report": _report,
     "stats": lambda args: _hydra_command(_stats, ["name=stats", *args], "stats"),
 }

@@ -139,12 +139,16 @@ class StepTimer:
             yield item
 
     def summary(self) -> dict[str, float]:
-        if not self.steps:
+        if not self.waits:
             return {}
+        # the first wait (pipeline start-up) has no step of its own: reported apart
+        startup = {"startup_wait_s": self.waits[0]}
+        if not self.steps:
+            return startup
         steps = sorted(self.steps)
         total = sum(self.steps)
-        # the first wait (pipeline start-up) has no step of its own; leave it out
         return {
+            **startup,
             "data_wait_fraction": sum(self.waits[1:]) / total if total > 0 else 0.0,
             "step_time_p50_s": steps[len(steps) // 2],
             "step_time_p90_s": steps[min(len(steps) - 1, int(0.9 * len(steps)))],

@@ -159,8 +159,10 @@ def make_train_loader(
     epoch: int,
     skip_steps: int = 0,
     norm: Normalization | None = None,
+    steps: int | None = None,
 ) -> Loader:
-    """This rank's images for `epoch`, after the first `skip_steps` batches (a mid-epoch resume)."""
+    """This rank's images for `epoch`, after the first `skip_steps` batches (a mid-epoch resume);
+    `steps`: only that many batches (a rehearsal's window)."""
     t = cfg.trainer
     batch = per_device_batch(t, env.world_size)
     idx = sharding.train_indices(
@@ -174,6 +176,8 @@ def make_train_loader(
     if t.max_steps_per_epoch is not None:
         idx = idx[: t.max_steps_per_epoch * batch]
     idx = idx[skip_steps * batch :]
+    if steps is not None:
+        idx = idx[: steps * batch]
     return build_loader(
         progressive.train_data_config(cfg.data, epoch, t.epochs),
         [files.files[i] for i in idx],

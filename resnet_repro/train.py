@@ -4,6 +4,7 @@ loop.py, what a checkpoint holds in run_state.py, the evaluations in run_eval.py
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -40,6 +41,7 @@ from resnet_repro.run_eval import EvalSets, feed_model_selection, final_test_eva
 from resnet_repro.run_state import RunState, job_shape
 from resnet_repro.schedule import build_scheduler
 from resnet_repro.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard, chance_loss
+from resnet_repro.step_plan import StepPlan, Window
 from resnet_repro.summary import Derived, Deviation, deviations, deviations_record, render
 
 log = logging.getLogger("resnet_repro")
@@ -61,8 +63,9 @@ def _configure_console(env: DistEnv, run_dir: Path) -> None:
         log.addHandler(handler)
 
 
-def train(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
-    """Train in this process: a single process, or one rank of a torchrun / srun / local launch."""
+def train(cfg: RootConfig, run_dir: Path, rehearsal: StepPlan | None = None) -> dict[str, Any]:
+    """Train in this process: a single process, or one rank of a torchrun / srun / local launch.
+    `rehearsal`: train only the plan's steps, in two phases (`resnet-repro rehearse`)."""
     env = distributed.detect()
     device = distributed.pick_device(cfg.trainer.device, env)
     _configure_console(env, run_dir)
@@ -71,29 +74,67 @@ def train(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         # every rank uses rank 0's run directory (under torchrun each process composed its own, and
         # a start-time name can differ by a second): it decides where to resume from
         run_dir = Path(distributed.broadcast_object(env, str(run_dir)))
-        return _train(cfg, run_dir, env, device)
+        if rehearsal is None:
+            return _train(cfg, run_dir, env, device)
+        return _rehearse(cfg, run_dir, env, device, rehearsal.steps_per_point)
     finally:
         distributed.teardown()
 
 
-def train_worker(cfg_yaml: str, run_dir: str) -> dict[str, Any]:
-    """Entry point of a locally launched worker process (picklable: plain strings in)."""
+def _rehearse(
+    cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device, steps_per_point: int
+) -> dict[str, Any]:
+    """Two builds of the run from nothing: the first trains every window of the step plan but the
+    last and stops with last.pt; the second, whose parts know nothing of the first's but that
+    checkpoint (trainer.resume=<it>), trains the last window and finishes like the real run. Each
+    rank's peak memory goes to <run_dir>/rehearsal/peak_memory_rank<r>.json."""
+    import dataclasses
+
+    from resnet_repro.metrics import peak_memory_mb
+
+    # a rehearsal starts from scratch (trainer.resume=auto in a fresh run directory), even where its
+    # directory is reused (hydra.run.dir given twice); a checkpoint path given is loaded as the run would
+    fresh = "never" if cfg.trainer.resume == "auto" else cfg.trainer.resume
+    first = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, resume=fresh))
+    _train(first, run_dir, env, device, StepPlan(steps_per_point, "first"))
+    last = run_dir / "checkpoints" / "last.pt"
+    resumed = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, resume=str(last)))
+    final = _train(resumed, run_dir, env, device, StepPlan(steps_per_point, "second"))
+    out = run_dir / "rehearsal"
+    out.mkdir(parents=True, exist_ok=True)
+    memory = {"rank": env.rank, "device": str(device), "peak_memory_mb": peak_memory_mb(device.type)}
+    (out / f"peak_memory_rank{env.rank}.json").write_text(json.dumps(memory) + "\n")
+    distributed.barrier(env)
+    return final
+
+
+def train_worker(cfg_yaml: str, run_dir: str, steps_per_point: int | None = None) -> dict[str, Any]:
+    """Entry point of a locally launched worker process (picklable: plain values in);
+    `steps_per_point`: a rehearsal (see `train`)."""
     from omegaconf import OmegaConf
 
     cfg = to_dataclass(OmegaConf.create(cfg_yaml))
+    rehearsal = StepPlan(steps_per_point) if steps_per_point is not None else None
     try:
-        return train(cfg, Path(run_dir))
+        return train(cfg, Path(run_dir), rehearsal)
     except UserError as e:  # one line from the failing rank, not a traceback per rank
         print(f"resnet-repro: error: {e}", file=sys.stderr)
+        with contextlib.suppress(OSError):  # the reason, for the launching process to report
+            (Path(run_dir) / "error.txt").write_text(f"{e}\n")
         raise SystemExit(2) from None
+
+
+def check_device(cfg: RootConfig, device: torch.device) -> None:
+    """What the config asks of the device that only the device can refuse."""
+    if cfg.model.sync_bn and device.type != "cuda":
+        raise UserError("model.sync_bn=true needs CUDA devices (SyncBatchNorm has no CPU implementation)")
 
 
 def _build_model(
     cfg: RootConfig, num_classes: int, env: DistEnv, device: torch.device
 ) -> tuple[nn.Module, nn.Module]:
     """(bare model, the module that runs: DDP-wrapped and/or compiled)."""
-    if cfg.model.sync_bn and device.type != "cuda":
-        raise UserError("model.sync_bn=true needs CUDA devices (SyncBatchNorm has no CPU implementation)")
+    check_device(cfg, device)
     torch.manual_seed(cfg.trainer.seed)  # identical initial weights on every rank
     net = build_model(cfg.model, num_classes, cfg.regularization).to(device)
     model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed else net
@@ -106,16 +147,20 @@ def _build_model(
     return net, model
 
 
-def _train(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -> dict[str, Any]:
+def _train(
+    cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device, plan: StepPlan | None = None
+) -> dict[str, Any]:
     validate(cfg)
     lock = distributed.all_or_none(env, lambda: acquire_run_lock(run_dir) if env.is_main else None)
     try:
-        return _train_locked(cfg, run_dir, env, device)
+        return _train_locked(cfg, run_dir, env, device, plan)
     finally:
         release_run_lock(lock)
 
 
-def _train_locked(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device) -> dict[str, Any]:
+def _train_locked(
+    cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device, plan: StepPlan | None
+) -> dict[str, Any]:
     data = prepare_data(cfg, env, device)
     parts = build_parts(cfg, data.derived, env, device, run_dir, norm=data.norm, checkpoints=True)
     _resume(parts, cfg, run_dir, env, data)
@@ -123,10 +168,13 @@ def _train_locked(cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.de
     _describe(parts, cfg, run_dir, env, data, selection)
     evals = EvalSets(cfg, data.splits, data.norm, env, device, data.batch)
     try:
-        last = _run_epochs(parts, cfg, data, evals, env, device, selection)
+        windows = plan.windows(cfg, data.derived.steps_per_epoch) if plan is not None else None
+        last = _run_epochs(parts, cfg, data, evals, env, device, selection, windows)
         if parts.interrupts.stopped_by is not None:  # last.pt holds the position reached
             state = parts.state
             return after_preemption(cfg, env, run_dir, parts.interrupts, state.epoch, state.epoch_step)
+        if plan is not None and plan.phase == "first":  # a rehearsal drops the process state here
+            return {"rehearsed_to_step": parts.state.step}
         return _finish(parts, cfg, run_dir, data, evals, last, env, device, selection)
     except NonFiniteError as e:
         raise UserError(str(e)) from e
@@ -289,11 +337,26 @@ def _run_epochs(
     env: DistEnv,
     device: torch.device,
     selection: str | None,
+    windows: list[Window] | None = None,
 ) -> dict[str, dict[str, Any]] | None:
     """Epochs until trainer.epochs, an early stop, or a preemption (parts.interrupts.stopped_by is
-    then set). Returns the last epoch's evaluations; None when no epoch ended here."""
+    then set). Returns the last epoch's evaluations; None when no epoch ended here.
+
+    `windows` (a rehearsal): only these steps are trained, each window ending its epoch; the
+    position jumps to each window's start as if the steps before it had been trained."""
     state, last = parts.state, None
+    pending = list(windows) if windows is not None else None
     while state.epoch < cfg.trainer.epochs and state.stopped is None:
+        steps = None
+        if pending is not None:
+            while pending and pending[0].end <= state.step:  # trained before a resume
+                pending.pop(0)
+            if not pending:
+                break
+            window = pending.pop(0)
+            _jump(state, window.start, data.derived.steps_per_epoch)
+            log.info(f"rehearsal: steps {window.start + 1}-{window.end} ({window.why})")
+            steps = window.end - state.step
         epoch = state.epoch
         if state.epoch_metrics is not None:  # resumed after a stop on the epoch's last step
             train_metrics, state.epoch_metrics = state.epoch_metrics, None
@@ -301,7 +364,14 @@ def _run_epochs(
         else:
             _seed_epoch(state, cfg, env)
             loader = make_train_loader(
-                cfg, data.splits.train, env, device, epoch, skip_steps=state.epoch_step, norm=data.norm
+                cfg,
+                data.splits.train,
+                env,
+                device,
+                epoch,
+                skip_steps=state.epoch_step,
+                norm=data.norm,
+                steps=steps,
             )
             train_metrics = train_one_epoch(parts, loader, cfg, env, device)
             del loader
@@ -318,6 +388,15 @@ def _run_epochs(
         if state.epoch < cfg.trainer.epochs and parts.interrupts.stop_requested(state.step, force_check=True):
             return None
     return last
+
+
+def _jump(state: RunState, step: int, steps_per_epoch: int) -> None:
+    """Move the data position and the LR schedule to global step `step` (a rehearsal's next window)
+    as if the steps in between had been trained."""
+    for _ in range(step - state.step):
+        state.schedule.step()
+    state.step = max(state.step, step)
+    state.epoch, state.epoch_step = divmod(state.step, steps_per_epoch)
 
 
 def _seed_epoch(state: RunState, cfg: RootConfig, env: DistEnv) -> None:

@@ -1,0 +1,394 @@
+"""`resnet-repro rehearse [train overrides]`: the user's exact job, with only the work shrunk.
+
+Two layers:
+
+- `check` (also `rehearse --check-only`): what the run decides before it touches its data: the
+  config validated, the launch (processes, per-process and global batch), the model, optimizer and
+  LR schedule built for the real run's steps per epoch (on PyTorch's meta device: no memory, no
+  time), the device's own refusals, the plan estimate and the deviations from the claimed reference.
+- the rehearsal itself: the same config and launch path as `train`, on a sample of data.root (a few
+  images per class, through the real listing and its guards) or on a generated stand-in with the
+  configured classes and image sizes; only the steps at the schedule's change points are trained
+  (step_plan.py), the run is stopped with its checkpoint, rebuilt from it, finished with the
+  configured final evaluation, and `report` draws its figures. Run-control keys only are changed
+  (data.root, data.max_eval_images, data.stats.path, trainer.resume): the config a rehearsal
+  writes is the real run's but for those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from resnet_repro.config import RootConfig, UserError, per_device_batch
+
+# classes of the stand-in when data.root cannot be read (data.name -> count)
+CLASS_COUNTS = {"imagenet": 1000, "cifar10": 10}
+STEPS_PER_POINT = 1  # trained steps from each change point of the schedule
+EVAL_IMAGES_PER_PROCESS = 2  # images of each evaluated split per process (data.max_eval_images)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The job as the real run would start it (plain data: printed and written as JSON)."""
+
+    processes: int
+    launch: str
+    device: str
+    per_process_batch: int
+    global_batch: int
+    peak_lr: float
+    train_images: int | None
+    train_images_source: str
+    steps_per_epoch: int | None
+    epochs: int
+    precision: str
+    change_points: list[str]
+    deviations: list[str]
+    reference: str
+    plan: dict[str, Any] | None  # plan.estimate at plan.img_per_s, when given and the images are known
+
+
+def launch_description(nproc: int) -> tuple[bool, int, str]:
+    """(whether the CLI starts local workers, the world size, in words), as `train` decides."""
+    from resnet_repro import distributed
+
+    env = distributed.detect()
+    if nproc > 1 and env.source == "single":
+        return True, nproc, f"{nproc} local worker processes (trainer.nproc)"
+    if env.source == "single":
+        return False, 1, "this process"
+    return False, env.world_size, f"rank {env.rank} of {env.world_size} ({env.source})"
+
+
+def readable(cfg: RootConfig) -> bool:
+    """Whether data.root's training split is there to list."""
+    return bool(cfg.data.root) and (Path(cfg.data.root).expanduser() / cfg.data.train_split).is_dir()
+
+
+def real_train_images(cfg: RootConfig) -> tuple[int | None, str]:
+    """The real run's training images per epoch and where the count comes from: data.root's file
+    lists (after exclusions, subset and holdout) when readable, else plan.train_images, else
+    ImageNet-1K's count for data=imagenet (minus a holdout given as a count)."""
+    from resnet_repro import plan
+    from resnet_repro.data.holdout import holdout_count
+
+    if readable(cfg) or cfg.data.name == "demo" or cfg.plan.train_images is not None:
+        count, _, source = plan.count_images(cfg)
+        return count, source
+    if cfg.data.name == "imagenet":
+        total = plan.IMAGENET_TRAIN_IMAGES
+        held = holdout_count(cfg.data.holdout.size, total) if cfg.data.holdout.size is not None else 0
+        return total - held, "ImageNet-1K's count (data.root not readable here)"
+    return None, "unknown (data.root not readable here; give plan.train_images=N)"
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_model(model_json: str, num_classes: int, regularization_json: str) -> Any:
+    """The run's model on PyTorch's meta device (the real modules and parameter shapes, no storage);
+    built once per distinct model section (the jobs of a sweep share it)."""
+    import torch
+
+    from resnet_repro.config import ModelConfig, RegularizationConfig
+    from resnet_repro.models import build_model
+
+    with torch.device("meta"):
+        return build_model(
+            ModelConfig(**json.loads(model_json)),
+            num_classes,
+            RegularizationConfig(**json.loads(regularization_json)),
+        )
+
+
+def check(cfg: RootConfig, nproc_world: tuple[bool, int, str] | None = None) -> Shape:
+    """Everything the real run settles before its first step, without data or memory; raises the
+    UserError the real run would raise."""
+    from resnet_repro import distributed, plan, step_plan
+    from resnet_repro.config import validate
+    from resnet_repro.distributed import DistEnv
+    from resnet_repro.optim import build_optimizer, peak_lr
+    from resnet_repro.schedule import build_scheduler
+    from resnet_repro.summary import deviations
+    from resnet_repro.train import check_device
+
+    validate(cfg)
+    _, world, launch = nproc_world or launch_description(cfg.trainer.nproc)
+    batch = per_device_batch(cfg.trainer, world)
+    device = distributed.pick_device(cfg.trainer.device, DistEnv())
+    check_device(cfg, device)
+    images, source = real_train_images(cfg)
+    global_batch = batch * world
+    steps = None
+    if images is not None:
+        steps = images // global_batch
+        if steps == 0:
+            raise UserError(
+                f"the training split has {images} images, fewer than one global batch of {global_batch} "
+                f"({batch} per process x {world} processes)"
+            )
+        if cfg.trainer.max_steps_per_epoch is not None:
+            steps = min(steps, cfg.trainer.max_steps_per_epoch)
+    num_classes = CLASS_COUNTS.get(cfg.data.name, cfg.bench.num_classes)
+    net = _meta_model(
+        json.dumps(dataclasses.asdict(cfg.model)),
+        num_classes,
+        json.dumps(dataclasses.asdict(cfg.regularization)),
+    )
+    optimizer = build_optimizer(cfg.optim, net, global_batch)
+    build_scheduler(
+        cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=steps or 1000, epochs=cfg.trainer.epochs
+    )
+    lr = peak_lr(cfg.optim, global_batch)
+    found = [f"{d.key}={d.value} (reference: {d.reference})" for d in deviations(cfg, world)]
+    points = step_plan.change_points(cfg, steps or 1000)
+    estimate = None
+    given = plan.given_throughput(cfg)
+    if images is not None and given is not None:
+        estimate = plan.estimate(cfg, images, given)
+    return Shape(
+        processes=world,
+        launch=launch,
+        device=str(device),
+        per_process_batch=batch,
+        global_batch=global_batch,
+        peak_lr=lr,
+        train_images=images,
+        train_images_source=source,
+        steps_per_epoch=steps,
+        epochs=cfg.trainer.epochs,
+        precision=cfg.trainer.precision,
+        change_points=[why for _, why in points],
+        deviations=found,
+        reference=cfg.reference,
+        plan=estimate,
+    )
+
+
+# ----------------------------------------------------------------------------------- the data
+def images_per_class(cfg: RootConfig, global_batch: int, classes: int) -> int:
+    """Training-split images each used class needs so that the holdout can be carved and a few
+    full global batches remain (steps per epoch of the sample: at least 2 and STEPS_PER_POINT)."""
+    train = global_batch * max(2, STEPS_PER_POINT)
+    size = cfg.data.holdout.size
+    if size is None:
+        needed = train
+    elif size >= 1:
+        needed = int(size) + train
+    else:
+        needed = math.ceil(train / (1 - size)) + classes
+    return math.ceil(needed / classes) + 1  # +1: a class keeps one image when its holdout is carved
+
+
+def _kept_and_wanted(
+    cfg: RootConfig, classes: tuple[str, ...], global_batch: int
+) -> tuple[set[str] | None, int]:
+    """(the classes data.subset keeps, None for all; the training images each of them needs)."""
+    from resnet_repro.data import subset
+
+    kept = set(subset.select_classes(classes, cfg.data.subset)) if subset.is_active(cfg.data.subset) else None
+    return kept, images_per_class(cfg, global_batch, len(kept) if kept is not None else len(classes))
+
+
+def _link(target: Path, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.symlink(target, link)
+    except FileExistsError:  # another rank of a torchrun / srun rehearsal wrote it
+        pass
+
+
+def sample_data_root(cfg: RootConfig, global_batch: int, out: Path) -> tuple[Path, str]:
+    """A few images per class of data.root, listed by the real listing (its guards refuse what the
+    real run refuses), linked into `out` in the same layout; the per-class count covers a holdout
+    and a few global batches of the classes a subset keeps."""
+    from resnet_repro.data.splits import list_split
+
+    d = cfg.data
+    train = list_split(d.root, d.train_split)
+    test = list_split(d.root, d.eval_split, classes=train.classes)
+    kept, wanted = _kept_and_wanted(cfg, train.classes, global_batch)
+    root = Path(d.root).expanduser()
+    taken: dict[tuple[str, int], int] = {}
+    for files in (train, test):
+        for path, label in zip(files.files, files.labels, strict=True):
+            name = train.classes[label]
+            limit = 1 if files is test or (kept is not None and name not in kept) else wanted
+            if taken.get((files.split, label), 0) < limit:
+                taken[(files.split, label)] = taken.get((files.split, label), 0) + 1
+                _link(Path(path).resolve(), out / Path(path).relative_to(root))
+    n = sum(v for (split, _), v in taken.items() if split == d.train_split)
+    return out, f"a sample of {d.root}: {n} training images ({wanted} per used class, 1 per other class)"
+
+
+def stand_in_classes(cfg: RootConfig) -> list[str]:
+    """Class folder names of the stand-in: a subset's class file's names first, when it has one."""
+    count = CLASS_COUNTS.get(cfg.data.name, cfg.bench.num_classes)
+    spec = cfg.data.subset.classes
+    names: list[str] = []
+    if spec is not None and not isinstance(spec, int) and Path(str(spec)).expanduser().is_file():
+        lines = Path(str(spec)).expanduser().read_text().splitlines()
+        names = sorted({s.strip() for s in lines if s.strip() and not s.startswith("#")})
+    names += [f"class{i:04d}" for i in range(max(count - len(names), 0))]
+    return sorted(names)
+
+
+def stand_in_size(cfg: RootConfig) -> tuple[int, int]:
+    """(width, height) of the stand-in's images: the evaluation resize's shorter side (image_size /
+    crop_ratio), 4:3 landscape as most of ImageNet; square where images come at their size."""
+    d = cfg.data
+    short = round(d.image_size / d.crop_ratio)
+    if d.augment.scale_short_side is not None:
+        short = max(short, d.augment.scale_short_side[0])
+    square = d.crop_ratio == 1 or d.augment.pad_crop > 0
+    return (short if square else round(short * 4 / 3)), short
+
+
+def write_stand_in(cfg: RootConfig, global_batch: int, out: Path, pool_size: int = 16) -> tuple[Path, str]:
+    """A generated dataset in the ImageNet layout with the configured class count and image size:
+    `pool_size` smooth random JPEGs, linked as each class's images (a rehearsal checks the path
+    the images take, not what can be learnt from them)."""
+    import numpy as np
+    from PIL import Image
+
+    classes = stand_in_classes(cfg)
+    kept, wanted = _kept_and_wanted(cfg, tuple(classes), global_batch)
+    width, height = stand_in_size(cfg)
+    rng = np.random.default_rng(0)
+    pool = out / ".pool"
+    pool.mkdir(parents=True, exist_ok=True)
+    images = []
+    for i in range(pool_size):
+        small = Image.fromarray(rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8), mode="RGB")
+        path, tmp = pool / f"{i}.JPEG", pool / f".{i}.{os.getpid()}.tmp"
+        small.resize((width, height), Image.BILINEAR).save(tmp, format="JPEG", quality=85)
+        os.replace(tmp, path)  # atomic: ranks of one rehearsal write the same files
+        images.append(path)
+    n = 0
+    for c, name in enumerate(classes):
+        count = wanted if kept is None or name in kept else 1
+        for i in range(count):
+            _link(images[(c + i) % pool_size], out / cfg.data.train_split / name / f"{i}.JPEG")
+        _link(images[c % pool_size], out / cfg.data.eval_split / name / "0.JPEG")
+        n += count
+    why = "data.root is not set" if not cfg.data.root else f"data.root={cfg.data.root} is not readable here"
+    return out, (
+        f"a generated stand-in ({why}): {len(classes)} classes, {n} training images of {width}x{height} px"
+    )
+
+
+def rehearsal_config(cfg: RootConfig, world: int, run_dir: Path) -> tuple[RootConfig, str]:
+    """The config the rehearsal trains: the run's, with data.root on the sample or stand-in (in
+    <run_dir>/rehearsal/data), evaluations capped at a few images per process, the statistics file
+    beside the sample. Returns it and one line saying where the data came from."""
+    d = cfg.data
+    global_batch = per_device_batch(cfg.trainer, world) * world
+    out = run_dir / "rehearsal" / "data"
+    if d.name == "demo":  # the demo's data is generated and small: the run's own
+        root, note = d.root, f"the demo's own data ({d.root})"
+    elif readable(cfg):
+        root, note = sample_data_root(cfg, global_batch, out)
+    else:
+        root, note = write_stand_in(cfg, global_batch, out)
+    cap = EVAL_IMAGES_PER_PROCESS * world
+    data = dataclasses.replace(
+        d,
+        root=str(root),
+        max_eval_images=min(cap, d.max_eval_images) if d.max_eval_images is not None else cap,
+        stats=dataclasses.replace(d.stats, path=None),
+    )
+    return dataclasses.replace(cfg, data=data), note
+
+
+# ----------------------------------------------------------------------------------- the verdict
+def collect(run_dir: Path, shape: Shape, cfg: RootConfig, data_note: str) -> dict[str, Any]:
+    """The rehearsal's record: the job's shape, what was trained, the peak memory per process, the
+    final evaluation, the plan estimate (from plan.img_per_s or the rehearsal's own throughput)."""
+    from resnet_repro import plan, step_plan
+
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    train_rows = [r for r in map(json.loads, lines) if r.get("split") == "train"]  # every window's
+    final = json.loads((run_dir / "final.json").read_text())
+    memory = [
+        json.loads(p.read_text()) for p in sorted((run_dir / "rehearsal").glob("peak_memory_rank*.json"))
+    ]
+    memory.sort(key=lambda m: m["rank"])
+    rate = plan.given_throughput(cfg)
+    if rate is None:  # each window's steps without its loader's start-up; first steps of fresh builds:
+        # pessimistic. Per process, at each training crop the windows trained at
+        by_size: dict[int, list[float]] = {}
+        for r in train_rows:
+            seconds = max(r["epoch_time_s"] - r.get("startup_wait_s", 0.0), 1e-9)
+            size = by_size.setdefault(int(r.get("image_size", cfg.data.image_size)), [0.0, 0.0])
+            size[0] += r["img_per_s"] * r["epoch_time_s"] / shape.processes
+            size[1] += seconds
+        rates = {s: images / seconds for s, (images, seconds) in by_size.items()}
+        where = (
+            f"the rehearsal's first steps on {shape.device}, start-up excluded; "
+            "plan.img_per_s_per_gpu=N to set"
+        )
+        last = max(rates) if rates else cfg.data.image_size
+        rate = plan.Throughput(rates.get(last, 1e-9), last, where, by_size=rates)
+    estimate = None
+    if shape.train_images is not None:
+        estimate = plan.estimate(cfg, shape.train_images, rate)
+    spe = json.loads((run_dir / "run.json").read_text())["derived"]["steps_per_epoch"]
+    trained = [dataclasses.asdict(w) for w in step_plan.windows(cfg, spe, STEPS_PER_POINT)]
+    return {
+        "ok": True,
+        "shape": dataclasses.asdict(shape),
+        "data": data_note,
+        "steps_per_epoch": spe,
+        "trained": trained,
+        "peak_memory_mb": [m["peak_memory_mb"] for m in memory],
+        "final": {k: final.get(k) for k in ("top1", "top5", "loss", "protocol", "protocol_detail")},
+        "plan": estimate,
+        "run_dir": str(run_dir),
+    }
+
+
+def _hours(h: float) -> str:
+    return f"{h * 60:.1f} min" if h < 1 else f"{h:,.1f} h"
+
+
+def verdict(shape: Shape, record: dict[str, Any] | None = None) -> str:
+    """One screen: what would run where, and (after a rehearsal) what it did and what it costs."""
+    s = shape
+    spe = f"{s.steps_per_epoch:,}" if s.steps_per_epoch is not None else "unknown"
+    lines = [
+        "rehearsal verdict: the real run would start" + (" and train" if record else ""),
+        f"  processes        {s.processes}: {s.launch}, on {s.device}",
+        f"  batch            {s.per_process_batch} per process, {s.global_batch} global "
+        f"(peak LR {s.peak_lr:g})",
+        f"  steps per epoch  {spe} x {s.epochs} epochs ({s.train_images_source})",
+        f"  precision        {s.precision}",
+        f"  change points    {', '.join(s.change_points)}",
+    ]
+    if record is not None:
+        mem = ", ".join(f"rank {i}: {m:,.0f} MB" for i, m in enumerate(record["peak_memory_mb"]))
+        lines.append(f"  peak memory      {mem or 'not recorded'}")
+        lines.append(f"  data             {record['data']}")
+        spe = record["steps_per_epoch"]
+        steps = "; ".join(
+            f"{w['start'] + 1}" + (f"-{w['end']}" if w["end"] > w["start"] + 1 else "") + f" ({w['why']})"
+            for w in record["trained"]
+        )
+        lines.append(f"  trained steps    {steps} of {spe} per epoch of this data")
+        lines.append("  resumed          stopped before the last window, rebuilt from last.pt, finished")
+        f = record["final"]
+        lines.append(f"  final eval       {f['protocol']} ({f['protocol_detail']}): top-1 {f['top1']:.4f}")
+        lines.append(f"  run directory    {record['run_dir']}")
+    p = record["plan"] if record is not None else s.plan
+    if p is not None:
+        lines.append(
+            f"  plan             {_hours(p['train_hours'])} of training at {p['img_per_s']:,.1f} img/s "
+            f"over {p['world_size']} processes ({p['img_per_s_source']})"
+        )
+    dev = ", ".join(s.deviations) if s.deviations else "none"
+    lines.append(f"  deviations       from reference={s.reference}: {dev}")
+    return "\n".join(lines)
