@@ -38,6 +38,7 @@ SAYS = {
     "bench": "loop-overhead",  # the modes: `bench --help` is help, not an unknown mode
     "prepare-cifar10": "--archive",
     "plan": "plan.img_per_s_per_gpu",
+    "rehearse": "--check-only",
 }
 
 
