@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import IMAGENET_STD
 
 from resnet_repro.data.dali import Transform
 from resnet_repro.data.splits import list_split
@@ -70,7 +71,10 @@ def test_torch_eval_inputs_are_close_to_dalis(inputs):
         # float) alone.
         assert mad < 0.16, decoder
     # Both torch decoders share libjpeg-turbo and the geometry: measured 3.4e-5
-    assert (inputs["pil"] - inputs["decode_jpeg"]).abs().mean().item() < 1e-3
+    # one grey level is 1/255/std ~ 0.017; the mean is < 1e-3 with torch's AVX2 resize (Pillow's
+    # arithmetic) and 0.0028 with its portable one (ATEN_CPU_CAPABILITY=default): at most a quarter
+    # of the values a level apart, on any CPU
+    assert (inputs["pil"] - inputs["decode_jpeg"]).abs().mean().item() < 0.25 / 255 / max(IMAGENET_STD)
 
 
 @pytest.mark.slow

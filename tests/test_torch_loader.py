@@ -126,6 +126,10 @@ def test_bad_decoder_and_unreadable_images_are_one_line_user_errors(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ parity
+# Mean absolute difference when at most a quarter of the values are one grey level apart
+ONE_LEVEL_APART_AT_MOST_QUARTER = 0.25 / 255 / max(IMAGENET_STD)
+
+
 def test_both_decoders_give_the_same_eval_tensors(smooth_files, mixed_folder):
     files = list(smooth_files) + list(list_split(mixed_folder, "train").files)
     pil, _ = _run(_loader(files, range(len(files)), _transform(train=False), decoder="pil"))
@@ -134,7 +138,10 @@ def test_both_decoders_give_the_same_eval_tensors(smooth_files, mixed_folder):
     # Same libjpeg-turbo decode, same geometry; PIL's and torch's antialiased bilinear kernels round
     # differently by at most one grey level (one level = 1/255/std ~ 0.017 after normalization)
     assert diff.max().item() <= 1.01 / 255 / min(IMAGENET_STD)
-    assert diff.mean().item() < 1e-3
+    # How often they round apart depends on the CPU path torch's uint8 resize takes: its AVX2 kernel
+    # mirrors Pillow's arithmetic (mean difference < 1e-3 here), the portable one
+    # (ATEN_CPU_CAPABILITY=default) computes in float (0.0020, about 11% of values one level apart)
+    assert diff.mean().item() < ONE_LEVEL_APART_AT_MOST_QUARTER
 
 
 def test_eval_transform_is_close_to_dalis(smooth_files):
