@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -635,13 +636,13 @@ def _plan_command(args: list[str]) -> None:
     print(json.dumps(record))
 
 
-REHEARSE_HELP = f"""usage: {PROG} rehearse [-m] [--check-only] [train overrides]
+REHEARSE_HELP = f"""usage: {PROG} rehearse [-m] [--check-only] [--images-per-step N] [train overrides]
 
 Before you queue: the job `train` would run with these overrides, on this machine in minutes. The
 same composed config and launch path (local workers for trainer.nproc, torchrun, srun), nothing
 shrunk but the work: a few steps at each point of the schedule where behaviour changes (first step,
 end of warm-up, LR milestones or ramp peak, each progressive-resizing size, last epoch), a
-checkpoint, the processes' state dropped and rebuilt from it, the final evaluation under
+checkpoint, a second launch of the processes resuming from it, the final evaluation under
 eval.protocol, `report` on the result. Data: a few images per class of data.root, listed by the
 real listing; or, when data.root is not readable here, a generated stand-in with the configured
 classes and image sizes (said so). Ends in a verdict (processes, batches, steps per epoch,
@@ -652,6 +653,9 @@ options:
   -m                     rehearse each job of the sweep
   --check-only           only what the run decides before touching data (config, launch, batch,
                          model, optimizer and schedule shapes, plan, deviations); seconds, nothing written
+  --images-per-step N    images of each process's batch a trained step uses (the loader still
+                         reads the whole batch); all: the whole batch; auto (default): the whole
+                         batch on a GPU, at most 2 on a CPU
 
 example:
   {PROG} rehearse experiment=he2016 data.root=/data/imagenet trainer.nproc=2
@@ -705,7 +709,7 @@ def _rehearse_check(args: list[str]) -> None:
 _REHEARSAL_FAILURES: list[str] = []
 
 
-def _rehearse(dcfg: DictConfig) -> None:
+def _rehearse(dcfg: DictConfig, images_per_step: str) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import OmegaConf
@@ -723,23 +727,27 @@ def _rehearse(dcfg: DictConfig) -> None:
         launch = rehearse.launch_description(cfg.trainer.nproc)
         shape = rehearse.check(cfg, launch)
         local_launch, world, _ = launch
+        plan = StepPlan(
+            rehearse.STEPS_PER_POINT,
+            images_per_step=rehearse.images_per_step(images_per_step, shape.per_process_batch, shape.device),
+        )
         # under torchrun / srun every rank writes the same sample (idempotently) and reads it
         rcfg, note = rehearse.rehearsal_config(cfg, world, run_dir)
-        if local_launch:
+        if local_launch:  # two launches: the second process state knows the first's by last.pt only
             yaml = OmegaConf.to_yaml(OmegaConf.structured(rcfg))
-            try:
-                distributed.launch_local(
-                    cfg.trainer.nproc, train_worker, yaml, str(run_dir), rehearse.STEPS_PER_POINT
-                )
-            except UserError as e:
-                reason = run_dir / "error.txt"
-                raise UserError(reason.read_text().strip() if reason.exists() else str(e)) from e
+            for phase in ("first", "second"):
+                fields = dataclasses.asdict(dataclasses.replace(plan, phase=phase))
+                try:
+                    distributed.launch_local(cfg.trainer.nproc, train_worker, yaml, str(run_dir), fields)
+                except UserError as e:
+                    reason = run_dir / "error.txt"
+                    raise UserError(reason.read_text().strip() if reason.exists() else str(e)) from e
         else:
-            train(rcfg, run_dir, StepPlan(rehearse.STEPS_PER_POINT))
+            train(rcfg, run_dir, dataclasses.replace(plan, phase="both"))
         if not distributed.detect().is_main:
             return
         write_run_figures(run_dir)
-        record = rehearse.collect(run_dir, shape, cfg, note)
+        record = rehearse.collect(run_dir, shape, cfg, note, plan, launches=2 if local_launch else 1)
     except UserError as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # the other jobs are rehearsed too
             print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -751,10 +759,32 @@ def _rehearse(dcfg: DictConfig) -> None:
     print(rehearse.verdict(shape, record))
 
 
+def _images_per_step_option(args: list[str]) -> tuple[str, list[str]]:
+    """(--images-per-step's value, "auto" when not given; the other arguments)."""
+    value, rest, it = "auto", [], iter(args)
+    for a in it:
+        if a == "--images-per-step":
+            value = next(it, "")
+            if not value:
+                _fail("--images-per-step needs a value: a count of images, 'all' or 'auto'")
+        elif a.startswith("--images-per-step="):
+            value = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    from resnet_repro.rehearse import parse_images_per_step
+
+    try:
+        parse_images_per_step(value)
+    except UserError as e:
+        _fail(str(e))
+    return value, rest
+
+
 def _rehearse_command(args: list[str]) -> None:
     if any(a in ("-h", "--help") for a in args):
         print(REHEARSE_HELP)
         return
+    images, args = _images_per_step_option(args)
     if "--check-only" in args:
         _rehearse_check([a for a in args if a != "--check-only"])
         return
@@ -766,14 +796,16 @@ def _rehearse_command(args: list[str]) -> None:
         "rehearsals/${name}/multirun-${now:%Y-%m-%d_%H-%M-%S}" if flags else "rehearsals/${name}/${run_id:}"
     )
     own = [] if any(a.startswith(f"{key}=") for a in rest) else [f"{key}={where}"]
-    _hydra_command(_rehearse, [*flags, *own, *rest], "rehearse")
+
+    def rehearse_job(dcfg: DictConfig) -> None:
+        _rehearse(dcfg, images)
+
+    _hydra_command(rehearse_job, [*flags, *own, *rest], "rehearse")
     if _REHEARSAL_FAILURES:
         raise SystemExit(2)
 
 
 def _stats(dcfg: DictConfig) -> None:
-    import dataclasses
-
     from resnet_repro import distributed
     from resnet_repro.data.normalization import compute_and_save
     from resnet_repro.run_data import load_file_lists

@@ -10,9 +10,11 @@ Two layers:
   images per class, through the real listing and its guards) or on a generated stand-in with the
   configured classes and image sizes; only the steps at the schedule's change points are trained
   (step_plan.py), the run is stopped with its checkpoint, rebuilt from it, finished with the
-  configured final evaluation, and `report` draws its figures. Run-control keys only are changed
-  (data.root, data.max_eval_images, data.stats.path, trainer.resume): the config a rehearsal
-  writes is the real run's but for those.
+  configured final evaluation, and `report` draws its figures. On a CPU each trained step sees a
+  few images of each process's batch (the loader still delivers the whole batch): a ResNet-50
+  step at the configured batch costs minutes and tens of GB there; `--images-per-step` sets it.
+  Run-control keys only are changed (data.root, data.max_eval_images, data.stats.path,
+  trainer.resume): the config a rehearsal writes is the real run's but for those.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ from resnet_repro.config import RootConfig, UserError, per_device_batch
 # classes of the stand-in when data.root cannot be read (data.name -> count)
 CLASS_COUNTS = {"imagenet": 1000, "cifar10": 10}
 STEPS_PER_POINT = 1  # trained steps from each change point of the schedule
+# images of each process's batch a trained step sees on a CPU (a ResNet-50 step costs about 1 CPU
+# second and 130 MB per image there at 224 px in float32, 7 s per image in bf16 without the CPU's
+# own bf16 instructions: docs/rehearse.md); a GPU trains the whole batch
+CPU_IMAGES_PER_STEP = 2
 EVAL_IMAGES_PER_PROCESS = 2  # images of each evaluated split per process (data.max_eval_images)
 
 
@@ -53,6 +59,7 @@ class Shape:
     deviations: list[str]
     reference: str
     plan: dict[str, Any] | None  # plan.estimate at plan.img_per_s, when given and the images are known
+    activation_mb_per_image: float  # saved for the backward pass at the largest training crop (fp32)
 
 
 def launch_description(nproc: int) -> tuple[bool, int, str]:
@@ -106,11 +113,67 @@ def _meta_model(model_json: str, num_classes: int, regularization_json: str) -> 
         )
 
 
+@functools.lru_cache(maxsize=8)
+def _saved_activation_mb(model_json: str, num_classes: int, regularization_json: str, size: int) -> float:
+    net = _meta_model(model_json, num_classes, regularization_json)
+    return saved_bytes_per_image(net, (3, size, size)) / 2**20
+
+
+def saved_bytes_per_image(net: Any, image_shape: tuple[int, ...]) -> float:
+    """Bytes per image of the tensors a training forward of `net` keeps for its backward pass, each
+    storage counted once and the parameters left out, for images of `image_shape` in float32
+    (counted on a batch of 2: BatchNorm refuses one image at 1 x 1 px). On the meta device this
+    costs no memory and a fraction of a second; it is the part of a step's memory that grows with
+    the batch (the backward's transient gradients come on top)."""
+    import torch
+
+    device = next(net.parameters()).device
+    params = {p.untyped_storage()._cdata for p in net.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = t.untyped_storage()._cdata
+        if key not in params:
+            saved[key] = t.untyped_storage().nbytes()
+        return t
+
+    was_training = net.training
+    net.train()
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            net(torch.empty((2, *image_shape), device=device))
+    finally:
+        net.train(was_training)
+    return sum(saved.values()) / 2
+
+
+def parse_images_per_step(value: str) -> int | None | str:
+    """--images-per-step: a count (>= 2: BatchNorm needs two values per channel), "all" (None: the
+    whole batch) or "auto"."""
+    if value in ("auto", "all"):
+        return value if value == "auto" else None
+    if value.isdigit() and int(value) >= 2:
+        return int(value)
+    raise UserError(f"--images-per-step={value}: expected a count of images (2 or more), 'all' or 'auto'")
+
+
+def images_per_step(value: str, batch: int, device: str) -> int | None:
+    """The images of each process's batch a rehearsed step trains (None: all of them): "auto" is
+    the whole batch on a GPU and at most CPU_IMAGES_PER_STEP elsewhere."""
+    parsed = parse_images_per_step(value)
+    if parsed == "auto":
+        parsed = None if device.startswith("cuda") else CPU_IMAGES_PER_STEP
+    if parsed is None or parsed >= batch:
+        return None
+    return int(parsed)
+
+
 def check(cfg: RootConfig, nproc_world: tuple[bool, int, str] | None = None) -> Shape:
     """Everything the real run settles before its first step, without data or memory; raises the
     UserError the real run would raise."""
     from resnet_repro import distributed, plan, step_plan
     from resnet_repro.config import validate
+    from resnet_repro.data import progressive
     from resnet_repro.distributed import DistEnv
     from resnet_repro.optim import build_optimizer, peak_lr
     from resnet_repro.schedule import build_scheduler
@@ -135,11 +198,11 @@ def check(cfg: RootConfig, nproc_world: tuple[bool, int, str] | None = None) -> 
         if cfg.trainer.max_steps_per_epoch is not None:
             steps = min(steps, cfg.trainer.max_steps_per_epoch)
     num_classes = CLASS_COUNTS.get(cfg.data.name, cfg.bench.num_classes)
-    net = _meta_model(
-        json.dumps(dataclasses.asdict(cfg.model)),
-        num_classes,
-        json.dumps(dataclasses.asdict(cfg.regularization)),
-    )
+    model_json = json.dumps(dataclasses.asdict(cfg.model))
+    regularization_json = json.dumps(dataclasses.asdict(cfg.regularization))
+    net = _meta_model(model_json, num_classes, regularization_json)
+    largest = max(progressive.train_sizes(cfg.data, cfg.trainer.epochs))
+    activations = _saved_activation_mb(model_json, num_classes, regularization_json, largest)
     optimizer = build_optimizer(cfg.optim, net, global_batch)
     build_scheduler(
         cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=steps or 1000, epochs=cfg.trainer.epochs
@@ -167,6 +230,7 @@ def check(cfg: RootConfig, nproc_world: tuple[bool, int, str] | None = None) -> 
         deviations=found,
         reference=cfg.reference,
         plan=estimate,
+        activation_mb_per_image=activations,
     )
 
 
@@ -306,18 +370,26 @@ def rehearsal_config(cfg: RootConfig, world: int, run_dir: Path) -> tuple[RootCo
 
 
 # ----------------------------------------------------------------------------------- the verdict
-def collect(run_dir: Path, shape: Shape, cfg: RootConfig, data_note: str) -> dict[str, Any]:
-    """The rehearsal's record: the job's shape, what was trained, the peak memory per process, the
-    final evaluation, the plan estimate (from plan.img_per_s or the rehearsal's own throughput)."""
+def peak_memory(run_dir: Path) -> list[float]:
+    """Each rank's peak memory (MB) over the rehearsal's launches, in rank order."""
+    peaks: dict[int, float] = {}
+    for path in (run_dir / "rehearsal").glob("peak_memory_rank*.json"):
+        m = json.loads(path.read_text())
+        peaks[m["rank"]] = max(peaks.get(m["rank"], 0.0), m["peak_memory_mb"])
+    return [peaks[r] for r in sorted(peaks)]
+
+
+def collect(
+    run_dir: Path, shape: Shape, cfg: RootConfig, data_note: str, plan_used: Any, launches: int
+) -> dict[str, Any]:
+    """The rehearsal's record: the job's shape, what was trained (the step plan and `launches`),
+    the peak memory per process, the final evaluation, the plan estimate (from
+    plan.img_per_s_per_gpu or the rehearsal's own throughput)."""
     from resnet_repro import plan, step_plan
 
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     train_rows = [r for r in map(json.loads, lines) if r.get("split") == "train"]  # every window's
     final = json.loads((run_dir / "final.json").read_text())
-    memory = [
-        json.loads(p.read_text()) for p in sorted((run_dir / "rehearsal").glob("peak_memory_rank*.json"))
-    ]
-    memory.sort(key=lambda m: m["rank"])
     rate = plan.given_throughput(cfg)
     if rate is None:  # each window's steps without its loader's start-up; first steps of fresh builds:
         # pessimistic. Per process, at each training crop the windows trained at
@@ -328,8 +400,13 @@ def collect(run_dir: Path, shape: Shape, cfg: RootConfig, data_note: str) -> dic
             size[0] += r["img_per_s"] * r["epoch_time_s"] / shape.processes
             size[1] += seconds
         rates = {s: images / seconds for s, (images, seconds) in by_size.items()}
+        part = (
+            f", {plan_used.images_per_step} of {shape.per_process_batch} images per step trained"
+            if plan_used.images_per_step is not None
+            else ""
+        )
         where = (
-            f"the rehearsal's first steps on {shape.device}, start-up excluded; "
+            f"the rehearsal's first steps on {shape.device}{part}, start-up excluded; "
             "plan.img_per_s_per_gpu=N to set"
         )
         last = max(rates) if rates else cfg.data.image_size
@@ -345,11 +422,19 @@ def collect(run_dir: Path, shape: Shape, cfg: RootConfig, data_note: str) -> dic
         "data": data_note,
         "steps_per_epoch": spe,
         "trained": trained,
-        "peak_memory_mb": [m["peak_memory_mb"] for m in memory],
+        "images_per_step": plan_used.images_per_step,
+        "launches": launches,
+        "peak_memory_mb": peak_memory(run_dir),
         "final": {k: final.get(k) for k in ("top1", "top5", "loss", "protocol", "protocol_detail")},
         "plan": estimate,
         "run_dir": str(run_dir),
     }
+
+
+def _megabytes(mb: float) -> str:
+    if mb >= 1024:
+        return f"{mb / 1024:,.1f} GB"
+    return f"{mb:,.0f} MB" if mb >= 10 else f"{mb:.2f} MB"
 
 
 def _hours(h: float) -> str:
@@ -368,10 +453,21 @@ def verdict(shape: Shape, record: dict[str, Any] | None = None) -> str:
         f"  steps per epoch  {spe} x {s.epochs} epochs ({s.train_images_source})",
         f"  precision        {s.precision}",
         f"  change points    {', '.join(s.change_points)}",
+        f"  activations      {_megabytes(s.activation_mb_per_image)} per image kept for the backward pass: "
+        f"{_megabytes(s.activation_mb_per_image * s.per_process_batch)} per process at "
+        f"{s.per_process_batch} (largest crop, float32"
+        + (", autocast keeps about half" if s.precision != "fp32" else "")
+        + "; counted on the meta device)",
     ]
     if record is not None:
         mem = ", ".join(f"rank {i}: {m:,.0f} MB" for i, m in enumerate(record["peak_memory_mb"]))
         lines.append(f"  peak memory      {mem or 'not recorded'}")
+        part = record["images_per_step"]
+        if part is not None:
+            lines.append(
+                f"  trained images   the first {part} of each process's {s.per_process_batch} per step "
+                "(the loader read all of them; --images-per-step=all trains the whole batch)"
+            )
         lines.append(f"  data             {record['data']}")
         spe = record["steps_per_epoch"]
         steps = "; ".join(
@@ -379,7 +475,12 @@ def verdict(shape: Shape, record: dict[str, Any] | None = None) -> str:
             for w in record["trained"]
         )
         lines.append(f"  trained steps    {steps} of {spe} per epoch of this data")
-        lines.append("  resumed          stopped before the last window, rebuilt from last.pt, finished")
+        how = (
+            "a second launch of the processes"
+            if record["launches"] == 2
+            else "the same processes, every part rebuilt"
+        )
+        lines.append(f"  resumed          stopped before the last window with last.pt; {how} resumed it")
         f = record["final"]
         lines.append(f"  final eval       {f['protocol']} ({f['protocol_detail']}): top-1 {f['top1']:.4f}")
         lines.append(f"  run directory    {record['run_dir']}")

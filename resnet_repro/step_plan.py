@@ -11,10 +11,14 @@ config.yaml is the real run's)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+import torch
 
 from resnet_repro.config import RootConfig
 from resnet_repro.data import progressive
+from resnet_repro.data.loaders import Loader
 
 
 @dataclass(frozen=True)
@@ -26,14 +30,26 @@ class Window:
     why: str
 
 
+PHASES = ("first", "second", "both")
+
+
 @dataclass(frozen=True)
 class StepPlan:
     """`steps_per_point` steps from each schedule point; `phase`: "first" trains every window but
-    the last and stops with last.pt written (the process state is then dropped); "second" resumes
-    from that checkpoint, trains the last window and finishes (final evaluation, final.json)."""
+    the last and stops with last.pt written (the process then exits); "second", a new launch,
+    resumes from that checkpoint, trains the last window and finishes (final evaluation,
+    final.json); "both": one after the other in the same processes (torchrun / srun ranks, which
+    cannot be launched twice from here). `images_per_step`: each trained step sees only the first
+    that many images of each process's batch (None: all of them); the loader still reads and
+    decodes the configured batch."""
 
     steps_per_point: int
     phase: str = "first"
+    images_per_step: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ValueError(f"phase={self.phase!r}: expected one of {', '.join(PHASES)}")
 
     def windows(self, cfg: RootConfig, steps_per_epoch: int) -> list[Window]:
         every = windows(cfg, steps_per_epoch, self.steps_per_point)
@@ -85,3 +101,19 @@ def windows(cfg: RootConfig, steps_per_epoch: int, steps_per_point: int) -> list
             start, end, why = last.start, max(last.end, end), f"{last.why}, {why}"
         merged.append(Window(start, end, why))
     return merged
+
+
+class FirstImages:
+    """A loader whose batches are the first `count` images of another loader's batches (a
+    rehearsal's step on a machine too small for the configured batch: the loader's work is the
+    real run's, the model's step is on a part of it)."""
+
+    def __init__(self, loader: Loader, count: int) -> None:
+        self.loader, self.count = loader, count
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in self.loader:
+            yield images[: self.count], labels[: self.count]

@@ -41,7 +41,7 @@ from resnet_repro.run_eval import EvalSets, feed_model_selection, final_test_eva
 from resnet_repro.run_state import RunState, job_shape
 from resnet_repro.schedule import build_scheduler
 from resnet_repro.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard, chance_loss
-from resnet_repro.step_plan import StepPlan, Window
+from resnet_repro.step_plan import FirstImages, StepPlan
 from resnet_repro.summary import Derived, Deviation, deviations, deviations_record, render
 
 log = logging.getLogger("resnet_repro")
@@ -65,7 +65,7 @@ def _configure_console(env: DistEnv, run_dir: Path) -> None:
 
 def train(cfg: RootConfig, run_dir: Path, rehearsal: StepPlan | None = None) -> dict[str, Any]:
     """Train in this process: a single process, or one rank of a torchrun / srun / local launch.
-    `rehearsal`: train only the plan's steps, in two phases (`resnet-repro rehearse`)."""
+    `rehearsal`: train only the plan's steps, in its phase(s) (`resnet-repro rehearse`)."""
     env = distributed.detect()
     device = distributed.pick_device(cfg.trainer.device, env)
     _configure_console(env, run_dir)
@@ -76,47 +76,50 @@ def train(cfg: RootConfig, run_dir: Path, rehearsal: StepPlan | None = None) -> 
         run_dir = Path(distributed.broadcast_object(env, str(run_dir)))
         if rehearsal is None:
             return _train(cfg, run_dir, env, device)
-        return _rehearse(cfg, run_dir, env, device, rehearsal.steps_per_point)
+        return _rehearse(cfg, run_dir, env, device, rehearsal)
     finally:
         distributed.teardown()
 
 
 def _rehearse(
-    cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device, steps_per_point: int
+    cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device, plan: StepPlan
 ) -> dict[str, Any]:
-    """Two builds of the run from nothing: the first trains every window of the step plan but the
-    last and stops with last.pt; the second, whose parts know nothing of the first's but that
-    checkpoint (trainer.resume=<it>), trains the last window and finishes like the real run. Each
-    rank's peak memory goes to <run_dir>/rehearsal/peak_memory_rank<r>.json."""
-    import dataclasses
-
+    """A rehearsal's phase(s), each a build of the run from nothing: the first trains every window
+    of the step plan but the last and stops with last.pt; the second, whose parts know nothing of
+    the first's but that checkpoint (trainer.resume=<it>), trains the last window and finishes
+    like the real run. Each rank's peak memory in each launch goes to
+    <run_dir>/rehearsal/peak_memory_rank<r>_<phase>.json."""
     from resnet_repro.metrics import peak_memory_mb
 
-    # a rehearsal starts from scratch (trainer.resume=auto in a fresh run directory), even where its
-    # directory is reused (hydra.run.dir given twice); a checkpoint path given is loaded as the run would
-    fresh = "never" if cfg.trainer.resume == "auto" else cfg.trainer.resume
-    first = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, resume=fresh))
-    _train(first, run_dir, env, device, StepPlan(steps_per_point, "first"))
-    last = run_dir / "checkpoints" / "last.pt"
-    resumed = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, resume=str(last)))
-    final = _train(resumed, run_dir, env, device, StepPlan(steps_per_point, "second"))
+    result: dict[str, Any] = {}
+    if plan.phase in ("first", "both"):
+        # a rehearsal starts from scratch (trainer.resume=auto in a fresh run directory), even where
+        # its directory is reused (hydra.run.dir given twice); a checkpoint path given is loaded as
+        # the run would
+        fresh = "never" if cfg.trainer.resume == "auto" else cfg.trainer.resume
+        first = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, resume=fresh))
+        result = _train(first, run_dir, env, device, dataclasses.replace(plan, phase="first"))
+    if plan.phase in ("second", "both"):
+        last = run_dir / "checkpoints" / "last.pt"
+        resumed = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, resume=str(last)))
+        result = _train(resumed, run_dir, env, device, dataclasses.replace(plan, phase="second"))
     out = run_dir / "rehearsal"
     out.mkdir(parents=True, exist_ok=True)
     memory = {"rank": env.rank, "device": str(device), "peak_memory_mb": peak_memory_mb(device.type)}
-    (out / f"peak_memory_rank{env.rank}.json").write_text(json.dumps(memory) + "\n")
+    (out / f"peak_memory_rank{env.rank}_{plan.phase}.json").write_text(json.dumps(memory) + "\n")
     distributed.barrier(env)
-    return final
+    return result
 
 
-def train_worker(cfg_yaml: str, run_dir: str, steps_per_point: int | None = None) -> dict[str, Any]:
+def train_worker(cfg_yaml: str, run_dir: str, rehearsal: dict[str, Any] | None = None) -> dict[str, Any]:
     """Entry point of a locally launched worker process (picklable: plain values in);
-    `steps_per_point`: a rehearsal (see `train`)."""
+    `rehearsal`: a StepPlan's fields (see `train`)."""
     from omegaconf import OmegaConf
 
     cfg = to_dataclass(OmegaConf.create(cfg_yaml))
-    rehearsal = StepPlan(steps_per_point) if steps_per_point is not None else None
+    plan = StepPlan(**rehearsal) if rehearsal is not None else None
     try:
-        return train(cfg, Path(run_dir), rehearsal)
+        return train(cfg, Path(run_dir), plan)
     except UserError as e:  # one line from the failing rank, not a traceback per rank
         print(f"resnet-repro: error: {e}", file=sys.stderr)
         with contextlib.suppress(OSError):  # the reason, for the launching process to report
@@ -168,8 +171,7 @@ def _train_locked(
     _describe(parts, cfg, run_dir, env, data, selection)
     evals = EvalSets(cfg, data.splits, data.norm, env, device, data.batch)
     try:
-        windows = plan.windows(cfg, data.derived.steps_per_epoch) if plan is not None else None
-        last = _run_epochs(parts, cfg, data, evals, env, device, selection, windows)
+        last = _run_epochs(parts, cfg, data, evals, env, device, selection, plan)
         if parts.interrupts.stopped_by is not None:  # last.pt holds the position reached
             state = parts.state
             return after_preemption(cfg, env, run_dir, parts.interrupts, state.epoch, state.epoch_step)
@@ -337,15 +339,15 @@ def _run_epochs(
     env: DistEnv,
     device: torch.device,
     selection: str | None,
-    windows: list[Window] | None = None,
+    plan: StepPlan | None = None,
 ) -> dict[str, dict[str, Any]] | None:
     """Epochs until trainer.epochs, an early stop, or a preemption (parts.interrupts.stopped_by is
     then set). Returns the last epoch's evaluations; None when no epoch ended here.
 
-    `windows` (a rehearsal): only these steps are trained, each window ending its epoch; the
+    `plan` (a rehearsal): only its windows' steps are trained, each window ending its epoch; the
     position jumps to each window's start as if the steps before it had been trained."""
     state, last = parts.state, None
-    pending = list(windows) if windows is not None else None
+    pending = plan.windows(cfg, data.derived.steps_per_epoch) if plan is not None else None
     while state.epoch < cfg.trainer.epochs and state.stopped is None:
         steps = None
         if pending is not None:
@@ -373,6 +375,8 @@ def _run_epochs(
                 norm=data.norm,
                 steps=steps,
             )
+            if plan is not None and plan.images_per_step is not None:
+                loader = FirstImages(loader, plan.images_per_step)
             train_metrics = train_one_epoch(parts, loader, cfg, env, device)
             del loader
             if train_metrics is None:

@@ -85,6 +85,77 @@ def test_step_plan_splits_the_windows_into_a_run_and_its_resume():
     assert [w.start for w in first] == [0, 10, 55] and [w.start for w in second] == [77]
 
 
+def test_a_rehearsed_step_trains_the_first_images_of_each_batch_the_loader_delivers():
+    import torch
+
+    from resnet_repro.step_plan import FirstImages
+
+    batches = [(torch.arange(12.0).view(6, 2) + 100 * b, torch.arange(6) + 10 * b) for b in range(3)]
+    part = FirstImages(batches, 2)
+    assert len(part) == 3  # every batch of the epoch is still read
+    got = list(part)
+    assert [tuple(x.shape) for x, _ in got] == [(2, 2)] * 3
+    assert got[1][1].tolist() == [10, 11] and got[2][0][1].tolist() == [202.0, 203.0]
+
+
+def test_images_per_step_is_the_whole_batch_on_a_gpu_and_a_few_images_on_a_cpu():
+    from resnet_repro.rehearse import CPU_IMAGES_PER_STEP, images_per_step
+
+    assert images_per_step("auto", 128, "cuda:0") is None
+    assert images_per_step("auto", 128, "cpu") == CPU_IMAGES_PER_STEP
+    assert images_per_step("auto", 2, "cpu") is None  # a batch no larger than the cap: all of it
+    assert images_per_step("all", 128, "cpu") is None
+    assert images_per_step("16", 128, "cpu") == 16 and images_per_step("500", 128, "cuda:0") is None
+
+
+@pytest.mark.parametrize("value", ["1", "-3", "half", ""])
+def test_a_bad_images_per_step_is_refused_in_one_line_naming_it(value, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["rehearse", f"--images-per-step={value}", "experiment=he2016"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"resnet-repro: error: --images-per-step={value}: expected a count of images (2 or more), "
+        "'all' or 'auto'"
+    ]
+
+
+def test_saved_activations_count_each_kept_tensor_once_and_no_parameters():
+    import torch
+    import torch.nn as nn
+
+    from resnet_repro.rehearse import saved_bytes_per_image
+
+    with torch.device("meta"):
+        net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5))
+        tiny = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    # conv keeps its input (3x8x8), ReLU its output (4x8x8), which Flatten's view and the linear
+    # layer keep again (one storage): 4 bytes each, the weights not counted
+    assert saved_bytes_per_image(net, (3, 8, 8)) == 4 * (3 * 8 * 8 + 4 * 8 * 8)
+    conv = net[:2]  # with the pixels: 4 x at twice the side
+    assert saved_bytes_per_image(conv, (3, 16, 16)) == 4 * saved_bytes_per_image(conv, (3, 8, 8))
+    net.eval()
+    saved_bytes_per_image(net, (3, 8, 8))
+    assert not net.training  # the module's mode is put back
+    assert saved_bytes_per_image(tiny, (3, 1, 1)) > 0  # BatchNorm at 1 x 1 px: counted on 2 images
+
+
+def test_the_check_counts_the_activations_a_resnet50_step_keeps_per_image(capsys):
+    from resnet_repro.rehearse import check
+
+    paper, fast = check(cfg_of("experiment=imagenet_paper")), check(cfg_of("experiment=fast_88"))
+    # ResNet-50 (v1.5) at 224 px keeps about 80 MB per image for its backward pass in float32; at
+    # fast_88's largest crop (192 px) the count scales with the pixels
+    assert 60 < paper.activation_mb_per_image < 110
+    assert fast.activation_mb_per_image == pytest.approx(
+        paper.activation_mb_per_image * (192 / 224) ** 2, rel=0.05
+    )
+    code, out, _ = rehearse_check(["experiment=imagenet_paper", "trainer.nproc=2"], capsys)
+    per_process = paper.activation_mb_per_image * 128 / 1024
+    assert "GB per process at 128 (largest crop, float32; counted on the meta device)" in out
+    assert f"{per_process:,.1f} GB per process" in out
+
+
 # ----------------------------------------------------------------------------- the cheap layer
 @pytest.mark.parametrize("nproc", [1, 2])
 @pytest.mark.parametrize("experiment", PRESETS)
@@ -257,11 +328,45 @@ def test_rehearsal_of_the_demo_on_2_processes_trains_resumes_evaluates_and_gives
     out = result.stdout
     assert "64 per process, 128 global" in out
     assert re.search(r"peak memory +rank 0: [\d,]+ MB, rank 1: [\d,]+ MB", out)
+    assert "trained images   the first 2 of each process's 64 per step" in out  # a CPU
     assert "trained steps    1 (first step); 11 (end of warm-up); 56 (LR milestone (epoch 5)); 78" in out
+    assert "a second launch of the processes resumed it" in out
     log = (run_dir / "train.log").read_text()
     assert f"resumed from {run_dir}/checkpoints/last.pt: epoch 7, step 56" in log
+    # each launch recorded its own processes' peak memory
+    recorded = sorted(p.name for p in (run_dir / "rehearsal").glob("peak_memory_*.json"))
+    assert recorded == [f"peak_memory_rank{r}_{phase}.json" for r in (0, 1) for phase in ("first", "second")]
     record = json.loads((run_dir / "rehearsal.json").read_text())
     assert record["final"]["protocol"] == "center" and len(record["peak_memory_mb"]) == 2
+    assert record["launches"] == 2 and record["images_per_step"] == 2
     final = json.loads((run_dir / "final.json").read_text())
     assert final["epochs_run"] == 8
     assert (run_dir / "curves.png").is_file()  # `report` on the result
+
+
+@pytest.mark.slow
+def test_rehearsal_of_he2016_on_2_processes_without_data_runs_on_the_stand_in_to_the_papers_protocols(
+    tmp_path,
+):
+    """The paper's preset as a user without ImageNet here types it: ResNet-50, 128 per process,
+    a holdout, the mean image, and the 10-crop and multi-scale test protocols at the end."""
+    run_dir = tmp_path / "he2016"
+    result = run_cli(
+        "rehearse",
+        "experiment=he2016",
+        "trainer.nproc=2",
+        "logging.progress=false",
+        f"hydra.run.dir={run_dir}",
+        timeout=1500,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "128 per process, 256 global" in out and "4,965 x 120 epochs" in out
+    assert "data             a generated stand-in (data.root is not set): 1000 classes" in out
+    assert "trained images   the first 2 of each process's 128 per step" in out
+    assert "trained steps    1 (first step); " in out and "(last epoch)" in out
+    assert "deviations       from reference=he2016: none" in out
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["epochs_run"] == 120 and final["protocol"] == "ten_crop"
+    assert final["multiscale"]["protocol"] == "multiscale" and "center" in final
+    assert json.loads((run_dir / "deviations.json").read_text())["deviations"] == []
