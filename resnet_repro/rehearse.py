@@ -379,43 +379,51 @@ def peak_memory(run_dir: Path) -> list[float]:
     return [peaks[r] for r in sorted(peaks)]
 
 
+def _own_throughput(train_rows: list[dict[str, Any]], shape: Shape, cfg: RootConfig) -> Any:
+    """The rehearsal's training speed per process at each training crop: each window's steps
+    without its loader's start-up (first steps of fresh builds: pessimistic)."""
+    from resnet_repro import plan
+
+    by_size: dict[int, list[float]] = {}
+    for r in train_rows:
+        seconds = max(r["epoch_time_s"] - r.get("startup_wait_s", 0.0), 1e-9)
+        size = by_size.setdefault(int(r.get("image_size", cfg.data.image_size)), [0.0, 0.0])
+        size[0] += r["img_per_s"] * r["epoch_time_s"] / shape.processes
+        size[1] += seconds
+    rates = {s: images / seconds for s, (images, seconds) in by_size.items()}
+    where = (
+        f"the rehearsal's first steps on {shape.device}, start-up excluded; plan.img_per_s_per_gpu=N to set"
+    )
+    last = max(rates) if rates else cfg.data.image_size
+    return plan.Throughput(rates.get(last, 1e-9), last, where, by_size=rates)
+
+
 def collect(
     run_dir: Path, shape: Shape, cfg: RootConfig, data_note: str, plan_used: Any, launches: int
 ) -> dict[str, Any]:
     """The rehearsal's record: the job's shape, what was trained (the step plan and `launches`),
-    the peak memory per process, the final evaluation, the plan estimate (from
-    plan.img_per_s_per_gpu or the rehearsal's own throughput)."""
+    the peak memory per process, the final evaluation under each protocol, the plan estimate (at
+    plan.img_per_s_per_gpu, or at the rehearsal's own speed when it trained whole batches)."""
     from resnet_repro import plan, step_plan
+    from resnet_repro.config import eval_protocols
 
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     train_rows = [r for r in map(json.loads, lines) if r.get("split") == "train"]  # every window's
     final = json.loads((run_dir / "final.json").read_text())
-    rate = plan.given_throughput(cfg)
-    if rate is None:  # each window's steps without its loader's start-up; first steps of fresh builds:
-        # pessimistic. Per process, at each training crop the windows trained at
-        by_size: dict[int, list[float]] = {}
-        for r in train_rows:
-            seconds = max(r["epoch_time_s"] - r.get("startup_wait_s", 0.0), 1e-9)
-            size = by_size.setdefault(int(r.get("image_size", cfg.data.image_size)), [0.0, 0.0])
-            size[0] += r["img_per_s"] * r["epoch_time_s"] / shape.processes
-            size[1] += seconds
-        rates = {s: images / seconds for s, (images, seconds) in by_size.items()}
-        part = (
-            f", {plan_used.images_per_step} of {shape.per_process_batch} images per step trained"
-            if plan_used.images_per_step is not None
-            else ""
+    rate, plan_note = plan.given_throughput(cfg), None
+    if rate is None and plan_used.images_per_step is None:
+        rate = _own_throughput(train_rows, shape, cfg)
+    elif rate is None:
+        plan_note = (
+            f"no estimate: steps of {plan_used.images_per_step} of {shape.per_process_batch} images "
+            "are not the run's speed; plan.img_per_s_per_gpu=N gives one"
         )
-        where = (
-            f"the rehearsal's first steps on {shape.device}{part}, start-up excluded; "
-            "plan.img_per_s_per_gpu=N to set"
-        )
-        last = max(rates) if rates else cfg.data.image_size
-        rate = plan.Throughput(rates.get(last, 1e-9), last, where, by_size=rates)
     estimate = None
-    if shape.train_images is not None:
+    if shape.train_images is not None and rate is not None:
         estimate = plan.estimate(cfg, shape.train_images, rate)
     spe = json.loads((run_dir / "run.json").read_text())["derived"]["steps_per_epoch"]
     trained = [dataclasses.asdict(w) for w in step_plan.windows(cfg, spe, STEPS_PER_POINT)]
+    protocols = [name for name in eval_protocols(cfg.eval) if isinstance(final.get(name), dict)]
     return {
         "ok": True,
         "shape": dataclasses.asdict(shape),
@@ -426,7 +434,9 @@ def collect(
         "launches": launches,
         "peak_memory_mb": peak_memory(run_dir),
         "final": {k: final.get(k) for k in ("top1", "top5", "loss", "protocol", "protocol_detail")},
+        "final_top1": {name: final[name]["top1"] for name in protocols} or {final["protocol"]: final["top1"]},
         "plan": estimate,
+        "plan_note": plan_note,
         "run_dir": str(run_dir),
     }
 
@@ -481,10 +491,12 @@ def verdict(shape: Shape, record: dict[str, Any] | None = None) -> str:
             else "the same processes, every part rebuilt"
         )
         lines.append(f"  resumed          stopped before the last window with last.pt; {how} resumed it")
-        f = record["final"]
-        lines.append(f"  final eval       {f['protocol']} ({f['protocol_detail']}): top-1 {f['top1']:.4f}")
+        tops = ", ".join(f"{name} top-1 {top1:.4f}" for name, top1 in record["final_top1"].items())
+        lines.append(f"  final eval       {tops} (final.json)")
         lines.append(f"  run directory    {record['run_dir']}")
     p = record["plan"] if record is not None else s.plan
+    if p is None and record is not None and record.get("plan_note"):
+        lines.append(f"  plan             {record['plan_note']}")
     if p is not None:
         lines.append(
             f"  plan             {_hours(p['train_hours'])} of training at {p['img_per_s']:,.1f} img/s "

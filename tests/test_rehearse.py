@@ -366,6 +366,9 @@ def test_rehearsal_of_he2016_on_2_processes_without_data_runs_on_the_stand_in_to
     assert "trained images   the first 2 of each process's 128 per step" in out
     assert "trained steps    1 (first step); " in out and "(last epoch)" in out
     assert "deviations       from reference=he2016: none" in out
+    assert "final eval       ten_crop top-1 " in out and ", multiscale top-1 " in out
+    # 2 images of 128 per step say nothing of the run's speed: no estimate made from them
+    assert "plan             no estimate: steps of 2 of 128 images are not the run's speed" in out
     final = json.loads((run_dir / "final.json").read_text())
     assert final["epochs_run"] == 120 and final["protocol"] == "ten_crop"
     assert final["multiscale"]["protocol"] == "multiscale" and "center" in final
