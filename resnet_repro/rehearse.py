@@ -26,9 +26,12 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resnet_repro.config import RootConfig, UserError, per_device_batch
+
+if TYPE_CHECKING:
+    from resnet_repro.step_plan import StepPlan
 
 # classes of the stand-in when data.root cannot be read (data.name -> count)
 CLASS_COUNTS = {"imagenet": 1000, "cifar10": 10}
@@ -58,7 +61,7 @@ class Shape:
     change_points: list[str]
     deviations: list[str]
     reference: str
-    plan: dict[str, Any] | None  # plan.estimate at plan.img_per_s, when given and the images are known
+    plan: dict[str, Any] | None  # plan.estimate at plan.img_per_s_per_gpu when given, images known
     activation_mb_per_image: float  # saved for the backward pass at the largest training crop (fp32)
 
 
@@ -399,7 +402,7 @@ def _own_throughput(train_rows: list[dict[str, Any]], shape: Shape, cfg: RootCon
 
 
 def collect(
-    run_dir: Path, shape: Shape, cfg: RootConfig, data_note: str, plan_used: Any, launches: int
+    run_dir: Path, shape: Shape, cfg: RootConfig, data_note: str, plan_used: StepPlan, launches: int
 ) -> dict[str, Any]:
     """The rehearsal's record: the job's shape, what was trained (the step plan and `launches`),
     the peak memory per process, the final evaluation under each protocol, the plan estimate (at
@@ -466,7 +469,7 @@ def verdict(shape: Shape, record: dict[str, Any] | None = None) -> str:
         f"  activations      {_megabytes(s.activation_mb_per_image)} per image kept for the backward pass: "
         f"{_megabytes(s.activation_mb_per_image * s.per_process_batch)} per process at "
         f"{s.per_process_batch} (largest crop, float32"
-        + (", autocast keeps about half" if s.precision != "fp32" else "")
+        + (f"; {s.precision} autocast stores less, not counted" if s.precision != "fp32" else "")
         + "; counted on the meta device)",
     ]
     if record is not None:
