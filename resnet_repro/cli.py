@@ -585,6 +585,10 @@ total steps and images processed, each epoch's training crop (progressive resizi
 expected training and evaluation time from a per-GPU img/s that is given or measured on this machine
 at each training crop. Nothing is trained or launched.
 
+Also the weight decay shrink x = ln(w0/wT): weight decay alone shrinks a decayed weight by exp(-x)
+over the run (SGD: sum of LR x wd / (1 - momentum), 10x the plain sum at momentum 0.9; AdamW:
+-sum of ln(1 - LR x wd); Adam: none, its L2 term is rescaled per parameter; docs/recipes.md).
+
 key overrides:
   any training override (experiment=, data.root=, trainer.*, ...), and
   plan.img_per_s_per_gpu=N      training img/s of ONE GPU to assume (default: measure a few steps here)
@@ -853,9 +857,8 @@ def _report(args: list[str]) -> None:
     except UserError as e:
         _fail(str(e))
     print(report.markdown_table(rows))
-    groups = report.seed_groups_of(rows)
-    if groups is not None:  # jobs that differ only in trainer.seed, summarized per point
-        print("\n" + report.seed_table(groups) + "\n\n" + report.SEED_NOTE)
+    if not report.is_run_dir(ns.dir):  # the answer last, where the terminal leaves it in view
+        print("\n" + report.answer_text(rows))
     print("\n" + "\n".join(f"{kind}: {path}" for kind, path in paths.items()))
 
 

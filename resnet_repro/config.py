@@ -79,7 +79,9 @@ class HoldoutConfig:
 
     # A count (>= 1) or a fraction of the training split (< 1); null = no holdout
     size: float | None = None
-    seed: int = 0
+    # Which images are held out; null = trainer.seed's, so a seed sweep varies the holdout too
+    # (Bouthillier et al. 2021), resolved when the config is read. 0: one holdout for every seed
+    seed: int | None = 0
     # Normalization statistics from the whole training split (train: the common order, holdout
     # carved afterwards) or from train minus holdout (train_minus_holdout: the rigorous order)
     stats_from: str = "train"
@@ -694,6 +696,8 @@ def to_dataclass(cfg: DictConfig) -> RootConfig:
         example = " (e.g. data.root=/path/to/imagenet)" if key == "data.root" else ""
         raise UserError(f"{key} is required but not set: pass {key}=...{example}") from e
     assert isinstance(obj, RootConfig)
+    if obj.data.holdout.seed is None:  # null: the holdout follows the training seed
+        obj.data.holdout.seed = obj.trainer.seed
     return obj
 
 
@@ -812,6 +816,10 @@ def _validate_optim(o: OptimConfig) -> None:
         raise UserError(f"optim.lr_per_256={o.lr_per_256} must be a positive learning rate")
     if o.weight_decay < 0:
         raise UserError(f"optim.weight_decay={o.weight_decay} must be >= 0")
+    if not 0 <= o.momentum < 1:
+        raise UserError(
+            f"optim.momentum={o.momentum} must be in [0, 1) (SGD's step is amplified by 1 / (1 - momentum))"
+        )
     if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
         raise UserError(f"optim.betas={o.betas} must be two values in [0, 1)")
 
@@ -878,7 +886,7 @@ def _validate_holdout_and_stats(d: DataConfig) -> None:
     if d.stats.max_images is not None and d.stats.max_images <= 0:
         raise UserError(f"data.stats.max_images={d.stats.max_images} must be positive or null")
     for key, seed in (("data.holdout.seed", d.holdout.seed), ("data.stats.seed", d.stats.seed)):
-        if seed < 0:
+        if seed is not None and seed < 0:
             raise UserError(f"{key}={seed} must be a non-negative integer")
     if d.stats.resize is not None and d.stats.resize < 1:
         raise UserError(f"data.stats.resize={d.stats.resize} must be a positive size in pixels or null")

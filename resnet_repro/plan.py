@@ -3,8 +3,9 @@
 For each job: images per epoch (counted from data.root's file lists, or plan.train_images), the
 global batch, steps per epoch (full batches only: the trainer drops the incomplete last one), total
 steps and images processed, each epoch's training crop (`train_sizes`: progressive resizing
-included) and the expected wall time of each epoch's training steps, and of the evaluations
-separately.
+included), how far weight decay alone shrinks a decayed weight (`weight_decay_shrink`, ln(w0/wT):
+the optimizer's effective step, momentum included), and the expected wall time of each epoch's
+training steps, and of the evaluations separately.
 
 Throughput is per GPU (one process) at a training crop: given (plan.img_per_s_per_gpu at
 plan.img_per_s_size px) or measured here with a short `bench train` (bench.py) at each distinct
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,25 +173,26 @@ def given_throughput(cfg: RootConfig) -> Throughput | None:
     return Throughput(pl.img_per_s_per_gpu, pl.img_per_s_size, source)
 
 
-# Steps per epoch of the LR-schedule simulation behind total_weight_decay: the mean LR over a run
-# hardly depends on the steps per epoch, and 10 keep the simulation short
+# Steps per epoch of the LR-schedule simulation behind weight_decay_shrink: the LR over a run hardly
+# depends on the steps per epoch, and 10 keep the simulation short
 _LR_STEPS_PER_EPOCH = 10
 
 
-def mean_lr_factor(cfg: RootConfig) -> float:
-    """The run's mean LR as a fraction of the peak, from the schedule itself (schedule.py stepped
-    with a dummy optimizer); plateau cuts react to evaluations and are not foreseen (factor 1)."""
+def lr_factors(cfg: RootConfig) -> tuple[float, ...]:
+    """The LR of each step as a fraction of the peak, at _LR_STEPS_PER_EPOCH steps an epoch, from the
+    schedule itself (schedule.py stepped with a dummy optimizer); plateau cuts react to evaluations
+    and are not foreseen (factor 1)."""
     st = cfg.stabilizer  # what the schedule depends on
     key = _key(cfg.schedule, st.warmup_epochs, st.warmup_start_factor, cfg.trainer.epochs)
-    if key not in _MEAN_LR:
-        _MEAN_LR[key] = _simulate_mean_lr(cfg)
-    return _MEAN_LR[key]
+    if key not in _LR_FACTORS:
+        _LR_FACTORS[key] = _simulate_lr_factors(cfg)
+    return _LR_FACTORS[key]
 
 
-_MEAN_LR: dict[str, float] = {}
+_LR_FACTORS: dict[str, tuple[float, ...]] = {}
 
 
-def _simulate_mean_lr(cfg: RootConfig) -> float:
+def _simulate_lr_factors(cfg: RootConfig) -> tuple[float, ...]:
     import warnings
 
     import torch
@@ -205,22 +208,56 @@ def _simulate_mean_lr(cfg: RootConfig) -> float:
         steps_per_epoch=_LR_STEPS_PER_EPOCH,
         epochs=cfg.trainer.epochs,
     )
-    total = 0.0
+    factors = []
     with warnings.catch_warnings():  # no optimizer.step(): only the LR is wanted
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(steps):
-            total += optimizer.param_groups[0]["lr"]  # the LR this step trains with
+            factors.append(optimizer.param_groups[0]["lr"])  # the LR this step trains with
             schedule.step()
-    return total / steps
+    return tuple(factors)
 
 
-def total_weight_decay(cfg: RootConfig, total_steps: int, global_batch: int) -> float:
-    """Sum over the run's steps of LR x weight decay: how far decay alone shrinks a weight
-    (by exp(-sum)). It grows with the steps, so a proxy with a tenth of the steps applies a tenth
-    of the decay at the same optim.weight_decay (docs/recipes.md)."""
+def weight_decay_shrink(cfg: RootConfig, total_steps: int, global_batch: int) -> float | None:
+    """ln(w_0 / w_T) of a decayed weight under weight decay alone (the loss gradient left out): decay
+    shrinks it by exp(-shrink) over the run. The loss gradient pushes back (with BatchNorm it grows
+    the norms of the scale-invariant weights), so this is the decay's strength, not the final norm.
+
+    - sgd: sum over the steps of LR x wd / (1 - momentum). The decay term wd x w enters the momentum
+      buffer, whose steady state is 1 / (1 - momentum) times one step's gradient (10x at 0.9), with
+      or without Nesterov; exact to first order in LR x wd / (1 - momentum) per step.
+    - adamw: -sum of ln(1 - LR x wd): torch's decoupled decay multiplies w by (1 - LR x wd) each step,
+      outside the moments (no momentum amplification).
+    - adam: None. The L2 term wd x w is added to the gradient and divided by each parameter's own
+      running gradient RMS, so no factor holds for every weight (docs/recipes.md).
+
+    It grows with the steps: a proxy with a tenth of the steps applies a tenth of the decay at the
+    same optim.weight_decay."""
     from resnet_repro.optim import peak_lr
 
-    return peak_lr(cfg.optim, global_batch) * cfg.optim.weight_decay * total_steps * mean_lr_factor(cfg)
+    o = cfg.optim
+    if o.name == "adam":
+        return None
+    factors = lr_factors(cfg)
+    per_factor_step = total_steps / len(factors)  # each simulated step stands for this many
+    decay = peak_lr(o, global_batch) * o.weight_decay
+    if o.name == "adamw":
+        if decay * max(factors) >= 1:
+            return math.inf  # a step with LR x wd >= 1 zeroes (or flips) the weight
+        return -sum(math.log1p(-decay * f) for f in factors) * per_factor_step
+    return decay * sum(factors) * per_factor_step / (1 - o.momentum)
+
+
+def weight_decay_rule(cfg: RootConfig) -> str:
+    """How weight_decay_shrink is counted for the configured optimizer, in words."""
+    o = cfg.optim
+    if o.name == "adam":
+        return (
+            "no single factor: Adam's L2 term is divided by each parameter's gradient RMS "
+            "(optim=adamw decays every weight alike)"
+        )
+    if o.name == "adamw":
+        return "-sum of ln(1 - LR x wd) over the steps: AdamW's decoupled decay"
+    return f"sum of LR x wd / (1 - momentum {o.momentum:g}) over the steps"
 
 
 def ema_initial_weight(decay: float | None, total_steps: int) -> float | None:
@@ -285,7 +322,8 @@ def estimate(
         "total_steps": total_steps,
         "images_processed": images,
         "train_sizes": sizes,
-        "total_weight_decay": total_weight_decay(cfg, total_steps, global_batch),
+        "weight_decay_shrink": weight_decay_shrink(cfg, total_steps, global_batch),
+        "weight_decay_rule": weight_decay_rule(cfg),
         "ema_initial_weight": ema_initial_weight(cfg.trainer.ema.decay, total_steps),
         "img_per_s_per_gpu": {str(s): throughput.at(s) for s in sorted(set(sizes))},
         "img_per_s_source": throughput.source,
@@ -357,6 +395,14 @@ def _eval_text(r: dict[str, Any]) -> str:
     )
 
 
+def _shrink_text(r: dict[str, Any]) -> str:
+    x = r["weight_decay_shrink"]
+    if x is None:
+        return f"none ({r['weight_decay_rule']})"
+    shrink = f"decay alone shrinks the decayed weights by exp(-{x:.3g}) = {math.exp(-x):.2g}"
+    return f"{x:.3g}: {shrink} ({r['weight_decay_rule']})"
+
+
 def format_table(record: dict[str, Any]) -> str:
     """One job: a key-value table; a sweep: one row per job and the total."""
     runs = record["runs"]
@@ -377,10 +423,7 @@ def format_table(record: dict[str, Any]) -> str:
             ("training crops", _sizes_text(r["train_sizes"])),
             ("total steps", f"{r['total_steps']:,}"),
             ("images processed", f"{r['images_processed']:,}"),
-            (
-                "total weight decay",
-                f"{r['total_weight_decay']:.3g} (sum of LR x weight decay over the steps)",
-            ),
+            ("weight decay shrink", _shrink_text(r)),
             ("throughput per GPU", f"{rates} img/s{scaling} ({r['img_per_s_source']})"),
             ("training time", _hours(r["train_hours"])),
             ("evaluation time", _eval_text(r)),
@@ -400,6 +443,7 @@ def format_table(record: dict[str, Any]) -> str:
         "crops (px)",
         "total steps",
         "images",
+        "wd shrink",
         "img/s",
         "train",
         "wall time",
@@ -412,6 +456,7 @@ def format_table(record: dict[str, Any]) -> str:
             "-".join(str(s) for s in sorted(set(r["train_sizes"]))),
             f"{r['total_steps']:,}",
             f"{r['images_processed']:,}",
+            "-" if r["weight_decay_shrink"] is None else f"{r['weight_decay_shrink']:.3g}",
             f"{r['img_per_s']:,.1f}",
             _hours(r["train_hours"]),
             _hours(r["total_hours"]),
@@ -427,6 +472,7 @@ def format_table(record: dict[str, Any]) -> str:
         f"{record['jobs']} jobs: {record['total_steps']:,} steps, {record['total_images']:,} images, "
         f"{_hours(record['total_hours'])} one after another, evaluation included ({note})"
     )
+    lines.append("wd shrink: ln(w0/wT) of a decayed weight under weight decay alone (it shrinks by exp(-x))")
     lines += ["img/s: the job's mean training rate; per GPU: " + s for s in sources]
     lines += sorted({w for r in runs for w in warnings(r)})
     return "\n".join(lines)

@@ -9,6 +9,7 @@ test can look at what was drawn; `save` writes it as PNG.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import MaxNLocator, ScalarFormatter
+from matplotlib.ticker import MaxNLocator
 
 # (epochs, values) of one line
 Series = tuple[Sequence[float], Sequence[float]]
@@ -201,66 +202,110 @@ def grouped_curves(rows: dict[str, dict[str, dict[str, Sequence[Series]]]], *, t
     return fig
 
 
-# one number per max-norm value of a line (None: no finished job at that point)
-Values = Sequence[float | None]
+@dataclass(frozen=True)
+class LevelTop1:
+    """One point of the clipping figure's top-1 panel: the mean of its finished runs (None: none
+    finished) with its 95% interval (None: no noise estimate), and its jobs by outcome."""
+
+    mean: float | None
+    low: float | None
+    high: float | None
+    diverged: int
+    jobs: int
 
 
 def clipping(
-    max_norms: list[str],
-    top1: dict[str, tuple[Values, Values]],
-    clipped: dict[str, Values],
-    grad_norm: dict[str, Values],
+    levels: list[str],
+    top1: dict[str, list[LevelTop1 | None]],
+    clipped: dict[str, list[Series]],
+    factor: dict[str, list[Series]],
+    answer: list[str],
     *,
     split: str,
 ) -> Figure:
-    """A max-norm sweep side by side, x = max_norm (as text: "null" is no clipping), one line per
-    value of the other axes: top-1 (mean, error bar one std over seeds), the share of steps clipped
-    (%), and the median pre-clip gradient norm next to the max_norm itself (log axis)."""
-    fig = Figure(figsize=(15, 4.8), layout="constrained")
-    acc, share, norm = fig.subplots(1, 3, sharex=True)
-    x = list(range(len(max_norms)))
-    colours = _colours(len(top1))
-
-    def draw(ax, values: Values, colour, label: str, errors: Values | None = None) -> None:
-        points = [
-            (i, v, (errors[i] if errors else None)) for i, v in zip(x, values, strict=True) if v is not None
+    """A max-norm sweep read at a glance. Left: top-1 against max norm (`levels` in order, "off"
+    last, after the largest), one line per value of the other axes, each point its mean with a 95%
+    interval; a red cross at the bottom where runs diverged ("2/3 diverged"), and the pooled
+    contrasts against off (`answer`, one line each) written in the panel. Middle and right: per
+    epoch and per max norm ({level: one Series per run}, the line the mean, the band lowest to
+    highest), the share of steps clipped (%) and the mean clip factor E[min(1, max_norm / ||g||)]:
+    how much of each step clipping keeps."""
+    fig = Figure(figsize=(17, 5.6), layout="constrained")
+    acc, share, kept = fig.subplots(1, 3, width_ratios=(1.25, 1, 1))
+    x = np.arange(len(levels), dtype=float)
+    labels = [f"{t} (off)" if not _is_float(t) or float(t) == 0 else t for t in levels]
+    offsets = np.linspace(-0.12, 0.12, len(top1)) if len(top1) > 1 else [0.0]
+    bottom = acc.get_xaxis_transform()  # x in data, y in axes fractions
+    for colour, offset, (label, points) in zip(_colours(len(top1)), offsets, top1.items(), strict=True):
+        drawn = [
+            (i + offset, p) for i, p in zip(x, points, strict=True) if p is not None and p.mean is not None
         ]
-        if not points:
-            return
-        xs, ys, es = zip(*points, strict=True)
-        if errors is None:
-            ax.plot(xs, ys, marker="o", color=colour, label=label)
-        else:  # no error bar where a point has a single finished seed
-            ax.errorbar(xs, ys, yerr=[e or 0.0 for e in es], marker="o", capsize=4, color=colour, label=label)
-
-    for colour, label in zip(colours, top1, strict=True):
-        draw(acc, top1[label][0], colour, label, top1[label][1])
-        draw(share, [None if v is None else 100 * v for v in clipped[label]], colour, label)
-        draw(norm, grad_norm[label], colour, label)
-    limits = [(i, float(t)) for i, t in zip(x, max_norms, strict=True) if _is_float(t)]
-    if limits:
-        norm.plot(*zip(*limits, strict=True), "x", color="crimson", markersize=10, mew=2, label="max_norm")
-    norm.set_yscale("log")
-    norm.yaxis.set_major_formatter(ScalarFormatter())  # 3, not 3 x 10^0
-    norm.yaxis.set_minor_formatter(ScalarFormatter())
-    acc.set_ylabel(f"top-1 (%) on {split}, mean ± std over seeds")
-    share.set_ylabel("steps clipped (%), whole run")
-    share.set_ylim(-3, 103)
-    norm.set_ylabel("median pre-clip gradient norm")
-    for ax, name in (
-        (acc, "top-1"),
-        (share, "share of steps clipped"),
-        (norm, "median gradient norm vs max_norm"),
+        if drawn:
+            xs = [d[0] for d in drawn]
+            ys = [d[1].mean for d in drawn]
+            errors = [
+                [p.mean - p.low if p.low is not None else 0.0 for _, p in drawn],
+                [p.high - p.mean if p.high is not None else 0.0 for _, p in drawn],
+            ]
+            acc.errorbar(xs, ys, yerr=errors, marker="o", capsize=4, color=colour, label=label)
+        for i, p in zip(x, points, strict=True):
+            if p is not None and p.diverged:
+                acc.plot(
+                    i + offset, 0.04, "X", color="crimson", markersize=11, transform=bottom, clip_on=False
+                )
+                acc.annotate(
+                    f"{p.diverged}/{p.jobs} diverged",
+                    (i + offset, 0.04),
+                    xycoords=bottom,
+                    xytext=(6, 0),
+                    textcoords="offset points",
+                    va="center",
+                    fontsize="small",
+                    color="crimson",
+                )
+    acc.set_xticks(x, labels)
+    acc.set_xlim(-0.5, len(levels) - 0.5)
+    acc.set_xlabel("stabilizer.max_norm (no clipping last)")
+    acc.set_ylabel(f"top-1 (%) on {split}: mean of finished runs, 95% CI")
+    acc.set_title("top-1 by max norm; red X: runs that diverged", fontsize="medium")
+    acc.grid(alpha=0.3)
+    acc.legend(fontsize="small", loc="upper left")
+    if answer:
+        acc.text(
+            0.99,
+            0.99,
+            "pooled against off (* Holm p < 0.05):\n" + "\n".join(answer),
+            transform=acc.transAxes,
+            ha="right",
+            va="top",
+            fontsize="small",
+            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85},
+        )
+    for ax, lines, name, scale in (
+        (share, clipped, "steps clipped (%)", 100.0),
+        (kept, factor, "mean clip factor E[min(1, max_norm / ||g||)]", 1.0),
     ):
-        ax.set_xticks(x, [t if _is_float(t) else f"{t} (off)" for t in max_norms])
-        ax.set_xlabel("stabilizer.max_norm")
-        ax.set_title(name, fontsize="medium")
-        ax.grid(alpha=0.3, which="both")
-    acc.legend(fontsize="small")
-    norm.legend(fontsize="small")
+        for colour, (label, runs) in zip(_colours(len(lines)), lines.items(), strict=True):
+            runs = [r for r in runs if len(r[0])]
+            if not runs:
+                continue
+            epochs, mean, low, high = _band([(e, [scale * v for v in vs]) for e, vs in runs])
+            ax.plot(epochs, mean, marker="o", markersize=3, color=colour, label=f"max_norm={label}")
+            if len(runs) > 1:
+                ax.fill_between(epochs, low, high, color=colour, alpha=0.2, linewidth=0)
+        if not any(len(e) for runs in lines.values() for e, _ in runs):
+            ax.text(0.5, 0.5, "not in these runs' metrics.jsonl", transform=ax.transAxes, ha="center")
+        ax.set_ylim(-0.03 * scale, 1.05 * scale)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.set_title(f"{name.split(' E[')[0]} per epoch (band: lowest to highest run)", fontsize="medium")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small")
     fig.suptitle(
-        "clipping in this sweep: is max_norm too tight? (clipped share near 100% and a median "
-        "norm far above max_norm: every step is shortened)",
+        "clipping in this sweep: what it costs (left) and how much of each step it removes (right: "
+        "a clip factor of 0.5 halves the step)",
         fontsize="medium",
     )
     return fig

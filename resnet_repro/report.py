@@ -20,15 +20,16 @@ from typing import Any
 import yaml
 from matplotlib.figure import Figure
 
-from resnet_repro import plots
+from resnet_repro import contrasts, plots, seeds, sweep_answer
 from resnet_repro.config import UserError, is_run_control
-from resnet_repro.seeds import SEED_KEY, Comparison, SeedGroup, against_best, seed_groups
+from resnet_repro.seeds import SEED_KEY, SeedGroup, parse_value, seed_groups, value_order
+from resnet_repro.sweep_answer import Answer
 
 Row = dict[str, Any]
 
-# Job statuses; the FAILED_STATUSES ones sort last in the table and are drawn as "failed" cells
+# Job statuses, from the files a job left; each gives one of the outcomes of resnet_repro.seeds
+# (finished, diverged, failed, incomplete), and only finished jobs are scored, averaged and ranked
 DONE, EARLY_STOP, NAN, PREEMPTED, FAILED = "done", "early_stop", "nan", "preempted", "failed/incomplete"
-FAILED_STATUSES = (NAN, FAILED)
 
 # Directories inside a job (or a sweep) that never hold job directories; `.submitit`, `.hydra` are hidden
 _NOT_JOBS = {"tb", "checkpoints"}
@@ -37,6 +38,7 @@ _NOT_JOBS = {"tb", "checkpoints"}
 HPARAMS_SUFFIX = ".hparams"
 
 REPORT_COLUMNS = (
+    "outcome",
     "status",
     "best_top1",
     "final_top1",
@@ -107,19 +109,6 @@ def read_overrides(job_dir: Path) -> dict[str, str]:
     return overrides
 
 
-def parse_value(text: str | None) -> float | str | None:
-    """An override's value text as Python: "null" -> None, numbers -> float, anything else as text."""
-    if text is None or text.strip().lower() in ("null", "none", "~", ""):
-        return None
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":  # Hydra's quoted strings
-        return text[1:-1]
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """metrics.jsonl rows, one per (epoch, split), keeping the last of duplicates.
 
@@ -164,6 +153,22 @@ def job_status(job_dir: Path, final: dict[str, Any] | None) -> str:
     return max(present, key=present.__getitem__)
 
 
+def job_outcome(job_dir: Path, status: str) -> str:
+    """finished (final.json), diverged (non-finite), failed (error.txt), else incomplete:
+    preempted, killed without a word, or still running."""
+    if status in (DONE, EARLY_STOP):
+        return seeds.FINISHED
+    if status == NAN:
+        return seeds.DIVERGED
+    if status == FAILED and (job_dir / "error.txt").is_file():
+        return seeds.FAILED
+    return seeds.INCOMPLETE
+
+
+def finished(row: Row) -> bool:
+    return row["outcome"] == seeds.FINISHED
+
+
 def summarize_job(job_dir: Path, root: Path) -> Row:
     """One report row for `job_dir` (see `collect` for its keys)."""
     final = _read_json(job_dir / "final.json")
@@ -172,6 +177,7 @@ def summarize_job(job_dir: Path, root: Path) -> Row:
     # every other split with a top1 is an evaluation (val, holdout, test: the config's eval_split)
     eval_rows = [r for r in metrics if r.get("split") != "train" and _is_number(r.get("top1"))]
     status = job_status(job_dir, final)
+    ended = job_outcome(job_dir, status)
     final = final or {}
     best_top1 = _best_top1(eval_rows, final)
     return {
@@ -179,6 +185,7 @@ def summarize_job(job_dir: Path, root: Path) -> Row:
         "path": job_dir,
         "overrides": read_overrides(job_dir),
         "status": status,
+        "outcome": ended,
         "best_top1": best_top1,
         "score_split": _score_split(eval_rows, final, best_top1),
         "final_top1": final.get("top1"),
@@ -306,12 +313,12 @@ def _note(job_dir: Path, status: str, final: dict[str, Any]) -> str:
 
 
 def sort_rows(rows: list[Row]) -> list[Row]:
-    """Best top-1 (final top-1 for runs without a selection split) descending; failed jobs (NaN,
-    crashed) last; ties by job name."""
+    """Best top-1 (final top-1 for runs without a selection split) descending; jobs that did not
+    finish (diverged, failed, incomplete) last; ties by job name."""
 
     def key(row: Row) -> tuple[bool, bool, float, str]:
         best = score(row)
-        return (row["status"] in FAILED_STATUSES, best is None, -(best or 0.0), row["job"])
+        return (not finished(row), best is None, -(best or 0.0), row["job"])
 
     return sorted(rows, key=key)
 
@@ -349,6 +356,7 @@ def markdown_table(rows: list[Row]) -> str:
     keys = varying_keys(rows) or override_keys(rows)
     header = [
         *keys,
+        "outcome",
         "status",
         "best top-1 %",
         "final top-1 %",
@@ -364,6 +372,7 @@ def markdown_table(rows: list[Row]) -> str:
         epochs = str(row["epochs_run"]) + (f"/{row['epochs']}" if row["epochs"] is not None else "")
         cells = [
             *(row["overrides"].get(k, "") for k in keys),
+            row["outcome"],
             row["status"],
             _pct(row["best_top1"]),
             _pct(row["final_top1"]),
@@ -378,7 +387,8 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def _markdown_report(rows: list[Row], title: str) -> str:
+def _markdown_report(rows: list[Row], title: str, answer: Answer) -> str:
+    """The answer first (contrasts against off, then the points), then every job."""
     varying = set(varying_keys(rows))
     common = {k: v for k, v in rows[0]["overrides"].items() if k not in varying}
     parts = [f"# Sweep report: {title}", ""]
@@ -386,12 +396,12 @@ def _markdown_report(rows: list[Row], title: str) -> str:
         parts += ["Common overrides: " + ", ".join(f"`{k}={v}`" for k, v in common.items()), ""]
     counts: dict[str, int] = {}
     for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        counts[row["outcome"]] = counts.get(row["outcome"], 0) + 1
     parts += [f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()), ""]
-    parts += [markdown_table(rows), ""]
-    groups = seed_groups_of(rows)
-    if groups is not None:
-        parts += ["## Seed groups", "", seed_table(groups), "", SEED_NOTE, ""]
+    parts += sweep_answer.contrast_section(answer)
+    if answer.seeded:
+        parts += sweep_answer.points_section(answer)
+    parts += ["## Every job", "", markdown_table(rows), ""]
     notes = [f"- `{r['job']}`: {r['note']}" for r in sort_rows(rows) if r["note"]]
     if notes:
         parts += ["Notes:", "", *notes, ""]
@@ -399,95 +409,32 @@ def _markdown_report(rows: list[Row], title: str) -> str:
     return "\n".join(parts)
 
 
-def seed_groups_of(rows: list[Row]) -> list[SeedGroup] | None:
-    """The sweep's seed groups (resnet_repro.seeds), scored as the table ranks jobs; failed and
-    unfinished jobs count in a group's jobs (and its `failed`, NaN ones in its `nan`), not in its
-    mean, and rank the point below every point whose seeds all finished."""
-    return seed_groups(
-        rows, lambda r: None if r["status"] in FAILED_STATUSES else score(r), lambda r: r["status"] == NAN
+def answer_text(rows: list[Row]) -> str:
+    """The contrasts against off and, with seeds, the points, as report.md has them."""
+    answer = sweep_answer_of(rows)
+    parts = sweep_answer.contrast_section(answer) + (
+        sweep_answer.points_section(answer) if answer.seeded else []
     )
+    return "\n".join(parts).strip() or "(no axis with an off value and no seeds: nothing more to compare)"
 
 
-SEED_NOTE = (
-    "Mean ± sample standard deviation (finished seeds; decimals follow the spread) of the best top-1 "
-    "on the selection split (final top-1 for runs without one). A point whose seeds did not all "
-    "finish says so and ranks below every complete point. Welch p: the t-test of a point's seeds "
-    "against the best point's; Holm p: the same adjusted by Holm's method for all the comparisons "
-    "against the best (docs/reports.md); `*` where Holm p < 0.05, a difference beyond the seed spread."
-)
+def _finished_score(row: Row) -> float | None:
+    return score(row) if finished(row) else None
 
 
-def _p_text(p: float | None) -> str:
-    return "-" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+def _outcome(row: Row) -> str:
+    return row["outcome"]
 
 
-def _delta_text(c: Comparison, best: SeedGroup) -> str:
-    if c.group is best:
-        return "best"
-    if c.delta is None:
-        return "-"
-    return f"{100 * c.delta:+.{max(c.group.decimals(), best.decimals())}f}"
+def sweep_answer_of(rows: list[Row]) -> Answer:
+    """The sweep's points, seed noise, contrasts against off and best set (resnet_repro.sweep_answer)."""
+    return sweep_answer.answer(rows, varying_keys(rows), _finished_score, _outcome)
 
 
-def seed_table(groups: list[SeedGroup]) -> str:
-    """One line per point: its overrides (seed left out), mean ± std (n), difference to the best,
-    Welch p and Holm-adjusted p."""
-    keys = [
-        k
-        for k in override_keys([{"overrides": g.point} for g in groups])
-        if len({g.point.get(k) for g in groups}) > 1
-    ]
-    header = [*keys, "top-1 % mean ± std (n)", "vs best (points)", "Welch p", "Holm p", "beyond spread"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for c in against_best(groups):
-        cells = [
-            *(c.group.point.get(k, "") for k in keys),
-            c.group.text(),
-            _delta_text(c, groups[0]),
-            _p_text(c.p),
-            _p_text(c.p_adjusted),
-            "*" if c.beyond_spread else "",
-        ]
-        lines.append("| " + " | ".join(_markdown_cell(str(cell)) for cell in cells) + " |")
-    return "\n".join(lines)
-
-
-SEED_CSV_COLUMNS = (
-    "n",
-    "jobs",
-    "failed",
-    "nan",
-    "mean_top1",
-    "std_top1",
-    "delta_to_best",
-    "welch_p",
-    "p_adjusted",
-    "beyond_spread",
-)
-
-
-def _write_seed_csv(groups: list[SeedGroup], path: Path) -> None:
-    """One row per point, ranked as the table; `failed` counts seeds without a score (`nan` of them
-    diverged), `p_adjusted` is Holm's."""
-    keys = override_keys([{"overrides": g.point} for g in groups])
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([*keys, *SEED_CSV_COLUMNS])
-        for c in against_best(groups):
-            g = c.group
-            values = [
-                g.n,
-                g.jobs,
-                g.failed,
-                g.nan,
-                g.mean,
-                g.std,
-                c.delta,
-                c.p,
-                c.p_adjusted,
-                c.beyond_spread,
-            ]
-            writer.writerow([*(g.point.get(k, "") for k in keys), *("" if v is None else v for v in values)])
+def seed_groups_of(rows: list[Row]) -> list[SeedGroup] | None:
+    """The sweep's seed groups (resnet_repro.seeds), None without a seed axis: only finished jobs
+    are scored; the others count in a group's jobs by outcome, beside its mean."""
+    return seed_groups(rows, _finished_score, _outcome)
 
 
 def _write_csv(rows: list[Row], path: Path) -> None:
@@ -502,8 +449,9 @@ def _write_csv(rows: list[Row], path: Path) -> None:
 
 def write_report(rows: list[Row], out_dir: Path) -> dict[str, Path]:
     """report.md, report.csv, report.png (heat map or bars), curves.png (every point per epoch),
-    report_seeds.csv (a sweep over seeds) and clipping.png (a sweep over stabilizer.max_norm) in
-    `out_dir`; returns {"markdown", "csv", "plot", "curves"[, "seeds_csv"][, "clipping"]: path}."""
+    contrasts.csv (an axis with an off value), report_seeds.csv (a sweep over seeds) and
+    clipping.png (a sweep over stabilizer.max_norm) in `out_dir`; returns {"markdown", "csv",
+    "plot", "curves"[, "contrasts"][, "seeds_csv"][, "clipping"]: path}."""
     if not rows:
         raise UserError(f"no jobs to report in {out_dir}")
     out_dir = Path(out_dir)
@@ -514,15 +462,17 @@ def write_report(rows: list[Row], out_dir: Path) -> dict[str, Path]:
         "plot": out_dir / "report.png",
         "curves": out_dir / "curves.png",
     }
-    paths["markdown"].write_text(_markdown_report(rows, "/".join(out_dir.resolve().parts[-2:])))
+    answer = sweep_answer_of(rows)
+    paths["markdown"].write_text(_markdown_report(rows, "/".join(out_dir.resolve().parts[-2:]), answer))
     _write_csv(rows, paths["csv"])
+    if answer.contrasts:
+        paths["contrasts"] = sweep_answer.write_contrasts_csv(answer, out_dir / "contrasts.csv")
     groups = seed_groups_of(rows)
     if groups is not None:
-        paths["seeds_csv"] = out_dir / "report_seeds.csv"
-        _write_seed_csv(groups, paths["seeds_csv"])
-    draw_plot(rows, paths["plot"], groups)
+        paths["seeds_csv"] = sweep_answer.write_points_csv(answer, out_dir / "report_seeds.csv")
+    draw_plot(rows, paths["plot"], groups, answer.noise.s)
     plots.save(sweep_curves(rows), paths["curves"])
-    clipping = clipping_figure(rows)
+    clipping = clipping_figure(rows, answer)
     if clipping is not None:
         paths["clipping"] = plots.save(clipping, out_dir / "clipping.png")
     return paths
@@ -536,16 +486,7 @@ def write_report(rows: list[Row], out_dir: Path) -> dict[str, Path]:
 
 def _value_order(texts: Iterable[str]) -> list[str]:
     """Axis order: null first (e.g. max_norm off), then numbers ascending, then other text."""
-
-    def key(text: str) -> tuple[int, float, str]:
-        value = parse_value(text)
-        if value is None:
-            return (0, 0.0, "")
-        if isinstance(value, float):
-            return (1, value, "")
-        return (2, 0.0, value)
-
-    return sorted(set(texts), key=key)
+    return value_order(texts)
 
 
 def _value_text(row: Row, key: str) -> str:
@@ -553,24 +494,21 @@ def _value_text(row: Row, key: str) -> str:
     return row["overrides"].get(key, "default")
 
 
-def _failure(row: Row) -> str:
-    return "NaN" if row["status"] == NAN else "incomplete"
-
-
 def _cell_text(row: Row | None) -> str:
     if row is None:
         return "no job"
-    if row["status"] in FAILED_STATUSES:
-        return "failed\n" + _failure(row)
+    if not finished(row):
+        return "no score\n" + row["outcome"]
     text = _pct(score(row)) + ("" if row["best_top1"] is not None else "\n(final)")
-    if row["status"] in (EARLY_STOP, PREEMPTED):
-        text += "\n" + row["status"].replace("_", " ")
+    if row["status"] == EARLY_STOP:
+        text += "\nearly stop"
     return text
 
 
 def _plotted_score(row: Row | None) -> float | None:
-    """The percentage that colours a cell or sizes a bar; None (grey) for failed or missing jobs."""
-    if row is None or row["status"] in FAILED_STATUSES or score(row) is None:
+    """The percentage that colours a cell or sizes a bar; None (grey) for a job that did not finish
+    (its score would be that of a shorter or broken run) or a missing one."""
+    if row is None or not finished(row) or score(row) is None:
         return None
     return 100 * score(row)
 
@@ -611,7 +549,7 @@ def bar_chart(rows: list[Row], key: str | None) -> Figure:
     else:
         rows = sort_rows(rows)
         labels = [r["job"] if len(r["job"]) <= 60 else "..." + r["job"][-57:] for r in rows]
-    texts = [f"failed ({_failure(r)})" if r["status"] in FAILED_STATUSES else _cell_text(r) for r in rows]
+    texts = [f"no score ({r['outcome']})" if not finished(r) else _cell_text(r) for r in rows]
     title = "best top-1 (%), else final" + (f" by {key}" if key else "")
     return plots.bars(
         labels, [_plotted_score(r) for r in rows], [t.replace("\n", " ") for t in texts], title=title
@@ -619,16 +557,24 @@ def bar_chart(rows: list[Row], key: str | None) -> Figure:
 
 
 def seed_heat_map(
-    groups: list[SeedGroup], row_key: str, col_key: str, split: str = "selection split"
+    groups: list[SeedGroup],
+    row_key: str,
+    col_key: str,
+    split: str = "selection split",
+    noise: float | None = None,
 ) -> Figure:
-    """Mean best top-1 (%) per point over its seeds, each cell "mean ± std (n)"; a point with failed
-    seeds hatched and its count "2/3 finished, 1 NaN". The colours span at least four times the
-    largest seed std, so a difference within the seed noise does not take the whole palette."""
+    """Mean best top-1 (%) per point over its finished seeds, each cell "mean ± std (n)"; a point
+    with unfinished seeds hatched and its counts "2/3 finished, 1 diverged". The colours come from
+    the point means only and span at least four times the seed noise (`noise`, points: the sweep's
+    pooled estimate; else the median of the points' stds), so a difference within the noise does
+    not take the whole palette and no single run can stretch the range."""
     ys = _value_order(g.point.get(row_key, "default") for g in groups)
     xs = _value_order(g.point.get(col_key, "default") for g in groups)
     cell = {(g.point.get(row_key, "default"), g.point.get(col_key, "default")): g for g in groups}
     grid = [[cell.get((y, x)) for x in xs] for y in ys]
-    noise = max((g.std for g in groups if g.std is not None), default=0.0)
+    if noise is None:
+        stds = [100 * g.std for g in groups if g.std is not None]
+        noise = statistics.median(stds) if stds else 0.0
     return plots.heat_map(
         [[100 * g.mean if g is not None and g.mean is not None else None for g in line] for line in grid],
         [[g.text().replace(" (", "\n(") if g is not None else "no job" for g in line] for line in grid],
@@ -636,22 +582,27 @@ def seed_heat_map(
         xs,
         row_key=row_key,
         col_key=col_key,
-        title=f"best top-1 (%) on {split}: mean ± std (seeds); hatched: seeds failed",
-        min_span=4 * 100 * noise,
+        title=f"best top-1 (%) on {split}: mean ± std (finished seeds); hatched: a seed did not finish",
+        min_span=4 * noise,
         hatched=[
-            (i, j) for i, line in enumerate(grid) for j, g in enumerate(line) if g is not None and g.failed
+            (i, j)
+            for i, line in enumerate(grid)
+            for j, g in enumerate(line)
+            if g is not None and g.unfinished
         ],
         label=f"mean top-1 (%), {split}",
     )
 
 
-def draw_plot(rows: list[Row], path: Path, groups: list[SeedGroup] | None = None) -> Path:
+def draw_plot(
+    rows: list[Row], path: Path, groups: list[SeedGroup] | None = None, noise: float | None = None
+) -> Path:
     """A heat map when exactly two overrides vary across jobs (seeds averaged when trainer.seed is
-    a third axis), else a bar chart; saved as PNG."""
+    a third axis; `noise` the seed noise in points), else a bar chart; saved as PNG."""
     if groups is not None:
         axes = [k for k in varying_keys(rows) if k != SEED_KEY]
         if len(axes) == 2:
-            return plots.save(seed_heat_map(groups, axes[0], axes[1], score_splits(rows)), path)
+            return plots.save(seed_heat_map(groups, axes[0], axes[1], score_splits(rows), noise), path)
     keys = varying_keys(rows)
     if len(keys) == 2:
         return plots.save(heat_map(rows, keys[0], keys[1]), path)
@@ -687,7 +638,7 @@ def sweep_curves(rows: list[Row]) -> Figure:
     keys = [k for k in varying_keys(rows) if k != SEED_KEY]
     row_key, line_keys = (keys[0], keys[1:]) if len(keys) >= 2 else (None, keys)
     groups = seed_groups_of(rows)
-    failed = {tuple(sorted(g.point.items())): g for g in groups or [] if g.failed}
+    failed = {tuple(sorted(g.point.items())): g for g in groups or [] if g.unfinished}
     grid: dict[str, dict[str, dict[str, list[plots.Series]]]] = {}
     splits = set()
     for row in _in_axis_order(rows, keys):
@@ -716,54 +667,68 @@ def sweep_curves(rows: list[Row]) -> Figure:
 MAX_NORM_KEY = "stabilizer.max_norm"
 
 
-def _clipping_stats(members: list[Row]) -> tuple[float | None, float | None]:
-    """(share of steps clipped, median pre-clip gradient norm) of one point over all its seeds'
-    training epochs: the mean of the epochs' clipped_fraction (epochs have equal steps) and the
-    median of their per-epoch medians (grad_norm_p50)."""
-    train = [
-        r
-        for row in members
-        for r in read_metrics(Path(row["path"]) / "metrics.jsonl")
-        if r.get("split") == "train"
-    ]
-    shares = [float(r["clipped_fraction"]) for r in train if _is_number(r.get("clipped_fraction"))]
-    norms = [float(r["grad_norm_p50"]) for r in train if _is_number(r.get("grad_norm_p50"))]
-    return (statistics.fmean(shares) if shares else None, statistics.median(norms) if norms else None)
+def _train_series(members: list[Row], key: str, scale: float = 1.0) -> list[plots.Series]:
+    """`key` per epoch of each job's training rows (metrics.jsonl), one Series per job."""
+    out = []
+    for row in members:
+        train = [r for r in read_metrics(Path(row["path"]) / "metrics.jsonl") if r.get("split") == "train"]
+        out.append(series(train, key, scale))
+    return out
 
 
-def clipping_figure(rows: list[Row]) -> Figure | None:
-    """For a sweep over stabilizer.max_norm (and e.g. weight decay): top-1 (mean, std over seeds),
-    share of steps clipped and median pre-clip gradient norm against max_norm, one line per value of
-    the other axes; None when max_norm does not vary."""
+def clipping_figure(rows: list[Row], answer: Answer | None = None) -> Figure | None:
+    """For a sweep over stabilizer.max_norm (and e.g. weight decay): top-1 against max norm (no
+    clipping last), one line per value of the other axes, each point the mean of its finished runs
+    with a 95% interval, diverged runs marked and the pooled contrasts against off written in;
+    beside it, per epoch and max norm, the share of steps clipped and the mean clip factor. None
+    when max_norm does not vary."""
     keys = [k for k in varying_keys(rows) if k != SEED_KEY]
     if MAX_NORM_KEY not in keys:
         return None
+    answer = answer or sweep_answer_of(rows)
     others = [k for k in keys if k != MAX_NORM_KEY]
-    xs = _value_order(_value_text(r, MAX_NORM_KEY) for r in rows)
-    line_labels = list(
-        dict.fromkeys(_point_label(r, others) or "all jobs" for r in _in_axis_order(rows, others))
+    levels = value_order((_value_text(r, MAX_NORM_KEY) for r in rows), off_last=True)
+    combos = list(
+        dict.fromkeys(tuple(_value_text(r, k) for k in others) for r in _in_axis_order(rows, others))
     )
-    top1: dict[str, tuple[list[float | None], list[float | None]]] = {}
-    clipped: dict[str, list[float | None]] = {}
-    grad_norm: dict[str, list[float | None]] = {}
-    for label in line_labels:
-        means, stds, shares, norms = [], [], [], []
-        for x in xs:
-            members = [
-                r
-                for r in rows
-                if (_point_label(r, others) or "all jobs") == label and _value_text(r, MAX_NORM_KEY) == x
-            ]
-            scores = [
-                100 * score(r) for r in members if r["status"] not in FAILED_STATUSES and score(r) is not None
-            ]
-            means.append(statistics.fmean(scores) if scores else None)
-            stds.append(statistics.stdev(scores) if len(scores) > 1 else None)
-            share, norm = _clipping_stats(members)
-            shares.append(share)
-            norms.append(norm)
-        top1[label], clipped[label], grad_norm[label] = (means, stds), shares, norms
-    return plots.clipping(xs, top1, clipped, grad_norm, split=score_splits(rows))
+    by_values = {tuple(g.point.get(k, "default") for k in [*others, MAX_NORM_KEY]): g for g in answer.groups}
+    top1: dict[str, list[plots.LevelTop1 | None]] = {}
+    for combo in combos:
+        label = (
+            ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(others, combo, strict=True)) or "all jobs"
+        )
+        line = []
+        for level in levels:
+            g = by_values.get((*combo, level))
+            interval = None if g is None else contrasts.point_interval(g, answer.noise)
+            line.append(
+                None
+                if g is None
+                else plots.LevelTop1(
+                    None if g.mean is None else 100 * g.mean,
+                    None if interval is None else interval[0],
+                    None if interval is None else interval[1],
+                    g.diverged,
+                    g.jobs,
+                )
+            )
+        top1[label] = line
+    pooled = sweep_answer.pooled(answer, MAX_NORM_KEY)
+    text = [
+        pooled[level].words().split(": ", 1)[1].join([f"{level}: ", " *" if pooled[level].marked else ""])
+        for level in levels
+        if level in pooled
+    ]
+    clipping_levels = [level for level in levels if not seeds.is_off(level)]
+    members = {level: [r for r in rows if _value_text(r, MAX_NORM_KEY) == level] for level in clipping_levels}
+    return plots.clipping(
+        levels,
+        top1,
+        {level: _train_series(members[level], "clipped_fraction") for level in clipping_levels},
+        {level: _train_series(members[level], "clip_factor_mean") for level in clipping_levels},
+        text,
+        split=score_splits(rows),
+    )
 
 
 def _config_value(run_dir: Path, *keys: str) -> Any:

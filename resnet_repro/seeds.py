@@ -1,49 +1,62 @@
-"""Seed groups of a sweep: jobs that differ only in trainer.seed are one point, summarized as mean,
-standard deviation and count of their scores, so a report can tell a difference from seed noise
-(`make sweep SEEDS=3`).
+"""The points of a sweep: jobs that differ only in trainer.seed are one point, with the outcome of
+each job and the scores of the finished ones (`make sweep SEEDS=3`).
 
-Each point is compared with the best point by Welch's t-test (unequal variances;
-scipy.stats.ttest_ind_from_stats), and the p-values of these k - 1 comparisons are adjusted together by Holm's
-step-down method (scipy.stats.false_discovery_control has no family-wise version; Holm is the
-few lines below). A point's difference "exceeds the spread" only when its adjusted p < 0.05. The
-best point is chosen from the same seeds it is compared with, which makes every raw p too small;
-Holm's correction for the k - 1 comparisons more than pays for that at the sweep sizes this tool
-runs (the null test in tests/test_seed_stats.py measures the family-wise rate on 12 identical points x 3
-seeds). With 3 seeds per point only large differences pass: that is the honest answer such a sweep
-can give.
+A job ends in one of four outcomes, and only finished jobs have a score:
 
-A point whose seeds did not all finish (a NaN, a crash) is ranked below every point whose seeds
-all did, whatever its mean: in a max-norm sweep the divergence is the result, and a mean over the
-surviving seeds would hide it.
+- finished: it wrote final.json (trained every epoch, or stopped early by its own rule);
+- diverged: it stopped on a non-finite loss or gradient (nonfinite_report.json): in a max-norm
+  sweep this is a result, counted per point and per contrast level, never averaged in;
+- failed: it stopped on an error (error.txt);
+- incomplete: preempted, killed, or still running: its score would be that of a shorter run.
+
+A point is ranked by the mean of its finished jobs, its counts beside it; what can be said about
+which point is best and about the sweep's axes is in `resnet_repro.contrasts`.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 SEED_KEY = "trainer.seed"
-ALPHA = 0.05
+
+FINISHED, DIVERGED, FAILED, INCOMPLETE = "finished", "diverged", "failed", "incomplete"
+OUTCOMES = (FINISHED, DIVERGED, FAILED, INCOMPLETE)
 
 
 @dataclass(frozen=True)
 class SeedGroup:
     point: dict[str, str]  # the overrides shared by the group, trainer.seed left out
     scores: tuple[float, ...]  # fractions, one per finished job
-    jobs: int  # jobs in the group, failed ones included
-    nan: int = 0  # jobs that stopped on a non-finite loss or gradient (diverged)
+    outcomes: tuple[str, ...]  # one per job of the group, finished ones included
+
+    @property
+    def jobs(self) -> int:
+        return len(self.outcomes)
 
     @property
     def n(self) -> int:
+        """Finished jobs: the ones in the mean."""
         return len(self.scores)
 
+    def count(self, outcome: str) -> int:
+        return self.outcomes.count(outcome)
+
     @property
-    def failed(self) -> int:
-        """Jobs without a score: diverged, crashed or unfinished."""
+    def diverged(self) -> int:
+        return self.count(DIVERGED)
+
+    @property
+    def ended(self) -> int:
+        """Jobs whose outcome says something about the point: finished or diverged (a failed or
+        incomplete job might have gone either way)."""
+        return self.n + self.diverged
+
+    @property
+    def unfinished(self) -> int:
         return self.jobs - self.n
 
     @property
@@ -60,17 +73,17 @@ class SeedGroup:
         return decimals_for(self.std)
 
     def count_text(self) -> str:
-        """`3` when every seed finished, else `2/3 finished, 1 NaN` (or `1 failed`)."""
-        if not self.failed:
+        """`3` when every job finished, else `2/3 finished, 1 diverged` (and failed, incomplete)."""
+        if not self.unfinished:
             return str(self.n)
-        other = self.failed - self.nan
-        parts = [f"{self.nan} NaN"] * (self.nan > 0) + [f"{other} failed"] * (other > 0)
+        parts = [f"{self.count(o)} {o}" for o in (DIVERGED, FAILED, INCOMPLETE) if self.count(o)]
         return f"{self.n}/{self.jobs} finished, " + ", ".join(parts)
 
     def text(self) -> str:
-        """`88.9 ± 1.2 (3)` in percent, as many decimals as the spread supports; failed seeds named."""
+        """`88.9 ± 1.2 (3)` in percent, as many decimals as the spread supports; the other outcomes
+        named."""
         if self.mean is None:
-            return f"failed ({self.count_text()})"
+            return f"none finished ({self.count_text()})"
         d = self.decimals()
         spread = f" ± {100 * self.std:.{d}f}" if self.std is not None else ""
         return f"{100 * self.mean:.{d}f}{spread} ({self.count_text()})"
@@ -84,53 +97,42 @@ def decimals_for(std: float | None) -> int:
     return min(4, max(1, -math.floor(math.log10(100 * std))))
 
 
-def seed_groups(rows: list[dict[str, Any]], score, diverged=lambda row: False) -> list[SeedGroup] | None:
-    """The sweep's points with their seeds, best first; None unless trainer.seed varies and some
-    point has more than one seed. `score(row)` is a job's fraction, or None (failed);
-    `diverged(row)` tells a NaN among the failed. Points with failed seeds rank after every point
-    whose seeds all finished."""
-    if len({r["overrides"].get(SEED_KEY) for r in rows}) < 2:
-        return None
+def point_of(overrides: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """A job's point: its overrides without the seed, as a sorted, hashable tuple."""
+    return tuple(sorted((k, v) for k, v in overrides.items() if k != SEED_KEY))
+
+
+def points(
+    rows: list[dict[str, Any]],
+    score: Callable[[dict[str, Any]], float | None],
+    outcome: Callable[[dict], str],
+) -> list[SeedGroup]:
+    """Every point of the sweep with its jobs' outcomes and its finished jobs' scores, ranked by
+    the mean of its finished jobs (points without one last). `score(row)` is a job's fraction,
+    `outcome(row)` one of OUTCOMES; a job that is not finished has no score, whatever its files hold."""
     by_point: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = {}
     for row in rows:
-        point = tuple(sorted((k, v) for k, v in row["overrides"].items() if k != SEED_KEY))
-        by_point.setdefault(point, []).append(row)
-    if max(len(v) for v in by_point.values()) < 2:
-        return None
+        by_point.setdefault(point_of(row["overrides"]), []).append(row)
     groups = []
     for point, members in by_point.items():
-        scores = [score(r) for r in members]
-        groups.append(
-            SeedGroup(
-                dict(point),
-                tuple(s for s in scores if s is not None),
-                len(members),
-                sum(1 for r, s in zip(members, scores, strict=True) if s is None and diverged(r)),
-            )
+        ends = tuple(outcome(r) for r in members)
+        scores = tuple(
+            s for r, o in zip(members, ends, strict=True) if o == FINISHED and (s := score(r)) is not None
         )
-    return sorted(groups, key=lambda g: (g.mean is None, g.failed > 0, -(g.mean or 0.0)))
+        groups.append(SeedGroup(dict(point), scores, ends))
+    return sorted(groups, key=lambda g: (g.mean is None, -(g.mean or 0.0)))
 
 
-def welch_p(a: tuple[float, ...], b: tuple[float, ...]) -> float | None:
-    """Two-sided p of Welch's t-test; None where it is undefined (fewer than 2 each, or neither
-    varies: scipy then returns 0.0 for any difference, which no seed noise supports)."""
-    return welch_ps([a], b)[0]
-
-
-def welch_ps(samples: list[tuple[float, ...]], best: tuple[float, ...]) -> list[float | None]:
-    """welch_p of each sample against `best`, in one vectorized scipy call (ttest_ind_from_stats:
-    the samples may differ in size)."""
-    from scipy.stats import ttest_ind_from_stats
-
-    def stats(x: tuple[float, ...]) -> tuple[float, float, int]:
-        return (statistics.fmean(x), statistics.stdev(x), len(x)) if len(x) >= 2 else (0.0, 0.0, len(x))
-
-    b_mean, b_std, b_n = stats(best)
-    a = np.array([stats(x) for x in samples], dtype=float).reshape(-1, 3)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = ttest_ind_from_stats(a[:, 0], a[:, 1], a[:, 2], b_mean, b_std, b_n, equal_var=False).pvalue
-    defined = (a[:, 2] >= 2) & (b_n >= 2) & ((a[:, 1] > 0) | (b_std > 0)) & np.isfinite(p)
-    return [float(v) if ok else None for v, ok in zip(np.atleast_1d(p), defined, strict=True)]
+def seed_groups(
+    rows: list[dict[str, Any]],
+    score: Callable[[dict[str, Any]], float | None],
+    outcome: Callable[[dict], str],
+) -> list[SeedGroup] | None:
+    """`points`, or None unless trainer.seed varies and some point has more than one job."""
+    if len({r["overrides"].get(SEED_KEY) for r in rows}) < 2:
+        return None
+    groups = points(rows, score, outcome)
+    return groups if max(g.jobs for g in groups) >= 2 else None
 
 
 def holm(ps: list[float | None]) -> list[float | None]:
@@ -144,22 +146,39 @@ def holm(ps: list[float | None]) -> list[float | None]:
     return out
 
 
-@dataclass(frozen=True)
-class Comparison:
-    group: SeedGroup
-    delta: float | None  # its mean minus the best mean (a fraction)
-    p: float | None  # Welch's p against the best point
-    p_adjusted: float | None  # Holm over all the comparisons against the best
+def parse_value(text: str | None) -> float | str | None:
+    """An override's value text as Python: "null" -> None, numbers -> float, anything else as text."""
+    if text is None or text.strip().lower() in ("null", "none", "~", ""):
+        return None
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":  # Hydra's quoted strings
+        return text[1:-1]
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
-    @property
-    def beyond_spread(self) -> bool:
-        return self.p_adjusted is not None and self.p_adjusted < ALPHA
+
+def is_off(text: str | None) -> bool:
+    """Whether an override's value switches its knob off: null, 0, false or off (max_norm=null,
+    warm-up 0 epochs, dropout 0, ...)."""
+    value = parse_value(text)
+    return value is None or value == 0.0 or (isinstance(value, str) and value.lower() in ("false", "off"))
 
 
-def against_best(groups: list[SeedGroup]) -> list[Comparison]:
-    """Every group compared with the first (the best complete point): difference, Welch p, Holm p."""
-    best = groups[0]
-    deltas = [g.mean - best.mean if g.mean is not None and best.mean is not None else None for g in groups]
-    ps = welch_ps([g.scores for g in groups], best.scores)
-    ps[0] = None  # the best itself
-    return [Comparison(*c) for c in zip(groups, deltas, ps, holm(ps), strict=True)]
+def value_order(texts, *, off_last: bool = False) -> list[str]:
+    """The distinct value texts in axis order: null first (off_last: every off value last, after
+    the largest number, as "no clipping" is the end of the max-norm scale), then numbers
+    ascending, then other text."""
+
+    def key(text: str) -> tuple[int, float, str]:
+        value = parse_value(text)
+        if off_last and is_off(text):
+            return (3, 0.0, text)
+        if value is None:
+            return (0, 0.0, "")
+        if isinstance(value, float):
+            return (1, value, "")
+        return (2, 0.0, value)
+
+    return sorted(set(texts), key=key)

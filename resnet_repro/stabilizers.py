@@ -17,7 +17,12 @@ from resnet_repro.distributed import DistEnv
 
 
 def grad_norm_summary(norms: torch.Tensor, max_norm: float | None) -> dict[str, float]:
-    """Per-epoch statistics of the pre-clip total gradient norms (one value per step)."""
+    """Per-epoch statistics of the pre-clip total gradient norms (one value per step).
+
+    `clipped_fraction`: the share of steps whose norm exceeded `max_norm`; `clip_factor_mean`:
+    the mean over steps of min(1, max_norm / norm), how much of each step's gradient clipping kept
+    (1.0: nothing clipped, as without clipping). Non-finite norms (steps skipped or stopped on) are
+    left out of every statistic; with none finite the summary is empty."""
     finite = norms[torch.isfinite(norms)].double()
     if finite.numel() == 0:
         return {}
@@ -29,6 +34,8 @@ def grad_norm_summary(norms: torch.Tensor, max_norm: float | None) -> dict[str, 
         "grad_norm_p99": q[2].item(),
         "grad_norm_max": finite.max().item(),
         "clipped_fraction": (finite > max_norm).double().mean().item() if max_norm else 0.0,
+        # a zero norm divides to inf and is kept whole
+        "clip_factor_mean": (max_norm / finite).clamp(max=1.0).mean().item() if max_norm else 1.0,
     }
 
 

@@ -140,6 +140,8 @@ def test_validate_accepts_the_default_config_with_each_precision(default_cfg):
         ("schedule.milestones=[-5]", "schedule.milestones=[-5]"),
         ("trainer.epochs=0", "trainer.epochs=0"),
         ("optim.weight_decay=-1e-4", "optim.weight_decay=-0.0001"),
+        ("optim.momentum=1", "optim.momentum=1"),
+        ("optim.momentum=-0.9", "optim.momentum=-0.9"),
         ("data.crop_ratio=1.5", "data.crop_ratio=1.5"),
         ("data.std=[0.2,0.0,0.2]", "data.std=[0.2, 0.0, 0.2]"),
         ("data.augment.scale=[0.9,0.1]", "data.augment.scale=[0.9, 0.1]"),
@@ -399,3 +401,28 @@ def test_a_multirun_over_a_run_control_key_is_refused_before_any_job_starts(caps
         cli.main(["train", "-m", "data.num_threads=2,4", "optim.weight_decay=1e-4,5e-4"])
     err = capsys.readouterr().err
     assert "sweeping data.num_threads" in err and "hydra.sweep.subdir=" in err
+
+
+def test_a_null_holdout_seed_follows_trainer_seed_so_a_seed_sweep_varies_the_holdout_too(tmp_path):
+    from conftest import make_image_folder
+
+    from resnet_repro.config import compose as compose_config
+    from resnet_repro.run_data import load_file_lists
+
+    make_image_folder(tmp_path, "train", {"a": 12, "b": 12}, sizes=[(8, 8)])
+    make_image_folder(tmp_path, "val", {"a": 1, "b": 1}, sizes=[(8, 8)])
+
+    def holdout(*overrides: str) -> tuple[int, tuple[str, ...]]:
+        cfg = compose_config(["data=folder", f"data.root={tmp_path}", "data.holdout.size=6", *overrides])
+        validate(cfg)
+        splits = load_file_lists(cfg.data)
+        assert splits.holdout is not None
+        return cfg.data.holdout.seed, tuple(splits.holdout.files)
+
+    # the default (0): one holdout for every training seed, as runs have always had
+    assert holdout("trainer.seed=1") == holdout("trainer.seed=2") == holdout()
+    # null: the training seed's, resolved when the config is read (the run's config records it)
+    s1, h1 = holdout("trainer.seed=1", "data.holdout.seed=null")
+    s2, h2 = holdout("trainer.seed=2", "data.holdout.seed=null")
+    assert (s1, s2) == (1, 2) and h1 != h2
+    assert holdout("trainer.seed=2", "data.holdout.seed=2") == (s2, h2)

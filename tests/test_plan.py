@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+import torch
 
 from resnet_repro.cli import main
 
@@ -128,9 +130,9 @@ def test_img_per_s_is_measured_with_a_short_bench_when_not_given(demo_root, tmp_
 
 
 @pytest.mark.slow  # two plans, each simulating its LR schedule
-def test_total_weight_decay_of_the_proxy_is_a_tenth_of_fast_16s_and_an_ema_that_cannot_average_warns(capsys):
-    # sum of LR x wd: peak 0.425 (1024 images at 0.10625 per 256) x 1e-4 x steps x mean LR factor
-    # (the linear ramp up to epoch 2 and down to 0 averages half the peak)
+def test_weight_decay_shrink_of_the_proxy_is_a_tenth_of_fast_16s_and_an_ema_that_cannot_average_warns(capsys):
+    # sum of LR x wd / (1 - momentum): peak 0.425 (1024 images at 0.10625 per 256) x 1e-4 x steps x
+    # mean LR factor (the linear ramp up to epoch 2 and down to 0 averages half the peak) x 10
     fast, _ = run_plan(
         capsys, "experiment=fast_16", "plan.train_images=1281167", "plan.img_per_s_per_gpu=2470"
     )
@@ -141,10 +143,94 @@ def test_total_weight_decay_of_the_proxy_is_a_tenth_of_fast_16s_and_an_ema_that_
         "plan.img_per_s_per_gpu=2470",
         "trainer.ema.decay=0.9999",
     )
-    assert fast["runs"][0]["total_weight_decay"] == pytest.approx(0.425 * 1e-4 * 1251 * 16 * 0.5, rel=0.02)
-    assert proxy["runs"][0]["total_weight_decay"] == pytest.approx(0.425 * 1e-4 * 120 * 16 * 0.5, rel=0.02)
-    assert "total weight decay  0.04" in table
+    assert fast["runs"][0]["weight_decay_shrink"] == pytest.approx(
+        0.425 * 1e-4 * 1251 * 16 * 0.5 * 10, rel=0.02
+    )
+    assert proxy["runs"][0]["weight_decay_shrink"] == pytest.approx(
+        0.425 * 1e-4 * 120 * 16 * 0.5 * 10, rel=0.02
+    )
+    assert (
+        "weight decay shrink  0.408: decay alone shrinks the decayed weights by exp(-0.408) = 0.66" in table
+    )
+    assert "LR x wd / (1 - momentum 0.9)" in table
     # 0.9999^1919 = 0.83 of the average is still the initial weights
     assert proxy["runs"][0]["ema_initial_weight"] == pytest.approx(0.9999**1919)
     assert table.splitlines()[-1].startswith("warning: trainer.ema.decay over 1,920 steps leaves 0.83")
     assert fast["runs"][0]["ema_initial_weight"] is None
+
+
+def ramp_lrs(peak: float, steps_per_epoch: int, epochs: int, peak_epoch: float = 2.0) -> list[float]:
+    """FFCV's linear ramp (fast_*), written out here: 0 -> peak at peak_epoch -> 0 at the end."""
+    top, total = peak_epoch * steps_per_epoch, epochs * steps_per_epoch
+    return [peak * (t / top if t <= top else 1 - (t - top) / (total - top)) for t in range(total)]
+
+
+def shrink_of(optimizer_class, lrs: list[float], w0: float = 1.0, **kwargs) -> float:
+    """ln(w_0 / w_N) of one weight that torch's optimizer steps with a zero loss gradient."""
+    w = torch.nn.Parameter(torch.tensor([w0], dtype=torch.float64))
+    opt = optimizer_class([w], lr=lrs[0], **kwargs)
+    for lr in lrs:
+        opt.param_groups[0]["lr"] = lr
+        w.grad = torch.zeros_like(w)
+        opt.step()
+    return math.log(w0 / w.item())
+
+
+@pytest.mark.slow  # 20,016 optimizer steps of one weight
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_weight_decay_shrink_of_sgd_counts_the_momentum_amplification(capsys, nesterov):
+    record, table = run_plan(
+        capsys,
+        "experiment=fast_16",
+        "plan.train_images=1281167",
+        "plan.img_per_s_per_gpu=2470",
+        f"optim.nesterov={str(nesterov).lower()}",
+    )
+    lrs = ramp_lrs(0.425, 1251, 16)
+    true = shrink_of(torch.optim.SGD, lrs, momentum=0.9, weight_decay=1e-4, nesterov=nesterov)
+    planned = record["runs"][0]["weight_decay_shrink"]
+    assert planned == pytest.approx(true, rel=0.02)
+    # ~4.25, ten times the sum of LR x wd that leaves the momentum out
+    assert true == pytest.approx(10 * sum(lrs) * 1e-4, rel=0.02) and 4.1 < planned < 4.4
+    assert "exp(-4.25) = 0.014" in table
+
+
+def test_weight_decay_shrink_of_adamw_is_the_product_of_its_decoupled_steps(capsys):
+    # 100 steps an epoch x 16: AdamW multiplies a weight by (1 - lr x wd) each step, no momentum in it
+    args = ["experiment=fast_16", "optim=adamw", "optim.lr_per_256=0.01", "optim.weight_decay=0.5"]
+    record, table = run_plan(capsys, *args, "plan.train_images=102400", "plan.img_per_s_per_gpu=2470")
+    lrs = ramp_lrs(0.04, 100, 16)
+    true = shrink_of(torch.optim.AdamW, lrs, weight_decay=0.5)
+    assert true == pytest.approx(-sum(math.log(1 - lr * 0.5) for lr in lrs), rel=1e-9)
+    assert record["runs"][0]["weight_decay_shrink"] == pytest.approx(true, rel=0.01)  # ~16
+    assert "AdamW's decoupled decay" in table
+
+
+def test_adam_has_no_weight_decay_shrink_factor_and_the_table_says_why(capsys):
+    record, table = run_plan(
+        capsys, "experiment=fast_16", "optim=adam", "plan.train_images=102400", "plan.img_per_s_per_gpu=2470"
+    )
+    assert record["runs"][0]["weight_decay_shrink"] is None
+    assert "weight decay shrink" in table and "no single factor" in table
+    # why: Adam divides the L2 term by its own running RMS, so a weight 10x larger shrinks by a
+    # different factor, and 10x the weight decay hardly changes the shrink
+    lrs = ramp_lrs(1e-3 * 4, 10, 16)
+    small, large = (shrink_of(torch.optim.Adam, lrs, w0=w0, weight_decay=1e-4) for w0 in (1.0, 10.0))
+    assert small > 2 * large
+    assert shrink_of(torch.optim.Adam, lrs, weight_decay=1e-3) == pytest.approx(small, rel=0.05)
+
+
+def test_a_sweep_table_prints_each_jobs_weight_decay_shrink(capsys):
+    record, table = run_plan(
+        capsys,
+        "-m",
+        "experiment=imagenet_paper",
+        *IMAGENET,
+        "optim.weight_decay=1e-4,2e-4",
+        "trainer.epochs=1",
+    )
+    shrinks = [r["weight_decay_shrink"] for r in record["runs"]]
+    assert shrinks[1] == pytest.approx(2 * shrinks[0])
+    header = table.splitlines()[1]
+    assert "wd shrink" in header
+    assert f"{shrinks[0]:.3g}" in table.splitlines()[2] and f"{shrinks[1]:.3g}" in table.splitlines()[3]

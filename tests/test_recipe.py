@@ -34,7 +34,7 @@ from resnet_repro.preemption import Interrupts
 from resnet_repro.run_eval import feed_model_selection
 from resnet_repro.run_state import RunState
 from resnet_repro.schedule import build_scheduler
-from resnet_repro.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard
+from resnet_repro.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard, grad_norm_summary
 from resnet_repro.summary import Derived, deviations, render, same
 
 
@@ -395,12 +395,39 @@ def test_clipping_under_fp16_happens_after_unscaling_and_logs_the_pre_clip_norm(
     # the logged norm is the true gradient's, not 256x it (scaled) nor 1e-3 (clipped)
     assert metrics["grad_norm_max"] == pytest.approx(true_norm, rel=2e-2)
     assert metrics["clipped_fraction"] == 1.0
+    assert metrics["clip_factor_mean"] == pytest.approx(1e-3 / true_norm, rel=2e-2)  # what clipping kept
     step = (
         torch.cat([(p - b).flatten() for p, b in zip(model.parameters(), before, strict=True)]).norm().item()
     )
     assert step == pytest.approx(
         peak_lr(cfg.optim, 4) * 1e-3, rel=2e-2
     )  # the update used the clipped gradient
+
+
+def test_clip_factor_mean_is_the_mean_share_of_each_step_that_clipping_keeps():
+    # min(1, 1/||g||) per step: 1, 1 (a norm at the threshold is not clipped), 1/2, 1/4
+    summary = grad_norm_summary(torch.tensor([0.5, 1.0, 2.0, 4.0]), max_norm=1.0)
+    assert summary["clip_factor_mean"] == pytest.approx((1 + 1 + 0.5 + 0.25) / 4)  # 0.6875
+    assert summary["clipped_fraction"] == 0.5
+    # a zero gradient is kept whole
+    assert grad_norm_summary(torch.tensor([0.0, 4.0]), max_norm=1.0)["clip_factor_mean"] == 0.625
+
+
+def test_clip_factor_mean_is_one_without_clipping():
+    norms = torch.tensor([0.5, 3.0, 100.0])
+    for max_norm in (None, 0.0):
+        summary = grad_norm_summary(norms, max_norm)
+        assert summary["clip_factor_mean"] == 1.0 and summary["clipped_fraction"] == 0.0
+
+
+def test_clip_factor_mean_leaves_out_non_finite_norms_like_the_other_gradient_statistics():
+    # the finite steps 0.5 and 4.0 under max_norm 2: kept whole and halved; inf and NaN steps
+    # are not counted (they are skipped or stop the run), as for clipped_fraction and the quantiles
+    summary = grad_norm_summary(torch.tensor([0.5, math.inf, 4.0, math.nan]), max_norm=2.0)
+    assert summary["clip_factor_mean"] == 0.75
+    assert summary["clipped_fraction"] == 0.5
+    assert summary["grad_norm_max"] == 4.0
+    assert grad_norm_summary(torch.tensor([math.inf, math.nan]), max_norm=2.0) == {}
 
 
 def test_injected_nan_stops_within_one_step_with_a_report(tmp_path: Path, monkeypatch):

@@ -122,7 +122,7 @@ def test_tensorboard_serves_the_train_and_val_scalars_of_every_job(sweep: Path, 
     for run in runs:
         # the per-epoch rows of metrics.jsonl as <split>/<key>, and the per-step gradient norm
         expected = {"train/loss", "train/top1", "train/lr", "train/grad_norm_p99", "train/clipped_fraction"}
-        expected |= {"train/grad_norm", "val/loss", "val/top1", "val/top5"}
+        expected |= {"train/clip_factor_mean", "train/grad_norm", "val/loss", "val/top1", "val/top5"}
         assert expected <= set(tags[run]), sorted(tags[run])
 
     run = runs[0]

@@ -1,0 +1,271 @@
+"""What a sweep can say: planned contrasts against "off", which points could be the best, and how
+often each setting diverged (docs/reports.md, "What the sweep answers").
+
+The model: a job's top-1 (points) is its point's mean plus seed noise of one standard deviation
+shared by every point. The noise is estimated from every finished job at once:
+
+- "cell means" (the sweep has seeds): the pooled within-point variance, df = N - k (N finished
+  jobs, k points with one). Nothing is assumed about how the axes combine.
+- "additive" (one job per point, two or more axes): the residual of a model with the axes' main
+  effects only, df = N - (number of coefficients); its interaction is counted as noise, which
+  makes the intervals wider where the axes do interact.
+
+A planned contrast is a level of an axis with an off value (max norm null, warm-up 0, ...) against
+off: within each combination of the other axes (the difference of two point means), and pooled
+(the average of those differences over the combinations where both points have finished jobs).
+Each has a 95% t interval with the model's df; the p-values of all the sweep's contrasts, within
+and pooled, are adjusted together by Holm (family-wise error 5%), and a contrast is marked only
+when its adjusted p < 0.05. The intervals are per contrast (94-96% coverage, measured in
+tests/test_contrasts.py), not simultaneous.
+
+Which point is best: a point could be the best unless some other point beats it by more than
+Tukey-Kramer's simultaneous 95% allowance (the studentized range over all the points with
+finished jobs), which holds whichever point was observed on top, so picking the winner from the
+same seeds does not inflate it. The observed best's lead is still biased upward: confirm a winner
+with fresh seeds.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from resnet_repro.seeds import SeedGroup, holm, is_off, value_order
+
+ALPHA = 0.05
+ALL = "all"  # `within` of a pooled contrast
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The seed noise of one job's top-1 (points) and the degrees of freedom behind it."""
+
+    s: float | None
+    df: int
+    model: str  # "cell means", "additive" or "none" (no estimate: no replicate and one axis)
+
+    def t(self) -> float | None:
+        """The two-sided 95% quantile of Student's t with this df."""
+        return _t_quantile(self.df) if self.s is not None else None
+
+
+@functools.cache
+def _t_quantile(df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(1 - ALPHA / 2, df))
+
+
+@functools.cache
+def _range_quantile(points: int, df: int) -> float:
+    """The 95% quantile of the studentized range of `points` means (scipy takes ~0.1 s for it)."""
+    from scipy.stats import studentized_range
+
+    return float(studentized_range.ppf(1 - ALPHA, points, df))
+
+
+def _pts(group: SeedGroup) -> np.ndarray:
+    return 100 * np.asarray(group.scores, dtype=float)
+
+
+def noise(groups: list[SeedGroup], axes: list[str]) -> Noise:
+    """The residual std of a finished job's top-1 in points: pooled within points when the sweep
+    has at least 2 df of replicates, else the additive model's residual (two or more axes)."""
+    finished = [g for g in groups if g.n]
+    n_jobs = sum(g.n for g in finished)
+    within_df = n_jobs - len(finished)
+    if within_df >= 2 or (within_df >= 1 and len(axes) < 2):
+        ss = sum(float(((_pts(g) - _pts(g).mean()) ** 2).sum()) for g in finished)
+        return Noise(math.sqrt(ss / within_df), within_df, "cell means")
+    if len(axes) >= 2 and finished:
+        columns = [np.ones(n_jobs)]
+        for axis in axes:
+            values = [g.point.get(axis) for g in finished for _ in g.scores]
+            for level in value_order({str(v) for v in values})[1:]:
+                columns.append(np.array([float(str(v) == level) for v in values]))
+        x = np.stack(columns, axis=1)
+        y = np.concatenate([_pts(g) for g in finished])
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        df = n_jobs - int(np.linalg.matrix_rank(x))
+        if df >= 1:
+            return Noise(math.sqrt(float(((y - x @ coef) ** 2).sum()) / df), df, "additive")
+    return Noise(None, 0, "none")
+
+
+def point_interval(group: SeedGroup, model: Noise) -> tuple[float, float] | None:
+    """The 95% interval of a point's mean (points), from the shared noise."""
+    if group.mean is None or model.s is None:
+        return None
+    half = model.t() * model.s / math.sqrt(group.n)
+    return 100 * group.mean - half, 100 * group.mean + half
+
+
+def could_be_best(groups: list[SeedGroup], model: Noise) -> list[bool | None]:
+    """Per point, whether no other point beats it beyond Tukey-Kramer's simultaneous 95%
+    allowance q / sqrt(2) * s * sqrt(1/n_i + 1/n_j); None for a point without finished jobs, and
+    for every point when the noise is unknown or fewer than two points finished."""
+    finished = [g for g in groups if g.n]
+    if model.s is None or len(finished) < 2:
+        return [None] * len(groups)
+    allowance = _range_quantile(len(finished), model.df) / math.sqrt(2) * model.s
+
+    def possible(g: SeedGroup) -> bool:
+        return all(
+            100 * (h.mean - g.mean) <= allowance * math.sqrt(1 / g.n + 1 / h.n)
+            for h in finished
+            if h is not g
+        )
+
+    return [possible(g) if g.n else None for g in groups]
+
+
+def clopper_pearson(k: int, n: int) -> tuple[float, float] | None:
+    """The exact 95% interval of a rate seen k times in n (a fraction); None for n = 0."""
+    if n == 0:
+        return None
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=1 - ALPHA, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+@dataclass(frozen=True)
+class Contrast:
+    factor: str  # the axis, e.g. stabilizer.max_norm
+    level: str  # its value, e.g. "2"
+    baseline: str  # its off value, e.g. "null"
+    within: str  # "optim.weight_decay=1e-4" (one combination of the other axes) or "all" (pooled)
+    estimate: float | None  # level minus baseline, top-1 points
+    se: float | None
+    df: int
+    ci_low: float | None
+    ci_high: float | None
+    p: float | None
+    p_adjusted: float | None  # Holm over every contrast of the sweep
+    n_level: int  # finished jobs behind the level's means
+    n_baseline: int
+    diverged_level: int  # jobs of the level that diverged, of those that finished or diverged
+    ended_level: int
+    diverged_baseline: int
+    ended_baseline: int
+
+    @property
+    def marked(self) -> bool:
+        return self.p_adjusted is not None and self.p_adjusted < ALPHA
+
+    @property
+    def name(self) -> str:
+        """`max norm 2 vs off`."""
+        return f"{axis_name(self.factor)} {self.level} vs off"
+
+    def words(self) -> str:
+        """`max norm 2 vs off: -0.30 points [-0.44, -0.16] (9 vs 9 runs)`."""
+        runs = f"({self.n_level} vs {self.n_baseline} runs)"
+        if self.estimate is None:
+            return f"{self.name}: no estimate {runs}"
+        if self.ci_low is None:
+            return f"{self.name}: {self.estimate:+.2f} points, no interval without a noise estimate {runs}"
+        return f"{self.name}: {self.estimate:+.2f} points [{self.ci_low:+.2f}, {self.ci_high:+.2f}] {runs}"
+
+
+def axis_name(key: str) -> str:
+    """`stabilizer.max_norm` -> `max norm`."""
+    return key.rsplit(".", 1)[-1].replace("_", " ")
+
+
+def off_value(groups: list[SeedGroup], axis: str) -> str | None:
+    """The axis's off value among the sweep's points (the first in axis order), or None."""
+    offs = [v for v in value_order({g.point.get(axis, "") for g in groups}) if is_off(v) and v != ""]
+    return offs[0] if offs else None
+
+
+def contrasts(groups: list[SeedGroup], axes: list[str], model: Noise) -> list[Contrast]:
+    """Every level of every axis with an off value against off: within each combination of the
+    other axes (when there is more than one) and pooled over them (`within` = "all"), Holm over all."""
+    rows: list[dict] = []
+    for factor in axes:
+        baseline = off_value(groups, factor)
+        if baseline is None:
+            continue
+        others = [a for a in axes if a != factor]
+        cell = {(g.point.get(factor), tuple(g.point.get(o) for o in others)): g for g in groups}
+        combos = _ordered_combos(groups, others)
+        levels = [v for v in value_order({g.point.get(factor) for g in groups}) if not is_off(v)]
+        for level in levels:
+            pairs = [(cell.get((level, c)), cell.get((baseline, c)), c) for c in combos]
+            pairs = [(a, b, c) for a, b, c in pairs if a is not None and b is not None]
+            if len(pairs) > 1:
+                for a, b, c in pairs:
+                    within = ", ".join(f"{o}={v}" for o, v in zip(others, c, strict=True))
+                    rows.append(_contrast(factor, level, baseline, within, [(a, b)], model))
+            rows.append(_contrast(factor, level, baseline, ALL, [(a, b) for a, b, _ in pairs], model))
+    adjusted = holm([r["p"] for r in rows])
+    return [Contrast(**r, p_adjusted=p) for r, p in zip(rows, adjusted, strict=True)]
+
+
+def _ordered_combos(groups: list[SeedGroup], others: list[str]) -> list[tuple]:
+    """The combinations of the other axes' values, each axis in its axis order."""
+    orders = {o: value_order({str(g.point.get(o)) for g in groups}) for o in others}
+    combos = {tuple(g.point.get(o) for o in others) for g in groups}
+    return sorted(combos, key=lambda c: [orders[o].index(str(v)) for o, v in zip(others, c, strict=True)])
+
+
+def _contrast(
+    factor: str,
+    level: str,
+    baseline: str,
+    within: str,
+    pairs: list[tuple[SeedGroup, SeedGroup]],
+    model: Noise,
+) -> dict:
+    """The average over `pairs` of (level mean - baseline mean), in points, with its interval and p."""
+    usable = [(a, b) for a, b in pairs if a.n and b.n]
+    out = {
+        "factor": factor,
+        "level": level,
+        "baseline": baseline,
+        "within": within,
+        "estimate": None,
+        "se": None,
+        "df": model.df,
+        "ci_low": None,
+        "ci_high": None,
+        "p": None,
+        "n_level": sum(a.n for a, _ in usable),
+        "n_baseline": sum(b.n for _, b in usable),
+        "diverged_level": sum(a.diverged for a, _ in pairs),
+        "ended_level": sum(a.ended for a, _ in pairs),
+        "diverged_baseline": sum(b.diverged for _, b in pairs),
+        "ended_baseline": sum(b.ended for _, b in pairs),
+    }
+    if not usable:
+        return out
+    m = len(usable)
+    out["estimate"] = 100 * sum(a.mean - b.mean for a, b in usable) / m
+    if model.s is None:
+        return out
+    from scipy.stats import t
+
+    se = model.s * math.sqrt(sum(1 / a.n + 1 / b.n for a, b in usable)) / m
+    half = model.t() * se
+    out.update(se=se, ci_low=out["estimate"] - half, ci_high=out["estimate"] + half)
+    out["p"] = float(2 * t.sf(abs(out["estimate"]) / se, model.df)) if se > 0 else None
+    return out
+
+
+def divergence_words(groups: list[SeedGroup], factor: str, level: str) -> str | None:
+    """`max norm off: 2 of 9 runs diverged (95% CI 3-60%)`, over every point at that level; None
+    when no job of the level diverged or ended."""
+    members = [g for g in groups if g.point.get(factor) == level]
+    diverged, ended = sum(g.diverged for g in members), sum(g.ended for g in members)
+    ci = clopper_pearson(diverged, ended)
+    if ci is None:
+        return None
+    label = "off" if is_off(level) else level
+    return (
+        f"{axis_name(factor)} {label}: {diverged} of {ended} runs diverged "
+        f"(95% CI {100 * ci[0]:.0f}-{100 * ci[1]:.0f}%)"
+    )

@@ -1,0 +1,199 @@
+"""Calibrate `resnet-repro report`'s answer on simulated sweeps of known truth.
+
+Each simulated sweep is the seed's question at its real size: weight decay (3 values) x max norm
+(off, 1, 2, 5) x 3 seeds, top-1 = 76% + a weight-decay effect + a cost of `--cost` points at max
+norm 1 and 2 (0 at 5) + seed noise of `--std` points. The report's own code (report.sweep_answer_of)
+reads each sweep, and the script counts how often its pooled contrasts are marked when nothing
+differs (false positives), how often a 95% interval holds the true difference (coverage), how
+often the pooled "2 vs off" interval lies below 0 and is marked when clipping costs `--cost`
+points (power), and how often the "could be best" set holds every truly best point.
+
+    .venv/bin/python scripts/calibrate_sweeps.py                 # 2,000 sweeps of each kind
+    .venv/bin/python scripts/calibrate_sweeps.py --on-disk 400   # also through job folders and collect()
+
+`--on-disk N` writes N sweeps in the report's input layout (.hydra/overrides.yaml, config.yaml,
+metrics.jsonl, final.json per job) and reads them back with report.collect(), and checks that
+each gives the same contrasts as the rows built in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from resnet_repro import report
+from resnet_repro.contrasts import ALL
+
+WD_KEY, MN_KEY = "optim.weight_decay", "stabilizer.max_norm"
+WDS = {"5e-05": -0.1, "0.0001": 0.2, "0.0002": 0.0}  # weight decay -> its effect, points
+MAX_NORMS = ("null", "1", "2", "5")
+COSTLY = ("1", "2")  # the max norms that cost `cost` points
+BASE = 76.0
+
+
+def truth(wd: str, max_norm: str, cost: float) -> float:
+    """The true mean top-1 (points) of a point."""
+    return BASE + WDS[wd] - (cost if max_norm in COSTLY else 0.0)
+
+
+def simulate(rng: np.random.Generator, *, cost: float, std: float, seeds: int = 3) -> list[dict]:
+    """One sweep's rows, as report.collect() returns them for finished jobs."""
+    rows = []
+    for wd in WDS:
+        for mn in MAX_NORMS:
+            for seed in range(seeds):
+                top1 = (truth(wd, mn, cost) + rng.normal(0.0, std)) / 100
+                overrides = {WD_KEY: wd, MN_KEY: mn, "trainer.seed": str(seed), "trainer.epochs": "16"}
+                rows.append(
+                    {
+                        "job": f"{WD_KEY}={wd},{MN_KEY}={mn},trainer.seed={seed}",
+                        "path": None,
+                        "overrides": overrides,
+                        "status": report.DONE,
+                        "outcome": "finished",
+                        "best_top1": top1,
+                        "final_top1": top1,
+                        "score_split": "holdout",
+                    }
+                )
+    return rows
+
+
+def write_sweep(rows: list[dict], folder: Path) -> Path:
+    """The rows as job folders: what Hydra and `train` leave (.hydra/overrides.yaml, config.yaml,
+    metrics.jsonl, final.json)."""
+    for row in rows:
+        job = folder / row["job"]
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(
+            yaml.safe_dump([f"{k}={v}" for k, v in row["overrides"].items()])
+        )
+        (job / "config.yaml").write_text("trainer: {epochs: 16}\n")
+        metrics = [
+            {"epoch": 16, "split": "train", "loss": 1.0, "epoch_time_s": 1.0},
+            {"epoch": 16, "split": "holdout", "loss": 1.0, "top1": row["best_top1"]},
+        ]
+        (job / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+        final = {"epochs": 16, "epochs_run": 16, "top1": row["final_top1"], "selection": "holdout"}
+        (job / "final.json").write_text(json.dumps(final))
+    return folder
+
+
+def judge(rows: list[dict], cost: float) -> dict[str, float]:
+    """What the report says of one sweep, against the truth."""
+    answer = report.sweep_answer_of(rows)
+    pooled = [c for c in answer.contrasts if c.within == ALL]
+    within = [c for c in answer.contrasts if c.within != ALL]
+
+    def true_difference(c) -> float:
+        return -cost if c.level in COSTLY else 0.0
+
+    def covered(cs) -> list[bool]:
+        return [c.ci_low <= true_difference(c) <= c.ci_high for c in cs]
+
+    two = next(c for c in pooled if c.level == "2")
+    best_mean = max(truth(wd, mn, cost) for wd in WDS for mn in MAX_NORMS)
+    truly_best = [
+        ok
+        for g, ok in zip(answer.groups, answer.best, strict=True)
+        if truth(g.point[WD_KEY], g.point[MN_KEY], cost) == best_mean
+    ]
+    return {
+        "any_pooled_marked": float(any(c.marked for c in pooled)),
+        "any_contrast_marked": float(any(c.marked for c in answer.contrasts)),
+        "pooled_covered": float(np.mean(covered(pooled))),
+        "within_covered": float(np.mean(covered(within))),
+        "two_below_zero": float(two.ci_high < 0),
+        "two_marked": float(two.marked and two.estimate < 0),
+        "best_kept": float(all(truly_best)),
+    }
+
+
+def measure(sweeps: int, *, cost: float, std: float, seed: int) -> dict[str, float]:
+    """The mean of `judge` over `sweeps` simulated sweeps."""
+    rng = np.random.default_rng(seed)
+    results = [judge(simulate(rng, cost=cost, std=std), cost) for _ in range(sweeps)]
+    return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+
+
+def _same(x, y) -> bool:
+    """Two contrasts with the same name, estimate, interval and adjusted p."""
+    numbers = ("estimate", "ci_low", "ci_high", "p_adjusted")
+    return (x.name, x.within) == (y.name, y.within) and all(
+        np.isclose(getattr(x, k), getattr(y, k)) for k in numbers
+    )
+
+
+def _same(x, y) -> bool:
+    """Two contrasts with the same name, estimate, interval and adjusted p."""
+    numbers = ("estimate", "ci_low", "ci_high", "p_adjusted")
+    return (x.name, x.within) == (y.name, y.within) and all(
+        np.isclose(getattr(x, k), getattr(y, k)) for k in numbers
+    )
+
+
+def same_through_files(sweeps: int, *, cost: float, std: float, seed: int) -> int:
+    """Write `sweeps` sweeps as job folders, read them with report.collect(), and count those
+    whose contrasts equal the in-memory rows' (all of them, or the report reads wrong)."""
+    rng = np.random.default_rng(seed)
+    same = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(sweeps):
+            rows = simulate(rng, cost=cost, std=std)
+            read = report.collect(write_sweep(rows, Path(tmp) / f"sweep{i}"))
+            a, b = report.sweep_answer_of(rows).contrasts, report.sweep_answer_of(read).contrasts
+            same += len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=False))
+    return same
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sweeps", type=int, default=2000, help="simulated sweeps of each kind (null, cost)")
+    p.add_argument("--cost", type=float, default=0.3, help="the true cost of max norm 1 and 2, points")
+    p.add_argument("--std", type=float, default=0.15, help="seed standard deviation, points")
+    p.add_argument(
+        "--on-disk", type=int, default=0, metavar="N", help="also read N sweeps through job folders"
+    )
+    p.add_argument("--seed", type=int, default=2026)
+    ns = p.parse_args(argv)
+    start = time.perf_counter()
+    null = measure(ns.sweeps, cost=0.0, std=ns.std, seed=ns.seed)
+    effect = measure(ns.sweeps, cost=ns.cost, std=ns.std, seed=ns.seed + 1)
+    pct = {
+        k: {name: f"{100 * v:.1f}%" for name, v in r.items()} for k, r in (("null", null), ("cost", effect))
+    }
+    lines = [
+        f"{ns.sweeps} sweeps each: 3 weight decays x max norm off/1/2/5 x 3 seeds, seed std {ns.std} points",
+        "null (nothing differs):",
+        f"  a pooled contrast marked (Holm p < 0.05): {pct['null']['any_pooled_marked']}",
+        f"  any contrast marked, within ones included: {pct['null']['any_contrast_marked']}",
+        f"  95% intervals holding the truth: pooled {pct['null']['pooled_covered']}, "
+        f"within {pct['null']['within_covered']}",
+        f"  'could be best' holds every point: {pct['null']['best_kept']}",
+        f"max norm 1 and 2 cost {ns.cost} points:",
+        f"  pooled '2 vs off' interval below 0: {pct['cost']['two_below_zero']}; "
+        f"marked: {pct['cost']['two_marked']}",
+        f"  95% intervals holding the truth: pooled {pct['cost']['pooled_covered']}, "
+        f"within {pct['cost']['within_covered']}",
+        f"  'could be best' holds every truly best point: {pct['cost']['best_kept']}",
+        f"Monte Carlo standard error of a 5% rate over {ns.sweeps} sweeps: "
+        f"{100 * np.sqrt(0.05 * 0.95 / ns.sweeps):.1f} points",
+    ]
+    print("\n".join(lines))
+    if ns.on_disk:
+        same = same_through_files(ns.on_disk, cost=ns.cost, std=ns.std, seed=ns.seed + 2)
+        print(f"through job folders and report.collect(): {same} of {ns.on_disk} sweeps, the same contrasts")
+        if same != ns.on_disk:
+            sys.exit(1)
+    print(f"({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

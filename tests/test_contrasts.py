@@ -1,0 +1,240 @@
+"""What a sweep answers (resnet_repro.contrasts, seeds, sweep_answer), checked against oracles the
+code does not share: scipy's two-sample t-test and its Tukey HSD, R's exact binomial interval, a
+hand-written two-way residual, and simulated sweeps of known truth at the seed's real size
+(scripts/calibrate_sweeps.py: 3 weight decays x max norm off/1/2/5 x 3 seeds, std 0.15 points)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from resnet_repro import contrasts, report, seeds
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _calibration():
+    spec = importlib.util.spec_from_file_location(
+        "calibrate_sweeps", REPO / "scripts" / "calibrate_sweeps.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("calibrate_sweeps", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+calibrate = _calibration()
+
+
+def rows_of(cells: dict[tuple[str, ...], list[float | str]], keys: tuple[str, ...]) -> list[dict]:
+    """Rows as report.collect() gives them: {axis values: top-1 of each seed (fractions), or an
+    outcome name for a job that did not finish}."""
+    rows = []
+    for values, seeds_ in cells.items():
+        for seed, top1 in enumerate(seeds_):
+            done = not isinstance(top1, str)
+            rows.append(
+                {
+                    "job": f"{values}-{seed}",
+                    "path": None,
+                    "overrides": {**dict(zip(keys, values, strict=True)), "trainer.seed": str(seed)},
+                    "status": report.DONE if done else report.NAN,
+                    "outcome": seeds.FINISHED if done else top1,
+                    "best_top1": top1 if done else None,
+                    "final_top1": top1 if done else None,
+                    "score_split": "holdout",
+                }
+            )
+    return rows
+
+
+MN = ("stabilizer.max_norm",)
+
+
+def test_a_one_axis_contrast_is_the_two_sample_t_test_with_its_interval():
+    off, two = [0.761, 0.764, 0.759], [0.757, 0.760, 0.755]
+    answer = report.sweep_answer_of(rows_of({("null",): off, ("2",): two}, MN))
+    (c,) = answer.contrasts
+    oracle = scipy_stats.ttest_ind(np.array(two) * 100, np.array(off) * 100, equal_var=True)
+    ci = oracle.confidence_interval(0.95)
+    assert (c.level, c.baseline, c.within) == ("2", "null", "all")
+    assert c.estimate == pytest.approx(100 * (np.mean(two) - np.mean(off)))
+    assert c.p == pytest.approx(oracle.pvalue) and c.p_adjusted == pytest.approx(oracle.pvalue)
+    assert (c.ci_low, c.ci_high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert (
+        c.words()
+        == f"max norm 2 vs off: {c.estimate:+.2f} points [{ci.low:+.2f}, {ci.high:+.2f}] (3 vs 3 runs)"
+    )
+
+
+def test_the_pooled_contrast_averages_the_within_differences_and_uses_every_runs_noise():
+    keys = ("optim.weight_decay", "stabilizer.max_norm")
+    cells = {
+        ("1e-4", "null"): [0.760, 0.762, 0.758],
+        ("1e-4", "2"): [0.757, 0.759],
+        ("5e-4", "null"): [0.770, 0.774],
+        ("5e-4", "2"): [0.768, 0.766, 0.764],
+        ("5e-4", "5"): [0.75, 0.80, 0.70],  # no off partner missing; its spread enters the noise
+    }
+    answer = report.sweep_answer_of(rows_of(cells, keys))
+    points = {k: 100 * np.array(v) for k, v in cells.items()}
+    # the noise: every point's deviations from its own mean, df = 13 runs - 5 points
+    ss = sum(((v - v.mean()) ** 2).sum() for v in points.values())
+    assert answer.noise.df == 8 and answer.noise.s == pytest.approx(np.sqrt(ss / 8))
+    by = {(c.factor, c.level, c.within): c for c in answer.contrasts}
+    d1 = points[("1e-4", "2")].mean() - points[("1e-4", "null")].mean()
+    d2 = points[("5e-4", "2")].mean() - points[("5e-4", "null")].mean()
+    pooled = by[("stabilizer.max_norm", "2", "all")]
+    assert pooled.estimate == pytest.approx((d1 + d2) / 2) and (pooled.n_level, pooled.n_baseline) == (5, 5)
+    se = answer.noise.s * np.sqrt(1 / 2 + 1 / 3 + 1 / 3 + 1 / 2) / 2
+    assert pooled.se == pytest.approx(se)
+    assert by[("stabilizer.max_norm", "2", "optim.weight_decay=1e-4")].estimate == pytest.approx(d1)
+    # max norm 5 exists at one weight decay only: one pooled row, no within rows
+    assert [c.within for c in answer.contrasts if c.level == "5"] == ["all"]
+    # weight decay has no off value: no contrast of its own; Holm over the 4 contrasts there are
+    assert {c.factor for c in answer.contrasts} == {"stabilizer.max_norm"} and len(answer.contrasts) == 4
+    ps = sorted(c.p for c in answer.contrasts)
+    assert min(c.p_adjusted for c in answer.contrasts) == pytest.approx(min(1.0, 4 * ps[0]))
+
+
+def test_without_seeds_the_noise_is_the_two_way_interaction_residual():
+    rng = np.random.default_rng(3)
+    wds, mns = ("1e-4", "2e-4", "5e-4"), ("null", "1", "2", "5")
+    y = 76 + rng.normal(0, 0.2, size=(3, 4))
+    cells = {(w, m): [y[i, j] / 100] for i, w in enumerate(wds) for j, m in enumerate(mns)}
+    rows = rows_of(cells, ("optim.weight_decay", "stabilizer.max_norm"))
+    for r in rows:
+        del r["overrides"]["trainer.seed"]
+    answer = report.sweep_answer_of(rows)
+    residual = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + y.mean()
+    assert answer.noise.model == "additive" and answer.noise.df == 6
+    assert answer.noise.s == pytest.approx(np.sqrt((residual**2).sum() / 6))
+    assert not answer.seeded and all(c.ci_low is not None for c in answer.contrasts)
+
+
+def test_could_be_best_agrees_with_scipys_tukey_hsd():
+    rng = np.random.default_rng(11)
+    means = [76.0, 75.9, 75.6, 75.0, 76.1]
+    samples = [rng.normal(m, 0.2, size=3) for m in means]
+    cells = {(str(i + 1),): list(s / 100) for i, s in enumerate(samples)}
+    answer = report.sweep_answer_of(rows_of(cells, ("model.width",)))
+    tukey = scipy_stats.tukey_hsd(*samples).confidence_interval(0.95)
+    # i could be best unless some j's interval for mean_j - mean_i lies above 0
+    expected = {str(i + 1): not any(tukey.low[j, i] > 0 for j in range(5) if j != i) for i in range(5)}
+    got = {g.point["model.width"]: best for g, best in zip(answer.groups, answer.best, strict=True)}
+    assert got == expected and 1 <= sum(got.values()) < 5
+
+
+def test_clopper_pearson_matches_rs_binom_test():
+    # R: binom.test(2, 9)$conf.int -> 0.02814497 0.60009357; binom.test(0, 9) -> 0 0.3362671
+    assert contrasts.clopper_pearson(2, 9) == (pytest.approx(0.02814497), pytest.approx(0.60009357))
+    assert contrasts.clopper_pearson(0, 9) == (pytest.approx(0.0), pytest.approx(0.3362671))
+    assert contrasts.clopper_pearson(0, 0) is None
+
+
+def test_diverged_runs_are_counted_per_level_and_kept_out_of_the_means():
+    keys = ("optim.weight_decay", "stabilizer.max_norm")
+    cells = {
+        ("1e-4", "null"): [0.76, "diverged", 0.762],
+        ("1e-4", "1"): [0.75, 0.752, 0.751],
+        ("5e-4", "null"): ["diverged", 0.77, 0.771],
+        ("5e-4", "1"): [0.765, 0.766, "incomplete"],
+    }
+    answer = report.sweep_answer_of(rows_of(cells, keys))
+    pooled = next(c for c in answer.contrasts if c.within == "all")
+    assert (pooled.diverged_baseline, pooled.ended_baseline) == (2, 6)
+    assert (pooled.diverged_level, pooled.ended_level) == (0, 5)  # the incomplete job says nothing
+    assert (pooled.n_level, pooled.n_baseline) == (5, 4)
+    words = contrasts.divergence_words(answer.groups, "stabilizer.max_norm", "null")
+    assert words == "max norm off: 2 of 6 runs diverged (95% CI 4-78%)"
+    text = "\n".join(__import__("resnet_repro.sweep_answer", fromlist=["x"]).contrast_section(answer))
+    assert "max norm off: 2 of 6 runs diverged" in text and "max norm 1 vs off:" in text
+
+
+def test_a_point_is_ranked_by_its_finished_runs_not_sent_to_the_bottom_by_one_crash():
+    groups = seeds.points(
+        rows_of({("1",): [0.70, 0.71, 0.72], ("2",): [0.80, "failed", 0.81]}, ("model.width",)),
+        lambda r: r["best_top1"],
+        lambda r: r["outcome"],
+    )
+    assert [g.point["model.width"] for g in groups] == ["2", "1"]
+    assert groups[0].text() == "80.5 ± 0.7 (2/3 finished, 1 failed)"
+
+
+def test_holm_adjusts_step_down_and_keeps_untested_comparisons_empty():
+    # sorted 0.01, 0.02, 0.04 of 3 tests: 3 x 0.01, 2 x 0.02 = 0.04, then max(0.04, 1 x 0.04)
+    assert seeds.holm([0.04, None, 0.01, 0.02]) == [
+        pytest.approx(0.04),
+        None,
+        pytest.approx(0.03),
+        pytest.approx(0.04),
+    ]
+    assert seeds.holm([0.5, 0.6]) == [pytest.approx(1.0), pytest.approx(1.0)]
+
+
+def test_the_printed_precision_follows_the_seed_spread():
+    done = ("finished",) * 3
+    tight = seeds.SeedGroup({}, (0.7500, 0.7503, 0.7506), done)  # std 0.03 points
+    loose = seeds.SeedGroup({}, (0.70, 0.72, 0.74), done)  # std 2 points
+    assert tight.text() == "75.03 ± 0.03 (3)"
+    assert loose.text() == "72.0 ± 2.0 (3)"
+    diverged = seeds.SeedGroup({}, (0.75, 0.75), ("finished", "finished", "diverged"))
+    assert diverged.text() == "75.00 ± 0.00 (2/3 finished, 1 diverged)"
+
+
+def test_off_values_and_their_place_on_the_axis():
+    assert all(seeds.is_off(t) for t in ("null", "0", "0.0", "false", "off", "None"))
+    assert not any(seeds.is_off(t) for t in ("1", "0.5", "sgd"))
+    assert seeds.value_order(["2", "null", "10", "1"]) == ["null", "1", "2", "10"]
+    assert seeds.value_order(["2", "null", "10", "1"], off_last=True) == ["1", "2", "10", "null"]
+
+
+# ----------------------------------------------------------- calibration on sweeps of known truth
+SWEEPS = 1000  # of each kind; the Monte Carlo standard error of a 5% rate is 0.7 points
+
+
+@pytest.fixture(scope="module")
+def null_sweeps() -> dict[str, float]:
+    return calibrate.measure(SWEEPS, cost=0.0, std=0.15, seed=2026)
+
+
+@pytest.fixture(scope="module")
+def costly_sweeps() -> dict[str, float]:
+    return calibrate.measure(SWEEPS, cost=0.3, std=0.15, seed=2027)
+
+
+@pytest.mark.slow  # ~10 s: 1,000 simulated sweeps of 36 jobs
+def test_null_sweeps_mark_a_pooled_contrast_in_at_most_5_percent(null_sweeps):
+    print(null_sweeps)
+    # Holm over every contrast keeps the family-wise rate at or below 5% (+ 2 Monte Carlo errors)
+    assert null_sweeps["any_contrast_marked"] <= 0.064
+    assert null_sweeps["any_pooled_marked"] <= null_sweeps["any_contrast_marked"]
+
+
+@pytest.mark.slow
+def test_95_percent_intervals_hold_the_true_difference_94_to_96_percent(null_sweeps, costly_sweeps):
+    for result in (null_sweeps, costly_sweeps):
+        assert 0.94 <= result["pooled_covered"] <= 0.96
+        assert 0.94 <= result["within_covered"] <= 0.96
+
+
+@pytest.mark.slow
+def test_a_0_3_point_cost_of_clipping_is_found_in_at_least_80_percent_of_sweeps(costly_sweeps):
+    print(costly_sweeps)
+    assert costly_sweeps["two_below_zero"] >= 0.80  # the pooled 2-vs-off interval lies below 0
+    assert costly_sweeps["two_marked"] >= 0.80  # and Holm marks it
+
+
+@pytest.mark.slow
+def test_could_be_best_keeps_every_truly_best_point_in_95_percent_of_sweeps(null_sweeps, costly_sweeps):
+    assert null_sweeps["best_kept"] >= 0.95 and costly_sweeps["best_kept"] >= 0.95
+
+
+@pytest.mark.slow  # ~10 s: 150 sweeps written as job folders
+def test_sweeps_read_through_job_folders_give_the_same_contrasts():
+    assert calibrate.same_through_files(150, cost=0.3, std=0.15, seed=7) == 150
