@@ -845,20 +845,33 @@ def _report(args: list[str]) -> None:
     )
     p.add_argument("dir", type=Path, metavar="MULTIRUN_DIR|RUN_DIR")
     p.add_argument("--no-hparams", action="store_true", help="do not write TensorBoard hparams")
+    p.add_argument(
+        "--compare",
+        type=Path,
+        metavar="OTHER_SWEEP",
+        help="another sweep (e.g. the proxy of this one): its clipping statistics per max norm "
+        "beside this sweep's in report.md",
+    )
     ns = p.parse_args(args)
     try:
         rows = report.collect(ns.dir)
+        compare = None if ns.compare is None else report.collect(ns.compare)
         if report.is_run_dir(ns.dir):  # one run: its own figures; a table of one row needs no files
             paths = report.write_run_figures(ns.dir)
         else:
-            paths = report.write_report(rows, ns.dir)
+            paths = report.write_report(rows, ns.dir, compare, "" if ns.compare is None else ns.compare.name)
             if not ns.no_hparams:
                 report.write_hparams(rows)
     except UserError as e:
         _fail(str(e))
     print(report.markdown_table(rows))
     if not report.is_run_dir(ns.dir):  # the answer last, where the terminal leaves it in view
-        print("\n" + report.answer_text(rows))
+        clipping = report.clipping_table(rows, compare, "" if ns.compare is None else ns.compare.name)
+        print(
+            "\n"
+            + (f"Clipping per max norm:\n\n{clipping}\n\n" if clipping else "")
+            + report.answer_text(rows)
+        )
     print("\n" + "\n".join(f"{kind}: {path}" for kind, path in paths.items()))
 
 

@@ -60,7 +60,7 @@ def heat_map(
     The colour range spans at least `min_span` and the colour bar names it."""
     norm = _norm([v for row in values for v in row], min_span)
     data = np.ma.masked_invalid(np.array(values, dtype=float))  # None -> nan -> masked -> grey
-    fig = Figure(figsize=(2.5 + 1.4 * len(col_labels), 1.6 + 0.8 * len(row_labels)), layout="constrained")
+    fig = Figure(figsize=(2.5 + 1.9 * len(col_labels), 1.8 + 0.9 * len(row_labels)), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(data, cmap=CMAP.with_extremes(bad=FAILED_GREY), norm=norm, aspect="auto")
     for i, row in enumerate(texts):
@@ -75,7 +75,8 @@ def heat_map(
     ax.set_xlabel(col_key)
     ax.set_ylabel(row_key)
     ax.set_title(title, fontsize="medium")
-    fig.colorbar(image, ax=ax, label=f"{label}; colours span {norm.vmin:.4g} to {norm.vmax:.4g}")
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_label(f"{label}; colours span {norm.vmin:.4g} to {norm.vmax:.4g}", fontsize="small")
     return fig
 
 
@@ -233,21 +234,38 @@ def clipping(
     fig = Figure(figsize=(17, 5.6), layout="constrained")
     acc, share, kept = fig.subplots(1, 3, width_ratios=(1.25, 1, 1))
     x = np.arange(len(levels), dtype=float)
-    labels = [f"{t} (off)" if not _is_float(t) or float(t) == 0 else t for t in levels]
+    is_off = [not _is_float(t) or float(t) == 0 for t in levels]
+    labels = [f"{t} (off)" if off else t for t, off in zip(levels, is_off, strict=True)]
+    n_on = is_off.index(True) if True in is_off else len(levels)  # the off levels come last
+    tops: list[float] = []
+    lows: list[float] = []
     offsets = np.linspace(-0.12, 0.12, len(top1)) if len(top1) > 1 else [0.0]
     bottom = acc.get_xaxis_transform()  # x in data, y in axes fractions
     for colour, offset, (label, points) in zip(_colours(len(top1)), offsets, top1.items(), strict=True):
-        drawn = [
-            (i + offset, p) for i, p in zip(x, points, strict=True) if p is not None and p.mean is not None
-        ]
-        if drawn:
-            xs = [d[0] for d in drawn]
-            ys = [d[1].mean for d in drawn]
-            errors = [
-                [p.mean - p.low if p.low is not None else 0.0 for _, p in drawn],
-                [p.high - p.mean if p.high is not None else 0.0 for _, p in drawn],
+        # clipping levels joined by a line; "off" is not a max norm, so it stands apart, unjoined
+        for part, style in ((slice(0, n_on), "-"), (slice(n_on, None), "none")):
+            drawn = [
+                (i + offset, p)
+                for i, p in zip(x[part], points[part], strict=True)
+                if p is not None and p.mean is not None
             ]
-            acc.errorbar(xs, ys, yerr=errors, marker="o", capsize=4, color=colour, label=label)
+            if drawn:
+                errors = [
+                    [p.mean - p.low if p.low is not None else 0.0 for _, p in drawn],
+                    [p.high - p.mean if p.high is not None else 0.0 for _, p in drawn],
+                ]
+                acc.errorbar(
+                    [d[0] for d in drawn],
+                    [p.mean for _, p in drawn],
+                    yerr=errors,
+                    marker="o",
+                    capsize=4,
+                    color=colour,
+                    linestyle=style,
+                    label=label if style == "-" or n_on == 0 else None,
+                )
+                tops.extend(p.high if p.high is not None else p.mean for _, p in drawn)
+                lows.extend(p.low if p.low is not None else p.mean for _, p in drawn)
         for i, p in zip(x, points, strict=True):
             if p is not None and p.diverged:
                 acc.plot(
@@ -257,19 +275,24 @@ def clipping(
                     f"{p.diverged}/{p.jobs} diverged",
                     (i + offset, 0.04),
                     xycoords=bottom,
-                    xytext=(6, 0),
+                    xytext=(0, 9),
                     textcoords="offset points",
-                    va="center",
+                    ha="center",
+                    va="bottom",
                     fontsize="small",
                     color="crimson",
                 )
     acc.set_xticks(x, labels)
     acc.set_xlim(-0.5, len(levels) - 0.5)
+    if tops:  # head room above the data for the legend and the contrasts, below for the X marks
+        span = max(max(tops) - min(lows), 1e-3)
+        acc.set_ylim(min(lows) - 0.15 * span, max(tops) + 0.6 * span)
     acc.set_xlabel("stabilizer.max_norm (no clipping last)")
     acc.set_ylabel(f"top-1 (%) on {split}: mean of finished runs, 95% CI")
     acc.set_title("top-1 by max norm; red X: runs that diverged", fontsize="medium")
     acc.grid(alpha=0.3)
-    acc.legend(fontsize="small", loc="upper left")
+    if acc.get_legend_handles_labels()[0]:
+        acc.legend(fontsize="small", loc="upper left")
     if answer:
         acc.text(
             0.99,

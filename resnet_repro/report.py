@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from matplotlib.figure import Figure
 
-from resnet_repro import contrasts, plots, seeds, sweep_answer
+from resnet_repro import clipping_stats, contrasts, plots, seeds, sweep_answer
 from resnet_repro.config import UserError, is_run_control
 from resnet_repro.seeds import SEED_KEY, SeedGroup, parse_value, seed_groups, value_order
 from resnet_repro.sweep_answer import Answer
@@ -387,7 +387,7 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def _markdown_report(rows: list[Row], title: str, answer: Answer) -> str:
+def _markdown_report(rows: list[Row], title: str, answer: Answer, clipping: str = "") -> str:
     """The answer first (contrasts against off, then the points), then every job."""
     varying = set(varying_keys(rows))
     common = {k: v for k, v in rows[0]["overrides"].items() if k not in varying}
@@ -401,6 +401,8 @@ def _markdown_report(rows: list[Row], title: str, answer: Answer) -> str:
     parts += sweep_answer.contrast_section(answer)
     if answer.seeded:
         parts += sweep_answer.points_section(answer)
+    if clipping:
+        parts += ["## Clipping per max norm", "", clipping, "", clipping_stats.NOTE, ""]
     parts += ["## Every job", "", markdown_table(rows), ""]
     notes = [f"- `{r['job']}`: {r['note']}" for r in sort_rows(rows) if r["note"]]
     if notes:
@@ -447,11 +449,38 @@ def _write_csv(rows: list[Row], path: Path) -> None:
             writer.writerow([row["job"], *("" if v is None else v for v in values)])
 
 
-def write_report(rows: list[Row], out_dir: Path) -> dict[str, Path]:
+def clipping_levels(rows: list[Row]) -> dict[str, clipping_stats.Stats]:
+    """clipping_stats.level_stats per max norm value of the sweep (off last)."""
+    levels = value_order((_value_text(r, MAX_NORM_KEY) for r in rows), off_last=True)
+    return {
+        level: clipping_stats.level_stats(
+            [
+                [m for m in read_metrics(Path(r["path"]) / "metrics.jsonl") if m.get("split") == "train"]
+                for r in rows
+                if _value_text(r, MAX_NORM_KEY) == level and r.get("path") is not None
+            ]
+        )
+        for level in levels
+    }
+
+
+def clipping_table(rows: list[Row], compare: list[Row] | None = None, compare_name: str = "") -> str:
+    """The clipping statistics per max norm as markdown, beside `compare`'s (another sweep) when
+    given; "" for a sweep whose max norm does not vary and no comparison."""
+    if compare is None and MAX_NORM_KEY not in varying_keys(rows):
+        return ""
+    other = None if compare is None else clipping_levels(compare)
+    return clipping_stats.table(clipping_levels(rows), other, compare_name)
+
+
+def write_report(
+    rows: list[Row], out_dir: Path, compare: list[Row] | None = None, compare_name: str = ""
+) -> dict[str, Path]:
     """report.md, report.csv, report.png (heat map or bars), curves.png (every point per epoch),
     contrasts.csv (an axis with an off value), report_seeds.csv (a sweep over seeds) and
     clipping.png (a sweep over stabilizer.max_norm) in `out_dir`; returns {"markdown", "csv",
-    "plot", "curves"[, "contrasts"][, "seeds_csv"][, "clipping"]: path}."""
+    "plot", "curves"[, "contrasts"][, "seeds_csv"][, "clipping"]: path}. `compare`: another
+    sweep's rows, whose clipping statistics report.md shows beside this sweep's."""
     if not rows:
         raise UserError(f"no jobs to report in {out_dir}")
     out_dir = Path(out_dir)
@@ -463,7 +492,9 @@ def write_report(rows: list[Row], out_dir: Path) -> dict[str, Path]:
         "curves": out_dir / "curves.png",
     }
     answer = sweep_answer_of(rows)
-    paths["markdown"].write_text(_markdown_report(rows, "/".join(out_dir.resolve().parts[-2:]), answer))
+    clipping = clipping_table(rows, compare, compare_name)
+    title = "/".join(out_dir.resolve().parts[-2:])
+    paths["markdown"].write_text(_markdown_report(rows, title, answer, clipping))
     _write_csv(rows, paths["csv"])
     if answer.contrasts:
         paths["contrasts"] = sweep_answer.write_contrasts_csv(answer, out_dir / "contrasts.csv")

@@ -84,6 +84,9 @@ def contrast_section(a: Answer) -> list[str]:
         "diverged level",
         "diverged off",
     ]
+    diverged = any(g.diverged for g in a.groups)  # the divergence columns only where some run did
+    if not diverged:
+        header = header[:-2]
     lines = [
         [
             c.name,
@@ -92,8 +95,11 @@ def contrast_section(a: Answer) -> list[str]:
             "-" if c.ci_low is None else f"[{c.ci_low:+.2f}, {c.ci_high:+.2f}]",
             _p_text(c.p_adjusted) + (" *" if c.marked else ""),
             f"{c.n_level} vs {c.n_baseline}",
-            _rate(c.diverged_level, c.ended_level),
-            _rate(c.diverged_baseline, c.ended_baseline),
+            *(
+                [_rate(c.diverged_level, c.ended_level), _rate(c.diverged_baseline, c.ended_baseline)]
+                if diverged
+                else []
+            ),
         ]
         for c in a.contrasts
     ]

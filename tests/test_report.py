@@ -585,11 +585,14 @@ NORM = 3.0  # the median pre-clip gradient norm of every job
 SEED_NOISE = np.random.default_rng(SEED_NOISE_DRAW := 3).normal(0, 0.0015, size=(len(WDS), len(MNS), 3))
 
 
-def wd_max_norm_job(sweep: Path, wd: str, mn: str, seed: int, *, diverged: bool = False) -> Path:
+def wd_max_norm_job(
+    sweep: Path, wd: str, mn: str, seed: int, *, diverged: bool = False, norm: float = NORM
+) -> Path:
     """A job of a weight decay x max norm x seed sweep of known truth: top-1 76% + 10 x weight
     decay + the cost of its max norm + seed noise of 0.15 points; metrics with the stabilizer's keys
     (gradient norm 3, so max norm 1 and 2 clip every step and 5 none; the clip factor
     min(1, max_norm / 3)); a diverged job stops after epoch 1 with a nonfinite_report.json."""
+    NORM = norm  # noqa: N806 (the module's default, or another sweep's gradient norm)
     noise = SEED_NOISE[WDS.index(wd), MNS.index(mn), seed]
     top1 = 0.76 + 10 * float(wd) + COST[mn] + noise
     epochs = [1] if diverged else [1, 2, 3, 4, 5]
@@ -691,3 +694,43 @@ def test_a_36_job_sweep_answers_with_contrasts_and_a_clipping_figure_read_at_a_g
         for name in ("curves", "clipping", "plot"):
             target = images / f"sweep36_{'heatmap' if name == 'plot' else name}.png"
             target.write_bytes(paths[name].read_bytes())
+
+
+def test_clipping_statistics_per_max_norm_stand_beside_another_sweeps(tmp_path):
+    from resnet_repro import clipping_stats
+
+    # two jobs at one max norm: epochs out of order in the file, as a resumed job can leave them
+    jobs = [
+        [
+            {"epoch": 2, "clipped_fraction": 0.2, "clip_factor_mean": 0.9, "grad_norm_p50": 1.0},
+            {"epoch": 1, "clipped_fraction": 1.0, "clip_factor_mean": 0.5, "grad_norm_p50": 4.0},
+        ],
+        [
+            {"epoch": 1, "clipped_fraction": 0.8, "clip_factor_mean": 0.6, "grad_norm_p50": 3.0},
+            {"epoch": 2, "clipped_fraction": 0.0, "clip_factor_mean": 1.0, "grad_norm_p50": 2.0},
+        ],
+    ]
+    stats = clipping_stats.level_stats(jobs)
+    assert stats["clipped first epoch %"] == pytest.approx(90.0)
+    assert stats["clipped last epoch %"] == pytest.approx(10.0)
+    assert stats["clipped whole run %"] == pytest.approx(50.0)
+    assert stats["clip factor"] == pytest.approx(0.75) and stats["median grad norm"] == pytest.approx(2.5)
+
+    full, proxy = tmp_path / "full", tmp_path / "proxy"
+    for mn in ("null", "1", "2"):
+        wd_max_norm_job(full, "0.0001", mn, 0)
+        wd_max_norm_job(proxy, "0.0001", mn, 0, norm=1.5)  # a proxy whose gradient norms are half
+        wd_max_norm_job(proxy, "0.0002", mn, 0, norm=1.5)
+    paths = report.write_report(report.collect(full), full, report.collect(proxy), "proxy")
+    section = paths["markdown"].read_text().split("## Clipping per max norm", 1)[1].split("##", 1)[0]
+    header, _, *lines = [line for line in section.splitlines() if line.startswith("|")]
+    assert "clip factor (proxy)" in header and [line.split("|")[1].strip() for line in lines] == [
+        "1",
+        "2",
+        "null",
+    ]
+    one = [c.strip() for c in lines[0].strip("|").split("|")]
+    two = [c.strip() for c in lines[1].strip("|").split("|")]
+    # mean over 5 epochs of min(1, max_norm / (norm x 0.9^epoch)): 0.462 at norm 3, 0.896 at 1.5
+    assert one[1:3] == ["100", "100"] and one[7:9] == ["0.462", "0.896"]
+    assert two[3:5] == ["0", "0"] and two[9:11] == ["2.19", "1.09"]  # median grad norm: 3 x 0.9^3
