@@ -95,13 +95,12 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
         missing = [v for v in SLURM_VARS if v not in env]
         if missing:
             raise UserError(f"partial SLURM environment: {', '.join(missing)} missing under srun")
-        job = int(env.get("SLURM_JOB_ID", "0"))
         return DistEnv(
             rank=int(env["SLURM_PROCID"]),
             local_rank=int(env["SLURM_LOCALID"]),
             world_size=int(env["SLURM_STEP_NUM_TASKS"]),
             master_addr=env.get("MASTER_ADDR") or slurm.rendezvous_host(env),
-            master_port=int(env.get("MASTER_PORT", 20000 + job % 20000)),
+            master_port=int(env.get("MASTER_PORT") or slurm.rendezvous_port(env)),
             source="slurm",
         )
     return DistEnv()

@@ -306,3 +306,83 @@ def test_job_ref_of_an_array_task_is_named_with_its_task():
     assert slurm.job_ref(env) == "9_0"
     assert slurm.job_ref({"SLURM_JOB_ID": "10"}) == "10"
     assert slurm.job_ref({}) is None
+
+
+# ------------------------------------------------------------------- SLURM 23.11+ JSON, as 25.11 prints it
+THROTTLED_ARRAY_TASK_0 = {  # `scontrol --json show job 1_0` of `sbatch --array=0-3%1`, task 0 running
+    "jobs": [
+        {  # the array's pending remainder comes first and names no task
+            "job_id": 1,
+            "array_job_id": {"set": True, "infinite": False, "number": 1},
+            "array_task_id": {"set": False, "infinite": False, "number": 0},
+            "array_task_string": "1-3%1",
+            "job_state": ["PENDING"],
+            "state_reason": "JobArrayTaskLimit",
+            "restart_cnt": 0,
+        },
+        {
+            "job_id": 2,
+            "array_job_id": {"set": True, "infinite": False, "number": 1},
+            "array_task_id": {"set": True, "infinite": False, "number": 0},
+            "job_state": ["RUNNING"],
+            "state_reason": "None",
+            "restart_cnt": 0,
+        },
+    ]
+}
+
+
+def test_task_0_of_a_throttled_array_is_read_from_its_own_record_not_the_pending_remainder():
+    v = slurm.parse_job_json(json.dumps(THROTTLED_ARRAY_TASK_0), "1_0")
+    assert v.base == "RUNNING"
+    # a SIGTERM to it (scancel, time limit) is not mistaken for "SLURM requeued it": no PENDING
+    decision = slurm.decide_stop("SIGTERM", "1_0", 0, True, query=lambda job: (v, "scontrol --json show job"))
+    assert decision.action == "stop" and "RUNNING" in decision.why
+
+
+@pytest.mark.parametrize(
+    "json_failure",
+    [
+        (1, "", "scontrol: unrecognized option '--json'"),  # 22.05
+        (1, "", "scontrol: error: could not find plugin for application/json"),  # built without it
+        (0, "not json at all", ""),
+    ],
+    ids=["no-json-option", "no-json-plugin", "unreadable-json"],
+)
+def test_any_failure_of_the_json_form_falls_back_to_the_text_form(json_failure):
+    text = (ASSETS / "timeout_completing.txt").read_text()
+    answers = iter([json_failure, (0, text, "")])
+
+    def run(args, **kwargs):
+        rc, out, err = next(answers)
+        return subprocess.CompletedProcess(args, rc, out, err)
+
+    v, how = slurm.query_job("5", run=run)
+    assert v is not None and v.reason == "TimeLimit" and how == "scontrol show job -o"
+
+
+def test_a_job_the_controller_no_longer_knows_is_said_so_in_both_forms():
+    purged = runner(0, stdout=json.dumps({"jobs": [], "errors": [], "warnings": []}))
+    v, how = slurm.query_job("9", run=purged)
+    assert v is None and slurm.UNKNOWN_JOB in how and len(purged.calls) == 1
+    invalid = runner(1, stderr="slurm_load_jobs error: Invalid job id specified")
+    v, how = slurm.query_job("9", run=invalid)
+    assert v is None and slurm.UNKNOWN_JOB in how
+
+
+def test_concurrent_steps_of_one_allocation_rendezvous_on_different_ports():
+    step = {
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_STEP_NUM_TASKS": "2",
+        "SLURM_JOB_NODELIST": "node1",
+        "SLURM_STEP_NODELIST": "node1",
+        "SLURM_JOB_ID": "123",
+    }
+    ports = {detect({**step, "SLURM_STEP_ID": str(s)}).master_port for s in range(4)}
+    assert len(ports) == 4 and all(20000 <= p < 40000 for p in ports)
+    # every task of one step computes the same port
+    assert (
+        detect({**step, "SLURM_STEP_ID": "1"}).master_port
+        == detect({**step, "SLURM_STEP_ID": "1", "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}).master_port
+    )

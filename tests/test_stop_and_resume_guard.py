@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import os
@@ -210,7 +211,12 @@ def test_a_lock_of_a_dead_process_on_this_host_is_taken_over_and_released_at_the
     dead.wait()
     write_lock(tmp_path, job="5", host=socket.gethostname(), pid=dead.pid)
     path = acquire_run_lock(tmp_path, environ={"SLURM_JOB_ID": "6"}, query=no_query)
-    assert json.loads(path.read_text()) == {"job": "6", "host": socket.gethostname(), "pid": os.getpid()}
+    assert json.loads(path.read_text()) == {
+        "job": "6",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "restarts": 0,
+    }
     release_run_lock(path)
     assert not path.exists()
 
@@ -222,11 +228,6 @@ def test_a_lock_of_a_dead_process_on_this_host_is_taken_over_and_released_at_the
         (("COMPLETING",), "", False),
         (("CANCELLED",), "", True),
         (("PENDING",), "", True),  # requeued and waiting: it resumes from last.pt, as this run would
-        (
-            None,
-            "`scontrol show job -o` failed (exit 1: slurm_load_jobs error: Invalid job id specified)",
-            True,
-        ),
         (None, "`scontrol show job -o` did not answer within 10 s", False),
     ],
 )
@@ -249,6 +250,51 @@ def test_a_lock_of_a_job_on_another_host_is_stale_only_when_slurm_says_it_no_lon
 def test_the_same_slurm_job_after_a_requeue_takes_its_own_lock_over(tmp_path):
     write_lock(tmp_path, job="77", host="node-before-requeue", pid=1)
     assert acquire_run_lock(tmp_path, environ={"SLURM_JOB_ID": "77"}, query=no_query).is_file()
+
+
+def test_a_requeued_job_takes_its_lock_over_though_its_old_pid_is_now_a_live_process_here(tmp_path):
+    # the requeue lands on the same node, and the pid the job had before now belongs to `sleep`
+    with subprocess.Popen(["sleep", "30"]) as other:
+        try:
+            write_lock(tmp_path, job="77", host=socket.gethostname(), pid=other.pid, restarts=0)
+            environ = {"SLURM_JOB_ID": "77", "SLURM_RESTART_COUNT": "1"}
+            path = acquire_run_lock(tmp_path, environ=environ, query=no_query)
+            assert json.loads(path.read_text())["restarts"] == 1
+        finally:
+            other.kill()
+
+
+def test_a_second_process_of_the_same_job_start_is_refused_while_the_first_lives(tmp_path):
+    # two srun steps of one allocation pointed at one run directory: same job id, same start
+    with subprocess.Popen(["sleep", "30"]) as other:
+        try:
+            write_lock(tmp_path, job="77", host=socket.gethostname(), pid=other.pid, restarts=0)
+            with pytest.raises(UserError, match="held by another run"):
+                acquire_run_lock(tmp_path, environ={"SLURM_JOB_ID": "77"}, query=no_query)
+        finally:
+            other.kill()
+
+
+PURGED = {  # what scontrol says of a job the controller has forgotten (MinJobAge), as captured
+    "22.05": [
+        (1, "", "scontrol: unrecognized option '--json'\n"),
+        (1, "", "slurm_load_jobs error: Invalid job id specified\n"),
+    ],
+    "25.11": [(0, json.dumps({"jobs": [], "last_backfill": {}, "errors": [], "warnings": []}), "")],
+}
+
+
+@pytest.mark.parametrize("version", sorted(PURGED))
+def test_a_lock_of_a_job_slurm_has_purged_is_taken_over(tmp_path, version):
+    answers = iter(PURGED[version])
+
+    def run(args, **kwargs):
+        rc, out, err = next(answers)
+        return subprocess.CompletedProcess(args, rc, out, err)
+
+    write_lock(tmp_path, job="77", host="elsewhere", pid=1)
+    query = functools.partial(slurm.query_job, run=run)
+    assert acquire_run_lock(tmp_path, environ={"SLURM_JOB_ID": "78"}, query=query).is_file()
 
 
 def test_a_lock_from_another_host_without_a_job_is_refused_naming_the_file_to_delete(tmp_path):
