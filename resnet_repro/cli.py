@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -343,29 +344,35 @@ def _stopped(run_dir: Path, outcome: dict, is_main: bool) -> None:
     COMPLETED and `--dependency=afterok` jobs do not start on an unfinished run."""
     from hydra.core.hydra_config import HydraConfig
 
+    from resnet_repro import preemption
     from resnet_repro.preemption import EXIT_NOT_REQUEUED, resume_command, under_submitit
 
     path = run_dir / "preempted.json"
+    if not outcome["requeued"] and not is_main:
+        # the first rank to exit non-zero makes SLURM (--kill-on-bad-exit) kill the others: wait
+        # until rank 0 has said how to resume (it writes preempted.json last)
+        preemption.wait_for_resume_line(path)
+        raise SystemExit(EXIT_NOT_REQUEUED)
     preempted = json.loads(path.read_text()) if is_main and path.is_file() else dict(outcome)
     if not outcome["requeued"]:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a kill now must not cut the resume line short
         preempted["resume"] = resume_command(run_dir, list(HydraConfig.get().overrides.task))
-        if is_main:
-            from resnet_repro.checkpoint import write_text_atomic
-
-            write_text_atomic(path, json.dumps(preempted) + "\n")
     if is_main:
-        print(json.dumps({"run_dir": str(run_dir), "preempted": preempted}))
+        print(json.dumps({"run_dir": str(run_dir), "preempted": preempted}), flush=True)
     if outcome["requeued"] and under_submitit():
         # any requeue (ours, submitit's, SLURM's own: PreemptMode=REQUEUE, an admin's `scontrol
         # requeue`) ends every rank without a result, as submitit's own requeue does: the sweep
         # then waits for the requeued job instead of collecting this unfinished one
         raise SystemExit(-1)
     if not outcome["requeued"]:
-        if is_main:
-            print(
-                f"{PROG}: stopped, not requeued ({outcome['why']}); to resume: {preempted['resume']}",
-                file=sys.stderr,
-            )
+        print(
+            f"{PROG}: stopped, not requeued ({outcome['why']}); to resume: {preempted['resume']}",
+            file=sys.stderr,
+            flush=True,
+        )
+        from resnet_repro.checkpoint import write_text_atomic
+
+        write_text_atomic(path, json.dumps(preempted) + "\n")
         raise SystemExit(EXIT_NOT_REQUEUED)
 
 

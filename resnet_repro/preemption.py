@@ -51,11 +51,18 @@ class Interrupts:
             return self._stopped_locally()
         if not (force_check or step % self.check_steps == 0):
             return False
-        flag = torch.tensor([1.0 if self.watch.received else 0.0], device=self.device)
-        if distributed.all_reduce_sum(self.env, flag).item() > 0:
-            self.stopped_by = self.watch.received or "a signal on another rank"
-            return True
-        return False
+        names = self.watch.names
+        flags = torch.tensor([float(self.watch.received == n) for n in names], device=self.device)
+        counts = distributed.all_reduce_sum(self.env, flags).tolist()
+        arrived = [n for n, c in zip(names, counts, strict=True) if c > 0]
+        if not arrived:
+            return False
+        # every rank learns which signals reached any rank, and all take the same one, so that
+        # rank 0 decides on the signal even when it reached another rank first (skew between
+        # nodes, a signal to one pid)
+        self.stopped_by = agreed_signal(arrived)
+        self.watch.agree(self.stopped_by)
+        return True
 
     def _stopped_locally(self) -> bool:
         if self.watch.received:
@@ -73,9 +80,31 @@ class Interrupts:
         self.watch.restore()
 
 
+def agreed_signal(arrived: list[str]) -> str:
+    """The signal a stop is decided on when ranks received different ones: a time-limit warning
+    (USR1, submitit's USR2) before a plain one, since the SIGTERM that may follow it is the end of
+    the same event; else the first in the configured order."""
+    warnings = [name for name in arrived if name in slurm.WARNING_SIGNALS]
+    return (warnings or arrived)[0]
+
+
 def under_submitit() -> bool:
     """Whether this process is a job of the submitit launcher (hydra/launcher=slurm)."""
     return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+
+
+def wait_for_resume_line(path: Path, timeout_s: float = 30.0, poll_s: float = 0.1) -> bool:
+    """Wait (at most `timeout_s`) until rank 0 has written the resume command into preempted.json;
+    whether it did. A rank other than 0 calls this before its non-zero exit."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if "resume" in json.loads(path.read_text()):
+                return True
+        except (OSError, ValueError):
+            pass
+        time.sleep(poll_s)
+    return False
 
 
 def resume_command(run_dir: Path, overrides: list[str], prog: str = "resnet-repro train") -> str:

@@ -301,3 +301,20 @@ def test_a_lock_from_another_host_without_a_job_is_refused_naming_the_file_to_de
     write_lock(tmp_path, job=None, host="elsewhere", pid=1)
     with pytest.raises(UserError, match=f"delete {tmp_path / LOCK_NAME}"):
         acquire_run_lock(tmp_path, environ={}, query=no_query)
+
+
+def test_other_ranks_wait_for_rank_0s_resume_line_before_their_non_zero_exit(tmp_path):
+    import threading
+
+    from resnet_repro.preemption import wait_for_resume_line
+
+    path = tmp_path / "preempted.json"
+    path.write_text(json.dumps({"signal": "SIGTERM", "requeued": False}))  # after_preemption's first write
+    later = threading.Timer(0.3, lambda: path.write_text(json.dumps({"resume": "resnet-repro train ..."})))
+    later.start()
+    try:
+        assert wait_for_resume_line(path, timeout_s=10, poll_s=0.02)
+    finally:
+        later.cancel()
+    path.write_text("{}")
+    assert not wait_for_resume_line(path, timeout_s=0.2, poll_s=0.02)  # bounded: a dead rank 0 ends the wait
