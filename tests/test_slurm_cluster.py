@@ -16,6 +16,7 @@ scenario and checks what it saw. Skipped, with the reason, where a cluster canno
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -479,6 +480,128 @@ def scenario_node_failure(c: Cluster, work: Path) -> dict[str, Any]:
     }
 
 
+def scenario_array_throttled(c: Cluster, work: Path) -> dict[str, Any]:
+    """`--array=0-2%1`: one task runs while the rest wait, and SLURM 25.11 answers a query for a
+    task with the array's pending remainder first. USR1 to task 0 requeues task 0 alone; a plain
+    scancel of task 1 (which starts while task 0 is held) stops it without a requeue."""
+    job = c.sbatch("--array=0-2%1", *CPU_JOB, str(SBATCH), *SMALL_RUN, "trainer.epochs=3", cwd=work)
+    runs = work / "runs" / "demo"
+    task0, task1 = f"{job}_0", f"{job}_1"
+    wait_for(lambda: epochs_done(runs / f"slurm-{task0}") >= 1, "task 0's epoch 1")
+    usr1 = c.run("scancel", "--signal=USR1", task0)
+    requeued = c.wait_job(
+        task0, lambda j: int(j["Restarts"]) >= 1 or j["JobState"] in FINAL_STATES, "requeue"
+    )
+    preempted0 = read_json(runs / f"slurm-{task0}" / "preempted.json")
+    wait_for(
+        lambda: epochs_done(runs / f"slurm-{task1}") >= 1 or c.job(task1).get("JobState") in FINAL_STATES,
+        "task 1's epoch 1",
+    )
+    cancelled = c.run("scancel", task1)
+    info1 = c.wait_done(task1)
+    wait_for(lambda: (runs / f"slurm-{task1}" / "preempted.json").exists(), "task 1's preempted.json", 120)
+    preempted1 = read_json(runs / f"slurm-{task1}" / "preempted.json")
+    c.run("scancel", f"{job}_2")
+    info0 = c.wait_done(task0)
+    return {
+        "job": job,
+        "usr1": usr1,
+        "requeued": requeued,
+        "preempted0": preempted0,
+        "info0": info0,
+        "cancelled": cancelled,
+        "preempted1": preempted1,
+        "info1": info1,
+        "runs": runs,
+        "log0": c.log_of(task0),
+        "log1": c.log_of(task1),
+    }
+
+
+def rank_pid(c: Cluster, job: str, rank: int) -> int:
+    """The training process of one rank (SLURM_PROCID) of a job."""
+    for pid in c.training_pids(job):
+        with contextlib.suppress(OSError):
+            if f"SLURM_PROCID={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                return pid
+    raise AssertionError(f"no training process of rank {rank} in job {job}")
+
+
+def start_two_rank_run(c: Cluster, work: Path, epochs: int) -> tuple[str, Path]:
+    """The multi-node script with two tasks on one node (srun --kill-on-bad-exit=1), after epoch 1."""
+    job = c.sbatch(
+        "--nodes=1",
+        "--ntasks-per-node=2",
+        "--gpus-per-node=0",
+        "--cpus-per-task=1",
+        "--time=30",
+        str(SBATCH_MULTINODE),
+        *SMALL_RUN,
+        f"trainer.epochs={epochs}",
+        cwd=work,
+    )
+    run_dir = work / "runs" / "demo" / f"slurm-{job}"
+    wait_for(lambda: epochs_done(run_dir) >= 1 or c.job(job).get("JobState") in FINAL_STATES, "epoch 1")
+    return job, run_dir
+
+
+def scenario_multi_rank_warning(c: Cluster, work: Path) -> dict[str, Any]:
+    """The time-limit warning reaches rank 1 only (skew between nodes, a signal to one pid): the
+    ranks agree on it, rank 0 requeues, the job resumes and completes."""
+    job, run_dir = start_two_rank_run(c, work, epochs=3)
+    os.kill(rank_pid(c, job, 1), signal.SIGUSR1)
+    return requeued_then_finished(c, job, run_dir)
+
+
+def scenario_multi_rank_stop(c: Cluster, work: Path) -> dict[str, Any]:
+    """A plain SIGTERM to rank 1 only: not requeued; under --kill-on-bad-exit rank 1's exit 75
+    must not cut rank 0 short before it says how to resume."""
+    job, run_dir = start_two_rank_run(c, work, epochs=12)
+    os.kill(rank_pid(c, job, 1), signal.SIGTERM)
+    info = c.wait_done(job)
+    return {"job": job, "info": info, "run_dir": run_dir, "log": c.log_of(job)}
+
+
+def scenario_no_requeue(c: Cluster, work: Path) -> dict[str, Any]:
+    """A job submitted with --no-requeue gets the time-limit warning: the requeue is refused, the
+    stop says so and prints the resume command."""
+    job, run_dir = start_small_run(c, work, 12, "--no-requeue")
+    signalled = c.run("scancel", "--signal=USR1", job)
+    info = c.wait_done(job)
+    time.sleep(5)  # a requeue would show by now
+    return {
+        "job": job,
+        "signalled": signalled,
+        "info": info,
+        "later": c.job(job),
+        "run_dir": run_dir,
+        "preempted": read_json(run_dir / "preempted.json") if (run_dir / "preempted.json").exists() else None,
+        "log": c.log_of(job),
+    }
+
+
+def scenario_salloc(c: Cluster, work: Path) -> dict[str, Any]:
+    """`salloc` + `srun` without a batch script."""
+    run_dir = work / "run"
+    proc = c.run(
+        "salloc",
+        "--nodes=1",
+        "--ntasks=1",
+        "--cpus-per-task=1",
+        "--time=30",
+        "srun",
+        RESNET_REPRO,
+        "train",
+        f"data.root={c.demo_root}",
+        *SMALL_RUN,
+        "trainer.epochs=1",
+        f"hydra.run.dir={run_dir}",
+        cwd=work,
+        timeout=SCENARIO_TIMEOUT_S,
+    )
+    return {"proc": proc, "run_dir": run_dir}
+
+
 # name -> (cluster, scenario)
 SCENARIOS: dict[str, tuple[str, Callable[[Cluster, Path], dict[str, Any]]]] = {
     "sbatch": ("one", scenario_sbatch),
@@ -493,6 +616,11 @@ SCENARIOS: dict[str, tuple[str, Callable[[Cluster, Path], dict[str, Any]]]] = {
     "preempt": ("nodes", scenario_preempt),
     "two_node": ("nodes", scenario_two_node),
     "controller": ("controller", scenario_controller_down),
+    "array_throttled": ("one", scenario_array_throttled),
+    "multi_rank_warning": ("one", scenario_multi_rank_warning),
+    "multi_rank_stop": ("one", scenario_multi_rank_stop),
+    "no_requeue": ("one", scenario_no_requeue),
+    "salloc": ("one", scenario_salloc),
 }
 
 
@@ -744,3 +872,52 @@ def test_node_failure_without_a_signal_resumes_from_the_periodic_checkpoint_afte
     # "epoch 1, step S (S into the epoch)": inside the epoch, from the periodic checkpoint
     into = int(resumed[0].split("(")[-1].split()[0])
     assert 0 < into < 40, resumed[0]
+
+
+@scenario("array_throttled")
+def test_throttled_array_task_0_is_read_as_itself_requeued_alone_and_a_cancelled_task_is_not_requeued(
+    scenarios,
+):
+    o = outcome(scenarios, "array_throttled")
+    assert o["usr1"].returncode == 0, o["usr1"].stderr
+    assert o["preempted0"]["requeued"] is True and o["preempted0"]["slurm_job"] == f"{o['job']}_0", o["log0"]
+    assert o["info0"]["JobState"] == "COMPLETED" and o["info0"]["Restarts"] == "1", o["log0"]
+    # the cancel of task 1: read from task 1's own record, never "SLURM requeued it"
+    assert o["preempted1"]["requeued"] is False, o["log1"]
+    assert "requeued" not in o["preempted1"]["why"].replace("not requeued", ""), o["preempted1"]
+    assert o["info1"]["JobState"] == "CANCELLED" and o["info1"]["Restarts"] == "0"
+
+
+@scenario("multi_rank_warning")
+def test_multi_rank_warning_on_one_rank_only_is_agreed_requeued_and_the_job_completes(scenarios):
+    o = outcome(scenarios, "multi_rank_warning")
+    assert o["preempted"] is not None, o["log"]
+    assert o["preempted"]["signal"] == "SIGUSR1" and o["preempted"]["requeued"] is True, o["preempted"]
+    assert o["info"]["JobState"] == "COMPLETED" and o["info"]["Restarts"] == "1", o["log"]
+    assert read_json(o["run_dir"] / "final.json")["epochs"] == 3
+
+
+@scenario("multi_rank_stop")
+def test_multi_rank_plain_signal_on_one_rank_stops_with_the_resume_line_under_kill_on_bad_exit(scenarios):
+    o = outcome(scenarios, "multi_rank_stop")
+    preempted = read_json(o["run_dir"] / "preempted.json")
+    assert preempted["signal"] == "SIGTERM" and preempted["requeued"] is False, preempted
+    assert RESUME_COMMAND in preempted["resume"], preempted
+    assert "to resume:" in o["log"] and RESUME_COMMAND in o["log"], o["log"]
+    assert o["info"]["JobState"] == "FAILED" and o["info"]["ExitCode"].startswith("75"), o["info"]
+
+
+@scenario("no_requeue")
+def test_no_requeue_job_warned_of_its_time_limit_stops_says_why_and_prints_the_resume_command(scenarios):
+    o = outcome(scenarios, "no_requeue")
+    assert o["preempted"] is not None and o["preempted"]["requeued"] is False, o["log"]
+    assert "the requeue failed" in o["preempted"]["why"], o["preempted"]
+    assert RESUME_COMMAND in o["preempted"]["resume"] and "to resume:" in o["log"]
+    assert o["info"]["Restarts"] == "0" and o["later"]["JobState"] == "FAILED", o["later"]
+
+
+@scenario("salloc")
+def test_salloc_and_srun_without_a_batch_script_train_to_the_end(scenarios):
+    o = outcome(scenarios, "salloc")
+    assert o["proc"].returncode == 0, o["proc"].stdout[-3000:] + o["proc"].stderr[-3000:]
+    assert read_json(o["run_dir"] / "final.json")["epochs"] == 1
