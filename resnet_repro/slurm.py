@@ -154,6 +154,7 @@ class JobView:
     reason: str = "None"
     restarts: int = 0
     preempted: bool = False
+    partition: str | None = None
 
     @property
     def base(self) -> str | None:
@@ -212,8 +213,12 @@ def parse_job_json(text: str, job: str) -> JobView:
     records = data.get("jobs") or []
     if not records and "jobs" in data:
         raise UnknownJob(f"SLURM does not know job {job} (purged or never submitted)")
+    leader, _, offset = job.partition("+")  # `<het job id>+<offset>` names one component
     chosen = [r for r in records if _json_record_matches(r, job)] or [
-        r for r in records if str(r.get("het_job_id")) == job and _number(r.get("het_job_offset")) == 0
+        r
+        for r in records
+        if str(_number(r.get("het_job_id"))) == leader
+        and _number(r.get("het_job_offset")) == int(offset or 0)
     ]
     if not chosen:
         raise ValueError(f"no record of job {job} in the JSON")
@@ -225,6 +230,7 @@ def parse_job_json(text: str, job: str) -> JobView:
         reason=str(record.get("state_reason") or "None"),
         restarts=_number(record.get("restart_cnt")),
         preempted=_number(record.get("preempt_time")) > 0,
+        partition=str(record["partition"]) if record.get("partition") else None,
     )
 
 
@@ -258,6 +264,7 @@ def parse_job_text(text: str, job: str) -> JobView:
         reason=record.get("Reason", "None") or "None",
         restarts=int(record.get("Restarts", "0") or 0),
         preempted=preempt_time not in ("None", "Unknown", ""),
+        partition=record.get("Partition") or None,
     )
 
 
@@ -316,6 +323,27 @@ def restart_count(
     return int(value) if value.isdigit() else None
 
 
+def partition_preempt_mode(
+    partition: str | None, timeout_s: float = QUERY_TIMEOUT_S, run: Runner = subprocess.run
+) -> str | None:
+    """The partition's PreemptMode as `scontrol show partition -o` prints it (REQUEUE, CANCEL,
+    SUSPEND,GANG, OFF: the cluster's default where the partition sets none; the same text in 22.05
+    and 25.11), or None where it cannot be read."""
+    if not partition:
+        return None
+    try:
+        proc = run(
+            ["scontrol", "show", "partition", partition, "-o"],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    lines = proc.stdout.strip().splitlines() if proc.returncode == 0 else []
+    return _text_fields(lines[0]).get("PreemptMode") if lines else None
+
+
 @dataclass(frozen=True)
 class StopDecision:
     """What follows the checkpoint of a stopped run. action: "requeue" (ask SLURM to requeue the
@@ -332,8 +360,11 @@ def decide_stop(
     restarts_at_start: int | None,
     requeue: bool,
     query: Callable[[str], tuple[JobView | None, str]] = query_job,
+    preempt_mode: Callable[[str | None], str | None] = partition_preempt_mode,
 ) -> StopDecision:
-    """Requeue, leave to SLURM, or stop, from evidence only (see the module docstring)."""
+    """Requeue, leave to SLURM, or stop, from evidence only (see the module docstring). A
+    preemption is requeued only where the partition's PreemptMode is REQUEUE: under CANCEL, SLURM
+    ends the job at the end of its GraceTime, and a requeue would undo the cancel SLURM chose."""
     if job is None:
         return StopDecision("stop", "not a SLURM job")
     if signal_name in WARNING_SIGNALS:
@@ -362,6 +393,15 @@ def decide_stop(
     what = "time limit" if time_limit else "preemption"
     if not requeue:
         return StopDecision("stop", f"{signal_name} at a {what} ({seen}); trainer.requeue=false")
+    if not time_limit:
+        mode = preempt_mode(view.partition)
+        if mode is None or "REQUEUE" not in mode.upper():
+            said = f"PreemptMode={mode}" if mode else "its PreemptMode could not be read"
+            return StopDecision(
+                "stop",
+                f"{signal_name} at a preemption ({seen}); partition {view.partition}: {said}, not requeued",
+            )
+        what += f", PreemptMode={mode}"
     return StopDecision("requeue", f"{signal_name} at a {what} ({seen})")
 
 

@@ -200,13 +200,31 @@ def fixture_query(name: str, form: str = "txt"):
         ("preempt_requeue_completing", "requeued"),
         ("preempt_requeue_pending", "requeued"),
         ("timeout_completing", "requeue"),
-        ("preempt_cancel_grace_running", "requeue"),
+        ("preempt_cancel_grace_running", "requeue"),  # in a partition with PreemptMode=REQUEUE
         ("preempt_cancel_completing", "requeue"),
     ],
 )
 def test_sigterm_requeues_only_on_evidence_of_a_time_limit_or_preemption(name: str, form: str, action: str):
-    decision = slurm.decide_stop("SIGTERM", JOB_IDS[name], 0, True, query=fixture_query(name, form))
+    decision = slurm.decide_stop(
+        "SIGTERM", JOB_IDS[name], 0, True, query=fixture_query(name, form), preempt_mode=lambda p: "REQUEUE"
+    )
     assert decision.action == action, decision.why
+
+
+@pytest.mark.parametrize("form", ["txt", "json"])
+@pytest.mark.parametrize("name", ["preempt_cancel_grace_running", "preempt_cancel_completing"])
+def test_grace_preemption_in_cancel_mode_is_not_requeued_against_slurms_cancel(name: str, form: str):
+    asked = []
+
+    def mode(partition):
+        asked.append(partition)
+        return "CANCEL"
+
+    decision = slurm.decide_stop(
+        "SIGTERM", JOB_IDS[name], 0, True, query=fixture_query(name, form), preempt_mode=mode
+    )
+    assert decision.action == "stop" and "PreemptMode=CANCEL" in decision.why, decision.why
+    assert asked == ["local"]
 
 
 def test_sigterm_while_the_job_is_being_cancelled_says_why_it_is_not_requeued():
@@ -308,38 +326,7 @@ def test_job_ref_of_an_array_task_is_named_with_its_task():
     assert slurm.job_ref({}) is None
 
 
-# ------------------------------------------------------------------- SLURM 23.11+ JSON, as 25.11 prints it
-THROTTLED_ARRAY_TASK_0 = {  # `scontrol --json show job 1_0` of `sbatch --array=0-3%1`, task 0 running
-    "jobs": [
-        {  # the array's pending remainder comes first and names no task
-            "job_id": 1,
-            "array_job_id": {"set": True, "infinite": False, "number": 1},
-            "array_task_id": {"set": False, "infinite": False, "number": 0},
-            "array_task_string": "1-3%1",
-            "job_state": ["PENDING"],
-            "state_reason": "JobArrayTaskLimit",
-            "restart_cnt": 0,
-        },
-        {
-            "job_id": 2,
-            "array_job_id": {"set": True, "infinite": False, "number": 1},
-            "array_task_id": {"set": True, "infinite": False, "number": 0},
-            "job_state": ["RUNNING"],
-            "state_reason": "None",
-            "restart_cnt": 0,
-        },
-    ]
-}
-
-
-def test_task_0_of_a_throttled_array_is_read_from_its_own_record_not_the_pending_remainder():
-    v = slurm.parse_job_json(json.dumps(THROTTLED_ARRAY_TASK_0), "1_0")
-    assert v.base == "RUNNING"
-    # a SIGTERM to it (scancel, time limit) is not mistaken for "SLURM requeued it": no PENDING
-    decision = slurm.decide_stop("SIGTERM", "1_0", 0, True, query=lambda job: (v, "scontrol --json show job"))
-    assert decision.action == "stop" and "RUNNING" in decision.why
-
-
+# ------------------------------------------------------------- any JSON failure; one port per srun step
 @pytest.mark.parametrize(
     "json_failure",
     [
@@ -361,15 +348,6 @@ def test_any_failure_of_the_json_form_falls_back_to_the_text_form(json_failure):
     assert v is not None and v.reason == "TimeLimit" and how == "scontrol show job -o"
 
 
-def test_a_job_the_controller_no_longer_knows_is_said_so_in_both_forms():
-    purged = runner(0, stdout=json.dumps({"jobs": [], "errors": [], "warnings": []}))
-    v, how = slurm.query_job("9", run=purged)
-    assert v is None and slurm.UNKNOWN_JOB in how and len(purged.calls) == 1
-    invalid = runner(1, stderr="slurm_load_jobs error: Invalid job id specified")
-    v, how = slurm.query_job("9", run=invalid)
-    assert v is None and slurm.UNKNOWN_JOB in how
-
-
 def test_concurrent_steps_of_one_allocation_rendezvous_on_different_ports():
     step = {
         "SLURM_PROCID": "0",
@@ -386,3 +364,83 @@ def test_concurrent_steps_of_one_allocation_rendezvous_on_different_ports():
         detect({**step, "SLURM_STEP_ID": "1"}).master_port
         == detect({**step, "SLURM_STEP_ID": "1", "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}).master_port
     )
+
+
+# --------------------------------------------------------------- captured from a real SLURM 25.11.7
+ASSETS_25 = ASSETS / "25.11"
+CAPTURED_25 = {  # fixture: (job ref, base, reason, restarts, preempted, what a SIGTERM then leads to)
+    "running": ("1", "RUNNING", "None", 0, False, "stop"),
+    "array_task0_running": ("3_0", "RUNNING", "None", 0, False, "stop"),
+    "array_task0_completed": ("3_0", "COMPLETED", "None", 0, False, None),
+    "cancel_completing": ("6", "CANCELLED", "None", 0, False, "stop"),
+    "cancelled": ("6", "CANCELLED", "None", 0, False, "stop"),
+    "timeout_completing": ("8", "TIMEOUT", "TimeLimit", 0, False, "requeue"),
+    "timeout": ("8", "TIMEOUT", "TimeLimit", 0, False, "requeue"),
+    "admin_requeue_completing": ("10", "PENDING", "None", 1, False, "requeued"),
+    "admin_requeue_pending": ("10", "PENDING", "BeginTime", 1, False, "requeued"),
+    "preempt_requeue_completing": ("11", "PENDING", "None", 1, True, "requeued"),
+    "preempt_requeue_pending": ("11", "PENDING", "BeginTime", 1, False, "requeued"),
+    "preempt_cancel_grace_running": ("15", "RUNNING", "None", 0, True, "stop"),  # captured in CANCEL mode
+    "preempt_cancel_completing": ("15", "PREEMPTED", "None", 0, True, "stop"),
+    "preempted": ("15", "PREEMPTED", "None", 0, True, "stop"),
+    "user_sigterm_running": ("19", "RUNNING", "None", 0, False, "stop"),
+    "hetjob_running": ("1", "RUNNING", "None", 0, False, "stop"),
+    "hetjob_running_component1": ("1+1", "RUNNING", "None", 0, False, "stop"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CAPTURED_25))
+def test_job_states_of_slurm_25_11_read_as_captured_and_decide_as_they_mean(name: str):
+    ref, base, reason, restarts, preempted, action = CAPTURED_25[name]
+    v = slurm.parse_job_json((ASSETS_25 / f"{name}.json").read_text(), ref)
+    assert (v.base, v.reason, v.restarts, v.preempted) == (base, reason, restarts, preempted)
+    if action is not None:
+        decision = slurm.decide_stop(
+            "SIGTERM", ref, 0, True, query=lambda job: (v, "fixture"), preempt_mode=lambda p: "CANCEL"
+        )
+        assert decision.action == action, decision.why
+
+
+TEXT_25 = sorted(n for n, (ref, *_) in CAPTURED_25.items() if "_" not in ref and "+" not in ref)
+
+
+@pytest.mark.parametrize("name", TEXT_25)
+def test_the_text_form_of_slurm_25_11_gives_the_same_reason_and_restarts(name: str):
+    ref, base, reason, restarts, _, _ = CAPTURED_25[name]
+    v = slurm.parse_job_text((ASSETS_25 / f"{name}.txt").read_text(), ref)
+    # the text form hides the base state behind COMPLETING, as 22.05 did
+    assert v.base in (base, None) and (v.reason, v.restarts) == (reason, restarts)
+
+
+def test_a_throttled_array_task_is_read_as_itself_in_the_captured_25_11_json():
+    # the pending remainder of the array comes first in what scontrol prints for any of its tasks
+    answer = (ASSETS_25 / "array_task0_running.json").read_text()
+    records = json.loads(answer)["jobs"]
+    assert records[0]["job_state"] == ["PENDING"] and records[0]["array_task_id"]["set"] is False
+    v, how = slurm.query_job("3_0", run=runner(0, stdout=answer))
+    assert v is not None and v.base == "RUNNING" and how == "scontrol --json show job"
+
+
+@pytest.mark.parametrize("name", ["purged", "purged_array_task", "never_existed"])
+def test_a_purged_job_of_slurm_25_11_is_unknown_not_unreadable(name: str):
+    meta = json.loads((ASSETS_25 / f"{name}.meta.json").read_text())
+    stdout = (ASSETS_25 / f"{name}.json").read_text()
+    run = runner(meta["returncode"], stdout=stdout, stderr=meta["stderr"])
+    v, how = slurm.query_job("1", run=run)
+    assert v is None and slurm.UNKNOWN_JOB in how and len(run.calls) == 1
+
+
+def test_a_purged_job_of_slurm_22_05_is_unknown_not_unreadable():
+    folder = ASSETS / "22.05"
+    no_json = json.loads((folder / "scontrol_json_unsupported.meta.json").read_text())
+    purged = json.loads((folder / "purged.txt.meta.json").read_text())
+    answers = iter(
+        [(no_json["returncode"], "", no_json["stderr"]), (purged["returncode"], "", purged["stderr"])]
+    )
+
+    def run(args, **kwargs):
+        rc, out, err = next(answers)
+        return subprocess.CompletedProcess(args, rc, out, err)
+
+    v, how = slurm.query_job("1", run=run)
+    assert v is None and slurm.UNKNOWN_JOB in how

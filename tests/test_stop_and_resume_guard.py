@@ -275,12 +275,20 @@ def test_a_second_process_of_the_same_job_start_is_refused_while_the_first_lives
             other.kill()
 
 
+def captured(version: str, *calls: tuple[str, str | None]) -> list[tuple[int, str, str]]:
+    """(returncode, stdout, stderr) of scontrol calls as captured from a real SLURM
+    (tests/assets/slurm/VERSION: NAME.meta.json holds the exit code and stderr, STDOUT the output)."""
+    folder = Path(__file__).parent / "assets" / "slurm" / version
+    answers = []
+    for meta_name, stdout in calls:
+        meta = json.loads((folder / f"{meta_name}.meta.json").read_text())
+        answers.append((meta["returncode"], (folder / stdout).read_text() if stdout else "", meta["stderr"]))
+    return answers
+
+
 PURGED = {  # what scontrol says of a job the controller has forgotten (MinJobAge), as captured
-    "22.05": [
-        (1, "", "scontrol: unrecognized option '--json'\n"),
-        (1, "", "slurm_load_jobs error: Invalid job id specified\n"),
-    ],
-    "25.11": [(0, json.dumps({"jobs": [], "last_backfill": {}, "errors": [], "warnings": []}), "")],
+    "22.05": captured("22.05", ("scontrol_json_unsupported", None), ("purged.txt", "purged.txt")),
+    "25.11": captured("25.11", ("purged", "purged.json")),
 }
 
 
