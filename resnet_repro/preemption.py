@@ -119,14 +119,15 @@ def resume_command(run_dir: Path, overrides: list[str], prog: str = "resnet-repr
     return " ".join([prog, *(shlex.quote(o) for o in kept), shlex.quote(f"hydra.run.dir={run_dir}")])
 
 
-def _decide(cfg: RootConfig, interrupts: Interrupts, job: str | None) -> tuple[bool | str, str]:
-    """Rank 0: (requeued: True by us, "by SLURM", "by the launcher" or False; why, in one line)."""
+def _decide(cfg: RootConfig, interrupts: Interrupts, job: str | None) -> tuple[bool | str, str, float]:
+    """Rank 0: (requeued: True by us, "by SLURM", "by the launcher" or False; why, in one line;
+    seconds to wait for SLURM to end the job)."""
     if interrupts.watch.launcher_requeues():  # submitit's USR2: its own handler requeues, after our save
-        return "by the launcher", "its launcher requeues the job"
+        return "by the launcher", "its launcher requeues the job", 0.0
     signal_name = interrupts.stopped_by or "a signal"
     decision = slurm.decide_stop(signal_name, job, interrupts.restarts_at_start, cfg.trainer.requeue)
     if decision.action == "requeued":
-        return "by SLURM", decision.why
+        return "by SLURM", decision.why, decision.wait_s
     if decision.action == "requeue":
         assert job is not None
         ok, failure = slurm.requeue_job(job)
@@ -134,9 +135,10 @@ def _decide(cfg: RootConfig, interrupts: Interrupts, job: str | None) -> tuple[b
             return (
                 True,
                 f"{decision.why}; SLURM job {job} requeued (SLURM holds a requeued job about 2 minutes)",
+                0.0,
             )
-        return False, f"{decision.why}; the requeue failed: {failure}"
-    return False, decision.why
+        return False, f"{decision.why}; the requeue failed: {failure}", 0.0
+    return False, decision.why, 0.0
 
 
 def after_preemption(
@@ -156,9 +158,9 @@ def after_preemption(
     after any requeue, non-zero with the resume command after a stop that was not requeued."""
     job = slurm.job_ref()
     requeued: bool | str = False
-    why = ""
+    why, wait_s = "", 0.0
     if env.is_main:
-        requeued, why = _decide(cfg, interrupts, job)
+        requeued, why, wait_s = _decide(cfg, interrupts, job)
         last = run_dir / "checkpoints" / "last.pt"
         where = f"epoch {epoch + 1}, step {epoch_step} of the epoch"
         then = "requeued" if requeued else "not requeued"
@@ -172,8 +174,12 @@ def after_preemption(
             "slurm_job": job,
         }
         checkpoint.write_text_atomic(run_dir / "preempted.json", json.dumps(outcome) + "\n")
-    requeued, why = distributed.broadcast_object(env, (requeued, why))  # type: ignore[misc]
+    requeued, why, wait_s = distributed.broadcast_object(env, (requeued, why, wait_s))  # type: ignore[misc]
     distributed.barrier(env)
+    if wait_s:  # checkpoint saved; SLURM ends the job (and requeues it) at the end of its grace time
+        log.warning(f"waiting up to {wait_s:.0f} s for SLURM to end the job: {why}")
+        time.sleep(wait_s)  # SIGTERM is only flagged by now; SLURM's SIGKILL ends the wait
+        requeued, why = False, f"{why}; but SLURM did not end the job within {wait_s:.0f} s"
     if requeued == "by the launcher":
         interrupts.watch.hand_over()  # submitit: rank 0 requeues and exits here
     return {"preempted": True, "requeued": requeued, "why": why}

@@ -344,6 +344,11 @@ def partition_preempt_mode(
     return _text_fields(lines[0]).get("PreemptMode") if lines else None
 
 
+# How long a preempted run whose partition requeues (PreemptMode=REQUEUE) waits, checkpoint saved,
+# for SLURM to end it at the end of its GraceTime (SIGTERM, then SIGKILL after KillWait)
+WAIT_FOR_PREEMPTION_S = 600.0
+
+
 @dataclass(frozen=True)
 class StopDecision:
     """What follows the checkpoint of a stopped run. action: "requeue" (ask SLURM to requeue the
@@ -352,6 +357,9 @@ class StopDecision:
 
     action: str
     why: str
+    # seconds to wait for SLURM to end the job after the checkpoint (a preemption SLURM itself
+    # requeues at the end of its GraceTime); 0: exit at once
+    wait_s: float = 0.0
 
 
 def decide_stop(
@@ -401,7 +409,15 @@ def decide_stop(
                 "stop",
                 f"{signal_name} at a preemption ({seen}); partition {view.partition}: {said}, not requeued",
             )
-        what += f", PreemptMode={mode}"
+        # SLURM requeues the job itself when it ends it at the grace's end; a requeue of ours now,
+        # or an exit before then, is not the same thing on every version (25.11 requeued a job
+        # that ended during its grace once more after its next run): wait to be ended
+        return StopDecision(
+            "requeued",
+            f"{signal_name} at a preemption ({seen}); partition {view.partition}: PreemptMode={mode}: "
+            "SLURM requeues the job when its GraceTime ends",
+            wait_s=WAIT_FOR_PREEMPTION_S,
+        )
     return StopDecision("requeue", f"{signal_name} at a {what} ({seen})")
 
 

@@ -200,8 +200,9 @@ def fixture_query(name: str, form: str = "txt"):
         ("preempt_requeue_completing", "requeued"),
         ("preempt_requeue_pending", "requeued"),
         ("timeout_completing", "requeue"),
-        ("preempt_cancel_grace_running", "requeue"),  # in a partition with PreemptMode=REQUEUE
-        ("preempt_cancel_completing", "requeue"),
+        # in a partition with PreemptMode=REQUEUE: SLURM requeues it at the grace's end; the run waits
+        ("preempt_cancel_grace_running", "requeued"),
+        ("preempt_cancel_completing", "requeued"),
     ],
 )
 def test_sigterm_requeues_only_on_evidence_of_a_time_limit_or_preemption(name: str, form: str, action: str):
@@ -209,6 +210,8 @@ def test_sigterm_requeues_only_on_evidence_of_a_time_limit_or_preemption(name: s
         "SIGTERM", JOB_IDS[name], 0, True, query=fixture_query(name, form), preempt_mode=lambda p: "REQUEUE"
     )
     assert decision.action == action, decision.why
+    # only a preemption that SLURM requeues itself is waited for; everything else exits at once
+    assert (decision.wait_s > 0) == name.startswith("preempt_cancel"), decision
 
 
 @pytest.mark.parametrize("form", ["txt", "json"])

@@ -16,7 +16,10 @@
 # (MinJobAge). JobRequeue=1: jobs may requeue. SLURM holds a requeued job about 2 minutes before it
 # can start again. Two partitions on the same nodes: `local` (the default) and `high`, whose jobs
 # preempt `local` jobs when they need their CPUs (PreemptType=preempt/partition_prio,
-# PreemptMode=REQUEUE: the preempted job gets SIGTERM, SIGKILL after KillWait, and is requeued).
+# PreemptMode=REQUEUE: the preempted job gets SIGTERM, SIGKILL after KillWait, and is requeued),
+# and two more on the same nodes for preemption with a grace time (GraceTime=30: SIGTERM at once,
+# SIGKILL 30 s later): `gracecancel` (PreemptMode=CANCEL: the job ends) and `gracerequeue`
+# (PreemptMode=REQUEUE: it is requeued), both preempted by `high` like `local`.
 #
 # --nodes N: N nodes node1..nodeN on this one machine instead of one. Each runs `slurmd -N nodeI`
 # in a network namespace of its own, address 10.201.S.(10+I) on a bridge this script creates (S is
@@ -132,6 +135,7 @@ SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd$per_node.pid
 SlurmctldLogFile=$dir/slurmctld.log
 SlurmdLogFile=$dir/slurmd$per_node.log
+FirstJobId=${FIRST_JOB_ID:-1}
 SlurmctldPort=${SLURMCTLD_PORT:-6817}
 SlurmdPort=${SLURMD_PORT:-6818}
 ProctrackType=proctrack/linuxproc
@@ -154,6 +158,8 @@ PreemptMode=REQUEUE
 $plugin_conf$nodes_conf
 PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1
 PartitionName=high Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
+PartitionName=gracecancel Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=CANCEL GraceTime=30
+PartitionName=gracerequeue Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=30
 EOF
 }
 
