@@ -46,9 +46,7 @@ CLUSTERS = {"one": [str(NODE_CPUS)], "nodes": ["4", "--nodes", "5"], "controller
 # a scenario's whole life, the ~2 minute requeue hold included, on a busy 2-core machine
 SCENARIO_TIMEOUT_S = 900
 
-# every scenario runs on Debian's SLURM 22.05 and on 25.11 (tests/slurm_versions.py); the test id
-# names the version, and a version that cannot run here is skipped with the reason
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.parametrize("version", VERSIONS)]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # No GPUs here: the sbatch scripts' --gpus-per-node=8 and 8 tasks are overridden as a user would
 CPU_JOB = ["--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=30"]
@@ -61,7 +59,10 @@ SMALL_RUN = [
     "logging.progress=false",
     "data.num_threads=1",
     "stabilizer.warmup_epochs=0",  # the demo's 1-epoch warm-up must be shorter than the run
+    "data.max_eval_images=60",  # a sixth of the val split: the scenarios are about stops, not accuracy
 ]
+# the scenarios that count every val image once across ranks evaluate the whole split
+ALL_EVAL_IMAGES = "data.max_eval_images=null"
 
 
 def skip_reason() -> str | None:
@@ -102,7 +103,7 @@ class Cluster:
             RESNET_REPRO=RESNET_REPRO,
         )
 
-    def run(self, *args: str, cwd: Path | None = None, timeout: int = 60) -> subprocess.CompletedProcess:
+    def run(self, *args: str, cwd: Path | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
         return subprocess.run(args, capture_output=True, text=True, env=self.env, cwd=cwd, timeout=timeout)
 
     def sbatch(self, *args: str, cwd: Path) -> str:
@@ -225,6 +226,7 @@ def scenario_multinode(c: Cluster, work: Path) -> dict[str, Any]:
         str(SBATCH_MULTINODE),
         *SMALL_RUN,
         "trainer.epochs=1",
+        ALL_EVAL_IMAGES,
         cwd=work,
     )
     info = c.wait_done(job)
@@ -455,6 +457,7 @@ def scenario_two_node(c: Cluster, work: Path) -> dict[str, Any]:
         str(SBATCH_MULTINODE),
         *SMALL_RUN,
         "trainer.epochs=1",
+        ALL_EVAL_IMAGES,
         cwd=work,
     )
     info = c.wait_done(job)
@@ -672,53 +675,55 @@ SCENARIOS: dict[str, tuple[str, Callable[[Cluster, Path], dict[str, Any]]]] = {
 
 
 # -------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", params=VERSIONS)
+def version(request) -> str:
+    """Every scenario runs on Debian's SLURM 22.05, then on 25.11 (tests/slurm_versions.py): the
+    test id names the version; a version that cannot run here is skipped with the reason."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def clusters(tmp_path_factory, demo_root: Path):
-    """{(version, cluster name): Cluster} for every SLURM version that can run here, and
-    {version: why not} for the others."""
+def clusters(tmp_path_factory, demo_root: Path, version: str):
+    """{cluster name: Cluster} of this SLURM version, started for its scenarios, stopped after."""
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
-    started: dict[tuple[str, str], Cluster] = {}
-    unavailable: dict[str, str] = {}
+    dirs, why = slurm_dirs(version)
+    if dirs is None:
+        pytest.skip(why or f"SLURM {version} is not available")
+    started: dict[str, Cluster] = {}
     try:
-        for version in VERSIONS:
-            dirs, why = slurm_dirs(version)
-            if dirs is None:
-                unavailable[version] = why or f"SLURM {version} is not available"
-                continue
-            for name, cluster_args in CLUSTERS.items():
-                folder = tmp_path_factory.mktemp(f"slurm-{version}-{name}")
-                env = {
-                    **os.environ,
-                    "PATH": path_for(version),
-                    # job ids of their own per cluster: the srun steps' rendezvous ports (from the job
-                    # id) of clusters side by side on this one host must not collide, as on one
-                    # cluster they cannot
-                    "FIRST_JOB_ID": str(1 + 1000 * len(started)),
-                    "SLURMCTLD_PORT": str(free_port()),
-                    "SLURMD_PORT": str(free_port()),
-                }
-                start = subprocess.run(
-                    ["bash", str(LOCAL_CLUSTER), "start", str(folder), *cluster_args],
-                    capture_output=True,
-                    text=True,
-                    env=env,
-                    timeout=900,
-                )
-                started[(version, name)] = Cluster(folder, demo_root, version)
-                assert start.returncode == 0, f"cluster {name} on {version}: " + start.stdout + start.stderr
+        for name, cluster_args in CLUSTERS.items():
+            folder = tmp_path_factory.mktemp(f"slurm-{version}-{name}")
+            env = {
+                **os.environ,
+                "PATH": path_for(version),
+                # job ids of their own per cluster: the srun steps' rendezvous ports (from the job
+                # id) of clusters side by side on this one host must not collide, as on one cluster
+                # they cannot
+                "FIRST_JOB_ID": str(1 + 1000 * len(started)),
+                "SLURMCTLD_PORT": str(free_port()),
+                "SLURMD_PORT": str(free_port()),
+            }
+            start = subprocess.run(
+                ["bash", str(LOCAL_CLUSTER), "start", str(folder), *cluster_args],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=900,
+            )
+            started[name] = Cluster(folder, demo_root, version)
+            assert start.returncode == 0, f"cluster {name} on {version}: " + start.stdout + start.stderr
         # the demo's normalization statistics once, before the jobs (each would compute them otherwise)
-        first = next(iter(started.values()))
         stats = subprocess.run(
             [RESNET_REPRO, "stats", f"data.root={demo_root}"],
             capture_output=True,
             text=True,
-            env=first.env,
+            env=started["one"].env,
             timeout=600,
         )
         assert stats.returncode == 0, stats.stderr
-        yield started, unavailable
+        yield started
     finally:
         for c in started.values():
             c.run("scancel", "--user", "root")
@@ -726,34 +731,27 @@ def clusters(tmp_path_factory, demo_root: Path):
                 ["bash", str(LOCAL_CLUSTER), "stop", str(c.folder)],
                 capture_output=True,
                 timeout=120,
-                env={**os.environ, "PATH": path_for(c.version)},
+                env={**os.environ, "PATH": path_for(version)},
             )
 
 
 @pytest.fixture(scope="module")
-def scenarios(clusters, tmp_path_factory, request):
-    """The selected tests' scenarios started at once on every version, each in its own thread and
-    folder: {(version, name): future}, plus {version: why it cannot run}."""
-    started_clusters, unavailable = clusters
+def scenarios(clusters: dict[str, Cluster], version: str, tmp_path_factory, request):
+    """The selected tests' scenarios started at once on this version, each in its own thread and
+    folder: {name: future}."""
     selected = {getattr(item, "function", None) for item in request.session.items}
     wanted = {getattr(test, "scenario", None) for test in selected}
-    versions = sorted({v for v, _ in started_clusters})
     started = time.monotonic()
-    jobs = [(v, name) for v in versions for name in SCENARIOS if name in wanted]
-    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
-        futures: dict[tuple[str, str], Future] = {
-            (v, name): pool.submit(
-                SCENARIOS[name][1],
-                started_clusters[(v, SCENARIOS[name][0])],
-                tmp_path_factory.mktemp(f"{v}-{name}"),
-            )
-            for v, name in jobs
+    with ThreadPoolExecutor(max_workers=len(SCENARIOS)) as pool:
+        futures: dict[str, Future] = {
+            name: pool.submit(fn, clusters[on], tmp_path_factory.mktemp(f"{version}-{name}"))
+            for name, (on, fn) in SCENARIOS.items()
+            if name in wanted
         }
-        yield futures, unavailable
+        yield futures
         for future in futures.values():  # let every scenario end before the clusters stop
             future.exception()
-    took = time.monotonic() - started
-    print(f"\nSLURM scenarios on {', '.join(versions)}: {took:.0f} s wall time side by side")
+    print(f"\nSLURM {version} scenarios: {time.monotonic() - started:.0f} s wall time side by side")
 
 
 def scenario(name: str) -> Callable:
@@ -766,11 +764,9 @@ def scenario(name: str) -> Callable:
     return mark
 
 
-def outcome(scenarios, name: str, version: str) -> dict[str, Any]:
-    futures, unavailable = scenarios
-    if version in unavailable:
-        pytest.skip(unavailable[version])
-    return futures[(version, name)].result(timeout=SCENARIO_TIMEOUT_S + 60)
+def outcome(scenarios: dict[str, Future], name: str, version: str) -> dict[str, Any]:
+    """What scenario `name` saw on SLURM `version` (the scenarios fixture is this version's)."""
+    return scenarios[name].result(timeout=SCENARIO_TIMEOUT_S + 60)
 
 
 # ----------------------------------------------------------------------------------------- tests
