@@ -152,6 +152,7 @@ class PreemptionWatch:
         import signal
 
         self.received: str | None = None
+        self.names = list(signals)  # in the configured order
         self._previous = {}
         for name in signals:
             sig = getattr(signal, name)
@@ -162,6 +163,11 @@ class PreemptionWatch:
 
         if self.received is None:  # the first one decides (a requeue's SIGTERM may follow a USR2)
             self.received = signal.Signals(signum).name
+
+    def agree(self, name: str) -> None:
+        """Take the signal all ranks agreed on as the one received here (it may have reached another
+        rank only), so that this rank's launcher handler is the agreed signal's."""
+        self.received = name
 
     def restore(self) -> None:
         import signal

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -314,7 +315,10 @@ def _train(dcfg: DictConfig) -> float | None:
         per_device_batch(cfg.trainer, cfg.trainer.nproc if local_launch else distributed.detect().world_size)
         if local_launch:
             yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
-            outcome = distributed.launch_local(cfg.trainer.nproc, train_worker, yaml, str(run_dir))[0]
+            try:
+                outcome = distributed.launch_local(cfg.trainer.nproc, train_worker, yaml, str(run_dir))[0]
+            except distributed.WorkersSignalled as e:
+                outcome = _workers_stop(run_dir, e.signal_name)
         else:
             outcome = train(cfg, run_dir)
     except UserError as e:
@@ -336,6 +340,18 @@ def _train(dcfg: DictConfig) -> float | None:
     return final["top1"]  # the sweeper's objective value
 
 
+def _workers_stop(run_dir: Path, signal_name: str) -> dict:
+    """The stop of local workers whose launcher got `signal_name`: what rank 0 wrote into
+    preempted.json, or, where it had not saved in time, a stop that was not requeued (the run
+    resumes from its last checkpoint)."""
+    try:
+        saved = json.loads((run_dir / "preempted.json").read_text())
+    except (OSError, ValueError):
+        why = f"{signal_name} reached the worker launcher before rank 0 recorded its stop"
+        return {"preempted": True, "requeued": False, "why": why}
+    return {"preempted": True, "requeued": saved.get("requeued", False), "why": saved.get("why", "")}
+
+
 def _stopped(run_dir: Path, outcome: dict, is_main: bool) -> None:
     """A stopped run: its one-line JSON; under submitit after a requeue, no result; when it was not
     requeued, the command that resumes it
@@ -343,29 +359,36 @@ def _stopped(run_dir: Path, outcome: dict, is_main: bool) -> None:
     COMPLETED and `--dependency=afterok` jobs do not start on an unfinished run."""
     from hydra.core.hydra_config import HydraConfig
 
+    from resnet_repro import preemption
     from resnet_repro.preemption import EXIT_NOT_REQUEUED, resume_command, under_submitit
 
     path = run_dir / "preempted.json"
+    if not outcome["requeued"]:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a kill now must not cut the stop short
+    if not outcome["requeued"] and not is_main:
+        # the first rank to exit non-zero makes SLURM (--kill-on-bad-exit) kill the others: wait
+        # until rank 0 has said how to resume (it writes preempted.json last)
+        preemption.wait_for_resume_line(path)
+        raise SystemExit(EXIT_NOT_REQUEUED)
     preempted = json.loads(path.read_text()) if is_main and path.is_file() else dict(outcome)
     if not outcome["requeued"]:
         preempted["resume"] = resume_command(run_dir, list(HydraConfig.get().overrides.task))
-        if is_main:
-            from resnet_repro.checkpoint import write_text_atomic
-
-            write_text_atomic(path, json.dumps(preempted) + "\n")
     if is_main:
-        print(json.dumps({"run_dir": str(run_dir), "preempted": preempted}))
+        print(json.dumps({"run_dir": str(run_dir), "preempted": preempted}), flush=True)
     if outcome["requeued"] and under_submitit():
         # any requeue (ours, submitit's, SLURM's own: PreemptMode=REQUEUE, an admin's `scontrol
         # requeue`) ends every rank without a result, as submitit's own requeue does: the sweep
         # then waits for the requeued job instead of collecting this unfinished one
         raise SystemExit(-1)
     if not outcome["requeued"]:
-        if is_main:
-            print(
-                f"{PROG}: stopped, not requeued ({outcome['why']}); to resume: {preempted['resume']}",
-                file=sys.stderr,
-            )
+        print(
+            f"{PROG}: stopped, not requeued ({outcome['why']}); to resume: {preempted['resume']}",
+            file=sys.stderr,
+            flush=True,
+        )
+        from resnet_repro.checkpoint import write_text_atomic
+
+        write_text_atomic(path, json.dumps(preempted) + "\n")
         raise SystemExit(EXIT_NOT_REQUEUED)
 
 

@@ -95,13 +95,12 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
         missing = [v for v in SLURM_VARS if v not in env]
         if missing:
             raise UserError(f"partial SLURM environment: {', '.join(missing)} missing under srun")
-        job = int(env.get("SLURM_JOB_ID", "0"))
         return DistEnv(
             rank=int(env["SLURM_PROCID"]),
             local_rank=int(env["SLURM_LOCALID"]),
             world_size=int(env["SLURM_STEP_NUM_TASKS"]),
             master_addr=env.get("MASTER_ADDR") or slurm.rendezvous_host(env),
-            master_port=int(env.get("MASTER_PORT", 20000 + job % 20000)),
+            master_port=int(env.get("MASTER_PORT") or slurm.rendezvous_port(env)),
             source="slurm",
         )
     return DistEnv()
@@ -203,12 +202,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class WorkersSignalled(Exception):
+    """A stop signal reached the process that launched the local workers (`trainer.nproc=N`); the
+    workers' own stop (checkpoint, decision, preempted.json) is in the run directory."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
 def launch_local(nproc: int, fn: Callable[..., T], *args: object) -> dict[int, T]:
     """Run fn(*args) in `nproc` local worker processes through torch.distributed.elastic.
 
     The workers see torchrun's variables (RANK, WORLD_SIZE, ...), so `detect` treats them exactly
     like a torchrun launch. If one worker dies, the agent stops the others and this raises.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -230,6 +239,10 @@ def launch_local(nproc: int, fn: Callable[..., T], *args: object) -> dict[int, T
     except ChildFailedError as e:
         failures = ", ".join(f"rank {r} exit code {f.exitcode}" for r, f in sorted(e.failures.items()))
         raise UserError(f"a training worker failed ({failures}); see its output above") from e
+    except SignalException as e:
+        # SIGTERM (a cancel, a time limit, a preemption) reached this launcher: torch's agent has
+        # passed it on to the workers and waited for them (up to 30 s), and they saved and decided
+        raise WorkersSignalled(e.sigval.name) from e
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

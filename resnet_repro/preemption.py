@@ -51,11 +51,18 @@ class Interrupts:
             return self._stopped_locally()
         if not (force_check or step % self.check_steps == 0):
             return False
-        flag = torch.tensor([1.0 if self.watch.received else 0.0], device=self.device)
-        if distributed.all_reduce_sum(self.env, flag).item() > 0:
-            self.stopped_by = self.watch.received or "a signal on another rank"
-            return True
-        return False
+        names = self.watch.names
+        flags = torch.tensor([float(self.watch.received == n) for n in names], device=self.device)
+        counts = distributed.all_reduce_sum(self.env, flags).tolist()
+        arrived = [n for n, c in zip(names, counts, strict=True) if c > 0]
+        if not arrived:
+            return False
+        # every rank learns which signals reached any rank, and all take the same one, so that
+        # rank 0 decides on the signal even when it reached another rank first (skew between
+        # nodes, a signal to one pid)
+        self.stopped_by = agreed_signal(arrived)
+        self.watch.agree(self.stopped_by)
+        return True
 
     def _stopped_locally(self) -> bool:
         if self.watch.received:
@@ -73,9 +80,31 @@ class Interrupts:
         self.watch.restore()
 
 
+def agreed_signal(arrived: list[str]) -> str:
+    """The signal a stop is decided on when ranks received different ones: a time-limit warning
+    (USR1, submitit's USR2) before a plain one, since the SIGTERM that may follow it is the end of
+    the same event; else the first in the configured order."""
+    warnings = [name for name in arrived if name in slurm.WARNING_SIGNALS]
+    return (warnings or arrived)[0]
+
+
 def under_submitit() -> bool:
     """Whether this process is a job of the submitit launcher (hydra/launcher=slurm)."""
     return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+
+
+def wait_for_resume_line(path: Path, timeout_s: float = 30.0, poll_s: float = 0.1) -> bool:
+    """Wait (at most `timeout_s`) until rank 0 has written the resume command into preempted.json;
+    whether it did. A rank other than 0 calls this before its non-zero exit."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if "resume" in json.loads(path.read_text()):
+                return True
+        except (OSError, ValueError):
+            pass
+        time.sleep(poll_s)
+    return False
 
 
 def resume_command(run_dir: Path, overrides: list[str], prog: str = "resnet-repro train") -> str:
@@ -90,14 +119,15 @@ def resume_command(run_dir: Path, overrides: list[str], prog: str = "resnet-repr
     return " ".join([prog, *(shlex.quote(o) for o in kept), shlex.quote(f"hydra.run.dir={run_dir}")])
 
 
-def _decide(cfg: RootConfig, interrupts: Interrupts, job: str | None) -> tuple[bool | str, str]:
-    """Rank 0: (requeued: True by us, "by SLURM", "by the launcher" or False; why, in one line)."""
+def _decide(cfg: RootConfig, interrupts: Interrupts, job: str | None) -> tuple[bool | str, str, float]:
+    """Rank 0: (requeued: True by us, "by SLURM", "by the launcher" or False; why, in one line;
+    seconds to wait for SLURM to end the job)."""
     if interrupts.watch.launcher_requeues():  # submitit's USR2: its own handler requeues, after our save
-        return "by the launcher", "its launcher requeues the job"
+        return "by the launcher", "its launcher requeues the job", 0.0
     signal_name = interrupts.stopped_by or "a signal"
     decision = slurm.decide_stop(signal_name, job, interrupts.restarts_at_start, cfg.trainer.requeue)
     if decision.action == "requeued":
-        return "by SLURM", decision.why
+        return "by SLURM", decision.why, decision.wait_s
     if decision.action == "requeue":
         assert job is not None
         ok, failure = slurm.requeue_job(job)
@@ -105,9 +135,10 @@ def _decide(cfg: RootConfig, interrupts: Interrupts, job: str | None) -> tuple[b
             return (
                 True,
                 f"{decision.why}; SLURM job {job} requeued (SLURM holds a requeued job about 2 minutes)",
+                0.0,
             )
-        return False, f"{decision.why}; the requeue failed: {failure}"
-    return False, decision.why
+        return False, f"{decision.why}; the requeue failed: {failure}", 0.0
+    return False, decision.why, 0.0
 
 
 def after_preemption(
@@ -127,9 +158,9 @@ def after_preemption(
     after any requeue, non-zero with the resume command after a stop that was not requeued."""
     job = slurm.job_ref()
     requeued: bool | str = False
-    why = ""
+    why, wait_s = "", 0.0
     if env.is_main:
-        requeued, why = _decide(cfg, interrupts, job)
+        requeued, why, wait_s = _decide(cfg, interrupts, job)
         last = run_dir / "checkpoints" / "last.pt"
         where = f"epoch {epoch + 1}, step {epoch_step} of the epoch"
         then = "requeued" if requeued else "not requeued"
@@ -143,8 +174,12 @@ def after_preemption(
             "slurm_job": job,
         }
         checkpoint.write_text_atomic(run_dir / "preempted.json", json.dumps(outcome) + "\n")
-    requeued, why = distributed.broadcast_object(env, (requeued, why))  # type: ignore[misc]
+    requeued, why, wait_s = distributed.broadcast_object(env, (requeued, why, wait_s))  # type: ignore[misc]
     distributed.barrier(env)
+    if wait_s:  # checkpoint saved; SLURM ends the job (and requeues it) at the end of its grace time
+        log.warning(f"waiting up to {wait_s:.0f} s for SLURM to end the job: {why}")
+        time.sleep(wait_s)  # SIGTERM is only flagged by now; SLURM's SIGKILL ends the wait
+        requeued, why = False, f"{why}; but SLURM did not end the job within {wait_s:.0f} s"
     if requeued == "by the launcher":
         interrupts.watch.hand_over()  # submitit: rank 0 requeues and exits here
     return {"preempted": True, "requeued": requeued, "why": why}

@@ -210,19 +210,23 @@ def _pid_alive(pid: int) -> bool:
 def _stale_because(
     holder: dict[str, Any], me: dict[str, Any], query: Callable[[str], tuple[slurm.JobView | None, str]]
 ) -> str | None:
-    """Why the lock `holder` wrote is stale (its writer is gone), or None while it may be live."""
+    """Why the lock `holder` wrote is stale (its writer is gone), or None while it may be live.
+    The SLURM job comes first: after a requeue the job's old pid may belong to another process."""
     job, host, pid = holder.get("job"), holder.get("host"), holder.get("pid")
+    if job is not None and job == me["job"]:
+        before, now = holder.get("restarts"), me.get("restarts")
+        if before is None or now is None or before < now:
+            return f"it is this SLURM job's own ({job}), from before a requeue"
+        # the same job, never requeued since: another process of this very start (a second step)
     if host == me["host"] and isinstance(pid, int):
         if not _pid_alive(pid):
             return f"process {pid} on {host} is gone"
         return None
-    if job is not None and job == me["job"]:
-        return f"it is this SLURM job's own ({job}), from before a requeue"
-    if job is None:
+    if job is None or job == me["job"]:
         return None
     view, how = query(job)
-    if view is None:
-        return f"SLURM no longer knows job {job}" if "Invalid job id" in how else None
+    if view is None:  # a job purged from the controller (23.11+: an empty answer) no longer runs
+        return f"SLURM no longer knows job {job}" if slurm.UNKNOWN_JOB in how else None
     if LIVE_JOB_STATES & set(view.states):
         return None
     return f"SLURM job {job} is {view.base or view.describe()}"
@@ -237,7 +241,12 @@ def acquire_run_lock(
     directory. A lock whose writer is gone (a dead process on this host, this job before its
     requeue, a SLURM job that no longer runs) is taken over with a log line; a live one, or one
     that cannot be checked (another host, no job, SLURM unreachable), is refused naming its holder."""
-    me = {"job": slurm.job_ref(environ), "host": socket.gethostname(), "pid": os.getpid()}
+    env = os.environ if environ is None else environ
+    job = slurm.job_ref(env)
+    # SLURM sets SLURM_RESTART_COUNT in a requeued job: a lock of the same job with a lower count
+    # is from before the requeue, whatever its pid has become
+    restarts = int(env.get("SLURM_RESTART_COUNT", "0") or 0) if job else None
+    me = {"job": job, "host": socket.gethostname(), "pid": os.getpid(), "restarts": restarts}
     path = run_dir / LOCK_NAME
     run_dir.mkdir(parents=True, exist_ok=True)
     for _ in range(3):

@@ -124,6 +124,14 @@ def rendezvous_host(environ: Mapping[str, str]) -> str:
     raise UserError("srun task without SLURM_STEP_NODELIST or SLURM_JOB_NODELIST: set MASTER_ADDR")
 
 
+def rendezvous_port(environ: Mapping[str, str]) -> int:
+    """The port an srun step's ranks meet on, in 20000-39999: from the job id and the step id, so
+    that concurrent steps of one allocation (two `srun ... &` in one script) do not collide."""
+    job = int(environ.get("SLURM_JOB_ID", "0") or 0)
+    step = int(environ.get("SLURM_STEP_ID", "0") or 0)
+    return 20000 + (job * 97 + step) % 20000
+
+
 # ------------------------------------------------------------------------------------ job states
 
 
@@ -146,6 +154,7 @@ class JobView:
     reason: str = "None"
     restarts: int = 0
     preempted: bool = False
+    partition: str | None = None
 
     @property
     def base(self) -> str | None:
@@ -165,20 +174,51 @@ def _number(value: object) -> int:
     return int(value or 0)
 
 
+# SLURM's NO_VAL / INFINITE markers of an unset 32-bit field (openapi v0.0.38 prints them as numbers)
+_UNSET = (0xFFFFFFFE, 0xFFFFFFFF)
+
+
+def _task_id(value: object) -> int | None:
+    """An array record's task id, or None where it has none: 25.11 prints the array's pending
+    remainder with `{"set": false, "number": 0}` (not task 0), older JSON prints NO_VAL."""
+    if isinstance(value, dict):
+        return int(value["number"]) if value.get("set", True) and value.get("number") is not None else None
+    if value is None or value == "":
+        return None
+    number = int(value)  # type: ignore[call-overload]
+    return None if number in _UNSET else number
+
+
 def _json_record_matches(record: dict, job: str) -> bool:
-    ids = {str(record.get("job_id"))}
-    array_id, task = record.get("array_job_id"), record.get("array_task_id")
-    if _number(array_id) and task is not None:
-        ids.add(f"{_number(array_id)}_{_number(task)}")
-    return job in ids
+    """Whether `record` is job `job`: its own job id, or `<array id>_<task>` of an array task
+    whose task id is set (the pending remainder of a throttled array, printed first for any of
+    its tasks, is none of them)."""
+    if "_" in job:
+        array_id, task = record.get("array_job_id"), _task_id(record.get("array_task_id"))
+        return task is not None and f"{_number(array_id)}_{task}" == job
+    return str(_number(record.get("job_id"))) == job
+
+
+class UnknownJob(ValueError):
+    """The controller does not know the job: purged after MinJobAge, or never existed."""
 
 
 def parse_job_json(text: str, job: str) -> JobView:
     """`scontrol --json show job <job>` (or squeue --json): the record of `job` (of heterogeneous
-    component 0 when the job is a heterogeneous leader: its records share het_job_id)."""
-    records = json.loads(text).get("jobs") or []
+    component 0 when the job is a heterogeneous leader: its records share het_job_id). A job
+    SLURM no longer knows (23.11+: exit 0 with `"jobs": []`) raises UnknownJob."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    records = data.get("jobs") or []
+    if not records and "jobs" in data:
+        raise UnknownJob(f"SLURM does not know job {job} (purged or never submitted)")
+    leader, _, offset = job.partition("+")  # `<het job id>+<offset>` names one component
     chosen = [r for r in records if _json_record_matches(r, job)] or [
-        r for r in records if str(r.get("het_job_id")) == job and _number(r.get("het_job_offset")) == 0
+        r
+        for r in records
+        if str(_number(r.get("het_job_id"))) == leader
+        and _number(r.get("het_job_offset")) == int(offset or 0)
     ]
     if not chosen:
         raise ValueError(f"no record of job {job} in the JSON")
@@ -190,6 +230,7 @@ def parse_job_json(text: str, job: str) -> JobView:
         reason=str(record.get("state_reason") or "None"),
         restarts=_number(record.get("restart_cnt")),
         preempted=_number(record.get("preempt_time")) > 0,
+        partition=str(record["partition"]) if record.get("partition") else None,
     )
 
 
@@ -223,33 +264,46 @@ def parse_job_text(text: str, job: str) -> JobView:
         reason=record.get("Reason", "None") or "None",
         restarts=int(record.get("Restarts", "0") or 0),
         preempted=preempt_time not in ("None", "Unknown", ""),
+        partition=record.get("Partition") or None,
     )
+
+
+# where `how` of query_job says the controller does not know the job (resume.py takes its lock over)
+UNKNOWN_JOB = "does not know job"
 
 
 def query_job(
     job: str, timeout_s: float = QUERY_TIMEOUT_S, run: Runner = subprocess.run
 ) -> tuple[JobView | None, str]:
-    """(the job's view, how it was read) or (None, why it is unknown). The JSON form where scontrol
-    has it (SLURM >= 23.02: base state and flags apart), else the one-line text form."""
+    """(the job's view, how it was read) or (None, why it is unknown). The JSON form first (base
+    state and flags apart); on any failure of it (no --json before 23.02, a build without the
+    JSON serializer, output this tool cannot read) the one-line text form. A job the controller
+    no longer knows gives (None, "SLURM does not know job ...")."""
     attempts = (["scontrol", "--json", "show", "job", job], ["scontrol", "show", "job", "-o", job])
+    failures = []
     for args, parse in zip(attempts, (parse_job_json, parse_job_text), strict=True):
         command = " ".join(args[:-1])
         try:
             proc = run(args, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:  # the controller is not answering: the text form would not either
             return None, f"`{command}` did not answer within {timeout_s:g} s"
         except OSError as e:
             return None, f"`{command}` could not run ({e.strerror or e})"
-        if proc.returncode != 0 and args[1] == "--json" and "--json" in (proc.stderr or ""):
-            continue  # SLURM < 23.02: scontrol has no --json ("unrecognized option '--json'")
+        said = (proc.stderr or proc.stdout or "").strip().splitlines()
+        if proc.returncode != 0 and any("Invalid job id" in line for line in said):
+            return None, f"SLURM {UNKNOWN_JOB} {job} (`{command}`: {said[0]})"
         if proc.returncode != 0:
-            first = (proc.stderr or proc.stdout or "").strip().splitlines()
-            return None, f"`{command}` failed (exit {proc.returncode}: {first[0] if first else 'no output'})"
+            failures.append(
+                f"`{command}` failed (exit {proc.returncode}: {said[0] if said else 'no output'})"
+            )
+            continue
         try:
             return parse(proc.stdout, job), command
+        except UnknownJob as e:
+            return None, str(e)
         except (ValueError, KeyError, TypeError) as e:
-            return None, f"`{command}` gave output this tool cannot read ({e})"
-    raise AssertionError("unreachable")
+            failures.append(f"`{command}` gave output this tool cannot read ({e})")
+    return None, "; ".join(failures)
 
 
 def restart_count(
@@ -269,6 +323,32 @@ def restart_count(
     return int(value) if value.isdigit() else None
 
 
+def partition_preempt_mode(
+    partition: str | None, timeout_s: float = QUERY_TIMEOUT_S, run: Runner = subprocess.run
+) -> str | None:
+    """The partition's PreemptMode as `scontrol show partition -o` prints it (REQUEUE, CANCEL,
+    SUSPEND,GANG, OFF: the cluster's default where the partition sets none; the same text in 22.05
+    and 25.11), or None where it cannot be read."""
+    if not partition:
+        return None
+    try:
+        proc = run(
+            ["scontrol", "show", "partition", partition, "-o"],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    lines = proc.stdout.strip().splitlines() if proc.returncode == 0 else []
+    return _text_fields(lines[0]).get("PreemptMode") if lines else None
+
+
+# How long a preempted run whose partition requeues (PreemptMode=REQUEUE) waits, checkpoint saved,
+# for SLURM to end it at the end of its GraceTime (SIGTERM, then SIGKILL after KillWait)
+WAIT_FOR_PREEMPTION_S = 600.0
+
+
 @dataclass(frozen=True)
 class StopDecision:
     """What follows the checkpoint of a stopped run. action: "requeue" (ask SLURM to requeue the
@@ -277,6 +357,9 @@ class StopDecision:
 
     action: str
     why: str
+    # seconds to wait for SLURM to end the job after the checkpoint (a preemption SLURM itself
+    # requeues at the end of its GraceTime); 0: exit at once
+    wait_s: float = 0.0
 
 
 def decide_stop(
@@ -285,8 +368,11 @@ def decide_stop(
     restarts_at_start: int | None,
     requeue: bool,
     query: Callable[[str], tuple[JobView | None, str]] = query_job,
+    preempt_mode: Callable[[str | None], str | None] = partition_preempt_mode,
 ) -> StopDecision:
-    """Requeue, leave to SLURM, or stop, from evidence only (see the module docstring)."""
+    """Requeue, leave to SLURM, or stop, from evidence only (see the module docstring). A
+    preemption is requeued only where the partition's PreemptMode is REQUEUE: under CANCEL, SLURM
+    ends the job at the end of its GraceTime, and a requeue would undo the cancel SLURM chose."""
     if job is None:
         return StopDecision("stop", "not a SLURM job")
     if signal_name in WARNING_SIGNALS:
@@ -315,6 +401,23 @@ def decide_stop(
     what = "time limit" if time_limit else "preemption"
     if not requeue:
         return StopDecision("stop", f"{signal_name} at a {what} ({seen}); trainer.requeue=false")
+    if not time_limit:
+        mode = preempt_mode(view.partition)
+        if mode is None or "REQUEUE" not in mode.upper():
+            said = f"PreemptMode={mode}" if mode else "its PreemptMode could not be read"
+            return StopDecision(
+                "stop",
+                f"{signal_name} at a preemption ({seen}); partition {view.partition}: {said}, not requeued",
+            )
+        # SLURM requeues the job itself when it ends it at the grace's end; a requeue of ours now,
+        # or an exit before then, is not the same thing on every version (25.11 requeued a job
+        # that ended during its grace once more after its next run): wait to be ended
+        return StopDecision(
+            "requeued",
+            f"{signal_name} at a preemption ({seen}); partition {view.partition}: PreemptMode={mode}: "
+            "SLURM requeues the job when its GraceTime ends",
+            wait_s=WAIT_FOR_PREEMPTION_S,
+        )
     return StopDecision("requeue", f"{signal_name} at a {what} ({seen})")
 
 

@@ -416,3 +416,42 @@ def test_a_single_process_reads_its_own_signal_flag_without_an_all_reduce(monkey
         assert interrupts.stop_requested(3) and interrupts.stopped_by == "SIGUSR1"
     finally:
         interrupts.close()
+
+
+@pytest.mark.parametrize(
+    ("here", "elsewhere", "agreed"),
+    [
+        (None, "SIGUSR1", "SIGUSR1"),  # the time-limit warning reached another rank only
+        ("SIGTERM", "SIGUSR1", "SIGUSR1"),  # the warning wins over the SIGTERM that ends the same event
+        (None, "SIGTERM", "SIGTERM"),
+        ("SIGUSR2", None, "SIGUSR2"),
+    ],
+)
+def test_multi_rank_stop_is_decided_on_the_signal_all_ranks_agree_on(monkeypatch, here, elsewhere, agreed):
+    import signal
+
+    from resnet_repro import distributed, slurm
+    from resnet_repro.config import RootConfig, TrainerConfig
+    from resnet_repro.distributed import DistEnv
+    from resnet_repro.preemption import Interrupts
+
+    signals = ["SIGUSR1", "SIGUSR2", "SIGTERM"]
+    other_rank = torch.tensor([float(elsewhere == n) for n in signals])
+    monkeypatch.setattr(
+        distributed, "all_reduce_sum", lambda env, flags: flags + other_rank
+    )  # rank 1's flags
+    monkeypatch.setattr(slurm, "restart_count", lambda job: 0)
+    cfg = RootConfig(trainer=TrainerConfig(preempt_signals=signals, preempt_check_steps=1))
+    interrupts = Interrupts(cfg, DistEnv(rank=0, world_size=2), torch.device("cpu"))
+    try:
+        if here is not None:
+            os.kill(os.getpid(), getattr(signal, here))
+        assert interrupts.stop_requested(1)
+        assert interrupts.stopped_by == agreed and interrupts.watch.received == agreed
+        # rank 0 decides on the agreed signal: a warning anywhere requeues without asking SLURM
+        decision = slurm.decide_stop(
+            interrupts.stopped_by, "42", 0, True, query=lambda job: (slurm.JobView(("RUNNING",)), "")
+        )
+        assert decision.action == ("requeue" if agreed in ("SIGUSR1", "SIGUSR2") else "stop")
+    finally:
+        interrupts.close()

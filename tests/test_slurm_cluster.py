@@ -16,6 +16,7 @@ scenario and checks what it saw. Skipped, with the reason, where a cluster canno
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from slurm_versions import VERSIONS, path_for, slurm_dirs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_CLUSTER = REPO_ROOT / "scripts" / "slurm" / "local_cluster.sh"
@@ -39,7 +41,8 @@ RESNET_REPRO = str(Path(sys.executable).parent / "resnet-repro")
 # CPUs the node offers: more than the machine has, so that all scenarios run at once
 NODE_CPUS = 16
 # the clusters: name -> local_cluster.sh arguments after DIR
-CLUSTERS = {"one": [str(NODE_CPUS)], "nodes": ["4", "--nodes", "3"], "controller": ["4", "--nodes", "1"]}
+# nodes: node1-2 the two-node job, node3 the partition preemption, node4-5 the grace-time preemptions
+CLUSTERS = {"one": [str(NODE_CPUS)], "nodes": ["4", "--nodes", "5"], "controller": ["4", "--nodes", "1"]}
 # a scenario's whole life, the ~2 minute requeue hold included, on a busy 2-core machine
 SCENARIO_TIMEOUT_S = 900
 
@@ -56,7 +59,10 @@ SMALL_RUN = [
     "logging.progress=false",
     "data.num_threads=1",
     "stabilizer.warmup_epochs=0",  # the demo's 1-epoch warm-up must be shorter than the run
+    "data.max_eval_images=60",  # a sixth of the val split: the scenarios are about stops, not accuracy
 ]
+# the scenarios that count every val image once across ranks evaluate the whole split
+ALL_EVAL_IMAGES = "data.max_eval_images=null"
 
 
 def skip_reason() -> str | None:
@@ -81,20 +87,23 @@ def free_port() -> int:
 class Cluster:
     """The SLURM commands, pointed at the test cluster through SLURM_CONF."""
 
-    def __init__(self, folder: Path, demo_root: Path) -> None:
+    def __init__(self, folder: Path, demo_root: Path, version: str) -> None:
         self.folder = folder
         self.demo_root = demo_root
+        self.version = version
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
         for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
             self.env.pop(name, None)
         self.env.update(
+            # this version's sbatch, srun, scontrol; jobs inherit the PATH, so their scontrol too
+            PATH=path_for(version, self.env.get("PATH")),
             SLURM_CONF=str(folder / "slurm.conf"),
             OMP_NUM_THREADS="1",
             DATA=str(demo_root),
             RESNET_REPRO=RESNET_REPRO,
         )
 
-    def run(self, *args: str, cwd: Path | None = None, timeout: int = 60) -> subprocess.CompletedProcess:
+    def run(self, *args: str, cwd: Path | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
         return subprocess.run(args, capture_output=True, text=True, env=self.env, cwd=cwd, timeout=timeout)
 
     def sbatch(self, *args: str, cwd: Path) -> str:
@@ -160,7 +169,16 @@ class Cluster:
 
 # the line a stopped run that was not requeued prints, with the command that resumes it
 RESUME_COMMAND = "hydra.run.dir="
-FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+FINAL_STATES = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "DEADLINE",
+)
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout_s: float = SCENARIO_TIMEOUT_S) -> None:
@@ -208,6 +226,7 @@ def scenario_multinode(c: Cluster, work: Path) -> dict[str, Any]:
         str(SBATCH_MULTINODE),
         *SMALL_RUN,
         "trainer.epochs=1",
+        ALL_EVAL_IMAGES,
         cwd=work,
     )
     info = c.wait_done(job)
@@ -396,6 +415,36 @@ def scenario_preempt(c: Cluster, work: Path) -> dict[str, Any]:
     return {"high": high_info, "whole_log": c.log_of(job, tail=None), **rerun}
 
 
+def scenario_grace(c: Cluster, work: Path, partition: str, node: str) -> dict[str, Any]:
+    """A job of `partition` (GraceTime=30) on `node`, preempted by an exclusive job of `high`:
+    SIGTERM at once, SIGKILL 30 s later; the run saves its checkpoint within the grace."""
+    job, run_dir = start_small_run(c, work, 4, f"--partition={partition}", f"--nodelist={node}")
+    high = c.sbatch(
+        "--partition=high", f"--nodelist={node}", "--exclusive", "--time=5", "--wrap=sleep 1", cwd=work
+    )
+    wait_for(
+        lambda: (run_dir / "preempted.json").exists() or c.job(job).get("JobState") in FINAL_STATES,
+        "the preempted job's stop",
+    )
+    wait_for(lambda: (run_dir / "preempted.json").exists(), "preempted.json", 120)
+    preempted = read_json(run_dir / "preempted.json")
+    saved = (run_dir / "checkpoints" / "last.pt").stat().st_mtime
+    return {"job": job, "high": high, "preempted": preempted, "saved": saved, "run_dir": run_dir}
+
+
+def scenario_grace_cancel(c: Cluster, work: Path) -> dict[str, Any]:
+    o = scenario_grace(c, work, "gracecancel", "node4")
+    info = c.wait_done(o["job"])
+    time.sleep(5)  # a requeue would show by now
+    return {**o, "info": info, "later": c.job(o["job"]), "log": c.log_of(o["job"])}
+
+
+def scenario_grace_requeue(c: Cluster, work: Path) -> dict[str, Any]:
+    first = scenario_grace(c, work, "gracerequeue", "node5")
+    rerun = requeued_then_finished(c, first["job"], first["run_dir"])
+    return {**rerun, "preempted": first["preempted"], "saved": first["saved"]}
+
+
 def scenario_two_node(c: Cluster, work: Path) -> dict[str, Any]:
     """The multi-node script on node1 and node2, one rank each, in the partition nothing preempts."""
     job = c.sbatch(
@@ -409,6 +458,7 @@ def scenario_two_node(c: Cluster, work: Path) -> dict[str, Any]:
         str(SBATCH_MULTINODE),
         *SMALL_RUN,
         "trainer.epochs=1",
+        ALL_EVAL_IMAGES,
         cwd=work,
     )
     info = c.wait_done(job)
@@ -479,6 +529,129 @@ def scenario_node_failure(c: Cluster, work: Path) -> dict[str, Any]:
     }
 
 
+def scenario_array_throttled(c: Cluster, work: Path) -> dict[str, Any]:
+    """`--array=0-2%1`: one task runs while the rest wait, and SLURM 25.11 answers a query for a
+    task with the array's pending remainder first. USR1 to task 0 requeues task 0 alone; a plain
+    scancel of task 1 (which starts while task 0 is held) stops it without a requeue."""
+    # 20 short epochs: task 1 must still be running when the test cancels it after its first one
+    job = c.sbatch("--array=0-2%1", *CPU_JOB, str(SBATCH), *SMALL_RUN, "trainer.epochs=20", cwd=work)
+    runs = work / "runs" / "demo"
+    task0, task1 = f"{job}_0", f"{job}_1"
+    wait_for(lambda: epochs_done(runs / f"slurm-{task0}") >= 1, "task 0's epoch 1")
+    usr1 = c.run("scancel", "--signal=USR1", task0)
+    requeued = c.wait_job(
+        task0, lambda j: int(j["Restarts"]) >= 1 or j["JobState"] in FINAL_STATES, "requeue"
+    )
+    preempted0 = read_json(runs / f"slurm-{task0}" / "preempted.json")
+    wait_for(
+        lambda: epochs_done(runs / f"slurm-{task1}") >= 1 or c.job(task1).get("JobState") in FINAL_STATES,
+        "task 1's epoch 1",
+    )
+    cancelled = c.run("scancel", task1)
+    info1 = c.wait_done(task1)
+    wait_for(lambda: (runs / f"slurm-{task1}" / "preempted.json").exists(), "task 1's preempted.json", 120)
+    preempted1 = read_json(runs / f"slurm-{task1}" / "preempted.json")
+    c.run("scancel", f"{job}_2")
+    info0 = c.wait_done(task0)
+    return {
+        "job": job,
+        "usr1": usr1,
+        "requeued": requeued,
+        "preempted0": preempted0,
+        "info0": info0,
+        "cancelled": cancelled,
+        "preempted1": preempted1,
+        "info1": info1,
+        "runs": runs,
+        "log0": c.log_of(task0),
+        "log1": c.log_of(task1),
+    }
+
+
+def rank_pid(c: Cluster, job: str, rank: int) -> int:
+    """The training process of one rank (SLURM_PROCID) of a job."""
+    for pid in c.training_pids(job):
+        with contextlib.suppress(OSError):
+            if f"SLURM_PROCID={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                return pid
+    raise AssertionError(f"no training process of rank {rank} in job {job}")
+
+
+def start_two_rank_run(c: Cluster, work: Path, epochs: int) -> tuple[str, Path]:
+    """The multi-node script with two tasks on one node (srun --kill-on-bad-exit=1), after epoch 1."""
+    job = c.sbatch(
+        "--nodes=1",
+        "--ntasks-per-node=2",
+        "--gpus-per-node=0",
+        "--cpus-per-task=1",
+        "--time=30",
+        str(SBATCH_MULTINODE),
+        *SMALL_RUN,
+        f"trainer.epochs={epochs}",
+        cwd=work,
+    )
+    run_dir = work / "runs" / "demo" / f"slurm-{job}"
+    wait_for(lambda: epochs_done(run_dir) >= 1 or c.job(job).get("JobState") in FINAL_STATES, "epoch 1")
+    return job, run_dir
+
+
+def scenario_multi_rank_warning(c: Cluster, work: Path) -> dict[str, Any]:
+    """The time-limit warning reaches rank 1 only (skew between nodes, a signal to one pid): the
+    ranks agree on it, rank 0 requeues, the job resumes and completes."""
+    job, run_dir = start_two_rank_run(c, work, epochs=3)
+    os.kill(rank_pid(c, job, 1), signal.SIGUSR1)
+    return requeued_then_finished(c, job, run_dir)
+
+
+def scenario_multi_rank_stop(c: Cluster, work: Path) -> dict[str, Any]:
+    """A plain SIGTERM to rank 1 only: not requeued; under --kill-on-bad-exit rank 1's exit 75
+    must not cut rank 0 short before it says how to resume."""
+    job, run_dir = start_two_rank_run(c, work, epochs=12)
+    os.kill(rank_pid(c, job, 1), signal.SIGTERM)
+    info = c.wait_done(job)
+    return {"job": job, "info": info, "run_dir": run_dir, "log": c.log_of(job)}
+
+
+def scenario_no_requeue(c: Cluster, work: Path) -> dict[str, Any]:
+    """A job submitted with --no-requeue gets the time-limit warning: the requeue is refused, the
+    stop says so and prints the resume command."""
+    job, run_dir = start_small_run(c, work, 12, "--no-requeue")
+    signalled = c.run("scancel", "--signal=USR1", job)
+    info = c.wait_done(job)
+    time.sleep(5)  # a requeue would show by now
+    return {
+        "job": job,
+        "signalled": signalled,
+        "info": info,
+        "later": c.job(job),
+        "run_dir": run_dir,
+        "preempted": read_json(run_dir / "preempted.json") if (run_dir / "preempted.json").exists() else None,
+        "log": c.log_of(job),
+    }
+
+
+def scenario_salloc(c: Cluster, work: Path) -> dict[str, Any]:
+    """`salloc` + `srun` without a batch script."""
+    run_dir = work / "run"
+    proc = c.run(
+        "salloc",
+        "--nodes=1",
+        "--ntasks=1",
+        "--cpus-per-task=1",
+        "--time=30",
+        "srun",
+        RESNET_REPRO,
+        "train",
+        f"data.root={c.demo_root}",
+        *SMALL_RUN,
+        "trainer.epochs=1",
+        f"hydra.run.dir={run_dir}",
+        cwd=work,
+        timeout=SCENARIO_TIMEOUT_S,
+    )
+    return {"proc": proc, "run_dir": run_dir}
+
+
 # name -> (cluster, scenario)
 SCENARIOS: dict[str, tuple[str, Callable[[Cluster, Path], dict[str, Any]]]] = {
     "sbatch": ("one", scenario_sbatch),
@@ -493,20 +666,47 @@ SCENARIOS: dict[str, tuple[str, Callable[[Cluster, Path], dict[str, Any]]]] = {
     "preempt": ("nodes", scenario_preempt),
     "two_node": ("nodes", scenario_two_node),
     "controller": ("controller", scenario_controller_down),
+    "array_throttled": ("one", scenario_array_throttled),
+    "multi_rank_warning": ("one", scenario_multi_rank_warning),
+    "multi_rank_stop": ("one", scenario_multi_rank_stop),
+    "no_requeue": ("one", scenario_no_requeue),
+    "salloc": ("one", scenario_salloc),
+    "grace_cancel": ("nodes", scenario_grace_cancel),
+    "grace_requeue": ("nodes", scenario_grace_requeue),
 }
 
 
 # -------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", params=VERSIONS)
+def version(request) -> str:
+    """Every scenario runs on Debian's SLURM 22.05, then on 25.11 (tests/slurm_versions.py): the
+    test id names the version; a version that cannot run here is skipped with the reason."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def clusters(tmp_path_factory, demo_root: Path):
+def clusters(tmp_path_factory, demo_root: Path, version: str):
+    """{cluster name: Cluster} of this SLURM version, started for its scenarios, stopped after."""
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
+    dirs, why = slurm_dirs(version)
+    if dirs is None:
+        pytest.skip(why or f"SLURM {version} is not available")
     started: dict[str, Cluster] = {}
     try:
         for name, cluster_args in CLUSTERS.items():
-            folder = tmp_path_factory.mktemp(f"slurm-{name}")
-            env = {**os.environ, "SLURMCTLD_PORT": str(free_port()), "SLURMD_PORT": str(free_port())}
+            folder = tmp_path_factory.mktemp(f"slurm-{version}-{name}")
+            env = {
+                **os.environ,
+                "PATH": path_for(version),
+                # job ids of their own per cluster: the srun steps' rendezvous ports (from the job
+                # id) of clusters side by side on this one host must not collide, as on one cluster
+                # they cannot
+                "FIRST_JOB_ID": str(1 + 1000 * len(started)),
+                "SLURMCTLD_PORT": str(free_port()),
+                "SLURMD_PORT": str(free_port()),
+            }
             start = subprocess.run(
                 ["bash", str(LOCAL_CLUSTER), "start", str(folder), *cluster_args],
                 capture_output=True,
@@ -514,8 +714,8 @@ def clusters(tmp_path_factory, demo_root: Path):
                 env=env,
                 timeout=900,
             )
-            started[name] = Cluster(folder, demo_root)
-            assert start.returncode == 0, f"cluster {name}: " + start.stdout + start.stderr
+            started[name] = Cluster(folder, demo_root, version)
+            assert start.returncode == 0, f"cluster {name} on {version}: " + start.stdout + start.stderr
         # the demo's normalization statistics once, before the jobs (each would compute them otherwise)
         stats = subprocess.run(
             [RESNET_REPRO, "stats", f"data.root={demo_root}"],
@@ -530,26 +730,30 @@ def clusters(tmp_path_factory, demo_root: Path):
         for c in started.values():
             c.run("scancel", "--user", "root")
             subprocess.run(
-                ["bash", str(LOCAL_CLUSTER), "stop", str(c.folder)], capture_output=True, timeout=120
+                ["bash", str(LOCAL_CLUSTER), "stop", str(c.folder)],
+                capture_output=True,
+                timeout=120,
+                env={**os.environ, "PATH": path_for(version)},
             )
 
 
 @pytest.fixture(scope="module")
-def scenarios(clusters: dict[str, Cluster], tmp_path_factory, request):
-    """The selected tests' scenarios started at once, each in its own thread and folder."""
+def scenarios(clusters: dict[str, Cluster], version: str, tmp_path_factory, request):
+    """The selected tests' scenarios started at once on this version, each in its own thread and
+    folder: {name: future}."""
     selected = {getattr(item, "function", None) for item in request.session.items}
     wanted = {getattr(test, "scenario", None) for test in selected}
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=len(SCENARIOS)) as pool:
         futures: dict[str, Future] = {
-            name: pool.submit(fn, clusters[on], tmp_path_factory.mktemp(name))
+            name: pool.submit(fn, clusters[on], tmp_path_factory.mktemp(f"{version}-{name}"))
             for name, (on, fn) in SCENARIOS.items()
             if name in wanted
         }
         yield futures
         for future in futures.values():  # let every scenario end before the clusters stop
             future.exception()
-    print(f"\nSLURM scenarios: {time.monotonic() - started:.0f} s wall time side by side")
+    print(f"\nSLURM {version} scenarios: {time.monotonic() - started:.0f} s wall time side by side")
 
 
 def scenario(name: str) -> Callable:
@@ -562,14 +766,15 @@ def scenario(name: str) -> Callable:
     return mark
 
 
-def outcome(scenarios: dict[str, Future], name: str) -> dict[str, Any]:
+def outcome(scenarios: dict[str, Future], name: str, version: str) -> dict[str, Any]:
+    """What scenario `name` saw on SLURM `version` (the scenarios fixture is this version's)."""
     return scenarios[name].result(timeout=SCENARIO_TIMEOUT_S + 60)
 
 
 # ----------------------------------------------------------------------------------------- tests
 @scenario("sbatch")
-def test_sbatch_script_as_shipped_completes_into_runs_experiment_slurm_job_id(scenarios):
-    o = outcome(scenarios, "sbatch")
+def test_sbatch_script_as_shipped_completes_into_runs_experiment_slurm_job_id(scenarios, version):
+    o = outcome(scenarios, "sbatch", version)
     assert o["info"]["JobState"] == "COMPLETED", o["log"]
     assert o["info"]["ExitCode"] == "0:0"
     final = read_json(o["run_dir"] / "final.json")
@@ -577,8 +782,8 @@ def test_sbatch_script_as_shipped_completes_into_runs_experiment_slurm_job_id(sc
 
 
 @scenario("multinode")
-def test_multinode_script_with_two_tasks_runs_two_rank_ddp_from_slurm_variables(scenarios):
-    o = outcome(scenarios, "multinode")
+def test_multinode_script_with_two_tasks_runs_two_rank_ddp_from_slurm_variables(scenarios, version):
+    o = outcome(scenarios, "multinode", version)
     assert o["info"]["JobState"] == "COMPLETED", o["log"]
     run = read_json(o["run_dir"] / "run.json")
     assert run["derived"]["world_size"] == 2
@@ -586,8 +791,8 @@ def test_multinode_script_with_two_tasks_runs_two_rank_ddp_from_slurm_variables(
 
 
 @scenario("usr1")
-def test_usr1_checkpoints_requeues_once_and_the_job_resumes_in_the_same_directory(scenarios):
-    o = outcome(scenarios, "usr1")
+def test_usr1_checkpoints_requeues_once_and_the_job_resumes_in_the_same_directory(scenarios, version):
+    o = outcome(scenarios, "usr1", version)
     assert o["signalled"].returncode == 0, o["signalled"].stderr
     assert o["preempted"] is not None, o["log"]
     assert o["preempted"]["signal"] == "SIGUSR1" and o["preempted"]["requeued"] is True
@@ -600,8 +805,8 @@ def test_usr1_checkpoints_requeues_once_and_the_job_resumes_in_the_same_director
 
 
 @scenario("time_limit")
-def test_the_scripts_time_limit_signal_checkpoints_requeues_and_the_job_completes(scenarios):
-    o = outcome(scenarios, "time_limit")
+def test_the_scripts_time_limit_signal_checkpoints_requeues_and_the_job_completes(scenarios, version):
+    o = outcome(scenarios, "time_limit", version)
     assert o["cut"].returncode == 0, o["cut"].stderr
     assert o["preempted"] is not None, o["log"]
     assert o["preempted"]["signal"] == "SIGUSR1" and o["preempted"]["requeued"] is True
@@ -612,8 +817,10 @@ def test_the_scripts_time_limit_signal_checkpoints_requeues_and_the_job_complete
 
 
 @scenario("cancel")
-def test_plain_scancel_cancels_without_requeue_exits_non_zero_and_keeps_the_last_checkpoint(scenarios):
-    o = outcome(scenarios, "cancel")
+def test_plain_scancel_cancels_without_requeue_exits_non_zero_and_keeps_the_last_checkpoint(
+    scenarios, version
+):
+    o = outcome(scenarios, "cancel", version)
     assert o["cancelled"].returncode == 0, o["cancelled"].stderr
     assert o["info"]["JobState"] == "CANCELLED", o["log"]
     assert o["info"]["ExitCode"] != "0:0"  # not a success: `--dependency=afterok` jobs do not start
@@ -631,8 +838,8 @@ def test_plain_scancel_cancels_without_requeue_exits_non_zero_and_keeps_the_last
 
 
 @scenario("array")
-def test_job_array_gives_one_run_directory_per_task(scenarios):
-    o = outcome(scenarios, "array")
+def test_job_array_gives_one_run_directory_per_task(scenarios, version):
+    o = outcome(scenarios, "array", version)
     assert [i["JobState"] for i in o["infos"]] == ["COMPLETED", "COMPLETED"], o["log"]
     dirs = sorted(p.name for p in o["runs"].iterdir())
     assert dirs == [f"slurm-{o['job']}_0", f"slurm-{o['job']}_1"]
@@ -641,8 +848,8 @@ def test_job_array_gives_one_run_directory_per_task(scenarios):
 
 
 @scenario("seed_loop")
-def test_two_srun_steps_with_different_seeds_get_two_run_directories_and_two_results(scenarios):
-    o = outcome(scenarios, "seed_loop")
+def test_two_srun_steps_with_different_seeds_get_two_run_directories_and_two_results(scenarios, version):
+    o = outcome(scenarios, "seed_loop", version)
     assert o["info"]["JobState"] == "COMPLETED", o["log"]
     dirs = sorted(p.name for p in o["runs"].iterdir())
     assert dirs == [f"slurm-{o['job']}", f"slurm-{o['job']}.1"]
@@ -656,8 +863,10 @@ def test_two_srun_steps_with_different_seeds_get_two_run_directories_and_two_res
 
 
 @scenario("submitit")
-def test_submitit_sweep_requeued_by_submitit_or_by_slurm_leaves_no_result_waits_and_resumes(scenarios):
-    o = outcome(scenarios, "submitit")
+def test_submitit_sweep_requeued_by_submitit_or_by_slurm_leaves_no_result_waits_and_resumes(
+    scenarios, version
+):
+    o = outcome(scenarios, "submitit", version)
     assert o["rc"] == 0, o["output"]
     assert any(line.endswith(" demo") for line in o["names"])  # squeue names the jobs after the experiment
     for signalled in o["signals"]:
@@ -681,9 +890,9 @@ def test_submitit_sweep_requeued_by_submitit_or_by_slurm_leaves_no_result_waits_
 
 @scenario("preempt")
 def test_preempt_by_a_high_priority_partition_requeues_the_job_and_it_completes_in_the_same_directory(
-    scenarios,
+    scenarios, version
 ):
-    o = outcome(scenarios, "preempt")
+    o = outcome(scenarios, "preempt", version)
     assert o["high"]["JobState"] == "COMPLETED", o["high"]
     assert "DUE TO PREEMPTION" in o["whole_log"], o["log"]
     assert o["info"]["JobState"] == "COMPLETED", o["log"]
@@ -695,9 +904,9 @@ def test_preempt_by_a_high_priority_partition_requeues_the_job_and_it_completes_
 
 @scenario("two_node")
 def test_two_node_job_runs_the_multinode_script_with_one_rank_per_node_and_master_addr_across_hosts(
-    scenarios,
+    scenarios, version
 ):
-    o = outcome(scenarios, "two_node")
+    o = outcome(scenarios, "two_node", version)
     assert o["info"]["JobState"] == "COMPLETED", o["log"]
     assert o["info"]["NodeList"] == "node[1-2]"
     run = read_json(o["run_dir"] / "run.json")
@@ -709,9 +918,9 @@ def test_two_node_job_runs_the_multinode_script_with_one_rank_per_node_and_maste
 
 @scenario("controller")
 def test_controller_down_when_sigterm_arrives_means_no_requeue_a_non_zero_exit_and_the_resume_command(
-    scenarios,
+    scenarios, version
 ):
-    o = outcome(scenarios, "controller")
+    o = outcome(scenarios, "controller", version)
     assert o["info"]["JobState"] == "FAILED", o["log"]  # the batch script's exit status is non-zero
     assert o["info"]["ExitCode"] != "0:0"
     assert o["later"]["JobState"] == "FAILED" and o["later"]["Restarts"] == "0"
@@ -729,8 +938,10 @@ def test_controller_down_when_sigterm_arrives_means_no_requeue_a_non_zero_exit_a
 
 
 @scenario("node_failure")
-def test_node_failure_without_a_signal_resumes_from_the_periodic_checkpoint_after_the_requeue(scenarios):
-    o = outcome(scenarios, "node_failure")
+def test_node_failure_without_a_signal_resumes_from_the_periodic_checkpoint_after_the_requeue(
+    scenarios, version
+):
+    o = outcome(scenarios, "node_failure", version)
     assert o["failed"]["JobState"] == "FAILED", o["log"]  # the killed task fails the job
     assert o["requeue"].returncode == 0, o["requeue"].stderr
     assert o["preempted"] is None  # no signal: nothing was recorded on the way out
@@ -744,3 +955,83 @@ def test_node_failure_without_a_signal_resumes_from_the_periodic_checkpoint_afte
     # "epoch 1, step S (S into the epoch)": inside the epoch, from the periodic checkpoint
     into = int(resumed[0].split("(")[-1].split()[0])
     assert 0 < into < 40, resumed[0]
+
+
+@scenario("array_throttled")
+def test_throttled_array_task_0_is_read_as_itself_requeued_alone_and_a_cancelled_task_is_not_requeued(
+    scenarios, version
+):
+    o = outcome(scenarios, "array_throttled", version)
+    assert o["usr1"].returncode == 0, o["usr1"].stderr
+    assert o["preempted0"]["requeued"] is True and o["preempted0"]["slurm_job"] == f"{o['job']}_0", o["log0"]
+    assert o["info0"]["JobState"] == "COMPLETED" and o["info0"]["Restarts"] == "1", o["log0"]
+    # the cancel of task 1: read from task 1's own record, never "SLURM requeued it"
+    assert o["preempted1"]["requeued"] is False, o["log1"]
+    assert "requeued" not in o["preempted1"]["why"].replace("not requeued", ""), o["preempted1"]
+    assert o["info1"]["JobState"] == "CANCELLED" and o["info1"]["Restarts"] == "0"
+
+
+@scenario("multi_rank_warning")
+def test_multi_rank_warning_on_one_rank_only_is_agreed_requeued_and_the_job_completes(scenarios, version):
+    o = outcome(scenarios, "multi_rank_warning", version)
+    assert o["preempted"] is not None, o["log"]
+    assert o["preempted"]["signal"] == "SIGUSR1" and o["preempted"]["requeued"] is True, o["preempted"]
+    assert o["info"]["JobState"] == "COMPLETED" and o["info"]["Restarts"] == "1", o["log"]
+    assert read_json(o["run_dir"] / "final.json")["epochs"] == 3
+
+
+@scenario("multi_rank_stop")
+def test_multi_rank_plain_signal_on_one_rank_stops_with_the_resume_line_under_kill_on_bad_exit(
+    scenarios, version
+):
+    o = outcome(scenarios, "multi_rank_stop", version)
+    preempted = read_json(o["run_dir"] / "preempted.json")
+    assert preempted["signal"] == "SIGTERM" and preempted["requeued"] is False, preempted
+    assert RESUME_COMMAND in preempted["resume"], preempted
+    assert "to resume:" in o["log"] and RESUME_COMMAND in o["log"], o["log"]
+    assert o["info"]["JobState"] == "FAILED" and o["info"]["ExitCode"] != "0:0", o["info"]
+
+
+@scenario("no_requeue")
+def test_no_requeue_job_warned_of_its_time_limit_stops_says_why_and_prints_the_resume_command(
+    scenarios, version
+):
+    o = outcome(scenarios, "no_requeue", version)
+    assert o["preempted"] is not None and o["preempted"]["requeued"] is False, o["log"]
+    assert "the requeue failed" in o["preempted"]["why"], o["preempted"]
+    assert RESUME_COMMAND in o["preempted"]["resume"] and "to resume:" in o["log"]
+    assert o["info"]["Restarts"] == "0" and o["later"]["JobState"] == "FAILED", o["later"]
+
+
+@scenario("salloc")
+def test_salloc_and_srun_without_a_batch_script_train_to_the_end(scenarios, version):
+    o = outcome(scenarios, "salloc", version)
+    assert o["proc"].returncode == 0, o["proc"].stdout[-3000:] + o["proc"].stderr[-3000:]
+    assert read_json(o["run_dir"] / "final.json")["epochs"] == 1
+
+
+@scenario("grace_cancel")
+def test_grace_preemption_in_cancel_mode_checkpoints_first_and_is_not_requeued_against_slurms_cancel(
+    scenarios, version
+):
+    o = outcome(scenarios, "grace_cancel", version)
+    assert o["preempted"]["requeued"] is False and "PreemptMode=CANCEL" in o["preempted"]["why"], o[
+        "preempted"
+    ]
+    assert RESUME_COMMAND in o["preempted"]["resume"], o["preempted"]
+    assert o["info"]["Restarts"] == "0" and o["later"]["JobState"] != "PENDING", o["later"]
+    assert o["saved"] > 0 and "to resume:" in o["log"], o["log"]
+
+
+@scenario("grace_requeue")
+def test_grace_preemption_in_requeue_mode_checkpoints_requeues_and_the_job_completes(scenarios, version):
+    o = outcome(scenarios, "grace_requeue", version)
+    # saved, then waited for SLURM to end the job at the grace's end: SLURM requeued it
+    assert o["preempted"]["requeued"] == "by SLURM" and "PreemptMode=REQUEUE" in o["preempted"]["why"]
+    assert o["info"]["JobState"] == "COMPLETED" and int(o["info"]["Restarts"]) >= 1, o["log"]
+    assert read_json(o["run_dir"] / "final.json")["epochs"] == 4
+    # 22.05 requeues it once; 25.11 (seen on this cluster) once more after the rerun completed,
+    # whatever the run did (its own requeue or none): that last start resumes at the end and trains
+    # nothing
+    log = (o["run_dir"] / "train.log").read_text()
+    assert log.count("resumed from") == int(o["info"]["Restarts"]), log[-2000:]

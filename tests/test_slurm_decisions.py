@@ -200,13 +200,34 @@ def fixture_query(name: str, form: str = "txt"):
         ("preempt_requeue_completing", "requeued"),
         ("preempt_requeue_pending", "requeued"),
         ("timeout_completing", "requeue"),
-        ("preempt_cancel_grace_running", "requeue"),
-        ("preempt_cancel_completing", "requeue"),
+        # in a partition with PreemptMode=REQUEUE: SLURM requeues it at the grace's end; the run waits
+        ("preempt_cancel_grace_running", "requeued"),
+        ("preempt_cancel_completing", "requeued"),
     ],
 )
 def test_sigterm_requeues_only_on_evidence_of_a_time_limit_or_preemption(name: str, form: str, action: str):
-    decision = slurm.decide_stop("SIGTERM", JOB_IDS[name], 0, True, query=fixture_query(name, form))
+    decision = slurm.decide_stop(
+        "SIGTERM", JOB_IDS[name], 0, True, query=fixture_query(name, form), preempt_mode=lambda p: "REQUEUE"
+    )
     assert decision.action == action, decision.why
+    # only a preemption that SLURM requeues itself is waited for; everything else exits at once
+    assert (decision.wait_s > 0) == name.startswith("preempt_cancel"), decision
+
+
+@pytest.mark.parametrize("form", ["txt", "json"])
+@pytest.mark.parametrize("name", ["preempt_cancel_grace_running", "preempt_cancel_completing"])
+def test_grace_preemption_in_cancel_mode_is_not_requeued_against_slurms_cancel(name: str, form: str):
+    asked = []
+
+    def mode(partition):
+        asked.append(partition)
+        return "CANCEL"
+
+    decision = slurm.decide_stop(
+        "SIGTERM", JOB_IDS[name], 0, True, query=fixture_query(name, form), preempt_mode=mode
+    )
+    assert decision.action == "stop" and "PreemptMode=CANCEL" in decision.why, decision.why
+    assert asked == ["local"]
 
 
 def test_sigterm_while_the_job_is_being_cancelled_says_why_it_is_not_requeued():
@@ -306,3 +327,123 @@ def test_job_ref_of_an_array_task_is_named_with_its_task():
     assert slurm.job_ref(env) == "9_0"
     assert slurm.job_ref({"SLURM_JOB_ID": "10"}) == "10"
     assert slurm.job_ref({}) is None
+
+
+# ------------------------------------------------------------- any JSON failure; one port per srun step
+@pytest.mark.parametrize(
+    "json_failure",
+    [
+        (1, "", "scontrol: unrecognized option '--json'"),  # 22.05
+        (1, "", "scontrol: error: could not find plugin for application/json"),  # built without it
+        (0, "not json at all", ""),
+    ],
+    ids=["no-json-option", "no-json-plugin", "unreadable-json"],
+)
+def test_any_failure_of_the_json_form_falls_back_to_the_text_form(json_failure):
+    text = (ASSETS / "timeout_completing.txt").read_text()
+    answers = iter([json_failure, (0, text, "")])
+
+    def run(args, **kwargs):
+        rc, out, err = next(answers)
+        return subprocess.CompletedProcess(args, rc, out, err)
+
+    v, how = slurm.query_job("5", run=run)
+    assert v is not None and v.reason == "TimeLimit" and how == "scontrol show job -o"
+
+
+def test_concurrent_steps_of_one_allocation_rendezvous_on_different_ports():
+    step = {
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_STEP_NUM_TASKS": "2",
+        "SLURM_JOB_NODELIST": "node1",
+        "SLURM_STEP_NODELIST": "node1",
+        "SLURM_JOB_ID": "123",
+    }
+    ports = {detect({**step, "SLURM_STEP_ID": str(s)}).master_port for s in range(4)}
+    assert len(ports) == 4 and all(20000 <= p < 40000 for p in ports)
+    # every task of one step computes the same port
+    assert (
+        detect({**step, "SLURM_STEP_ID": "1"}).master_port
+        == detect({**step, "SLURM_STEP_ID": "1", "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}).master_port
+    )
+
+
+# --------------------------------------------------------------- captured from a real SLURM 25.11.7
+ASSETS_25 = ASSETS / "25.11"
+CAPTURED_25 = {  # fixture: (job ref, base, reason, restarts, preempted, what a SIGTERM then leads to)
+    "running": ("1", "RUNNING", "None", 0, False, "stop"),
+    "array_task0_running": ("3_0", "RUNNING", "None", 0, False, "stop"),
+    "array_task0_completed": ("3_0", "COMPLETED", "None", 0, False, None),
+    "cancel_completing": ("6", "CANCELLED", "None", 0, False, "stop"),
+    "cancelled": ("6", "CANCELLED", "None", 0, False, "stop"),
+    "timeout_completing": ("8", "TIMEOUT", "TimeLimit", 0, False, "requeue"),
+    "timeout": ("8", "TIMEOUT", "TimeLimit", 0, False, "requeue"),
+    "admin_requeue_completing": ("10", "PENDING", "None", 1, False, "requeued"),
+    "admin_requeue_pending": ("10", "PENDING", "BeginTime", 1, False, "requeued"),
+    "preempt_requeue_completing": ("11", "PENDING", "None", 1, True, "requeued"),
+    "preempt_requeue_pending": ("11", "PENDING", "BeginTime", 1, False, "requeued"),
+    "preempt_cancel_grace_running": ("15", "RUNNING", "None", 0, True, "stop"),  # captured in CANCEL mode
+    "preempt_cancel_completing": ("15", "PREEMPTED", "None", 0, True, "stop"),
+    "preempted": ("15", "PREEMPTED", "None", 0, True, "stop"),
+    "user_sigterm_running": ("19", "RUNNING", "None", 0, False, "stop"),
+    "hetjob_running": ("1", "RUNNING", "None", 0, False, "stop"),
+    "hetjob_running_component1": ("1+1", "RUNNING", "None", 0, False, "stop"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CAPTURED_25))
+def test_job_states_of_slurm_25_11_read_as_captured_and_decide_as_they_mean(name: str):
+    ref, base, reason, restarts, preempted, action = CAPTURED_25[name]
+    v = slurm.parse_job_json((ASSETS_25 / f"{name}.json").read_text(), ref)
+    assert (v.base, v.reason, v.restarts, v.preempted) == (base, reason, restarts, preempted)
+    if action is not None:
+        decision = slurm.decide_stop(
+            "SIGTERM", ref, 0, True, query=lambda job: (v, "fixture"), preempt_mode=lambda p: "CANCEL"
+        )
+        assert decision.action == action, decision.why
+
+
+TEXT_25 = sorted(n for n, (ref, *_) in CAPTURED_25.items() if "_" not in ref and "+" not in ref)
+
+
+@pytest.mark.parametrize("name", TEXT_25)
+def test_the_text_form_of_slurm_25_11_gives_the_same_reason_and_restarts(name: str):
+    ref, base, reason, restarts, _, _ = CAPTURED_25[name]
+    v = slurm.parse_job_text((ASSETS_25 / f"{name}.txt").read_text(), ref)
+    # the text form hides the base state behind COMPLETING, as 22.05 did
+    assert v.base in (base, None) and (v.reason, v.restarts) == (reason, restarts)
+
+
+def test_a_throttled_array_task_is_read_as_itself_in_the_captured_25_11_json():
+    # the pending remainder of the array comes first in what scontrol prints for any of its tasks
+    answer = (ASSETS_25 / "array_task0_running.json").read_text()
+    records = json.loads(answer)["jobs"]
+    assert records[0]["job_state"] == ["PENDING"] and records[0]["array_task_id"]["set"] is False
+    v, how = slurm.query_job("3_0", run=runner(0, stdout=answer))
+    assert v is not None and v.base == "RUNNING" and how == "scontrol --json show job"
+
+
+@pytest.mark.parametrize("name", ["purged", "purged_array_task", "never_existed"])
+def test_a_purged_job_of_slurm_25_11_is_unknown_not_unreadable(name: str):
+    meta = json.loads((ASSETS_25 / f"{name}.meta.json").read_text())
+    stdout = (ASSETS_25 / f"{name}.json").read_text()
+    run = runner(meta["returncode"], stdout=stdout, stderr=meta["stderr"])
+    v, how = slurm.query_job("1", run=run)
+    assert v is None and slurm.UNKNOWN_JOB in how and len(run.calls) == 1
+
+
+def test_a_purged_job_of_slurm_22_05_is_unknown_not_unreadable():
+    folder = ASSETS / "22.05"
+    no_json = json.loads((folder / "scontrol_json_unsupported.meta.json").read_text())
+    purged = json.loads((folder / "purged.txt.meta.json").read_text())
+    answers = iter(
+        [(no_json["returncode"], "", no_json["stderr"]), (purged["returncode"], "", purged["stderr"])]
+    )
+
+    def run(args, **kwargs):
+        rc, out, err = next(answers)
+        return subprocess.CompletedProcess(args, rc, out, err)
+
+    v, how = slurm.query_job("1", run=run)
+    assert v is None and slurm.UNKNOWN_JOB in how

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import os
@@ -210,7 +211,12 @@ def test_a_lock_of_a_dead_process_on_this_host_is_taken_over_and_released_at_the
     dead.wait()
     write_lock(tmp_path, job="5", host=socket.gethostname(), pid=dead.pid)
     path = acquire_run_lock(tmp_path, environ={"SLURM_JOB_ID": "6"}, query=no_query)
-    assert json.loads(path.read_text()) == {"job": "6", "host": socket.gethostname(), "pid": os.getpid()}
+    assert json.loads(path.read_text()) == {
+        "job": "6",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "restarts": 0,
+    }
     release_run_lock(path)
     assert not path.exists()
 
@@ -222,11 +228,6 @@ def test_a_lock_of_a_dead_process_on_this_host_is_taken_over_and_released_at_the
         (("COMPLETING",), "", False),
         (("CANCELLED",), "", True),
         (("PENDING",), "", True),  # requeued and waiting: it resumes from last.pt, as this run would
-        (
-            None,
-            "`scontrol show job -o` failed (exit 1: slurm_load_jobs error: Invalid job id specified)",
-            True,
-        ),
         (None, "`scontrol show job -o` did not answer within 10 s", False),
     ],
 )
@@ -251,7 +252,77 @@ def test_the_same_slurm_job_after_a_requeue_takes_its_own_lock_over(tmp_path):
     assert acquire_run_lock(tmp_path, environ={"SLURM_JOB_ID": "77"}, query=no_query).is_file()
 
 
+def test_a_requeued_job_takes_its_lock_over_though_its_old_pid_is_now_a_live_process_here(tmp_path):
+    # the requeue lands on the same node, and the pid the job had before now belongs to `sleep`
+    with subprocess.Popen(["sleep", "30"]) as other:
+        try:
+            write_lock(tmp_path, job="77", host=socket.gethostname(), pid=other.pid, restarts=0)
+            environ = {"SLURM_JOB_ID": "77", "SLURM_RESTART_COUNT": "1"}
+            path = acquire_run_lock(tmp_path, environ=environ, query=no_query)
+            assert json.loads(path.read_text())["restarts"] == 1
+        finally:
+            other.kill()
+
+
+def test_a_second_process_of_the_same_job_start_is_refused_while_the_first_lives(tmp_path):
+    # two srun steps of one allocation pointed at one run directory: same job id, same start
+    with subprocess.Popen(["sleep", "30"]) as other:
+        try:
+            write_lock(tmp_path, job="77", host=socket.gethostname(), pid=other.pid, restarts=0)
+            with pytest.raises(UserError, match="held by another run"):
+                acquire_run_lock(tmp_path, environ={"SLURM_JOB_ID": "77"}, query=no_query)
+        finally:
+            other.kill()
+
+
+def captured(version: str, *calls: tuple[str, str | None]) -> list[tuple[int, str, str]]:
+    """(returncode, stdout, stderr) of scontrol calls as captured from a real SLURM
+    (tests/assets/slurm/VERSION: NAME.meta.json holds the exit code and stderr, STDOUT the output)."""
+    folder = Path(__file__).parent / "assets" / "slurm" / version
+    answers = []
+    for meta_name, stdout in calls:
+        meta = json.loads((folder / f"{meta_name}.meta.json").read_text())
+        answers.append((meta["returncode"], (folder / stdout).read_text() if stdout else "", meta["stderr"]))
+    return answers
+
+
+PURGED = {  # what scontrol says of a job the controller has forgotten (MinJobAge), as captured
+    "22.05": captured("22.05", ("scontrol_json_unsupported", None), ("purged.txt", "purged.txt")),
+    "25.11": captured("25.11", ("purged", "purged.json")),
+}
+
+
+@pytest.mark.parametrize("version", sorted(PURGED))
+def test_a_lock_of_a_job_slurm_has_purged_is_taken_over(tmp_path, version):
+    answers = iter(PURGED[version])
+
+    def run(args, **kwargs):
+        rc, out, err = next(answers)
+        return subprocess.CompletedProcess(args, rc, out, err)
+
+    write_lock(tmp_path, job="77", host="elsewhere", pid=1)
+    query = functools.partial(slurm.query_job, run=run)
+    assert acquire_run_lock(tmp_path, environ={"SLURM_JOB_ID": "78"}, query=query).is_file()
+
+
 def test_a_lock_from_another_host_without_a_job_is_refused_naming_the_file_to_delete(tmp_path):
     write_lock(tmp_path, job=None, host="elsewhere", pid=1)
     with pytest.raises(UserError, match=f"delete {tmp_path / LOCK_NAME}"):
         acquire_run_lock(tmp_path, environ={}, query=no_query)
+
+
+def test_other_ranks_wait_for_rank_0s_resume_line_before_their_non_zero_exit(tmp_path):
+    import threading
+
+    from resnet_repro.preemption import wait_for_resume_line
+
+    path = tmp_path / "preempted.json"
+    path.write_text(json.dumps({"signal": "SIGTERM", "requeued": False}))  # after_preemption's first write
+    later = threading.Timer(0.3, lambda: path.write_text(json.dumps({"resume": "resnet-repro train ..."})))
+    later.start()
+    try:
+        assert wait_for_resume_line(path, timeout_s=10, poll_s=0.02)
+    finally:
+        later.cancel()
+    path.write_text("{}")
+    assert not wait_for_resume_line(path, timeout_s=0.2, poll_s=0.02)  # bounded: a dead rank 0 ends the wait

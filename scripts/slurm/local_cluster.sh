@@ -16,7 +16,10 @@
 # (MinJobAge). JobRequeue=1: jobs may requeue. SLURM holds a requeued job about 2 minutes before it
 # can start again. Two partitions on the same nodes: `local` (the default) and `high`, whose jobs
 # preempt `local` jobs when they need their CPUs (PreemptType=preempt/partition_prio,
-# PreemptMode=REQUEUE: the preempted job gets SIGTERM, SIGKILL after KillWait, and is requeued).
+# PreemptMode=REQUEUE: the preempted job gets SIGTERM, SIGKILL after KillWait, and is requeued),
+# and two more on the same nodes for preemption with a grace time (GraceTime=30: SIGTERM at once,
+# SIGKILL 30 s later): `gracecancel` (PreemptMode=CANCEL: the job ends) and `gracerequeue`
+# (PreemptMode=REQUEUE: it is requeued), both preempted by `high` like `local`.
 #
 # --nodes N: N nodes node1..nodeN on this one machine instead of one. Each runs `slurmd -N nodeI`
 # in a network namespace of its own, address 10.201.S.(10+I) on a bridge this script creates (S is
@@ -24,6 +27,15 @@
 # namespaces of its own, with its host name and a hosts file naming every node bind-mounted on
 # /etc/hosts: a multi-node job resolves its nodes' names as on a real cluster. `stop` removes the
 # namespaces and the bridge.
+#
+# SLURM versions: whichever slurmctld, slurmd and commands come first on PATH: Debian's 22.05
+# (slurm-wlm, installed when missing) or another build, e.g. 25.11 from ../shared/slurm/ with
+# PATH=/opt/slurm-25.11/bin:/opt/slurm-25.11/sbin:$PATH. For a build outside /usr, slurm.conf names
+# its plugins (PluginDir=PREFIX/lib/slurm, PREFIX from the slurmctld on PATH). A SLURM newer than
+# 22.x with --nodes: one munged per node (same key, socket DIR/munge-nodeI/munge.socket, bind-mounted
+# over DIR/munge.socket in that node's mount namespace, pid file DIR/munged-nodeI.pid): with one munged
+# shared by the nodes, 25.11's step launch forwarded to a second node fails (munged: "Replayed
+# credential"). 22.05 keeps one munged for the whole cluster.
 set -euo pipefail
 
 usage() { echo "usage: $0 start|stop|status DIR [CPUS] [--nodes N]" >&2; exit 2; }
@@ -56,17 +68,37 @@ bridge="sbr$tag"
 netns() { echo "slurm-$tag-node$1"; }
 subnet=""
 
-daemon_pids() { cat "$dir"/munged.pid "$dir"/slurmctld.pid "$dir"/slurmd*.pid 2>/dev/null || true; }
+# the controller's munged, every node's munged (newer SLURM with --nodes), slurmctld, every slurmd
+daemon_pids() { cat "$dir"/munged*.pid "$dir"/slurmctld.pid "$dir"/slurmd*.pid 2>/dev/null || true; }
 
 install_packages() {
-    command -v slurmctld >/dev/null && command -v munged >/dev/null && return 0
+    local missing=""
+    command -v slurmctld >/dev/null || missing+=" slurm-wlm"
+    command -v munged >/dev/null || missing+=" munge"
+    [ -n "$missing" ] || return 0
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-        echo "error: slurm-wlm and munge are not installed, and installing them needs root and apt-get" >&2
+        echo "error:$missing not installed, and installing needs root and apt-get" >&2
         exit 3
     fi
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 }
+
+# the SLURM on PATH: its version (major.minor, e.g. 22.05 or 25.11) and its install prefix
+slurm_major=0
+slurm_prefix=/usr
+detect_slurm() {
+    local version
+    # "slurm-wlm 22.05.8" (Debian), "slurm 25.11.7" (a build from SchedMD's sources)
+    version=$(slurmctld -V | awk '{print $2}')
+    [[ "$version" =~ ^([0-9]+)\.([0-9]+) ]] || { echo "error: cannot read slurmctld -V: '$version'" >&2; exit 1; }
+    slurm_major=$((10#${BASH_REMATCH[1]}))
+    slurm_prefix=$(dirname "$(dirname "$(realpath "$(command -v slurmctld)")")")
+}
+
+# one munged per node: a SLURM newer than 22.x with namespaced nodes (see the top)
+node_munge() { [ "$nodes" -gt 0 ] && [ "$slurm_major" -ge 23 ]; }
 
 write_config() {
     local host mem_mb ctld_host per_node i
@@ -85,6 +117,10 @@ write_config() {
             nodes_conf+="NodeName=node$i NodeAddr=$subnet.$((10 + i)) CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN"$'\n'
         done
     fi
+    plugin_conf=""
+    if [ "$slurm_prefix" != /usr ] && [ -d "$slurm_prefix/lib/slurm" ]; then
+        plugin_conf="PluginDir=$slurm_prefix/lib/slurm"$'\n'
+    fi
     cat >"$dir/slurm.conf" <<EOF
 ClusterName=local
 SlurmctldHost=$ctld_host
@@ -99,6 +135,7 @@ SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd$per_node.pid
 SlurmctldLogFile=$dir/slurmctld.log
 SlurmdLogFile=$dir/slurmd$per_node.log
+FirstJobId=${FIRST_JOB_ID:-1}
 SlurmctldPort=${SLURMCTLD_PORT:-6817}
 SlurmdPort=${SLURMD_PORT:-6818}
 ProctrackType=proctrack/linuxproc
@@ -118,9 +155,11 @@ MpiDefault=none
 SlurmdParameters=config_overrides
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
-$nodes_conf
+$plugin_conf$nodes_conf
 PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1
 PartitionName=high Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
+PartitionName=gracecancel Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=CANCEL GraceTime=30
+PartitionName=gracerequeue Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=30
 EOF
 }
 
@@ -171,6 +210,14 @@ remove_network() {
     ip link del "$bridge" 2>/dev/null || true
 }
 
+# a munged on SOCKET with the cluster's key; its pid, log and seed files named by NAME
+start_munged() {
+    local socket=$1 name=$2
+    # --force: munged otherwise refuses a socket in a folder below a world-writable one (/tmp)
+    munged --force --key-file="$dir/munge.key" --socket="$socket" --pid-file="$dir/$name.pid" \
+        --log-file="$dir/$name.log" --seed-file="$dir/$name.seed" 2>>"$dir/$name.log"
+}
+
 start_slurmd() {
     local i
     if [ "$nodes" -eq 0 ]; then
@@ -179,14 +226,25 @@ start_slurmd() {
     fi
     for i in $(seq 1 "$nodes"); do
         # not `ip netns exec`: it remounts /sys, where slurmd looks for its cgroups
-        nsenter --net="/run/netns/$(netns "$i")" unshare --uts --mount sh -c \
-            'hostname "$1" && mount --bind "$2" /etc/hosts && exec slurmd -N "$1" -f "$3"' \
-            sh "node$i" "$dir/hosts" "$SLURM_CONF"
+        if node_munge; then
+            # the node's own munged, seen by its slurmd (and its jobs) at the cluster's socket path
+            mkdir -p "$dir/munge-node$i"
+            start_munged "$dir/munge-node$i/munge.socket" "munged-node$i"
+            nsenter --net="/run/netns/$(netns "$i")" unshare --uts --mount sh -c \
+                'hostname "$1" && mount --bind "$2" /etc/hosts && mount --bind "$4" "$5" &&
+                 exec slurmd -N "$1" -f "$3"' \
+                sh "node$i" "$dir/hosts" "$SLURM_CONF" "$dir/munge-node$i/munge.socket" "$dir/munge.socket"
+        else
+            nsenter --net="/run/netns/$(netns "$i")" unshare --uts --mount sh -c \
+                'hostname "$1" && mount --bind "$2" /etc/hosts && exec slurmd -N "$1" -f "$3"' \
+                sh "node$i" "$dir/hosts" "$SLURM_CONF"
+        fi
     done
 }
 
 start() {
     install_packages
+    detect_slurm
     if [ -s "$dir/slurmctld.pid" ] && kill -0 "$(cat "$dir/slurmctld.pid")" 2>/dev/null; then
         echo "a cluster from $dir is already running" >&2
         exit 1
@@ -197,9 +255,7 @@ start() {
     write_config
     [ -s "$dir/munge.key" ] || { dd if=/dev/urandom of="$dir/munge.key" bs=1024 count=1 status=none; }
     chmod 400 "$dir/munge.key"
-    # --force: munged otherwise refuses a socket in a folder below a world-writable one (/tmp)
-    munged --force --key-file="$dir/munge.key" --socket="$dir/munge.socket" --pid-file="$dir/munged.pid" \
-        --log-file="$dir/munged.log" --seed-file="$dir/munged.seed" 2>>"$dir/munged.log"
+    start_munged "$dir/munge.socket" munged
     export SLURM_CONF="$dir/slurm.conf"
     slurmctld -f "$SLURM_CONF"
     start_slurmd
