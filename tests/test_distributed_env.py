@@ -90,14 +90,15 @@ def test_srun_task_reads_rank_from_slurm_and_derives_address_and_port():
     assert env.source == "slurm"
     assert (env.rank, env.local_rank, env.world_size) == (3, 3, 8)
     assert env.master_addr == "gpu003"
-    assert env.master_port == 20000 + 1234 % 20000
+    step = int(SRUN_ENV.get("SLURM_STEP_ID", "0"))
+    assert env.master_port == 20000 + (1234 * 97 + step) % 20000  # job and step: one port per step
     assert not env.is_main
 
 
 def test_srun_port_stays_below_40000_for_large_job_ids():
-    env = detect({**SRUN_ENV, "SLURM_JOB_ID": "98765"})
-    assert env.master_port == 20000 + 98765 % 20000
-    assert 20000 <= env.master_port < 40000
+    for job in ("98765", "4294967290"):
+        env = detect({**SRUN_ENV, "SLURM_JOB_ID": job})
+        assert 20000 <= env.master_port < 40000
 
 
 def test_srun_master_addr_and_port_variables_override_the_derived_ones():
