@@ -455,7 +455,7 @@ def clipping_levels(rows: list[Row]) -> dict[str, clipping_stats.Stats]:
     return {
         level: clipping_stats.level_stats(
             [
-                [m for m in read_metrics(Path(r["path"]) / "metrics.jsonl") if m.get("split") == "train"]
+                _train_rows(r)
                 for r in rows
                 if _value_text(r, MAX_NORM_KEY) == level and r.get("path") is not None
             ]
@@ -515,11 +515,6 @@ def write_report(
 # ----------------------------------------------------------------------------------------------------
 
 
-def _value_order(texts: Iterable[str]) -> list[str]:
-    """Axis order: null first (e.g. max_norm off), then numbers ascending, then other text."""
-    return value_order(texts)
-
-
 def _value_text(row: Row, key: str) -> str:
     """The override's text; a job without the key ran with the config default, shown as "default"."""
     return row["overrides"].get(key, "default")
@@ -551,8 +546,8 @@ def _best_of(rows: list[Row]) -> Row | None:
 
 def heat_map(rows: list[Row], row_key: str, col_key: str) -> Figure:
     """Best top-1 (%) on a grid of row_key values x col_key values; failed cells grey and labelled."""
-    ys = _value_order(_value_text(r, row_key) for r in rows)
-    xs = _value_order(_value_text(r, col_key) for r in rows)
+    ys = value_order(_value_text(r, row_key) for r in rows)
+    xs = value_order(_value_text(r, col_key) for r in rows)
     grid = [
         [
             _best_of([r for r in rows if (_value_text(r, row_key), _value_text(r, col_key)) == (y, x)])
@@ -574,7 +569,7 @@ def heat_map(rows: list[Row], row_key: str, col_key: str) -> Figure:
 def bar_chart(rows: list[Row], key: str | None) -> Figure:
     """Horizontal bars of best top-1 (%), one per job: labelled by `key`'s value, or by job name."""
     if key is not None:
-        order = _value_order(_value_text(r, key) for r in rows)
+        order = value_order(_value_text(r, key) for r in rows)
         rows = sorted(rows, key=lambda r: (order.index(_value_text(r, key)), r["job"]))
         labels = [_value_text(r, key) for r in rows]
     else:
@@ -599,8 +594,8 @@ def seed_heat_map(
     the point means only and span at least four times the seed noise (`noise`, points: the sweep's
     pooled estimate; else the median of the points' stds), so a difference within the noise does
     not take the whole palette and no single run can stretch the range."""
-    ys = _value_order(g.point.get(row_key, "default") for g in groups)
-    xs = _value_order(g.point.get(col_key, "default") for g in groups)
+    ys = value_order(g.point.get(row_key, "default") for g in groups)
+    xs = value_order(g.point.get(col_key, "default") for g in groups)
     cell = {(g.point.get(row_key, "default"), g.point.get(col_key, "default")): g for g in groups}
     grid = [[cell.get((y, x)) for x in xs] for y in ys]
     if noise is None:
@@ -654,7 +649,7 @@ def _eval_split(metrics: list[dict[str, Any]]) -> str | None:
 
 def _in_axis_order(rows: list[Row], keys: list[str]) -> list[Row]:
     """Rows ordered by their values of `keys` (each in axis order: null, numbers, text), then job."""
-    order = {k: _value_order(_value_text(r, k) for r in rows) for k in keys}
+    order = {k: value_order(_value_text(r, k) for r in rows) for k in keys}
     return sorted(rows, key=lambda r: ([order[k].index(_value_text(r, k)) for k in keys], r["job"]))
 
 
@@ -698,13 +693,9 @@ def sweep_curves(rows: list[Row]) -> Figure:
 MAX_NORM_KEY = "stabilizer.max_norm"
 
 
-def _train_series(members: list[Row], key: str, scale: float = 1.0) -> list[plots.Series]:
-    """`key` per epoch of each job's training rows (metrics.jsonl), one Series per job."""
-    out = []
-    for row in members:
-        train = [r for r in read_metrics(Path(row["path"]) / "metrics.jsonl") if r.get("split") == "train"]
-        out.append(series(train, key, scale))
-    return out
+def _train_rows(row: Row) -> list[dict[str, Any]]:
+    """A job's training rows of metrics.jsonl."""
+    return [r for r in read_metrics(Path(row["path"]) / "metrics.jsonl") if r.get("split") == "train"]
 
 
 def clipping_figure(rows: list[Row], answer: Answer | None = None) -> Figure | None:
@@ -751,12 +742,16 @@ def clipping_figure(rows: list[Row], answer: Answer | None = None) -> Figure | N
         if level in pooled
     ]
     clipping_levels = [level for level in levels if not seeds.is_off(level)]
-    members = {level: [r for r in rows if _value_text(r, MAX_NORM_KEY) == level] for level in clipping_levels}
+    # each job's metrics.jsonl read once, for both per-epoch panels
+    train = {
+        level: [_train_rows(r) for r in rows if _value_text(r, MAX_NORM_KEY) == level]
+        for level in clipping_levels
+    }
     return plots.clipping(
         levels,
         top1,
-        {level: _train_series(members[level], "clipped_fraction") for level in clipping_levels},
-        {level: _train_series(members[level], "clip_factor_mean") for level in clipping_levels},
+        {level: [series(t, "clipped_fraction") for t in train[level]] for level in clipping_levels},
+        {level: [series(t, "clip_factor_mean") for t in train[level]] for level in clipping_levels},
         text,
         split=score_splits(rows),
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 from resnet_repro import contrasts as stats
 from resnet_repro.contrasts import ALL, Contrast, Noise
-from resnet_repro.seeds import SEED_KEY, SeedGroup, is_off, points, value_order
+from resnet_repro.seeds import SEED_KEY, SeedGroup, points, value_order
 
 Row = dict[str, Any]
 
@@ -228,7 +228,3 @@ def write_points_csv(a: Answer, path: Path) -> Path:
 def pooled(a: Answer, factor: str) -> dict[str, Contrast]:
     """The pooled contrast of each level of `factor`: {level: contrast}."""
     return {c.level: c for c in a.contrasts if c.factor == factor and c.within == ALL}
-
-
-def off_levels(a: Answer, factor: str) -> list[str]:
-    return [v for v in value_order({g.point.get(factor) for g in a.groups}) if is_off(v)]

@@ -216,8 +216,9 @@ def scenario_sbatch(c: Cluster, work: Path) -> dict[str, Any]:
     }
 
 
-def scenario_multinode(c: Cluster, work: Path) -> dict[str, Any]:
-    job = c.sbatch(
+def submit_two_ranks(c: Cluster, work: Path, *overrides: str) -> str:
+    """The multi-node script with two tasks on one node (srun --kill-on-bad-exit=1) on a small run."""
+    return c.sbatch(
         "--nodes=1",
         "--ntasks-per-node=2",
         "--gpus-per-node=0",
@@ -225,10 +226,13 @@ def scenario_multinode(c: Cluster, work: Path) -> dict[str, Any]:
         "--time=30",
         str(SBATCH_MULTINODE),
         *SMALL_RUN,
-        "trainer.epochs=1",
-        ALL_EVAL_IMAGES,
+        *overrides,
         cwd=work,
     )
+
+
+def scenario_multinode(c: Cluster, work: Path) -> dict[str, Any]:
+    job = submit_two_ranks(c, work, "trainer.epochs=1", ALL_EVAL_IMAGES)
     info = c.wait_done(job)
     return {
         "job": job,
@@ -283,19 +287,25 @@ def scenario_time_limit(c: Cluster, work: Path) -> dict[str, Any]:
     return {"cut": cut, **requeued_then_finished(c, job, run_dir, while_held=room)}
 
 
-def scenario_cancel(c: Cluster, work: Path) -> dict[str, Any]:
-    job, run_dir = start_small_run(c, work, epochs=12)
-    cancelled = c.run("scancel", job)
+def ended_without_requeue(c: Cluster, job: str, run_dir: Path) -> dict[str, Any]:
+    """Wait for the end of a job that is not to be requeued, then what it left."""
     info = c.wait_done(job)
     time.sleep(5)  # a requeue would show by now
+    preempted = run_dir / "preempted.json"
     return {
         "job": job,
-        "cancelled": cancelled,
         "info": info,
         "later": c.job(job),
         "run_dir": run_dir,
+        "preempted": read_json(preempted) if preempted.exists() else None,
         "log": c.log_of(job),
     }
+
+
+def scenario_cancel(c: Cluster, work: Path) -> dict[str, Any]:
+    job, run_dir = start_small_run(c, work, epochs=12)
+    cancelled = c.run("scancel", job)
+    return {"cancelled": cancelled, **ended_without_requeue(c, job, run_dir)}
 
 
 def scenario_array(c: Cluster, work: Path) -> dict[str, Any]:
@@ -560,18 +570,8 @@ def rank_pid(c: Cluster, job: str, rank: int) -> int:
 
 
 def start_two_rank_run(c: Cluster, work: Path, epochs: int) -> tuple[str, Path]:
-    """The multi-node script with two tasks on one node (srun --kill-on-bad-exit=1), after epoch 1."""
-    job = c.sbatch(
-        "--nodes=1",
-        "--ntasks-per-node=2",
-        "--gpus-per-node=0",
-        "--cpus-per-task=1",
-        "--time=30",
-        str(SBATCH_MULTINODE),
-        *SMALL_RUN,
-        f"trainer.epochs={epochs}",
-        cwd=work,
-    )
+    """submit_two_ranks, once its first epoch is done."""
+    job = submit_two_ranks(c, work, f"trainer.epochs={epochs}")
     run_dir = work / "runs" / "demo" / f"slurm-{job}"
     wait_for(lambda: epochs_done(run_dir) >= 1 or c.job(job).get("JobState") in FINAL_STATES, "epoch 1")
     return job, run_dir
@@ -599,17 +599,7 @@ def scenario_no_requeue(c: Cluster, work: Path) -> dict[str, Any]:
     stop says so and prints the resume command."""
     job, run_dir = start_small_run(c, work, 12, "--no-requeue")
     signalled = c.run("scancel", "--signal=USR1", job)
-    info = c.wait_done(job)
-    time.sleep(5)  # a requeue would show by now
-    return {
-        "job": job,
-        "signalled": signalled,
-        "info": info,
-        "later": c.job(job),
-        "run_dir": run_dir,
-        "preempted": read_json(run_dir / "preempted.json") if (run_dir / "preempted.json").exists() else None,
-        "log": c.log_of(job),
-    }
+    return {"signalled": signalled, **ended_without_requeue(c, job, run_dir)}
 
 
 def scenario_salloc(c: Cluster, work: Path) -> dict[str, Any]:

@@ -273,6 +273,17 @@ def runner(returncode: int = 0, stdout: str = "", stderr: str = "", raises: Base
     return run
 
 
+def replies(*answers: tuple[int, str, str]):
+    """A stand-in for subprocess.run giving (returncode, stdout, stderr) answers in turn."""
+    left = iter(answers)
+
+    def run(args, **kwargs):
+        rc, out, err = next(left)
+        return subprocess.CompletedProcess(args, rc, out, err)
+
+    return run
+
+
 @pytest.mark.parametrize(
     ("run", "said"),
     [
@@ -292,11 +303,7 @@ def test_unknown_job_state_never_requeues_and_says_why_in_one_line(run, said: st
 def test_query_falls_back_to_the_text_form_where_scontrol_has_no_json():
     unsupported = (ASSETS / "scontrol_json_unsupported_22.05.stderr").read_text()
     text = (ASSETS / "timeout_completing.txt").read_text()
-    answers = iter([(1, "", unsupported), (0, text, "")])
-
-    def run(args, **kwargs):
-        rc, out, err = next(answers)
-        return subprocess.CompletedProcess(args, rc, out, err)
+    run = replies(*[(1, "", unsupported), (0, text, "")])
 
     v, how = slurm.query_job("5", run=run)
     assert v is not None and v.reason == "TimeLimit" and how == "scontrol show job -o"
@@ -341,11 +348,7 @@ def test_job_ref_of_an_array_task_is_named_with_its_task():
 )
 def test_any_failure_of_the_json_form_falls_back_to_the_text_form(json_failure):
     text = (ASSETS / "timeout_completing.txt").read_text()
-    answers = iter([json_failure, (0, text, "")])
-
-    def run(args, **kwargs):
-        rc, out, err = next(answers)
-        return subprocess.CompletedProcess(args, rc, out, err)
+    run = replies(*[json_failure, (0, text, "")])
 
     v, how = slurm.query_job("5", run=run)
     assert v is not None and v.reason == "TimeLimit" and how == "scontrol show job -o"
@@ -437,13 +440,9 @@ def test_a_purged_job_of_slurm_22_05_is_unknown_not_unreadable():
     folder = ASSETS / "22.05"
     no_json = json.loads((folder / "scontrol_json_unsupported.meta.json").read_text())
     purged = json.loads((folder / "purged.txt.meta.json").read_text())
-    answers = iter(
-        [(no_json["returncode"], "", no_json["stderr"]), (purged["returncode"], "", purged["stderr"])]
+    run = replies(
+        *[(no_json["returncode"], "", no_json["stderr"]), (purged["returncode"], "", purged["stderr"])]
     )
-
-    def run(args, **kwargs):
-        rc, out, err = next(answers)
-        return subprocess.CompletedProcess(args, rc, out, err)
 
     v, how = slurm.query_job("1", run=run)
     assert v is None and slurm.UNKNOWN_JOB in how
