@@ -203,18 +203,6 @@ def run_id() -> str:
     return f"{job}.{step}" if step.isdigit() and 0 < int(step) < 0xFFFFFFF0 else job
 
 
-def rerun_id(cfg: RootConfig) -> str:
-    """A training run's directory name outside SLURM: `cfg-` and a hash of the settings a
-    checkpoint must share to continue the run (resume.resume_identity), so that the same command
-    run again (after a stop, a crash or a reboot) finds its run and resumes it."""
-    import hashlib
-
-    from resnet_repro.resume import resume_identity
-
-    text = json.dumps(resume_identity(cfg), sort_keys=True, default=str)
-    return "cfg-" + hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
 def _train_run_id(_root_: DictConfig) -> str:
     """runs/<name>/<this>: the SLURM job's id under SLURM (stable across requeues); with
     trainer.resume=auto elsewhere, rerun_id (a rerun resumes); else run_id (torchrun's id or the
@@ -230,7 +218,17 @@ def _train_run_id(_root_: DictConfig) -> str:
         cfg = to_dataclass(job)
     except Exception:  # a bad config: the command fails on it with its own message right after
         return run_id()
+    from resnet_repro.resume import rerun_id
+
     return rerun_id(cfg) if cfg.trainer.resume == "auto" else run_id()
+
+
+def _collision_message(swept: list[str]) -> str:
+    return (
+        f"sweeping {', '.join(swept)} (run control, left out of job directory names) would put every "
+        "job in one directory; name the jobs by number: 'hydra.sweep.subdir=${hydra.job.num}_"
+        "${hydra.job.override_dirname}'"
+    )
 
 
 def _hydra_command(task: Callable[[DictConfig], object], args: list[str], command: str) -> None:
@@ -249,11 +247,7 @@ def _hydra_command(task: Callable[[DictConfig], object], args: list[str], comman
         print(f"{PROG}: warning: {line}", file=sys.stderr)
     swept = sweep_collisions(args) if {"-m", "--multirun"} & set(args) else []
     if swept and not any(a.startswith("hydra.sweep.subdir=") for a in args):
-        _fail(
-            f"sweeping {', '.join(swept)} (run control, left out of job directory names) would put every "
-            "job in one directory; name the jobs by number: 'hydra.sweep.subdir=${hydra.job.num}_"
-            "${hydra.job.override_dirname}'"
-        )
+        _fail(_collision_message(swept))
     # a training run's directory is named after its settings (a rerun resumes it); the other
     # commands' after the start time
     if command == "train":
@@ -314,6 +308,7 @@ def _train(dcfg: DictConfig) -> float | None:
         # a batch-size conflict is refused here, once, before any worker or data loading starts
         per_device_batch(cfg.trainer, cfg.trainer.nproc if local_launch else distributed.detect().world_size)
         if local_launch:
+            _warn_of_batch_shell(cfg.trainer.nproc)
             yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
             try:
                 outcome = distributed.launch_local(cfg.trainer.nproc, train_worker, yaml, str(run_dir))[0]
@@ -338,6 +333,20 @@ def _train(dcfg: DictConfig) -> float | None:
     final = json.loads((run_dir / "final.json").read_text())
     print(json.dumps({"run_dir": str(run_dir), **final}))
     return final["top1"]  # the sweeper's objective value
+
+
+def _warn_of_batch_shell(nproc: int) -> None:
+    import os
+
+    from resnet_repro.slurm import batch_launcher_warning
+
+    try:
+        parent = Path(f"/proc/{os.getppid()}/comm").read_text().strip()
+    except OSError:
+        parent = ""
+    warning = batch_launcher_warning(os.environ, nproc, parent)
+    if warning:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
 
 
 def _workers_stop(run_dir: Path, signal_name: str) -> dict:
@@ -720,13 +729,21 @@ def _compose_jobs(args: list[str]) -> list[tuple[list[str], RootConfig]]:
     return jobs
 
 
-def _rehearse_check(args: list[str]) -> None:
+def _rehearse_check(args: list[str], options: RehearseOptions) -> None:
     """`rehearse --check-only`: every job's checks and verdict; exit 2 at the first refusal."""
     from resnet_repro import rehearse
 
+    multirun = {"-m", "--multirun"} & set(args)
+    swept = sweep_collisions(args) if multirun else []
+    if swept and not any(a.startswith("hydra.sweep.subdir=") for a in args):
+        _fail(_collision_message(swept))  # as `train -m` refuses it
     try:
         for job, cfg in _compose_jobs(args):
-            shape = rehearse.check(cfg)
+            launch = rehearse.launcher_description(job, cfg.trainer.nproc)
+            real_dir = rehearse.real_run_dir(job, cfg, bool(multirun))
+            shape = rehearse.check(
+                cfg, launch, options.stand_in, options.gpu_memory_gib, options.scan, real_dir
+            )
             print(f"{PROG} rehearse --check-only {' '.join(job)}".rstrip())
             print(rehearse.verdict(shape))
     except UserError as e:
@@ -736,7 +753,7 @@ def _rehearse_check(args: list[str]) -> None:
 _REHEARSAL_FAILURES: list[str] = []
 
 
-def _rehearse(dcfg: DictConfig, images_per_step: str) -> None:
+def _rehearse(dcfg: DictConfig, options: RehearseOptions) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import OmegaConf
@@ -752,14 +769,17 @@ def _rehearse(dcfg: DictConfig, images_per_step: str) -> None:
             dcfg.data.root = ""  # the stand-in takes its place (the verdict says so)
         cfg = to_dataclass(dcfg)
         launch = rehearse.launch_description(cfg.trainer.nproc)
-        shape = rehearse.check(cfg, launch)
+        shape = rehearse.check(cfg, launch, options.stand_in, options.gpu_memory_gib, options.scan)
         local_launch, world, _ = launch
         plan = StepPlan(
             rehearse.STEPS_PER_POINT,
-            images_per_step=rehearse.images_per_step(images_per_step, shape.per_process_batch, shape.device),
+            images_per_step=rehearse.images_per_step(
+                options.images_per_step, shape.per_process_batch, shape.device
+            ),
         )
         # under torchrun / srun every rank writes the same sample (idempotently) and reads it
-        rcfg, note = rehearse.rehearsal_config(cfg, world, run_dir)
+        run_here = rehearse.cpu_equivalent(cfg)[0]  # the GPU-only settings as the verdict says
+        rcfg, note = rehearse.rehearsal_config(run_here, world, run_dir, options.stand_in)
         if local_launch:  # two launches: the second process state knows the first's by last.pt only
             yaml = OmegaConf.to_yaml(OmegaConf.structured(rcfg))
             for phase in ("first", "second"):
@@ -786,34 +806,56 @@ def _rehearse(dcfg: DictConfig, images_per_step: str) -> None:
     print(rehearse.verdict(shape, record))
 
 
-def _images_per_step_option(args: list[str]) -> tuple[str, list[str]]:
-    """(--images-per-step's value, "auto" when not given; the other arguments)."""
-    value, rest, it = "auto", [], iter(args)
-    for a in it:
-        if a == "--images-per-step":
-            value = next(it, "")
-            if not value:
-                _fail("--images-per-step needs a value: a count of images, 'all' or 'auto'")
-        elif a.startswith("--images-per-step="):
-            value = a.split("=", 1)[1]
-        else:
-            rest.append(a)
+@dataclasses.dataclass(frozen=True)
+class RehearseOptions:
+    images_per_step: str = "auto"
+    stand_in: bool = False
+    scan: bool = False
+    gpu_memory_gib: float | None = None  # None: the visible GPU's, else memory_fit's default
+
+
+def _rehearse_options(args: list[str]) -> tuple[RehearseOptions, list[str]]:
+    """(rehearse's own options, the other arguments: flags and train overrides)."""
     from resnet_repro.rehearse import parse_images_per_step
 
+    values: dict[str, object] = {}
+    rest: list[str] = []
+    it = iter(args)
+    for a in it:
+        name, eq, value = a.partition("=")
+        if name in ("--images-per-step", "--gpu-memory"):
+            given = value if eq else next(it, None)
+            if given is None:
+                _fail(f"{name} needs a value")
+            values[name] = given
+        elif a in ("--stand-in", "--scan"):
+            values[a] = True
+        else:
+            rest.append(a)
+    images = str(values.get("--images-per-step", "auto"))
     try:
-        parse_images_per_step(value)
+        parse_images_per_step(images)
     except UserError as e:
         _fail(str(e))
-    return value, rest
+    gpu = values.get("--gpu-memory")
+    if gpu is not None:
+        try:
+            gpu = float(str(gpu))
+        except ValueError:
+            gpu = -1.0
+        if not gpu > 0:
+            _fail(f"--gpu-memory={values['--gpu-memory']}: expected the GPU's memory in GiB, e.g. 80")
+    options = RehearseOptions(images, bool(values.get("--stand-in")), bool(values.get("--scan")), gpu)
+    return options, rest
 
 
 def _rehearse_command(args: list[str]) -> None:
     if any(a in ("-h", "--help") for a in args):
         print(REHEARSE_HELP)
         return
-    images, args = _images_per_step_option(args)
+    options, args = _rehearse_options(args)
     if "--check-only" in args:
-        _rehearse_check([a for a in args if a != "--check-only"])
+        _rehearse_check([a for a in args if a != "--check-only"], options)
         return
     flags = [a for a in args if a in ("-m", "--multirun")]
     rest = [a for a in args if a not in flags]
@@ -825,7 +867,7 @@ def _rehearse_command(args: list[str]) -> None:
     own = [] if any(a.startswith(f"{key}=") for a in rest) else [f"{key}={where}"]
 
     def rehearse_job(dcfg: DictConfig) -> None:
-        _rehearse(dcfg, images)
+        _rehearse(dcfg, options)
 
     _hydra_command(rehearse_job, [*flags, *own, *rest], "rehearse")
     if _REHEARSAL_FAILURES:

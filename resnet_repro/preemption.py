@@ -162,7 +162,11 @@ def after_preemption(
     if env.is_main:
         requeued, why, wait_s = _decide(cfg, interrupts, job)
         last = run_dir / "checkpoints" / "last.pt"
-        where = f"epoch {epoch + 1}, step {epoch_step} of the epoch"
+        where = (
+            f"epoch {epoch + 1}, step {epoch_step} of the epoch"
+            if epoch < cfg.trainer.epochs
+            else "the end of the last epoch, before the final evaluation"
+        )
         then = "requeued" if requeued else "not requeued"
         log.warning(f"stopped by {interrupts.stopped_by} at {where}; checkpoint {last}; {then}: {why}")
         outcome = {

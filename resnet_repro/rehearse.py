@@ -63,6 +63,149 @@ class Shape:
     reference: str
     plan: dict[str, Any] | None  # plan.estimate at plan.img_per_s_per_gpu when given, images known
     activation_mb_per_image: float  # saved for the backward pass at the largest training crop (fp32)
+    data_source: str = ""
+    stats: str | None = None  # what the real run does about its statistics (None: data not read)
+    substituted: list[str] = dataclasses.field(default_factory=list)  # GPU-only settings run on CPU
+    scanned: bool = False  # every file's header checked (--scan)
+    run_dir: str | None = None  # the real run's directory: a fresh start or the checkpoint it resumes
+    memory: str | None = None  # the estimate per process on the target GPU (None: a CPU run)
+
+
+def cpu_equivalent(cfg: RootConfig) -> tuple[RootConfig, list[str]]:
+    """On a host without CUDA, the settings that only a GPU can run, checked for consistency by
+    `validate` and replaced by what the CPU runs instead (each said): the real run's job is
+    rehearsed, not refused for the login node it is rehearsed on."""
+    import torch
+
+    if torch.cuda.is_available():
+        return cfg, []
+    said, trainer, model = [], cfg.trainer, cfg.model
+    if trainer.device == "cuda":
+        trainer = dataclasses.replace(trainer, device="cpu")
+        said.append("trainer.device=cuda -> cpu")
+    if model.sync_bn:
+        model = dataclasses.replace(model, sync_bn=False)
+        said.append("model.sync_bn=true -> BatchNorm per process (SyncBatchNorm needs CUDA)")
+    if trainer.compile:
+        trainer = dataclasses.replace(trainer, compile=False)
+        said.append("trainer.compile=true -> eager (a CPU compile rehearses nothing of the GPU's graphs)")
+    if not said:
+        return cfg, []
+    return dataclasses.replace(cfg, trainer=trainer, model=model), said
+
+
+def real_run_dir(overrides: list[str], cfg: RootConfig, multirun: bool) -> Path | None:
+    """The directory `train` with these overrides would write (hydra.run.dir, else the rerun
+    directory runs/<name>/cfg-<hash> of trainer.resume=auto outside SLURM); None where it is a
+    fresh one each time (a sweep's, a start time's, a SLURM job's)."""
+    for item in overrides:
+        if item.startswith("hydra.run.dir=") and not multirun:
+            return Path(item.split("=", 1)[1]).expanduser()
+    if multirun or cfg.trainer.resume != "auto" or os.environ.get("SLURM_JOB_ID"):
+        return None
+    from resnet_repro.resume import rerun_id
+
+    return Path("runs") / cfg.name / rerun_id(cfg)
+
+
+def check_run_directory(cfg: RootConfig, run_dir: Path, derived: Any) -> str:
+    """What the real run meets in its directory, as it meets it: a live lock (refused), a
+    trainer.resume file that is not there, a last.pt of another job or other settings (refused);
+    else whether it starts fresh or resumes, in words."""
+    from resnet_repro import checkpoint
+    from resnet_repro.resume import check_job_shape, check_lock, check_resumable, resume_path
+
+    stale = check_lock(run_dir)
+    path = resume_path(cfg, run_dir)
+    if path is None:
+        return f"{run_dir}: a fresh start" + (f" (its stale lock is taken over: {stale})" if stale else "")
+    if derived.steps_per_epoch == 0:  # the data's size unknown here: the job shape cannot be compared
+        return f"{run_dir}: resumes {path} (its job shape not checked: the data was not read)"
+    state = checkpoint.load(path)
+    check_resumable(state, path, derived, cfg)
+    shape_change = check_job_shape(state, path, derived)
+    return f"{run_dir}: resumes {path}" + (f" ({shape_change})" if shape_change else "")
+
+
+DEFAULT_GPU_GIB = 80.0  # the target GPU without --gpu-memory and without a visible GPU: an 80 GB H100/A100
+
+
+def visible_gpu_gib() -> float | None:
+    """This machine's GPU memory (GiB) when CUDA is here, else None."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+
+
+def _memory_line(est: Any, gpu_gib: float) -> str:
+    big = sorted(
+        (
+            (name, getattr(est, name))
+            for name in ("activations", "pipeline_buffers", "cudnn_workspace", "context")
+        ),
+        key=lambda kv: -kv[1],
+    )[:2]
+    parts = ", ".join(f"{name.replace('_', ' ')} {gib:.1f}" for name, gib in big)
+    return (
+        f"about {est.total:.1f} GiB per process of a {gpu_gib:.0f} GiB GPU ({parts} GiB; an upper estimate)"
+    )
+
+
+def scan_files(cfg: RootConfig, splits: Any) -> None:
+    """--scan: every listed image's header and end marker (verify-data without decoding), with its
+    progress bar and time; a file the run cannot read is refused here, not hours into the run."""
+    from resnet_repro.data.imagenet_verify import ERROR_KINDS, verify_data
+
+    summary = verify_data(
+        Path(cfg.data.root).expanduser(),
+        expect_imagenet=False,
+        num_threads=max(1, cfg.data.num_threads),
+        decode=False,
+        progress=cfg.logging.progress,
+        summary_path=None,
+        classes=None,
+    )
+    listed = set(splits.train_full.files) | set(splits.test.files)
+    bad = [i for i in summary["issues"] if i["kind"] in ERROR_KINDS and i["path"] in listed]
+    if bad:
+        raise UserError(
+            f"{len(bad)} listed image(s) cannot be read, e.g. {bad[0]['path']} ({bad[0]['kind']}); the run "
+            f"would fail on the first: `resnet-repro verify-data data.root={cfg.data.root}` writes the "
+            "list to pass as data.exclude_files"
+        )
+
+
+def launcher_description(overrides: list[str], nproc: int) -> tuple[bool, int, str]:
+    """launch_description for a job of a command line: under `hydra/launcher=slurm` each job is
+    nodes x tasks_per_node srun tasks of submitit (the launcher's config, as overridden), one rank
+    each."""
+    if "hydra/launcher=slurm" not in overrides:
+        return launch_description(nproc)
+    from omegaconf import OmegaConf
+
+    from resnet_repro.config import CONF_DIR
+
+    launcher = OmegaConf.load(Path(CONF_DIR) / "hydra" / "launcher" / "slurm.yaml")
+    values = {"nodes": int(launcher.nodes), "tasks_per_node": int(launcher.tasks_per_node)}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        name = key.removeprefix("hydra.launcher.")
+        if key.startswith("hydra.launcher.") and name in values:
+            try:
+                values[name] = int(value)
+            except ValueError as e:
+                raise UserError(f"{key}={value}: expected a whole number") from e
+    world = values["nodes"] * values["tasks_per_node"]
+    return (
+        False,
+        world,
+        (
+            f"{world} SLURM tasks of the submitit launcher ({values['nodes']} node(s) x "
+            f"{values['tasks_per_node']} tasks_per_node), one rank each"
+        ),
+    )
 
 
 def launch_description(nproc: int) -> tuple[bool, int, str]:
@@ -82,21 +225,74 @@ def readable(cfg: RootConfig) -> bool:
     return bool(cfg.data.root) and (Path(cfg.data.root).expanduser() / cfg.data.train_split).is_dir()
 
 
-def real_train_images(cfg: RootConfig) -> tuple[int | None, str]:
-    """The real run's training images per epoch and where the count comes from: data.root's file
-    lists (after exclusions, subset and holdout) when readable, else plan.train_images, else
-    ImageNet-1K's count for data=imagenet (minus a holdout given as a count)."""
-    from resnet_repro import plan
-    from resnet_repro.data.holdout import holdout_count
+# training images per class of the full datasets, for an estimate without the data
+IMAGES_PER_CLASS = {"imagenet": 1_281_167 / 1000, "cifar10": 50_000 / 10}
 
-    if readable(cfg) or cfg.data.name == "demo" or cfg.plan.train_images is not None:
-        count, _, source = plan.count_images(cfg)
-        return count, source
-    if cfg.data.name == "imagenet":
-        total = plan.IMAGENET_TRAIN_IMAGES
-        held = holdout_count(cfg.data.holdout.size, total) if cfg.data.holdout.size is not None else 0
-        return total - held, "ImageNet-1K's count (data.root not readable here)"
-    return None, "unknown (data.root not readable here; give plan.train_images=N)"
+
+@dataclass(frozen=True)
+class DataView:
+    """The training data as the real run will see it, or as estimated without it."""
+
+    train_images: int | None
+    source: str  # where the count comes from, in words
+    classes: int  # classes the run trains (a subset's count)
+    splits: Any = None  # the real run's Splits (resnet_repro.data.normalization) when listed
+
+
+def data_view(cfg: RootConfig, stand_in: bool = False) -> DataView:
+    """The real run's training images per epoch: from data.root's file lists, built by the real
+    run's own listing (exclusions, subset, holdout: its guards raise its errors, so a missing or
+    misspelt data.root fails here as it fails there); estimated only when data.root is unset or
+    `stand_in` is asked: plan.train_images, else the dataset's published count with the subset
+    and the holdout applied (a holdout the data cannot give is refused as the real run refuses it)."""
+    from resnet_repro.run_data import load_file_lists
+
+    d = cfg.data
+    if (d.root and not stand_in) or d.name == "demo":
+        splits = load_file_lists(d)
+        return DataView(len(splits.train), f"file lists of {d.root}", len(splits.train.classes), splits)
+    if cfg.plan.train_images is not None:
+        return DataView(cfg.plan.train_images, "plan.train_images", _estimated_classes(cfg))
+    if d.name not in IMAGES_PER_CLASS:
+        unknown = "unknown without data.root (plan.train_images=N gives it)"
+        return DataView(None, unknown, _estimated_classes(cfg))
+    classes = _estimated_classes(cfg)
+    per_class = IMAGES_PER_CLASS[d.name]
+    if d.subset.per_class is not None:
+        per_class = min(per_class, d.subset.per_class)
+    images = round(classes * per_class)
+    why = "data.root not set" if not d.root else "--stand-in"
+    source = f"estimated ({why}): {classes:,} classes x {per_class:,.0f} images"
+    if d.holdout.size is not None:
+        from resnet_repro.data.holdout import holdout_count
+
+        held = holdout_count(d.holdout.size, images)
+        if held > images - classes:
+            raise UserError(
+                f"data.holdout.size={d.holdout.size} asks for {held} of about {images} training images, "
+                f"but at most {images - classes} can be held out while each of the {classes} classes keeps "
+                "one image"
+            )
+        images -= held
+        source += f" - {held:,} held out"
+    return DataView(images, source, classes)
+
+
+def _estimated_classes(cfg: RootConfig) -> int:
+    """Classes the run trains, without the data: a subset's count or its class file's lines."""
+    total = CLASS_COUNTS.get(cfg.data.name, cfg.bench.num_classes)
+    spec = cfg.data.subset.classes
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        if not 1 <= spec <= total:
+            raise UserError(
+                f"data.subset.classes={spec} must be between 1 and the {total} classes of the training split"
+            )
+        return spec
+    path = Path(str(spec)).expanduser() if spec is not None else None
+    if path is not None and path.is_file():
+        lines = path.read_text().splitlines()
+        return len({line.strip() for line in lines if line.strip() and not line.startswith("#")})
+    return total
 
 
 @functools.lru_cache(maxsize=8)
@@ -171,9 +367,18 @@ def images_per_step(value: str, batch: int, device: str) -> int | None:
     return int(parsed)
 
 
-def check(cfg: RootConfig, nproc_world: tuple[bool, int, str] | None = None) -> Shape:
-    """Everything the real run settles before its first step, without data or memory; raises the
-    UserError the real run would raise."""
+def check(
+    cfg: RootConfig,
+    nproc_world: tuple[bool, int, str] | None = None,
+    stand_in: bool = False,
+    gpu_memory_gib: float | None = None,
+    scan: bool = False,
+    run_dir: Path | None = None,
+) -> Shape:
+    """Everything the real run settles before its first step: config, launch, batch, the data's
+    listing and statistics decision (unless data.root is unset or `stand_in`), model, optimizer
+    and schedule shapes, the memory fit on the target GPU; raises the UserError the real run
+    would raise."""
     from resnet_repro import distributed, plan, step_plan
     from resnet_repro.config import validate
     from resnet_repro.data import progressive
@@ -186,9 +391,18 @@ def check(cfg: RootConfig, nproc_world: tuple[bool, int, str] | None = None) -> 
     validate(cfg)
     _, world, launch = nproc_world or launch_description(cfg.trainer.nproc)
     batch = per_device_batch(cfg.trainer, world)
+    cfg, substituted = cpu_equivalent(cfg)
     device = distributed.pick_device(cfg.trainer.device, DistEnv())
     check_device(cfg, device)
-    images, source = real_train_images(cfg)
+    view = data_view(cfg, stand_in)
+    images, source = view.train_images, view.source
+    stats_line = None
+    if view.splits is not None:
+        from resnet_repro import stats_plan
+
+        stats_line = stats_plan.decide(cfg, view.splits)
+        if scan:
+            scan_files(cfg, view.splits)
     global_batch = batch * world
     steps = None
     if images is not None:
@@ -200,17 +414,39 @@ def check(cfg: RootConfig, nproc_world: tuple[bool, int, str] | None = None) -> 
             )
         if cfg.trainer.max_steps_per_epoch is not None:
             steps = min(steps, cfg.trainer.max_steps_per_epoch)
-    num_classes = CLASS_COUNTS.get(cfg.data.name, cfg.bench.num_classes)
+    num_classes = view.classes
     model_json = json.dumps(dataclasses.asdict(cfg.model))
     regularization_json = json.dumps(dataclasses.asdict(cfg.regularization))
     net = _meta_model(model_json, num_classes, regularization_json)
     largest = max(progressive.train_sizes(cfg.data, cfg.trainer.epochs))
     activations = _saved_activation_mb(model_json, num_classes, regularization_json, largest)
+    memory = None
+    if cfg.trainer.device != "cpu":  # the run's GPU: the memory one process needs there
+        from resnet_repro import memory_fit
+
+        gpu_gib = gpu_memory_gib or visible_gpu_gib() or DEFAULT_GPU_GIB
+        est = memory_fit.estimate(
+            cfg, net, batch, world, activations * 2**20, image_size=largest, on_gpu=True
+        )
+        memory_fit.check_fits(est, gpu_gib, cfg, batch, largest)
+        memory = (est, gpu_gib)
     optimizer = build_optimizer(cfg.optim, net, global_batch)
     build_scheduler(
         cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=steps or 1000, epochs=cfg.trainer.epochs
     )
     lr = peak_lr(cfg.optim, global_batch)
+    run_dir_line = None
+    if run_dir is None and cfg.trainer.resume not in ("auto", "never"):
+        run_dir = Path("runs") / cfg.name / "(a new directory)"  # it resumes the named file
+    if run_dir is not None:
+        from resnet_repro import checkpoint
+
+        selection = cfg.data.holdout.size is not None or cfg.trainer.select_on_test
+        checkpoint.check_free_space(run_dir, checkpoint.files_needed_bytes(cfg, net, selection))
+        from resnet_repro.summary import Derived
+
+        derived = Derived(world, global_batch, lr, steps or 0, images or 0, 0, num_classes, str(device))
+        run_dir_line = check_run_directory(cfg, run_dir, derived)
     found = [f"{d.key}={d.value} (reference: {d.reference})" for d in deviations(cfg, world)]
     points = step_plan.change_points(cfg, steps or 1000)
     estimate = None
@@ -234,6 +470,12 @@ def check(cfg: RootConfig, nproc_world: tuple[bool, int, str] | None = None) -> 
         reference=cfg.reference,
         plan=estimate,
         activation_mb_per_image=activations,
+        data_source=source if view.splits is not None else "estimated (no data read)",
+        stats=stats_line,
+        substituted=substituted,
+        scanned=scan and view.splits is not None,
+        run_dir=run_dir_line,
+        memory=_memory_line(*memory) if memory is not None else None,
     )
 
 
@@ -279,6 +521,11 @@ def sample_data_root(cfg: RootConfig, global_batch: int, out: Path) -> tuple[Pat
     d = cfg.data
     train = list_split(d.root, d.train_split)
     test = list_split(d.root, d.eval_split, classes=train.classes)
+    if d.exclude_files:  # left out of the sample, as the real run leaves them out of its lists
+        from resnet_repro.data.splits import read_exclude_list, without
+
+        excluded = read_exclude_list(d.exclude_files, d.root)
+        train, test = without(train, excluded, d.root)[0], without(test, excluded, d.root)[0]
     kept, wanted = _kept_and_wanted(cfg, train.classes, global_batch)
     root = Path(d.root).expanduser()
     taken: dict[tuple[str, int], int] = {}
@@ -343,13 +590,15 @@ def write_stand_in(cfg: RootConfig, global_batch: int, out: Path, pool_size: int
             _link(images[(c + i) % pool_size], out / cfg.data.train_split / name / f"{i}.JPEG")
         _link(images[c % pool_size], out / cfg.data.eval_split / name / "0.JPEG")
         n += count
-    why = "data.root is not set" if not cfg.data.root else f"data.root={cfg.data.root} is not readable here"
+    why = "data.root is not set" if not cfg.data.root else "--stand-in"
     return out, (
         f"a generated stand-in ({why}): {len(classes)} classes, {n} training images of {width}x{height} px"
     )
 
 
-def rehearsal_config(cfg: RootConfig, world: int, run_dir: Path) -> tuple[RootConfig, str]:
+def rehearsal_config(
+    cfg: RootConfig, world: int, run_dir: Path, stand_in: bool = False
+) -> tuple[RootConfig, str]:
     """The config the rehearsal trains: the run's, with data.root on the sample or stand-in (in
     <run_dir>/rehearsal/data), evaluations capped at a few images per process, the statistics file
     beside the sample. Returns it and one line saying where the data came from."""
@@ -358,7 +607,7 @@ def rehearsal_config(cfg: RootConfig, world: int, run_dir: Path) -> tuple[RootCo
     out = run_dir / "rehearsal" / "data"
     if d.name == "demo":  # the demo's data is generated and small: the run's own
         root, note = d.root, f"the demo's own data ({d.root})"
-    elif readable(cfg):
+    elif d.root and not stand_in:  # the real listing: a missing root or split fails as in train
         root, note = sample_data_root(cfg, global_batch, out)
     else:
         root, note = write_stand_in(cfg, global_batch, out)
@@ -368,6 +617,7 @@ def rehearsal_config(cfg: RootConfig, world: int, run_dir: Path) -> tuple[RootCo
         root=str(root),
         max_eval_images=min(cap, d.max_eval_images) if d.max_eval_images is not None else cap,
         stats=dataclasses.replace(d.stats, path=None),
+        exclude_files=None,  # the sample was drawn without them
     )
     return dataclasses.replace(cfg, data=data), note
 
@@ -458,8 +708,9 @@ def verdict(shape: Shape, record: dict[str, Any] | None = None) -> str:
     """One screen: what would run where, and (after a rehearsal) what it did and what it costs."""
     s = shape
     spe = f"{s.steps_per_epoch:,}" if s.steps_per_epoch is not None else "unknown"
+    data = record["data"] if record is not None else s.data_source
     lines = [
-        "rehearsal verdict: the real run would start" + (" and train" if record else ""),
+        "rehearsal verdict: the real run would start" + (" and train" if record else "") + f" (data: {data})",
         f"  processes        {s.processes}: {s.launch}, on {s.device}",
         f"  batch            {s.per_process_batch} per process, {s.global_batch} global "
         f"(peak LR {s.peak_lr:g})",
@@ -507,4 +758,38 @@ def verdict(shape: Shape, record: dict[str, Any] | None = None) -> str:
         )
     dev = ", ".join(s.deviations) if s.deviations else "none"
     lines.append(f"  deviations       from reference={s.reference}: {dev}")
+    if s.stats is not None:
+        lines.append(f"  statistics       {s.stats}")
+    if s.run_dir is not None:
+        lines.append(f"  run directory    {s.run_dir}")
+    if s.memory is not None:
+        lines.append(f"  GPU memory       {s.memory}")
+    for said in s.substituted:
+        lines.append(f"  substituted      {said} (no GPU here; the real run keeps its setting)")
+    lines.append("not checked here:")
+    lines.extend(f"  - {line}" for line in not_checked(s, record))
     return "\n".join(lines)
+
+
+def not_checked(shape: Shape, record: dict[str, Any] | None) -> list[str]:
+    """What this rehearsal could not try, one line each, so that its "ok" claims no more."""
+    on_gpu = shape.device.startswith("cuda")
+    lines = []
+    if not on_gpu:
+        lines.append("GPU decoding (DALI's \"mixed\", nvJPEG) and the GPU's speed: all ran on the CPU")
+    if shape.processes > 1 and not on_gpu:
+        lines.append("NCCL: the processes met over gloo on the CPU")
+    elif shape.processes > 1 and record is None:
+        lines.append("NCCL: no process group was started (--check-only)")
+    if record is None:
+        lines.append("any step, checkpoint or evaluation: --check-only trains nothing (drop it to rehearse)")
+    if shape.stats is None:
+        lines.append("the data: not read (data.root unset or --stand-in); counts are estimates")
+    elif not shape.scanned:
+        lines.append(
+            "every image: only the listing and a sample were read; `resnet-repro verify-data data.root=...` "
+            "(or rehearse --scan) checks every file's header"
+        )
+    lines.append("several nodes: one host's processes only")
+    lines.append("throughput at the full batch: plan.img_per_s_per_gpu=N or a run on the GPU measures it")
+    return lines

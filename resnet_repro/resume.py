@@ -123,6 +123,16 @@ def resume_config_changes(saved: dict[str, Any], cfg: RootConfig) -> list[str]:
     return changes
 
 
+def rerun_id(cfg: RootConfig) -> str:
+    """A training run's directory name outside SLURM: `cfg-` and a hash of the settings a
+    checkpoint must share to continue the run (resume.resume_identity), so that the same command
+    run again (after a stop, a crash or a reboot) finds its run and resumes it."""
+    import hashlib
+
+    text = json.dumps(resume_identity(cfg), sort_keys=True, default=str)
+    return "cfg-" + hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
 def check_job_shape(state: dict[str, Any], path: Path, derived: Derived) -> str | None:
     """None when the checkpoint's job shape is this run's; a line for the log when only the world
     size changed (the global batch kept: every step reads the same images, data/sharding.py);
@@ -232,6 +242,41 @@ def _stale_because(
     return f"SLURM job {job} is {view.base or view.describe()}"
 
 
+def _lock_owner(env: Mapping[str, str]) -> dict[str, Any]:
+    """What a lock taken by this process records."""
+    job = slurm.job_ref(env)
+    # SLURM sets SLURM_RESTART_COUNT in a requeued job: a lock of the same job with a lower count
+    # is from before the requeue, whatever its pid has become
+    restarts = int(env.get("SLURM_RESTART_COUNT", "0") or 0) if job else None
+    return {"job": job, "host": socket.gethostname(), "pid": os.getpid(), "restarts": restarts}
+
+
+def check_lock(
+    run_dir: Path,
+    me: dict[str, Any] | None = None,
+    query: Callable[[str], tuple[slurm.JobView | None, str]] = slurm.query_job,
+) -> str | None:
+    """None when <run_dir>/run.lock is absent; why it is stale when its writer is gone; the
+    UserError naming its holder when it may be live (what `train` would meet; `rehearse` asks too)."""
+    path = run_dir / LOCK_NAME
+    try:
+        holder = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        holder = {}
+    me = me if me is not None else _lock_owner(os.environ)
+    stale = _stale_because(holder, me, query) if holder else "it is unreadable"
+    if stale is None:
+        who = ", ".join(f"{k} {holder.get(k)}" for k in ("job", "host", "pid"))
+        raise UserError(
+            f"run directory {run_dir} is held by another run ({who}; {path}): two jobs must not "
+            f"write one run directory; use another hydra.run.dir, or delete {path} if that run "
+            "is gone"
+        )
+    return stale
+
+
 def acquire_run_lock(
     run_dir: Path,
     environ: Mapping[str, str] | None = None,
@@ -241,32 +286,17 @@ def acquire_run_lock(
     directory. A lock whose writer is gone (a dead process on this host, this job before its
     requeue, a SLURM job that no longer runs) is taken over with a log line; a live one, or one
     that cannot be checked (another host, no job, SLURM unreachable), is refused naming its holder."""
-    env = os.environ if environ is None else environ
-    job = slurm.job_ref(env)
-    # SLURM sets SLURM_RESTART_COUNT in a requeued job: a lock of the same job with a lower count
-    # is from before the requeue, whatever its pid has become
-    restarts = int(env.get("SLURM_RESTART_COUNT", "0") or 0) if job else None
-    me = {"job": job, "host": socket.gethostname(), "pid": os.getpid(), "restarts": restarts}
+    me = _lock_owner(os.environ if environ is None else environ)
     path = run_dir / LOCK_NAME
     run_dir.mkdir(parents=True, exist_ok=True)
     for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                holder = json.loads(path.read_text())
-            except (OSError, ValueError):
-                holder = {}
-            stale = _stale_because(holder, me, query) if holder else "it is unreadable"
-            if stale is None:
-                who = ", ".join(f"{k} {holder.get(k)}" for k in ("job", "host", "pid"))
-                raise UserError(
-                    f"run directory {run_dir} is held by another run ({who}; {path}): two jobs must not "
-                    f"write one run directory; use another hydra.run.dir, or delete {path} if that run "
-                    "is gone"
-                ) from None
-            logging.getLogger("resnet_repro").info(f"taking over the stale lock {path}: {stale}")
-            path.unlink(missing_ok=True)
+            stale = check_lock(run_dir, me, query)
+            if stale is not None:  # None: its holder removed it meanwhile
+                logging.getLogger("resnet_repro").info(f"taking over the stale lock {path}: {stale}")
+                path.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(me) + "\n")

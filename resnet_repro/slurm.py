@@ -25,7 +25,7 @@ QUERY_TIMEOUT_S = 10.0
 
 # Job state flags that SLURM shows *instead of* the base state (job_state_string() returns the
 # first flag set): `JobState=COMPLETING` hides whether the job was CANCELLED, TIMEOUT, PREEMPTED or
-# requeued (PENDING). Only the JSON of SLURM >= 23.02 lists the base state beside them.
+# requeued (PENDING). Only the JSON of SLURM >= 23.11 (data_parser v0.0.40) lists the base state beside them.
 STATE_FLAGS = frozenset(
     {
         "COMPLETING",
@@ -130,6 +130,25 @@ def rendezvous_port(environ: Mapping[str, str]) -> int:
     job = int(environ.get("SLURM_JOB_ID", "0") or 0)
     step = int(environ.get("SLURM_STEP_ID", "0") or 0)
     return 20000 + (job * 97 + step) % 20000
+
+
+def batch_launcher_warning(environ: Mapping[str, str], nproc: int, parent_name: str) -> str | None:
+    """A warning for `trainer.nproc` workers started by the batch script of a SLURM job through a
+    shell (`parent_name`, the launcher's parent process): SLURM's `--signal` reaches the batch
+    step only as `--signal=B:...`, and then only the shell, which dies of USR1 and takes the
+    workers with it. The supported form is `exec resnet-repro train trainer.nproc=N` (its parent
+    is slurmstepd). None where that does not apply."""
+    if nproc <= 1 or not environ.get("SLURM_JOB_ID"):
+        return None
+    step = environ.get("SLURM_STEP_ID", "")
+    in_step = step.isdigit() and int(step) < 0xFFFFFFF0  # the batch script has none (or SLURM's "batch")
+    if in_step or parent_name == "slurmstepd":
+        return None
+    return (
+        f"trainer.nproc={nproc} started by the batch script through {parent_name or 'a shell'}: a "
+        "time-limit warning (#SBATCH --signal=B:USR1@120) would reach that shell only, and kill it; "
+        "start it as `exec resnet-repro train ...` (docs/cluster.md, launch forms)"
+    )
 
 
 # ------------------------------------------------------------------------------------ job states

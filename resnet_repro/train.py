@@ -8,7 +8,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from resnet_repro.models import build_model
 from resnet_repro.optim import build_optimizer, summarize_groups
 from resnet_repro.preemption import Interrupts, after_preemption
 from resnet_repro.protocols import describe as describe_protocol
+from resnet_repro.protocols import flips
 from resnet_repro.resume import (
     acquire_run_lock,
     check_job_shape,
@@ -119,12 +122,37 @@ def train_worker(cfg_yaml: str, run_dir: str, rehearsal: dict[str, Any] | None =
     cfg = to_dataclass(OmegaConf.create(cfg_yaml))
     plan = StepPlan(**rehearsal) if rehearsal is not None else None
     try:
-        return train(cfg, Path(run_dir), plan)
+        outcome = train(cfg, Path(run_dir), plan)
     except UserError as e:  # one line from the failing rank, not a traceback per rank
         print(f"resnet-repro: error: {e}", file=sys.stderr)
         with contextlib.suppress(OSError):  # the reason, for the launching process to report
             (Path(run_dir) / "error.txt").write_text(f"{e}\n")
         raise SystemExit(2) from None
+    if outcome.get("preempted"):
+        # torch's worker wrapper now waits for the agent to collect this result. An agent that got
+        # the same SIGTERM (a cancel or a time limit signals every process of the job) is shutting
+        # down instead and never does: it waits 30 s for the workers, as long as SLURM's usual
+        # KillWait, and both die before the launcher can say how to resume. preempted.json holds
+        # the outcome; leave soon whatever the agent does.
+        _exit_soon(WORKER_EXIT_AFTER_STOP_S)
+    return outcome
+
+
+# seconds a stopped worker leaves its agent to collect its result before it exits on its own
+WORKER_EXIT_AFTER_STOP_S = 3.0
+
+
+def _exit_soon(delay_s: float) -> None:
+    def leave() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(delay_s, leave)
+    timer.daemon = True
+    timer.start()
 
 
 def check_device(cfg: RootConfig, device: torch.device) -> None:
@@ -166,18 +194,28 @@ def _train_locked(
 ) -> dict[str, Any]:
     data = prepare_data(cfg, env, device)
     parts = build_parts(cfg, data.derived, env, device, run_dir, norm=data.norm, checkpoints=True)
-    _resume(parts, cfg, run_dir, env, data)
     selection = selection_split(cfg, data.splits)
+    needed = checkpoint.files_needed_bytes(cfg, parts.state.net, selection is not None)
+    room = (lambda: checkpoint.check_free_space(run_dir, needed)) if env.is_main else (lambda: None)
+    distributed.all_or_none(env, room)
+    _resume(parts, cfg, run_dir, env, data)
     _describe(parts, cfg, run_dir, env, data, selection)
     evals = EvalSets(cfg, data.splits, data.norm, env, device, data.batch)
     try:
         last = _run_epochs(parts, cfg, data, evals, env, device, selection, plan)
+        if parts.interrupts.stopped_by is None and _long_final_evaluation(cfg, last):
+            # a signal during the last epoch: stop before a long final evaluation, not in it
+            parts.interrupts.stop_requested(parts.state.step, force_check=True)
         if parts.interrupts.stopped_by is not None:  # last.pt holds the position reached
             state = parts.state
             return after_preemption(cfg, env, run_dir, parts.interrupts, state.epoch, state.epoch_step)
         if plan is not None and plan.phase == "first":  # a rehearsal drops the process state here
             return {"rehearsed_to_step": parts.state.step}
-        return _finish(parts, cfg, run_dir, data, evals, last, env, device, selection)
+        final = _finish(parts, cfg, run_dir, data, evals, last, env, device, selection)
+        late = parts.interrupts.watch.received
+        if late and env.is_main:
+            log.warning(f"{late} arrived after the last epoch's training; the run finished first")
+        return final
     except NonFiniteError as e:
         raise UserError(str(e)) from e
     finally:
@@ -446,6 +484,12 @@ def _end_epoch(
     _warn_if_not_learning(cfg, epoch, train_metrics["loss"], num_classes)
 
 
+def _long_final_evaluation(cfg: RootConfig, last: dict[str, dict[str, Any]] | None) -> bool:
+    """Whether the final numbers need evaluations still to run: a resumed finished run (its last
+    epoch's are not kept) or a protocol beyond the per-epoch centre crop (ten crops, five scales)."""
+    return last is None or eval_protocols(cfg.eval) != ["center"] or flips(cfg.eval)
+
+
 def _finish(
     parts: Parts,
     cfg: RootConfig,
@@ -459,6 +503,9 @@ def _finish(
 ) -> dict[str, Any]:
     """The final numbers (the test split under eval.protocol) -> final.json."""
     state, test_name = parts.state, cfg.data.eval_split
+    if _long_final_evaluation(cfg, last) and env.is_main:
+        # a signal now is not acted on before the evaluation ends (nor after: the run is then done)
+        log.info(f"final evaluation: a stop during it loses only it; resume with hydra.run.dir={run_dir}")
     if last is None:  # resumed a finished run: report its final numbers
         last = evals.run(state.net)
         if state.ema is not None:

@@ -265,3 +265,25 @@ def test_preemption_watch_restores_several_signals_to_their_previous_handlers():
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize(
+    ("environ", "nproc", "parent", "warned"),
+    [
+        ({"SLURM_JOB_ID": "7"}, 2, "bash", True),  # the batch script ran it without exec
+        ({"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "4294967291"}, 2, "bash", True),  # SLURM's batch step id
+        ({"SLURM_JOB_ID": "7"}, 2, "slurmstepd", False),  # exec: the launcher is the batch shell
+        ({"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0"}, 2, "slurmstepd", False),  # one srun task per node
+        ({"SLURM_JOB_ID": "7"}, 1, "bash", False),  # no workers to lose
+        ({}, 2, "bash", False),  # outside SLURM
+    ],
+)
+def test_workers_started_by_a_batch_shell_are_warned_that_the_b_signal_would_kill_them(
+    environ, nproc, parent, warned
+):
+    from resnet_repro.slurm import batch_launcher_warning
+
+    warning = batch_launcher_warning(environ, nproc, parent)
+    assert (warning is not None) == warned
+    if warned:
+        assert "exec resnet-repro train" in warning and parent in warning

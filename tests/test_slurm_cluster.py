@@ -624,6 +624,56 @@ def scenario_salloc(c: Cluster, work: Path) -> dict[str, Any]:
     return {"proc": proc, "run_dir": run_dir}
 
 
+BATCH_NPROC = """#!/usr/bin/env bash
+#SBATCH --job-name=batch-nproc
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+set -euo pipefail
+exec "$RESNET_REPRO" train trainer.nproc=2 "$@"
+"""
+
+
+def scenario_batch_nproc(c: Cluster, work: Path) -> dict[str, Any]:
+    """`exec resnet-repro train trainer.nproc=2` as the batch script, `--signal=B:USR1@120` (the
+    form docs/cluster.md names): the time-limit warning reaches the launcher, which is the batch
+    shell, and is passed on to its two workers: saved, requeued, resumed; then a plain scancel
+    (SIGTERM to every process of the job) stops it with exit 75 and the resume line."""
+    script = work / "batch_nproc.sbatch"
+    script.write_text(BATCH_NPROC)
+    job = c.sbatch(
+        *CPU_JOB[:-1],
+        "--cpus-per-task=2",
+        "--time=30",
+        f"--export=ALL,RESNET_REPRO={RESNET_REPRO}",
+        str(script),
+        f"data.root={c.demo_root}",
+        *SMALL_RUN,
+        "trainer.epochs=20",
+        cwd=work,
+    )
+    run_dir = work / "runs" / "demo" / f"slurm-{job}"
+    wait_for(lambda: epochs_done(run_dir) >= 1 or c.job(job).get("JobState") in FINAL_STATES, "epoch 1")
+    c.run("scontrol", "update", f"JobId={job}", "TimeLimit=2")  # inside the last 120 s: USR1 comes
+    requeued = c.wait_job(job, lambda j: int(j["Restarts"]) >= 1 or j["JobState"] in FINAL_STATES, "requeue")
+    warned = read_json(run_dir / "preempted.json") if (run_dir / "preempted.json").exists() else None
+    c.run("scontrol", "update", f"JobId={job}", "TimeLimit=30")  # room for the rerun
+    c.wait_job(job, lambda j: j["JobState"] == "RUNNING" or j["JobState"] in FINAL_STATES, "the rerun")
+    resumed_at = epochs_done(run_dir)
+    wait_for(
+        lambda: epochs_done(run_dir) > resumed_at or c.job(job).get("JobState") in FINAL_STATES,
+        "an epoch of the rerun",
+    )
+    cancelled = c.run("scancel", job)
+    return {
+        "requeued": requeued,
+        "warned": warned,
+        "cancelled": cancelled,
+        **ended_without_requeue(c, job, run_dir),
+        "whole_log": c.log_of(job, tail=None),
+    }
+
+
 # name -> (cluster, scenario)
 SCENARIOS: dict[str, tuple[str, Callable[[Cluster, Path], dict[str, Any]]]] = {
     "sbatch": ("one", scenario_sbatch),
@@ -643,6 +693,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Cluster, Path], dict[str, Any]]]] = {
     "multi_rank_stop": ("one", scenario_multi_rank_stop),
     "no_requeue": ("one", scenario_no_requeue),
     "salloc": ("one", scenario_salloc),
+    "batch_nproc": ("one", scenario_batch_nproc),
     "grace_cancel": ("nodes", scenario_grace_cancel),
     "grace_requeue": ("nodes", scenario_grace_requeue),
 }
@@ -1003,3 +1054,20 @@ def test_grace_preemption_in_requeue_mode_checkpoints_requeues_and_the_job_compl
     # nothing
     log = (o["run_dir"] / "train.log").read_text()
     assert log.count("resumed from") == int(o["info"]["Restarts"]), log[-2000:]
+
+
+@scenario("batch_nproc")
+def test_batch_nproc_workers_get_the_b_usr1_warning_requeue_resume_and_a_cancel_stops_with_the_resume_line(
+    scenarios, version
+):
+    o = outcome(scenarios, "batch_nproc", version)
+    assert o["warned"] is not None, o["whole_log"][-4000:]
+    assert o["warned"]["signal"] == "SIGUSR1" and o["warned"]["requeued"] is True, o["warned"]
+    assert int(o["requeued"]["Restarts"]) == 1, o["requeued"]
+    assert "resumed from" in (o["run_dir"] / "train.log").read_text()
+    # the cancel: every process of the job got SIGTERM; the workers saved, did not requeue
+    assert o["preempted"]["signal"] == "SIGTERM" and o["preempted"]["requeued"] is False, o["preempted"]
+    assert RESUME_COMMAND in o["preempted"]["resume"] and "to resume:" in o["log"], o["log"]
+    assert o["later"]["JobState"] == "CANCELLED" and o["later"]["Restarts"] == "1", o["later"]
+    assert "Traceback" not in o["whole_log"], o["whole_log"][-4000:]
+    assert "started by the batch script through" not in o["whole_log"]  # exec: no shell in between

@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -83,6 +84,54 @@ def test_a_stop_on_the_epochs_last_step_comes_before_its_evaluation_which_the_re
     resumed = train(cfg, tmp_path)
     assert resumed["epochs_run"] == 2
     assert rows(tmp_path) == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
+
+
+def signal_during_last_evaluation(monkeypatch, epochs: int) -> None:
+    """SIGUSR1 to this process while the last epoch's evaluation runs (a time-limit warning then)."""
+    from resnet_repro.run_eval import EvalSets
+
+    real_run, calls = EvalSets.run, []
+
+    def run_and_signal(self, net):
+        calls.append(1)
+        if len(calls) == epochs:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real_run(self, net)
+
+    monkeypatch.setattr(EvalSets, "run", run_and_signal)
+
+
+@pytest.mark.slow
+def test_a_signal_in_the_last_epoch_stops_before_a_long_final_evaluation_which_the_resume_runs(
+    demo_root: Path, tmp_path: Path, monkeypatch
+):
+    from resnet_repro.train import train
+
+    cfg = demo_cfg(demo_root, "eval.protocol=ten_crop")
+    with monkeypatch.context() as m:
+        signal_during_last_evaluation(m, epochs=2)
+        stopped = train(cfg, tmp_path)
+    assert stopped["preempted"] and stopped["requeued"] is False, stopped
+    assert json.loads((tmp_path / "preempted.json").read_text())["signal"] == "SIGUSR1"
+    assert not (tmp_path / "final.json").exists()
+    resumed = train(cfg, tmp_path)
+    assert resumed["epochs_run"] == 2 and resumed["protocol"] == "ten_crop", resumed
+    assert json.loads((tmp_path / "final.json").read_text())["protocol"] == "ten_crop"
+
+
+@pytest.mark.slow
+def test_a_signal_in_the_last_epoch_of_a_centre_crop_run_lets_it_finish_and_says_so(
+    demo_root: Path, tmp_path: Path, monkeypatch, caplog
+):
+    from resnet_repro.train import train
+
+    cfg = demo_cfg(demo_root)
+    with monkeypatch.context() as m, caplog.at_level("WARNING"):
+        signal_during_last_evaluation(m, epochs=2)
+        final = train(cfg, tmp_path)
+    assert final["epochs_run"] == 2 and (tmp_path / "final.json").exists()
+    assert not (tmp_path / "preempted.json").exists()
+    assert "SIGUSR1 arrived after the last epoch's training; the run finished first" in caplog.text
 
 
 # ---------------------------------------------------------------------------------- resume guard
