@@ -672,30 +672,40 @@ def _plan_command(args: list[str]) -> None:
     print(json.dumps(record))
 
 
-REHEARSE_HELP = f"""usage: {PROG} rehearse [-m] [--check-only] [--images-per-step N] [train overrides]
+REHEARSE_HELP = f"""usage: {PROG} rehearse [-m] [--check-only] [--stand-in] [--scan] [--gpu-memory GiB]
+                         [--images-per-step N] [train overrides]
 
 Before you queue: the job `train` would run with these overrides, on this machine in minutes. The
 same composed config and launch path (local workers for trainer.nproc, torchrun, srun), nothing
 shrunk but the work: a few steps at each point of the schedule where behaviour changes (first step,
 end of warm-up, LR milestones or ramp peak, each progressive-resizing size, last epoch), a
 checkpoint, a second launch of the processes resuming from it, the final evaluation under
-eval.protocol, `report` on the result. Data: a few images per class of data.root, listed by the
-real listing; or, when data.root is not readable here, a generated stand-in with the configured
-classes and image sizes (said so). Ends in a verdict (processes, batches, steps per epoch,
-precision, peak memory per process, the plan estimate, deviations from the claimed reference):
-exit 0, or the one-line error the real run would hit, exit 2. Writes rehearsals/<name>/<id>/.
+eval.protocol, `report` on the result. It judges as `train` judges: data.root through the real
+listing (a missing root or split is train's error), the statistics file (loaded and checked, or
+to be computed: its folder must be writable), the real run's directory (a live lock, a last.pt of
+another job), the checkpoints against the free disk, and the per-process memory on the target GPU.
+Data: a few images per class of data.root; a generated stand-in with the configured classes and
+image sizes only when data.root is unset or with --stand-in. Ends in a verdict and a list of what
+this machine did not check: exit 0, or the one-line error the real run would hit, exit 2. Writes
+rehearsals/<name>/<id>/. The fault catalogue both must judge alike: docs/rehearse.md.
 
 options:
-  -m                     rehearse each job of the sweep
-  --check-only           only what the run decides before touching data (config, launch, batch,
-                         model, optimizer and schedule shapes, plan, deviations); seconds, nothing written
+  -m                     rehearse each job of the sweep (train -m's directory collisions refused)
+  --check-only           only what the run decides before its first step (config, launch, batch,
+                         data listing and statistics decision, run directory, model, optimizer and
+                         schedule shapes, memory fit, plan, deviations); seconds, nothing written
+  --stand-in             do not read data.root (e.g. not mounted here): counts estimated from the
+                         dataset's size with its subset and holdout, the rehearsal on generated images
+  --scan                 also read every listed image's header (verify-data without decoding): a
+                         file the run could not read is refused now
+  --gpu-memory GiB       the target GPU's memory (default: the visible GPU's, else 80)
   --images-per-step N    images of each process's batch a trained step uses (the loader still
                          reads the whole batch); all: the whole batch; auto (default): the whole
                          batch on a GPU, at most 2 on a CPU
 
 example:
   {PROG} rehearse experiment=he2016 data.root=/data/imagenet trainer.nproc=2
-  {PROG} rehearse --check-only experiment=he2016 trainer.nproc=8
+  {PROG} rehearse --check-only --stand-in experiment=he2016 trainer.nproc=8
 """
 
 
@@ -753,7 +763,7 @@ def _rehearse_check(args: list[str], options: RehearseOptions) -> None:
 _REHEARSAL_FAILURES: list[str] = []
 
 
-def _rehearse(dcfg: DictConfig, options: RehearseOptions) -> None:
+def _rehearse(dcfg: DictConfig, options: RehearseOptions, check_real_dir: bool = False) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import OmegaConf
@@ -769,7 +779,8 @@ def _rehearse(dcfg: DictConfig, options: RehearseOptions) -> None:
             dcfg.data.root = ""  # the stand-in takes its place (the verdict says so)
         cfg = to_dataclass(dcfg)
         launch = rehearse.launch_description(cfg.trainer.nproc)
-        shape = rehearse.check(cfg, launch, options.stand_in, options.gpu_memory_gib, options.scan)
+        real_dir = rehearse.real_run_dir([], cfg, multirun=False) if check_real_dir else None
+        shape = rehearse.check(cfg, launch, options.stand_in, options.gpu_memory_gib, options.scan, real_dir)
         local_launch, world, _ = launch
         plan = StepPlan(
             rehearse.STEPS_PER_POINT,
@@ -865,9 +876,12 @@ def _rehearse_command(args: list[str]) -> None:
         "rehearsals/${name}/multirun-${now:%Y-%m-%d_%H-%M-%S}" if flags else "rehearsals/${name}/${run_id:}"
     )
     own = [] if any(a.startswith(f"{key}=") for a in rest) else [f"{key}={where}"]
+    # the real run's own directory (runs/<name>/cfg-<hash>) is checked, never written; a
+    # hydra.run.dir given is where the rehearsal itself runs (and meets its lock and last.pt)
+    check_real_dir = not flags and bool(own)
 
     def rehearse_job(dcfg: DictConfig) -> None:
-        _rehearse(dcfg, options)
+        _rehearse(dcfg, options, check_real_dir)
 
     _hydra_command(rehearse_job, [*flags, *own, *rest], "rehearse")
     if _REHEARSAL_FAILURES:

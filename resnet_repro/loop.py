@@ -232,6 +232,7 @@ def _epoch_metrics(
         "lr_end": parts.state.schedule.lr,
         "img_per_s": seen / elapsed,
         "epoch_time_s": elapsed,
+        "steps": len(norms),  # optimizer steps this epoch (or rehearsal window) ran
         "skipped_steps": parts.guard.skipped_total,
         "peak_memory_mb": peak_memory_mb(device.type),
         **({"compiled_graphs": graphs_compiled()} if cfg.trainer.compile else {}),

@@ -192,7 +192,7 @@ def check_fits(
     gpu = _gib(gpu_gib)
     need = (
         f"a per-process batch of {per_process_batch} at {image_size} px needs about {_gib(est.total)} GiB "
-        f"on {_article(gpu)} {gpu} GiB GPU (activations {_gib(est.activations)} GiB)"
+        f"on {article(gpu)} {gpu} GiB GPU (activations {_gib(est.activations)} GiB)"
     )
     if fit == 0:
         raise UserError(
@@ -326,7 +326,7 @@ def _gib(x: float) -> str:
     return f"{x:,.0f}" if x >= 10 else f"{x:.1f}"
 
 
-def _article(number: str) -> str:
+def article(number: str) -> str:
     """ "an" before a number read with a vowel sound (8, 80, 11, 18, 800...), else "a"."""
     digits = number.replace(",", "").split(".")[0]
     return "an" if digits.startswith("8") or (len(digits) % 3 == 2 and digits[:2] in ("11", "18")) else "a"

@@ -77,7 +77,7 @@ def cpu_equivalent(cfg: RootConfig) -> tuple[RootConfig, list[str]]:
     rehearsed, not refused for the login node it is rehearsed on."""
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() or cfg.trainer.device == "cpu":  # a CPU run refuses them as train does
         return cfg, []
     said, trainer, model = [], cfg.trainer, cfg.model
     if trainer.device == "cuda":
@@ -140,6 +140,8 @@ def visible_gpu_gib() -> float | None:
 
 
 def _memory_line(est: Any, gpu_gib: float) -> str:
+    from resnet_repro.memory_fit import article
+
     big = sorted(
         (
             (name, getattr(est, name))
@@ -149,7 +151,8 @@ def _memory_line(est: Any, gpu_gib: float) -> str:
     )[:2]
     parts = ", ".join(f"{name.replace('_', ' ')} {gib:.1f}" for name, gib in big)
     return (
-        f"about {est.total:.1f} GiB per process of a {gpu_gib:.0f} GiB GPU ({parts} GiB; an upper estimate)"
+        f"about {est.total:.1f} GiB per process of {article(f'{gpu_gib:.0f}')} {gpu_gib:.0f} GiB GPU "
+        f"({parts} GiB; an upper estimate)"
     )
 
 
@@ -391,6 +394,7 @@ def check(
     validate(cfg)
     _, world, launch = nproc_world or launch_description(cfg.trainer.nproc)
     batch = per_device_batch(cfg.trainer, world)
+    on_gpu = cfg.trainer.device != "cpu"  # the real run's: before any substitution
     cfg, substituted = cpu_equivalent(cfg)
     device = distributed.pick_device(cfg.trainer.device, DistEnv())
     check_device(cfg, device)
@@ -421,7 +425,7 @@ def check(
     largest = max(progressive.train_sizes(cfg.data, cfg.trainer.epochs))
     activations = _saved_activation_mb(model_json, num_classes, regularization_json, largest)
     memory = None
-    if cfg.trainer.device != "cpu":  # the run's GPU: the memory one process needs there
+    if on_gpu:  # the run's GPU: the memory one process needs there
         from resnet_repro import memory_fit
 
         gpu_gib = gpu_memory_gib or visible_gpu_gib() or DEFAULT_GPU_GIB
@@ -438,14 +442,18 @@ def check(
     run_dir_line = None
     if run_dir is None and cfg.trainer.resume not in ("auto", "never"):
         run_dir = Path("runs") / cfg.name / "(a new directory)"  # it resumes the named file
-    if run_dir is not None:
-        from resnet_repro import checkpoint
+    from resnet_repro import checkpoint
 
-        selection = cfg.data.holdout.size is not None or cfg.trainer.select_on_test
-        checkpoint.check_free_space(run_dir, checkpoint.files_needed_bytes(cfg, net, selection))
+    # the checkpoints against the free disk where they will go (a sweep's or SLURM job's directory
+    # is new: its file system is that of runs/), as train checks it at its start
+    selection = cfg.data.holdout.size is not None or cfg.trainer.select_on_test
+    needed = checkpoint.files_needed_bytes(cfg, net, selection)
+    checkpoint.check_free_space(run_dir if run_dir is not None else Path("runs") / cfg.name, needed)
+    if run_dir is not None:
         from resnet_repro.summary import Derived
 
-        derived = Derived(world, global_batch, lr, steps or 0, images or 0, 0, num_classes, str(device))
+        listed = steps if view.splits is not None and steps else 0  # an estimate must not refuse a resume
+        derived = Derived(world, global_batch, lr, listed, images or 0, 0, num_classes, str(device))
         run_dir_line = check_run_directory(cfg, run_dir, derived)
     found = [f"{d.key}={d.value} (reference: {d.reference})" for d in deviations(cfg, world)]
     points = step_plan.change_points(cfg, steps or 1000)
@@ -675,7 +683,7 @@ def collect(
     if shape.train_images is not None and rate is not None:
         estimate = plan.estimate(cfg, shape.train_images, rate)
     spe = json.loads((run_dir / "run.json").read_text())["derived"]["steps_per_epoch"]
-    trained = [dataclasses.asdict(w) for w in step_plan.windows(cfg, spe, STEPS_PER_POINT)]
+    trained = ran_windows(train_rows, step_plan.windows(cfg, spe, STEPS_PER_POINT))
     protocols = [name for name in eval_protocols(cfg.eval) if isinstance(final.get(name), dict)]
     return {
         "ok": True,
@@ -692,6 +700,21 @@ def collect(
         "plan_note": plan_note,
         "run_dir": str(run_dir),
     }
+
+
+def ran_windows(train_rows: list[dict[str, Any]], planned: list[Any]) -> list[dict[str, Any]]:
+    """The windows of steps the rehearsal trained, read from its metrics (each training row: the
+    global step reached and the steps it ran), named after the plan's change points; a planned
+    window that did not run is listed with "not run"."""
+    ran = [(r["step"] - r["steps"], r["step"]) for r in train_rows if r.get("steps")]
+    why = {(w.start, w.end): w.why for w in planned}
+    out = [{"start": a, "end": b, "why": why.get((a, b), "not in the plan")} for a, b in ran]
+    out += [
+        {"start": w.start, "end": w.end, "why": f"{w.why}: not run"}
+        for w in planned
+        if (w.start, w.end) not in ran
+    ]
+    return sorted(out, key=lambda w: w["start"])
 
 
 def _megabytes(mb: float) -> str:
@@ -777,17 +800,18 @@ def not_checked(shape: Shape, record: dict[str, Any] | None) -> list[str]:
     lines = []
     if not on_gpu:
         lines.append("GPU decoding (DALI's \"mixed\", nvJPEG) and the GPU's speed: all ran on the CPU")
-    if shape.processes > 1 and not on_gpu:
+    if shape.processes > 1 and record is None:
+        lines.append("the process group (NCCL or gloo): not started (--check-only)")
+    elif shape.processes > 1 and not on_gpu:
         lines.append("NCCL: the processes met over gloo on the CPU")
-    elif shape.processes > 1 and record is None:
-        lines.append("NCCL: no process group was started (--check-only)")
     if record is None:
         lines.append("any step, checkpoint or evaluation: --check-only trains nothing (drop it to rehearse)")
     if shape.stats is None:
         lines.append("the data: not read (data.root unset or --stand-in); counts are estimates")
     elif not shape.scanned:
         lines.append(
-            "every image: only the listing and a sample were read; `resnet-repro verify-data data.root=...` "
+            f"every image: only {'the listing and a sample were' if record else 'the listing was'} read; "
+            "`resnet-repro verify-data data.root=...` "
             "(or rehearse --scan) checks every file's header"
         )
     lines.append("several nodes: one host's processes only")

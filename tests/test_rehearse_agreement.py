@@ -225,14 +225,14 @@ CATALOGUE = [
         "data",
         corrupt("train/a/0.JPEG"),
         "warn",
-        "the statistics pass failed",
+        "the statistics pass",
     ),
     Fault(
         "corrupt_jpeg_outside_the_sample",
         "data",
         corrupt("train/b/7.JPEG"),
         "warn",
-        "the statistics pass failed",
+        "the statistics pass",
     ),
     Fault("cmyk_jpeg", "data", cmyk_jpeg, "go"),
     Fault("png_named_jpeg", "data", png_named_jpeg, "go", full=True),
@@ -266,6 +266,13 @@ CATALOGUE = [
         "reaches past the first LR milestone",
     ),
     Fault("unknown_model", "config", args("model.name=resnet51"), "stop", "resnet51", full=True),
+    Fault(
+        "sync_bn_on_a_cpu_run",
+        "config",
+        args("trainer.device=cpu", "model.sync_bn=true"),
+        "stop",
+        "SyncBatchNorm has no CPU implementation",
+    ),
     # the run directory
     Fault(
         "run_directory_locked_by_a_live_run",
@@ -437,3 +444,38 @@ def test_gpu_only_settings_are_rehearsed_with_the_cpus_equivalent_and_said_so(se
     )
     assert code == 0, error
     assert f"substituted      {said}" in out
+
+
+@pytest.mark.slow
+def test_a_rehearsal_under_torchrun_trains_both_ranks_in_one_launch_and_resumes_in_the_same_processes(
+    data_root: Path, tmp_path: Path
+):
+    """The single-launch path: torchrun starts the ranks (as srun would); the rehearsal cannot
+    launch them again, so its second build happens in the same processes."""
+    run_dir = tmp_path / "rehearsal"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "resnet_repro",
+            "rehearse",
+            *RUN,
+            f"data.root={data_root}",
+            "trainer.epochs=2",
+            f"hydra.run.dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "processes        2: rank 0 of 2 (torchrun)" in run.stdout, run.stdout
+    assert "the same processes, every part rebuilt resumed it" in run.stdout
+    record = json.loads((run_dir / "rehearsal.json").read_text())
+    assert record["launches"] == 1 and len(record["peak_memory_mb"]) == 2
+    assert [w["why"] for w in record["trained"]] == ["first step", "last epoch"], record["trained"]

@@ -189,8 +189,18 @@ def _device_of(device: Any) -> tuple[bool, int]:
     return kind == "cuda", index or 0
 
 
-def _dali_error(e: RuntimeError) -> UserError:
-    """DALI's error text is a page of traceback; keep the lines after 'encountered:'."""
+def _dali_error(e: RuntimeError, batch: Sequence[str] = ()) -> UserError:
+    """The failing batch's undecodable files by name when PIL finds them (DALI says only which
+    sample of the batch failed); else DALI's error text after 'encountered:'."""
+    from resnet_repro.data.dali import undecodable_reason
+
+    bad = [(f, reason) for f in batch if (reason := undecodable_reason(f)) is not None]
+    if bad:
+        listed = "; ".join(f"{f} ({reason})" for f, reason in bad[:3])
+        return UserError(
+            f"the statistics pass cannot decode {listed}; fix or remove the file, or list it in a file "
+            "passed as data.exclude_files (`resnet-repro verify-data` writes bad_files.txt)"
+        )
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     if "encountered:" in lines:
         lines = lines[lines.index("encountered:") + 1 :]
@@ -326,7 +336,7 @@ def stream(
                     shape = np.array([im.shape for im in images], dtype=np.int64)
                 acc.add(s, q_sum, shape[:, 0] * shape[:, 1])
     except RuntimeError as e:
-        raise _dali_error(e) from e
+        raise _dali_error(e, files[done : done + batch_size]) from e
     return acc.result(), done
 
 
