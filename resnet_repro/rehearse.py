@@ -66,7 +66,7 @@ class Shape:
     data_source: str = ""
     stats: str | None = None  # what the real run does about its statistics (None: data not read)
     substituted: list[str] = dataclasses.field(default_factory=list)  # GPU-only settings run on CPU
-    scanned: bool = False  # every file's header checked (--scan)
+    scanned: str | None = None  # --scan: every listed file's header read, in how long
     run_dir: str | None = None  # the real run's directory: a fresh start or the checkpoint it resumes
     memory: str | None = None  # the estimate per process on the target GPU (None: a CPU run)
 
@@ -156,7 +156,7 @@ def _memory_line(est: Any, gpu_gib: float) -> str:
     )
 
 
-def scan_files(cfg: RootConfig, splits: Any) -> None:
+def scan_files(cfg: RootConfig, splits: Any) -> str:
     """--scan: every listed image's header and end marker (verify-data without decoding), with its
     progress bar and time; a file the run cannot read is refused here, not hours into the run."""
     from resnet_repro.data.imagenet_verify import ERROR_KINDS, verify_data
@@ -178,6 +178,7 @@ def scan_files(cfg: RootConfig, splits: Any) -> None:
             f"would fail on the first: `resnet-repro verify-data data.root={cfg.data.root}` writes the "
             "list to pass as data.exclude_files"
         )
+    return f"{summary['images']:,} images' headers read in {summary['seconds']:.0f} s: none unreadable"
 
 
 def launcher_description(overrides: list[str], nproc: int) -> tuple[bool, int, str]:
@@ -400,13 +401,13 @@ def check(
     check_device(cfg, device)
     view = data_view(cfg, stand_in)
     images, source = view.train_images, view.source
-    stats_line = None
+    stats_line = scanned_line = None
     if view.splits is not None:
         from resnet_repro import stats_plan
 
         stats_line = stats_plan.decide(cfg, view.splits)
         if scan:
-            scan_files(cfg, view.splits)
+            scanned_line = scan_files(cfg, view.splits)
     global_batch = batch * world
     steps = None
     if images is not None:
@@ -481,7 +482,7 @@ def check(
         data_source=source if view.splits is not None else "estimated (no data read)",
         stats=stats_line,
         substituted=substituted,
-        scanned=scan and view.splits is not None,
+        scanned=scanned_line,
         run_dir=run_dir_line,
         memory=_memory_line(*memory) if memory is not None else None,
     )
@@ -783,6 +784,8 @@ def verdict(shape: Shape, record: dict[str, Any] | None = None) -> str:
     lines.append(f"  deviations       from reference={s.reference}: {dev}")
     if s.stats is not None:
         lines.append(f"  statistics       {s.stats}")
+    if s.scanned is not None:
+        lines.append(f"  scanned          {s.scanned}")
     if s.run_dir is not None:
         lines.append(f"  run directory    {s.run_dir}")
     if s.memory is not None:
