@@ -79,15 +79,20 @@ sweep-slurm: $(STAMP) ## the same sweep on SLURM via submitit: make sweep-slurm 
 		$(if $(PARTITION),hydra.launcher.partition=$(PARTITION)) \
 		optim.weight_decay=$(WD) stabilizer.max_norm=$(MAX_NORM) $(SEED_AXIS) $(ARGS)
 
-# The real JPEG sample, copied into the checkout (gpu_kit/ is git-ignored) so that it travels with it
-# to a GPU node: scripts/gpu_check.py reads gpu_kit/imagenet-sample first. SAMPLE=... for another one.
+# The GPU node's kit, in the checkout (gpu_kit/ is git-ignored): the JPEG sample as a plain folder
+# (scripts/gpu_check.py reads gpu_kit/imagenet-sample first; SAMPLE=... for another one), the wheels
+# of scripts/gpu_kit.lock.json (what the node lacks, pinned), cut into one folder of parts per device
+# call (gpu_kit/parts/callN), and gpu_kit/plan.json: the calls in order (docs/install.md).
 SAMPLE ?= ../shared/data/imagenet-sample
-gpu-kit: ## copy the JPEG sample into gpu_kit/ for scripts/gpu_check.sh (then wheelhouse.sh --pack: docs/install.md)
+
+gpu-kit: $(STAMP) ## the GPU node's kit: sample, locked wheels in parts per device call, gpu_kit/plan.json
 	@test -d "$(SAMPLE)/train" || { echo "error: no sample at SAMPLE=$(SAMPLE) (expected an ImageNet-layout folder with train/)"; exit 2; }
-	rm -rf gpu_kit/imagenet-sample
+	rm -rf gpu_kit/imagenet-sample gpu_kit/wheels gpu_kit/parts gpu_kit/plan.json
 	mkdir -p gpu_kit
 	cp -r "$(SAMPLE)" gpu_kit/imagenet-sample
 	@echo "gpu_kit/imagenet-sample: $$(find gpu_kit/imagenet-sample -type f | wc -l) files, $$(du -sh gpu_kit/imagenet-sample | cut -f1)"
+	bash scripts/wheelhouse.sh gpu_kit/wheels --python 3.12
+	bash scripts/wheelhouse.sh --pack gpu_kit/wheels --kit gpu_kit/parts --sample gpu_kit/imagenet-sample --plan gpu_kit/plan.json
 
 clean: ## remove runs/, multiruns/, rehearsals/ and caches (not .venv)
 	rm -rf runs multiruns rehearsals .pytest_cache .ruff_cache

@@ -1,4 +1,5 @@
-"""scripts/wheelhouse.sh: wheels downloaded for a given Python, then installed with no index at all."""
+"""scripts/wheelhouse.sh and scripts/kit.py: wheels downloaded for a given Python, cut into one folder
+of parts per device call, then installed with no index at all."""
 
 from __future__ import annotations
 
@@ -90,45 +91,72 @@ def _tiny_wheel(folder: Path, name: str, payload: bytes = b"") -> Path:
     return wheel
 
 
-def _pack(house: Path, kit: Path, sample: Path) -> subprocess.CompletedProcess:
-    return _sh("--pack", str(house), "--kit", str(kit), "--split", "1M", "--sample", str(sample))
-
-
-def test_pack_splits_wheels_project_and_sample_into_parts_of_at_most_the_split_size(tmp_path: Path):
-    """A 2.5 MiB wheel becomes three parts of at most 1 MiB; the project and the sample travel as
-    archives beside the wheels; every part and every joined file matches the manifest's sha256."""
-    house, sample = tmp_path / "house", tmp_path / "imagenet-sample" / "train" / "n01"
-    house.mkdir()
-    sample.mkdir(parents=True)
-    (sample / "a.JPEG").write_bytes(os.urandom(3000))
-    _tiny_wheel(house, "kitbig", os.urandom(5 * 2**19))  # 2.5 MiB of incompressible bytes
-    _tiny_wheel(house, "kitsmall")
-    kit = tmp_path / "kit"
-    proc = _pack(house, kit, sample.parents[1])
-    assert proc.returncode == 0, proc.stderr
-    manifest = json.loads((kit / "manifest.json").read_text())
-    names = [e["name"] for e in manifest["files"]]
-    assert names == [
-        "kitbig-1.0-py3-none-any.whl",
-        "kitsmall-1.0-py3-none-any.whl",
-        "resnet-repro-project.tar.gz",
-        "imagenet-sample.tar.gz",
-    ]
-    parts = sorted(p for p in kit.iterdir() if p.name != "manifest.json")
-    assert parts and all(p.stat().st_size <= 2**20 for p in parts)
-    assert len(manifest["files"][0]["parts"]) == 3
-    for entry in manifest["files"]:
-        for part in entry["parts"]:
-            assert hashlib.sha256((kit / part["name"]).read_bytes()).hexdigest() == part["sha256"]
-    joined = tmp_path / "joined"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "kit.py"), "join", str(kit), "--dest", str(joined)],
+def _pack(house: Path, kit: Path, sample: Path | None, limit: str = "1M", tree_bytes: int = 100_000):
+    """scripts/kit.py plan, as `wheelhouse.sh --pack` runs it, with tmp_path as the checkout."""
+    root = house.parent
+    args = [*map(str, sorted(house.glob("*.whl"))), "--kit", str(kit), "--plan", str(root / "plan.json")]
+    args += ["--limit", limit, "--tree-bytes", str(tree_bytes), "--root", str(root)]
+    if sample is not None and sample.is_dir():
+        args += ["--sample", str(sample)]
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "kit.py"), "plan", *args],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def _walk_bytes(path: Path) -> int:
+    return (
+        path.stat().st_size
+        if path.is_file()
+        else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    )
+
+
+def test_plan_cuts_the_wheels_into_call_folders_each_within_the_limit_with_the_sample_unpacked(
+    tmp_path: Path,
+):
+    """Three 0.6 MiB wheels and a 0.2 MiB sample folder at a 1 MiB limit per call (0.1 MB of tree):
+    as few calls as hold them, each call's carried paths plus the tree within the limit (measured
+    by walking them, not from the plan's numbers), at most 8 paths, the sample a plain folder in the
+    last call, whose command installs and runs scripts/gpu_check.sh; the parts join back byte for
+    byte, and `verify` names the call whose part is gone."""
+    house, sample = tmp_path / "house", tmp_path / "gpu_kit" / "imagenet-sample"
+    house.mkdir()
+    (sample / "train" / "n01").mkdir(parents=True)
+    (sample / "train" / "n01" / "a.JPEG").write_bytes(os.urandom(200 * 2**10))
+    wheels = [_tiny_wheel(house, name, os.urandom(600 * 2**10)) for name in ("kitone", "kittwo", "kitthree")]
+    kit = tmp_path / "gpu_kit" / "parts"
+    proc = _pack(house, kit, sample)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert {p.name for p in joined.iterdir()} == {"resnet-repro-project.tar.gz", "imagenet-sample.tar.gz"}
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    total = sum(w.stat().st_size for w in wheels) + _walk_bytes(sample)
+    room = 2**20 - 100_000 - 256 * 2**10  # the limit, less the tree and the manifest's allowance
+    assert len(plan["calls"]) == -(-total // room) == 3
+    for call in plan["calls"]:
+        measured = 100_000 + sum(_walk_bytes(tmp_path / c) for c in call["carry"])
+        assert measured == call["bytes"] <= 2**20
+        assert len(call["carry"]) <= 8
+    last = plan["calls"][-1]
+    assert "gpu_kit/imagenet-sample" in last["carry"] and (sample / "train" / "n01" / "a.JPEG").is_file()
+    assert "scripts/gpu_check.sh --kit gpu_kit/parts" in last["command"]
+    assert all("gpu_kit/parts/manifest.json" in c["carry"] for c in plan["calls"])
+    assert plan["problems"] == []
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import kit as kitmod
+
+    manifest = json.loads((kit / "manifest.json").read_text())
+    joined = tmp_path / "joined"
+    joined.mkdir()
+    for entry, wheel in zip(manifest["files"], sorted(wheels), strict=True):
+        out, why = kitmod.join(kit, entry, joined)
+        assert out is not None and out.read_bytes() == wheel.read_bytes(), why
+    assert kitmod.verify(kit, []) == 0
+    next((kit / "call2").iterdir()).unlink()
+    assert kitmod.verify(kit, ["call1"]) == 0
+    assert kitmod.verify(kit, ["call1", "call2"]) == 1
 
 
 @pytest.mark.slow
@@ -143,8 +171,8 @@ def test_install_with_one_wheels_parts_removed_installs_the_others_and_reports_t
     for name in ("kitalpha", "kitbeta", "kitgamma"):
         _tiny_wheel(house, name, os.urandom(2**20 + 100))  # two parts each at 1M
     kit = tmp_path / "kit"
-    assert _pack(house, kit, tmp_path / "no-sample").returncode == 0
-    for part in kit.glob("kitbeta-*.part*"):
+    assert _pack(house, kit, None, limit="2M").returncode == 0
+    for part in kit.glob("call*/kitbeta-*.part*"):
         part.unlink()
     venv = tmp_path / "venv"
     # no pip of its own (fast to make): the base interpreter's pip installs into this venv's prefix
@@ -159,7 +187,10 @@ def test_install_with_one_wheels_parts_removed_installs_the_others_and_reports_t
     assert proc.returncode == 1, proc.stdout + proc.stderr
     results = {r["name"]: r["result"] for r in json.loads(report.read_text())["packages"]}
     assert results == {"kitalpha": "installed", "kitbeta": "missing", "kitgamma": "installed"}
-    assert "kit: missing   kitbeta 1.0 (missing part(s) kitbeta-1.0-py3-none-any.whl.part000" in proc.stdout
+    assert (
+        "kit: missing   kitbeta 1.0 (missing part(s) call1/kitbeta-1.0-py3-none-any.whl.part000"
+        in proc.stdout
+    )
     assert "not installed: kitbeta (missing)" in proc.stderr
     check = subprocess.run(
         [py, "-c", "import kitalpha, kitgamma, sys; print(kitalpha.__file__)"], capture_output=True, text=True
