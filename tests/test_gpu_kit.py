@@ -202,6 +202,10 @@ def test_offline_rehearsal_runs_the_plan_end_to_end_in_a_simulated_node(tmp_path
     """scripts/rehearse_kit.py: a kit for this machine's Python from the lock, each call under
     `unshare -n` in a fresh venv holding only the node's packages, gpu_check --device cpu last, then
     pip check. About a minute here; needs pip's cache or network for the wheels, root for unshare."""
+    if os.environ.get("RESNET_REPRO_KIT_REHEARSAL") != "1":
+        # a minute and pip's cache or network: opt-in (the plan's arithmetic and limits, the lock's
+        # checks run above); `RESNET_REPRO_KIT_REHEARSAL=1 .venv/bin/pytest tests/test_gpu_kit.py`
+        pytest.skip("opt-in: RESNET_REPRO_KIT_REHEARSAL=1 runs the offline rehearsal of the kit's calls")
     if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
         pytest.skip("`unshare -n` does not work here")
     sample = REPO / "gpu_kit" / "imagenet-sample"

@@ -446,7 +446,9 @@ def scenario_grace_cancel(c: Cluster, work: Path) -> dict[str, Any]:
     o = scenario_grace(c, work, "gracecancel", "node4")
     info = c.wait_done(o["job"])
     time.sleep(5)  # a requeue would show by now
-    return {**o, "info": info, "later": c.job(o["job"]), "log": c.log_of(o["job"])}
+    # read again now that the job has ended: the resume line is added after the first write
+    preempted = read_json(o["run_dir"] / "preempted.json")
+    return {**o, "preempted": preempted, "info": info, "later": c.job(o["job"]), "log": c.log_of(o["job"])}
 
 
 def scenario_grace_requeue(c: Cluster, work: Path) -> dict[str, Any]:

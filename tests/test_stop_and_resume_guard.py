@@ -86,6 +86,15 @@ def test_a_stop_on_the_epochs_last_step_comes_before_its_evaluation_which_the_re
     assert rows(tmp_path) == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
 
 
+@pytest.fixture
+def default_sigusr1():
+    """SIGUSR1's default action during the test: a handler an earlier test left would read as a
+    launcher's own (submitit's), whose requeue the run then leaves to it."""
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGUSR1, previous)
+
+
 def signal_during_last_evaluation(monkeypatch, epochs: int) -> None:
     """SIGUSR1 to this process while the last epoch's evaluation runs (a time-limit warning then)."""
     from resnet_repro.run_eval import EvalSets
@@ -103,7 +112,7 @@ def signal_during_last_evaluation(monkeypatch, epochs: int) -> None:
 
 @pytest.mark.slow
 def test_a_signal_in_the_last_epoch_stops_before_a_long_final_evaluation_which_the_resume_runs(
-    demo_root: Path, tmp_path: Path, monkeypatch
+    demo_root: Path, tmp_path: Path, monkeypatch, default_sigusr1
 ):
     from resnet_repro.train import train
 
@@ -121,7 +130,7 @@ def test_a_signal_in_the_last_epoch_stops_before_a_long_final_evaluation_which_t
 
 @pytest.mark.slow
 def test_a_signal_in_the_last_epoch_of_a_centre_crop_run_lets_it_finish_and_says_so(
-    demo_root: Path, tmp_path: Path, monkeypatch, caplog
+    demo_root: Path, tmp_path: Path, monkeypatch, caplog, default_sigusr1
 ):
     from resnet_repro.train import train
 
