@@ -86,20 +86,18 @@ def _fsync_dir(folder: Path) -> None:
             )
 
 
-# optimizer state tensors per parameter (SGD's momentum buffer; Adam's two moments)
-OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}
-
-
 def files_needed_bytes(cfg: Any, net: torch.nn.Module, selection: bool) -> int:
     """Bytes the checkpoint files of a run take at their largest: last.pt (weights and buffers,
     optimizer state, the weight average), best.pt with model selection, the kept epoch_<N>.pt,
     and one more while a file is written beside the one it replaces (save_atomic). Counted from
     the tensors' shapes: a model on the meta device gives the same number."""
+    from resnet_repro.memory_fit import optimizer_state_copies
+
     tensors = [*net.parameters(), *net.buffers()]
     weights = sum(t.numel() * t.element_size() for t in tensors)
     params = sum(p.numel() * p.element_size() for p in net.parameters())
     ema = weights if cfg.trainer.ema.decay is not None else 0
-    one = weights + OPTIMIZER_STATES.get(cfg.optim.name, 2) * params + ema
+    one = weights + optimizer_state_copies(cfg) * params + ema
     files = 1 + int(selection) + cfg.trainer.keep_last_k + 1
     return one * files
 

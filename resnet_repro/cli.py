@@ -709,13 +709,14 @@ example:
 """
 
 
-def _compose_jobs(args: list[str]) -> list[tuple[list[str], RootConfig]]:
+def _compose_jobs(args: list[str]) -> list[tuple[list[str], RootConfig, DictConfig]]:
     """The jobs of a command line (`-m`: each job of the sweep), composed as `train` composes them
-    and converted to dataclasses (an unset data.root is left empty: the caller decides)."""
+    and converted to dataclasses (an unset data.root is left empty: the caller decides), each with
+    the Hydra launcher it composed with (`hydra.launcher`)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
 
     from resnet_repro.plan import expand_sweep
 
@@ -728,14 +729,17 @@ def _compose_jobs(args: list[str]) -> list[tuple[list[str], RootConfig]]:
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-                dcfg = compose(config_name="config", overrides=job)
+                dcfg = compose(config_name="config", overrides=job, return_hydra_config=True)
         except HydraException as e:
             raise UserError(str(e).splitlines()[0]) from e
         finally:
             GlobalHydra.instance().clear()
+        launcher = dcfg.hydra.launcher
+        with open_dict(dcfg):
+            del dcfg["hydra"]
         if OmegaConf.is_missing(dcfg.data, "root"):
             dcfg.data.root = ""
-        jobs.append((job, to_dataclass(dcfg)))
+        jobs.append((job, to_dataclass(dcfg), launcher))
     return jobs
 
 
@@ -748,8 +752,8 @@ def _rehearse_check(args: list[str], options: RehearseOptions) -> None:
     if swept and not any(a.startswith("hydra.sweep.subdir=") for a in args):
         _fail(_collision_message(swept))  # as `train -m` refuses it
     try:
-        for job, cfg in _compose_jobs(args):
-            launch = rehearse.launcher_description(job, cfg.trainer.nproc)
+        for job, cfg, launcher in _compose_jobs(args):
+            launch = rehearse.launcher_description(launcher, cfg.trainer.nproc)
             real_dir = rehearse.real_run_dir(job, cfg, bool(multirun))
             shape = rehearse.check(
                 cfg, launch, options.stand_in, options.gpu_memory_gib, options.scan, real_dir

@@ -181,34 +181,19 @@ def scan_files(cfg: RootConfig, splits: Any) -> str:
     return f"{summary['images']:,} images' headers read in {summary['seconds']:.0f} s: none unreadable"
 
 
-def launcher_description(overrides: list[str], nproc: int) -> tuple[bool, int, str]:
-    """launch_description for a job of a command line: under `hydra/launcher=slurm` each job is
-    nodes x tasks_per_node srun tasks of submitit (the launcher's config, as overridden), one rank
-    each."""
-    if "hydra/launcher=slurm" not in overrides:
+def launcher_description(launcher: Any, nproc: int) -> tuple[bool, int, str]:
+    """launch_description for a job of a command line, given the Hydra launcher it composed with
+    (`hydra.launcher`): under submitit's SLURM launcher each job is nodes x tasks_per_node srun
+    tasks, one rank each."""
+    if launcher is None or "SlurmLauncher" not in str(launcher.get("_target_", "")):
         return launch_description(nproc)
-    from omegaconf import OmegaConf
-
-    from resnet_repro.config import CONF_DIR
-
-    launcher = OmegaConf.load(Path(CONF_DIR) / "hydra" / "launcher" / "slurm.yaml")
-    values = {"nodes": int(launcher.nodes), "tasks_per_node": int(launcher.tasks_per_node)}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        name = key.removeprefix("hydra.launcher.")
-        if key.startswith("hydra.launcher.") and name in values:
-            try:
-                values[name] = int(value)
-            except ValueError as e:
-                raise UserError(f"{key}={value}: expected a whole number") from e
-    world = values["nodes"] * values["tasks_per_node"]
+    nodes, tasks = int(launcher.nodes), int(launcher.tasks_per_node)
+    world = nodes * tasks
     return (
         False,
         world,
-        (
-            f"{world} SLURM tasks of the submitit launcher ({values['nodes']} node(s) x "
-            f"{values['tasks_per_node']} tasks_per_node), one rank each"
-        ),
+        f"{world} SLURM tasks of the submitit launcher ({nodes} node(s) x {tasks} tasks_per_node), "
+        "one rank each",
     )
 
 
@@ -222,11 +207,6 @@ def launch_description(nproc: int) -> tuple[bool, int, str]:
     if env.source == "single":
         return False, 1, "this process"
     return False, env.world_size, f"rank {env.rank} of {env.world_size} ({env.source})"
-
-
-def readable(cfg: RootConfig) -> bool:
-    """Whether data.root's training split is there to list."""
-    return bool(cfg.data.root) and (Path(cfg.data.root).expanduser() / cfg.data.train_split).is_dir()
 
 
 # training images per class of the full datasets, for an estimate without the data

@@ -8,7 +8,6 @@ to refuse it. docs/rehearse.md's fault table lists the same catalogue."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -437,7 +436,7 @@ def test_the_slurm_launcher_is_reported_as_its_tasks_and_per_task_batch(capsys):
     ],
 )
 def test_gpu_only_settings_are_rehearsed_with_the_cpus_equivalent_and_said_so(setting, said, capsys):
-    if os.environ.get("CUDA_VISIBLE_DEVICES") not in (None, "") and __import__("torch").cuda.is_available():
+    if __import__("torch").cuda.is_available():
         pytest.skip("a GPU is here: nothing is substituted")
     code, error, out = outcome(
         ["rehearse", "--check-only", "--stand-in", "experiment=imagenet_paper", setting], capsys
