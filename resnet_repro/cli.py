@@ -218,7 +218,7 @@ def _train_run_id(_root_: DictConfig) -> str:
         cfg = to_dataclass(job)
     except Exception:  # a bad config: the command fails on it with its own message right after
         return run_id()
-    from resnet_repro.resume import rerun_id
+    from resnet_repro.training.resume import rerun_id
 
     return rerun_id(cfg) if cfg.trainer.resume == "auto" else run_id()
 
@@ -236,7 +236,7 @@ def _hydra_command(task: Callable[[DictConfig], object], args: list[str], comman
     import hydra
     from omegaconf import OmegaConf
 
-    from resnet_repro import distributed
+    from resnet_repro.cluster import distributed
 
     register_configs()
     try:
@@ -284,7 +284,7 @@ def _record_failure(run_dir: Path, message: str) -> None:
 
 
 def _is_main_process() -> bool:
-    from resnet_repro import distributed
+    from resnet_repro.cluster import distributed
 
     try:
         return distributed.detect().is_main
@@ -297,8 +297,8 @@ def _train(dcfg: DictConfig) -> float | None:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from resnet_repro import distributed
-    from resnet_repro.train import train, train_worker
+    from resnet_repro.cluster import distributed
+    from resnet_repro.training.train import train, train_worker
 
     try:
         cfg = to_dataclass(dcfg)
@@ -338,7 +338,7 @@ def _train(dcfg: DictConfig) -> float | None:
 def _warn_of_batch_shell(nproc: int) -> None:
     import os
 
-    from resnet_repro.slurm import batch_launcher_warning
+    from resnet_repro.cluster.slurm import batch_launcher_warning
 
     try:
         parent = Path(f"/proc/{os.getppid()}/comm").read_text().strip()
@@ -368,8 +368,8 @@ def _stopped(run_dir: Path, outcome: dict, is_main: bool) -> None:
     COMPLETED and `--dependency=afterok` jobs do not start on an unfinished run."""
     from hydra.core.hydra_config import HydraConfig
 
-    from resnet_repro import preemption
-    from resnet_repro.preemption import EXIT_NOT_REQUEUED, resume_command, under_submitit
+    from resnet_repro.cluster import preemption
+    from resnet_repro.cluster.preemption import EXIT_NOT_REQUEUED, resume_command, under_submitit
 
     path = run_dir / "preempted.json"
     if not outcome["requeued"]:
@@ -413,7 +413,7 @@ def _override_keys() -> set[str]:
 
 
 def _eval(dcfg: DictConfig) -> None:
-    from resnet_repro.eval_checkpoint import evaluate_checkpoint
+    from resnet_repro.commands.eval_checkpoint import evaluate_checkpoint
 
     try:
         cfg = to_dataclass(dcfg)
@@ -577,7 +577,7 @@ def _verify_data(dcfg: DictConfig, decode: bool = True) -> None:
 def _bench(dcfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from resnet_repro.bench import format_table, run_bench
+    from resnet_repro.planning.bench import format_table, run_bench
 
     try:
         cfg = to_dataclass(dcfg)
@@ -646,7 +646,7 @@ def _plan_command(args: list[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
-    from resnet_repro.plan import expand_sweep, format_table, plan
+    from resnet_repro.planning.plan import expand_sweep, format_table, plan
 
     multirun = any(a in ("-m", "--multirun") for a in args)
     overrides = [a for a in args if a not in ("-m", "--multirun")]
@@ -718,7 +718,7 @@ def _compose_jobs(args: list[str]) -> list[tuple[list[str], RootConfig, DictConf
     from hydra.errors import HydraException
     from omegaconf import OmegaConf, open_dict
 
-    from resnet_repro.plan import expand_sweep
+    from resnet_repro.planning.plan import expand_sweep
 
     multirun = any(a in ("-m", "--multirun") for a in args)
     overrides = [a for a in args if a not in ("-m", "--multirun")]
@@ -745,7 +745,7 @@ def _compose_jobs(args: list[str]) -> list[tuple[list[str], RootConfig, DictConf
 
 def _rehearse_check(args: list[str], options: RehearseOptions) -> None:
     """`rehearse --check-only`: every job's checks and verdict; exit 2 at the first refusal."""
-    from resnet_repro import rehearse
+    from resnet_repro.planning import rehearse
 
     multirun = {"-m", "--multirun"} & set(args)
     swept = sweep_collisions(args) if multirun else []
@@ -772,10 +772,11 @@ def _rehearse(dcfg: DictConfig, options: RehearseOptions, check_real_dir: bool =
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from resnet_repro import distributed, rehearse
-    from resnet_repro.report import write_run_figures
-    from resnet_repro.step_plan import StepPlan
-    from resnet_repro.train import train, train_worker
+    from resnet_repro.cluster import distributed
+    from resnet_repro.planning import rehearse
+    from resnet_repro.reporting.report import write_run_figures
+    from resnet_repro.training.step_plan import StepPlan
+    from resnet_repro.training.train import train, train_worker
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -831,7 +832,7 @@ class RehearseOptions:
 
 def _rehearse_options(args: list[str]) -> tuple[RehearseOptions, list[str]]:
     """(rehearse's own options, the other arguments: flags and train overrides)."""
-    from resnet_repro.rehearse import parse_images_per_step
+    from resnet_repro.planning.rehearse import parse_images_per_step
 
     values: dict[str, object] = {}
     rest: list[str] = []
@@ -893,9 +894,9 @@ def _rehearse_command(args: list[str]) -> None:
 
 
 def _stats(dcfg: DictConfig) -> None:
-    from resnet_repro import distributed
+    from resnet_repro.cluster import distributed
     from resnet_repro.data.normalization import compute_and_save
-    from resnet_repro.run_data import load_file_lists
+    from resnet_repro.training.run_data import load_file_lists
 
     try:
         cfg = to_dataclass(dcfg)
@@ -917,7 +918,7 @@ def _stats(dcfg: DictConfig) -> None:
 def _report(args: list[str]) -> None:
     import argparse
 
-    from resnet_repro import report
+    from resnet_repro.reporting import report
 
     p = argparse.ArgumentParser(
         prog=f"{PROG} report",

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from resnet_repro import report
-from resnet_repro.contrasts import ALL
+from resnet_repro.reporting import report
+from resnet_repro.reporting.contrasts import ALL
 
 WD_KEY, MN_KEY = "optim.weight_decay", "stabilizer.max_norm"
 WDS = {"5e-05": -0.1, "0.0001": 0.2, "0.0002": 0.0}  # weight decay -> its effect, points

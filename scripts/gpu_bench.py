@@ -2,7 +2,7 @@
 runner's training step against a bare loop (`bench loop-overhead`) in bf16 + channels_last.
 
 Runs without Hydra or DALI (the lent GPU machine has torch only): it builds the config dataclasses
-directly and calls resnet_repro.bench.bench_model, the same code `resnet-repro bench model` runs.
+directly and calls resnet_repro.planning.bench.bench_model, the same code `resnet-repro bench model` runs.
 Usage: python scripts/gpu_bench.py [--batch-size 256] [--steps 20] [--json out.json]
 """
 
@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from resnet_repro.bench import bench_loop_overhead, bench_model  # noqa: E402
 from resnet_repro.config import (  # noqa: E402
     BenchConfig,
     DataConfig,
@@ -29,6 +28,7 @@ from resnet_repro.config import (  # noqa: E402
     RootConfig,
     TrainerConfig,
 )
+from resnet_repro.planning.bench import bench_loop_overhead, bench_model  # noqa: E402
 
 VARIANTS = (
     ("fp32", "fp32", False, False),

@@ -354,9 +354,9 @@ def row_odd_images(ctx: Ctx) -> dict[str, Any]:
 def row_multipass_eval(ctx: Ctx) -> dict[str, Any]:
     """Exact evaluation over three passes of one loader: every image counted once per pass, the
     same top-1 each time (a partial last batch, never padded)."""
+    from resnet_repro.cluster.distributed import DistEnv
     from resnet_repro.data.dali import DaliLoader
-    from resnet_repro.distributed import DistEnv
-    from resnet_repro.evaluate import evaluate
+    from resnet_repro.evaluation.evaluate import evaluate
 
     files, labels, origin = ctx.files(real=False)
     labels = [lb % 1000 for lb in labels]
@@ -554,7 +554,7 @@ def _train_config(ctx: Ctx, compile_: bool, nonfinite: str = "stop") -> tuple[An
 def _bench_train(ctx: Ctx, cfg: Any) -> dict[str, Any]:
     """The real training step fed by DALI (mixed decode on a GPU) over the sample repeated: a
     warm-up pass (the compile, with trainer.compile), then the median of 3 trials."""
-    from resnet_repro.bench import bench_train
+    from resnet_repro.planning.bench import bench_train
 
     start = time.perf_counter()
     result = bench_train(cfg, ctx.device, ctx.tmp)
@@ -604,12 +604,12 @@ def row_memory_estimate(ctx: Ctx) -> dict[str, Any]:
 def estimate_vs_peak(cfg: Any, allocated_gib: float, reserved_gib: float) -> dict[str, Any]:
     """rehearse's memory estimate for one process of `cfg`'s training (world 1, DALI on the GPU)
     beside a measured peak (GiB), and their ratios."""
-    from resnet_repro import memory_fit
     from resnet_repro.config import per_device_batch
     from resnet_repro.data import progressive
     from resnet_repro.models import build_model
-    from resnet_repro.rehearse import saved_bytes_per_image
-    from resnet_repro.run_data import load_file_lists
+    from resnet_repro.planning import memory_fit
+    from resnet_repro.planning.rehearse import saved_bytes_per_image
+    from resnet_repro.training.run_data import load_file_lists
 
     num_classes = max(load_file_lists(cfg.data).train.labels) + 1  # as bench_train builds the model
     size = max(progressive.train_sizes(cfg.data, cfg.trainer.epochs))
@@ -631,7 +631,7 @@ def estimate_vs_peak(cfg: Any, allocated_gib: float, reserved_gib: float) -> dic
 
 
 def row_train_compiled(ctx: Ctx) -> dict[str, Any]:
-    from resnet_repro.compiling import graphs_compiled
+    from resnet_repro.training.compiling import graphs_compiled
 
     cfg, origin, setting = _train_config(ctx, compile_=True)
     out: dict[str, Any] = {"from": origin, "setting": setting, **_bench_train(ctx, cfg)}

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from resnet_repro import distributed
+from resnet_repro.cluster import distributed
+from resnet_repro.cluster.preemption import Interrupts
 from resnet_repro.config import (
     AugmentConfig,
     DataConfig,
@@ -19,14 +20,13 @@ from resnet_repro.config import (
     TrainerConfig,
 )
 from resnet_repro.data.splits import list_split
-from resnet_repro.evaluate import evaluate
-from resnet_repro.loop import Parts, train_one_epoch
-from resnet_repro.metrics import NullLogger
-from resnet_repro.preemption import Interrupts
-from resnet_repro.run_data import make_eval_loader, make_train_loader
-from resnet_repro.run_state import RunState
-from resnet_repro.schedule import build_scheduler
-from resnet_repro.stabilizers import EarlyStopper, NonFiniteGuard
+from resnet_repro.evaluation.evaluate import evaluate
+from resnet_repro.training.loop import Parts, train_one_epoch
+from resnet_repro.training.metrics import NullLogger
+from resnet_repro.training.run_data import make_eval_loader, make_train_loader
+from resnet_repro.training.run_state import RunState
+from resnet_repro.training.schedule import build_scheduler
+from resnet_repro.training.stabilizers import EarlyStopper, NonFiniteGuard
 
 
 def tiny_net(num_classes: int) -> nn.Module:
@@ -77,7 +77,7 @@ def eval_worker(root: str, out_dir: str, batch_size: int) -> None:
 def protocol_eval_worker(root: str, out_dir: str, protocol: str, scales: list[int]) -> None:
     """`evaluate_protocol` on this rank's shard of the val split; writes the metrics and local count."""
     from resnet_repro.config import EvalConfig
-    from resnet_repro.run_eval import evaluate_protocol
+    from resnet_repro.training.run_eval import evaluate_protocol
 
     env = distributed.detect()
     device = torch.device("cpu")
@@ -139,7 +139,7 @@ def train_worker(root: str, out_dir: str, batch_size: int, steps: int) -> None:
 def stats_worker(root: str, out_dir: str) -> None:
     """Each rank computes its shard of the training stats; the sums are all-reduced."""
     from resnet_repro.data.normalization import compute_record
-    from resnet_repro.run_data import load_file_lists
+    from resnet_repro.training.run_data import load_file_lists
 
     env = distributed.detect()
     device = torch.device("cpu")
@@ -161,7 +161,7 @@ def pixel_mean_worker(root: str, out_dir: str) -> None:
 
     from resnet_repro.config import StatsConfig
     from resnet_repro.data.normalization import resolve
-    from resnet_repro.run_data import load_file_lists
+    from resnet_repro.training.run_data import load_file_lists
 
     env = distributed.detect()
     device = torch.device("cpu")

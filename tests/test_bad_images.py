@@ -11,7 +11,7 @@ from conftest import make_image_folder
 from resnet_repro.config import DataConfig, UserError
 from resnet_repro.data.dali import DaliLoader, Transform
 from resnet_repro.data.splits import list_split
-from resnet_repro.run_data import load_file_lists
+from resnet_repro.training.run_data import load_file_lists
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from resnet_repro.bench import format_table, run_bench
 from resnet_repro.config import BenchConfig, DataConfig, LoggingConfig, ModelConfig, RootConfig, TrainerConfig
+from resnet_repro.planning.bench import format_table, run_bench
 
 
 def tiny(mode: str, root: Path, tmp_path: Path) -> RootConfig:

@@ -226,7 +226,7 @@ def test_resume_refuses_changed_optimizer_or_schedule_settings_and_names_them():
     import dataclasses
 
     from resnet_repro.config import OptimConfig, RootConfig, ScheduleConfig, StabilizerConfig, TrainerConfig
-    from resnet_repro.resume import resume_config_changes
+    from resnet_repro.training.resume import resume_config_changes
 
     run = RootConfig(
         optim=OptimConfig(lr_per_256=0.1),
@@ -269,7 +269,7 @@ def test_a_plateau_state_saved_by_torchs_reduce_lr_on_plateau_resumes_its_best_a
     import torch
 
     from resnet_repro.config import ScheduleConfig
-    from resnet_repro.schedule import Plateau
+    from resnet_repro.training.schedule import Plateau
 
     optim = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     old = torch.optim.lr_scheduler.ReduceLROnPlateau(optim, patience=5)
@@ -359,8 +359,8 @@ def test_resume_refuses_a_checkpoint_of_another_experiment_and_names_the_keys(tm
     import dataclasses
 
     from resnet_repro.config import DataConfig, ModelConfig, RootConfig, TrainerConfig
-    from resnet_repro.resume import check_resumable, resume_config_changes
-    from resnet_repro.summary import Derived
+    from resnet_repro.training.resume import check_resumable, resume_config_changes
+    from resnet_repro.training.summary import Derived
 
     run = RootConfig(data=DataConfig(name="demo", root="/a"), trainer=TrainerConfig(seed=0))
     saved = dataclasses.asdict(run)
@@ -399,10 +399,10 @@ def test_a_single_process_reads_its_own_signal_flag_without_an_all_reduce(monkey
     import os
     import signal
 
-    from resnet_repro import distributed
+    from resnet_repro.cluster import distributed
+    from resnet_repro.cluster.distributed import DistEnv
+    from resnet_repro.cluster.preemption import Interrupts
     from resnet_repro.config import RootConfig, TrainerConfig
-    from resnet_repro.distributed import DistEnv
-    from resnet_repro.preemption import Interrupts
 
     def no_reduce(*args):
         raise AssertionError("a single process must not all-reduce its preemption flag")
@@ -430,10 +430,10 @@ def test_a_single_process_reads_its_own_signal_flag_without_an_all_reduce(monkey
 def test_multi_rank_stop_is_decided_on_the_signal_all_ranks_agree_on(monkeypatch, here, elsewhere, agreed):
     import signal
 
-    from resnet_repro import distributed, slurm
+    from resnet_repro.cluster import distributed, slurm
+    from resnet_repro.cluster.distributed import DistEnv
+    from resnet_repro.cluster.preemption import Interrupts
     from resnet_repro.config import RootConfig, TrainerConfig
-    from resnet_repro.distributed import DistEnv
-    from resnet_repro.preemption import Interrupts
 
     signals = ["SIGUSR1", "SIGUSR2", "SIGTERM"]
     other_rank = torch.tensor([float(elsewhere == n) for n in signals])

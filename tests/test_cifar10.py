@@ -285,7 +285,7 @@ def test_cifar10_resnet18_preset_is_the_common_recipe(tmp_path):
     from conftest import compose
 
     from resnet_repro.config import per_device_batch, to_dataclass, validate
-    from resnet_repro.optim import peak_lr
+    from resnet_repro.training.optim import peak_lr
 
     cfg = to_dataclass(compose(["experiment=cifar10_resnet18", f"data.root={tmp_path}"]))
     validate(cfg)

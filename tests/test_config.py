@@ -19,7 +19,7 @@ from resnet_repro.config import (
     to_dataclass,
     validate,
 )
-from resnet_repro.summary import deviations
+from resnet_repro.training.summary import deviations
 
 
 def _discover_group_files() -> list[tuple[str, str]]:
@@ -407,7 +407,7 @@ def test_a_null_holdout_seed_follows_trainer_seed_so_a_seed_sweep_varies_the_hol
     from conftest import make_image_folder
 
     from resnet_repro.config import compose as compose_config
-    from resnet_repro.run_data import load_file_lists
+    from resnet_repro.training.run_data import load_file_lists
 
     make_image_folder(tmp_path, "train", {"a": 12, "b": 12}, sizes=[(8, 8)])
     make_image_folder(tmp_path, "val", {"a": 1, "b": 1}, sizes=[(8, 8)])

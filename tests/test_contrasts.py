@@ -1,4 +1,4 @@
-"""What a sweep answers (resnet_repro.contrasts, seeds, sweep_answer), checked against oracles the
+"""What a sweep answers (resnet_repro.reporting.contrasts, seeds, sweep_answer), checked against oracles the
 code does not share: scipy's two-sample t-test and its Tukey HSD, R's exact binomial interval, a
 hand-written two-way residual, and simulated sweeps of known truth at the seed's real size
 (scripts/calibrate_sweeps.py: 3 weight decays x max norm off/1/2/5 x 3 seeds, std 0.15 points)."""
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from resnet_repro import contrasts, report, seeds
+from resnet_repro.reporting import contrasts, report, seeds
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,9 @@ def test_diverged_runs_are_counted_per_level_and_kept_out_of_the_means():
     assert (pooled.n_level, pooled.n_baseline) == (5, 4)
     words = contrasts.divergence_words(answer.groups, "stabilizer.max_norm", "null")
     assert words == "max norm off: 2 of 6 runs diverged (95% CI 4-78%)"
-    text = "\n".join(__import__("resnet_repro.sweep_answer", fromlist=["x"]).contrast_section(answer))
+    text = "\n".join(
+        __import__("resnet_repro.reporting.sweep_answer", fromlist=["x"]).contrast_section(answer)
+    )
     assert "max norm off: 2 of 6 runs diverged" in text and "max norm 1 vs off:" in text
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from resnet_repro import metrics
-from resnet_repro.metrics import StepTimer
+from resnet_repro.training import metrics
+from resnet_repro.training.metrics import StepTimer
 
 
 class FakeClock:

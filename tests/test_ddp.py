@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_repro import checkpoint, distributed
+from resnet_repro import checkpoint
+from resnet_repro.cluster import distributed
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent

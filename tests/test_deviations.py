@@ -5,7 +5,7 @@ processes, claims a reference that composes) is in test_config.py's walk over co
 from __future__ import annotations
 
 from resnet_repro.config import NOT_RECIPE_KEYS, REFERENCES, compose, validate
-from resnet_repro.summary import deviations
+from resnet_repro.training.summary import deviations
 
 
 def deviating(experiment: str, *overrides: str, world_size: int = 8) -> dict[str, tuple]:

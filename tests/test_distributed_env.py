@@ -14,8 +14,8 @@ import pytest
 
 from resnet_repro.checkpoint import PreemptionWatch
 from resnet_repro.cli import run_id
+from resnet_repro.cluster.distributed import DistEnv, detect
 from resnet_repro.config import UserError
-from resnet_repro.distributed import DistEnv, detect
 
 TORCHRUN_ENV = {
     "RANK": "5",
@@ -281,7 +281,7 @@ def test_preemption_watch_restores_several_signals_to_their_previous_handlers():
 def test_workers_started_by_a_batch_shell_are_warned_that_the_b_signal_would_kill_them(
     environ, nproc, parent, warned
 ):
-    from resnet_repro.slurm import batch_launcher_warning
+    from resnet_repro.cluster.slurm import batch_launcher_warning
 
     warning = batch_launcher_warning(environ, nproc, parent)
     assert (warning is not None) == warned

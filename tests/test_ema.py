@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from conftest import run_cli
 
-from resnet_repro.ema import WeightEMA
+from resnet_repro.training.ema import WeightEMA
 
 
 def test_ema_weights_and_buffers_equal_a_hand_computed_average_after_a_few_steps():

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
+from resnet_repro.commands.eval_checkpoint import eval_config
 from resnet_repro.config import DataConfig, RootConfig, TrainerConfig, UserError
-from resnet_repro.eval_checkpoint import eval_config
 
 
 def trained_config() -> dict:

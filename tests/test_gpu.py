@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from resnet_repro.cluster.distributed import DistEnv
 from resnet_repro.config import (
     BenchConfig,
     DataConfig,
@@ -24,9 +25,8 @@ from resnet_repro.config import (
     StabilizerConfig,
     TrainerConfig,
 )
-from resnet_repro.distributed import DistEnv
-from resnet_repro.evaluate import evaluate
-from resnet_repro.summary import Derived
+from resnet_repro.evaluation.evaluate import evaluate
+from resnet_repro.training.summary import Derived
 
 pytestmark = [
     pytest.mark.gpu,
@@ -66,8 +66,8 @@ def batches(n: int, channels_last: bool) -> list[tuple[torch.Tensor, torch.Tenso
     ids=["fp32", "bf16-cl", "fp16-cl"],
 )
 def test_training_step_runs_on_cuda_and_learns(precision: str, channels_last: bool, tmp_path: Path):
-    from resnet_repro.loop import train_one_epoch
-    from resnet_repro.train import build_parts
+    from resnet_repro.training.loop import train_one_epoch
+    from resnet_repro.training.train import build_parts
 
     cfg = cfg_for(precision, channels_last, max_norm=5.0)
     derived = Derived(1, 32, 0.0125, 8, 0, 0, 10, str(CUDA))
@@ -96,8 +96,8 @@ def test_training_step_makes_only_the_audited_host_syncs(
     import dataclasses
     import warnings
 
-    from resnet_repro.loop import train_one_epoch
-    from resnet_repro.train import build_parts
+    from resnet_repro.training.loop import train_one_epoch
+    from resnet_repro.training.train import build_parts
 
     base = cfg_for("bf16", True, max_norm=5.0)
     cfg = dataclasses.replace(
@@ -134,7 +134,7 @@ def test_exact_evaluation_on_cuda_counts_every_image(tmp_path: Path):
 
 
 def test_bench_model_measures_img_per_s_and_peak_memory(tmp_path: Path):
-    from resnet_repro.bench import bench_model
+    from resnet_repro.planning.bench import bench_model
 
     result = bench_model(cfg_for("bf16", True), CUDA, tmp_path)
     assert result["img_per_s"] > 0 and result["peak_memory_mb"] > 0

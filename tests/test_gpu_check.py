@@ -198,7 +198,7 @@ def test_the_memory_row_computes_the_estimate_as_rehearse_does(gpu_check: Module
     against a given peak."""
     import dataclasses
 
-    from resnet_repro import memory_fit, rehearse
+    from resnet_repro.planning import memory_fit, rehearse
 
     ctx = gpu_check.Ctx(torch.device("cuda", 0), True, tmp_path, None, tmp_path)  # builds no CUDA state
     cfg, _, setting = gpu_check._train_config(ctx, compile_=False)

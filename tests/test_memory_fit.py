@@ -1,4 +1,4 @@
-"""The GPU memory one training process needs (resnet_repro/memory_fit.py): the real presets on the
+"""The GPU memory one training process needs (resnet_repro/planning/memory_fit.py): the real presets on the
 meta device as rehearse builds them, checked against numbers this project did not write (torchvision's
 published parameter count, direct counts on real models under autocast, a CPU step's measured peak,
 NVIDIA's published per-GPU batches)."""
@@ -14,12 +14,12 @@ import torch
 import torch.nn as nn
 from conftest import compose
 
-from resnet_repro import memory_fit
 from resnet_repro.config import ModelConfig, RegularizationConfig, UserError, per_device_batch, to_dataclass
 from resnet_repro.data import progressive
-from resnet_repro.memory_fit import GIB, check_fits, estimate, kept_bytes_per_image
 from resnet_repro.models import build_model
-from resnet_repro.rehearse import saved_bytes_per_image
+from resnet_repro.planning import memory_fit
+from resnet_repro.planning.memory_fit import GIB, check_fits, estimate, kept_bytes_per_image
+from resnet_repro.planning.rehearse import saved_bytes_per_image
 
 PAPER = "experiment=imagenet_paper"  # ResNet-50, fp32, SGD 0.9, DALI with 8 threads, global batch 256
 TORCHVISION_RESNET50_PARAMETERS = 25_557_032  # torchvision's ResNet50_Weights.IMAGENET1K_V1 "num_params"

@@ -11,11 +11,12 @@ import torch
 from conftest import make_image_folder
 from PIL import Image
 
+from resnet_repro.cluster.distributed import DistEnv
 from resnet_repro.config import DataConfig, HoldoutConfig, StatsConfig, UserError
 from resnet_repro.data import channel_sums, stats
-from resnet_repro.data.normalization import compute_record, resolve, stats_selection
-from resnet_repro.distributed import DistEnv
-from resnet_repro.run_data import load_file_lists
+from resnet_repro.data.normalization import compute_record, resolve
+from resnet_repro.data.selection import stats_selection
+from resnet_repro.training.run_data import load_file_lists
 
 CPU = torch.device("cpu")
 

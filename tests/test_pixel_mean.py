@@ -13,13 +13,13 @@ import torch
 from conftest import compose, make_image_folder
 from PIL import Image
 
+from resnet_repro.cluster.distributed import DistEnv
 from resnet_repro.config import DataConfig, HoldoutConfig, StatsConfig, UserError, to_dataclass, validate
 from resnet_repro.data import normalization, pixel_mean, stats
 from resnet_repro.data.dali import Transform
 from resnet_repro.data.normalization import resolve
 from resnet_repro.data.torch_loader import TorchLoader
-from resnet_repro.distributed import DistEnv
-from resnet_repro.run_data import load_file_lists
+from resnet_repro.training.run_data import load_file_lists
 
 CPU = torch.device("cpu")
 S = 16

@@ -82,13 +82,13 @@ def test_compiled_training_with_progressive_resizing_compiles_once_per_size(monk
     import torch
     import torch._dynamo
 
-    from resnet_repro import compiling
+    from resnet_repro.cluster.distributed import DistEnv
     from resnet_repro.config import LoggingConfig, ModelConfig, ScheduleConfig, TrainerConfig
     from resnet_repro.data.progressive import train_sizes
-    from resnet_repro.distributed import DistEnv
-    from resnet_repro.loop import train_one_epoch
-    from resnet_repro.summary import Derived
-    from resnet_repro.train import build_parts
+    from resnet_repro.training import compiling
+    from resnet_repro.training.loop import train_one_epoch
+    from resnet_repro.training.summary import Derived
+    from resnet_repro.training.train import build_parts
 
     monkeypatch.setattr(compiling, "BACKEND", "eager")
     torch._dynamo.reset()

@@ -11,10 +11,10 @@ import torch.nn as nn
 from conftest import make_image_folder
 from conftest import small_transform as _transform
 
+from resnet_repro.commands.eval_checkpoint import eval_config
 from resnet_repro.config import EvalConfig, RootConfig, UserError, validate
 from resnet_repro.data.splits import list_split
-from resnet_repro.eval_checkpoint import eval_config
-from resnet_repro.protocols import Scorer, multiscale_views, ten_crop_views
+from resnet_repro.evaluation.protocols import Scorer, multiscale_views, ten_crop_views
 
 CPU = torch.device("cpu")
 
@@ -181,7 +181,7 @@ def test_a_mean_image_is_subtracted_from_every_view_resized_to_its_size(protocol
     # data.normalization=pixel_mean: the loader's images are not image_size crops, so the views
     # subtract the mean image themselves (multiscale: resized to the view), flipped ones unflipped
     from resnet_repro.config import EvalConfig
-    from resnet_repro.protocols import Scorer
+    from resnet_repro.evaluation.protocols import Scorer
 
     size = 8
     mean_image = torch.arange(3 * size * size, dtype=torch.float32).view(3, size, size) / 100
@@ -206,7 +206,7 @@ def test_a_mean_image_is_subtracted_from_every_view_resized_to_its_size(protocol
 def test_test_time_flip_is_the_mean_of_the_two_passes_probabilities():
     # eval.hflip=true with the centre protocol (FFCV's test-time augmentation); off by default there
     from resnet_repro.config import EvalConfig
-    from resnet_repro.protocols import Scorer, describe
+    from resnet_repro.evaluation.protocols import Scorer, describe
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import Bottleneck
 
+from resnet_repro.cluster.distributed import DistEnv
+from resnet_repro.cluster.preemption import Interrupts
 from resnet_repro.config import (
     EarlyStopConfig,
     LoggingConfig,
@@ -24,18 +26,16 @@ from resnet_repro.config import (
     to_dataclass,
     validate,
 )
-from resnet_repro.distributed import DistEnv
-from resnet_repro.evaluate import evaluate
-from resnet_repro.loop import Parts, train_one_epoch
-from resnet_repro.metrics import NullLogger
+from resnet_repro.evaluation.evaluate import evaluate
 from resnet_repro.models import build_model
-from resnet_repro.optim import build_optimizer, decay_groups, l1_penalty, l1_weights, peak_lr
-from resnet_repro.preemption import Interrupts
-from resnet_repro.run_eval import feed_model_selection
-from resnet_repro.run_state import RunState
-from resnet_repro.schedule import build_scheduler
-from resnet_repro.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard, grad_norm_summary
-from resnet_repro.summary import Derived, deviations, render, same
+from resnet_repro.training.loop import Parts, train_one_epoch
+from resnet_repro.training.metrics import NullLogger
+from resnet_repro.training.optim import build_optimizer, decay_groups, l1_penalty, l1_weights, peak_lr
+from resnet_repro.training.run_eval import feed_model_selection
+from resnet_repro.training.run_state import RunState
+from resnet_repro.training.schedule import build_scheduler
+from resnet_repro.training.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard, grad_norm_summary
+from resnet_repro.training.summary import Derived, deviations, render, same
 
 
 def n_params(model: nn.Module) -> int:
@@ -499,7 +499,7 @@ def summary_of(experiment: str, *overrides: str) -> str:
     ImageNet job."""
     from conftest import compose
 
-    from resnet_repro.optim import GroupSummary
+    from resnet_repro.training.optim import GroupSummary
 
     cfg = to_dataclass(compose([f"experiment={experiment}", "data.root=/nonexistent", *overrides]))
     validate(cfg)
@@ -610,7 +610,7 @@ def test_linear_ramp_lr_at_known_steps_equals_the_direct_formula():
     import numpy as np
 
     from resnet_repro.config import ScheduleConfig, StabilizerConfig
-    from resnet_repro.schedule import build_scheduler
+    from resnet_repro.training.schedule import build_scheduler
 
     steps_per_epoch, epochs, peak_lr = 10, 8, 0.4
     cfg = ScheduleConfig(name="linear_ramp", peak_epoch=2.0, end_factor=0.1)
@@ -630,7 +630,7 @@ def test_linear_ramp_lr_at_known_steps_equals_the_direct_formula():
 
 def test_linear_ramp_refuses_a_second_warm_up_and_a_peak_outside_the_run():
     from resnet_repro.config import ScheduleConfig, StabilizerConfig, UserError
-    from resnet_repro.schedule import build_scheduler
+    from resnet_repro.training.schedule import build_scheduler
 
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     ramp = ScheduleConfig(name="linear_ramp", peak_epoch=2.0)

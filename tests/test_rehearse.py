@@ -55,7 +55,7 @@ def cfg_of(*overrides: str):
 
 # ----------------------------------------------------------------------------- the step plan
 def test_step_plan_trains_the_first_step_warmup_end_milestones_and_last_epoch():
-    from resnet_repro.step_plan import windows
+    from resnet_repro.training.step_plan import windows
 
     cfg = cfg_of("experiment=demo")  # 8 epochs, warm-up 1 epoch, milestones 5 and 7
     got = [(w.start, w.end) for w in windows(cfg, steps_per_epoch=11, steps_per_point=1)]
@@ -65,7 +65,7 @@ def test_step_plan_trains_the_first_step_warmup_end_milestones_and_last_epoch():
 
 
 def test_step_plan_of_a_fast_preset_visits_the_ramp_peak_and_each_training_crop():
-    from resnet_repro.step_plan import change_points
+    from resnet_repro.training.step_plan import change_points
 
     cfg = cfg_of("experiment=fast_16")  # peak at epoch 2, crops 160 -> 192 over epochs 11-13
     points = dict((why, step) for step, why in change_points(cfg, steps_per_epoch=10))
@@ -78,7 +78,7 @@ def test_step_plan_of_a_fast_preset_visits_the_ramp_peak_and_each_training_crop(
 
 
 def test_step_plan_splits_the_windows_into_a_run_and_its_resume():
-    from resnet_repro.step_plan import StepPlan
+    from resnet_repro.training.step_plan import StepPlan
 
     cfg = cfg_of("experiment=demo")
     first, second = StepPlan(1, "first").windows(cfg, 11), StepPlan(1, "second").windows(cfg, 11)
@@ -88,7 +88,7 @@ def test_step_plan_splits_the_windows_into_a_run_and_its_resume():
 def test_a_rehearsed_step_trains_the_first_images_of_each_batch_the_loader_delivers():
     import torch
 
-    from resnet_repro.step_plan import FirstImages
+    from resnet_repro.training.step_plan import FirstImages
 
     batches = [(torch.arange(12.0).view(6, 2) + 100 * b, torch.arange(6) + 10 * b) for b in range(3)]
     part = FirstImages(batches, 2)
@@ -99,7 +99,7 @@ def test_a_rehearsed_step_trains_the_first_images_of_each_batch_the_loader_deliv
 
 
 def test_images_per_step_is_the_whole_batch_on_a_gpu_and_a_few_images_on_a_cpu():
-    from resnet_repro.rehearse import CPU_IMAGES_PER_STEP, images_per_step
+    from resnet_repro.planning.rehearse import CPU_IMAGES_PER_STEP, images_per_step
 
     assert images_per_step("auto", 128, "cuda:0") is None
     assert images_per_step("auto", 128, "cpu") == CPU_IMAGES_PER_STEP
@@ -124,7 +124,7 @@ def test_saved_activations_count_each_kept_tensor_once_and_no_parameters():
     import torch
     import torch.nn as nn
 
-    from resnet_repro.rehearse import saved_bytes_per_image
+    from resnet_repro.planning.rehearse import saved_bytes_per_image
 
     with torch.device("meta"):
         net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5))
@@ -141,7 +141,7 @@ def test_saved_activations_count_each_kept_tensor_once_and_no_parameters():
 
 
 def test_the_check_counts_the_activations_a_resnet50_step_keeps_per_image(capsys):
-    from resnet_repro.rehearse import check
+    from resnet_repro.planning.rehearse import check
 
     paper, fast = check(cfg_of("experiment=imagenet_paper")), check(cfg_of("experiment=fast_88"))
     # ResNet-50 (v1.5) at 224 px keeps about 80 MB per image for its backward pass in float32; at
@@ -278,8 +278,8 @@ def test_every_documented_training_command_passes_the_rehearsal_check(page, comm
 def test_stand_in_for_he2016_has_its_classes_sizes_and_room_for_its_holdout(tmp_path):
     from PIL import Image
 
-    from resnet_repro.rehearse import rehearsal_config
-    from resnet_repro.run_data import load_file_lists
+    from resnet_repro.planning.rehearse import rehearsal_config
+    from resnet_repro.training.run_data import load_file_lists
 
     cfg = cfg_of("experiment=he2016", "trainer.nproc=2")
     rcfg, note = rehearsal_config(cfg, world=2, run_dir=tmp_path)
@@ -292,7 +292,7 @@ def test_stand_in_for_he2016_has_its_classes_sizes_and_room_for_its_holdout(tmp_
 
 
 def test_sample_of_data_root_takes_a_few_images_per_class_through_the_real_listing(tmp_path):
-    from resnet_repro.rehearse import rehearsal_config
+    from resnet_repro.planning.rehearse import rehearsal_config
 
     root = tmp_path / "data"
     make_image_folder(root, "train", {"a": 12, "b": 12, "c": 12})

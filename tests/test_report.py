@@ -1,6 +1,6 @@
-"""`resnet_repro.report`: a fake Hydra multirun (2x2 grid + failed, NaN and early-stopped jobs) -> rows,
-report.md, report.csv, a PNG heat map, every job's curves and TensorBoard hparams in each job's tb/;
-a single run directory -> its curves and the stabilizer figure."""
+"""`resnet_repro.reporting.report`: a fake Hydra multirun (2x2 grid + failed, NaN and early-stopped
+jobs) -> rows, report.md, report.csv, a PNG heat map, every job's curves and TensorBoard hparams in
+each job's tb/; a single run directory -> its curves and the stabilizer figure."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from resnet_repro import report
 from resnet_repro.config import UserError
+from resnet_repro.reporting import report
 
 WD, MN = "optim.weight_decay", "stabilizer.max_norm"
 # data.root, the step cap and the progress bar are run control: in the table, not in TB's hparams
@@ -697,7 +697,7 @@ def test_a_36_job_sweep_answers_with_contrasts_and_a_clipping_figure_read_at_a_g
 
 
 def test_clipping_statistics_per_max_norm_stand_beside_another_sweeps(tmp_path):
-    from resnet_repro import clipping_stats
+    from resnet_repro.reporting import clipping_stats
 
     # two jobs at one max norm: epochs out of order in the file, as a resumed job can leave them
     jobs = [

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from resnet_repro.cluster.preemption import EXIT_NOT_REQUEUED
 from resnet_repro.config import compose
-from resnet_repro.preemption import EXIT_NOT_REQUEUED
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +106,7 @@ def test_the_same_command_after_a_stop_or_a_crash_resumes_the_same_run(
 
 
 def test_a_rerun_id_follows_the_runs_identity_not_its_run_control():
-    from resnet_repro.resume import rerun_id
+    from resnet_repro.training.resume import rerun_id
 
     def rid(*overrides: str) -> str:
         return rerun_id(compose(["data.root=/data/demo", *overrides]))

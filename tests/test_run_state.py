@@ -6,10 +6,10 @@ import torch
 import torch.nn as nn
 
 from resnet_repro.config import RootConfig, ScheduleConfig, StabilizerConfig
-from resnet_repro.data.normalization import Normalization
-from resnet_repro.run_state import TRAINING_KEYS, RunState
-from resnet_repro.schedule import build_scheduler, resume_fields
-from resnet_repro.stabilizers import EarlyStopper
+from resnet_repro.data.selection import Normalization
+from resnet_repro.training.run_state import TRAINING_KEYS, RunState
+from resnet_repro.training.schedule import build_scheduler, resume_fields
+from resnet_repro.training.stabilizers import EarlyStopper
 
 # the checkpoint file format: `resnet-repro eval`, resume and older files rely on these keys
 CHECKPOINT_KEYS = {

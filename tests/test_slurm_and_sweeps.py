@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from resnet_repro import checkpoint
-from resnet_repro.preemption import EXIT_NOT_REQUEUED
+from resnet_repro.cluster.preemption import EXIT_NOT_REQUEUED
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SBATCH_DIR = REPO_ROOT / "scripts" / "slurm"

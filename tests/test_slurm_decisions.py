@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from resnet_repro import slurm
+from resnet_repro.cluster import slurm
+from resnet_repro.cluster.distributed import LOCAL_AGENT_VAR, detect
 from resnet_repro.config import UserError
-from resnet_repro.distributed import LOCAL_AGENT_VAR, detect
 
 ASSETS = Path(__file__).parent / "assets" / "slurm"
 JOB_IDS = {  # fixture -> the job id it shows

@@ -20,19 +20,20 @@ import pytest
 import torch
 from conftest import compose
 
-from resnet_repro import checkpoint, slurm
+from resnet_repro import checkpoint
+from resnet_repro.cluster import slurm
+from resnet_repro.cluster.preemption import Interrupts
 from resnet_repro.config import DataConfig, ProgressiveConfig, RootConfig, UserError, to_dataclass
 from resnet_repro.data import sharding
-from resnet_repro.preemption import Interrupts
-from resnet_repro.resume import (
+from resnet_repro.training.resume import (
     LOCK_NAME,
     acquire_run_lock,
     check_job_shape,
     check_resumable,
     release_run_lock,
 )
-from resnet_repro.run_state import TRAINING_KEYS, job_shape
-from resnet_repro.summary import Derived
+from resnet_repro.training.run_state import TRAINING_KEYS, job_shape
+from resnet_repro.training.summary import Derived
 
 
 def demo_cfg(demo_root: Path, *overrides: str):
@@ -64,7 +65,7 @@ def rows(run_dir: Path) -> list[tuple[int, str]]:
 def test_a_stop_on_the_epochs_last_step_comes_before_its_evaluation_which_the_resume_runs(
     demo_root: Path, tmp_path: Path, monkeypatch
 ):
-    from resnet_repro.train import train
+    from resnet_repro.training.train import train
 
     cfg = demo_cfg(demo_root)
     forced: list[int] = []
@@ -97,7 +98,7 @@ def default_sigusr1():
 
 def signal_during_last_evaluation(monkeypatch, epochs: int) -> None:
     """SIGUSR1 to this process while the last epoch's evaluation runs (a time-limit warning then)."""
-    from resnet_repro.run_eval import EvalSets
+    from resnet_repro.training.run_eval import EvalSets
 
     real_run, calls = EvalSets.run, []
 
@@ -114,7 +115,7 @@ def signal_during_last_evaluation(monkeypatch, epochs: int) -> None:
 def test_a_signal_in_the_last_epoch_stops_before_a_long_final_evaluation_which_the_resume_runs(
     demo_root: Path, tmp_path: Path, monkeypatch, default_sigusr1
 ):
-    from resnet_repro.train import train
+    from resnet_repro.training.train import train
 
     cfg = demo_cfg(demo_root, "eval.protocol=ten_crop")
     with monkeypatch.context() as m:
@@ -132,7 +133,7 @@ def test_a_signal_in_the_last_epoch_stops_before_a_long_final_evaluation_which_t
 def test_a_signal_in_the_last_epoch_of_a_centre_crop_run_lets_it_finish_and_says_so(
     demo_root: Path, tmp_path: Path, monkeypatch, caplog, default_sigusr1
 ):
-    from resnet_repro.train import train
+    from resnet_repro.training.train import train
 
     cfg = demo_cfg(demo_root)
     with monkeypatch.context() as m, caplog.at_level("WARNING"):
@@ -372,7 +373,7 @@ def test_a_lock_from_another_host_without_a_job_is_refused_naming_the_file_to_de
 def test_other_ranks_wait_for_rank_0s_resume_line_before_their_non_zero_exit(tmp_path):
     import threading
 
-    from resnet_repro.preemption import wait_for_resume_line
+    from resnet_repro.cluster.preemption import wait_for_resume_line
 
     path = tmp_path / "preempted.json"
     path.write_text(json.dumps({"signal": "SIGTERM", "requeued": False}))  # after_preemption's first write

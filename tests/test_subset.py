@@ -12,7 +12,7 @@ import pytest
 from conftest import make_image_folder, run_cli
 
 from resnet_repro.config import DataConfig, SubsetConfig, UserError
-from resnet_repro.run_data import load_file_lists
+from resnet_repro.training.run_data import load_file_lists
 
 CLASSES = {f"n{i:02d}": 6 + i % 3 for i in range(10)}  # 10 classes of 6-8 images
 

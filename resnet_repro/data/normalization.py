@@ -12,53 +12,23 @@ pixel_mean: a per-pixel mean image from the same selection, with the same guards
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from resnet_repro import distributed
+from resnet_repro.cluster import distributed
+from resnet_repro.cluster.distributed import DistEnv
 from resnet_repro.config import DataConfig, UserError
-from resnet_repro.data import channel_sums, stats
-from resnet_repro.data.splits import FileList
-from resnet_repro.distributed import DistEnv
-
-
-@dataclass(frozen=True)
-class Normalization:
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    source: str  # computed | published | none | pixel_mean | checkpoint
-    detail: str  # provenance, one line
-    # pixel_mean: float64 [3, image_size, image_size] on the [0, 1] scale, subtracted instead of
-    # `mean` (which then holds its channel averages, for the record only)
-    mean_image: np.ndarray | None = field(default=None, compare=False, repr=False)
-
-    def describe(self) -> str:
-        m = ", ".join(f"{v:.4f}" for v in self.mean)
-        s = ", ".join(f"{v:.4f}" for v in self.std)
-        if self.mean_image is not None:
-            shape = "x".join(str(n) for n in self.mean_image.shape)
-            return f"mean image {shape} (channel averages {m}) std ({s}); {self.source}: {self.detail}"
-        return f"mean ({m}) std ({s}); {self.source}: {self.detail}"
-
-
-@dataclass(frozen=True)
-class Splits:
-    """The file lists of a run. `train` excludes the holdout; `train_full` is the whole split."""
-
-    train_full: FileList
-    train: FileList
-    holdout: FileList | None
-    test: FileList
-
-
-def stats_selection(cfg: DataConfig, splits: Splits) -> tuple[FileList, str]:
-    """The images the statistics must cover, and the record's name for that selection."""
-    if cfg.holdout.stats_from == "train_minus_holdout":
-        return splits.train, "train_minus_holdout"
-    return splits.train_full, "train"
+from resnet_repro.data import channel_sums, pixel_mean, stats
+from resnet_repro.data.selection import (
+    Normalization,
+    Splits,
+    available_stats_decoder,
+    check_leakage_and_staleness,
+    stats_decoder,
+    stats_images,
+    stats_selection,
+)
 
 
 def stats_path(cfg: DataConfig, fingerprint: str) -> Path:
@@ -87,35 +57,6 @@ def expected_settings(cfg: DataConfig, splits: Splits) -> dict:
         decoder=stats_decoder(cfg),
         selection_size=len(selection),
     )
-
-
-def stats_decoder(cfg: DataConfig) -> str:
-    """Decode for the statistics as the run's input pipeline does: DALI, or the torchvision
-    backend's decoder (which needs no DALI)."""
-    return cfg.decoder if cfg.backend == "torchvision" else "dali"
-
-
-def available_stats_decoder(cfg: DataConfig) -> str:
-    """stats_decoder(cfg), refused in one line when it is DALI and DALI is not installed."""
-    import importlib.util
-
-    decoder = stats_decoder(cfg)
-    if decoder == "dali" and importlib.util.find_spec("nvidia.dali") is None:
-        raise UserError(
-            "computing normalization statistics with data.backend=dali needs NVIDIA DALI, which is not "
-            "installed; install nvidia-dali-cuda130, or use data.backend=torchvision, or "
-            "data.normalization=published (data.mean / data.std)"
-        )
-    return decoder
-
-
-def stats_images(cfg: DataConfig, splits: Splits) -> tuple[FileList, FileList, str]:
-    """(selection, the images actually read: all of it or its stratified sample, split name)."""
-    selection, split = stats_selection(cfg, splits)
-    images = selection
-    if cfg.stats.max_images is not None and cfg.stats.max_images < len(selection):
-        images = stats.stratified_sample(selection, cfg.stats.max_images, cfg.stats.seed)
-    return selection, images, split
 
 
 def compute_record(
@@ -174,26 +115,6 @@ def _existing(cfg: DataConfig, splits: Splits) -> tuple[Path, stats.StatsRecord 
     return path, (stats.read_stats_file(path) if path.is_file() else None), fingerprint
 
 
-def check_leakage_and_staleness(
-    cfg: DataConfig, splits: Splits, record: stats.StatsRecord, path: Path, fingerprint: str | None = None
-) -> list[str]:
-    """A statistics record against this run's selection: refused when it saw evaluation or holdout
-    images, or (unless data.stats.allow_mismatch) a different file list; the per-channel file and
-    the mean image share this guard."""
-    selection, _ = stats_selection(cfg, splits)
-    return stats.check_stats_file(
-        record,
-        train_selection=selection,
-        test=splits.test,
-        holdout=splits.holdout,
-        stats_from=cfg.holdout.stats_from,
-        root=cfg.root,
-        allow_mismatch=cfg.stats.allow_mismatch,
-        path=path,
-        expected_fingerprint=fingerprint,
-    )
-
-
 def _checked(
     cfg: DataConfig, splits: Splits, record: stats.StatsRecord, path: Path, fingerprint: str
 ) -> list[str]:
@@ -207,8 +128,6 @@ def compute_and_save(
 ) -> tuple[stats.StatsRecord, Path]:
     """`resnet-repro stats`: always recompute; rank 0 writes the file."""
     if cfg.normalization == "pixel_mean":
-        from resnet_repro.data import pixel_mean
-
         return pixel_mean.compute_and_save(cfg, splits, env, device)
     # only the path: an old or corrupt file there is what this command replaces
     fingerprint = distributed.broadcast_object(env, _fingerprint(cfg, splits) if env.is_main else None)
@@ -236,8 +155,6 @@ def resolve(
     if cfg.normalization == "published":
         return Normalization(tuple(cfg.mean), tuple(cfg.std), "published", "data.mean / data.std"), []
     if cfg.normalization == "pixel_mean":
-        from resnet_repro.data import pixel_mean
-
         return pixel_mean.resolve(cfg, splits, env, device)
 
     # rank 0 looks for the file (fingerprinting stats every file: once, not per rank)

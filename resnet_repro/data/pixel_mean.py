@@ -37,10 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from resnet_repro import distributed
+from resnet_repro.cluster import distributed
+from resnet_repro.cluster.distributed import DistEnv
 from resnet_repro.config import DataConfig, UserError
 from resnet_repro.data import channel_sums, sharding, stats
-from resnet_repro.data.normalization import (
+from resnet_repro.data.selection import (
     Normalization,
     Splits,
     available_stats_decoder,
@@ -48,7 +49,6 @@ from resnet_repro.data.normalization import (
     stats_images,
     stats_selection,
 )
-from resnet_repro.distributed import DistEnv
 
 FORMAT = 1
 RECOMPUTE = "recompute with `resnet-repro stats data.normalization=pixel_mean`"

@@ -16,6 +16,11 @@ import torch.nn as nn
 
 from resnet_repro.config import OptimConfig, UserError
 
+# optimizer state per parameter, in copies of the parameters (torch.optim's own buffers): SGD one
+# momentum buffer (none at momentum 0), Adam and AdamW two moments (exp_avg, exp_avg_sq); their
+# per-parameter step counters are scalars
+OPTIMIZER_STATE_COPIES = {"sgd": 1, "adam": 2, "adamw": 2}
+
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -99,3 +104,14 @@ def l1_weights(model: nn.Module) -> list[torch.Tensor]:
 def l1_penalty(weights: list[torch.Tensor], lam: float) -> torch.Tensor:
     """lambda * sum |w| (PyTorch has no built-in L1 regularizer)."""
     return lam * torch.stack([w.abs().sum() for w in weights]).sum()
+
+
+def optimizer_state_copies(o: OptimConfig) -> int:
+    """Copies of the parameters the optimizer keeps."""
+    if o.name not in OPTIMIZER_STATE_COPIES:
+        raise UserError(
+            f"optim.name={o.name!r} is unknown; choose one of {', '.join(OPTIMIZER_STATE_COPIES)}"
+        )
+    if o.name == "sgd" and o.momentum == 0:
+        return 0
+    return OPTIMIZER_STATE_COPIES[o.name]

@@ -10,17 +10,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from resnet_repro.cluster.distributed import DistEnv
 from resnet_repro.config import EvalConfig, RootConfig, eval_protocols
-from resnet_repro.data.normalization import Normalization, Splits
+from resnet_repro.data.selection import Normalization, Splits
 from resnet_repro.data.splits import FileList
-from resnet_repro.distributed import DistEnv
-from resnet_repro.evaluate import evaluate
-from resnet_repro.metrics import MetricsLogger, NullLogger
-from resnet_repro.protocols import Scorer, flips, views_own_mean_image
-from resnet_repro.protocols import describe as describe_protocol
-from resnet_repro.run_data import make_eval_loader
-from resnet_repro.schedule import LRSchedule
-from resnet_repro.stabilizers import EarlyStopper
+from resnet_repro.evaluation.evaluate import evaluate
+from resnet_repro.evaluation.protocols import Scorer, flips, views_own_mean_image
+from resnet_repro.evaluation.protocols import describe as describe_protocol
+from resnet_repro.training.metrics import MetricsLogger, NullLogger
+from resnet_repro.training.run_data import make_eval_loader
+from resnet_repro.training.schedule import LRSchedule
+from resnet_repro.training.stabilizers import EarlyStopper
 
 log = logging.getLogger("resnet_repro")
 

@@ -1,6 +1,6 @@
 """The answer a sweep gives, as report.md's first sections, contrasts.csv and report_seeds.csv:
 each level against off with its interval, how often it diverged, and which points could be the
-best (the statistics are resnet_repro.contrasts; the job outcomes resnet_repro.seeds)."""
+best (the statistics are resnet_repro.reporting.contrasts; the job outcomes resnet_repro.reporting.seeds)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnet_repro import contrasts as stats
-from resnet_repro.contrasts import ALL, Contrast, Noise
-from resnet_repro.seeds import SEED_KEY, SeedGroup, points, value_order
+from resnet_repro.reporting import contrasts as stats
+from resnet_repro.reporting.contrasts import ALL, Contrast, Noise
+from resnet_repro.reporting.seeds import SEED_KEY, SeedGroup, points, value_order
 
 Row = dict[str, Any]
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from resnet_repro import distributed
-from resnet_repro.distributed import DistEnv
+from resnet_repro.cluster import distributed
+from resnet_repro.cluster.distributed import DistEnv
 
 
 def autocast(device: torch.device, precision: str):
@@ -32,7 +32,7 @@ def evaluate(
 
     `batches` is this rank's shard (None for a rank whose shard is empty). Raises if the images
     counted over all ranks differ from `expected_total`. `scorer(model, images)`: (N, classes)
-    scores of a batch under a test protocol (resnet_repro.protocols.Scorer); default the logits.
+    scores of a batch under a test protocol (resnet_repro.evaluation.protocols.Scorer); default the logits.
     """
     was_training = model.training
     model.eval()

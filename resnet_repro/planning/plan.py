@@ -79,7 +79,7 @@ def count_images(cfg: RootConfig) -> tuple[int, int | None, str]:
     """(training images per epoch, evaluation images per epoch or None, where the count came from)."""
     if cfg.plan.train_images is not None:
         return cfg.plan.train_images, None, "plan.train_images"
-    from resnet_repro.run_data import load_file_lists
+    from resnet_repro.training.run_data import load_file_lists
 
     if not cfg.data.root:
         raise UserError(
@@ -114,8 +114,9 @@ def measure(cfg: RootConfig, readable: bool) -> Throughput:
     `bench model` on synthetic batches when the data cannot be read (`readable` false)."""
     import torch
 
-    from resnet_repro import bench, distributed
-    from resnet_repro.distributed import DistEnv
+    from resnet_repro.cluster import distributed
+    from resnet_repro.cluster.distributed import DistEnv
+    from resnet_repro.planning import bench
 
     batch = per_device_batch(cfg.trainer, world_size(cfg))
     steps = cfg.plan.measure_steps
@@ -197,7 +198,7 @@ def _simulate_lr_factors(cfg: RootConfig) -> tuple[float, ...]:
 
     import torch
 
-    from resnet_repro.schedule import build_scheduler
+    from resnet_repro.training.schedule import build_scheduler
 
     steps = _LR_STEPS_PER_EPOCH * cfg.trainer.epochs
     optimizer = torch.optim.SGD([torch.zeros(1)], lr=1.0)
@@ -232,7 +233,7 @@ def weight_decay_shrink(cfg: RootConfig, total_steps: int, global_batch: int) ->
 
     It grows with the steps: a proxy with a tenth of the steps applies a tenth of the decay at the
     same optim.weight_decay."""
-    from resnet_repro.optim import peak_lr
+    from resnet_repro.training.optim import peak_lr
 
     o = cfg.optim
     if o.name == "adam":

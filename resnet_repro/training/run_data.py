@@ -9,19 +9,19 @@ from typing import Any
 
 import torch
 
-from resnet_repro import distributed
+from resnet_repro.cluster import distributed
+from resnet_repro.cluster.distributed import DistEnv
 from resnet_repro.config import DataConfig, RootConfig, UserError, per_device_batch
 from resnet_repro.data import progressive, sharding, subset
 from resnet_repro.data.demo import build_demo_dataset
 from resnet_repro.data.holdout import carve_holdout
 from resnet_repro.data.loaders import Loader, build_loader
-from resnet_repro.data.normalization import Normalization, Splits
 from resnet_repro.data.normalization import resolve as resolve_normalization
+from resnet_repro.data.selection import Normalization, Splits
 from resnet_repro.data.splits import FileList, list_split, read_exclude_list, without
-from resnet_repro.distributed import DistEnv
-from resnet_repro.optim import peak_lr
-from resnet_repro.protocols import LOADER_MODE
-from resnet_repro.summary import Derived
+from resnet_repro.evaluation.protocols import LOADER_MODE
+from resnet_repro.training.optim import peak_lr
+from resnet_repro.training.summary import Derived
 
 log = logging.getLogger("resnet_repro")
 

@@ -11,11 +11,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from resnet_repro import slurm
+from resnet_repro.cluster import slurm
 from resnet_repro.config import RootConfig, UserError
-from resnet_repro.run_state import TRAINING_KEYS, job_shape
-from resnet_repro.schedule import resume_fields
-from resnet_repro.summary import Derived
+from resnet_repro.training.run_state import TRAINING_KEYS, job_shape
+from resnet_repro.training.schedule import resume_fields
+from resnet_repro.training.summary import Derived
 
 
 def resume_path(cfg: RootConfig, run_dir: Path) -> Path | None:

@@ -10,7 +10,7 @@ A job ends in one of four outcomes, and only finished jobs have a score:
 - incomplete: preempted, killed, or still running: its score would be that of a shorter run.
 
 A point is ranked by the mean of its finished jobs, its counts beside it; what can be said about
-which point is best and about the sweep's axes is in `resnet_repro.contrasts`.
+which point is best and about the sweep's axes is in `resnet_repro.reporting.contrasts`.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from resnet_repro.config import RootConfig, UserError, per_device_batch
 
 if TYPE_CHECKING:
-    from resnet_repro.step_plan import StepPlan
+    from resnet_repro.training.step_plan import StepPlan
 
 # classes of the stand-in when data.root cannot be read (data.name -> count)
 CLASS_COUNTS = {"imagenet": 1000, "cifar10": 10}
@@ -103,7 +103,7 @@ def real_run_dir(overrides: list[str], cfg: RootConfig, multirun: bool) -> Path 
             return Path(item.split("=", 1)[1]).expanduser()
     if multirun or cfg.trainer.resume != "auto" or os.environ.get("SLURM_JOB_ID"):
         return None
-    from resnet_repro.resume import rerun_id
+    from resnet_repro.training.resume import rerun_id
 
     return Path("runs") / cfg.name / rerun_id(cfg)
 
@@ -113,7 +113,7 @@ def check_run_directory(cfg: RootConfig, run_dir: Path, derived: Any) -> str:
     trainer.resume file that is not there, a last.pt of another job or other settings (refused);
     else whether it starts fresh or resumes, in words."""
     from resnet_repro import checkpoint
-    from resnet_repro.resume import check_job_shape, check_lock, check_resumable, resume_path
+    from resnet_repro.training.resume import check_job_shape, check_lock, check_resumable, resume_path
 
     stale = check_lock(run_dir)
     path = resume_path(cfg, run_dir)
@@ -140,7 +140,7 @@ def visible_gpu_gib() -> float | None:
 
 
 def _memory_line(est: Any, gpu_gib: float) -> str:
-    from resnet_repro.memory_fit import article
+    from resnet_repro.planning.memory_fit import article
 
     big = sorted(
         (
@@ -199,7 +199,7 @@ def launcher_description(launcher: Any, nproc: int) -> tuple[bool, int, str]:
 
 def launch_description(nproc: int) -> tuple[bool, int, str]:
     """(whether the CLI starts local workers, the world size, in words), as `train` decides."""
-    from resnet_repro import distributed
+    from resnet_repro.cluster import distributed
 
     env = distributed.detect()
     if nproc > 1 and env.source == "single":
@@ -229,7 +229,7 @@ def data_view(cfg: RootConfig, stand_in: bool = False) -> DataView:
     misspelt data.root fails here as it fails there); estimated only when data.root is unset or
     `stand_in` is asked: plan.train_images, else the dataset's published count with the subset
     and the holdout applied (a holdout the data cannot give is refused as the real run refuses it)."""
-    from resnet_repro.run_data import load_file_lists
+    from resnet_repro.training.run_data import load_file_lists
 
     d = cfg.data
     if (d.root and not stand_in) or d.name == "demo":
@@ -363,14 +363,16 @@ def check(
     listing and statistics decision (unless data.root is unset or `stand_in`), model, optimizer
     and schedule shapes, the memory fit on the target GPU; raises the UserError the real run
     would raise."""
-    from resnet_repro import distributed, plan, step_plan
+    from resnet_repro.cluster import distributed
+    from resnet_repro.cluster.distributed import DistEnv
     from resnet_repro.config import validate
     from resnet_repro.data import progressive
-    from resnet_repro.distributed import DistEnv
-    from resnet_repro.optim import build_optimizer, peak_lr
-    from resnet_repro.schedule import build_scheduler
-    from resnet_repro.summary import deviations
-    from resnet_repro.train import check_device
+    from resnet_repro.planning import plan
+    from resnet_repro.training import step_plan
+    from resnet_repro.training.optim import build_optimizer, peak_lr
+    from resnet_repro.training.schedule import build_scheduler
+    from resnet_repro.training.summary import deviations
+    from resnet_repro.training.train import check_device
 
     validate(cfg)
     _, world, launch = nproc_world or launch_description(cfg.trainer.nproc)
@@ -383,7 +385,7 @@ def check(
     images, source = view.train_images, view.source
     stats_line = scanned_line = None
     if view.splits is not None:
-        from resnet_repro import stats_plan
+        from resnet_repro.planning import stats_plan
 
         stats_line = stats_plan.decide(cfg, view.splits)
         if scan:
@@ -407,7 +409,7 @@ def check(
     activations = _saved_activation_mb(model_json, num_classes, regularization_json, largest)
     memory = None
     if on_gpu:  # the run's GPU: the memory one process needs there
-        from resnet_repro import memory_fit
+        from resnet_repro.planning import memory_fit
 
         gpu_gib = gpu_memory_gib or visible_gpu_gib() or DEFAULT_GPU_GIB
         est = memory_fit.estimate(
@@ -423,15 +425,15 @@ def check(
     run_dir_line = None
     if run_dir is None and cfg.trainer.resume not in ("auto", "never"):
         run_dir = Path("runs") / cfg.name / "(a new directory)"  # it resumes the named file
-    from resnet_repro import checkpoint
+    from resnet_repro.training import disk_space
 
     # the checkpoints against the free disk where they will go (a sweep's or SLURM job's directory
     # is new: its file system is that of runs/), as train checks it at its start
     selection = cfg.data.holdout.size is not None or cfg.trainer.select_on_test
-    needed = checkpoint.files_needed_bytes(cfg, net, selection)
-    checkpoint.check_free_space(run_dir if run_dir is not None else Path("runs") / cfg.name, needed)
+    needed = disk_space.files_needed_bytes(cfg, net, selection)
+    disk_space.check_free_space(run_dir if run_dir is not None else Path("runs") / cfg.name, needed)
     if run_dir is not None:
-        from resnet_repro.summary import Derived
+        from resnet_repro.training.summary import Derived
 
         listed = steps if view.splits is not None and steps else 0  # an estimate must not refuse a resume
         derived = Derived(world, global_batch, lr, listed, images or 0, 0, num_classes, str(device))
@@ -624,7 +626,7 @@ def peak_memory(run_dir: Path) -> list[float]:
 def _own_throughput(train_rows: list[dict[str, Any]], shape: Shape, cfg: RootConfig) -> Any:
     """The rehearsal's training speed per process at each training crop: each window's steps
     without its loader's start-up (first steps of fresh builds: pessimistic)."""
-    from resnet_repro import plan
+    from resnet_repro.planning import plan
 
     by_size: dict[int, list[float]] = {}
     for r in train_rows:
@@ -646,8 +648,9 @@ def collect(
     """The rehearsal's record: the job's shape, what was trained (the step plan and `launches`),
     the peak memory per process, the final evaluation under each protocol, the plan estimate (at
     plan.img_per_s_per_gpu, or at the rehearsal's own speed when it trained whole batches)."""
-    from resnet_repro import plan, step_plan
     from resnet_repro.config import eval_protocols
+    from resnet_repro.planning import plan
+    from resnet_repro.training import step_plan
 
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     train_rows = [r for r in map(json.loads, lines) if r.get("split") == "train"]  # every window's

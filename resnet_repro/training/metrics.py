@@ -14,7 +14,7 @@ from typing import Any
 from resnet_repro import __version__
 from resnet_repro.config import LoggingConfig, RootConfig
 
-REPO_DIR = Path(__file__).resolve().parent.parent
+REPO_DIR = Path(__file__).resolve().parents[2]
 
 
 class MetricsLogger:

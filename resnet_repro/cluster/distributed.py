@@ -17,7 +17,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from resnet_repro import slurm
+from resnet_repro.cluster import slurm
 from resnet_repro.config import UserError
 
 T = TypeVar("T")

@@ -20,7 +20,7 @@ from resnet_repro.config import (
     eval_protocols,
     per_device_batch,
 )
-from resnet_repro.optim import GroupSummary
+from resnet_repro.training.optim import GroupSummary
 
 
 @dataclass(frozen=True)

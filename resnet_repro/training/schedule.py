@@ -24,7 +24,7 @@ from torch.optim.lr_scheduler import (
 )
 
 from resnet_repro.config import ScheduleConfig, StabilizerConfig, UserError
-from resnet_repro.stabilizers import NoImprovement
+from resnet_repro.training.stabilizers import NoImprovement
 
 SCHEDULE_NAMES = ("step", "cosine", "plateau", "constant", "linear_ramp")
 # the schedule.* fields each schedule reads (a plateau patience under the step schedule is inert)

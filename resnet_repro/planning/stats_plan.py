@@ -10,7 +10,7 @@ from pathlib import Path
 
 from resnet_repro.config import RootConfig
 from resnet_repro.data import normalization, stats
-from resnet_repro.data.normalization import Splits
+from resnet_repro.data.selection import Splits
 
 DECODE_SAMPLE = 8  # images decoded to time this machine's decoder
 

@@ -19,14 +19,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from resnet_repro import distributed
+from resnet_repro.cluster import distributed
+from resnet_repro.cluster.distributed import DistEnv
 from resnet_repro.config import RootConfig, UserError, per_device_batch
 from resnet_repro.data.loaders import build_loader
-from resnet_repro.distributed import DistEnv
-from resnet_repro.evaluate import autocast
-from resnet_repro.metrics import peak_memory_mb
-from resnet_repro.optim import peak_lr
-from resnet_repro.summary import Derived
+from resnet_repro.evaluation.evaluate import autocast
+from resnet_repro.training.metrics import peak_memory_mb
+from resnet_repro.training.optim import peak_lr
+from resnet_repro.training.summary import Derived
 
 MODES = ("model", "data", "train", "loop-overhead")
 
@@ -67,7 +67,7 @@ def _synthetic_batches(cfg: RootConfig, n: int, num_classes: int, device: torch.
 
 
 def bench_model(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
-    from resnet_repro.train import build_parts
+    from resnet_repro.training.train import build_parts
 
     b = cfg.bench
     parts = build_parts(cfg, _derived(cfg, b.num_classes, device, b.steps), DistEnv(), device, run_dir)
@@ -102,7 +102,7 @@ def _repeated_files(cfg: RootConfig, min_images: int) -> tuple[list[str], list[i
     would time a different shape, and recompile a compiled model): the split repeated when it is
     smaller, else an evenly spaced selection (every class, not the first few; a trial on ImageNet
     is not an epoch)."""
-    from resnet_repro.run_data import load_file_lists
+    from resnet_repro.training.run_data import load_file_lists
 
     train_list = load_file_lists(cfg.data).train
     n = len(train_list)
@@ -148,9 +148,9 @@ def bench_data(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str
 
 
 def bench_train(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
-    from resnet_repro.loop import train_one_epoch
-    from resnet_repro.metrics import NullLogger
-    from resnet_repro.train import build_parts
+    from resnet_repro.training.loop import train_one_epoch
+    from resnet_repro.training.metrics import NullLogger
+    from resnet_repro.training.train import build_parts
 
     b = cfg.bench
     files, labels = _repeated_files(cfg, b.min_images)
@@ -177,9 +177,9 @@ def bench_train(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
 
 def bench_loop_overhead(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
     """Same model, optimizer and in-memory batches: the runner's step vs forward/loss/backward/step."""
-    from resnet_repro.loop import train_one_epoch
-    from resnet_repro.metrics import NullLogger
-    from resnet_repro.train import build_parts
+    from resnet_repro.training.loop import train_one_epoch
+    from resnet_repro.training.metrics import NullLogger
+    from resnet_repro.training.train import build_parts
 
     b = cfg.bench
     cfg = replace(cfg, logging=replace(cfg.logging, tensorboard=False, progress=False))
@@ -218,7 +218,7 @@ def bench_stats(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
     import importlib.util
 
     from resnet_repro.data import channel_sums
-    from resnet_repro.data.normalization import stats_decoder
+    from resnet_repro.data.selection import stats_decoder
 
     b, d = cfg.bench, cfg.data
     decoder = stats_decoder(d)

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from resnet_repro import checkpoint, distributed, slurm
+from resnet_repro import checkpoint
+from resnet_repro.cluster import distributed, slurm
+from resnet_repro.cluster.distributed import DistEnv
 from resnet_repro.config import RootConfig
-from resnet_repro.distributed import DistEnv
 
 log = logging.getLogger("resnet_repro")
 
@@ -149,7 +150,7 @@ def after_preemption(
     epoch: int,
     epoch_step: int,
 ) -> dict[str, Any]:
-    """After the checkpoint of a stopped run: decide (rank 0, from evidence: resnet_repro.slurm),
+    """After the checkpoint of a stopped run: decide (rank 0, from evidence: resnet_repro.cluster.slurm),
     requeue when that is the decision, write preempted.json, and tell every rank.
 
     Where a launcher has its own requeueing handler for the signal (submitit's USR2 at the time

@@ -18,34 +18,36 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from resnet_repro import checkpoint, distributed
-from resnet_repro.compiling import compile_for_shapes
+from resnet_repro import checkpoint
+from resnet_repro.cluster import distributed
+from resnet_repro.cluster.distributed import DistEnv
+from resnet_repro.cluster.preemption import Interrupts, after_preemption
 from resnet_repro.config import RootConfig, UserError, eval_protocols, to_dataclass, validate
 from resnet_repro.data import progressive, subset
-from resnet_repro.data.normalization import Normalization
-from resnet_repro.distributed import DistEnv
-from resnet_repro.ema import WeightEMA
-from resnet_repro.loop import Parts, train_one_epoch
-from resnet_repro.metrics import make_logger, write_run_files
+from resnet_repro.data.selection import Normalization
+from resnet_repro.evaluation.protocols import describe as describe_protocol
+from resnet_repro.evaluation.protocols import flips
 from resnet_repro.models import build_model
-from resnet_repro.optim import build_optimizer, summarize_groups
-from resnet_repro.preemption import Interrupts, after_preemption
-from resnet_repro.protocols import describe as describe_protocol
-from resnet_repro.protocols import flips
-from resnet_repro.resume import (
+from resnet_repro.training import disk_space
+from resnet_repro.training.compiling import compile_for_shapes
+from resnet_repro.training.ema import WeightEMA
+from resnet_repro.training.loop import Parts, train_one_epoch
+from resnet_repro.training.metrics import make_logger, write_run_files
+from resnet_repro.training.optim import build_optimizer, summarize_groups
+from resnet_repro.training.resume import (
     acquire_run_lock,
     check_job_shape,
     check_resumable,
     release_run_lock,
     resume_path,
 )
-from resnet_repro.run_data import RunData, make_train_loader, prepare_data
-from resnet_repro.run_eval import EvalSets, feed_model_selection, final_test_eval, selection_split
-from resnet_repro.run_state import RunState, job_shape
-from resnet_repro.schedule import build_scheduler
-from resnet_repro.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard, chance_loss
-from resnet_repro.step_plan import FirstImages, StepPlan
-from resnet_repro.summary import Derived, Deviation, deviations, deviations_record, render
+from resnet_repro.training.run_data import RunData, make_train_loader, prepare_data
+from resnet_repro.training.run_eval import EvalSets, feed_model_selection, final_test_eval, selection_split
+from resnet_repro.training.run_state import RunState, job_shape
+from resnet_repro.training.schedule import build_scheduler
+from resnet_repro.training.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard, chance_loss
+from resnet_repro.training.step_plan import FirstImages, StepPlan
+from resnet_repro.training.summary import Derived, Deviation, deviations, deviations_record, render
 
 log = logging.getLogger("resnet_repro")
 
@@ -92,7 +94,7 @@ def _rehearse(
     the first's but that checkpoint (trainer.resume=<it>), trains the last window and finishes
     like the real run. Each rank's peak memory in each launch goes to
     <run_dir>/rehearsal/peak_memory_rank<r>_<phase>.json."""
-    from resnet_repro.metrics import peak_memory_mb
+    from resnet_repro.training.metrics import peak_memory_mb
 
     result: dict[str, Any] = {}
     if plan.phase in ("first", "both"):
@@ -195,8 +197,8 @@ def _train_locked(
     data = prepare_data(cfg, env, device)
     parts = build_parts(cfg, data.derived, env, device, run_dir, norm=data.norm, checkpoints=True)
     selection = selection_split(cfg, data.splits)
-    needed = checkpoint.files_needed_bytes(cfg, parts.state.net, selection is not None)
-    room = (lambda: checkpoint.check_free_space(run_dir, needed)) if env.is_main else (lambda: None)
+    needed = disk_space.files_needed_bytes(cfg, parts.state.net, selection is not None)
+    room = (lambda: disk_space.check_free_space(run_dir, needed)) if env.is_main else (lambda: None)
     distributed.all_or_none(env, room)
     _resume(parts, cfg, run_dir, env, data)
     _describe(parts, cfg, run_dir, env, data, selection)

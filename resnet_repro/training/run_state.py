@@ -25,11 +25,11 @@ import torch.nn as nn
 
 from resnet_repro import __version__, checkpoint
 from resnet_repro.config import RootConfig
-from resnet_repro.data.normalization import Normalization
-from resnet_repro.ema import WeightEMA
-from resnet_repro.schedule import LRSchedule
-from resnet_repro.stabilizers import EarlyStopper
-from resnet_repro.summary import Derived
+from resnet_repro.data.selection import Normalization
+from resnet_repro.training.ema import WeightEMA
+from resnet_repro.training.schedule import LRSchedule
+from resnet_repro.training.stabilizers import EarlyStopper
+from resnet_repro.training.summary import Derived
 
 # the keys without which a file is not a training checkpoint of this tool (resume refuses it)
 TRAINING_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "epoch_step", "rng")

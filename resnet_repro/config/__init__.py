@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 # conf/: conf/config.yaml and one folder per config group
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 # omegaconf's marker for a value that must be given (kept local so this module imports without
 # Hydra, e.g. on a GPU machine that only has torch: scripts/gpu_check.sh)
@@ -258,7 +258,7 @@ class StabilizerConfig:
 
 @dataclass
 class EmaConfig:
-    """An exponential moving average of the weights (resnet_repro.ema), evaluated beside them."""
+    """An exponential moving average of the weights (resnet_repro.training.ema), evaluated beside them."""
 
     # ema = decay * ema + (1 - decay) * weights after every optimizer step, BatchNorm buffers
     # included (e.g. 0.9999 over ImageNet's 5,004 steps/epoch); null = off
@@ -323,7 +323,7 @@ class LoggingConfig:
 
 @dataclass
 class EvalConfig:
-    """The test protocol (resnet_repro/protocols.py) of `resnet-repro eval` and of the evaluation
+    """The test protocol (resnet_repro/evaluation/protocols.py) of `resnet-repro eval` and of the evaluation
     at the end of training (per-epoch evaluations and model selection always use `center`)."""
 
     # center: resize to image_size / crop_ratio, one centre image_size crop (torchvision's protocol);
@@ -685,7 +685,9 @@ def to_dataclass(cfg: DictConfig) -> RootConfig:
 
     unknown = _unknown_keys(cfg, RootConfig)
     if unknown:
-        raise UserError(f"unknown config key(s) {', '.join(unknown)}; see conf/ and resnet_repro/config.py")
+        raise UserError(
+            f"unknown config key(s) {', '.join(unknown)}; see conf/ and resnet_repro/config/__init__.py"
+        )
     from omegaconf.errors import MissingMandatoryValue
 
     merged = OmegaConf.merge(OmegaConf.structured(RootConfig), cfg)

@@ -20,14 +20,14 @@ from typing import Any
 import yaml
 from matplotlib.figure import Figure
 
-from resnet_repro import clipping_stats, contrasts, plots, seeds, sweep_answer
 from resnet_repro.config import UserError, is_run_control
-from resnet_repro.seeds import SEED_KEY, SeedGroup, parse_value, seed_groups, value_order
-from resnet_repro.sweep_answer import Answer
+from resnet_repro.reporting import clipping_stats, contrasts, plots, seeds, sweep_answer
+from resnet_repro.reporting.seeds import SEED_KEY, SeedGroup, parse_value, seed_groups, value_order
+from resnet_repro.reporting.sweep_answer import Answer
 
 Row = dict[str, Any]
 
-# Job statuses, from the files a job left; each gives one of the outcomes of resnet_repro.seeds
+# Job statuses, from the files a job left; each gives one of the outcomes of resnet_repro.reporting.seeds
 # (finished, diverged, failed, incomplete), and only finished jobs are scored, averaged and ranked
 DONE, EARLY_STOP, NAN, PREEMPTED, FAILED = "done", "early_stop", "nan", "preempted", "failed/incomplete"
 
@@ -429,12 +429,12 @@ def _outcome(row: Row) -> str:
 
 
 def sweep_answer_of(rows: list[Row]) -> Answer:
-    """The sweep's points, seed noise, contrasts against off and best set (resnet_repro.sweep_answer)."""
+    """The sweep's points, seed noise, contrasts against off and best set (reporting/sweep_answer.py)."""
     return sweep_answer.answer(rows, varying_keys(rows), _finished_score, _outcome)
 
 
 def seed_groups_of(rows: list[Row]) -> list[SeedGroup] | None:
-    """The sweep's seed groups (resnet_repro.seeds), None without a seed axis: only finished jobs
+    """The sweep's seed groups (resnet_repro.reporting.seeds), None without a seed axis: only finished jobs
     are scored; the others count in a group's jobs by outcome, beside its mean."""
     return seed_groups(rows, _finished_score, _outcome)
 

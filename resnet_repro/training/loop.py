@@ -13,17 +13,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from resnet_repro import distributed
-from resnet_repro.compiling import graphs_compiled
+from resnet_repro.cluster import distributed
+from resnet_repro.cluster.distributed import DistEnv
+from resnet_repro.cluster.preemption import Interrupts
 from resnet_repro.config import RootConfig
 from resnet_repro.data.loaders import Loader
-from resnet_repro.distributed import DistEnv
-from resnet_repro.evaluate import autocast
-from resnet_repro.metrics import MetricsLogger, NullLogger, StepTimer, peak_memory_mb
-from resnet_repro.optim import l1_penalty, l1_weights
-from resnet_repro.preemption import Interrupts
-from resnet_repro.run_state import RunState
-from resnet_repro.stabilizers import BufferSnapshot, NonFiniteError, NonFiniteGuard, grad_norm_summary
+from resnet_repro.evaluation.evaluate import autocast
+from resnet_repro.training.compiling import graphs_compiled
+from resnet_repro.training.metrics import MetricsLogger, NullLogger, StepTimer, peak_memory_mb
+from resnet_repro.training.optim import l1_penalty, l1_weights
+from resnet_repro.training.run_state import RunState
+from resnet_repro.training.stabilizers import (
+    BufferSnapshot,
+    NonFiniteError,
+    NonFiniteGuard,
+    grad_norm_summary,
+)
 
 
 @dataclass

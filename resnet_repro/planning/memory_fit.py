@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from resnet_repro.config import RootConfig, UserError
+from resnet_repro.training.optim import optimizer_state_copies
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -35,11 +36,6 @@ FLOAT32 = 4  # bytes; parameters, gradients, optimizer state and the EMA stay fl
 HALF = 2  # bytes of a bf16 / fp16 element
 INDEX = 8  # bytes of an int64 element: max pooling keeps the argmax of each output for its backward
 RGB = 3
-
-# optimizer state per parameter, in copies of the parameters (torch.optim's own buffers): SGD one
-# momentum buffer (none at momentum 0), Adam and AdamW two moments (exp_avg, exp_avg_sq); their
-# per-parameter step counters are scalars
-OPTIMIZER_STATE_COPIES = {"sgd": 1, "adam": 2, "adamw": 2}
 
 # train.py builds DistributedDataParallel without gradient_as_bucket_view, so its all-reduce buckets
 # are a second copy of the gradients whenever world > 1 (PyTorch's DDP documentation)
@@ -167,7 +163,7 @@ def estimate(
     parts: dict[str, float] = {
         "weights": (params + buffers + (cast if low else 0)) / GIB,
         "gradients": grad_copies * params / GIB,
-        "optimizer_state": optimizer_state_copies(cfg) * params / GIB,
+        "optimizer_state": optimizer_state_copies(cfg.optim) * params / GIB,
         "ema": (params + buffers) / GIB if cfg.trainer.ema.decay is not None else 0.0,
         "activations": kept * per_process_batch / GIB,
         "backward_transient": transient * per_process_batch / GIB,
@@ -249,18 +245,6 @@ def forward_shapes(net: nn.Module, image_size: int) -> tuple[int, int]:
             h.remove()
         net.train(was_training)
     return largest // 2, pooled // 2
-
-
-def optimizer_state_copies(cfg: RootConfig) -> int:
-    """Copies of the parameters the optimizer keeps."""
-    o = cfg.optim
-    if o.name not in OPTIMIZER_STATE_COPIES:
-        raise UserError(
-            f"optim.name={o.name!r} is unknown; choose one of {', '.join(OPTIMIZER_STATE_COPIES)}"
-        )
-    if o.name == "sgd" and o.momentum == 0:
-        return 0
-    return OPTIMIZER_STATE_COPIES[o.name]
 
 
 def pipeline_bytes(cfg: RootConfig, train_size: int, on_gpu: bool) -> tuple[float, float]:

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from resnet_repro import distributed
+from resnet_repro.cluster import distributed
+from resnet_repro.cluster.distributed import DistEnv
 from resnet_repro.config import EarlyStopConfig
-from resnet_repro.distributed import DistEnv
 
 
 def grad_norm_summary(norms: torch.Tensor, max_norm: float | None) -> dict[str, float]:

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from resnet_repro import checkpoint, distributed
+from resnet_repro import checkpoint
+from resnet_repro.cluster import distributed
 from resnet_repro.config import (
     DataConfig,
     EvalConfig,
@@ -22,8 +23,8 @@ from resnet_repro.config import (
 from resnet_repro.data.normalization import Normalization
 from resnet_repro.data.normalization import resolve as resolve_normalization
 from resnet_repro.models import build_model
-from resnet_repro.run_data import load_file_lists
-from resnet_repro.run_eval import evaluate_protocol
+from resnet_repro.training.run_data import load_file_lists
+from resnet_repro.training.run_eval import evaluate_protocol
 
 
 def load_model_for_eval(

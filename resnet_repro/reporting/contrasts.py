@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from resnet_repro.seeds import SeedGroup, holm, is_off, value_order
+from resnet_repro.reporting.seeds import SeedGroup, holm, is_off, value_order
 
 ALPHA = 0.05
 ALL = "all"  # `within` of a pooled contrast
