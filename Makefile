@@ -37,9 +37,10 @@ test: $(STAMP) ## run the whole test suite (the slowest tests, SLURM's among the
 test-fast: $(STAMP) ## run the tests not marked slow
 	$(BIN)/pytest -q -m "not slow"
 
-lint: $(STAMP) ## ruff check and format check
+lint: $(STAMP) ## ruff check and format check; the import layers (import-linter's contracts in pyproject.toml)
 	$(BIN)/ruff check resnet_repro tests scripts
 	$(BIN)/ruff format --check resnet_repro tests scripts
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix resnet_repro tests scripts

@@ -8,7 +8,7 @@
 # has goals (data) and `met`. Exit 0: status met, every row ran and met its goals; 1: missed, a
 # goal missed or a row failed; 3: incomplete, nothing missed but a row skipped (the device, a
 # module, --quick, --rows, the budget): a skipped row is never a pass. 2: a usage error or no CUDA.
-# The rows themselves live in scripts/gpu_check.py.
+# The runner is scripts/gpu_check.py; the rows themselves live in scripts/gpu_rows*.py.
 #
 # Usage: OUT=DIR bash scripts/gpu_check.sh [--device cuda|cpu] [--quick] [--budget-s 540]
 #            [--goal NAME=VALUE]... [--sample DIR] [--rows 1,3] [--kit DIR] [OUT_DIR]

@@ -377,7 +377,7 @@ def test_sweep_job_directory_names_leave_out_run_control_keys():
 
 def test_run_control_keys_are_the_directory_name_exclude_list_and_real_config_keys():
     cfg = compose([], return_hydra_config=True)
-    # one list: report.py's TensorBoard hparams use RUN_CONTROL_KEYS, Hydra's names this copy
+    # one list: reporting/tb_hparams.py uses RUN_CONTROL_KEYS, Hydra's names this copy
     assert list(cfg.hydra.job.config.override_dirname.exclude_keys) == list(RUN_CONTROL_KEYS)
     for key in RUN_CONTROL_KEYS:
         parent, _, leaf = key.rpartition(".")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from resnet_repro.reporting import contrasts, report, seeds
+from resnet_repro.reporting import contrasts, job_rows, report, seeds
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def rows_of(cells: dict[tuple[str, ...], list[float | str]], keys: tuple[str, ..
                     "job": f"{values}-{seed}",
                     "path": None,
                     "overrides": {**dict(zip(keys, values, strict=True)), "trainer.seed": str(seed)},
-                    "status": report.DONE if done else report.NAN,
+                    "status": job_rows.DONE if done else job_rows.NAN,
                     "outcome": seeds.FINISHED if done else top1,
                     "best_top1": top1 if done else None,
                     "final_top1": top1 if done else None,

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from resnet_repro.checkpoint import PreemptionWatch
-from resnet_repro.cli import run_id
 from resnet_repro.cluster.distributed import DistEnv, detect
+from resnet_repro.commands.hydra_app import run_id
 from resnet_repro.config import UserError
 
 TORCHRUN_ENV = {

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from resnet_repro.commands.eval_checkpoint import eval_config
+from resnet_repro.commands.eval import eval_config
 from resnet_repro.config import DataConfig, RootConfig, TrainerConfig, UserError
 
 

@@ -19,7 +19,7 @@ from resnet_repro.data import progressive
 from resnet_repro.models import build_model
 from resnet_repro.planning import memory_fit
 from resnet_repro.planning.memory_fit import GIB, check_fits, estimate, kept_bytes_per_image
-from resnet_repro.planning.rehearse import saved_bytes_per_image
+from resnet_repro.planning.meta_model import saved_bytes_per_image
 
 PAPER = "experiment=imagenet_paper"  # ResNet-50, fp32, SGD 0.9, DALI with 8 threads, global batch 256
 TORCHVISION_RESNET50_PARAMETERS = 25_557_032  # torchvision's ResNet50_Weights.IMAGENET1K_V1 "num_params"

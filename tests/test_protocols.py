@@ -11,7 +11,7 @@ import torch.nn as nn
 from conftest import make_image_folder
 from conftest import small_transform as _transform
 
-from resnet_repro.commands.eval_checkpoint import eval_config
+from resnet_repro.commands.eval import eval_config
 from resnet_repro.config import EvalConfig, RootConfig, UserError, validate
 from resnet_repro.data.splits import list_split
 from resnet_repro.evaluation.protocols import Scorer, multiscale_views, ten_crop_views

@@ -124,7 +124,7 @@ def test_saved_activations_count_each_kept_tensor_once_and_no_parameters():
     import torch
     import torch.nn as nn
 
-    from resnet_repro.planning.rehearse import saved_bytes_per_image
+    from resnet_repro.planning.meta_model import saved_bytes_per_image
 
     with torch.device("meta"):
         net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5))

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from resnet_repro.config import UserError
-from resnet_repro.reporting import report
+from resnet_repro.reporting import figures, job_rows, plots, report, seeds, sweep_stats
 
 WD, MN = "optim.weight_decay", "stabilizer.max_norm"
 # data.root, the step cap and the progress bar are run control: in the table, not in TB's hparams
@@ -171,8 +171,8 @@ def test_best_top1_is_taken_on_the_selection_split_only(tmp_path: Path):
     rows = {r["overrides"]["optim.lr"]: r for r in report.collect(tmp_path)}
     assert rows["0.1"]["best_top1"] == pytest.approx(0.5)  # the holdout's best, not the val peak 0.65
     # no selection split: no best (a val peak would be a selection on the test set); ranked by final
-    assert rows["0.2"]["best_top1"] is None and report.score(rows["0.2"]) == pytest.approx(0.55)
-    assert [r["overrides"]["optim.lr"] for r in report.sort_rows(list(rows.values()))] == ["0.2", "0.1"]
+    assert rows["0.2"]["best_top1"] is None and job_rows.score(rows["0.2"]) == pytest.approx(0.55)
+    assert [r["overrides"]["optim.lr"] for r in job_rows.sort_rows(list(rows.values()))] == ["0.2", "0.1"]
 
 
 def test_a_sweep_point_that_failed_with_an_error_shows_it_in_the_note(tmp_path: Path):
@@ -200,11 +200,11 @@ def test_collect_names_the_path_when_there_is_nothing_to_report(tmp_path: Path):
 
 
 def test_parse_value_turns_null_into_none_and_numbers_into_floats():
-    assert report.parse_value("null") is None
-    assert report.parse_value("1e-4") == pytest.approx(1e-4)
-    assert report.parse_value("5") == 5.0 and isinstance(report.parse_value("5"), float)
-    assert report.parse_value("sgd") == "sgd"
-    assert report.parse_value("'1'") == "1"
+    assert seeds.parse_value("null") is None
+    assert seeds.parse_value("1e-4") == pytest.approx(1e-4)
+    assert seeds.parse_value("5") == 5.0 and isinstance(seeds.parse_value("5"), float)
+    assert seeds.parse_value("sgd") == "sgd"
+    assert seeds.parse_value("'1'") == "1"
 
 
 def test_report_table_is_sorted_by_best_top1_with_failed_jobs_last(sweep: Path):
@@ -266,7 +266,7 @@ def test_two_varying_keys_give_a_heat_map_with_failed_cells(sweep: Path):
     assert len(colours) > 50  # text, colour bar: not a blank canvas
 
     # what was drawn: weight decays down (ascending), max norms across (null first)
-    ax = report.heat_map(rows, WD, MN).axes[0]
+    ax = figures.heat_map(rows, WD, MN).axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0.0001", "0.0005", "0.001"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["null", "1"]
     grid = ax.images[0].get_array()
@@ -287,7 +287,7 @@ def test_one_varying_key_gives_a_bar_chart(tmp_path: Path):
     rows = report.collect(tmp_path)
     width, height, colours = png_facts(report.write_report(rows, tmp_path)["plot"])
     assert width > 300 and height > 3 * 28 and len(colours) > 50
-    ax = report.bar_chart(rows, WD).axes[0]
+    ax = figures.bar_chart(rows, WD).axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0.0001", "0.0005", "0.01"]
     assert [p.get_width() for p in ax.patches] == [pytest.approx(50.0), pytest.approx(60.0), 0.0]
     assert [t.get_text() for t in ax.texts] == ["50.00", "60.00", "no score (incomplete)"]
@@ -297,7 +297,7 @@ def test_sweep_curves_show_each_point_in_a_row_of_panels_per_value_of_the_first_
     rows = report.collect(sweep)
     width, height, colours = png_facts(report.write_report(rows, sweep / "out")["curves"])
     assert width > 600 and height > 300 and len(colours) > 50
-    axes = report.sweep_curves(rows).axes
+    axes = figures.sweep_curves(rows).axes
     titles = [ax.get_title() for ax in axes]
     # one row per weight decay (0.0001, 0.0005, 0.001), lines labelled by max norm
     assert titles[:2] == ["weight_decay=0.0001: val top-1 (%)", "weight_decay=0.0001: train loss"]
@@ -353,8 +353,8 @@ def test_a_run_directory_gets_its_curves_and_the_stabilizer_figure(tmp_path: Pat
         width, height, colours = png_facts(run / name)
         assert width > 500 and height > 300 and len(colours) > 50, name
 
-    metrics = report.read_metrics(run / "metrics.jsonl")
-    fig = report.stabilizer_figure(metrics, 2.0, "run1")
+    metrics = job_rows.read_metrics(run / "metrics.jsonl")
+    fig = figures.stabilizer_figure(metrics, 2.0, "run1")
     norm_ax, lr_ax, clip_ax = fig.axes  # the twin (clipped %) axis is added last
     lines = {line.get_label(): line for line in norm_ax.get_lines()}
     assert set(lines) == {"p50", "p90", "p99", "max", "max_norm = 2"}
@@ -367,7 +367,7 @@ def test_a_run_directory_gets_its_curves_and_the_stabilizer_figure(tmp_path: Pat
     assert lr_start.get_ydata().tolist() == [pytest.approx(0.1), pytest.approx(0.01), pytest.approx(0.001)]
     assert lr_end.get_ydata().tolist() == [pytest.approx(0.05), pytest.approx(0.005), pytest.approx(0.0005)]
 
-    loss_ax, top1_ax = report.run_curves(metrics, "run1").axes
+    loss_ax, top1_ax = figures.run_curves(metrics, "run1").axes
     assert [line.get_label() for line in loss_ax.get_lines()] == ["train", "val"]
     assert top1_ax.get_lines()[1].get_ydata().tolist() == [pytest.approx(15.0 * e) for e in (1, 2, 3)]
 
@@ -376,7 +376,7 @@ def test_the_stabilizer_figure_of_a_run_without_clipping_has_no_max_norm_line(tm
     run = write_run(tmp_path / "run", max_norm=None)
     report.write_run_figures(run)
     assert (run / "stabilizer.png").is_file()
-    fig = report.stabilizer_figure(report.read_metrics(run / "metrics.jsonl"), None, "run")
+    fig = figures.stabilizer_figure(job_rows.read_metrics(run / "metrics.jsonl"), None, "run")
     assert [line.get_label() for line in fig.axes[0].get_lines()] == ["p50", "p90", "p99", "max"]
     assert "no clipping" in fig.axes[0].get_title()
 
@@ -479,7 +479,7 @@ def seeded_sweep(tmp_path: Path) -> Path:
 def test_jobs_differing_only_in_seed_are_summarized_as_mean_std_and_n(tmp_path):
 
     rows = report.collect(seeded_sweep(tmp_path))
-    groups = report.seed_groups_of(rows)
+    groups = sweep_stats.seed_groups_of(rows)
     by_point = {(g.point[WD], g.point[MN]): g for g in groups}
     best = by_point[("0.0001", "1")]
     assert groups[0] is best and best.n == 3
@@ -527,7 +527,7 @@ def test_the_report_opens_with_the_contrasts_against_off_then_the_points(tmp_pat
     assert points[("0.0005", "1")]["could_be_best"] == "False"  # 70.5 against 90: clearly not
     assert "biased upward" in text and "fresh seeds" in text
     # the heat map averages the seeds: one cell per point, "mean ± std (n)"
-    figure = report.seed_heat_map(report.seed_groups_of(rows), WD, MN)
+    figure = figures.seed_heat_map(sweep_stats.seed_groups_of(rows), WD, MN)
     texts = [t.get_text() for t in figure.axes[0].texts]
     assert "90.0 ± 1.0\n(3)" in texts and len(texts) == 4
 
@@ -535,8 +535,8 @@ def test_the_report_opens_with_the_contrasts_against_off_then_the_points(tmp_pat
 def test_a_seed_preempted_at_epoch_5_of_16_counts_as_incomplete_and_moves_no_colour(tmp_path):
     sweep = seeded_sweep(tmp_path)
     rows = report.collect(sweep)
-    groups = report.seed_groups_of(rows)
-    before = report.seed_heat_map(groups, WD, MN).axes[0].images[0].norm
+    groups = sweep_stats.seed_groups_of(rows)
+    before = figures.seed_heat_map(groups, WD, MN).axes[0].images[0].norm
     # a fourth seed of the best point, preempted after epoch 5 of 16 with a low top-1
     job = write_job(
         sweep,
@@ -558,8 +558,8 @@ def test_a_seed_preempted_at_epoch_5_of_16_counts_as_incomplete_and_moves_no_col
         best = next(r for r in csv.DictReader(f) if (r[WD], r[MN]) == ("0.0001", "1"))
     assert (best["n"], best["jobs"], best["incomplete"]) == ("3", "4", "1")
     assert float(best["mean_top1"]) == pytest.approx(0.90)  # the 45% of a shorter run is not in it
-    groups = report.seed_groups_of(rows)
-    after = report.seed_heat_map(groups, WD, MN).axes[0].images[0].norm
+    groups = sweep_stats.seed_groups_of(rows)
+    after = figures.seed_heat_map(groups, WD, MN).axes[0].images[0].norm
     assert (after.vmin, after.vmax) == (pytest.approx(before.vmin), pytest.approx(before.vmax))
     points = paths["markdown"].read_text().split("## Points", 1)[1].split("## Every job", 1)[0]
     (line,) = [line for line in points.splitlines() if line.startswith("| 0.0001 | 1 |")]
@@ -572,7 +572,7 @@ def test_a_sweep_with_one_seed_per_point_has_no_seed_section(tmp_path):
     for (wd, mn), top1s in GRID.items():
         write_job(sweep, [f"{WD}={wd}", f"{MN}={mn}", *COMMON], top1s, final={"epochs": 3, "top1": top1s[-1]})
     rows = report.collect(sweep)
-    assert report.seed_groups_of(rows) is None
+    assert sweep_stats.seed_groups_of(rows) is None
     assert "## Seed groups" not in report.write_report(rows, sweep)["markdown"].read_text()
 
 
@@ -636,10 +636,8 @@ def test_a_36_job_sweep_answers_with_contrasts_and_a_clipping_figure_read_at_a_g
                 wd_max_norm_job(sweep, wd, mn, seed, diverged=(wd, mn, seed) == ("0.0002", "null", 2))
     rows = report.collect(sweep)
     assert len(rows) == 36
-    drawn, save = {}, report.plots.save
-    monkeypatch.setattr(
-        report.plots, "save", lambda fig, path: save(drawn.setdefault(Path(path).name, fig), path)
-    )
+    drawn, save = {}, plots.save
+    monkeypatch.setattr(plots, "save", lambda fig, path: save(drawn.setdefault(Path(path).name, fig), path))
     paths = report.write_report(rows, sweep)
 
     # the answer: max norm 1 and 2 cost about 0.3 points, pooled over the weight decays, and marked

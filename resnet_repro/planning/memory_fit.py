@@ -141,7 +141,7 @@ def estimate(
     """The GPU memory one training process of `cfg` needs at `per_process_batch` images per step
     among `world` processes. `net`: the run's model, best on the meta device (as rehearse builds
     it; one forward pass of 2 images reads its layer shapes); `activation_bytes_per_image_fp32`:
-    what rehearse.saved_bytes_per_image counts for it at `image_size` (default: the largest training
+    what meta_model.saved_bytes_per_image counts for it at `image_size` (default: the largest training
     crop). `on_gpu`: whether the run's DALI pipeline decodes on a GPU (data.backend=dali there)."""
     from resnet_repro.data import progressive
 

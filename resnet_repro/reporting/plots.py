@@ -2,7 +2,7 @@
 
 Figures are built with matplotlib's object API (`Figure`, saved through the Agg canvas): no pyplot,
 so no GUI backend, no display and no global figure state, also on a headless cluster node. Each
-function takes plain numbers and labels (report.py reads the files) and returns the Figure, so a
+function takes plain numbers and labels (figures.py reads the files) and returns the Figure, so a
 test can look at what was drawn; `save` writes it as PNG.
 """
 

@@ -101,7 +101,7 @@ def _selected(values: dict[str, Any], keys: list[str], exempt: tuple[str, ...]) 
 def resume_identity(cfg: RootConfig) -> dict[str, Any]:
     """The settings a checkpoint must share with this run to continue it (the ones
     resume_config_changes compares), plus the experiment's name and its batch: a rerun of the same
-    command has the same identity, so it is given the same run directory (cli.run_id)."""
+    command has the same identity, so it is given the same run directory (commands/hydra_app.py)."""
     keys, exempt = _identity_keys(cfg)
     identity = _selected(_sections_flat(dataclasses.asdict(cfg)), keys, exempt)
     t = cfg.trainer

@@ -1,16 +1,16 @@
-"""`resnet-repro eval`: a checkpoint measured the way its run measured it."""
+"""`resnet-repro eval`: a checkpoint measured the way its run measured it. Nothing heavy (torch) is
+imported before the command runs: the CLI imports this module to dispatch."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn as nn
+from omegaconf import DictConfig
 
-from resnet_repro import checkpoint
-from resnet_repro.cluster import distributed
+from resnet_repro.commands.hydra_app import PROG, fail, hydra_command
 from resnet_repro.config import (
     DataConfig,
     EvalConfig,
@@ -19,18 +19,65 @@ from resnet_repro.config import (
     UserError,
     eval_protocols,
     per_device_batch,
+    to_dataclass,
+    validate,
 )
-from resnet_repro.data.normalization import Normalization
-from resnet_repro.data.normalization import resolve as resolve_normalization
-from resnet_repro.models import build_model
-from resnet_repro.training.run_data import load_file_lists
-from resnet_repro.training.run_eval import evaluate_protocol
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+
+# `eval --help`, shown by conf/hydra/help/resnet_repro.yaml with the config groups
+HELP = f"""usage: {PROG} eval checkpoint=PATH [key=value ...]
+
+Top-1 / top-5 / loss of a checkpoint (a run's last.pt or best.pt, or a plain torchvision ResNet
+state dict) on data.eval_split; prints one JSON line. From a run's checkpoint it takes that run's
+model, data and precision; data.* keys and trainer.precision on the command line win.
+
+key overrides:
+  checkpoint=PATH                   the checkpoint (required)
+  data.root=DIR data.eval_split=val trainer.precision=bf16
+
+example:
+  {PROG} eval checkpoint=runs/demo/<run id>/checkpoints/last.pt
+"""
+
+
+def eval_command(args: list[str]) -> None:
+    # the small Hydra output (config, log) goes to runs/eval/<time>, apart from training runs (a
+    # name= on the command line still wins)
+    hydra_command(_eval, ["name=eval", *args], "eval", HELP)
+
+
+def _override_keys() -> set[str]:
+    """The config keys and groups named on this command line (`data.root=..` -> `data.root`)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    keys = set()
+    for item in HydraConfig.get().overrides.task:
+        key = item.split("=", 1)[0].lstrip("+~")
+        keys.add(key.split("@", 1)[0])
+    return keys
+
+
+def _eval(dcfg: DictConfig) -> None:
+    try:
+        cfg = to_dataclass(dcfg)
+        validate(cfg)
+        if not cfg.checkpoint:
+            raise UserError("eval needs checkpoint=PATH (a last.pt of a run, or a torchvision state dict)")
+        result = evaluate_checkpoint(cfg, cfg.checkpoint, explicit=_override_keys())
+    except UserError as e:
+        fail(str(e))
+    print(json.dumps(result))
 
 
 def load_model_for_eval(
     cfg: RootConfig, state: dict[str, Any], path: str, num_classes: int, device: torch.device
 ) -> nn.Module:
     """A training checkpoint of this tool (its own model config is used) or a plain state dict."""
+    from resnet_repro.models import build_model
+
     if "model" in state and "config" in state:
         try:
             model_cfg = ModelConfig(**state["config"]["model"])
@@ -124,6 +171,13 @@ def evaluate_checkpoint(cfg: RootConfig, path: str, explicit: set[str] | None = 
     """`resnet-repro eval`: top-1 / top-5 / loss of a checkpoint on its run's eval split.
 
     `explicit`: the config keys given on the command line (see eval_config)."""
+    from resnet_repro import checkpoint
+    from resnet_repro.cluster import distributed
+    from resnet_repro.data.normalization import Normalization
+    from resnet_repro.data.normalization import resolve as resolve_normalization
+    from resnet_repro.training.run_data import load_file_lists
+    from resnet_repro.training.run_eval import evaluate_protocol
+
     state = checkpoint.load(path)
     saved = state.get("config") if isinstance(state.get("config"), dict) and "model" in state else None
     cfg, note = eval_config(cfg, saved, explicit or set())

@@ -1,0 +1,214 @@
+"""The Hydra glue of the Hydra-based commands: the run directory's id, the `--help` resolvers of
+conf/hydra/help/, the checks made before Hydra composes (override keys, sweep collisions), the
+launch under hydra.main, and the composition of a command line's jobs without running them."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from resnet_repro.config import (
+    CONF_DIR,
+    RootConfig,
+    UserError,
+    check_override_keys,
+    deprecation_warnings,
+    register_configs,
+    sweep_collisions,
+    to_dataclass,
+)
+
+PROG = "resnet-repro"
+
+
+def _help_groups() -> str:
+    """The config groups and their options (YAML files in conf/ and configs in Hydra's ConfigStore,
+    such as the launcher plugins'), without the schemas config.register_configs stores in each
+    group, and of Hydra's own groups only the launcher. Listed here rather than through Hydra's
+    config loader, which copies its whole config repository for every group (seconds in all)."""
+    from hydra.core.config_store import ConfigStore
+
+    conf, store = Path(CONF_DIR), ConfigStore.instance()
+    lines = []
+    for folder in sorted(d for d in conf.rglob("*") if d.is_dir()):
+        group = folder.relative_to(conf).as_posix()
+        if group.startswith("hydra") and group != "hydra/launcher":
+            continue
+        options = {f.stem for f in folder.glob("*.yaml")}
+        with contextlib.suppress(OSError):  # no ConfigStore entries in this group
+            options |= {n.removesuffix(".yaml") for n in store.list(group) if n.endswith(".yaml")}
+        options = {o for o in options if not o.endswith("_schema")}
+        if options:
+            lines.append(f"  {group}: {', '.join(sorted(options))}")
+    return "\n".join(lines)
+
+
+def _register_help(help_text: str) -> None:
+    """The resolver conf/hydra/help/resnet_repro.yaml reads for `<command> --help`: the command's
+    own text (`help_text`), then the config groups; "$" doubled: Hydra's help template is a
+    string.Template."""
+    from omegaconf import OmegaConf
+
+    def text(part: str) -> str:
+        return (help_text if part == "command" else _help_groups()).replace("$", "$$")
+
+    OmegaConf.register_new_resolver("resnet_repro_help", text, replace=True)
+
+
+def fail(message: str) -> None:
+    """The one-line error of every command: `resnet-repro: error: ...`, exit 2."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def run_id() -> str:
+    """The last part of a run directory, the same in every process of one job step and across
+    requeues: the SLURM job id (array: <array id>_<task>), plus `.<step>` for the second and later
+    `srun` steps of one allocation (a seed loop in one sbatch script gets one directory per step;
+    a requeued job's script numbers its steps the same way again); else torchrun's rendezvous id,
+    else the start time."""
+    import os
+    import time
+
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID"):
+        job = f"slurm-{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
+    elif env.get("SLURM_JOB_ID"):
+        job = f"slurm-{env['SLURM_JOB_ID']}"
+    else:
+        rdzv = env.get("TORCHELASTIC_RUN_ID", "none")
+        return f"torchrun-{rdzv}" if rdzv != "none" else time.strftime("%Y-%m-%d_%H-%M-%S")
+    step = env.get("SLURM_STEP_ID", "")
+    # the batch script itself has no step id (or SLURM's "batch" number); step 0 keeps the plain name
+    return f"{job}.{step}" if step.isdigit() and 0 < int(step) < 0xFFFFFFF0 else job
+
+
+def _train_run_id(_root_: DictConfig) -> str:
+    """runs/<name>/<this>: the SLURM job's id under SLURM (stable across requeues); with
+    trainer.resume=auto elsewhere, rerun_id (a rerun resumes); else run_id (torchrun's id or the
+    start time: trainer.resume=never starts a fresh directory)."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    if os.environ.get("SLURM_JOB_ID") or os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return run_id()
+    try:
+        job = OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"])
+        cfg = to_dataclass(job)
+    except Exception:  # a bad config: the command fails on it with its own message right after
+        return run_id()
+    from resnet_repro.training.resume import rerun_id
+
+    return rerun_id(cfg) if cfg.trainer.resume == "auto" else run_id()
+
+
+def collision_message(swept: list[str]) -> str:
+    return (
+        f"sweeping {', '.join(swept)} (run control, left out of job directory names) would put every "
+        "job in one directory; name the jobs by number: 'hydra.sweep.subdir=${hydra.job.num}_"
+        "${hydra.job.override_dirname}'"
+    )
+
+
+def hydra_command(
+    task: Callable[[DictConfig], object], args: list[str], command: str, help_text: str = ""
+) -> None:
+    """Run `task` under hydra.main with `args` as the command-line overrides; `help_text`: what
+    `<command> --help` says above the config groups."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    from resnet_repro.cluster import distributed
+
+    register_configs()
+    try:
+        check_override_keys(args, groups=[d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()])
+    except UserError as e:
+        fail(str(e))
+    for line in deprecation_warnings(args):
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
+    swept = sweep_collisions(args) if {"-m", "--multirun"} & set(args) else []
+    if swept and not any(a.startswith("hydra.sweep.subdir=") for a in args):
+        fail(collision_message(swept))
+    # a training run's directory is named after its settings (a rerun resumes it); the other
+    # commands' after the start time
+    if command == "train":
+        memo: dict[str, str] = {}  # one value per process, as use_cache (refused with _root_) would
+
+        def train_run_id(_root_: DictConfig) -> str:
+            if "id" not in memo:
+                memo["id"] = _train_run_id(_root_)
+            return memo["id"]
+
+        OmegaConf.register_new_resolver("run_id", train_run_id, replace=True)
+    else:
+        OmegaConf.register_new_resolver("run_id", run_id, use_cache=True, replace=True)
+    _register_help(help_text)
+    try:
+        rank = distributed.detect().rank
+    except UserError as e:
+        fail(str(e))
+    if rank != 0:  # only rank 0 writes Hydra's config copy and log file into the run directory
+        args = [
+            *args,
+            "hydra.output_subdir=null",
+            "hydra/job_logging=disabled",
+            "hydra/hydra_logging=disabled",
+        ]
+    sys.argv = [f"{PROG} {command}", *args]
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(task)()
+
+
+def record_failure(run_dir: Path, message: str) -> None:
+    """A failed sweep point's reason, left in its directory (error.txt) for `resnet-repro report`."""
+    if _is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(message + "\n")
+
+
+def _is_main_process() -> bool:
+    from resnet_repro.cluster import distributed
+
+    try:
+        return distributed.detect().is_main
+    except UserError:
+        return True
+
+
+def compose_jobs(args: list[str]) -> list[tuple[list[str], RootConfig, DictConfig]]:
+    """The jobs of a command line (`-m`: each job of the sweep), composed as `train` composes them
+    and converted to dataclasses (an unset data.root is left empty: the caller decides), each with
+    the Hydra launcher it composed with (`hydra.launcher`)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf, open_dict
+
+    from resnet_repro.planning.plan import expand_sweep
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    overrides = [a for a in args if a not in ("-m", "--multirun")]
+    register_configs()
+    check_override_keys(overrides, groups=[d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()])
+    jobs = []
+    for job in expand_sweep(overrides, multirun):
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+                dcfg = compose(config_name="config", overrides=job, return_hydra_config=True)
+        except HydraException as e:
+            raise UserError(str(e).splitlines()[0]) from e
+        finally:
+            GlobalHydra.instance().clear()
+        launcher = dcfg.hydra.launcher
+        with open_dict(dcfg):
+            del dcfg["hydra"]
+        if OmegaConf.is_missing(dcfg.data, "root"):
+            dcfg.data.root = ""
+        jobs.append((job, to_dataclass(dcfg), launcher))
+    return jobs

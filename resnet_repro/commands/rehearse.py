@@ -1,0 +1,207 @@
+"""`resnet-repro rehearse`: the job `train` would run, on this machine in minutes (a few steps at
+each schedule change, checkpoint, resume, final evaluation, report), and its verdict."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from resnet_repro.commands.hydra_app import (
+    PROG,
+    collision_message,
+    compose_jobs,
+    fail,
+    hydra_command,
+    record_failure,
+)
+from resnet_repro.config import UserError, sweep_collisions, to_dataclass
+
+HELP = f"""usage: {PROG} rehearse [-m] [--check-only] [--stand-in] [--scan] [--gpu-memory GiB]
+                         [--images-per-step N] [train overrides]
+
+Before you queue: the job `train` would run with these overrides, on this machine in minutes. The
+same composed config and launch path (local workers for trainer.nproc, torchrun, srun), nothing
+shrunk but the work: a few steps at each point of the schedule where behaviour changes (first step,
+end of warm-up, LR milestones or ramp peak, each progressive-resizing size, last epoch), a
+checkpoint, a second launch of the processes resuming from it, the final evaluation under
+eval.protocol, `report` on the result. It judges as `train` judges: data.root through the real
+listing (a missing root or split is train's error), the statistics file (loaded and checked, or
+to be computed: its folder must be writable), the real run's directory (a live lock, a last.pt of
+another job), the checkpoints against the free disk, and the per-process memory on the target GPU.
+Data: a few images per class of data.root; a generated stand-in with the configured classes and
+image sizes only when data.root is unset or with --stand-in. Ends in a verdict and a list of what
+this machine did not check: exit 0, or the one-line error the real run would hit, exit 2. Writes
+rehearsals/<name>/<id>/. The fault catalogue both must judge alike: docs/rehearse.md.
+
+options:
+  -m                     rehearse each job of the sweep (train -m's directory collisions refused)
+  --check-only           only what the run decides before its first step (config, launch, batch,
+                         data listing and statistics decision, run directory, model, optimizer and
+                         schedule shapes, memory fit, plan, deviations); seconds, nothing written
+  --stand-in             do not read data.root (e.g. not mounted here): counts estimated from the
+                         dataset's size with its subset and holdout, the rehearsal on generated images
+  --scan                 also read every listed image's header (verify-data without decoding): a
+                         file the run could not read is refused now
+  --gpu-memory GiB       the target GPU's memory (default: the visible GPU's, else 80)
+  --images-per-step N    images of each process's batch a trained step uses (the loader still
+                         reads the whole batch); all: the whole batch; auto (default): the whole
+                         batch on a GPU, at most 2 on a CPU
+
+example:
+  {PROG} rehearse experiment=he2016 data.root=/data/imagenet trainer.nproc=2
+  {PROG} rehearse --check-only --stand-in experiment=he2016 trainer.nproc=8
+"""
+
+
+def rehearse_command(args: list[str]) -> None:
+    if any(a in ("-h", "--help") for a in args):
+        print(HELP)
+        return
+    options, args = _rehearse_options(args)
+    if "--check-only" in args:
+        _rehearse_check([a for a in args if a != "--check-only"], options)
+        return
+    flags = [a for a in args if a in ("-m", "--multirun")]
+    rest = [a for a in args if a not in flags]
+    # rehearsals/<name>/..., apart from training runs; a hydra.run.dir / hydra.sweep.dir given wins
+    key = "hydra.sweep.dir" if flags else "hydra.run.dir"
+    where = (
+        "rehearsals/${name}/multirun-${now:%Y-%m-%d_%H-%M-%S}" if flags else "rehearsals/${name}/${run_id:}"
+    )
+    own = [] if any(a.startswith(f"{key}=") for a in rest) else [f"{key}={where}"]
+    # the real run's own directory (runs/<name>/cfg-<hash>) is checked, never written; a
+    # hydra.run.dir given is where the rehearsal itself runs (and meets its lock and last.pt)
+    check_real_dir = not flags and bool(own)
+
+    def rehearse_job(dcfg: DictConfig) -> None:
+        _rehearse(dcfg, options, check_real_dir)
+
+    hydra_command(rehearse_job, [*flags, *own, *rest], "rehearse")
+    if _REHEARSAL_FAILURES:
+        raise SystemExit(2)
+
+
+@dataclasses.dataclass(frozen=True)
+class RehearseOptions:
+    images_per_step: str = "auto"
+    stand_in: bool = False
+    scan: bool = False
+    gpu_memory_gib: float | None = None  # None: the visible GPU's, else memory_fit's default
+
+
+def _rehearse_options(args: list[str]) -> tuple[RehearseOptions, list[str]]:
+    """(rehearse's own options, the other arguments: flags and train overrides)."""
+    from resnet_repro.planning import rehearse
+
+    values: dict[str, object] = {}
+    rest: list[str] = []
+    it = iter(args)
+    for a in it:
+        name, eq, value = a.partition("=")
+        if name in ("--images-per-step", "--gpu-memory"):
+            given = value if eq else next(it, None)
+            if given is None:
+                fail(f"{name} needs a value")
+            values[name] = given
+        elif a in ("--stand-in", "--scan"):
+            values[a] = True
+        else:
+            rest.append(a)
+    images = str(values.get("--images-per-step", "auto"))
+    try:
+        rehearse.parse_images_per_step(images)
+    except UserError as e:
+        fail(str(e))
+    gpu = values.get("--gpu-memory")
+    if gpu is not None:
+        try:
+            gpu = float(str(gpu))
+        except ValueError:
+            gpu = -1.0
+        if not gpu > 0:
+            fail(f"--gpu-memory={values['--gpu-memory']}: expected the GPU's memory in GiB, e.g. 80")
+    options = RehearseOptions(images, bool(values.get("--stand-in")), bool(values.get("--scan")), gpu)
+    return options, rest
+
+
+def _rehearse_check(args: list[str], options: RehearseOptions) -> None:
+    """`rehearse --check-only`: every job's checks and verdict; exit 2 at the first refusal."""
+    from resnet_repro.planning import rehearse
+
+    multirun = {"-m", "--multirun"} & set(args)
+    swept = sweep_collisions(args) if multirun else []
+    if swept and not any(a.startswith("hydra.sweep.subdir=") for a in args):
+        fail(collision_message(swept))  # as `train -m` refuses it
+    try:
+        for job, cfg, launcher in compose_jobs(args):
+            launch = rehearse.launcher_description(launcher, cfg.trainer.nproc)
+            real_dir = rehearse.real_run_dir(job, cfg, bool(multirun))
+            shape = rehearse.check(
+                cfg, launch, options.stand_in, options.gpu_memory_gib, options.scan, real_dir
+            )
+            print(f"{PROG} rehearse --check-only {' '.join(job)}".rstrip())
+            print(rehearse.verdict(shape))
+    except UserError as e:
+        fail(str(e))
+
+
+_REHEARSAL_FAILURES: list[str] = []
+
+
+def _rehearse(dcfg: DictConfig, options: RehearseOptions, check_real_dir: bool = False) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from resnet_repro.cluster import distributed
+    from resnet_repro.planning import rehearse
+    from resnet_repro.reporting.report import write_run_figures
+    from resnet_repro.training.step_plan import StepPlan
+    from resnet_repro.training.train import train, train_worker
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        if OmegaConf.is_missing(dcfg.data, "root"):
+            dcfg.data.root = ""  # the stand-in takes its place (the verdict says so)
+        cfg = to_dataclass(dcfg)
+        launch = rehearse.launch_description(cfg.trainer.nproc)
+        real_dir = rehearse.real_run_dir([], cfg, multirun=False) if check_real_dir else None
+        shape = rehearse.check(cfg, launch, options.stand_in, options.gpu_memory_gib, options.scan, real_dir)
+        local_launch, world, _ = launch
+        plan = StepPlan(
+            rehearse.STEPS_PER_POINT,
+            images_per_step=rehearse.images_per_step(
+                options.images_per_step, shape.per_process_batch, shape.device
+            ),
+        )
+        # under torchrun / srun every rank writes the same sample (idempotently) and reads it
+        run_here = rehearse.cpu_equivalent(cfg)[0]  # the GPU-only settings as the verdict says
+        rcfg, note = rehearse.rehearsal_config(run_here, world, run_dir, options.stand_in)
+        if local_launch:  # two launches: the second process state knows the first's by last.pt only
+            yaml = OmegaConf.to_yaml(OmegaConf.structured(rcfg))
+            for phase in ("first", "second"):
+                fields = dataclasses.asdict(dataclasses.replace(plan, phase=phase))
+                try:
+                    distributed.launch_local(cfg.trainer.nproc, train_worker, yaml, str(run_dir), fields)
+                except UserError as e:
+                    reason = run_dir / "error.txt"
+                    raise UserError(reason.read_text().strip() if reason.exists() else str(e)) from e
+        else:
+            train(rcfg, run_dir, dataclasses.replace(plan, phase="both"))
+        if not distributed.detect().is_main:
+            return
+        write_run_figures(run_dir)
+        record = rehearse.collect(run_dir, shape, cfg, note, plan, launches=2 if local_launch else 1)
+    except UserError as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # the other jobs are rehearsed too
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            record_failure(run_dir, str(e))
+            _REHEARSAL_FAILURES.append(str(e))
+            return
+        fail(str(e))
+    (run_dir / "rehearsal.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(rehearse.verdict(shape, record))

@@ -1,0 +1,346 @@
+"""Reading a sweep: one row per job of a Hydra multirun (or of a folder of sweeps), from the files the
+job left, with its status and outcome, its score, and the sweep's axes and ranking.
+
+A job directory is any directory below the sweep directory that holds `.hydra/overrides.yaml` (written by
+Hydra at job start) or `config.yaml` (written by `train`). Everything here reads files only, so it also
+works on a sweep that is still running or whose jobs crashed: missing files give missing cells, never
+an error. Accuracies are fractions (as in metrics.jsonl); report.md and the figures show percentages.
+A single run directory (metrics.jsonl inside it) is read here too, for its own figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from resnet_repro.config import UserError
+from resnet_repro.reporting import seeds
+
+Row = dict[str, Any]
+
+# Job statuses, from the files a job left; each gives one of the outcomes of resnet_repro.reporting.seeds
+# (finished, diverged, failed, incomplete), and only finished jobs are scored, averaged and ranked
+DONE, EARLY_STOP, NAN, PREEMPTED, FAILED = "done", "early_stop", "nan", "preempted", "failed/incomplete"
+
+# Directories inside a job (or a sweep) that never hold job directories; `.submitit`, `.hydra` are hidden
+_NOT_JOBS = {"tb", "checkpoints"}
+
+
+def collect(multirun_dir: Path) -> list[Row]:
+    """One row per job directory below `multirun_dir` (a sweep dir, or a folder of several sweeps).
+
+    Row keys: job (path relative to multirun_dir), path, overrides ({key: value text}), status, best_top1,
+    final_top1, final_top5, final_loss, epochs_run, epochs (planned), img_per_s (mean over train epochs),
+    wall_time_s, note (why a job stopped, when it did not finish normally).
+    """
+    root = Path(multirun_dir)
+    if not root.is_dir():
+        raise UserError(f"sweep directory {root} does not exist (or is not a directory)")
+    jobs = list(find_job_dirs(root))
+    if not jobs:
+        raise UserError(
+            f"{root} holds no job directories (looked for .hydra/overrides.yaml or config.yaml below it)"
+        )
+    return [summarize_job(job, root) for job in jobs]
+
+
+def find_job_dirs(root: Path) -> Iterator[Path]:
+    """Job directories at or below `root`, in sorted order; a job's own subfolders are not searched."""
+    if _is_job_dir(root):
+        yield root
+        return
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and not child.is_symlink() and not child.name.startswith("."):
+            if child.name not in _NOT_JOBS:
+                yield from find_job_dirs(child)
+
+
+def _is_job_dir(path: Path) -> bool:
+    return (path / ".hydra" / "overrides.yaml").is_file() or (path / "config.yaml").is_file()
+
+
+def read_overrides(job_dir: Path) -> dict[str, str]:
+    """`.hydra/overrides.yaml` (a YAML list of `key=value`) as {key: value text}; {} when absent."""
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        items = yaml.safe_load(path.read_text()) or []
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(items, list):
+        raise UserError(f"{path} should hold a YAML list of key=value strings, found {type(items).__name__}")
+    overrides = {}
+    for item in items:
+        key, _, value = str(item).partition("=")
+        # `+key=v` / `++key=v` add or force a key; the report cares about the key itself
+        overrides[key.lstrip("+~")] = value
+    return overrides
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl rows, one per (epoch, split), keeping the last of duplicates.
+
+    Duplicates happen when a job is resumed after the rows of an epoch were written but before its
+    checkpoint was: the epoch is trained again and its rows appended again. A crashed job can leave a
+    half-written last line, which is skipped.
+    """
+    if not path.is_file():
+        return []
+    rows: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows[(row.get("epoch"), row.get("split"))] = row
+    return list(rows.values())
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object, or None when the file is missing or unreadable (a job killed while writing it)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def job_status(job_dir: Path, final: dict[str, Any] | None) -> str:
+    """done / early_stop (final.json exists) or nan / preempted / failed/incomplete (it does not)."""
+    if final is not None:
+        return EARLY_STOP if final.get("stopped") else DONE
+    markers = {
+        NAN: job_dir / "nonfinite_report.json",
+        PREEMPTED: job_dir / "preempted.json",
+    }
+    present = {status: p.stat().st_mtime for status, p in markers.items() if p.is_file()}
+    if not present:
+        return FAILED
+    # A job preempted, resumed and then hit by NaN keeps both files (and vice versa): the newer one counts
+    return max(present, key=present.__getitem__)
+
+
+def job_outcome(job_dir: Path, status: str) -> str:
+    """finished (final.json), diverged (non-finite), failed (error.txt), else incomplete:
+    preempted, killed without a word, or still running."""
+    if status in (DONE, EARLY_STOP):
+        return seeds.FINISHED
+    if status == NAN:
+        return seeds.DIVERGED
+    if status == FAILED and (job_dir / "error.txt").is_file():
+        return seeds.FAILED
+    return seeds.INCOMPLETE
+
+
+def finished(row: Row) -> bool:
+    return row["outcome"] == seeds.FINISHED
+
+
+def summarize_job(job_dir: Path, root: Path) -> Row:
+    """One report row for `job_dir` (see `collect` for its keys)."""
+    final = _read_json(job_dir / "final.json")
+    metrics = read_metrics(job_dir / "metrics.jsonl")
+    train_rows = [r for r in metrics if r.get("split") == "train"]
+    # every other split with a top1 is an evaluation (val, holdout, test: the config's eval_split)
+    eval_rows = [r for r in metrics if r.get("split") != "train" and is_number(r.get("top1"))]
+    status = job_status(job_dir, final)
+    ended = job_outcome(job_dir, status)
+    final = final or {}
+    best_top1 = _best_top1(eval_rows, final)
+    return {
+        "job": job_dir.relative_to(root).as_posix(),
+        "path": job_dir,
+        "overrides": read_overrides(job_dir),
+        "status": status,
+        "outcome": ended,
+        "best_top1": best_top1,
+        "score_split": _score_split(eval_rows, final, best_top1),
+        "final_top1": final.get("top1"),
+        "final_top5": final.get("top5"),
+        "final_loss": final.get("loss"),
+        "epochs_run": _epochs_run(metrics, final),
+        "epochs": final.get("epochs", _planned_epochs(job_dir)),
+        "img_per_s": _mean(r.get("img_per_s") for r in train_rows),
+        "wall_time_s": _wall_time(job_dir, train_rows),
+        "note": _note(job_dir, status, final),
+    }
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _mean(values: Iterable[Any]) -> float | None:
+    numbers = [float(v) for v in values if is_number(v)]
+    return sum(numbers) / len(numbers) if numbers else None
+
+
+def _best_top1(eval_rows: list[dict[str, Any]], final: dict[str, Any]) -> float | None:
+    """The best top-1 on the run's model-selection split (final.json's `selection`: the holdout, or
+    the test split under trainer.select_on_test); None when the run had no selection split, since
+    a best-epoch number on the test split would be a selection on the test set. A job without
+    final.json (crashed) shows its best holdout top-1, else its best evaluation."""
+    if "selection" in final:
+        split = final["selection"]
+        if split is None:
+            return None
+        rows = [r for r in eval_rows if r.get("split") == split]
+        if rows:
+            return max(float(r["top1"]) for r in rows)
+        best = final.get("best_top1")
+        # train() starts best_top1 at -1.0: a run that never evaluated has no best
+        return float(best) if is_number(best) and best >= 0 else None
+    rows = [r for r in eval_rows if r.get("split") == "holdout"] or eval_rows
+    if rows:
+        return max(float(r["top1"]) for r in rows)
+    best = final.get("best_top1")
+    return float(best) if is_number(best) and best >= 0 else None
+
+
+def _score_split(eval_rows: list[dict[str, Any]], final: dict[str, Any], best: float | None) -> str | None:
+    """The split `score` comes from: the selection split of the best top-1 (as `_best_top1` picks
+    it), else "final evaluation" (a run without a selection split is scored by its final top-1);
+    None for a job with neither."""
+    if best is not None:
+        if final.get("selection"):
+            return str(final["selection"])
+        splits = [r.get("split") for r in eval_rows]
+        return "holdout" if "holdout" in splits else (str(splits[0]) if splits else None)
+    return "final evaluation" if is_number(final.get("top1")) else None
+
+
+def score_splits(rows: list[Row]) -> str:
+    """The splits behind the sweep's scores, for a figure's title: `holdout`, `holdout/final evaluation`."""
+    return "/".join(sorted({r["score_split"] for r in rows if r.get("score_split")})) or "no evaluation"
+
+
+def score(row: Row) -> float | None:
+    """What ranks a job and colours its heat-map cell: best top-1 on its selection split, or, for a
+    run without one, its final top-1."""
+    return row["best_top1"] if row["best_top1"] is not None else row["final_top1"]
+
+
+def _epochs_run(metrics: list[dict[str, Any]], final: dict[str, Any]) -> int:
+    if is_number(final.get("epochs_run")):
+        return int(final["epochs_run"])
+    # only epochs that got their rows count: a job killed mid-epoch has not finished that epoch
+    return max((int(r["epoch"]) for r in metrics if is_number(r.get("epoch"))), default=0)
+
+
+def _planned_epochs(job_dir: Path) -> int | None:
+    """trainer.epochs from the resolved config.yaml, for jobs that did not write final.json."""
+    try:
+        config = yaml.safe_load((job_dir / "config.yaml").read_text())
+        return int(config["trainer"]["epochs"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _wall_time(job_dir: Path, train_rows: list[dict[str, Any]]) -> float | None:
+    """Training time in seconds: the sum of epoch_time_s (excludes start-up and evaluation).
+
+    A job that never finished an epoch has none; then the span of its files' modification times, from
+    the files written at job start to the newest file, stands in for it.
+    """
+    times = [float(r["epoch_time_s"]) for r in train_rows if is_number(r.get("epoch_time_s"))]
+    if times:
+        return sum(times)
+    # Hydra's .hydra/ files, else train()'s config.yaml / run.json: both are written as the job starts
+    start_files = list((job_dir / ".hydra").glob("*")) or [
+        p for p in (job_dir / "config.yaml", job_dir / "run.json") if p.is_file()
+    ]
+    files = [p for p in job_dir.rglob("*") if p.is_file()]
+    if not start_files or not files:
+        return None
+    start = min(p.stat().st_mtime for p in start_files)
+    return max(0.0, max(p.stat().st_mtime for p in files) - start)
+
+
+def _note(job_dir: Path, status: str, final: dict[str, Any]) -> str:
+    if status == EARLY_STOP:
+        return str(final["stopped"])
+    if status == NAN:
+        report = _read_json(job_dir / "nonfinite_report.json") or {}
+        where = f" at epoch {report['epoch'] + 1}, step {report.get('step')}" if "epoch" in report else ""
+        return f"non-finite loss or gradient{where}; see nonfinite_report.json"
+    if status == PREEMPTED:
+        info = _read_json(job_dir / "preempted.json") or {}
+        return f"preempted by {info.get('signal')}; rerun the same command to resume"
+    if status == FAILED:
+        error = job_dir / "error.txt"
+        if error.is_file():
+            return "error: " + error.read_text().strip().splitlines()[0]
+        return "no final.json: the job crashed, was killed or is still running; see its log"
+    return ""
+
+
+# ----------------------------------------------------------------------------------------------------
+# The sweep's rows together: their order, their axes
+# ----------------------------------------------------------------------------------------------------
+
+
+def sort_rows(rows: list[Row]) -> list[Row]:
+    """Best top-1 (final top-1 for runs without a selection split) descending; jobs that did not
+    finish (diverged, failed, incomplete) last; ties by job name."""
+
+    def key(row: Row) -> tuple[bool, bool, float, str]:
+        best = score(row)
+        return (not finished(row), best is None, -(best or 0.0), row["job"])
+
+    return sorted(rows, key=key)
+
+
+def override_keys(rows: list[Row]) -> list[str]:
+    """Every override key of any job, in first-seen order."""
+    keys: dict[str, None] = {}
+    for row in rows:
+        keys.update(dict.fromkeys(row["overrides"]))
+    return list(keys)
+
+
+def varying_keys(rows: list[Row]) -> list[str]:
+    """Override keys whose value differs between jobs (the sweep's axes); data.root etc. are constant."""
+    return [k for k in override_keys(rows) if len({r["overrides"].get(k) for r in rows}) > 1]
+
+
+def pct(value: float | None) -> str:
+    """A fraction as the percentage report.md and the figures show, "-" for none."""
+    return f"{100 * value:.2f}" if value is not None else "-"
+
+
+def value_text(row: Row, key: str) -> str:
+    """The override's text; a job without the key ran with the config default, shown as "default"."""
+    return row["overrides"].get(key, "default")
+
+
+# ----------------------------------------------------------------------------------------------------
+# A job's or a run's files, read again for the statistics and figures
+# ----------------------------------------------------------------------------------------------------
+
+
+def job_train_rows(row: Row) -> list[dict[str, Any]]:
+    """A job's training rows of metrics.jsonl."""
+    return [r for r in read_metrics(Path(row["path"]) / "metrics.jsonl") if r.get("split") == "train"]
+
+
+def config_value(run_dir: Path, *keys: str) -> Any:
+    """A value from the run's resolved config.yaml; None when the file or the key is missing."""
+    try:
+        node = yaml.safe_load((run_dir / "config.yaml").read_text())
+        for key in keys:
+            node = node[key]
+        return node
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+
+
+def is_run_dir(path: Path) -> bool:
+    """A single run (metrics.jsonl in the folder itself), as opposed to a sweep of job folders."""
+    return (Path(path) / "metrics.jsonl").is_file()
