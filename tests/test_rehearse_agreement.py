@@ -478,3 +478,34 @@ def test_a_rehearsal_under_torchrun_trains_both_ranks_in_one_launch_and_resumes_
     record = json.loads((run_dir / "rehearsal.json").read_text())
     assert record["launches"] == 1 and len(record["peak_memory_mb"]) == 2
     assert [w["why"] for w in record["trained"]] == ["first step", "last epoch"], record["trained"]
+
+
+SLURM_AND_TORCHRUN = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_STEP_ID")
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"SLURM_JOB_ID": "7"}, {"SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "0"}],
+    ids=["outside-slurm", "slurm-job", "slurm-array"],
+)
+@pytest.mark.parametrize("resume", ["auto", "never"])
+def test_rehearsal_checks_the_directory_train_names(monkeypatch, env, resume):
+    """The run directory the rehearsal checks (a lock, a last.pt of other settings) is the one
+    `train` with the same command names, or none where train starts a fresh one."""
+    from omegaconf import OmegaConf
+
+    from resnet_repro.commands.hydra_app import train_run_id
+    from resnet_repro.config import compose
+    from resnet_repro.planning.rehearse import real_run_dir
+
+    for key in (*SLURM_AND_TORCHRUN, "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    cfg = compose([f"trainer.resume={resume}"])
+    named_by_train = train_run_id(OmegaConf.structured(cfg))
+    checked = real_run_dir([], cfg, multirun=False)
+    if checked is None:
+        assert not named_by_train.startswith("cfg-"), named_by_train  # a fresh directory each start
+    else:
+        assert checked == Path("runs") / cfg.name / named_by_train

@@ -87,24 +87,20 @@ def run_id() -> str:
     return f"{job}.{step}" if step.isdigit() and 0 < int(step) < 0xFFFFFFF0 else job
 
 
-def _train_run_id(_root_: DictConfig) -> str:
-    """runs/<name>/<this>: the SLURM job's id under SLURM (stable across requeues); with
-    trainer.resume=auto elsewhere, rerun_id (a rerun resumes); else run_id (torchrun's id or the
-    start time: trainer.resume=never starts a fresh directory)."""
-    import os
-
+def train_run_id(_root_: DictConfig) -> str:
+    """runs/<name>/<this>: with trainer.resume=auto outside SLURM, the settings' own name
+    (resume.rerun_dir_name: a rerun resumes); else run_id (the SLURM job's id, stable across
+    requeues; torchrun's id or the start time: trainer.resume=never starts a fresh directory)."""
     from omegaconf import OmegaConf
 
-    if os.environ.get("SLURM_JOB_ID") or os.environ.get("SLURM_ARRAY_JOB_ID"):
-        return run_id()
+    from resnet_repro.training.resume import rerun_dir_name
+
     try:
         job = OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"])
         cfg = to_dataclass(job)
     except Exception:  # a bad config: the command fails on it with its own message right after
         return run_id()
-    from resnet_repro.training.resume import rerun_id
-
-    return rerun_id(cfg) if cfg.trainer.resume == "auto" else run_id()
+    return rerun_dir_name(cfg) or run_id()
 
 
 def collision_message(swept: list[str]) -> str:
@@ -142,7 +138,7 @@ def hydra_command(
 
         def train_run_id(_root_: DictConfig) -> str:
             if "id" not in memo:
-                memo["id"] = _train_run_id(_root_)
+                memo["id"] = train_run_id(_root_)
             return memo["id"]
 
         OmegaConf.register_new_resolver("run_id", train_run_id, replace=True)

@@ -5,7 +5,6 @@ checkpoint it resumes), the memory line on the target GPU, and `--scan`'s read o
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,11 +70,10 @@ def real_run_dir(overrides: list[str], cfg: RootConfig, multirun: bool) -> Path 
     for item in overrides:
         if item.startswith("hydra.run.dir=") and not multirun:
             return Path(item.split("=", 1)[1]).expanduser()
-    if multirun or cfg.trainer.resume != "auto" or os.environ.get("SLURM_JOB_ID"):
-        return None
-    from resnet_repro.training.resume import rerun_id
+    from resnet_repro.training.resume import rerun_dir_name
 
-    return Path("runs") / cfg.name / rerun_id(cfg)
+    name = None if multirun else rerun_dir_name(cfg)
+    return None if name is None else Path("runs") / cfg.name / name
 
 
 def check_run_directory(cfg: RootConfig, run_dir: Path, derived: Any) -> str:
