@@ -136,12 +136,12 @@ def hydra_command(
     if command == "train":
         memo: dict[str, str] = {}  # one value per process, as use_cache (refused with _root_) would
 
-        def train_run_id(_root_: DictConfig) -> str:
+        def memoized_run_id(_root_: DictConfig) -> str:
             if "id" not in memo:
                 memo["id"] = train_run_id(_root_)
             return memo["id"]
 
-        OmegaConf.register_new_resolver("run_id", train_run_id, replace=True)
+        OmegaConf.register_new_resolver("run_id", memoized_run_id, replace=True)
     else:
         OmegaConf.register_new_resolver("run_id", run_id, use_cache=True, replace=True)
     _register_help(help_text)
