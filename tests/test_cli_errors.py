@@ -83,6 +83,15 @@ def test_unknown_command_is_one_line(capsys):
     assert code == 2 and "unknown command 'trian'" in one_error_line(err)
 
 
+@pytest.mark.parametrize("show", [["--cfg", "hydra"], ["-c", "hydra"], ["--cfg=hydra"]])
+def test_hydras_own_config_resolved_is_one_line_naming_what_works(capsys, show):
+    """Hydra cannot resolve its own node alone (hydra.run.dir names the job's `name`): a traceback
+    before; now one line pointing at --cfg all --resolve, which shows the run directory."""
+    code, err = run_main(["train", *show, "--resolve"], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "--cfg all --resolve" in line, err
+
+
 def test_eval_without_checkpoint_says_what_is_needed(demo_root: Path, capsys):
     code, err = run_main(["eval", f"data.root={demo_root}"], capsys)
     assert code == 2 and "checkpoint=PATH" in one_error_line(err)

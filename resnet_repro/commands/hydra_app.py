@@ -111,6 +111,16 @@ def collision_message(swept: list[str]) -> str:
     )
 
 
+def shows_hydra_node_only(args: list[str]) -> bool:
+    """Whether `args` ask Hydra to print only its own node (`--cfg hydra`, `-c hydra`, `--cfg=hydra`)."""
+    for i, arg in enumerate(args):
+        if arg in ("--cfg", "-c") and i + 1 < len(args) and args[i + 1] == "hydra":
+            return True
+        if arg == "--cfg=hydra":
+            return True
+    return False
+
+
 def hydra_command(
     task: Callable[[DictConfig], object], args: list[str], command: str, help_text: str = ""
 ) -> None:
@@ -122,6 +132,11 @@ def hydra_command(
     from resnet_repro.cluster import distributed
 
     register_configs()
+    if "--resolve" in args and shows_hydra_node_only(args):
+        fail(
+            "--cfg hydra cannot be shown with --resolve (hydra.run.dir names the job's `name`, which "
+            f"Hydra's node alone lacks); use `{PROG} {command} --cfg all --resolve`"
+        )
     try:
         check_override_keys(args, groups=[d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()])
     except UserError as e:
