@@ -651,7 +651,10 @@ def scenario_batch_nproc(c: Cluster, work: Path) -> dict[str, Any]:
         str(script),
         f"data.root={c.demo_root}",
         *SMALL_RUN,
-        "trainer.epochs=20",
+        # more epochs than the scenario can reach: SLURM sends the time-limit warning on its own
+        # schedule (22.05 once let the run reach epoch 19 of 20 first), and the rerun must still be
+        # training when the cancel comes, or it finishes and the cancel finds nothing to stop
+        "trainer.epochs=500",
         cwd=work,
     )
     run_dir = work / "runs" / "demo" / f"slurm-{job}"
