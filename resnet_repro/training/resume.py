@@ -133,13 +133,13 @@ def rerun_id(cfg: RootConfig) -> str:
     return "cfg-" + hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def rerun_dir_name(cfg: RootConfig, environ: Mapping[str, str] | None = None) -> str | None:
+def rerun_dir_name(cfg: RootConfig) -> str | None:
     """The run directory's last part when the run's settings name it: `rerun_id` under
     trainer.resume=auto outside SLURM, so the same command run again finds its run; None where each
     start gets a directory of its own (a SLURM job's id, torchrun's id or the start time). `train`
     names its directory by this and `rehearse` checks the one it names."""
-    environ = os.environ if environ is None else environ
-    if environ.get("SLURM_JOB_ID") or environ.get("SLURM_ARRAY_JOB_ID") or cfg.trainer.resume != "auto":
+    env = os.environ
+    if env.get("SLURM_JOB_ID") or env.get("SLURM_ARRAY_JOB_ID") or cfg.trainer.resume != "auto":
         return None
     return rerun_id(cfg)
 
