@@ -37,6 +37,28 @@ def test_a_truncated_jpeg_stops_the_loader_with_a_message_naming_it(root_with_tr
     assert "data.exclude_files" in str(info.value)
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_a_truncated_jpeg_in_the_first_batch_stops_the_loader_with_a_message_naming_it(
+    root_with_truncated_jpeg, train: bool
+):
+    """DALI's iterator decodes its first batch when it is built: the error comes from there."""
+    root, bad = root_with_truncated_jpeg
+    files = list_split(root, "train")
+    transform = Transform(train=train, image_size=16, crop_ratio=1.0, mean=(0.5,) * 3, std=(0.25,) * 3)
+    with pytest.raises(UserError, match=str(bad)):
+        loader = DaliLoader(
+            files.files,
+            files.labels,
+            transform,
+            batch_size=12,
+            num_threads=1,
+            seed=0,
+            device=torch.device("cpu"),
+        )
+        for _ in loader:
+            pass
+
+
 def test_exclude_files_leaves_the_listed_image_out_of_every_split(root_with_truncated_jpeg, tmp_path: Path):
     root, bad = root_with_truncated_jpeg
     listing = tmp_path / "bad_files.txt"

@@ -13,7 +13,7 @@ from PIL import Image
 
 from resnet_repro.cluster.distributed import DistEnv
 from resnet_repro.config import DataConfig, HoldoutConfig, StatsConfig, UserError
-from resnet_repro.data import channel_sums, stats
+from resnet_repro.data import stats, stats_process
 from resnet_repro.data.normalization import compute_record, resolve
 from resnet_repro.data.selection import stats_selection
 from resnet_repro.training.run_data import load_file_lists
@@ -98,7 +98,7 @@ def test_training_refuses_a_stats_file_that_saw_test_images(root: Path, tmp_path
         files=splits.train_full.files + splits.test.files,
         labels=splits.train_full.labels + splits.test.labels,
     )
-    sums = channel_sums.compute_stats(
+    sums = stats_process.compute_stats(
         list(leaky.files), resize_shorter=None, num_threads=1, batch_size=8, device="cpu"
     )
     record = stats.build_record(

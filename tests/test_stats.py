@@ -16,7 +16,7 @@ from PIL import Image
 
 from resnet_repro.config import UserError
 from resnet_repro.data import channel_sums, stats
-from resnet_repro.data.channel_sums import PartialSums, compute_stats, finalize
+from resnet_repro.data.channel_sums import PartialSums, finalize
 from resnet_repro.data.holdout import carve_holdout
 from resnet_repro.data.splits import list_split
 from resnet_repro.data.stats import (
@@ -28,6 +28,7 @@ from resnet_repro.data.stats import (
     stratified_sample,
     write_stats_file,
 )
+from resnet_repro.data.stats_process import compute_stats
 
 pytest.importorskip("nvidia.dali")
 

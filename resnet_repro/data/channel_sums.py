@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from resnet_repro.config import UserError
-from resnet_repro.data import sharding
 
 READER_NAME = "StatsReader"
 
@@ -189,18 +188,27 @@ def _device_of(device: Any) -> tuple[bool, int]:
     return kind == "cuda", index or 0
 
 
+def undecodable(files: Iterable[str]) -> list[tuple[str, str]]:
+    """(file, why) for each of `files` that PIL cannot decode."""
+    from resnet_repro.data.dali import undecodable_reason
+
+    return [(f, reason) for f in files if (reason := undecodable_reason(f)) is not None]
+
+
+def undecodable_error(bad: Sequence[tuple[str, str]]) -> UserError:
+    listed = "; ".join(f"{f} ({reason})" for f, reason in bad[:3])
+    return UserError(
+        f"the statistics pass cannot decode {listed}; fix or remove the file, or list it in a file "
+        "passed as data.exclude_files (`resnet-repro verify-data` writes bad_files.txt)"
+    )
+
+
 def _dali_error(e: RuntimeError, batch: Sequence[str] = ()) -> UserError:
     """The failing batch's undecodable files by name when PIL finds them (DALI says only which
     sample of the batch failed); else DALI's error text after 'encountered:'."""
-    from resnet_repro.data.dali import undecodable_reason
-
-    bad = [(f, reason) for f in batch if (reason := undecodable_reason(f)) is not None]
+    bad = undecodable(batch)
     if bad:
-        listed = "; ".join(f"{f} ({reason})" for f, reason in bad[:3])
-        return UserError(
-            f"the statistics pass cannot decode {listed}; fix or remove the file, or list it in a file "
-            "passed as data.exclude_files (`resnet-repro verify-data` writes bad_files.txt)"
-        )
+        return undecodable_error(bad)
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     if "encountered:" in lines:
         lines = lines[lines.index("encountered:") + 1 :]
@@ -281,13 +289,15 @@ def stream(
     passes: int = 1,
     prefetch: int = 2,
     on_built: Callable[[], object] | None = None,
+    on_batch: Callable[[int], object] | None = None,
 ) -> tuple[PartialSums, int]:
     """Run the statistics pipeline over `files` `passes` times; returns (sums, images processed).
 
     `decode_only=True` runs the same reader/decoder/resize and discards the images (the baseline
     for scripts/bench_stats.py). `reduce_in`: "dali" (reduction ops in the graph), "numpy" (decoded
     images reduced on the host) or "auto" (dali on a GPU, numpy on the CPU: see the module docstring).
-    `on_built` is called once the pipeline is built (a benchmark starts its clock there).
+    `on_built` is called once the pipeline is built (a benchmark starts its clock there);
+    `on_batch(i)` before each batch is run, with the index in `files` of the batch's first file.
     """
     if reduce_in not in ("auto", "dali", "numpy"):
         raise ValueError(f"reduce_in={reduce_in!r} is not auto, dali or numpy")
@@ -319,6 +329,8 @@ def stream(
     try:
         for _ in range(passes):
             for b in range(per_pass):
+                if on_batch is not None:
+                    on_batch(b * batch_size)
                 outs = pipe.run()
                 take = min(batch_size, len(files) - b * batch_size)  # drop the last batch's padding
                 done += take
@@ -441,47 +453,3 @@ def stream_torchvision(
             pixels = np.array([r[2] for r in results], dtype=np.int64)  # type: ignore[index]
             acc.add(sums, squares, pixels)
     return acc.result(), done
-
-
-def compute_stats(
-    files: Sequence[str],
-    *,
-    resize_shorter: int | None,
-    num_threads: int,
-    batch_size: int,
-    device: Any,
-    shard_id: int = 0,
-    num_shards: int = 1,
-    reduce_in: str = "auto",
-    decoder: str = "dali",
-) -> PartialSums:
-    """Exact per-channel sums over this shard's images (contiguous chunks, every image in exactly
-    one shard: resnet_repro.data.sharding.eval_indices). Merge the shards with `merge` or `+`, or
-    all-reduce `to_arrays()`; then `finalize`.
-
-    Every pixel of every image counts, at the image's own resolution, unless `resize_shorter` is
-    set (then after resizing the shorter side to it, like the evaluation transform before its crop).
-    `device`: "cpu" / "cuda" / "cuda:1" or a torch.device; on CUDA decoding is "mixed" (nvJPEG).
-    `decoder`: "dali", or torchvision's "pil" / "decode_jpeg" (on the CPU, without DALI).
-    """
-    if not 0 <= shard_id < num_shards:
-        raise ValueError(f"shard_id={shard_id} is not in [0, num_shards={num_shards})")
-    idx = sharding.eval_indices(len(files), rank=shard_id, world_size=num_shards)
-    if decoder != "dali":
-        sums, _ = stream_torchvision(
-            [str(files[i]) for i in idx],
-            decoder=decoder,
-            resize_shorter=resize_shorter,
-            num_threads=num_threads,
-            batch_size=batch_size,
-        )
-        return sums
-    sums, _ = stream(
-        [files[i] for i in idx],
-        resize_shorter=resize_shorter,
-        num_threads=num_threads,
-        batch_size=batch_size,
-        device=device,
-        reduce_in=reduce_in,
-    )
-    return sums

@@ -336,13 +336,16 @@ class DaliLoader:
         self.num_images = len(files)
         self.batch_size = batch_size
         self.channels_last = channels_last
-        self._iter = DALIGenericIterator(
-            pipe,
-            ["images", "labels"],
-            reader_name=READER_NAME,
-            last_batch_policy=LastBatchPolicy.PARTIAL,
-            auto_reset=True,
-        )
+        try:  # the iterator runs the pipeline for its first batch here, so a bad file can fail it
+            self._iter = DALIGenericIterator(
+                pipe,
+                ["images", "labels"],
+                reader_name=READER_NAME,
+                last_batch_policy=LastBatchPolicy.PARTIAL,
+                auto_reset=True,
+            )
+        except RuntimeError as e:
+            raise UserError(self._describe_failure(0, e)) from e
 
     def __len__(self) -> int:
         return -(-self.num_images // self.batch_size)

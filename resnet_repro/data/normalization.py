@@ -19,7 +19,7 @@ import torch
 from resnet_repro.cluster import distributed
 from resnet_repro.cluster.distributed import DistEnv
 from resnet_repro.config import DataConfig, UserError
-from resnet_repro.data import channel_sums, pixel_mean, stats
+from resnet_repro.data import channel_sums, pixel_mean, stats, stats_process
 from resnet_repro.data.selection import (
     Normalization,
     Splits,
@@ -70,7 +70,7 @@ def compute_record(
     # an undecodable image in one rank's shard stops every rank (not a hang in the all-reduce)
     sums = distributed.all_or_none(
         env,
-        lambda: channel_sums.compute_stats(
+        lambda: stats_process.compute_stats(
             list(images.files),
             resize_shorter=cfg.stats.resize,
             num_threads=cfg.num_threads,

@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ import torch
 from resnet_repro.cluster import distributed
 from resnet_repro.cluster.distributed import DistEnv
 from resnet_repro.config import DataConfig, UserError
-from resnet_repro.data import channel_sums, sharding, stats
+from resnet_repro.data import channel_sums, sharding, stats, stats_process
 from resnet_repro.data.selection import (
     Normalization,
     Splits,
@@ -98,8 +99,26 @@ class PixelSums:
     channels: channel_sums.PartialSums
 
 
-def crop_sums(cfg: DataConfig, files: list[str], decoder: str, device: torch.device) -> PixelSums:
-    """Sums over the centre crops of `files` (one rank's shard), read by the evaluation loader."""
+def shard_sums(cfg: DataConfig, files: list[str], decoder: str, device: torch.device) -> PixelSums:
+    """crop_sums over one rank's shard; with DALI in a process of its own (data/stats_process.py)."""
+    if decoder != "dali" or not files:
+        return crop_sums(files, cfg=cfg, decoder=decoder, device=device)
+    in_flight = cfg.stats.batch_size * (cfg.prefetch + 1)
+    target = f"{__name__}:crop_sums"
+    return stats_process.run(target, files, in_flight=in_flight, cfg=cfg, decoder=decoder, device=device)
+
+
+def crop_sums(
+    files: list[str],
+    *,
+    cfg: DataConfig,
+    decoder: str,
+    device: torch.device,
+    on_batch: Callable[[int], object] | None = None,
+) -> PixelSums:
+    """Sums over the centre crops of `files`, read by the evaluation loader; `on_batch(i)` before
+    each batch is decoded, i the index of its first file (DALI's loader decodes its first batch
+    when it is built)."""
     from resnet_repro.data.dali import Transform
 
     s = cfg.image_size
@@ -113,6 +132,8 @@ def crop_sums(cfg: DataConfig, files: list[str], decoder: str, device: torch.dev
     loader: Any
     labels = [0] * len(files)
     common = {"batch_size": cfg.stats.batch_size, "seed": 0, "device": device, "prefetch": cfg.prefetch}
+    if on_batch is not None:
+        on_batch(0)
     if decoder == "dali":
         from resnet_repro.data.dali import DaliLoader
 
@@ -121,7 +142,9 @@ def crop_sums(cfg: DataConfig, files: list[str], decoder: str, device: torch.dev
         from resnet_repro.data.torch_loader import TorchLoader
 
         loader = TorchLoader(files, labels, raw, num_workers=cfg.num_threads, decoder=decoder, **common)
-    for images, _ in loader:
+    for k, (images, _) in enumerate(loader):
+        if on_batch is not None:
+            on_batch((k + 1) * cfg.stats.batch_size)  # the next one (past the end: the next pass's)
         x = images.round().to(torch.int64)  # exact integers already; round() guards the conversion
         pixel_sum += x.sum(dim=0)
         per_image = x.sum(dim=(2, 3))  # [B, 3]
@@ -164,7 +187,7 @@ def compute(
     idx = sharding.eval_indices(len(images), rank=env.rank, world_size=env.world_size)
     start = time.perf_counter()
     sums = distributed.all_or_none(
-        env, lambda: crop_sums(cfg, [images.files[i] for i in idx], decoder, device)
+        env, lambda: shard_sums(cfg, [images.files[i] for i in idx], decoder, device)
     )
     if env.distributed:
         ints, floats = sums.channels.to_arrays()
