@@ -270,6 +270,24 @@ def requeued_then_finished(
     }
 
 
+def runtime_s(text: str) -> int:
+    """SLURM's RunTime ([D-]HH:MM:SS) in seconds."""
+    days, _, clock = text.rpartition("-")
+    h, m, sec = (int(v) for v in clock.split(":"))
+    return (int(days) if days else 0) * 86400 + h * 3600 + m * 60 + sec
+
+
+def cut_to_its_warning(c: Cluster, job: str) -> dict[str, Any]:
+    """Cut the job's time limit so that it is inside its last 120 s at once (the scripts' USR1@120)
+    with 60-120 s still to run: SLURM sends the warning at its next time-limit check (every 30 s),
+    before the end. A fixed 2 minutes kills, with SIGTERM and no warning, a job that has already run
+    for 2 minutes (a slow machine's start)."""
+    ran = runtime_s(c.job(job).get("RunTime", "0:00:00"))
+    minutes = -(-(ran + 60) // 60)
+    proc = c.run("scontrol", "update", f"JobId={job}", f"TimeLimit={minutes}")
+    return {"proc": proc, "ran_s": ran, "limit_min": minutes}
+
+
 def scenario_usr1_preemption(c: Cluster, work: Path) -> dict[str, Any]:
     job, run_dir = start_small_run(c, work, epochs=3)
     signalled = c.run("scancel", "--signal=USR1", job)
@@ -277,11 +295,10 @@ def scenario_usr1_preemption(c: Cluster, work: Path) -> dict[str, Any]:
 
 
 def scenario_time_limit(c: Cluster, work: Path) -> dict[str, Any]:
-    # The script's own `--signal=USR1@120`: with the time limit cut to 2 minutes the job is inside
-    # its last 120 s at once, and SLURM sends USR1 at its next time-limit check (every 30 s), so
-    # the run is long enough to be still going then
+    # The script's own `--signal=USR1@120`, the time limit cut to within it; the run is long
+    # enough to be still going when the warning comes
     job, run_dir = start_small_run(c, work, epochs=20)
-    cut = c.run("scontrol", "update", f"JobId={job}", "TimeLimit=2")
+    cut = cut_to_its_warning(c, job)
     # while SLURM holds it: give the rerun room, or its own USR1 would come at once again
     room = lambda: c.run("scontrol", "update", f"JobId={job}", "TimeLimit=30")  # noqa: E731
     return {"cut": cut, **requeued_then_finished(c, job, run_dir, while_held=room)}
@@ -659,7 +676,7 @@ def scenario_batch_nproc(c: Cluster, work: Path) -> dict[str, Any]:
     )
     run_dir = work / "runs" / "demo" / f"slurm-{job}"
     wait_for(lambda: epochs_done(run_dir) >= 1 or c.job(job).get("JobState") in FINAL_STATES, "epoch 1")
-    c.run("scontrol", "update", f"JobId={job}", "TimeLimit=2")  # inside the last 120 s: USR1 comes
+    cut = cut_to_its_warning(c, job)
     requeued = c.wait_job(job, lambda j: int(j["Restarts"]) >= 1 or j["JobState"] in FINAL_STATES, "requeue")
     warned = read_json(run_dir / "preempted.json") if (run_dir / "preempted.json").exists() else None
     c.run("scontrol", "update", f"JobId={job}", "TimeLimit=30")  # room for the rerun
@@ -671,6 +688,7 @@ def scenario_batch_nproc(c: Cluster, work: Path) -> dict[str, Any]:
     )
     cancelled = c.run("scancel", job)
     return {
+        "cut": cut,
         "requeued": requeued,
         "warned": warned,
         "cancelled": cancelled,
@@ -835,9 +853,12 @@ def test_usr1_checkpoints_requeues_once_and_the_job_resumes_in_the_same_director
 @scenario("time_limit")
 def test_the_scripts_time_limit_signal_checkpoints_requeues_and_the_job_completes(scenarios, version):
     o = outcome(scenarios, "time_limit", version)
-    assert o["cut"].returncode == 0, o["cut"].stderr
+    assert o["cut"]["proc"].returncode == 0, o["cut"]["proc"].stderr
     assert o["preempted"] is not None, o["log"]
-    assert o["preempted"]["signal"] == "SIGUSR1" and o["preempted"]["requeued"] is True
+    assert o["preempted"]["signal"] == "SIGUSR1" and o["preempted"]["requeued"] is True, (
+        o["preempted"],
+        o["cut"],
+    )
     assert o["info"]["JobState"] == "COMPLETED", o["log"]
     assert o["info"]["Restarts"] == "1"
     assert read_json(o["run_dir"] / "final.json")["epochs"] == 20
@@ -1067,7 +1088,7 @@ def test_batch_nproc_workers_get_the_b_usr1_warning_requeue_resume_and_a_cancel_
 ):
     o = outcome(scenarios, "batch_nproc", version)
     assert o["warned"] is not None, o["whole_log"][-4000:]
-    assert o["warned"]["signal"] == "SIGUSR1" and o["warned"]["requeued"] is True, o["warned"]
+    assert o["warned"]["signal"] == "SIGUSR1" and o["warned"]["requeued"] is True, (o["warned"], o["cut"])
     assert int(o["requeued"]["Restarts"]) == 1, o["requeued"]
     assert "resumed from" in (o["run_dir"] / "train.log").read_text()
     # the cancel: every process of the job got SIGTERM; the workers saved, did not requeue

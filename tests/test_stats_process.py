@@ -122,3 +122,17 @@ def test_the_mean_image_pass_in_its_process_sums_as_in_this_one(tmp_path):
     here = pixel_mean.crop_sums(files, cfg=cfg, decoder="dali", device=cpu)
     assert isolated.channels == here.channels and isolated.channels.num_images == 9
     assert np.array_equal(isolated.pixels, here.pixels)
+
+
+def test_a_pass_logs_its_start_its_progress_and_its_end(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(stats_process, "PROGRESS_EVERY_S", 0.0)
+    files = _jpegs(tmp_path, 12)
+    with caplog.at_level("INFO", logger="resnet_repro"):
+        stats_process.stream(files, batch_size=4, **OPTIONS)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("statistics pass")]
+    assert lines[0].startswith("statistics pass: 12 images (this process's share)")
+    assert [ln.split(" images/s")[0].split(", ")[0] for ln in lines[1:-1]] == [
+        "statistics pass: 4 of 12 images (33%)",
+        "statistics pass: 8 of 12 images (67%)",
+    ]
+    assert lines[-1].startswith("statistics pass: 12 images in ")

@@ -22,11 +22,13 @@ verify-data` checks every file for the others.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import pickle
 import signal
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +41,9 @@ MODULE = "resnet_repro.data.stats_process"
 # the parent's business: SLURM's time-limit warning and preemption, a requeue, a cancel, Ctrl-C
 PARENTS_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT", "SIGHUP")
 PR_SET_PDEATHSIG = 1
+PROGRESS_EVERY_S = 60.0
+
+log = logging.getLogger("resnet_repro")
 
 
 def compute_stats(
@@ -129,14 +134,43 @@ def run(
     i the index in `files` of the batch's first file; `in_flight`: how many files from there DALI
     may be decoding at once (the batch and the prefetched ones)."""
     request = {"target": target, "files": files, "kwargs": kwargs, "parent": os.getpid()}
-    at, (kind, payload), code = _run_child(request, on_batch)
+    progress = _Progress(len(files), on_batch)
+    at, (kind, payload), code = _run_child(request, progress.batch)
     if kind == "done":
+        progress.finished()
         return payload
     if kind == "user_error":
         raise UserError(payload)
     if kind == "error":
         raise RuntimeError(f"the statistics pass failed in its process:\n{payload}")
     raise _death(code, files, at, in_flight)
+
+
+class _Progress:
+    """A log line when a pass starts, every PROGRESS_EVERY_S while it runs, and when it ends: on
+    ImageNet a pass takes minutes, which would otherwise pass without a word."""
+
+    def __init__(self, total: int, then: Callable[[int], object] | None) -> None:
+        self.total, self.then = total, then
+        self.start = self.last = time.monotonic()
+        log.info(f"statistics pass: {total:,} images (this process's share), decoded in a process of its own")
+
+    def batch(self, at: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_S and 0 < at < self.total:
+            self.last = now
+            rate = at / (now - self.start)
+            log.info(
+                f"statistics pass: {at:,} of {self.total:,} images ({100 * at / self.total:.0f}%), "
+                f"{rate:,.0f} images/s, about {(self.total - at) / rate:,.0f} s left"
+            )
+        if self.then is not None:
+            self.then(at)
+
+    def finished(self) -> None:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = self.total / elapsed
+        log.info(f"statistics pass: {self.total:,} images in {elapsed:,.1f} s ({rate:,.0f} images/s)")
 
 
 def _run_child(request: dict, on_batch: Callable[[int], object] | None) -> tuple[int, tuple[str, Any], int]:
