@@ -4,6 +4,7 @@ commands/hydra_app.py)."""
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 from collections.abc import Callable
 
@@ -66,8 +67,20 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
 }
 
 
+def _stack_on_crash() -> None:
+    """A crash in native code (DALI's decoder on a broken JPEG, a driver) prints the Python stack of
+    every thread before the process dies, instead of dying without a word (docs/troubleshooting.md)."""
+    if faulthandler.is_enabled():
+        return
+    try:
+        faulthandler.enable()
+    except (AttributeError, ValueError, OSError, RuntimeError):  # no usable stderr (None, in memory)
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    _stack_on_crash()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import make_image_folder, run_cli
 
 from resnet_repro.config import DataConfig, UserError
 from resnet_repro.data.dali import DaliLoader, Transform
@@ -57,6 +58,43 @@ def test_a_truncated_jpeg_in_the_first_batch_stops_the_loader_with_a_message_nam
         )
         for _ in loader:
             pass
+
+
+@pytest.mark.slow
+def test_a_broken_jpeg_met_by_the_training_loader_is_named_or_its_crash_says_segmentation_fault(tmp_path):
+    """With no statistics pass first (published normalization), the training loader meets the
+    broken file; DALI 2.4 then often kills the process (4 of 6 runs of this command here), from a
+    decoder thread working ahead while the main thread trains. Either the one line names the file,
+    or the dying process says what killed it and where each Python thread was (faulthandler)."""
+    make_image_folder(tmp_path, "train", {"a": 100, "b": 100}, sizes=[(40, 30)])
+    make_image_folder(tmp_path, "val", {"a": 2, "b": 2}, sizes=[(40, 30)])
+    bad = tmp_path / "train" / "b" / "3.JPEG"
+    bad.write_bytes(b"\xff\xd8\xff\xe0" + b"not a JPEG body" * 20)
+    for seed in (1, 2):
+        run = run_cli(
+            "train",
+            "data=folder",
+            f"data.root={tmp_path}",
+            "data.normalization=published",
+            "model=resnet18",
+            "data.image_size=16",
+            "trainer.batch_size=64",
+            "trainer.epochs=1",
+            f"trainer.seed={seed}",
+            "stabilizer.warmup_epochs=0",
+            "logging.progress=false",
+            "logging.tensorboard=false",
+            "data.num_threads=1",
+            "data.max_eval_images=3",
+            f"hydra.run.dir={tmp_path / f'run{seed}'}",
+            timeout=300,
+        )
+        if run.returncode == 2:
+            assert f"resnet-repro: error: cannot decode {bad} (" in run.stderr, run.stderr[-2000:]
+        else:
+            assert run.returncode == -signal.SIGSEGV, (run.returncode, run.stderr[-2000:])
+            assert "Fatal Python error: Segmentation fault" in run.stderr, run.stderr[-2000:]
+            assert "most recent call first" in run.stderr, run.stderr[-2000:]
 
 
 def test_exclude_files_leaves_the_listed_image_out_of_every_split(root_with_truncated_jpeg, tmp_path: Path):
