@@ -66,39 +66,72 @@ def test_a_broken_jpeg_that_crashes_dalis_decoder_is_a_one_line_error_naming_it(
             stats_process.stream(files, batch_size=64, **OPTIONS)
 
 
-def test_a_child_that_dies_by_a_signal_names_the_undecodable_file_of_its_batches(tmp_path, monkeypatch):
+@pytest.fixture
+def targets(monkeypatch) -> str:
+    """The child imports tests/stats_targets.py: targets that stand still until signalled."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    return "stats_targets"
+
+
+def test_a_child_that_dies_by_a_signal_names_the_undecodable_file_of_its_batches(
+    tmp_path, monkeypatch, targets
+):
     children = _Children(monkeypatch)
-    files = [*_jpegs(tmp_path, 23, size=(400, 300)), _broken(tmp_path / "bad.JPEG")]
-    segfault = lambda at: children.started[-1].send_signal(signal.SIGSEGV)  # noqa: E731
-    # the first batches (4 x 3 with the prefetched ones) hold no broken file: the death is named
-    with pytest.raises(UserError, match=r"died by SIGSEGV while decoding .*000\.JPEG .. .*011\.JPEG"):
-        stats_process.stream(files, batch_size=4, on_batch=segfault, **OPTIONS)
-    # batches of 8 reach the broken file at index 23 (in flight: 24 images from index 0)
+    files = [*_jpegs(tmp_path, 23), _broken(tmp_path / "bad.JPEG")]
+
+    def segfault(at: int) -> None:
+        assert children.started[-1].poll() is None
+        children.started[-1].send_signal(signal.SIGSEGV)
+
+    def died_at(at: list[int], in_flight: int) -> None:
+        last = lambda i: i == at[-1] and segfault(i)  # noqa: E731
+        stats_process.run(f"{targets}:stall", files, in_flight=in_flight, on_batch=last, at=at)
+
+    # from the last batch started: 12 files in flight, none broken: the death and the files are named
+    with pytest.raises(UserError, match=r"died by SIGSEGV while decoding .*004\.JPEG .. .*015\.JPEG"):
+        died_at([0, 4], in_flight=12)
+    # the broken file (index 23) in flight: it is named
     with pytest.raises(UserError, match=r"the statistics pass cannot decode .*bad\.JPEG"):
-        stats_process.stream(files, batch_size=8, on_batch=segfault, **OPTIONS)
+        died_at([16], in_flight=12)
+    # in flight past the end: DALI reads on into the next pass
+    with pytest.raises(UserError, match=r"died by SIGSEGV while decoding .*020\.JPEG .. .*003\.JPEG"):
+        stats_process.run(f"{targets}:stall", files[:23], in_flight=7, on_batch=segfault, at=[20])
 
 
-def test_a_child_killed_by_the_kernel_is_reported_as_maybe_out_of_memory(tmp_path, monkeypatch):
+def test_a_child_killed_by_the_kernel_is_reported_as_maybe_out_of_memory(tmp_path, monkeypatch, targets):
     children = _Children(monkeypatch)
-    files = _jpegs(tmp_path, 24, size=(400, 300))
+    files = _jpegs(tmp_path, 4)
     with pytest.raises(UserError, match=r"died by SIGKILL \(out of memory\?\)"):
-        stats_process.stream(files, batch_size=2, on_batch=lambda at: children.started[-1].kill(), **OPTIONS)
+        stats_process.run(
+            f"{targets}:stall", files, in_flight=4, on_batch=lambda at: children.started[-1].kill(), at=[0]
+        )
 
 
-def test_the_signals_a_run_watches_do_not_stop_the_childs_pass(tmp_path, monkeypatch):
+def test_a_child_that_exits_without_a_result_says_so_without_blaming_a_file(tmp_path, targets):
+    files = [_broken(tmp_path / "bad.JPEG")]
+    with pytest.raises(UserError, match=r"process exited with status 3 before reporting a result"):
+        stats_process.run(f"{targets}:exit_with", files, in_flight=1, status=3)
+
+
+def test_the_signals_a_run_watches_do_not_stop_the_childs_pass(tmp_path, monkeypatch, targets):
     children = _Children(monkeypatch)
-    files = _jpegs(tmp_path, 24, size=(400, 300))
-    sent: list[int] = []
+    files = _jpegs(tmp_path, 2)
 
     def signal_it(at: int) -> None:
-        if not sent:
-            for name in ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT", "SIGHUP"):
-                children.started[-1].send_signal(getattr(signal, name))
-            sent.append(at)
+        assert children.started[-1].poll() is None
+        for name in stats_process.PARENTS_SIGNALS:
+            children.started[-1].send_signal(getattr(signal, name))
 
-    sums, n = stats_process.stream(files, batch_size=2, on_batch=signal_it, **OPTIONS)
-    assert sent == [0] and n == 24
-    assert sums == channel_sums.stream(files, batch_size=2, **OPTIONS)[0]
+    woke = stats_process.run(f"{targets}:stall", files, in_flight=2, on_batch=signal_it, at=[0], seconds=1.0)
+    assert woke == "woke after 2 files"
+
+
+def test_a_working_directory_module_does_not_shadow_the_childs(tmp_path, monkeypatch):
+    """A console script's path does not hold the working directory; `python -m` would put it first."""
+    (tmp_path / "numpy.py").write_text("raise ImportError('the working directory was imported')\n")
+    files = _jpegs(tmp_path / "images", 3)
+    monkeypatch.chdir(tmp_path)
+    assert stats_process.stream(files, batch_size=2, **OPTIONS)[1] == 3
 
 
 def test_a_broken_jpeg_in_the_mean_image_pass_is_a_one_line_error_naming_it(tmp_path):

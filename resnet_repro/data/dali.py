@@ -344,8 +344,8 @@ class DaliLoader:
                 last_batch_policy=LastBatchPolicy.PARTIAL,
                 auto_reset=True,
             )
-        except RuntimeError as e:
-            raise UserError(self._describe_failure(0, e)) from e
+        except RuntimeError as e:  # the first batches only: a CUDA error must not start a scan of every file
+            raise UserError(self._describe_failure(0, e, batches=prefetch + 1, scan_all=False)) from e
 
     def __len__(self) -> int:
         return -(-self.num_images // self.batch_size)
@@ -370,13 +370,16 @@ class DaliLoader:
                 images = images.permute(0, 3, 1, 2)
             yield images, labels
 
-    def _describe_failure(self, batch_index: int, error: RuntimeError) -> str:
-        # the failing batch is the next one in reading order (a repeated pass may start elsewhere:
-        # then every file is checked, which is slow but only happens on this error path)
+    def _describe_failure(
+        self, batch_index: int, error: RuntimeError, batches: int = 1, scan_all: bool = True
+    ) -> str:
+        # the failing batch is the next one in reading order, or one of the `batches` from there
+        # (a repeated pass may start elsewhere: then, with `scan_all`, every file is checked, which
+        # is slow but only happens on this error path)
         start = (batch_index * self.batch_size) % max(1, self.num_images)
-        candidates = self.files[start : start + self.batch_size]
+        candidates = self.files[start : start + self.batch_size * batches]
         bad = [(f, reason) for f in candidates if (reason := undecodable_reason(f)) is not None]
-        if not bad:
+        if not bad and scan_all:
             bad = [(f, reason) for f in self.files if (reason := undecodable_reason(f)) is not None]
         if bad:
             listed = "; ".join(f"{f} ({reason})" for f, reason in bad[:3])

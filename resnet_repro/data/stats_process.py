@@ -8,15 +8,15 @@ per-channel pass died in 3 of 4 runs, the evaluation loader the mean-image pass 
 the training loader in 5 of 5 (exit 139, no error line); a run that computes its statistics at its
 start died there without saying why.
 
-So the per-channel pass (channel_sums.stream) and the mean-image pass (pixel_mean.crop_sums) run
-in a child (`python -m resnet_repro.data.stats_process`). The child reports the first file of each
-batch before running it; when it dies by a signal, the parent decodes with PIL the batches DALI may
-have had in flight (that one and the prefetched ones) and names the undecodable file, or, when they
-all decode, where it died. The child ignores the signals a training run watches for preemption (the
-parent decides what they mean, as it did when the pass ran in the run's process) and dies with its
-parent. The training loader decodes in the run's process (its batches feed the GPU there); the
-default normalization reads every training image in the statistics pass first, and `resnet-repro
-verify-data` checks every file for the others.
+So the per-channel pass (channel_sums.stream) and the mean-image pass (pixel_mean.crop_sums) run in
+a child (a fresh interpreter running this module, without the working directory on its path). The
+child reports the first file of each batch before running it; when it dies by a signal, the parent
+decodes with PIL the batches DALI may have had in flight (that one and the prefetched ones) and
+names the undecodable file, or, when they all decode, where it died. The child ignores the signals
+a training run watches for preemption (the parent decides what they mean, as it did when the pass
+ran in the run's process) and dies with its parent. The training loader decodes in the run's
+process (its batches feed the GPU there); the default normalization reads every training image in
+the statistics pass first, and `resnet-repro verify-data` checks every file for the others.
 """
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ from resnet_repro.config import UserError
 from resnet_repro.data import channel_sums, sharding
 
 MODULE = "resnet_repro.data.stats_process"
+# `python -c` with the working directory taken off the path (as a console script has it: a numpy.py
+# or a resnet_repro/ there must not be imported), the parent's package dir appended if missing
+CHILD_START = (
+    "import runpy, sys; sys.path.pop(0); "
+    "sys.argv[2] in sys.path or sys.path.append(sys.argv[2]); "
+    f"runpy.run_module({MODULE!r}, run_name='__main__')"
+)
 # the parent's business: SLURM's time-limit warning and preemption, a requeue, a cancel, Ctrl-C
 PARENTS_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT", "SIGHUP")
 PR_SET_PDEATHSIG = 1
@@ -176,30 +183,28 @@ class _Progress:
 def _run_child(request: dict, on_batch: Callable[[int], object] | None) -> tuple[int, tuple[str, Any], int]:
     """Start the child, send it `request`, follow its messages: (the last batch it started, its
     final message or ("died", None), its exit code)."""
-    read_fd, write_fd = os.pipe()
     package_parent = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
-    # the child starts with the parent's signals blocked (a mask survives exec) and unblocks them
-    # once it ignores them: a SLURM warning arriving while it starts cannot kill it
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _parents_signals())
-    try:
-        child = subprocess.Popen(
-            [sys.executable, "-m", MODULE, str(write_fd)],
-            stdin=subprocess.PIPE,
-            pass_fds=(write_fd,),
-            env=env,
-        )
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        os.close(write_fd)
+    read_fd, write_fd = os.pipe()
+    child: subprocess.Popen | None = None
     at, final = 0, ("died", None)
     try:
         with os.fdopen(read_fd, "rb") as messages:
+            # the child starts with the parent's signals blocked (a mask survives exec) and unblocks
+            # them once it ignores them: a SLURM warning arriving while it starts cannot kill it
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _parents_signals())
             try:
-                assert child.stdin is not None
-                pickle.dump(request, child.stdin)
-                child.stdin.close()
+                child = subprocess.Popen(
+                    [sys.executable, "-c", CHILD_START, str(write_fd), package_parent],
+                    stdin=subprocess.PIPE,
+                    pass_fds=(write_fd,),
+                )
+            finally:
+                os.close(write_fd)
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            assert child.stdin is not None
+            try:
+                with child.stdin:
+                    pickle.dump(request, child.stdin)
             except BrokenPipeError:  # it died before reading it all: its exit code says how
                 pass
             while True:
@@ -215,15 +220,20 @@ def _run_child(request: dict, on_batch: Callable[[int], object] | None) -> tuple
                     final = (kind, payload)
         code = child.wait()
     finally:
-        if child.poll() is None:  # the parent is leaving (an exception, Ctrl-C): the child goes too
-            child.kill()
+        if child is not None and child.poll() is None:  # the parent is leaving (an exception,
+            child.kill()  # Ctrl-C): the child goes too
             child.wait()
     return at, final, code
 
 
 def _death(code: int, files: list[str], at: int, in_flight: int) -> UserError:
     """The error for a child that ended without a result, having started the batch at `at`."""
-    how = f"by {signal.Signals(-code).name}" if code < 0 else f"with exit status {code}"
+    if code >= 0:  # it exited (an import error, a broken request): its traceback is on stderr
+        return UserError(
+            f"the statistics pass's process exited with status {code} before reporting a result "
+            "(its error is printed above)"
+        )
+    how = f"by {signal.Signals(-code).name}"
     at %= len(files)  # past the end: DALI reads on into the next pass
     window = [files[(at + k) % len(files)] for k in range(min(len(files), in_flight))]
     bad = channel_sums.undecodable(window)
@@ -273,13 +283,14 @@ def _child(fd: int) -> int:
         try:
             function = getattr(importlib.import_module(module), name)
             result = function(request["files"], on_batch=lambda i: send("at", i), **request["kwargs"])
+            done = pickle.dumps(("done", result))
         except UserError as e:
             send("user_error", str(e))
             return 0
         except Exception:
             send("error", traceback.format_exc())
             return 1
-        send("done", result)
+        out.write(done)
     return 0
 
 
