@@ -251,14 +251,26 @@ def start_small_run(c: Cluster, work: Path, epochs: int, *sbatch_args: str) -> t
 
 
 def requeued_then_finished(
-    c: Cluster, job: str, run_dir: Path, while_held: Callable[[], object] | None = None
+    c: Cluster,
+    job: str,
+    run_dir: Path,
+    while_held: Callable[[], object] | None = None,
+    run_writes_preempted: bool = True,
 ) -> dict[str, Any]:
     """Wait for the requeue, read preempted.json while SLURM holds the job (a finished run deletes
-    it), run `while_held`, then wait for the end."""
+    it), run `while_held`, then wait for the end.
+
+    The run writes preempted.json after its own `scontrol requeue` has returned (the file says
+    whether it was requeued), so SLURM's Restarts can be seen a moment before the file exists: wait
+    for it (at most 60 s; the rerun starts ~2 minutes later) unless the run could not write it."""
     requeued = c.wait_job(job, lambda j: int(j["Restarts"]) >= 1 or j["JobState"] in FINAL_STATES, "requeue")
     if while_held is not None:
         while_held()
-    preempted = read_json(run_dir / "preempted.json") if (run_dir / "preempted.json").exists() else None
+    preempted_json = run_dir / "preempted.json"
+    if run_writes_preempted:
+        with contextlib.suppress(AssertionError):  # absent: the test's own assert shows the log
+            wait_for(preempted_json.exists, "preempted.json after the requeue", 60)
+    preempted = read_json(preempted_json) if preempted_json.exists() else None
     info = c.wait_done(job)
     return {
         "job": job,
@@ -554,7 +566,7 @@ def scenario_node_failure(c: Cluster, work: Path) -> dict[str, Any]:
         "requeue": requeue,
         "failed": failed,
         "periodic": periodic,
-        **requeued_then_finished(c, job, run_dir),
+        **requeued_then_finished(c, job, run_dir, run_writes_preempted=False),  # SIGKILLed: no file
     }
 
 
