@@ -10,6 +10,7 @@ import torch
 from conftest import make_image_folder, run_cli
 
 from resnet_repro.config import DataConfig, UserError
+from resnet_repro.data import dali
 from resnet_repro.data.dali import DaliLoader, Transform
 from resnet_repro.data.splits import list_split
 from resnet_repro.training.run_data import load_file_lists
@@ -58,6 +59,34 @@ def test_a_truncated_jpeg_in_the_first_batch_stops_the_loader_with_a_message_nam
         )
         for _ in loader:
             pass
+
+
+def test_a_jpeg_broken_between_passes_is_found_where_the_reader_is_without_checking_every_file(
+    tmp_path, monkeypatch
+):
+    """DALI's reader carries on across passes (30 files in batches of 4: the second pass starts at
+    file 2, and the broken file 0 is in its last batch), so the file that failed is looked for from
+    the reader's real position, wrapping around the list, among the batches DALI may have in
+    flight: never a check of every file (hours on ImageNet)."""
+    make_image_folder(tmp_path, "train", {"a": 15, "b": 15})
+    files = list_split(tmp_path, "train")
+    transform = Transform(train=False, image_size=16, crop_ratio=1.0, mean=(0.5,) * 3, std=(0.25,) * 3)
+    loader = DaliLoader(
+        files.files, files.labels, transform, batch_size=4, num_threads=1, seed=0, device=torch.device("cpu")
+    )
+    assert sum(len(y) for _, y in loader) == 30
+    # broken by a new file under the same name (a truncation in place would hit DALI's mmap)
+    bad = Path(files.files[0])
+    replacement = bad.with_suffix(".tmp")
+    replacement.write_bytes(bad.read_bytes()[:200])
+    replacement.replace(bad)
+    checked: list[str] = []
+    real_check = dali.undecodable_reason
+    monkeypatch.setattr(dali, "undecodable_reason", lambda f: checked.append(f) or real_check(f))
+    with pytest.raises(UserError, match=str(bad)):
+        for _ in loader:
+            pass
+    assert 0 < len(checked) <= 4 * 3  # batch x (prefetch 2 + the failing one), of 30 files
 
 
 @pytest.mark.slow

@@ -188,13 +188,6 @@ def _device_of(device: Any) -> tuple[bool, int]:
     return kind == "cuda", index or 0
 
 
-def undecodable(files: Iterable[str]) -> list[tuple[str, str]]:
-    """(file, why) for each of `files` that PIL cannot decode."""
-    from resnet_repro.data.dali import undecodable_reason
-
-    return [(f, reason) for f in files if (reason := undecodable_reason(f)) is not None]
-
-
 def undecodable_error(bad: Sequence[tuple[str, str]]) -> UserError:
     listed = "; ".join(f"{f} ({reason})" for f, reason in bad[:3])
     return UserError(
@@ -206,6 +199,8 @@ def undecodable_error(bad: Sequence[tuple[str, str]]) -> UserError:
 def _dali_error(e: RuntimeError, batch: Sequence[str] = ()) -> UserError:
     """The failing batch's undecodable files by name when PIL finds them (DALI says only which
     sample of the batch failed); else DALI's error text after 'encountered:'."""
+    from resnet_repro.data.dali import undecodable
+
     bad = undecodable(batch)
     if bad:
         return undecodable_error(bad)

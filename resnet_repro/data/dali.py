@@ -9,7 +9,7 @@ distributed state itself.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -336,6 +336,11 @@ class DaliLoader:
         self.num_images = len(files)
         self.batch_size = batch_size
         self.channels_last = channels_last
+        # the batches DALI may have run ahead of the one asked for, which an error may come from
+        self.in_flight = prefetch + 1
+        # DALI's reader carries on across passes (a pass's last batch is cut short, not its reading):
+        # batch k of the loader's life starts at file k * batch_size, modulo the number of files
+        self.batches_read = 0
         try:  # the iterator runs the pipeline for its first batch here, so a bad file can fail it
             self._iter = DALIGenericIterator(
                 pipe,
@@ -345,13 +350,12 @@ class DaliLoader:
                 auto_reset=True,
             )
         except RuntimeError as e:  # the first batches only: a CUDA error must not start a scan of every file
-            raise UserError(self._describe_failure(0, e, batches=prefetch + 1, scan_all=False)) from e
+            raise UserError(self._describe_failure(e)) from e
 
     def __len__(self) -> int:
         return -(-self.num_images // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        done = 0
         batches = iter(self._iter)
         while True:
             try:
@@ -359,8 +363,8 @@ class DaliLoader:
             except StopIteration:
                 return
             except RuntimeError as e:  # DALI fails a whole batch for one bad file: find and name it
-                raise UserError(self._describe_failure(done, e)) from e
-            done += 1
+                raise UserError(self._describe_failure(e)) from e
+            self.batches_read += 1
             out = batch[0]
             labels = out["labels"].reshape(-1).long()  # DALI gives int32 of shape (N, 1)
             if labels.numel() == 0:
@@ -370,17 +374,12 @@ class DaliLoader:
                 images = images.permute(0, 3, 1, 2)
             yield images, labels
 
-    def _describe_failure(
-        self, batch_index: int, error: RuntimeError, batches: int = 1, scan_all: bool = True
-    ) -> str:
-        # the failing batch is the next one in reading order, or one of the `batches` from there
-        # (a repeated pass may start elsewhere: then, with `scan_all`, every file is checked, which
-        # is slow but only happens on this error path)
-        start = (batch_index * self.batch_size) % max(1, self.num_images)
-        candidates = self.files[start : start + self.batch_size * batches]
-        bad = [(f, reason) for f in candidates if (reason := undecodable_reason(f)) is not None]
-        if not bad and scan_all:
-            bad = [(f, reason) for f in self.files if (reason := undecodable_reason(f)) is not None]
+    def _describe_failure(self, error: RuntimeError) -> str:
+        """The one line for a failed batch: the files PIL cannot decode among those DALI may have had
+        in flight (from the reader's position on), else DALI's first line and where it was."""
+        start = self.batches_read * self.batch_size
+        candidates = reading_window(self.files, start, self.batch_size * self.in_flight)
+        bad = undecodable(candidates)
         if bad:
             listed = "; ".join(f"{f} ({reason})" for f, reason in bad[:3])
             return (
@@ -388,7 +387,21 @@ class DaliLoader:
                 "data.exclude_files (`resnet-repro verify-data` writes bad_files.txt)"
             )
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return f"the input pipeline failed near {candidates[0]} (batch {batch_index}): {first}"
+        return (
+            f"the input pipeline failed near {candidates[0]} (images {start % self.num_images}.. of "
+            f"{self.num_images}, which PIL decodes): {first}"
+        )
+
+
+def reading_window(files: Sequence[str], start: int, count: int) -> list[str]:
+    """The `count` files DALI's reader takes from position `start` on (any position: it wraps around
+    the list, as the reader does into its next pass), each file at most once."""
+    return [files[(start + k) % len(files)] for k in range(min(len(files), count))]
+
+
+def undecodable(files: Iterable[str]) -> list[tuple[str, str]]:
+    """(file, why) for each of `files` that PIL cannot decode."""
+    return [(f, reason) for f in files if (reason := undecodable_reason(f)) is not None]
 
 
 def undecodable_reason(path: str) -> str | None:

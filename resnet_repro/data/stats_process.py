@@ -233,10 +233,12 @@ def _death(code: int, files: list[str], at: int, in_flight: int) -> UserError:
             f"the statistics pass's process exited with status {code} before reporting a result "
             "(its error is printed above)"
         )
+    from resnet_repro.data.dali import reading_window, undecodable
+
     how = f"by {signal.Signals(-code).name}"
     at %= len(files)  # past the end: DALI reads on into the next pass
-    window = [files[(at + k) % len(files)] for k in range(min(len(files), in_flight))]
-    bad = channel_sums.undecodable(window)
+    window = reading_window(files, at, in_flight)
+    bad = undecodable(window)
     if bad:
         return channel_sums.undecodable_error(bad)
     hint = " (out of memory?)" if code == -signal.SIGKILL else ""
