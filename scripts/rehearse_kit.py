@@ -1,7 +1,7 @@
 """The GPU kit's device calls, rehearsed here against a simulated node, with no network.
 
     python scripts/rehearse_kit.py [--work DIR] [--check-args "--device cpu --quick --budget-s 120"]
-        [--sample DIR] [--keep] [--no-download]
+        [--sample DIR] [--keep] [--plan-only] [--node-python PY]
 
 1. The real plan (gpu_kit/plan.json, from `make gpu-kit`), when there is one, is measured against
    the device's limits by walking what would travel: the tracked tree (`git ls-files`), untracked
@@ -15,7 +15,9 @@
    against the lock). Downloading needs network (or pip's cache).
 3. The simulated node: a fresh virtual environment of this machine's Python with only the node's
    packages (scripts/gpu_node_packages.txt) that .venv holds, hard-linked from .venv: torch 2.14.1
-   here where the real node has 2.11.0+cu130 (and numpy, scipy, ... at .venv's versions).
+   here where the real node has 2.11.0+cu130 (and numpy, scipy, ... at .venv's versions). With
+   `--node-python PY` they come from PY's environment instead: one made with
+   `pip install torch==2.11.0 torchvision==0.26.0` and the project holds the node's torch.
 4. Each call of that plan, in order, against WORK/node (the device's copy of the checkout): the
    tracked tree and the call's carried paths are copied in (earlier calls' ignored paths stay, as
    on the device while it stays warm), the bytes and paths that travel are checked against the
@@ -131,10 +133,10 @@ def site_packages(python: str) -> Path:
     )
 
 
-def simulated_node(venv: Path, node: dict[str, str | None]) -> list[str]:
-    """A fresh venv of .venv's base Python holding only the node's packages that .venv has (files
-    hard-linked from .venv, as listed in each distribution's RECORD). Returns their names."""
-    source_py = REPO / ".venv" / "bin" / "python"
+def simulated_node(venv: Path, node: dict[str, str | None], source_py: Path) -> list[str]:
+    """A fresh venv of `source_py`'s base Python holding only the node's packages that `source_py`'s
+    environment has (files hard-linked from there, as listed in each distribution's RECORD).
+    Returns their names and versions."""
     base = subprocess.run(
         [str(source_py), "-c", "import sys; print(sys._base_executable)"],
         capture_output=True,
@@ -217,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check-args", default="--device cpu --quick --budget-s 120")
     p.add_argument("--sample", type=Path, help="default: gpu_kit/imagenet-sample, else ../shared/data/...")
     p.add_argument("--keep", action="store_true")
+    p.add_argument(
+        "--node-python",
+        type=Path,
+        default=REPO / ".venv" / "bin" / "python",
+        help="the environment the simulated node's packages come from (default: .venv's); one with "
+        "the node's torch 2.11.0 and torchvision 0.26.0 rehearses the node's versions",
+    )
     p.add_argument("--plan-only", action="store_true", help="only step 1: the real plan against the limits")
     ns = p.parse_args(argv)
     summary: dict = {"problems": []}
@@ -281,8 +290,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError
         plan = json.loads((here / "gpu_kit" / "plan.json").read_text())
         nodepk = kit.read_node_packages(REPO / "scripts" / "gpu_node_packages.txt")
-        summary["simulated_node"] = simulated_node(venv, nodepk)
-        print(f"rehearse: simulated node: {len(summary['simulated_node'])} packages hard-linked from .venv")
+        summary["simulated_node"] = simulated_node(venv, nodepk, ns.node_python)
+        torch_there = next((p for p in summary["simulated_node"] if p.startswith("torch ")), "no torch")
+        print(
+            f"rehearse: simulated node: {len(summary['simulated_node'])} packages ({torch_there}) "
+            f"hard-linked from {ns.node_python}'s environment"
+        )
         node.mkdir()
         summary["calls"] = []
         measures = check_plan(here, plan)

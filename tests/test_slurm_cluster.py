@@ -8,10 +8,11 @@ Three clusters, so that no scenario disturbs another: `one` (one node, this mach
 scenarios), `nodes` (three nodes in network namespaces of their own: the two-node job on node1 and
 node2 in the `high` partition, which nothing preempts, and the partition preemption on node3) and
 `controller` (one node in a namespace, whose slurmctld the controller scenario stops).
-SLURM holds a requeued job about 2 minutes before it may start again, so the scenarios run side by
-side: a module fixture starts every scenario in its own thread, and each test waits for its
-scenario and checks what it saw. Skipped, with the reason, where a cluster cannot be brought up
-(not root, or SLURM missing and no apt-get).
+SLURM holds a requeued job for the job credential's lifetime (2 minutes by default, 1 minute on
+these clusters: CRED_EXPIRE_S) before it may start again, so the scenarios run side by side: a
+module fixture starts every scenario in its own thread, and each test waits for its scenario and
+checks what it saw. Skipped, with the reason, where a cluster cannot be brought up (not root, or
+SLURM missing and no apt-get).
 """
 
 from __future__ import annotations
@@ -43,8 +44,12 @@ NODE_CPUS = 16
 # the clusters: name -> local_cluster.sh arguments after DIR
 # nodes: node1-2 the two-node job, node3 the partition preemption, node4-5 the grace-time preemptions
 CLUSTERS = {"one": [str(NODE_CPUS)], "nodes": ["4", "--nodes", "5"], "controller": ["4", "--nodes", "1"]}
-# a scenario's whole life, the ~2 minute requeue hold included, on a busy 2-core machine
+# a scenario's whole life, the requeue hold included, on a busy 2-core machine
 SCENARIO_TIMEOUT_S = 900
+# the job credential's lifetime (AuthInfo=cred_expire; SLURM's default is 120 s), which is also how
+# long SLURM holds a requeued job: a minute less on each requeue scenario, still ample for a step
+# launch on a loaded machine (the credential is checked when slurmd receives it)
+CRED_EXPIRE_S = 60
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -764,6 +769,7 @@ def clusters(tmp_path_factory, demo_root: Path, version: str):
                 "FIRST_JOB_ID": str(1 + 1000 * len(started)),
                 "SLURMCTLD_PORT": str(free_port()),
                 "SLURMD_PORT": str(free_port()),
+                "CRED_EXPIRE": str(CRED_EXPIRE_S),
             }
             start = subprocess.run(
                 ["bash", str(LOCAL_CLUSTER), "start", str(folder), *cluster_args],

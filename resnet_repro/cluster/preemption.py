@@ -135,7 +135,8 @@ def _decide(cfg: RootConfig, interrupts: Interrupts, job: str | None) -> tuple[b
         if ok:
             return (
                 True,
-                f"{decision.why}; SLURM job {job} requeued (SLURM holds a requeued job about 2 minutes)",
+                f"{decision.why}; SLURM job {job} requeued (SLURM holds a requeued job for AuthInfo's "
+                "cred_expire, 2 minutes by default)",
                 0.0,
             )
         return False, f"{decision.why}; the requeue failed: {failure}", 0.0

@@ -14,7 +14,8 @@
 # allowed (SlurmdParameters=config_overrides), so that several small jobs can run side by side.
 # No accounting database: `sacct` answers nothing; `scontrol show job ID` shows every job for a day
 # (MinJobAge). JobRequeue=1: jobs may requeue. SLURM holds a requeued job about 2 minutes before it
-# can start again. Two partitions on the same nodes: `local` (the default) and `high`, whose jobs
+# can start again: the job credential's lifetime, AuthInfo's cred_expire (120 s by default; the
+# environment's CRED_EXPIRE=SECONDS, at least 5, sets it: the test suite's clusters use 60). Two partitions on the same nodes: `local` (the default) and `high`, whose jobs
 # preempt `local` jobs when they need their CPUs (PreemptType=preempt/partition_prio,
 # PreemptMode=REQUEUE: the preempted job gets SIGTERM, SIGKILL after KillWait, and is requeued),
 # and two more on the same nodes for preemption with a grace time (GraceTime=30: SIGTERM at once,
@@ -39,6 +40,10 @@
 set -euo pipefail
 
 usage() { echo "usage: $0 start|stop|status DIR [CPUS] [--nodes N]" >&2; exit 2; }
+if [ -n "${CRED_EXPIRE:-}" ] && ! { [[ "$CRED_EXPIRE" =~ ^[1-9][0-9]*$ ]] && [ "$CRED_EXPIRE" -ge 5 ]; }; then
+    echo "error: CRED_EXPIRE is the job credential's lifetime in seconds (at least 5), got '$CRED_EXPIRE'" >&2
+    exit 2
+fi
 [ $# -ge 2 ] || usage
 action=$1
 dir=$(realpath -m "$2")
@@ -128,7 +133,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$dir/munge.socket
+AuthInfo=socket=$dir/munge.socket${CRED_EXPIRE:+,cred_expire=$CRED_EXPIRE}
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool/slurmd$per_node
 SlurmctldPidFile=$dir/slurmctld.pid
