@@ -1,6 +1,6 @@
 """The GPU kit's device calls, rehearsed here against a simulated node, with no network.
 
-    python scripts/rehearse_kit.py [--work DIR] [--check-args "--device cpu --quick --budget-s 120"]
+    python scripts/rehearse_kit.py [--work DIR] [--check-args "--device cpu --budget-s 300"]
         [--sample DIR] [--keep] [--plan-only] [--node-python PY]
 
 1. The real plan (gpu_kit/plan.json, from `make gpu-kit`), when there is one, is measured against
@@ -21,7 +21,8 @@
 4. Each call of that plan, in order, against WORK/node (the device's copy of the checkout): the
    tracked tree and the call's carried paths are copied in (earlier calls' ignored paths stay, as
    on the device while it stays warm), the bytes and paths that travel are checked against the
-   limits, and the command runs under `unshare -n` (no network), `python3` being the simulated
+   limits, and the command runs under `unshare -n` with loopback up (nothing outside reachable, as
+   on the device, whose torchrun rendezvous on localhost works), `python3` being the simulated
    node's, OUT an empty folder, GPU_CHECK_ARGS the --check-args. At most 8 files may come back.
 5. After the last call (the install and `gpu_check.sh --device cpu`), in the node without network:
    `pip check`, and every kit package at its locked version.
@@ -203,12 +204,19 @@ def node_env(venv: Path, out: Path, check_args: str) -> dict[str, str]:
 
 
 def no_network() -> list[str]:
+    """The prefix that runs a command as on the device: nothing outside reachable, loopback up.
+    A bare `unshare -n` leaves `lo` down, where torchrun's --standalone rendezvous on localhost
+    fails (the DDP row timed out after 120 s), which the device, whose loopback works, never sees."""
     probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
     if probe.returncode != 0:
         raise SystemExit(
             f"rehearse: `unshare -n` does not work here ({probe.stderr.decode().strip()}): needs root"
         )
-    return ["unshare", "-n"]
+    if shutil.which("ip") is None:
+        raise SystemExit(
+            "rehearse: no `ip` command to bring loopback up in the namespace (apt-get install iproute2)"
+        )
+    return ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "no-network"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--work", type=Path, help="working folder (default: a temporary one, removed unless --keep)"
     )
-    p.add_argument("--check-args", default="--device cpu --quick --budget-s 120")
+    # every row a CPU can run (the DDP row among them: --quick would skip it), about 30 s here
+    p.add_argument("--check-args", default="--device cpu --budget-s 300")
     p.add_argument("--sample", type=Path, help="default: gpu_kit/imagenet-sample, else ../shared/data/...")
     p.add_argument("--keep", action="store_true")
     p.add_argument(
