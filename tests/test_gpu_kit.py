@@ -298,3 +298,27 @@ def test_a_wheel_folder_is_checked_against_the_lock(tmp_path: Path):
         ]
     )
     assert not any("sha256" in p for p in kit.wheel_problems(lock, tmp_path, {}, "3.11"))
+
+
+def test_the_rehearsals_node_reaches_its_own_loopback_and_nothing_outside():
+    """The device reaches nothing outside but its loopback works (torchrun's --standalone rendezvous
+    is on localhost): a bare `unshare -n` has `lo` down and failed the DDP row where the device
+    would not."""
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        pytest.skip("`unshare -n` does not work here (needs root)")
+    probe = (
+        "import socket\n"
+        "server = socket.create_server(('127.0.0.1', 0))\n"
+        "socket.create_connection(server.getsockname(), timeout=5).close()\n"
+        "try:\n"
+        "    socket.create_connection(('192.0.2.1', 9), timeout=5)\n"  # TEST-NET-1: never routed
+        "except OSError as e:\n"
+        "    print('outside:', e.errno)\n"
+        "else:\n"
+        "    raise SystemExit('reached an outside address')\n"
+    )
+    proc = subprocess.run(
+        [*rehearse_kit.no_network(), sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "outside:" in proc.stdout
