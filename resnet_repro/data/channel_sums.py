@@ -189,9 +189,10 @@ def _device_of(device: Any) -> tuple[bool, int]:
 
 
 def undecodable_error(bad: Sequence[tuple[str, str]]) -> UserError:
-    listed = "; ".join(f"{f} ({reason})" for f, reason in bad[:3])
+    from resnet_repro.data.dali import listing
+
     return UserError(
-        f"the statistics pass cannot decode {listed}; fix or remove the file, or list it in a file "
+        f"the statistics pass cannot decode {listing(bad)}; fix or remove the file, or list it in a file "
         "passed as data.exclude_files (`resnet-repro verify-data` writes bad_files.txt)"
     )
 

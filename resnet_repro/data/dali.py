@@ -349,7 +349,7 @@ class DaliLoader:
                 last_batch_policy=LastBatchPolicy.PARTIAL,
                 auto_reset=True,
             )
-        except RuntimeError as e:  # the first batches only: a CUDA error must not start a scan of every file
+        except RuntimeError as e:  # a bad file among the first batches fails the constructor
             raise UserError(self._describe_failure(e)) from e
 
     def __len__(self) -> int:
@@ -381,9 +381,8 @@ class DaliLoader:
         candidates = reading_window(self.files, start, self.batch_size * self.in_flight)
         bad = undecodable(candidates)
         if bad:
-            listed = "; ".join(f"{f} ({reason})" for f, reason in bad[:3])
             return (
-                f"cannot decode {listed}. Fix or remove the file, or list it in a file passed as "
+                f"cannot decode {listing(bad)}. Fix or remove the file, or list it in a file passed as "
                 "data.exclude_files (`resnet-repro verify-data` writes bad_files.txt)"
             )
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -402,6 +401,11 @@ def reading_window(files: Sequence[str], start: int, count: int) -> list[str]:
 def undecodable(files: Iterable[str]) -> list[tuple[str, str]]:
     """(file, why) for each of `files` that PIL cannot decode."""
     return [(f, reason) for f in files if (reason := undecodable_reason(f)) is not None]
+
+
+def listing(bad: Sequence[tuple[str, str]]) -> str:
+    """The first three of `undecodable`'s (file, why) pairs, for a one-line error."""
+    return "; ".join(f"{f} ({reason})" for f, reason in bad[:3])
 
 
 def undecodable_reason(path: str) -> str | None:
