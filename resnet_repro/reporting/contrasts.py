@@ -13,7 +13,11 @@ shared by every point. The noise is estimated from every finished job at once:
 A planned contrast is a level of an axis with an off value (max norm null, warm-up 0, ...) against
 off: within each combination of the other axes (the difference of two point means), and pooled
 (the average of those differences over the combinations where both points have finished jobs).
-Each has a 95% t interval with the model's df; the p-values of all the sweep's contrasts, within
+Each has a 95% t interval with the model's df, except where a factor's values differ in noise
+(Bartlett's test on each value's variance pooled within its points, p < 0.05): that factor's
+contrasts then use each side's own noise with Welch-Satterthwaite df, since a noisier off arm
+under the shared noise marks null contrasts far above 5% (16% at 4x the std, measured with
+scripts/calibrate_sweeps.py --off-std). The p-values of all the sweep's contrasts, within
 and pooled, are adjusted together by Holm (family-wise error 5%), and a contrast is marked only
 when its adjusted p < 0.05. The intervals are per contrast (94-96% coverage, measured in
 tests/test_contrasts.py), not simultaneous.
@@ -37,6 +41,7 @@ from resnet_repro.reporting.seeds import SeedGroup, holm, is_off, value_order
 
 ALPHA = 0.05
 ALL = "all"  # `within` of a pooled contrast
+IDENTICAL_SEEDS = "identical seeds"  # Noise.model when every point's seeds scored exactly the same
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class Noise:
 
 
 @functools.cache
-def _t_quantile(df: int) -> float:
+def _t_quantile(df: float) -> float:
     from scipy.stats import t
 
     return float(t.ppf(1 - ALPHA / 2, df))
@@ -79,6 +84,8 @@ def noise(groups: list[SeedGroup], axes: list[str]) -> Noise:
     within_df = n_jobs - len(finished)
     if within_df >= 2 or (within_df >= 1 and len(axes) < 2):
         ss = sum(float(((_pts(g) - _pts(g).mean()) ** 2).sum()) for g in finished)
+        if ss == 0:  # no spread to scale an interval by: a zero-width one would claim certainty
+            return Noise(None, within_df, IDENTICAL_SEEDS)
         return Noise(math.sqrt(ss / within_df), within_df, "cell means")
     if len(axes) >= 2 and finished:
         columns = [np.ones(n_jobs)]
@@ -140,7 +147,7 @@ class Contrast:
     within: str  # "optim.weight_decay=1e-4" (one combination of the other axes) or "all" (pooled)
     estimate: float | None  # level minus baseline, top-1 points
     se: float | None
-    df: int
+    df: float  # the shared noise's, or Welch-Satterthwaite's when the level and off have their own
     ci_low: float | None
     ci_high: float | None
     p: float | None
@@ -194,14 +201,16 @@ def contrasts(groups: list[SeedGroup], axes: list[str], model: Noise) -> list[Co
         cell = {(g.point.get(factor), tuple(g.point.get(o) for o in others)): g for g in groups}
         combos = _ordered_combos(groups, others)
         levels = [v for v in value_order({g.point.get(factor) for g in groups}) if not is_off(v)]
+        per_level, _ = noise_by_level(groups, factor, model)
         for level in levels:
+            sides = (per_level[level], per_level[baseline])
             pairs = [(cell.get((level, c)), cell.get((baseline, c)), c) for c in combos]
             pairs = [(a, b, c) for a, b, c in pairs if a is not None and b is not None]
             if len(pairs) > 1:
                 for a, b, c in pairs:
                     within = ", ".join(f"{o}={v}" for o, v in zip(others, c, strict=True))
-                    rows.append(_contrast(factor, level, baseline, within, [(a, b)], model))
-            rows.append(_contrast(factor, level, baseline, ALL, [(a, b) for a, b, _ in pairs], model))
+                    rows.append(_contrast(factor, level, baseline, within, [(a, b)], model, sides))
+            rows.append(_contrast(factor, level, baseline, ALL, [(a, b) for a, b, _ in pairs], model, sides))
     adjusted = holm([r["p"] for r in rows])
     return [Contrast(**r, p_adjusted=p) for r, p in zip(rows, adjusted, strict=True)]
 
@@ -213,6 +222,57 @@ def _ordered_combos(groups: list[SeedGroup], others: list[str]) -> list[tuple]:
     return sorted(combos, key=lambda c: [orders[o].index(str(v)) for o, v in zip(others, c, strict=True)])
 
 
+def noise_by_level(groups: list[SeedGroup], factor: str, model: Noise) -> tuple[dict[str, Noise], float]:
+    """Per value of `factor`, the seed noise its contrasts use, and Bartlett's p for the values'
+    own noises being equal: the shared `model` for every value unless that p < ALPHA, then each
+    value's own (pooled within its points). p is 1.0 where the test cannot run (no replicates,
+    the additive model, fewer than two values with some, a value whose seeds all agree)."""
+    values = value_order({g.point.get(factor) for g in groups})
+    own = {v: _own_noise(groups, factor, v) for v in values}
+    p = _bartlett_p([n for n in own.values() if n is not None]) if model.model == "cell means" else 1.0
+    if p >= ALPHA or any(n is None for n in own.values()):
+        return dict.fromkeys(values, model), p
+    return own, p
+
+
+def unequal_noise_words(groups: list[SeedGroup], factor: str, model: Noise) -> str | None:
+    """`seed noise differs between the values of max norm (Bartlett p 0.002: off 0.41, 1 0.10 ...
+    points)...` when the factor's contrasts use each value's own noise; None when they share it."""
+    per_value, p = noise_by_level(groups, factor, model)
+    if all(n is model for n in per_value.values()):
+        return None
+    sds = ", ".join(f"{'off' if is_off(v) else v} {n.s:.2f}" for v, n in per_value.items())
+    return (
+        f"seed noise differs between the values of {axis_name(factor)} (Bartlett p {p:.3f}; std "
+        f"{sds} points): its contrasts use each side's own noise, with Welch-Satterthwaite df"
+    )
+
+
+def _own_noise(groups: list[SeedGroup], factor: str, value: str) -> Noise | None:
+    """The noise pooled within the points at `value` of `factor`; None without replicates."""
+    members = [g for g in groups if g.point.get(factor) == value and g.n]
+    df = sum(g.n - 1 for g in members)
+    if df < 1:
+        return None
+    ss = sum(float(((_pts(g) - _pts(g).mean()) ** 2).sum()) for g in members)
+    return Noise(math.sqrt(ss / df), df, "cell means")
+
+
+def _bartlett_p(noises: list[Noise]) -> float:
+    """Bartlett's test of equal variances from each group's variance and df (the statistic of
+    scipy.stats.bartlett, which takes raw samples, not variances pooled over several points)."""
+    if len(noises) < 2 or any(not n.s for n in noises):
+        return 1.0
+    from scipy.stats import chi2
+
+    df = np.array([n.df for n in noises], dtype=float)
+    var = np.array([n.s**2 for n in noises])
+    total = df.sum()
+    stat = total * math.log(float((df * var).sum() / total)) - float((df * np.log(var)).sum())
+    stat /= 1 + (float((1 / df).sum()) - 1 / total) / (3 * (len(noises) - 1))
+    return float(chi2.sf(stat, len(noises) - 1))
+
+
 def _contrast(
     factor: str,
     level: str,
@@ -220,6 +280,7 @@ def _contrast(
     within: str,
     pairs: list[tuple[SeedGroup, SeedGroup]],
     model: Noise,
+    sides: tuple[Noise, Noise],
 ) -> dict:
     """The average over `pairs` of (level mean - baseline mean), in points, with its interval and p."""
     usable = [(a, b) for a, b in pairs if a.n and b.n]
@@ -249,10 +310,19 @@ def _contrast(
         return out
     from scipy.stats import t
 
-    se = model.s * math.sqrt(sum(1 / a.n + 1 / b.n for a, b in usable)) / m
-    half = model.t() * se
-    out.update(se=se, ci_low=out["estimate"] - half, ci_high=out["estimate"] + half)
-    out["p"] = float(2 * t.sf(abs(out["estimate"]) / se, model.df)) if se > 0 else None
+    level_noise, base_noise = sides
+    # the level's and off's variance of the average difference; Welch-Satterthwaite's df when the
+    # two sides have noises of their own, the shared model's df when they share it
+    v_level = level_noise.s**2 * sum(1 / a.n for a, _ in usable) / m**2
+    v_base = base_noise.s**2 * sum(1 / b.n for _, b in usable) / m**2
+    se = math.sqrt(v_level + v_base)
+    if level_noise is base_noise:
+        df = float(model.df)
+    else:
+        df = (v_level + v_base) ** 2 / (v_level**2 / level_noise.df + v_base**2 / base_noise.df)
+    half = _t_quantile(df) * se
+    out.update(se=se, df=df, ci_low=out["estimate"] - half, ci_high=out["estimate"] + half)
+    out["p"] = float(2 * t.sf(abs(out["estimate"]) / se, df)) if se > 0 else None
     return out
 
 

@@ -112,9 +112,16 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def job_status(job_dir: Path, final: dict[str, Any] | None) -> str:
-    """done / early_stop (final.json exists) or nan / preempted / failed/incomplete (it does not)."""
+def job_status(
+    job_dir: Path, final: dict[str, Any] | None, metrics: list[dict[str, Any]] | None = None
+) -> str:
+    """done / early_stop (final.json exists) or nan / preempted / failed/incomplete (it does not).
+
+    A job that wrote final.json after a non-finite loss (stabilizer.nonfinite=off trains on through
+    it) is nan too: its last numbers are a diverged model's, and its best epoch came before."""
     if final is not None:
+        if nonfinite_epoch(metrics or [], final) is not None:
+            return NAN
         return EARLY_STOP if final.get("stopped") else DONE
     markers = {
         NAN: job_dir / "nonfinite_report.json",
@@ -125,6 +132,22 @@ def job_status(job_dir: Path, final: dict[str, Any] | None) -> str:
         return FAILED
     # A job preempted, resumed and then hit by NaN keeps both files (and vice versa): the newer one counts
     return max(present, key=present.__getitem__)
+
+
+def nonfinite_epoch(metrics: list[dict[str, Any]], final: dict[str, Any] | None) -> int | None:
+    """The first epoch with a non-finite loss in metrics.jsonl (training or evaluation), else the
+    last epoch when final.json's loss is non-finite; None for a run whose losses are all finite
+    (or missing: a loss written as null says nothing)."""
+    bad = [int(r["epoch"]) for r in metrics if _nonfinite(r.get("loss")) and is_number(r.get("epoch"))]
+    if bad:
+        return min(bad)
+    if final is not None and _nonfinite(final.get("loss")):
+        return int(final["epochs_run"]) if is_number(final.get("epochs_run")) else 0
+    return None
+
+
+def _nonfinite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def job_outcome(job_dir: Path, status: str) -> str:
@@ -150,8 +173,9 @@ def summarize_job(job_dir: Path, root: Path) -> Row:
     train_rows = [r for r in metrics if r.get("split") == "train"]
     # every other split with a top1 is an evaluation (val, holdout, test: the config's eval_split)
     eval_rows = [r for r in metrics if r.get("split") != "train" and is_number(r.get("top1"))]
-    status = job_status(job_dir, final)
+    status = job_status(job_dir, final, metrics)
     ended = job_outcome(job_dir, status)
+    trained_on = nonfinite_epoch(metrics, final) if final is not None else None
     final = final or {}
     best_top1 = _best_top1(eval_rows, final)
     return {
@@ -162,14 +186,14 @@ def summarize_job(job_dir: Path, root: Path) -> Row:
         "outcome": ended,
         "best_top1": best_top1,
         "score_split": _score_split(eval_rows, final, best_top1),
-        "final_top1": final.get("top1"),
+        "final_top1": final["top1"] if is_number(final.get("top1")) else None,
         "final_top5": final.get("top5"),
         "final_loss": final.get("loss"),
         "epochs_run": _epochs_run(metrics, final),
         "epochs": final.get("epochs", _planned_epochs(job_dir)),
         "img_per_s": _mean(r.get("img_per_s") for r in train_rows),
         "wall_time_s": _wall_time(job_dir, train_rows),
-        "note": _note(job_dir, status, final),
+        "note": _note(job_dir, status, final, trained_on),
     }
 
 
@@ -263,9 +287,15 @@ def _wall_time(job_dir: Path, train_rows: list[dict[str, Any]]) -> float | None:
     return max(0.0, max(p.stat().st_mtime for p in files) - start)
 
 
-def _note(job_dir: Path, status: str, final: dict[str, Any]) -> str:
+def _note(job_dir: Path, status: str, final: dict[str, Any], trained_on: int | None) -> str:
     if status == EARLY_STOP:
         return str(final["stopped"])
+    if status == NAN and trained_on is not None:
+        where = f"from epoch {trained_on} on" if trained_on else "in the final evaluation"
+        return (
+            f"non-finite loss {where}; it trained on (stabilizer.nonfinite=off), so its last numbers "
+            "are a diverged model's"
+        )
     if status == NAN:
         report = _read_json(job_dir / "nonfinite_report.json") or {}
         where = f" at epoch {report['epoch'] + 1}, step {report.get('step')}" if "epoch" in report else ""

@@ -70,6 +70,9 @@ def contrast_section(a: Answer) -> list[str]:
         mark = " **(marked: Holm p " + _p_text(c.p_adjusted) + ")**" if c.marked else ""
         parts.append(f"- {c.words()}{mark}")
     for factor in dict.fromkeys(c.factor for c in pooled):
+        unequal = stats.unequal_noise_words(a.groups, factor, a.noise)
+        if unequal is not None:
+            parts.append(f"- {unequal}")
         for level in value_order({g.point.get(factor) for g in a.groups}, off_last=True):
             words = stats.divergence_words(a.groups, factor, level)
             if words is not None and any(g.diverged for g in a.groups):
@@ -108,6 +111,11 @@ def contrast_section(a: Answer) -> list[str]:
 
 
 def _noise_text(noise: Noise) -> str:
+    if noise.model == stats.IDENTICAL_SEEDS:
+        return (
+            "no estimate of the seed noise: every point's seeds scored exactly the same (does "
+            "trainer.seed reach the runs?)"
+        )
     if noise.s is None:
         return (
             "no estimate of the seed noise (one job per point and one axis): run seeds (`make sweep SEEDS=3`)"
@@ -118,7 +126,8 @@ def _noise_text(noise: Noise) -> str:
 CONTRAST_NOTE = (
     "Estimates are differences of mean top-1 (points) over finished runs only: within one "
     "combination of the other axes, or the average of those differences (`within` = all). 95% "
-    "intervals are Student's t with the {noise}; Holm p adjusts every contrast of this table "
+    "intervals are Student's t with the {noise} (each side's own, Welch, where a line above says "
+    "the noise differs between a factor's values); Holm p adjusts every contrast of this table "
     "together and `*` marks Holm p < 0.05. Diverged: runs stopped by a non-finite loss of those "
     "that finished or diverged, with the exact (Clopper-Pearson) 95% interval. docs/reports.md "
     "says how the method was calibrated on sweeps of known truth."

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -483,6 +484,7 @@ def _end_epoch(
         parts.save(f"epoch_{state.epoch:04d}.pt")
         _prune_epoch_checkpoints(parts.ckpt_dir, cfg.trainer.keep_last_k)
     _log_epoch(cfg, epoch, train_metrics, evals)
+    _warn_if_diverged(epoch, train_metrics, evals)
     _warn_if_not_learning(cfg, epoch, train_metrics["loss"], num_classes)
 
 
@@ -547,8 +549,22 @@ def _log_epoch(cfg: RootConfig, epoch: int, train: dict[str, Any], evals: dict[s
     )
 
 
+def _warn_if_diverged(epoch: int, train: dict[str, Any], evals: dict[str, dict[str, Any]]) -> None:
+    """A non-finite loss that did not stop the run: only stabilizer.nonfinite=off trains on (an
+    evaluation after the epoch's last step can be the first to see NaN weights)."""
+    losses = {"train": train["loss"], **{name: m["loss"] for name, m in evals.items()}}
+    bad = [f"{name} loss {loss}" for name, loss in losses.items() if not math.isfinite(loss)]
+    if bad:
+        log.warning(
+            f"epoch {epoch + 1}: {', '.join(bad)}: the model has diverged and trains on "
+            "(stabilizer.nonfinite=off); `resnet-repro report` counts this run as diverged"
+        )
+
+
 def _warn_if_not_learning(cfg: RootConfig, epoch: int, train_loss: float, num_classes: int) -> None:
     st = cfg.stabilizer
+    if not math.isfinite(train_loss):
+        return  # _warn_if_diverged says it
     if st.loss_warn_after_epochs is None or epoch + 1 != st.loss_warn_after_epochs:
         return
     threshold = st.loss_warn_threshold if st.loss_warn_threshold is not None else chance_loss(num_classes)
