@@ -96,44 +96,56 @@ def protocol_eval_worker(root: str, out_dir: str, protocol: str, scales: list[in
         distributed.teardown()
 
 
-def train_worker(root: str, out_dir: str, batch_size: int, steps: int) -> None:
+def in_process_group(body, *args) -> None:
+    """body(env, device, *args) between the process group's init and teardown. The body's DDP
+    module dies with the body's frame, before teardown: under torch 2.11 a DDP module freed after
+    destroy_process_group can drop the last reference to the gloo process group while holding the
+    GIL, and its destructor then waits forever for gloo's thread, which waits for the GIL."""
     env = distributed.detect()
     device = torch.device("cpu")
     distributed.init(env, device, timeout_s=120)
     try:
-        cfg = config(root, batch_size, steps)
-        files = list_split(root, "train")
-        model = tiny_net(len(files.classes))
-        if env.distributed:
-            model = nn.parallel.DistributedDataParallel(model)
-        net = model.module if env.distributed else model
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        schedule = build_scheduler(cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=steps, epochs=1)
-        state = RunState(
-            net=net,
-            model=model,
-            optimizer=optimizer,
-            schedule=schedule,
-            scaler=torch.amp.GradScaler("cpu", enabled=False),
-            early_stop=EarlyStopper(cfg.stabilizer.early_stop),
-            config=cfg,
-        )
-        parts = Parts(
-            state=state,
-            guard=NonFiniteGuard("stop", 1, Path(out_dir, "report.json")),
-            logger=NullLogger(),
-            interrupts=Interrupts(cfg, env, device),
-        )
-        loader = make_train_loader(cfg, files, env, device, epoch=0)
-        metrics = train_one_epoch(parts, loader, cfg, env, device)
-        step = state.step
-        parts.interrupts.close()
-        if env.is_main:
-            torch.save(
-                {"weights": net.state_dict(), "loss": metrics["loss"], "steps": step}, Path(out_dir, "out.pt")
-            )
+        body(env, device, *args)
     finally:
         distributed.teardown()
+
+
+def train_worker(root: str, out_dir: str, batch_size: int, steps: int) -> None:
+    in_process_group(_train_steps, root, out_dir, batch_size, steps)
+
+
+def _train_steps(env, device, root: str, out_dir: str, batch_size: int, steps: int) -> None:
+    cfg = config(root, batch_size, steps)
+    files = list_split(root, "train")
+    model = tiny_net(len(files.classes))
+    if env.distributed:
+        model = nn.parallel.DistributedDataParallel(model)
+    net = model.module if env.distributed else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    schedule = build_scheduler(cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=steps, epochs=1)
+    state = RunState(
+        net=net,
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        early_stop=EarlyStopper(cfg.stabilizer.early_stop),
+        config=cfg,
+    )
+    parts = Parts(
+        state=state,
+        guard=NonFiniteGuard("stop", 1, Path(out_dir, "report.json")),
+        logger=NullLogger(),
+        interrupts=Interrupts(cfg, env, device),
+    )
+    loader = make_train_loader(cfg, files, env, device, epoch=0)
+    metrics = train_one_epoch(parts, loader, cfg, env, device)
+    step = state.step
+    parts.interrupts.close()
+    if env.is_main:
+        torch.save(
+            {"weights": net.state_dict(), "loss": metrics["loss"], "steps": step}, Path(out_dir, "out.pt")
+        )
 
 
 def stats_worker(root: str, out_dir: str) -> None:
@@ -210,48 +222,44 @@ def failing_on_one_rank_worker(out_dir: str, failing_rank: int) -> None:
 def nonfinite_bn_worker(out_dir: str) -> None:
     """ResNet-18 under DDP with stabilizer.nonfinite=skip: rank 0's second batch and rank 1's last
     batch carry one inf pixel. Saves each rank's BatchNorm buffers after the epoch."""
+    in_process_group(_nonfinite_bn_steps, out_dir)
+
+
+def _nonfinite_bn_steps(env, device, out_dir: str) -> None:
     from resnet_repro.config import StabilizerConfig
     from resnet_repro.models import build_model
 
-    env = distributed.detect()
-    device = torch.device("cpu")
-    distributed.init(env, device, timeout_s=120)
-    try:
-        cfg = RootConfig(
-            schedule=ScheduleConfig(name="constant"),
-            stabilizer=StabilizerConfig(nonfinite="skip", max_skips=3),
-            trainer=TrainerConfig(batch_size=4),
-            logging=LoggingConfig(tensorboard=False, progress=False),
-        )
-        torch.manual_seed(0)
-        net = build_model(cfg.model, 3)
-        model = nn.parallel.DistributedDataParallel(net)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-        g = torch.Generator().manual_seed(env.rank)
-        data = [
-            (torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(3)
-        ]
-        data[1 if env.rank == 0 else 2][0][0, 1, 3, 3] = float("inf")
-        state = RunState(
-            net=net,
-            model=model,
-            optimizer=optimizer,
-            schedule=build_scheduler(cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=3, epochs=1),
-            scaler=torch.amp.GradScaler("cpu", enabled=False),
-            early_stop=EarlyStopper(cfg.stabilizer.early_stop),
-            config=cfg,
-        )
-        parts = Parts(
-            state=state,
-            guard=NonFiniteGuard("skip", 3, Path(out_dir, "report.json")),
-            logger=NullLogger(),
-            interrupts=Interrupts(cfg, env, device),
-        )
-        metrics = train_one_epoch(parts, data, cfg, env, device)
-        parts.interrupts.close()
-        buffers = {k: v for k, v in net.state_dict().items() if "running_" in k}
-        torch.save(
-            {"buffers": buffers, "skipped": metrics["skipped_steps"]}, Path(out_dir, f"rank{env.rank}.pt")
-        )
-    finally:
-        distributed.teardown()
+    cfg = RootConfig(
+        schedule=ScheduleConfig(name="constant"),
+        stabilizer=StabilizerConfig(nonfinite="skip", max_skips=3),
+        trainer=TrainerConfig(batch_size=4),
+        logging=LoggingConfig(tensorboard=False, progress=False),
+    )
+    torch.manual_seed(0)
+    net = build_model(cfg.model, 3)
+    model = nn.parallel.DistributedDataParallel(net)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(env.rank)
+    data = [
+        (torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(3)
+    ]
+    data[1 if env.rank == 0 else 2][0][0, 1, 3, 3] = float("inf")
+    state = RunState(
+        net=net,
+        model=model,
+        optimizer=optimizer,
+        schedule=build_scheduler(cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=3, epochs=1),
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        early_stop=EarlyStopper(cfg.stabilizer.early_stop),
+        config=cfg,
+    )
+    parts = Parts(
+        state=state,
+        guard=NonFiniteGuard("skip", 3, Path(out_dir, "report.json")),
+        logger=NullLogger(),
+        interrupts=Interrupts(cfg, env, device),
+    )
+    metrics = train_one_epoch(parts, data, cfg, env, device)
+    parts.interrupts.close()
+    buffers = {k: v for k, v in net.state_dict().items() if "running_" in k}
+    torch.save({"buffers": buffers, "skipped": metrics["skipped_steps"]}, Path(out_dir, f"rank{env.rank}.pt"))

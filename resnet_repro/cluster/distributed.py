@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 import signal
 from collections.abc import Callable, Mapping
@@ -134,6 +135,11 @@ def init(env: DistEnv, device: torch.device, timeout_s: int) -> None:
 
 def teardown() -> None:
     if dist.is_initialized():
+        # a DDP module kept only by a reference cycle would otherwise be freed by a later GC, after
+        # destroy_process_group, and could drop the last reference to a gloo process group while
+        # holding the GIL (torch 2.11: its destructor then waits for gloo's thread, which waits
+        # for the GIL): free such modules while the group still lives
+        gc.collect()
         dist.destroy_process_group()
 
 
