@@ -201,9 +201,24 @@ def test_a_run_that_trained_on_through_a_nan_loss_counts_as_diverged_not_finishe
         if row["epoch"] >= 2:
             row["loss"] = float("nan")
     (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (job / "config.yaml").write_text(
+        yaml.safe_dump({"trainer": {"epochs": 3}, "stabilizer": {"nonfinite": "off"}})
+    )
     row = report.collect(tmp_path)[0]
     assert (row["status"], row["outcome"]) == ("nan", seeds.DIVERGED)
-    assert "epoch 2" in row["note"] and "stabilizer.nonfinite=off" in row["note"]
+    assert row["note"].startswith(
+        "non-finite loss from epoch 2 on, and it trained on (stabilizer.nonfinite=off)"
+    )
+
+
+def test_a_run_whose_loss_was_non_finite_for_an_epoch_but_ended_finite_is_finished(tmp_path: Path):
+    """fp16's gradient scaler, say, can get a run through a non-finite epoch: it is judged by how
+    it ended."""
+    job = write_job(tmp_path, ["optim.lr=0.1"], [0.5, 0.6, 0.7], final=final_json([0.5, 0.6, 0.7]))
+    rows = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+    rows[2]["loss"] = float("inf")  # epoch 2's training loss
+    (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert report.collect(tmp_path)[0]["outcome"] == seeds.FINISHED
 
 
 def test_a_finished_run_whose_final_loss_is_nan_counts_as_diverged_and_scores_nothing(tmp_path: Path):

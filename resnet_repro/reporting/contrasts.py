@@ -42,6 +42,7 @@ from resnet_repro.reporting.seeds import SeedGroup, holm, is_off, value_order
 ALPHA = 0.05
 ALL = "all"  # `within` of a pooled contrast
 IDENTICAL_SEEDS = "identical seeds"  # Noise.model when every point's seeds scored exactly the same
+EXACT_FIT = "exact fit"  # Noise.model when the additive model, without seeds, fits every point
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def noise(groups: list[SeedGroup], axes: list[str]) -> Noise:
     n_jobs = sum(g.n for g in finished)
     within_df = n_jobs - len(finished)
     if within_df >= 2 or (within_df >= 1 and len(axes) < 2):
-        ss = sum(float(((_pts(g) - _pts(g).mean()) ** 2).sum()) for g in finished)
+        ss = _within_ss(finished)
         if ss == 0:  # no spread to scale an interval by: a zero-width one would claim certainty
             return Noise(None, within_df, IDENTICAL_SEEDS)
         return Noise(math.sqrt(ss / within_df), within_df, "cell means")
@@ -98,8 +99,20 @@ def noise(groups: list[SeedGroup], axes: list[str]) -> Noise:
         coef, *_ = np.linalg.lstsq(x, y, rcond=None)
         df = n_jobs - int(np.linalg.matrix_rank(x))
         if df >= 1:
-            return Noise(math.sqrt(float(((y - x @ coef) ** 2).sum()) / df), df, "additive")
+            s = math.sqrt(float(((y - x @ coef) ** 2).sum()) / df)
+            # main effects that fit every point (to float rounding) leave no noise to measure
+            if s <= 1e-9 * max(1.0, float(np.abs(y).max())):
+                return Noise(None, df, EXACT_FIT)
+            return Noise(s, df, "additive")
     return Noise(None, 0, "none")
+
+
+def _within_ss(groups: list[SeedGroup]) -> float:
+    """The sum of squared deviations (points^2) of each group's scores from its own mean; exactly
+    0.0 when every group's scores are equal (float rounding of a mean would leave ~1e-28)."""
+    if all(len(set(g.scores)) <= 1 for g in groups):
+        return 0.0
+    return sum(float(((_pts(g) - _pts(g).mean()) ** 2).sum()) for g in groups)
 
 
 def point_interval(group: SeedGroup, model: Noise) -> tuple[float, float] | None:
@@ -254,8 +267,7 @@ def _own_noise(groups: list[SeedGroup], factor: str, value: str) -> Noise | None
     df = sum(g.n - 1 for g in members)
     if df < 1:
         return None
-    ss = sum(float(((_pts(g) - _pts(g).mean()) ** 2).sum()) for g in members)
-    return Noise(math.sqrt(ss / df), df, "cell means")
+    return Noise(math.sqrt(_within_ss(members) / df), df, "cell means")
 
 
 def _bartlett_p(noises: list[Noise]) -> float:

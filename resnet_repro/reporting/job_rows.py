@@ -120,7 +120,7 @@ def job_status(
     A job that wrote final.json after a non-finite loss (stabilizer.nonfinite=off trains on through
     it) is nan too: its last numbers are a diverged model's, and its best epoch came before."""
     if final is not None:
-        if nonfinite_epoch(metrics or [], final) is not None:
+        if divergence(metrics or [], final) is not None:
             return NAN
         return EARLY_STOP if final.get("stopped") else DONE
     markers = {
@@ -134,16 +134,21 @@ def job_status(
     return max(present, key=present.__getitem__)
 
 
-def nonfinite_epoch(metrics: list[dict[str, Any]], final: dict[str, Any] | None) -> int | None:
-    """The first epoch with a non-finite loss in metrics.jsonl (training or evaluation), else the
-    last epoch when final.json's loss is non-finite; None for a run whose losses are all finite
-    (or missing: a loss written as null says nothing)."""
-    bad = [int(r["epoch"]) for r in metrics if _nonfinite(r.get("loss")) and is_number(r.get("epoch"))]
-    if bad:
-        return min(bad)
+def divergence(metrics: list[dict[str, Any]], final: dict[str, Any] | None) -> str | None:
+    """Where a run that ended with a non-finite loss went non-finite ("from epoch 3 on", "in the
+    final evaluation"); None for a run whose last epoch and final evaluation have finite losses
+    (one that recovered from a non-finite epoch too), or whose losses are missing (null)."""
+    epochs = [int(r["epoch"]) for r in metrics if is_number(r.get("epoch"))]
+    last = max(epochs, default=None)
+    ended_bad = any(
+        _nonfinite(r.get("loss")) for r in metrics if is_number(r.get("epoch")) and int(r["epoch"]) == last
+    )
     if final is not None and _nonfinite(final.get("loss")):
-        return int(final["epochs_run"]) if is_number(final.get("epochs_run")) else 0
-    return None
+        ended_bad = True
+    if not ended_bad:
+        return None
+    bad = [int(r["epoch"]) for r in metrics if _nonfinite(r.get("loss")) and is_number(r.get("epoch"))]
+    return f"from epoch {min(bad)} on" if bad else "in the final evaluation"
 
 
 def _nonfinite(value: Any) -> bool:
@@ -175,7 +180,7 @@ def summarize_job(job_dir: Path, root: Path) -> Row:
     eval_rows = [r for r in metrics if r.get("split") != "train" and is_number(r.get("top1"))]
     status = job_status(job_dir, final, metrics)
     ended = job_outcome(job_dir, status)
-    trained_on = nonfinite_epoch(metrics, final) if final is not None else None
+    trained_on = divergence(metrics, final) if final is not None else None
     final = final or {}
     best_top1 = _best_top1(eval_rows, final)
     return {
@@ -287,15 +292,13 @@ def _wall_time(job_dir: Path, train_rows: list[dict[str, Any]]) -> float | None:
     return max(0.0, max(p.stat().st_mtime for p in files) - start)
 
 
-def _note(job_dir: Path, status: str, final: dict[str, Any], trained_on: int | None) -> str:
+def _note(job_dir: Path, status: str, final: dict[str, Any], trained_on: str | None) -> str:
     if status == EARLY_STOP:
         return str(final["stopped"])
     if status == NAN and trained_on is not None:
-        where = f"from epoch {trained_on} on" if trained_on else "in the final evaluation"
-        return (
-            f"non-finite loss {where}; it trained on (stabilizer.nonfinite=off), so its last numbers "
-            "are a diverged model's"
-        )
+        mode = config_value(job_dir, "stabilizer", "nonfinite")
+        went_on = "it trained on (stabilizer.nonfinite=off)" if mode == "off" else "the run finished"
+        return f"non-finite loss {trained_on}, and {went_on}: its last numbers are a diverged model's"
     if status == NAN:
         report = _read_json(job_dir / "nonfinite_report.json") or {}
         where = f" at epoch {report['epoch'] + 1}, step {report.get('step')}" if "epoch" in report else ""

@@ -116,6 +116,11 @@ def _noise_text(noise: Noise) -> str:
             "no estimate of the seed noise: every point's seeds scored exactly the same (does "
             "trainer.seed reach the runs?)"
         )
+    if noise.model == stats.EXACT_FIT:
+        return (
+            "no estimate of the seed noise: the axes' main effects fit every point exactly, leaving "
+            "no interaction to measure it by; run seeds (`make sweep SEEDS=3`)"
+        )
     if noise.s is None:
         return (
             "no estimate of the seed noise (one job per point and one axis): run seeds (`make sweep SEEDS=3`)"

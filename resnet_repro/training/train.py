@@ -484,7 +484,7 @@ def _end_epoch(
         parts.save(f"epoch_{state.epoch:04d}.pt")
         _prune_epoch_checkpoints(parts.ckpt_dir, cfg.trainer.keep_last_k)
     _log_epoch(cfg, epoch, train_metrics, evals)
-    _warn_if_diverged(epoch, train_metrics, evals)
+    _warn_if_diverged(cfg, epoch, train_metrics, evals)
     _warn_if_not_learning(cfg, epoch, train_metrics["loss"], num_classes)
 
 
@@ -549,15 +549,18 @@ def _log_epoch(cfg: RootConfig, epoch: int, train: dict[str, Any], evals: dict[s
     )
 
 
-def _warn_if_diverged(epoch: int, train: dict[str, Any], evals: dict[str, dict[str, Any]]) -> None:
-    """A non-finite loss that did not stop the run: only stabilizer.nonfinite=off trains on (an
-    evaluation after the epoch's last step can be the first to see NaN weights)."""
+def _warn_if_diverged(
+    cfg: RootConfig, epoch: int, train: dict[str, Any], evals: dict[str, dict[str, Any]]
+) -> None:
+    """A non-finite loss that did not stop the run: stabilizer.nonfinite=off trains on through one,
+    and an evaluation after the epoch's last step can be the first to see non-finite weights."""
     losses = {"train": train["loss"], **{name: m["loss"] for name, m in evals.items()}}
     bad = [f"{name} loss {loss}" for name, loss in losses.items() if not math.isfinite(loss)]
     if bad:
+        goes_on = " and trains on (stabilizer.nonfinite=off)" if cfg.stabilizer.nonfinite == "off" else ""
         log.warning(
-            f"epoch {epoch + 1}: {', '.join(bad)}: the model has diverged and trains on "
-            "(stabilizer.nonfinite=off); `resnet-repro report` counts this run as diverged"
+            f"epoch {epoch + 1}: {', '.join(bad)}: the model has diverged{goes_on}; "
+            "`resnet-repro report` counts this run as diverged unless a later epoch ends finite"
         )
 
 
