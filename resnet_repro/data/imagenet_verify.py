@@ -90,9 +90,13 @@ def _inspect(path: str, split: str, keep_bytes: bool) -> _Inspected:
         if "adobe" in im.info:
             detail = f"mode CMYK, Adobe marker (transform {im.info.get('adobe_transform')})"
         else:
-            # No Adobe APP14 marker: PIL reads the channels as plain CMYK, DALI (nvImageCodec) as
-            # Adobe-inverted CMYK, so the two backends give different colours for this file.
-            detail = "mode CMYK, no Adobe marker: DALI and PIL decode it to different colours"
+            # No Adobe APP14 marker: PIL (and torchvision's decode_jpeg) read the channels as
+            # Adobe-inverted CMYK all the same, DALI's CPU decoder as plain CMYK, so the backends
+            # give different colours (measured: the inverted data PIL writes comes out black in DALI)
+            detail = (
+                "mode CMYK, no Adobe marker: DALI and PIL decode it to different colours (PIL "
+                "assumes Adobe-inverted CMYK, DALI plain CMYK; inverted data decodes black in DALI)"
+            )
         r.notes.append(_issue(r, "cmyk", detail))
     elif mode in _GRAYSCALE_MODES:
         r.notes.append(_issue(r, "grayscale", f"mode {mode}"))
