@@ -457,6 +457,8 @@ def test_skip_mode_skips_the_bad_update_and_counts_it(tmp_path: Path):
     parts.interrupts.close()
     assert parts.state.step == 8 and metrics["skipped_steps"] == 1
     assert all(torch.isfinite(p).all() for p in parts.state.net.parameters())
+    # the count is the epoch's own: a second epoch without a bad batch skipped nothing
+    assert run_epoch(parts, cfg, batches())["skipped_steps"] == 0
 
 
 def test_early_stopping_triggers_on_a_plateau_and_names_the_reason():

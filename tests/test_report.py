@@ -17,7 +17,7 @@ from conftest import run_cli
 from PIL import Image
 
 from resnet_repro.config import UserError
-from resnet_repro.reporting import figures, job_rows, plots, report, seeds, sweep_stats
+from resnet_repro.reporting import figures, job_rows, plots, report, seeds, sweep_stats, tables
 
 WD, MN = "optim.weight_decay", "stabilizer.max_norm"
 # data.root, the step cap and the progress bar are run control: in the table, not in TB's hparams
@@ -249,6 +249,25 @@ def test_the_real_train_under_nonfinite_off_leaves_a_run_the_report_calls_diverg
     assert "the model has diverged" in run.stdout + run.stderr
     row = report.collect(tmp_path / "run")[0]
     assert row["outcome"] == seeds.DIVERGED, row
+
+
+def test_steps_skipped_as_non_finite_are_counted_per_job_and_per_level_of_the_sweep(tmp_path: Path):
+    """stabilizer.nonfinite=skip finishes runs that met NaN: the report must not read them as clean."""
+    for mn, skips in (("null", [0, 3, 2]), ("null", [0, 0, 0]), ("1", [0, 0, 0]), ("1", [0, 0, 0])):
+        seed = len(list(tmp_path.glob(f"*{MN}={mn},*")))
+        job = write_job(tmp_path, [f"{MN}={mn}", f"trainer.seed={seed}"], [0.5, 0.6, 0.7],
+                        final=final_json([0.5, 0.6, 0.7]))  # fmt: skip
+        rows = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+        for row in rows:
+            if row["split"] == "train":
+                row["skipped_steps"] = skips[row["epoch"] - 1]
+        (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = report.collect(tmp_path)
+    assert sorted(r["skipped_steps"] for r in rows) == [0, 0, 0, 5]
+    text = sweep_stats.answer_text(rows)
+    assert "- max norm off: 1 of 2 finished runs skipped non-finite steps (5 steps)" in text
+    assert "- max norm 1: 0 of 2 finished runs skipped non-finite steps" in text
+    assert "skipped steps" in tables.markdown_table(rows).splitlines()[0]
 
 
 def test_collect_names_the_path_when_there_is_nothing_to_report(tmp_path: Path):

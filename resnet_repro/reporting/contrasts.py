@@ -338,6 +338,16 @@ def _contrast(
     return out
 
 
+def skip_words(groups: list[SeedGroup], factor: str, level: str) -> str:
+    """`max norm off: 3 of 9 finished runs skipped non-finite steps (41 steps)`, over every point at
+    that level: under stabilizer.nonfinite=skip a run that met NaN finishes, and only this shows it."""
+    skips = [k for g in groups if g.point.get(factor) == level for k in g.skips]
+    label = "off" if is_off(level) else level
+    hit = sum(1 for k in skips if k > 0)
+    total = f" ({sum(skips)} steps)" if hit else ""
+    return f"{axis_name(factor)} {label}: {hit} of {len(skips)} finished runs skipped non-finite steps{total}"
+
+
 def divergence_words(groups: list[SeedGroup], factor: str, level: str) -> str | None:
     """`max norm off: 2 of 9 runs diverged (95% CI 3-60%)`, over every point at that level; None
     when no job of the level diverged or ended."""

@@ -36,7 +36,8 @@ def collect(multirun_dir: Path) -> list[Row]:
 
     Row keys: job (path relative to multirun_dir), path, overrides ({key: value text}), status, best_top1,
     final_top1, final_top5, final_loss, epochs_run, epochs (planned), img_per_s (mean over train epochs),
-    wall_time_s, note (why a job stopped, when it did not finish normally).
+    skipped_steps (steps skipped as non-finite), wall_time_s, note (why a job stopped, when it did
+    not finish normally).
     """
     root = Path(multirun_dir)
     if not root.is_dir():
@@ -197,6 +198,10 @@ def summarize_job(job_dir: Path, root: Path) -> Row:
         "epochs_run": _epochs_run(metrics, final),
         "epochs": final.get("epochs", _planned_epochs(job_dir)),
         "img_per_s": _mean(r.get("img_per_s") for r in train_rows),
+        # steps stabilizer.nonfinite=skip left out, over the epochs (each row counts its epoch's)
+        "skipped_steps": sum(
+            int(r["skipped_steps"]) for r in train_rows if is_number(r.get("skipped_steps"))
+        ),
         "wall_time_s": _wall_time(job_dir, train_rows),
         "note": _note(job_dir, status, final, trained_on),
     }

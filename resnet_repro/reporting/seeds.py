@@ -32,6 +32,7 @@ class SeedGroup:
     point: dict[str, str]  # the overrides shared by the group, trainer.seed left out
     scores: tuple[float, ...]  # fractions, one per finished job
     outcomes: tuple[str, ...]  # one per job of the group, finished ones included
+    skips: tuple[int, ...] = ()  # steps skipped as non-finite, one per finished job (when counted)
 
     @property
     def jobs(self) -> int:
@@ -106,10 +107,12 @@ def points(
     rows: list[dict[str, Any]],
     score: Callable[[dict[str, Any]], float | None],
     outcome: Callable[[dict], str],
+    skipped: Callable[[dict], int] | None = None,
 ) -> list[SeedGroup]:
     """Every point of the sweep with its jobs' outcomes and its finished jobs' scores, ranked by
     the mean of its finished jobs (points without one last). `score(row)` is a job's fraction,
-    `outcome(row)` one of OUTCOMES; a job that is not finished has no score, whatever its files hold."""
+    `outcome(row)` one of OUTCOMES; a job that is not finished has no score, whatever its files hold.
+    `skipped(row)`: a job's steps skipped as non-finite, kept for the finished jobs."""
     by_point: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = {}
     for row in rows:
         by_point.setdefault(point_of(row["overrides"]), []).append(row)
@@ -119,7 +122,12 @@ def points(
         scores = tuple(
             s for r, o in zip(members, ends, strict=True) if o == FINISHED and (s := score(r)) is not None
         )
-        groups.append(SeedGroup(dict(point), scores, ends))
+        skips = (
+            ()
+            if skipped is None
+            else tuple(skipped(r) for r, o in zip(members, ends, strict=True) if o == FINISHED)
+        )
+        groups.append(SeedGroup(dict(point), scores, ends, skips))
     return sorted(groups, key=lambda g: (g.mean is None, -(g.mean or 0.0)))
 
 

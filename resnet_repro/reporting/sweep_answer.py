@@ -33,7 +33,7 @@ def answer(rows: list[Row], axes: list[str], score, outcome) -> Answer:
     """The sweep's points, noise, contrasts and best set; `score(row)` a finished job's fraction,
     `outcome(row)` one of seeds.OUTCOMES."""
     axes = [a for a in axes if a != SEED_KEY]
-    groups = points(rows, score, outcome)
+    groups = points(rows, score, outcome, skipped=lambda r: int(r.get("skipped_steps") or 0))
     noise = stats.noise(groups, axes)
     return Answer(
         axes, groups, noise, stats.contrasts(groups, axes, noise), stats.could_be_best(groups, noise)
@@ -77,6 +77,8 @@ def contrast_section(a: Answer) -> list[str]:
             words = stats.divergence_words(a.groups, factor, level)
             if words is not None and any(g.diverged for g in a.groups):
                 parts.append(f"- {words}")
+            if any(k > 0 for g in a.groups for k in g.skips):  # only in a sweep where a step was skipped
+                parts.append(f"- {stats.skip_words(a.groups, factor, level)}")
     header = [
         "contrast",
         "within",

@@ -20,6 +20,7 @@ REPORT_COLUMNS = (
     "epochs_run",
     "epochs",
     "img_per_s",
+    "skipped_steps",
     "wall_time_s",
     "note",
 )
@@ -39,6 +40,7 @@ def _markdown_cell(text: str) -> str:
 def markdown_table(rows: list[Row]) -> str:
     """The sweep as a markdown table: one column per varying override, best first, failed last."""
     keys = varying_keys(rows) or override_keys(rows)
+    skips = any(row.get("skipped_steps") for row in rows)  # the column only where a step was skipped
     header = [
         *keys,
         "outcome",
@@ -49,6 +51,7 @@ def markdown_table(rows: list[Row]) -> str:
         "final loss",
         "epochs",
         "img/s",
+        *(["skipped steps"] if skips else []),
         "wall time",
         "job",
     ]
@@ -65,6 +68,7 @@ def markdown_table(rows: list[Row]) -> str:
             f"{row['final_loss']:.4f}" if row["final_loss"] is not None else "-",
             epochs,
             f"{row['img_per_s']:.0f}" if row["img_per_s"] is not None else "-",
+            *([str(row.get("skipped_steps", 0))] if skips else []),
             _duration(row["wall_time_s"]),
             row["job"],
         ]

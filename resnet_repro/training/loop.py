@@ -145,14 +145,17 @@ class EpochTally:
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)
         self.norms: list[torch.Tensor] = []
+        self.skipped = 0  # steps skipped as non-finite (stabilizer.nonfinite=skip)
 
     def add(self, out: StepResult, labels: torch.Tensor) -> None:
         self.norms.append(out.grad_norm.detach())
-        if out.applied:  # a skipped step's non-finite loss stays out of the sums
-            # device-side accumulation; a Python number as the operand is a kernel argument, not a copy
-            self.sums[0] += out.loss.detach().double() * labels.numel()
-            self.sums[1] += (out.logits.detach().argmax(1) == labels).sum()
-            self.sums[2] += labels.numel()
+        if not out.applied:  # a skipped step's non-finite loss stays out of the sums
+            self.skipped += 1
+            return
+        # device-side accumulation; a Python number as the operand is a kernel argument, not a copy
+        self.sums[0] += out.loss.detach().double() * labels.numel()
+        self.sums[1] += (out.logits.detach().argmax(1) == labels).sum()
+        self.sums[2] += labels.numel()
 
 
 def train_one_epoch(
@@ -238,7 +241,7 @@ def _epoch_metrics(
         "img_per_s": seen / elapsed,
         "epoch_time_s": elapsed,
         "steps": len(norms),  # optimizer steps this epoch (or rehearsal window) ran
-        "skipped_steps": parts.guard.skipped_total,
+        "skipped_steps": tally.skipped,  # this epoch's (a resumed launch's part of it)
         "peak_memory_mb": peak_memory_mb(device.type),
         **({"compiled_graphs": graphs_compiled()} if cfg.trainer.compile else {}),
         **timer.summary(),
