@@ -262,4 +262,4 @@ def _nonfinite_bn_steps(env, device, out_dir: str) -> None:
     metrics = train_one_epoch(parts, data, cfg, env, device)
     parts.interrupts.close()
     buffers = {k: v for k, v in net.state_dict().items() if "running_" in k}
-    torch.save({"buffers": buffers, "skipped": metrics["skipped_steps"]}, Path(out_dir, f"rank{env.rank}.pt"))
+    torch.save({"buffers": buffers, "skipped": metrics["steps_skipped"]}, Path(out_dir, f"rank{env.rank}.pt"))

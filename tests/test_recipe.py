@@ -445,6 +445,7 @@ def test_injected_nan_stops_within_one_step_with_a_report(tmp_path: Path, monkey
     assert (last["epoch_step"], last["step"]) == (2, 2)
     report = json.loads((tmp_path / "nonfinite_report.json").read_text())
     assert report["step"] == 2 and report["nonfinite_grad_params"] == ["fc.weight", "fc.bias"]
+    assert report["stopped"] is True
     assert 0 <= report["label_min"] <= report["label_max"] < 3
     assert saved == [(2, 2)]  # last good state: two updates applied, the bad one not
     assert all(torch.isfinite(p).all() for p in parts.state.net.parameters())
@@ -455,10 +456,21 @@ def test_skip_mode_skips_the_bad_update_and_counts_it(tmp_path: Path):
     parts = make_parts(Tiny(nan_at=3), cfg, tmp_path)
     metrics = run_epoch(parts, cfg, batches())
     parts.interrupts.close()
-    assert parts.state.step == 8 and metrics["skipped_steps"] == 1
+    assert parts.state.step == 8 and metrics["steps_skipped"] == 1
+    assert json.loads((tmp_path / "nonfinite_report.json").read_text())["stopped"] is False
     assert all(torch.isfinite(p).all() for p in parts.state.net.parameters())
     # the count is the epoch's own: a second epoch without a bad batch skipped nothing
-    assert run_epoch(parts, cfg, batches())["skipped_steps"] == 0
+    assert run_epoch(parts, cfg, batches())["steps_skipped"] == 0
+
+
+def test_an_epoch_resumed_mid_way_counts_the_steps_skipped_before_the_stop(tmp_path: Path):
+    """The count is in the checkpoint (RunState.epoch_skipped): a launch resumed in the middle of
+    an epoch that had skipped 2 steps, which then skips 1 more, reports 3 for the epoch."""
+    cfg = tiny_cfg(nonfinite="skip", max_skips=3)
+    parts = make_parts(Tiny(nan_at=3), cfg, tmp_path)
+    parts.state.load_state_dict({**parts.state.state_dict(), "epoch_skipped": 2})
+    assert run_epoch(parts, cfg, batches())["steps_skipped"] == 3
+    parts.interrupts.close()
 
 
 def test_early_stopping_triggers_on_a_plateau_and_names_the_reason():
@@ -493,6 +505,8 @@ def test_an_epoch_whose_every_step_was_skipped_stops_with_a_clear_error(tmp_path
     with pytest.raises(NonFiniteError, match="every step of epoch 1 was skipped"):
         run_epoch(parts, cfg, batches(1))
     parts.interrupts.close()
+    # the run stopped: its report says so, and `report` counts the job as diverged
+    assert json.loads((tmp_path / "nonfinite_report.json").read_text())["stopped"] is True
 
 
 # ---------------------------------------------------------------------------- start-up summary
@@ -568,7 +582,7 @@ def test_a_skipped_non_finite_step_leaves_batchnorm_statistics_as_if_the_batch_w
     skipped = resnet18_parts(cfg, tmp_path)
     metrics = run_epoch(skipped, cfg, bn_batches(bad=2))
     skipped.interrupts.close()
-    assert metrics["skipped_steps"] == 1
+    assert metrics["steps_skipped"] == 1
     buffers = bn_buffers(skipped.state.net)
     assert buffers and all(torch.isfinite(v.float()).all() for v in buffers.values())
 

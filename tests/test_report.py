@@ -251,23 +251,46 @@ def test_the_real_train_under_nonfinite_off_leaves_a_run_the_report_calls_diverg
     assert row["outcome"] == seeds.DIVERGED, row
 
 
+def skip_job(sweep: Path, overrides: list[str], per_epoch: list[int], key: str = "steps_skipped") -> Path:
+    """A finished 3-epoch job whose training rows carry `key` = per_epoch[epoch - 1]."""
+    job = write_job(sweep, overrides, [0.5, 0.6, 0.7], final=final_json([0.5, 0.6, 0.7]))
+    rows = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["split"] == "train":
+            row[key] = per_epoch[row["epoch"] - 1]
+    (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return job
+
+
 def test_steps_skipped_as_non_finite_are_counted_per_job_and_per_level_of_the_sweep(tmp_path: Path):
     """stabilizer.nonfinite=skip finishes runs that met NaN: the report must not read them as clean."""
-    for mn, skips in (("null", [0, 3, 2]), ("null", [0, 0, 0]), ("1", [0, 0, 0]), ("1", [0, 0, 0])):
-        seed = len(list(tmp_path.glob(f"*{MN}={mn},*")))
-        job = write_job(tmp_path, [f"{MN}={mn}", f"trainer.seed={seed}"], [0.5, 0.6, 0.7],
-                        final=final_json([0.5, 0.6, 0.7]))  # fmt: skip
-        rows = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
-        for row in rows:
-            if row["split"] == "train":
-                row["skipped_steps"] = skips[row["epoch"] - 1]
-        (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for seed, (mn, skips) in enumerate(
+        (("null", [0, 3, 2]), ("null", [0, 0, 0]), ("1", [0, 0, 0]), ("1", [0, 0, 0]))
+    ):
+        skip_job(tmp_path, [f"{MN}={mn}", f"trainer.seed={seed}"], skips)
+    # a setting whose only job crashed has no finished run to count: no line for it
+    write_job(tmp_path, [f"{MN}=2", "trainer.seed=9"], [0.5])
     rows = report.collect(tmp_path)
-    assert sorted(r["skipped_steps"] for r in rows) == [0, 0, 0, 5]
+    assert sorted(r["skipped_steps"] for r in rows) == [0, 0, 0, 0, 5]
     text = sweep_stats.answer_text(rows)
     assert "- max norm off: 1 of 2 finished runs skipped non-finite steps (5 steps)" in text
     assert "- max norm 1: 0 of 2 finished runs skipped non-finite steps" in text
+    assert "max norm 2:" not in text.split("|")[0]
     assert "skipped steps" in tables.markdown_table(rows).splitlines()[0]
+
+
+def test_metrics_of_older_runs_give_their_running_total_of_skipped_steps_not_its_sum(tmp_path: Path):
+    skip_job(tmp_path, ["optim.lr=0.1"], [1, 1, 3], key="skipped_steps")  # the launch's running total
+    assert report.collect(tmp_path)[0]["skipped_steps"] == 3
+
+
+def test_a_skip_mode_job_killed_after_skipping_a_step_is_incomplete_not_diverged(tmp_path: Path):
+    skipped = json.dumps({"epoch": 0, "step": 3, "stopped": False})
+    write_job(tmp_path, ["optim.lr=0.1"], [0.3], extra_files={"nonfinite_report.json": skipped})
+    assert report.collect(tmp_path)[0]["outcome"] == seeds.INCOMPLETE
+    stopped = json.dumps({"epoch": 0, "step": 7, "stopped": True})
+    write_job(tmp_path, ["optim.lr=0.2"], [0.3], extra_files={"nonfinite_report.json": stopped})
+    assert {r["job"]: r["outcome"] for r in report.collect(tmp_path)}["optim.lr=0.2"] == seeds.DIVERGED
 
 
 def test_collect_names_the_path_when_there_is_nothing_to_report(tmp_path: Path):

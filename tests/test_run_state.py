@@ -21,6 +21,7 @@ CHECKPOINT_KEYS = {
     "epoch",
     "step",
     "epoch_step",
+    "epoch_skipped",
     "best_top1",
     "rng",
     "config",
@@ -65,7 +66,7 @@ def test_load_state_dict_restores_weights_optimizer_schedule_position_and_rng():
         trained.net(torch.randn(2, 4)).sum().backward()
         trained.optimizer.step()
         trained.schedule.step()
-    trained.epoch, trained.step, trained.epoch_step = 1, 5, 1
+    trained.epoch, trained.step, trained.epoch_step, trained.epoch_skipped = 1, 5, 1, 1
     trained.best_top1, trained.stopped = 0.25, "early stop"
     saved = trained.state_dict()
     expected_draw = torch.rand(3)  # what the generator gives after the save
@@ -78,7 +79,7 @@ def test_load_state_dict_restores_weights_optimizer_schedule_position_and_rng():
     torch.testing.assert_close(
         momentum, [trained.optimizer.state[p]["momentum_buffer"] for p in trained.net.parameters()]
     )
-    assert (fresh.epoch, fresh.step, fresh.epoch_step) == (1, 5, 1)
+    assert (fresh.epoch, fresh.step, fresh.epoch_step, fresh.epoch_skipped) == (1, 5, 1, 1)
     assert (fresh.best_top1, fresh.stopped) == (0.25, "early stop")
     torch.testing.assert_close(torch.rand(3), expected_draw, rtol=0, atol=0)
 

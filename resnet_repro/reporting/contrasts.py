@@ -338,10 +338,13 @@ def _contrast(
     return out
 
 
-def skip_words(groups: list[SeedGroup], factor: str, level: str) -> str:
+def skip_words(groups: list[SeedGroup], factor: str, level: str) -> str | None:
     """`max norm off: 3 of 9 finished runs skipped non-finite steps (41 steps)`, over every point at
-    that level: under stabilizer.nonfinite=skip a run that met NaN finishes, and only this shows it."""
+    that level (None when none of its runs finished): under stabilizer.nonfinite=skip a run that
+    met NaN finishes, and only this shows it."""
     skips = [k for g in groups if g.point.get(factor) == level for k in g.skips]
+    if not skips:
+        return None
     label = "off" if is_off(level) else level
     hit = sum(1 for k in skips if k > 0)
     total = f" ({sum(skips)} steps)" if hit else ""

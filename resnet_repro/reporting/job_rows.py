@@ -129,6 +129,10 @@ def job_status(
         PREEMPTED: job_dir / "preempted.json",
     }
     present = {status: p.stat().st_mtime for status, p in markers.items() if p.is_file()}
+    # under stabilizer.nonfinite=skip the report is written at every skipped step, and says whether
+    # the step stopped the run (older reports do not: read as a stop)
+    if NAN in present and (_read_json(markers[NAN]) or {}).get("stopped") is False:
+        del present[NAN]
     if not present:
         return FAILED
     # A job preempted, resumed and then hit by NaN keeps both files (and vice versa): the newer one counts
@@ -198,13 +202,19 @@ def summarize_job(job_dir: Path, root: Path) -> Row:
         "epochs_run": _epochs_run(metrics, final),
         "epochs": final.get("epochs", _planned_epochs(job_dir)),
         "img_per_s": _mean(r.get("img_per_s") for r in train_rows),
-        # steps stabilizer.nonfinite=skip left out, over the epochs (each row counts its epoch's)
-        "skipped_steps": sum(
-            int(r["skipped_steps"]) for r in train_rows if is_number(r.get("skipped_steps"))
-        ),
+        "skipped_steps": _skipped_steps(train_rows),
         "wall_time_s": _wall_time(job_dir, train_rows),
         "note": _note(job_dir, status, final, trained_on),
     }
+
+
+def _skipped_steps(train_rows: list[dict[str, Any]]) -> int:
+    """Steps stabilizer.nonfinite=skip left out over the run: the sum of each epoch's
+    `steps_skipped`. Files written before that key have `skipped_steps`, the launch's running
+    total: their largest, a lower bound when the run was resumed."""
+    if any("steps_skipped" in r for r in train_rows):
+        return sum(int(r["steps_skipped"]) for r in train_rows if is_number(r.get("steps_skipped")))
+    return max((int(r["skipped_steps"]) for r in train_rows if is_number(r.get("skipped_steps"))), default=0)
 
 
 def is_number(value: Any) -> bool:

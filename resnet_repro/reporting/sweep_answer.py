@@ -77,8 +77,9 @@ def contrast_section(a: Answer) -> list[str]:
             words = stats.divergence_words(a.groups, factor, level)
             if words is not None and any(g.diverged for g in a.groups):
                 parts.append(f"- {words}")
-            if any(k > 0 for g in a.groups for k in g.skips):  # only in a sweep where a step was skipped
-                parts.append(f"- {stats.skip_words(a.groups, factor, level)}")
+            skipped = stats.skip_words(a.groups, factor, level)
+            if skipped is not None and any(k > 0 for g in a.groups for k in g.skips):  # only then
+                parts.append(f"- {skipped}")
     header = [
         "contrast",
         "within",

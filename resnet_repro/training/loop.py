@@ -124,9 +124,10 @@ def train_step(
     else:
         # every rank (the verdict is shared): the forward's BatchNorm update is undone with the step
         s.buffers.restore()  # type: ignore[union-attr]  # not None: the guard is on
+        stop = s.nonfinite == "stop" or guard.skipped_in_a_row >= s.max_skips
         if env.is_main:
-            guard.report(state.net, loss, labels, epoch=state.epoch, step=state.step, lr=lr)
-        if s.nonfinite == "stop" or guard.skipped_in_a_row >= s.max_skips:
+            guard.report(state.net, loss, labels, epoch=state.epoch, step=state.step, lr=lr, stopped=stop)
+        if stop:
             raise NonFiniteError(
                 f"non-finite loss or gradient at epoch {state.epoch + 1}, step {state.step} (LR {lr:.4g}); "
                 f"report {guard.report_path}; the last good state is in checkpoints/last.pt"
@@ -145,12 +146,10 @@ class EpochTally:
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)
         self.norms: list[torch.Tensor] = []
-        self.skipped = 0  # steps skipped as non-finite (stabilizer.nonfinite=skip)
 
     def add(self, out: StepResult, labels: torch.Tensor) -> None:
         self.norms.append(out.grad_norm.detach())
         if not out.applied:  # a skipped step's non-finite loss stays out of the sums
-            self.skipped += 1
             return
         # device-side accumulation; a Python number as the operand is a kernel argument, not a copy
         self.sums[0] += out.loss.detach().double() * labels.numel()
@@ -189,6 +188,7 @@ def train_one_epoch(
         state.epoch_step += 1
 
         tally.add(out, labels)
+        state.epoch_skipped += not out.applied  # in the checkpoint: a mid-epoch resume keeps the count
         if state.step % cfg.logging.log_every_steps == 0:
             guard.remember(out.loss.item())
             parts.logger.scalar("train/step_loss", guard.history[-1], state.step)
@@ -205,7 +205,7 @@ def train_one_epoch(
     elapsed = time.perf_counter() - start
 
     metrics = _epoch_metrics(parts, cfg, env, device, tally, epoch_lr, elapsed, timer)
-    state.epoch, state.epoch_step = state.epoch + 1, 0
+    state.epoch, state.epoch_step, state.epoch_skipped = state.epoch + 1, 0, 0
     return metrics
 
 
@@ -225,6 +225,8 @@ def _epoch_metrics(
     loss_sum, correct, seen = tally.sums.tolist()
     norms = tally.norms
     if seen == 0:
+        if env.is_main:
+            parts.guard.mark_stopped()
         raise NonFiniteError(
             f"every step of epoch {parts.state.epoch + 1} was skipped as non-finite "
             f"(stabilizer.nonfinite=skip); see {parts.guard.report_path}"
@@ -241,7 +243,7 @@ def _epoch_metrics(
         "img_per_s": seen / elapsed,
         "epoch_time_s": elapsed,
         "steps": len(norms),  # optimizer steps this epoch (or rehearsal window) ran
-        "skipped_steps": tally.skipped,  # this epoch's (a resumed launch's part of it)
+        "steps_skipped": parts.state.epoch_skipped,  # this epoch's, over a mid-epoch resume too
         "peak_memory_mb": peak_memory_mb(device.type),
         **({"compiled_graphs": graphs_compiled()} if cfg.trainer.compile else {}),
         **timer.summary(),

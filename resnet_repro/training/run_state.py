@@ -67,6 +67,7 @@ class RunState:
     epoch: int = 0
     step: int = 0
     epoch_step: int = 0
+    epoch_skipped: int = 0  # steps of epoch `epoch` skipped as non-finite so far (nonfinite=skip)
     stopped: str | None = None  # the reason training stopped early (early stopping), or None
     ema: WeightEMA | None = None  # trainer.ema.decay: the weight average, updated after each step
     # the train metrics of epoch `epoch` when all its steps are done but its evaluation is not (a
@@ -83,6 +84,7 @@ class RunState:
             "epoch": self.epoch,
             "step": self.step,
             "epoch_step": self.epoch_step,
+            "epoch_skipped": self.epoch_skipped,
             "best_top1": self.best_top1,
             "rng": checkpoint.rng_state(),
             "config": dataclasses.asdict(self.config),
@@ -112,6 +114,7 @@ class RunState:
         self.best_top1 = float(state["best_top1"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.epoch_step = int(state["epoch_step"])
+        self.epoch_skipped = int(state.get("epoch_skipped", 0))  # absent in older checkpoints
         self.stopped = state.get("stopped")
         self.epoch_metrics = state.get("epoch_metrics")
         if self.ema is not None and "ema" in state:  # a run that had none starts its average here

@@ -79,8 +79,18 @@ class NonFiniteGuard:
         self.history = (self.history + [loss])[-20:]
 
     def report(
-        self, model: nn.Module, loss: torch.Tensor, labels: torch.Tensor, *, epoch: int, step: int, lr: float
+        self,
+        model: nn.Module,
+        loss: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        epoch: int,
+        step: int,
+        lr: float,
+        stopped: bool,
     ) -> dict[str, Any]:
+        """Write the report of a non-finite step; `stopped`: whether it stops the run (a skipped
+        step's report says false, so a skip-mode run killed later is not read as diverged)."""
         bad = [
             name
             for name, p in model.named_parameters()
@@ -97,10 +107,16 @@ class NonFiniteGuard:
             "label_min": int(labels.min().item()),
             "label_max": int(labels.max().item()),
             "skipped_total": self.skipped_total,
+            "stopped": stopped,
         }
         self.report_path.parent.mkdir(parents=True, exist_ok=True)
         self.report_path.write_text(json.dumps(report, indent=2) + "\n")
         return report
+
+    def mark_stopped(self) -> None:
+        """The last report's step did stop the run after all (an epoch whose every step was skipped)."""
+        report = json.loads(self.report_path.read_text())
+        self.report_path.write_text(json.dumps({**report, "stopped": True}, indent=2) + "\n")
 
 
 class BufferSnapshot:

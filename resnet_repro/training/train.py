@@ -403,7 +403,7 @@ def _run_epochs(
         epoch = state.epoch
         if state.epoch_metrics is not None:  # resumed after a stop on the epoch's last step
             train_metrics, state.epoch_metrics = state.epoch_metrics, None
-            state.epoch, state.epoch_step = epoch + 1, 0
+            state.epoch, state.epoch_step, state.epoch_skipped = epoch + 1, 0, 0
         else:
             _seed_epoch(state, cfg, env)
             loader = make_train_loader(
@@ -442,6 +442,7 @@ def _jump(state: RunState, step: int, steps_per_epoch: int) -> None:
         state.schedule.step()
     state.step = max(state.step, step)
     state.epoch, state.epoch_step = divmod(state.step, steps_per_epoch)
+    state.epoch_skipped = 0
 
 
 def _seed_epoch(state: RunState, cfg: RootConfig, env: DistEnv) -> None:
