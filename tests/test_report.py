@@ -282,6 +282,12 @@ def test_steps_skipped_as_non_finite_are_counted_per_job_and_per_level_of_the_sw
 def test_metrics_of_older_runs_give_their_running_total_of_skipped_steps_not_its_sum(tmp_path: Path):
     skip_job(tmp_path, ["optim.lr=0.1"], [1, 1, 3], key="skipped_steps")  # the launch's running total
     assert report.collect(tmp_path)[0]["skipped_steps"] == 3
+    # resumed across the change: the old launch's total plus the new epochs' own counts
+    job = skip_job(tmp_path, ["optim.lr=0.2"], [2, 3, 1], key="skipped_steps")
+    rows = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+    rows[-2] = {k: v for k, v in rows[-2].items() if k != "skipped_steps"} | {"steps_skipped": 1}
+    (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert {r["job"]: r["skipped_steps"] for r in report.collect(tmp_path)}["optim.lr=0.2"] == 4
 
 
 def test_a_skip_mode_job_killed_after_skipping_a_step_is_incomplete_not_diverged(tmp_path: Path):

@@ -91,3 +91,14 @@ def test_resume_fields_are_the_chosen_schedules_and_its_length_only_where_its_st
     assert "schedule.patience" not in resume_fields("step")  # inert under the step schedule
     assert "schedule.patience" in resume_fields("plateau")
     assert "stabilizer.warmup_epochs" in resume_fields("constant")
+
+
+def test_a_rehearsal_jump_clears_the_epochs_skipped_steps_only_when_the_position_moves():
+    from resnet_repro.training.train import _jump
+
+    state = tiny_state(0)
+    state.step, state.epoch, state.epoch_step, state.epoch_skipped = 7, 1, 3, 2
+    _jump(state, 5, steps_per_epoch=4)  # a window that starts behind the resumed position
+    assert (state.step, state.epoch_skipped) == (7, 2)
+    _jump(state, 9, steps_per_epoch=4)
+    assert (state.step, state.epoch, state.epoch_step, state.epoch_skipped) == (9, 2, 1, 0)

@@ -212,9 +212,13 @@ def _skipped_steps(train_rows: list[dict[str, Any]]) -> int:
     """Steps stabilizer.nonfinite=skip left out over the run: the sum of each epoch's
     `steps_skipped`. Files written before that key have `skipped_steps`, the launch's running
     total: their largest, a lower bound when the run was resumed."""
-    if any("steps_skipped" in r for r in train_rows):
-        return sum(int(r["steps_skipped"]) for r in train_rows if is_number(r.get("steps_skipped")))
-    return max((int(r["skipped_steps"]) for r in train_rows if is_number(r.get("skipped_steps"))), default=0)
+    new = sum(int(r["steps_skipped"]) for r in train_rows if is_number(r.get("steps_skipped")))
+    old = [
+        int(r["skipped_steps"])
+        for r in train_rows
+        if "steps_skipped" not in r and is_number(r.get("skipped_steps"))
+    ]
+    return new + max(old, default=0)  # a run resumed across the change has both
 
 
 def is_number(value: Any) -> bool:

@@ -4,8 +4,9 @@ each job and the scores of the finished ones (`make sweep SEEDS=3`).
 A job ends in one of four outcomes, and only finished jobs have a score:
 
 - finished: it wrote final.json (trained every epoch, or stopped early by its own rule);
-- diverged: it stopped on a non-finite loss or gradient (nonfinite_report.json): in a max-norm
-  sweep this is a result, counted per point and per contrast level, never averaged in;
+- diverged: it stopped on a non-finite loss or gradient (nonfinite_report.json with a step that
+  stopped it), or finished with a non-finite loss (stabilizer.nonfinite=off trains on): in a
+  max-norm sweep this is a result, counted per point and per contrast level, never averaged in;
 - failed: it stopped on an error (error.txt);
 - incomplete: preempted, killed, or still running: its score would be that of a shorter run.
 

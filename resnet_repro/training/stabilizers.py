@@ -115,8 +115,9 @@ class NonFiniteGuard:
 
     def mark_stopped(self) -> None:
         """The last report's step did stop the run after all (an epoch whose every step was skipped)."""
-        report = json.loads(self.report_path.read_text())
-        self.report_path.write_text(json.dumps({**report, "stopped": True}, indent=2) + "\n")
+        if self.report_path.is_file():  # rank 0 wrote one at the step it skipped
+            report = json.loads(self.report_path.read_text())
+            self.report_path.write_text(json.dumps({**report, "stopped": True}, indent=2) + "\n")
 
 
 class BufferSnapshot:

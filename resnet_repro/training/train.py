@@ -440,9 +440,10 @@ def _jump(state: RunState, step: int, steps_per_epoch: int) -> None:
     as if the steps in between had been trained."""
     for _ in range(step - state.step):
         state.schedule.step()
+    if step > state.step:  # a new position, in an epoch of its own as far as skips go
+        state.epoch_skipped = 0
     state.step = max(state.step, step)
     state.epoch, state.epoch_step = divmod(state.step, steps_per_epoch)
-    state.epoch_skipped = 0
 
 
 def _seed_epoch(state: RunState, cfg: RootConfig, env: DistEnv) -> None:
