@@ -110,6 +110,20 @@ def in_process_group(body, *args) -> None:
         distributed.teardown()
 
 
+def one_epoch_parts(cfg, env, device, net, model, optimizer, schedule, guard) -> Parts:
+    """A run's parts around `model` (DDP or not) for one epoch of train_one_epoch, logging nowhere."""
+    state = RunState(
+        net=net,
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        early_stop=EarlyStopper(cfg.stabilizer.early_stop),
+        config=cfg,
+    )
+    return Parts(state=state, guard=guard, logger=NullLogger(), interrupts=Interrupts(cfg, env, device))
+
+
 def train_worker(root: str, out_dir: str, batch_size: int, steps: int) -> None:
     in_process_group(_train_steps, root, out_dir, batch_size, steps)
 
@@ -123,24 +137,11 @@ def _train_steps(env, device, root: str, out_dir: str, batch_size: int, steps: i
     net = model.module if env.distributed else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     schedule = build_scheduler(cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=steps, epochs=1)
-    state = RunState(
-        net=net,
-        model=model,
-        optimizer=optimizer,
-        schedule=schedule,
-        scaler=torch.amp.GradScaler("cpu", enabled=False),
-        early_stop=EarlyStopper(cfg.stabilizer.early_stop),
-        config=cfg,
-    )
-    parts = Parts(
-        state=state,
-        guard=NonFiniteGuard("stop", 1, Path(out_dir, "report.json")),
-        logger=NullLogger(),
-        interrupts=Interrupts(cfg, env, device),
-    )
+    guard = NonFiniteGuard("stop", 1, Path(out_dir, "report.json"))
+    parts = one_epoch_parts(cfg, env, device, net, model, optimizer, schedule, guard)
     loader = make_train_loader(cfg, files, env, device, epoch=0)
     metrics = train_one_epoch(parts, loader, cfg, env, device)
-    step = state.step
+    step = parts.state.step
     parts.interrupts.close()
     if env.is_main:
         torch.save(
@@ -244,21 +245,9 @@ def _nonfinite_bn_steps(env, device, out_dir: str) -> None:
         (torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(3)
     ]
     data[1 if env.rank == 0 else 2][0][0, 1, 3, 3] = float("inf")
-    state = RunState(
-        net=net,
-        model=model,
-        optimizer=optimizer,
-        schedule=build_scheduler(cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=3, epochs=1),
-        scaler=torch.amp.GradScaler("cpu", enabled=False),
-        early_stop=EarlyStopper(cfg.stabilizer.early_stop),
-        config=cfg,
-    )
-    parts = Parts(
-        state=state,
-        guard=NonFiniteGuard("skip", 3, Path(out_dir, "report.json")),
-        logger=NullLogger(),
-        interrupts=Interrupts(cfg, env, device),
-    )
+    schedule = build_scheduler(cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=3, epochs=1)
+    guard = NonFiniteGuard("skip", 3, Path(out_dir, "report.json"))
+    parts = one_epoch_parts(cfg, env, device, net, model, optimizer, schedule, guard)
     metrics = train_one_epoch(parts, data, cfg, env, device)
     parts.interrupts.close()
     buffers = {k: v for k, v in net.state_dict().items() if "running_" in k}

@@ -113,15 +113,14 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def job_status(
-    job_dir: Path, final: dict[str, Any] | None, metrics: list[dict[str, Any]] | None = None
-) -> str:
+def job_status(job_dir: Path, final: dict[str, Any] | None, diverged_at: str | None = None) -> str:
     """done / early_stop (final.json exists) or nan / preempted / failed/incomplete (it does not).
 
-    A job that wrote final.json after a non-finite loss (stabilizer.nonfinite=off trains on through
-    it) is nan too: its last numbers are a diverged model's, and its best epoch came before."""
+    A job that wrote final.json after a non-finite loss (`diverged_at`, from `divergence`:
+    stabilizer.nonfinite=off trains on through it) is nan too: its last numbers are a diverged
+    model's, and its best epoch came before."""
     if final is not None:
-        if divergence(metrics or [], final) is not None:
+        if diverged_at is not None:
             return NAN
         return EARLY_STOP if final.get("stopped") else DONE
     markers = {
@@ -183,9 +182,9 @@ def summarize_job(job_dir: Path, root: Path) -> Row:
     train_rows = [r for r in metrics if r.get("split") == "train"]
     # every other split with a top1 is an evaluation (val, holdout, test: the config's eval_split)
     eval_rows = [r for r in metrics if r.get("split") != "train" and is_number(r.get("top1"))]
-    status = job_status(job_dir, final, metrics)
-    ended = job_outcome(job_dir, status)
     trained_on = divergence(metrics, final) if final is not None else None
+    status = job_status(job_dir, final, trained_on)
+    ended = job_outcome(job_dir, status)
     final = final or {}
     best_top1 = _best_top1(eval_rows, final)
     return {
