@@ -509,6 +509,24 @@ def test_an_epoch_whose_every_step_was_skipped_stops_with_a_clear_error(tmp_path
     assert json.loads((tmp_path / "nonfinite_report.json").read_text())["stopped"] is True
 
 
+def test_a_launch_resumed_mid_epoch_whose_every_step_is_skipped_says_the_earlier_steps_were_applied(
+    tmp_path: Path,
+):
+    """Resumed at batch 7 of 8 of an epoch whose first 7 updates were applied: the one step this
+    launch runs is skipped. The run stops, but not with "every step of epoch 1 was skipped"."""
+    cfg = tiny_cfg(nonfinite="skip", max_skips=100)
+    parts = make_parts(Tiny(nan_at=1), cfg, tmp_path)
+    parts.state.epoch_step = parts.state.step = 7
+    with pytest.raises(NonFiniteError) as stop:
+        run_epoch(parts, cfg, batches(1))
+    parts.interrupts.close()
+    message = str(stop.value)
+    assert "every step of epoch 1 was skipped" not in message
+    assert "since this launch resumed epoch 1 at its step 8" in message
+    assert "the 7 steps before it were applied" in message
+    assert json.loads((tmp_path / "nonfinite_report.json").read_text())["stopped"] is True
+
+
 # ---------------------------------------------------------------------------- start-up summary
 def summary_of(experiment: str, *overrides: str) -> str:
     """The rendered start-up summary of an experiment preset, with the derived values of an 8-GPU

@@ -227,10 +227,7 @@ def _epoch_metrics(
     if seen == 0:
         if env.is_main:
             parts.guard.mark_stopped()
-        raise NonFiniteError(
-            f"every step of epoch {parts.state.epoch + 1} was skipped as non-finite "
-            f"(stabilizer.nonfinite=skip); see {parts.guard.report_path}"
-        )
+        raise NonFiniteError(_all_skipped_words(parts, len(norms)))
     norm_values = torch.stack(norms).float().cpu()
     step = parts.state.step
     for i, value in enumerate(norm_values.tolist()):
@@ -249,6 +246,22 @@ def _epoch_metrics(
         **timer.summary(),
         **grad_norm_summary(norm_values, cfg.stabilizer.max_norm),
     }
+
+
+def _all_skipped_words(parts: Parts, launch_steps: int) -> str:
+    """Why the run stops when none of this launch's steps of the epoch was applied; a launch that
+    resumed the epoch mid-way says how many of the earlier launch's steps were applied."""
+    state, epoch = parts.state, parts.state.epoch + 1
+    resumed_at = state.epoch_step - launch_steps  # batches of this epoch run by earlier launches
+    applied_before = resumed_at - (state.epoch_skipped - launch_steps)
+    where = f"see {parts.guard.report_path}"
+    if applied_before == 0:
+        return f"every step of epoch {epoch} was skipped as non-finite (stabilizer.nonfinite=skip); {where}"
+    return (
+        f"every step since this launch resumed epoch {epoch} at its step {resumed_at + 1} was skipped as "
+        f"non-finite ({launch_steps} steps; the {applied_before} steps before it were applied) "
+        f"(stabilizer.nonfinite=skip); {where}"
+    )
 
 
 def _progress(loader, cfg: RootConfig, env: DistEnv, epoch: int):
