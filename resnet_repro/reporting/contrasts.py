@@ -13,18 +13,22 @@ shared by every point. The noise is estimated from every finished job at once:
 A planned contrast is a level of an axis with an off value (max norm null, warm-up 0, ...) against
 off: within each combination of the other axes (the difference of two point means), and pooled
 (the average of those differences over the combinations where both points have finished jobs).
-Each has a 95% t interval with the model's df, except where a factor's values differ in noise
-(Bartlett's test on each value's variance pooled within its points, p < 0.05): that factor's
-contrasts then use each side's own noise with Welch-Satterthwaite df, since a noisier off arm
-under the shared noise marks null contrasts far above 5% (16% at 4x the std, measured with
-scripts/calibrate_sweeps.py --off-std). The p-values of all the sweep's contrasts, within
+Each has a 95% t interval with the model's df, except where an axis's values differ in noise
+(Bartlett's test on each value's variance pooled within its points, p < 0.05): every point's mean
+then carries the noise of its value of that axis (its own contrasts: each side's; the other axes'
+contrasts and the points' intervals: the most unequal axis's), with Welch-Satterthwaite df, since
+a noisier off arm under the shared noise marks null contrasts far above 5% (16% at 4x the std,
+measured with scripts/calibrate_sweeps.py --off-std), its own and those of another axis within it
+(17%), and gives its points 70% intervals. The p-values of all the sweep's contrasts, within
 and pooled, are adjusted together by Holm (family-wise error 5%), and a contrast is marked only
 when its adjusted p < 0.05. The intervals are per contrast (94-96% coverage, measured in
 tests/test_contrasts.py), not simultaneous.
 
 Which point is best: a point could be the best unless some other point beats it by more than
 Tukey-Kramer's simultaneous 95% allowance (the studentized range over all the points with
-finished jobs), which holds whichever point was observed on top, so picking the winner from the
+finished jobs; Games-Howell's, from each point's noise, where an axis's values differ in noise:
+with the shared noise 20% of null sweeps with a 4x noisier off arm dropped a best point), which
+holds whichever point was observed on top, so picking the winner from the
 same seeds does not inflate it. The observed best's lead is still biased upward: confirm a winner
 with fresh seeds.
 """
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,11 +71,39 @@ def _t_quantile(df: float) -> float:
 
 
 @functools.cache
-def _range_quantile(points: int, df: int) -> float:
-    """The 95% quantile of the studentized range of `points` means (scipy takes ~0.1 s for it)."""
+def _range_quantile_whole(points: int, df: int) -> float:
     from scipy.stats import studentized_range
 
     return float(studentized_range.ppf(1 - ALPHA, points, df))
+
+
+RANGE_GRID = 0.02  # the step in 1/df between the dfs at which the studentized range is computed
+
+
+@functools.cache
+def _log_range_quantile_at(points: int, node: int) -> float:
+    """log of the studentized range's 95% quantile for `points` means at df = 1 / (node * RANGE_GRID)
+    (node 0: df infinite, as 10^7); scipy takes ~0.1 s for each."""
+    from scipy.stats import studentized_range
+
+    df = 1 / (node * RANGE_GRID) if node else 1e7
+    return math.log(float(studentized_range.ppf(1 - ALPHA, points, df)))
+
+
+def _range_quantile(points: int, df: float) -> float:
+    """The 95% quantile of the studentized range of `points` means at any df >= 1: scipy's at a
+    whole df; at Welch-Satterthwaite's (no whole number) log q linear in 1/df between grid nodes 0.02 apart in
+    1/df, so that a report computes a few nodes once (within 0.05% of scipy's: tests/test_contrasts.py)."""
+    if float(df).is_integer():  # the shared noise's (Tukey-Kramer): scipy's own
+        return _range_quantile_whole(points, int(df))
+    x = 1 / max(df, 1.0) / RANGE_GRID
+    low = math.floor(x)
+    w = x - low
+    if w == 0:
+        return math.exp(_log_range_quantile_at(points, low))
+    return math.exp(
+        (1 - w) * _log_range_quantile_at(points, low) + w * _log_range_quantile_at(points, low + 1)
+    )
 
 
 def _pts(group: SeedGroup) -> np.ndarray:
@@ -115,29 +148,36 @@ def _within_ss(groups: list[SeedGroup]) -> float:
     return sum(float(((_pts(g) - _pts(g).mean()) ** 2).sum()) for g in groups)
 
 
-def point_interval(group: SeedGroup, model: Noise) -> tuple[float, float] | None:
-    """The 95% interval of a point's mean (points), from the shared noise."""
-    if group.mean is None or model.s is None:
+def point_interval(group: SeedGroup, noise: Noise) -> tuple[float, float] | None:
+    """The 95% interval of a point's mean (points), from the noise its mean carries (the shared
+    noise, or its value's of the most unequal axis: `noise_of`)."""
+    if group.mean is None or noise.s is None:
         return None
-    half = model.t() * model.s / math.sqrt(group.n)
+    half = noise.t() * noise.s / math.sqrt(group.n)
     return 100 * group.mean - half, 100 * group.mean + half
 
 
-def could_be_best(groups: list[SeedGroup], model: Noise) -> list[bool | None]:
-    """Per point, whether no other point beats it beyond Tukey-Kramer's simultaneous 95%
-    allowance q / sqrt(2) * s * sqrt(1/n_i + 1/n_j); None for a point without finished jobs, and
-    for every point when the noise is unknown or fewer than two points finished."""
+def could_be_best(
+    groups: list[SeedGroup], model: Noise, noise: Callable[[SeedGroup], Noise] | None = None
+) -> list[bool | None]:
+    """Per point, whether no other point beats it beyond the simultaneous 95% allowance
+    q / sqrt(2) * sqrt(s_i^2 / n_i + s_j^2 / n_j): Tukey-Kramer's with the shared noise, Games-Howell's
+    (each point's noise, the studentized range at Welch-Satterthwaite's df) when `noise(point)`
+    gives points noises of their own; None for a point without finished jobs, and for every point
+    when the noise is unknown or fewer than two points finished."""
     finished = [g for g in groups if g.n]
     if model.s is None or len(finished) < 2:
         return [None] * len(groups)
-    allowance = _range_quantile(len(finished), model.df) / math.sqrt(2) * model.s
+    noise = noise or (lambda g: model)
+
+    def allowance(g: SeedGroup, h: SeedGroup) -> float:
+        a, b = noise(g), noise(h)
+        va, vb = a.s**2 / g.n, b.s**2 / h.n
+        df = a.df if a is b else (va + vb) ** 2 / (va**2 / a.df + vb**2 / b.df)
+        return _range_quantile(len(finished), df) / math.sqrt(2) * math.sqrt(va + vb)
 
     def possible(g: SeedGroup) -> bool:
-        return all(
-            100 * (h.mean - g.mean) <= allowance * math.sqrt(1 / g.n + 1 / h.n)
-            for h in finished
-            if h is not g
-        )
+        return all(100 * (h.mean - g.mean) <= allowance(g, h) for h in finished if h is not g)
 
     return [possible(g) if g.n else None for g in groups]
 
@@ -160,7 +200,7 @@ class Contrast:
     within: str  # "optim.weight_decay=1e-4" (one combination of the other axes) or "all" (pooled)
     estimate: float | None  # level minus baseline, top-1 points
     se: float | None
-    df: float  # the shared noise's, or Welch-Satterthwaite's when the level and off have their own
+    df: float  # the shared noise's, or Welch-Satterthwaite's when its points carry noises of their own
     ci_low: float | None
     ci_high: float | None
     p: float | None
@@ -202,9 +242,14 @@ def off_value(groups: list[SeedGroup], axis: str) -> str | None:
     return offs[0] if offs else None
 
 
-def contrasts(groups: list[SeedGroup], axes: list[str], model: Noise) -> list[Contrast]:
+def contrasts(
+    groups: list[SeedGroup], axes: list[str], model: Noise, unequal: list[UnequalNoise] | None = None
+) -> list[Contrast]:
     """Every level of every axis with an off value against off: within each combination of the
-    other axes (when there is more than one) and pooled over them (`within` = "all"), Holm over all."""
+    other axes (when there is more than one) and pooled over them (`within` = "all"), Holm over all.
+    `unequal`: the axes whose values differ in noise (`unequal_noise`; computed when not given)."""
+    if unequal is None:
+        unequal = unequal_noise(groups, axes, model)
     rows: list[dict] = []
     for factor in axes:
         baseline = off_value(groups, factor)
@@ -214,16 +259,15 @@ def contrasts(groups: list[SeedGroup], axes: list[str], model: Noise) -> list[Co
         cell = {(g.point.get(factor), tuple(g.point.get(o) for o in others)): g for g in groups}
         combos = _ordered_combos(groups, others)
         levels = [v for v in value_order({g.point.get(factor) for g in groups}) if not is_off(v)]
-        per_level, _ = noise_by_level(groups, factor, model)
+        noise = noise_of(model, unequal, factor)
         for level in levels:
-            sides = (per_level[level], per_level[baseline])
             pairs = [(cell.get((level, c)), cell.get((baseline, c)), c) for c in combos]
             pairs = [(a, b, c) for a, b, c in pairs if a is not None and b is not None]
             if len(pairs) > 1:
                 for a, b, c in pairs:
                     within = ", ".join(f"{o}={v}" for o, v in zip(others, c, strict=True))
-                    rows.append(_contrast(factor, level, baseline, within, [(a, b)], model, sides))
-            rows.append(_contrast(factor, level, baseline, ALL, [(a, b) for a, b, _ in pairs], model, sides))
+                    rows.append(_contrast(factor, level, baseline, within, [(a, b)], model, noise))
+            rows.append(_contrast(factor, level, baseline, ALL, [(a, b) for a, b, _ in pairs], model, noise))
     adjusted = holm([r["p"] for r in rows])
     return [Contrast(**r, p_adjusted=p) for r, p in zip(rows, adjusted, strict=True)]
 
@@ -235,30 +279,75 @@ def _ordered_combos(groups: list[SeedGroup], others: list[str]) -> list[tuple]:
     return sorted(combos, key=lambda c: [orders[o].index(str(v)) for o, v in zip(others, c, strict=True)])
 
 
-def noise_by_level(groups: list[SeedGroup], factor: str, model: Noise) -> tuple[dict[str, Noise], float]:
-    """Per value of `factor`, the seed noise its contrasts use, and Bartlett's p for the values'
-    own noises being equal: the shared `model` for every value unless that p < ALPHA, then each
-    value's own (pooled within its points). p is 1.0 where the test cannot run (no replicates,
-    the additive model, fewer than two values with some, a value whose seeds all agree)."""
+@dataclass(frozen=True)
+class UnequalNoise:
+    """An axis whose values differ in seed noise (Bartlett p < ALPHA): each value's own noise,
+    pooled within its points."""
+
+    factor: str
+    p: float  # Bartlett's
+    by_value: dict[str, Noise]
+
+
+def bartlett_by_value(
+    groups: list[SeedGroup], factor: str, model: Noise
+) -> tuple[dict[str, Noise | None], float]:
+    """Each value of `factor`'s own noise (None without replicates) and Bartlett's p for their
+    being equal; p is 1.0 where the test cannot run (no replicates, the additive model, fewer than
+    two values with some, a value whose seeds all agree)."""
     values = value_order({g.point.get(factor) for g in groups})
     own = {v: _own_noise(groups, factor, v) for v in values}
     p = _bartlett_p([n for n in own.values() if n is not None]) if model.model == "cell means" else 1.0
-    if p >= ALPHA or any(n is None for n in own.values()):
-        return dict.fromkeys(values, model), p
     return own, p
 
 
-def unequal_noise_words(groups: list[SeedGroup], factor: str, model: Noise) -> str | None:
-    """`seed noise differs between the values of max norm (Bartlett p 0.002: off 0.41, 1 0.10 ...
-    points)...` when the factor's contrasts use each value's own noise; None when they share it."""
-    per_value, p = noise_by_level(groups, factor, model)
-    if all(n is model for n in per_value.values()):
-        return None
-    sds = ", ".join(f"{'off' if is_off(v) else v} {n.s:.2f}" for v, n in per_value.items())
-    return (
-        f"seed noise differs between the values of {axis_name(factor)} (Bartlett p {p:.3f}; std "
-        f"{sds} points): its contrasts use each side's own noise, with Welch-Satterthwaite df"
-    )
+def unequal_noise(groups: list[SeedGroup], axes: list[str], model: Noise) -> list[UnequalNoise]:
+    """The axes whose values differ in noise (p < ALPHA, every value with replicates), the most
+    unequal (smallest p) first; [] when one shared noise fits."""
+    found = []
+    for factor in axes:
+        own, p = bartlett_by_value(groups, factor, model)
+        if p < ALPHA and all(n is not None for n in own.values()):
+            found.append(UnequalNoise(factor, p, {v: n for v, n in own.items() if n is not None}))
+    return sorted(found, key=lambda u: u.p)
+
+
+def noise_of(
+    model: Noise, unequal: list[UnequalNoise], factor: str | None = None
+) -> Callable[[SeedGroup], Noise]:
+    """The noise a point's mean carries: in `factor`'s contrasts its own value's noise when
+    `factor` is one of `unequal`; otherwise (other axes' contrasts, factor None: the points'
+    intervals) its value's of the most unequal axis; the shared `model` when `unequal` is empty."""
+    chosen = next((u for u in unequal if u.factor == factor), unequal[0] if unequal else None)
+    if chosen is None:
+        return lambda g: model
+    return lambda g: chosen.by_value[g.point.get(chosen.factor)]
+
+
+def unequal_noise_words(unequal: list[UnequalNoise], contrast_axes: list[str]) -> list[str]:
+    """Per axis whose values differ in noise: `seed noise differs between the values of max norm
+    (Bartlett p 0.002; std off 0.41, 1 0.10 ... points): ...`, saying where each value's noise is
+    used; `contrast_axes`: the axes with contrasts."""
+    lines = []
+    for u in unequal:
+        sds = ", ".join(f"{'off' if is_off(v) else v} {n.s:.2f}" for v, n in u.by_value.items())
+        name = axis_name(u.factor)
+        if u is unequal[0]:  # the most unequal: in every number but another unequal axis's contrasts
+            mine = [
+                axis_name(a) for a in contrast_axes if a == u.factor or all(v.factor != a for v in unequal)
+            ]
+            where = ([f"the contrasts of {' and '.join(mine)}"] if mine else []) + ["the points' intervals"]
+            uses = (
+                f"each point's mean carries the noise of its {name} value, with Welch-Satterthwaite df, "
+                f"in {', '.join(where)} and 'could be best'"
+            )
+        elif u.factor in contrast_axes:
+            uses = "its contrasts use each side's own noise, with Welch-Satterthwaite df"
+        else:
+            uses = f"not used ({axis_name(unequal[0].factor)}'s differ more)"
+        differs = f"seed noise differs between the values of {name} (Bartlett p {u.p:.3f}; std {sds} points)"
+        lines.append(f"{differs}: {uses}")
+    return lines
 
 
 def _own_noise(groups: list[SeedGroup], factor: str, value: str) -> Noise | None:
@@ -292,9 +381,10 @@ def _contrast(
     within: str,
     pairs: list[tuple[SeedGroup, SeedGroup]],
     model: Noise,
-    sides: tuple[Noise, Noise],
+    noise: Callable[[SeedGroup], Noise],
 ) -> dict:
-    """The average over `pairs` of (level mean - baseline mean), in points, with its interval and p."""
+    """The average over `pairs` of (level mean - baseline mean), in points, with its interval and p;
+    `noise(point)`: the noise that point's mean carries."""
     usable = [(a, b) for a, b in pairs if a.n and b.n]
     out = {
         "factor": factor,
@@ -322,16 +412,18 @@ def _contrast(
         return out
     from scipy.stats import t
 
-    level_noise, base_noise = sides
-    # the level's and off's variance of the average difference; Welch-Satterthwaite's df when the
-    # two sides have noises of their own, the shared model's df when they share it
-    v_level = level_noise.s**2 * sum(1 / a.n for a, _ in usable) / m**2
-    v_base = base_noise.s**2 * sum(1 / b.n for _, b in usable) / m**2
-    se = math.sqrt(v_level + v_base)
-    if level_noise is base_noise:
-        df = float(model.df)
+    # the average difference's variance, summed per noise estimate behind it (one: the shared
+    # noise, or one value's; several: Welch-Satterthwaite's df over them)
+    parts: dict[int, list] = {}
+    for g in (g for pair in usable for g in pair):
+        n = noise(g)
+        parts.setdefault(id(n), [n, 0.0])[1] += n.s**2 / g.n / m**2
+    variance = sum(v for _, v in parts.values())
+    se = math.sqrt(variance)
+    if len(parts) == 1:
+        df = float(next(iter(parts.values()))[0].df)
     else:
-        df = (v_level + v_base) ** 2 / (v_level**2 / level_noise.df + v_base**2 / base_noise.df)
+        df = variance**2 / sum(v**2 / n.df for n, v in parts.values())
     half = _t_quantile(df) * se
     out.update(se=se, df=df, ci_low=out["estimate"] - half, ci_high=out["estimate"] + half)
     out["p"] = float(2 * t.sf(abs(out["estimate"]) / se, df)) if se > 0 else None

@@ -10,7 +10,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from resnet_repro.reporting import contrasts, plots, seeds, sweep_answer
+from resnet_repro.reporting import plots, seeds, sweep_answer
 from resnet_repro.reporting.job_rows import (
     EARLY_STOP,
     Row,
@@ -224,7 +224,7 @@ def clipping_figure(rows: list[Row], answer: Answer | None = None) -> Figure | N
         line = []
         for level in levels:
             g = by_values.get((*combo, level))
-            interval = None if g is None else contrasts.point_interval(g, answer.noise)
+            interval = None if g is None else answer.interval(g)
             line.append(
                 None
                 if g is None

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_repro.reporting import contrasts as stats
-from resnet_repro.reporting.contrasts import ALL, Contrast, Noise
+from resnet_repro.reporting.contrasts import ALL, Contrast, Noise, UnequalNoise
 from resnet_repro.reporting.seeds import SEED_KEY, SeedGroup, points, value_order
 
 Row = dict[str, Any]
@@ -21,12 +21,17 @@ class Answer:
     axes: list[str]  # the sweep's varying keys, seed left out
     groups: list[SeedGroup]  # every point, best mean first
     noise: Noise
+    unequal: list[UnequalNoise]  # the axes whose values differ in noise, most unequal first
     contrasts: list[Contrast]
-    best: list[bool | None]  # per group: could it be the best (Tukey-Kramer)
+    best: list[bool | None]  # per group: could it be the best (Tukey-Kramer / Games-Howell)
 
     @property
     def seeded(self) -> bool:
         return any(g.jobs > 1 for g in self.groups)
+
+    def interval(self, group: SeedGroup) -> tuple[float, float] | None:
+        """The 95% interval of a point's mean (points), from the noise its mean carries."""
+        return stats.point_interval(group, stats.noise_of(self.noise, self.unequal)(group))
 
 
 def answer(rows: list[Row], axes: list[str], score, outcome) -> Answer:
@@ -35,9 +40,10 @@ def answer(rows: list[Row], axes: list[str], score, outcome) -> Answer:
     axes = [a for a in axes if a != SEED_KEY]
     groups = points(rows, score, outcome, skipped=lambda r: int(r.get("skipped_steps") or 0))
     noise = stats.noise(groups, axes)
-    return Answer(
-        axes, groups, noise, stats.contrasts(groups, axes, noise), stats.could_be_best(groups, noise)
-    )
+    unequal = stats.unequal_noise(groups, axes, noise)
+    found = stats.contrasts(groups, axes, noise, unequal)
+    best = stats.could_be_best(groups, noise, stats.noise_of(noise, unequal))
+    return Answer(axes, groups, noise, unequal, found, best)
 
 
 def _cell(text: Any) -> str:
@@ -69,10 +75,9 @@ def contrast_section(a: Answer) -> list[str]:
     for c in pooled:
         mark = " **(marked: Holm p " + _p_text(c.p_adjusted) + ")**" if c.marked else ""
         parts.append(f"- {c.words()}{mark}")
-    for factor in dict.fromkeys(c.factor for c in pooled):
-        unequal = stats.unequal_noise_words(a.groups, factor, a.noise)
-        if unequal is not None:
-            parts.append(f"- {unequal}")
+    factors = list(dict.fromkeys(c.factor for c in pooled))
+    parts += [f"- {words}" for words in stats.unequal_noise_words(a.unequal, factors)]
+    for factor in factors:
         for level in value_order({g.point.get(factor) for g in a.groups}, off_last=True):
             words = stats.divergence_words(a.groups, factor, level)
             if words is not None and any(g.diverged for g in a.groups):
@@ -134,11 +139,11 @@ def _noise_text(noise: Noise) -> str:
 CONTRAST_NOTE = (
     "Estimates are differences of mean top-1 (points) over finished runs only: within one "
     "combination of the other axes, or the average of those differences (`within` = all). 95% "
-    "intervals are Student's t with the {noise} (each side's own, Welch, where a line above says "
-    "the noise differs between a factor's values); Holm p adjusts every contrast of this table "
-    "together and `*` marks Holm p < 0.05. Diverged: runs stopped by a non-finite loss of those "
-    "that finished or diverged, with the exact (Clopper-Pearson) 95% interval. docs/reports.md "
-    "says how the method was calibrated on sweeps of known truth."
+    "intervals are Student's t with the {noise} (where a line above says the noise differs between "
+    "an axis's values: each point's value's, with Welch-Satterthwaite df); Holm p adjusts every "
+    "contrast of this table together and `*` marks Holm p < 0.05. Diverged: runs stopped by a "
+    "non-finite loss of those that finished or diverged, with the exact (Clopper-Pearson) 95% "
+    "interval. docs/reports.md says how the method was calibrated on sweeps of known truth."
 )
 
 
@@ -148,7 +153,7 @@ def points_section(a: Answer) -> list[str]:
     header = [*keys, "top-1 % mean [95% CI]", "std", "finished/jobs", "diverged", "other", "could be best"]
     lines = []
     for g, best in zip(a.groups, a.best, strict=True):
-        interval = stats.point_interval(g, a.noise)
+        interval = a.interval(g)
         d = g.decimals()
         mean = "-" if g.mean is None else f"{100 * g.mean:.{d}f}"
         if interval is not None:
@@ -165,14 +170,23 @@ def points_section(a: Answer) -> list[str]:
                 {True: "yes", False: "no", None: "-"}[best],
             ]
         )
-    note = POINTS_NOTE.format(noise=_noise_text(a.noise), best=sum(1 for b in a.best if b))
+    noise, method = _noise_text(a.noise), "Tukey-Kramer's"
+    if a.unequal:  # the points' intervals and `could be best` take each point's value's noise
+        u = a.unequal[0]
+        sds = ", ".join(f"{v} {n.s:.2f}" for v, n in u.by_value.items())
+        noise = (
+            f"seed noise of each point's {stats.axis_name(u.factor)} value ({sds} points; they differ: "
+            f"Bartlett p {u.p:.3f}), with Welch-Satterthwaite df"
+        )
+        method = "Games-Howell's (each point's noise)"
+    note = POINTS_NOTE.format(noise=noise, method=method, best=sum(1 for b in a.best if b))
     return ["## Points: which could be the best", "", _table(header, lines), "", note, ""]
 
 
 POINTS_NOTE = (
     "Ranked by the mean of finished runs; a diverged, failed or incomplete run is counted beside "
     "it, not averaged in. Intervals from the {noise}. `could be best`: no other point beats it by "
-    "more than Tukey-Kramer's simultaneous 95% allowance, which holds whichever point came out on "
+    "more than {method} simultaneous 95% allowance, which holds whichever point came out on "
     "top ({best} point(s) here). The top point's lead over the rest is biased upward (it was "
     "picked because its seeds came out high): confirm a winner with fresh seeds "
     "(`trainer.seed=3,4,5`) before quoting its number."
@@ -234,7 +248,7 @@ def write_points_csv(a: Answer, path: Path) -> Path:
         writer = csv.writer(f)
         writer.writerow([*keys, *SEED_CSV_COLUMNS])
         for g, best in zip(a.groups, a.best, strict=True):
-            interval = stats.point_interval(g, a.noise)
+            interval = a.interval(g)
             low, high = (None, None) if interval is None else (interval[0] / 100, interval[1] / 100)
             values = [g.n, g.jobs, g.diverged, g.count("failed"), g.count("incomplete")]
             values += [g.mean, g.std, low, high, best]
