@@ -66,7 +66,7 @@ def rehearse(
         f"experiment={preset}",
         *([f"data.root={root}"] if root is not None else []),
         f"trainer.nproc={nproc}",
-        f"hydra.run.dir={run_dir}",
+        f"--out={run_dir}",
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()

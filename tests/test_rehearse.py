@@ -320,7 +320,7 @@ def test_rehearsal_of_the_demo_on_2_processes_trains_resumes_evaluates_and_gives
         "trainer.nproc=2",
         f"data.root={demo_root}",
         "logging.progress=false",
-        f"hydra.run.dir={run_dir}",
+        f"--out={run_dir}",
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -355,7 +355,7 @@ def test_rehearsal_of_he2016_on_2_processes_without_data_runs_on_the_stand_in_to
         "experiment=he2016",
         "trainer.nproc=2",
         "logging.progress=false",
-        f"hydra.run.dir={run_dir}",
+        f"--out={run_dir}",
         timeout=1500,
     )
     assert result.returncode == 0, result.stderr[-3000:]

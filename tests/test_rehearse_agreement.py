@@ -286,6 +286,7 @@ CATALOGUE = [
         trained_run_dir("optim.lr_per_256=0.3"),
         "stop",
         "was trained with other settings",
+        full=True,  # and the full rehearsal leaves that run as it was
     ),
     Fault(
         "last_pt_of_another_global_batch",
@@ -294,7 +295,7 @@ CATALOGUE = [
         "stop",
         "belongs to a different job",
     ),
-    Fault("last_pt_of_the_same_run", "run directory", trained_run_dir(), "go"),
+    Fault("last_pt_of_the_same_run", "run directory", trained_run_dir(), "go", full=True),
     Fault(
         "resume_file_missing",
         "run directory",
@@ -378,11 +379,37 @@ def test_train_and_rehearse_agree_on(fault: Fault, data_root: Path, tmp_path: Pa
         scanned = outcome(["rehearse", "--check-only", "--scan", *command], capsys)
         assert scanned[0] == 2 and "cannot be read" in scanned[1], scanned
     if fault.full:
+        before = _files_of(work / "run")
         full = outcome(["rehearse", *fault.rehearse_args, *flags, *command], capsys)
         if fault.expect == "stop":
             assert full[:2] == trained[:2], f"train: {trained[1]}\nrehearse: {full[1]}"
         else:
             assert full[0] == 0 and "the real run would start and train" in full[2], full
+        # a real run directory given (hydra.run.dir) is checked, never written: nothing is lost
+        assert _files_of(work / "run") == before
+
+
+def _files_of(folder: Path) -> dict[str, str]:
+    """Every file under `folder` with its content's digest ({} when there is no folder)."""
+    import hashlib
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_out_at_a_real_run_or_at_the_run_directory_given_is_refused_and_nothing_is_written(
+    data_root: Path, tmp_path: Path, capsys
+):
+    work = tmp_path / "work"
+    given = trained_run_dir()(data_root, work)  # hydra.run.dir=<work/run>: a finished real run
+    run = work / "run"
+    before = _files_of(run)
+    command = [*RUN, f"data.root={data_root}"]
+    code, error, _ = outcome(["rehearse", f"--out={run}", *command], capsys)
+    assert code == 2 and f"--out={run} holds a run that is not a rehearsal (checkpoints/last.pt" in error
+    code, error, _ = outcome(["rehearse", f"--out={run}", *command, *given], capsys)
+    assert code == 2 and "is the real run's directory" in error
+    assert _files_of(run) == before
 
 
 # ------------------------------------------------------------- what only the rehearsal can judge here
@@ -460,7 +487,7 @@ def test_a_rehearsal_under_torchrun_trains_both_ranks_in_one_launch_and_resumes_
             *RUN,
             f"data.root={data_root}",
             "trainer.epochs=2",
-            f"hydra.run.dir={run_dir}",
+            f"--out={run_dir}",
         ],
         capture_output=True,
         text=True,

@@ -21,7 +21,7 @@ from resnet_repro.commands.hydra_app import (
 from resnet_repro.config import UserError, sweep_collisions, to_dataclass
 
 HELP = f"""usage: {PROG} rehearse [-m] [--check-only] [--stand-in] [--scan] [--gpu-memory GiB]
-                         [--images-per-step N] [train overrides]
+                         [--images-per-step N] [--out DIR] [train overrides]
 
 Before you queue: the job `train` would run with these overrides, on this machine in minutes. The
 same composed config and launch path (local workers for trainer.nproc, torchrun, srun), nothing
@@ -35,7 +35,8 @@ another job), the checkpoints against the free disk, and the per-process memory 
 Data: a few images per class of data.root; a generated stand-in with the configured classes and
 image sizes only when data.root is unset or with --stand-in. Ends in a verdict and a list of what
 this machine did not check: exit 0, or the one-line error the real run would hit, exit 2. Writes
-rehearsals/<name>/<id>/. The fault catalogue both must judge alike: docs/rehearse.md.
+rehearsals/<name>/<id>/ (or --out), never the real run's directory: a hydra.run.dir given is the
+real run's, checked as train meets it. The fault catalogue both must judge alike: docs/rehearse.md.
 
 options:
   -m                     rehearse each job of the sweep (train -m's directory collisions refused)
@@ -50,6 +51,8 @@ options:
   --images-per-step N    images of each process's batch a trained step uses (the loader still
                          reads the whole batch); all: the whole batch; auto (default): the whole
                          batch on a GPU, at most 2 on a CPU
+  --out DIR              where the rehearsal itself runs and writes (with -m: its sweep folder);
+                         default rehearsals/<name>/<id>; not a folder holding a real run
 
 example:
   {PROG} rehearse experiment=he2016 data.root=/data/imagenet trainer.nproc=2
@@ -66,21 +69,22 @@ def rehearse_command(args: list[str]) -> None:
         _rehearse_check([a for a in args if a != "--check-only"], options)
         return
     flags = [a for a in args if a in ("-m", "--multirun")]
-    rest = [a for a in args if a not in flags]
-    # rehearsals/<name>/..., apart from training runs; a hydra.run.dir / hydra.sweep.dir given wins
+    # the real run's directory (hydra.run.dir given, else runs/<name>/cfg-<hash>) and a sweep's
+    # folder are the real job's: checked as train meets them, never written; the rehearsal runs in
+    # rehearsals/<name>/... or --out
     key = "hydra.sweep.dir" if flags else "hydra.run.dir"
-    where = (
+    real = [a for a in args if a.startswith(f"{key}=")]
+    rest = [a for a in args if a not in flags and a not in real]
+    where = options.out or (
         "rehearsals/${name}/multirun-${now:%Y-%m-%d_%H-%M-%S}" if flags else "rehearsals/${name}/${run_id:}"
     )
-    own = [] if any(a.startswith(f"{key}=") for a in rest) else [f"{key}={where}"]
-    # the real run's own directory (runs/<name>/cfg-<hash>) is checked, never written; a
-    # hydra.run.dir given is where the rehearsal itself runs (and meets its lock and last.pt)
-    check_real_dir = not flags and bool(own)
+    if options.out:
+        _refuse_a_real_run_as_out(Path(options.out).expanduser(), real)
 
     def rehearse_job(dcfg: DictConfig) -> None:
-        _rehearse(dcfg, options, check_real_dir)
+        _rehearse(dcfg, options, None if flags else real)
 
-    hydra_command(rehearse_job, [*flags, *own, *rest], "rehearse")
+    hydra_command(rehearse_job, [*flags, f"{key}={where}", *rest], "rehearse")
     if _REHEARSAL_FAILURES:
         raise SystemExit(2)
 
@@ -91,6 +95,7 @@ class RehearseOptions:
     stand_in: bool = False
     scan: bool = False
     gpu_memory_gib: float | None = None  # None: the visible GPU's, else memory_fit's default
+    out: str | None = None  # where the rehearsal runs (--out); None: rehearsals/<name>/<id>
 
 
 def _rehearse_options(args: list[str]) -> tuple[RehearseOptions, list[str]]:
@@ -102,7 +107,7 @@ def _rehearse_options(args: list[str]) -> tuple[RehearseOptions, list[str]]:
     it = iter(args)
     for a in it:
         name, eq, value = a.partition("=")
-        if name in ("--images-per-step", "--gpu-memory"):
+        if name in ("--images-per-step", "--gpu-memory", "--out"):
             given = value if eq else next(it, None)
             if given is None:
                 fail(f"{name} needs a value")
@@ -124,8 +129,22 @@ def _rehearse_options(args: list[str]) -> tuple[RehearseOptions, list[str]]:
             gpu = -1.0
         if not gpu > 0:
             fail(f"--gpu-memory={values['--gpu-memory']}: expected the GPU's memory in GiB, e.g. 80")
-    options = RehearseOptions(images, bool(values.get("--stand-in")), bool(values.get("--scan")), gpu)
+    out = str(values["--out"]) if "--out" in values else None
+    options = RehearseOptions(images, bool(values.get("--stand-in")), bool(values.get("--scan")), gpu, out)
     return options, rest
+
+
+def _refuse_a_real_run_as_out(out: Path, real: list[str]) -> None:
+    """--out must not be the real run's directory, nor any folder holding a run that is not a
+    rehearsal's (its checkpoints would be overwritten)."""
+    if any(Path(r.split("=", 1)[1]).expanduser().resolve() == out.resolve() for r in real):
+        fail(f"--out={out} is the real run's directory ({real[-1]}): the rehearsal needs a folder of its own")
+    holds = [n for n in ("checkpoints/last.pt", "final.json", "metrics.jsonl") if (out / n).exists()]
+    if holds and not (out / "rehearsal").is_dir():
+        fail(
+            f"--out={out} holds a run that is not a rehearsal ({', '.join(holds)}): a rehearsal there would "
+            "overwrite it; choose a new folder"
+        )
 
 
 def _rehearse_check(args: list[str], options: RehearseOptions) -> None:
@@ -152,7 +171,9 @@ def _rehearse_check(args: list[str], options: RehearseOptions) -> None:
 _REHEARSAL_FAILURES: list[str] = []
 
 
-def _rehearse(dcfg: DictConfig, options: RehearseOptions, check_real_dir: bool = False) -> None:
+def _rehearse(dcfg: DictConfig, options: RehearseOptions, real: list[str] | None) -> None:
+    """One job's rehearsal in Hydra's run directory; `real`: the hydra.run.dir given for the real
+    run ([] for its default directory), checked as train meets it; None for a sweep's job."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import OmegaConf
@@ -169,7 +190,7 @@ def _rehearse(dcfg: DictConfig, options: RehearseOptions, check_real_dir: bool =
             dcfg.data.root = ""  # the stand-in takes its place (the verdict says so)
         cfg = to_dataclass(dcfg)
         launch = rehearse.launch_description(cfg.trainer.nproc)
-        real_dir = rehearse.real_run_dir([], cfg, multirun=False) if check_real_dir else None
+        real_dir = rehearse.real_run_dir(real, cfg, multirun=False) if real is not None else None
         shape = rehearse.check(cfg, launch, options.stand_in, options.gpu_memory_gib, options.scan, real_dir)
         local_launch, world, _ = launch
         plan = StepPlan(
