@@ -137,6 +137,33 @@ def test_a_misspelt_config_key_is_one_line_with_the_closest_real_key(override: s
     assert expected in one_error_line(err)
 
 
+@pytest.mark.parametrize("command", ["train", "eval", "stats", "verify-data", "bench model", "rehearse"])
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("experiment=he2017", "Could not find 'experiment/he2017'; available: cifar10_resnet18, demo,"),
+        ("optim=sgdd", "Could not find 'optim/sgdd'; available: adam, adamw, sgd"),
+        (
+            "trainer.batch_size=abc",
+            "trainer.batch_size=abc: Value 'abc' of type 'str' could not be converted",
+        ),
+        ("data.augment=digits", "(a config group is chosen with /: data/augment=...)"),
+        (
+            "data.root=~/dd",
+            "does not parse as an override: quote the value inside the argument, \"data.root='~/dd'\"",
+        ),
+        ("trainer.epochs=[1", "no viable alternative at input '[1'"),
+    ],
+)
+def test_a_command_line_that_does_not_compose_is_one_line_and_exit_2_in_every_command(
+    command: str, override: str, expected: str, capsys
+):
+    """Hydra's own report is several lines and exit 1; --check-only said one line and exit 2."""
+    code, err = run_main([*command.split(), override], capsys)
+    assert code == 2
+    assert expected in one_error_line(err)
+
+
 def test_group_choices_hydra_keys_and_sweeps_pass_the_key_check():
     from resnet_repro.config import check_override_keys
 

@@ -158,6 +158,11 @@ def test_validate_accepts_the_default_config_with_each_precision(default_cfg):
         ("reference=he2015", "reference='he2015'"),
         ("schedule.metric=error", "schedule.metric='error'"),
         ("schedule.patience=0", "schedule.patience=0"),
+        ("data.num_threads=0", "data.num_threads=0"),
+        ("data.num_threads=-1", "data.num_threads=-1"),
+        ("data.backend=torchvision data.num_threads=-1", "data.num_threads=-1 must be >= 0"),
+        ("data.prefetch=0", "data.prefetch=0"),
+        ("trainer.max_steps_per_epoch=0", "trainer.max_steps_per_epoch=0"),
         ("schedule.factor=1.0", "schedule.factor=1.0"),
         ("schedule.min_delta=-0.1", "schedule.min_delta=-0.1"),
         ("stabilizer.early_stop.patience=0", "stabilizer.early_stop.patience=0"),
@@ -167,7 +172,7 @@ def test_validate_accepts_the_default_config_with_each_precision(default_cfg):
 def test_validate_names_the_bad_value(default_cfg, override, named):
     # Merged into the composed default (typed) config, as a command-line override would be; composing
     # once per module keeps this fast
-    obj = to_dataclass(OmegaConf.merge(default_cfg, OmegaConf.from_dotlist([override])))
+    obj = to_dataclass(OmegaConf.merge(default_cfg, OmegaConf.from_dotlist(override.split())))
     with pytest.raises(UserError) as info:
         validate(obj)
     assert named in str(info.value)

@@ -17,6 +17,7 @@ from resnet_repro.config import (
     UserError,
     check_override_keys,
     deprecation_warnings,
+    hydra_error_line,
     register_configs,
     sweep_collisions,
     to_dataclass,
@@ -139,6 +140,7 @@ def hydra_command(
         )
     try:
         check_override_keys(args, groups=[d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()])
+        _compose_first_job(args)
     except UserError as e:
         fail(str(e))
     for line in deprecation_warnings(args):
@@ -175,6 +177,21 @@ def hydra_command(
     hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(task)()
 
 
+def _compose_first_job(args: list[str]) -> None:
+    """Compose the command's (first) job before Hydra runs it, so that a composition error is one
+    line and exit 2, as everywhere else, not Hydra's multi-line report and exit 1. Where Hydra's
+    own flags are given (--cfg, --info, ...) Hydra reports."""
+    from resnet_repro.planning.plan import expand_sweep
+
+    multirun = {"-m", "--multirun"} & set(args)
+    overrides = [a for a in args if a not in ("-m", "--multirun")]
+    if any(a.startswith("-") for a in overrides):
+        return
+    first = next(iter(expand_sweep(overrides, bool(multirun))), None)
+    if first is not None:
+        _compose(first)
+
+
 def record_failure(run_dir: Path, message: str) -> None:
     """A failed sweep point's reason, left in its directory (error.txt) for `resnet-repro report`."""
     if _is_main_process():
@@ -191,13 +208,28 @@ def _is_main_process() -> bool:
         return True
 
 
+def _compose(job: list[str]) -> DictConfig:
+    """One job's config as Hydra composes it (with its `hydra` node); a composition error (an
+    unknown group option, a value of the wrong type, an override that does not parse) as a
+    one-line UserError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+            return compose(config_name="config", overrides=job, return_hydra_config=True)
+    except HydraException as e:
+        raise UserError(hydra_error_line(e)) from e
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def compose_jobs(args: list[str]) -> list[tuple[list[str], RootConfig, DictConfig]]:
     """The jobs of a command line (`-m`: each job of the sweep), composed as `train` composes them
     and converted to dataclasses (an unset data.root is left empty: the caller decides), each with
     the Hydra launcher it composed with (`hydra.launcher`)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
     from omegaconf import OmegaConf, open_dict
 
     from resnet_repro.planning.plan import expand_sweep
@@ -208,14 +240,7 @@ def compose_jobs(args: list[str]) -> list[tuple[list[str], RootConfig, DictConfi
     check_override_keys(overrides, groups=[d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()])
     jobs = []
     for job in expand_sweep(overrides, multirun):
-        GlobalHydra.instance().clear()
-        try:
-            with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-                dcfg = compose(config_name="config", overrides=job, return_hydra_config=True)
-        except HydraException as e:
-            raise UserError(str(e).splitlines()[0]) from e
-        finally:
-            GlobalHydra.instance().clear()
+        dcfg = _compose(job)
         launcher = dcfg.hydra.launcher
         with open_dict(dcfg):
             del dcfg["hydra"]

@@ -3,3 +3,37 @@
 
 class UserError(Exception):
     """An error caused by input the user controls (config, paths, data). Printed as one line."""
+
+
+def hydra_error_line(e: Exception) -> str:
+    """Hydra's error for a command line that does not compose, in one line, with what its further
+    lines say that a user needs: the group's options, the value's type error, how to quote."""
+    lines = str(e).strip().splitlines() or [type(e).__name__]
+    first = lines[0]
+    if any(line.startswith("Available options in") for line in lines):
+        start = next(i for i, line in enumerate(lines) if line.startswith("Available options in"))
+        options = []
+        for line in lines[start + 1 :]:
+            if not line.startswith("\t"):
+                break
+            if not line.strip().endswith("_schema"):  # the dataclass schemas, not choices
+                options.append(line.strip())
+        return f"{first}; available: {', '.join(options)}"
+    if first.startswith("Error merging override") and e.__cause__ is not None:
+        cause = str(e.__cause__).strip().splitlines()[0]
+        key = first.rsplit(" ", 1)[-1].split("=", 1)[0]
+        hint = (
+            f" (a config group is chosen with /: {key.replace('.', '/')}=...)"
+            if "is not a subclass" in cause
+            else ""
+        )
+        return f"{first}: {cause}{hint}"
+    if first.startswith("LexerNoViableAltException: "):
+        override = first.split(": ", 1)[1]
+        key, _, value = override.partition("=")
+        quoted = f"\"{key}='{value}'\""
+        return f"{override} does not parse as an override: quote the value inside the argument, {quoted}"
+    if any("override_grammar" in line for line in lines):
+        grammar = "Hydra's override grammar: quote values with special characters"
+        return f"{first}: an override does not parse ({grammar})"
+    return first

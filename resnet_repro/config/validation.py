@@ -83,6 +83,11 @@ def _validate_trainer(t: TrainerConfig) -> None:
         )
     if t.keep_last_k < 0:
         raise UserError(f"trainer.keep_last_k={t.keep_last_k} must be >= 0")
+    if t.max_steps_per_epoch is not None and t.max_steps_per_epoch <= 0:
+        raise UserError(
+            f"trainer.max_steps_per_epoch={t.max_steps_per_epoch} must be a positive number of steps, "
+            "or null for whole epochs"
+        )
     if t.preempt_check_steps <= 0:
         raise UserError(f"trainer.preempt_check_steps={t.preempt_check_steps} must be positive")
     import signal
@@ -125,6 +130,14 @@ def _validate_data(d: DataConfig) -> None:
         raise UserError(f"data.decoder={d.decoder!r} is not one of pil, decode_jpeg")
     if d.image_size <= 0:
         raise UserError(f"data.image_size={d.image_size} must be a positive number of pixels")
+    least = 0 if d.backend == "torchvision" else 1  # a DataLoader of 0 workers loads in the main process
+    if d.num_threads < least:
+        raise UserError(
+            f"data.num_threads={d.num_threads} must be >= {least} (data.backend={d.backend}: "
+            + ("DataLoader workers per process)" if least == 0 else "decoding threads per process)")
+        )
+    if d.prefetch < 1:
+        raise UserError(f"data.prefetch={d.prefetch} must be >= 1 (batches queued ahead per process)")
     if not 0 < d.crop_ratio <= 1:
         raise UserError(f"data.crop_ratio={d.crop_ratio} must be in (0, 1]")
     if len(d.mean) != 3 or len(d.std) != 3:

@@ -73,7 +73,7 @@ def compute_record(
         lambda: stats_process.compute_stats(
             list(images.files),
             resize_shorter=cfg.stats.resize,
-            num_threads=cfg.num_threads,
+            num_threads=max(1, cfg.num_threads),  # torchvision's 0 workers: the pass still needs a thread
             batch_size=cfg.stats.batch_size,
             device=device,
             shard_id=env.rank,

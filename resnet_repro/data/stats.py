@@ -223,6 +223,10 @@ def write_stats_file(path: str | os.PathLike, record: StatsRecord) -> Path:
 def check_writable(path: str | os.PathLike) -> None:
     """Fail before an hours-long pass, not after it, when the stats file cannot be written."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(
+            f"data.stats.path={path} is a folder: name a file (e.g. data.stats.path={path / 'stats.json'})"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")

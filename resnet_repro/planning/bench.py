@@ -229,7 +229,9 @@ def bench_stats(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
     files, _ = _repeated_files(cfg, b.min_images)
 
     def one_pass(decode_only: bool) -> int:
-        common = dict(resize_shorter=d.stats.resize, num_threads=d.num_threads, batch_size=d.stats.batch_size)
+        common = dict(
+            resize_shorter=d.stats.resize, num_threads=max(1, d.num_threads), batch_size=d.stats.batch_size
+        )
         if decoder == "dali":
             _, n = channel_sums.stream(files, device=device, decode_only=decode_only, **common)
         else:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnet_repro.config import RootConfig, UserError, per_device_batch
+from resnet_repro.config import RootConfig, UserError, hydra_error_line, per_device_batch
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # for the hint when data.root is not there yet
 
@@ -62,7 +62,7 @@ def expand_sweep(overrides: list[str], multirun: bool) -> list[list[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
-        raise UserError(str(e).splitlines()[0]) from e
+        raise UserError(hydra_error_line(e)) from e
     if not multirun:
         sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
         if sweeps:
