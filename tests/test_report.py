@@ -182,6 +182,36 @@ def test_a_sweep_point_that_failed_with_an_error_shows_it_in_the_note(tmp_path: 
     assert row["status"] == "failed/incomplete" and row["note"] == "error: non-finite loss at epoch 1"
 
 
+def test_damaged_job_files_are_named_in_the_note_and_never_scored_or_crash_the_report(tmp_path: Path):
+    """Files a kill, a full disk or a hand edit leaves: each job is named, none is scored from a
+    value that is not a top-1 fraction, and the report is written."""
+    good = final_json([0.3, 0.4])
+    damaged = {
+        "0.1": {"error.txt": ""},  # killed while writing the reason
+        "0.2": {"final.json": ""},
+        "0.3": {"final.json": "[1, 2]"},
+        "0.4": {"final.json": json.dumps({**good, "top1": "0.4"})},
+        "0.5": {"final.json": json.dumps({**good, "top1": 76.1})},  # a percentage
+        "0.6": {"final.json": json.dumps({**good, "top5": "0.9", "loss": "1.2"})},
+        "0.7": {"nonfinite_report.json": json.dumps({"epoch": "2", "step": 7})},
+    }
+    for lr, files in damaged.items():
+        write_job(tmp_path, [f"optim.lr={lr}"], [0.3, 0.4], extra_files=files)
+    rows = {r["overrides"]["optim.lr"]: r for r in report.collect(tmp_path)}
+    assert rows["0.1"]["note"] == "error: (error.txt is empty)"
+    for lr in ("0.2", "0.3"):
+        assert rows[lr]["note"].startswith("final.json is empty or not a JSON object")
+    assert rows["0.4"]["note"] == "final.json: top1='0.4' is not a fraction in [0, 1]: not scored"
+    assert rows["0.5"]["note"] == "final.json: top1=76.1 is not a fraction in [0, 1]: not scored"
+    for lr in ("0.1", "0.2", "0.3", "0.4", "0.5"):
+        assert rows[lr]["outcome"] != seeds.FINISHED and rows[lr]["final_top1"] is None
+    assert rows["0.6"]["outcome"] == seeds.FINISHED and rows["0.6"]["final_top1"] == 0.4
+    assert rows["0.6"]["final_top5"] is None and rows["0.6"]["final_loss"] is None
+    assert rows["0.7"]["note"] == "non-finite loss or gradient; see nonfinite_report.json"
+    out = report.write_report(report.collect(tmp_path), tmp_path)
+    assert Path(out["markdown"]).is_file()
+
+
 def test_collect_reports_preempted_jobs_and_the_newer_of_nan_and_preempted(tmp_path: Path):
     job = write_job(
         tmp_path, ["optim.lr=0.1"], [0.3], extra_files={"preempted.json": '{"signal": "SIGUSR1"}'}

@@ -196,7 +196,9 @@ def record_failure(run_dir: Path, message: str) -> None:
     """A failed sweep point's reason, left in its directory (error.txt) for `resnet-repro report`."""
     if _is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.txt").write_text(message + "\n")
+        from resnet_repro.checkpoint import write_text_atomic
+
+        write_text_atomic(run_dir / "error.txt", message + "\n")  # never half a reason
 
 
 def _is_main_process() -> bool:

@@ -178,6 +178,9 @@ def finished(row: Row) -> bool:
 def summarize_job(job_dir: Path, root: Path) -> Row:
     """One report row for `job_dir` (see `collect` for its keys)."""
     final = _read_json(job_dir / "final.json")
+    problem = _final_problem(final, job_dir / "final.json")
+    if problem is not None:  # a final.json that cannot score the job: the job did not finish
+        final = None
     metrics = read_metrics(job_dir / "metrics.jsonl")
     train_rows = [r for r in metrics if r.get("split") == "train"]
     # every other split with a top1 is an evaluation (val, holdout, test: the config's eval_split)
@@ -196,15 +199,31 @@ def summarize_job(job_dir: Path, root: Path) -> Row:
         "best_top1": best_top1,
         "score_split": _score_split(eval_rows, final, best_top1),
         "final_top1": final["top1"] if is_number(final.get("top1")) else None,
-        "final_top5": final.get("top5"),
-        "final_loss": final.get("loss"),
+        "final_top5": final["top5"] if is_number(final.get("top5")) else None,
+        "final_loss": final["loss"] if _is_float(final.get("loss")) else None,  # NaN: a diverged run's
         "epochs_run": _epochs_run(metrics, final),
         "epochs": final.get("epochs", _planned_epochs(job_dir)),
         "img_per_s": _mean(r.get("img_per_s") for r in train_rows),
         "skipped_steps": _skipped_steps(train_rows),
         "wall_time_s": _wall_time(job_dir, train_rows),
-        "note": _note(job_dir, status, final, trained_on),
+        "note": problem or _note(job_dir, status, final, trained_on),
     }
+
+
+def _final_problem(final: dict[str, Any] | None, path: Path) -> str | None:
+    """Why a final.json that exists cannot score its job; None when it can or there is none."""
+    if not path.is_file():
+        return None
+    if final is None:
+        return "final.json is empty or not a JSON object (the job killed while writing it?): not scored"
+    top1 = final.get("top1")
+    if not is_number(top1) or not 0 <= top1 <= 1:
+        return f"final.json: top1={top1!r} is not a fraction in [0, 1]: not scored"
+    return None
+
+
+def _is_float(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _skipped_steps(train_rows: list[dict[str, Any]]) -> int:
@@ -319,7 +338,8 @@ def _note(job_dir: Path, status: str, final: dict[str, Any], trained_on: str | N
         return f"non-finite loss {trained_on}, and {went_on}: its last numbers are a diverged model's"
     if status == NAN:
         report = _read_json(job_dir / "nonfinite_report.json") or {}
-        where = f" at epoch {report['epoch'] + 1}, step {report.get('step')}" if "epoch" in report else ""
+        epoch = report.get("epoch")
+        where = f" at epoch {int(epoch) + 1}, step {report.get('step')}" if is_number(epoch) else ""
         return f"non-finite loss or gradient{where}; see nonfinite_report.json"
     if status == PREEMPTED:
         info = _read_json(job_dir / "preempted.json") or {}
@@ -327,7 +347,8 @@ def _note(job_dir: Path, status: str, final: dict[str, Any], trained_on: str | N
     if status == FAILED:
         error = job_dir / "error.txt"
         if error.is_file():
-            return "error: " + error.read_text().strip().splitlines()[0]
+            lines = error.read_text(errors="replace").strip().splitlines()
+            return "error: " + (lines[0] if lines else "(error.txt is empty)")
         return "no final.json: the job crashed, was killed or is still running; see its log"
     return ""
 

@@ -129,7 +129,7 @@ def train_worker(cfg_yaml: str, run_dir: str, rehearsal: dict[str, Any] | None =
     except UserError as e:  # one line from the failing rank, not a traceback per rank
         print(f"resnet-repro: error: {e}", file=sys.stderr)
         with contextlib.suppress(OSError):  # the reason, for the launching process to report
-            (Path(run_dir) / "error.txt").write_text(f"{e}\n")
+            checkpoint.write_text_atomic(Path(run_dir) / "error.txt", f"{e}\n")  # never half a reason
         raise SystemExit(2) from None
     if outcome.get("preempted"):
         # torch's worker wrapper now waits for the agent to collect this result. An agent that got
