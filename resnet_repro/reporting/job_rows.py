@@ -216,8 +216,8 @@ def _final_problem(final: dict[str, Any] | None, path: Path) -> str | None:
         return None
     if final is None:
         return "final.json is empty or not a JSON object (the job killed while writing it?): not scored"
-    top1 = final.get("top1")
-    if not is_number(top1) or not 0 <= top1 <= 1:
+    top1 = final.get("top1")  # NaN: a diverged model's, which `divergence` judges
+    if not _is_float(top1) or (math.isfinite(top1) and not 0 <= top1 <= 1):
         return f"final.json: top1={top1!r} is not a fraction in [0, 1]: not scored"
     return None
 
