@@ -14,12 +14,12 @@ A planned contrast is a level of an axis with an off value (max norm null, warm-
 off: within each combination of the other axes (the difference of two point means), and pooled
 (the average of those differences over the combinations where both points have finished jobs).
 Each has a 95% t interval with the model's df, except where an axis's values differ in noise
-(Bartlett's test on each value's variance pooled within its points, p < 0.05): every point's mean
-then carries the noise of its value of that axis (its own contrasts: each side's; the other axes'
-contrasts and the points' intervals: the most unequal axis's), with Welch-Satterthwaite df, since
-a noisier off arm under the shared noise marks null contrasts far above 5% (16% at 4x the std,
-measured with scripts/calibrate_sweeps.py --off-std), its own and those of another axis within it
-(17%), and gives its points 70% intervals. The p-values of all the sweep's contrasts, within
+(Bartlett's test on each value's variance pooled within its points, p < 0.05; the most unequal
+such axis): every point's mean then carries the noise of its value of that axis, in every
+contrast (Welch-Satterthwaite df), interval and comparison, since a noisier off arm under the
+shared noise marks null contrasts far above 5% (16% at 4x the std, measured with
+scripts/calibrate_sweeps.py --off-std), its own and those of another axis within it (16%), and
+gives its points 70% intervals. The p-values of all the sweep's contrasts, within
 and pooled, are adjusted together by Holm (family-wise error 5%), and a contrast is marked only
 when its adjusted p < 0.05. The intervals are per contrast (94-96% coverage, measured in
 tests/test_contrasts.py), not simultaneous.
@@ -27,7 +27,8 @@ tests/test_contrasts.py), not simultaneous.
 Which point is best: a point could be the best unless some other point beats it by more than
 Tukey-Kramer's simultaneous 95% allowance (the studentized range over all the points with
 finished jobs; Games-Howell's, from each point's noise, where an axis's values differ in noise:
-with the shared noise 20% of null sweeps with a 4x noisier off arm dropped a best point), which
+with the shared noise, 20% of null sweeps of 12 equal points with a 4x noisier off arm dropped one
+of them), which
 holds whichever point was observed on top, so picking the winner from the
 same seeds does not inflate it. The observed best's lead is still biased upward: confirm a winner
 with fresh seeds.
@@ -77,33 +78,33 @@ def _range_quantile_whole(points: int, df: int) -> float:
     return float(studentized_range.ppf(1 - ALPHA, points, df))
 
 
-RANGE_GRID = 0.02  # the step in 1/df between the dfs at which the studentized range is computed
+# the steps in 1/df between the dfs at which the studentized range is computed: finer below
+# 1/df = 0.02 (df above 50), where q bends most for many points
+RANGE_GRID, FINE_GRID, FINE_BELOW = 0.02, 0.002, 0.02
 
 
 @functools.cache
-def _log_range_quantile_at(points: int, node: int) -> float:
-    """log of the studentized range's 95% quantile for `points` means at df = 1 / (node * RANGE_GRID)
-    (node 0: df infinite, as 10^7); scipy takes ~0.1 s for each."""
+def _log_range_quantile_at(points: int, x: float) -> float:
+    """log of the studentized range's 95% quantile for `points` means at df = 1 / x (x = 0: df
+    infinite, as 10^7); scipy takes ~0.1 s for each."""
     from scipy.stats import studentized_range
 
-    df = 1 / (node * RANGE_GRID) if node else 1e7
-    return math.log(float(studentized_range.ppf(1 - ALPHA, points, df)))
+    return math.log(float(studentized_range.ppf(1 - ALPHA, points, 1 / x if x else 1e7)))
 
 
 def _range_quantile(points: int, df: float) -> float:
     """The 95% quantile of the studentized range of `points` means at any df >= 1: scipy's at a
-    whole df; at Welch-Satterthwaite's (no whole number) log q linear in 1/df between grid nodes 0.02 apart in
-    1/df, so that a report computes a few nodes once (within 0.05% of scipy's: tests/test_contrasts.py)."""
+    whole df; at Welch-Satterthwaite's (no whole number) log q linear in 1/df between grid nodes
+    (0.02 apart in 1/df, 0.002 above df 50), so that a report computes a few nodes once (within
+    0.05% of scipy's: tests/test_contrasts.py)."""
     if float(df).is_integer():  # the shared noise's (Tukey-Kramer): scipy's own
         return _range_quantile_whole(points, int(df))
-    x = 1 / max(df, 1.0) / RANGE_GRID
-    low = math.floor(x)
-    w = x - low
-    if w == 0:
-        return math.exp(_log_range_quantile_at(points, low))
-    return math.exp(
-        (1 - w) * _log_range_quantile_at(points, low) + w * _log_range_quantile_at(points, low + 1)
-    )
+    x = 1 / max(df, 1.0)
+    step = FINE_GRID if x < FINE_BELOW else RANGE_GRID
+    low = math.floor(x / step)
+    w = x / step - low
+    lo, hi = round(low * step, 6), round((low + 1) * step, 6)  # the same nodes every time
+    return math.exp((1 - w) * _log_range_quantile_at(points, lo) + w * _log_range_quantile_at(points, hi))
 
 
 def _pts(group: SeedGroup) -> np.ndarray:
@@ -250,6 +251,7 @@ def contrasts(
     `unequal`: the axes whose values differ in noise (`unequal_noise`; computed when not given)."""
     if unequal is None:
         unequal = unequal_noise(groups, axes, model)
+    noise = noise_of(model, unequal)
     rows: list[dict] = []
     for factor in axes:
         baseline = off_value(groups, factor)
@@ -259,7 +261,6 @@ def contrasts(
         cell = {(g.point.get(factor), tuple(g.point.get(o) for o in others)): g for g in groups}
         combos = _ordered_combos(groups, others)
         levels = [v for v in value_order({g.point.get(factor) for g in groups}) if not is_off(v)]
-        noise = noise_of(model, unequal, factor)
         for level in levels:
             pairs = [(cell.get((level, c)), cell.get((baseline, c)), c) for c in combos]
             pairs = [(a, b, c) for a, b, c in pairs if a is not None and b is not None]
@@ -285,8 +286,15 @@ class UnequalNoise:
     pooled within its points."""
 
     factor: str
-    p: float  # Bartlett's
+    log_p: float  # of Bartlett's p
     by_value: dict[str, Noise]
+
+    @property
+    def p(self) -> float:
+        return math.exp(self.log_p)
+
+    def p_text(self) -> str:
+        return "< 0.001" if self.p < 0.001 else f"{self.p:.3f}"
 
 
 def bartlett_by_value(
@@ -295,57 +303,64 @@ def bartlett_by_value(
     """Each value of `factor`'s own noise (None without replicates) and Bartlett's p for their
     being equal; p is 1.0 where the test cannot run (no replicates, the additive model, fewer than
     two values with some, a value whose seeds all agree)."""
+    own, log_p = _own_noises_and_log_p(groups, factor, model)
+    return own, math.exp(log_p)
+
+
+def _own_noises_and_log_p(
+    groups: list[SeedGroup], factor: str, model: Noise
+) -> tuple[dict[str, Noise | None], float]:
     values = value_order({g.point.get(factor) for g in groups})
     own = {v: _own_noise(groups, factor, v) for v in values}
-    p = _bartlett_p([n for n in own.values() if n is not None]) if model.model == "cell means" else 1.0
-    return own, p
+    noises = [n for n in own.values() if n is not None]
+    return own, _bartlett_log_p(noises) if model.model == "cell means" else 0.0
 
 
 def unequal_noise(groups: list[SeedGroup], axes: list[str], model: Noise) -> list[UnequalNoise]:
-    """The axes whose values differ in noise (p < ALPHA, every value with replicates), the most
-    unequal (smallest p) first; [] when one shared noise fits."""
+    """The axes whose values differ in noise (Bartlett p < ALPHA, every value with replicates),
+    the most unequal (smallest p) first; [] when one shared noise fits. Only the first is used:
+    a second axis's values pool the first's noisy points unevenly and often look unequal through
+    them alone."""
     found = []
     for factor in axes:
-        own, p = bartlett_by_value(groups, factor, model)
-        if p < ALPHA and all(n is not None for n in own.values()):
-            found.append(UnequalNoise(factor, p, {v: n for v, n in own.items() if n is not None}))
-    return sorted(found, key=lambda u: u.p)
+        own, log_p = _own_noises_and_log_p(groups, factor, model)
+        if log_p < math.log(ALPHA) and all(n is not None for n in own.values()):
+            found.append(UnequalNoise(factor, log_p, {v: n for v, n in own.items() if n is not None}))
+    return sorted(found, key=lambda u: u.log_p)
 
 
-def noise_of(
-    model: Noise, unequal: list[UnequalNoise], factor: str | None = None
-) -> Callable[[SeedGroup], Noise]:
-    """The noise a point's mean carries: in `factor`'s contrasts its own value's noise when
-    `factor` is one of `unequal`; otherwise (other axes' contrasts, factor None: the points'
-    intervals) its value's of the most unequal axis; the shared `model` when `unequal` is empty."""
-    chosen = next((u for u in unequal if u.factor == factor), unequal[0] if unequal else None)
-    if chosen is None:
+def noise_of(model: Noise, unequal: list[UnequalNoise]) -> Callable[[SeedGroup], Noise]:
+    """The noise a point's mean carries, in every contrast, interval and comparison: its value's
+    of the most unequal axis; the shared `model` when no axis's values differ."""
+    if not unequal:
         return lambda g: model
-    return lambda g: chosen.by_value[g.point.get(chosen.factor)]
+    first = unequal[0]
+    return lambda g: first.by_value[g.point.get(first.factor)]
 
 
-def unequal_noise_words(unequal: list[UnequalNoise], contrast_axes: list[str]) -> list[str]:
-    """Per axis whose values differ in noise: `seed noise differs between the values of max norm
-    (Bartlett p 0.002; std off 0.41, 1 0.10 ... points): ...`, saying where each value's noise is
-    used; `contrast_axes`: the axes with contrasts."""
+def off_words(value: str) -> str:
+    return "off" if is_off(value) else value
+
+
+def unequal_noise_words(unequal: list[UnequalNoise]) -> list[str]:
+    """`seed noise differs between the values of max norm (Bartlett p < 0.001; std off 0.41, 1
+    0.10 ... points): ...` for the axis whose values' noises the numbers use, then a line for each
+    other axis that also looked unequal."""
     lines = []
     for u in unequal:
-        sds = ", ".join(f"{'off' if is_off(v) else v} {n.s:.2f}" for v, n in u.by_value.items())
-        name = axis_name(u.factor)
-        if u is unequal[0]:  # the most unequal: in every number but another unequal axis's contrasts
-            mine = [
-                axis_name(a) for a in contrast_axes if a == u.factor or all(v.factor != a for v in unequal)
-            ]
-            where = ([f"the contrasts of {' and '.join(mine)}"] if mine else []) + ["the points' intervals"]
+        sds = ", ".join(f"{off_words(v)} {n.s:.2f}" for v, n in u.by_value.items())
+        differs = (
+            f"seed noise differs between the values of {axis_name(u.factor)} "
+            f"(Bartlett p {u.p_text()}; std {sds} points)"
+        )
+        if u is unequal[0]:
             uses = (
-                f"each point's mean carries the noise of its {name} value, with Welch-Satterthwaite df, "
-                f"in {', '.join(where)} and 'could be best'"
+                f"each point's mean carries the noise of its {axis_name(u.factor)} value, in every contrast "
+                "(Welch-Satterthwaite df), the points' intervals and 'could be best' (Games-Howell)"
             )
-        elif u.factor in contrast_axes:
-            uses = "its contrasts use each side's own noise, with Welch-Satterthwaite df"
         else:
-            uses = f"not used ({axis_name(unequal[0].factor)}'s differ more)"
-        differs = f"seed noise differs between the values of {name} (Bartlett p {u.p:.3f}; std {sds} points)"
+            first = axis_name(unequal[0].factor)
+            uses = f"not used: each point carries its {first} value's noise, which differs more"
         lines.append(f"{differs}: {uses}")
     return lines
 
@@ -362,8 +377,13 @@ def _own_noise(groups: list[SeedGroup], factor: str, value: str) -> Noise | None
 def _bartlett_p(noises: list[Noise]) -> float:
     """Bartlett's test of equal variances from each group's variance and df (the statistic of
     scipy.stats.bartlett, which takes raw samples, not variances pooled over several points)."""
+    return math.exp(_bartlett_log_p(noises))
+
+
+def _bartlett_log_p(noises: list[Noise]) -> float:
+    """log of Bartlett's p (which underflows to 0.0 where two axes must still be told apart)."""
     if len(noises) < 2 or any(not n.s for n in noises):
-        return 1.0
+        return 0.0
     from scipy.stats import chi2
 
     df = np.array([n.df for n in noises], dtype=float)
@@ -371,7 +391,7 @@ def _bartlett_p(noises: list[Noise]) -> float:
     total = df.sum()
     stat = total * math.log(float((df * var).sum() / total)) - float((df * np.log(var)).sum())
     stat /= 1 + (float((1 / df).sum()) - 1 / total) / (3 * (len(noises) - 1))
-    return float(chi2.sf(stat, len(noises) - 1))
+    return float(chi2.logsf(stat, len(noises) - 1))
 
 
 def _contrast(

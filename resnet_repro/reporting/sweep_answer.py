@@ -76,7 +76,7 @@ def contrast_section(a: Answer) -> list[str]:
         mark = " **(marked: Holm p " + _p_text(c.p_adjusted) + ")**" if c.marked else ""
         parts.append(f"- {c.words()}{mark}")
     factors = list(dict.fromkeys(c.factor for c in pooled))
-    parts += [f"- {words}" for words in stats.unequal_noise_words(a.unequal, factors)]
+    parts += [f"- {words}" for words in stats.unequal_noise_words(a.unequal)]
     for factor in factors:
         for level in value_order({g.point.get(factor) for g in a.groups}, off_last=True):
             words = stats.divergence_words(a.groups, factor, level)
@@ -114,8 +114,21 @@ def contrast_section(a: Answer) -> list[str]:
         ]
         for c in a.contrasts
     ]
-    parts += ["", _table(header, lines), "", CONTRAST_NOTE.format(noise=_noise_text(a.noise)), ""]
+    if a.unequal:  # every contrast: each side's value's noise, Welch-Satterthwaite df
+        noise = _unequal_text(a.unequal[0]).replace("each with its value's df", "Welch-Satterthwaite df")
+    else:
+        noise = _noise_text(a.noise)
+    parts += ["", _table(header, lines), "", CONTRAST_NOTE.format(noise=noise), ""]
     return parts
+
+
+def _unequal_text(u: UnequalNoise) -> str:
+    """The noise the numbers use when an axis's values differ in it."""
+    sds = ", ".join(f"{stats.off_words(v)} {n.s:.2f}" for v, n in u.by_value.items())
+    return (
+        f"seed noise of each point's {stats.axis_name(u.factor)} value ({sds} points, each with its "
+        f"value's df; they differ: Bartlett p {u.p_text()})"
+    )
 
 
 def _noise_text(noise: Noise) -> str:
@@ -139,8 +152,7 @@ def _noise_text(noise: Noise) -> str:
 CONTRAST_NOTE = (
     "Estimates are differences of mean top-1 (points) over finished runs only: within one "
     "combination of the other axes, or the average of those differences (`within` = all). 95% "
-    "intervals are Student's t with the {noise} (where a line above says the noise differs between "
-    "an axis's values: each point's value's, with Welch-Satterthwaite df); Holm p adjusts every "
+    "intervals are Student's t with the {noise}; Holm p adjusts every "
     "contrast of this table together and `*` marks Holm p < 0.05. Diverged: runs stopped by a "
     "non-finite loss of those that finished or diverged, with the exact (Clopper-Pearson) 95% "
     "interval. docs/reports.md says how the method was calibrated on sweeps of known truth."
@@ -172,13 +184,7 @@ def points_section(a: Answer) -> list[str]:
         )
     noise, method = _noise_text(a.noise), "Tukey-Kramer's"
     if a.unequal:  # the points' intervals and `could be best` take each point's value's noise
-        u = a.unequal[0]
-        sds = ", ".join(f"{v} {n.s:.2f}" for v, n in u.by_value.items())
-        noise = (
-            f"seed noise of each point's {stats.axis_name(u.factor)} value ({sds} points; they differ: "
-            f"Bartlett p {u.p:.3f}), with Welch-Satterthwaite df"
-        )
-        method = "Games-Howell's (each point's noise)"
+        noise, method = _unequal_text(a.unequal[0]), "Games-Howell's (each point's noise)"
     note = POINTS_NOTE.format(noise=noise, method=method, best=sum(1 for b in a.best if b))
     return ["## Points: which could be the best", "", _table(header, lines), "", note, ""]
 
