@@ -504,6 +504,38 @@ def test_stats_file_round_trips_atomically_beside_the_data(dataset):
     bad.unlink()
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("std", 0.3, "std=0.3: 3 numbers in (0, 0.5]"),
+        ("std", ["a", "b", "c"], "std=['a', 'b', 'c']: 3 numbers in (0, 0.5]"),
+        ("std", [float("nan")] * 3, "std=[nan, nan, nan]: 3 numbers in (0, 0.5]"),
+        ("mean", [1e9, 1e9, 1e9], "mean=[1000000000.0, 1000000000.0, 1000000000.0]: 3 numbers in [0, 1]"),
+        ("mean", [0.5, 0.5], "mean=[0.5, 0.5]: 3 numbers in [0, 1]"),
+        ("format", "1", "format='1': a whole number"),
+        ("fingerprint", None, "fingerprint=None: text"),
+        ("num_images", -4, "num_images=-4: a whole number >= 0"),
+    ],
+)
+def test_a_stats_file_with_values_no_pass_writes_is_refused_naming_the_value(dataset, key, value, named):
+    """A hand edit or another tool's file: one line naming the value, not a TypeError later or a
+    run normalized by nonsense (a mean of 1e9 trained to a val loss of 2e22, a review found)."""
+    train = list_split(dataset, "train")
+    record = _record(_compute(train.files[:4]), train, dataset, "train")
+    bad = dataset / "edited.json"
+    write_stats_file(bad, record)
+    data = json.loads(bad.read_text())
+    data[key] = value
+    bad.write_text(json.dumps(data))
+    try:
+        with pytest.raises(UserError) as info:
+            read_stats_file(bad)
+        message = str(info.value)
+        assert f"stats file {bad} has {named}" in message and "recompute with `resnet-repro stats`" in message
+    finally:
+        bad.unlink()
+
+
 def _umask() -> int:
     import os
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -256,6 +257,7 @@ def read_stats_file(path: str | os.PathLike) -> StatsRecord:
         ) from e
     if not isinstance(data, dict):
         raise UserError(f"stats file {path} does not hold a JSON object; recompute with `resnet-repro stats`")
+    _check_values(data, path)
     if data.get("format", FORMAT) > FORMAT:
         raise UserError(
             f"stats file {path} has format {data['format']}, newer than this resnet-repro reads ({FORMAT})"
@@ -269,9 +271,43 @@ def read_stats_file(path: str | os.PathLike) -> StatsRecord:
     record = StatsRecord(**{k: v for k, v in data.items() if k in names})
     if record.split not in STATS_FROM:
         raise UserError(f"stats file {path} has split={record.split!r}, not one of {', '.join(STATS_FROM)}")
-    if len(record.mean) != 3 or len(record.std) != 3 or any(s <= 0 for s in record.std):
-        raise UserError(f"stats file {path} has mean={record.mean} std={record.std}: need 3 values, std > 0")
     return record
+
+
+def _check_values(data: dict[str, Any], path: Path) -> None:
+    """Every value a pass writes has its type and range: one line naming the first that does not
+    (a hand edit, another tool's file), not a TypeError later or a run normalized by nonsense."""
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    def three(low: float, high: float, open_low: bool = False) -> Any:
+        def ok(v: Any) -> bool:
+            inside = (lambda x: low < x <= high) if open_low else (lambda x: low <= x <= high)
+            return isinstance(v, list) and len(v) == 3 and all(number(x) and inside(x) for x in v)
+
+        return ok
+
+    rules = {
+        "mean": (three(0.0, 1.0), "3 numbers in [0, 1] (pixel scale)"),
+        # the population std of values in [0, 1] is at most 0.5
+        "std": (three(0.0, 0.5, open_low=True), "3 numbers in (0, 0.5] (pixel scale)"),
+        "format": (whole, "a whole number"),
+        "fingerprint": (lambda v: isinstance(v, str), "text"),
+        "split": (lambda v: isinstance(v, str), "text"),
+        "num_images": (whole, "a whole number >= 0"),
+        "num_pixels": (whole, "a whole number >= 0"),
+        "file_count": (whole, "a whole number >= 0"),
+    }
+    for key, (ok, expected) in rules.items():
+        if key in data and not ok(data[key]):
+            raise UserError(
+                f"stats file {path} has {key}={data[key]!r}: {expected} expected; "
+                "recompute with `resnet-repro stats`"
+            )
 
 
 def _count(n: int, noun: str) -> str:
