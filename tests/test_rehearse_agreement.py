@@ -185,6 +185,13 @@ def trained_run_dir(*first: str) -> Callable[[Path, Path], list[str]]:
     return make
 
 
+def run_dir_under_a_file(root: Path, work: Path) -> list[str]:
+    """hydra.run.dir inside a path whose part is a file (train crashed in Hydra's mkdir)."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "notes").write_text("a file, not a folder\n")
+    return [f"hydra.run.dir={work / 'notes' / 'run'}"]
+
+
 def little_disk(root: Path, work: Path) -> list[str]:
     return []  # the free space is patched in the test (both commands ask shutil.disk_usage)
 
@@ -304,6 +311,7 @@ CATALOGUE = [
         "belongs to a different job",
     ),
     Fault("last_pt_of_the_same_run", "run directory", trained_run_dir(), "go", full=True),
+    Fault("run_dir_under_a_file", "run directory", run_dir_under_a_file, "stop", "is a file", full=True),
     Fault(
         "resume_file_missing",
         "run directory",

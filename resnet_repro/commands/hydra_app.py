@@ -140,7 +140,7 @@ def hydra_command(
         )
     try:
         check_override_keys(args, groups=[d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()])
-        _compose_first_job(args)
+        _compose_first_job(args, command)
     except UserError as e:
         fail(str(e))
     for line in deprecation_warnings(args):
@@ -177,7 +177,7 @@ def hydra_command(
     hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(task)()
 
 
-def _compose_first_job(args: list[str]) -> None:
+def _compose_first_job(args: list[str], command: str) -> None:
     """Compose the command's (first) job before Hydra runs it, so that a composition error is one
     line and exit 2, as everywhere else, not Hydra's multi-line report and exit 1. Where Hydra's
     own flags are given (--cfg, --info, ...) Hydra reports."""
@@ -188,8 +188,23 @@ def _compose_first_job(args: list[str]) -> None:
     if any(a.startswith("-") for a in overrides):
         return
     first = next(iter(expand_sweep(overrides, bool(multirun))), None)
-    if first is not None:
-        _compose(first)
+    if first is None:
+        return
+    dcfg = _compose(first)
+    if command == "train" and not multirun:  # Hydra makes the run directory: a traceback if it cannot
+        from omegaconf import OmegaConf, open_dict
+
+        from resnet_repro.planning.rehearse_checks import real_run_dir
+        from resnet_repro.training.resume import run_dir_problem
+
+        with open_dict(dcfg):
+            del dcfg["hydra"]
+        if OmegaConf.is_missing(dcfg.data, "root"):
+            dcfg.data.root = ""
+        run_dir = real_run_dir(first, to_dataclass(dcfg), multirun=False)
+        problem = None if run_dir is None else run_dir_problem(run_dir)
+        if problem is not None:
+            raise UserError(problem)
 
 
 def record_failure(run_dir: Path, message: str) -> None:

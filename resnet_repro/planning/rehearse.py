@@ -153,7 +153,11 @@ def check(
     if run_dir is None and cfg.trainer.resume not in ("auto", "never"):
         run_dir = Path("runs") / cfg.name / "(a new directory)"  # it resumes the named file
     from resnet_repro.training import disk_space
+    from resnet_repro.training.resume import run_dir_problem
 
+    problem = None if run_dir is None else run_dir_problem(run_dir)
+    if problem is not None:  # train meets it first, as Hydra makes the directory
+        raise UserError(problem)
     # the checkpoints against the free disk where they will go (a sweep's or SLURM job's directory
     # is new: its file system is that of runs/), as train checks it at its start
     selection = cfg.data.holdout.size is not None or cfg.trainer.select_on_test

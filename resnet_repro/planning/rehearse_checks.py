@@ -81,8 +81,17 @@ def check_run_directory(cfg: RootConfig, run_dir: Path, derived: Any) -> str:
     trainer.resume file that is not there, a last.pt of another job or other settings (refused);
     else whether it starts fresh or resumes, in words."""
     from resnet_repro import checkpoint
-    from resnet_repro.training.resume import check_job_shape, check_lock, check_resumable, resume_path
+    from resnet_repro.training.resume import (
+        check_job_shape,
+        check_lock,
+        check_resumable,
+        resume_path,
+        run_dir_problem,
+    )
 
+    problem = run_dir_problem(run_dir)
+    if problem is not None:  # train meets it as Hydra makes the directory
+        raise UserError(problem)
     stale = check_lock(run_dir)
     path = resume_path(cfg, run_dir)
     if path is None:
