@@ -40,6 +40,27 @@ def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> None:
     _write_atomic(path, lambda f: torch.save(state, f))
 
 
+def folder_problem(path: str | os.PathLike, what: str) -> str | None:
+    """Why folder `path` (`what`: how the user named it, e.g. "--out") cannot be made or written:
+    a part of its path is a file, or its nearest existing folder is read-only or not ours; None
+    when it can. Checked before any work, so that nothing fails half-way in a traceback."""
+    path = Path(path).expanduser()
+    for part in [path, *path.parents]:
+        if not part.exists():
+            continue
+        if not part.is_dir():
+            return f"{what} {path} cannot be made: {part} is a file, not a folder"
+        if not os.access(part, os.W_OK | os.X_OK):
+            try:
+                read_only = bool(os.statvfs(part).f_flag & os.ST_RDONLY)
+            except OSError:
+                read_only = False
+            why = "a read-only file system" if read_only else "not writable by this user"
+            return f"{what} {path} cannot be written: {part} is {why}"
+        return None
+    return None
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """`save_atomic` for a small text file (final.json, preempted.json): never half written."""
     _write_atomic(path, lambda f: f.write(text.encode()))

@@ -189,6 +189,27 @@ def test_an_unset_required_data_root_is_one_line_naming_the_key(capsys):
     assert "data.root is required" in line and "data.root=" in line
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["make-demo-data"],
+        ["prepare-cifar10", "--archive", "cifar-10-python.tar.gz"],
+        ["prepare-imagenet", "--train-tar", "train.tar", "--val-tar", "val.tar"],
+    ],
+    ids=lambda c: c[0],
+)
+@pytest.mark.parametrize("under", [False, True], ids=["out-is-a-file", "out-under-a-file"])
+def test_an_out_folder_that_is_a_file_is_one_line_before_any_work(command, under, tmp_path: Path, capsys):
+    """A review: NotADirectoryError / FileExistsError tracebacks, after reading the archive."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep")
+    out = notes / "data" if under else notes
+    code, err = run_main([*command, "--out", str(out)], capsys)
+    assert code == 2
+    assert f"--out {out} cannot be made: {notes} is a file, not a folder" in one_error_line(err)
+    assert notes.read_text() == "keep"
+
+
 def test_make_demo_data_into_a_foreign_folder_is_one_line_and_deletes_nothing(tmp_path: Path, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")

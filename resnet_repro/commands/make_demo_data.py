@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from resnet_repro.commands.hydra_app import PROG
+from resnet_repro.commands.hydra_app import PROG, fail
 from resnet_repro.config import CONF_DIR, register_configs
 
 
@@ -27,4 +27,9 @@ def make_demo_data_command(args: list[str]) -> None:
         register_configs()
         with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
             out = compose(config_name="config").data.root
+    from resnet_repro.checkpoint import folder_problem
+
+    problem = folder_problem(out, "--out" if ns.out is not None else "data.root")
+    if problem is not None:
+        fail(problem)
     print(build_demo_dataset(out))

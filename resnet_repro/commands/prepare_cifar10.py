@@ -26,8 +26,17 @@ def prepare_cifar10_command(args: list[str]) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (becomes data.root)")
     p.add_argument("--no-progress", action="store_true")
     ns = p.parse_args(args)
+    _check_out(ns.out)
     try:
         summary = prepare_cifar10(ns.archive, ns.out, progress=not ns.no_progress)
     except UserError as e:
         fail(str(e))
     print(json.dumps(summary))
+
+
+def _check_out(out: Path) -> None:
+    from resnet_repro.checkpoint import folder_problem
+
+    problem = folder_problem(out, "--out")
+    if problem is not None:
+        fail(problem)

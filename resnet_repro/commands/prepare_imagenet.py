@@ -34,6 +34,7 @@ def prepare_imagenet_command(args: list[str]) -> None:
     p.add_argument("--loc-val-solution", type=Path, help="LOC_val_solution.csv (instead of the devkit)")
     p.add_argument("--no-progress", action="store_true")
     ns = p.parse_args(args)
+    _check_out(ns.out)
     try:
         summary = prepare_imagenet(
             ns.out,
@@ -48,3 +49,11 @@ def prepare_imagenet_command(args: list[str]) -> None:
     except UserError as e:
         fail(str(e))
     print(json.dumps(summary, default=str))
+
+
+def _check_out(out: Path) -> None:
+    from resnet_repro.checkpoint import folder_problem
+
+    problem = folder_problem(out, "--out")
+    if problem is not None:
+        fail(problem)

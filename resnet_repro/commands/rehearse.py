@@ -139,6 +139,11 @@ def _refuse_a_real_run_as_out(out: Path, real: list[str]) -> None:
     rehearsal's (its checkpoints would be overwritten)."""
     if any(Path(r.split("=", 1)[1]).expanduser().resolve() == out.resolve() for r in real):
         fail(f"--out={out} is the real run's directory ({real[-1]}): the rehearsal needs a folder of its own")
+    from resnet_repro.checkpoint import folder_problem
+
+    problem = folder_problem(out, "--out")
+    if problem is not None:
+        fail(problem)
     holds = [n for n in ("checkpoints/last.pt", "final.json", "metrics.jsonl") if (out / n).exists()]
     if holds and not (out / "rehearsal").is_dir():
         fail(

@@ -263,26 +263,11 @@ def _lock_owner(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def run_dir_problem(run_dir: Path) -> str | None:
-    """Why `run_dir` cannot be made or written (a part of its path is a file; its nearest existing
-    folder is read-only or not ours), before anything starts there; None when it can."""
-    path = Path(run_dir).expanduser()
-    for part in [path, *path.parents]:
-        if not part.exists():
-            continue
-        if not part.is_dir():
-            return f"run directory {path} cannot be made: {part} is a file; choose another hydra.run.dir"
-        if not os.access(part, os.W_OK | os.X_OK):
-            why = "a read-only file system" if _read_only(part) else "not writable by this user"
-            return f"run directory {path} cannot be written: {part} is {why}; choose another hydra.run.dir"
-        return None
-    return None
+    """Why `run_dir` cannot be made or written, before anything starts there; None when it can."""
+    from resnet_repro.checkpoint import folder_problem
 
-
-def _read_only(path: Path) -> bool:
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
+    problem = folder_problem(run_dir, "run directory")
+    return None if problem is None else f"{problem}; choose another hydra.run.dir"
 
 
 def check_lock(
