@@ -28,9 +28,8 @@ Which point is best: a point could be the best unless some other point beats it 
 Tukey-Kramer's simultaneous 95% allowance (the studentized range over all the points with
 finished jobs; Games-Howell's, from each point's noise, where an axis's values differ in noise:
 with the shared noise, 20% of null sweeps of 12 equal points with a 4x noisier off arm dropped one
-of them), which
-holds whichever point was observed on top, so picking the winner from the
-same seeds does not inflate it. The observed best's lead is still biased upward: confirm a winner
+of them), which holds whichever point was observed on top, so picking the winner from the same
+seeds does not inflate it. The observed best's lead is still biased upward: confirm a winner
 with fresh seeds.
 """
 
