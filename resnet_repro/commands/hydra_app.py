@@ -192,16 +192,10 @@ def _compose_first_job(args: list[str], command: str) -> None:
         return
     dcfg = _compose(first)
     if command == "train" and not multirun:  # Hydra makes the run directory: a traceback if it cannot
-        from omegaconf import OmegaConf, open_dict
-
         from resnet_repro.planning.rehearse_checks import real_run_dir
         from resnet_repro.training.resume import run_dir_problem
 
-        with open_dict(dcfg):
-            del dcfg["hydra"]
-        if OmegaConf.is_missing(dcfg.data, "root"):
-            dcfg.data.root = ""
-        run_dir = real_run_dir(first, to_dataclass(dcfg), multirun=False)
+        run_dir = real_run_dir(first, _job_config(dcfg), multirun=False)
         problem = None if run_dir is None else run_dir_problem(run_dir)
         if problem is not None:
             raise UserError(problem)
@@ -247,8 +241,6 @@ def compose_jobs(args: list[str]) -> list[tuple[list[str], RootConfig, DictConfi
     """The jobs of a command line (`-m`: each job of the sweep), composed as `train` composes them
     and converted to dataclasses (an unset data.root is left empty: the caller decides), each with
     the Hydra launcher it composed with (`hydra.launcher`)."""
-    from omegaconf import OmegaConf, open_dict
-
     from resnet_repro.planning.plan import expand_sweep
 
     multirun = any(a in ("-m", "--multirun") for a in args)
@@ -259,9 +251,17 @@ def compose_jobs(args: list[str]) -> list[tuple[list[str], RootConfig, DictConfi
     for job in expand_sweep(overrides, multirun):
         dcfg = _compose(job)
         launcher = dcfg.hydra.launcher
-        with open_dict(dcfg):
-            del dcfg["hydra"]
-        if OmegaConf.is_missing(dcfg.data, "root"):
-            dcfg.data.root = ""
-        jobs.append((job, to_dataclass(dcfg), launcher))
+        jobs.append((job, _job_config(dcfg), launcher))
     return jobs
+
+
+def _job_config(dcfg: DictConfig) -> RootConfig:
+    """A composed job's config as the dataclass, without Hydra's node (taken out of `dcfg`); an
+    unset data.root left empty: the caller decides."""
+    from omegaconf import OmegaConf, open_dict
+
+    with open_dict(dcfg):
+        del dcfg["hydra"]
+    if OmegaConf.is_missing(dcfg.data, "root"):
+        dcfg.data.root = ""
+    return to_dataclass(dcfg)

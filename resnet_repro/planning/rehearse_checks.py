@@ -81,18 +81,9 @@ def check_run_directory(cfg: RootConfig, run_dir: Path, derived: Any) -> str:
     trainer.resume file that is not there, a last.pt of another job or other settings (refused);
     else whether it starts fresh or resumes, in words."""
     from resnet_repro import checkpoint
-    from resnet_repro.training.resume import (
-        check_job_shape,
-        check_lock,
-        check_resumable,
-        resume_path,
-        run_dir_problem,
-    )
+    from resnet_repro.training.resume import check_job_shape, check_lock, check_resumable, resume_path
 
-    problem = run_dir_problem(run_dir)
-    if problem is not None:  # train meets it as Hydra makes the directory
-        raise UserError(problem)
-    stale = check_lock(run_dir)
+    stale = check_lock(run_dir)  # the directory can be made and written: rehearse.check asked first
     path = resume_path(cfg, run_dir)
     if path is None:
         return f"{run_dir}: a fresh start" + (f" (its stale lock is taken over: {stale})" if stale else "")

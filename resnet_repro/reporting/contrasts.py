@@ -338,6 +338,7 @@ def noise_of(model: Noise, unequal: list[UnequalNoise]) -> Callable[[SeedGroup],
 
 
 def off_words(value: str) -> str:
+    """How a value reads in the answer: `off` for null, 0, false."""
     return "off" if is_off(value) else value
 
 
@@ -456,7 +457,7 @@ def skip_words(groups: list[SeedGroup], factor: str, level: str) -> str | None:
     skips = [k for g in groups if g.point.get(factor) == level for k in g.skips]
     if not skips:
         return None
-    label = "off" if is_off(level) else level
+    label = off_words(level)
     hit = sum(1 for k in skips if k > 0)
     total = f" ({sum(skips)} steps)" if hit else ""
     return f"{axis_name(factor)} {label}: {hit} of {len(skips)} finished runs skipped non-finite steps{total}"
@@ -470,7 +471,7 @@ def divergence_words(groups: list[SeedGroup], factor: str, level: str) -> str | 
     ci = clopper_pearson(diverged, ended)
     if ci is None:
         return None
-    label = "off" if is_off(level) else level
+    label = off_words(level)
     return (
         f"{axis_name(factor)} {label}: {diverged} of {ended} runs diverged "
         f"(95% CI {100 * ci[0]:.0f}-{100 * ci[1]:.0f}%)"
