@@ -110,6 +110,10 @@ def _fsync_dir(folder: Path) -> None:
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load with weights_only=True: a checkpoint can hold tensors and plain data, never code."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        inside = next((c for c in ("checkpoints/last.pt", "last.pt") if (path / c).is_file()), None)
+        hint = f"e.g. {path / inside}" if inside else "e.g. <run dir>/checkpoints/last.pt"
+        raise UserError(f"checkpoint {path} is a folder; expected a checkpoint file, {hint}")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:

@@ -455,3 +455,40 @@ def test_multi_rank_stop_is_decided_on_the_signal_all_ranks_agree_on(monkeypatch
         assert decision.action == ("requeue" if agreed in ("SIGUSR1", "SIGUSR2") else "stop")
     finally:
         interrupts.close()
+
+
+def test_resume_refuses_a_checkpoint_trained_on_other_class_names(tmp_path):
+    # data.root may move between launches, but the model's outputs are the classes it was trained on
+    import dataclasses
+
+    from resnet_repro.config import DataConfig, RootConfig, TrainerConfig
+    from resnet_repro.training.resume import check_resumable
+    from resnet_repro.training.summary import Derived
+
+    run = RootConfig(data=DataConfig(name="demo", root="/a"), trainer=TrainerConfig(seed=0))
+    derived = Derived(1, 16, 0.1, 5, 80, 20, 10, "cpu")
+    state = {
+        k: 0 for k in ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "epoch_step", "rng")
+    }
+    state.update(config=dataclasses.asdict(run), classes=["cat", "dog", "emu"])
+    path = tmp_path / "last.pt"
+    assert check_resumable(state, path, derived, run, classes=("cat", "dog", "emu")) == []
+    with pytest.raises(UserError, match=r"classes \['cat', 'dog', 'emu'\] -> \['cat', 'dog', 'owl'\]"):
+        check_resumable(state, path, derived, run, classes=("cat", "dog", "owl"))
+    anyway = dataclasses.replace(run, trainer=TrainerConfig(seed=0, resume_with_changes=True))
+    changes = check_resumable(state, path, derived, anyway, classes=("cat", "dog", "owl"))
+    assert changes == ["classes ['cat', 'dog', 'emu'] -> ['cat', 'dog', 'owl'] (output 2: 'emu' -> 'owl')"]
+    state.pop("classes")  # a checkpoint of an earlier version: nothing to compare
+    assert check_resumable(state, path, derived, run, classes=("cat", "dog", "owl")) == []
+
+
+def test_a_checkpoint_path_that_is_a_run_folder_points_at_its_last_pt(tmp_path):
+    from resnet_repro import checkpoint
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"is a folder; expected a checkpoint file, e\.g\. <run dir>"):
+        checkpoint.load(run)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    with pytest.raises(UserError, match=f"is a folder; .*e\\.g\\. {run / 'checkpoints' / 'last.pt'}$"):
+        checkpoint.load(run)

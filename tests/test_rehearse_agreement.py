@@ -185,6 +185,15 @@ def trained_run_dir(*first: str) -> Callable[[Path, Path], list[str]]:
     return make
 
 
+def last_pt_of_other_classes(root: Path, work: Path) -> list[str]:
+    """A run trained on classes a, b, c; then class c's folders are renamed: as many classes,
+    other names (the checkpoint's output 2 would be scored as another class)."""
+    extra = trained_run_dir()(root, work)
+    for split in ("train", "val"):
+        (root / split / "c").rename(root / split / "d")
+    return extra
+
+
 def run_dir_under_a_file(root: Path, work: Path) -> list[str]:
     """hydra.run.dir inside a path whose part is a file (train crashed in Hydra's mkdir)."""
     work.mkdir(parents=True, exist_ok=True)
@@ -302,6 +311,13 @@ CATALOGUE = [
         "stop",
         "was trained with other settings",
         full=True,  # and the full rehearsal leaves that run as it was
+    ),
+    Fault(
+        "last_pt_of_other_classes",
+        "run directory",
+        last_pt_of_other_classes,
+        "stop",
+        "classes ['a', 'b', 'c'] -> ['a', 'b', 'd']",
     ),
     Fault(
         "last_pt_of_another_global_batch",

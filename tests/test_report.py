@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -335,6 +336,45 @@ def test_collect_names_the_path_when_there_is_nothing_to_report(tmp_path: Path):
     (tmp_path / "empty" / "tb").mkdir(parents=True)
     with pytest.raises(UserError, match=f"{tmp_path / 'empty'}.*no job directories"):
         report.collect(tmp_path / "empty")
+
+
+def test_a_job_without_hydras_overrides_takes_its_axis_values_from_its_config_yaml(tmp_path: Path):
+    # a job copied without its hidden .hydra folder, and one whose command left max norm at its
+    # default: both were shown as "default", an extra point of one job beside the real ones
+    sweep = tmp_path / "sweep"
+    config = {
+        "trainer": {"epochs": 3, "max_steps_per_epoch": 4},
+        "data": {"root": "/data/imagenet"},
+        "logging": {"progress": False},
+        "optim": {"name": "sgd", "weight_decay": 0.0005},
+    }
+    jobs = {}
+    for (wd, mn), top1s in GRID.items():
+        job = jobs[wd, mn] = write_job(
+            sweep, [*COMMON, f"{WD}={wd}", f"{MN}={mn}"], top1s, final=final_json(top1s)
+        )
+        max_norm = None if mn == "null" else float(mn)
+        wd_config = {**config, "optim": {**config["optim"], "weight_decay": float(wd)}}
+        (job / "config.yaml").write_text(yaml.safe_dump({**wd_config, "stabilizer": {"max_norm": max_norm}}))
+    copied = jobs["0.0005", "1"]
+    shutil.rmtree(copied / ".hydra")
+    defaulted = write_job(
+        sweep, [*COMMON, f"{WD}=0.0001", "optim=sgd"], [0.3, 0.4, 0.5], final=final_json([0.5])
+    )
+    config_of_default = {**config, "optim": {"name": "sgd", "weight_decay": 0.0001}}
+    (defaulted / "config.yaml").write_text(
+        yaml.safe_dump({**config_of_default, "stabilizer": {"max_norm": None}})
+    )
+    rows = {r["path"].name: r for r in report.collect(sweep)}
+    assert job_rows.value_text(rows[copied.name], WD) == "0.0005"
+    assert job_rows.value_text(rows[copied.name], MN) == "1"
+    assert job_rows.value_text(rows[copied.name], "optim") == "sgd"  # a group: its config's name
+    assert job_rows.value_text(rows[defaulted.name], MN) == "null"
+    assert job_rows.varying_keys(list(rows.values())) == [WD, MN]  # optim=sgd everywhere
+    # a key its config does not hold either stays "default"
+    rows[copied.name]["path"].joinpath("config.yaml").write_text(yaml.safe_dump({**config, "optim": {}}))
+    again = {r["path"].name: r for r in report.collect(sweep)}
+    assert job_rows.value_text(again[copied.name], WD) == "default"
 
 
 def test_parse_value_turns_null_into_none_and_numbers_into_floats():

@@ -199,3 +199,37 @@ def test_a_non_finite_stop_leaves_finite_batchnorm_statistics_in_last_pt(demo_ro
     assert state["step"] == 0
     running = {k: v for k, v in state["model"].items() if "running_" in k}
     assert running and all(torch.isfinite(v).all() for v in running.values())
+
+
+def test_eval_refuses_data_whose_class_names_are_not_the_checkpoints(
+    short_run: Path, demo_root: Path, tmp_path: Path
+):
+    # the same images under other folder names: as many classes, but not the ones the model learnt
+    # (a review scored the digits' checkpoint on CIFAR-10 this way: exit 0, top-1 0.095)
+    other = tmp_path / "renamed"
+    for split in ("train", "val"):
+        for folder in sorted((demo_root / split).iterdir()):
+            (other / split).mkdir(parents=True, exist_ok=True)
+            (other / split / f"class_{folder.name}").symlink_to(folder)
+    (other / ".complete").write_text("")  # the demo's own marker: the folder counts as built
+    proc = run_cli("eval", f"checkpoint={short_run}/checkpoints/last.pt", f"data.root={other}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert "was trained on other classes" in error and "class_0" in error and str(other) in error
+
+
+def test_eval_of_a_checkpoint_without_class_names_assumes_the_datas_and_says_so(
+    short_run: Path, demo_root: Path, tmp_path: Path
+):
+    import torch
+
+    older = tmp_path / "older.pt"
+    state = torch.load(short_run / "checkpoints" / "last.pt", weights_only=False)
+    assert state["classes"] == sorted(p.name for p in (demo_root / "train").iterdir())
+    del state["classes"]  # as earlier versions wrote it
+    torch.save(state, older)
+    proc = run_cli("eval", f"checkpoint={older}", f"data.root={demo_root}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "holds no class names" in proc.stderr
+    final = [r for r in read_metrics(short_run) if r["split"] == "val"][-1]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["top1"] == final["top1"]

@@ -167,6 +167,31 @@ def _eval_protocol(
     return merged, "the command line and the checkpoint's run" if named else "the checkpoint's run"
 
 
+def _check_classes(
+    state: dict[str, Any], path: str, data: DataConfig, classes: tuple[str, ...], say: bool
+) -> None:
+    """The data's classes must be the ones the checkpoint's outputs stand for: the same count is not
+    enough (the digits' checkpoint scores 10% on CIFAR-10's ten classes, without a word)."""
+    from resnet_repro.training.resume import class_change
+
+    trained = state.get("classes")
+    if not isinstance(trained, list):  # a plain state dict, or a checkpoint of an earlier version
+        if say:
+            print(
+                f"eval: checkpoint {path} holds no class names: output i is taken to be class folder i "
+                f"of the {len(classes)} in {data.root}/{data.train_split}, in sorted order",
+                file=sys.stderr,
+                flush=True,
+            )
+        return
+    change = class_change(trained, classes)
+    if change is not None:
+        raise UserError(
+            f"checkpoint {path} was trained on other classes than {data.root}/{data.train_split} holds: "
+            f"{change}; evaluate it on its run's data (data.root=...)"
+        )
+
+
 def evaluate_checkpoint(cfg: RootConfig, path: str, explicit: set[str] | None = None) -> dict[str, float]:
     """`resnet-repro eval`: top-1 / top-5 / loss of a checkpoint on its run's eval split.
 
@@ -188,6 +213,7 @@ def evaluate_checkpoint(cfg: RootConfig, path: str, explicit: set[str] | None = 
     distributed.init(env, device, cfg.trainer.dist_timeout_s)
     try:
         splits = load_file_lists(cfg.data)
+        _check_classes(state, path, cfg.data, splits.test.classes, env.is_main)
         model = load_model_for_eval(cfg, state, path, len(splits.test.classes), device)
         if "normalization" in state:  # exactly what the run trained and evaluated with
             stored = state["normalization"]

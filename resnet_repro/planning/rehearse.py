@@ -168,7 +168,8 @@ def check(
 
         listed = steps if view.splits is not None and steps else 0  # an estimate must not refuse a resume
         derived = Derived(world, global_batch, lr, listed, images or 0, 0, num_classes, str(device))
-        run_dir_line = check_run_directory(cfg, run_dir, derived)
+        classes = view.splits.train.classes if view.splits is not None else None
+        run_dir_line = check_run_directory(cfg, run_dir, derived, classes)
     found = [f"{d.key}={d.value} (reference: {d.reference})" for d in deviations(cfg, world)]
     points = step_plan.change_points(cfg, steps or 1000)
     estimate = None

@@ -76,9 +76,12 @@ def real_run_dir(overrides: list[str], cfg: RootConfig, multirun: bool) -> Path 
     return None if name is None else Path("runs") / cfg.name / name
 
 
-def check_run_directory(cfg: RootConfig, run_dir: Path, derived: Any) -> str:
+def check_run_directory(
+    cfg: RootConfig, run_dir: Path, derived: Any, classes: tuple[str, ...] | None = None
+) -> str:
     """What the real run meets in its directory, as it meets it: a live lock (refused), a
-    trainer.resume file that is not there, a last.pt of another job or other settings (refused);
+    trainer.resume file that is not there, a last.pt of another job, other settings or other class
+    names (`classes`: the data's, when listed) (refused);
     else whether it starts fresh or resumes, in words."""
     from resnet_repro import checkpoint
     from resnet_repro.training.resume import check_job_shape, check_lock, check_resumable, resume_path
@@ -90,7 +93,7 @@ def check_run_directory(cfg: RootConfig, run_dir: Path, derived: Any) -> str:
     if derived.steps_per_epoch == 0:  # the data's size unknown here: the job shape cannot be compared
         return f"{run_dir}: resumes {path} (its job shape not checked: the data was not read)"
     state = checkpoint.load(path)
-    check_resumable(state, path, derived, cfg)
+    check_resumable(state, path, derived, cfg, classes=classes)
     shape_change = check_job_shape(state, path, derived)
     return f"{run_dir}: resumes {path}" + (f" ({shape_change})" if shape_change else "")
 

@@ -47,7 +47,9 @@ def collect(multirun_dir: Path) -> list[Row]:
         raise UserError(
             f"{root} holds no job directories (looked for .hydra/overrides.yaml or config.yaml below it)"
         )
-    return [summarize_job(job, root) for job in jobs]
+    rows = [summarize_job(job, root) for job in jobs]
+    _values_from_configs(rows)
+    return rows
 
 
 def find_job_dirs(root: Path) -> Iterator[Path]:
@@ -82,6 +84,68 @@ def read_overrides(job_dir: Path) -> dict[str, str]:
         # `+key=v` / `++key=v` add or force a key; the report cares about the key itself
         overrides[key.lstrip("+~")] = value
     return overrides
+
+
+_ABSENT = object()
+
+
+def _values_from_configs(rows: list[Row]) -> None:
+    """A job that does not name an axis key (its .hydra folder lost, or its command left the key at
+    the default) ran with the value its config.yaml holds: that value, in the text the other jobs
+    give it, rather than "default" (a point of its own). A group's value is its config's name."""
+    configs: dict[Path, Any] = {}
+    for key in varying_keys(rows):
+        texts = sorted({r["overrides"][key] for r in rows if key in r["overrides"]})
+        for row in rows:
+            if key in row["overrides"]:
+                continue
+            if row["path"] not in configs:
+                configs[row["path"]] = _read_yaml(row["path"] / "config.yaml")
+            value = _leaf(configs[row["path"]], key)
+            if isinstance(value, dict):  # a config group chosen by name (optim=adamw)
+                value = value.get("name", _ABSENT)
+            if value is _ABSENT or isinstance(value, (dict, list)) and not texts:
+                continue
+            row["overrides"][key] = next((t for t in texts if _same_value(t, value)), _as_text(value))
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+def _leaf(config: Any, key: str) -> Any:
+    """config[a][b] for key "a.b"; _ABSENT where the config does not hold it."""
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+def _same_value(text: str, value: Any) -> bool:
+    """Whether an override's text means `value` (1e-4 and 0.0001, null and None, [30,60] and a list)."""
+    if isinstance(value, bool):
+        return text.strip().lower() == str(value).lower()
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError:
+        loaded = _ABSENT
+    return any(not isinstance(v, bool) and v == value for v in (loaded, seeds.parse_value(text)))
+
+
+def _as_text(value: Any) -> str:
+    """A config value as an override would spell it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(_as_text(v) for v in value) + "]"
+    return str(value)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

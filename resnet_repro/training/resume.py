@@ -174,14 +174,16 @@ def check_resumable(
     derived: Derived,
     cfg: RootConfig,
     normalization: tuple[list[float], list[float]] | None = None,
+    classes: tuple[str, ...] | None = None,
 ) -> list[str]:
     """A checkpoint continues only the job it came from: the same global batch and steps per epoch
     (the LR schedule and the data position are counted in those), the same optimizer and schedule
     settings (their state comes from the checkpoint: a change would be ignored), and the same
-    experiment (IDENTITY_KEYS and the normalization values in use). The world size may change
-    with the global batch kept: every global batch holds the same images whatever the number of
-    ranks (data/sharding.py); the change is returned as a line for the log (BatchNorm then
-    normalizes over another per-rank batch).
+    experiment (IDENTITY_KEYS, the normalization values in use and the training split's class
+    names, where the checkpoint holds them: data.root may move, its classes may not). The world
+    size may change with the global batch kept: every global batch holds the same images whatever
+    the number of ranks (data/sharding.py); the change is returned as a line for the log (BatchNorm
+    then normalizes over another per-rank batch).
 
     With trainer.resume_with_changes=true the setting differences are accepted and returned (for
     the log); the job's shape never is."""
@@ -200,6 +202,11 @@ def check_resumable(
             new = [round(float(v), 6) for v in values]
             if old != new:
                 changes.append(f"normalization {name} {old} -> {new}")
+    saved_classes = state.get("classes")
+    if classes is not None and isinstance(saved_classes, list):
+        changed = class_change(saved_classes, classes)
+        if changed:
+            changes.append(changed)
     if changes and not cfg.trainer.resume_with_changes:
         raise UserError(
             f"checkpoint {path} was trained with other settings ({'; '.join(changes[:4])}"
@@ -209,6 +216,27 @@ def check_resumable(
             "trainer.resume_with_changes=true to continue it anyway"
         )
     return changes
+
+
+def class_change(trained: list[str], data: tuple[str, ...] | list[str]) -> str | None:
+    """How the data's class names differ from a checkpoint's (`trained`: its outputs' names), as
+    "classes [...] -> [...] (...)", or None when they are the same names in the same order."""
+    if list(trained) == list(data):
+        return None
+
+    def shown(names) -> str:
+        return (
+            repr(list(names))
+            if len(names) <= 4
+            else f"[{', '.join(map(repr, names[:3]))}, ... ({len(names)})]"
+        )
+
+    if len(trained) != len(data):
+        where = f"{len(trained)} classes -> {len(data)}"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(trained, data, strict=True)) if a != b)
+        where = f"output {i}: {trained[i]!r} -> {data[i]!r}"
+    return f"classes {shown(trained)} -> {shown(data)} ({where})"
 
 
 # ------------------------------------------------------------------------------ run directory lock

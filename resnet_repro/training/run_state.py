@@ -10,6 +10,7 @@ Checkpoint keys (the file format; `resnet-repro eval` and older files rely on th
     stopped                                           why training stopped early, or None
     job                                               world size, global batch, steps per epoch
     normalization                                     mean, std (and mean_image) the model was fed
+    classes                                           the class names, in the order of the model's outputs
     ema                                               the weight average (only with trainer.ema.decay)
     epoch_metrics                                     train metrics of a trained, unevaluated epoch
 """
@@ -50,8 +51,8 @@ class RunState:
     runs the forward pass (DDP-wrapped and/or compiled; not saved itself).
 
     The data position: `epoch` epochs are complete, and `epoch_step` steps of the next one are
-    done (0 at an epoch boundary); `step` counts optimizer steps over the whole run. `job` and
-    `normalization` are recorded for the resume check and for `resnet-repro eval`; a resume
+    done (0 at an epoch boundary); `step` counts optimizer steps over the whole run. `job`,
+    `normalization` and `classes` are recorded for the resume check and for `resnet-repro eval`; a resume
     compares them (resume.check_resumable) instead of loading them."""
 
     net: nn.Module
@@ -63,6 +64,7 @@ class RunState:
     config: RootConfig
     job: dict[str, int] | None = None
     normalization: Normalization | None = None
+    classes: tuple[str, ...] | None = None  # output i is classes[i] (the training split's folders)
     best_top1: float = -1.0
     epoch: int = 0
     step: int = 0
@@ -92,6 +94,8 @@ class RunState:
             "stopped": self.stopped,
             "job": self.job,
         }
+        if self.classes is not None:  # `eval` and a resume refuse data of other classes
+            state["classes"] = list(self.classes)
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         if self.epoch_metrics is not None:

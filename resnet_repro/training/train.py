@@ -196,7 +196,16 @@ def _train_locked(
     cfg: RootConfig, run_dir: Path, env: DistEnv, device: torch.device, plan: StepPlan | None
 ) -> dict[str, Any]:
     data = prepare_data(cfg, env, device)
-    parts = build_parts(cfg, data.derived, env, device, run_dir, norm=data.norm, checkpoints=True)
+    parts = build_parts(
+        cfg,
+        data.derived,
+        env,
+        device,
+        run_dir,
+        norm=data.norm,
+        checkpoints=True,
+        classes=data.splits.train.classes,
+    )
     selection = selection_split(cfg, data.splits)
     needed = disk_space.files_needed_bytes(cfg, parts.state.net, selection is not None)
     room = (lambda: disk_space.check_free_space(run_dir, needed)) if env.is_main else (lambda: None)
@@ -234,6 +243,7 @@ def build_parts(
     run_dir: Path,
     norm: Normalization | None = None,
     checkpoints: bool = False,
+    classes: tuple[str, ...] | None = None,
 ) -> Parts:
     """Model, optimizer, schedule, scaler and guards for a fresh run (training or a benchmark);
     `checkpoints`: rank 0 saves to <run_dir>/checkpoints (otherwise nothing is saved)."""
@@ -252,6 +262,7 @@ def build_parts(
         config=cfg,
         job=job_shape(derived),
         normalization=norm,
+        classes=classes,
         ema=WeightEMA(net, t.ema.decay) if t.ema.decay is not None else None,
     )
     return Parts(
@@ -277,7 +288,7 @@ def _resume(parts: Parts, cfg: RootConfig, run_dir: Path, env: DistEnv, data: Ru
     def load_resumable() -> tuple[dict[str, Any], list[str], str | None]:
         state = checkpoint.load(resume_from)
         norm = (data.norm.mean, data.norm.std)
-        changes = check_resumable(state, resume_from, data.derived, cfg, norm)
+        changes = check_resumable(state, resume_from, data.derived, cfg, norm, data.splits.train.classes)
         return state, changes, check_job_shape(state, resume_from, data.derived)
 
     saved, accepted_changes, shape_change = distributed.all_or_none(env, load_resumable)
