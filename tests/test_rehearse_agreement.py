@@ -103,6 +103,20 @@ def rename_split(split: str) -> Callable[[Path, Path], list[str]]:
     return make
 
 
+def image_name_not_utf8(root: Path, work: Path) -> list[str]:
+    import os
+
+    (root / "train" / "a" / "0.JPEG").rename(root / "train" / "a" / os.fsdecode(b"caf\xe9.JPEG"))
+    return []
+
+
+def appledouble_files(root: Path, work: Path) -> list[str]:
+    """macOS's `._<name>` companions beside images (a copy from a Mac's external disk)."""
+    for image in list((root / "train").glob("*/*.JPEG"))[:4] + list((root / "val").glob("*/*.JPEG"))[:2]:
+        (image.parent / f"._{image.name}").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")
+    return []
+
+
 def empty_class(root: Path, work: Path) -> list[str]:
     (root / "train" / "d").mkdir()
     return []
@@ -249,6 +263,8 @@ CATALOGUE = [
         "warn",
         "the statistics pass cannot decode",
     ),
+    Fault("image_name_not_utf8", "data", image_name_not_utf8, "stop", "is not valid UTF-8", full=True),
+    Fault("appledouble_files_beside_images", "data", appledouble_files, "go", full=True),
     Fault("cmyk_jpeg", "data", cmyk_jpeg, "go"),
     Fault("png_named_jpeg", "data", png_named_jpeg, "go", full=True),
     Fault("corrupt_jpeg_excluded_by_absolute_path", "data", excluded_by_absolute_path, "go", full=True),

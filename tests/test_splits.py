@@ -48,6 +48,37 @@ def test_list_split_reads_jpg_and_png_and_skips_other_files_and_hidden_folders(t
     assert fl.labels == (0, 0, 1, 1)
 
 
+def test_list_split_skips_hidden_files_as_it_skips_hidden_folders(tmp_path):
+    # macOS leaves `._<name>` AppleDouble files beside each image on some file systems: not images
+    make_image_folder(tmp_path, "train", {"cat": 1, "dog": 1}, sizes=TINY)
+    (tmp_path / "train" / "cat" / "._0.JPEG").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / "train" / "dog" / ".1.jpg").write_bytes(b"")
+
+    fl = list_split(tmp_path, "train")
+
+    assert [p.split("/")[-2:] for p in fl.files] == [["cat", "0.JPEG"], ["dog", "0.JPEG"]]
+
+
+@pytest.mark.parametrize("where", ["image", "class folder"])
+def test_a_name_that_is_not_utf8_is_one_error_naming_its_bytes(tmp_path, where):
+    # DALI and the run's fingerprint need text names: train crashed (UnicodeEncodeError) on these
+    import os
+
+    make_image_folder(tmp_path, "train", {"cat": 1, "dog": 1}, sizes=TINY)
+    latin1 = os.fsdecode(b"caf\xe9")  # "cafe" with an accented e, in Latin-1: not UTF-8
+    if where == "image":
+        (tmp_path / "train" / "cat" / "0.JPEG").rename(tmp_path / "train" / "cat" / f"{latin1}.JPEG")
+    else:
+        (tmp_path / "train" / "dog").rename(tmp_path / "train" / latin1)
+
+    with pytest.raises(UserError) as raised:
+        list_split(tmp_path, "train")
+
+    message = str(raised.value)
+    assert "caf\\xe9" in message and "not valid UTF-8" in message and "\n" not in message
+    message.encode("utf-8")  # printable as it is: no lone surrogate
+
+
 def test_val_split_labels_follow_the_training_classes(tmp_path):
     make_image_folder(tmp_path, "train", {"a": 1, "b": 1, "c": 1}, sizes=TINY)
     make_image_folder(tmp_path, "val", {"c": 2, "a": 1}, sizes=TINY)  # "b" has no val images

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_repro.config import UserError
-from resnet_repro.data.splits import IMAGE_EXTENSIONS
+from resnet_repro.data.splits import IMAGE_EXTENSIONS, image_names, text_name
 
 # ImageNet-1K (ILSVRC2012-CLS) sizes
 NUM_CLASSES = 1000
@@ -205,11 +205,7 @@ def _scan_split(split_dir: Path) -> tuple[dict[str, list[str]], int]:
         if e.name.startswith("."):
             continue
         if e.is_dir():
-            per_class[e.name] = sorted(
-                os.path.join(e.path, f.name)
-                for f in os.scandir(e.path)
-                if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS)
-            )
+            per_class[text_name(split_dir, e.name)] = [os.path.join(e.path, n) for n in image_names(e.path)]
         elif e.name.lower().endswith(IMAGE_EXTENSIONS):
             loose += 1
     return per_class, loose

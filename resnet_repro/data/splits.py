@@ -28,12 +28,41 @@ class FileList:
         return len(self.files)
 
 
+def text_name(folder: str | os.PathLike, name: str) -> str:
+    """`name` (an entry of `folder`) when it is valid UTF-8; a file name that is not (Latin-1 from an
+    old archive) reaches Python as lone surrogates, which DALI, the fingerprint and the logs cannot
+    take: a one-line error naming its bytes."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(os.path.join(folder, name))
+        raise UserError(
+            f"{raw!r}: the name is not valid UTF-8; rename it to UTF-8 (e.g. convmv -f latin1 -t utf8 "
+            "--notest -r <data.root>) or move it out of the data folder"
+        ) from None
+    return name
+
+
+def image_names(folder: str | os.PathLike) -> list[str]:
+    """The images of a class folder (*.JPEG, *.jpg, *.png, any case), sorted; hidden files (macOS's
+    `._<name>` AppleDouble files) are not images, as hidden folders are not classes."""
+    return sorted(
+        text_name(folder, e.name)
+        for e in os.scandir(folder)
+        if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS)
+    )
+
+
 def find_classes(split_dir: Path) -> list[str]:
     if not split_dir.is_dir():
         raise UserError(
             f"split folder {split_dir} does not exist; expected <data.root>/<split>/<class>/*.JPEG"
         )
-    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    classes = sorted(
+        text_name(split_dir, e.name)
+        for e in os.scandir(split_dir)
+        if e.is_dir() and not e.name.startswith(".")
+    )
     if not classes:
         raise UserError(f"{split_dir} has no class subfolders; expected {split_dir}/<class>/*.JPEG")
     return classes
@@ -61,11 +90,7 @@ def list_split(
     files: list[str] = []
     labels: list[int] = []
     for c in found:
-        names = sorted(
-            e.name
-            for e in os.scandir(split_dir / c)
-            if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
-        )
+        names = image_names(split_dir / c)
         if not names:
             raise UserError(f"class folder {split_dir / c} has no images (*.JPEG, *.jpg or *.png)")
         files.extend(str(split_dir / c / n) for n in names)
