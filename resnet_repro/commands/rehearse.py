@@ -207,17 +207,20 @@ def _rehearse(dcfg: DictConfig, options: RehearseOptions, real: list[str] | None
         # under torchrun / srun every rank writes the same sample (idempotently) and reads it
         run_here = rehearse.cpu_equivalent(cfg)[0]  # the GPU-only settings as the verdict says
         rcfg, note = rehearse.rehearsal_config(run_here, world, run_dir, options.stand_in)
-        if local_launch:  # two launches: the second process state knows the first's by last.pt only
-            yaml = OmegaConf.to_yaml(OmegaConf.structured(rcfg))
-            for phase in ("first", "second"):
-                fields = dataclasses.asdict(dataclasses.replace(plan, phase=phase))
-                try:
-                    distributed.launch_local(cfg.trainer.nproc, train_worker, yaml, str(run_dir), fields)
-                except UserError as e:
-                    reason = run_dir / "error.txt"
-                    raise UserError(reason.read_text().strip() if reason.exists() else str(e)) from e
-        else:
-            train(rcfg, run_dir, dataclasses.replace(plan, phase="both"))
+        try:
+            if local_launch:  # two launches: the second process state knows the first's by last.pt only
+                yaml = OmegaConf.to_yaml(OmegaConf.structured(rcfg))
+                for phase in ("first", "second"):
+                    fields = dataclasses.asdict(dataclasses.replace(plan, phase=phase))
+                    try:
+                        distributed.launch_local(cfg.trainer.nproc, train_worker, yaml, str(run_dir), fields)
+                    except UserError as e:
+                        reason = run_dir / "error.txt"
+                        raise UserError(reason.read_text().strip() if reason.exists() else str(e)) from e
+            else:
+                train(rcfg, run_dir, dataclasses.replace(plan, phase="both"))
+        except UserError as e:  # a file of the sample is named as the user's own file
+            raise UserError(rehearse.real_paths(str(e), rcfg, cfg)) from e
         if not distributed.detect().is_main:
             return
         write_run_figures(run_dir)

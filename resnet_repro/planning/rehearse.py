@@ -211,10 +211,11 @@ def rehearsal_config(
     d = cfg.data
     global_batch = per_device_batch(cfg.trainer, world) * world
     out = run_dir / "rehearsal" / "data"
+    exclusions = None  # the sample leaves out what the run excludes (a class's last images: listed)
     if d.name == "demo":  # the demo's data is generated and small: the run's own
-        root, note = d.root, f"the demo's own data ({d.root})"
+        root, note, exclusions = d.root, f"the demo's own data ({d.root})", d.exclude_files
     elif d.root and not stand_in:  # the real listing: a missing root or split fails as in train
-        root, note = sample_data_root(cfg, global_batch, out)
+        root, note, exclusions = sample_data_root(cfg, global_batch, out)
     else:
         root, note = write_stand_in(cfg, global_batch, out)
     cap = EVAL_IMAGES_PER_PROCESS * world
@@ -223,9 +224,17 @@ def rehearsal_config(
         root=str(root),
         max_eval_images=min(cap, d.max_eval_images) if d.max_eval_images is not None else cap,
         stats=dataclasses.replace(d.stats, path=None),
-        exclude_files=None,  # the sample was drawn without them
+        exclude_files=str(exclusions) if exclusions is not None else None,
     )
     return dataclasses.replace(cfg, data=data), note
+
+
+def real_paths(message: str, rehearsed: RootConfig, cfg: RootConfig) -> str:
+    """`message` with the sample's paths (links into data.root, same layout) as data.root's own."""
+    sample, real = rehearsed.data.root, cfg.data.root
+    if not real or sample == real or not sample.endswith(str(Path("rehearsal") / "data")):
+        return message  # the demo's own data, or a generated stand-in: no file of the user's
+    return message.replace(sample.rstrip("/") + "/", str(Path(real).expanduser()).rstrip("/") + "/")
 
 
 # ------------------------------------------------------------------------- what the rehearsal did

@@ -119,32 +119,62 @@ def _link(target: Path, link: Path) -> None:
         pass
 
 
-def sample_data_root(cfg: RootConfig, global_batch: int, out: Path) -> tuple[Path, str]:
+def sample_data_root(cfg: RootConfig, global_batch: int, out: Path) -> tuple[Path, str, Path | None]:
     """A few images per class of data.root, listed by the real listing (its guards refuse what the
     real run refuses), linked into `out` in the same layout; the per-class count covers a holdout
-    and a few global batches of the classes a subset keeps."""
+    and a few global batches of the classes a subset keeps, and classes with fewer images leave
+    their share to the others (the real run's totals, not its per-class share, fill its batches).
+
+    Excluded images are not linked, but for a class whose every training image data.exclude_files
+    names: one is, and listed in the returned exclusion file (None when there is none), so that the
+    class stays a class with no training image, as in the real run."""
     from resnet_repro.data.splits import list_split
 
     d = cfg.data
-    train = list_split(d.root, d.train_split)
-    test = list_split(d.root, d.eval_split, classes=train.classes)
+    train_all = list_split(d.root, d.train_split)
+    test = list_split(d.root, d.eval_split, classes=train_all.classes)
+    train, still_classes = train_all, []
     if d.exclude_files:  # left out of the sample, as the real run leaves them out of its lists
         from resnet_repro.data.splits import read_exclude_list, without
 
         excluded = read_exclude_list(d.exclude_files, d.root)
-        train, test = without(train, excluded, d.root)[0], without(test, excluded, d.root)[0]
+        train, test = without(train_all, excluded, d.root)[0], without(test, excluded, d.root)[0]
+        emptied = set(train_all.labels) - set(train.labels)
+        still_classes = [
+            next(f for f, lb in zip(train_all.files, train_all.labels, strict=True) if lb == c)
+            for c in sorted(emptied)
+        ]
     kept, wanted = _kept_and_wanted(cfg, train.classes, global_batch)
+    by_class: dict[int, list[str]] = {}
+    for path, label in zip(train.files, train.labels, strict=True):
+        by_class.setdefault(label, []).append(path)
+    used = [c for c in by_class if kept is None or train.classes[c] in kept]
+    take = {c: min(len(files), wanted if c in used else 1) for c, files in by_class.items()}
+    short = wanted * len(used) - sum(take[c] for c in used)
+    for c in used:  # the classes with more images make up for those with fewer
+        extra = min(len(by_class[c]) - take[c], short)
+        take[c], short = take[c] + extra, short - extra
     root = Path(d.root).expanduser()
-    taken: dict[tuple[str, int], int] = {}
-    for files in (train, test):
-        for path, label in zip(files.files, files.labels, strict=True):
-            name = train.classes[label]
-            limit = 1 if files is test or (kept is not None and name not in kept) else wanted
-            if taken.get((files.split, label), 0) < limit:
-                taken[(files.split, label)] = taken.get((files.split, label), 0) + 1
-                _link(Path(path).resolve(), out / Path(path).relative_to(root))
-    n = sum(v for (split, _), v in taken.items() if split == d.train_split)
-    return out, f"a sample of {d.root}: {n} training images ({wanted} per used class, 1 per other class)"
+    picked = [f for c, files in by_class.items() for f in files[: take[c]]] + still_classes
+    shown: set[int] = set()
+    for path, label in zip(test.files, test.labels, strict=True):
+        if label not in shown:
+            shown.add(label)
+            picked.append(path)
+    for path in picked:
+        _link(Path(path).resolve(), out / Path(path).relative_to(root))
+    exclusions = None
+    if still_classes:
+        exclusions = out.parent / "excluded_from_the_sample.txt"
+        tmp = exclusions.with_name(f".{exclusions.name}.{os.getpid()}")  # ranks write it alike
+        tmp.write_text("".join(f"{Path(p).relative_to(root)}\n" for p in still_classes))
+        os.replace(tmp, exclusions)
+    n = sum(take[c] for c in by_class)
+    return (
+        out,
+        f"a sample of {d.root}: {n} training images ({wanted} per used class, 1 per other class)",
+        exclusions,
+    )
 
 
 def stand_in_classes(cfg: RootConfig) -> list[str]:
