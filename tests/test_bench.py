@@ -92,3 +92,41 @@ def test_gpu_bench_script_runs_end_to_end_on_the_cpu_and_writes_its_table(tmp_pa
         "bf16 + channels_last + compile",
     ]
     assert record["loop_overhead"]["overhead_ratio"] > 0
+
+
+def test_a_bench_stops_at_sigterm_instead_of_swallowing_it(tmp_path: Path):
+    # the training parts' preemption watch took SIGTERM as "end this epoch" and the bench went on
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "resnet_repro",
+            "bench",
+            "model",
+            "model=resnet18",
+            "data.image_size=32",
+            "trainer.batch_size=2",
+            "bench.steps=1000000",
+            "bench.warmup=1000000",
+            "trainer.device=cpu",
+            f"hydra.run.dir={tmp_path / 'bench'}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(15)  # imports and the first steps: well inside the million warm-up steps
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("bench went on after SIGTERM") from None
+    assert proc.returncode == -signal.SIGTERM

@@ -115,10 +115,26 @@ def test_the_old_job_wide_img_per_s_key_fails_naming_its_per_gpu_successor(capsy
     )
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU here measures a GPU's img/s")
+def test_without_a_gpu_a_gpu_runs_img_per_s_is_asked_for_not_measured_on_the_cpu(capsys):
+    # a login node measured ResNet-50 at batch 256 on its CPU for over 12 minutes without a word,
+    # to plan a GPU run with a CPU's speed
+    with pytest.raises(SystemExit) as exited:
+        main(["plan", "experiment=imagenet_paper", "plan.train_images=1281167"])
+    err = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "no GPU here" in err and "plan.img_per_s_per_gpu=N" in err and "trainer.device=cpu" in err
+
+
 @pytest.mark.slow
 def test_img_per_s_is_measured_with_a_short_bench_when_not_given(demo_root, tmp_path, capsys):
     small = ["trainer.batch_size=8", "trainer.device=cpu", "data.num_threads=1", "plan.measure_steps=1"]
-    record, table = run_plan(capsys, f"data.root={demo_root}", *small)
+    main(["plan", f"data.root={demo_root}", *small])
+    said = capsys.readouterr()
+    assert "plan: measuring training img/s here on cpu" in said.err
+    assert "plan.img_per_s_per_gpu=N skips this" in said.err
+    lines = said.out.strip().splitlines()
+    record, table = json.loads(lines[-1]), "\n".join(lines[:-1])
     run = record["runs"][0]
     assert run["img_per_s"] > 0 and run["img_per_s_source"].startswith("measured here: bench train")
     assert run["train_hours"] == pytest.approx(run["images_processed"] / run["img_per_s"] / 3600)

@@ -29,7 +29,8 @@ over the run (SGD: sum of LR x wd / (1 - momentum), 10x the plain sum at momentu
 
 key overrides:
   any training override (experiment=, data.root=, trainer.*, ...), and
-  plan.img_per_s_per_gpu=N      training img/s of ONE GPU to assume (default: measure a few steps here)
+  plan.img_per_s_per_gpu=N      training img/s of ONE GPU to assume (default: measure a few steps on
+                                this machine's GPU; without one, trainer.device=cpu measures its CPU)
   plan.img_per_s_size=PX        the training crop that number holds at (default 224)
   plan.eval_img_per_s_per_gpu=N evaluation img/s of one GPU (default: 3 x the training rate)
   plan.scaling_efficiency=F     fraction of linear scaling over the processes (default 1.0)

@@ -66,11 +66,20 @@ def _synthetic_batches(cfg: RootConfig, n: int, num_classes: int, device: torch.
     ]
 
 
-def bench_model(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
+def _bench_parts(cfg: RootConfig, derived: Any, device: torch.device, run_dir: Path) -> Any:
+    """The training run's parts, without its preemption watch: a benchmark has nothing to save, so
+    SIGTERM (and SLURM's warning signals) end it at once instead of ending an epoch of it."""
     from resnet_repro.training.train import build_parts
 
+    parts = build_parts(cfg, derived, DistEnv(), device, run_dir)
+    parts.interrupts.close()  # the signals' own handlers again
+    return parts
+
+
+def bench_model(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
+
     b = cfg.bench
-    parts = build_parts(cfg, _derived(cfg, b.num_classes, device, b.steps), DistEnv(), device, run_dir)
+    parts = _bench_parts(cfg, _derived(cfg, b.num_classes, device, b.steps), device, run_dir)
     state = parts.state
     batches = _synthetic_batches(cfg, 1, b.num_classes, device)
     images, labels = batches[0]
@@ -89,7 +98,6 @@ def bench_model(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rates = _timed_trials(lambda: run(b.steps), device, b.trials)
-    parts.interrupts.close()
     return {
         "img_per_s": statistics.median(rates),
         "trials": rates,
@@ -150,14 +158,13 @@ def bench_data(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str
 def bench_train(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
     from resnet_repro.training.loop import train_one_epoch
     from resnet_repro.training.metrics import NullLogger
-    from resnet_repro.training.train import build_parts
 
     b = cfg.bench
     files, labels = _repeated_files(cfg, b.min_images)
     steps = len(files) // per_device_batch(cfg.trainer, 1)
     num_classes = max(labels) + 1
     cfg = replace(cfg, logging=replace(cfg.logging, tensorboard=False, progress=False))
-    parts = build_parts(cfg, _derived(cfg, num_classes, device, steps), DistEnv(), device, run_dir)
+    parts = _bench_parts(cfg, _derived(cfg, num_classes, device, steps), device, run_dir)
     parts.logger = NullLogger()
     results = []
     for trial in range(b.trials + 1):
@@ -165,7 +172,6 @@ def bench_train(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[st
         metrics = train_one_epoch(parts, loader, cfg, DistEnv(), device)
         if trial > 0:  # the first pass is warm-up
             results.append(metrics)
-    parts.interrupts.close()
     return {
         "img_per_s": statistics.median(m["img_per_s"] for m in results),
         "data_wait_fraction": statistics.median(m.get("data_wait_fraction", 0.0) for m in results),
@@ -179,12 +185,11 @@ def bench_loop_overhead(cfg: RootConfig, device: torch.device, run_dir: Path) ->
     """Same model, optimizer and in-memory batches: the runner's step vs forward/loss/backward/step."""
     from resnet_repro.training.loop import train_one_epoch
     from resnet_repro.training.metrics import NullLogger
-    from resnet_repro.training.train import build_parts
 
     b = cfg.bench
     cfg = replace(cfg, logging=replace(cfg.logging, tensorboard=False, progress=False))
     batches = _synthetic_batches(cfg, b.steps, b.num_classes, device)
-    parts = build_parts(cfg, _derived(cfg, b.num_classes, device, b.steps), DistEnv(), device, run_dir)
+    parts = _bench_parts(cfg, _derived(cfg, b.num_classes, device, b.steps), device, run_dir)
     parts.logger = NullLogger()
 
     def bare() -> int:
@@ -207,7 +212,6 @@ def bench_loop_overhead(cfg: RootConfig, device: torch.device, run_dir: Path) ->
     for _ in range(b.trials):  # interleaved, so drift in machine speed hits both alike
         bare_rates += _timed_trials(bare, device, 1)
         our_rates += _timed_trials(ours, device, 1)
-    parts.interrupts.close()
     bare_rate, our_rate = statistics.median(bare_rates), statistics.median(our_rates)
     return {"bare_img_per_s": bare_rate, "runner_img_per_s": our_rate, "overhead_ratio": bare_rate / our_rate}
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,14 +121,29 @@ def measure(cfg: RootConfig, readable: bool) -> Throughput:
 
     batch = per_device_batch(cfg.trainer, world_size(cfg))
     steps = cfg.plan.measure_steps
+    sizes = sorted(set(train_sizes(cfg)))
+    if cfg.trainer.device != "cpu" and not torch.cuda.is_available():
+        raise UserError(
+            f"plan.img_per_s_per_gpu is not given and there is no GPU here to measure it "
+            f"(trainer.device={cfg.trainer.device}): give plan.img_per_s_per_gpu=N, one GPU's training "
+            f"img/s at {cfg.plan.img_per_s_size} px (e.g. from `resnet-repro bench train` on a GPU node), "
+            "or trainer.device=cpu to plan the run on this machine's CPU"
+        )
     one = dataclasses.replace(cfg.trainer, batch_size=batch, global_batch=None, nproc=1)
     quiet = dataclasses.replace(cfg.logging, tensorboard=False, progress=False)
     device = distributed.pick_device(cfg.trainer.device, DistEnv())
+    crops = ", ".join(f"{x} px" for x in sizes)
+    print(
+        f"plan: measuring training img/s here on {device.type}: {steps} untimed and {steps} timed steps of "
+        f"{batch} at each training crop ({crops}); plan.img_per_s_per_gpu=N skips this",
+        file=sys.stderr,
+        flush=True,
+    )
     b = dataclasses.replace(cfg.bench, warmup=steps, steps=steps, trials=1, min_images=steps * batch)
     fixed = dataclasses.replace(cfg.data.progressive, start_size=None)
     by_size = {}
     with tempfile.TemporaryDirectory(prefix="resnet-repro-plan-") as tmp:
-        for size in sorted(set(train_sizes(cfg))):
+        for size in sizes:
             torch.manual_seed(cfg.trainer.seed)
             data = dataclasses.replace(cfg.data, image_size=size, progressive=fixed)
             mcfg = dataclasses.replace(cfg, data=data, trainer=one, logging=quiet, bench=b)
