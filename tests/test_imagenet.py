@@ -213,6 +213,44 @@ def test_a_cut_off_train_archive_is_one_error_naming_it(tmp_path, archives):
         prepare_imagenet(tmp_path / "imagenet", train_tar=cut, val_tar=None, devkit=None, progress=False)
 
 
+def test_a_train_archive_cut_between_two_class_tars_is_one_error_not_fewer_classes(tmp_path, archives):
+    # a download that stopped at a member boundary reads as a complete, smaller archive: it
+    # "succeeded" with fewer classes; only tar's end-of-archive marker (zero blocks) tells them apart
+    with tarfile.open(archives["train_tar"]) as tar:
+        members = tar.getmembers()
+    end_of_second = members[1].offset_data + -(-members[1].size // 512) * 512
+    cut = tmp_path / "cut_train.tar"
+    cut.write_bytes(archives["train_tar"].read_bytes()[:end_of_second])
+    out = tmp_path / "imagenet"
+    with pytest.raises(
+        UserError, match=r"cut_train\.tar ends after 2 members .* without tar's end-of-archive"
+    ):
+        prepare_imagenet(out, train_tar=cut, val_tar=None, devkit=None, progress=False)
+    assert not (out / "train").exists()
+
+
+@pytest.mark.parametrize("which", ["loc_val_solution", "val_ground_truth"])
+def test_a_binary_label_file_is_one_error_naming_it(tmp_path, archives, which):
+    flat = tmp_path / "val"
+    flat.mkdir()
+    for name, data in _val_images().items():
+        (flat / name).write_bytes(data)
+    labels = tmp_path / f"{which}.bin"
+    labels.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    given = {"loc_val_solution": labels} if which == "loc_val_solution" else {"val_ground_truth": labels}
+    devkit = archives["devkit"] if which == "val_ground_truth" else None
+    with pytest.raises(UserError, match=f"{labels} is not a text file"):
+        prepare_imagenet(
+            tmp_path / "imagenet",
+            train_tar=None,
+            val_tar=None,
+            devkit=devkit,
+            val_dir=flat,
+            progress=False,
+            **given,
+        )
+
+
 def test_interrupted_val_extraction_resumes(tmp_path, archives, monkeypatch):
     out = tmp_path / "imagenet"
     args = dict(train_tar=None, val_tar=archives["val_tar"], devkit=archives["devkit"], progress=False)

@@ -97,10 +97,12 @@ def _labels_from_devkit(devkit: Path, ground_truth: Path | None) -> dict[str, st
     order; meta.mat maps those IDs (not sorted-wnid positions) to wnids."""
     id_to_wnid = _leaf_synsets(_read_devkit_file(devkit, DEVKIT_META), f"{devkit}:{DEVKIT_META}")
     if ground_truth is not None:
-        text, source = ground_truth.read_text(), str(ground_truth)
+        text, source = _text(
+            ground_truth.read_bytes(), str(ground_truth), "ILSVRC2012_validation_ground_truth.txt"
+        )
     else:
-        text = _read_devkit_file(devkit, DEVKIT_GROUND_TRUTH).decode()
         source = f"{devkit}:{DEVKIT_GROUND_TRUTH}"
+        text = _text(_read_devkit_file(devkit, DEVKIT_GROUND_TRUTH), source, "one ILSVRC2012_ID per line")
     labels: dict[str, str] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -118,22 +120,36 @@ def _labels_from_devkit(devkit: Path, ground_truth: Path | None) -> dict[str, st
     return labels
 
 
+def _text(data: bytes, source: str, expected: str) -> str:
+    """A label file's bytes as text; a binary file (a wrong download, an image) is one error."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{source} is not a text file (byte {e.start} is {data[e.start : e.start + 1]!r}, not UTF-8); "
+            f"expected {expected}"
+        ) from None
+    if "\x00" in text:
+        raise UserError(f"{source} is not a text file (it holds NUL bytes); expected {expected}")
+    return text
+
+
 def _labels_from_loc_csv(path: Path) -> dict[str, str]:
     """Kaggle's LOC_val_solution.csv: ImageId,PredictionString; the first token of PredictionString
     (a list of `wnid x_min y_min x_max y_max` boxes) is the image's class."""
     labels: dict[str, str] = {}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"ImageId", "PredictionString"} <= set(reader.fieldnames):
-            raise UserError(
-                f"{path} has columns {reader.fieldnames}; expected ImageId,PredictionString "
-                "(Kaggle's LOC_val_solution.csv)"
-            )
-        for row in reader:
-            tokens = (row["PredictionString"] or "").split()
-            if not row["ImageId"] or not tokens:
-                raise UserError(f"{path} line {reader.line_num}: empty ImageId or PredictionString")
-            labels[row["ImageId"] + ".JPEG"] = tokens[0]
+    text = _text(path.read_bytes(), str(path), "Kaggle's LOC_val_solution.csv (ImageId,PredictionString)")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or not {"ImageId", "PredictionString"} <= set(reader.fieldnames):
+        raise UserError(
+            f"{path} has columns {reader.fieldnames}; expected ImageId,PredictionString "
+            "(Kaggle's LOC_val_solution.csv)"
+        )
+    for row in reader:
+        tokens = (row["PredictionString"] or "").split()
+        if not row["ImageId"] or not tokens:
+            raise UserError(f"{path} line {reader.line_num}: empty ImageId or PredictionString")
+        labels[row["ImageId"] + ".JPEG"] = tokens[0]
     if not labels:
         raise UserError(f"{path} has no rows")
     return labels
@@ -291,6 +307,22 @@ def _truncation_is_a_user_error(archive: Path | None) -> Iterator[None]:
         ) from e
 
 
+def _check_end_marker(tar: tarfile.TarFile, path: Path, members: int) -> None:
+    """A tar ends with zero blocks after its last member; an uncompressed archive cut exactly between
+    two members (a stopped download) reads as a complete, smaller one without them. (Compressed
+    archives are checked by their own format's end.)"""
+    raw = tar.fileobj
+    if raw is None or type(raw).__module__ not in ("io", "_io"):
+        return
+    raw.seek(tar.offset)
+    if raw.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+        raise UserError(
+            f"{path} ends after {members} members ({tar.offset:,} bytes) without tar's end-of-archive "
+            "marker: the file was cut short (ILSVRC2012_img_train.tar holds 1,000 class tars); "
+            "download it again"
+        )
+
+
 def _prepare_train(train_tar: Path, out: Path, progress: bool) -> dict[str, int]:
     train_dir, partial = out / "train", out / PARTIAL_DIR / "train"
     with _open_tar(train_tar, "train") as tar:
@@ -307,6 +339,7 @@ def _prepare_train(train_tar: Path, out: Path, progress: bool) -> dict[str, int]
             class_tars.append((name[: -len(".tar")], m))
         if not class_tars:
             raise UserError(f"train archive {train_tar} holds no per-class tars")
+        _check_end_marker(tar, train_tar, len(class_tars))
         train_dir.mkdir(parents=True, exist_ok=True)
         counts = {"classes": len(class_tars), "images": 0, "extracted_classes": 0, "skipped_classes": 0}
         bar = _progress(class_tars, progress, desc="train", unit="class")
