@@ -233,3 +233,21 @@ def test_eval_of_a_checkpoint_without_class_names_assumes_the_datas_and_says_so(
     assert "holds no class names" in proc.stderr
     final = [r for r in read_metrics(short_run) if r["split"] == "val"][-1]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["top1"] == final["top1"]
+
+
+@pytest.mark.parametrize(
+    "entry", [{}, {"mean": [0.5, 0.5], "std": [0.2] * 3}, {"mean": ["a"] * 3, "std": [0.2] * 3}]
+)
+def test_eval_of_a_checkpoint_with_a_damaged_normalization_entry_is_one_line(
+    short_run: Path, demo_root: Path, tmp_path: Path, entry: dict
+):
+    import torch
+
+    edited = tmp_path / "edited.pt"
+    state = torch.load(short_run / "checkpoints" / "last.pt", weights_only=False)
+    state["normalization"] = entry
+    torch.save(state, edited)
+    proc = run_cli("eval", f"checkpoint={edited}", f"data.root={demo_root}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr and f"checkpoint {edited}: its normalization" in error

@@ -192,6 +192,39 @@ def _check_classes(
         )
 
 
+def _stored_normalization(stored: Any, path: str) -> tuple[tuple[float, ...], tuple[float, ...], Any]:
+    """(mean, std, mean image or None) of a checkpoint's `normalization` entry, checked: a file
+    edited or written by another tool gets one line, not a KeyError."""
+    import math
+
+    import torch
+
+    def channels(key: str) -> tuple[float, ...] | None:
+        values = stored.get(key) if isinstance(stored, dict) else None
+        if not isinstance(values, (list, tuple)) or len(values) != 3:
+            return None
+        if not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        ):
+            return None
+        return tuple(float(v) for v in values)
+
+    mean, std = channels("mean"), channels("std")
+    image = stored.get("mean_image") if isinstance(stored, dict) else None
+    if (
+        mean is None
+        or std is None
+        or any(v <= 0 for v in std)
+        or not (image is None or torch.is_tensor(image))
+    ):
+        raise UserError(
+            f"checkpoint {path}: its normalization entry {str(stored)[:120]} is not what training writes "
+            "(mean and std: 3 finite numbers each, std > 0; mean_image: a tensor); evaluate a checkpoint "
+            "written by `resnet-repro train`"
+        )
+    return mean, std, image.double().numpy() if image is not None else None
+
+
 def evaluate_checkpoint(cfg: RootConfig, path: str, explicit: set[str] | None = None) -> dict[str, float]:
     """`resnet-repro eval`: top-1 / top-5 / loss of a checkpoint on its run's eval split.
 
@@ -216,15 +249,8 @@ def evaluate_checkpoint(cfg: RootConfig, path: str, explicit: set[str] | None = 
         _check_classes(state, path, cfg.data, splits.test.classes, env.is_main)
         model = load_model_for_eval(cfg, state, path, len(splits.test.classes), device)
         if "normalization" in state:  # exactly what the run trained and evaluated with
-            stored = state["normalization"]
-            image = stored.get("mean_image")  # data.normalization=pixel_mean
-            norm = Normalization(
-                tuple(stored["mean"]),
-                tuple(stored["std"]),
-                "checkpoint",
-                str(path),
-                mean_image=image.double().numpy() if image is not None else None,
-            )
+            mean, std, image = _stored_normalization(state["normalization"], path)
+            norm = Normalization(mean, std, "checkpoint", str(path), mean_image=image)
         else:
             norm, _ = resolve_normalization(cfg.data, splits, env, device)
         batch = per_device_batch(cfg.trainer, env.world_size)

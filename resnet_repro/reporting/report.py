@@ -53,7 +53,7 @@ def write_report(
     }
     answer = sweep_answer_of(rows)
     clipping = clipping_table(rows, compare, compare_name)
-    title = "/".join(out_dir.resolve().parts[-2:])
+    title = Path(*out_dir.resolve().parts[-2:]).as_posix()  # "/sweep" stays "/sweep"
     paths["markdown"].write_text(tables.markdown_report(rows, title, answer, clipping))
     tables.write_csv(rows, paths["csv"])
     if answer.contrasts:
