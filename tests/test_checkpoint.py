@@ -478,6 +478,9 @@ def test_resume_refuses_a_checkpoint_trained_on_other_class_names(tmp_path):
     anyway = dataclasses.replace(run, trainer=TrainerConfig(seed=0, resume_with_changes=True))
     changes = check_resumable(state, path, derived, anyway, classes=("cat", "dog", "owl"))
     assert changes == ["classes ['cat', 'dog', 'emu'] -> ['cat', 'dog', 'owl'] (output 2: 'emu' -> 'owl')"]
+    # another count is another output layer: never a change a resume can accept
+    with pytest.raises(UserError, match=r"trained on 3 classes.*4 classes.*another output layer"):
+        check_resumable(state, path, derived, anyway, classes=("cat", "dog", "emu", "owl"))
     state.pop("classes")  # a checkpoint of an earlier version: nothing to compare
     assert check_resumable(state, path, derived, run, classes=("cat", "dog", "owl")) == []
 

@@ -64,3 +64,18 @@ def test_a_checkpoint_config_this_version_cannot_read_is_a_clear_error():
     saved["data"]["no_such_key"] = 1
     with pytest.raises(UserError, match="data config does not fit"):
         eval_config(command_line(), saved, explicit=set())
+
+
+def test_a_subset_checkpoint_on_the_whole_class_list_is_refused_with_the_subset_hint(capsys):
+    from resnet_repro.commands.eval import _check_classes
+
+    data = DataConfig(name="folder", root="/data/d3")
+    with pytest.raises(UserError, match=r"classes \['b', 'd'\] -> \['a', 'b', 'c', 'd'\].*give data\.subset"):
+        _check_classes({"classes": ["b", "d"]}, "last.pt", data, ("a", "b", "c", "d"), say=True)
+    with pytest.raises(UserError, match=r"\['a', 'b', 'x'\].*on its run's data"):
+        _check_classes({"classes": ["a", "b", "c"]}, "last.pt", data, ("a", "b", "x"), say=True)
+    _check_classes({"classes": ["a", "b"]}, "last.pt", data, ("a", "b"), say=True)
+    _check_classes({"model": {}}, "plain.pth", data, ("a", "b"), say=True)  # no names: assumed, said
+    assert "holds no class names: output i is taken to be class i of the 2 classes of /data/d3/train" in (
+        capsys.readouterr().err
+    )

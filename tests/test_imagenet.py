@@ -295,7 +295,8 @@ def test_val_images_left_under_another_label_by_an_earlier_run_are_not_kept_twic
     assert sum(len(files) for files in val.values()) == len(_val_images())
 
 
-def test_val_folder_with_loc_val_solution_csv(tmp_path):
+@pytest.mark.parametrize("bom", ["", "\ufeff"], ids=["plain", "byte_order_mark"])
+def test_val_folder_with_loc_val_solution_csv(tmp_path, bom):
     flat = tmp_path / "ILSVRC" / "Data" / "CLS-LOC" / "val"
     flat.mkdir(parents=True)
     for name, data in _val_images().items():
@@ -305,7 +306,7 @@ def test_val_folder_with_loc_val_solution_csv(tmp_path):
         f"{name[: -len('.JPEG')]},{wnid} 1 2 30 40 {wnid} 5 6 7 8"
         for name, wnid in reversed(list(_expected_val().items()))  # Kaggle's rows are not in order
     ]
-    csv_path.write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+    csv_path.write_text(bom + "ImageId,PredictionString\n" + "\n".join(rows) + "\n")  # BOM: Excel's
     out = tmp_path / "imagenet"
 
     summary = prepare_imagenet(

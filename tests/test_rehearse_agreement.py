@@ -231,6 +231,15 @@ def last_pt_of_other_classes(root: Path, work: Path) -> list[str]:
     return extra
 
 
+def last_pt_of_fewer_classes(root: Path, work: Path) -> list[str]:
+    """A run trained on classes a, b, c; then a class d is added and changes are allowed: the
+    checkpoint's output layer has 3 outputs, the run's 4 (both rehearsals said it resumes)."""
+    extra = trained_run_dir()(root, work)
+    make_image_folder(root, "train", {"d": 8}, sizes=[(40, 30)], seed=3)
+    make_image_folder(root, "val", {"d": 2}, sizes=[(40, 30)], seed=4)
+    return [*extra, "trainer.resume_with_changes=true"]
+
+
 def run_dir_under_a_file(root: Path, work: Path) -> list[str]:
     """hydra.run.dir inside a path whose part is a file (train crashed in Hydra's mkdir)."""
     work.mkdir(parents=True, exist_ok=True)
@@ -373,6 +382,14 @@ CATALOGUE = [
         last_pt_of_other_classes,
         "stop",
         "classes ['a', 'b', 'c'] -> ['a', 'b', 'd']",
+    ),
+    Fault(
+        "last_pt_of_fewer_classes_with_changes_allowed",
+        "run directory",
+        last_pt_of_fewer_classes,
+        "stop",
+        "another output layer",
+        full=True,
     ),
     Fault(
         "last_pt_of_another_global_batch",

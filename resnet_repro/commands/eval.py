@@ -69,7 +69,10 @@ def _eval(dcfg: DictConfig) -> None:
         result = evaluate_checkpoint(cfg, cfg.checkpoint, explicit=_override_keys())
     except UserError as e:
         fail(str(e))
-    print(json.dumps(result))
+    from resnet_repro.cluster import distributed
+
+    if distributed.detect().is_main:  # under torchrun: one line, not one per process
+        print(json.dumps(result))
 
 
 def load_model_for_eval(
@@ -172,23 +175,30 @@ def _check_classes(
 ) -> None:
     """The data's classes must be the ones the checkpoint's outputs stand for: the same count is not
     enough (the digits' checkpoint scores 10% on CIFAR-10's ten classes, without a word)."""
+    from resnet_repro.data import subset
     from resnet_repro.training.resume import class_change
 
+    where = f"{data.root}/{data.train_split}" + (" (data.subset's)" if subset.is_active(data.subset) else "")
     trained = state.get("classes")
     if not isinstance(trained, list):  # a plain state dict, or a checkpoint of an earlier version
         if say:
             print(
-                f"eval: checkpoint {path} holds no class names: output i is taken to be class folder i "
-                f"of the {len(classes)} in {data.root}/{data.train_split}, in sorted order",
+                f"eval: checkpoint {path} holds no class names: output i is taken to be class i of the "
+                f"{len(classes)} classes of {where}, in sorted order",
                 file=sys.stderr,
                 flush=True,
             )
         return
     change = class_change(trained, classes)
     if change is not None:
+        hint = "evaluate it on its run's data (data.root=...)"
+        if set(trained) < set(classes):
+            hint = (
+                "its run trained a subset of them: give data.subset as the run did, or leave data= and "
+                "experiment= out to take the run's data section"
+            )
         raise UserError(
-            f"checkpoint {path} was trained on other classes than {data.root}/{data.train_split} holds: "
-            f"{change}; evaluate it on its run's data (data.root=...)"
+            f"checkpoint {path} was trained on other classes than {where} holds: {change}; {hint}"
         )
 
 

@@ -220,6 +220,8 @@ def _rehearse(dcfg: DictConfig, options: RehearseOptions, real: list[str] | None
             else:
                 train(rcfg, run_dir, dataclasses.replace(plan, phase="both"))
         except UserError as e:  # a file of the sample is named as the user's own file
+            if options.stand_in:
+                raise
             raise UserError(rehearse.real_paths(str(e), rcfg, cfg)) from e
         if not distributed.detect().is_main:
             return

@@ -123,7 +123,7 @@ def _labels_from_devkit(devkit: Path, ground_truth: Path | None) -> dict[str, st
 def _text(data: bytes, source: str, expected: str) -> str:
     """A label file's bytes as text; a binary file (a wrong download, an image) is one error."""
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark (a file re-saved by Excel) is not text
     except UnicodeDecodeError as e:
         raise UserError(
             f"{source} is not a text file (byte {e.start} is {data[e.start : e.start + 1]!r}, not UTF-8); "

@@ -230,10 +230,11 @@ def rehearsal_config(
 
 
 def real_paths(message: str, rehearsed: RootConfig, cfg: RootConfig) -> str:
-    """`message` with the sample's paths (links into data.root, same layout) as data.root's own."""
+    """`message` with the sample's paths (links into data.root, same layout) as data.root's own
+    (callers: a rehearsal on a sample of data.root, not on a generated stand-in)."""
     sample, real = rehearsed.data.root, cfg.data.root
-    if not real or sample == real or not sample.endswith(str(Path("rehearsal") / "data")):
-        return message  # the demo's own data, or a generated stand-in: no file of the user's
+    if not real or sample == real:
+        return message  # the demo's own data: the user's files already
     return message.replace(sample.rstrip("/") + "/", str(Path(real).expanduser()).rstrip("/") + "/")
 
 

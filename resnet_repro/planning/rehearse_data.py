@@ -172,7 +172,7 @@ def sample_data_root(cfg: RootConfig, global_batch: int, out: Path) -> tuple[Pat
     n = sum(take[c] for c in by_class)
     return (
         out,
-        f"a sample of {d.root}: {n} training images ({wanted} per used class, 1 per other class)",
+        f"a sample of {d.root}: {n} training images (about {wanted} per used class, 1 per other class)",
         exclusions,
     )
 

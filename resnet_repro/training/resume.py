@@ -204,6 +204,12 @@ def check_resumable(
                 changes.append(f"normalization {name} {old} -> {new}")
     saved_classes = state.get("classes")
     if classes is not None and isinstance(saved_classes, list):
+        if len(saved_classes) != len(classes):  # not a setting: the model itself differs
+            raise UserError(
+                f"checkpoint {path} was trained on {len(saved_classes)} classes and this run's data has "
+                f"{len(classes)} classes: another output layer, it cannot be continued; resume with the "
+                "run's data (data.root, data.subset) or start a new run directory"
+            )
         changed = class_change(saved_classes, classes)
         if changed:
             changes.append(changed)

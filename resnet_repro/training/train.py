@@ -310,7 +310,10 @@ def _resume(parts: Parts, cfg: RootConfig, run_dir: Path, env: DistEnv, data: Ru
     try:
         parts.state.load_state_dict(saved)
     except (RuntimeError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's load_state_dict says "Error(s) in loading state_dict for ResNet:" and the
+        # mismatches on the lines after it: the first of those is the one that says what differs
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        first = " ".join(lines[:2])[:300] if lines else type(e).__name__
         raise UserError(
             f"checkpoint {resume_from} does not fit this run's model or optimizer: {first}"
         ) from e
