@@ -1,22 +1,26 @@
-"""Golden numbers: the demo's per-epoch losses for a fixed seed on the CPU (as torchtitan keeps loss
-curves under tests/assets/). A change that alters the computation, such as a refactor that moves a
-step or reorders random draws, fails here loudly.
+"""Golden numbers: the demo's losses for a fixed seed on the CPU (as torchtitan keeps loss curves
+under tests/assets/). A change that alters the computation, such as a refactor that moves a step or
+reorders random draws, fails here loudly.
 
-The numbers must be the same on every x86-64 CPU that CI may land on, so the golden run pins every
-CPU-dependent code path (measured on a 2-core AMD EPYC with AVX2, 2 epochs x 4 steps; unpinned, the
-epoch-2 train loss was 1.4515 with ATen's `default` kernels, 1.4675 with `avx2`, 1.3560 with oneDNN at
-AVX2 instead of SSE4.1 and 1.3190 without MKL's CNR mode: the run is chaotic, so any difference in
-the first step grows to percent):
+The numbers must be the same on every x86-64 CPU that CI may land on, so the golden run pins the
+CPU-dependent code paths that can be pinned:
 - `ATEN_CPU_CAPABILITY=default`: ATen's vectorized kernels (among them `normal_`, which draws the
   initial weights differently with AVX2) take their portable path;
 - convolutions through ATen's own im2col + GEMM instead of oneDNN, whose JIT kernels depend on the
   CPU's ISA and cache sizes (`torch.backends.mkldnn.enabled = False` in the launcher below);
-- `MKL_CBWR=COMPATIBLE`: MKL's conditional numerical reproducibility, the same GEMM code path on
-  Intel and AMD processors;
-- one thread for OpenMP and MKL, so reductions add in one order.
-With these pins the numbers did not move on that machine under `ONEDNN_MAX_CPU_ISA=AVX2` or
-`SSE41`, `JSIMD_FORCENONE=1` (libjpeg-turbo without SIMD) or `MKL_CBWR=COMPATIBLE,STRICT`, and the
-test passes whatever `ATEN_CPU_CAPABILITY` the calling shell sets.
+- `MKL_CBWR=COMPATIBLE` and one thread for OpenMP and MKL, so reductions add in one order.
+That is not enough for a long run: MKL's GEMMs still take a different code path on an Intel Xeon
+with AVX-512 than on the AMD EPYC the first golden file came from, and the run is chaotic. The old
+file (2 epochs x 4 steps) failed on that Xeon by 0.1% in the first epoch's train loss and 8% in the
+second's. So the golden run is short: two epochs of one full-LR step each, compared where MKL's code
+path cannot move them. Measured on the Xeon, under MKL_CBWR=COMPATIBLE, SSE4_2, AVX2 and AVX512
+(the oracle for the tolerances), relative spread:
+  train loss, step 1 and 2      0 and 3e-7        checked to 1e-5 (step 1 checks the data, the
+                                                  initialization and the model; step 2 the first update)
+  val loss after step 1         4e-7              checked to 1e-5 (weight decay x2 moves it 3.3e-5)
+  val loss after step 2         1.5e-4            checked to 2e-3 (LR + 10% moves it 4.2%)
+  top-1 after step 2            0.1000 vs 0.0972  not checked
+A third step already spread by 0.3% (step 4 by 1.6%), more than weight decay x2 moves it.
 
 After a deliberate change of the numbers, regenerate the file and say why in the commit:
     RESNET_REPRO_REGENERATE_GOLDEN=1 python -m pytest tests/test_golden.py
@@ -39,12 +43,20 @@ GOLDEN = Path(__file__).parent / "assets" / "demo_losses.json"
 # short: two epochs of four steps; data.backend is the demo's default
 OVERRIDES = [
     "trainer.epochs=2",
-    "trainer.max_steps_per_epoch=4",
+    "trainer.max_steps_per_epoch=1",
     "trainer.batch_size=32",
     "trainer.seed=0",
+    "stabilizer.warmup_epochs=0",
     "logging.progress=false",
 ]
 KEYS = ("loss", "top1", "lr")
+# (split, epoch) -> relative tolerance of the loss, and whether top-1 is compared (module docstring)
+TOLERANCE = {
+    ("train", 1): (1e-5, True),
+    ("train", 2): (1e-5, True),
+    ("val", 1): (1e-5, True),
+    ("val", 2): (2e-3, False),
+}
 # Environment of the golden run: see the module docstring for why each entry is there
 PINNED_ENV = {
     "ATEN_CPU_CAPABILITY": "default",
@@ -89,5 +101,9 @@ def test_demo_losses_for_a_fixed_seed_match_the_golden_numbers(demo_root: Path, 
     for split in ("train", "val"):
         assert [r["epoch"] for r in measured[split]] == [r["epoch"] for r in golden[split]] == [1, 2]
         for got, want in zip(measured[split], golden[split], strict=True):
-            for key in KEYS:
-                assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), (split, got["epoch"], key)
+            rel, top1 = TOLERANCE[split, got["epoch"]]
+            where = (split, got["epoch"])
+            assert got["lr"] == pytest.approx(want["lr"], rel=1e-12), (*where, "lr")
+            assert got["loss"] == pytest.approx(want["loss"], rel=rel), (*where, "loss")
+            if top1:
+                assert got["top1"] == want["top1"], (*where, "top1")
