@@ -77,7 +77,6 @@ def _bench_parts(cfg: RootConfig, derived: Any, device: torch.device, run_dir: P
 
 
 def bench_model(cfg: RootConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
-
     b = cfg.bench
     parts = _bench_parts(cfg, _derived(cfg, b.num_classes, device, b.steps), device, run_dir)
     state = parts.state

@@ -139,11 +139,11 @@ def sample_data_root(cfg: RootConfig, global_batch: int, out: Path) -> tuple[Pat
 
         excluded = read_exclude_list(d.exclude_files, d.root)
         train, test = without(train_all, excluded, d.root)[0], without(test, excluded, d.root)[0]
-        emptied = set(train_all.labels) - set(train.labels)
-        still_classes = [
-            next(f for f, lb in zip(train_all.files, train_all.labels, strict=True) if lb == c)
-            for c in sorted(emptied)
-        ]
+        emptied, first = set(train_all.labels) - set(train.labels), {}
+        for path, label in zip(train_all.files, train_all.labels, strict=True):
+            if label in emptied:
+                first.setdefault(label, path)
+        still_classes = [first[c] for c in sorted(emptied)]
     kept, wanted = _kept_and_wanted(cfg, train.classes, global_batch)
     by_class: dict[int, list[str]] = {}
     for path, label in zip(train.files, train.labels, strict=True):

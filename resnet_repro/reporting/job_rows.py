@@ -104,7 +104,7 @@ def _values_from_configs(rows: list[Row]) -> None:
             value = _leaf(configs[row["path"]], key)
             if isinstance(value, dict):  # a config group chosen by name (optim=adamw)
                 value = value.get("name", _ABSENT)
-            if value is _ABSENT or isinstance(value, (dict, list)) and not texts:
+            if value is _ABSENT:
                 continue
             row["overrides"][key] = next((t for t in texts if _same_value(t, value)), _as_text(value))
 

@@ -186,7 +186,7 @@ def check_resumable(
     then normalizes over another per-rank batch).
 
     With trainer.resume_with_changes=true the setting differences are accepted and returned (for
-    the log); the job's shape never is."""
+    the log); the job's shape and the class count (the output layer) never are."""
     for key in TRAINING_KEYS:
         if key not in state:
             raise UserError(
