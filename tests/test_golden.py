@@ -13,14 +13,16 @@ That is not enough for a long run: MKL's GEMMs still take a different code path 
 with AVX-512 than on the AMD EPYC the first golden file came from, and the run is chaotic. The old
 file (2 epochs x 4 steps) failed on that Xeon by 0.1% in the first epoch's train loss and 8% in the
 second's. So the golden run is short: two epochs of one full-LR step each, compared where MKL's code
-path cannot move them. Measured on the Xeon, under MKL_CBWR=COMPATIBLE, SSE4_2, AVX2 and AVX512
-(the oracle for the tolerances), relative spread:
-  train loss, step 1 and 2      0 and 3e-7        checked to 1e-5 (step 1 checks the data, the
+path cannot move them, and it reads the data through the torchvision backend (Pillow's fixed-point
+resampling; DALI's CPU resampling was not shown to be the same on every CPU). Measured on the Xeon
+under MKL_CBWR=COMPATIBLE, SSE4_2, AVX2 and AVX512 (the oracle for the tolerances), relative spread:
+  train loss, step 1 and 2      0 and 1.8e-6      checked to 1e-5 (step 1 checks the data, the
                                                   initialization and the model; step 2 the first update)
-  val loss after step 1         4e-7              checked to 1e-5 (weight decay x2 moves it 3.3e-5)
-  val loss after step 2         1.5e-4            checked to 2e-3 (LR + 10% moves it 4.2%)
-  top-1 after step 2            0.1000 vs 0.0972  not checked
-A third step already spread by 0.3% (step 4 by 1.6%), more than weight decay x2 moves it.
+  val loss after step 1         2.4e-7            checked to 1e-5 (weight decay x2 moves it 3.0e-5,
+                                                  LR + 10% 3.9%)
+  val loss after step 2         4.7e-4            checked to 5e-3 (LR + 10% moves it 12%)
+With DALI (the demo's default backend) a third step already spread by 0.3% and a fourth by 1.6%,
+more than weight decay x2 moves them.
 
 After a deliberate change of the numbers, regenerate the file and say why in the commit:
     RESNET_REPRO_REGENERATE_GOLDEN=1 python -m pytest tests/test_golden.py
@@ -40,13 +42,14 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "assets" / "demo_losses.json"
-# short: two epochs of four steps; data.backend is the demo's default
+# short: two epochs of one step each (module docstring)
 OVERRIDES = [
     "trainer.epochs=2",
     "trainer.max_steps_per_epoch=1",
     "trainer.batch_size=32",
     "trainer.seed=0",
     "stabilizer.warmup_epochs=0",
+    "data.backend=torchvision",
     "logging.progress=false",
 ]
 KEYS = ("loss", "top1", "lr")
@@ -55,7 +58,7 @@ TOLERANCE = {
     ("train", 1): (1e-5, True),
     ("train", 2): (1e-5, True),
     ("val", 1): (1e-5, True),
-    ("val", 2): (2e-3, False),
+    ("val", 2): (5e-3, False),
 }
 # Environment of the golden run: see the module docstring for why each entry is there
 PINNED_ENV = {
