@@ -468,13 +468,8 @@ def job_train_rows(row: Row) -> list[dict[str, Any]]:
 
 def config_value(run_dir: Path, *keys: str) -> Any:
     """A value from the run's resolved config.yaml; None when the file or the key is missing."""
-    try:
-        node = yaml.safe_load((run_dir / "config.yaml").read_text())
-        for key in keys:
-            node = node[key]
-        return node
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return None
+    value = _leaf(_read_yaml(run_dir / "config.yaml"), ".".join(keys))
+    return None if value is _ABSENT else value
 
 
 def is_run_dir(path: Path) -> bool:
