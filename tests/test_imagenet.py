@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -671,3 +672,120 @@ def test_verify_data_of_a_class_subset_checks_only_its_classes(tmp_path, monkeyp
     )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["images"] == 3 * 3 and result["ok"]  # the 3 seeded classes: 2 train + 1 val each
+
+
+def _photo_like_jpeg() -> tuple[bytes, np.ndarray]:
+    """A 256x192 JPEG with gradients and noise (enough entropy-coded data to damage in its middle),
+    and the pixels PIL decodes from it intact."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:192, 0:256]
+    pixels = np.stack([(xx + yy) % 256, (2 * xx) % 256, (3 * yy) % 256], axis=-1)
+    pixels = (pixels + rng.integers(0, 30, pixels.shape)).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        return buf.getvalue(), np.asarray(im.convert("RGB"), dtype=np.int16)
+
+
+def _pil_pixels(data: bytes) -> np.ndarray | None:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.int16)
+    except OSError:
+        return None
+
+
+def test_verify_data_reports_jpegs_whose_data_is_damaged_though_dali_decodes_them(tmp_path):
+    """DALI's CPU decoder (libjpeg-turbo) decodes damaged entropy-coded data without an error: it
+    prints a warning and fills what it could not read, so a decode-only check passed such files while
+    the run trained on grey blocks (and the torchvision backend refused some of them). The oracle is
+    PIL against the intact image: its pixels are far off for the two damaged files and equal for the
+    one with padding before its end marker, which is therefore only a note."""
+    intact, want = _photo_like_jpeg()
+    n = len(intact)
+    damaged = {
+        # an end-of-image marker in the middle of the scan: PIL decodes it, the lower half grey
+        "eoi_in_scan": intact[: n // 2] + b"\xff\xd9" + intact[n // 2 + 2 :],
+        # marker bytes in the scan: PIL refuses it ("broken data stream"), DALI decodes it
+        "ff_run_in_scan": intact[: n // 2] + b"\xff" * 64 + intact[n // 2 + 64 :],
+    }
+    padded = intact[:-2] + b"\0" * 10 + b"\xff\xd9"  # padding an encoder left before the end marker
+    assert np.abs(_pil_pixels(damaged["eoi_in_scan"]) - want).mean() > 10
+    assert _pil_pixels(damaged["ff_run_in_scan"]) is None
+    assert np.array_equal(_pil_pixels(padded), want)
+
+    root = tmp_path / "data"
+    make_image_folder(root, "train", {"a": 70, "b": 2}, sizes=[(S, S)])  # more than one DALI batch
+    make_image_folder(root, "val", {"a": 1, "b": 1}, sizes=[(S, S)])
+    paths = {k: root / "train" / "a" / f"{k}.JPEG" for k in (*damaged, "padded", "intact")}
+    for k, data in {**damaged, "padded": padded, "intact": intact}.items():
+        paths[k].write_bytes(data)
+
+    summary = verify_data(root, expect_imagenet=False, num_threads=2, progress=False, summary_path=None)
+
+    found = {(Path(i["path"]).stem, i["kind"]): i["detail"] for i in summary["issues"]}
+    assert set(found) == {
+        ("eoi_in_scan", "corrupt"),
+        ("ff_run_in_scan", "corrupt"),
+        ("padded", "jpeg_warning"),
+    }
+    assert "premature end of data segment" in found["eoi_in_scan", "corrupt"]
+    assert "PIL decodes it" in found["eoi_in_scan", "corrupt"]
+    assert "PIL: broken data stream" in found["ff_run_in_scan", "corrupt"]
+    assert "extraneous bytes before marker 0xd9" in found["padded", "jpeg_warning"]
+    assert summary["issue_counts"] == {"corrupt": 2, "jpeg_warning": 1}
+    assert not summary["ok"]
+    assert "corrupt" in imagenet_verify.ERROR_KINDS and "jpeg_warning" in imagenet_verify.NOTE_KINDS
+
+
+def test_verify_data_passes_on_what_the_decoder_prints_besides_its_jpeg_warnings(tmp_path, capfd):
+    """Nothing is lost: while a batch decodes, the standard error is read for libjpeg's warnings, and
+    whatever else was written there is written back."""
+    root = tmp_path / "data"
+    make_image_folder(root, "train", {"a": 2}, sizes=[(S, S)])
+
+    def noisy_inspect(path, split, keep_bytes):
+        os.write(2, b"a line from another library\n")
+        return inspect(path, split, keep_bytes)
+
+    inspect = imagenet_verify._inspect
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(imagenet_verify, "_inspect", noisy_inspect)
+        summary = verify_data(root, expect_imagenet=False, num_threads=1, progress=False, summary_path=None)
+
+    assert summary["ok"] and summary["issues"] == []
+    assert capfd.readouterr().err.count("a line from another library") == 2
+
+
+def test_verify_data_of_splits_without_images_is_not_ok(tmp_path):
+    """The null case: a root whose splits hold no image is not a dataset that checks out (train,
+    stats and eval refuse it), nor is an ImageNet root without its val folder."""
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    (tmp_path / "empty" / "val" / "n01440764").mkdir(parents=True)
+    summary = verify_data(tmp_path / "empty", expect_imagenet=False, num_threads=1, summary_path=None)
+    assert not summary["ok"] and summary["images"] == 0
+    assert f"train: no images; expected {tmp_path / 'empty' / 'train'}/<class>/<image>" in summary["problems"]
+    assert any(p.startswith("val: no images") for p in summary["problems"])
+
+    make_image_folder(tmp_path / "trainonly", "train", {"n01440764": 1}, sizes=[(8, 8)])
+    summary = verify_data(tmp_path / "trainonly", expect_imagenet=True, num_threads=1, summary_path=None)
+    assert f"val: no folder {tmp_path / 'trainonly' / 'val'}" in summary["problems"] and not summary["ok"]
+
+
+def test_verify_data_command_requires_the_runs_train_and_eval_splits(tmp_path, monkeypatch, capsys):
+    from resnet_repro.cli import main
+
+    make_image_folder(tmp_path / "data", "train", {"a": 2, "b": 2}, sizes=[(8, 8)])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "verify-data",
+                "--no-decode",
+                "data=folder",
+                f"data.root={tmp_path / 'data'}",
+                "logging.progress=false",
+            ]
+        )
+    assert exit_info.value.code == 1
+    assert f"problem: val: no folder {tmp_path / 'data' / 'val'}" in capsys.readouterr().out

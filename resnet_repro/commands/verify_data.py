@@ -15,9 +15,10 @@ from resnet_repro.config import DataConfig, UserError, to_dataclass
 HELP = f"""usage: {PROG} verify-data [--no-decode] [data=imagenet] data.root=DIR [key=value ...]
 
 Count the images per split and class (data=imagenet: against ImageNet-1K's 1,000 classes, 1,281,167
-train and 50,000 val images), decode every image with DALI and list the files that fail or are not
-what their name says. Writes verify_data.json (and bad_files.txt, for data.exclude_files) into
-runs/verify-data/<time>/; exits 1 when a count or a file is wrong.
+train and 50,000 val images), decode every image with DALI and list the files that fail, that it
+decodes only with libjpeg's warnings of damaged data, or that are not what their name says. Writes
+verify_data.json (and bad_files.txt, for data.exclude_files) into runs/verify-data/<time>/; exits 1
+when a count, a split or a file is wrong.
 
 options and key overrides:
   --no-decode                       read headers and the JPEG end marker only (much faster)
@@ -73,6 +74,7 @@ def _verify_data(dcfg: DictConfig, decode: bool = True) -> None:
             progress=cfg.logging.progress,
             summary_path=Path(HydraConfig.get().runtime.output_dir) / "verify_data.json",
             classes=_subset_classes(cfg.data),
+            required_splits=(cfg.data.train_split, cfg.data.eval_split),
         )
     except UserError as e:
         fail(str(e))
@@ -82,7 +84,7 @@ def _verify_data(dcfg: DictConfig, decode: bool = True) -> None:
         root = Path(cfg.data.root).expanduser()
         # relative to data.root: the list then matches however the root is spelled later
         bad_list.write_text("\n".join(os.path.relpath(p, root) for p in bad) + "\n")
-        print(f"{len(bad)} files cannot be used; to train without them: data.exclude_files={bad_list}")
+        print(f"{len(bad)} files are broken or damaged; to train without them: data.exclude_files={bad_list}")
     for problem in summary["problems"]:
         print(f"problem: {problem}")
     for issue in summary["issues"][:50]:

@@ -1,15 +1,18 @@
 """Verify a prepared image folder: count images per split and class (against ImageNet-1K's numbers
 when asked), decode every image with the same DALI decoder the training pipeline uses and list the
-files that fail or are not what their name says (PNG data in a .JPEG, CMYK and grayscale JPEGs).
+files that fail, that it decodes only with libjpeg's warnings of damaged data, or that are not what
+their name says (PNG data in a .JPEG, CMYK and grayscale JPEGs).
 Preparing ImageNet from the official archives is resnet_repro.data.imagenet_prepare.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -28,12 +31,26 @@ TRAIN_PER_CLASS = (732, 1300)  # smallest and largest training class
 VAL_IMAGES = 50_000
 VAL_PER_CLASS = 50
 
-# Issue kinds from verify_data. Errors break training or evaluation; notes are files DALI decodes
-# correctly but other tools may not (the PIL backend, a colour-managed viewer).
-ERROR_KINDS = ("unreadable", "truncated", "undecodable")
-NOTE_KINDS = ("wrong_format", "cmyk", "grayscale", "unusual_mode")
+# Issue kinds from verify_data. Errors break training or evaluation, or feed it damaged pixels
+# ("corrupt": DALI decodes the file with libjpeg's warning of damaged data and fills what it could
+# not read); notes are files DALI decodes correctly but other tools may not (the PIL backend, a
+# colour-managed viewer), or whose only warning is about bytes after the image data.
+ERROR_KINDS = ("unreadable", "truncated", "undecodable", "corrupt")
+NOTE_KINDS = ("wrong_format", "cmyk", "grayscale", "unusual_mode", "jpeg_warning")
 
 _WNID = re.compile(r"n\d{8}")
+# libjpeg(-turbo)'s messages about the data of a file DALI decodes all the same: the warnings of
+# jerror.h (JWRN_*: "Corrupt JPEG data: ...", "Premature end of JPEG file", ...), and the errors its
+# decoder prints before decoding the file another way ("Unsupported marker type", "Unsupported JPEG
+# process", ...). libjpeg writes them to the standard error, not to the caller.
+_LIBJPEG_MESSAGE = re.compile(
+    r"^(Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters|Inconsistent progression"
+    r"|Unsupported marker type|Unsupported JPEG process|Invalid JPEG file structure|Input file read error"
+    r"|Bogus |Huffman table 0x|Quantization table 0x|Invalid component ID|Not a JPEG file)"
+)
+# Bytes between the image data and its end marker: padding some encoders leave (the same byte
+# repeated: the image decodes whole) or, when they vary, data the decoder misread as it went
+_TRAILING_BYTES = re.compile(r"^Corrupt JPEG data: (\d+) extraneous bytes before marker 0xd9$")
 _GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")
 _BATCH = 64  # images per DALI decode call
 _EXAMPLES = 5  # class names a count problem lists before "..."
@@ -120,6 +137,34 @@ def _pil_load_error(data: bytes) -> str | None:
     return None
 
 
+def _warning_issue(r: _Inspected, warnings: list[str]) -> dict[str, str] | None:
+    """The issue for libjpeg's messages while DALI decoded a file: an error, as the data is damaged
+    (DALI fills what it could not read, usually with grey), unless the only message is about padding
+    before the end marker (a note)."""
+    if not warnings:
+        return None
+    said = "; ".join(dict.fromkeys(warnings))  # in order, each once
+    if r.data is not None and all(_only_padding(r.data, w) for w in warnings):
+        return _issue(r, "jpeg_warning", f"DALI decodes it with libjpeg's warning: {said} (padding)")
+    pil = _pil_load_error(r.data) if r.data is not None else None
+    return _issue(
+        r,
+        "corrupt",
+        f"DALI decodes it with libjpeg's warnings: {said} (what it could not read comes out grey or "
+        f"garbled); {f'PIL: {pil}' if pil else 'PIL decodes it'}",
+    )
+
+
+def _only_padding(data: bytes, warning: str) -> bool:
+    """Whether `warning` is about bytes before the end marker that are one byte repeated (padding)."""
+    m = _TRAILING_BYTES.match(warning)
+    if not m:
+        return False
+    n = int(m.group(1))
+    body = data.rstrip(b"\0")
+    return body.endswith(b"\xff\xd9") and len(body) >= n + 2 and len(set(body[-2 - n : -2])) <= 1
+
+
 def _failure(r: _Inspected, dali_error: str | None, decode: bool) -> dict[str, str] | None:
     """The error issue for a file, or None when it is usable."""
     if decode:
@@ -148,8 +193,9 @@ def _failure(r: _Inspected, dali_error: str | None, decode: bool) -> dict[str, s
 
 class _DaliDecoder:
     """Decodes batches of encoded images with DALI on the CPU (the decoder the training pipeline
-    uses) and says which items fail: DALI fails a whole batch on one bad file, so a failed batch is
-    bisected until the bad files are isolated."""
+    uses) and says, per item, the error that stopped it or the warnings libjpeg printed while
+    decoding it. DALI fails a whole batch on one bad file, and libjpeg's warnings name no file, so a
+    batch that fails or warns is bisected until the files behind it are isolated."""
 
     def __init__(self, batch_size: int, num_threads: int) -> None:
         try:
@@ -172,20 +218,52 @@ class _DaliDecoder:
         pipe.build()
         return pipe
 
-    def errors(self, datas: list[bytes]) -> list[str | None]:
+    def problems(self, datas: list[bytes]) -> list[tuple[str | None, list[str]]]:
+        """Per item: the error DALI stopped on (or None), and libjpeg's warnings."""
         import numpy as np
 
         if not datas:
             return []
+        printed: list[str] = []
         try:
-            self._pipe.run(encoded=[np.frombuffer(d, dtype=np.uint8) for d in datas])
-            return [None] * len(datas)
+            with _libjpeg_warnings(printed):
+                self._pipe.run(encoded=[np.frombuffer(d, dtype=np.uint8) for d in datas])
         except Exception as e:  # DALI raises RuntimeError (sometimes others) for any failed sample
             self._pipe = self._build()  # a pipeline that raised is no longer valid
             if len(datas) == 1:
-                return [_dali_message(e)]
-            mid = len(datas) // 2
-            return self.errors(datas[:mid]) + self.errors(datas[mid:])
+                return [(_dali_message(e), printed)]
+        else:
+            if not printed:
+                return [(None, [])] * len(datas)
+            if len(datas) == 1:
+                return [(None, printed)]
+        mid = len(datas) // 2
+        return self.problems(datas[:mid]) + self.problems(datas[mid:])
+
+
+@contextlib.contextmanager
+def _libjpeg_warnings(found: list[str]):
+    """Collects into `found` the libjpeg warnings written to the standard error (file descriptor 2:
+    the decoder's C code writes there directly) inside the block; every other line written there
+    meanwhile is written back when the block ends."""
+    import sys
+
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            others = []
+            for line in captured.read().decode(errors="replace").splitlines():
+                (found if _LIBJPEG_MESSAGE.match(line.strip()) else others).append(line.strip() or line)
+            if others:
+                sys.stderr.write("\n".join(others) + "\n")
+                sys.stderr.flush()
 
 
 def _dali_message(e: Exception) -> str:
@@ -274,6 +352,18 @@ def _count_problems(
     return _layout_problems(splits) + (_imagenet_problems(splits, subset) if expect_imagenet else [])
 
 
+def _presence_problems(root: Path, splits: dict[str, dict[str, Any]], required: Sequence[str]) -> list[str]:
+    """Splits with no image at all, and required splits missing: nothing to train on or to evaluate
+    is not a dataset that checks out (train, stats and eval refuse it)."""
+    problems = [
+        f"{split}: no folder {root / split}" for split in dict.fromkeys(required) if split not in splits
+    ]
+    for split, s in splits.items():
+        if s["images"] == 0 and s["loose_images"] == 0:
+            problems.append(f"{split}: no images; expected {root / split}/<class>/<image>")
+    return problems
+
+
 def _split_names(root: Path, expect_imagenet: bool) -> list[str]:
     if not root.is_dir():
         raise UserError(f"data root {root} does not exist or is not a folder")
@@ -309,14 +399,16 @@ def _scan(
     return splits, paths
 
 
-def _decode_errors(decoder: _DaliDecoder | None, inspected: list[_Inspected]) -> list[str | None]:
-    errors: list[str | None] = [None] * len(inspected)
+def _decode_problems(
+    decoder: _DaliDecoder | None, inspected: list[_Inspected]
+) -> list[tuple[str | None, list[str]]]:
+    problems: list[tuple[str | None, list[str]]] = [(None, [])] * len(inspected)
     if decoder is None:
-        return errors
+        return problems
     usable = [k for k, r in enumerate(inspected) if r.data]  # empty files never reach DALI
-    for k, err in zip(usable, decoder.errors([inspected[k].data for k in usable]), strict=True):
-        errors[k] = err
-    return errors
+    for k, found in zip(usable, decoder.problems([inspected[k].data for k in usable]), strict=True):
+        problems[k] = found
+    return problems
 
 
 def _check_split(
@@ -334,9 +426,9 @@ def _check_split(
     for start in range(0, len(paths), _BATCH):
         inspected = [f.result() for f in pending]
         pending = submit(paths[start + _BATCH : start + 2 * _BATCH])
-        for r, err in zip(inspected, _decode_errors(decoder, inspected), strict=True):
+        for r, (err, warnings) in zip(inspected, _decode_problems(decoder, inspected), strict=True):
             issues += r.notes
-            failure = _failure(r, err, decode)
+            failure = _failure(r, err, decode) or (None if err else _warning_issue(r, warnings))
             if failure is not None:
                 issues.append(failure)
         bar.update(len(inspected))
@@ -385,6 +477,7 @@ def verify_data(
     progress: bool = True,
     summary_path: Path | None,
     classes: Sequence[str] | None = None,
+    required_splits: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Count and check every image under `<root>/<split>/<class>/`; returns (and writes to `summary_path`
     as JSON) the summary: per-split counts and speed, count `problems`, per-file `issues` and `ok`.
@@ -398,12 +491,17 @@ def verify_data(
     "unusual_mode" are notes (DALI decodes them to RGB).
     classes: a class subset (data.subset): only these class folders are counted and checked, and
     ImageNet's totals (classes, images per split) are not expected; its per-class counts still are.
+    required_splits: split folders that must exist (a run's train and eval splits; with
+    expect_imagenet, train and val always); a split with no image is a problem too.
     """
     root = Path(root).expanduser()
     if num_threads < 1:
         raise UserError(f"num_threads is {num_threads}; it must be at least 1")
     splits, paths = _scan(root, _split_names(root, expect_imagenet), classes)
-    problems = _count_problems(splits, expect_imagenet, subset=classes is not None)
+    required = ("train", "val", *required_splits) if expect_imagenet else tuple(required_splits)
+    problems = _presence_problems(root, splits, required) + _count_problems(
+        splits, expect_imagenet, subset=classes is not None
+    )
     started = time.perf_counter()
     issues = _check_files(splits, paths, num_threads, decode, progress)
     issue_counts = Counter(i["kind"] for i in issues)

@@ -47,6 +47,7 @@ from resnet_repro.data.selection import (
     Splits,
     available_stats_decoder,
     check_leakage_and_staleness,
+    stats_decoder,
     stats_images,
     stats_selection,
 )
@@ -70,7 +71,8 @@ def eval_resize(cfg: DataConfig) -> int:
 
 def record_path(cfg: DataConfig, fingerprint: str) -> Path:
     """Beside the per-channel stats file (data.stats.path, else the default beside the data), one
-    record per selection, resolution and sample size: <stem>-pixelmean<S>r<resize>[-n<max>].json."""
+    record per selection, resolution, sample and decoder, named as the per-channel files are:
+    <stem>-pixelmean<S>r<resize>[-n<max_images>-s<seed>][-<decoder>].json (DALI adds nothing)."""
     base = (
         Path(cfg.stats.path).expanduser()
         if cfg.stats.path
@@ -78,7 +80,10 @@ def record_path(cfg: DataConfig, fingerprint: str) -> Path:
     )
     suffix = f"-pixelmean{cfg.image_size}r{eval_resize(cfg)}"
     if cfg.stats.max_images is not None:
-        suffix += f"-n{cfg.stats.max_images}"
+        suffix += f"-n{cfg.stats.max_images}-s{cfg.stats.seed}"
+    decoder = stats_decoder(cfg)
+    if decoder != "dali":
+        suffix += f"-{decoder}"
     return base.with_name(base.stem + suffix + ".json")
 
 
@@ -275,7 +280,17 @@ def check(
             f"this run needs {cfg.image_size}/{eval_resize(cfg)} (data.image_size / data.crop_ratio); "
             f"{RECOMPUTE}"
         )
-    return check_leakage_and_staleness(cfg, splits, record, path)
+    warnings = check_leakage_and_staleness(cfg, splits, record, path)
+    # the sample and the decoder, as the per-channel file's (the resolution is checked above)
+    expected = stats.record_settings(
+        resize_shorter=eval_resize(cfg),
+        max_images=cfg.stats.max_images,
+        sample_seed=cfg.stats.seed,
+        decoder=stats_decoder(cfg),
+        selection_size=len(stats_selection(cfg, splits)[0]),
+    )
+    stats.check_settings(record, expected, path)
+    return warnings
 
 
 def _on_main(env: DistEnv, fn: Any) -> Any:
