@@ -116,6 +116,15 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         raise UserError(f"checkpoint {path} is a folder; expected a checkpoint file, {hint}")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (since PyTorch 1.6) or, in the legacy format, a pickle (its
+    # protocol byte 0x80 first); anything else is no checkpoint, whatever unpickling it would say
+    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):
+        shown = "an empty file" if not head else f"its first bytes are {head!r}"
+        raise UserError(
+            f"checkpoint {path} is not a PyTorch checkpoint ({shown}; torch.save writes a zip archive)"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

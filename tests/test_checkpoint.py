@@ -119,6 +119,21 @@ def test_plain_pickle_with_code_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("content", [b"hello\n", b"\xff\xd8\xff\xe0 a JPEG", b""])
+def test_a_file_that_is_no_checkpoint_at_all_is_named_as_such_not_as_holding_code(tmp_path, content):
+    """A text file, an image or an empty file given as checkpoint= is not a checkpoint that holds
+    code: the message says what torch.save writes instead of blaming objects the file does not hold."""
+    path = tmp_path / "notes.pt"
+    path.write_bytes(content)
+
+    with pytest.raises(UserError) as info:
+        checkpoint.load(path)
+
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    assert "is not a PyTorch checkpoint" in message and "objects other than" not in message
+
+
 def test_payload_really_would_run_when_unpickled_unsafely(tmp_path):
     """Guards the two tests above: the marker is what an unsafe load creates."""
     marker = tmp_path / "marker"
