@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +211,27 @@ def test_the_file_list_fingerprint_is_computed_once_per_start(root: Path, monkey
     calls.clear()
     compute_and_save(cfg, splits, DistEnv(), CPU)  # `resnet-repro stats`
     assert len(calls) == 1
+
+
+@pytest.mark.slow
+def test_the_stats_command_shares_the_pass_over_trainer_nproc_local_processes(root: Path, tmp_path_factory):
+    """`resnet-repro stats trainer.nproc=2` runs two processes as `train trainer.nproc=2` does (it
+    ran one before, silently), and their merged sums are the one-process numbers exactly."""
+    from conftest import run_cli
+
+    results = {}
+    for nproc in (1, 2):
+        work = tmp_path_factory.mktemp(f"stats{nproc}")
+        done = run_cli(
+            "stats", "data=folder", f"data.root={root}", "data.num_threads=1",
+            "trainer.device=cpu", f"trainer.nproc={nproc}", f"data.stats.path={work / 'stats.json'}",
+            f"hydra.run.dir={work / 'run'}",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        (line,) = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]  # printed once
+        results[nproc] = json.loads(line)
+        # rank 0's progress line (the other ranks log warnings only, as in train)
+        (share,) = [ln for ln in (done.stdout + done.stderr).splitlines() if "this process's share" in ln]
+        assert f"statistics pass: {24 // nproc} images (this process's share)" in share
+    assert results[2]["mean"] == results[1]["mean"] and results[2]["std"] == results[1]["std"]
+    assert results[2]["num_images"] == results[1]["num_images"] == 24
