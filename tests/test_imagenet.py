@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import tarfile
 from pathlib import Path
 
@@ -789,3 +790,50 @@ def test_verify_data_command_requires_the_runs_train_and_eval_splits(tmp_path, m
         )
     assert exit_info.value.code == 1
     assert f"problem: val: no folder {tmp_path / 'data' / 'val'}" in capsys.readouterr().out
+
+
+def _decode_but_crash_on_a_batch_with_crash_files(paths: list[str]):
+    """In verify-data's decoding child: what DALI 2.4's CPU decoder does when a broken file shares
+    a batch with others (a SIGSEGV, at random); alone, the file is decoded (and refused) normally."""
+    if len(paths) > 1 and any(Path(p).stem.startswith("crash") for p in paths):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return imagenet_verify._decode_in_child(paths)
+
+
+def test_a_decoder_crash_costs_a_new_child_and_the_files_behind_it_are_still_named(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    make_image_folder(root, "train", {"a": 70, "b": 3}, sizes=[(S, S)])  # more than one batch
+    make_image_folder(root, "val", {"a": 1, "b": 1}, sizes=[(S, S)])
+    (root / "train" / "a" / "crash_text.JPEG").write_text("not an image\n")
+    crash_jpeg = root / "train" / "b" / "crash_good.JPEG"  # decodes fine when alone
+    crash_jpeg.write_bytes((root / "train" / "b" / "0.JPEG").read_bytes())
+    monkeypatch.setattr(imagenet_verify, "_decode_in_child", _decode_but_crash_on_a_batch_with_crash_files)
+
+    summary = verify_data(root, expect_imagenet=False, num_threads=2, progress=False, summary_path=None)
+
+    assert [(Path(i["path"]).name, i["kind"]) for i in summary["issues"]] == [
+        ("crash_text.JPEG", "undecodable")
+    ]
+    assert summary["images"] == 77 and not summary["ok"]
+
+
+@pytest.mark.slow
+def test_verify_data_survives_dalis_decoder_crashing_on_broken_files(tmp_path):
+    """The real decoder: a non-image file and a truncated JPEG among good ones killed verify-data
+    (exit 139, no list of bad files) in most runs. Three runs, each must list both and exit 1."""
+    from conftest import run_cli
+
+    from resnet_repro.data.demo import build_demo_dataset
+
+    root = build_demo_dataset(tmp_path / "data")  # the digits as 32 px JPEGs: the crash was seen on them
+    (root / "train" / "0" / "garbage.JPEG").write_bytes(b"hello world not a jpeg")
+    cut = root / "train" / "1" / "0001.JPEG"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    for attempt in range(3):
+        done = run_cli(
+            "verify-data", "data=folder", f"data.root={root}", "logging.progress=false",
+            f"hydra.run.dir={tmp_path / f'run{attempt}'}",
+        )  # fmt: skip
+        assert done.returncode == 1, (attempt, done.returncode, done.stderr[-1500:])
+        bad = (tmp_path / f"run{attempt}" / "bad_files.txt").read_text().split()
+        assert sorted(bad) == ["train/0/garbage.JPEG", "train/1/0001.JPEG"]

@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import re
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,16 +194,55 @@ def _failure(r: _Inspected, dali_error: str | None, decode: bool) -> dict[str, s
 
 
 class _DaliDecoder:
-    """Decodes batches of encoded images with DALI on the CPU (the decoder the training pipeline
-    uses) and says, per item, the error that stopped it or the warnings libjpeg printed while
-    decoding it. DALI fails a whole batch on one bad file, and libjpeg's warnings name no file, so a
-    batch that fails or warns is bisected until the files behind it are isolated."""
+    """Decodes batches of images with DALI on the CPU (the decoder the training pipeline uses) in a
+    process of its own, and says, per file, the error that stopped it or the warnings libjpeg printed
+    while decoding it.
+
+    DALI 2.4's CPU decoder can kill its process (SIGSEGV) when one file of a batch cannot be decoded
+    (resnet_repro.data.stats_process has the measurements): a non-image file or a truncated JPEG
+    among good ones killed verify-data 4 times in 4. In a child, such a death costs a new child: the
+    batch is bisected in fresh ones until the file is alone (DALI then raises for it, or it is the
+    one the decoder crashed on)."""
+
+    def __init__(
+        self, batch_size: int, num_threads: int, work: Callable[[list[str]], list] | None = None
+    ) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("nvidia.dali") is None:
+            raise UserError("decoding needs NVIDIA DALI (nvidia-dali-*); or verify without decoding")
+        self._args = (batch_size, num_threads)
+        self._work = work or _decode_in_child
+        self._pool: ProcessPoolExecutor | None = None
+
+    def problems(self, paths: list[str]) -> list[tuple[str | None, list[str]]]:
+        """Per file: the error DALI stopped on (or None), and libjpeg's warnings."""
+        if not paths:
+            return []
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+            self._pool = ProcessPoolExecutor(1, context, initializer=_start_child, initargs=self._args)
+        try:
+            return self._pool.submit(self._work, paths).result()
+        except BrokenProcessPool:
+            self.close()  # the child died: the next call starts another
+            if len(paths) == 1:
+                return [("DALI's decoder crashed decoding it (the process died)", [])]
+        mid = len(paths) // 2
+        return self.problems(paths[:mid]) + self.problems(paths[mid:])
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+class _InProcessDecoder:
+    """The child's DALI pipeline: a batch that fails or warns is bisected until the files behind it
+    are isolated (DALI fails a whole batch on one bad file, and libjpeg's warnings name no file)."""
 
     def __init__(self, batch_size: int, num_threads: int) -> None:
-        try:
-            from nvidia.dali import fn, pipeline_def, types
-        except ImportError as e:
-            raise UserError("decoding needs NVIDIA DALI (nvidia-dali-*); or verify without decoding") from e
+        from nvidia.dali import fn, pipeline_def, types
 
         def define():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
@@ -219,7 +260,6 @@ class _DaliDecoder:
         return pipe
 
     def problems(self, datas: list[bytes]) -> list[tuple[str | None, list[str]]]:
-        """Per item: the error DALI stopped on (or None), and libjpeg's warnings."""
         import numpy as np
 
         if not datas:
@@ -239,6 +279,25 @@ class _DaliDecoder:
                 return [(None, printed)]
         mid = len(datas) // 2
         return self.problems(datas[:mid]) + self.problems(datas[mid:])
+
+
+_child_decoder: _InProcessDecoder | None = None
+
+
+def _start_child(batch_size: int, num_threads: int) -> None:
+    global _child_decoder
+    _child_decoder = _InProcessDecoder(batch_size, num_threads)
+
+
+def _decode_in_child(paths: list[str]) -> list[tuple[str | None, list[str]]]:
+    """In the child: the files read again (the parent read them a moment ago: from the page cache)
+    and decoded."""
+    assert _child_decoder is not None
+    datas = []
+    for path in paths:
+        with open(path, "rb") as f:
+            datas.append(f.read())
+    return _child_decoder.problems(datas)
 
 
 @contextlib.contextmanager
@@ -406,7 +465,7 @@ def _decode_problems(
     if decoder is None:
         return problems
     usable = [k for k, r in enumerate(inspected) if r.data]  # empty files never reach DALI
-    for k, found in zip(usable, decoder.problems([inspected[k].data for k in usable]), strict=True):
+    for k, found in zip(usable, decoder.problems([inspected[k].path for k in usable]), strict=True):
         problems[k] = found
     return problems
 
@@ -450,13 +509,17 @@ def _check_files(
     decoder = _DaliDecoder(_BATCH, num_threads) if decode and total else None
     issues: list[dict[str, str]] = []
     bar = tqdm(total=total, disable=not progress, dynamic_ncols=True, desc="verify", unit="img")
-    with ThreadPoolExecutor(num_threads) as pool, bar:
-        for split, split_paths in paths.items():
-            started = time.perf_counter()
-            issues += _check_split(split, split_paths, pool, decoder, bar)
-            seconds = time.perf_counter() - started
-            splits[split]["seconds"] = round(seconds, 6)  # a small split takes a millisecond
-            splits[split]["images_per_s"] = round(len(split_paths) / seconds, 1) if split_paths else None
+    try:
+        with ThreadPoolExecutor(num_threads) as pool, bar:
+            for split, split_paths in paths.items():
+                started = time.perf_counter()
+                issues += _check_split(split, split_paths, pool, decoder, bar)
+                seconds = time.perf_counter() - started
+                splits[split]["seconds"] = round(seconds, 6)  # a small split takes a millisecond
+                splits[split]["images_per_s"] = round(len(split_paths) / seconds, 1) if split_paths else None
+    finally:
+        if decoder is not None:
+            decoder.close()
     return issues
 
 
