@@ -837,3 +837,19 @@ def test_verify_data_survives_dalis_decoder_crashing_on_broken_files(tmp_path):
         assert done.returncode == 1, (attempt, done.returncode, done.stderr[-1500:])
         bad = (tmp_path / f"run{attempt}" / "bad_files.txt").read_text().split()
         assert sorted(bad) == ["train/0/garbage.JPEG", "train/1/0001.JPEG"]
+
+
+def test_verify_data_with_only_a_data_root_checks_that_folder(tmp_path, monkeypatch, capsys):
+    """`resnet-repro verify-data data.root=DIR`, as the docs and rehearse's messages write it,
+    checks DIR as a folder of images instead of refusing it as not the demo dataset."""
+    from resnet_repro.cli import main
+
+    root = tmp_path / "data"
+    make_image_folder(root, "train", {"a": 2, "b": 2}, sizes=[(8, 8)])
+    make_image_folder(root, "val", {"a": 1, "b": 1}, sizes=[(8, 8)])
+    monkeypatch.chdir(tmp_path)
+
+    main(["verify-data", "--no-decode", f"data.root={root}", "logging.progress=false"])
+
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["ok"] and result["images"] == 6 and result["root"] == str(root)

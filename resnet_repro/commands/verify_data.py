@@ -12,7 +12,7 @@ from resnet_repro.commands.hydra_app import PROG, fail, hydra_command
 from resnet_repro.config import DataConfig, UserError, to_dataclass
 
 # `verify-data --help`, shown by conf/hydra/help/resnet_repro.yaml with the config groups
-HELP = f"""usage: {PROG} verify-data [--no-decode] [data=imagenet] data.root=DIR [key=value ...]
+HELP = f"""usage: {PROG} verify-data [--no-decode] [data=imagenet|folder] data.root=DIR [key=value ...]
 
 Count the images per split and class (data=imagenet: against ImageNet-1K's 1,000 classes, 1,281,167
 train and 50,000 val images), decode every image with DALI and list the files that fail, that it
@@ -22,6 +22,7 @@ when a count, a split or a file is wrong.
 
 options and key overrides:
   --no-decode                       read headers and the JPEG end marker only (much faster)
+  data=imagenet                     check ImageNet-1K's counts too (without data=: any image folder)
   data.num_threads=16               reader and decoder threads
   logging.progress=false            no progress bar
 
@@ -39,6 +40,10 @@ def verify_data_command(args: list[str]) -> None:
     # verify-data keeps its small Hydra output (config, log, verify_data.json) in
     # runs/verify-data/<time>, apart from training runs (a name= on the command line still wins)
     args = ["name=verify-data", *(a for a in args if a != "--no-decode")]
+    if any(a.startswith("data.root=") for a in args) and not any(a.startswith("data=") for a in args):
+        # `verify-data data.root=DIR` (as the docs and the rehearsal's messages write it) checks DIR
+        # as a folder of images: the default data group, the demo, would refuse any other folder
+        args.append("data=folder")
     hydra_command(_verify_data_task, args, "verify-data", HELP)
 
 
