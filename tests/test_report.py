@@ -48,12 +48,15 @@ def write_job(
     final: dict | None = None,
     extra_files: dict[str, str] | None = None,
     partial_line: bool = False,
+    select_on_test: bool = True,
 ) -> Path:
-    """A job dir as train() and Hydra leave it: .hydra/overrides.yaml, config.yaml, metrics.jsonl."""
+    """A job dir as train() and Hydra leave it: .hydra/overrides.yaml, config.yaml, metrics.jsonl.
+    select_on_test: as final_json's jobs, selected on their val rows (trainer.select_on_test=true)."""
     job = sweep / ",".join(sorted(o for o in overrides if not o.startswith("data.root")))
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (job / "config.yaml").write_text(yaml.safe_dump({"trainer": {"epochs": 3}}))
+    trainer = {"epochs": 3, "select_on_test": select_on_test}
+    (job / "config.yaml").write_text(yaml.safe_dump({"trainer": trainer, "data": {"eval_split": "val"}}))
     lines = []
     for epoch, top1 in enumerate(top1s, start=1):
         lines.append(
@@ -175,6 +178,24 @@ def test_best_top1_is_taken_on_the_selection_split_only(tmp_path: Path):
     # no selection split: no best (a val peak would be a selection on the test set); ranked by final
     assert rows["0.2"]["best_top1"] is None and job_rows.score(rows["0.2"]) == pytest.approx(0.55)
     assert [r["overrides"]["optim.lr"] for r in job_rows.sort_rows(list(rows.values()))] == ["0.2", "0.1"]
+
+
+def test_a_job_without_final_json_gets_a_best_top1_only_on_its_selection_split(tmp_path: Path):
+    """A crashed or diverged job (no final.json) was ranked and coloured by its best test-split
+    top-1 when it had no holdout: a selection on the test set, which finished jobs never get."""
+    # val rows only, no final.json
+    crashed = write_job(tmp_path, ["optim.lr=0.1"], [0.50, 0.65], select_on_test=False)
+    with_holdout = write_job(tmp_path, ["optim.lr=0.2"], [0.50, 0.65], select_on_test=False)
+    with (with_holdout / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"epoch": 2, "split": "holdout", "top1": 0.45, "loss": 1.0}) + "\n")
+    write_job(tmp_path, ["optim.lr=0.3"], [0.50, 0.65], select_on_test=True)
+
+    rows = {r["overrides"]["optim.lr"]: r for r in report.collect(tmp_path)}
+
+    assert crashed.name in rows["0.1"]["job"]
+    assert rows["0.1"]["best_top1"] is None and job_rows.score(rows["0.1"]) is None
+    assert rows["0.2"]["best_top1"] == pytest.approx(0.45) and rows["0.2"]["score_split"] == "holdout"
+    assert rows["0.3"]["best_top1"] == pytest.approx(0.65) and rows["0.3"]["score_split"] == "val"
 
 
 def test_a_sweep_point_that_failed_with_an_error_shows_it_in_the_note(tmp_path: Path):

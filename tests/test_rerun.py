@@ -112,6 +112,21 @@ def test_a_rerun_id_follows_the_runs_identity_not_its_run_control():
         return rerun_id(compose(["data.root=/data/demo", *overrides]))
 
     same = rid()
-    assert same.startswith("cfg-") and rid("trainer.max_steps_per_epoch=4", "logging.progress=false") == same
+    assert same.startswith("cfg-") and rid("logging.progress=false", "data.num_threads=1") == same
     assert rid("data.root=/elsewhere", "trainer.epochs=12") == same  # a moved data set, a longer run
     assert len({same, rid("trainer.seed=1"), rid("optim.lr_per_256=0.3"), rid("experiment=he2016")}) == 4
+
+
+def test_a_smoke_run_capped_in_steps_does_not_share_the_full_runs_directory():
+    """`train ... trainer.max_steps_per_epoch=10` then the same command without the cap: the cap
+    changes the steps per epoch, which a resume refuses, so the capped run used to block the full
+    one ("belongs to a different job (steps_per_epoch 10 -> 5005)"). Each cap has its own directory;
+    an uncapped run's name is what it always was, so runs started before this still resume."""
+    from resnet_repro.training.resume import resume_identity, rerun_id
+
+    def rid(*overrides: str) -> str:
+        return rerun_id(compose(["data.root=/data/demo", *overrides]))
+
+    assert len({rid(), rid("trainer.max_steps_per_epoch=10"), rid("trainer.max_steps_per_epoch=20")}) == 3
+    assert rid("trainer.max_steps_per_epoch=10") == rid("trainer.max_steps_per_epoch=10", "trainer.epochs=3")
+    assert "max_steps_per_epoch" not in resume_identity(compose(["data.root=/data/demo"]))

@@ -253,7 +253,8 @@ def summarize_job(job_dir: Path, root: Path) -> Row:
     status = job_status(job_dir, final, trained_on)
     ended = job_outcome(job_dir, status)
     final = final or {}
-    best_top1 = _best_top1(eval_rows, final)
+    selection = _selection_split(job_dir, eval_rows, final)
+    best_top1 = _best_top1(eval_rows, final, selection)
     return {
         "job": job_dir.relative_to(root).as_posix(),
         "path": job_dir,
@@ -261,7 +262,7 @@ def summarize_job(job_dir: Path, root: Path) -> Row:
         "status": status,
         "outcome": ended,
         "best_top1": best_top1,
-        "score_split": _score_split(eval_rows, final, best_top1),
+        "score_split": _score_split(final, best_top1, selection),
         "final_top1": final["top1"] if is_number(final.get("top1")) else None,
         "final_top5": final["top5"] if is_number(final.get("top5")) else None,
         "final_loss": final["loss"] if _is_float(final.get("loss")) else None,  # NaN: a diverged run's
@@ -312,37 +313,38 @@ def _mean(values: Iterable[Any]) -> float | None:
     return sum(numbers) / len(numbers) if numbers else None
 
 
-def _best_top1(eval_rows: list[dict[str, Any]], final: dict[str, Any]) -> float | None:
-    """The best top-1 on the run's model-selection split (final.json's `selection`: the holdout, or
-    the test split under trainer.select_on_test); None when the run had no selection split, since
-    a best-epoch number on the test split would be a selection on the test set. A job without
-    final.json (crashed) shows its best holdout top-1, else its best evaluation."""
+def _selection_split(job_dir: Path, eval_rows: list[dict[str, Any]], final: dict[str, Any]) -> str | None:
+    """The run's model-selection split: final.json's `selection` (the holdout, or the test split under
+    trainer.select_on_test); for a job without final.json (crashed, killed), the holdout where it
+    logged one, else its config's test split under trainer.select_on_test; else None."""
     if "selection" in final:
-        split = final["selection"]
-        if split is None:
-            return None
-        rows = [r for r in eval_rows if r.get("split") == split]
-        if rows:
-            return max(float(r["top1"]) for r in rows)
-        best = final.get("best_top1")
-        # train() starts best_top1 at -1.0: a run that never evaluated has no best
-        return float(best) if is_number(best) and best >= 0 else None
-    rows = [r for r in eval_rows if r.get("split") == "holdout"] or eval_rows
+        return None if final["selection"] is None else str(final["selection"])
+    if any(r.get("split") == "holdout" for r in eval_rows):
+        return "holdout"
+    if config_value(job_dir, "trainer", "select_on_test") is True:
+        return str(config_value(job_dir, "data", "eval_split") or "val")
+    return None
+
+
+def _best_top1(eval_rows: list[dict[str, Any]], final: dict[str, Any], selection: str | None) -> float | None:
+    """The best top-1 on the run's model-selection split; None when the run had none, since a
+    best-epoch number on the test split would be a selection on the test set."""
+    if selection is None:
+        return None
+    rows = [r for r in eval_rows if r.get("split") == selection]
     if rows:
         return max(float(r["top1"]) for r in rows)
     best = final.get("best_top1")
+    # train() starts best_top1 at -1.0: a run that never evaluated has no best
     return float(best) if is_number(best) and best >= 0 else None
 
 
-def _score_split(eval_rows: list[dict[str, Any]], final: dict[str, Any], best: float | None) -> str | None:
-    """The split `score` comes from: the selection split of the best top-1 (as `_best_top1` picks
-    it), else "final evaluation" (a run without a selection split is scored by its final top-1);
-    None for a job with neither."""
+def _score_split(final: dict[str, Any], best: float | None, selection: str | None) -> str | None:
+    """The split `score` comes from: the selection split of the best top-1, else "final
+    evaluation" (a run without a selection split is scored by its final top-1); None for a job
+    with neither."""
     if best is not None:
-        if final.get("selection"):
-            return str(final["selection"])
-        splits = [r.get("split") for r in eval_rows]
-        return "holdout" if "holdout" in splits else (str(splits[0]) if splits else None)
+        return selection
     return "final evaluation" if is_number(final.get("top1")) else None
 
 

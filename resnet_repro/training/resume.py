@@ -105,7 +105,11 @@ def resume_identity(cfg: RootConfig) -> dict[str, Any]:
     keys, exempt = _identity_keys(cfg)
     identity = _selected(_sections_flat(dataclasses.asdict(cfg)), keys, exempt)
     t = cfg.trainer
-    return {"name": cfg.name, "batch": [t.batch_size, t.global_batch], **identity}
+    # A step cap changes the steps per epoch, which a resume refuses: a capped smoke run and the
+    # full run of the same command must not share a directory. Only when set, so that an uncapped
+    # run keeps the directory name it had before the cap counted.
+    capped = {"max_steps_per_epoch": t.max_steps_per_epoch} if t.max_steps_per_epoch is not None else {}
+    return {"name": cfg.name, "batch": [t.batch_size, t.global_batch], **capped, **identity}
 
 
 def resume_config_changes(saved: dict[str, Any], cfg: RootConfig) -> list[str]:
