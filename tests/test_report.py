@@ -858,6 +858,10 @@ def test_a_36_job_sweep_answers_with_contrasts_and_a_clipping_figure_read_at_a_g
     md = paths["markdown"].read_text()
     assert "- max norm 2 vs off: -0.3" in md and "(9 vs 8 runs)" in md
     assert "max norm off: 1 of 9 runs diverged (95% CI 0-48%)" in md
+    # docs/reports.md quotes this sweep's answer: its lines must be the report's, word for word
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reports.md").read_text()
+    quoted = [ln.strip() for ln in doc.splitlines() if ln.startswith("    - max norm")]
+    assert quoted and all(line in md.splitlines() for line in quoted), (quoted, md)
 
     # the diverged seed is an outcome beside its point's mean, not a reason to rank it last
     with open(paths["seeds_csv"]) as f:
