@@ -54,6 +54,14 @@ def test_a_weight_decay_by_max_norm_sweep_is_twelve_jobs_and_their_total(capsys)
     assert "12 jobs" in table and "optim.weight_decay=5e-05 stabilizer.max_norm=2" in table
 
 
+def test_a_sweeps_total_says_whether_its_evaluation_is_in_it(capsys):
+    """Without data.root no job's evaluation is estimated: the sweep's total must not claim it."""
+    _, table = run_plan(capsys, "-m", "experiment=imagenet_paper", *IMAGENET, SWEEP[0])
+    total = next(line for line in table.splitlines() if line.startswith("3 jobs:"))
+    assert "evaluation included" not in total
+    assert "evaluation not estimated (evaluated images unknown: give data.root)" in total
+
+
 def test_a_sweep_over_epochs_plans_each_length(capsys):
     record, _ = run_plan(capsys, "-m", "experiment=imagenet_paper", *IMAGENET, "trainer.epochs=16,88")
     assert [r["epochs"] for r in record["runs"]] == [16, 88]

@@ -403,6 +403,16 @@ def _hours(h: float) -> str:
     return f"{h * 60:.1f} min" if h < 1 else f"{h:,.1f} h" + (f" ({h / 24:.1f} days)" if h >= 48 else "")
 
 
+def _sweep_eval_text(runs: list[dict[str, Any]]) -> str:
+    """Whether a sweep's total holds its jobs' evaluation (estimated only with data.root)."""
+    known = [r["eval_hours"] is not None for r in runs]
+    if all(known):
+        return "evaluation included"
+    if any(known):
+        return f"evaluation included for {sum(known)} of {len(runs)} jobs"
+    return "evaluation not estimated (evaluated images unknown: give data.root)"
+
+
 def _eval_text(r: dict[str, Any]) -> str:
     if r["eval_hours"] is None:
         return "not estimated (evaluated images unknown: give data.root)"
@@ -487,7 +497,7 @@ def format_table(record: dict[str, Any]) -> str:
     sources = sorted({r["img_per_s_source"] for r in runs})
     lines.append(
         f"{record['jobs']} jobs: {record['total_steps']:,} steps, {record['total_images']:,} images, "
-        f"{_hours(record['total_hours'])} one after another, evaluation included ({note})"
+        f"{_hours(record['total_hours'])} one after another, {_sweep_eval_text(runs)} ({note})"
     )
     lines.append("wd shrink: ln(w0/wT) of a decayed weight under weight decay alone (it shrinks by exp(-x))")
     lines += ["img/s: the job's mean training rate; per GPU: " + s for s in sources]
