@@ -438,13 +438,15 @@ def test_injected_nan_stops_within_one_step_with_a_report(tmp_path: Path, monkey
         RunState, "save", lambda st, path: saved.append((st.epoch_step, st.step)) or save(st, path)
     )
     parts = make_parts(Tiny(nan_at=3), cfg, tmp_path)
-    with pytest.raises(NonFiniteError, match="step 2"):
+    with pytest.raises(NonFiniteError, match="at epoch 1, step 2"):
         run_epoch(parts, cfg, batches())
     parts.interrupts.close()
     last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert (last["epoch_step"], last["step"]) == (2, 2)
     report = json.loads((tmp_path / "nonfinite_report.json").read_text())
-    assert report["step"] == 2 and report["nonfinite_grad_params"] == ["fc.weight", "fc.bias"]
+    # epochs counted from 1, as the message and metrics.jsonl count them
+    assert (report["epoch"], report["step"]) == (1, 2)
+    assert report["nonfinite_grad_params"] == ["fc.weight", "fc.bias"]
     assert report["stopped"] is True
     assert 0 <= report["label_min"] <= report["label_max"] < 3
     assert saved == [(2, 2)]  # last good state: two updates applied, the bad one not

@@ -109,7 +109,7 @@ def sweep(tmp_path: Path) -> Path:
         write_job(sweep, [*COMMON, f"{WD}={wd}", f"{MN}={mn}"], top1s, final=final_json(top1s))
     # crashed during epoch 2: only .hydra and one epoch of metrics (plus a torn line)
     write_job(sweep, [*COMMON, f"{WD}=0.001", f"{MN}=null"], [0.2], partial_line=True)
-    nan_report = json.dumps({"epoch": 1, "step": 17, "loss": float("nan")}).replace("NaN", "null")
+    nan_report = json.dumps({"epoch": 2, "step": 17, "loss": float("nan")}).replace("NaN", "null")
     write_job(
         sweep, [*COMMON, f"{WD}=0.001", f"{MN}=1"], [0.25], extra_files={"nonfinite_report.json": nan_report}
     )

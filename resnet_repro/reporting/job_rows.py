@@ -405,7 +405,7 @@ def _note(job_dir: Path, status: str, final: dict[str, Any], trained_on: str | N
     if status == NAN:
         report = _read_json(job_dir / "nonfinite_report.json") or {}
         epoch = report.get("epoch")
-        where = f" at epoch {int(epoch) + 1}, step {report.get('step')}" if is_number(epoch) else ""
+        where = f" at epoch {int(epoch)}, step {report.get('step')}" if is_number(epoch) else ""
         return f"non-finite loss or gradient{where}; see nonfinite_report.json"
     if status == PREEMPTED:
         info = _read_json(job_dir / "preempted.json") or {}

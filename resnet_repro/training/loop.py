@@ -126,7 +126,7 @@ def train_step(
         s.buffers.restore()  # type: ignore[union-attr]  # not None: the guard is on
         stop = s.nonfinite == "stop" or guard.skipped_in_a_row >= s.max_skips
         if env.is_main:
-            guard.report(state.net, loss, labels, epoch=state.epoch, step=state.step, lr=lr, stopped=stop)
+            guard.report(state.net, loss, labels, epoch=state.epoch + 1, step=state.step, lr=lr, stopped=stop)
         if stop:
             raise NonFiniteError(
                 f"non-finite loss or gradient at epoch {state.epoch + 1}, step {state.step} (LR {lr:.4g}); "

@@ -89,8 +89,9 @@ class NonFiniteGuard:
         lr: float,
         stopped: bool,
     ) -> dict[str, Any]:
-        """Write the report of a non-finite step; `stopped`: whether it stops the run (a skipped
-        step's report says false, so a skip-mode run killed later is not read as diverged)."""
+        """Write the report of a non-finite step; `epoch` counted from 1 (as the message and
+        metrics.jsonl count it); `stopped`: whether it stops the run (a skipped step's report says
+        false, so a skip-mode run killed later is not read as diverged)."""
         bad = [
             name
             for name, p in model.named_parameters()
