@@ -122,7 +122,7 @@ def test_a_smoke_run_capped_in_steps_does_not_share_the_full_runs_directory():
     changes the steps per epoch, which a resume refuses, so the capped run used to block the full
     one ("belongs to a different job (steps_per_epoch 10 -> 5005)"). Each cap has its own directory;
     an uncapped run's name is what it always was, so runs started before this still resume."""
-    from resnet_repro.training.resume import resume_identity, rerun_id
+    from resnet_repro.training.resume import rerun_id, resume_identity
 
     def rid(*overrides: str) -> str:
         return rerun_id(compose(["data.root=/data/demo", *overrides]))

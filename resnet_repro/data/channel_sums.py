@@ -41,16 +41,19 @@ _U16_ROWS = 65535 // 255
 class PartialSums:
     """Exact per-channel sums over some images; add partial sums of disjoint image sets with `+`.
 
-    Pixel values are on the 0..255 scale (integers, exact). `image_mean_*` are float64 sums of each
-    image's own channel means on the [0, 1] scale; they only feed `mean_stderr`.
+    Pixel values are on the 0..255 scale (integers, exact). The `weighted_*` sums (float64) only
+    feed `mean_stderr`: over images i with x_i pixels and channel means m_i on the [0, 1] scale,
+    `pixels_sq_sum` is sum x_i^2, `weighted_mean_sum` sum x_i^2 m_i, `weighted_mean_sq_sum`
+    sum x_i^2 m_i^2 (the mean weights every pixel, so its error weights every image by its pixels).
     """
 
     num_images: int = 0
     num_pixels: int = 0  # pixels per channel (sum of H x W)
     sum: tuple[int, int, int] = (0, 0, 0)
     sum_sq: tuple[int, int, int] = (0, 0, 0)
-    image_mean_sum: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    image_mean_sq_sum: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    pixels_sq_sum: float = 0.0
+    weighted_mean_sum: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    weighted_mean_sq_sum: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __add__(self, other: PartialSums) -> PartialSums:
         def add(a: tuple, b: tuple) -> tuple:
@@ -61,12 +64,13 @@ class PartialSums:
             num_pixels=self.num_pixels + other.num_pixels,
             sum=add(self.sum, other.sum),
             sum_sq=add(self.sum_sq, other.sum_sq),
-            image_mean_sum=add(self.image_mean_sum, other.image_mean_sum),
-            image_mean_sq_sum=add(self.image_mean_sq_sum, other.image_mean_sq_sum),
+            pixels_sq_sum=self.pixels_sq_sum + other.pixels_sq_sum,
+            weighted_mean_sum=add(self.weighted_mean_sum, other.weighted_mean_sum),
+            weighted_mean_sq_sum=add(self.weighted_mean_sq_sum, other.weighted_mean_sq_sum),
         )
 
     def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(int64 [8], float64 [6]) for an all-reduce: counts and exact sums, then the image-mean sums.
+        """(int64 [8], float64 [7]) for an all-reduce: counts and exact sums, then the weighted sums.
 
         int64 is exact here: ImageNet train has ~1.7e11 pixels per channel, so sum_sq < 1.2e16 < 2^63.
         """
@@ -75,14 +79,16 @@ class PartialSums:
             raise OverflowError(f"partial sums {ints} do not fit int64")
         return (
             np.array(ints, dtype=np.int64),
-            np.array([*self.image_mean_sum, *self.image_mean_sq_sum], dtype=np.float64),
+            np.array(
+                [self.pixels_sq_sum, *self.weighted_mean_sum, *self.weighted_mean_sq_sum], dtype=np.float64
+            ),
         )
 
     @classmethod
     def from_arrays(cls, ints: Any, floats: Any) -> PartialSums:
         i = [int(v) for v in np.asarray(ints).reshape(-1)]
         f = [float(v) for v in np.asarray(floats).reshape(-1)]
-        return cls(i[0], i[1], tuple(i[2:5]), tuple(i[5:8]), tuple(f[0:3]), tuple(f[3:6]))
+        return cls(i[0], i[1], tuple(i[2:5]), tuple(i[5:8]), f[0], tuple(f[1:4]), tuple(f[4:7]))
 
 
 def merge(parts: Iterable[PartialSums]) -> PartialSums:
@@ -109,15 +115,20 @@ def finalize(sums: PartialSums) -> tuple[list[float], list[float]]:
 
 
 def mean_stderr(sums: PartialSums) -> list[float] | None:
-    """Standard error of each channel mean when the images are a sample: the sample std (ddof=1)
-    of the per-image channel means over sqrt(number of images). None below two images."""
+    """Standard error of each channel mean when the images are a sample. The mean weights every
+    pixel (sum of pixels over number of pixels: a ratio of two sample totals), so this is the ratio
+    estimator's: sqrt(n / (n - 1) * sum x_i^2 (m_i - R)^2) / sum x_i, for images of x_i pixels and
+    channel means m_i, R the mean (Cochran, Sampling Techniques, ch. 6). Without finite-population
+    correction, and ignoring the per-class stratification (which can only lower the true error).
+    None below two images."""
     n = sums.num_images
-    if n < 2:
+    if n < 2 or sums.num_pixels <= 0:
         return None
     out = []
-    for m, m2 in zip(sums.image_mean_sum, sums.image_mean_sq_sum, strict=True):
-        var = max(m2 - m * m / n, 0.0) / (n - 1)
-        out.append(math.sqrt(var / n))
+    for total, b, a in zip(sums.sum, sums.weighted_mean_sum, sums.weighted_mean_sq_sum, strict=True):
+        r = total / (255 * sums.num_pixels)
+        spread = max(a - 2 * r * b + r * r * sums.pixels_sq_sum, 0.0)  # sum x_i^2 (m_i - r)^2
+        out.append(math.sqrt(n / (n - 1) * spread) / sums.num_pixels)
     return out
 
 
@@ -356,8 +367,9 @@ class _Accumulator:
         self.pixels = 0
         self.sum = [0, 0, 0]
         self.sum_sq = [0, 0, 0]
-        self.mean_sum = np.zeros(3, dtype=np.float64)
-        self.mean_sq_sum = np.zeros(3, dtype=np.float64)
+        self.pixels_sq_sum = 0.0
+        self.weighted_mean_sum = np.zeros(3, dtype=np.float64)
+        self.weighted_mean_sq_sum = np.zeros(3, dtype=np.float64)
 
     def add(self, s: np.ndarray, q_sum: list[int], pixels: np.ndarray) -> None:
         """s: uint64 [k, 3] per-image sums on the 0..255 scale; q_sum: the batch's sums of squares;
@@ -370,9 +382,12 @@ class _Accumulator:
             self.sum[c] += int(v)
         for c in range(3):
             self.sum_sq[c] += q_sum[c]
-        means = s.astype(np.float64) / (255.0 * pixels[:, None].astype(np.float64))
-        self.mean_sum += means.sum(axis=0)
-        self.mean_sq_sum += (means * means).sum(axis=0)
+        x = pixels.astype(np.float64)
+        means = s.astype(np.float64) / (255.0 * x[:, None])
+        x2 = (x * x)[:, None]
+        self.pixels_sq_sum += float((x * x).sum())
+        self.weighted_mean_sum += (x2 * means).sum(axis=0)
+        self.weighted_mean_sq_sum += (x2 * means * means).sum(axis=0)
 
     def result(self) -> PartialSums:
         return PartialSums(
@@ -380,8 +395,9 @@ class _Accumulator:
             num_pixels=self.pixels,
             sum=tuple(self.sum),
             sum_sq=tuple(self.sum_sq),
-            image_mean_sum=tuple(float(v) for v in self.mean_sum),
-            image_mean_sq_sum=tuple(float(v) for v in self.mean_sq_sum),
+            pixels_sq_sum=self.pixels_sq_sum,
+            weighted_mean_sum=tuple(float(v) for v in self.weighted_mean_sum),
+            weighted_mean_sq_sum=tuple(float(v) for v in self.weighted_mean_sq_sum),
         )
 
 

@@ -154,13 +154,15 @@ def crop_sums(
         pixel_sum += x.sum(dim=0)
         per_image = x.sum(dim=(2, 3))  # [B, 3]
         means = per_image.double() / (255.0 * s * s)
+        w2 = float(s * s) ** 2  # every crop has s x s pixels: the weights of mean_stderr are equal
         batch = channel_sums.PartialSums(
             num_images=x.shape[0],
             num_pixels=x.shape[0] * s * s,
             sum=tuple(int(v) for v in per_image.sum(dim=0).tolist()),
             sum_sq=tuple(int(v) for v in (x * x).sum(dim=(0, 2, 3)).tolist()),
-            image_mean_sum=tuple(means.sum(dim=0).tolist()),
-            image_mean_sq_sum=tuple((means * means).sum(dim=0).tolist()),
+            pixels_sq_sum=w2 * x.shape[0],
+            weighted_mean_sum=tuple((w2 * means.sum(dim=0)).tolist()),
+            weighted_mean_sq_sum=tuple((w2 * (means * means).sum(dim=0)).tolist()),
         )
         channels = channels + batch
     return PixelSums(pixel_sum.cpu().numpy(), channels)
