@@ -11,7 +11,10 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -739,23 +742,69 @@ def test_verify_data_reports_jpegs_whose_data_is_damaged_though_dali_decodes_the
     assert "corrupt" in imagenet_verify.ERROR_KINDS and "jpeg_warning" in imagenet_verify.NOTE_KINDS
 
 
-def test_verify_data_passes_on_what_the_decoder_prints_besides_its_jpeg_warnings(tmp_path, capfd):
-    """Nothing is lost: while a batch decodes, the standard error is read for libjpeg's warnings, and
-    whatever else was written there is written back."""
+def test_the_standard_error_read_during_a_decode_keeps_libjpegs_warnings_and_passes_on_the_rest(capfd):
+    """Nothing is lost: while a batch decodes, the standard error (file descriptor 2, where the
+    decoder's C code writes) is read for libjpeg's warnings, and whatever else was written there is
+    written back."""
+    found: list[str] = []
+    with imagenet_verify._libjpeg_warnings(found):
+        os.write(2, b"Corrupt JPEG data: premature end of data segment\n")
+        os.write(2, b"a line from another library\n")
+        os.write(2, b"Corrupt JPEG data: 6 extraneous bytes before marker 0xd9\n")
+    assert found == [
+        "Corrupt JPEG data: premature end of data segment",
+        "Corrupt JPEG data: 6 extraneous bytes before marker 0xd9",
+    ]
+    assert capfd.readouterr().err == "a line from another library\n"
+
+
+def _start_that_cannot_build(parent: int, batch_size: int, num_threads: int) -> None:
+    raise ImportError("libnvimgcodec.so.0: cannot open shared object file")
+
+
+def test_a_decoder_that_cannot_be_built_is_one_error_not_a_crash_of_every_file():
+    """A broken DALI install fails in the decoding child while it starts: one line naming why,
+    not every image listed as a file the decoder crashed on."""
+    with pytest.raises(UserError, match=r"cannot build DALI's decoder \(ImportError: libnvimgcodec"):
+        imagenet_verify._DaliDecoder(64, 1, start=_start_that_cannot_build)
+
+
+def test_the_decoding_child_dies_with_its_parent(tmp_path):
+    """A parent killed outright (SIGKILL, the out-of-memory killer) cannot shut its child down: the
+    child must not live on holding the parent's output open."""
+    script = (
+        "import os, sys\n"
+        "from resnet_repro.data import imagenet_verify\n"
+        "d = imagenet_verify._DaliDecoder(8, 1)\n"
+        "print(*d._pool._processes, flush=True)\n"
+        "os._exit(0)  # no cleanup, as after a SIGKILL\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (child,) = (int(pid) for pid in done.stdout.split())
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{child}").exists(), "the decoding child outlived its parent"
+
+
+@pytest.mark.slow
+def test_verify_data_run_from_a_folder_with_a_socket_py_decodes_with_the_standard_library(tmp_path):
+    """The console script keeps the working directory off the path; so must its decoding child,
+    which Python starts with `-c`."""
     root = tmp_path / "data"
     make_image_folder(root, "train", {"a": 2}, sizes=[(S, S)])
-
-    def noisy_inspect(path, split, keep_bytes):
-        os.write(2, b"a line from another library\n")
-        return inspect(path, split, keep_bytes)
-
-    inspect = imagenet_verify._inspect
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(imagenet_verify, "_inspect", noisy_inspect)
-        summary = verify_data(root, expect_imagenet=False, num_threads=1, progress=False, summary_path=None)
-
-    assert summary["ok"] and summary["issues"] == []
-    assert capfd.readouterr().err.count("a line from another library") == 2
+    make_image_folder(root, "val", {"a": 1}, sizes=[(S, S)])
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "socket.py").write_text("raise ImportError('the socket.py of the working directory')\n")
+    resnet_repro = Path(sys.executable).parent / "resnet-repro"
+    done = subprocess.run(
+        [str(resnet_repro), "verify-data", f"data.root={root}", "logging.progress=false", "hydra.run.dir=r"],
+        cwd=work, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-1500:]
+    assert "working directory" not in done.stderr and json.loads(done.stdout.splitlines()[-1])["ok"]
 
 
 def test_verify_data_of_splits_without_images_is_not_ok(tmp_path):
@@ -853,3 +902,16 @@ def test_verify_data_with_only_a_data_root_checks_that_folder(tmp_path, monkeypa
 
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["ok"] and result["images"] == 6 and result["root"] == str(root)
+
+    # an experiment's data group stays its own: ImageNet's counts are checked
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "verify-data",
+                "--no-decode",
+                "experiment=imagenet_paper",
+                f"data.root={root}",
+                "logging.progress=false",
+            ]
+        )
+    assert exit_info.value.code == 1 and "problem: train: 2 classes, expected 1000" in capsys.readouterr().out

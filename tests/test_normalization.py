@@ -235,3 +235,20 @@ def test_the_stats_command_shares_the_pass_over_trainer_nproc_local_processes(ro
         assert f"statistics pass: {24 // nproc} images (this process's share)" in share
     assert results[2]["mean"] == results[1]["mean"] and results[2]["std"] == results[1]["std"]
     assert results[2]["num_images"] == results[1]["num_images"] == 24
+
+
+@pytest.mark.slow
+def test_a_stats_error_on_two_processes_is_the_workers_line_and_the_launchers_without_a_traceback(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "data" / "train" / "a").mkdir(parents=True)  # an empty class folder
+    (tmp_path / "data" / "val" / "a").mkdir(parents=True)
+    done = run_cli(
+        "stats", "data=folder", f"data.root={tmp_path / 'data'}", "trainer.device=cpu", "trainer.nproc=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("resnet-repro: error: a statistics worker failed (rank "), lines[-3:]
+    assert any("has no images" in ln and ln.startswith("resnet-repro: error:") for ln in lines), lines

@@ -109,7 +109,9 @@ def sweep(tmp_path: Path) -> Path:
         write_job(sweep, [*COMMON, f"{WD}={wd}", f"{MN}={mn}"], top1s, final=final_json(top1s))
     # crashed during epoch 2: only .hydra and one epoch of metrics (plus a torn line)
     write_job(sweep, [*COMMON, f"{WD}=0.001", f"{MN}=null"], [0.2], partial_line=True)
-    nan_report = json.dumps({"epoch": 2, "step": 17, "loss": float("nan")}).replace("NaN", "null")
+    nan_report = json.dumps({"epoch": 2, "epochs_from": 1, "step": 17, "loss": float("nan")}).replace(
+        "NaN", "null"
+    )
     write_job(
         sweep, [*COMMON, f"{WD}=0.001", f"{MN}=1"], [0.25], extra_files={"nonfinite_report.json": nan_report}
     )
@@ -196,6 +198,22 @@ def test_a_job_without_final_json_gets_a_best_top1_only_on_its_selection_split(t
     assert rows["0.1"]["best_top1"] is None and job_rows.score(rows["0.1"]) is None
     assert rows["0.2"]["best_top1"] == pytest.approx(0.45) and rows["0.2"]["score_split"] == "holdout"
     assert rows["0.3"]["best_top1"] == pytest.approx(0.65) and rows["0.3"]["score_split"] == "val"
+
+
+def test_a_nonfinite_report_of_either_epoch_count_names_the_same_epoch(tmp_path: Path):
+    """Reports written before `epochs_from` counted epochs from 0; the note counts from 1 for both."""
+    old = write_job(
+        tmp_path, ["optim.lr=0.1"], [0.2], extra_files={"nonfinite_report.json": '{"epoch": 0, "step": 7}'}
+    )
+    new = write_job(
+        tmp_path,
+        ["optim.lr=0.2"],
+        [0.2],
+        extra_files={"nonfinite_report.json": '{"epoch": 1, "epochs_from": 1, "step": 7}'},
+    )
+    rows = {r["job"]: r for r in report.collect(tmp_path)}
+    for job in (old, new):
+        assert "at epoch 1, step 7" in rows[job.name]["note"], rows[job.name]["note"]
 
 
 def test_a_sweep_point_that_failed_with_an_error_shows_it_in_the_note(tmp_path: Path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import gc
+import logging
 import os
 import signal
 from collections.abc import Callable, Mapping
@@ -217,11 +218,13 @@ class WorkersSignalled(Exception):
         self.signal_name = signal_name
 
 
-def launch_local(nproc: int, fn: Callable[..., T], *args: object) -> dict[int, T]:
+def launch_local(nproc: int, fn: Callable[..., T], *args: object, what: str = "training") -> dict[int, T]:
     """Run fn(*args) in `nproc` local worker processes through torch.distributed.elastic.
 
     The workers see torchrun's variables (RANK, WORLD_SIZE, ...), so `detect` treats them exactly
-    like a torchrun launch. If one worker dies, the agent stops the others and this raises.
+    like a torchrun launch. If one worker dies, the agent stops the others and this raises, naming
+    the `what` worker, its rank and exit code; the worker has said why in one line (a UserError) or
+    its own way (a crash), so the agent's traceback of the exit, which adds nothing, is not logged.
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -240,16 +243,20 @@ def launch_local(nproc: int, fn: Callable[..., T], *args: object) -> dict[int, T
     )
     os.environ[LOCAL_AGENT_VAR] = str(os.getpid())  # the workers' agent is this process, not torchrun
     previous = {sig: signal.signal(sig, _forward_to_workers) for sig in FORWARDED_SIGNALS}
+    agent_log = logging.getLogger("torch.distributed.elastic")
+    agent_level = agent_log.level
+    agent_log.setLevel(logging.CRITICAL)
     try:
         return elastic_launch(config, fn)(*args)
     except ChildFailedError as e:
         failures = ", ".join(f"rank {r} exit code {f.exitcode}" for r, f in sorted(e.failures.items()))
-        raise UserError(f"a training worker failed ({failures}); see its output above") from e
+        raise UserError(f"a {what} worker failed ({failures}); see its output above") from e
     except SignalException as e:
         # SIGTERM (a cancel, a time limit, a preemption) reached this launcher: torch's agent has
         # passed it on to the workers and waited for them (up to 30 s), and they saved and decided
         raise WorkersSignalled(e.sigval.name) from e
     finally:
+        agent_log.setLevel(agent_level)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         os.environ.pop(LOCAL_AGENT_VAR, None)

@@ -47,7 +47,12 @@ def _stats(dcfg: DictConfig) -> None:
         if cfg.trainer.nproc > 1 and distributed.detect().source == "single":
             # trainer.nproc local processes share the pass, as they would in `train`
             yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
-            shown = distributed.launch_local(cfg.trainer.nproc, stats_worker, yaml)[0]
+            try:
+                shown = distributed.launch_local(cfg.trainer.nproc, stats_worker, yaml, what="statistics")[0]
+            except distributed.WorkersSignalled as e:  # a cancel: nothing was written, nothing to resume
+                fail(
+                    f"stopped by {e.signal_name} before the statistics were written; run the same command again"
+                )
         else:
             shown = _compute(cfg)
     except UserError as e:

@@ -40,7 +40,8 @@ def verify_data_command(args: list[str]) -> None:
     # verify-data keeps its small Hydra output (config, log, verify_data.json) in
     # runs/verify-data/<time>, apart from training runs (a name= on the command line still wins)
     args = ["name=verify-data", *(a for a in args if a != "--no-decode")]
-    if any(a.startswith("data.root=") for a in args) and not any(a.startswith("data=") for a in args):
+    chosen = any(a.startswith(("data=", "experiment=")) for a in args)  # an experiment picks its data
+    if any(a.startswith("data.root=") for a in args) and not chosen:
         # `verify-data data.root=DIR` (as the docs and the rehearsal's messages write it) checks DIR
         # as a folder of images: the default data group, the demo, would refuse any other folder
         args.append("data=folder")

@@ -202,26 +202,59 @@ class _DaliDecoder:
     (resnet_repro.data.stats_process has the measurements): a non-image file or a truncated JPEG
     among good ones killed verify-data 4 times in 4. In a child, such a death costs a new child: the
     batch is bisected in fresh ones until the file is alone (DALI then raises for it, or it is the
-    one the decoder crashed on)."""
+    one the decoder crashed on). A child that cannot start (DALI broken) is an error, not a crash
+    of every file. The child dies with this process and leaves Ctrl-C and SLURM's signals to it."""
 
     def __init__(
-        self, batch_size: int, num_threads: int, work: Callable[[list[str]], list] | None = None
+        self,
+        batch_size: int,
+        num_threads: int,
+        work: Callable[[list[str]], list] | None = None,
+        start: Callable[..., None] | None = None,
     ) -> None:
         import importlib.util
 
         if importlib.util.find_spec("nvidia.dali") is None:
             raise UserError("decoding needs NVIDIA DALI (nvidia-dali-*); or verify without decoding")
-        self._args = (batch_size, num_threads)
+        self._args = (os.getpid(), batch_size, num_threads)
         self._work = work or _decode_in_child
+        self._start_child = start or _start_child
         self._pool: ProcessPoolExecutor | None = None
+        self._start()  # fail here, in one line, if the decoder cannot be built
+
+    def _start(self) -> None:
+        # PYTHONSAFEPATH: the child starts with `python -c`, which would put the working directory
+        # first on its path while it imports its first modules (a socket.py there would shadow
+        # the standard library's)
+        saved = os.environ.get("PYTHONSAFEPATH")
+        os.environ["PYTHONSAFEPATH"] = "1"
+        try:
+            self._pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"))
+            ready = self._pool.submit(self._start_child, *self._args)  # spawns the child now
+        finally:
+            if saved is None:
+                del os.environ["PYTHONSAFEPATH"]
+            else:
+                os.environ["PYTHONSAFEPATH"] = saved
+        try:
+            ready.result()
+        except BrokenProcessPool as e:
+            self.close()
+            raise UserError("the decoding process died while it started; or verify without decoding") from e
+        except Exception as e:  # what building DALI's pipeline raised there, sent back
+            self.close()
+            raise UserError(
+                f"the decoding process cannot build DALI's decoder ({type(e).__name__}: {e}); reinstall "
+                "nvidia-dali-cuda130, or verify without decoding (--no-decode)"
+            ) from e
 
     def problems(self, paths: list[str]) -> list[tuple[str | None, list[str]]]:
         """Per file: the error DALI stopped on (or None), and libjpeg's warnings."""
         if not paths:
             return []
         if self._pool is None:
-            context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
-            self._pool = ProcessPoolExecutor(1, context, initializer=_start_child, initargs=self._args)
+            self._start()
+        assert self._pool is not None
         try:
             return self._pool.submit(self._work, paths).result()
         except BrokenProcessPool:
@@ -284,8 +317,13 @@ class _InProcessDecoder:
 _child_decoder: _InProcessDecoder | None = None
 
 
-def _start_child(batch_size: int, num_threads: int) -> None:
+def _start_child(parent: int, batch_size: int, num_threads: int) -> None:
+    """The child's first call: it dies with its parent, leaves the parent's signals to it, and
+    builds the pipeline (what that raises goes back to the parent)."""
+    from resnet_repro.data.stats_process import leave_signals_to_parent
+
     global _child_decoder
+    leave_signals_to_parent(parent)
     _child_decoder = _InProcessDecoder(batch_size, num_threads)
 
 

@@ -256,6 +256,14 @@ def _parents_signals() -> list[signal.Signals]:
     return [getattr(signal, name) for name in PARENTS_SIGNALS]
 
 
+def leave_signals_to_parent(parent: int) -> None:
+    """In a child process: ignore the signals its parent acts on (the parent decides what they
+    mean, and ends the child) and die when the parent does."""
+    for sig in _parents_signals():
+        signal.signal(sig, signal.SIG_IGN)
+    _die_with_parent(parent)
+
+
 def _die_with_parent(parent: int) -> None:
     """Ask Linux to kill this process when its parent exits (a parent killed by SIGKILL cannot
     clean up); where prctl is missing, the parent's `finally` is the only guard."""

@@ -405,7 +405,9 @@ def _note(job_dir: Path, status: str, final: dict[str, Any], trained_on: str | N
     if status == NAN:
         report = _read_json(job_dir / "nonfinite_report.json") or {}
         epoch = report.get("epoch")
-        where = f" at epoch {int(epoch)}, step {report.get('step')}" if is_number(epoch) else ""
+        # epochs counted from 1 where the report says so, from 0 in reports written before it did
+        shown = int(epoch) + (0 if report.get("epochs_from") == 1 else 1) if is_number(epoch) else None
+        where = f" at epoch {shown}, step {report.get('step')}" if shown is not None else ""
         return f"non-finite loss or gradient{where}; see nonfinite_report.json"
     if status == PREEMPTED:
         info = _read_json(job_dir / "preempted.json") or {}

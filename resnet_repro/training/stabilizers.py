@@ -99,6 +99,7 @@ class NonFiniteGuard:
         ]
         report = {
             "epoch": epoch,
+            "epochs_from": 1,  # reports written before this key counted epochs from 0
             "step": step,
             "lr": lr,
             "loss": float(loss.detach().float().item()),
