@@ -50,9 +50,7 @@ def _stats(dcfg: DictConfig) -> None:
             try:
                 shown = distributed.launch_local(cfg.trainer.nproc, stats_worker, yaml, what="statistics")[0]
             except distributed.WorkersSignalled as e:  # a cancel: nothing was written, nothing to resume
-                fail(
-                    f"stopped by {e.signal_name} before the statistics were written; run the command again"
-                )
+                fail(f"stopped by {e.signal_name} before the statistics were written; run the command again")
         else:
             shown = _compute(cfg)
     except UserError as e:
