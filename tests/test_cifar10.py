@@ -187,6 +187,55 @@ def test_rerun_skips_finished_splits_and_resumes_an_interrupted_one(tmp_path, ar
     assert again["val"] == {"images": TEST_IMAGES, "written": 0, "skipped": True}
 
 
+def test_an_interrupted_split_resumed_from_another_archive_starts_that_split_afresh(tmp_path, monkeypatch):
+    """Images of the first archive were kept beside the second's: the same index in two class
+    folders, a split of 10,401 files reported as 7,500. A different archive now restarts the split;
+    a finished split of another archive is refused."""
+    from resnet_repro.data import cifar10
+
+    first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
+    write_cifar_archive(first, seed=1)
+    members = write_cifar_archive(second, seed=2)
+    out = tmp_path / "cifar10"
+    real_write = cifar10._write_png
+    calls = {"n": 0}
+
+    def failing_write(pixels, target):
+        calls["n"] += 1
+        if calls["n"] == 25:  # midway through train
+            raise KeyboardInterrupt
+        real_write(pixels, target)
+
+    monkeypatch.setattr(cifar10, "_write_png", failing_write)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_cifar10(first, out, progress=False)
+    monkeypatch.setattr(cifar10, "_write_png", real_write)
+
+    summary = prepare_cifar10(second, out, progress=False)
+
+    assert summary["train"] == {"images": 40, "written": 40, "skipped": False}
+    train_rows = np.concatenate([members[f"data_batch_{i}"][b"data"] for i in range(1, 6)])
+    train_labels = [y for i in range(1, 6) for y in members[f"data_batch_{i}"][b"labels"]]
+    found = sorted((out / "train").rglob("*"))
+    assert len([p for p in found if p.is_file()]) == 40  # no leftovers, hidden ones included
+    for k, label in enumerate(train_labels):
+        with Image.open(out / "train" / CLASSES[label] / f"{k:05d}.png") as im:
+            assert np.array_equal(np.asarray(im), _plane_pixels(train_rows[k]))
+
+    with pytest.raises(UserError, match=f"{out / 'train'} was prepared from another archive"):
+        prepare_cifar10(first, out, progress=False)
+
+
+def test_a_file_where_a_split_folder_goes_is_one_error(tmp_path, archive):
+    path, _ = archive
+    out = tmp_path / "cifar10"
+    out.mkdir()
+    (out / "train").write_text("not a folder\n")
+    with pytest.raises(UserError, match=f"{out / 'train'} is a file; expected the train folder"):
+        prepare_cifar10(path, out, progress=False)
+    assert not (out / ".partial").exists()
+
+
 def test_missing_damaged_or_incomplete_archives_are_one_line_errors(tmp_path, archive):
     path, _ = archive
     out = tmp_path / "out"

@@ -156,6 +156,42 @@ def test_prepare_from_official_archives_labels_val_by_ground_truth(tmp_path, arc
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == mtimes
 
 
+def test_a_separate_ground_truth_file_labels_val_as_the_devkits_own(tmp_path, archives):
+    """--val-ground-truth (documented) crashed on every call: ValueError: too many values to unpack."""
+    truth = tmp_path / "ILSVRC2012_validation_ground_truth.txt"
+    truth.write_text(_ground_truth_txt())
+    out = tmp_path / "imagenet"
+    prepare_imagenet(out, **archives, val_ground_truth=truth, progress=False)
+    _assert_prepared(out)
+
+
+def test_a_cut_off_devkit_is_one_error_naming_it(tmp_path, archives):
+    cut = tmp_path / "devkit_cut.tar.gz"
+    data = archives["devkit"].read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=f"cannot read the devkit archive {cut}.*(EOFError|truncated|ended)"):
+        prepare_imagenet(tmp_path / "out", train_tar=None, val_tar=archives["val_tar"], devkit=cut, progress=False)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_file_where_a_split_folder_goes_is_one_error_before_any_extraction(tmp_path, archives, split):
+    out = tmp_path / "imagenet"
+    out.mkdir()
+    (out / split).write_text("not a folder\n")
+    with pytest.raises(UserError, match=f"{out / split} is a file; expected the {split} folder"):
+        prepare_imagenet(out, **archives, progress=False)
+    assert not (out / imagenet_prepare.PARTIAL_DIR).exists()  # nothing extracted first
+
+
+def test_a_file_that_is_no_tar_archive_is_one_line(tmp_path):
+    not_tar = tmp_path / "LOC_val_solution.csv"
+    not_tar.write_text("ImageId,PredictionString\n")
+    with pytest.raises(UserError) as info:
+        prepare_imagenet(tmp_path / "out", train_tar=not_tar, val_tar=None, devkit=None, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and str(not_tar) in message and "ILSVRC2012_img_train.tar" in message
+
+
 def test_interrupted_prepare_resumes_without_reextracting(tmp_path, archives, monkeypatch):
     out = tmp_path / "imagenet"
     real = imagenet_prepare._extract_class_tar

@@ -21,9 +21,11 @@ DALI and torchvision backends read like any ImageNet-layout folder.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
+import shutil
 import tarfile
 import zlib
 from pathlib import Path
@@ -141,6 +143,27 @@ def _read_members(archive: Path) -> dict[str, bytes]:
     return found
 
 
+# beside each split folder (hidden, outside it: the split holds class folders only), the sha256 of
+# the batches it was written from: <out>/.train.sha256, and <out>/.partial/train.sha256 while writing
+def _source_record(out: Path, split: str, *, partial: bool) -> Path:
+    return out / PARTIAL_DIR / f"{split}.sha256" if partial else out / f".{split}.sha256"
+
+
+def _digest(members: dict[str, bytes], names: tuple[str, ...]) -> str:
+    """The sha256 of a split's batch files, in order: which archive a split folder came from."""
+    h = hashlib.sha256()
+    for name in names:
+        h.update(members[name])
+    return h.hexdigest()
+
+
+def _recorded_source(record: Path) -> str | None:
+    try:
+        return record.read_text().strip()
+    except OSError:
+        return None
+
+
 def _write_png(pixels: np.ndarray, target: Path) -> None:
     from PIL import Image
 
@@ -192,15 +215,38 @@ def prepare_cifar10(archive: Path, out: Path, progress: bool = True) -> dict[str
         split: _split_arrays(members, names, archive, len(classes))
         for split, names in (("train", TRAIN_BATCHES), ("val", (TEST_BATCH,)))
     }
+    sources = {
+        split: _digest(members, names) for split, names in (("train", TRAIN_BATCHES), ("val", (TEST_BATCH,)))
+    }
     del members
+    for path in (out, out / "train", out / "val", out / PARTIAL_DIR):
+        if path.exists() and not path.is_dir():
+            what = "output" if path == out else f"{path.name} folder"
+            raise UserError(f"{path} is a file; expected the {what}: move the file away and rerun")
     summary: dict[str, Any] = {"out": str(out), "classes": classes}
     for split, (images, labels) in splits.items():
         final, work = out / split, out / PARTIAL_DIR / split
+        done_record, work_record = (_source_record(out, split, partial=p) for p in (False, True))
         if final.is_dir():  # renamed into place only when complete
+            recorded = _recorded_source(done_record)
+            if recorded is not None and recorded != sources[split]:
+                raise UserError(
+                    f"{final} was prepared from another archive (its batches' sha256 {recorded[:12]}, "
+                    f"{archive}'s {sources[split][:12]}); remove it or choose another --out"
+                )
             summary[split] = {"images": sum(1 for _ in final.glob("*/*.png")), "written": 0, "skipped": True}
             continue
+        if work.is_dir() and _recorded_source(work_record) != sources[split]:
+            # an interrupted split of another archive (or of a version that did not record one):
+            # its images are not this archive's, so the split starts afresh
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        work_record.write_text(sources[split] + "\n")
         written = _write_split(work, images, labels, classes, progress)
+        for stray in work.glob("*/.*.part"):  # a temporary file of an interrupted write
+            stray.unlink()
         work.rename(final)
+        os.replace(work_record, done_record)
         summary[split] = {"images": len(labels), "written": written, "skipped": False}
     _remove_empty_dirs(out / PARTIAL_DIR)
     return summary

@@ -66,8 +66,11 @@ def _read_devkit_file(devkit: Path, rel: str) -> bytes:
                     f = tar.extractfile(m)
                     assert f is not None  # a regular file always has data
                     return f.read()
-    except (OSError, tarfile.TarError) as e:
-        raise UserError(f"cannot read the devkit archive {devkit}: {e}") from e
+    except (OSError, tarfile.TarError, EOFError, zlib.error) as e:  # EOFError: a cut-off .gz
+        raise UserError(
+            f"cannot read the devkit archive {devkit} ({type(e).__name__}: {_first_line(e)}); expected "
+            "ILSVRC2012_devkit_t12.tar.gz, downloaded whole"
+        ) from e
     raise UserError(f"devkit archive {devkit} has no {wanted}; is it ILSVRC2012_devkit_t12.tar.gz?")
 
 
@@ -97,9 +100,8 @@ def _labels_from_devkit(devkit: Path, ground_truth: Path | None) -> dict[str, st
     order; meta.mat maps those IDs (not sorted-wnid positions) to wnids."""
     id_to_wnid = _leaf_synsets(_read_devkit_file(devkit, DEVKIT_META), f"{devkit}:{DEVKIT_META}")
     if ground_truth is not None:
-        text, source = _text(
-            ground_truth.read_bytes(), str(ground_truth), "ILSVRC2012_validation_ground_truth.txt"
-        )
+        source = str(ground_truth)
+        text = _text(ground_truth.read_bytes(), source, "ILSVRC2012_validation_ground_truth.txt")
     else:
         source = f"{devkit}:{DEVKIT_GROUND_TRUTH}"
         text = _text(_read_devkit_file(devkit, DEVKIT_GROUND_TRUTH), source, "one ILSVRC2012_ID per line")
@@ -286,12 +288,22 @@ def _progress(iterable: Iterable[Any], enabled: bool, **kwargs: Any):
     return tqdm(iterable, disable=not enabled, dynamic_ncols=True, **kwargs)
 
 
+ARCHIVE_NAMES = {"train": "ILSVRC2012_img_train.tar", "validation": "ILSVRC2012_img_val.tar"}
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's first line: tarfile lists every compression it tried, one line each."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(":")
+
+
 def _open_tar(path: Path, what: str) -> tarfile.TarFile:
     # Random-access mode, not streaming: resuming seeks past finished members instead of reading them.
     try:
         return tarfile.open(path, "r:*")
-    except (OSError, tarfile.TarError) as e:
-        raise UserError(f"cannot read the {what} archive {path}: {e}") from e
+    except (OSError, tarfile.TarError, EOFError, zlib.error) as e:
+        raise UserError(
+            f"cannot read the {what} archive {path} ({_first_line(e)}); expected {ARCHIVE_NAMES[what]}"
+        ) from e
 
 
 @contextlib.contextmanager
@@ -517,6 +529,12 @@ def prepare_imagenet(
     # Labels first: a bad devkit should fail before hours of train extraction, not after.
     labels, label_source = _val_labels(devkit, val_ground_truth, loc_val_solution) if has_val else ({}, "")
     out.mkdir(parents=True, exist_ok=True)
+    for split, wanted in (("train", train_tar is not None), ("val", has_val), (PARTIAL_DIR, True)):
+        if wanted and (out / split).exists() and not (out / split).is_dir():
+            raise UserError(
+                f"{out / split} is a file; expected the {split} folder (prepare-imagenet writes "
+                f"{out / split}/<wnid>/): move the file away and rerun"
+            )
     summary: dict[str, Any] = {"out": str(out), "train": None, "val": None}
     if train_tar is not None:
         with _truncation_is_a_user_error(train_tar):
