@@ -170,7 +170,9 @@ def test_a_cut_off_devkit_is_one_error_naming_it(tmp_path, archives):
     data = archives["devkit"].read_bytes()
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match=f"cannot read the devkit archive {cut}.*(EOFError|truncated|ended)"):
-        prepare_imagenet(tmp_path / "out", train_tar=None, val_tar=archives["val_tar"], devkit=cut, progress=False)
+        prepare_imagenet(
+            tmp_path / "out", train_tar=None, val_tar=archives["val_tar"], devkit=cut, progress=False
+        )
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
