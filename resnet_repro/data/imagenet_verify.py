@@ -586,10 +586,12 @@ def verify_data(
     expect_imagenet: check the splits train and val against ImageNet-1K's numbers (1000 classes;
     1,281,167 train images, 732 to 1300 per class; 50,000 val images, 50 per class); otherwise every
     sub-folder of root is a split and only consistency is checked.
-    decode: decode every image with DALI on the CPU, in parallel over `num_threads`; without it only
-    headers and the JPEG end marker are read. Issues name the path; kinds "unreadable", "truncated" and
-    "undecodable" are errors, "wrong_format" (e.g. PNG data named .JPEG), "cmyk", "grayscale" and
-    "unusual_mode" are notes (DALI decodes them to RGB).
+    decode: decode every image with DALI on the CPU, in a child process, `num_threads` threads;
+    without it only headers and the JPEG end marker are read. Issues name the path; kinds
+    "unreadable", "truncated", "undecodable" and "corrupt" (decoded with libjpeg's warnings of damaged
+    data) are errors, "wrong_format" (e.g. PNG data named .JPEG), "cmyk", "grayscale",
+    "unusual_mode" (DALI decodes them to RGB) and "jpeg_warning" (padding before the end marker) are
+    notes.
     classes: a class subset (data.subset): only these class folders are counted and checked, and
     ImageNet's totals (classes, images per split) are not expected; its per-class counts still are.
     required_splits: split folders that must exist (a run's train and eval splits; with
