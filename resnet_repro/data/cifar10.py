@@ -34,7 +34,13 @@ from typing import Any
 import numpy as np
 
 from resnet_repro.config import UserError
-from resnet_repro.data.imagenet_prepare import PARTIAL_DIR, _is_folder_name, _progress, _remove_empty_dirs
+from resnet_repro.data.imagenet_prepare import (
+    PARTIAL_DIR,
+    _is_folder_name,
+    _progress,
+    _remove_empty_dirs,
+    refuse_files_where_folders_go,
+)
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -219,10 +225,7 @@ def prepare_cifar10(archive: Path, out: Path, progress: bool = True) -> dict[str
         split: _digest(members, names) for split, names in (("train", TRAIN_BATCHES), ("val", (TEST_BATCH,)))
     }
     del members
-    for path in (out, out / "train", out / "val", out / PARTIAL_DIR):
-        if path.exists() and not path.is_dir():
-            what = "output" if path == out else f"{path.name} folder"
-            raise UserError(f"{path} is a file; expected the {what}: move the file away and rerun")
+    refuse_files_where_folders_go(out, ["train", "val"])
     summary: dict[str, Any] = {"out": str(out), "classes": classes}
     for split, (images, labels) in splits.items():
         final, work = out / split, out / PARTIAL_DIR / split

@@ -468,6 +468,18 @@ def _remove_empty_dirs(folder: Path) -> None:
         folder.rmdir()
 
 
+def refuse_files_where_folders_go(out: Path, splits: list[str]) -> None:
+    """Before anything is extracted: a file where <out>/<split> or <out>/.partial must go is one
+    error (it would fail only at the split's final rename, after the whole extraction)."""
+    for name in (*splits, PARTIAL_DIR):
+        path = out / name
+        if path.exists() and not path.is_dir():
+            raise UserError(
+                f"{path} is a file; expected the {name} folder (written as {path}/<class>/): move the "
+                "file away and rerun"
+            )
+
+
 def _require(path: Path | None, what: str, kind: str = "file") -> Path | None:
     if path is None:
         return None
@@ -529,12 +541,9 @@ def prepare_imagenet(
     # Labels first: a bad devkit should fail before hours of train extraction, not after.
     labels, label_source = _val_labels(devkit, val_ground_truth, loc_val_solution) if has_val else ({}, "")
     out.mkdir(parents=True, exist_ok=True)
-    for split, wanted in (("train", train_tar is not None), ("val", has_val), (PARTIAL_DIR, True)):
-        if wanted and (out / split).exists() and not (out / split).is_dir():
-            raise UserError(
-                f"{out / split} is a file; expected the {split} folder (prepare-imagenet writes "
-                f"{out / split}/<wnid>/): move the file away and rerun"
-            )
+    refuse_files_where_folders_go(
+        out, [s for s, wanted in (("train", train_tar), ("val", has_val)) if wanted]
+    )
     summary: dict[str, Any] = {"out": str(out), "train": None, "val": None}
     if train_tar is not None:
         with _truncation_is_a_user_error(train_tar):

@@ -25,7 +25,8 @@ from resnet_repro.data.selection import (
     Splits,
     available_stats_decoder,
     check_leakage_and_staleness,
-    stats_decoder,
+    expected_settings,
+    sample_and_decoder_suffix,
     stats_images,
     stats_selection,
 )
@@ -38,25 +39,8 @@ def stats_path(cfg: DataConfig, fingerprint: str) -> Path:
     if cfg.stats.path:
         return Path(cfg.stats.path).expanduser()
     path = stats.default_stats_path(cfg.root, fingerprint)
-    s = cfg.stats
-    parts = [("r", s.resize), ("n", s.max_images), ("s", s.seed if s.max_images is not None else None)]
-    suffix = "".join(f"-{k}{v}" for k, v in parts if v is not None)
-    decoder = stats_decoder(cfg)
-    if decoder != "dali":
-        suffix += f"-{decoder}"
-    return path.with_name(path.stem + suffix + path.suffix)
-
-
-def expected_settings(cfg: DataConfig, splits: Splits) -> dict:
-    """The settings (resize, sample, decoder) a stats file for this run must have been computed with."""
-    selection, _ = stats_selection(cfg, splits)
-    return stats.record_settings(
-        resize_shorter=cfg.stats.resize,
-        max_images=cfg.stats.max_images,
-        sample_seed=cfg.stats.seed,
-        decoder=stats_decoder(cfg),
-        selection_size=len(selection),
-    )
+    resize = f"-r{cfg.stats.resize}" if cfg.stats.resize is not None else ""
+    return path.with_name(path.stem + resize + sample_and_decoder_suffix(cfg) + path.suffix)
 
 
 def compute_record(
@@ -119,7 +103,7 @@ def _checked(
     cfg: DataConfig, splits: Splits, record: stats.StatsRecord, path: Path, fingerprint: str
 ) -> list[str]:
     warnings = check_leakage_and_staleness(cfg, splits, record, path, fingerprint)
-    stats.check_settings(record, expected_settings(cfg, splits), path)
+    stats.check_settings(record, expected_settings(cfg, splits, cfg.stats.resize), path)
     return warnings
 
 

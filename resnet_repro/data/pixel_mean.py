@@ -47,7 +47,8 @@ from resnet_repro.data.selection import (
     Splits,
     available_stats_decoder,
     check_leakage_and_staleness,
-    stats_decoder,
+    expected_settings,
+    sample_and_decoder_suffix,
     stats_images,
     stats_selection,
 )
@@ -78,12 +79,7 @@ def record_path(cfg: DataConfig, fingerprint: str) -> Path:
         if cfg.stats.path
         else stats.default_stats_path(cfg.root, fingerprint)
     )
-    suffix = f"-pixelmean{cfg.image_size}r{eval_resize(cfg)}"
-    if cfg.stats.max_images is not None:
-        suffix += f"-n{cfg.stats.max_images}-s{cfg.stats.seed}"
-    decoder = stats_decoder(cfg)
-    if decoder != "dali":
-        suffix += f"-{decoder}"
+    suffix = f"-pixelmean{cfg.image_size}r{eval_resize(cfg)}" + sample_and_decoder_suffix(cfg)
     return base.with_name(base.stem + suffix + ".json")
 
 
@@ -284,14 +280,7 @@ def check(
         )
     warnings = check_leakage_and_staleness(cfg, splits, record, path)
     # the sample and the decoder, as the per-channel file's (the resolution is checked above)
-    expected = stats.record_settings(
-        resize_shorter=eval_resize(cfg),
-        max_images=cfg.stats.max_images,
-        sample_seed=cfg.stats.seed,
-        decoder=stats_decoder(cfg),
-        selection_size=len(stats_selection(cfg, splits)[0]),
-    )
-    stats.check_settings(record, expected, path)
+    stats.check_settings(record, expected_settings(cfg, splits, eval_resize(cfg)), path)
     return warnings
 
 

@@ -56,6 +56,28 @@ def stats_decoder(cfg: DataConfig) -> str:
     return cfg.decoder if cfg.backend == "torchvision" else "dali"
 
 
+def sample_and_decoder_suffix(cfg: DataConfig) -> str:
+    """The part of a statistics file's name that says which sample and decoder made it:
+    `-n<max_images>-s<seed>` for a sample, `-<decoder>` for a decoder other than DALI."""
+    suffix = f"-n{cfg.stats.max_images}-s{cfg.stats.seed}" if cfg.stats.max_images is not None else ""
+    decoder = stats_decoder(cfg)
+    return suffix + (f"-{decoder}" if decoder != "dali" else "")
+
+
+def expected_settings(cfg: DataConfig, splits: Splits, resize_shorter: int | None) -> dict:
+    """The settings (resize, sample, decoder) a statistics record for this run must have been
+    computed with (the per-channel file's resize is data.stats.resize, the mean image's the
+    evaluation resize)."""
+    selection, _ = stats_selection(cfg, splits)
+    return stats.record_settings(
+        resize_shorter=resize_shorter,
+        max_images=cfg.stats.max_images,
+        sample_seed=cfg.stats.seed,
+        decoder=stats_decoder(cfg),
+        selection_size=len(selection),
+    )
+
+
 def available_stats_decoder(cfg: DataConfig) -> str:
     """stats_decoder(cfg), refused in one line when it is DALI and DALI is not installed."""
     import importlib.util
