@@ -326,3 +326,50 @@ def test_only_the_gpu_training_decoder_preallocates_and_its_pinned_memory_counts
     assert round(gpu / 2**30, 2) == 1.57 and round(pinned / 2**30, 2) == 2.09
     assert preallocated_bytes(decoder_args(gpu=True, train=False), 8) == (0, 0)
     assert preallocated_bytes(decoder_args(gpu=False, train=True), 8) == (0, 0)
+
+
+def _save_waves(path: Path, size: tuple[int, int]) -> Path:
+    """Lossless RGB waves: red varies along x (period 7 px), green along y (period 9 px), so a
+    window one pixel off in either direction changes most pixels by tens of grey levels."""
+    w, h = size
+    x = np.arange(w, dtype=np.float64)[None, :].repeat(h, 0)
+    y = np.arange(h, dtype=np.float64)[:, None].repeat(w, 1)
+    rgb = np.stack(
+        [128 + 100 * np.sin(2 * np.pi * x / 7), 128 + 100 * np.sin(2 * np.pi * y / 9), 0 * x + 90], -1
+    )
+    Image.fromarray(rgb.round().astype(np.uint8), mode="RGB").save(path, format="PNG")
+    return path
+
+
+# (width, height): odd margins that round half to an even anchor (500x375 -> 341x256, margin 117,
+# anchor 58, where half-up gives 59; 1000x300 -> 853x256, anchor 314), a long side whose scaled
+# length has a fraction above .5 (300x301 -> 256x256.85, truncated to 256; 403x300 -> 343.9, 343),
+# an odd margin whose half-up and half-even anchors agree (339x256: margin 115, anchor 58)
+TORCHVISION_GEOMETRY_SIZES = [(500, 375), (1000, 300), (300, 301), (403, 300), (339, 256)]
+
+
+@pytest.mark.parametrize("size", TORCHVISION_GEOMETRY_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_eval_resize_and_centre_crop_take_torchvisions_window(tmp_path, size):
+    """The oracle is torchvision's own Resize(256) + CenterCrop(224), the transforms its reference
+    accuracy (76.13%) was measured with: the same window, to the pixel, on every size above."""
+    from torchvision.transforms import v2
+
+    path = _save_waves(tmp_path / "waves.png", size)
+    t = _transform(train=False, image_size=224)
+    assert t.eval_resize == 256
+    (ours,), _ = _run(_loader([path], [0], t, batch_size=1))
+    oracle = v2.Compose([v2.PILToTensor(), v2.Resize(256, antialias=True), v2.CenterCrop(224)])
+    ref = oracle(Image.open(path).convert("RGB")).float() / 255
+    ours = _unnormalize(ours)[0]
+    assert ours.shape == ref.shape == (3, 224, 224)
+
+    def mean_diff(dy: int, dx: int) -> float:
+        a = ours[:, max(dy, 0) : 224 + min(dy, 0), max(dx, 0) : 224 + min(dx, 0)]
+        b = ref[:, max(-dy, 0) : 224 + min(-dy, 0), max(-dx, 0) : 224 + min(-dx, 0)]
+        return (a - b).abs().mean().item() * 255
+
+    # a window one pixel off would match better shifted by that pixel; the same window differs only
+    # by the resampling arithmetic (DALI's float filter against torchvision's), under a grey level
+    shifts = {(dy, dx): mean_diff(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+    assert min(shifts, key=shifts.get) == (0, 0), shifts
+    assert shifts[(0, 0)] < 1.0, shifts

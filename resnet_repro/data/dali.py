@@ -210,10 +210,44 @@ def _decode_and_crop(jpegs, t: Transform, decode_device: str, decode_args: dict[
     else:
         images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB, **decode_args)
         if t.train or t.eval_mode != "decode":
-            images = fn.resize(
-                images, resize_shorter=t.eval_resize, interp_type=types.INTERP_LINEAR, antialias=True
-            )
+            resized, crop_pos = torchvision_resize_and_centre(jpegs, t.eval_resize, t.image_size)
+            images = fn.resize(images, size=resized, interp_type=types.INTERP_LINEAR, antialias=True)
     return images, crop_pos
+
+
+def torchvision_resize_and_centre(jpegs, shorter: int, crop: int):
+    """torchvision's Resize(shorter) + CenterCrop(crop) geometry per image, as DALI arithmetic:
+    (the resized [H, W] for fn.resize's `size`, crop_pos_x / crop_pos_y that put
+    crop_mirror_normalize's window on torchvision's anchor).
+
+    DALI's own resize_shorter rounds the scaled longer side (307.7 -> 308) where torchvision
+    truncates it (int(shorter * long / short): 307), and its centre window rounds an odd margin's
+    half up (117 / 2 -> 59) where torchvision's int(round(margin / 2)) rounds it to even (58): left
+    as DALI does them, half the ImageNet validation images came out one pixel off torchvision's
+    window, the window its reference accuracy was measured in."""
+    import nvidia.dali.math as dmath
+    from nvidia.dali import fn, types
+
+    # the decoded shape (HWC, EXIF orientation applied as the decoder applies it), read from the
+    # file's header on the CPU, so it serves the GPU decoder as well
+    shape = fn.peek_image_shape(jpegs, dtype=types.FLOAT64)
+    height, width = shape[0], shape[1]
+    short = dmath.min(height, width)
+    # the same float64 operations as torchvision's, in the same order; the shorter side is exact
+    new_height = dmath.floor(shorter * height / short)
+    new_width = dmath.floor(shorter * width / short)
+
+    def anchor_position(length):
+        # torchvision's anchor round(margin / 2), half to even, over the margin: the position in
+        # [0, 1] whose window DALI anchors at position * margin, rounded (exact for whole anchors)
+        margin = length - crop
+        half = dmath.floor(margin / 2)
+        odd = margin - 2 * half
+        anchor = half + odd * (half - 2 * dmath.floor(half / 2))  # half + 1 where half is odd
+        return fn.cast(anchor / dmath.max(margin, 1), dtype=types.FLOAT)
+
+    size = fn.cast(fn.stack(new_height, new_width), dtype=types.FLOAT)
+    return size, {"crop_pos_x": anchor_position(new_width), "crop_pos_y": anchor_position(new_height)}
 
 
 def _mirror_and_normalize(images, t: Transform, crop_pos: dict, gpu: bool, channels_last: bool):

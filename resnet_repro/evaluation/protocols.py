@@ -7,7 +7,7 @@ outputs of its views combine into one prediction.
               image_size crops and their horizontal flips (Krizhevsky et al. 2012; He et al. 2016,
               Table 3). The geometry is torchvision's TenCrop (fb.resnet.torch's too): corners of
               the whole resized rectangle, not of its central square as in Krizhevsky et al.; its
-              centre crop rounds as torchvision does, 1 px from DALI's `center` where margins are odd
+              centre crop is `center`'s window (torchvision's, with either backend)
   multiscale  the decoded image, resized on the device so that its shorter side is each of
               eval.scales, whole (ResNet's global average pool makes it fully convolutional), and its
               flip (He et al. 2016, Table 4)
