@@ -91,6 +91,22 @@ def test_images_are_counted_from_the_file_lists_after_the_holdout(image_folder_f
     assert run["total_hours"] == pytest.approx((24 / 7 + 2 * 8 / 21) / 3600)
 
 
+def test_a_given_count_is_the_whole_training_split_and_the_holdout_is_carved_from_it(capsys):
+    """he2016 trains on ImageNet's 1,281,167 training images less its 10,000-image holdout:
+    (1,281,167 - 10,000) // 256 = 4,965 steps an epoch, as the run itself counts them; a fraction
+    is carved as the run carves it (0.01 of 1,281,167: 12,812 images)."""
+    record, table = run_plan(capsys, "experiment=he2016", *IMAGENET)
+    run = record["runs"][0]
+    assert (run["train_images"], run["steps_per_epoch"]) == (1_271_167, 4_965)
+    assert run["train_images_source"] == "plan.train_images less the holdout's 10,000 (data.holdout.size)"
+    assert "1,271,167 (plan.train_images less the holdout's 10,000" in table
+    # its final evaluation under ten crops and five scales is not in the estimate, and the table says so
+    assert run["final_protocols_not_estimated"] == ["ten_crop", "multiscale"]
+    assert "the final ten_crop and multiscale evaluation of the test split not included" in table
+    record, _ = run_plan(capsys, "experiment=imagenet_paper", "data.holdout.size=0.01", *IMAGENET)
+    assert record["runs"][0]["train_images"] == 1_281_167 - 12_812
+
+
 def test_without_data_or_a_count_the_error_names_plan_train_images(capsys):
     with pytest.raises(SystemExit) as e:
         main(["plan", "experiment=imagenet_paper", "plan.img_per_s_per_gpu=1000"])
@@ -163,7 +179,7 @@ def test_weight_decay_shrink_of_the_proxy_is_a_tenth_of_fast_16s_and_an_ema_that
     proxy, table = run_plan(
         capsys,
         "experiment=sweep_proxy",
-        "plan.train_images=123116",
+        "plan.train_images=128116",  # the subset less its 5,000-image holdout: 123,116
         "plan.img_per_s_per_gpu=2470",
         "trainer.ema.decay=0.9999",
     )

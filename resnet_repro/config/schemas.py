@@ -352,8 +352,9 @@ class BenchConfig:
 class PlanConfig:
     """Read only by `resnet-repro plan`."""
 
-    # Training images per epoch; null = count the training split under data.root (after
-    # data.exclude_files and the holdout), e.g. 1281167 for ImageNet-1K before it is downloaded
+    # Images of the training split (of its data.subset), e.g. 1281167 for ImageNet-1K before it is
+    # downloaded; the holdout (data.holdout.size) is carved from them as the run carves it. null =
+    # count the training split under data.root (after data.exclude_files and the holdout)
     train_images: int | None = None
     # Training throughput of one GPU (one process) in images/s at a plan.img_per_s_size px crop;
     # other crops (progressive resizing) scale by pixel count. null = measure it on this machine

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnet_repro.config import RootConfig, UserError, hydra_error_line, per_device_batch
+from resnet_repro.config import RootConfig, UserError, eval_protocols, hydra_error_line, per_device_batch
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # for the hint when data.root is not there yet
 
@@ -79,7 +79,8 @@ def world_size(cfg: RootConfig) -> int:
 def count_images(cfg: RootConfig) -> tuple[int, int | None, str]:
     """(training images per epoch, evaluation images per epoch or None, where the count came from)."""
     if cfg.plan.train_images is not None:
-        return cfg.plan.train_images, None, "plan.train_images"
+        images, source = given_train_images(cfg)
+        return images, None, source
     from resnet_repro.training.run_data import load_file_lists
 
     if not cfg.data.root:
@@ -96,6 +97,24 @@ def count_images(cfg: RootConfig) -> tuple[int, int | None, str]:
         ) from e
     evaluated = len(splits.test) + (len(splits.holdout) if splits.holdout is not None else 0)
     return len(splits.train), evaluated, f"file lists of {cfg.data.root}"
+
+
+def given_train_images(cfg: RootConfig) -> tuple[int, str]:
+    """(images per epoch, where the count came from) of plan.train_images: the training split as
+    a download's size says it, so the run's holdout (data.holdout.size) is carved from it here."""
+    given = cfg.plan.train_images
+    assert given is not None
+    if cfg.data.holdout.size is None:
+        return given, "plan.train_images"
+    from resnet_repro.data.holdout import holdout_count
+
+    held = holdout_count(cfg.data.holdout.size, given)
+    if held >= given:
+        raise UserError(
+            f"data.holdout.size={cfg.data.holdout.size} holds out {held:,} of plan.train_images={given:,}: "
+            "nothing is left to train on"
+        )
+    return given - held, f"plan.train_images less the holdout's {held:,} (data.holdout.size)"
 
 
 def _readable(cfg: RootConfig) -> bool:
@@ -353,6 +372,8 @@ def estimate(
         "eval_s_per_epoch": eval_s,
         "train_hours": train_s / 3600,
         "eval_hours": eval_s * cfg.trainer.epochs / 3600 if eval_s is not None else None,
+        # the test split measured once more at the end (ten crops, five scales): not estimated
+        "final_protocols_not_estimated": [p for p in eval_protocols(cfg.eval) if p != "center"],
         "total_hours": (train_s + (eval_s or 0.0) * cfg.trainer.epochs) / 3600,
     }
 
@@ -414,11 +435,13 @@ def _sweep_eval_text(runs: list[dict[str, Any]]) -> str:
 
 
 def _eval_text(r: dict[str, Any]) -> str:
+    finals = r["final_protocols_not_estimated"]
+    final = f"; the final {' and '.join(finals)} evaluation of the test split not included" if finals else ""
     if r["eval_hours"] is None:
-        return "not estimated (evaluated images unknown: give data.root)"
+        return "not estimated (evaluated images unknown: give data.root)" + final
     return (
         f"{_hours(r['eval_hours'])} ({r['eval_images_per_epoch']:,} images a epoch at {r['eval_size']} px, "
-        f"{r['eval_img_per_s_per_gpu']:,.0f} img/s per GPU: {r['eval_img_per_s_source']})"
+        f"{r['eval_img_per_s_per_gpu']:,.0f} img/s per GPU: {r['eval_img_per_s_source']})" + final
     )
 
 

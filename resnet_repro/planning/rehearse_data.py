@@ -44,7 +44,9 @@ def data_view(cfg: RootConfig, stand_in: bool = False) -> DataView:
         splits = load_file_lists(d)
         return DataView(len(splits.train), f"file lists of {d.root}", len(splits.train.classes), splits)
     if cfg.plan.train_images is not None:
-        return DataView(cfg.plan.train_images, "plan.train_images", _estimated_classes(cfg))
+        from resnet_repro.planning.plan import given_train_images
+
+        return DataView(*given_train_images(cfg), _estimated_classes(cfg))
     if d.name not in IMAGES_PER_CLASS:
         unknown = "unknown without data.root (plan.train_images=N gives it)"
         return DataView(None, unknown, _estimated_classes(cfg))
