@@ -123,46 +123,100 @@ def demo_args(demo_root: Path, run_dir: Path) -> list[str]:
     ]
 
 
-def test_run_killed_at_a_random_step_resumes_to_identical_weights_and_metrics(
-    demo_root: Path, tmp_path: Path
-):
-    ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
-    subprocess.run(
-        cli(*demo_args(demo_root, ref_dir)), check=True, capture_output=True, cwd=REPO, timeout=600
-    )
+def _tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """run_dir/tb's scalars as TensorBoard's own reader gives them (after its purges)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    proc = subprocess.Popen(
-        cli(*demo_args(demo_root, killed_dir)), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    last = killed_dir / "checkpoints" / "last.pt"
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_root: Path, tmp_path_factory) -> Path:
+    """The oracle of the kill tests: the demo run without a kill, every step logged."""
+    ref_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    args = [*demo_args(demo_root, ref_dir), "logging.log_every_steps=1"]
+    subprocess.run(cli(*args), check=True, capture_output=True, cwd=REPO, timeout=600)
+    return ref_dir
+
+
+def _kill_somewhere_and_resume(args: list[str], run_dir: Path, ref_dir: Path) -> None:
+    """Start the run, SIGKILL it at a random moment once its first last.pt exists (inside epoch 2
+    with checkpoints at epoch ends), then run the same command, which resumes."""
+    proc = subprocess.Popen(cli(*args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 300
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert proc.poll() is None, "the run finished before it could be killed"
-    # somewhere inside epoch 2: at most its training time in the reference run, so the kill lands
-    # before the run ends however fast the machine is (a fixed 2 s outlasted the run on a quiet one)
+    # at most an epoch's training time in the reference run, so the kill lands before the run ends
+    # however fast the machine is (a fixed 2 s outlasted the run on a quiet one)
     ref_rows = [json.loads(line) for line in (ref_dir / "metrics.jsonl").read_text().splitlines()]
     epoch2_s = next(r["epoch_time_s"] for r in ref_rows if r["split"] == "train" and r["epoch"] == 2)
     time.sleep(random.uniform(0.0, 0.9 * epoch2_s))
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert not (killed_dir / "final.json").exists()
+    assert not (run_dir / "final.json").exists()
 
-    resumed = subprocess.run(
-        cli(*demo_args(demo_root, killed_dir)), capture_output=True, text=True, cwd=REPO, timeout=600
-    )
+    resumed = subprocess.run(cli(*args), capture_output=True, text=True, cwd=REPO, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
 
-    ref = checkpoint.load(ref_dir / "checkpoints" / "last.pt")
-    got = checkpoint.load(last)
+
+def _assert_outputs_as_without_the_kill(run_dir: Path, ref_dir: Path) -> None:
+    """metrics.jsonl: one row per epoch and split, each with the LR its epoch began with;
+    TensorBoard (its own reader): each step's LR and gradient norm once, the LRs the oracle's."""
+    rows, ref_rows = (
+        [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        for d in (run_dir, ref_dir)
+    )
+    assert [(r["epoch"], r["split"]) for r in rows] == [(r["epoch"], r["split"]) for r in ref_rows]
+    assert [r["lr"] for r in rows] == [r["lr"] for r in ref_rows]
+    scalars, ref_scalars = _tensorboard_scalars(run_dir), _tensorboard_scalars(ref_dir)
+    for tag, events in scalars.items():
+        steps = [step for step, _ in events]
+        assert len(steps) == len(set(steps)), f"{tag}: a step logged twice: {steps}"
+    for tag in ("train/step_lr", "train/grad_norm"):
+        assert [step for step, _ in scalars[tag]] == list(range(1, 19)), tag
+    assert scalars["train/step_lr"] == ref_scalars["train/step_lr"]
+
+
+def test_run_killed_at_a_random_step_resumes_to_identical_weights_and_metrics(
+    demo_root: Path, tmp_path: Path, uninterrupted: Path
+):
+    killed_dir = tmp_path / "killed"
+    _kill_somewhere_and_resume(
+        [*demo_args(demo_root, killed_dir), "logging.log_every_steps=1"], killed_dir, uninterrupted
+    )
+
+    ref = checkpoint.load(uninterrupted / "checkpoints" / "last.pt")
+    got = checkpoint.load(killed_dir / "checkpoints" / "last.pt")
     assert got["step"] == ref["step"] == 18
     for name, tensor in ref["model"].items():
         assert torch.equal(got["model"][name], tensor), name
-    final, ref_final = (json.loads((d / "final.json").read_text()) for d in (killed_dir, ref_dir))
+    final, ref_final = (json.loads((d / "final.json").read_text()) for d in (killed_dir, uninterrupted))
     assert final["top1"] == ref_final["top1"] and final["top5"] == ref_final["top5"]
     # the same weights on the same images; the float32 loss sum may round differently in its last bits
     assert final["loss"] == pytest.approx(ref_final["loss"], rel=1e-6)
+    _assert_outputs_as_without_the_kill(killed_dir, uninterrupted)
+
+
+def test_run_killed_between_mid_epoch_checkpoints_resumes_with_each_epoch_and_step_logged_once(
+    demo_root: Path, tmp_path: Path, uninterrupted: Path
+):
+    """last.pt after every step: the kill lands mid-epoch, after rows and events of steps the
+    resumed launch trains again (a mid-epoch resume draws fresh augmentation, so the weights are
+    not the oracle's; the LRs, the rows and the steps logged are)."""
+    killed_dir = tmp_path / "killed"
+    args = [
+        *demo_args(demo_root, killed_dir),
+        "logging.log_every_steps=1",
+        "trainer.checkpoint_every_minutes=0.0001",
+    ]
+    _kill_somewhere_and_resume(args, killed_dir, uninterrupted)
+    assert checkpoint.load(killed_dir / "checkpoints" / "last.pt")["step"] == 18
+    _assert_outputs_as_without_the_kill(killed_dir, uninterrupted)
 
 
 def test_killing_one_rank_fails_the_whole_job_within_bounded_time(demo_root: Path, tmp_path: Path):

@@ -675,3 +675,105 @@ def test_linear_ramp_refuses_a_second_warm_up_and_a_peak_outside_the_run():
     with pytest.raises(UserError, match=r"schedule.peak_epoch=5.0 must be inside the run \(0, 4\)"):
         late = ScheduleConfig(name="linear_ramp", peak_epoch=5.0)
         build_scheduler(late, StabilizerConfig(), opt, steps_per_epoch=5, epochs=4)
+
+
+def _tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of run_dir/tb as TensorBoard's own reader gives it: (step, value) per event,
+    after its purge of events a resumed writer superseded."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_an_epoch_resumed_mid_way_logs_the_lr_it_began_with_and_every_steps_gradient_norm(tmp_path: Path):
+    """The oracle is the same epoch run without a stop: a launch stopped after step 3 of 8 and a
+    second one resuming from its last.pt give the epoch the LR it began with (warm-up raises it every
+    step), and TensorBoard holds each of the 8 steps' gradient norms once, equal to the oracle's."""
+    from resnet_repro.training.metrics import MetricsLogger
+
+    cfg = tiny_cfg(warmup_epochs=0.9)  # 7 warm-up steps of the 8: the LR rises step by step
+    cfg.logging.tensorboard = True
+
+    def launch(run_dir: Path) -> Parts:
+        parts = make_parts(Tiny(), cfg, run_dir)
+        parts.logger = MetricsLogger(run_dir, cfg.logging)
+        return parts
+
+    ref = launch(tmp_path / "ref")
+    expected = run_epoch(ref, cfg, batches())
+    ref.logger.close()
+    ref.interrupts.close()
+
+    run_dir = tmp_path / "stopped"
+    first = launch(run_dir)
+
+    class StopAfterStep3(list):
+        def __iter__(self):
+            for i, batch in enumerate(list.__iter__(self)):
+                if i == 2:  # a signal during step 3: the loop looks for one after each step
+                    first.interrupts.watch.received = "SIGTERM"
+                yield batch
+
+    assert run_epoch(first, cfg, StopAfterStep3(batches())) is None
+    first.logger.close()
+    first.interrupts.close()
+
+    second = launch(run_dir)
+    second.state.load_state_dict(torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False))
+    second.logger.continue_from(second.state.epoch, second.state.step)
+    assert (second.state.epoch_step, second.state.step) == (3, 3)
+    got = run_epoch(second, cfg, batches()[3:])
+    second.logger.close()
+    second.interrupts.close()
+
+    assert got["lr"] == pytest.approx(expected["lr"], rel=1e-12)
+    assert got["lr"] != pytest.approx(got["lr_end"])  # the warm-up did move it during the epoch
+    norms, ref_norms = (_tensorboard_scalars(d)["train/grad_norm"] for d in (run_dir, tmp_path / "ref"))
+    assert [step for step, _ in norms] == list(range(1, 9))
+    assert [v for _, v in norms] == pytest.approx([v for _, v in ref_norms], rel=1e-6)
+
+
+def test_a_resumed_launch_sets_aside_the_rows_its_checkpoint_does_not_cover_and_hides_later_events(
+    tmp_path: Path,
+):
+    """A launch killed after its checkpoint at step 6 (epoch 1 done) had written epoch 2's rows, a
+    final evaluation row, half a line and step events up to 8; the launch resumed from step 6 writes
+    epoch 2 again. metrics.jsonl keeps one row per epoch and split, the newer; the older rows go to
+    metrics.superseded.jsonl; TensorBoard's reader shows each step once, the resumed launch's."""
+    from resnet_repro.training.metrics import MetricsLogger
+
+    cfg = LoggingConfig(tensorboard=True, progress=False)
+    killed = MetricsLogger(tmp_path, cfg)
+    for epoch, step in ((1, 4), (2, 8)):
+        for split in ("train", "val"):
+            killed.record({"epoch": epoch, "split": split, "step": step, "loss": 1.0}, step)
+    killed.record({"epoch": 2, "split": "val-ten_crop", "step": 8, "top1": 0.5}, 8)
+    for step in range(1, 9):
+        killed.scalar("train/step_loss", 1.0, step)
+    killed.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "spl')  # the kill cut the line
+
+    resumed = MetricsLogger(tmp_path, cfg)
+    resumed.continue_from(1, 6, ["val-ten_crop"])
+    for step in (7, 8):
+        resumed.scalar("train/step_loss", 2.0, step)
+    for split in ("train", "val"):
+        resumed.record({"epoch": 2, "split": split, "step": 8, "loss": 2.0}, 8)
+    resumed.close()
+
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["split"], r["loss"]) for r in rows] == [
+        (1, "train", 1.0),
+        (1, "val", 1.0),
+        (2, "train", 2.0),
+        (2, "val", 2.0),
+    ]
+    aside = (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()
+    assert [json.loads(line)["split"] for line in aside[:3]] == ["train", "val", "val-ten_crop"]
+    assert aside[3] == '{"epoch": 3, "spl'
+    scalars = _tensorboard_scalars(tmp_path)
+    assert scalars["train/step_loss"] == [(s, 1.0) for s in range(1, 7)] + [(7, 2.0), (8, 2.0)]
+    assert scalars["val/loss"] == [(4, 1.0), (8, 2.0)]

@@ -22,6 +22,7 @@ CHECKPOINT_KEYS = {
     "step",
     "epoch_step",
     "epoch_skipped",
+    "epoch_lr",
     "best_top1",
     "rng",
     "config",
@@ -67,7 +68,7 @@ def test_load_state_dict_restores_weights_optimizer_schedule_position_and_rng():
         trained.optimizer.step()
         trained.schedule.step()
     trained.epoch, trained.step, trained.epoch_step, trained.epoch_skipped = 1, 5, 1, 1
-    trained.best_top1, trained.stopped = 0.25, "early stop"
+    trained.best_top1, trained.stopped, trained.epoch_lr = 0.25, "early stop", 0.0375
     saved = trained.state_dict()
     expected_draw = torch.rand(3)  # what the generator gives after the save
 
@@ -80,7 +81,7 @@ def test_load_state_dict_restores_weights_optimizer_schedule_position_and_rng():
         momentum, [trained.optimizer.state[p]["momentum_buffer"] for p in trained.net.parameters()]
     )
     assert (fresh.epoch, fresh.step, fresh.epoch_step, fresh.epoch_skipped) == (1, 5, 1, 1)
-    assert (fresh.best_top1, fresh.stopped) == (0.25, "early stop")
+    assert (fresh.best_top1, fresh.stopped, fresh.epoch_lr) == (0.25, "early stop", 0.0375)
     torch.testing.assert_close(torch.rand(3), expected_draw, rtol=0, atol=0)
 
 

@@ -396,7 +396,10 @@ def test_sigusr1_saves_a_checkpoint_requeues_the_slurm_job_once_and_the_rerun_re
     preempted = json.loads((run_dir / "preempted.json").read_text())
     assert preempted["requeued"] is True
     assert preempted["signal"] == "SIGUSR1"
-    assert (preempted["epoch"], preempted["epoch_step"]) == (state["epoch"], state["epoch_step"])
+    # the epoch in progress counted from 1, as the log line counts it; the checkpoint counts epochs done
+    assert preempted["epochs_from"] == 1
+    assert (preempted["epoch"], preempted["epoch_step"]) == (state["epoch"] + 1, state["epoch_step"])
+    assert f"epoch {preempted['epoch']}, step {preempted['epoch_step']} of the epoch" == preempted["where"]
     # the job's state is asked first (a cancel must not requeue); the fake knows no job: requeue
     assert [line for line in log_lines(scontrol_log) if "requeue" in line] == ["requeue 999"]
     assert not (run_dir / "final.json").exists()
@@ -418,6 +421,9 @@ def test_sigusr1_saves_a_checkpoint_requeues_the_slurm_job_once_and_the_rerun_re
     final = json.loads((run_dir / "final.json").read_text())
     assert final["epochs"] == 3
     assert not (run_dir / "preempted.json").exists()  # a finished run no longer reports a preemption
+    # but its history keeps the stop
+    (stop,) = read_jsonl(run_dir / "stops.jsonl")
+    assert stop == preempted
     # the unsignalled rerun requeued nothing
     assert [line for line in log_lines(scontrol_log) if "requeue" in line] == ["requeue 999"]
 
@@ -444,8 +450,8 @@ def test_preemption_on_the_last_step_of_an_epoch_resumes_and_finishes(demo_root:
     preempted = json.loads((run_dir / "preempted.json").read_text())
     assert preempted["requeued"] is False and preempted["why"] == "not a SLURM job"
     assert preempted["resume"].endswith(f"hydra.run.dir={run_dir}")
-    position = (preempted["epoch"], preempted["epoch_step"])
-    assert position in {(0, 1), (1, 1), (2, 1), (1, 0), (2, 0)}, position
+    position = (preempted["epoch"], preempted["epoch_step"])  # the epoch counted from 1
+    assert position in {(1, 1), (2, 1), (3, 1), (2, 0), (3, 0)}, position
 
     second = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     second_text = second.stdout + second.stderr

@@ -173,12 +173,18 @@ def after_preemption(
         log.warning(f"stopped by {interrupts.stopped_by} at {where}; checkpoint {last}; {then}: {why}")
         outcome = {
             "signal": interrupts.stopped_by,
-            "epoch": epoch,
+            "epoch": epoch + 1,  # the epoch in progress, counted from 1 as the log and metrics.jsonl count
+            "epochs_from": 1,
             "epoch_step": epoch_step,
+            "where": where,
             "requeued": requeued,
             "why": why,
             "slurm_job": job,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        # every stop of the run, kept after the run finishes (which removes preempted.json)
+        with open(run_dir / "stops.jsonl", "a") as history:
+            history.write(json.dumps(outcome) + "\n")
         checkpoint.write_text_atomic(run_dir / "preempted.json", json.dumps(outcome) + "\n")
     requeued, why, wait_s = distributed.broadcast_object(env, (requeued, why, wait_s))  # type: ignore[misc]
     distributed.barrier(env)

@@ -45,6 +45,7 @@ class Parts:
 
     def save(self, name: str = "last.pt") -> None:
         if self.ckpt_dir is not None:
+            self.logger.flush()  # tb/ holds every step the checkpoint holds
             self.state.save(self.ckpt_dir / name)
 
 
@@ -146,6 +147,20 @@ class EpochTally:
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)
         self.norms: list[torch.Tensor] = []
+        self.logged = 0  # norms already in TensorBoard
+
+    def log_norms(self, logger: MetricsLogger | NullLogger, step: int) -> torch.Tensor:
+        """Every norm of the epoch so far (one read from the device); those not yet logged go to
+        TensorBoard as train/grad_norm at their steps (`step`: the last one's). At the epoch's end and
+        before a checkpoint, so that a launch resumed from it finds each step's norm in tb/ once."""
+        if not self.norms:
+            return torch.zeros(0)
+        values = torch.stack(self.norms).float().cpu()
+        new = values[self.logged :].tolist()
+        for i, value in enumerate(new):
+            logger.scalar("train/grad_norm", value, step - len(new) + i + 1)
+        self.logged = len(self.norms)
+        return values
 
     def add(self, out: StepResult, labels: torch.Tensor) -> None:
         self.norms.append(out.grad_norm.detach())
@@ -170,7 +185,9 @@ def train_one_epoch(
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     tally = EpochTally(device)
     epoch_steps = state.epoch_step + len(loader)
-    epoch_lr = state.schedule.lr
+    if state.epoch_step == 0 or state.epoch_lr is None:  # None: a checkpoint from before it was kept
+        state.epoch_lr = state.schedule.lr
+    epoch_lr = state.epoch_lr  # the LR the epoch began with, over a mid-epoch resume too
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timer = StepTimer()
@@ -182,6 +199,7 @@ def train_one_epoch(
         try:
             out = train_step(parts, settings, images, labels, env)
         except NonFiniteError:
+            tally.log_norms(parts.logger, state.step)
             parts.save()  # the update was not applied: this is the last good state
             raise
         state.step += 1
@@ -198,9 +216,12 @@ def train_one_epoch(
             if last:  # acted on before the epoch's evaluation, which the resumed run does
                 elapsed = time.perf_counter() - start
                 state.epoch_metrics = _epoch_metrics(parts, cfg, env, device, tally, epoch_lr, elapsed, timer)
+            else:
+                tally.log_norms(parts.logger, state.step)
             parts.save()
             return None
         if not last and parts.interrupts.save_due():
+            tally.log_norms(parts.logger, state.step)
             parts.save()
     elapsed = time.perf_counter() - start
 
@@ -228,10 +249,7 @@ def _epoch_metrics(
         if env.is_main:
             parts.guard.mark_stopped()
         raise NonFiniteError(_all_skipped_words(parts, len(norms)))
-    norm_values = torch.stack(norms).float().cpu()
-    step = parts.state.step
-    for i, value in enumerate(norm_values.tolist()):
-        parts.logger.scalar("train/grad_norm", value, step - len(norms) + i + 1)
+    norm_values = tally.log_norms(parts.logger, parts.state.step)
     return {
         "loss": loss_sum / seen,
         "top1": correct / seen,

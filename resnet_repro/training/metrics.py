@@ -7,53 +7,112 @@ import math
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from resnet_repro import __version__
+from resnet_repro.checkpoint import write_text_atomic
 from resnet_repro.config import LoggingConfig, RootConfig
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 
 
 class MetricsLogger:
-    """Writes `<run_dir>/metrics.jsonl` (one JSON object a line) and `<run_dir>/tb` events."""
+    """Writes `<run_dir>/metrics.jsonl` (one JSON object a line) and `<run_dir>/tb` events; both
+    files are opened on first use, after `continue_from` when a launch resumes."""
 
     def __init__(self, run_dir: Path, cfg: LoggingConfig) -> None:
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
-        self._tb = None
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        (run_dir / "metrics.jsonl").touch()
+        self._jsonl: Any = None
+        self._tensorboard = cfg.tensorboard
+        self._tb: Any = None
+        self._purge_step: int | None = None
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+    def continue_from(self, epochs_done: int, step: int, final_splits: Collection[str] = ()) -> None:
+        """A resumed launch takes over the outputs from its checkpoint: `epochs_done` epochs and
+        `step` steps. What a launch wrote after its last checkpoint, this one writes again, so:
+        metrics.jsonl rows the checkpoint does not cover (an epoch whose rows were written but not
+        its checkpoint, the final evaluation's rows `final_splits`, a line cut by a kill) move to
+        metrics.superseded.jsonl, and TensorBoard hides the events of steps after `step`
+        (SummaryWriter's purge_step; its reader drops them)."""
+        if self._jsonl is not None or self._tb is not None:
+            raise RuntimeError("continue_from must come before the first row or event")
+        path = self.run_dir / "metrics.jsonl"
+        kept, superseded = [], []
+        lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            covered = isinstance(row, dict) and _covered(row, epochs_done, step, final_splits)
+            (kept if covered else superseded).append(line)
+        if superseded:
+            with open(self.run_dir / "metrics.superseded.jsonl", "a") as out:
+                out.write("".join(line + "\n" for line in superseded))
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
+        self._purge_step = step + 1
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        if self._tb is not None and math.isfinite(value):
-            self._tb.add_scalar(tag, value, step)
+        if self._tensorboard and math.isfinite(value):
+            self._writer().add_scalar(tag, value, step)
 
     def text(self, tag: str, text: str) -> None:
-        if self._tb is not None:
-            self._tb.add_text(tag, text)
+        if self._tensorboard:
+            self._writer().add_text(tag, text)
 
     def record(self, row: dict[str, Any], step: int) -> None:
         """One metrics.jsonl line; numeric fields also go to TensorBoard as <split>/<key>."""
+        if self._jsonl is None:
+            self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
         self._jsonl.write(json.dumps(row) + "\n")
         split = row.get("split", "misc")
         for key, value in row.items():
             if key not in ("epoch", "split", "step") and isinstance(value, (int, float)):
                 self.scalar(f"{split}/{key}", float(value), step)
 
+    def flush(self) -> None:
+        """TensorBoard's queued events to disk (metrics.jsonl is written line by line): before each
+        checkpoint, so that a launch killed after it leaves every step up to it in tb/."""
+        if self._tb is not None:
+            self._tb.flush()
+
     def close(self) -> None:
-        self._jsonl.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+    def _writer(self) -> Any:
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=self._purge_step)
+        return self._tb
+
+
+def _covered(row: dict[str, Any], epochs_done: int, step: int, final_splits: Collection[str]) -> bool:
+    """Whether a checkpoint of `epochs_done` epochs and `step` steps covers a metrics.jsonl row."""
+    epoch, row_step = row.get("epoch"), row.get("step")
+    if isinstance(epoch, int) and epoch > epochs_done:  # epochs count from 1 in the rows
+        return False
+    if isinstance(row_step, int) and row_step > step:
+        return False
+    return row.get("split") not in final_splits
 
 
 class NullLogger:
     """Same interface; does nothing (ranks other than 0)."""
+
+    def continue_from(self, epochs_done: int, step: int, final_splits: Collection[str] = ()) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         pass

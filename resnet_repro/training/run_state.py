@@ -13,6 +13,7 @@ Checkpoint keys (the file format; `resnet-repro eval` and older files rely on th
     classes                                           the class names, in the order of the model's outputs
     ema                                               the weight average (only with trainer.ema.decay)
     epoch_metrics                                     train metrics of a trained, unevaluated epoch
+    epoch_lr                                          the LR epoch `epoch` began with (its rows' `lr`)
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ class RunState:
     # the train metrics of epoch `epoch` when all its steps are done but its evaluation is not (a
     # stop on its last step is acted on before the evaluation); None otherwise
     epoch_metrics: dict[str, float] | None = None
+    # the LR epoch `epoch` began with, which its metrics rows report; None until an epoch begins
+    epoch_lr: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
@@ -93,6 +96,7 @@ class RunState:
             "version": __version__,
             "stopped": self.stopped,
             "job": self.job,
+            "epoch_lr": self.epoch_lr,
         }
         if self.classes is not None:  # `eval` and a resume refuse data of other classes
             state["classes"] = list(self.classes)
@@ -121,6 +125,7 @@ class RunState:
         self.epoch_skipped = int(state.get("epoch_skipped", 0))  # absent in older checkpoints
         self.stopped = state.get("stopped")
         self.epoch_metrics = state.get("epoch_metrics")
+        self.epoch_lr = state.get("epoch_lr")  # absent in older checkpoints: the resumed LR stands in
         if self.ema is not None and "ema" in state:  # a run that had none starts its average here
             self.ema.load_state_dict(state["ema"])
         checkpoint.set_rng_state(state["rng"])

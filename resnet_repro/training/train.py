@@ -23,7 +23,7 @@ from resnet_repro import checkpoint
 from resnet_repro.cluster import distributed
 from resnet_repro.cluster.distributed import DistEnv
 from resnet_repro.cluster.preemption import Interrupts, after_preemption
-from resnet_repro.config import RootConfig, UserError, eval_protocols, to_dataclass, validate
+from resnet_repro.config import EVAL_PROTOCOLS, RootConfig, UserError, eval_protocols, to_dataclass, validate
 from resnet_repro.data import progressive, subset
 from resnet_repro.data.selection import Normalization
 from resnet_repro.evaluation.protocols import describe as describe_protocol
@@ -318,6 +318,8 @@ def _resume(parts: Parts, cfg: RootConfig, run_dir: Path, env: DistEnv, data: Ru
             f"checkpoint {resume_from} does not fit this run's model or optimizer: {first}"
         ) from e
     state = parts.state
+    finals = [f"{cfg.data.eval_split}-{protocol}" for protocol in EVAL_PROTOCOLS]  # written again
+    parts.logger.continue_from(state.epoch, state.step, finals)
     log.info(
         f"resumed from {resume_from}: epoch {state.epoch + 1}, step {state.step} "
         f"({state.epoch_step} into the epoch)"
@@ -455,7 +457,7 @@ def _jump(state: RunState, step: int, steps_per_epoch: int) -> None:
     for _ in range(step - state.step):
         state.schedule.step()
     if step > state.step:  # a new position, in an epoch of its own as far as skips go
-        state.epoch_skipped = 0
+        state.epoch_skipped, state.epoch_lr = 0, None
     state.step = max(state.step, step)
     state.epoch, state.epoch_step = divmod(state.step, steps_per_epoch)
 
