@@ -52,6 +52,28 @@ def test_each_bench_mode_measures_and_writes_json(mode: str, demo_root: Path, tm
     assert mode in format_table(record)
 
 
+def test_a_json_path_that_cannot_be_written_is_refused_before_the_measurement(
+    demo_root, tmp_path, monkeypatch
+):
+    """A folder given as bench.json, or a path under a file: refused first, not after the minutes
+    of measuring that it would throw away."""
+    from resnet_repro.config import UserError
+    from resnet_repro.planning import bench
+
+    measured = []
+    monkeypatch.setitem(bench._BENCHES, "model", lambda *a: measured.append(a) or {})
+    (tmp_path / "notes").write_text("keep")
+    for path, words in (
+        (tmp_path, "is a folder"),
+        (tmp_path / "notes" / "b.json", "is a file, not a folder"),
+    ):
+        cfg = tiny("model", demo_root, tmp_path)
+        cfg.bench.json = str(path)
+        with pytest.raises(UserError, match=words):
+            run_bench(cfg, tmp_path)
+    assert measured == [] and (tmp_path / "notes").read_text() == "keep"
+
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -245,6 +245,13 @@ def test_missing_damaged_or_incomplete_archives_are_one_line_errors(tmp_path, ar
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(UserError, match="cannot read the CIFAR-10 archive .*cut.tar.gz"):
         prepare_cifar10(cut, out)
+    for name, data in (("notes.tar.gz", b"not an archive"), ("empty.tar.gz", b"")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UserError) as refused:  # tarfile lists each compression it tried, a line each
+            prepare_cifar10(tmp_path / name, out)
+        assert len(str(refused.value).splitlines()) == 1 and name in str(refused.value)
+    with pytest.raises(UserError, match="is a folder, not the archive"):
+        prepare_cifar10(tmp_path, out)
     partial = tmp_path / "no_test.tar.gz"
     write_cifar_archive(partial, skip="test_batch")
     with pytest.raises(UserError, match="no cifar-10-batches-py/test_batch"):

@@ -219,6 +219,15 @@ def test_make_demo_data_into_a_foreign_folder_is_one_line_and_deletes_nothing(tm
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
+def test_make_demo_data_where_the_file_system_refuses_it_is_one_line(capsys):
+    """/proc passes the permission checks (root may write anywhere) and refuses every new file."""
+    code, err = run_main(["make-demo-data", "--out", "/proc/no-demo-here"], capsys)
+    assert code == 2
+    assert one_error_line(err).startswith(
+        "resnet-repro: error: the demo data cannot be written to /proc/no-demo-here: "
+    )
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

@@ -431,3 +431,43 @@ def test_a_null_holdout_seed_follows_trainer_seed_so_a_seed_sweep_varies_the_hol
     s2, h2 = holdout("trainer.seed=2", "data.holdout.seed=null")
     assert (s1, s2) == (1, 2) and h1 != h2
     assert holdout("trainer.seed=2", "data.holdout.seed=2") == (s2, h2)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "optim.lr_per_256=nan",
+        "optim.lr_per_256=inf",
+        "optim.weight_decay=nan",
+        "optim.weight_decay=inf",
+        "stabilizer.max_norm=nan",
+        "stabilizer.max_norm=inf",
+        "stabilizer.warmup_epochs=nan",
+        "schedule.gamma=nan",
+        "plan.img_per_s_per_gpu=nan",
+        "plan.img_per_s_per_gpu=inf",
+        "data.crop_ratio=nan",
+    ],
+)
+def test_a_number_that_is_not_finite_is_refused_naming_its_key(override, tmp_path):
+    """nan or inf in any numeric setting: refused before anything runs, not trained on until a
+    non-finite loss names another value (or, for a max norm, read as "clip nothing")."""
+    key = override.split("=")[0]
+    with pytest.raises(UserError, match=rf"^{re.escape(key)}=(nan|inf) must be a finite number$"):
+        _composed_ok([override], tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("schedule.gamma=0", "schedule.gamma=0.0 must be in (0, 1]"),
+        ("schedule.gamma=-1", "schedule.gamma=-1.0 must be in (0, 1]"),
+        ("schedule.gamma=2", "schedule.gamma=2.0 must be in (0, 1]"),
+        ("trainer.seed=-1", "trainer.seed=-1 must be >= 0"),
+        ("bench.min_images=0", "bench.min_images=0 must be >= 1"),
+        ("bench.warmup=-1", "bench.warmup=-1 must be >= 0"),
+    ],
+)
+def test_out_of_range_decay_factor_seed_and_bench_counts_are_refused(override, words, tmp_path):
+    with pytest.raises(UserError, match=re.escape(words)):
+        _composed_ok([override], tmp_path)

@@ -327,6 +327,9 @@ def test_off_values_and_their_place_on_the_axis():
     assert not any(seeds.is_off(t) for t in ("1", "0.5", "sgd"))
     assert seeds.value_order(["2", "null", "10", "1"]) == ["null", "1", "2", "10"]
     assert seeds.value_order(["2", "null", "10", "1"], off_last=True) == ["1", "2", "10", "null"]
+    # a job whose point lacks the axis (None) beside one that names null: both off, in a fixed order
+    assert seeds.value_order(["1", None, "null"], off_last=True) == ["1", None, "null"]
+    assert seeds.value_order(["1", None, "null"]) == [None, "null", "1"]
 
 
 # ----------------------------------------------------------- calibration on sweeps of known truth

@@ -219,6 +219,92 @@ def test_run_killed_between_mid_epoch_checkpoints_resumes_with_each_epoch_and_st
     _assert_outputs_as_without_the_kill(killed_dir, uninterrupted)
 
 
+def test_a_rerun_after_a_launch_that_failed_before_its_first_checkpoint_logs_each_step_once(
+    demo_root: Path, tmp_path: Path
+):
+    """The first launch trains epoch 1, then its evaluation meets a cut JPEG (an error, exit 2,
+    no last.pt); with the file mended the same command starts afresh in the same directory. The
+    first launch's rows and events are not the run's: metrics.jsonl has one row per epoch and
+    split, TensorBoard (its own reader) one value per step."""
+    import shutil
+
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "train").symlink_to(demo_root / "train")
+    shutil.copytree(demo_root / "val", root / "val")
+    shutil.copy(demo_root / ".complete", root)  # the demo's own data, as make-demo-data leaves it
+    victim = sorted((root / "val").rglob("*.JPEG"))[0]
+    whole = victim.read_bytes()
+    victim.write_bytes(whole[: len(whole) // 3])
+    run_dir = tmp_path / "run"
+    args = [
+        *demo_args(root, run_dir),
+        "trainer.epochs=1",
+        "stabilizer.warmup_epochs=0",
+        "data.backend=torchvision",
+        "data.num_threads=1",
+        "logging.log_every_steps=1",
+    ]
+    failed = subprocess.run(cli(*args), capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    assert not (run_dir / "checkpoints" / "last.pt").exists()
+    assert [step for step, _ in _tensorboard_scalars(run_dir)["train/step_lr"]] == list(range(1, 7))
+
+    victim.write_bytes(whole)
+    again = subprocess.run(cli(*args), capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["split"]) for r in rows] == [(1, "train"), (1, "val")]
+    for tag, events in _tensorboard_scalars(run_dir).items():
+        steps = [step for step, _ in events]
+        assert len(steps) == len(set(steps)), f"{tag}: a step logged twice: {steps}"
+
+
+def test_a_disk_that_fills_during_the_run_is_one_error_line_and_last_pt_stays_whole(
+    demo_root: Path, tmp_path: Path
+):
+    """A real file system that fills up: a 300 MB tmpfs, filled once the first last.pt is
+    written. The run ends with one line naming the device and how to go on, exit 2; the
+    checkpoint it had is still whole and loads."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(mnt)], capture_output=True
+    ).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        run_dir = mnt / "run"
+        args = [
+            *demo_args(demo_root, run_dir),
+            "trainer.epochs=4",
+            "stabilizer.warmup_epochs=0",
+            "data.max_eval_images=32",
+        ]
+        proc = subprocess.Popen(
+            cli(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        last = run_dir / "checkpoints" / "last.pt"
+        deadline = time.monotonic() + 300
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with open(mnt / "filler", "wb") as filler:  # every byte left
+            try:
+                while True:
+                    filler.write(b"\0" * 2**20)
+                    filler.flush()
+            except OSError:
+                pass
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, err[-3000:]
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        assert lines[-1].startswith("resnet-repro: error: no space left on the device of "), err[-3000:]
+        assert "run the same command again" in lines[-1]
+        assert "Traceback" not in out + err and "Error executing job" not in out + err
+        assert checkpoint.load(last)["step"] >= 6
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
 def test_killing_one_rank_fails_the_whole_job_within_bounded_time(demo_root: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
     args = demo_args(demo_root, run_dir) + [

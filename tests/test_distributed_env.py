@@ -287,3 +287,39 @@ def test_workers_started_by_a_batch_shell_are_warned_that_the_b_signal_would_kil
     assert (warning is not None) == warned
     if warned:
         assert "exec resnet-repro train" in warning and parent in warning
+
+
+@pytest.mark.parametrize(
+    ("epoch", "epoch_step", "recorded", "words"),
+    [
+        (1, 7, (2, 7), "epoch 2, step 7 of the epoch"),
+        (3, 0, (None, None), "the end of the last epoch, before the final evaluation"),
+    ],
+)
+def test_a_stop_records_the_epoch_counted_from_1_and_every_stop_stays_in_the_history(
+    tmp_path, monkeypatch, epoch, epoch_step, recorded, words
+):
+    """A 3-epoch run stopped in its second epoch, or after its last (before the final evaluation):
+    preempted.json names the epoch as the log does, never an epoch 4 of 3; stops.jsonl keeps each stop."""
+    import json
+
+    import torch
+
+    from resnet_repro.cluster.preemption import Interrupts, after_preemption
+    from resnet_repro.config import RootConfig, TrainerConfig
+
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    cfg = RootConfig(trainer=TrainerConfig(epochs=3))
+    interrupts = Interrupts(cfg, DistEnv(), torch.device("cpu"))
+    interrupts.stopped_by = "SIGTERM"
+    try:
+        for _ in range(2):
+            after_preemption(cfg, DistEnv(), tmp_path, interrupts, epoch, epoch_step)
+    finally:
+        interrupts.close()
+    saved = json.loads((tmp_path / "preempted.json").read_text())
+    assert (saved["epoch"], saved["epoch_step"], saved["where"]) == (*recorded, words)
+    assert saved["epochs_from"] == 1 and saved["requeued"] is False
+    history = [json.loads(line) for line in (tmp_path / "stops.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and history[-1] == saved

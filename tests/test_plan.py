@@ -101,10 +101,30 @@ def test_a_given_count_is_the_whole_training_split_and_the_holdout_is_carved_fro
     assert run["train_images_source"] == "plan.train_images less the holdout's 10,000 (data.holdout.size)"
     assert "1,271,167 (plan.train_images less the holdout's 10,000" in table
     # its final evaluation under ten crops and five scales is not in the estimate, and the table says so
-    assert run["final_protocols_not_estimated"] == ["ten_crop", "multiscale"]
-    assert "the final ten_crop and multiscale evaluation of the test split not included" in table
+    assert run["final_evaluation_not_estimated"] == "ten_crop and multiscale with flips"
+    assert "the final ten_crop and multiscale with flips evaluation of the test split not included" in table
+    record, table = run_plan(capsys, "experiment=imagenet_paper", "eval.hflip=true", *IMAGENET)
+    assert record["runs"][0]["final_evaluation_not_estimated"] == "center with flips"
+    record, table = run_plan(capsys, "experiment=imagenet_paper", *IMAGENET)
+    assert record["runs"][0]["final_evaluation_not_estimated"] is None and "the final" not in table
     record, _ = run_plan(capsys, "experiment=imagenet_paper", "data.holdout.size=0.01", *IMAGENET)
     assert record["runs"][0]["train_images"] == 1_281_167 - 12_812
+    # a holdout that would leave a class without an image is refused, as the run refuses it
+    with pytest.raises(SystemExit) as stop:
+        main(
+            [
+                "plan",
+                "experiment=imagenet_paper",
+                "plan.train_images=5000",
+                "data.holdout.size=4500",
+                *IMAGENET[1:],
+            ]
+        )
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "data.holdout.size=4500 asks for 4500 of about 5000 training images" in err
+    assert "at most 4000 can be held out while each of the 1000 classes keeps one image" in err
 
 
 def test_without_data_or_a_count_the_error_names_plan_train_images(capsys):
@@ -274,3 +294,16 @@ def test_a_sweep_table_prints_each_jobs_weight_decay_shrink(capsys):
     header = table.splitlines()[1]
     assert "wd shrink" in header
     assert f"{shrinks[0]:.3g}" in table.splitlines()[2] and f"{shrinks[1]:.3g}" in table.splitlines()[3]
+
+
+def test_step_milestones_at_or_after_the_last_epoch_are_a_warning_naming_them(capsys):
+    """A milestone at or after the last epoch never cuts the LR (a preset's [30, 60] in a 40-epoch
+    run): not an error, since smoke runs of a preset shorten it on purpose, but said."""
+    record, table = run_plan(capsys, "experiment=imagenet_paper", "trainer.epochs=40", *IMAGENET)
+    said = (
+        "warning: schedule.milestones [60] are at or after the last epoch (40): the LR is never "
+        "multiplied by 0.1 there"
+    )
+    assert said in table
+    _, table = run_plan(capsys, "experiment=imagenet_paper", *IMAGENET)
+    assert "schedule.milestones" not in table

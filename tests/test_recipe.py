@@ -777,3 +777,62 @@ def test_a_resumed_launch_sets_aside_the_rows_its_checkpoint_does_not_cover_and_
     scalars = _tensorboard_scalars(tmp_path)
     assert scalars["train/step_loss"] == [(s, 1.0) for s in range(1, 7)] + [(7, 2.0), (8, 2.0)]
     assert scalars["val/loss"] == [(4, 1.0), (8, 2.0)]
+
+
+def test_rows_written_again_at_the_checkpoints_own_step_keep_their_one_tensorboard_value(tmp_path: Path):
+    """A finished run (checkpoint at step 8) rerun with a final ten-crop evaluation, or a launch
+    killed after the rows of an epoch whose steps its checkpoint already held: the rows at step 8
+    are written again. metrics.jsonl keeps the newer row; TensorBoard keeps one value per step."""
+    from resnet_repro.training.metrics import MetricsLogger
+
+    cfg = LoggingConfig(tensorboard=True, progress=False)
+    first = MetricsLogger(tmp_path, cfg)
+    first.record({"epoch": 1, "split": "val", "step": 8, "top1": 0.5}, 8)
+    first.record({"epoch": 1, "split": "val-ten_crop", "step": 8, "top1": 0.6}, 8)
+    first.close()
+    again = MetricsLogger(tmp_path, cfg)
+    again.continue_from(1, 8, ["val-ten_crop"])
+    again.record({"epoch": 1, "split": "val-ten_crop", "step": 8, "top1": 0.6}, 8)
+    again.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["top1"]) for r in rows] == [("val", 0.5), ("val-ten_crop", 0.6)]
+    scalars = _tensorboard_scalars(tmp_path)
+    assert scalars["val/top1"] == [(8, 0.5)] and scalars["val-ten_crop/top1"] == [(8, pytest.approx(0.6))]
+
+    # stopped on step 8, the last of epoch 1 (its checkpoint holds the epoch's train metrics, not
+    # yet its rows); the resumed launch wrote the rows and was killed before its next checkpoint
+    run_dir = tmp_path / "stopped"
+    for _ in range(2):
+        launch = MetricsLogger(run_dir, cfg)
+        launch.continue_from(0, 8)
+        launch.record({"epoch": 1, "split": "val", "step": 8, "top1": 0.5}, 8)
+        launch.close()
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+    assert _tensorboard_scalars(run_dir)["val/top1"] == [(8, 0.5)]
+
+
+def test_a_fresh_start_in_a_used_run_directory_sets_aside_its_rows_and_hides_its_events(tmp_path: Path):
+    """A launch that failed before its first checkpoint (or trainer.resume=never, or another run's
+    checkpoint, in a used directory): the next launch starts its outputs afresh."""
+    from resnet_repro.training.metrics import MetricsLogger
+
+    cfg = LoggingConfig(tensorboard=True, progress=False)
+    failed = MetricsLogger(tmp_path, cfg)
+    for step in (1, 2):
+        failed.scalar("train/step_lr", 0.1, step)
+    failed.record({"epoch": 1, "split": "train", "step": 2, "loss": 1.0}, 2)
+    failed.close()
+    fresh = MetricsLogger(tmp_path, cfg)
+    fresh.start_afresh()
+    for step in (1, 2):
+        fresh.scalar("train/step_lr", 0.2, step)
+    fresh.record({"epoch": 1, "split": "train", "step": 2, "loss": 2.0}, 2)
+    fresh.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows] == [2.0]
+    assert [
+        json.loads(line)["loss"] for line in (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()
+    ] == [1.0]
+    scalars = _tensorboard_scalars(tmp_path)
+    assert scalars["train/step_lr"] == [(1, pytest.approx(0.2)), (2, pytest.approx(0.2))]
+    assert scalars["train/loss"] == [(2, 2.0)]

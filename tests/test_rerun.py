@@ -117,6 +117,28 @@ def test_a_rerun_id_follows_the_runs_identity_not_its_run_control():
     assert len({same, rid("trainer.seed=1"), rid("optim.lr_per_256=0.3"), rid("experiment=he2016")}) == 4
 
 
+def test_runs_with_another_max_norm_or_early_stop_do_not_share_a_directory():
+    """`train` then `train stabilizer.max_norm=2` are two runs (README's results table compares
+    them): the second used to resume the finished first one, report its unclipped numbers as the
+    clipped run's and overwrite its config.yaml. Both settings may still change on an explicit
+    resume (hydra.run.dir=...); a run without them keeps the directory name it always had."""
+    from resnet_repro.training.resume import rerun_id, resume_identity
+
+    def rid(*overrides: str) -> str:
+        return rerun_id(compose(["data.root=/data/demo", *overrides]))
+
+    ids = {
+        rid(),
+        rid("stabilizer.max_norm=2"),
+        rid("stabilizer.max_norm=5"),
+        rid("stabilizer.early_stop.patience=3", "data.holdout.size=100"),
+        rid("data.holdout.size=100"),
+    }
+    assert len(ids) == 5
+    plain = resume_identity(compose(["data.root=/data/demo"]))
+    assert "max_norm" not in plain and "early_stop" not in plain
+
+
 def test_a_smoke_run_capped_in_steps_does_not_share_the_full_runs_directory():
     """`train ... trainer.max_steps_per_epoch=10` then the same command without the cap: the cap
     changes the steps per epoch, which a resume refuses, so the capped run used to block the full

@@ -189,3 +189,34 @@ def test_eval_indices_partition_every_image_exactly_once(world_size):
 def test_eval_indices_with_more_ranks_than_images_still_cover_each_image_once():
     parts = [eval_indices(3, rank=r, world_size=8) for r in range(8)]
     np.testing.assert_array_equal(np.concatenate(parts), np.arange(3))
+
+
+@pytest.mark.parametrize("where", ["split", "class"])
+def test_a_folder_the_user_may_not_read_is_one_error_naming_it(tmp_path, monkeypatch, where):
+    """chmod 000 on the split or a class folder (here as the OS answers it: tests run as root, who
+    reads everything): one line naming the folder, not a PermissionError traceback."""
+    import os
+
+    make_image_folder(tmp_path, "train", {"ant": 2, "bee": 2})
+    locked = tmp_path / "train" if where == "split" else tmp_path / "train" / "bee"
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if os.fspath(path) == os.fspath(locked):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(
+        UserError, match=rf"^cannot read the folder {re.escape(str(locked))}: Permission denied"
+    ):
+        list_split(tmp_path, "train")
+
+
+def test_an_empty_data_root_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch):
+    """`data.root=` (or an sbatch script's data.root="$DATA" with DATA unset) is an empty string,
+    which Path() reads as "." (here a folder that has a train split)."""
+    make_image_folder(tmp_path, "train", {"ant": 2})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^data.root is empty: pass data.root=DIR"):
+        list_split("", "train")

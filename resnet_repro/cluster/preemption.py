@@ -164,18 +164,20 @@ def after_preemption(
     if env.is_main:
         requeued, why, wait_s = _decide(cfg, interrupts, job)
         last = run_dir / "checkpoints" / "last.pt"
+        training = epoch < cfg.trainer.epochs  # else stopped before the final evaluation
         where = (
             f"epoch {epoch + 1}, step {epoch_step} of the epoch"
-            if epoch < cfg.trainer.epochs
+            if training
             else "the end of the last epoch, before the final evaluation"
         )
         then = "requeued" if requeued else "not requeued"
         log.warning(f"stopped by {interrupts.stopped_by} at {where}; checkpoint {last}; {then}: {why}")
         outcome = {
             "signal": interrupts.stopped_by,
-            "epoch": epoch + 1,  # the epoch in progress, counted from 1 as the log and metrics.jsonl count
+            # the epoch in progress, counted from 1 as the log and metrics.jsonl count; none after the last
+            "epoch": epoch + 1 if training else None,
             "epochs_from": 1,
-            "epoch_step": epoch_step,
+            "epoch_step": epoch_step if training else None,
             "where": where,
             "requeued": requeued,
             "why": why,

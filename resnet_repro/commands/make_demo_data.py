@@ -32,4 +32,7 @@ def make_demo_data_command(args: list[str]) -> None:
     problem = folder_problem(out, "--out" if ns.out is not None else "data.root")
     if problem is not None:
         fail(problem)
-    print(build_demo_dataset(out))
+    try:
+        print(build_demo_dataset(out))
+    except OSError as e:  # a folder the checks above cannot foresee (/proc, a full disk)
+        fail(f"the demo data cannot be written to {out}: {e.strerror or e} ({e.filename or out})")

@@ -3,6 +3,10 @@ allowed values of the settings that name a choice."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from typing import Any
+
 from resnet_repro.config.derived import eval_protocols
 from resnet_repro.config.errors import UserError
 from resnet_repro.config.references import REFERENCES
@@ -30,6 +34,7 @@ STEMS = ("imagenet", "cifar")
 def validate(cfg: RootConfig) -> None:
     """Cross-field checks a schema cannot express, one section at a time. Raises UserError naming
     the value."""
+    _refuse_non_finite(cfg, "")
     _validate_trainer(cfg.trainer)
     _validate_optim(cfg.optim)
     _validate_data(cfg.data)
@@ -50,8 +55,13 @@ def validate(cfg: RootConfig) -> None:
             f"model.gn_groups={m.gn_groups} must divide 64 (every ResNet width is a multiple of 64): "
             "1, 2, 4, 8, 16, 32 or 64"
         )
-    if cfg.bench.trials < 1 or cfg.bench.steps < 1:
-        raise UserError(f"bench.trials={cfg.bench.trials} and bench.steps={cfg.bench.steps} must be >= 1")
+    b = cfg.bench
+    if b.trials < 1 or b.steps < 1:
+        raise UserError(f"bench.trials={b.trials} and bench.steps={b.steps} must be >= 1")
+    if b.min_images < 1:
+        raise UserError(f"bench.min_images={b.min_images} must be >= 1")
+    if b.warmup < 0:
+        raise UserError(f"bench.warmup={b.warmup} must be >= 0")
     _validate_plan(cfg.plan)
     if cfg.logging.log_every_steps <= 0:
         raise UserError(
@@ -60,7 +70,23 @@ def validate(cfg: RootConfig) -> None:
     _validate_eval(cfg.eval)
 
 
+def _refuse_non_finite(node: Any, key: str) -> None:
+    """nan and inf in any numeric setting (a list's items included): no setting means either, and
+    one read as a number trains on until a non-finite loss names some other value."""
+    if dataclasses.is_dataclass(node):
+        for field in dataclasses.fields(node):
+            _refuse_non_finite(getattr(node, field.name), f"{key}.{field.name}" if key else field.name)
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise UserError(f"{key}={list(node)} must hold finite numbers")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise UserError(f"{key}={node} must be a finite number")
+
+
 def _validate_trainer(t: TrainerConfig) -> None:
+    if t.seed < 0:
+        raise UserError(f"trainer.seed={t.seed} must be >= 0")
     if t.batch_size is not None and t.batch_size <= 0:
         raise UserError(f"trainer.batch_size={t.batch_size} must be a positive number of images per device")
     if t.batch_size is None and t.global_batch is None:
@@ -246,6 +272,8 @@ def _validate_schedule(s: ScheduleConfig) -> None:
         raise UserError(f"schedule.factor={s.factor} must be in (0, 1)")
     if s.min_delta < 0:
         raise UserError(f"schedule.min_delta={s.min_delta} must be >= 0")
+    if not 0 < s.gamma <= 1:
+        raise UserError(f"schedule.gamma={s.gamma} must be in (0, 1]: the factor the LR is multiplied by")
     if sorted(s.milestones) != list(s.milestones) or any(m <= 0 for m in s.milestones):
         raise UserError(f"schedule.milestones={s.milestones} must be increasing positive epochs")
 

@@ -39,6 +39,7 @@ from resnet_repro.data.imagenet_prepare import (
     _is_folder_name,
     _progress,
     _remove_empty_dirs,
+    first_line,
     refuse_files_where_folders_go,
 )
 
@@ -137,7 +138,8 @@ def _read_members(archive: Path) -> dict[str, bytes]:
                     found[name] = f.read()
     except (OSError, tarfile.TarError, EOFError, zlib.error) as e:
         raise UserError(
-            f"cannot read the CIFAR-10 archive {archive}: {type(e).__name__}: {e}; download it again"
+            f"cannot read the CIFAR-10 archive {archive} ({type(e).__name__}: {first_line(e)}); "
+            "download it again"
         ) from e
     missing = [n for n in wanted.values() if n not in found]
     if missing:
@@ -212,7 +214,8 @@ def prepare_cifar10(archive: Path, out: Path, progress: bool = True) -> dict[str
     (test_batch) from the official Python archive; returns summary counts. Resumable and idempotent."""
     archive, out = Path(archive).expanduser(), Path(out).expanduser()
     if not archive.is_file():
-        raise UserError(f"CIFAR-10 archive {archive} does not exist (expected cifar-10-python.tar.gz)")
+        what = "is a folder, not the archive" if archive.is_dir() else "does not exist"
+        raise UserError(f"CIFAR-10 archive {archive} {what} (expected cifar-10-python.tar.gz)")
     members = _read_members(archive)
     meta = f"{archive}:{FOLDER}/{META}"
     classes = _class_names(_load(members[META], meta), meta)

@@ -68,7 +68,7 @@ def _read_devkit_file(devkit: Path, rel: str) -> bytes:
                     return f.read()
     except (OSError, tarfile.TarError, EOFError, zlib.error) as e:  # EOFError: a cut-off .gz
         raise UserError(
-            f"cannot read the devkit archive {devkit} ({type(e).__name__}: {_first_line(e)}); expected "
+            f"cannot read the devkit archive {devkit} ({type(e).__name__}: {first_line(e)}); expected "
             "ILSVRC2012_devkit_t12.tar.gz, downloaded whole"
         ) from e
     raise UserError(f"devkit archive {devkit} has no {wanted}; is it ILSVRC2012_devkit_t12.tar.gz?")
@@ -291,7 +291,7 @@ def _progress(iterable: Iterable[Any], enabled: bool, **kwargs: Any):
 ARCHIVE_NAMES = {"train": "ILSVRC2012_img_train.tar", "validation": "ILSVRC2012_img_val.tar"}
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     """An exception's first line: tarfile lists every compression it tried, one line each."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(":")
 
@@ -302,7 +302,7 @@ def _open_tar(path: Path, what: str) -> tarfile.TarFile:
         return tarfile.open(path, "r:*")
     except (OSError, tarfile.TarError, EOFError, zlib.error) as e:
         raise UserError(
-            f"cannot read the {what} archive {path} ({_first_line(e)}); expected {ARCHIVE_NAMES[what]}"
+            f"cannot read the {what} archive {path} ({first_line(e)}); expected {ARCHIVE_NAMES[what]}"
         ) from e
 
 

@@ -48,9 +48,18 @@ def image_names(folder: str | os.PathLike) -> list[str]:
     `._<name>` AppleDouble files) are not images, as hidden folders are not classes."""
     return sorted(
         text_name(folder, e.name)
-        for e in os.scandir(folder)
+        for e in _entries(folder)
         if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS)
     )
+
+
+def _entries(folder: str | os.PathLike) -> list[os.DirEntry]:
+    """The entries of a data folder; one the user may not read (or gone since) is a UserError."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as e:
+        raise UserError(f"cannot read the folder {os.fspath(folder)}: {e.strerror or e}") from e
 
 
 def find_classes(split_dir: Path) -> list[str]:
@@ -59,9 +68,7 @@ def find_classes(split_dir: Path) -> list[str]:
             f"split folder {split_dir} does not exist; expected <data.root>/<split>/<class>/*.JPEG"
         )
     classes = sorted(
-        text_name(split_dir, e.name)
-        for e in os.scandir(split_dir)
-        if e.is_dir() and not e.name.startswith(".")
+        text_name(split_dir, e.name) for e in _entries(split_dir) if e.is_dir() and not e.name.startswith(".")
     )
     if not classes:
         raise UserError(f"{split_dir} has no class subfolders; expected {split_dir}/<class>/*.JPEG")
@@ -73,6 +80,8 @@ def list_split(
 ) -> FileList:
     """List `<root>/<split>`. With `classes` given (the training classes), labels follow that order
     and a class folder outside it is an error."""
+    if not os.fspath(root).strip():  # `data.root=`, or an sbatch script's data.root="$DATA" with DATA unset
+        raise UserError("data.root is empty: pass data.root=DIR (the folder of the splits; . for this one)")
     root_path = Path(root).expanduser()
     if not root_path.is_dir():
         raise UserError(f"data.root {root_path} does not exist or is not a folder")

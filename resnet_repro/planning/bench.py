@@ -270,6 +270,8 @@ def run_bench(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     mode = cfg.bench.mode
     if mode not in _BENCHES:
         raise UserError(f"bench mode {mode!r} is unknown; choose one of {', '.join(_BENCHES)}")
+    out = Path(cfg.bench.json).expanduser() if cfg.bench.json else run_dir / f"bench_{mode}.json"
+    _refuse_unwritable(out)  # before the measurement, which would otherwise be lost
     env = DistEnv()
     device = distributed.pick_device(cfg.trainer.device, env)
     torch.manual_seed(cfg.trainer.seed)
@@ -287,10 +289,20 @@ def run_bench(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         **result,
     }
-    out = Path(cfg.bench.json) if cfg.bench.json else run_dir / f"bench_{mode}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _refuse_unwritable(out: Path) -> None:
+    """bench.json's file: a folder there, or a folder that cannot be made or written, is refused."""
+    from resnet_repro.checkpoint import folder_problem
+
+    if out.is_dir():
+        raise UserError(f"bench.json={out} is a folder; give a file path (e.g. {out / 'bench.json'})")
+    problem = folder_problem(out.parent, f"the folder of bench.json={out}:")
+    if problem is not None:
+        raise UserError(problem)
 
 
 def format_table(record: dict[str, Any]) -> str:

@@ -79,6 +79,8 @@ def world_size(cfg: RootConfig) -> int:
 def count_images(cfg: RootConfig) -> tuple[int, int | None, str]:
     """(training images per epoch, evaluation images per epoch or None, where the count came from)."""
     if cfg.plan.train_images is not None:
+        from resnet_repro.planning.rehearse_data import given_train_images
+
         images, source = given_train_images(cfg)
         return images, None, source
     from resnet_repro.training.run_data import load_file_lists
@@ -97,24 +99,6 @@ def count_images(cfg: RootConfig) -> tuple[int, int | None, str]:
         ) from e
     evaluated = len(splits.test) + (len(splits.holdout) if splits.holdout is not None else 0)
     return len(splits.train), evaluated, f"file lists of {cfg.data.root}"
-
-
-def given_train_images(cfg: RootConfig) -> tuple[int, str]:
-    """(images per epoch, where the count came from) of plan.train_images: the training split as
-    a download's size says it, so the run's holdout (data.holdout.size) is carved from it here."""
-    given = cfg.plan.train_images
-    assert given is not None
-    if cfg.data.holdout.size is None:
-        return given, "plan.train_images"
-    from resnet_repro.data.holdout import holdout_count
-
-    held = holdout_count(cfg.data.holdout.size, given)
-    if held >= given:
-        raise UserError(
-            f"data.holdout.size={cfg.data.holdout.size} holds out {held:,} of plan.train_images={given:,}: "
-            "nothing is left to train on"
-        )
-    return given - held, f"plan.train_images less the holdout's {held:,} (data.holdout.size)"
 
 
 def _readable(cfg: RootConfig) -> bool:
@@ -315,6 +299,8 @@ def warnings(run: dict[str, Any]) -> list[str]:
             f"warning: trainer.ema.decay over {run['total_steps']:,} steps leaves {left:.2f} of the average "
             f"on the initial weights; use a decay near 1 - 10/steps ({1 - 10 / run['total_steps']:.4f})"
         )
+    if run["schedule_warning"] is not None:
+        out.append(f"warning: {run['schedule_warning']}")
     return out
 
 
@@ -323,6 +309,8 @@ def estimate(
 ) -> dict[str, Any]:
     """The numbers of one job (plain data: printed and written as JSON). `eval_images` is what the
     run evaluates after each epoch (None: unknown, eval time not estimated)."""
+    from resnet_repro.training.schedule import late_milestones
+
     world = world_size(cfg)
     global_batch = per_device_batch(cfg.trainer, world) * world
     steps = train_images // global_batch  # the trainer drops the incomplete last batch
@@ -372,8 +360,9 @@ def estimate(
         "eval_s_per_epoch": eval_s,
         "train_hours": train_s / 3600,
         "eval_hours": eval_s * cfg.trainer.epochs / 3600 if eval_s is not None else None,
-        # the test split measured once more at the end (ten crops, five scales): not estimated
-        "final_protocols_not_estimated": [p for p in eval_protocols(cfg.eval) if p != "center"],
+        "schedule_warning": late_milestones(cfg.schedule, cfg.trainer.epochs),
+        # the test split measured once more at the end (ten crops, five scales, flips): not estimated
+        "final_evaluation_not_estimated": final_evaluation(cfg),
         "total_hours": (train_s + (eval_s or 0.0) * cfg.trainer.epochs) / 3600,
     }
 
@@ -434,9 +423,20 @@ def _sweep_eval_text(runs: list[dict[str, Any]]) -> str:
     return "evaluation not estimated (evaluated images unknown: give data.root)"
 
 
+def final_evaluation(cfg: RootConfig) -> str | None:
+    """The evaluation of the test split after the last epoch beyond its centre crop, in words
+    (eval.protocol), or None where the last epoch's centre crop is the final number."""
+    from resnet_repro.evaluation.protocols import flips
+
+    protocols, flipped = eval_protocols(cfg.eval), flips(cfg.eval)
+    if protocols == ["center"] and not flipped:
+        return None
+    return " and ".join(protocols) + (" with flips" if flipped else "")
+
+
 def _eval_text(r: dict[str, Any]) -> str:
-    finals = r["final_protocols_not_estimated"]
-    final = f"; the final {' and '.join(finals)} evaluation of the test split not included" if finals else ""
+    finals = r["final_evaluation_not_estimated"]
+    final = f"; the final {finals} evaluation of the test split not included" if finals else ""
     if r["eval_hours"] is None:
         return "not estimated (evaluated images unknown: give data.root)" + final
     return (

@@ -44,8 +44,6 @@ def data_view(cfg: RootConfig, stand_in: bool = False) -> DataView:
         splits = load_file_lists(d)
         return DataView(len(splits.train), f"file lists of {d.root}", len(splits.train.classes), splits)
     if cfg.plan.train_images is not None:
-        from resnet_repro.planning.plan import given_train_images
-
         return DataView(*given_train_images(cfg), _estimated_classes(cfg))
     if d.name not in IMAGES_PER_CLASS:
         unknown = "unknown without data.root (plan.train_images=N gives it)"
@@ -58,18 +56,35 @@ def data_view(cfg: RootConfig, stand_in: bool = False) -> DataView:
     why = "data.root not set" if not d.root else "--stand-in"
     source = f"estimated ({why}): {classes:,} classes x {per_class:,.0f} images"
     if d.holdout.size is not None:
-        from resnet_repro.data.holdout import holdout_count
-
-        held = holdout_count(d.holdout.size, images)
-        if held > images - classes:
-            raise UserError(
-                f"data.holdout.size={d.holdout.size} asks for {held} of about {images} training images, "
-                f"but at most {images - classes} can be held out while each of the {classes} classes keeps "
-                "one image"
-            )
-        images -= held
+        images, held = _less_holdout(cfg, images, classes)
         source += f" - {held:,} held out"
     return DataView(images, source, classes)
+
+
+def given_train_images(cfg: RootConfig) -> tuple[int, str]:
+    """(images per epoch, where the count came from) of plan.train_images: the training split as
+    a download's size says it, so the run's holdout (data.holdout.size) is carved from it here."""
+    given = cfg.plan.train_images
+    assert given is not None
+    if cfg.data.holdout.size is None:
+        return given, "plan.train_images"
+    images, held = _less_holdout(cfg, given, _estimated_classes(cfg))
+    return images, f"plan.train_images less the holdout's {held:,} (data.holdout.size)"
+
+
+def _less_holdout(cfg: RootConfig, images: int, classes: int) -> tuple[int, int]:
+    """(images left to train on, images held out) of a training split of about `images` in
+    `classes` classes; a holdout the run would refuse is refused here."""
+    from resnet_repro.data.holdout import holdout_count
+
+    size = cfg.data.holdout.size
+    held = holdout_count(size, images)
+    if held > images - classes:
+        raise UserError(
+            f"data.holdout.size={size:g} asks for {held} of about {images} training images, but at most "
+            f"{images - classes} can be held out while each of the {classes} classes keeps one image"
+        )
+    return images - held, held
 
 
 def _estimated_classes(cfg: RootConfig) -> int:

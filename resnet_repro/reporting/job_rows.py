@@ -151,9 +151,10 @@ def _as_text(value: Any) -> str:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """metrics.jsonl rows, one per (epoch, split), keeping the last of duplicates.
 
-    Duplicates happen when a job is resumed after the rows of an epoch were written but before its
-    checkpoint was: the epoch is trained again and its rows appended again. A crashed job can leave a
-    half-written last line, which is skipped.
+    A resumed launch sets aside the rows its checkpoint does not cover (metrics.superseded.jsonl),
+    so duplicates come only from run directories written before it did (an epoch's rows written,
+    then a kill before its checkpoint: the epoch trained and its rows appended again). A crashed
+    job can leave a half-written last line, which is skipped.
     """
     if not path.is_file():
         return []

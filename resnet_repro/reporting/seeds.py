@@ -180,12 +180,12 @@ def value_order(texts, *, off_last: bool = False) -> list[str]:
     the largest number, as "no clipping" is the end of the max-norm scale), then numbers
     ascending, then other text."""
 
-    def key(text: str) -> tuple[int, float, str]:
+    def key(text: str | None) -> tuple[int, float, str]:
         value = parse_value(text)
         if off_last and is_off(text):
-            return (3, 0.0, text)
+            return (3, 0.0, text or "")  # None: a job whose point does not hold the axis
         if value is None:
-            return (0, 0.0, "")
+            return (0, 0.0, text or "")
         if isinstance(value, float):
             return (1, value, "")
         return (2, 0.0, value)

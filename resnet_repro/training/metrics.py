@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,31 +33,58 @@ class MetricsLogger:
         self._tensorboard = cfg.tensorboard
         self._tb: Any = None
         self._purge_step: int | None = None
+        self._events_kept: set[tuple[Any, int]] = set()  # (split, step) of rows whose events stay
 
     def continue_from(self, epochs_done: int, step: int, final_splits: Collection[str] = ()) -> None:
-        """A resumed launch takes over the outputs from its checkpoint: `epochs_done` epochs and
-        `step` steps. What a launch wrote after its last checkpoint, this one writes again, so:
-        metrics.jsonl rows the checkpoint does not cover (an epoch whose rows were written but not
-        its checkpoint, the final evaluation's rows `final_splits`, a line cut by a kill) move to
-        metrics.superseded.jsonl, and TensorBoard hides the events of steps after `step`
-        (SummaryWriter's purge_step; its reader drops them)."""
+        """A launch resumed from this directory's checkpoint of `epochs_done` epochs and `step`
+        steps takes over the outputs from there. What a launch wrote after that checkpoint, this
+        one writes again, so: metrics.jsonl rows the checkpoint does not cover (an epoch whose rows
+        were written but not its checkpoint, the final evaluation's rows `final_splits`, a line cut
+        by a kill) move to metrics.superseded.jsonl; TensorBoard hides the events of steps after
+        `step` (SummaryWriter's purge_step, which its reader applies); and a row written again at
+        a step the checkpoint holds adds no second event (the one there is the same evaluation of
+        the same weights)."""
+        superseded = self._set_aside(lambda row: _covered(row, epochs_done, step, final_splits))
+        self._events_kept = {
+            (row.get("split"), row["step"])
+            for row in superseded
+            if isinstance(row.get("step"), int) and row["step"] <= step
+        }
+        self._purge_step = step + 1
+
+    def start_afresh(self) -> None:
+        """A launch that starts from nothing (no checkpoint of this directory: a first launch, one
+        after a launch that ended before its first checkpoint, trainer.resume=never, or another
+        run's checkpoint): every earlier row moves to metrics.superseded.jsonl and TensorBoard
+        hides every earlier event."""
+        self._set_aside(lambda row: False)
+        self._purge_step = 0
+
+    def _set_aside(self, covered: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """Move the metrics.jsonl lines that are not rows `covered` keeps (cut lines included) to
+        metrics.superseded.jsonl; the rows moved."""
         if self._jsonl is not None or self._tb is not None:
-            raise RuntimeError("continue_from must come before the first row or event")
+            raise RuntimeError("outputs are continued before the first row or event")
         path = self.run_dir / "metrics.jsonl"
-        kept, superseded = [], []
-        lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
-        for line in lines:
+        kept: list[str] = []
+        moved: list[str] = []
+        rows: list[dict[str, Any]] = []
+        for line in path.read_text(errors="replace").splitlines() if path.is_file() else []:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 row = None
-            covered = isinstance(row, dict) and _covered(row, epochs_done, step, final_splits)
-            (kept if covered else superseded).append(line)
-        if superseded:
+            if isinstance(row, dict) and covered(row):
+                kept.append(line)
+                continue
+            moved.append(line)
+            if isinstance(row, dict):
+                rows.append(row)
+        if moved:
             with open(self.run_dir / "metrics.superseded.jsonl", "a") as out:
-                out.write("".join(line + "\n" for line in superseded))
+                out.write("".join(line + "\n" for line in moved))
             write_text_atomic(path, "".join(line + "\n" for line in kept))
-        self._purge_step = step + 1
+        return rows
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self._tensorboard and math.isfinite(value):
@@ -66,14 +95,19 @@ class MetricsLogger:
             self._writer().add_text(tag, text)
 
     def record(self, row: dict[str, Any], step: int) -> None:
-        """One metrics.jsonl line; numeric fields also go to TensorBoard as <split>/<key>."""
+        """One metrics.jsonl line; numeric fields also go to TensorBoard as <split>/<key>, flushed
+        first: a row in metrics.jsonl has its events on disk."""
+        split = row.get("split", "misc")
+        if (split, step) in self._events_kept:  # written before, at a step the checkpoint holds
+            self._events_kept.discard((split, step))
+        else:
+            for key, value in row.items():
+                if key not in ("epoch", "split", "step") and isinstance(value, (int, float)):
+                    self.scalar(f"{split}/{key}", float(value), step)
+            self.flush()
         if self._jsonl is None:
             self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
         self._jsonl.write(json.dumps(row) + "\n")
-        split = row.get("split", "misc")
-        for key, value in row.items():
-            if key not in ("epoch", "split", "step") and isinstance(value, (int, float)):
-                self.scalar(f"{split}/{key}", float(value), step)
 
     def flush(self) -> None:
         """TensorBoard's queued events to disk (metrics.jsonl is written line by line): before each
@@ -82,17 +116,44 @@ class MetricsLogger:
             self._tb.flush()
 
     def close(self) -> None:
+        """Close both files. On the way out of an error (a full disk) the TensorBoard writer may
+        fail again: that is a warning here, the error that ended the run is the one reported."""
         if self._jsonl is not None:
             self._jsonl.close()
         if self._tb is not None:
-            self._tb.close()
+            try:
+                self._tb.close()
+            except OSError as e:
+                logging.getLogger("resnet_repro").warning(f"TensorBoard events in {self.run_dir / 'tb'}: {e}")
 
     def _writer(self) -> Any:
         if self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
+            _quiet_writer_thread_errors()
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=self._purge_step)
         return self._tb
+
+
+def _quiet_writer_thread_errors() -> None:
+    """TensorBoard writes events in a thread of its own; an OSError there (a full disk) prints a
+    thread traceback, then reaches this process at its next event or flush, where the run reports
+    it in one line. The thread's own print is left out; every other thread's error is printed."""
+    global _writer_hook_installed
+    if _writer_hook_installed:
+        return
+    previous = threading.excepthook
+
+    def hook(args: Any) -> None:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    _writer_hook_installed = True
+
+
+_writer_hook_installed = False
 
 
 def _covered(row: dict[str, Any], epochs_done: int, step: int, final_splits: Collection[str]) -> bool:
@@ -109,6 +170,9 @@ class NullLogger:
     """Same interface; does nothing (ranks other than 0)."""
 
     def continue_from(self, epochs_done: int, step: int, final_splits: Collection[str] = ()) -> None:
+        pass
+
+    def start_afresh(self) -> None:
         pass
 
     def flush(self) -> None:

@@ -109,7 +109,20 @@ def resume_identity(cfg: RootConfig) -> dict[str, Any]:
     # full run of the same command must not share a directory. Only when set, so that an uncapped
     # run keeps the directory name it had before the cap counted.
     capped = {"max_steps_per_epoch": t.max_steps_per_epoch} if t.max_steps_per_epoch is not None else {}
-    return {"name": cfg.name, "batch": [t.batch_size, t.global_batch], **capped, **identity}
+    # Clipping and early stopping change the numbers but may change on an explicit resume (a run
+    # rescued from NaNs with a max norm): named here, not in the resume check, so that `train` and
+    # `train stabilizer.max_norm=2` are two runs. Only when set, as the cap.
+    st = cfg.stabilizer
+    clipped = {"max_norm": st.max_norm} if st.max_norm is not None else {}
+    stopping = {"early_stop": dataclasses.asdict(st.early_stop)} if st.early_stop.patience is not None else {}
+    return {
+        "name": cfg.name,
+        "batch": [t.batch_size, t.global_batch],
+        **capped,
+        **clipped,
+        **stopping,
+        **identity,
+    }
 
 
 def resume_config_changes(saved: dict[str, Any], cfg: RootConfig) -> list[str]:

@@ -128,6 +128,18 @@ class LRSchedule:
         self.iterations = state["iterations"]
 
 
+def late_milestones(cfg: ScheduleConfig, epochs: int) -> str | None:
+    """A warning where step milestones sit at or after the last epoch (they never fire: a preset's
+    [30, 60] in a shortened run, or a typo), else None. Not an error: smoke runs shorten presets."""
+    late = [m for m in cfg.milestones if m >= epochs] if cfg.name == "step" else []
+    if not late:
+        return None
+    return (
+        f"schedule.milestones {late} are at or after the last epoch ({epochs}): the LR is never "
+        f"multiplied by {cfg.gamma:g} there"
+    )
+
+
 def build_scheduler(
     cfg: ScheduleConfig,
     warmup: StabilizerConfig,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -45,7 +46,7 @@ from resnet_repro.training.resume import (
 from resnet_repro.training.run_data import RunData, make_train_loader, prepare_data
 from resnet_repro.training.run_eval import EvalSets, feed_model_selection, final_test_eval, selection_split
 from resnet_repro.training.run_state import RunState, job_shape
-from resnet_repro.training.schedule import build_scheduler
+from resnet_repro.training.schedule import build_scheduler, late_milestones
 from resnet_repro.training.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard, chance_loss
 from resnet_repro.training.step_plan import FirstImages, StepPlan
 from resnet_repro.training.summary import Derived, Deviation, deviations, deviations_record, render
@@ -230,6 +231,16 @@ def _train_locked(
         return final
     except NonFiniteError as e:
         raise UserError(str(e)) from e
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        state = parts.state
+        raise UserError(
+            f"no space left on the device of {e.filename or run_dir} ({e.strerror}) at epoch "
+            f"{state.epoch + 1}, step {state.step}: free some space and run the same command again; "
+            "it resumes from "
+            f"{run_dir / 'checkpoints' / 'last.pt'}, the last checkpoint written whole"
+        ) from e
     finally:
         parts.interrupts.close()
         parts.logger.close()
@@ -283,6 +294,7 @@ def _resume(parts: Parts, cfg: RootConfig, run_dir: Path, env: DistEnv, data: Ru
     resume_from = distributed.broadcast_object(env, decided)
     if resume_from is None:
         torch.manual_seed(cfg.trainer.seed + env.rank)  # per-rank stream for dropout-like randomness
+        parts.logger.start_afresh()  # an earlier launch's rows and events, if any, are not this run's
         return
 
     def load_resumable() -> tuple[dict[str, Any], list[str], str | None]:
@@ -318,8 +330,11 @@ def _resume(parts: Parts, cfg: RootConfig, run_dir: Path, env: DistEnv, data: Ru
             f"checkpoint {resume_from} does not fit this run's model or optimizer: {first}"
         ) from e
     state = parts.state
-    finals = [f"{cfg.data.eval_split}-{protocol}" for protocol in EVAL_PROTOCOLS]  # written again
-    parts.logger.continue_from(state.epoch, state.step, finals)
+    if resume_from.resolve().parent.parent == run_dir.resolve():  # this directory's checkpoints/
+        finals = [f"{cfg.data.eval_split}-{protocol}" for protocol in EVAL_PROTOCOLS]  # written again
+        parts.logger.continue_from(state.epoch, state.step, finals)
+    else:  # another run's checkpoint: the directory's own rows and events are not its history
+        parts.logger.start_afresh()
     log.info(
         f"resumed from {resume_from}: epoch {state.epoch + 1}, step {state.step} "
         f"({state.epoch_step} into the epoch)"
@@ -356,6 +371,9 @@ def _describe(
     log.info(f"run directory {run_dir}\n{text}")
     for warning in data.norm_warnings:
         log.warning(warning)
+    late = late_milestones(cfg.schedule, cfg.trainer.epochs)
+    if late is not None:
+        log.warning(late)
     if selection == cfg.data.eval_split:
         log.warning(
             f"model selection uses the test split ({selection}): its numbers are no longer an unbiased "
