@@ -373,3 +373,29 @@ def test_eval_resize_and_centre_crop_take_torchvisions_window(tmp_path, size):
     shifts = {(dy, dx): mean_diff(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
     assert min(shifts, key=shifts.get) == (0, 0), shifts
     assert shifts[(0, 0)] < 1.0, shifts
+
+
+# DALI 2.4's whole message for a resize whose output cannot be allocated (data.image_size=100000)
+DALI_RESIZE_FAILURE = """Critical error in pipeline:
+Critical error in pipeline:
+Error in CPU operator `nvidia.dali.fn.resize`,
+which was used in the pipeline definition with the following traceback:
+
+  File "/work/main/resnet_repro/data/dali.py", line 214, in _decode_and_crop
+    images = fn.resize(images, size=resized, interp_type=types.INTERP_LINEAR, antialias=True)
+
+encountered:
+
+std::bad_alloc
+Current pipeline object is no longer valid.
+Current pipeline object is no longer valid."""
+
+
+def test_a_dali_failure_is_told_by_its_operator_and_what_it_encountered():
+    """DALI's first line is "Critical error in pipeline:", which says nothing; the operator and
+    what it encountered are further down."""
+    from resnet_repro.data.dali import dali_error_words
+
+    assert dali_error_words(RuntimeError(DALI_RESIZE_FAILURE)) == "nvidia.dali.fn.resize: std::bad_alloc"
+    assert dali_error_words(RuntimeError("one line of its own")) == "one line of its own"
+    assert dali_error_words(RuntimeError("")) == "RuntimeError"

@@ -365,7 +365,7 @@ class DaliLoader:
         try:
             pipe.build()
         except RuntimeError as e:
-            raise UserError(f"could not build the DALI pipeline: {str(e).splitlines()[0]}") from e
+            raise UserError(f"could not build the DALI pipeline: {dali_error_words(e)}") from e
         self.files = list(files)
         self.num_images = len(files)
         self.batch_size = batch_size
@@ -419,11 +419,26 @@ class DaliLoader:
                 f"cannot decode {listing(bad)}. Fix or remove the file, or list it in a file passed as "
                 "data.exclude_files (`resnet-repro verify-data` writes bad_files.txt)"
             )
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return (
             f"the input pipeline failed near {candidates[0]} (images {start % self.num_images}.. of "
-            f"{self.num_images}, which PIL decodes): {first}"
+            f"{self.num_images}, which PIL decodes): {dali_error_words(error)}"
         )
+
+
+def dali_error_words(error: BaseException) -> str:
+    """DALI's error in a few words: the failing operator and what it encountered (its message
+    starts "Critical error in pipeline:" and keeps them lines below), else its first line."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    operator = next(
+        (line.split("`")[1] for line in lines if line.startswith("Error in") and "`" in line), None
+    )
+    if "encountered:" in lines:
+        found = lines[lines.index("encountered:") + 1 :]
+        if found:
+            return f"{operator}: {found[0]}" if operator else found[0]
+    return lines[0].rstrip(":")
 
 
 def reading_window(files: Sequence[str], start: int, count: int) -> list[str]:
