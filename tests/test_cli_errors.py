@@ -251,3 +251,18 @@ def test_the_paper_preset_leaves_the_per_device_batch_to_the_global_batch(capsys
     main(["train", "experiment=imagenet_paper", "data.root=/data", "--cfg", "job"])
     job = capsys.readouterr().out
     assert "global_batch: 256" in job and "batch_size: null" in job
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["verify-data", "--nodecode"], "unknown option --nodecode; did you mean --no-decode?"),
+        (["train", "--resolv"], "unknown option --resolv; did you mean --resolve?"),
+        (["stats", "--frobnicate"], "unknown option --frobnicate"),
+    ],
+)
+def test_a_misspelt_option_is_one_line_naming_it_not_hydras_usage(args, words, capsys):
+    code, err = run_main(args, capsys)
+    assert code == 2
+    line = one_error_line(err)
+    assert words in line and f"resnet-repro {args[0]} --help" in line

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -122,6 +122,49 @@ def shows_hydra_node_only(args: list[str]) -> bool:
     return False
 
 
+# Hydra's own command-line flags (hydra/_internal/utils.py get_args_parser)
+HYDRA_FLAGS = (
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--version",
+    "--cfg",
+    "-c",
+    "--resolve",
+    "--package",
+    "-p",
+    "--run",
+    "-r",
+    "--multirun",
+    "-m",
+    "--shell-completion",
+    "-sc",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "--info",
+    "-i",
+)
+
+
+def refuse_unknown_options(args: list[str], command: str, own: Sequence[str] = ()) -> None:
+    """A dash option neither Hydra nor the command knows (`--nodecode`): one line naming it and the
+    closest known one, not Hydra's usage text."""
+    import difflib
+
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        if not flag.startswith("-") or flag in HYDRA_FLAGS or flag in own:
+            continue
+        close = difflib.get_close_matches(flag, [*own, *(f for f in HYDRA_FLAGS if f.startswith("--"))], n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        fail(f"unknown option {flag}{hint} (see `{PROG} {command} --help`)")
+
+
 def hydra_command(
     task: Callable[[DictConfig], object], args: list[str], command: str, help_text: str = ""
 ) -> None:
@@ -133,6 +176,7 @@ def hydra_command(
     from resnet_repro.cluster import distributed
 
     register_configs()
+    refuse_unknown_options(args, command)
     if "--resolve" in args and shows_hydra_node_only(args):
         fail(
             "--cfg hydra cannot be shown with --resolve (hydra.run.dir names the job's `name`, which "

@@ -17,6 +17,7 @@ from resnet_repro.commands.hydra_app import (
     fail,
     hydra_command,
     record_failure,
+    refuse_unknown_options,
 )
 from resnet_repro.config import UserError, sweep_collisions, to_dataclass
 
@@ -65,6 +66,8 @@ def rehearse_command(args: list[str]) -> None:
         print(HELP)
         return
     options, args = _rehearse_options(args)
+    own = ("--check-only", "--stand-in", "--scan", "--gpu-memory", "--images-per-step", "--out")
+    refuse_unknown_options(args, "rehearse", own=own)
     if "--check-only" in args:
         _rehearse_check([a for a in args if a != "--check-only"], options)
         return

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from resnet_repro.commands.hydra_app import PROG, fail, hydra_command
+from resnet_repro.commands.hydra_app import PROG, fail, hydra_command, refuse_unknown_options
 from resnet_repro.config import DataConfig, UserError, to_dataclass
 
 # `verify-data --help`, shown by conf/hydra/help/resnet_repro.yaml with the config groups
@@ -32,6 +32,7 @@ example:
 
 
 def verify_data_command(args: list[str]) -> None:
+    refuse_unknown_options(args, "verify-data", own=("--no-decode",))
     decode = "--no-decode" not in args
 
     def _verify_data_task(dcfg: DictConfig) -> None:
