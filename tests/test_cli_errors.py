@@ -257,7 +257,7 @@ def test_the_paper_preset_leaves_the_per_device_batch_to_the_global_batch(capsys
     ("args", "words"),
     [
         (["verify-data", "--nodecode"], "unknown option --nodecode; did you mean --no-decode?"),
-        (["train", "--resolv"], "unknown option --resolv; did you mean --resolve?"),
+        (["train", "--resolvee"], "unknown option --resolvee; did you mean --resolve?"),
         (["stats", "--frobnicate"], "unknown option --frobnicate"),
     ],
 )
@@ -266,3 +266,10 @@ def test_a_misspelt_option_is_one_line_naming_it_not_hydras_usage(args, words, c
     assert code == 2
     line = one_error_line(err)
     assert words in line and f"resnet-repro {args[0]} --help" in line
+
+
+def test_hydras_own_flags_abbreviated_or_with_a_value_attached_still_reach_hydra():
+    from resnet_repro.commands.hydra_app import refuse_unknown_options
+
+    for args in (["--cfg", "job", "--res"], ["-cjob"], ["--info=config"], ["-m", "--cfg=job"], ["--inf"]):
+        refuse_unknown_options(args, "train")  # no SystemExit

@@ -152,3 +152,20 @@ def test_a_smoke_run_capped_in_steps_does_not_share_the_full_runs_directory():
     assert len({rid(), rid("trainer.max_steps_per_epoch=10"), rid("trainer.max_steps_per_epoch=20")}) == 3
     assert rid("trainer.max_steps_per_epoch=10") == rid("trainer.max_steps_per_epoch=10", "trainer.epochs=3")
     assert "max_steps_per_epoch" not in resume_identity(compose(["data.root=/data/demo"]))
+
+
+def test_a_checkpoint_is_the_run_directorys_own_through_a_link_to_scratch_storage(tmp_path: Path):
+    """checkpoints/ as a link to scratch storage is the run's own folder (its rows and events are
+    the run's history); another run's checkpoint, or a path that is gone, is not."""
+    from resnet_repro.training.train import own_checkpoint
+
+    scratch, run, other = tmp_path / "scratch" / "ck", tmp_path / "run", tmp_path / "other"
+    scratch.mkdir(parents=True)
+    run.mkdir()
+    (run / "checkpoints").symlink_to(scratch)
+    (other / "checkpoints").mkdir(parents=True)
+    assert own_checkpoint(run / "checkpoints" / "last.pt", run)
+    assert own_checkpoint(scratch / "epoch_0003.pt", run)
+    assert own_checkpoint(Path(os.path.relpath(run, Path.cwd())) / "checkpoints" / "last.pt", run)
+    assert not own_checkpoint(other / "checkpoints" / "last.pt", run)
+    assert not own_checkpoint(tmp_path / "gone" / "last.pt", run)

@@ -156,10 +156,16 @@ def refuse_unknown_options(args: list[str], command: str, own: Sequence[str] = (
     closest known one, not Hydra's usage text."""
     import difflib
 
+    long_flags = [f for f in HYDRA_FLAGS if f.startswith("--")]
+    short_flags = [f for f in HYDRA_FLAGS if not f.startswith("--")]
     for arg in args:
         flag = arg.split("=", 1)[0]
         if not flag.startswith("-") or flag in HYDRA_FLAGS or flag in own:
             continue
+        if flag.startswith("--") and len([f for f in long_flags if f.startswith(flag)]) == 1:
+            continue  # an abbreviation Hydra's argparse takes (--res for --resolve)
+        if not flag.startswith("--") and any(flag.startswith(f) for f in short_flags):
+            continue  # a short flag with its value attached (-cjob)
         close = difflib.get_close_matches(flag, [*own, *(f for f in HYDRA_FLAGS if f.startswith("--"))], n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
         fail(f"unknown option {flag}{hint} (see `{PROG} {command} --help`)")

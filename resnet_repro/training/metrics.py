@@ -136,9 +136,10 @@ class MetricsLogger:
 
 
 def _quiet_writer_thread_errors() -> None:
-    """TensorBoard writes events in a thread of its own; an OSError there (a full disk) prints a
-    thread traceback, then reaches this process at its next event or flush, where the run reports
-    it in one line. The thread's own print is left out; every other thread's error is printed."""
+    """TensorBoard writes events in a thread of its own; an OSError there (a full disk) would print
+    a thread traceback, then reach this process at its next event or flush, where the run reports
+    it in one line. The thread's error is a one-line warning instead; every other thread's is
+    printed as before."""
     global _writer_hook_installed
     if _writer_hook_installed:
         return
@@ -146,6 +147,10 @@ def _quiet_writer_thread_errors() -> None:
 
     def hook(args: Any) -> None:
         if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+            print(
+                f"resnet-repro: warning: TensorBoard could not write its events: {args.exc_value}",
+                file=sys.stderr,
+            )
             return
         previous(args)
 

@@ -234,12 +234,15 @@ def _train_locked(
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        state = parts.state
+        last = run_dir / "checkpoints" / "last.pt"
+        then = (
+            f"it resumes from {last}, the last checkpoint written whole"
+            if last.is_file()
+            else "no checkpoint was written yet, so it starts afresh"
+        )
         raise UserError(
-            f"no space left on the device of {e.filename or run_dir} ({e.strerror}) at epoch "
-            f"{state.epoch + 1}, step {state.step}: free some space and run the same command again; "
-            "it resumes from "
-            f"{run_dir / 'checkpoints' / 'last.pt'}, the last checkpoint written whole"
+            f"no space left on the device of {e.filename or run_dir} ({e.strerror}) after step "
+            f"{parts.state.step}: free some space and run the same command again; {then}"
         ) from e
     finally:
         parts.interrupts.close()
@@ -330,7 +333,7 @@ def _resume(parts: Parts, cfg: RootConfig, run_dir: Path, env: DistEnv, data: Ru
             f"checkpoint {resume_from} does not fit this run's model or optimizer: {first}"
         ) from e
     state = parts.state
-    if resume_from.resolve().parent.parent == run_dir.resolve():  # this directory's checkpoints/
+    if own_checkpoint(resume_from, run_dir):
         finals = [f"{cfg.data.eval_split}-{protocol}" for protocol in EVAL_PROTOCOLS]  # written again
         parts.logger.continue_from(state.epoch, state.step, finals)
     else:  # another run's checkpoint: the directory's own rows and events are not its history
@@ -339,6 +342,16 @@ def _resume(parts: Parts, cfg: RootConfig, run_dir: Path, env: DistEnv, data: Ru
         f"resumed from {resume_from}: epoch {state.epoch + 1}, step {state.step} "
         f"({state.epoch_step} into the epoch)"
     )
+
+
+def own_checkpoint(path: Path, run_dir: Path) -> bool:
+    """Whether `path` lies in `run_dir`'s own checkpoints/ folder (a link to scratch storage
+    included), so that the run's rows and events before it are this run's history."""
+    folder = run_dir / "checkpoints"
+    try:
+        return os.path.samefile(path.parent, folder)
+    except OSError:  # either is gone
+        return False
 
 
 def _describe(
