@@ -164,3 +164,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     note = f" (ATEN_CPU_CAPABILITY={requested})" if requested else ""
     machine = f"{cpu_model()}, {os.cpu_count()} cores, ATen capability {capability}{note}"
     terminalreporter.write_line(f"suite: {elapsed} of tests on {machine}")
+
+
+def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of run_dir/tb as TensorBoard's own reader gives it: (step, value) per event,
+    after its purge of events a resumed writer superseded."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

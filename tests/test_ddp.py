@@ -15,6 +15,7 @@ import ddp_workers
 import numpy as np
 import pytest
 import torch
+from conftest import tensorboard_scalars
 from PIL import Image
 
 from resnet_repro import checkpoint
@@ -123,15 +124,6 @@ def demo_args(demo_root: Path, run_dir: Path) -> list[str]:
     ]
 
 
-def _tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """run_dir/tb's scalars as TensorBoard's own reader gives them (after its purges)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(demo_root: Path, tmp_path_factory) -> Path:
     """The oracle of the kill tests: the demo run without a kill, every step logged."""
@@ -173,7 +165,7 @@ def _assert_outputs_as_without_the_kill(run_dir: Path, ref_dir: Path) -> None:
     )
     assert [(r["epoch"], r["split"]) for r in rows] == [(r["epoch"], r["split"]) for r in ref_rows]
     assert [r["lr"] for r in rows] == [r["lr"] for r in ref_rows]
-    scalars, ref_scalars = _tensorboard_scalars(run_dir), _tensorboard_scalars(ref_dir)
+    scalars, ref_scalars = tensorboard_scalars(run_dir), tensorboard_scalars(ref_dir)
     for tag, events in scalars.items():
         steps = [step for step, _ in events]
         assert len(steps) == len(set(steps)), f"{tag}: a step logged twice: {steps}"
@@ -248,14 +240,14 @@ def test_a_rerun_after_a_launch_that_failed_before_its_first_checkpoint_logs_eac
     failed = subprocess.run(cli(*args), capture_output=True, text=True, cwd=REPO, timeout=600)
     assert failed.returncode == 2, failed.stderr[-2000:]
     assert not (run_dir / "checkpoints" / "last.pt").exists()
-    assert [step for step, _ in _tensorboard_scalars(run_dir)["train/step_lr"]] == list(range(1, 7))
+    assert [step for step, _ in tensorboard_scalars(run_dir)["train/step_lr"]] == list(range(1, 7))
 
     victim.write_bytes(whole)
     again = subprocess.run(cli(*args), capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["split"]) for r in rows] == [(1, "train"), (1, "val")]
-    for tag, events in _tensorboard_scalars(run_dir).items():
+    for tag, events in tensorboard_scalars(run_dir).items():
         steps = [step for step, _ in events]
         assert len(steps) == len(set(steps)), f"{tag}: a step logged twice: {steps}"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from conftest import tensorboard_scalars
 from torchvision.models.resnet import Bottleneck
 
 from resnet_repro.cluster.distributed import DistEnv
@@ -677,16 +678,6 @@ def test_linear_ramp_refuses_a_second_warm_up_and_a_peak_outside_the_run():
         build_scheduler(late, StabilizerConfig(), opt, steps_per_epoch=5, epochs=4)
 
 
-def _tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar of run_dir/tb as TensorBoard's own reader gives it: (step, value) per event,
-    after its purge of events a resumed writer superseded."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
 def test_an_epoch_resumed_mid_way_logs_the_lr_it_began_with_and_every_steps_gradient_norm(tmp_path: Path):
     """The oracle is the same epoch run without a stop: a launch stopped after step 3 of 8 and a
     second one resuming from its last.pt give the epoch the LR it began with (warm-up raises it every
@@ -730,7 +721,7 @@ def test_an_epoch_resumed_mid_way_logs_the_lr_it_began_with_and_every_steps_grad
 
     assert got["lr"] == pytest.approx(expected["lr"], rel=1e-12)
     assert got["lr"] != pytest.approx(got["lr_end"])  # the warm-up did move it during the epoch
-    norms, ref_norms = (_tensorboard_scalars(d)["train/grad_norm"] for d in (run_dir, tmp_path / "ref"))
+    norms, ref_norms = (tensorboard_scalars(d)["train/grad_norm"] for d in (run_dir, tmp_path / "ref"))
     assert [step for step, _ in norms] == list(range(1, 9))
     assert [v for _, v in norms] == pytest.approx([v for _, v in ref_norms], rel=1e-6)
 
@@ -774,7 +765,7 @@ def test_a_resumed_launch_sets_aside_the_rows_its_checkpoint_does_not_cover_and_
     aside = (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()
     assert [json.loads(line)["split"] for line in aside[:3]] == ["train", "val", "val-ten_crop"]
     assert aside[3] == '{"epoch": 3, "spl'
-    scalars = _tensorboard_scalars(tmp_path)
+    scalars = tensorboard_scalars(tmp_path)
     assert scalars["train/step_loss"] == [(s, 1.0) for s in range(1, 7)] + [(7, 2.0), (8, 2.0)]
     assert scalars["val/loss"] == [(4, 1.0), (8, 2.0)]
 
@@ -796,7 +787,7 @@ def test_rows_written_again_at_the_checkpoints_own_step_keep_their_one_tensorboa
     again.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["split"], r["top1"]) for r in rows] == [("val", 0.5), ("val-ten_crop", 0.6)]
-    scalars = _tensorboard_scalars(tmp_path)
+    scalars = tensorboard_scalars(tmp_path)
     assert scalars["val/top1"] == [(8, 0.5)] and scalars["val-ten_crop/top1"] == [(8, pytest.approx(0.6))]
 
     # stopped on step 8, the last of epoch 1 (its checkpoint holds the epoch's train metrics, not
@@ -808,7 +799,7 @@ def test_rows_written_again_at_the_checkpoints_own_step_keep_their_one_tensorboa
         launch.record({"epoch": 1, "split": "val", "step": 8, "top1": 0.5}, 8)
         launch.close()
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
-    assert _tensorboard_scalars(run_dir)["val/top1"] == [(8, 0.5)]
+    assert tensorboard_scalars(run_dir)["val/top1"] == [(8, 0.5)]
 
 
 def test_a_fresh_start_in_a_used_run_directory_sets_aside_its_rows_and_hides_its_events(tmp_path: Path):
@@ -833,6 +824,6 @@ def test_a_fresh_start_in_a_used_run_directory_sets_aside_its_rows_and_hides_its
     assert [
         json.loads(line)["loss"] for line in (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()
     ] == [1.0]
-    scalars = _tensorboard_scalars(tmp_path)
+    scalars = tensorboard_scalars(tmp_path)
     assert scalars["train/step_lr"] == [(1, pytest.approx(0.2)), (2, pytest.approx(0.2))]
     assert scalars["train/loss"] == [(2, 2.0)]
