@@ -137,7 +137,7 @@ def test_a_misspelt_config_key_is_one_line_with_the_closest_real_key(override: s
     assert expected in one_error_line(err)
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "stats", "verify-data", "bench model", "rehearse"])
+@pytest.mark.parametrize("command", ["train", "eval", "stats", "verify-data", "bench model", "rehearse", "plan"])
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
@@ -273,3 +273,9 @@ def test_hydras_own_flags_abbreviated_or_with_a_value_attached_still_reach_hydra
 
     for args in (["--cfg", "job", "--res"], ["-cjob"], ["--info=config"], ["-m", "--cfg=job"], ["--inf"]):
         refuse_unknown_options(args, "train")  # no SystemExit
+
+
+def test_a_plan_setting_of_the_wrong_type_names_the_type_expected(capsys):
+    code, err = run_main(["plan", "plan.img_per_s_per_gpu=abc"], capsys)
+    assert code == 2
+    assert "plan.img_per_s_per_gpu=abc: Value 'abc' of type 'str' could not be converted" in one_error_line(err)

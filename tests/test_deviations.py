@@ -78,3 +78,11 @@ def test_fast_presets_are_compared_with_ffcvs_rn50_recipe_of_their_length():
         "trainer.epochs",
         "data.progressive.end_epoch",
     }
+
+
+def test_a_world_size_that_does_not_divide_the_references_batch_is_compared_not_refused():
+    # 3 processes of 16 (the demo's data, torchvision's reference): the reference's 256 is its own
+    # global batch whatever world this run has; asking it to split over 3 crashed the run's summary
+    assert deviating("demo", "trainer.batch_size=16", world_size=3)["trainer.global_batch"] == (48, 256)
+    found = deviating("he2016", "trainer.global_batch=null", "trainer.batch_size=20", world_size=3)
+    assert found["trainer.global_batch"] == (60, 256)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from resnet_repro.checkpoint import PreemptionWatch
-from resnet_repro.cluster.distributed import DistEnv, detect
+from resnet_repro.cluster.distributed import DistEnv, detect, local_launch_check, pick_device
 from resnet_repro.commands.hydra_app import run_id
 from resnet_repro.config import UserError
 
@@ -323,3 +323,30 @@ def test_a_stop_records_the_epoch_counted_from_1_and_every_stop_stays_in_the_his
     assert saved["epochs_from"] == 1 and saved["requeued"] is False
     history = [json.loads(line) for line in (tmp_path / "stops.jsonl").read_text().splitlines()]
     assert len(history) == 2 and history[-1] == saved
+
+
+# ------------------------------------------------------------------- processes against the machine
+def test_more_local_processes_than_visible_gpus_is_refused_before_any_starts():
+    # two ranks on one GPU: NCCL refuses them deep inside the first collective
+    with pytest.raises(UserError, match=r"trainer.nproc=8 .* 4 visible GPUs"):
+        local_launch_check(8, "auto", gpus=4, cores=64)
+    with pytest.raises(UserError, match=r"trainer.nproc=2 .* 1 visible GPU\b"):
+        local_launch_check(2, "cuda", gpus=1, cores=64)
+    assert local_launch_check(4, "auto", gpus=4, cores=2) is None
+
+
+def test_more_cpu_processes_than_cores_is_a_warning_naming_both():
+    warning = local_launch_check(64, "auto", gpus=0, cores=2)
+    assert warning is not None and "trainer.nproc=64" in warning and "2 CPU cores" in warning
+    assert local_launch_check(64, "cpu", gpus=8, cores=2) is not None  # the GPUs are not used
+    assert local_launch_check(2, "auto", gpus=0, cores=2) is None
+
+
+def test_torchrun_workers_beyond_the_visible_gpus_are_refused_by_name(monkeypatch):
+    env = detect({**TORCHRUN_ENV, "LOCAL_WORLD_SIZE": "8"})
+    assert env.local_world_size == 8
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
+    with pytest.raises(UserError, match=r"8 processes on this node .* 4 visible GPUs"):
+        pick_device("auto", env)
+    assert detect(TORCHRUN_ENV).local_world_size is None  # an older torchrun: not known, not refused

@@ -37,6 +37,7 @@ class DistEnv:
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     source: str = "single"  # single | torchrun | slurm
+    local_world_size: int | None = None  # processes on this node sharing its GPUs, where the launcher says
 
     @property
     def is_main(self) -> bool:
@@ -89,6 +90,7 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
             master_addr=env["MASTER_ADDR"],
             master_port=int(env["MASTER_PORT"]),
             source="torchrun",
+            local_world_size=int(env["LOCAL_WORLD_SIZE"]) if env.get("LOCAL_WORLD_SIZE") else None,
         )
     # Only inside an `srun` step is each process one task of the job: srun sets SLURM_STEP_NUM_TASKS.
     # The batch shell of an sbatch job (which may also carry SLURM_PROCID=0 and SLURM_NTASKS=8) is a
@@ -113,9 +115,46 @@ def pick_device(requested: str, env: DistEnv) -> torch.device:
         raise UserError("trainer.device=cuda but CUDA is not available on this machine; use auto or cpu")
     if requested == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    index = env.local_rank % torch.cuda.device_count()
+    gpus = torch.cuda.device_count()
+    if env.local_world_size is not None and env.local_world_size > gpus:
+        raise UserError(
+            f"{env.local_world_size} processes on this node but {_gpus(gpus)}: two ranks on one GPU, "
+            "which NCCL refuses; start one process per GPU (torchrun --nproc-per-node)"
+        )
+    index = env.local_rank % gpus
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
+
+
+def _gpus(count: int) -> str:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f"{count} visible GPU{'s' if count != 1 else ''}" + (
+        f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+    )
+
+
+def local_launch_check(nproc: int, requested: str, gpus: int | None = None, cores: int | None = None) -> str | None:
+    """Before `trainer.nproc` local workers start: more than the visible GPUs is refused (two ranks
+    on one GPU fail in NCCL's first collective); more than this process's CPU cores on the CPU is
+    the warning returned (each worker holds a model and its data pipeline: slow, and 64 of them
+    fill the memory of a small machine without a word). `gpus`, `cores`: this machine's unless given."""
+    if gpus is None:
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cores is None:
+        cores = len(os.sched_getaffinity(0))
+    if requested != "cpu" and gpus > 0:
+        if nproc > gpus:
+            raise UserError(
+                f"trainer.nproc={nproc} but this machine has {_gpus(gpus)}: two ranks on one GPU, "
+                f"which NCCL refuses; set trainer.nproc to at most {gpus}"
+            )
+        return None
+    if nproc > cores:
+        return (
+            f"trainer.nproc={nproc} processes on {cores} CPU core{'s' if cores != 1 else ''}: each holds "
+            "a model and a data pipeline, so this runs slowly and may run out of memory"
+        )
+    return None
 
 
 def init(env: DistEnv, device: torch.device, timeout_s: int) -> None:

@@ -11,6 +11,7 @@ from resnet_repro.config import (
     CONF_DIR,
     UserError,
     check_override_keys,
+    hydra_error_line,
     register_configs,
     to_dataclass,
     validate,
@@ -72,7 +73,7 @@ def plan_command(args: list[str]) -> None:
             jobs.append((job, cfg))
         record = plan(jobs)
     except HydraException as e:
-        fail(str(e).splitlines()[0])
+        fail(hydra_error_line(e))
     except UserError as e:
         fail(str(e))
     print(format_table(record))

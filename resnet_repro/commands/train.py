@@ -55,6 +55,9 @@ def _train(dcfg: DictConfig) -> float | None:
         # a batch-size conflict is refused here, once, before any worker or data loading starts
         per_device_batch(cfg.trainer, cfg.trainer.nproc if local_launch else distributed.detect().world_size)
         if local_launch:
+            too_many = distributed.local_launch_check(cfg.trainer.nproc, cfg.trainer.device)
+            if too_many:
+                print(f"{PROG}: warning: {too_many}", file=sys.stderr)
             _warn_of_batch_shell(cfg.trainer.nproc)
             yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
             try:

@@ -226,10 +226,13 @@ def _exempt(key: str) -> bool:
 
 def _recipe_values(cfg: RootConfig, world_size: int) -> dict[str, Any]:
     """Every leaf of the config by dotted key, except NOT_RECIPE_KEYS; the batch as the global
-    batch it gives on `world_size` processes (a per-process 32 on 8 GPUs is the recipe's 256)."""
+    batch it gives on `world_size` processes (a per-process 32 on 8 GPUs is the recipe's 256; a
+    recipe's global batch is its own on any world, split evenly or not)."""
     values = {k: v for k, v in _leaves(dataclasses.asdict(cfg)).items() if not _exempt(k)}
     del values["trainer.batch_size"]
-    values["trainer.global_batch"] = per_device_batch(cfg.trainer, world_size) * world_size
+    t = cfg.trainer
+    if t.global_batch is None:
+        values["trainer.global_batch"] = per_device_batch(t, world_size) * world_size
     if cfg.data.normalization != "published":  # read only then
         del values["data.mean"], values["data.std"]
     if "multiscale" not in eval_protocols(cfg.eval):
