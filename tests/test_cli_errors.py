@@ -137,7 +137,10 @@ def test_a_misspelt_config_key_is_one_line_with_the_closest_real_key(override: s
     assert expected in one_error_line(err)
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "stats", "verify-data", "bench model", "rehearse", "plan"])
+COMMANDS = ["train", "eval", "stats", "verify-data", "bench model", "rehearse", "plan"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
@@ -278,4 +281,5 @@ def test_hydras_own_flags_abbreviated_or_with_a_value_attached_still_reach_hydra
 def test_a_plan_setting_of_the_wrong_type_names_the_type_expected(capsys):
     code, err = run_main(["plan", "plan.img_per_s_per_gpu=abc"], capsys)
     assert code == 2
-    assert "plan.img_per_s_per_gpu=abc: Value 'abc' of type 'str' could not be converted" in one_error_line(err)
+    expected = "plan.img_per_s_per_gpu=abc: Value 'abc' of type 'str' could not be converted"
+    assert expected in one_error_line(err)

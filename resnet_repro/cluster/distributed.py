@@ -133,7 +133,9 @@ def _gpus(count: int) -> str:
     )
 
 
-def local_launch_check(nproc: int, requested: str, gpus: int | None = None, cores: int | None = None) -> str | None:
+def local_launch_check(
+    nproc: int, requested: str, gpus: int | None = None, cores: int | None = None
+) -> str | None:
     """Before `trainer.nproc` local workers start: more than the visible GPUs is refused (two ranks
     on one GPU fail in NCCL's first collective); more than this process's CPU cores on the CPU is
     the warning returned (each worker holds a model and its data pipeline: slow, and 64 of them
