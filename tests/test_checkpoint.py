@@ -463,7 +463,7 @@ def test_multi_rank_stop_is_decided_on_the_signal_all_ranks_agree_on(monkeypatch
             os.kill(os.getpid(), getattr(signal, here))
         assert interrupts.stop_requested(1)
         assert interrupts.stopped_by == agreed and interrupts.watch.received == agreed
-        # rank 0 decides on the agreed signal: a warning anywhere requeues without asking SLURM
+        # rank 0 decides on the agreed signal: a warning anywhere requeues (SLURM shows no preemption)
         decision = slurm.decide_stop(
             interrupts.stopped_by, "42", 0, True, query=lambda job: (slurm.JobView(("RUNNING",)), "")
         )

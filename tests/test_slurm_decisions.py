@@ -207,7 +207,13 @@ def fixture_query(name: str, form: str = "txt"):
 )
 def test_sigterm_requeues_only_on_evidence_of_a_time_limit_or_preemption(name: str, form: str, action: str):
     decision = slurm.decide_stop(
-        "SIGTERM", JOB_IDS[name], 0, True, query=fixture_query(name, form), preempt_mode=lambda p: "REQUEUE"
+        "SIGTERM",
+        JOB_IDS[name],
+        0,
+        True,
+        query=fixture_query(name, form),
+        preempt_mode=lambda p: "REQUEUE",
+        preempt_type=lambda: "preempt/partition_prio",
     )
     assert decision.action == action, decision.why
     # only a preemption that SLURM requeues itself is waited for; everything else exits at once
@@ -242,12 +248,90 @@ def test_an_earlier_requeue_is_not_mistaken_for_this_one_when_the_start_count_is
 
 
 @pytest.mark.parametrize("signal_name", ["SIGUSR1", "SIGUSR2"])
-def test_usr1_and_usr2_requeue_without_asking_the_controller(signal_name: str):
-    def query(job: str):
-        raise AssertionError("the controller was asked")
+def test_usr1_and_usr2_requeue_unless_the_controller_shows_a_preemption(signal_name: str):
+    def unknown(job: str):
+        return None, "`scontrol show job` did not answer within 10 s"
 
-    assert slurm.decide_stop(signal_name, "9", None, True, query=query).action == "requeue"
-    assert slurm.decide_stop(signal_name, "9", None, False, query=query).action == "stop"
+    # the time-limit warning: requeued whether or not the controller answers
+    assert slurm.decide_stop(signal_name, "6", None, True, query=unknown).action == "requeue"
+    running = fixture_query("user_sigterm_running")
+    assert slurm.decide_stop(signal_name, "6", None, True, query=running).action == "requeue"
+    assert slurm.decide_stop(signal_name, "6", None, False, query=unknown).action == "stop"
+
+
+@pytest.mark.parametrize("form", ["txt", "json"])
+def test_the_user_signal_of_a_preemption_is_decided_as_the_preemption(form: str):
+    """PreemptParameters=send_user_signal: SLURM sends --signal's USR1 at a preemption's start; under
+    PreemptMode=CANCEL a requeue of ours would undo the cancel SLURM chose."""
+    decision = slurm.decide_stop(
+        "SIGUSR1",
+        "7",
+        0,
+        True,
+        query=fixture_query("preempt_cancel_grace_running", form),
+        preempt_mode=lambda p: "CANCEL",
+        preempt_type=lambda: "preempt/partition_prio",
+    )
+    assert decision.action == "stop" and "PreemptMode=CANCEL" in decision.why, decision.why
+
+
+def _edited(name: str, form: str, *replacements: tuple[str, str]):
+    text = (ASSETS / f"{name}.{form}").read_text()
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new)
+    parse = slurm.parse_job_json if form == "json" else slurm.parse_job_text
+    return lambda job: (parse(text, job), "fixture")
+
+
+@pytest.mark.parametrize(
+    ("form", "flag"),
+    [("txt", ("Requeue=1", "Requeue=0")), ("json", ('"requeue": true', '"requeue": false'))],
+)
+def test_a_preempted_job_slurm_may_not_requeue_stops_with_the_resume_line(form: str, flag: tuple[str, str]):
+    """PreemptMode=REQUEUE "preempts jobs by requeuing them (if possible) or canceling them": a job
+    without --requeue (and JobRequeue=0) is cancelled at the grace's end, not requeued."""
+    query = _edited("preempt_cancel_grace_running", form, flag)
+    assert query("7")[0].requeue is False
+    decision = slurm.decide_stop(
+        "SIGTERM",
+        "7",
+        0,
+        True,
+        query=query,
+        preempt_mode=lambda p: "REQUEUE",
+        preempt_type=lambda: "preempt/partition_prio",
+    )
+    assert decision.action == "stop" and "Requeue=0" in decision.why and decision.wait_s == 0, decision
+
+
+@pytest.mark.parametrize("kind", ["preempt/qos", None])
+def test_a_preemption_whose_mode_the_partition_does_not_decide_is_not_called_requeued(kind: str | None):
+    """Under PreemptType=preempt/qos the QOS's PreemptMode applies, not the partition's: the run
+    stops with the resume line rather than wait for a requeue that may be a cancel."""
+    decision = slurm.decide_stop(
+        "SIGTERM",
+        "7",
+        0,
+        True,
+        query=fixture_query("preempt_cancel_grace_running"),
+        preempt_mode=lambda p: "REQUEUE",
+        preempt_type=lambda: kind,
+    )
+    assert decision.action == "stop" and decision.wait_s == 0, decision
+    assert ("PreemptType=preempt/qos" if kind else "PreemptType") in decision.why
+
+
+@pytest.mark.parametrize("form", ["txt", "json"])
+def test_a_job_past_its_deadline_is_not_requeued(form: str):
+    """sbatch --deadline: SLURM removes a job that cannot end before its deadline; a requeued one
+    would be removed again."""
+    if form == "txt":
+        query = _edited("timeout_completing", form, ("Reason=TimeLimit", "Reason=DeadLine"))
+    else:
+        query = _edited("timeout", form, ('"TIMEOUT"', '"DEADLINE"'), ('"TimeLimit"', '"DeadLine"'))
+    decision = slurm.decide_stop("SIGTERM", "5", 0, True, query=query)
+    assert decision.action == "stop" and "deadline" in decision.why, decision.why
 
 
 def test_time_limit_with_requeue_turned_off_stops_and_says_so():
@@ -446,3 +530,19 @@ def test_a_purged_job_of_slurm_22_05_is_unknown_not_unreadable():
 
     v, how = slurm.query_job("1", run=run)
     assert v is None and slurm.UNKNOWN_JOB in how
+
+
+def test_the_clusters_preempt_type_is_read_from_scontrol_show_config():
+    # captured from the 22.05 test cluster (scripts/slurm/local_cluster.sh): `scontrol show config`
+    text = (ASSETS / "show_config.txt").read_text()
+
+    def run(args, **kwargs):
+        assert args == ["scontrol", "show", "config"]
+        return subprocess.CompletedProcess(args, 0, text, "")
+
+    assert slurm.cluster_preempt_type(run=run) == "preempt/partition_prio"
+    qos = text.replace("preempt/partition_prio", "preempt/qos")
+    answered = subprocess.CompletedProcess([], 0, qos, "")
+    assert slurm.cluster_preempt_type(run=lambda a, **k: answered) == "preempt/qos"
+    down = subprocess.CompletedProcess([], 1, "", "slurm_load_ctl_conf error: Unable to contact slurm")
+    assert slurm.cluster_preempt_type(run=lambda a, **k: down) is None

@@ -1,11 +1,14 @@
 """SLURM as this tool asks it: node lists, what the controller says about a job, and what a stop
 signal means for the job: requeue it, SLURM requeued it already, or stop (and say how to resume).
 
-A decision never rests on a guess. USR1 / USR2 come from `--signal` (the time-limit warning) or a
-deliberate `scancel --signal`, never from a plain `scancel`: they requeue without asking the
-controller. SIGTERM is what SLURM sends for a cancel, a time limit, a preemption and a requeue
-alike: it requeues only on positive evidence (a time limit or a preemption in `scontrol show job`)
-and an unknown state (no scontrol, a slow or unreachable controller, an error) never requeues.
+A decision never rests on a guess. USR1 / USR2 come from `--signal` (the time-limit warning), a
+deliberate `scancel --signal`, or a preemption's start under PreemptParameters=send_user_signal,
+never from a plain `scancel`: they requeue unless the controller shows a preemption (PreemptTime
+set), which is decided as one. SIGTERM is what SLURM sends for a cancel, a time limit, a
+preemption and a requeue alike: it requeues only on positive evidence (a time limit or a
+preemption in `scontrol show job`) and an unknown state (no scontrol, a slow or unreachable
+controller, an error) never requeues. A preemption is left to SLURM only where SLURM will requeue
+it (`_preemption`); a job past its --deadline is not requeued.
 """
 
 from __future__ import annotations
@@ -174,6 +177,7 @@ class JobView:
     restarts: int = 0
     preempted: bool = False
     partition: str | None = None
+    requeue: bool | None = None  # whether SLURM may requeue the job (Requeue=1: --requeue or JobRequeue=1)
 
     @property
     def base(self) -> str | None:
@@ -250,6 +254,7 @@ def parse_job_json(text: str, job: str) -> JobView:
         restarts=_number(record.get("restart_cnt")),
         preempted=_number(record.get("preempt_time")) > 0,
         partition=str(record["partition"]) if record.get("partition") else None,
+        requeue=bool(record["requeue"]) if isinstance(record.get("requeue"), bool) else None,
     )
 
 
@@ -284,6 +289,7 @@ def parse_job_text(text: str, job: str) -> JobView:
         restarts=int(record.get("Restarts", "0") or 0),
         preempted=preempt_time not in ("None", "Unknown", ""),
         partition=record.get("Partition") or None,
+        requeue={"1": True, "0": False}.get(record.get("Requeue", "")),
     )
 
 
@@ -363,6 +369,23 @@ def partition_preempt_mode(
     return _text_fields(lines[0]).get("PreemptMode") if lines else None
 
 
+def cluster_preempt_type(timeout_s: float = QUERY_TIMEOUT_S, run: Runner = subprocess.run) -> str | None:
+    """The cluster's PreemptType (`scontrol show config`: preempt/partition_prio, preempt/qos,
+    preempt/none), or None where it cannot be read. Only under preempt/partition_prio is a
+    partition's PreemptMode the one a preemption follows; under preempt/qos the QOS's applies."""
+    try:
+        proc = run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=timeout_s)
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    if proc.returncode != 0:
+        return None
+    for line in proc.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "PreemptType":
+            return value.strip() or None
+    return None
+
+
 # How long a preempted run whose partition requeues (PreemptMode=REQUEUE) waits, checkpoint saved,
 # for SLURM to end it at the end of its GraceTime (SIGTERM, then SIGKILL after KillWait)
 WAIT_FOR_PREEMPTION_S = 600.0
@@ -388,15 +411,19 @@ def decide_stop(
     requeue: bool,
     query: Callable[[str], tuple[JobView | None, str]] = query_job,
     preempt_mode: Callable[[str | None], str | None] = partition_preempt_mode,
+    preempt_type: Callable[[], str | None] = cluster_preempt_type,
 ) -> StopDecision:
-    """Requeue, leave to SLURM, or stop, from evidence only (see the module docstring). A
-    preemption is requeued only where the partition's PreemptMode is REQUEUE: under CANCEL, SLURM
-    ends the job at the end of its GraceTime, and a requeue would undo the cancel SLURM chose."""
+    """Requeue, leave to SLURM, or stop, from evidence only (see the module docstring)."""
     if job is None:
         return StopDecision("stop", "not a SLURM job")
     if signal_name in WARNING_SIGNALS:
         if not requeue:
             return StopDecision("stop", f"{signal_name} (a time-limit warning); trainer.requeue=false")
+        # PreemptParameters=send_user_signal sends --signal's signal at a preemption's start too:
+        # that one is decided as the preemption it is; any other (or no answer) is the warning
+        view, _ = query(job)
+        if view is not None and view.preempted and view.base != "TIMEOUT" and view.reason != "TimeLimit":
+            return _preemption(signal_name, job, view, preempt_mode, preempt_type)
         return StopDecision(
             "requeue", f"{signal_name}: the time-limit warning or a deliberate scancel --signal"
         )
@@ -410,7 +437,12 @@ def decide_stop(
         )
     if view.base == "PENDING" or REQUEUE_FLAGS & set(view.states):
         return StopDecision("requeued", f"SLURM requeued job {job} itself ({seen})")
-    time_limit = view.base in ("TIMEOUT", "DEADLINE") or view.reason in ("TimeLimit", "DeadLine")
+    if view.base == "DEADLINE" or view.reason == "DeadLine":
+        # sbatch --deadline: SLURM removes a job that cannot end before it; a requeued one again
+        return StopDecision(
+            "stop", f"{signal_name} at the job's deadline (sbatch --deadline; {seen}), not requeued"
+        )
+    time_limit = view.base == "TIMEOUT" or view.reason == "TimeLimit"
     preemption = view.base == "PREEMPTED" or view.preempted or view.reason == "Preempted"
     if not (time_limit or preemption):
         return StopDecision(
@@ -421,23 +453,50 @@ def decide_stop(
     if not requeue:
         return StopDecision("stop", f"{signal_name} at a {what} ({seen}); trainer.requeue=false")
     if not time_limit:
-        mode = preempt_mode(view.partition)
-        if mode is None or "REQUEUE" not in mode.upper():
-            said = f"PreemptMode={mode}" if mode else "its PreemptMode could not be read"
-            return StopDecision(
-                "stop",
-                f"{signal_name} at a preemption ({seen}); partition {view.partition}: {said}, not requeued",
-            )
-        # SLURM requeues the job itself when it ends it at the grace's end; a requeue of ours now,
-        # or an exit before then, is not the same thing on every version (25.11 requeued a job
-        # that ended during its grace once more after its next run): wait to be ended
-        return StopDecision(
-            "requeued",
-            f"{signal_name} at a preemption ({seen}); partition {view.partition}: PreemptMode={mode}: "
-            "SLURM requeues the job when its GraceTime ends",
-            wait_s=WAIT_FOR_PREEMPTION_S,
-        )
+        return _preemption(signal_name, job, view, preempt_mode, preempt_type)
     return StopDecision("requeue", f"{signal_name} at a {what} ({seen})")
+
+
+def _preemption(
+    signal_name: str,
+    job: str,
+    view: JobView,
+    preempt_mode: Callable[[str | None], str | None],
+    preempt_type: Callable[[], str | None],
+) -> StopDecision:
+    """A preemption is SLURM's to requeue, and only where it will: the partition's PreemptMode is
+    REQUEUE, the cluster preempts by partition (PreemptType=preempt/partition_prio; under
+    preempt/qos the job's QOS decides, which this tool does not read), and the job may be
+    requeued (Requeue=1). Anything else, or anything unread, stops with the resume line: under
+    CANCEL, SLURM ends the job at the grace's end, and a requeue of ours would undo its cancel."""
+    seen = view.describe()
+    where = f"{signal_name} at a preemption ({seen}); partition {view.partition}"
+    mode = preempt_mode(view.partition)
+    if mode is None or "REQUEUE" not in mode.upper():
+        said = f"PreemptMode={mode}" if mode else "its PreemptMode could not be read"
+        return StopDecision("stop", f"{where}: {said}, not requeued")
+    kind = preempt_type()
+    if kind is None or "partition" not in kind:
+        said = (
+            f"PreemptType={kind}: the job's QOS decides"
+            if kind
+            else "the cluster's PreemptType could not be read"
+        )
+        return StopDecision("stop", f"{where}: PreemptMode={mode}, but {said}; not requeued here")
+    if view.requeue is False:
+        return StopDecision(
+            "stop",
+            f"{where}: PreemptMode={mode}, but the job has Requeue=0 (submitted without --requeue): "
+            "SLURM cancels it at the grace's end",
+        )
+    # SLURM requeues the job itself when it ends it at the grace's end; a requeue of ours now,
+    # or an exit before then, is not the same thing on every version (25.11 requeued a job
+    # that ended during its grace once more after its next run): wait to be ended
+    return StopDecision(
+        "requeued",
+        f"{where}: PreemptMode={mode}: SLURM requeues the job when its GraceTime ends",
+        wait_s=WAIT_FOR_PREEMPTION_S,
+    )
 
 
 def requeue_job(
