@@ -262,6 +262,32 @@ def test_collect_reports_preempted_jobs_and_the_newer_of_nan_and_preempted(tmp_p
     assert report.collect(tmp_path)[0]["status"] == "nan"
 
 
+RESUME = "resnet-repro train hydra.run.dir=runs/demo/slurm-42"
+WHEN_STARTED = "it resumes when SLURM starts it"
+
+
+@pytest.mark.parametrize(
+    ("preempted", "note"),
+    [
+        (
+            {"signal": "SIGTERM", "requeued": False, "resume": RESUME},
+            f"preempted by SIGTERM, not requeued; to resume: {RESUME}",
+        ),
+        ({"signal": "SIGUSR1", "requeued": True}, f"preempted by SIGUSR1 and requeued: {WHEN_STARTED}"),
+        (
+            {"signal": "SIGTERM", "requeued": "by SLURM"},
+            f"preempted by SIGTERM and requeued by SLURM: {WHEN_STARTED}",
+        ),
+        ({"signal": "SIGUSR1"}, "preempted by SIGUSR1; to resume: its command with hydra.run.dir={job}"),
+    ],
+)
+def test_a_preempted_jobs_note_says_how_it_resumes_as_its_stop_recorded(tmp_path: Path, preempted, note):
+    """A SLURM job's directory is slurm-<id> and a sweep's is dated: rerunning the same command
+    starts afresh; the note gives preempted.json's resume command, or says SLURM requeued it."""
+    job = write_job(tmp_path, ["optim.lr=0.1"], [0.3], extra_files={"preempted.json": json.dumps(preempted)})
+    assert report.collect(tmp_path)[0]["note"] == note.format(job=job)
+
+
 def test_a_run_that_trained_on_through_a_nan_loss_counts_as_diverged_not_finished(tmp_path: Path):
     """stabilizer.nonfinite=off trains on after a NaN and writes final.json like any finished run:
     its best holdout epoch (before the NaN) must not score it, and the divergence must be counted."""

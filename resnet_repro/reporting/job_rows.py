@@ -411,8 +411,17 @@ def _note(job_dir: Path, status: str, final: dict[str, Any], trained_on: str | N
         where = f" at epoch {shown}, step {report.get('step')}" if shown is not None else ""
         return f"non-finite loss or gradient{where}; see nonfinite_report.json"
     if status == PREEMPTED:
+        # a SLURM job's directory is slurm-<id>, a sweep's is dated: the same command again would
+        # start afresh; the stop's own record says how this one continues
         info = _read_json(job_dir / "preempted.json") or {}
-        return f"preempted by {info.get('signal')}; rerun the same command to resume"
+        stopped = f"preempted by {info.get('signal')}"
+        requeued = info.get("requeued")
+        if requeued:
+            by = f" {requeued}" if isinstance(requeued, str) else ""
+            return f"{stopped} and requeued{by}: it resumes when SLURM starts it"
+        if info.get("resume"):
+            return f"{stopped}, not requeued; to resume: {info['resume']}"
+        return f"{stopped}; to resume: its command with hydra.run.dir={job_dir}"
     if status == FAILED:
         error = job_dir / "error.txt"
         if error.is_file():
