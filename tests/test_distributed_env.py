@@ -13,7 +13,7 @@ import time
 import pytest
 
 from resnet_repro.checkpoint import PreemptionWatch
-from resnet_repro.cluster.distributed import DistEnv, detect, local_launch_check, pick_device
+from resnet_repro.cluster.distributed import DistEnv, detect, local_launch_check, local_workers, pick_device
 from resnet_repro.commands.hydra_app import run_id
 from resnet_repro.config import UserError
 
@@ -350,3 +350,32 @@ def test_torchrun_workers_beyond_the_visible_gpus_are_refused_by_name(monkeypatc
     with pytest.raises(UserError, match=r"8 processes on this node .* 4 visible GPUs"):
         pick_device("auto", env)
     assert detect(TORCHRUN_ENV).local_world_size is None  # an older torchrun: not known, not refused
+
+
+@pytest.mark.parametrize("environ", [SRUN_ENV, TORCHRUN_ENV], ids=["srun", "torchrun"])
+def test_trainer_nproc_under_a_launcher_that_started_the_processes_is_refused(environ):
+    """Two nodes with one srun task each and trainer.nproc=4 trained 2 ranks with 4 times the batch
+    each: the launcher's processes are the world, and nproc was silently ignored."""
+    env = detect(environ)
+    with pytest.raises(UserError, match=rf"trainer.nproc=4 .*{env.source}.* {env.world_size} processes"):
+        local_workers(4, env)
+    assert local_workers(1, env) is False
+    assert local_workers(2, DistEnv()) is True and local_workers(1, DistEnv()) is False
+
+
+@pytest.mark.parametrize(
+    ("environ", "warned"),
+    [
+        ({"SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "2", "SLURMD_NODENAME": "gpu01"}, True),
+        ({"SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "1"}, False),
+        ({"SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "2", "SLURM_STEP_ID": "0"}, False),  # srun -N1: chosen
+        ({"SLURM_JOB_NUM_NODES": "2"}, False),
+    ],
+)
+def test_a_batch_script_that_trains_on_one_node_of_several_is_warned(environ, warned):
+    from resnet_repro.cluster.slurm import one_node_of_several_warning
+
+    warning = one_node_of_several_warning(environ)
+    assert (warning is not None) == warned
+    if warned:
+        assert "2 nodes" in warning and "gpu01" in warning and "srun" in warning

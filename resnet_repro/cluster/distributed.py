@@ -110,6 +110,21 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
     return DistEnv()
 
 
+def local_workers(nproc: int, env: DistEnv) -> bool:
+    """Whether the CLI starts `trainer.nproc` local workers itself: only a single process does.
+    Under srun or torchrun the launcher's processes are the world, and trainer.nproc > 1 there
+    is refused: two nodes with one srun task each trained 2 ranks of 4 times the batch instead."""
+    if env.source == "single":
+        return nproc > 1
+    if nproc > 1:
+        raise UserError(
+            f"trainer.nproc={nproc} under {env.source}, which started {env.world_size} processes itself: "
+            "one process per GPU comes from the launcher (srun --ntasks-per-node=<GPUs>, torchrun "
+            "--nproc-per-node=<GPUs>); drop trainer.nproc, or start resnet-repro once per node outside it"
+        )
+    return False
+
+
 def pick_device(requested: str, env: DistEnv) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise UserError("trainer.device=cuda but CUDA is not available on this machine; use auto or cpu")

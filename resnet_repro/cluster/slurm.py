@@ -154,6 +154,23 @@ def batch_launcher_warning(environ: Mapping[str, str], nproc: int, parent_name: 
     )
 
 
+def one_node_of_several_warning(environ: Mapping[str, str]) -> str | None:
+    """A warning for a training started by the batch script of a job of several nodes: the batch
+    script runs on the first node only, and so do the workers it starts; the other nodes idle.
+    None inside an srun step (a step of fewer nodes is chosen) or a job of one node."""
+    nodes = environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES") or "1"
+    step = environ.get("SLURM_STEP_ID", "")
+    in_step = step.isdigit() and int(step) < 0xFFFFFFF0
+    if not environ.get("SLURM_JOB_ID") or in_step or not nodes.isdigit() or int(nodes) <= 1:
+        return None
+    here = environ.get("SLURMD_NODENAME") or "the first node"
+    return (
+        f"SLURM job {environ['SLURM_JOB_ID']} has {nodes} nodes, but its batch script trains on {here} "
+        "only; for every node: srun --ntasks-per-node=<GPUs> resnet-repro train ... "
+        "(scripts/slurm/train_imagenet_multinode.sbatch)"
+    )
+
+
 # ------------------------------------------------------------------------------------ job states
 
 

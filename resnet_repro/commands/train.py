@@ -51,14 +51,16 @@ def _train(dcfg: DictConfig) -> float | None:
         cfg = to_dataclass(dcfg)
         validate(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        local_launch = cfg.trainer.nproc > 1 and distributed.detect().source == "single"
+        env = distributed.detect()
+        local_launch = distributed.local_workers(cfg.trainer.nproc, env)
         # a batch-size conflict is refused here, once, before any worker or data loading starts
-        per_device_batch(cfg.trainer, cfg.trainer.nproc if local_launch else distributed.detect().world_size)
+        per_device_batch(cfg.trainer, cfg.trainer.nproc if local_launch else env.world_size)
+        if env.source == "single":
+            _warn_of_batch_shell(cfg.trainer.nproc)
         if local_launch:
             too_many = distributed.local_launch_check(cfg.trainer.nproc, cfg.trainer.device)
             if too_many:
                 print(f"{PROG}: warning: {too_many}", file=sys.stderr)
-            _warn_of_batch_shell(cfg.trainer.nproc)
             yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
             try:
                 outcome = distributed.launch_local(cfg.trainer.nproc, train_worker, yaml, str(run_dir))[0]
@@ -88,15 +90,16 @@ def _train(dcfg: DictConfig) -> float | None:
 def _warn_of_batch_shell(nproc: int) -> None:
     import os
 
-    from resnet_repro.cluster.slurm import batch_launcher_warning
+    from resnet_repro.cluster.slurm import batch_launcher_warning, one_node_of_several_warning
 
     try:
         parent = Path(f"/proc/{os.getppid()}/comm").read_text().strip()
     except OSError:
         parent = ""
-    warning = batch_launcher_warning(os.environ, nproc, parent)
-    if warning:
-        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    warnings = (batch_launcher_warning(os.environ, nproc, parent), one_node_of_several_warning(os.environ))
+    for warning in warnings:
+        if warning:
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
 
 
 def _workers_stop(run_dir: Path, signal_name: str) -> dict:

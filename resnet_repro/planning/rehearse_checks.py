@@ -174,7 +174,7 @@ def launch_description(nproc: int) -> tuple[bool, int, str]:
     from resnet_repro.cluster import distributed
 
     env = distributed.detect()
-    if nproc > 1 and env.source == "single":
+    if distributed.local_workers(nproc, env):
         return True, nproc, f"{nproc} local worker processes (trainer.nproc)"
     if env.source == "single":
         return False, 1, "this process"
