@@ -91,14 +91,17 @@ def test_srun_task_reads_rank_from_slurm_and_derives_address_and_port():
     assert (env.rank, env.local_rank, env.world_size) == (3, 3, 8)
     assert env.master_addr == "gpu003"
     step = int(SRUN_ENV.get("SLURM_STEP_ID", "0"))
-    assert env.master_port == 20000 + (1234 * 97 + step) % 20000  # job and step: one port per step
+    assert env.master_port == 20000 + (1234 * 97 + step) % 12000  # job and step: one port per step
     assert not env.is_main
 
 
-def test_srun_port_stays_below_40000_for_large_job_ids():
-    for job in ("98765", "4294967290"):
-        env = detect({**SRUN_ENV, "SLURM_JOB_ID": job})
-        assert 20000 <= env.master_port < 40000
+def test_srun_port_stays_below_linuxs_ephemeral_range_for_every_job_and_step():
+    """Linux hands out 32768-60999 to outgoing connections (ip_local_port_range): a rendezvous port
+    there may already be taken on rank 0's node, and its store would fail to bind."""
+    for job in ("98765", "4294967290", *(str(j) for j in range(1000, 1400))):
+        for step in ("0", "1", "7"):
+            env = detect({**SRUN_ENV, "SLURM_JOB_ID": job, "SLURM_STEP_ID": step})
+            assert 20000 <= env.master_port < 32768
 
 
 def test_srun_master_addr_and_port_variables_override_the_derived_ones():

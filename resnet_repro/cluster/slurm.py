@@ -128,11 +128,12 @@ def rendezvous_host(environ: Mapping[str, str]) -> str:
 
 
 def rendezvous_port(environ: Mapping[str, str]) -> int:
-    """The port an srun step's ranks meet on, in 20000-39999: from the job id and the step id, so
-    that concurrent steps of one allocation (two `srun ... &` in one script) do not collide."""
+    """The port an srun step's ranks meet on, in 20000-31999: from the job id and the step id, so
+    that concurrent steps of one allocation (two `srun ... &` in one script) do not collide; below
+    Linux's ephemeral range (32768-60999), where an outgoing connection may hold the port."""
     job = int(environ.get("SLURM_JOB_ID", "0") or 0)
     step = int(environ.get("SLURM_STEP_ID", "0") or 0)
-    return 20000 + (job * 97 + step) % 20000
+    return 20000 + (job * 97 + step) % 12000
 
 
 def batch_launcher_warning(environ: Mapping[str, str], nproc: int, parent_name: str) -> str | None:
