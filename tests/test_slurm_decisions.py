@@ -546,3 +546,8 @@ def test_the_clusters_preempt_type_is_read_from_scontrol_show_config():
     assert slurm.cluster_preempt_type(run=lambda a, **k: answered) == "preempt/qos"
     down = subprocess.CompletedProcess([], 1, "", "slurm_load_ctl_conf error: Unable to contact slurm")
     assert slurm.cluster_preempt_type(run=lambda a, **k: down) is None
+
+
+def test_the_expediting_flag_is_not_read_as_the_jobs_base_state():
+    assert slurm.JobView(("EXPEDITING", "RUNNING")).base == "RUNNING"
+    assert slurm.JobView(("EXPEDITING",)).base is None

@@ -33,6 +33,7 @@ STATE_FLAGS = frozenset(
     {
         "COMPLETING",
         "CONFIGURING",
+        "EXPEDITING",  # 23.02+: an expedited requeue under way (libslurm 25.11 names it)
         "LAUNCH_FAILED",
         "POWER_UP_NODE",
         "RECONFIG_FAIL",
