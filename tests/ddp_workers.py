@@ -252,3 +252,61 @@ def _nonfinite_bn_steps(env, device, out_dir: str) -> None:
     parts.interrupts.close()
     buffers = {k: v for k, v in net.state_dict().items() if "running_" in k}
     torch.save({"buffers": buffers, "skipped": metrics["steps_skipped"]}, Path(out_dir, f"rank{env.rank}.pt"))
+
+
+class Killed(Exception):
+    """Raised by every rank's data at the same step: the launch ends there, as a kill -9 ends it."""
+
+
+class _KilledAtStep4(list):
+    def __iter__(self):
+        for i, batch in enumerate(list.__iter__(self)):
+            if i == 3:
+                raise Killed
+            yield batch
+
+
+def resumed_epoch_worker(out_dir: str, phase: str) -> None:
+    """Two ranks, 8 steps of fixed per-rank batches. phase "whole": the epoch uninterrupted;
+    "first": a periodic checkpoint after every step (agreed by the ranks), killed after step 3;
+    "second": resumed from that last.pt. Rank 0 saves the epoch's train metrics as <phase>.json."""
+    in_process_group(_resumed_epoch_steps, out_dir, phase)
+
+
+def _resumed_epoch_steps(env, device, out_dir: str, phase: str) -> None:
+    cfg = RootConfig(
+        schedule=ScheduleConfig(name="constant"),
+        trainer=TrainerConfig(batch_size=4, preempt_check_steps=1),
+        logging=LoggingConfig(tensorboard=False, progress=False),
+    )
+    net = tiny_net(3)
+    model = nn.parallel.DistributedDataParallel(net)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    g = torch.Generator().manual_seed(10 + env.rank)  # each rank its own images
+    data = [
+        (torch.randn(4, 3, 8, 8, generator=g) * 3, torch.randint(0, 3, (4,), generator=g)) for _ in range(8)
+    ]
+    schedule = build_scheduler(cfg.schedule, cfg.stabilizer, optimizer, steps_per_epoch=8, epochs=1)
+    guard = NonFiniteGuard("stop", 1, Path(out_dir, "report.json"))
+    parts = one_epoch_parts(cfg, env, device, net, model, optimizer, schedule, guard)
+    if env.is_main:
+        parts.ckpt_dir = Path(out_dir, "checkpoints")
+        parts.ckpt_dir.mkdir(exist_ok=True)
+    metrics = None
+    try:
+        if phase == "whole":
+            metrics = train_one_epoch(parts, data, cfg, env, device)
+        elif phase == "first":
+            parts.interrupts.save_interval_s = 0.0
+            try:
+                train_one_epoch(parts, _KilledAtStep4(data), cfg, env, device)
+            except Killed:
+                pass
+        else:
+            last = torch.load(Path(out_dir, "checkpoints", "last.pt"), weights_only=False)
+            parts.state.load_state_dict(last)
+            metrics = train_one_epoch(parts, data[parts.state.epoch_step :], cfg, env, device)
+    finally:
+        parts.interrupts.close()
+    if env.is_main and metrics is not None:
+        Path(out_dir, f"{phase}.json").write_text(json.dumps(metrics))

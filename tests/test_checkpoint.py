@@ -451,7 +451,7 @@ def test_multi_rank_stop_is_decided_on_the_signal_all_ranks_agree_on(monkeypatch
     from resnet_repro.config import RootConfig, TrainerConfig
 
     signals = ["SIGUSR1", "SIGUSR2", "SIGTERM"]
-    other_rank = torch.tensor([float(elsewhere == n) for n in signals])
+    other_rank = torch.tensor([*(float(elsewhere == n) for n in signals), 0.0])  # + "save due"
     monkeypatch.setattr(
         distributed, "all_reduce_sum", lambda env, flags: flags + other_rank
     )  # rank 1's flags
@@ -510,3 +510,28 @@ def test_a_checkpoint_path_that_is_a_run_folder_points_at_its_last_pt(tmp_path):
     (run / "checkpoints" / "last.pt").write_bytes(b"")
     with pytest.raises(UserError, match=f"is a folder; .*e\\.g\\. {run / 'checkpoints' / 'last.pt'}$"):
         checkpoint.load(run)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_periodic_checkpoint_is_due_on_every_rank_at_the_same_step(monkeypatch, rank):
+    """Rank 0's clock decides, and the signal check's all-reduce tells the others: every rank then
+    reaches the checkpoint together (it sums the epoch's metrics over the ranks: a rank that
+    stayed out would hang the others)."""
+    from resnet_repro.cluster import distributed, slurm
+    from resnet_repro.cluster.distributed import DistEnv
+    from resnet_repro.cluster.preemption import Interrupts
+    from resnet_repro.config import RootConfig, TrainerConfig
+
+    monkeypatch.setattr(slurm, "restart_count", lambda job: 0)
+    cfg = RootConfig(trainer=TrainerConfig(preempt_signals=["SIGUSR1"], preempt_check_steps=5))
+    interrupts = Interrupts(cfg, DistEnv(rank=rank, world_size=2), torch.device("cpu"))
+    try:
+        interrupts.save_interval_s = 0.0  # due at once on rank 0's clock
+        rank0_due = torch.tensor([0.0, 1.0])  # rank 0's flags: no signal, a checkpoint due
+        monkeypatch.setattr(distributed, "all_reduce_sum", lambda env, flags: flags * (rank != 0) + rank0_due)
+        assert not interrupts.stop_requested(3)  # not a check step: nothing exchanged
+        assert not interrupts.save_due()
+        assert not interrupts.stop_requested(5)
+        assert interrupts.save_due() and not interrupts.save_due()  # once per agreement
+    finally:
+        interrupts.close()

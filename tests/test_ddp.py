@@ -107,6 +107,18 @@ def test_under_ddp_every_rank_restores_its_batchnorm_statistics_after_a_skipped_
         assert out["buffers"] and all(torch.isfinite(v).all() for v in out["buffers"].values()), rank
 
 
+def test_two_ranks_resumed_mid_epoch_report_the_whole_epochs_train_metrics(tmp_path: Path):
+    """The oracle is the same two-rank epoch uninterrupted: a launch killed after step 3 of 8 (its
+    last.pt from a periodic checkpoint both ranks reached together) and the launch resuming it
+    report the epoch's loss, top-1, steps and gradient norms over all 8 steps and both ranks."""
+    for phase in ("whole", "first", "second"):
+        distributed.launch_local(2, ddp_workers.resumed_epoch_worker, str(tmp_path), phase)
+    whole, resumed = (json.loads((tmp_path / f"{p}.json").read_text()) for p in ("whole", "second"))
+    assert resumed["steps"] == whole["steps"] == 8
+    for key in ("loss", "top1", "grad_norm_p50", "grad_norm_max"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-5), key
+
+
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "resnet_repro", *args]
 

@@ -726,6 +726,52 @@ def test_an_epoch_resumed_mid_way_logs_the_lr_it_began_with_and_every_steps_grad
     assert [v for _, v in norms] == pytest.approx([v for _, v in ref_norms], rel=1e-6)
 
 
+@pytest.mark.parametrize("stop", ["signal", "periodic checkpoint, then killed"])
+def test_an_epoch_resumed_mid_way_reports_the_whole_epochs_train_metrics(tmp_path: Path, stop: str):
+    """The oracle is the same epoch run without a stop: its row's loss, top-1, steps and gradient
+    norm statistics (the clipping figure's) must cover all 8 steps, not the 5 after the resume."""
+    cfg = tiny_cfg(max_norm=30.0)  # some of the 8 steps clip, some do not
+
+    ref = make_parts(Tiny(), cfg, tmp_path / "ref")
+    expected = run_epoch(ref, cfg, batches())
+    ref.interrupts.close()
+    assert 0 < expected["clipped_fraction"] < 1, expected
+
+    run_dir = tmp_path / "stopped"
+    first = make_parts(Tiny(), cfg, run_dir)
+
+    class Stop(Exception):
+        pass
+
+    class StopAfterStep3(list):
+        def __iter__(self):
+            for i, batch in enumerate(list.__iter__(self)):
+                if i == 2 and stop == "signal":  # the loop looks for one after each step
+                    first.interrupts.watch.received = "SIGTERM"
+                if i == 3 and stop != "signal":  # last.pt written after step 3; then a kill -9
+                    raise Stop
+                yield batch
+
+    if stop != "signal":
+        first.interrupts.save_interval_s = 0.0  # a periodic checkpoint after every step
+        with pytest.raises(Stop):
+            run_epoch(first, cfg, StopAfterStep3(batches()))
+    else:
+        assert run_epoch(first, cfg, StopAfterStep3(batches())) is None
+    first.interrupts.close()
+
+    second = make_parts(Tiny(), cfg, run_dir)
+    second.state.load_state_dict(torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False))
+    assert second.state.epoch_step == 3
+    got = run_epoch(second, cfg, batches()[3:])
+    second.interrupts.close()
+
+    assert got["steps"] == 8
+    for key in ("loss", "top1", "clipped_fraction", "grad_norm_p50", "grad_norm_p90", "grad_norm_max"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-6), key
+    assert got["epoch_time_s"] > 0 and got["img_per_s"] == pytest.approx(32 / got["epoch_time_s"])
+
+
 def test_a_resumed_launch_sets_aside_the_rows_its_checkpoint_does_not_cover_and_hides_later_events(
     tmp_path: Path,
 ):

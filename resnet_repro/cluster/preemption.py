@@ -29,8 +29,10 @@ class Interrupts:
     """Preemption and periodic checkpoints, polled between steps.
 
     Ranks agree on a pending signal every `check_steps` steps with one small all-reduce, so all
-    of them stop after the same step. A single process reads its own flag after every step
-    instead: no all-reduce, so no device tensor and no host sync.
+    of them stop after the same step; the same all-reduce carries rank 0's "a periodic checkpoint
+    is due", so that every rank reaches the checkpoint together (it sums the epoch's metrics over
+    the ranks). A single process reads its own flag after every step instead: no all-reduce, so
+    no device tensor and no host sync.
     """
 
     def __init__(self, cfg: RootConfig, env: DistEnv, device: torch.device) -> None:
@@ -39,6 +41,7 @@ class Interrupts:
         minutes = cfg.trainer.checkpoint_every_minutes
         self.save_interval_s = minutes * 60 if minutes else None
         self.last_save = time.monotonic()
+        self._save_agreed = False  # the last check's agreement that a periodic checkpoint is due
         self.watch = checkpoint.PreemptionWatch(cfg.trainer.preempt_signals)
         self.stopped_by: str | None = None
         # the job's restart count now, from the controller: a later SIGTERM with a higher count
@@ -53,8 +56,10 @@ class Interrupts:
         if not (force_check or step % self.check_steps == 0):
             return False
         names = self.watch.names
-        flags = torch.tensor([float(self.watch.received == n) for n in names], device=self.device)
-        counts = distributed.all_reduce_sum(self.env, flags).tolist()
+        save = float(self.env.is_main and self._interval_passed())
+        flags = torch.tensor([*(float(self.watch.received == n) for n in names), save], device=self.device)
+        *counts, saves = distributed.all_reduce_sum(self.env, flags).tolist()
+        self._save_agreed = saves > 0
         arrived = [n for n, c in zip(names, counts, strict=True) if c > 0]
         if not arrived:
             return False
@@ -71,11 +76,17 @@ class Interrupts:
             return True
         return False
 
+    def _interval_passed(self) -> bool:
+        return self.save_interval_s is not None and time.monotonic() - self.last_save >= self.save_interval_s
+
     def save_due(self) -> bool:
-        if self.save_interval_s is None or time.monotonic() - self.last_save < self.save_interval_s:
-            return False
-        self.last_save = time.monotonic()
-        return True
+        """Whether a periodic checkpoint is due after this step: on every rank alike (as the last
+        `stop_requested` check agreed) when there are several; call it after `stop_requested`."""
+        due = self._save_agreed if self.env.distributed else self._interval_passed()
+        self._save_agreed = False
+        if due:
+            self.last_save = time.monotonic()
+        return due
 
     def close(self) -> None:
         self.watch.restore()

@@ -294,7 +294,8 @@ class TrainerConfig:
     # Signals that mean "save and stop": SLURM sends USR1 before the time limit (the sbatch scripts'
     # --signal); submitit sends USR2 (its own handler then requeues the job, after our checkpoint)
     preempt_signals: list[str] = field(default_factory=lambda: ["SIGUSR1", "SIGTERM", "SIGUSR2"])
-    # Ranks agree on a pending preemption every this many steps (each check is a small all-reduce)
+    # Ranks agree on a pending preemption (and on a periodic checkpoint being due, by rank 0's clock)
+    # every this many steps (each check is a small all-reduce)
     preempt_check_steps: int = 10
     # After a preemption or time-limit signal under SLURM, requeue the job (scontrol requeue); a plain
     # `scancel` (the job is being cancelled) never requeues

@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -142,12 +143,29 @@ def train_step(
 
 class EpochTally:
     """Loss sum, correct@1 and images, summed on the device, and every step's pre-clip gradient
-    norm: read once, at the end of the epoch."""
+    norm: read once, at the end of the epoch (and at a mid-epoch checkpoint, which keeps them)."""
 
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)
         self.norms: list[torch.Tensor] = []
         self.logged = 0  # norms already in TensorBoard
+        self.earlier_s = 0.0  # training time of the epoch's steps in launches before this one
+
+    def snapshot(self, env: DistEnv, elapsed_s: float) -> dict[str, Any]:
+        """The epoch so far over every rank, for a mid-epoch checkpoint (RunState.epoch_tally): one
+        all-reduce of a copy of the sums, which every rank calls at the same step."""
+        sums = distributed.all_reduce_sum(env, self.sums.clone())
+        norms = torch.stack(self.norms).float().cpu().tolist() if self.norms else []
+        return {"sums": sums.tolist(), "norms": norms, "elapsed_s": self.earlier_s + elapsed_s}
+
+    def restore(self, saved: dict[str, Any], env: DistEnv) -> None:
+        """Continue the epoch `saved` (a snapshot) holds: rank 0 carries the earlier sums, which the
+        epoch's all-reduce adds to every rank's own; the earlier norms are in TensorBoard already."""
+        if env.is_main:
+            self.sums += torch.tensor(saved["sums"], dtype=torch.float64, device=self.sums.device)
+        self.norms = [torch.tensor(v, device=self.sums.device) for v in saved["norms"]]
+        self.logged = len(self.norms)
+        self.earlier_s = float(saved["elapsed_s"])
 
     def log_norms(self, logger: MetricsLogger | NullLogger, step: int) -> torch.Tensor:
         """Every norm of the epoch so far (one read from the device); those not yet logged go to
@@ -184,6 +202,9 @@ def train_one_epoch(
     settings = StepSettings.of(cfg, state.net)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     tally = EpochTally(device)
+    kept = state.epoch_tally
+    if state.epoch_step > 0 and kept is not None and len(kept["norms"]) == state.epoch_step:
+        tally.restore(kept, env)  # a mid-epoch resume: the row covers the whole epoch
     epoch_steps = state.epoch_step + len(loader)
     if state.epoch_step == 0 or state.epoch_lr is None:  # None: a checkpoint from before it was kept
         state.epoch_lr = state.schedule.lr
@@ -198,8 +219,8 @@ def train_one_epoch(
         labels = labels.to(device, non_blocking=True)
         try:
             out = train_step(parts, settings, images, labels, env)
-        except NonFiniteError:
-            tally.log_norms(parts.logger, state.step)
+        except NonFiniteError:  # on every rank alike (the guard's verdict is shared)
+            _keep_tally(parts, tally, env, time.perf_counter() - start)
             parts.save()  # the update was not applied: this is the last good state
             raise
         state.step += 1
@@ -216,18 +237,27 @@ def train_one_epoch(
             if last:  # acted on before the epoch's evaluation, which the resumed run does
                 elapsed = time.perf_counter() - start
                 state.epoch_metrics = _epoch_metrics(parts, cfg, env, device, tally, epoch_lr, elapsed, timer)
+                state.epoch_tally = None
             else:
-                tally.log_norms(parts.logger, state.step)
+                _keep_tally(parts, tally, env, time.perf_counter() - start)
             parts.save()
             return None
         if not last and parts.interrupts.save_due():
-            tally.log_norms(parts.logger, state.step)
+            _keep_tally(parts, tally, env, time.perf_counter() - start)
             parts.save()
     elapsed = time.perf_counter() - start
 
     metrics = _epoch_metrics(parts, cfg, env, device, tally, epoch_lr, elapsed, timer)
     state.epoch, state.epoch_step, state.epoch_skipped = state.epoch + 1, 0, 0
+    state.epoch_tally = None
     return metrics
+
+
+def _keep_tally(parts: Parts, tally: EpochTally, env: DistEnv, elapsed_s: float) -> None:
+    """Before a mid-epoch checkpoint (every rank, at the same step): the norms so far into
+    TensorBoard, the epoch's sums so far into the state, for a launch that resumes from it."""
+    tally.log_norms(parts.logger, parts.state.step)
+    parts.state.epoch_tally = tally.snapshot(env, elapsed_s)
 
 
 def _epoch_metrics(
@@ -245,6 +275,7 @@ def _epoch_metrics(
     distributed.all_reduce_sum(env, tally.sums)
     loss_sum, correct, seen = tally.sums.tolist()
     norms = tally.norms
+    elapsed += tally.earlier_s  # the epoch's time in earlier launches, on a mid-epoch resume
     if seen == 0:
         if env.is_main:
             parts.guard.mark_stopped()

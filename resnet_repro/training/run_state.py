@@ -14,6 +14,7 @@ Checkpoint keys (the file format; `resnet-repro eval` and older files rely on th
     ema                                               the weight average (only with trainer.ema.decay)
     epoch_metrics                                     train metrics of a trained, unevaluated epoch
     epoch_lr                                          the LR epoch `epoch` began with (its rows' `lr`)
+    epoch_tally                                       the train sums of a part-done epoch, over all ranks
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class RunState:
     epoch_metrics: dict[str, float] | None = None
     # the LR epoch `epoch` began with, which its metrics rows report; None until an epoch begins
     epoch_lr: float | None = None
+    # epoch `epoch`'s train sums so far, over all ranks (loop.EpochTally.snapshot), while it is part
+    # done: a launch resuming it mid-way reports the whole epoch; None at an epoch boundary
+    epoch_tally: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
@@ -104,6 +108,8 @@ class RunState:
             state["ema"] = self.ema.state_dict()
         if self.epoch_metrics is not None:
             state["epoch_metrics"] = dict(self.epoch_metrics)
+        if self.epoch_tally is not None and self.epoch_step > 0:
+            state["epoch_tally"] = self.epoch_tally
         if self.normalization is not None:
             norm = self.normalization
             state["normalization"] = {"mean": list(norm.mean), "std": list(norm.std)}
@@ -126,6 +132,7 @@ class RunState:
         self.stopped = state.get("stopped")
         self.epoch_metrics = state.get("epoch_metrics")
         self.epoch_lr = state.get("epoch_lr")  # absent in older checkpoints: the resumed LR stands in
+        self.epoch_tally = state.get("epoch_tally")  # absent: the resumed steps' metrics stand in
         if self.ema is not None and "ema" in state:  # a run that had none starts its average here
             self.ema.load_state_dict(state["ema"])
         checkpoint.set_rng_state(state["rng"])
