@@ -382,3 +382,36 @@ def test_a_batch_script_that_trains_on_one_node_of_several_is_warned(environ, wa
     assert (warning is not None) == warned
     if warned:
         assert "2 nodes" in warning and "gpu01" in warning and "srun" in warning
+
+
+def test_a_launcher_requeue_that_fails_is_a_stop_with_its_reason_not_a_traceback(tmp_path, monkeypatch):
+    """submitit's USR2 handler runs `scontrol requeue`, which fails where the job may not requeue
+    (JobRequeue=0, --no-requeue): the run says so and stops as a run that was not requeued."""
+    import json
+    import subprocess
+
+    import torch
+
+    from resnet_repro.cluster.preemption import Interrupts, after_preemption
+    from resnet_repro.config import RootConfig, TrainerConfig
+
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+
+    def checkpoint_and_try_requeue(signum, frame):  # submitit's handler, as its requeue fails
+        raise subprocess.CalledProcessError(1, ["scontrol", "requeue", "42"])
+
+    previous = signal.signal(signal.SIGUSR2, checkpoint_and_try_requeue)
+    cfg = RootConfig(trainer=TrainerConfig(epochs=3, preempt_signals=["SIGUSR2"]))
+    interrupts = Interrupts(cfg, DistEnv(), torch.device("cpu"))
+    try:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert interrupts.stop_requested(1)
+        outcome = after_preemption(cfg, DistEnv(), tmp_path, interrupts, 1, 4)
+    finally:
+        interrupts.close()
+        signal.signal(signal.SIGUSR2, previous)
+    assert outcome["requeued"] is False and "scontrol requeue 42" in outcome["why"], outcome
+    saved = json.loads((tmp_path / "preempted.json").read_text())
+    assert saved["requeued"] is False and saved["why"] == outcome["why"]
+    assert [json.loads(line) for line in (tmp_path / "stops.jsonl").read_text().splitlines()] == [saved]

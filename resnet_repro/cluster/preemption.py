@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shlex
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -206,5 +207,21 @@ def after_preemption(
         time.sleep(wait_s)  # SIGTERM is only flagged by now; SLURM's SIGKILL ends the wait
         requeued, why = False, f"{why}; but SLURM did not end the job within {wait_s:.0f} s"
     if requeued == "by the launcher":
-        interrupts.watch.hand_over()  # submitit: rank 0 requeues and exits here
+        try:
+            interrupts.watch.hand_over()  # submitit: rank 0 requeues and exits here
+        except (subprocess.CalledProcessError, OSError) as e:
+            # its `scontrol requeue` failed (JobRequeue=0, --no-requeue): a stop, not a requeue
+            failed = (
+                f"`{' '.join(map(str, e.cmd))}`: exit {e.returncode}"
+                if isinstance(e, subprocess.CalledProcessError)
+                else str(e)
+            )
+            requeued, why = False, f"{interrupts.stopped_by}: the launcher's requeue failed ({failed})"
+            if env.is_main:
+                path = run_dir / "preempted.json"
+                saved = {**json.loads(path.read_text()), "requeued": False, "why": why}
+                checkpoint.write_text_atomic(path, json.dumps(saved) + "\n")
+                stops = run_dir / "stops.jsonl"
+                history = [*stops.read_text().splitlines()[:-1], json.dumps(saved)]  # this stop's line
+                checkpoint.write_text_atomic(stops, "".join(f"{line}\n" for line in history))
     return {"preempted": True, "requeued": requeued, "why": why}
