@@ -370,6 +370,44 @@ def test_a_lock_from_another_host_without_a_job_is_refused_naming_the_file_to_de
         acquire_run_lock(tmp_path, environ={}, query=no_query)
 
 
+@pytest.mark.parametrize("text", ["12345\n", "[1]\n", '"x"\n', "", "{half"])
+def test_a_lock_that_is_not_this_tools_record_is_taken_over_as_unreadable_not_a_traceback(tmp_path, text):
+    """A bare pid (as many scripts write one), other JSON, an empty or cut file: no holder to check."""
+    (tmp_path / LOCK_NAME).write_text(text)
+    path = acquire_run_lock(tmp_path, environ={}, query=no_query)
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    release_run_lock(path)
+    assert not path.exists()
+
+
+def test_a_lock_that_cannot_be_read_is_refused_as_possibly_live(tmp_path, monkeypatch):
+    """Its holder may be a live run (a lock this user may not read): taking it over would let two
+    runs write one directory."""
+    write_lock(tmp_path, job=None, host=socket.gethostname(), pid=os.getpid())
+    real = Path.read_text
+
+    def denied(self, *args, **kwargs):
+        if self.name == LOCK_NAME:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    refused = rf"cannot read the lock {tmp_path / LOCK_NAME} \(Permission denied\)"
+    with pytest.raises(UserError, match=refused):
+        acquire_run_lock(tmp_path, environ={}, query=no_query)
+    assert (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_lock_that_is_a_folder_is_named_and_a_dangling_link_is_taken_over(tmp_path):
+    (tmp_path / LOCK_NAME).mkdir()
+    with pytest.raises(UserError, match=rf"{tmp_path / LOCK_NAME} is not a file"):
+        acquire_run_lock(tmp_path, environ={}, query=no_query)
+    (tmp_path / LOCK_NAME).rmdir()
+    (tmp_path / LOCK_NAME).symlink_to(tmp_path / "gone")
+    path = acquire_run_lock(tmp_path, environ={}, query=no_query)
+    assert path.is_file() and not path.is_symlink()
+
+
 def test_other_ranks_wait_for_rank_0s_resume_line_before_their_non_zero_exit(tmp_path):
     import threading
 

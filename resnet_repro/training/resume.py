@@ -329,11 +329,24 @@ def check_lock(
     """None when <run_dir>/run.lock is absent; why it is stale when its writer is gone; the
     UserError naming its holder when it may be live (what `train` would meet; `rehearse` asks too)."""
     path = run_dir / LOCK_NAME
+    if path.is_symlink() and not path.exists():
+        return f"it is a link to {os.readlink(path)}, which does not exist"
+    if path.exists() and not path.is_file():
+        raise UserError(
+            f"{path} is not a file (the run directory's lock): remove it if no run is writing here"
+        )
     try:
         holder = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
+    except OSError as e:  # a lock this user may not read may be a live run's
+        raise UserError(
+            f"cannot read the lock {path} ({e.strerror or e}): it may be a live run's; use another "
+            f"hydra.run.dir, or delete {path} if that run is gone"
+        ) from e
+    except ValueError:  # cut or empty: no holder to check
+        holder = {}
+    if not isinstance(holder, dict):  # not this tool's record (a bare pid): no holder to check
         holder = {}
     me = me if me is not None else _lock_owner(os.environ)
     stale = _stale_because(holder, me, query) if holder else "it is unreadable"
@@ -381,6 +394,8 @@ def release_run_lock(path: Path | None) -> None:
     try:
         holder = json.loads(path.read_text())
     except (OSError, ValueError):
+        return
+    if not isinstance(holder, dict):
         return
     if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
         path.unlink(missing_ok=True)
