@@ -116,8 +116,11 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         raise UserError(f"checkpoint {path} is a folder; expected a checkpoint file, {hint}")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
-    with open(path, "rb") as f:
-        head = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise UserError(f"checkpoint {path} cannot be read ({e.strerror or e})") from e
     # torch.save writes a zip archive (since PyTorch 1.6) or, in the legacy format, a pickle (its
     # protocol byte 0x80 first); anything else is no checkpoint, whatever unpickling it would say
     if head != b"PK\x03\x04" and not head.startswith(b"\x80"):

@@ -423,3 +423,39 @@ def test_other_ranks_wait_for_rank_0s_resume_line_before_their_non_zero_exit(tmp
         later.cancel()
     path.write_text("{}")
     assert not wait_for_resume_line(path, timeout_s=0.2, poll_s=0.02)  # bounded: a dead rank 0 ends the wait
+
+
+def test_a_last_pt_link_whose_target_is_gone_is_refused_not_a_fresh_start(tmp_path):
+    """checkpoints/ on scratch storage that is unmounted or purged: starting afresh would set the
+    run's rows aside and replace the link with a new file; the user is told instead."""
+    from resnet_repro.training.resume import resume_path
+
+    cfg = RootConfig()
+    (tmp_path / "checkpoints").mkdir()
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.symlink_to("/nonexistent/scratch/last.pt")
+    gone = r"last.pt is a link to /nonexistent/scratch/last.pt, which does not exist"
+    with pytest.raises(UserError, match=gone):
+        resume_path(cfg, tmp_path)
+    last.unlink()
+    last.mkdir()
+    with pytest.raises(UserError, match=rf"{last} is not a file"):
+        resume_path(cfg, tmp_path)
+
+
+def test_a_checkpoint_that_cannot_be_read_or_whose_job_record_is_damaged_is_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    torch.save({"model": {}}, path)
+    real_open = open
+
+    def denied(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", denied)
+    with pytest.raises(UserError, match=rf"checkpoint {path} cannot be read \(Permission denied\)"):
+        checkpoint.load(path)
+    monkeypatch.setattr("builtins.open", real_open)
+    with pytest.raises(UserError, match=r"its job record .* is not readable"):
+        check_job_shape({"job": "x"}, path, derived(1))

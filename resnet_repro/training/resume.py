@@ -24,6 +24,13 @@ def resume_path(cfg: RootConfig, run_dir: Path) -> Path | None:
         return None
     if mode == "auto":
         last = run_dir / "checkpoints" / "last.pt"
+        if last.is_symlink() and not last.exists():  # checkpoints on storage that is gone
+            raise UserError(
+                f"{last} is a link to {os.readlink(last)}, which does not exist (storage unmounted or "
+                "purged?): make it reachable to resume, or pass trainer.resume=never to start afresh"
+            )
+        if last.exists() and not last.is_file():
+            raise UserError(f"{last} is not a file (a run's checkpoint); move it aside to start afresh")
         return last if last.is_file() else None
     path = Path(mode).expanduser()
     if not path.is_file():
@@ -168,6 +175,8 @@ def check_job_shape(state: dict[str, Any], path: Path, derived: Derived) -> str 
     and steps per epoch)."""
     job = state.get("job")
     now = job_shape(derived)
+    if job is not None and not isinstance(job, dict):
+        raise UserError(f"checkpoint {path}: its job record {job!r} is not readable (a world size, a batch)")
     if job is not None and job != now:
         diff = ", ".join(f"{k} {job[k]} -> {now[k]}" for k in now if job.get(k) != now[k])
         if any(job.get(k) != now[k] for k in now if k != "world_size"):
