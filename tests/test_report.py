@@ -624,6 +624,20 @@ def test_the_stabilizer_figure_of_a_run_without_clipping_has_no_max_norm_line(tm
     assert "no clipping" in fig.axes[0].get_title()
 
 
+def test_rows_without_an_epoch_number_are_left_out_of_the_figures_not_a_crash(tmp_path: Path):
+    run = write_run(tmp_path / "run", max_norm=10.0)
+    with open(run / "metrics.jsonl", "a") as f:
+        for epoch in ('"x"', "null", "2.5", "true"):
+            f.write(f'{{"epoch": {epoch}, "split": "train", "loss": 1.0, "top1": 0.5}}\n')
+        f.write('{"split": "val", "loss": 1.0, "top1": 0.5}\n')
+    (run / "config.yaml").write_text("trainer: {epochs: 3}\nstabilizer: {max_norm: 1e1}\n")  # YAML: a string
+    report.write_run_figures(run)
+    assert [r["epoch"] for r in job_rows.read_metrics(run / "metrics.jsonl")] == [1, 1, 2, 2, 3, 3]
+    (run / "config.yaml").write_text("stabilizer: {max_norm: ten}\n")
+    with pytest.raises(UserError, match=r"config.yaml: stabilizer.max_norm='ten' is not a number or null"):
+        report.write_run_figures(run)
+
+
 def test_a_run_directory_without_a_finished_epoch_is_named_in_the_error(tmp_path: Path):
     run = tmp_path / "run"
     run.mkdir()

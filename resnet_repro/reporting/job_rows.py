@@ -154,7 +154,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     A resumed launch sets aside the rows its checkpoint does not cover (metrics.superseded.jsonl),
     so duplicates come only from run directories written before it did (an epoch's rows written,
     then a kill before its checkpoint: the epoch trained and its rows appended again). A crashed
-    job can leave a half-written last line, which is skipped.
+    job can leave a half-written last line, which is skipped, as is a row without an epoch number.
     """
     if not path.is_file():
         return []
@@ -164,8 +164,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(row, dict):
-            rows[(row.get("epoch"), row.get("split"))] = row
+        if isinstance(row, dict) and type(row.get("epoch")) is int:
+            rows[(row["epoch"], row.get("split"))] = row
     return list(rows.values())
 
 

@@ -76,6 +76,12 @@ def write_run_figures(run_dir: Path) -> dict[str, Path]:
     if not any(r.get("split") == "train" for r in metrics):
         raise UserError(f"{run_dir / 'metrics.jsonl'} holds no finished epoch yet; nothing to plot")
     max_norm = config_value(run_dir, "stabilizer", "max_norm")
+    try:  # a hand-edited 1e1 is a string to YAML 1.1
+        max_norm = float(max_norm) if max_norm is not None else None
+    except (TypeError, ValueError):
+        raise UserError(
+            f"{run_dir / 'config.yaml'}: stabilizer.max_norm={max_norm!r} is not a number or null"
+        ) from None
     name = "/".join(run_dir.resolve().parts[-2:])
     return {
         "curves": plots.save(figures.run_curves(metrics, name), run_dir / "curves.png"),
