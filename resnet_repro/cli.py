@@ -20,7 +20,7 @@ from resnet_repro.commands.report import report_command
 from resnet_repro.commands.stats import stats_command
 from resnet_repro.commands.train import train_command
 from resnet_repro.commands.verify_data import verify_data_command
-from resnet_repro.config import UserError
+from resnet_repro.config import UserError, file_error_line
 
 USAGE = f"""usage: {PROG} <command> [options or hydra overrides]
 
@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> None:
         COMMANDS[command](rest)
     except UserError as e:  # any command's bad input: one line, never a traceback
         fail(str(e))
+    except OSError as e:  # a file of the user's that cannot be used (unreadable, a file for a folder)
+        line = file_error_line(e)
+        if line is None:
+            raise
+        fail(line)
 
 
 if __name__ == "__main__":

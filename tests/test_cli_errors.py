@@ -283,3 +283,43 @@ def test_a_plan_setting_of_the_wrong_type_names_the_type_expected(capsys):
     assert code == 2
     expected = "plan.img_per_s_per_gpu=abc: Value 'abc' of type 'str' could not be converted"
     assert expected in one_error_line(err)
+
+
+def test_a_file_this_user_may_not_read_is_one_line_naming_it(tmp_path: Path, monkeypatch, capsys):
+    """A run directory on shared storage written by another user: report read it with a traceback."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("trainer: {epochs: 1}\n")
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "split": "train", "loss": 1.0, "top1": 0.5}\n')
+    real = Path.read_text
+
+    def denied(self, *args, **kwargs):
+        if self.name == "metrics.jsonl":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    code, err = run_main(["report", str(run)], capsys)
+    line = one_error_line(err)
+    assert code == 2 and f"{run / 'metrics.jsonl'}: Permission denied" in line
+
+
+def test_a_tensorboard_folder_that_is_a_file_is_one_line_naming_it(demo_root: Path, tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "tb").write_text("not a folder")
+    args = [
+        "train",
+        f"data.root={demo_root}",
+        f"hydra.run.dir={run}",
+        "trainer.epochs=1",
+        "stabilizer.warmup_epochs=0",
+        "trainer.max_steps_per_epoch=1",
+        "data.max_eval_images=20",
+        "logging.progress=false",
+    ]
+    code, err = run_main(args, capsys)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert f"{run / 'tb'}: File exists; expected a folder there" in lines[0]

@@ -17,6 +17,7 @@ from resnet_repro.config import (
     UserError,
     check_override_keys,
     deprecation_warnings,
+    file_error_line,
     hydra_error_line,
     register_configs,
     sweep_collisions,
@@ -224,7 +225,19 @@ def hydra_command(
             "hydra/hydra_logging=disabled",
         ]
     sys.argv = [f"{PROG} {command}", *args]
-    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(task)()
+
+    def guarded(cfg: DictConfig) -> object:
+        """The task, with a file of the user's that cannot be used (unreadable, a file where a
+        folder belongs) as one line, not Hydra's traceback."""
+        try:
+            return task(cfg)
+        except OSError as e:
+            line = file_error_line(e)
+            if line is None:
+                raise
+            fail(line)
+
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(guarded)()
 
 
 def _compose_first_job(args: list[str], command: str) -> None:

@@ -5,6 +5,21 @@ class UserError(Exception):
     """An error caused by input the user controls (config, paths, data). Printed as one line."""
 
 
+def file_error_line(e: OSError) -> str | None:
+    """An OSError about a named file (unreadable, a file where a folder belongs, ...) in one line
+    naming the path and what is expected there; None when it names no file (not the user's input)."""
+    if not e.filename:
+        return None
+    expected = {
+        FileExistsError: "expected a folder there",
+        NotADirectoryError: "expected a folder there",
+        IsADirectoryError: "expected a file there, not a folder",
+        PermissionError: "this user may not use it",
+    }.get(type(e))
+    said = f"{e.filename}: {e.strerror or e}"
+    return f"{said}; {expected}" if expected else said
+
+
 def hydra_error_line(e: Exception) -> str:
     """Hydra's error for a command line that does not compose, in one line, with what its further
     lines say that a user needs: the group's options, the value's type error, how to quote."""

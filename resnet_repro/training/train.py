@@ -24,7 +24,15 @@ from resnet_repro import checkpoint
 from resnet_repro.cluster import distributed
 from resnet_repro.cluster.distributed import DistEnv
 from resnet_repro.cluster.preemption import Interrupts, after_preemption
-from resnet_repro.config import EVAL_PROTOCOLS, RootConfig, UserError, eval_protocols, to_dataclass, validate
+from resnet_repro.config import (
+    EVAL_PROTOCOLS,
+    RootConfig,
+    UserError,
+    eval_protocols,
+    file_error_line,
+    to_dataclass,
+    validate,
+)
 from resnet_repro.data import progressive, subset
 from resnet_repro.data.selection import Normalization
 from resnet_repro.evaluation.protocols import describe as describe_protocol
@@ -126,7 +134,13 @@ def train_worker(cfg_yaml: str, run_dir: str, rehearsal: dict[str, Any] | None =
     cfg = to_dataclass(OmegaConf.create(cfg_yaml))
     plan = StepPlan(**rehearsal) if rehearsal is not None else None
     try:
-        outcome = train(cfg, Path(run_dir), plan)
+        try:
+            outcome = train(cfg, Path(run_dir), plan)
+        except OSError as e:  # a file of the user's that cannot be used: one line as a UserError
+            line = file_error_line(e)
+            if line is None:
+                raise
+            raise UserError(line) from e
     except UserError as e:  # one line from the failing rank, not a traceback per rank
         print(f"resnet-repro: error: {e}", file=sys.stderr)
         with contextlib.suppress(OSError):  # the reason, for the launching process to report
