@@ -23,7 +23,20 @@ def test_he2016_lists_exactly_the_three_changed_keys_and_none_without_changes():
         "eval.protocol": ("center", ["ten_crop", "multiscale"]),
     }
     assert deviating("he2016") == {}
-    assert deviating("imagenet_paper", world_size=1) == {}
+
+
+def test_a_preset_that_departs_from_its_published_recipe_says_so():
+    """torchvision's recipe normalizes with ImageNet's published mean and std (references/
+    classification/presets.py); imagenet_paper computes them from the train split."""
+    assert deviating("imagenet_paper", world_size=1) == {"data.normalization": ("computed", "published")}
+    assert deviating("imagenet_paper", "data.normalization=published", world_size=1) == {}
+
+
+def test_the_cifar_preset_is_compared_with_the_cifar_recipe_not_imagenets():
+    # it inherited torchvision's ImageNet recipe: a dozen meaningless stars (data set, model, LR, ...)
+    assert deviating("cifar10_resnet18", world_size=1) == {}
+    changed = deviating("cifar10_resnet18", "optim.weight_decay=1e-4", world_size=1)
+    assert set(changed) == {"optim.weight_decay"}
 
 
 def test_a_change_the_row_table_missed_is_a_deviation():
