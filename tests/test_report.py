@@ -999,3 +999,42 @@ def test_clipping_statistics_per_max_norm_stand_beside_another_sweeps(tmp_path):
     # mean over 5 epochs of min(1, max_norm / (norm x 0.9^epoch)): 0.462 at norm 3, 0.896 at 1.5
     assert one[1:3] == ["100", "100"] and one[7:9] == ["0.462", "0.896"]
     assert two[3:5] == ["0", "0"] and two[9:11] == ["2.19", "1.09"]  # median grad norm: 3 x 0.9^3
+
+
+def test_a_job_that_lost_its_settings_is_named_not_silently_dropped(tmp_path: Path, capsys):
+    """Its config.yaml and .hydra/ gone (a partial copy of the sweep), it still has numbers: the
+    table cannot place it, so the report says which job it leaves out."""
+    from resnet_repro.cli import main
+
+    write_job(tmp_path, ["stabilizer.max_norm=null"], [0.3, 0.4], final=final_json([0.3, 0.4]))
+    lost = write_job(tmp_path, ["stabilizer.max_norm=2"], [0.3, 0.5], final=final_json([0.3, 0.5]))
+    shutil.rmtree(lost / ".hydra")
+    (lost / "config.yaml").unlink()
+    main(["report", str(tmp_path), "--no-hparams"])
+    err = capsys.readouterr().err
+    assert f"warning: {lost} has results but neither .hydra/overrides.yaml nor config.yaml" in err
+
+
+def test_damaged_job_files_are_one_line_each(tmp_path: Path):
+    job = write_job(tmp_path, ["optim.lr=0.1"], [0.3])
+    (job / ".hydra" / "overrides.yaml").write_text("- a: [\n")
+    with pytest.raises(UserError) as e:
+        report.collect(tmp_path)
+    assert "overrides.yaml is not valid YAML" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_finished_jobs_final_json_this_user_may_not_read_is_named_not_read_as_unfinished(
+    tmp_path: Path, monkeypatch
+):
+    job = write_job(tmp_path, ["optim.lr=0.1"], [0.3], final=final_json([0.3]))
+    real = Path.read_text
+
+    def denied(self, *args, **kwargs):
+        if self.name == "final.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(PermissionError) as e:  # the CLI says it in one line (file_error_line)
+        report.collect(tmp_path)
+    assert e.value.filename == str(job / "final.json")

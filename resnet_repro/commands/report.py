@@ -3,6 +3,7 @@ figures."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from resnet_repro.commands.hydra_app import PROG, fail
@@ -33,6 +34,12 @@ def report_command(args: list[str]) -> None:
     ns = p.parse_args(args)
     try:
         rows = report.collect(ns.dir)
+        for lost in report.jobs_without_settings(ns.dir):
+            print(
+                f"{PROG}: warning: {lost} has results but neither .hydra/overrides.yaml nor config.yaml: "
+                "its settings are unknown, so the report leaves it out",
+                file=sys.stderr,
+            )
         compare = None if ns.compare is None else report.collect(ns.compare)
         if report.is_run_dir(ns.dir):  # one run: its own figures; a table of one row needs no files
             paths = report.write_run_figures(ns.dir)

@@ -67,6 +67,18 @@ def _is_job_dir(path: Path) -> bool:
     return (path / ".hydra" / "overrides.yaml").is_file() or (path / "config.yaml").is_file()
 
 
+def jobs_without_settings(root: Path) -> list[Path]:
+    """Folders below `root` with a job's results (final.json, metrics.jsonl) but neither of the files
+    that say its settings: no row can place them, so the report names them instead."""
+    found = []
+    for results in ("final.json", "metrics.jsonl"):
+        for path in sorted(Path(root).rglob(results)):
+            folder = path.parent
+            if folder not in found and not _is_job_dir(folder) and not folder.name.startswith("."):
+                found.append(folder)
+    return found
+
+
 def read_overrides(job_dir: Path) -> dict[str, str]:
     """`.hydra/overrides.yaml` (a YAML list of `key=value`) as {key: value text}; {} when absent."""
     path = job_dir / ".hydra" / "overrides.yaml"
@@ -75,7 +87,10 @@ def read_overrides(job_dir: Path) -> dict[str, str]:
     try:
         items = yaml.safe_load(path.read_text()) or []
     except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML: {e}") from e
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).strip().splitlines()[-1]
+        raise UserError(f"{path} is not valid YAML{where}: {problem}") from e
     if not isinstance(items, list):
         raise UserError(f"{path} should hold a YAML list of key=value strings, found {type(items).__name__}")
     overrides = {}
@@ -109,11 +124,15 @@ def _values_from_configs(rows: list[Row]) -> None:
             row["overrides"][key] = next((t for t in texts if _same_value(t, value)), _as_text(value))
 
 
+# a job's file read as absent: missing, damaged, a folder where a file belongs (not unreadable: said)
+ABSENT_OR_DAMAGED = (FileNotFoundError, IsADirectoryError, NotADirectoryError, UnicodeDecodeError)
+
+
 def _read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
+    except (*ABSENT_OR_DAMAGED, yaml.YAMLError):
+        return None  # a file this user may not read is said (PermissionError)
 
 
 def _leaf(config: Any, key: str) -> Any:
@@ -173,8 +192,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object, or None when the file is missing or unreadable (a job killed while writing it)."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    except (*ABSENT_OR_DAMAGED, json.JSONDecodeError):
+        return None  # absent, or cut by a kill; a file this user may not read is said (PermissionError)
     return data if isinstance(data, dict) else None
 
 
@@ -372,7 +391,7 @@ def _planned_epochs(job_dir: Path) -> int | None:
     try:
         config = yaml.safe_load((job_dir / "config.yaml").read_text())
         return int(config["trainer"]["epochs"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+    except (FileNotFoundError, IsADirectoryError, yaml.YAMLError, KeyError, TypeError, ValueError):
         return None
 
 

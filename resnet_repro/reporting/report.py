@@ -13,7 +13,15 @@ from pathlib import Path
 
 from resnet_repro.config import UserError
 from resnet_repro.reporting import figures, plots, sweep_answer, tables
-from resnet_repro.reporting.job_rows import DONE, Row, collect, config_value, is_run_dir, read_metrics
+from resnet_repro.reporting.job_rows import (
+    DONE,
+    Row,
+    collect,
+    config_value,
+    is_run_dir,
+    jobs_without_settings,
+    read_metrics,
+)
 from resnet_repro.reporting.sweep_stats import answer_text, clipping_table, seed_groups_of, sweep_answer_of
 from resnet_repro.reporting.tables import markdown_table
 from resnet_repro.reporting.tb_hparams import write_hparams
@@ -25,6 +33,7 @@ __all__ = [
     "clipping_table",
     "collect",
     "is_run_dir",
+    "jobs_without_settings",
     "markdown_table",
     "sweep_answer_of",
     "write_hparams",
