@@ -149,6 +149,25 @@ def test_a_mean_image_file_that_does_not_match_its_record_is_refused_and_a_missi
     assert "computed now" in norm.detail and image.is_file()
 
 
+@pytest.mark.parametrize("value", [float("nan"), 1e6, -0.5])
+def test_a_mean_image_whose_values_are_no_pixels_is_refused_naming_them(root: Path, value: float):
+    """A hand-made file with its record's sha256 recomputed: NaN stopped the run blaming training,
+    1e6 trained to a loss of a million."""
+    cfg = data_cfg(root, stats=StatsConfig(path=str(root / "pinned.json")))
+    splits = load_file_lists(cfg)
+    resolve(cfg, splits, DistEnv(), CPU)
+    record_path = root / f"pinned-pixelmean{S}r32-pil.json"
+    image = pixel_mean.tensor_path(record_path)
+    bad = torch.load(image, weights_only=True)["mean_image"].clone()
+    bad[0, 0, 0] = value
+    torch.save({"mean_image": bad}, image)
+    record = json.loads(record_path.read_text())
+    record["pixel_mean"]["sha256"] = pixel_mean.digest(bad.numpy().astype(np.float64))
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(UserError, match=r"holds values outside \[0, 1\]"):
+        resolve(cfg, splits, DistEnv(), CPU)
+
+
 def test_each_training_resolution_gets_its_own_mean_image(root: Path):
     cfg = data_cfg(root)
     splits = load_file_lists(cfg)

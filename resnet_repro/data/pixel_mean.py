@@ -262,6 +262,12 @@ def read(path: Path) -> tuple[PixelMeanRecord, np.ndarray] | None:
         raise UserError(f"cannot read the mean image {image_path} ({type(e).__name__}); {RECOMPUTE}") from e
     if digest(mean_image) != extra.get("sha256"):
         raise UserError(f"the mean image {image_path} does not match its record {path} (sha256); {RECOMPUTE}")
+    if not (np.isfinite(mean_image).all() and mean_image.min() >= 0.0 and mean_image.max() <= 1.0):
+        lo, hi = np.nanmin(mean_image), np.nanmax(mean_image)
+        raise UserError(
+            f"the mean image {image_path} holds values outside [0, 1] (pixel scale): {lo:g} to {hi:g}"
+            f"{' and non-finite ones' if not np.isfinite(mean_image).all() else ''}; {RECOMPUTE}"
+        )
     return PixelMeanRecord(**dataclasses.asdict(base), pixel_mean=extra), mean_image
 
 
