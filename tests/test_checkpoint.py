@@ -526,12 +526,20 @@ def test_a_periodic_checkpoint_is_due_on_every_rank_at_the_same_step(monkeypatch
     cfg = RootConfig(trainer=TrainerConfig(preempt_signals=["SIGUSR1"], preempt_check_steps=5))
     interrupts = Interrupts(cfg, DistEnv(rank=rank, world_size=2), torch.device("cpu"))
     try:
-        interrupts.save_interval_s = 0.0  # due at once on rank 0's clock
-        rank0_due = torch.tensor([0.0, 1.0])  # rank 0's flags: no signal, a checkpoint due
-        monkeypatch.setattr(distributed, "all_reduce_sum", lambda env, flags: flags * (rank != 0) + rank0_due)
+        interrupts.save_interval_s = 0.0  # due at once on this rank's own clock
+        sent = []
+
+        def all_reduce(env, flags):  # the other rank's flags: no signal; rank 0's clock says due
+            sent.append(flags.tolist())
+            return flags + torch.tensor([0.0, 0.0 if rank == 0 else 1.0])
+
+        monkeypatch.setattr(distributed, "all_reduce_sum", all_reduce)
         assert not interrupts.stop_requested(3)  # not a check step: nothing exchanged
-        assert not interrupts.save_due()
+        assert not interrupts.save_due() and sent == []
         assert not interrupts.stop_requested(5)
+        assert sent == [[0.0, 1.0 if rank == 0 else 0.0]]  # only rank 0's clock is sent
         assert interrupts.save_due() and not interrupts.save_due()  # once per agreement
+        assert not interrupts.stop_requested(7, force_check=True)  # an epoch's last step saves anyway
+        assert not interrupts.save_due()
     finally:
         interrupts.close()

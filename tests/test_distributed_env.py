@@ -350,8 +350,14 @@ def test_torchrun_workers_beyond_the_visible_gpus_are_refused_by_name(monkeypatc
     assert env.local_world_size == 8
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
+    monkeypatch.setattr("torch.cuda.set_device", lambda index: None)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     with pytest.raises(UserError, match=r"8 processes on this node .* 4 visible GPUs"):
         pick_device("auto", env)
+    # a wrapper that binds each rank to its own GPU (CUDA_VISIBLE_DEVICES=$LOCAL_RANK): one each
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert str(pick_device("auto", env)) == "cuda:0"
     assert detect(TORCHRUN_ENV).local_world_size is None  # an older torchrun: not known, not refused
 
 
@@ -384,7 +390,10 @@ def test_a_batch_script_that_trains_on_one_node_of_several_is_warned(environ, wa
         assert "2 nodes" in warning and "gpu01" in warning and "srun" in warning
 
 
-def test_a_launcher_requeue_that_fails_is_a_stop_with_its_reason_not_a_traceback(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failure", ["exit 1", "timeout"])
+def test_a_launcher_requeue_that_fails_is_a_stop_with_its_reason_not_a_traceback(
+    tmp_path, monkeypatch, failure
+):
     """submitit's USR2 handler runs `scontrol requeue`, which fails where the job may not requeue
     (JobRequeue=0, --no-requeue): the run says so and stops as a run that was not requeued."""
     import json
@@ -399,6 +408,8 @@ def test_a_launcher_requeue_that_fails_is_a_stop_with_its_reason_not_a_traceback
         monkeypatch.delenv(key)
 
     def checkpoint_and_try_requeue(signum, frame):  # submitit's handler, as its requeue fails
+        if failure == "timeout":  # submitit waits 60 s for scontrol
+            raise subprocess.TimeoutExpired(["scontrol", "requeue", "42"], 60)
         raise subprocess.CalledProcessError(1, ["scontrol", "requeue", "42"])
 
     previous = signal.signal(signal.SIGUSR2, checkpoint_and_try_requeue)
@@ -411,7 +422,37 @@ def test_a_launcher_requeue_that_fails_is_a_stop_with_its_reason_not_a_traceback
     finally:
         interrupts.close()
         signal.signal(signal.SIGUSR2, previous)
-    assert outcome["requeued"] is False and "scontrol requeue 42" in outcome["why"], outcome
+    assert outcome["requeued"] is False and "scontrol" in outcome["why"] and "42" in outcome["why"], outcome
+    saved = json.loads((tmp_path / "preempted.json").read_text())
+    assert saved["requeued"] is False and saved["why"] == outcome["why"]
+    assert [json.loads(line) for line in (tmp_path / "stops.jsonl").read_text().splitlines()] == [saved]
+
+
+def test_a_stop_slurm_was_to_requeue_but_did_not_end_is_recorded_as_not_requeued(tmp_path, monkeypatch):
+    """A GraceTime longer than the wait: the run exits 75 with the resume line, so preempted.json and
+    stops.jsonl must not keep saying "requeued by SLURM" (report read it as a requeue)."""
+    import json
+
+    import torch
+
+    from resnet_repro.cluster import slurm
+    from resnet_repro.cluster.preemption import Interrupts, after_preemption
+    from resnet_repro.config import RootConfig, TrainerConfig
+
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setattr(slurm, "restart_count", lambda job: 0)
+    waiting = slurm.StopDecision("requeued", "PreemptMode=REQUEUE: SLURM requeues the job", wait_s=0.01)
+    monkeypatch.setattr(slurm, "decide_stop", lambda *args, **kwargs: waiting)
+    cfg = RootConfig(trainer=TrainerConfig(epochs=3))
+    interrupts = Interrupts(cfg, DistEnv(), torch.device("cpu"))
+    interrupts.stopped_by = "SIGTERM"
+    try:
+        outcome = after_preemption(cfg, DistEnv(), tmp_path, interrupts, 1, 4)
+    finally:
+        interrupts.close()
+    assert outcome["requeued"] is False and "did not end the job" in outcome["why"]
     saved = json.loads((tmp_path / "preempted.json").read_text())
     assert saved["requeued"] is False and saved["why"] == outcome["why"]
     assert [json.loads(line) for line in (tmp_path / "stops.jsonl").read_text().splitlines()] == [saved]

@@ -279,6 +279,10 @@ WHEN_STARTED = "it resumes when SLURM starts it"
             f"preempted by SIGTERM and requeued by SLURM: {WHEN_STARTED}",
         ),
         ({"signal": "SIGUSR1"}, "preempted by SIGUSR1; to resume: its command with hydra.run.dir={job}"),
+        (  # SLURM was to requeue it at its grace's end, but did not end it in time: exit 75
+            {"signal": "SIGTERM", "requeued": "by SLURM", "resume": RESUME},
+            f"preempted by SIGTERM, not requeued; to resume: {RESUME}",
+        ),
     ],
 )
 def test_a_preempted_jobs_note_says_how_it_resumes_as_its_stop_recorded(tmp_path: Path, preempted, note):
@@ -633,6 +637,9 @@ def test_rows_without_an_epoch_number_are_left_out_of_the_figures_not_a_crash(tm
     (run / "config.yaml").write_text("trainer: {epochs: 3}\nstabilizer: {max_norm: 1e1}\n")  # YAML: a string
     report.write_run_figures(run)
     assert [r["epoch"] for r in job_rows.read_metrics(run / "metrics.jsonl")] == [1, 1, 2, 2, 3, 3]
+    (run / "config.yaml").write_text("stabilizer: {max_norm: true}\n")
+    with pytest.raises(UserError, match=r"stabilizer.max_norm=True is not a number or null"):
+        report.write_run_figures(run)
     (run / "config.yaml").write_text("stabilizer: {max_norm: ten}\n")
     with pytest.raises(UserError, match=r"config.yaml: stabilizer.max_norm='ten' is not a number or null"):
         report.write_run_figures(run)

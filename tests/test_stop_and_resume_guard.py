@@ -441,6 +441,11 @@ def test_a_last_pt_link_whose_target_is_gone_is_refused_not_a_fresh_start(tmp_pa
     last.mkdir()
     with pytest.raises(UserError, match=rf"{last} is not a file"):
         resume_path(cfg, tmp_path)
+    last.rmdir()
+    (tmp_path / "checkpoints").rmdir()
+    (tmp_path / "checkpoints").symlink_to("/nonexistent/scratch/run")  # the whole folder linked
+    with pytest.raises(UserError, match=r"checkpoints is a link to /nonexistent/scratch/run, which does not"):
+        resume_path(cfg, tmp_path)
 
 
 def test_a_checkpoint_that_cannot_be_read_or_whose_job_record_is_damaged_is_one_line(tmp_path, monkeypatch):

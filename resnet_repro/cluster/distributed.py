@@ -131,7 +131,10 @@ def pick_device(requested: str, env: DistEnv) -> torch.device:
     if requested == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     gpus = torch.cuda.device_count()
-    if env.local_world_size is not None and env.local_world_size > gpus:
+    # every process sees the same GPUs only where nothing bound them per rank (a wrapper exporting
+    # CUDA_VISIBLE_DEVICES=$LOCAL_RANK gives each its own, then local_rank % 1 picks it)
+    shared = "CUDA_VISIBLE_DEVICES" not in os.environ
+    if shared and env.local_world_size is not None and env.local_world_size > gpus:
         raise UserError(
             f"{env.local_world_size} processes on this node but {_gpus(gpus)}: two ranks on one GPU, "
             "which NCCL refuses; start one process per GPU (torchrun --nproc-per-node)"

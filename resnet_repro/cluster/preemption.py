@@ -60,7 +60,7 @@ class Interrupts:
         save = float(self.env.is_main and self._interval_passed())
         flags = torch.tensor([*(float(self.watch.received == n) for n in names), save], device=self.device)
         *counts, saves = distributed.all_reduce_sum(self.env, flags).tolist()
-        self._save_agreed = saves > 0
+        self._save_agreed = saves > 0 and not force_check  # an epoch's last step saves anyway
         arrived = [n for n, c in zip(names, counts, strict=True) if c > 0]
         if not arrived:
             return False
@@ -206,11 +206,13 @@ def after_preemption(
         log.warning(f"waiting up to {wait_s:.0f} s for SLURM to end the job: {why}")
         time.sleep(wait_s)  # SIGTERM is only flagged by now; SLURM's SIGKILL ends the wait
         requeued, why = False, f"{why}; but SLURM did not end the job within {wait_s:.0f} s"
+        if env.is_main:
+            _revise_stop(run_dir, why)
     if requeued == "by the launcher":
         try:
             interrupts.watch.hand_over()  # submitit: rank 0 requeues and exits here
-        except (subprocess.CalledProcessError, OSError) as e:
-            # its `scontrol requeue` failed (JobRequeue=0, --no-requeue): a stop, not a requeue
+        except (subprocess.SubprocessError, OSError) as e:
+            # its `scontrol requeue` failed (JobRequeue=0, --no-requeue) or did not answer: a stop
             failed = (
                 f"`{' '.join(map(str, e.cmd))}`: exit {e.returncode}"
                 if isinstance(e, subprocess.CalledProcessError)
@@ -218,10 +220,16 @@ def after_preemption(
             )
             requeued, why = False, f"{interrupts.stopped_by}: the launcher's requeue failed ({failed})"
             if env.is_main:
-                path = run_dir / "preempted.json"
-                saved = {**json.loads(path.read_text()), "requeued": False, "why": why}
-                checkpoint.write_text_atomic(path, json.dumps(saved) + "\n")
-                stops = run_dir / "stops.jsonl"
-                history = [*stops.read_text().splitlines()[:-1], json.dumps(saved)]  # this stop's line
-                checkpoint.write_text_atomic(stops, "".join(f"{line}\n" for line in history))
+                _revise_stop(run_dir, why)
     return {"preempted": True, "requeued": requeued, "why": why}
+
+
+def _revise_stop(run_dir: Path, why: str) -> None:
+    """The stop just recorded was not requeued after all (`why`): preempted.json and its line of
+    stops.jsonl say so, so that `report` and a reader of either do not wait for a requeue."""
+    path = run_dir / "preempted.json"
+    saved = {**json.loads(path.read_text()), "requeued": False, "why": why}
+    checkpoint.write_text_atomic(path, json.dumps(saved) + "\n")
+    stops = run_dir / "stops.jsonl"
+    history = [*stops.read_text().splitlines()[:-1], json.dumps(saved)]  # this stop's own line replaced
+    checkpoint.write_text_atomic(stops, "".join(f"{line}\n" for line in history))

@@ -435,11 +435,11 @@ def _note(job_dir: Path, status: str, final: dict[str, Any], trained_on: str | N
         info = _read_json(job_dir / "preempted.json") or {}
         stopped = f"preempted by {info.get('signal')}"
         requeued = info.get("requeued")
+        if info.get("resume"):  # written when the stop was not requeued, whatever was first hoped
+            return f"{stopped}, not requeued; to resume: {info['resume']}"
         if requeued:
             by = f" {requeued}" if isinstance(requeued, str) else ""
             return f"{stopped} and requeued{by}: it resumes when SLURM starts it"
-        if info.get("resume"):
-            return f"{stopped}, not requeued; to resume: {info['resume']}"
         return f"{stopped}; to resume: its command with hydra.run.dir={job_dir}"
     if status == FAILED:
         error = job_dir / "error.txt"

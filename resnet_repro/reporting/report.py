@@ -86,6 +86,8 @@ def write_run_figures(run_dir: Path) -> dict[str, Path]:
         raise UserError(f"{run_dir / 'metrics.jsonl'} holds no finished epoch yet; nothing to plot")
     max_norm = config_value(run_dir, "stabilizer", "max_norm")
     try:  # a hand-edited 1e1 is a string to YAML 1.1
+        if isinstance(max_norm, bool):
+            raise TypeError
         max_norm = float(max_norm) if max_norm is not None else None
     except (TypeError, ValueError):
         raise UserError(

@@ -163,7 +163,8 @@ class EpochTally:
         epoch's all-reduce adds to every rank's own; the earlier norms are in TensorBoard already."""
         if env.is_main:
             self.sums += torch.tensor(saved["sums"], dtype=torch.float64, device=self.sums.device)
-        self.norms = [torch.tensor(v, device=self.sums.device) for v in saved["norms"]]
+        norms = torch.tensor(saved["norms"], dtype=torch.float32, device=self.sums.device)
+        self.norms = list(norms.unbind(0))  # one copy to the device, not one per step
         self.logged = len(self.norms)
         self.earlier_s = float(saved["elapsed_s"])
 

@@ -24,11 +24,12 @@ def resume_path(cfg: RootConfig, run_dir: Path) -> Path | None:
         return None
     if mode == "auto":
         last = run_dir / "checkpoints" / "last.pt"
-        if last.is_symlink() and not last.exists():  # checkpoints on storage that is gone
-            raise UserError(
-                f"{last} is a link to {os.readlink(last)}, which does not exist (storage unmounted or "
-                "purged?): make it reachable to resume, or pass trainer.resume=never to start afresh"
-            )
+        for link in (last.parent, last):  # checkpoints/ or last.pt on storage that is gone
+            if link.is_symlink() and not link.exists():
+                raise UserError(
+                    f"{link} is a link to {os.readlink(link)}, which does not exist (storage unmounted or "
+                    "purged?): make it reachable to resume, or pass trainer.resume=never to start afresh"
+                )
         if last.exists() and not last.is_file():
             raise UserError(f"{last} is not a file (a run's checkpoint); move it aside to start afresh")
         return last if last.is_file() else None
