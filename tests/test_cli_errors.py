@@ -323,3 +323,19 @@ def test_a_tensorboard_folder_that_is_a_file_is_one_line_naming_it(demo_root: Pa
     lines = [line for line in err.splitlines() if "error" in line]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert f"{run / 'tb'}: File exists; expected a folder there" in lines[0]
+
+
+def test_only_a_path_that_exists_but_cannot_be_used_is_the_users_one_line():
+    import errno
+
+    from resnet_repro.config import UserError, file_error_line, files_as_user_errors
+
+    denied = PermissionError(errno.EACCES, "Permission denied", "/runs/x/metrics.jsonl")
+    assert file_error_line(denied) == "/runs/x/metrics.jsonl: Permission denied; this user may not use it"
+    # a missing file, or an error naming no file, is more often a bug here: its traceback is kept
+    assert file_error_line(FileNotFoundError(errno.ENOENT, "No such file", "/runs/x/a")) is None
+    assert file_error_line(OSError(errno.EIO, "I/O error")) is None
+    with pytest.raises(UserError, match="metrics.jsonl: Permission denied"), files_as_user_errors():
+        raise denied
+    with pytest.raises(FileNotFoundError), files_as_user_errors():
+        raise FileNotFoundError(errno.ENOENT, "No such file", "/runs/x/a")

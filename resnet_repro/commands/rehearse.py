@@ -19,7 +19,7 @@ from resnet_repro.commands.hydra_app import (
     record_failure,
     refuse_unknown_options,
 )
-from resnet_repro.config import UserError, sweep_collisions, to_dataclass
+from resnet_repro.config import UserError, files_as_user_errors, sweep_collisions, to_dataclass
 
 HELP = f"""usage: {PROG} rehearse [-m] [--check-only] [--stand-in] [--scan] [--gpu-memory GiB]
                          [--images-per-step N] [--out DIR] [train overrides]
@@ -221,7 +221,8 @@ def _rehearse(dcfg: DictConfig, options: RehearseOptions, real: list[str] | None
                         reason = run_dir / "error.txt"
                         raise UserError(reason.read_text().strip() if reason.exists() else str(e)) from e
             else:
-                train(rcfg, run_dir, dataclasses.replace(plan, phase="both"))
+                with files_as_user_errors():
+                    train(rcfg, run_dir, dataclasses.replace(plan, phase="both"))
         except UserError as e:  # a file of the sample is named as the user's own file
             if options.stand_in:
                 raise

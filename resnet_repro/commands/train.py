@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from resnet_repro.commands.hydra_app import PROG, fail, hydra_command, record_failure
-from resnet_repro.config import UserError, per_device_batch, to_dataclass, validate
+from resnet_repro.config import UserError, files_as_user_errors, per_device_batch, to_dataclass, validate
 
 # `train --help`, shown by conf/hydra/help/resnet_repro.yaml with the config groups
 HELP = f"""usage: {PROG} train [group=option ...] [key=value ...] [-m]
@@ -67,7 +67,8 @@ def _train(dcfg: DictConfig) -> float | None:
             except distributed.WorkersSignalled as e:
                 outcome = _workers_stop(run_dir, e.signal_name)
         else:
-            outcome = train(cfg, run_dir)
+            with files_as_user_errors():
+                outcome = train(cfg, run_dir)
     except UserError as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # one sweep point that fails (a NaN stop, a bad combination) must not end the sweep:

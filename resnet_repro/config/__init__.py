@@ -2,7 +2,7 @@
 the command line, and cross-field validation. This package only re-exports its modules' public names:
 
 - errors.py: UserError, an error in input the user controls; hydra_error_line, Hydra's in one line;
-  file_error_line, an OSError about a named file in one line
+  file_error_line, an OSError about a named file in one line (files_as_user_errors: as a UserError)
 - schemas.py: the dataclass schemas and register_configs (Hydra's ConfigStore)
 - loading.py: CONF_DIR, compose (conf/ + overrides) and to_dataclass (DictConfig -> RootConfig)
 - validation.py: validate, one validator per section, and the allowed values of each choice
@@ -16,7 +16,7 @@ each other, never this package.
 """
 
 from resnet_repro.config.derived import eval_protocols, per_device_batch
-from resnet_repro.config.errors import UserError, file_error_line, hydra_error_line
+from resnet_repro.config.errors import UserError, file_error_line, files_as_user_errors, hydra_error_line
 from resnet_repro.config.loading import CONF_DIR, compose, to_dataclass
 from resnet_repro.config.overrides import (
     DEPRECATED_OPTIONS,
@@ -62,6 +62,7 @@ from resnet_repro.config.validation import (
 
 __all__ = [
     "file_error_line",
+    "files_as_user_errors",
     "hydra_error_line",
     "BACKENDS",
     "CONF_DIR",

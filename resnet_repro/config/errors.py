@@ -1,14 +1,36 @@
 """The error type for input the user controls: the CLI prints it as one line, not a traceback."""
 
+import contextlib
+import errno
+from collections.abc import Iterator
+
 
 class UserError(Exception):
     """An error caused by input the user controls (config, paths, data). Printed as one line."""
 
 
+# the errors of a path that exists but cannot be used as it is (not a missing file, which at this
+# point is more often a bug than the user's input)
+FILE_ERRNOS = frozenset(
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.EISDIR,
+        errno.ENOTDIR,
+        errno.EEXIST,
+        errno.EROFS,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+    }
+)
+
+
 def file_error_line(e: OSError) -> str | None:
-    """An OSError about a named file (unreadable, a file where a folder belongs, ...) in one line
-    naming the path and what is expected there; None when it names no file (not the user's input)."""
-    if not e.filename:
+    """An OSError about a named file that cannot be used (unreadable, a file where a folder belongs,
+    a full disk, ...) in one line naming the path and what is expected there; None otherwise."""
+    if not e.filename or e.errno not in FILE_ERRNOS:
         return None
     expected = {
         FileExistsError: "expected a folder there",
@@ -52,3 +74,16 @@ def hydra_error_line(e: Exception) -> str:
         grammar = "Hydra's override grammar: quote values with special characters"
         return f"{first}: an override does not parse ({grammar})"
     return first
+
+
+@contextlib.contextmanager
+def files_as_user_errors() -> Iterator[None]:
+    """Inside: an OSError about a file of the user's that cannot be used becomes the UserError of
+    its one line, so that it is reported (and recorded by a sweep) as any bad input is."""
+    try:
+        yield
+    except OSError as e:
+        line = file_error_line(e)
+        if line is None:
+            raise
+        raise UserError(line) from e

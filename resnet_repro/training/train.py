@@ -29,7 +29,7 @@ from resnet_repro.config import (
     RootConfig,
     UserError,
     eval_protocols,
-    file_error_line,
+    files_as_user_errors,
     to_dataclass,
     validate,
 )
@@ -134,13 +134,8 @@ def train_worker(cfg_yaml: str, run_dir: str, rehearsal: dict[str, Any] | None =
     cfg = to_dataclass(OmegaConf.create(cfg_yaml))
     plan = StepPlan(**rehearsal) if rehearsal is not None else None
     try:
-        try:
+        with files_as_user_errors():
             outcome = train(cfg, Path(run_dir), plan)
-        except OSError as e:  # a file of the user's that cannot be used: one line as a UserError
-            line = file_error_line(e)
-            if line is None:
-                raise
-            raise UserError(line) from e
     except UserError as e:  # one line from the failing rank, not a traceback per rank
         print(f"resnet-repro: error: {e}", file=sys.stderr)
         with contextlib.suppress(OSError):  # the reason, for the launching process to report
