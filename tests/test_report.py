@@ -1017,9 +1017,16 @@ def test_a_job_that_lost_its_settings_is_named_not_silently_dropped(tmp_path: Pa
     lost = write_job(tmp_path, ["stabilizer.max_norm=2"], [0.3, 0.5], final=final_json([0.3, 0.5]))
     shutil.rmtree(lost / ".hydra")
     (lost / "config.yaml").unlink()
+    for elsewhere in (tmp_path / ".trash" / "old", tmp_path / "stabilizer.max_norm=null" / "checkpoints"):
+        elsewhere.mkdir(parents=True)  # hidden, or inside a job: no job of this sweep
+        (elsewhere / "metrics.jsonl").write_text("")
     main(["report", str(tmp_path), "--no-hparams"])
     err = capsys.readouterr().err
-    assert f"warning: {lost} has results but neither .hydra/overrides.yaml nor config.yaml" in err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert warnings == [
+        f"resnet-repro: warning: {lost} has results but neither .hydra/overrides.yaml nor config.yaml: "
+        "its settings are unknown, so the report leaves it out"
+    ]
 
 
 def test_damaged_job_files_are_one_line_each(tmp_path: Path):
@@ -1045,3 +1052,14 @@ def test_a_finished_jobs_final_json_this_user_may_not_read_is_named_not_read_as_
     with pytest.raises(PermissionError) as e:  # the CLI says it in one line (file_error_line)
         report.collect(tmp_path)
     assert e.value.filename == str(job / "final.json")
+    # in a sweep the other jobs still count: the report leaves this one out and says so
+    other = write_job(tmp_path / "b", ["optim.lr=0.2"], [0.4], final=final_json([0.4]))
+    monkeypatch.setattr(
+        Path, "read_text", lambda self, *a, **k: denied(self) if self.parent == job else real(self, *a, **k)
+    )
+    left_out: list[str] = []
+    rows = report.collect(tmp_path, left_out)
+    assert [str(r["path"]) for r in rows] == [str(other)]
+    assert left_out == [
+        f"{job / 'final.json'}: Permission denied; this user may not use it: the report leaves {job} out"
+    ]

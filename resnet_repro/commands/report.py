@@ -33,13 +33,10 @@ def report_command(args: list[str]) -> None:
     )
     ns = p.parse_args(args)
     try:
-        rows = report.collect(ns.dir)
-        for lost in report.jobs_without_settings(ns.dir):
-            print(
-                f"{PROG}: warning: {lost} has results but neither .hydra/overrides.yaml nor config.yaml: "
-                "its settings are unknown, so the report leaves it out",
-                file=sys.stderr,
-            )
+        left_out: list[str] = []
+        rows = report.collect(ns.dir, left_out)
+        for line in left_out:
+            print(f"{PROG}: warning: {line}", file=sys.stderr)
         compare = None if ns.compare is None else report.collect(ns.compare)
         if report.is_run_dir(ns.dir):  # one run: its own figures; a table of one row needs no files
             paths = report.write_run_figures(ns.dir)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from resnet_repro.config import UserError
+from resnet_repro.config import UserError, file_error_line
 from resnet_repro.reporting import seeds
 
 Row = dict[str, Any]
@@ -31,52 +31,63 @@ DONE, EARLY_STOP, NAN, PREEMPTED, FAILED = "done", "early_stop", "nan", "preempt
 _NOT_JOBS = {"tb", "checkpoints"}
 
 
-def collect(multirun_dir: Path) -> list[Row]:
+def collect(multirun_dir: Path, left_out: list[str] | None = None) -> list[Row]:
     """One row per job directory below `multirun_dir` (a sweep dir, or a folder of several sweeps).
 
     Row keys: job (path relative to multirun_dir), path, overrides ({key: value text}), status, best_top1,
     final_top1, final_top5, final_loss, epochs_run, epochs (planned), img_per_s (mean over train epochs),
     skipped_steps (steps skipped as non-finite), wall_time_s, note (why a job stopped, when it did
-    not finish normally).
+    not finish normally). `left_out`: given, it receives a line for each job no row can hold (a
+    file this user may not read, results without the files that say their settings), which are
+    then left out instead of ending the report.
     """
     root = Path(multirun_dir)
     if not root.is_dir():
         raise UserError(f"sweep directory {root} does not exist (or is not a directory)")
-    jobs = list(find_job_dirs(root))
-    if not jobs:
+    without_settings: list[Path] = []
+    jobs = list(find_job_dirs(root, without_settings))
+    rows = []
+    for job in jobs:
+        try:
+            rows.append(summarize_job(job, root))
+        except PermissionError as e:  # another user's job on shared storage: the others still count
+            if left_out is None:
+                raise
+            left_out.append(f"{file_error_line(e) or e}: the report leaves {job} out")
+    if left_out is not None:
+        left_out += [
+            f"{d} has results but neither .hydra/overrides.yaml nor config.yaml: its settings are unknown, "
+            "so the report leaves it out"
+            for d in without_settings
+        ]
+    if not rows:
+        readable = "readable " if jobs else ""
         raise UserError(
-            f"{root} holds no job directories (looked for .hydra/overrides.yaml or config.yaml below it)"
+            f"{root} holds no {readable}job directories (looked for .hydra/overrides.yaml or config.yaml "
+            "below it)"
         )
-    rows = [summarize_job(job, root) for job in jobs]
     _values_from_configs(rows)
     return rows
 
 
-def find_job_dirs(root: Path) -> Iterator[Path]:
-    """Job directories at or below `root`, in sorted order; a job's own subfolders are not searched."""
+def find_job_dirs(root: Path, without_settings: list[Path] | None = None) -> Iterator[Path]:
+    """Job directories at or below `root`, in sorted order; a job's own subfolders are not searched.
+    `without_settings`: given, it receives the folders that hold a job's results (final.json,
+    metrics.jsonl) but neither file that says its settings (a partial copy of a sweep)."""
     if _is_job_dir(root):
         yield root
+        return
+    if without_settings is not None and any((root / f).is_file() for f in ("final.json", "metrics.jsonl")):
+        without_settings.append(root)
         return
     for child in sorted(root.iterdir()):
         if child.is_dir() and not child.is_symlink() and not child.name.startswith("."):
             if child.name not in _NOT_JOBS:
-                yield from find_job_dirs(child)
+                yield from find_job_dirs(child, without_settings)
 
 
 def _is_job_dir(path: Path) -> bool:
     return (path / ".hydra" / "overrides.yaml").is_file() or (path / "config.yaml").is_file()
-
-
-def jobs_without_settings(root: Path) -> list[Path]:
-    """Folders below `root` with a job's results (final.json, metrics.jsonl) but neither of the files
-    that say its settings: no row can place them, so the report names them instead."""
-    found = []
-    for results in ("final.json", "metrics.jsonl"):
-        for path in sorted(Path(root).rglob(results)):
-            folder = path.parent
-            if folder not in found and not _is_job_dir(folder) and not folder.name.startswith("."):
-                found.append(folder)
-    return found
 
 
 def read_overrides(job_dir: Path) -> dict[str, str]:

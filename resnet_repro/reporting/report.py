@@ -19,7 +19,6 @@ from resnet_repro.reporting.job_rows import (
     collect,
     config_value,
     is_run_dir,
-    jobs_without_settings,
     read_metrics,
 )
 from resnet_repro.reporting.sweep_stats import answer_text, clipping_table, seed_groups_of, sweep_answer_of
@@ -33,7 +32,6 @@ __all__ = [
     "clipping_table",
     "collect",
     "is_run_dir",
-    "jobs_without_settings",
     "markdown_table",
     "sweep_answer_of",
     "write_hparams",
