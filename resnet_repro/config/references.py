@@ -23,8 +23,9 @@ FFCV_RN50_RAMPS = {16: (11, 13), 24: (17, 20), 32: (23, 27), 40: (29, 34), 56: (
 
 def _ffcv_rn50(epochs: int) -> Reference:
     """FFCV's rn50_<epochs>_epochs.yaml with its train_imagenet.py defaults, in this tool's keys. Not
-    expressible here, so not compared: BlurPool (use_blurpool: 1) and the ramp's start at 1e-4 x
-    peak (this tool's linear_ramp starts at 0)."""
+    expressible here, so not compared: BlurPool (use_blurpool: 1), the ramp's start at 1e-4 x
+    peak (this tool's linear_ramp starts at 0), and which parameters skip weight decay (theirs:
+    names containing 'bn', so downsample.1 and fc.bias are decayed; here every norm and bias)."""
     start, end = FFCV_RN50_RAMPS[epochs]
     return Reference(
         f"FFCV rn50 {epochs} epochs",
@@ -36,7 +37,7 @@ def _ffcv_rn50(epochs: int) -> Reference:
             "optim.momentum=0.9",
             "optim.lr_per_256=0.10625",  # lr 1.7 at 8 GPUs x batch_size 512 = 4096 images per step
             "optim.weight_decay=1e-4",
-            "optim.decay_norm_and_bias=false",  # bn_wd: 0
+            "optim.decay_norm_and_bias=false",  # no decay on parameters named 'bn' (see above)
             "schedule=linear_ramp",  # lr_schedule_type: cyclic, linear per iteration
             "schedule.peak_epoch=2",  # lr_peak_epoch: 2
             "schedule.end_factor=0",
@@ -73,8 +74,17 @@ REFERENCES: dict[str, Reference] = {
     # say on which images "the error plateaus" (the preset: a holdout carved from train) nor
     # whether its multi-scale test adds flips (the preset does, as VGG's dense evaluation it follows)
     "he2016": Reference("He 2016", ("experiment=he2016",)),
-    # kuangliu/pytorch-cifar's main.py (cosine over 200 epochs) as experiment=cifar10_resnet18 writes it
-    "kuangliu_cifar10": Reference("kuangliu/pytorch-cifar ResNet-18", ("experiment=cifar10_resnet18",)),
+    # kuangliu/pytorch-cifar's main.py (cosine over 200 epochs) as experiment=cifar10_resnet18 writes
+    # it, with its fixed normalization constants (the preset computes them from the train split)
+    "kuangliu_cifar10": Reference(
+        "kuangliu/pytorch-cifar ResNet-18",
+        (
+            "experiment=cifar10_resnet18",
+            "data.normalization=published",
+            "data.mean=[0.4914,0.4822,0.4465]",
+            "data.std=[0.2023,0.1994,0.2010]",
+        ),
+    ),
     **{f"ffcv_rn50_{n}": _ffcv_rn50(n) for n in FFCV_RN50_RAMPS},
 }
 
