@@ -456,3 +456,16 @@ def test_a_stop_slurm_was_to_requeue_but_did_not_end_is_recorded_as_not_requeued
     saved = json.loads((tmp_path / "preempted.json").read_text())
     assert saved["requeued"] is False and saved["why"] == outcome["why"]
     assert [json.loads(line) for line in (tmp_path / "stops.jsonl").read_text().splitlines()] == [saved]
+
+
+def test_stats_under_srun_with_trainer_nproc_is_refused_as_train_is(tmp_path, monkeypatch, capsys):
+    """`stats` shares the pass over trainer.nproc processes as `train` does: under srun the same
+    refusal, not trainer.nproc silently ignored."""
+    from resnet_repro.cli import main
+
+    for key, value in SRUN_ENV.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as e:
+        main(["stats", "data.root=/nonexistent", "trainer.nproc=4", f"hydra.run.dir={tmp_path}"])
+    assert e.value.code == 2
+    assert "trainer.nproc=4 under slurm, which started 8 processes itself" in capsys.readouterr().err

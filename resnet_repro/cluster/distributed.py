@@ -58,15 +58,10 @@ def _refuse_torchrun_in_srun(env: Mapping[str, str]) -> None:
     """`srun torchrun ...`: SLURM signals every process of the step, and torchrun's agent dies of
     the time-limit warning (USR1; it handles only TERM, INT, HUP and QUIT), taking the workers with
     it before they save. torchrun outside an srun step (a workstation, the batch shell) is fine."""
-    step = env.get("SLURM_STEP_ID", "")
-    if (
-        env.get("TORCHELASTIC_RUN_ID")
-        and not env.get(LOCAL_AGENT_VAR)
-        and step.isdigit()
-        and int(step) < 0xFFFFFFF0
-    ):
+    if env.get("TORCHELASTIC_RUN_ID") and not env.get(LOCAL_AGENT_VAR) and slurm.in_srun_step(env):
+        job, step = env.get("SLURM_JOB_ID", "?"), env["SLURM_STEP_ID"]
         raise UserError(
-            f"torchrun inside an srun step (SLURM job {env.get('SLURM_JOB_ID', '?')}, step {step}) is not "
+            f"torchrun inside an srun step (SLURM job {job}, step {step}) is not "
             "supported: SLURM's USR1 time-limit warning kills torchrun's agent before the workers save; "
             f"start one task per GPU instead: {SRUN_FORM}"
         )

@@ -137,6 +137,13 @@ def rendezvous_port(environ: Mapping[str, str]) -> int:
     return 20000 + (job * 97 + step) % 12000
 
 
+def in_srun_step(environ: Mapping[str, str]) -> bool:
+    """Whether this process runs in an srun step: SLURM_STEP_ID is a step's number there, and absent
+    or one of SLURM's special ids (the batch script's "batch", 0xFFFFFFFB, ...) elsewhere."""
+    step = environ.get("SLURM_STEP_ID", "")
+    return step.isdigit() and int(step) < 0xFFFFFFF0
+
+
 def batch_launcher_warning(environ: Mapping[str, str], nproc: int, parent_name: str) -> str | None:
     """A warning for `trainer.nproc` workers started by the batch script of a SLURM job through a
     shell (`parent_name`, the launcher's parent process): SLURM's `--signal` reaches the batch
@@ -145,9 +152,7 @@ def batch_launcher_warning(environ: Mapping[str, str], nproc: int, parent_name: 
     is slurmstepd). None where that does not apply."""
     if nproc <= 1 or not environ.get("SLURM_JOB_ID"):
         return None
-    step = environ.get("SLURM_STEP_ID", "")
-    in_step = step.isdigit() and int(step) < 0xFFFFFFF0  # the batch script has none (or SLURM's "batch")
-    if in_step or parent_name == "slurmstepd":
+    if in_srun_step(environ) or parent_name == "slurmstepd":
         return None
     return (
         f"trainer.nproc={nproc} started by the batch script through {parent_name or 'a shell'}: a "
@@ -161,9 +166,7 @@ def one_node_of_several_warning(environ: Mapping[str, str]) -> str | None:
     script runs on the first node only, and so do the workers it starts; the other nodes idle.
     None inside an srun step (a step of fewer nodes is chosen) or a job of one node."""
     nodes = environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES") or "1"
-    step = environ.get("SLURM_STEP_ID", "")
-    in_step = step.isdigit() and int(step) < 0xFFFFFFF0
-    if not environ.get("SLURM_JOB_ID") or in_step or not nodes.isdigit() or int(nodes) <= 1:
+    if not environ.get("SLURM_JOB_ID") or in_srun_step(environ) or not nodes.isdigit() or int(nodes) <= 1:
         return None
     here = environ.get("SLURMD_NODENAME") or "the first node"
     return (

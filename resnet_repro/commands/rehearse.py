@@ -212,6 +212,9 @@ def _rehearse(dcfg: DictConfig, options: RehearseOptions, real: list[str] | None
         rcfg, note = rehearse.rehearsal_config(run_here, world, run_dir, options.stand_in)
         try:
             if local_launch:  # two launches: the second process state knows the first's by last.pt only
+                too_many = distributed.local_launch_check(cfg.trainer.nproc, rcfg.trainer.device)
+                if too_many:  # as train warns: this rehearsal starts them too
+                    print(f"{PROG}: warning: {too_many}", file=sys.stderr)
                 yaml = OmegaConf.to_yaml(OmegaConf.structured(rcfg))
                 for phase in ("first", "second"):
                     fields = dataclasses.asdict(dataclasses.replace(plan, phase=phase))

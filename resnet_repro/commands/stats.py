@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
 from omegaconf import DictConfig
 
@@ -44,8 +45,11 @@ def _stats(dcfg: DictConfig) -> None:
     try:
         cfg = to_dataclass(dcfg)
         validate(cfg)
-        if cfg.trainer.nproc > 1 and distributed.detect().source == "single":
+        if distributed.local_workers(cfg.trainer.nproc, distributed.detect()):
             # trainer.nproc local processes share the pass, as they would in `train`
+            too_many = distributed.local_launch_check(cfg.trainer.nproc, cfg.trainer.device)
+            if too_many:
+                print(f"{PROG}: warning: {too_many}", file=sys.stderr)
             yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
             try:
                 shown = distributed.launch_local(cfg.trainer.nproc, stats_worker, yaml, what="statistics")[0]

@@ -402,7 +402,7 @@ def _planned_epochs(job_dir: Path) -> int | None:
     try:
         config = yaml.safe_load((job_dir / "config.yaml").read_text())
         return int(config["trainer"]["epochs"])
-    except (FileNotFoundError, IsADirectoryError, yaml.YAMLError, KeyError, TypeError, ValueError):
+    except (*ABSENT_OR_DAMAGED, yaml.YAMLError, KeyError, TypeError, ValueError):
         return None
 
 

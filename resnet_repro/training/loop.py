@@ -299,8 +299,10 @@ def _epoch_metrics(
 
 
 def _all_skipped_words(parts: Parts, launch_steps: int) -> str:
-    """Why the run stops when none of this launch's steps of the epoch was applied; a launch that
-    resumed the epoch mid-way says how many of the earlier launch's steps were applied."""
+    """Why the run stops when none of the epoch's tallied steps was applied. `launch_steps`: the
+    steps the tally holds: the whole epoch's where a mid-epoch checkpoint kept the earlier launch's
+    sums (then only an epoch none of whose steps applied stops here), else this launch's, and a
+    launch that resumed the epoch mid-way says how many of the earlier launch's steps were applied."""
     state, epoch = parts.state, parts.state.epoch + 1
     resumed_at = state.epoch_step - launch_steps  # batches of this epoch run by earlier launches
     applied_before = resumed_at - (state.epoch_skipped - launch_steps)
