@@ -260,19 +260,22 @@ def test_usr1_and_usr2_requeue_unless_the_controller_shows_a_preemption(signal_n
 
 
 @pytest.mark.parametrize("form", ["txt", "json"])
-def test_the_user_signal_of_a_preemption_is_decided_as_the_preemption(form: str):
+@pytest.mark.parametrize(("mode", "action"), [("CANCEL", "stop"), ("REQUEUE", "requeued")])
+def test_the_user_signal_of_a_preemption_is_decided_as_the_preemption(form: str, mode: str, action: str):
     """PreemptParameters=send_user_signal: SLURM sends --signal's USR1 at a preemption's start; under
-    PreemptMode=CANCEL a requeue of ours would undo the cancel SLURM chose."""
+    PreemptMode=CANCEL a requeue of ours would undo the cancel SLURM chose, under REQUEUE SLURM
+    requeues it at the grace's end (the run waits for that, as for the SIGTERM)."""
     decision = slurm.decide_stop(
         "SIGUSR1",
         "7",
         0,
         True,
         query=fixture_query("preempt_cancel_grace_running", form),
-        preempt_mode=lambda p: "CANCEL",
+        preempt_mode=lambda p: mode,
         preempt_type=lambda: "preempt/partition_prio",
     )
-    assert decision.action == "stop" and "PreemptMode=CANCEL" in decision.why, decision.why
+    assert decision.action == action and f"PreemptMode={mode}" in decision.why, decision.why
+    assert (decision.wait_s > 0) == (action == "requeued")
 
 
 def _edited(name: str, form: str, *replacements: tuple[str, str]):
