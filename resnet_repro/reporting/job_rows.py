@@ -46,14 +46,17 @@ def collect(multirun_dir: Path, left_out: list[str] | None = None) -> list[Row]:
         raise UserError(f"sweep directory {root} does not exist (or is not a directory)")
     without_settings: list[Path] = []
     jobs = list(find_job_dirs(root, without_settings))
-    rows = []
+    rows, unreadable = [], []
     for job in jobs:
         try:
             rows.append(summarize_job(job, root))
         except PermissionError as e:  # another user's job on shared storage: the others still count
             if left_out is None:
                 raise
-            left_out.append(f"{file_error_line(e) or e}: the report leaves {job} out")
+            unreadable.append(f"{file_error_line(e) or e}")
+            left_out.append(f"{unreadable[-1]}: the report leaves {job} out")
+    if not rows and unreadable:  # nothing left to report: the reason is the unreadable file
+        raise UserError(unreadable[0])
     if left_out is not None:
         left_out += [
             f"{d} has results but neither .hydra/overrides.yaml nor config.yaml: its settings are unknown, "
