@@ -174,3 +174,18 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+_READ_TEXT = Path.read_text  # the real one, whatever a test has patched since
+
+
+def deny_reading(monkeypatch, denied) -> None:
+    """Path.read_text raises PermissionError (EACCES) for each path `denied(path)` is true of: a file
+    this user may not read, which running as root cannot make with chmod."""
+
+    def read_text(self, *args, **kwargs):
+        if denied(self):
+            raise PermissionError(13, "Permission denied", str(self))
+        return _READ_TEXT(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import deny_reading
 
 from resnet_repro.cli import main
 
@@ -291,14 +292,7 @@ def test_a_file_this_user_may_not_read_is_one_line_naming_it(tmp_path: Path, mon
     run.mkdir()
     (run / "config.yaml").write_text("trainer: {epochs: 1}\n")
     (run / "metrics.jsonl").write_text('{"epoch": 1, "split": "train", "loss": 1.0, "top1": 0.5}\n')
-    real = Path.read_text
-
-    def denied(self, *args, **kwargs):
-        if self.name == "metrics.jsonl":
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", denied)
+    deny_reading(monkeypatch, lambda path: path.name == "metrics.jsonl")
     code, err = run_main(["report", str(run)], capsys)
     line = one_error_line(err)
     assert code == 2 and f"{run / 'metrics.jsonl'}: Permission denied" in line

@@ -14,7 +14,7 @@ import matplotlib
 import numpy as np
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import deny_reading, run_cli
 from PIL import Image
 
 from resnet_repro.config import UserError
@@ -1041,22 +1041,13 @@ def test_a_finished_jobs_final_json_this_user_may_not_read_is_named_not_read_as_
     tmp_path: Path, monkeypatch
 ):
     job = write_job(tmp_path, ["optim.lr=0.1"], [0.3], final=final_json([0.3]))
-    real = Path.read_text
-
-    def denied(self, *args, **kwargs):
-        if self.name == "final.json":
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", denied)
+    deny_reading(monkeypatch, lambda path: path.name == "final.json")
     with pytest.raises(PermissionError) as e:  # the CLI says it in one line (file_error_line)
         report.collect(tmp_path)
     assert e.value.filename == str(job / "final.json")
     # in a sweep the other jobs still count: the report leaves this one out and says so
     other = write_job(tmp_path / "b", ["optim.lr=0.2"], [0.4], final=final_json([0.4]))
-    monkeypatch.setattr(
-        Path, "read_text", lambda self, *a, **k: denied(self) if self.parent == job else real(self, *a, **k)
-    )
+    deny_reading(monkeypatch, lambda path: path == job / "final.json")
     left_out: list[str] = []
     rows = report.collect(tmp_path, left_out)
     assert [str(r["path"]) for r in rows] == [str(other)]

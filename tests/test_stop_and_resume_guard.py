@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose
+from conftest import compose, deny_reading
 
 from resnet_repro import checkpoint
 from resnet_repro.cluster import slurm
@@ -384,14 +384,7 @@ def test_a_lock_that_cannot_be_read_is_refused_as_possibly_live(tmp_path, monkey
     """Its holder may be a live run (a lock this user may not read): taking it over would let two
     runs write one directory."""
     write_lock(tmp_path, job=None, host=socket.gethostname(), pid=os.getpid())
-    real = Path.read_text
-
-    def denied(self, *args, **kwargs):
-        if self.name == LOCK_NAME:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", denied)
+    deny_reading(monkeypatch, lambda path: path.name == LOCK_NAME)
     refused = rf"cannot read the lock {tmp_path / LOCK_NAME} \(Permission denied\)"
     with pytest.raises(UserError, match=refused):
         acquire_run_lock(tmp_path, environ={}, query=no_query)
