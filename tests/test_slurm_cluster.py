@@ -859,7 +859,10 @@ def test_usr1_checkpoints_requeues_once_and_the_job_resumes_in_the_same_director
     o = outcome(scenarios, "usr1", version)
     assert o["signalled"].returncode == 0, o["signalled"].stderr
     assert o["preempted"] is not None, o["log"]
-    assert o["preempted"]["signal"] == "SIGUSR1" and o["preempted"]["requeued"] is True
+    assert o["preempted"]["signal"] == "SIGUSR1" and o["preempted"]["requeued"] is True, (
+        o["preempted"],
+        o["log"],
+    )
     assert o["info"]["JobState"] == "COMPLETED", o["log"]
     assert o["info"]["Restarts"] == "1"
     assert read_json(o["run_dir"] / "final.json")["epochs"] == 3

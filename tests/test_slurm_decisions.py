@@ -410,10 +410,76 @@ def test_restart_count_comes_from_the_controller_not_the_environment():
     assert slurm.restart_count("4", environ={}, run=down) is None
 
 
-def test_a_failed_requeue_says_why():
-    ok, why = slurm.requeue_job("8", run=runner(1, stderr="Requested operation is presently disabled"))
+def test_a_refused_requeue_says_why_and_is_not_asked_again():
+    refused = runner(1, stderr="Requested operation is presently disabled")
+    ok, why = slurm.requeue_job("8", restarts_before=0, attempts=3, run=refused)
     assert not ok and "presently disabled" in why
-    assert slurm.requeue_job("8", run=runner(0)) == (True, "")
+    assert refused.calls == [["scontrol", "requeue", "8"]]
+    assert slurm.requeue_job("8", restarts_before=0, run=runner(0)) == (True, "")
+
+
+def controller(requeue: list[BaseException | tuple[int, str]], shows: list[str]):
+    """A stand-in for subprocess.run of a slow controller: `scontrol requeue` gives the `requeue`
+    answers in turn (an exception raised, or (returncode, stderr)); `scontrol show job` (the 22.05
+    build: no --json) shows the captured states `shows` in turn."""
+    answers, states = iter(requeue), iter(shows)
+    calls: list[list[str]] = []
+
+    def run(args, **kwargs):
+        calls.append(list(args))
+        assert kwargs["timeout"] <= 10
+        if args[1] == "requeue":
+            answer = next(answers)
+            if isinstance(answer, BaseException):
+                raise answer
+            return subprocess.CompletedProcess(args, answer[0], "", answer[1])
+        if args[1] == "--json":
+            stderr = (ASSETS / "scontrol_json_unsupported_22.05.stderr").read_text()
+            return subprocess.CompletedProcess(args, 1, "", stderr)
+        return subprocess.CompletedProcess(args, 0, (ASSETS / f"{next(states)}.txt").read_text(), "")
+
+    run.calls = calls  # type: ignore[attr-defined]
+    return run
+
+
+def requeues(run) -> int:
+    return sum(call[1] == "requeue" for call in run.calls)
+
+
+def test_a_requeue_whose_answer_came_too_late_counts_when_the_controller_shows_it_done():
+    # the controller acted on the request, but scontrol's answer did not come within the timeout
+    slow = controller([subprocess.TimeoutExpired("scontrol", 10)], ["admin_requeue_completing"])
+    assert slurm.requeue_job("4", restarts_before=0, attempts=2, run=slow) == (True, "")
+    assert requeues(slow) == 1  # not asked twice: a second request would requeue the rerun
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [
+        subprocess.TimeoutExpired("scontrol", 10),
+        (1, "slurm_requeue error: Socket timed out on send/recv operation"),
+        (1, "slurm_requeue error: Unable to contact slurm controller (connect failure)"),
+    ],
+    ids=["no-answer", "socket-timed-out", "no-contact"],
+)
+def test_a_requeue_lost_by_a_busy_controller_is_asked_again_when_the_job_shows_no_requeue(lost):
+    busy = controller([lost, (0, "")], ["running"])
+    assert slurm.requeue_job("2", restarts_before=0, attempts=2, run=busy) == (True, "")
+    assert requeues(busy) == 2
+
+
+def test_a_requeue_that_never_answers_is_a_stop_that_says_so_within_its_attempts():
+    never = controller([subprocess.TimeoutExpired("scontrol", 10)] * 2, ["running", "running"])
+    ok, why = slurm.requeue_job("2", restarts_before=0, attempts=2, run=never)
+    assert not ok and "did not answer within 10 s" in why
+    assert requeues(never) == 2
+
+
+def test_a_requeue_flag_counts_as_done_where_the_restart_count_at_start_is_unknown():
+    late = controller([subprocess.TimeoutExpired("scontrol", 10)], ["preempt_requeue_pending"])
+    assert slurm.requeue_job("2", restarts_before=None, attempts=1, run=late) == (True, "")
+    unknown = controller([subprocess.TimeoutExpired("scontrol", 10)], ["running"])
+    assert slurm.requeue_job("2", restarts_before=None, attempts=1, run=unknown)[0] is False
 
 
 def test_job_ref_of_an_array_task_is_named_with_its_task():

@@ -143,7 +143,9 @@ def _decide(cfg: RootConfig, interrupts: Interrupts, job: str | None) -> tuple[b
         return "by SLURM", decision.why, decision.wait_s
     if decision.action == "requeue":
         assert job is not None
-        ok, failure = slurm.requeue_job(job)
+        warned = signal_name in slurm.WARNING_SIGNALS  # time to ask again; a SIGTERM's KillWait is short
+        attempts = slurm.REQUEUE_ATTEMPTS if warned else 1
+        ok, failure = slurm.requeue_job(job, interrupts.restarts_at_start, attempts)
         if ok:
             return (
                 True,

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from resnet_repro.config import UserError
 
 # Seconds one scontrol call may take. SLURM's default KillWait is 30 s between SIGTERM and SIGKILL,
-# and the sbatch scripts' warning is 120 s: two calls must fit in it beside the checkpoint.
+# and the sbatch scripts' warning is 120 s: after a SIGTERM the state and the requeue (two calls; a
+# third only where the requeue's answer was lost), after a warning at most five calls
+# (REQUEUE_ATTEMPTS) must fit in it beside the checkpoint.
 QUERY_TIMEOUT_S = 10.0
 
 # Job state flags that SLURM shows *instead of* the base state (job_state_string() returns the
@@ -521,18 +523,61 @@ def _preemption(
     )
 
 
+# Attempts at `scontrol requeue` after the time-limit warning (USR1/USR2: 120 s before the end in the
+# shipped scripts); after a SIGTERM (KillWait, 30 s by default) one only
+REQUEUE_ATTEMPTS = 2
+
+# SLURM's own messages for an answer lost on the way (a busy or restarting controller): the request
+# may have been acted on, or not; any other failure is the controller's refusal
+_LOST_ANSWER = ("timed out", "Unable to contact", "Zero Bytes were transmitted", "Connection refused")
+
+
 def requeue_job(
-    job: str, timeout_s: float = QUERY_TIMEOUT_S, run: Runner = subprocess.run
+    job: str,
+    restarts_before: int | None,
+    attempts: int = 1,
+    timeout_s: float = QUERY_TIMEOUT_S,
+    run: Runner = subprocess.run,
 ) -> tuple[bool, str]:
     """`scontrol requeue <job>`: SLURM restarts the same job id, which resumes from last.pt.
-    (True, "") or (False, why not)."""
+    (True, "") or (False, why not).
+
+    A busy controller can act on the request and answer too late (our timeout, or scontrol's own
+    MessageTimeout: "Socket timed out"). After a lost answer the controller is asked whether the
+    job was requeued all the same (`requeued_since`), and only if it shows no requeue is the
+    request made again, up to `attempts` in all: a second request for a requeued job would requeue
+    its rerun. A refusal (JobRequeue=0, --no-requeue) is final."""
+    failure = ""
+    for _ in range(attempts):
+        lost, failure = _request_requeue(job, timeout_s, run)
+        if not failure:
+            return True, ""
+        if not lost:
+            return False, failure
+        view, _ = query_job(job, timeout_s, run)
+        if view is not None and requeued_since(view, restarts_before):
+            return True, ""
+    return False, failure
+
+
+def _request_requeue(job: str, timeout_s: float, run: Runner) -> tuple[bool, str]:
+    """One `scontrol requeue`: (whether its answer was lost, why it failed; "" where it did not)."""
     try:
         proc = run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        return False, f"`scontrol requeue {job}` did not answer within {timeout_s:g} s"
+        return True, f"`scontrol requeue {job}` did not answer within {timeout_s:g} s"
     except OSError as e:
         return False, f"`scontrol requeue` could not run ({e.strerror or e})"
-    if proc.returncode != 0:
-        first = (proc.stderr or proc.stdout or "").strip().splitlines()
-        return False, f"`scontrol requeue {job}` failed ({first[0] if first else f'exit {proc.returncode}'})"
-    return True, ""
+    if proc.returncode == 0:
+        return False, ""
+    first = (proc.stderr or proc.stdout or "").strip().splitlines()
+    said = first[0] if first else f"exit {proc.returncode}"
+    return any(words in said for words in _LOST_ANSWER), f"`scontrol requeue {job}` failed ({said})"
+
+
+def requeued_since(view: JobView, restarts_before: int | None) -> bool:
+    """Whether the controller shows the job requeued since it had `restarts_before` restarts
+    (None: unknown, so that only a requeue state or flag counts)."""
+    if restarts_before is not None and view.restarts > restarts_before:
+        return True
+    return view.base == "PENDING" or bool(REQUEUE_FLAGS & set(view.states))
