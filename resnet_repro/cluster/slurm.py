@@ -529,7 +529,14 @@ REQUEUE_ATTEMPTS = 2
 
 # SLURM's own messages for an answer lost on the way (a busy or restarting controller): the request
 # may have been acted on, or not; any other failure is the controller's refusal
-_LOST_ANSWER = ("timed out", "Unable to contact", "Zero Bytes were transmitted", "Connection refused")
+_LOST_ANSWER = (
+    "timed out",  # "Socket timed out on send/recv operation"
+    "Unable to contact",
+    "Communication connection failure",
+    "Zero Bytes were transmitted",
+    "standby mode",  # a backup controller taking over
+    "Connection refused",
+)
 
 
 def requeue_job(
