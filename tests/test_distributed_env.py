@@ -428,6 +428,49 @@ def test_a_launcher_requeue_that_fails_is_a_stop_with_its_reason_not_a_traceback
     assert [json.loads(line) for line in (tmp_path / "stops.jsonl").read_text().splitlines()] == [saved]
 
 
+@pytest.mark.parametrize(("restarts", "requeued"), [(1, "by the launcher"), (0, False)])
+def test_a_launcher_requeue_ended_by_the_requeues_own_sigterm_counts_where_the_controller_shows_it(
+    tmp_path, monkeypatch, restarts, requeued
+):
+    """submitit's `scontrol requeue` runs inside the job, whose processes the requeue ends with
+    SIGTERM: it can die before it exits (-15) after the controller requeued the job. The controller
+    decides: Restarts up is the launcher's requeue; no change is a stop that says why."""
+    import json
+    import subprocess
+
+    import torch
+
+    from resnet_repro.cluster import slurm
+    from resnet_repro.cluster.preemption import Interrupts, after_preemption
+    from resnet_repro.config import RootConfig, TrainerConfig
+
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setattr(slurm, "restart_count", lambda job: 0)
+    shown = slurm.JobView(("COMPLETING",), restarts=restarts)
+    monkeypatch.setattr(slurm, "query_job", lambda job, *args, **kwargs: (shown, "scontrol show job"))
+
+    def checkpoint_and_try_requeue(signum, frame):  # submitit's handler, its scontrol killed
+        raise subprocess.CalledProcessError(-15, ["scontrol", "requeue", "42"])
+
+    previous = signal.signal(signal.SIGUSR2, checkpoint_and_try_requeue)
+    cfg = RootConfig(trainer=TrainerConfig(epochs=3, preempt_signals=["SIGUSR2"]))
+    interrupts = Interrupts(cfg, DistEnv(), torch.device("cpu"))
+    try:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert interrupts.stop_requested(1)
+        outcome = after_preemption(cfg, DistEnv(), tmp_path, interrupts, 1, 4)
+    finally:
+        interrupts.close()
+        signal.signal(signal.SIGUSR2, previous)
+    assert outcome["requeued"] == requeued, outcome
+    saved = json.loads((tmp_path / "preempted.json").read_text())
+    assert saved["requeued"] == requeued
+    if not requeued:
+        assert "SIGTERM" in outcome["why"] and saved["why"] == outcome["why"]
+
+
 def test_a_stop_slurm_was_to_requeue_but_did_not_end_is_recorded_as_not_requeued(tmp_path, monkeypatch):
     """A GraceTime longer than the wait: the run exits 75 with the resume line, so preempted.json and
     stops.jsonl must not keep saying "requeued by SLURM" (report read it as a requeue)."""
@@ -461,10 +504,16 @@ def test_a_stop_slurm_was_to_requeue_but_did_not_end_is_recorded_as_not_requeued
 def test_stats_under_srun_with_trainer_nproc_is_refused_as_train_is(tmp_path, monkeypatch, capsys):
     """`stats` shares the pass over trainer.nproc processes as `train` does: under srun the same
     refusal, not trainer.nproc silently ignored."""
+    import logging
+
     from resnet_repro.cli import main
 
     for key, value in SRUN_ENV.items():
         monkeypatch.setenv(key, value)
+    # a rank other than 0 runs with Hydra's logging 'disabled' (disable_existing_loggers): this
+    # process's loggers are the next tests' too
+    for name in ("resnet_repro", *logging.root.manager.loggerDict):
+        monkeypatch.setattr(logging.getLogger(name), "disabled", logging.getLogger(name).disabled)
     with pytest.raises(SystemExit) as e:
         main(["stats", "data.root=/nonexistent", "trainer.nproc=4", f"hydra.run.dir={tmp_path}"])
     assert e.value.code == 2

@@ -287,6 +287,12 @@ def requeued_then_finished(
     }
 
 
+def said(*seen: object) -> str:
+    """An assertion's message in whole (pytest shortens a dict it shows: the `why` of a stop
+    record is at its end)."""
+    return "\n".join(s if isinstance(s, str) else json.dumps(s, default=str) for s in seen)
+
+
 def runtime_s(text: str) -> int:
     """SLURM's RunTime ([D-]HH:MM:SS) in seconds."""
     days, _, clock = text.rpartition("-")
@@ -859,9 +865,8 @@ def test_usr1_checkpoints_requeues_once_and_the_job_resumes_in_the_same_director
     o = outcome(scenarios, "usr1", version)
     assert o["signalled"].returncode == 0, o["signalled"].stderr
     assert o["preempted"] is not None, o["log"]
-    assert o["preempted"]["signal"] == "SIGUSR1" and o["preempted"]["requeued"] is True, (
-        o["preempted"],
-        o["log"],
+    assert o["preempted"]["signal"] == "SIGUSR1" and o["preempted"]["requeued"] is True, said(
+        o["preempted"], o["log"]
     )
     assert o["info"]["JobState"] == "COMPLETED", o["log"]
     assert o["info"]["Restarts"] == "1"
@@ -876,9 +881,8 @@ def test_the_scripts_time_limit_signal_checkpoints_requeues_and_the_job_complete
     o = outcome(scenarios, "time_limit", version)
     assert o["cut"]["proc"].returncode == 0, o["cut"]["proc"].stderr
     assert o["preempted"] is not None, o["log"]
-    assert o["preempted"]["signal"] == "SIGUSR1" and o["preempted"]["requeued"] is True, (
-        o["preempted"],
-        o["cut"],
+    assert o["preempted"]["signal"] == "SIGUSR1" and o["preempted"]["requeued"] is True, said(
+        o["preempted"], o["cut"]
     )
     assert o["info"]["JobState"] == "COMPLETED", o["log"]
     assert o["info"]["Restarts"] == "1"
@@ -1041,7 +1045,7 @@ def test_throttled_array_task_0_cancelled_is_read_from_its_own_record_and_not_re
 def test_multi_rank_warning_on_one_rank_only_is_agreed_requeued_and_the_job_completes(scenarios, version):
     o = outcome(scenarios, "multi_rank_warning", version)
     assert o["preempted"] is not None, o["log"]
-    assert o["preempted"]["signal"] == "SIGUSR1" and o["preempted"]["requeued"] is True, o["preempted"]
+    assert o["preempted"]["signal"] == "SIGUSR1" and o["preempted"]["requeued"] is True, said(o["preempted"])
     assert o["info"]["JobState"] == "COMPLETED" and o["info"]["Restarts"] == "1", o["log"]
     assert read_json(o["run_dir"] / "final.json")["epochs"] == 3
 
@@ -1109,7 +1113,7 @@ def test_batch_nproc_workers_get_the_b_usr1_warning_requeue_resume_and_a_cancel_
 ):
     o = outcome(scenarios, "batch_nproc", version)
     assert o["warned"] is not None, o["whole_log"][-4000:]
-    assert o["warned"]["signal"] == "SIGUSR1" and o["warned"]["requeued"] is True, (o["warned"], o["cut"])
+    assert o["warned"]["signal"] == "SIGUSR1" and o["warned"]["requeued"] is True, said(o["warned"], o["cut"])
     assert int(o["requeued"]["Restarts"]) == 1, o["requeued"]
     assert "resumed from" in (o["run_dir"] / "train.log").read_text()
     # the cancel: every process of the job got SIGTERM; the workers saved, did not requeue

@@ -453,6 +453,27 @@ def test_a_requeue_whose_answer_came_too_late_counts_when_the_controller_shows_i
     assert requeues(slow) == 1  # not asked twice: a second request would requeue the rerun
 
 
+def test_a_requeue_killed_by_the_requeues_own_sigterm_counts_when_the_controller_shows_it_done():
+    # scontrol runs inside the job: SLURM's requeue ends the job's processes, and can end scontrol
+    # before it exits (seen on 22.05 under load: "exit -15", the job requeued all the same)
+    killed = controller([(-15, "")], ["admin_requeue_completing"])
+    assert slurm.requeue_job("4", restarts_before=0, attempts=2, run=killed) == (True, "")
+    assert requeues(killed) == 1
+
+
+def test_a_lost_requeue_answer_is_not_asked_again_where_the_controller_cannot_say_whether_it_took():
+    killed = controller([(-15, "")], [])
+
+    def run(args, **kwargs):  # and then no answer to `scontrol show job`
+        if args[1] != "requeue":
+            raise subprocess.TimeoutExpired(args, 10)
+        return killed(args, **kwargs)
+
+    ok, why = slurm.requeue_job("4", restarts_before=0, attempts=2, run=run)
+    assert not ok and "SIGTERM" in why and "unknown" in why
+    assert requeues(killed) == 1  # a second request could requeue the rerun
+
+
 @pytest.mark.parametrize(
     "lost",
     [

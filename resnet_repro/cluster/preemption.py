@@ -214,16 +214,36 @@ def after_preemption(
         try:
             interrupts.watch.hand_over()  # submitit: rank 0 requeues and exits here
         except (subprocess.SubprocessError, OSError) as e:
-            # its `scontrol requeue` failed (JobRequeue=0, --no-requeue) or did not answer: a stop
-            failed = (
-                f"`{' '.join(map(str, e.cmd))}`: exit {e.returncode}"
-                if isinstance(e, subprocess.CalledProcessError)
-                else str(e)
-            )
-            requeued, why = False, f"{interrupts.stopped_by}: the launcher's requeue failed ({failed})"
-            if env.is_main:
+            # its `scontrol requeue` failed (JobRequeue=0, --no-requeue) or its answer was lost
+            requeued, why = _launcher_requeue_failed(interrupts, job, e)
+            if not requeued and env.is_main:
                 _revise_stop(run_dir, why)
     return {"preempted": True, "requeued": requeued, "why": why}
+
+
+def _launcher_requeue_failed(
+    interrupts: Interrupts, job: str | None, failure: BaseException
+) -> tuple[bool | str, str]:
+    """(requeued, why) after the launcher's own requeue raised `failure` (on rank 0, the rank that
+    requeues): a lost answer is the launcher's requeue where the controller shows the job requeued
+    all the same; anything else is a stop, its reason in one line."""
+    lost = slurm.lost_answer(failure)
+    if lost is None:
+        failed = (
+            f"`{' '.join(map(str, failure.cmd))}`: exit {failure.returncode}"
+            if isinstance(failure, subprocess.CalledProcessError)
+            else str(failure)
+        )
+        return False, f"{interrupts.stopped_by}: the launcher's requeue failed ({failed})"
+    took, unknown = (
+        slurm.requeue_took_effect(job, interrupts.restarts_at_start)
+        if job is not None
+        else (None, "not a SLURM job")
+    )
+    if took:
+        return "by the launcher", f"its launcher requeued the job ({lost}; the controller shows the requeue)"
+    said = unknown or "the controller shows no requeue"
+    return False, f"{interrupts.stopped_by}: the launcher's requeue failed ({lost}; {said})"
 
 
 def _revise_stop(run_dir: Path, why: str) -> None:

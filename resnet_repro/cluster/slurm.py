@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -549,11 +550,13 @@ def requeue_job(
     """`scontrol requeue <job>`: SLURM restarts the same job id, which resumes from last.pt.
     (True, "") or (False, why not).
 
-    A busy controller can act on the request and answer too late (our timeout, or scontrol's own
-    MessageTimeout: "Socket timed out"). After a lost answer the controller is asked whether the
-    job was requeued all the same (`requeued_since`), and only if it shows no requeue is the
-    request made again, up to `attempts` in all: a second request for a requeued job would requeue
-    its rerun. A refusal (JobRequeue=0, --no-requeue) is final."""
+    The answer can be lost although the controller acted on the request: a busy controller answers
+    too late (our timeout, or scontrol's own MessageTimeout: "Socket timed out"), and scontrol,
+    running inside the job, can be ended by the SIGTERM with which the requeue itself ends the
+    job's processes. After a lost answer the controller is asked whether the job was requeued all
+    the same (`requeued_since`); only where it shows no requeue is the request made again, up to
+    `attempts` in all (a second request for a requeued job could requeue its rerun). A refusal
+    (JobRequeue=0, --no-requeue) is final."""
     failure = ""
     for _ in range(attempts):
         lost, failure = _request_requeue(job, timeout_s, run)
@@ -561,10 +564,35 @@ def requeue_job(
             return True, ""
         if not lost:
             return False, failure
-        view, _ = query_job(job, timeout_s, run)
-        if view is not None and requeued_since(view, restarts_before):
+        took, unknown = requeue_took_effect(job, restarts_before, timeout_s, run)
+        if took is None:
+            return False, f"{failure}; {unknown}"
+        if took:
             return True, ""
     return False, failure
+
+
+def requeue_took_effect(
+    job: str, restarts_before: int | None, timeout_s: float = QUERY_TIMEOUT_S, run: Runner = subprocess.run
+) -> tuple[bool | None, str]:
+    """After a requeue request whose answer was lost: (whether the controller shows the job
+    requeued since it had `restarts_before` restarts, ""), or (None, why that is unknown)."""
+    view, how = query_job(job, timeout_s, run)
+    if view is None:
+        return None, f"whether it took effect is unknown ({how})"
+    return requeued_since(view, restarts_before), ""
+
+
+def lost_answer(failure: BaseException) -> str | None:
+    """How the answer of a launcher's `scontrol requeue` (submitit's check_call) was lost, or None
+    where it was a refusal: no answer in time, or scontrol ended by a signal (the requeue's own
+    SIGTERM to the job's processes)."""
+    command = " ".join(map(str, getattr(failure, "cmd", None) or ["scontrol", "requeue"]))
+    if isinstance(failure, subprocess.TimeoutExpired):
+        return f"`{command}` did not answer within {failure.timeout:g} s"
+    if isinstance(failure, subprocess.CalledProcessError) and failure.returncode < 0:
+        return f"`{command}` was ended by {signal.Signals(-failure.returncode).name} before it answered"
+    return None
 
 
 def _request_requeue(job: str, timeout_s: float, run: Runner) -> tuple[bool, str]:
@@ -577,6 +605,9 @@ def _request_requeue(job: str, timeout_s: float, run: Runner) -> tuple[bool, str
         return False, f"`scontrol requeue` could not run ({e.strerror or e})"
     if proc.returncode == 0:
         return False, ""
+    if proc.returncode < 0:  # scontrol runs inside the job, whose processes a requeue ends
+        name = signal.Signals(-proc.returncode).name
+        return True, f"`scontrol requeue {job}` was ended by {name} before it answered"
     first = (proc.stderr or proc.stdout or "").strip().splitlines()
     said = first[0] if first else f"exit {proc.returncode}"
     return any(words in said for words in _LOST_ANSWER), f"`scontrol requeue {job}` failed ({said})"
