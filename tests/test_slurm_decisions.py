@@ -449,7 +449,8 @@ def requeues(run) -> int:
 def test_a_requeue_whose_answer_came_too_late_counts_when_the_controller_shows_it_done():
     # the controller acted on the request, but scontrol's answer did not come within the timeout
     slow = controller([subprocess.TimeoutExpired("scontrol", 10)], ["admin_requeue_completing"])
-    assert slurm.requeue_job("4", restarts_before=0, attempts=2, run=slow) == (True, "")
+    ok, said = slurm.requeue_job("4", restarts_before=0, attempts=2, run=slow)
+    assert ok and "did not answer within 10 s" in said and "the controller shows the requeue" in said
     assert requeues(slow) == 1  # not asked twice: a second request would requeue the rerun
 
 
@@ -457,7 +458,8 @@ def test_a_requeue_killed_by_the_requeues_own_sigterm_counts_when_the_controller
     # scontrol runs inside the job: SLURM's requeue ends the job's processes, and can end scontrol
     # before it exits (seen on 22.05 under load: "exit -15", the job requeued all the same)
     killed = controller([(-15, "")], ["admin_requeue_completing"])
-    assert slurm.requeue_job("4", restarts_before=0, attempts=2, run=killed) == (True, "")
+    ok, said = slurm.requeue_job("4", restarts_before=0, attempts=2, run=killed)
+    assert ok and "ended by SIGTERM" in said
     assert requeues(killed) == 1
 
 
@@ -498,7 +500,7 @@ def test_a_requeue_that_never_answers_is_a_stop_that_says_so_within_its_attempts
 
 def test_a_requeue_flag_counts_as_done_where_the_restart_count_at_start_is_unknown():
     late = controller([subprocess.TimeoutExpired("scontrol", 10)], ["preempt_requeue_pending"])
-    assert slurm.requeue_job("2", restarts_before=None, attempts=1, run=late) == (True, "")
+    assert slurm.requeue_job("2", restarts_before=None, attempts=1, run=late)[0] is True
     unknown = controller([subprocess.TimeoutExpired("scontrol", 10)], ["running"])
     assert slurm.requeue_job("2", restarts_before=None, attempts=1, run=unknown)[0] is False
 

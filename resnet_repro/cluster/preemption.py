@@ -145,15 +145,16 @@ def _decide(cfg: RootConfig, interrupts: Interrupts, job: str | None) -> tuple[b
         assert job is not None
         warned = signal_name in slurm.WARNING_SIGNALS  # time to ask again; a SIGTERM's KillWait is short
         attempts = slurm.REQUEUE_ATTEMPTS if warned else 1
-        ok, failure = slurm.requeue_job(job, interrupts.restarts_at_start, attempts)
+        ok, said = slurm.requeue_job(job, interrupts.restarts_at_start, attempts)
         if ok:
+            lost = f" ({said})" if said else ""
             return (
                 True,
-                f"{decision.why}; SLURM job {job} requeued (SLURM holds a requeued job for AuthInfo's "
-                "cred_expire, 2 minutes by default)",
+                f"{decision.why}; SLURM job {job} requeued{lost} (SLURM holds a requeued job for "
+                "AuthInfo's cred_expire, 2 minutes by default)",
                 0.0,
             )
-        return False, f"{decision.why}; the requeue failed: {failure}", 0.0
+        return False, f"{decision.why}; the requeue failed: {said}", 0.0
     return False, decision.why, 0.0
 
 

@@ -548,7 +548,7 @@ def requeue_job(
     run: Runner = subprocess.run,
 ) -> tuple[bool, str]:
     """`scontrol requeue <job>`: SLURM restarts the same job id, which resumes from last.pt.
-    (True, "") or (False, why not).
+    (True, "" or how its answer was lost) or (False, why not).
 
     The answer can be lost although the controller acted on the request: a busy controller answers
     too late (our timeout, or scontrol's own MessageTimeout: "Socket timed out"), and scontrol,
@@ -568,7 +568,7 @@ def requeue_job(
         if took is None:
             return False, f"{failure}; {unknown}"
         if took:
-            return True, ""
+            return True, f"{failure}, but the controller shows the requeue"
     return False, failure
 
 
