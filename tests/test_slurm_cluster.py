@@ -317,6 +317,24 @@ def scenario_usr1_preemption(c: Cluster, work: Path) -> dict[str, Any]:
     return {"signalled": signalled, **requeued_then_finished(c, job, run_dir)}
 
 
+def scenario_usr1_requeue_answer_lost(c: Cluster, work: Path) -> dict[str, Any]:
+    """USR1, and the job's `scontrol requeue` holds its answer back after the controller has acted
+    (a busy controller does; so did CI's 22.05 run, where the requeue's own SIGTERM to the job's
+    processes ended scontrol first): a wrapper first on the job's PATH sleeps after a requeue, until
+    that SIGTERM ends it or the run's timeout gives up on it."""
+    real = shutil.which("scontrol", path=c.env["PATH"])
+    assert real is not None
+    slow = work / "slow-scontrol"
+    slow.mkdir()
+    wrapper = slow / "scontrol"
+    wrapper.write_text(f'#!/bin/sh\n"{real}" "$@"\nrc=$?\n[ "$1" = requeue ] && sleep 60\nexit $rc\n')
+    wrapper.chmod(0o755)
+    path = f"{slow}{os.pathsep}{c.env['PATH']}"
+    job, run_dir = start_small_run(c, work, 3, f"--export=ALL,PATH={path}")
+    signalled = c.run("scancel", "--signal=USR1", job)
+    return {"signalled": signalled, **requeued_then_finished(c, job, run_dir)}
+
+
 def scenario_time_limit(c: Cluster, work: Path) -> dict[str, Any]:
     # The script's own `--signal=USR1@120`, the time limit cut to within it; the run is long
     # enough to be still going when the warning comes
@@ -725,6 +743,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Cluster, Path], dict[str, Any]]]] = {
     "sbatch": ("one", scenario_sbatch),
     "multinode": ("one", scenario_multinode),
     "usr1": ("one", scenario_usr1_preemption),
+    "usr1_answer_lost": ("one", scenario_usr1_requeue_answer_lost),
     "time_limit": ("one", scenario_time_limit),
     "cancel": ("one", scenario_cancel),
     "array": ("one", scenario_array),
@@ -874,6 +893,20 @@ def test_usr1_checkpoints_requeues_once_and_the_job_resumes_in_the_same_director
     train_log = (o["run_dir"] / "train.log").read_text()
     assert train_log.count("resumed from") == 1
     assert not (o["run_dir"] / "preempted.json").exists()
+
+
+@scenario("usr1_answer_lost")
+def test_a_requeue_whose_answer_is_lost_is_counted_from_the_controller_and_the_job_resumes(
+    scenarios, version
+):
+    o = outcome(scenarios, "usr1_answer_lost", version)
+    assert o["signalled"].returncode == 0, o["signalled"].stderr
+    assert o["preempted"] is not None, o["log"]
+    assert o["preempted"]["requeued"] is True, said(o["preempted"], o["log"])
+    assert "the controller shows the requeue" in o["preempted"]["why"], said(o["preempted"])
+    assert o["info"]["JobState"] == "COMPLETED", o["log"]
+    assert o["info"]["Restarts"] == "1"  # asked once: a second request would have requeued the rerun
+    assert read_json(o["run_dir"] / "final.json")["epochs"] == 3
 
 
 @scenario("time_limit")
