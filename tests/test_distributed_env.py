@@ -466,9 +466,45 @@ def test_a_launcher_requeue_ended_by_the_requeues_own_sigterm_counts_where_the_c
         signal.signal(signal.SIGUSR2, previous)
     assert outcome["requeued"] == requeued, outcome
     saved = json.loads((tmp_path / "preempted.json").read_text())
-    assert saved["requeued"] == requeued
-    if not requeued:
-        assert "SIGTERM" in outcome["why"] and saved["why"] == outcome["why"]
+    assert saved["requeued"] == requeued and saved["why"] == outcome["why"]
+    assert "ended by SIGTERM before it answered" in saved["why"]
+    assert [json.loads(line) for line in (tmp_path / "stops.jsonl").read_text().splitlines()] == [saved]
+
+
+@pytest.mark.parametrize(("stopped_by", "attempts", "timeout_s"), [("SIGUSR1", 2, 10.0), ("SIGTERM", 1, 5.0)])
+def test_our_requeue_asks_again_only_after_a_warning_and_fits_a_sigterms_kill_wait(
+    tmp_path, monkeypatch, stopped_by, attempts, timeout_s
+):
+    """After USR1 (120 s before the end in the shipped scripts) a lost requeue may be asked again;
+    after a SIGTERM (KillWait: 30 s by default) once, its calls at half the usual timeout."""
+    import torch
+
+    from resnet_repro.cluster import slurm
+    from resnet_repro.cluster.preemption import Interrupts, after_preemption
+    from resnet_repro.config import RootConfig, TrainerConfig
+
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setattr(slurm, "restart_count", lambda job: 0)
+    monkeypatch.setattr(
+        slurm, "decide_stop", lambda *args, **kwargs: slurm.StopDecision("requeue", "a time limit")
+    )
+    asked = []
+
+    def requeue_job(job, restarts_before, attempts=1, timeout_s=slurm.QUERY_TIMEOUT_S):
+        asked.append((job, restarts_before, attempts, timeout_s))
+        return True, ""
+
+    monkeypatch.setattr(slurm, "requeue_job", requeue_job)
+    cfg = RootConfig(trainer=TrainerConfig(epochs=3))
+    interrupts = Interrupts(cfg, DistEnv(), torch.device("cpu"))
+    interrupts.stopped_by = stopped_by
+    try:
+        outcome = after_preemption(cfg, DistEnv(), tmp_path, interrupts, 1, 4)
+    finally:
+        interrupts.close()
+    assert outcome["requeued"] is True and asked == [("42", 0, attempts, timeout_s)]
 
 
 def test_a_stop_slurm_was_to_requeue_but_did_not_end_is_recorded_as_not_requeued(tmp_path, monkeypatch):
@@ -511,10 +547,15 @@ def test_stats_under_srun_with_trainer_nproc_is_refused_as_train_is(tmp_path, mo
     for key, value in SRUN_ENV.items():
         monkeypatch.setenv(key, value)
     # a rank other than 0 runs with Hydra's logging 'disabled' (disable_existing_loggers): this
-    # process's loggers are the next tests' too
-    for name in ("resnet_repro", *logging.root.manager.loggerDict):
-        monkeypatch.setattr(logging.getLogger(name), "disabled", logging.getLogger(name).disabled)
-    with pytest.raises(SystemExit) as e:
-        main(["stats", "data.root=/nonexistent", "trainer.nproc=4", f"hydra.run.dir={tmp_path}"])
+    # process's loggers, those made during the call too, are the next tests' as they were
+    loggers = logging.root.manager.loggerDict
+    before = {name: logger.disabled for name, logger in loggers.items() if isinstance(logger, logging.Logger)}
+    try:
+        with pytest.raises(SystemExit) as e:
+            main(["stats", "data.root=/nonexistent", "trainer.nproc=4", f"hydra.run.dir={tmp_path}"])
+    finally:
+        for name, logger in list(loggers.items()):
+            if isinstance(logger, logging.Logger):
+                logger.disabled = before.get(name, False)
     assert e.value.code == 2
     assert "trainer.nproc=4 under slurm, which started 8 processes itself" in capsys.readouterr().err

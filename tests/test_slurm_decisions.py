@@ -487,22 +487,56 @@ def test_a_lost_requeue_answer_is_not_asked_again_where_the_controller_cannot_sa
 )
 def test_a_requeue_lost_by_a_busy_controller_is_asked_again_when_the_job_shows_no_requeue(lost):
     busy = controller([lost, (0, "")], ["running"])
-    assert slurm.requeue_job("2", restarts_before=0, attempts=2, run=busy) == (True, "")
+    ok, said = slurm.requeue_job("2", restarts_before=0, attempts=2, run=busy)
+    assert ok and said.endswith("; asked again")
     assert requeues(busy) == 2
+
+
+def test_a_refusal_of_the_second_request_is_checked_a_first_request_acted_on_late_causes_it():
+    # the check ran before the controller got to the first request; the second is then refused
+    late = controller(
+        [subprocess.TimeoutExpired("scontrol", 10), (1, "slurm_requeue error: Job is pending execution")],
+        ["running", "preempt_requeue_pending"],
+    )
+    ok, said = slurm.requeue_job("2", restarts_before=0, attempts=2, run=late)
+    assert ok and "pending execution" in said and "the controller shows the requeue" in said
+    refused = controller(
+        [subprocess.TimeoutExpired("scontrol", 10), (1, "Job is pending execution")], ["running"] * 2
+    )
+    ok, said = slurm.requeue_job("2", restarts_before=0, attempts=2, run=refused)
+    assert not ok and said.endswith("the controller shows no requeue")
 
 
 def test_a_requeue_that_never_answers_is_a_stop_that_says_so_within_its_attempts():
     never = controller([subprocess.TimeoutExpired("scontrol", 10)] * 2, ["running", "running"])
     ok, why = slurm.requeue_job("2", restarts_before=0, attempts=2, run=never)
-    assert not ok and "did not answer within 10 s" in why
+    assert (
+        not ok
+        and why.count("did not answer within 10 s") == 2
+        and why.endswith("the controller shows no requeue")
+    )
     assert requeues(never) == 2
 
 
-def test_a_requeue_flag_counts_as_done_where_the_restart_count_at_start_is_unknown():
+def test_a_pending_job_counts_as_requeued_where_the_restart_count_at_start_is_unknown():
     late = controller([subprocess.TimeoutExpired("scontrol", 10)], ["preempt_requeue_pending"])
-    assert slurm.requeue_job("2", restarts_before=None, attempts=1, run=late)[0] is True
-    unknown = controller([subprocess.TimeoutExpired("scontrol", 10)], ["running"])
-    assert slurm.requeue_job("2", restarts_before=None, attempts=1, run=unknown)[0] is False
+    assert slurm.requeue_job("2", restarts_before=None, attempts=2, run=late)[0] is True
+    assert requeues(late) == 1
+
+
+@pytest.mark.parametrize("shown", ["admin_requeue_completing", "running"])
+def test_without_the_restart_count_at_start_a_job_not_pending_is_unknown_and_not_asked_again(shown):
+    # 22.05 shows a job it has just requeued as COMPLETING with Restarts=1: requeued or not, unknown
+    unknown = controller([subprocess.TimeoutExpired("scontrol", 10)], [shown])
+    ok, said = slurm.requeue_job(JOB_IDS[shown], restarts_before=None, attempts=2, run=unknown)
+    assert not ok and "unknown" in said and "the restart count before unknown" in said
+    assert requeues(unknown) == 1
+
+
+def test_scontrol_ended_by_a_signal_without_a_name_is_still_a_lost_answer():
+    killed = controller([(-40, "")], ["admin_requeue_completing"])
+    ok, said = slurm.requeue_job("4", restarts_before=0, attempts=1, run=killed)
+    assert ok and "ended by signal 40" in said
 
 
 def test_job_ref_of_an_array_task_is_named_with_its_task():

@@ -143,15 +143,16 @@ def _decide(cfg: RootConfig, interrupts: Interrupts, job: str | None) -> tuple[b
         return "by SLURM", decision.why, decision.wait_s
     if decision.action == "requeue":
         assert job is not None
-        warned = signal_name in slurm.WARNING_SIGNALS  # time to ask again; a SIGTERM's KillWait is short
-        attempts = slurm.REQUEUE_ATTEMPTS if warned else 1
-        ok, said = slurm.requeue_job(job, interrupts.restarts_at_start, attempts)
+        # after a warning there is time to ask again; a SIGTERM's KillWait (30 s) is short
+        if signal_name in slurm.WARNING_SIGNALS:
+            ok, said = slurm.requeue_job(job, interrupts.restarts_at_start, slurm.REQUEUE_ATTEMPTS)
+        else:
+            ok, said = slurm.requeue_job(job, interrupts.restarts_at_start, 1, slurm.QUERY_TIMEOUT_S / 2)
         if ok:
-            lost = f" ({said})" if said else ""
             return (
                 True,
-                f"{decision.why}; SLURM job {job} requeued{lost} (SLURM holds a requeued job for "
-                "AuthInfo's cred_expire, 2 minutes by default)",
+                f"{decision.why}; SLURM job {job} requeued{f' ({said})' if said else ''}; SLURM holds a "
+                "requeued job for AuthInfo's cred_expire, 2 minutes by default",
                 0.0,
             )
         return False, f"{decision.why}; the requeue failed: {said}", 0.0
@@ -210,19 +211,19 @@ def after_preemption(
         time.sleep(wait_s)  # SIGTERM is only flagged by now; SLURM's SIGKILL ends the wait
         requeued, why = False, f"{why}; but SLURM did not end the job within {wait_s:.0f} s"
         if env.is_main:
-            _revise_stop(run_dir, why)
+            _revise_record(run_dir, False, why)
     if requeued == "by the launcher":
         try:
             interrupts.watch.hand_over()  # submitit: rank 0 requeues and exits here
         except (subprocess.SubprocessError, OSError) as e:
             # its `scontrol requeue` failed (JobRequeue=0, --no-requeue) or its answer was lost
-            requeued, why = _launcher_requeue_failed(interrupts, job, e)
-            if not requeued and env.is_main:
-                _revise_stop(run_dir, why)
+            requeued, why = _after_launcher_requeue_error(interrupts, job, e)
+            if env.is_main:
+                _revise_record(run_dir, requeued, why)
     return {"preempted": True, "requeued": requeued, "why": why}
 
 
-def _launcher_requeue_failed(
+def _after_launcher_requeue_error(
     interrupts: Interrupts, job: str | None, failure: BaseException
 ) -> tuple[bool | str, str]:
     """(requeued, why) after the launcher's own requeue raised `failure` (on rank 0, the rank that
@@ -247,11 +248,12 @@ def _launcher_requeue_failed(
     return False, f"{interrupts.stopped_by}: the launcher's requeue failed ({lost}; {said})"
 
 
-def _revise_stop(run_dir: Path, why: str) -> None:
-    """The stop just recorded was not requeued after all (`why`): preempted.json and its line of
-    stops.jsonl say so, so that `report` and a reader of either do not wait for a requeue."""
+def _revise_record(run_dir: Path, requeued: bool | str, why: str) -> None:
+    """The stop just recorded turned out otherwise (not requeued after all, or requeued after a
+    lost answer): preempted.json and its line of stops.jsonl say so, so that `report` and a reader
+    of either neither wait for a requeue that will not come nor resume a run SLURM reruns."""
     path = run_dir / "preempted.json"
-    saved = {**json.loads(path.read_text()), "requeued": False, "why": why}
+    saved = {**json.loads(path.read_text()), "requeued": requeued, "why": why}
     checkpoint.write_text_atomic(path, json.dumps(saved) + "\n")
     stops = run_dir / "stops.jsonl"
     history = [*stops.read_text().splitlines()[:-1], json.dumps(saved)]  # this stop's own line replaced

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from resnet_repro.config import UserError
 
 # Seconds one scontrol call may take. SLURM's default KillWait is 30 s between SIGTERM and SIGKILL,
-# and the sbatch scripts' warning is 120 s: after a SIGTERM the state and the requeue (two calls; a
-# third only where the requeue's answer was lost), after a warning at most five calls
-# (REQUEUE_ATTEMPTS) must fit in it beside the checkpoint.
+# and the sbatch scripts' warning is 120 s. After a SIGTERM: the state, then the requeue and (where
+# its answer was lost) the check, at half this each: 20 s. After a warning: the state, then up to
+# REQUEUE_ATTEMPTS requests, each with its check: 50 s. Both beside the checkpoint.
 QUERY_TIMEOUT_S = 10.0
 
 # Job state flags that SLURM shows *instead of* the base state (job_state_string() returns the
@@ -456,12 +456,9 @@ def decide_stop(
     if view is None:
         return StopDecision("stop", f"SLURM job {job}'s state is unknown ({how})")
     seen = view.describe()
-    if restarts_at_start is not None and view.restarts > restarts_at_start:
-        return StopDecision(
-            "requeued", f"SLURM requeued job {job} itself (Restarts {restarts_at_start} -> {view.restarts})"
-        )
-    if view.base == "PENDING" or REQUEUE_FLAGS & set(view.states):
-        return StopDecision("requeued", f"SLURM requeued job {job} itself ({seen})")
+    requeued = requeue_evidence(view, restarts_at_start)
+    if requeued is not None:
+        return StopDecision("requeued", f"SLURM requeued job {job} itself ({requeued})")
     if view.base == "DEADLINE" or view.reason == "DeadLine":
         # sbatch --deadline: SLURM removes a job that cannot end before it; a requeued one again
         return StopDecision(
@@ -548,51 +545,85 @@ def requeue_job(
     run: Runner = subprocess.run,
 ) -> tuple[bool, str]:
     """`scontrol requeue <job>`: SLURM restarts the same job id, which resumes from last.pt.
-    (True, "" or how its answer was lost) or (False, why not).
+    (True, "" or what came before the requeue was seen) or (False, why not).
 
     The answer can be lost although the controller acted on the request: a busy controller answers
     too late (our timeout, or scontrol's own MessageTimeout: "Socket timed out"), and scontrol,
     running inside the job, can be ended by the SIGTERM with which the requeue itself ends the
-    job's processes. After a lost answer the controller is asked whether the job was requeued all
-    the same (`requeued_since`); only where it shows no requeue is the request made again, up to
-    `attempts` in all (a second request for a requeued job could requeue its rerun). A refusal
-    (JobRequeue=0, --no-requeue) is final."""
-    failure = ""
-    for _ in range(attempts):
+    job's processes. After a lost answer the controller is asked whether the job shows the
+    requeue (`requeue_took_effect`); only where it shows none is the request made again, up to
+    `attempts` in all (a second request for a requeued job could requeue its rerun), and a refusal
+    of that later request is checked the same way (a first request acted on late makes SLURM refuse
+    the second: "Job is pending execution"). A first refusal (JobRequeue=0, --no-requeue) is final;
+    where the controller cannot say, nothing is asked again."""
+    failures: list[str] = []
+    for attempt in range(attempts):
         lost, failure = _request_requeue(job, timeout_s, run)
         if not failure:
-            return True, ""
-        if not lost:
+            return True, "; ".join([*failures, "asked again"]) if failures else ""
+        failures.append(failure)
+        if not lost and attempt == 0:
             return False, failure
         took, unknown = requeue_took_effect(job, restarts_before, timeout_s, run)
-        if took is None:
-            return False, f"{failure}; {unknown}"
         if took:
-            return True, f"{failure}, but the controller shows the requeue"
-    return False, failure
+            return True, f"{'; '.join(failures)}; but the controller shows the requeue"
+        if took is None:
+            return False, f"{'; '.join(failures)}; {unknown}"
+        if not lost:
+            break
+    return False, f"{'; '.join(failures)}; the controller shows no requeue"
 
 
 def requeue_took_effect(
     job: str, restarts_before: int | None, timeout_s: float = QUERY_TIMEOUT_S, run: Runner = subprocess.run
 ) -> tuple[bool | None, str]:
-    """After a requeue request whose answer was lost: (whether the controller shows the job
-    requeued since it had `restarts_before` restarts, ""), or (None, why that is unknown)."""
+    """After a requeue request whose answer was lost: (True, "") where the controller shows the
+    job requeued since it had `restarts_before` restarts, (False, "") where it shows the job as it
+    was, or (None, why that is unknown)."""
     view, how = query_job(job, timeout_s, run)
     if view is None:
         return None, f"whether it took effect is unknown ({how})"
-    return requeued_since(view, restarts_before), ""
+    if requeue_evidence(view, restarts_before) is not None:
+        return True, ""
+    if restarts_before is None:
+        # 22.05 shows a job it has just requeued as `JobState=COMPLETING` (its Restarts up, the
+        # REQUEUED flag hidden): without the count from before, that proves nothing either way
+        return (
+            None,
+            f"whether it took effect is unknown ({view.describe()}, the restart count before unknown)",
+        )
+    return False, ""
+
+
+def requeue_evidence(view: JobView, restarts_before: int | None) -> str | None:
+    """What in the controller's view shows the job requeued since it had `restarts_before`
+    restarts (None: unknown; then only a requeue state or flag counts), or None."""
+    if restarts_before is not None and view.restarts > restarts_before:
+        return f"Restarts {restarts_before} -> {view.restarts}"
+    if view.base == "PENDING" or REQUEUE_FLAGS & set(view.states):
+        return view.describe()
+    return None
 
 
 def lost_answer(failure: BaseException) -> str | None:
-    """How the answer of a launcher's `scontrol requeue` (submitit's check_call) was lost, or None
-    where it was a refusal: no answer in time, or scontrol ended by a signal (the requeue's own
-    SIGTERM to the job's processes)."""
+    """How the answer of a launcher's `scontrol requeue` (submitit's check_call, with its 60 s
+    timeout) was lost, or None where it was a refusal: no answer in time, or scontrol ended by a
+    signal (the requeue's own SIGTERM to the job's processes). submitit does not keep scontrol's
+    message, so SLURM's communication errors read as refusals there."""
     command = " ".join(map(str, getattr(failure, "cmd", None) or ["scontrol", "requeue"]))
     if isinstance(failure, subprocess.TimeoutExpired):
         return f"`{command}` did not answer within {failure.timeout:g} s"
     if isinstance(failure, subprocess.CalledProcessError) and failure.returncode < 0:
-        return f"`{command}` was ended by {signal.Signals(-failure.returncode).name} before it answered"
+        return _ended_by(command, -failure.returncode)
     return None
+
+
+def _ended_by(command: str, signum: int) -> str:
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:  # a real-time signal has no name here
+        name = f"signal {signum}"
+    return f"`{command}` was ended by {name} before it answered"
 
 
 def _request_requeue(job: str, timeout_s: float, run: Runner) -> tuple[bool, str]:
@@ -606,16 +637,7 @@ def _request_requeue(job: str, timeout_s: float, run: Runner) -> tuple[bool, str
     if proc.returncode == 0:
         return False, ""
     if proc.returncode < 0:  # scontrol runs inside the job, whose processes a requeue ends
-        name = signal.Signals(-proc.returncode).name
-        return True, f"`scontrol requeue {job}` was ended by {name} before it answered"
+        return True, _ended_by(f"scontrol requeue {job}", -proc.returncode)
     first = (proc.stderr or proc.stdout or "").strip().splitlines()
     said = first[0] if first else f"exit {proc.returncode}"
     return any(words in said for words in _LOST_ANSWER), f"`scontrol requeue {job}` failed ({said})"
-
-
-def requeued_since(view: JobView, restarts_before: int | None) -> bool:
-    """Whether the controller shows the job requeued since it had `restarts_before` restarts
-    (None: unknown, so that only a requeue state or flag counts)."""
-    if restarts_before is not None and view.restarts > restarts_before:
-        return True
-    return view.base == "PENDING" or bool(REQUEUE_FLAGS & set(view.states))
