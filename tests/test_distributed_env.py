@@ -390,6 +390,26 @@ def test_a_batch_script_that_trains_on_one_node_of_several_is_warned(environ, wa
         assert "2 nodes" in warning and "gpu01" in warning and "srun" in warning
 
 
+def stopped_by_submitits_usr2(run_dir, launcher_handler) -> dict:
+    """A run stopped by USR2 with `launcher_handler` (submitit's) installed before ours: the outcome
+    of after_preemption, once the handler has run after our checkpoint."""
+    import torch
+
+    from resnet_repro.cluster.preemption import Interrupts, after_preemption
+    from resnet_repro.config import RootConfig, TrainerConfig
+
+    previous = signal.signal(signal.SIGUSR2, launcher_handler)
+    cfg = RootConfig(trainer=TrainerConfig(epochs=3, preempt_signals=["SIGUSR2"]))
+    interrupts = Interrupts(cfg, DistEnv(), torch.device("cpu"))
+    try:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert interrupts.stop_requested(1)
+        return after_preemption(cfg, DistEnv(), run_dir, interrupts, 1, 4)
+    finally:
+        interrupts.close()
+        signal.signal(signal.SIGUSR2, previous)
+
+
 @pytest.mark.parametrize("failure", ["exit 1", "timeout"])
 def test_a_launcher_requeue_that_fails_is_a_stop_with_its_reason_not_a_traceback(
     tmp_path, monkeypatch, failure
@@ -399,11 +419,6 @@ def test_a_launcher_requeue_that_fails_is_a_stop_with_its_reason_not_a_traceback
     import json
     import subprocess
 
-    import torch
-
-    from resnet_repro.cluster.preemption import Interrupts, after_preemption
-    from resnet_repro.config import RootConfig, TrainerConfig
-
     for key in [k for k in os.environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(key)
 
@@ -412,16 +427,7 @@ def test_a_launcher_requeue_that_fails_is_a_stop_with_its_reason_not_a_traceback
             raise subprocess.TimeoutExpired(["scontrol", "requeue", "42"], 60)
         raise subprocess.CalledProcessError(1, ["scontrol", "requeue", "42"])
 
-    previous = signal.signal(signal.SIGUSR2, checkpoint_and_try_requeue)
-    cfg = RootConfig(trainer=TrainerConfig(epochs=3, preempt_signals=["SIGUSR2"]))
-    interrupts = Interrupts(cfg, DistEnv(), torch.device("cpu"))
-    try:
-        os.kill(os.getpid(), signal.SIGUSR2)
-        assert interrupts.stop_requested(1)
-        outcome = after_preemption(cfg, DistEnv(), tmp_path, interrupts, 1, 4)
-    finally:
-        interrupts.close()
-        signal.signal(signal.SIGUSR2, previous)
+    outcome = stopped_by_submitits_usr2(tmp_path, checkpoint_and_try_requeue)
     assert outcome["requeued"] is False and "scontrol" in outcome["why"] and "42" in outcome["why"], outcome
     saved = json.loads((tmp_path / "preempted.json").read_text())
     assert saved["requeued"] is False and saved["why"] == outcome["why"]
@@ -438,11 +444,7 @@ def test_a_launcher_requeue_ended_by_the_requeues_own_sigterm_counts_where_the_c
     import json
     import subprocess
 
-    import torch
-
     from resnet_repro.cluster import slurm
-    from resnet_repro.cluster.preemption import Interrupts, after_preemption
-    from resnet_repro.config import RootConfig, TrainerConfig
 
     for key in [k for k in os.environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(key)
@@ -454,16 +456,7 @@ def test_a_launcher_requeue_ended_by_the_requeues_own_sigterm_counts_where_the_c
     def checkpoint_and_try_requeue(signum, frame):  # submitit's handler, its scontrol killed
         raise subprocess.CalledProcessError(-15, ["scontrol", "requeue", "42"])
 
-    previous = signal.signal(signal.SIGUSR2, checkpoint_and_try_requeue)
-    cfg = RootConfig(trainer=TrainerConfig(epochs=3, preempt_signals=["SIGUSR2"]))
-    interrupts = Interrupts(cfg, DistEnv(), torch.device("cpu"))
-    try:
-        os.kill(os.getpid(), signal.SIGUSR2)
-        assert interrupts.stop_requested(1)
-        outcome = after_preemption(cfg, DistEnv(), tmp_path, interrupts, 1, 4)
-    finally:
-        interrupts.close()
-        signal.signal(signal.SIGUSR2, previous)
+    outcome = stopped_by_submitits_usr2(tmp_path, checkpoint_and_try_requeue)
     assert outcome["requeued"] == requeued, outcome
     saved = json.loads((tmp_path / "preempted.json").read_text())
     assert saved["requeued"] == requeued and saved["why"] == outcome["why"]
