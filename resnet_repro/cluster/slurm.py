@@ -610,7 +610,8 @@ def lost_answer(failure: BaseException) -> str | None:
     timeout) was lost, or None where it was a refusal: no answer in time, or scontrol ended by a
     signal (the requeue's own SIGTERM to the job's processes). submitit does not keep scontrol's
     message, so SLURM's communication errors read as refusals there."""
-    command = " ".join(map(str, getattr(failure, "cmd", None) or ["scontrol", "requeue"]))
+    cmd = getattr(failure, "cmd", None) or ["scontrol", "requeue"]
+    command = cmd if isinstance(cmd, str) else " ".join(map(str, cmd))
     if isinstance(failure, subprocess.TimeoutExpired):
         return f"`{command}` did not answer within {failure.timeout:g} s"
     if isinstance(failure, subprocess.CalledProcessError) and failure.returncode < 0:
@@ -630,14 +631,14 @@ def _request_requeue(job: str, timeout_s: float, run: Runner) -> tuple[bool, str
     """One `scontrol requeue`: (whether its answer was lost, why it failed; "" where it did not)."""
     try:
         proc = run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return True, f"`scontrol requeue {job}` did not answer within {timeout_s:g} s"
+    except subprocess.TimeoutExpired as e:
+        return True, str(lost_answer(e))
     except OSError as e:
         return False, f"`scontrol requeue` could not run ({e.strerror or e})"
     if proc.returncode == 0:
         return False, ""
     if proc.returncode < 0:  # scontrol runs inside the job, whose processes a requeue ends
-        return True, _ended_by(f"scontrol requeue {job}", -proc.returncode)
+        return True, str(lost_answer(subprocess.CalledProcessError(proc.returncode, proc.args)))
     first = (proc.stderr or proc.stdout or "").strip().splitlines()
     said = first[0] if first else f"exit {proc.returncode}"
     return any(words in said for words in _LOST_ANSWER), f"`scontrol requeue {job}` failed ({said})"

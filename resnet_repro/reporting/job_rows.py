@@ -53,8 +53,9 @@ def collect(multirun_dir: Path, left_out: list[str] | None = None) -> list[Row]:
         except PermissionError as e:  # another user's job on shared storage: the others still count
             if left_out is None:
                 raise
-            unreadable.append(f"{file_error_line(e) or e}")
-            left_out.append(f"{unreadable[-1]}: the report leaves {job} out")
+            line = file_error_line(e) or str(e)
+            unreadable.append(line)
+            left_out.append(f"{line}: the report leaves {job} out")
     if not rows and unreadable:  # nothing left to report: the reason is the unreadable file
         raise UserError(unreadable[0])
     if left_out is not None:
