@@ -30,6 +30,13 @@ DEFAULT_SIZES: tuple[tuple[int, int], ...] = (
 )
 
 
+def drop_checkpoints(folder: Path) -> None:
+    """Delete the checkpoints (`*.pt`) under `folder`: the bulk of a finished run's disk, kept
+    alive by a module's fixture until the session ends otherwise."""
+    for path in Path(folder).rglob("*.pt"):
+        path.unlink(missing_ok=True)
+
+
 def make_image_folder(
     root: str | Path,
     split: str,

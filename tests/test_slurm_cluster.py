@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import drop_checkpoints
 from slurm_versions import VERSIONS, path_for, slurm_dirs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -833,9 +834,10 @@ def scenarios(clusters: dict[str, Cluster], version: str, tmp_path_factory, requ
     selected = {getattr(item, "function", None) for item in request.session.items}
     wanted = {getattr(test, "scenario", None) for test in selected}
     started = time.monotonic()
+    folders = {name: tmp_path_factory.mktemp(f"{version}-{name}") for name in SCENARIOS if name in wanted}
     with ThreadPoolExecutor(max_workers=len(SCENARIOS)) as pool:
         futures: dict[str, Future] = {
-            name: pool.submit(fn, clusters[on], tmp_path_factory.mktemp(f"{version}-{name}"))
+            name: pool.submit(fn, clusters[on], folders[name])
             for name, (on, fn) in SCENARIOS.items()
             if name in wanted
         }
@@ -843,6 +845,9 @@ def scenarios(clusters: dict[str, Cluster], version: str, tmp_path_factory, requ
         for future in futures.values():  # let every scenario end before the clusters stop
             future.exception()
     print(f"\nSLURM {version} scenarios: {time.monotonic() - started:.0f} s wall time side by side")
+    # a version's checkpoints are about 2 GiB: gone once its tests have read them (logs and records stay)
+    for folder in folders.values():
+        drop_checkpoints(folder)
 
 
 def scenario(name: str) -> Callable:
