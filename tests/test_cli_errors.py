@@ -319,6 +319,39 @@ def test_a_tensorboard_folder_that_is_a_file_is_one_line_naming_it(demo_root: Pa
     assert f"{run / 'tb'}: File exists; expected a folder there" in lines[0]
 
 
+@pytest.mark.parametrize("tb_is_a_file", [False, True], ids=["finished", "failed"])
+def test_a_run_in_this_process_lets_go_of_its_train_log_when_it_ends(
+    demo_root: Path, tmp_path: Path, capsys, tb_is_a_file
+):
+    """In-process runs (Hydra's basic launcher runs a sweep's jobs in one process): an ended run's
+    train.log is closed and detached, so a later job's or a caller's warnings never go to it."""
+    import logging
+
+    run = tmp_path / "run"
+    run.mkdir()
+    if tb_is_a_file:
+        (run / "tb").write_text("not a folder")
+    args = [
+        "train",
+        f"data.root={demo_root}",
+        f"hydra.run.dir={run}",
+        "trainer.epochs=1",
+        "stabilizer.warmup_epochs=0",
+        "trainer.max_steps_per_epoch=1",
+        "data.max_eval_images=20",
+        "logging.progress=false",
+    ]
+    try:
+        main(args)
+    except SystemExit as e:
+        assert e.code == (2 if tb_is_a_file else 0), capsys.readouterr().err
+    assert (run / "train.log").is_file()
+    files = [
+        h.baseFilename for h in logging.getLogger("resnet_repro").handlers if isinstance(h, logging.FileHandler)
+    ]
+    assert files == []
+
+
 def test_only_a_path_that_exists_but_cannot_be_used_is_the_users_one_line():
     import errno
 

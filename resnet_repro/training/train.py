@@ -68,14 +68,20 @@ def _configure_console(env: DistEnv, run_dir: Path) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     log.setLevel(logging.INFO if env.is_main else logging.WARNING)
-    for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:  # an earlier job's
-        log.removeHandler(old)
-        old.close()
+    _close_train_log()  # an earlier job's, should one have been left
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(run_dir / "train.log")
         handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(message)s"))
         log.addHandler(handler)
+
+
+def _close_train_log() -> None:
+    """Detach and close train.log's handler: once its run has ended, nothing else of this process
+    (a sweep's next job, a caller) writes into that run's folder."""
+    for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+        log.removeHandler(old)
+        old.close()
 
 
 def train(cfg: RootConfig, run_dir: Path, rehearsal: StepPlan | None = None) -> dict[str, Any]:
@@ -84,8 +90,8 @@ def train(cfg: RootConfig, run_dir: Path, rehearsal: StepPlan | None = None) -> 
     env = distributed.detect()
     device = distributed.pick_device(cfg.trainer.device, env)
     _configure_console(env, run_dir)
-    distributed.init(env, device, cfg.trainer.dist_timeout_s)
     try:
+        distributed.init(env, device, cfg.trainer.dist_timeout_s)
         # every rank uses rank 0's run directory (under torchrun each process composed its own, and
         # a start-time name can differ by a second): it decides where to resume from
         run_dir = Path(distributed.broadcast_object(env, str(run_dir)))
@@ -94,6 +100,7 @@ def train(cfg: RootConfig, run_dir: Path, rehearsal: StepPlan | None = None) -> 
         return _rehearse(cfg, run_dir, env, device, rehearsal)
     finally:
         distributed.teardown()
+        _close_train_log()
 
 
 def _rehearse(
