@@ -346,10 +346,8 @@ def test_a_run_in_this_process_lets_go_of_its_train_log_when_it_ends(
     except SystemExit as e:
         assert e.code == (2 if tb_is_a_file else 0), capsys.readouterr().err
     assert (run / "train.log").is_file()
-    files = [
-        h.baseFilename for h in logging.getLogger("resnet_repro").handlers if isinstance(h, logging.FileHandler)
-    ]
-    assert files == []
+    handlers = logging.getLogger("resnet_repro").handlers
+    assert [h.baseFilename for h in handlers if isinstance(h, logging.FileHandler)] == []
 
 
 def test_only_a_path_that_exists_but_cannot_be_used_is_the_users_one_line():
