@@ -150,11 +150,66 @@ def cpu_model() -> str:
 
 _SUITE_START: list[float] = []
 
+# The most the suite's temporary folders hold at once (a passing test's tmp_path goes at its end, a
+# SLURM version's checkpoints after its tests): 2.4 GiB measured, while one SLURM version's 21
+# scenarios hold their runs' checkpoints; with room for the runs' own free-space checks
+SUITE_DISK_GIB = 3.0
+
+
+class DiskWatch:
+    """The free space of the file system under `path`, at the start and the least seen since,
+    sampled every few seconds by a daemon thread (the suite's folders come and go between checks)."""
+
+    def __init__(self, path: Path, every_s: float = 5.0) -> None:
+        import shutil
+        import threading
+
+        self.path = path
+        self.start_gib = shutil.disk_usage(path).free / 2**30
+        self.least_gib = self.start_gib
+        self._stop = threading.Event()
+        self._every_s = every_s
+        self._thread = threading.Thread(target=self._watch, name="disk-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        import shutil
+
+        while not self._stop.wait(self._every_s):
+            try:
+                self.least_gib = min(self.least_gib, shutil.disk_usage(self.path).free / 2**30)
+            except OSError:
+                return
+
+    def stop(self) -> str:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        start, least = f"{self.start_gib:.1f}", f"{self.least_gib:.1f}"
+        return f"{start} GiB free under {self.path} at the start, {least} at the least"
+
+
+_DISK: list[DiskWatch] = []
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
 
 def pytest_sessionstart(session):
+    import tempfile
     import time
 
     _SUITE_START.append(time.monotonic())
+    watch = DiskWatch(_existing(Path(session.config.option.basetemp or tempfile.gettempdir()).resolve()))
+    _DISK.append(watch)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if watch.start_gib < SUITE_DISK_GIB and reporter is not None:
+        reporter.write_line(
+            f"suite: warning: {watch.start_gib:.1f} GiB free under {watch.path}; the suite needs about "
+            f"{SUITE_DISK_GIB:g} GiB there: tests that train will fail with 'free some space'"
+        )
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -171,6 +226,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     note = f" (ATEN_CPU_CAPABILITY={requested})" if requested else ""
     machine = f"{cpu_model()}, {os.cpu_count()} cores, ATen capability {capability}{note}"
     terminalreporter.write_line(f"suite: {elapsed} of tests on {machine}")
+    if _DISK:
+        terminalreporter.write_line(f"suite: {_DISK[0].stop()}")
 
 
 def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

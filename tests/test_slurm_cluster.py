@@ -321,14 +321,25 @@ def scenario_usr1_preemption(c: Cluster, work: Path) -> dict[str, Any]:
 def scenario_usr1_requeue_answer_lost(c: Cluster, work: Path) -> dict[str, Any]:
     """USR1, and the job's `scontrol requeue` holds its answer back after the controller has acted
     (a busy controller does; so did CI's 22.05 run, where the requeue's own SIGTERM to the job's
-    processes ended scontrol first): a wrapper first on the job's PATH sleeps after a requeue, until
-    that SIGTERM ends it or the run's timeout gives up on it."""
+    processes ended scontrol first): a wrapper first on the job's PATH becomes `sleep` after a
+    requeue, until that SIGTERM ends it or the run's timeout gives up on it. It never answers a
+    requeue: a shell that waited on `sleep` could outlive the SIGTERM (slurmstepd signals the
+    job's processes one by one) and say "done" (25.11, once); one killed mid-request dies of the same
+    signal."""
     real = shutil.which("scontrol", path=c.env["PATH"])
     assert real is not None
     slow = work / "slow-scontrol"
     slow.mkdir()
     wrapper = slow / "scontrol"
-    wrapper.write_text(f'#!/bin/sh\n"{real}" "$@"\nrc=$?\n[ "$1" = requeue ] && sleep 60\nexit $rc\n')
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'[ "$1" = requeue ] || exec "{real}" "$@"\n'
+        f'"{real}" "$@"\n'
+        "rc=$?\n"
+        "[ $rc -gt 128 ] && kill -$((rc - 128)) $$\n"
+        "[ $rc -eq 0 ] || exit $rc\n"
+        "exec sleep 60\n"
+    )
     wrapper.chmod(0o755)
     path = f"{slow}{os.pathsep}{c.env['PATH']}"
     job, run_dir = start_small_run(c, work, 3, f"--export=ALL,PATH={path}")
