@@ -151,33 +151,37 @@ def cpu_model() -> str:
 _SUITE_START: list[float] = []
 
 # The most the suite's temporary folders hold at once (a passing test's tmp_path goes at its end, a
-# SLURM version's checkpoints after its tests): 2.4 GiB measured, while one SLURM version's 21
+# SLURM version's checkpoints after its tests): 2.2 GiB measured, while one SLURM version's 21
 # scenarios hold their runs' checkpoints; with room for the runs' own free-space checks
 SUITE_DISK_GIB = 3.0
 
 
 class DiskWatch:
     """The free space of the file system under `path`, at the start and the least seen since,
-    sampled every few seconds by a daemon thread (the suite's folders come and go between checks)."""
+    sampled every few seconds by a daemon thread (the suite's folders come and go between checks).
+    It reads os.statvfs, bound at the start: tests patch shutil.disk_usage to fake a full disk."""
 
     def __init__(self, path: Path, every_s: float = 5.0) -> None:
-        import shutil
+        import os
         import threading
 
         self.path = path
-        self.start_gib = shutil.disk_usage(path).free / 2**30
+        self._statvfs = os.statvfs
+        self.start_gib = self._free_gib()
         self.least_gib = self.start_gib
         self._stop = threading.Event()
         self._every_s = every_s
         self._thread = threading.Thread(target=self._watch, name="disk-watch", daemon=True)
         self._thread.start()
 
-    def _watch(self) -> None:
-        import shutil
+    def _free_gib(self) -> float:
+        st = self._statvfs(self.path)
+        return st.f_bavail * st.f_frsize / 2**30
 
+    def _watch(self) -> None:
         while not self._stop.wait(self._every_s):
             try:
-                self.least_gib = min(self.least_gib, shutil.disk_usage(self.path).free / 2**30)
+                self.least_gib = min(self.least_gib, self._free_gib())
             except OSError:
                 return
 
