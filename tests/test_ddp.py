@@ -309,6 +309,25 @@ def test_a_disk_that_fills_during_the_run_is_one_error_line_and_last_pt_stays_wh
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+def test_a_warning_every_rank_meets_is_printed_once_by_two_local_workers(demo_root: Path, tmp_path: Path):
+    """Each rank lists the data and meets the same unmatched exclude-list entry; only rank 0 speaks,
+    as under torchrun and srun (where Hydra silences the other ranks)."""
+    listing = tmp_path / "exclude.txt"
+    listing.write_text("train/0/not-there.JPEG\n")
+    args = demo_args(demo_root, tmp_path / "run") + [
+        "trainer.nproc=2",
+        "trainer.epochs=1",
+        "stabilizer.warmup_epochs=0",
+        "trainer.max_steps_per_epoch=1",
+        "data.max_eval_images=20",
+        f"data.exclude_files={listing}",
+    ]
+    proc = subprocess.run(cli(*args), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = proc.stdout + proc.stderr
+    assert said.count("they exclude nothing") == 1, said[-3000:]
+
+
 def test_killing_one_rank_fails_the_whole_job_within_bounded_time(demo_root: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
     args = demo_args(demo_root, run_dir) + [

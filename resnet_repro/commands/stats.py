@@ -73,10 +73,10 @@ def stats_worker(cfg_yaml: str) -> dict | None:
 
     from resnet_repro.cluster import distributed
 
-    # a spawned worker has no Hydra logging: a plain console, rank 0's progress only (as in train)
+    # a spawned worker has no Hydra logging: a plain console, rank 0's log only (as in train)
     logging.basicConfig(format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     logging.getLogger("resnet_repro").setLevel(
-        logging.INFO if distributed.detect().is_main else logging.WARNING
+        logging.INFO if distributed.detect().is_main else logging.ERROR
     )
     try:
         return _compute(to_dataclass(OmegaConf.create(cfg_yaml)))

@@ -64,10 +64,13 @@ log = logging.getLogger("resnet_repro")
 
 def _configure_console(env: DistEnv, run_dir: Path) -> None:
     """Console output (Hydra's in the launching process; a plain one in spawned workers), plus
-    <run_dir>/train.log written by rank 0 whichever process that is."""
+    <run_dir>/train.log written by rank 0 whichever process that is. Only rank 0 logs, however the
+    ranks were started (Hydra silences the others under torchrun and srun): every rank meets the
+    same warnings, and a rank's errors are printed, not logged. A warning only one rank can see
+    must reach rank 0 first (all_gather)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
-    log.setLevel(logging.INFO if env.is_main else logging.WARNING)
+    log.setLevel(logging.INFO if env.is_main else logging.ERROR)
     _close_train_log()  # an earlier job's, should one have been left
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
