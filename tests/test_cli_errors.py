@@ -298,11 +298,9 @@ def test_a_file_this_user_may_not_read_is_one_line_naming_it(tmp_path: Path, mon
     assert code == 2 and f"{run / 'metrics.jsonl'}: Permission denied" in line
 
 
-def test_a_tensorboard_folder_that_is_a_file_is_one_line_naming_it(demo_root: Path, tmp_path: Path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "tb").write_text("not a folder")
-    args = [
+def one_step_train(demo_root: Path, run: Path) -> list[str]:
+    """`train` for one step of one epoch on the digits, into `run`."""
+    return [
         "train",
         f"data.root={demo_root}",
         f"hydra.run.dir={run}",
@@ -312,6 +310,13 @@ def test_a_tensorboard_folder_that_is_a_file_is_one_line_naming_it(demo_root: Pa
         "data.max_eval_images=20",
         "logging.progress=false",
     ]
+
+
+def test_a_tensorboard_folder_that_is_a_file_is_one_line_naming_it(demo_root: Path, tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "tb").write_text("not a folder")
+    args = one_step_train(demo_root, run)
     code, err = run_main(args, capsys)
     assert code == 2, err
     lines = [line for line in err.splitlines() if "error" in line]
@@ -331,16 +336,7 @@ def test_a_run_in_this_process_lets_go_of_its_train_log_when_it_ends(
     run.mkdir()
     if tb_is_a_file:
         (run / "tb").write_text("not a folder")
-    args = [
-        "train",
-        f"data.root={demo_root}",
-        f"hydra.run.dir={run}",
-        "trainer.epochs=1",
-        "stabilizer.warmup_epochs=0",
-        "trainer.max_steps_per_epoch=1",
-        "data.max_eval_images=20",
-        "logging.progress=false",
-    ]
+    args = one_step_train(demo_root, run)
     try:
         main(args)
     except SystemExit as e:
