@@ -64,10 +64,8 @@ log = logging.getLogger("resnet_repro")
 
 def _configure_console(env: DistEnv, run_dir: Path) -> None:
     """Console output (Hydra's in the launching process; a plain one in spawned workers), plus
-    <run_dir>/train.log written by rank 0 whichever process that is. Only rank 0 logs, however the
-    ranks were started (Hydra silences the others under torchrun and srun): every rank meets the
-    same warnings, and a rank's errors are printed, not logged. A warning only one rank can see
-    must reach rank 0 first (all_gather)."""
+    <run_dir>/train.log, by rank 0 only, however the ranks were started (Hydra silences the others
+    under torchrun and srun): a warning only one rank meets must reach rank 0 first."""
     if not logging.getLogger().handlers:
         logging.basicConfig(format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     log.setLevel(logging.INFO if env.is_main else logging.ERROR)
@@ -80,8 +78,7 @@ def _configure_console(env: DistEnv, run_dir: Path) -> None:
 
 
 def _close_train_log() -> None:
-    """Detach and close train.log's handler: once its run has ended, nothing else of this process
-    (a sweep's next job, a caller) writes into that run's folder."""
+    """Detach and close train.log's: nothing after its run (a sweep's next job) writes there."""
     for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
         log.removeHandler(old)
         old.close()
