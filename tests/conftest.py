@@ -151,7 +151,7 @@ def cpu_model() -> str:
 _SUITE_START: list[float] = []
 
 # The most the suite's temporary folders hold at once (a passing test's tmp_path goes at its end, a
-# SLURM version's checkpoints after its tests): 2.2 GiB measured, while one SLURM version's 21
+# SLURM version's checkpoints after its tests): 2.3 GiB measured, while one SLURM version's 21
 # scenarios hold their runs' checkpoints; with room for the runs' own free-space checks
 SUITE_DISK_GIB = 3.0
 
