@@ -310,3 +310,9 @@ def _resumed_epoch_steps(env, device, out_dir: str, phase: str) -> None:
         parts.interrupts.close()
     if env.is_main and metrics is not None:
         Path(out_dir, f"{phase}.json").write_text(json.dumps(metrics))
+
+
+def exit_worker(code: int) -> None:
+    """A worker that ends at once, with `code` as its exit status when it is not 0."""
+    if code:
+        raise SystemExit(code)

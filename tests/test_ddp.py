@@ -420,3 +420,15 @@ def test_a_user_error_on_one_rank_reaches_every_rank_instead_of_a_hang(tmp_path:
     rank1 = (tmp_path / "rank1.txt").read_text()
     assert rank1 == "data.root=/nope does not exist"
     assert rank0 == "(rank 1) data.root=/nope does not exist"
+
+
+@pytest.mark.parametrize("exit_code", [0, 3], ids=["finished", "failed"])
+def test_a_local_launch_leaves_no_torchelastic_folder_in_the_temporary_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exit_code: int
+):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    try:
+        distributed.launch_local(2, ddp_workers.exit_worker, exit_code)
+    except Exception as e:
+        assert exit_code and "exit code 3" in str(e)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("torchelastic_")) == []

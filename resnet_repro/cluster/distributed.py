@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import signal
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -280,10 +281,13 @@ def launch_local(nproc: int, fn: Callable[..., T], *args: object, what: str = "t
     the `what` worker, its rank and exit code; the worker has said why in one line (a UserError) or
     its own way (a crash), so the agent's traceback of the exit, which adds nothing, is not logged.
     """
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    # the agent's folder for the workers' error files; left to torch, it would stay in /tmp
+    agent_dir = tempfile.TemporaryDirectory(prefix="resnet-repro-agent-", ignore_cleanup_errors=True)
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -294,6 +298,7 @@ def launch_local(nproc: int, fn: Callable[..., T], *args: object, what: str = "t
         max_restarts=0,
         monitor_interval=0.5,
         start_method="spawn",
+        logs_specs=DefaultLogsSpecs(log_dir=agent_dir.name),
     )
     os.environ[LOCAL_AGENT_VAR] = str(os.getpid())  # the workers' agent is this process, not torchrun
     previous = {sig: signal.signal(sig, _forward_to_workers) for sig in FORWARDED_SIGNALS}
@@ -314,6 +319,7 @@ def launch_local(nproc: int, fn: Callable[..., T], *args: object, what: str = "t
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         os.environ.pop(LOCAL_AGENT_VAR, None)
+        agent_dir.cleanup()
 
 
 def _worker_pids(parent: int) -> list[int]:
