@@ -847,11 +847,10 @@ def scenarios(clusters: dict[str, Cluster], version: str, tmp_path_factory, requ
     started = time.monotonic()
     folders = {name: tmp_path_factory.mktemp(f"{version}-{name}") for name in SCENARIOS if name in wanted}
     with ThreadPoolExecutor(max_workers=len(SCENARIOS)) as pool:
-        futures: dict[str, Future] = {
-            name: pool.submit(fn, clusters[on], folders[name])
-            for name, (on, fn) in SCENARIOS.items()
-            if name in wanted
-        }
+        futures: dict[str, Future] = {}
+        for name, folder in folders.items():
+            on, fn = SCENARIOS[name]
+            futures[name] = pool.submit(fn, clusters[on], folder)
         yield futures
         for future in futures.values():  # let every scenario end before the clusters stop
             future.exception()
