@@ -360,3 +360,14 @@ def test_only_a_path_that_exists_but_cannot_be_used_is_the_users_one_line():
         raise denied
     with pytest.raises(FileNotFoundError), files_as_user_errors():
         raise FileNotFoundError(errno.ENOENT, "No such file", "/runs/x/a")
+
+
+@pytest.mark.parametrize("command", ["train", "rehearse"])
+def test_a_test_split_that_is_the_training_split_is_refused_before_training(
+    command: str, demo_root: Path, capsys
+):
+    code, err = run_main(
+        [command, f"data.root={demo_root}", "data.eval_split=train", "trainer.epochs=2"], capsys
+    )
+    line = one_error_line(err)
+    assert code == 2 and "data.eval_split='train' is the training split" in line, err

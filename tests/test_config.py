@@ -167,6 +167,26 @@ def test_validate_accepts_the_default_config_with_each_precision(default_cfg):
         ("schedule.min_delta=-0.1", "schedule.min_delta=-0.1"),
         ("stabilizer.early_stop.patience=0", "stabilizer.early_stop.patience=0"),
         ("stabilizer.early_stop.min_delta=-1", "stabilizer.early_stop.min_delta=-1"),
+        # trained on without a word before: a negative LR, NaN from the first step, a milestone's
+        # drop applied twice, top-1 measured on the training images, 0-255 statistics
+        ("schedule.final_lr_factor=-1", "schedule.final_lr_factor=-1.0 must be in [0, 1]"),
+        ("schedule.final_lr_factor=5", "schedule.final_lr_factor=5.0 must be in [0, 1]"),
+        ("schedule.end_factor=-0.5", "schedule.end_factor=-0.5 must be in [0, 1]"),
+        ("model.bn_momentum=2", "model.bn_momentum=2.0 must be in (0, 1]"),
+        ("model.bn_momentum=0", "model.bn_momentum=0.0 must be in (0, 1]"),
+        ("schedule.milestones=[5,5]", "schedule.milestones=[5, 5] must be increasing"),
+        ("data.mean=[123.675,116.28,103.53]", "data.mean=[123.675, 116.28, 103.53] must be in [0, 1]"),
+        ("data.std=[58.395,57.12,57.375]", "data.std=[58.395, 57.12, 57.375] must be in (0, 1]"),
+        # refused by torch or the OS later, with a traceback
+        ("optim.eps=-1", "optim.eps=-1.0 must be >= 0"),
+        ("model.bn_eps=-1", "model.bn_eps=-1.0 must be positive"),
+        ("model.bn_eps=0", "model.bn_eps=0.0 must be positive"),
+        ("trainer.preempt_signals=[SIGKILL]", "trainer.preempt_signals: SIGKILL cannot be caught"),
+        ("trainer.preempt_signals=[SIGSTOP]", "trainer.preempt_signals: SIGSTOP cannot be caught"),
+        ("trainer.dist_timeout_s=-5", "trainer.dist_timeout_s=-5 must be a positive number of seconds"),
+        ("trainer.dist_timeout_s=0", "trainer.dist_timeout_s=0 must be a positive number of seconds"),
+        ("bench.num_classes=0", "bench.num_classes=0 must be >= 1"),
+        ("data.stats.batch_size=0", "data.stats.batch_size=0 must be a positive number of images"),
     ],
 )
 def test_validate_names_the_bad_value(default_cfg, override, named):

@@ -79,3 +79,27 @@ def test_a_subset_checkpoint_on_the_whole_class_list_is_refused_with_the_subset_
     assert "holds no class names: output i is taken to be class i of the 2 classes of /data/d3/train" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("keys", [{"model"}, {"model.name"}, {"model.name", "model.zero_init_residual"}])
+def test_model_keys_for_a_runs_checkpoint_are_refused_not_ignored(keys: set[str]):
+    said = r"on the command line: a checkpoint of resnet-repro holds its run's model"
+    with pytest.raises(UserError, match=said):
+        eval_config(command_line(), trained_config(), explicit={"checkpoint", *keys})
+
+
+def test_a_normalization_on_the_command_line_is_named_in_the_note():
+    _, note = eval_config(
+        command_line(normalization="none"), trained_config(), explicit={"checkpoint", "data.normalization"}
+    )
+    assert "NOTE normalization none from the command line, not the one the run trained with" in note
+    _, note = eval_config(command_line(), trained_config(), explicit={"checkpoint"})
+    assert "normalization" not in note
+
+
+@pytest.mark.parametrize("saved", [trained_config(), None], ids=["run's checkpoint", "plain state dict"])
+def test_evaluating_on_the_training_split_is_refused(saved):
+    cfg = command_line(eval_split="train")
+    explicit = {"checkpoint", "data.eval_split"}
+    with pytest.raises(UserError, match=r"data.eval_split='train' is the training split"):
+        eval_config(cfg, saved, explicit)

@@ -9,7 +9,7 @@ import pytest
 from conftest import run_cli
 
 from resnet_repro.config import DataConfig, ProgressiveConfig, RootConfig, UserError, validate
-from resnet_repro.data.progressive import size_at, train_data_config
+from resnet_repro.data.progressive import late_ramp, size_at, train_data_config
 
 
 def test_sizes_grow_linearly_between_the_epochs_rounded_to_the_step():
@@ -24,6 +24,24 @@ def test_sizes_grow_linearly_between_the_epochs_rounded_to_the_step():
     assert [size_at(fine, e, 5) for e in range(5)] == [24, 24, 28, 32, 32]
     to_last = ProgressiveConfig(start_size=128, end_size=224, step=32)  # end_epoch null: the last one
     assert [size_at(to_last, e, 4) for e in range(4)] == [128, 160, 192, 224]
+
+
+@pytest.mark.parametrize(
+    ("ramp", "said"),
+    [
+        ((24, 32, 0, 100, 8), "start_epoch=0 and end_epoch=100 (0-based) leave the ramp unfinished"),
+        ((24, 32, 50, None, 8), "start_epoch=50 and end_epoch=null (0-based) leave the ramp unfinished"),
+        ((160, 192, 65, 76, 32), "the training crop grows to 160 px only, never to end_size=192"),
+        ((24, 32, 0, 7, 8), None),  # reached at the last epoch
+        ((24, 32, 0, None, 8), None),
+        ((24, 30, 0, 7, 8), None),  # end_size 30 is 32 in steps of 8: reached as it rounds
+    ],
+)
+def test_a_ramp_that_ends_after_the_last_epoch_is_a_warning_naming_the_size_reached(ramp, said):
+    epochs = 16 if ramp[0] == 160 else 8
+    data = DataConfig(name="demo", root="/d", progressive=ProgressiveConfig(*ramp))
+    warning = late_ramp(data, epochs)
+    assert (warning is None) if said is None else (said in warning)
 
 
 def test_only_the_training_loader_changes_size_and_a_resume_gets_the_same_size():

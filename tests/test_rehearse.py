@@ -108,6 +108,15 @@ def test_images_per_step_is_the_whole_batch_on_a_gpu_and_a_few_images_on_a_cpu()
     assert images_per_step("16", 128, "cpu") == 16 and images_per_step("500", 128, "cuda:0") is None
 
 
+def test_stand_in_and_scan_together_are_refused_not_one_dropped(capsys):
+    code, out, err = rehearse_check(["--stand-in", "--scan", "experiment=he2016"], capsys)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "resnet-repro: error: --scan reads every listed image of data.root and --stand-in does not read "
+        "data.root: give one"
+    ]
+
+
 @pytest.mark.parametrize("value", ["1", "-3", "half", ""])
 def test_a_bad_images_per_step_is_refused_in_one_line_naming_it(value, capsys):
     with pytest.raises(SystemExit) as e:

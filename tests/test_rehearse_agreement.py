@@ -360,6 +360,13 @@ CATALOGUE = [
         "stop",
         "SyncBatchNorm has no CPU implementation",
     ),
+    Fault(
+        "test_split_is_the_training_split",
+        "config",
+        args("data.eval_split=train"),
+        "stop",
+        "is the training split",
+    ),
     # the run directory
     Fault(
         "run_directory_locked_by_a_live_run",

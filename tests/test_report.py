@@ -252,6 +252,25 @@ def test_damaged_job_files_are_named_in_the_note_and_never_scored_or_crash_the_r
     assert Path(out["markdown"]).is_file()
 
 
+def test_damaged_metrics_lines_are_named_and_only_a_cut_last_line_goes_unsaid(tmp_path: Path):
+    """A line that is not a row, other than a last line cut by a kill, is damage (a hand edit, a disk
+    error): the report reads the job without it, and says so, since wall time, throughput and best
+    top-1 come from those rows."""
+    damaged = write_job(tmp_path, ["optim.lr=0.1"], [0.3, 0.4, 0.5], final=final_json([0.3, 0.4, 0.5]))
+    lines = (damaged / "metrics.jsonl").read_text().splitlines()
+    lines[2] = lines[2][:25]  # epoch 2's train row, cut in the middle of the file
+    lines[4] = '{"split": "train", "loss": 1.0}'  # a row without its epoch
+    (damaged / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    write_job(tmp_path, ["optim.lr=0.2"], [0.3, 0.4], partial_line=True)  # killed while writing
+    left_out: list[str] = []
+    rows = {r["overrides"]["optim.lr"]: r for r in report.collect(tmp_path, left_out)}
+    assert left_out == [
+        f"{damaged / 'metrics.jsonl'}: lines 3, 5 are not metrics rows (JSON objects with an integer "
+        "epoch): the report reads optim.lr=0.1 without them"
+    ]
+    assert rows["0.1"]["epochs_run"] == 3 and rows["0.2"]["epochs_run"] == 2
+
+
 def test_collect_reports_preempted_jobs_and_the_newer_of_nan_and_preempted(tmp_path: Path):
     job = write_job(
         tmp_path, ["optim.lr=0.1"], [0.3], extra_files={"preempted.json": '{"signal": "SIGUSR1"}'}

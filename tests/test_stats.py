@@ -589,3 +589,10 @@ def test_real_imagenet_jpegs_agree_with_pil():
     pil_mean, pil_std, _ = _reference(_pil_decode(files))
     np.testing.assert_allclose(mean, pil_mean, rtol=0, atol=2e-3)
     np.testing.assert_allclose(std, pil_std, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("under", ["file", "file/deeper"])
+def test_a_stats_path_inside_a_file_names_the_file_not_a_read_only_dataset(tmp_path: Path, under: str):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UserError, match=rf"{re.escape(str(tmp_path / 'file'))} is a file, not a folder"):
+        stats.check_writable(tmp_path / under / "stats.json")

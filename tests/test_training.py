@@ -102,6 +102,22 @@ def test_eval_under_ten_crop_and_multiscale_prints_a_json_line_naming_the_protoc
     assert 0.0 <= result["top1"] <= result["top5"] <= 1.0 and math.isfinite(result["loss"])
 
 
+def test_eval_with_a_normalization_on_the_command_line_uses_it_instead_of_the_stored_one(
+    short_run: Path, demo_root: Path
+):
+    proc = run_cli(
+        "eval",
+        f"checkpoint={short_run}/checkpoints/last.pt",
+        f"data.root={demo_root}",
+        "data.normalization=none",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "NOTE normalization none from the command line" in proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    final = [r for r in read_metrics(short_run) if r["split"] == "val"][-1]
+    assert result["num_samples"] == 360 and result["loss"] != pytest.approx(final["loss"], rel=1e-3)
+
+
 def test_final_evaluation_runs_each_configured_protocol_names_each_and_eval_repeats_them(
     demo_root: Path, tmp_path: Path
 ):

@@ -19,6 +19,7 @@ from resnet_repro.config import (
     UserError,
     eval_protocols,
     per_device_batch,
+    refuse_training_split_as_test,
     to_dataclass,
     validate,
 )
@@ -32,7 +33,8 @@ HELP = f"""usage: {PROG} eval checkpoint=PATH [key=value ...]
 
 Top-1 / top-5 / loss of a checkpoint (a run's last.pt or best.pt, or a plain torchvision ResNet
 state dict) on data.eval_split; prints one JSON line. From a run's checkpoint it takes that run's
-model, data and precision; data.* keys and trainer.precision on the command line win.
+model, data, normalization and precision; data.* keys and trainer.precision on the command line
+win (model keys apply to plain state dicts only).
 
 key overrides:
   checkpoint=PATH                   the checkpoint (required)
@@ -110,12 +112,22 @@ def eval_config(cfg: RootConfig, saved: dict[str, Any] | None, explicit: set[str
     checkpoint measures what the run measured; a key named on the command line (`explicit`, e.g.
     `data.root`, `data.image_size`, `trainer.precision`) wins over the run's value, and choosing
     another `data` group or `experiment` takes the composed data section whole. Without `saved`
-    (a plain state dict) the composed config is used as it is.
+    (a plain state dict) the composed config is used as it is. The run's model is the checkpoint's:
+    model keys on the command line are refused, not ignored; normalization keys replace the
+    normalization the checkpoint stores (see `normalization_named`), and the note says so.
     """
     from omegaconf import OmegaConf
 
     if saved is None:
+        refuse_training_split_as_test(cfg.data)
         return cfg, "eval: plain state dict: data and precision from the command line"
+    model_keys = sorted(k for k in explicit if k == "model" or k.startswith("model."))
+    if model_keys:
+        raise UserError(
+            f"{', '.join(model_keys)} on the command line: a checkpoint of resnet-repro holds its run's "
+            f"model ({saved.get('model', {}).get('name', 'unnamed')}), which eval uses; model keys apply "
+            "to plain state dicts only"
+        )
     whole_data = bool(explicit & {"data", "experiment"})
     if whole_data:
         data = cfg.data
@@ -148,7 +160,22 @@ def eval_config(cfg: RootConfig, saved: dict[str, Any] | None, explicit: set[str
     for key in ("image_size", "crop_ratio"):
         if getattr(data, key) != trained[key]:
             note += f"; NOTE data.{key}={getattr(data, key)} differs from the run's {trained[key]}"
+    if normalization_named(explicit):
+        note += (
+            f"; NOTE normalization {data.normalization} from the command line, not the one the run "
+            "trained with (stored in the checkpoint)"
+        )
+    refuse_training_split_as_test(data)
     return out, note
+
+
+def normalization_named(explicit: set[str]) -> bool:
+    """Whether the command line names the normalization (data.normalization, data.mean / data.std,
+    data.stats.*): then it replaces the one a checkpoint stores."""
+    return bool(
+        explicit & {"data.normalization", "data.mean", "data.std"}
+        or any(k.startswith("data.stats") for k in explicit)
+    )
 
 
 def _eval_protocol(
@@ -258,7 +285,8 @@ def evaluate_checkpoint(cfg: RootConfig, path: str, explicit: set[str] | None = 
         splits = load_file_lists(cfg.data)
         _check_classes(state, path, cfg.data, splits.test.classes, env.is_main)
         model = load_model_for_eval(cfg, state, path, len(splits.test.classes), device)
-        if "normalization" in state:  # exactly what the run trained and evaluated with
+        if "normalization" in state and not normalization_named(explicit or set()):
+            # exactly what the run trained and evaluated with
             mean, std, image = _stored_normalization(state["normalization"], path)
             norm = Normalization(mean, std, "checkpoint", str(path), mean_image=image)
         else:

@@ -119,6 +119,8 @@ def _rehearse_options(args: list[str]) -> tuple[RehearseOptions, list[str]]:
             values[a] = True
         else:
             rest.append(a)
+    if values.get("--stand-in") and values.get("--scan"):
+        fail("--scan reads every listed image of data.root and --stand-in does not read data.root: give one")
     images = str(values.get("--images-per-step", "auto"))
     try:
         rehearse.parse_images_per_step(images)

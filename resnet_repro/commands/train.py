@@ -11,7 +11,14 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from resnet_repro.commands.hydra_app import PROG, fail, hydra_command, record_failure
-from resnet_repro.config import UserError, files_as_user_errors, per_device_batch, to_dataclass, validate
+from resnet_repro.config import (
+    UserError,
+    files_as_user_errors,
+    per_device_batch,
+    refuse_training_split_as_test,
+    to_dataclass,
+    validate,
+)
 
 # `train --help`, shown by conf/hydra/help/resnet_repro.yaml with the config groups
 HELP = f"""usage: {PROG} train [group=option ...] [key=value ...] [-m]
@@ -50,6 +57,7 @@ def _train(dcfg: DictConfig) -> float | None:
     try:
         cfg = to_dataclass(dcfg)
         validate(cfg)
+        refuse_training_split_as_test(cfg.data)  # before any worker starts (prepare_data checks too)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         env = distributed.detect()
         local_launch = distributed.local_workers(cfg.trainer.nproc, env)

@@ -5,7 +5,8 @@ the command line, and cross-field validation. This package only re-exports its m
   file_error_line, an OSError about a named file in one line (files_as_user_errors: as a UserError)
 - schemas.py: the dataclass schemas and register_configs (Hydra's ConfigStore)
 - loading.py: CONF_DIR, compose (conf/ + overrides) and to_dataclass (DictConfig -> RootConfig)
-- validation.py: validate, one validator per section, and the allowed values of each choice
+- validation.py: validate, one validator per section, the allowed values of each choice, and
+  refuse_training_split_as_test (for the commands that measure top-1)
 - derived.py: per_device_batch and eval_protocols, values read off a config
 - run_control.py: RUN_CONTROL_KEYS and is_run_control (how a run executes, not what it learns)
 - references.py: the published recipes a run may claim (REFERENCES) and NOT_RECIPE_KEYS
@@ -57,6 +58,7 @@ from resnet_repro.config.validation import (
     NORMALIZATIONS,
     PRECISIONS,
     STEMS,
+    refuse_training_split_as_test,
     validate,
 )
 
@@ -105,6 +107,7 @@ __all__ = [
     "eval_protocols",
     "is_run_control",
     "per_device_batch",
+    "refuse_training_split_as_test",
     "register_configs",
     "sweep_collisions",
     "to_dataclass",

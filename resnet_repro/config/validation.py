@@ -12,8 +12,10 @@ from resnet_repro.config.errors import UserError
 from resnet_repro.config.references import REFERENCES
 from resnet_repro.config.schemas import (
     AugmentConfig,
+    BenchConfig,
     DataConfig,
     EvalConfig,
+    ModelConfig,
     OptimConfig,
     PlanConfig,
     RegularizationConfig,
@@ -44,7 +46,17 @@ def validate(cfg: RootConfig) -> None:
     _validate_regularization(cfg.regularization)
     _validate_schedule(cfg.schedule)
     _validate_stabilizer(cfg.stabilizer, cfg.trainer.epochs)
-    m = cfg.model
+    _validate_model(cfg.model)
+    _validate_bench(cfg.bench)
+    _validate_plan(cfg.plan)
+    if cfg.logging.log_every_steps <= 0:
+        raise UserError(
+            f"logging.log_every_steps={cfg.logging.log_every_steps} must be a positive number of steps"
+        )
+    _validate_eval(cfg.eval)
+
+
+def _validate_model(m: ModelConfig) -> None:
     if m.stem not in STEMS:
         raise UserError(
             f"model.stem={m.stem!r} is not one of {', '.join(STEMS)} (cifar: 3x3 stride-1 first conv, "
@@ -55,19 +67,23 @@ def validate(cfg: RootConfig) -> None:
             f"model.gn_groups={m.gn_groups} must divide 64 (every ResNet width is a multiple of 64): "
             "1, 2, 4, 8, 16, 32 or 64"
         )
-    b = cfg.bench
+    # torch's BatchNorm takes any momentum: above 1 the running statistics diverge (NaN at the first
+    # evaluation); 0 never updates them
+    if not 0 < m.bn_momentum <= 1:
+        raise UserError(f"model.bn_momentum={m.bn_momentum} must be in (0, 1]")
+    if m.bn_eps <= 0:
+        raise UserError(f"model.bn_eps={m.bn_eps} must be positive")
+
+
+def _validate_bench(b: BenchConfig) -> None:
     if b.trials < 1 or b.steps < 1:
         raise UserError(f"bench.trials={b.trials} and bench.steps={b.steps} must be >= 1")
     if b.min_images < 1:
         raise UserError(f"bench.min_images={b.min_images} must be >= 1")
     if b.warmup < 0:
         raise UserError(f"bench.warmup={b.warmup} must be >= 0")
-    _validate_plan(cfg.plan)
-    if cfg.logging.log_every_steps <= 0:
-        raise UserError(
-            f"logging.log_every_steps={cfg.logging.log_every_steps} must be a positive number of steps"
-        )
-    _validate_eval(cfg.eval)
+    if b.num_classes < 1:
+        raise UserError(f"bench.num_classes={b.num_classes} must be >= 1")
 
 
 def _refuse_non_finite(node: Any, key: str) -> None:
@@ -121,6 +137,13 @@ def _validate_trainer(t: TrainerConfig) -> None:
     for name in t.preempt_signals:
         if not isinstance(getattr(signal, name, None), signal.Signals):
             raise UserError(f"trainer.preempt_signals: {name!r} is not a signal name like SIGUSR1 or SIGTERM")
+        if name in ("SIGKILL", "SIGSTOP"):
+            raise UserError(
+                f"trainer.preempt_signals: {name} cannot be caught; name the signal SLURM sends before "
+                "it ends the job (SIGUSR1, SIGUSR2, SIGTERM)"
+            )
+    if t.dist_timeout_s <= 0:
+        raise UserError(f"trainer.dist_timeout_s={t.dist_timeout_s} must be a positive number of seconds")
     if t.resume not in ("auto", "never") and not t.resume.endswith(".pt"):
         raise UserError(f"trainer.resume={t.resume!r} must be auto, never, or a path to a .pt checkpoint")
 
@@ -136,6 +159,8 @@ def _validate_optim(o: OptimConfig) -> None:
         )
     if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
         raise UserError(f"optim.betas={o.betas} must be two values in [0, 1)")
+    if o.eps < 0:
+        raise UserError(f"optim.eps={o.eps} must be >= 0")
 
 
 def _validate_data(d: DataConfig) -> None:
@@ -170,7 +195,23 @@ def _validate_data(d: DataConfig) -> None:
         raise UserError(f"data.mean={d.mean} and data.std={d.std} must have 3 values each (R, G, B)")
     if any(s <= 0 for s in d.std):
         raise UserError(f"data.std={d.std} must be positive")
+    # the images are scaled to [0, 1] before normalizing: statistics on the 0-255 scale (as other
+    # code bases write them) would divide every pixel by about 58
+    if not all(0 <= v <= 1 for v in d.mean):
+        raise UserError(f"data.mean={d.mean} must be in [0, 1] (pixels scaled to [0, 1]; 0-255 values / 255)")
+    if not all(0 < v <= 1 for v in d.std):
+        raise UserError(f"data.std={d.std} must be in (0, 1] (pixels scaled to [0, 1]; 0-255 values / 255)")
     _validate_augment(d.augment, d.image_size)
+
+
+def refuse_training_split_as_test(d: DataConfig) -> None:
+    """For the commands that measure top-1 on data.eval_split (train, rehearse, eval); `bench` and
+    `stats` read the training split only and may name it twice (a folder with no val)."""
+    if d.eval_split == d.train_split:
+        raise UserError(
+            f"data.eval_split={d.eval_split!r} is the training split: top-1 would be measured on the "
+            "images the model trains on; name another split (val), or carve a holdout with data.holdout.size"
+        )
 
 
 def _validate_eval_cap(d: DataConfig) -> None:
@@ -212,6 +253,8 @@ def _validate_holdout_and_stats(d: DataConfig) -> None:
             raise UserError(f"{key}={seed} must be a non-negative integer")
     if d.stats.resize is not None and d.stats.resize < 1:
         raise UserError(f"data.stats.resize={d.stats.resize} must be a positive size in pixels or null")
+    if d.stats.batch_size < 1:
+        raise UserError(f"data.stats.batch_size={d.stats.batch_size} must be a positive number of images")
 
 
 def _validate_augment(a: AugmentConfig, image_size: int) -> None:
@@ -274,8 +317,15 @@ def _validate_schedule(s: ScheduleConfig) -> None:
         raise UserError(f"schedule.min_delta={s.min_delta} must be >= 0")
     if not 0 < s.gamma <= 1:
         raise UserError(f"schedule.gamma={s.gamma} must be in (0, 1]: the factor the LR is multiplied by")
-    if sorted(s.milestones) != list(s.milestones) or any(m <= 0 for m in s.milestones):
+    # torch's MultiStepLR multiplies by gamma once per copy of a repeated milestone
+    increasing = all(a < b for a, b in zip(s.milestones, s.milestones[1:], strict=False))
+    if not increasing or any(m <= 0 for m in s.milestones):
         raise UserError(f"schedule.milestones={s.milestones} must be increasing positive epochs")
+    for key in ("final_lr_factor", "end_factor"):
+        if not 0 <= getattr(s, key) <= 1:
+            raise UserError(
+                f"schedule.{key}={getattr(s, key)} must be in [0, 1]: the final LR as a fraction of the peak"
+            )
 
 
 def _validate_stabilizer(st: StabilizerConfig, epochs: int) -> None:

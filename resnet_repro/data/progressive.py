@@ -47,6 +47,25 @@ def train_sizes(cfg: DataConfig, epochs: int) -> list[int]:
     return list(dict.fromkeys(size_at(cfg.progressive, e, epochs) for e in range(epochs)))
 
 
+def late_ramp(cfg: DataConfig, epochs: int) -> str | None:
+    """A warning where the training crop never reaches end_size (the ramp ends at or after the last
+    epoch: a preset's epochs in a shortened run, or a typo), else None. Not an error, as for
+    step milestones (schedule.late_milestones)."""
+    p = cfg.progressive
+    if not is_active(p):
+        return None
+    assert p.end_size is not None
+    last, final = size_at(p, epochs - 1, epochs), max(p.step, int(round(p.end_size / p.step)) * p.step)
+    if last == final:
+        return None
+    end = "null" if p.end_epoch is None else p.end_epoch
+    return (
+        f"data.progressive.start_epoch={p.start_epoch} and end_epoch={end} (0-based) leave the ramp "
+        f"unfinished at the last epoch ({epochs} epochs): the training crop grows to {last} px only, "
+        f"never to end_size={p.end_size}"
+    )
+
+
 def describe(cfg: DataConfig, epochs: int) -> str:
     p = cfg.progressive
     sizes = [size_at(p, e, epochs) for e in range(epochs)]

@@ -228,6 +228,11 @@ def check_writable(path: str | os.PathLike) -> None:
         raise UserError(
             f"data.stats.path={path} is a folder: name a file (e.g. data.stats.path={path / 'stats.json'})"
         )
+    in_a_file = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if in_a_file is not None:
+        raise UserError(
+            f"data.stats.path={path}: {in_a_file} is a file, not a folder; name a file in a folder"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")

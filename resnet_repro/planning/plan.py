@@ -94,7 +94,7 @@ def count_images(cfg: RootConfig) -> tuple[int, int | None, str]:
         splits = load_file_lists(cfg.data)
     except UserError as e:
         raise UserError(
-            f"cannot count the training images ({e}); give data.root=DIR, or the count as "
+            f"cannot count the training images ({e}); fix that, or give the count as "
             f"plan.train_images=N (ImageNet-1K: {IMAGENET_TRAIN_IMAGES})"
         ) from e
     evaluated = len(splits.test) + (len(splits.holdout) if splits.holdout is not None else 0)
@@ -299,8 +299,7 @@ def warnings(run: dict[str, Any]) -> list[str]:
             f"warning: trainer.ema.decay over {run['total_steps']:,} steps leaves {left:.2f} of the average "
             f"on the initial weights; use a decay near 1 - 10/steps ({1 - 10 / run['total_steps']:.4f})"
         )
-    if run["schedule_warning"] is not None:
-        out.append(f"warning: {run['schedule_warning']}")
+    out += [f"warning: {late}" for late in run["late_warnings"]]
     return out
 
 
@@ -309,6 +308,7 @@ def estimate(
 ) -> dict[str, Any]:
     """The numbers of one job (plain data: printed and written as JSON). `eval_images` is what the
     run evaluates after each epoch (None: unknown, eval time not estimated)."""
+    from resnet_repro.data.progressive import late_ramp
     from resnet_repro.training.schedule import late_milestones
 
     world = world_size(cfg)
@@ -320,7 +320,8 @@ def estimate(
         )
     if cfg.trainer.max_steps_per_epoch is not None:
         steps = min(steps, cfg.trainer.max_steps_per_epoch)
-    total_steps = steps * cfg.trainer.epochs
+    epochs = cfg.trainer.epochs
+    total_steps = steps * epochs
     images = total_steps * global_batch
     # all processes together; scaling_efficiency stands for what DDP loses to communication
     gpus = world * (cfg.plan.scaling_efficiency if world > 1 else 1.0)
@@ -360,7 +361,10 @@ def estimate(
         "eval_s_per_epoch": eval_s,
         "train_hours": train_s / 3600,
         "eval_hours": eval_s * cfg.trainer.epochs / 3600 if eval_s is not None else None,
-        "schedule_warning": late_milestones(cfg.schedule, cfg.trainer.epochs),
+        # settings the run's epochs never reach: step milestones, a progressive ramp's end
+        "late_warnings": [
+            w for w in (late_milestones(cfg.schedule, epochs), late_ramp(cfg.data, epochs)) if w is not None
+        ],
         # the test split measured once more at the end (ten crops, five scales, flips): not estimated
         "final_evaluation_not_estimated": final_evaluation(cfg),
         "total_hours": (train_s + (eval_s or 0.0) * cfg.trainer.epochs) / 3600,

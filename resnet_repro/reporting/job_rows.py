@@ -50,6 +50,13 @@ def collect(multirun_dir: Path, left_out: list[str] | None = None) -> list[Row]:
     for job in jobs:
         try:
             rows.append(summarize_job(job, root))
+            damaged = damaged_lines(job / "metrics.jsonl")
+            if damaged and left_out is not None:
+                left_out.append(
+                    f"{job / 'metrics.jsonl'}: line{'s' if len(damaged) > 1 else ''} "
+                    f"{', '.join(map(str, damaged))} {'are' if len(damaged) > 1 else 'is'} not metrics rows "
+                    f"(JSON objects with an integer epoch): the report reads {rows[-1]['job']} without them"
+                )
         except PermissionError as e:  # another user's job on shared storage: the others still count
             if left_out is None:
                 raise
@@ -188,19 +195,38 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     A resumed launch sets aside the rows its checkpoint does not cover (metrics.superseded.jsonl),
     so duplicates come only from run directories written before it did (an epoch's rows written,
     then a kill before its checkpoint: the epoch trained and its rows appended again). A crashed
-    job can leave a half-written last line, which is skipped, as is a row without an epoch number.
+    job can leave a half-written last line, which is skipped, as is any other line that is not a row
+    (`damaged_lines` names those).
     """
     if not path.is_file():
         return []
     rows: dict[tuple[Any, Any], dict[str, Any]] = {}
     for line in path.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and type(row.get("epoch")) is int:
+        row = _row(line)
+        if row is not None:
             rows[(row["epoch"], row.get("split"))] = row
     return list(rows.values())
+
+
+def _row(line: str) -> dict[str, Any] | None:
+    """A metrics.jsonl line as its row: a JSON object with an integer epoch; else None."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) and type(row.get("epoch")) is int else None
+
+
+def damaged_lines(path: Path) -> list[int]:
+    """The numbers (from 1) of the metrics.jsonl lines read_metrics skips as not rows, but for a last
+    line a kill cut (no newline at its end): any other is damage the report should name."""
+    if not path.is_file():
+        return []
+    text = path.read_text(errors="replace")
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines = lines[:-1]
+    return [n for n, line in enumerate(lines, start=1) if line.strip() and _row(line) is None]
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

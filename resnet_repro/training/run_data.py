@@ -11,7 +11,13 @@ import torch
 
 from resnet_repro.cluster import distributed
 from resnet_repro.cluster.distributed import DistEnv
-from resnet_repro.config import DataConfig, RootConfig, UserError, per_device_batch
+from resnet_repro.config import (
+    DataConfig,
+    RootConfig,
+    UserError,
+    per_device_batch,
+    refuse_training_split_as_test,
+)
 from resnet_repro.data import progressive, sharding, subset
 from resnet_repro.data.demo import build_demo_dataset
 from resnet_repro.data.holdout import carve_holdout
@@ -40,6 +46,7 @@ class RunData:
 def prepare_data(cfg: RootConfig, env: DistEnv, device: torch.device) -> RunData:
     """File lists (rank 0 first: it builds the demo data if needed; an error on any rank stops all
     of them at once), normalization statistics, and the derived numbers of the job."""
+    refuse_training_split_as_test(cfg.data)
     first = distributed.all_or_none(env, lambda: load_file_lists(cfg.data) if env.is_main else None)
     splits = distributed.all_or_none(env, lambda: first if env.is_main else load_file_lists(cfg.data))
     norm, norm_warnings = resolve_normalization(cfg.data, splits, env, device)

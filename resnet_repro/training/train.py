@@ -400,9 +400,10 @@ def _describe(
     log.info(f"run directory {run_dir}\n{text}")
     for warning in data.norm_warnings:
         log.warning(warning)
-    late = late_milestones(cfg.schedule, cfg.trainer.epochs)
-    if late is not None:
-        log.warning(late)
+    epochs = cfg.trainer.epochs
+    for late in (late_milestones(cfg.schedule, epochs), progressive.late_ramp(cfg.data, epochs)):
+        if late is not None:
+            log.warning(late)
     if selection == cfg.data.eval_split:
         log.warning(
             f"model selection uses the test split ({selection}): its numbers are no longer an unbiased "
