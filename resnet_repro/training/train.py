@@ -54,8 +54,9 @@ from resnet_repro.training.resume import (
 from resnet_repro.training.run_data import RunData, make_train_loader, prepare_data
 from resnet_repro.training.run_eval import EvalSets, feed_model_selection, final_test_eval, selection_split
 from resnet_repro.training.run_state import RunState, job_shape
-from resnet_repro.training.schedule import build_scheduler, late_milestones
+from resnet_repro.training.schedule import build_scheduler
 from resnet_repro.training.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard, chance_loss
+from resnet_repro.training.start_warnings import start_warnings
 from resnet_repro.training.step_plan import FirstImages, StepPlan
 from resnet_repro.training.summary import Derived, Deviation, deviations, deviations_record, render
 
@@ -398,17 +399,8 @@ def _describe(
         (run_dir / "classes.txt").write_text("\n".join(splits.train.classes) + "\n")
     parts.logger.text("summary", "<pre>" + text + "</pre>")
     log.info(f"run directory {run_dir}\n{text}")
-    for warning in data.norm_warnings:
+    for warning in start_warnings(cfg, data.norm_warnings, selection):
         log.warning(warning)
-    epochs = cfg.trainer.epochs
-    for late in (late_milestones(cfg.schedule, epochs), progressive.late_ramp(cfg.data, epochs)):
-        if late is not None:
-            log.warning(late)
-    if selection == cfg.data.eval_split:
-        log.warning(
-            f"model selection uses the test split ({selection}): its numbers are no longer an unbiased "
-            "estimate; carve a holdout with data.holdout.size instead"
-        )
 
 
 def _summary_text(
