@@ -136,11 +136,11 @@ def test_compiled_training_with_progressive_resizing_compiles_once_per_size(monk
 
 
 def test_a_run_warns_at_its_start_of_a_ramp_it_will_not_finish():
-    from resnet_repro.config import TrainerConfig
+    from resnet_repro.config import ScheduleConfig, TrainerConfig
     from resnet_repro.training.start_warnings import start_warnings
 
     data = DataConfig(name="demo", root="/d", progressive=ProgressiveConfig(24, 32, 0, 100, 8))
-    cfg = RootConfig(data=data, trainer=TrainerConfig(epochs=8))
+    cfg = RootConfig(data=data, trainer=TrainerConfig(epochs=8), schedule=ScheduleConfig(milestones=[4]))
     found = start_warnings(cfg, ["a normalization warning"], selection=None)
     assert found[0] == "a normalization warning" and len(found) == 2
     assert "leave the ramp unfinished at the last epoch (8 epochs)" in found[1]
