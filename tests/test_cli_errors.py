@@ -371,3 +371,23 @@ def test_a_test_split_that_is_the_training_split_is_refused_before_training(
     )
     line = one_error_line(err)
     assert code == 2 and "data.eval_split='train' is the training split" in line, err
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (["train"], "data.root={} does not hold the demo dataset"),
+        (["rehearse", "--check-only"], "data.root={} does not hold the demo dataset"),
+        (["verify-data"], "data root {} does not exist or is not a folder"),
+    ],
+)
+def test_a_demo_data_root_that_does_not_exist_is_refused_not_filled_with_the_digits(
+    command: list[str], said: str, tmp_path: Path, capsys
+):
+    """data=demo (the default group) with a data.root of the user's: a typo, or a forgotten
+    data=imagenet; the digits are built on first use in their cache folder only."""
+    typo = tmp_path / "imagenett"
+    code, err = run_main([*command, f"data.root={typo}"], capsys)
+    line = one_error_line(err)
+    assert code == 2 and said.format(typo) in line, err
+    assert not typo.exists()

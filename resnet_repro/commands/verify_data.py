@@ -70,9 +70,9 @@ def _verify_data(dcfg: DictConfig, decode: bool = True) -> None:
     try:
         cfg = to_dataclass(dcfg)
         if cfg.data.name == "demo":
-            from resnet_repro.data.demo import build_demo_dataset
+            from resnet_repro.data.demo import ensure_demo_dataset
 
-            build_demo_dataset(cfg.data.root)
+            ensure_demo_dataset(cfg.data.root)
         summary = verify_data(
             Path(cfg.data.root).expanduser(),
             expect_imagenet=cfg.data.name == "imagenet",

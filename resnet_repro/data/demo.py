@@ -54,6 +54,29 @@ def _refuse_foreign(root: Path) -> None:
         )
 
 
+def default_root() -> Path:
+    """Where data=demo builds the digits on first use (conf/data/demo.yaml's data.root)."""
+    home = os.environ.get("HOME", "~")
+    cache = os.environ.get("RESNET_REPRO_CACHE") or os.path.join(home, ".cache", "resnet-repro")
+    return Path(cache).expanduser() / "demo-digits"
+
+
+def ensure_demo_dataset(root: str | os.PathLike) -> Path:
+    """data=demo's data.root, the digits built there on first use if it is their cache folder. Any
+    other root must hold them already: a data.root of the user's that does not is a typo or a
+    forgotten data=imagenet, not a place to write 1,797 digits and train on them."""
+    root = Path(root).expanduser()
+    if is_built(root) or root.absolute() == default_root().absolute():
+        return build_demo_dataset(root)
+    from resnet_repro.config import UserError
+
+    raise UserError(
+        f"data.root={root} does not hold the demo dataset (data=demo, the default data group): it is "
+        f"built on first use in {default_root()} only; name your dataset's group (data=imagenet, "
+        f"data=folder), or build the digits there with `resnet-repro make-demo-data --out {root}`"
+    )
+
+
 def build_demo_dataset(root: str | os.PathLike) -> Path:
     """Write the demo dataset to `root` unless it is already complete there. Returns the path."""
     from sklearn.datasets import load_digits

@@ -19,7 +19,7 @@ from resnet_repro.config import (
     refuse_training_split_as_test,
 )
 from resnet_repro.data import progressive, sharding, subset
-from resnet_repro.data.demo import build_demo_dataset
+from resnet_repro.data.demo import ensure_demo_dataset
 from resnet_repro.data.holdout import carve_holdout
 from resnet_repro.data.loaders import Loader, build_loader
 from resnet_repro.data.normalization import resolve as resolve_normalization
@@ -78,7 +78,7 @@ def prepare_data(cfg: RootConfig, env: DistEnv, device: torch.device) -> RunData
 def load_file_lists(cfg: DataConfig) -> Splits:
     """Training, holdout and test (data.eval_split) lists; builds the demo dataset on first use."""
     if cfg.name == "demo":
-        build_demo_dataset(cfg.root)
+        ensure_demo_dataset(cfg.root)
     train_full = list_split(cfg.root, cfg.train_split)
     test = list_split(cfg.root, cfg.eval_split, classes=train_full.classes)
     if cfg.exclude_files:
