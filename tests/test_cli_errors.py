@@ -363,14 +363,16 @@ def test_only_a_path_that_exists_but_cannot_be_used_is_the_users_one_line():
 
 
 @pytest.mark.parametrize("command", ["train", "rehearse"])
+@pytest.mark.parametrize("split", ["train", "train/", "./train"])
 def test_a_test_split_that_is_the_training_split_is_refused_before_training(
-    command: str, demo_root: Path, capsys
+    command: str, split: str, demo_root: Path, capsys
 ):
     code, err = run_main(
-        [command, f"data.root={demo_root}", "data.eval_split=train", "trainer.epochs=2"], capsys
+        [command, f"data.root={demo_root}", f"data.eval_split={split}", "data.normalization=published"],
+        capsys,
     )
     line = one_error_line(err)
-    assert code == 2 and "data.eval_split='train' is the training split" in line, err
+    assert code == 2 and f"data.eval_split={split!r} is the training split" in line, err
 
 
 @pytest.mark.parametrize(

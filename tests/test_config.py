@@ -187,6 +187,7 @@ def test_validate_accepts_the_default_config_with_each_precision(default_cfg):
         ("trainer.dist_timeout_s=0", "trainer.dist_timeout_s=0 must be a positive number of seconds"),
         ("bench.num_classes=0", "bench.num_classes=0 must be >= 1"),
         ("data.stats.batch_size=0", "data.stats.batch_size=0 must be a positive number of images"),
+        ("data.subset.seed=-1", "data.subset.seed=-1 must be a non-negative integer"),
     ],
 )
 def test_validate_names_the_bad_value(default_cfg, override, named):

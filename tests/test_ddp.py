@@ -20,6 +20,7 @@ from PIL import Image
 
 from resnet_repro import checkpoint
 from resnet_repro.cluster import distributed
+from resnet_repro.config import UserError
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -427,8 +428,10 @@ def test_a_local_launch_leaves_no_torchelastic_folder_in_the_temporary_directory
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exit_code: int
 ):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    try:
+    if exit_code:
+        with pytest.raises(UserError, match="rank 0 exit code 3"):
+            distributed.launch_local(2, ddp_workers.exit_worker, exit_code)
+    else:
         distributed.launch_local(2, ddp_workers.exit_worker, exit_code)
-    except Exception as e:
-        assert exit_code and "exit code 3" in str(e)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("torchelastic_")) == []
+    agents = ("torchelastic_", "resnet-repro-agent-")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(agents)) == []

@@ -94,7 +94,22 @@ def test_a_normalization_on_the_command_line_is_named_in_the_note():
     )
     assert "NOTE normalization none from the command line, not the one the run trained with" in note
     _, note = eval_config(command_line(), trained_config(), explicit={"checkpoint"})
-    assert "normalization" not in note
+    assert "normalization the run's (stored in the checkpoint)" in note and "NOTE" not in note
+
+
+@pytest.mark.parametrize("keys", [{"data.mean"}, {"data.mean", "data.std"}])
+def test_a_mean_or_std_without_a_normalization_is_refused_not_ignored(keys: set[str]):
+    said = r"eval uses the normalization stored in the checkpoint; to replace it"
+    with pytest.raises(UserError, match=said):
+        eval_config(command_line(), trained_config(), explicit={"checkpoint", *keys})
+    named = {"checkpoint", "data.normalization", *keys}
+    _, note = eval_config(command_line(normalization="published"), trained_config(), explicit=named)
+    assert "NOTE normalization published from the command line" in note
+
+
+def test_channels_last_is_the_loaders_layout_and_not_refused_as_a_model_key():
+    cfg, _ = eval_config(command_line(), trained_config(), explicit={"checkpoint", "model.channels_last"})
+    assert cfg.data.name == "imagenet"
 
 
 @pytest.mark.parametrize("saved", [trained_config(), None], ids=["run's checkpoint", "plain state dict"])

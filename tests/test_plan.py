@@ -312,7 +312,7 @@ def test_step_milestones_at_or_after_the_last_epoch_are_a_warning_naming_them(ca
 def test_a_progressive_ramp_past_the_last_epoch_is_a_warning_in_the_plan(capsys):
     ramp = [f"data.progressive.{setting}" for setting in ("start_size=160", "end_size=192", "end_epoch=200")]
     _, table = run_plan(capsys, "experiment=imagenet_paper", *IMAGENET, *ramp)
-    said = "end_epoch=200 (0-based) leave the ramp unfinished at the last epoch (90 epochs): the training"
-    assert f"warning: data.progressive.start_epoch=0 and {said} crop grows to 160 px only" in table
+    said = "end_epoch=200 (0-based) leave the ramp unfinished at the last epoch (90 epochs): it trains"
+    assert f"warning: data.progressive.start_epoch=0 and {said} at 160 px, never at end_size=192" in table
     _, table = run_plan(capsys, "experiment=imagenet_paper", *IMAGENET, *ramp[:2])
     assert "data.progressive" not in table

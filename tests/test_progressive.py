@@ -31,7 +31,7 @@ def test_sizes_grow_linearly_between_the_epochs_rounded_to_the_step():
     [
         ((24, 32, 0, 100, 8), "start_epoch=0 and end_epoch=100 (0-based) leave the ramp unfinished"),
         ((24, 32, 50, None, 8), "start_epoch=50 and end_epoch=null (0-based) leave the ramp unfinished"),
-        ((160, 192, 65, 76, 32), "the training crop grows to 160 px only, never to end_size=192"),
+        ((160, 192, 65, 76, 32), "(16 epochs): it trains at 160 px, never at end_size=192"),
         ((24, 32, 0, 7, 8), None),  # reached at the last epoch
         ((24, 32, 0, None, 8), None),
         ((24, 30, 0, 7, 8), None),  # end_size 30 is 32 in steps of 8: reached as it rounds
@@ -143,4 +143,4 @@ def test_a_run_warns_at_its_start_of_a_ramp_it_will_not_finish():
     cfg = RootConfig(data=data, trainer=TrainerConfig(epochs=8), schedule=ScheduleConfig(milestones=[4]))
     found = start_warnings(cfg, ["a normalization warning"], selection=None)
     assert found[0] == "a normalization warning" and len(found) == 2
-    assert "leave the ramp unfinished at the last epoch (8 epochs)" in found[1]
+    assert "leave the ramp unfinished at the last epoch (8 epochs): it trains at 24 px" in found[1]

@@ -108,6 +108,17 @@ def test_images_per_step_is_the_whole_batch_on_a_gpu_and_a_few_images_on_a_cpu()
     assert images_per_step("16", 128, "cpu") == 16 and images_per_step("500", 128, "cuda:0") is None
 
 
+def test_the_check_gives_the_warnings_train_gives_at_its_start(capsys):
+    ramp = [f"data.progressive.{s}" for s in ("start_size=16", "end_size=32", "end_epoch=9", "step=8")]
+    code, out, err = rehearse_check(["trainer.epochs=4", "stabilizer.warmup_epochs=0", *ramp], capsys)
+    assert code == 0, err
+    warnings = [line for line in out.splitlines() if line.startswith("  warning ")]
+    assert len(warnings) == 2, out
+    assert "schedule.milestones [5, 7] are at or after the last epoch (4)" in warnings[0]
+    assert "leave the ramp unfinished at the last epoch (4 epochs)" in warnings[1]
+    assert all(w.endswith("(train warns of it too)") for w in warnings)
+
+
 def test_stand_in_and_scan_together_are_refused_not_one_dropped(capsys):
     code, out, err = rehearse_check(["--stand-in", "--scan", "experiment=he2016"], capsys)
     assert code == 2 and out == ""

@@ -266,7 +266,7 @@ def test_damaged_metrics_lines_are_named_and_only_a_cut_last_line_goes_unsaid(tm
     rows = {r["overrides"]["optim.lr"]: r for r in report.collect(tmp_path, left_out)}
     assert left_out == [
         f"{damaged / 'metrics.jsonl'}: lines 3, 5 are not metrics rows (JSON objects with an integer "
-        "epoch): the report reads optim.lr=0.1 without them"
+        "epoch); the report leaves them out"
     ]
     assert rows["0.1"]["epochs_run"] == 3 and rows["0.2"]["epochs_run"] == 2
 
@@ -636,6 +636,19 @@ def test_a_run_directory_gets_its_curves_and_the_stabilizer_figure(tmp_path: Pat
     loss_ax, top1_ax = figures.run_curves(metrics, "run1").axes
     assert [line.get_label() for line in loss_ax.get_lines()] == ["train", "val"]
     assert top1_ax.get_lines()[1].get_ydata().tolist() == [pytest.approx(15.0 * e) for e in (1, 2, 3)]
+
+
+def test_report_of_one_run_names_its_damaged_metrics_lines_too(tmp_path: Path, capsys):
+    from resnet_repro import cli
+
+    run = write_run(tmp_path / "run1", max_norm=2.0)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[1] = "{not json"
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    cli.main(["report", str(run)])
+    err = capsys.readouterr().err
+    said = "line 2 is not a metrics row (a JSON object with an integer epoch); the report leaves it out"
+    assert f"warning: {run / 'metrics.jsonl'}: {said}" in err
 
 
 def test_the_stabilizer_figure_of_a_run_without_clipping_has_no_max_norm_line(tmp_path: Path):

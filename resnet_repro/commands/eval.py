@@ -121,7 +121,10 @@ def eval_config(cfg: RootConfig, saved: dict[str, Any] | None, explicit: set[str
     if saved is None:
         refuse_training_split_as_test(cfg.data)
         return cfg, "eval: plain state dict: data and precision from the command line"
-    model_keys = sorted(k for k in explicit if k == "model" or k.startswith("model."))
+    # the model is the checkpoint's; channels_last is only how the loaders lay out its input
+    model_keys = sorted(
+        k for k in explicit if (k == "model" or k.startswith("model.")) and k != "model.channels_last"
+    )
     if model_keys:
         raise UserError(
             f"{', '.join(model_keys)} on the command line: a checkpoint of resnet-repro holds its run's "
@@ -165,17 +168,25 @@ def eval_config(cfg: RootConfig, saved: dict[str, Any] | None, explicit: set[str
             f"; NOTE normalization {data.normalization} from the command line, not the one the run "
             "trained with (stored in the checkpoint)"
         )
+    else:
+        note += ", normalization the run's (stored in the checkpoint)"
     refuse_training_split_as_test(data)
     return out, note
 
 
 def normalization_named(explicit: set[str]) -> bool:
-    """Whether the command line names the normalization (data.normalization, data.mean / data.std,
-    data.stats.*): then it replaces the one a checkpoint stores."""
-    return bool(
-        explicit & {"data.normalization", "data.mean", "data.std"}
-        or any(k.startswith("data.stats") for k in explicit)
-    )
+    """Whether the command line replaces the normalization a checkpoint stores: data.normalization
+    named (data.mean / data.std alone are refused: they are read only under data.normalization=
+    published, and would otherwise be ignored)."""
+    if "data.normalization" in explicit:
+        return True
+    alone = sorted(explicit & {"data.mean", "data.std"})
+    if alone:
+        raise UserError(
+            f"{' and '.join(alone)} on the command line: eval uses the normalization stored in the "
+            "checkpoint; to replace it, give data.normalization=published too"
+        )
+    return False
 
 
 def _eval_protocol(

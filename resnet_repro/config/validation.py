@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any
 
 from resnet_repro.config.derived import eval_protocols
@@ -207,10 +208,10 @@ def _validate_data(d: DataConfig) -> None:
 def refuse_training_split_as_test(d: DataConfig) -> None:
     """For the commands that measure top-1 on data.eval_split (train, rehearse, eval); `bench` and
     `stats` read the training split only and may name it twice (a folder with no val)."""
-    if d.eval_split == d.train_split:
+    if os.path.normpath(d.eval_split) == os.path.normpath(d.train_split):
         raise UserError(
             f"data.eval_split={d.eval_split!r} is the training split: top-1 would be measured on the "
-            "images the model trains on; name another split (val), or carve a holdout with data.holdout.size"
+            "images the model trains on; name another split (val)"
         )
 
 
@@ -248,7 +249,8 @@ def _validate_holdout_and_stats(d: DataConfig) -> None:
         raise UserError("data.holdout.stats_from=train_minus_holdout needs a holdout: set data.holdout.size")
     if d.stats.max_images is not None and d.stats.max_images <= 0:
         raise UserError(f"data.stats.max_images={d.stats.max_images} must be positive or null")
-    for key, seed in (("data.holdout.seed", d.holdout.seed), ("data.stats.seed", d.stats.seed)):
+    seeds = (("data.holdout.seed", d.holdout.seed), ("data.stats.seed", d.stats.seed))
+    for key, seed in (*seeds, ("data.subset.seed", d.subset.seed)):
         if seed is not None and seed < 0:
             raise UserError(f"{key}={seed} must be a non-negative integer")
     if d.stats.resize is not None and d.stats.resize < 1:

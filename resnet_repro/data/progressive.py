@@ -61,8 +61,8 @@ def late_ramp(cfg: DataConfig, epochs: int) -> str | None:
     end = "null" if p.end_epoch is None else p.end_epoch
     return (
         f"data.progressive.start_epoch={p.start_epoch} and end_epoch={end} (0-based) leave the ramp "
-        f"unfinished at the last epoch ({epochs} epochs): the training crop grows to {last} px only, "
-        f"never to end_size={p.end_size}"
+        f"unfinished at the last epoch ({epochs} epochs): it trains at {last} px, never at "
+        f"end_size={p.end_size}"
     )
 
 

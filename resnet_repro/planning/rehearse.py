@@ -98,6 +98,7 @@ def check(
     from resnet_repro.training import step_plan
     from resnet_repro.training.optim import build_optimizer, peak_lr
     from resnet_repro.training.schedule import build_scheduler
+    from resnet_repro.training.start_warnings import start_warnings
     from resnet_repro.training.summary import deviations
     from resnet_repro.training.train import check_device
 
@@ -200,6 +201,7 @@ def check(
         scanned=scanned_line,
         run_dir=run_dir_line,
         memory=memory_line(*memory) if memory is not None else None,
+        warnings=start_warnings(cfg, [], selection=None),
     )
 
 

@@ -38,6 +38,8 @@ class Shape:
     scanned: str | None = None  # --scan: every listed file's header read, in how long
     run_dir: str | None = None  # the real run's directory: a fresh start or the checkpoint it resumes
     memory: str | None = None  # the estimate per process on the target GPU (None: a CPU run)
+    # what train warns of at its start: a milestone or progressive ramp past the last epoch
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def cpu_equivalent(cfg: RootConfig) -> tuple[RootConfig, list[str]]:

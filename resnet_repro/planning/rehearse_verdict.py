@@ -82,6 +82,7 @@ def verdict(shape: Shape, record: dict[str, Any] | None = None) -> str:
         lines.append(f"  GPU memory       {s.memory}")
     for said in s.substituted:
         lines.append(f"  substituted      {said} (no GPU here; the real run keeps its setting)")
+    lines.extend(f"  warning          {said} (train warns of it too)" for said in s.warnings)
     lines.append("not checked here:")
     lines.extend(f"  - {line}" for line in not_checked(s, record))
     return "\n".join(lines)

@@ -52,11 +52,7 @@ def collect(multirun_dir: Path, left_out: list[str] | None = None) -> list[Row]:
             rows.append(summarize_job(job, root))
             damaged = damaged_lines(job / "metrics.jsonl")
             if damaged and left_out is not None:
-                left_out.append(
-                    f"{job / 'metrics.jsonl'}: line{'s' if len(damaged) > 1 else ''} "
-                    f"{', '.join(map(str, damaged))} {'are' if len(damaged) > 1 else 'is'} not metrics rows "
-                    f"(JSON objects with an integer epoch): the report reads {rows[-1]['job']} without them"
-                )
+                left_out.append(f"{job / 'metrics.jsonl'}: {_damage_text(damaged)}")
         except PermissionError as e:  # another user's job on shared storage: the others still count
             if left_out is None:
                 raise
@@ -215,6 +211,19 @@ def _row(line: str) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     return row if isinstance(row, dict) and type(row.get("epoch")) is int else None
+
+
+def _damage_text(damaged: list[int]) -> str:
+    if len(damaged) == 1:
+        return (
+            f"line {damaged[0]} is not a metrics row (a JSON object with an integer epoch); "
+            "the report leaves it out"
+        )
+    numbers = ", ".join(map(str, damaged))
+    return (
+        f"lines {numbers} are not metrics rows (JSON objects with an integer epoch); "
+        "the report leaves them out"
+    )
 
 
 def damaged_lines(path: Path) -> list[int]:
