@@ -393,3 +393,27 @@ def test_a_demo_data_root_that_does_not_exist_is_refused_not_filled_with_the_dig
     line = one_error_line(err)
     assert code == 2 and said.format(typo) in line, err
     assert not typo.exists()
+
+
+def test_a_refused_resume_leaves_the_runs_own_hydra_files(demo_root: Path, tmp_path: Path, capsys):
+    """Hydra writes .hydra/ as a launch starts, before the run decides it may go on there: a
+    launch with other settings, refused, must not leave its settings as the run's (report reads
+    .hydra/overrides.yaml for a job's settings and its files' times for its start)."""
+    run = tmp_path / "run"
+    main(one_step_train(demo_root, run))
+    capsys.readouterr()
+    before = {p.name: p.read_text() for p in (run / ".hydra").iterdir()}
+    code, err = run_main([*one_step_train(demo_root, run), "trainer.seed=1"], capsys)
+    assert code == 2 and "was trained with other settings" in err, err
+    assert {p.name: p.read_text() for p in (run / ".hydra").iterdir()} == before
+    assert not (run / ".hydra.launch").exists()
+    main(one_step_train(demo_root, run))  # the same settings again: resumes (finished) and keeps them
+    assert "trainer.seed=1" not in (run / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_a_first_launch_that_fails_keeps_its_hydra_files_for_the_report(tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "data=folder", f"data.root={tmp_path / 'missing'}", f"hydra.run.dir={run}"]
+    code, _ = run_main(args, capsys)
+    assert code == 2
+    assert (run / ".hydra" / "overrides.yaml").is_file() and not (run / ".hydra.launch").exists()

@@ -48,6 +48,20 @@ def train_command(args: list[str]) -> None:
 
 def _train(dcfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+
+    from resnet_repro.cluster import distributed
+    from resnet_repro.training.metrics import settle_launch_files
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        return _train_launch(dcfg, run_dir)
+    finally:
+        if distributed.detect().is_main:  # this launch's Hydra files: the run's, or gone (a refusal)
+            settle_launch_files(run_dir)
+
+
+def _train_launch(dcfg: DictConfig, run_dir: Path) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
@@ -58,7 +72,6 @@ def _train(dcfg: DictConfig) -> float | None:
         cfg = to_dataclass(dcfg)
         validate(cfg)
         refuse_training_split_as_test(cfg.data)  # before any worker starts (prepare_data checks too)
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
         env = distributed.detect()
         local_launch = distributed.local_workers(cfg.trainer.nproc, env)
         # a batch-size conflict is refused here, once, before any worker or data loading starts

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -217,14 +219,43 @@ def git_info() -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
+# Where `train` has Hydra write its files (config, overrides) as a launch starts: they become the
+# run's .hydra/ once the run goes on in its directory (write_run_files), not before; a resume refused
+# for other settings must not leave them as the run's (report reads a job's settings there)
+LAUNCH_HYDRA_DIR = ".hydra.launch"
+
+
+def adopt_launch_files(run_dir: Path) -> None:
+    """This launch's Hydra files as the run's .hydra/ (the run goes on here, fresh or resumed)."""
+    staged = run_dir / LAUNCH_HYDRA_DIR
+    if staged.is_dir():
+        shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
+        os.replace(staged, run_dir / ".hydra")
+
+
+def settle_launch_files(run_dir: Path) -> None:
+    """At a launch's end: Hydra files it never adopted go where an earlier launch's exist (it was
+    refused, or failed before deciding), and become .hydra/ where none do (a failed sweep point's
+    report row still needs its overrides)."""
+    staged = run_dir / LAUNCH_HYDRA_DIR
+    if not staged.is_dir():
+        return
+    if (run_dir / ".hydra").is_dir():
+        shutil.rmtree(staged, ignore_errors=True)
+    else:
+        os.replace(staged, run_dir / ".hydra")
+
+
 def write_run_files(
     run_dir: Path, cfg: RootConfig, derived: Any, extra: dict[str, Any], notes: list[str] | None = None
 ) -> None:
-    """config.yaml (resolved; `notes` as comment lines at its end, so it still loads as a config)
-    and run.json (version, git, command line, derived values, `extra`)."""
+    """config.yaml (resolved; `notes` as comment lines at its end, so it still loads as a config),
+    run.json (version, git, command line, derived values, `extra`), and this launch's Hydra files
+    as .hydra/: the run goes on in this directory."""
     from omegaconf import OmegaConf
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    adopt_launch_files(run_dir)
     comments = "".join(f"# {line}\n" for line in notes or [])
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)) + comments)
     info = {
