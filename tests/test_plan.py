@@ -316,3 +316,9 @@ def test_a_progressive_ramp_past_the_last_epoch_is_a_warning_in_the_plan(capsys)
     assert f"warning: data.progressive.start_epoch=0 and {said} at 160 px, never at end_size=192" in table
     _, table = run_plan(capsys, "experiment=imagenet_paper", *IMAGENET, *ramp[:2])
     assert "data.progressive" not in table
+
+
+def test_a_holdout_size_is_named_as_typed_in_both_refusals():
+    from resnet_repro.data.holdout import size_text
+
+    assert [size_text(x) for x in (1000.0, 2e6, 0.05, 1)] == ["1000", "2000000", "0.05", "1"]

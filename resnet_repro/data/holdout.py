@@ -63,6 +63,11 @@ def stratified_indices(
     return sorted(chosen)
 
 
+def size_text(size: float) -> str:
+    """data.holdout.size as a user types it: 1000, not 1000.0 or 1e+03; a fraction as it is."""
+    return str(int(size)) if float(size).is_integer() else f"{size:g}"
+
+
 def holdout_count(size: float | int, num_images: int) -> int:
     """Number of images a holdout `size` means for a split of `num_images`.
 
@@ -103,8 +108,8 @@ def carve_holdout(train: FileList, size: float | int, seed: int) -> tuple[FileLi
     caps = [c - 1 for c in counts]  # a class never loses all its training images
     if total > sum(caps):
         raise UserError(
-            f"data.holdout.size={size} asks for {total} of {len(train)} training images, but at most "
-            f"{sum(caps)} can be held out while each of the {len(labels)} classes keeps one image"
+            f"data.holdout.size={size_text(size)} asks for {total} of {len(train)} training images, but "
+            f"at most {sum(caps)} can be held out while each of the {len(labels)} classes keeps one image"
         )
     alloc = allocate(counts, total, caps)
     held = stratified_indices(train.labels, dict(zip(labels, alloc, strict=True)), seed, PURPOSE_HOLDOUT)

@@ -75,14 +75,14 @@ def given_train_images(cfg: RootConfig) -> tuple[int, str]:
 def _less_holdout(cfg: RootConfig, images: int, classes: int) -> tuple[int, int]:
     """(images left to train on, images held out) of a training split of about `images` in
     `classes` classes; a holdout the run would refuse is refused here."""
-    from resnet_repro.data.holdout import holdout_count
+    from resnet_repro.data.holdout import holdout_count, size_text
 
     size = cfg.data.holdout.size
     held = holdout_count(size, images)
     if held > images - classes:
         raise UserError(
-            f"data.holdout.size={size:g} asks for {held} of about {images} training images, but at most "
-            f"{images - classes} can be held out while each of the {classes} classes keeps one image"
+            f"data.holdout.size={size_text(size)} asks for {held} of about {images} training images, but "
+            f"at most {images - classes} can be held out while each of the {classes} classes keeps one image"
         )
     return images - held, held
 
