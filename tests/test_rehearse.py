@@ -119,6 +119,15 @@ def test_the_check_gives_the_warnings_train_gives_at_its_start(capsys):
     assert all(w.endswith("(train warns of it too)") for w in warnings)
 
 
+def test_the_check_gives_the_listings_warning_of_an_exclusion_that_matches_no_file(tmp_path, capsys):
+    listed = tmp_path / "exclude.txt"
+    listed.write_text("train/0/nope.JPEG\n")
+    code, out, err = rehearse_check([f"data.exclude_files={listed}"], capsys)
+    assert code == 0, err
+    warnings = [line for line in out.splitlines() if line.startswith("  warning ")]
+    assert len(warnings) == 1 and "1 of 1 listed files are in neither train nor val" in warnings[0], out
+
+
 def test_stand_in_and_scan_together_are_refused_not_one_dropped(capsys):
     code, out, err = rehearse_check(["--stand-in", "--scan", "experiment=he2016"], capsys)
     assert code == 2 and out == ""

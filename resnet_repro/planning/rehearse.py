@@ -38,6 +38,7 @@ from resnet_repro.planning.rehearse_checks import (
     check_run_directory,
     cpu_equivalent,
     launch_description,
+    listing_warnings,
     memory_line,
     scan_files,
     visible_gpu_gib,
@@ -110,7 +111,8 @@ def check(
     cfg, substituted = cpu_equivalent(cfg)
     device = distributed.pick_device(cfg.trainer.device, DistEnv())
     check_device(cfg, device)
-    view = data_view(cfg, stand_in)
+    with listing_warnings() as listing_said:  # what the real run's listing warns of (unmatched exclusions)
+        view = data_view(cfg, stand_in)
     images, source = view.train_images, view.source
     stats_line = scanned_line = None
     if view.splits is not None:
@@ -201,7 +203,7 @@ def check(
         scanned=scanned_line,
         run_dir=run_dir_line,
         memory=memory_line(*memory) if memory is not None else None,
-        warnings=start_warnings(cfg, [], selection=None),
+        warnings=[*listing_said, *start_warnings(cfg, [], selection=None)],
     )
 
 

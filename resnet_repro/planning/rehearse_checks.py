@@ -4,7 +4,10 @@ checkpoint it resumes), the memory line on the target GPU, and `--scan`'s read o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,24 @@ class Shape:
     memory: str | None = None  # the estimate per process on the target GPU (None: a CPU run)
     # what train warns of at its start: a milestone or progressive ramp past the last epoch
     warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+@contextlib.contextmanager
+def listing_warnings() -> Iterator[list[str]]:
+    """The warnings the run's own code logs meanwhile (its data listing's: exclusions that match no
+    file), gathered for the verdict instead of lost: a check-only rehearsal has no log."""
+    found: list[str] = []
+
+    class Gather(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found.append(record.getMessage())
+
+    logger, handler = logging.getLogger("resnet_repro"), Gather(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
 
 
 def cpu_equivalent(cfg: RootConfig) -> tuple[RootConfig, list[str]]:
