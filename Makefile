@@ -52,6 +52,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 HOST := 127.0.0.1
 PORT := 6006
 tensorboard: $(STAMP) ## serve TensorBoard over runs/ and multiruns/ on localhost:6006 (HOST=0.0.0.0: all interfaces)
+	@[[ "$(PORT)" =~ ^[0-9]{1,5}$$ ]] && (( 10#$(PORT) >= 1 && 10#$(PORT) <= 65535 )) || { echo "error: PORT=$(PORT): expected a port number from 1 to 65535"; exit 2; }
 	$(BIN)/tensorboard --logdir . --port $(PORT) --host $(HOST)
 
 # The recipe's global batch 256 (trainer.global_batch) is split over the GPUS devices. The run
@@ -59,7 +60,7 @@ tensorboard: $(STAMP) ## serve TensorBoard over runs/ and multiruns/ on localhos
 # run again (after a stop, a crash or a reboot) resumes it (docs/cluster.md, "Rerunning resumes")
 train-imagenet: $(STAMP) ## torchvision's ResNet-50 recipe (EXPERIMENT=he2016: the paper as written): make train-imagenet DATA=/path/to/imagenet GPUS=8
 	@test -n "$(DATA)" || { echo "error: set DATA=/path/to/imagenet (with train/ and val/ inside)"; exit 2; }
-	$(BIN)/resnet-repro train experiment=$(EXPERIMENT) data.root=$(DATA) trainer.nproc=$(GPUS) $(ARGS)
+	$(BIN)/resnet-repro train experiment=$(EXPERIMENT) 'data.root=$(DATA)' trainer.nproc=$(GPUS) $(ARGS)
 
 # Sweep grid: weight decay x max norm (null = no clipping); override e.g. WD=1e-4,5e-5 MAX_NORM=null,1
 WD ?= 1e-4,5e-5,2e-4
@@ -69,16 +70,23 @@ PARTITION ?=
 # SEEDS=3: every point trained with seeds 0, 1, 2 (a trainer.seed axis), so `resnet-repro report`
 # can tell a difference from seed noise
 SEEDS ?= 1
-SEED_AXIS = $(if $(filter-out 1,$(SEEDS)),trainer.seed=$(shell seq -s, 0 $$(( $(SEEDS) - 1 ))))
+SEEDS_OK = $(shell [[ "$(SEEDS)" =~ ^[1-9][0-9]*$$ ]] && echo yes)
+SEED_AXIS = $(if $(SEEDS_OK),$(if $(filter-out 1,$(SEEDS)),trainer.seed=$(shell seq -s, 0 $$(( $(SEEDS) - 1 )))))
+CHECK_SEEDS = @test -n "$(SEEDS_OK)" || { echo "error: SEEDS=$(SEEDS): expected a whole number of seeds >= 1 (SEEDS=3: seeds 0, 1, 2)"; exit 2; }
+# Values in single quotes: a path or a list with spaces stays one override
 sweep: $(STAMP) ## local multirun: weight decay x max norm, one job after another (EXPERIMENT=demo works here)
+	$(CHECK_SEEDS)
 	$(BIN)/resnet-repro train -m experiment=$(EXPERIMENT) \
-		$(if $(DATA),data.root=$(DATA)) trainer.nproc=$(GPUS) \
-		optim.weight_decay=$(WD) stabilizer.max_norm=$(MAX_NORM) $(SEED_AXIS) $(ARGS)
+		$(if $(DATA),'data.root=$(DATA)') trainer.nproc=$(GPUS) \
+		'optim.weight_decay=$(WD)' 'stabilizer.max_norm=$(MAX_NORM)' $(SEED_AXIS) $(ARGS)
 
+# GPUS given on the command line sets each job's tasks and GPUs per node (else the launcher's 8)
 sweep-slurm: $(STAMP) ## the same sweep on SLURM via submitit: make sweep-slurm DATA=... PARTITION=gpu
-	$(BIN)/resnet-repro train -m hydra/launcher=slurm experiment=$(EXPERIMENT) $(if $(DATA),data.root=$(DATA)) \
-		$(if $(PARTITION),hydra.launcher.partition=$(PARTITION)) \
-		optim.weight_decay=$(WD) stabilizer.max_norm=$(MAX_NORM) $(SEED_AXIS) $(ARGS)
+	$(CHECK_SEEDS)
+	$(BIN)/resnet-repro train -m hydra/launcher=slurm experiment=$(EXPERIMENT) $(if $(DATA),'data.root=$(DATA)') \
+		$(if $(PARTITION),'hydra.launcher.partition=$(PARTITION)') \
+		$(if $(filter command line,$(origin GPUS)),hydra.launcher.tasks_per_node=$(GPUS) hydra.launcher.gpus_per_node=$(GPUS)) \
+		'optim.weight_decay=$(WD)' 'stabilizer.max_norm=$(MAX_NORM)' $(SEED_AXIS) $(ARGS)
 
 # The GPU node's kit, in the checkout (gpu_kit/ is git-ignored): the JPEG sample as a plain folder
 # (scripts/gpu_check.py reads gpu_kit/imagenet-sample first; SAMPLE=... for another one), the wheels

@@ -552,3 +552,18 @@ def test_stats_under_srun_with_trainer_nproc_is_refused_as_train_is(tmp_path, mo
                 logger.disabled = before.get(name, False)
     assert e.value.code == 2
     assert "trainer.nproc=4 under slurm, which started 8 processes itself" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("env", "name", "value"),
+    [
+        ({**TORCHRUN_ENV, "MASTER_PORT": "abc"}, "MASTER_PORT", "abc"),
+        ({**TORCHRUN_ENV, "RANK": "1.5"}, "RANK", "1.5"),
+        ({**SRUN_ENV, "MASTER_PORT": "29x"}, "MASTER_PORT", "29x"),
+        ({**SRUN_ENV, "SLURM_STEP_NUM_TASKS": "abc"}, "SLURM_STEP_NUM_TASKS", "abc"),
+    ],
+)
+def test_a_launcher_variable_that_is_not_a_number_is_one_line_naming_it(env, name, value):
+    said = rf"^{name}='{re.escape(value)}' in the environment is not a whole number"
+    with pytest.raises(UserError, match=said):
+        detect(env)

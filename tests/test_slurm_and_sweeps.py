@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -202,7 +203,7 @@ def make_dry_run(*args: str) -> str:
 def test_make_sweep_slurm_submits_the_weight_decay_by_max_norm_grid_to_the_partition():
     out = make_dry_run("sweep-slurm", "DATA=/d", "PARTITION=gpu")
     command = next(line for line in out.splitlines() if "resnet-repro train -m" in line)
-    tokens = command.split()
+    tokens = shlex.split(command)
     for expected in (
         "hydra/launcher=slurm",
         "hydra.launcher.partition=gpu",
@@ -214,16 +215,41 @@ def test_make_sweep_slurm_submits_the_weight_decay_by_max_norm_grid_to_the_parti
 
 
 def test_make_sweep_seeds_adds_a_seed_axis_to_the_grid():
-    tokens = make_dry_run("sweep", "EXPERIMENT=demo", "SEEDS=3").split()
+    tokens = shlex.split(make_dry_run("sweep", "EXPERIMENT=demo", "SEEDS=3"))
     assert "trainer.seed=0,1,2" in tokens
-    assert not any(t.startswith("trainer.seed=") for t in make_dry_run("sweep", "EXPERIMENT=demo").split())
+    one_seed = shlex.split(make_dry_run("sweep", "EXPERIMENT=demo"))
+    assert not any(t.startswith("trainer.seed=") for t in one_seed)
+
+
+@pytest.mark.parametrize("seeds", ["0", "0,1,2", "abc", "1.5", "-2"])
+@pytest.mark.parametrize("target", ["sweep", "sweep-slurm"])
+def test_make_sweep_refuses_a_seed_count_that_is_not_a_whole_number_before_any_job(target, seeds):
+    proc = subprocess.run(
+        ["make", "-s", target, "EXPERIMENT=demo", f"SEEDS={seeds}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+        env=clean_env(),
+    )
+    assert proc.returncode == 2 and "resnet-repro" not in proc.stdout
+    said = "expected a whole number of seeds >= 1 (SEEDS=3: seeds 0, 1, 2)"
+    assert proc.stdout.strip() == f"error: SEEDS={seeds}: {said}"
+
+
+def test_make_sweep_keeps_a_value_with_spaces_one_override_and_slurm_takes_gpus_per_job():
+    command = make_dry_run("sweep-slurm", "GPUS=4", "DATA=/data/image net", "WD=1e-4, 5e-5", "PARTITION=gpu")
+    tokens = shlex.split(next(line for line in command.splitlines() if "resnet-repro train -m" in line))
+    assert "data.root=/data/image net" in tokens and "optim.weight_decay=1e-4, 5e-5" in tokens
+    assert "hydra.launcher.tasks_per_node=4" in tokens and "hydra.launcher.gpus_per_node=4" in tokens
+    assert not any("tasks_per_node" in t for t in shlex.split(make_dry_run("sweep-slurm", "EXPERIMENT=demo")))
 
 
 def test_make_sweep_slurm_on_the_demo_needs_no_data_folder():
     out = make_dry_run("sweep-slurm", "EXPERIMENT=demo")
     command = next(line for line in out.splitlines() if "resnet-repro train -m" in line)
-    assert "experiment=demo" in command.split()
-    assert not any(t.startswith("data.root=") for t in command.split())
+    assert "experiment=demo" in shlex.split(command)
+    assert not any(t.startswith("data.root=") for t in shlex.split(command))
 
 
 def test_submitit_jobs_are_named_after_the_experiment():
@@ -239,7 +265,7 @@ def test_submitit_jobs_are_named_after_the_experiment():
 def test_make_sweep_runs_the_same_grid_one_job_after_another():
     out = make_dry_run("sweep", "EXPERIMENT=demo", "WD=1e-4", "MAX_NORM=null,1")
     command = next(line for line in out.splitlines() if "resnet-repro train -m" in line)
-    tokens = command.split()
+    tokens = shlex.split(command)
     assert not any(t.startswith("hydra/launcher=") for t in tokens)  # Hydra's basic launcher: in sequence
     for expected in (
         "experiment=demo",
@@ -478,3 +504,21 @@ def test_a_failing_sweep_point_does_not_stop_the_sweep(demo_root: Path, tmp_path
     errors = sorted(p.read_text() for p in sweep_dir.glob("*/error.txt"))
     assert len(errors) == 2 and all("optim.lr_per_256=" in e for e in errors)
     assert proc.stderr.count("resnet-repro: error: optim.lr_per_256=") == 2
+
+
+@pytest.mark.parametrize("script", ["train_imagenet.sbatch", "train_imagenet_multinode.sbatch"])
+def test_a_job_script_submitted_outside_the_checkout_is_one_line_naming_the_missing_tool(script, tmp_path):
+    env = {k: v for k, v in clean_env().items() if not k.startswith("SLURM_")}
+    proc = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "slurm" / script)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        env={**env, "DATA": "/data/imagenet"},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: no resnet-repro at {tmp_path}/.venv/bin/resnet-repro: submit from the checkout (make install "
+        "made .venv there) or set RESNET_REPRO=/path/to/resnet-repro"
+    ]

@@ -192,3 +192,11 @@ def test_make_tensorboard_listens_on_localhost_unless_host_is_given():
     assert "--host 127.0.0.1" in make_dry_run(HOST="my-laptop")  # an exported HOST does not widen it
     assert "--host 0.0.0.0" in make_dry_run("HOST=0.0.0.0")
     assert "--bind_all" not in make_dry_run()
+
+
+@pytest.mark.parametrize("port", ["abc", "0", "65536", "60 06"])
+def test_make_tensorboard_refuses_a_port_that_is_not_one_in_one_line(port: str):
+    command = ["make", "-s", "tensorboard", f"PORT={port}"]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert proc.returncode == 2 and "usage" not in proc.stderr
+    assert proc.stdout.strip() == f"error: PORT={port}: expected a port number from 1 to 65535"

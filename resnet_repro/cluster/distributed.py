@@ -80,30 +80,39 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
             )
         _refuse_torchrun_in_srun(env)
         return DistEnv(
-            rank=int(env["RANK"]),
-            local_rank=int(env["LOCAL_RANK"]),
-            world_size=int(env["WORLD_SIZE"]),
+            rank=_whole(env, "RANK"),
+            local_rank=_whole(env, "LOCAL_RANK"),
+            world_size=_whole(env, "WORLD_SIZE"),
             master_addr=env["MASTER_ADDR"],
-            master_port=int(env["MASTER_PORT"]),
+            master_port=_whole(env, "MASTER_PORT"),
             source="torchrun",
-            local_world_size=int(env["LOCAL_WORLD_SIZE"]) if env.get("LOCAL_WORLD_SIZE") else None,
+            local_world_size=_whole(env, "LOCAL_WORLD_SIZE") if env.get("LOCAL_WORLD_SIZE") else None,
         )
     # Only inside an `srun` step is each process one task of the job: srun sets SLURM_STEP_NUM_TASKS.
     # The batch shell of an sbatch job (which may also carry SLURM_PROCID=0 and SLURM_NTASKS=8) is a
     # single process that may launch its own workers.
-    if "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
+    if "SLURM_PROCID" in env and _whole(env, "SLURM_STEP_NUM_TASKS", default="1") > 1:
         missing = [v for v in SLURM_VARS if v not in env]
         if missing:
             raise UserError(f"partial SLURM environment: {', '.join(missing)} missing under srun")
         return DistEnv(
-            rank=int(env["SLURM_PROCID"]),
-            local_rank=int(env["SLURM_LOCALID"]),
-            world_size=int(env["SLURM_STEP_NUM_TASKS"]),
+            rank=_whole(env, "SLURM_PROCID"),
+            local_rank=_whole(env, "SLURM_LOCALID"),
+            world_size=_whole(env, "SLURM_STEP_NUM_TASKS"),
             master_addr=env.get("MASTER_ADDR") or slurm.rendezvous_host(env),
-            master_port=int(env.get("MASTER_PORT") or slurm.rendezvous_port(env)),
+            master_port=_whole(env, "MASTER_PORT", default=str(slurm.rendezvous_port(env))),
             source="slurm",
         )
     return DistEnv()
+
+
+def _whole(env: Mapping[str, str], name: str, default: str | None = None) -> int:
+    """An environment variable that must hold a whole number (a rank, a size, a port), or one line;
+    `default` where it is unset or empty."""
+    value = (env.get(name) or default) if default is not None else env[name]
+    if not value.strip().isdigit():
+        raise UserError(f"{name}={value!r} in the environment is not a whole number (rank, count, port)")
+    return int(value)
 
 
 def local_workers(nproc: int, env: DistEnv) -> bool:
