@@ -519,6 +519,6 @@ def test_a_job_script_submitted_outside_the_checkout_is_one_line_naming_the_miss
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"error: no resnet-repro at {tmp_path}/.venv/bin/resnet-repro: submit from the checkout (make install "
-        "made .venv there) or set RESNET_REPRO=/path/to/resnet-repro"
+        f"error: no resnet-repro at {tmp_path}/.venv/bin/resnet-repro: submit from the checkout "
+        "(make install made .venv there) or set RESNET_REPRO=/path/to/resnet-repro"
     ]
