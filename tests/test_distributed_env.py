@@ -567,3 +567,23 @@ def test_a_launcher_variable_that_is_not_a_number_is_one_line_naming_it(env, nam
     said = rf"^{name}='{re.escape(value)}' in the environment is not a whole number"
     with pytest.raises(UserError, match=said):
         detect(env)
+
+
+def test_a_rank_other_than_0_shows_its_job_config_with_cfg_job(tmp_path, monkeypatch, capsys):
+    """Rank 3 of an srun step adds its own Hydra overrides (no .hydra/, no log file): beside the
+    user's, not after --cfg job, where Hydra's parser refused them."""
+    import logging
+
+    from resnet_repro.cli import main
+
+    for key, value in SRUN_ENV.items():
+        monkeypatch.setenv(key, value)
+    loggers = logging.root.manager.loggerDict
+    before = {name: logger.disabled for name, logger in loggers.items() if isinstance(logger, logging.Logger)}
+    try:
+        main(["train", "--cfg", "job", "trainer.epochs=2", f"hydra.run.dir={tmp_path}"])
+    finally:
+        for name, logger in list(loggers.items()):
+            if isinstance(logger, logging.Logger):
+                logger.disabled = before.get(name, False)
+    assert "epochs: 2" in capsys.readouterr().out

@@ -217,19 +217,16 @@ def hydra_command(
         rank = distributed.detect().rank
     except UserError as e:
         fail(str(e))
-    if command == "train" and not any(a.startswith("hydra.output_subdir=") for a in args):
+    extra: list[str] = []
+    if rank != 0:  # only rank 0 writes Hydra's config copy and log file into the run directory
+        extra = ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    elif command == "train" and not any(a.startswith("hydra.output_subdir=") for a in args):
         from resnet_repro.training.metrics import LAUNCH_HYDRA_DIR
 
-        # beside the other overrides: Hydra's parser takes them as one run of arguments
-        at = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
-        args = [*args[:at], f"hydra.output_subdir={LAUNCH_HYDRA_DIR}", *args[at:]]  # .hydra/ once it goes on
-    if rank != 0:  # only rank 0 writes Hydra's config copy and log file into the run directory
-        args = [
-            *args,
-            "hydra.output_subdir=null",
-            "hydra/job_logging=disabled",
-            "hydra/hydra_logging=disabled",
-        ]
+        extra = [f"hydra.output_subdir={LAUNCH_HYDRA_DIR}"]  # .hydra/ once the run goes on there
+    # beside the other overrides: Hydra's parser takes them as one run of arguments (not after --cfg)
+    at = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
+    args = [*args[:at], *extra, *args[at:]]
     sys.argv = [f"{PROG} {command}", *args]
 
     def guarded(cfg: DictConfig) -> object:
