@@ -137,7 +137,7 @@ def test_an_unwritable_stats_location_fails_before_the_pass(root: Path, tmp_path
     blocker.write_text("a file where the stats folder would go")  # (root may write anywhere: no chmod)
     cfg = data_cfg(root, stats=StatsConfig(path=str(blocker / "stats.json")))
     monkeypatch.setattr(normalization, "compute_record", lambda *a: pytest.fail("the pass ran"))
-    with pytest.raises(UserError, match="cannot write the stats file .*data.stats.path"):
+    with pytest.raises(UserError, match=r"data.stats.path=.*: .*not-a-folder is a file, not a folder"):
         resolve(cfg, load_file_lists(cfg), DistEnv(), CPU)
 
 
