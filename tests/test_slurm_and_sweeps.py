@@ -504,21 +504,3 @@ def test_a_failing_sweep_point_does_not_stop_the_sweep(demo_root: Path, tmp_path
     errors = sorted(p.read_text() for p in sweep_dir.glob("*/error.txt"))
     assert len(errors) == 2 and all("optim.lr_per_256=" in e for e in errors)
     assert proc.stderr.count("resnet-repro: error: optim.lr_per_256=") == 2
-
-
-@pytest.mark.parametrize("script", ["train_imagenet.sbatch", "train_imagenet_multinode.sbatch"])
-def test_a_job_script_submitted_outside_the_checkout_is_one_line_naming_the_missing_tool(script, tmp_path):
-    env = {k: v for k, v in clean_env().items() if not k.startswith("SLURM_")}
-    proc = subprocess.run(
-        ["bash", str(REPO_ROOT / "scripts" / "slurm" / script)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-        env={**env, "DATA": "/data/imagenet"},
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        f"error: no resnet-repro at {tmp_path}/.venv/bin/resnet-repro: submit from the checkout "
-        "(make install made .venv there) or set RESNET_REPRO=/path/to/resnet-repro"
-    ]
