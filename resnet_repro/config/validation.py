@@ -249,8 +249,11 @@ def _validate_holdout_and_stats(d: DataConfig) -> None:
         raise UserError("data.holdout.stats_from=train_minus_holdout needs a holdout: set data.holdout.size")
     if d.stats.max_images is not None and d.stats.max_images <= 0:
         raise UserError(f"data.stats.max_images={d.stats.max_images} must be positive or null")
-    seeds = (("data.holdout.seed", d.holdout.seed), ("data.stats.seed", d.stats.seed))
-    for key, seed in (*seeds, ("data.subset.seed", d.subset.seed)):
+    for key, seed in (
+        ("data.holdout.seed", d.holdout.seed),
+        ("data.stats.seed", d.stats.seed),
+        ("data.subset.seed", d.subset.seed),
+    ):
         if seed is not None and seed < 0:
             raise UserError(f"{key}={seed} must be a non-negative integer")
     if d.stats.resize is not None and d.stats.resize < 1:
