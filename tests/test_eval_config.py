@@ -97,9 +97,24 @@ def test_a_normalization_on_the_command_line_is_named_in_the_note():
     assert "normalization the run's (stored in the checkpoint)" in note and "NOTE" not in note
 
 
+def test_a_checkpoint_that_stores_no_normalization_is_not_said_to_store_one():
+    # checkpoints written before the normalization was stored: eval resolves it from the run's config
+    saved = trained_config()
+    saved["data"]["normalization"] = "computed"
+    _, note = eval_config(command_line(), saved, explicit={"checkpoint"}, stores_normalization=False)
+    assert "normalization computed as the run's config names it, resolved again (this checkpoint " in note
+    assert "stored in the checkpoint" not in note
+    named = {"checkpoint", "data.normalization"}
+    _, note = eval_config(
+        command_line(normalization="none"), saved, explicit=named, stores_normalization=False
+    )
+    assert "NOTE normalization none from the command line, not the one the run trained with" in note
+    assert "stored in the checkpoint" not in note
+
+
 @pytest.mark.parametrize("keys", [{"data.mean"}, {"data.mean", "data.std"}])
 def test_a_mean_or_std_without_a_normalization_is_refused_not_ignored(keys: set[str]):
-    said = r"eval uses the normalization stored in the checkpoint; to replace it"
+    said = r"eval uses the run's normalization \(stored in the checkpoint, or .*\); to replace it"
     with pytest.raises(UserError, match=said):
         eval_config(command_line(), trained_config(), explicit={"checkpoint", *keys})
     named = {"checkpoint", "data.normalization", *keys}

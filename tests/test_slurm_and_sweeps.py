@@ -491,16 +491,133 @@ def test_preemption_on_the_last_step_of_an_epoch_resumes_and_finishes(demo_root:
     assert val_epochs == [1, 2, 3]
 
 
-def test_a_failing_sweep_point_does_not_stop_the_sweep(demo_root: Path, tmp_path: Path):
+TINY_POINT = (
+    "trainer.epochs=1",
+    "stabilizer.warmup_epochs=0",
+    "trainer.batch_size=16",
+    "trainer.max_steps_per_epoch=2",
+    "data.max_eval_images=40",
+    "schedule.milestones=[]",
+    "logging.progress=false",
+    "logging.tensorboard=false",
+)
+
+
+def test_a_point_that_fails_as_it_runs_does_not_stop_the_sweep_and_the_sweep_exits_2(
+    demo_root: Path, tmp_path: Path
+):
+    # 11 classes of the demo's 10: valid settings, refused once the data is listed (in the job)
     sweep_dir = tmp_path / "sweep"
     proc = run_cli(
         "train",
         "-m",
         f"data.root={demo_root}",
-        "optim.lr_per_256=-1,-2",  # both invalid: the second still runs after the first failed
+        "data.subset.classes=11,2",
+        *TINY_POINT,
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (failed,) = [p.parent for p in sweep_dir.glob("*/error.txt")]
+    assert failed.name.startswith("data.subset.classes=11,")
+    (finished,) = [p.parent for p in sweep_dir.glob("*/final.json")]  # the point after it trained
+    assert finished.name.startswith("data.subset.classes=2,")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"resnet-repro: error: 1 of 2 sweep points failed: {failed} (data.subset.classes=11 "
+    )
+    assert f"`resnet-repro report {sweep_dir}` lists them" in last
+
+
+def test_a_point_stopped_by_a_non_finite_loss_is_a_result_the_sweep_exits_0_and_counts_it(
+    demo_root: Path, tmp_path: Path
+):
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli(
+        "train",
+        "-m",
+        f"data.root={demo_root}",
+        "optim.lr_per_256=0.1,1e12",
+        *TINY_POINT,
         f"hydra.sweep.dir={sweep_dir}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    errors = sorted(p.read_text() for p in sweep_dir.glob("*/error.txt"))
-    assert len(errors) == 2 and all("optim.lr_per_256=" in e for e in errors)
-    assert proc.stderr.count("resnet-repro: error: optim.lr_per_256=") == 2
+    (diverged,) = [p.parent for p in sweep_dir.glob("*/nonfinite_report.json")]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"resnet-repro: warning: 1 of 2 sweep points stopped on a non-finite loss: {diverged}; "
+        f"`resnet-repro report {sweep_dir}` counts them as diverged"
+    )
+
+
+@pytest.mark.parametrize(
+    ("points", "named", "reason"),
+    [
+        ("optim.weight_decay=1e-4,-1", "sweep point 2 of 2 (optim.weight_decay=-1)", "must be >= 0"),
+        ("optim.weight_decay=1e-4,abc", "sweep point 2 of 2 (optim.weight_decay=abc)", "abc"),
+        (
+            "trainer.epochs=3,1",  # the preset's warm-up of 1 epoch fits the first point only
+            "sweep point 2 of 2 (trainer.epochs=1)",
+            "must be shorter than trainer.epochs=1",
+        ),
+    ],
+    ids=["out-of-range", "wrong-type", "cross-field"],
+)
+def test_a_bad_value_in_a_later_sweep_point_is_refused_before_the_first_point_starts(
+    demo_root: Path, tmp_path: Path, points: str, named: str, reason: str
+):
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli("train", "-m", f"data.root={demo_root}", points, f"hydra.sweep.dir={sweep_dir}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"resnet-repro: error: {named}: ") and line.endswith("; no point was started")
+    assert reason in line
+    assert not sweep_dir.exists()  # nothing trained, nothing written
+
+
+def test_a_slurm_sweep_point_whose_batch_the_launchers_tasks_cannot_split_is_refused_before_submission(
+    tmp_path: Path,
+):
+    # submitit's launcher gives each job nodes x tasks_per_node ranks: 3 do not split a batch of 256
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli(
+        "train",
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.tasks_per_node=2,3",
+        "trainer.global_batch=256",
+        "trainer.batch_size=null",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("resnet-repro: error: sweep point 2 of 2 (hydra.launcher.tasks_per_node=3): ")
+    assert "trainer.global_batch=256 is not divisible by the world size 3" in line
+    assert not sweep_dir.exists()  # no job was submitted
+
+
+def test_a_reused_sweep_folder_counts_only_the_reasons_this_sweep_wrote(tmp_path: Path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from resnet_repro.commands import sweep_outcome
+
+    monkeypatch.setattr(sweep_outcome, "_SWEEPS", [])
+    sweep_dir = tmp_path / "sweep"
+    old = sweep_dir / "optim.weight_decay=1" / "error.txt"  # an earlier sweep's failed point
+    old.parent.mkdir(parents=True)
+    old.write_text("an earlier reason\n")
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
+    sweep_outcome.SweepOutcome().on_multirun_start(config=config)
+    for name, files in {
+        "optim.weight_decay=2": {"error.txt": "a bad combination\n"},
+        "optim.weight_decay=3": {"error.txt": "non-finite loss\n", "nonfinite_report.json": "{}"},
+        "optim.weight_decay=4": {"final.json": "{}"},
+    }.items():
+        (sweep_dir / name).mkdir()
+        for file, text in files.items():
+            (sweep_dir / name / file).write_text(text)
+    end = sweep_outcome.ended_on_error()
+    assert end == (sweep_dir, [sweep_dir / "optim.weight_decay=2"], [sweep_dir / "optim.weight_decay=3"])
+    assert sweep_outcome.first_line(end.failed[0]) == "a bad combination"
+    old.write_text("the same point failed again\n")  # rewritten by this sweep: counted
+    os.utime(old, ns=(old.stat().st_atime_ns, old.stat().st_mtime_ns + 10**9))
+    assert sweep_outcome.ended_on_error().failed == [old.parent, sweep_dir / "optim.weight_decay=2"]

@@ -104,7 +104,9 @@ def load_model_for_eval(
     return model.to(device)
 
 
-def eval_config(cfg: RootConfig, saved: dict[str, Any] | None, explicit: set[str]) -> tuple[RootConfig, str]:
+def eval_config(
+    cfg: RootConfig, saved: dict[str, Any] | None, explicit: set[str], stores_normalization: bool = True
+) -> tuple[RootConfig, str]:
     """The config `resnet-repro eval` runs with, and a one-line account of where it came from.
 
     For a checkpoint of this tool (`saved` = its run's config), the data section (root, splits,
@@ -114,7 +116,9 @@ def eval_config(cfg: RootConfig, saved: dict[str, Any] | None, explicit: set[str
     another `data` group or `experiment` takes the composed data section whole. Without `saved`
     (a plain state dict) the composed config is used as it is. The run's model is the checkpoint's:
     model keys on the command line are refused, not ignored; normalization keys replace the
-    normalization the checkpoint stores (see `normalization_named`), and the note says so.
+    normalization the checkpoint stores (see `normalization_named`), and the note says so. A
+    checkpoint older than the stored normalization (`stores_normalization` false) has its run's
+    normalization resolved again from the config, and the note says that instead.
     """
     from omegaconf import OmegaConf
 
@@ -166,10 +170,15 @@ def eval_config(cfg: RootConfig, saved: dict[str, Any] | None, explicit: set[str
     if normalization_named(explicit):
         note += (
             f"; NOTE normalization {data.normalization} from the command line, not the one the run "
-            "trained with (stored in the checkpoint)"
+            f"trained with{' (stored in the checkpoint)' if stores_normalization else ''}"
         )
-    else:
+    elif stores_normalization:
         note += ", normalization the run's (stored in the checkpoint)"
+    else:
+        note += (
+            f", normalization {data.normalization} as the run's config names it, resolved again (this "
+            "checkpoint stores none)"
+        )
     refuse_training_split_as_test(data)
     return out, note
 
@@ -183,8 +192,8 @@ def normalization_named(explicit: set[str]) -> bool:
     alone = sorted(explicit & {"data.mean", "data.std"})
     if alone:
         raise UserError(
-            f"{' and '.join(alone)} on the command line: eval uses the normalization stored in the "
-            "checkpoint; to replace it, give data.normalization=published too"
+            f"{' and '.join(alone)} on the command line: eval uses the run's normalization (stored in "
+            "the checkpoint, or named in its run's config); to replace it, give data.normalization=published too"
         )
     return False
 
@@ -286,7 +295,7 @@ def evaluate_checkpoint(cfg: RootConfig, path: str, explicit: set[str] | None = 
 
     state = checkpoint.load(path)
     saved = state.get("config") if isinstance(state.get("config"), dict) and "model" in state else None
-    cfg, note = eval_config(cfg, saved, explicit or set())
+    cfg, note = eval_config(cfg, saved, explicit or set(), stores_normalization="normalization" in state)
     env = distributed.detect()
     if env.is_main:
         print(note, file=sys.stderr, flush=True)

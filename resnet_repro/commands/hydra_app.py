@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -173,10 +173,16 @@ def refuse_unknown_options(args: list[str], command: str, own: Sequence[str] = (
 
 
 def hydra_command(
-    task: Callable[[DictConfig], object], args: list[str], command: str, help_text: str = ""
-) -> None:
+    task: Callable[[DictConfig], object],
+    args: list[str],
+    command: str,
+    help_text: str = "",
+    check_point: Callable[[RootConfig, DictConfig], None] | None = None,
+) -> int | None:
     """Run `task` under hydra.main with `args` as the command-line overrides; `help_text`: what
-    `<command> --help` says above the config groups."""
+    `<command> --help` says above the config groups; `check_point(cfg, launcher)`: the checks
+    every point of a `-m` sweep passes before its first job starts (a UserError refuses the sweep).
+    Returns the number of jobs composed beforehand (None where Hydra's own flags are given)."""
     import hydra
     from omegaconf import OmegaConf
 
@@ -191,7 +197,7 @@ def hydra_command(
         )
     try:
         check_override_keys(args, groups=[d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()])
-        _compose_first_job(args, command)
+        jobs = _compose_before_launch(args, command, check_point)
     except UserError as e:
         fail(str(e))
     for line in deprecation_warnings(args):
@@ -241,21 +247,30 @@ def hydra_command(
             fail(line)
 
     hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(guarded)()
+    return jobs
 
 
-def _compose_first_job(args: list[str], command: str) -> None:
+def _compose_before_launch(
+    args: list[str], command: str, check_point: Callable[[RootConfig, DictConfig], None] | None
+) -> int | None:
     """Compose the command's (first) job before Hydra runs it, so that a composition error is one
-    line and exit 2, as everywhere else, not Hydra's multi-line report and exit 1. Where Hydra's
-    own flags are given (--cfg, --info, ...) Hydra reports."""
+    line and exit 2, as everywhere else, not Hydra's multi-line report and exit 1; for a sweep with
+    `check_point`, compose and check every point, so that a bad value in its last point is refused
+    before the first one trains. Where Hydra's own flags are given (--cfg, --info, ...) Hydra
+    reports (None). Returns the number of jobs."""
     from resnet_repro.planning.plan import expand_sweep
 
     multirun = {"-m", "--multirun"} & set(args)
     overrides = [a for a in args if a not in ("-m", "--multirun")]
     if any(a.startswith("-") for a in overrides):
-        return
-    first = next(iter(expand_sweep(overrides, bool(multirun))), None)
-    if first is None:
-        return
+        return None
+    jobs = list(expand_sweep(overrides, bool(multirun)))
+    if not jobs:
+        return 0
+    if multirun and check_point is not None:
+        _check_every_point(jobs, check_point)
+        return len(jobs)
+    first = jobs[0]
     dcfg = _compose(first)
     if command == "train" and not multirun:  # Hydra makes the run directory: a traceback if it cannot
         from resnet_repro.planning.rehearse_checks import real_run_dir
@@ -265,6 +280,26 @@ def _compose_first_job(args: list[str], command: str) -> None:
         problem = None if run_dir is None else run_dir_problem(run_dir)
         if problem is not None:
             raise UserError(problem)
+    return len(jobs)
+
+
+def _check_every_point(jobs: list[list[str]], check_point: Callable[[RootConfig, DictConfig], None]) -> None:
+    """Each point of a sweep composed and checked (`check_point(cfg, launcher)`); the first that
+    fails is refused, named by the overrides that set it apart from the other points."""
+    shared = set.intersection(*(set(job) for job in jobs))
+    with _composer() as compose_one:
+        for number, job in enumerate(jobs, start=1):
+            try:
+                dcfg = compose_one(job)
+                launcher = dcfg.hydra.launcher
+                check_point(_job_config(dcfg), launcher)
+            except UserError as e:
+                if len(jobs) == 1:
+                    raise
+                own = " ".join(o for o in job if o not in shared)
+                raise UserError(
+                    f"sweep point {number} of {len(jobs)} ({own}): {e}; no point was started"
+                ) from e
 
 
 def record_failure(run_dir: Path, message: str) -> None:
@@ -289,16 +324,27 @@ def _compose(job: list[str]) -> DictConfig:
     """One job's config as Hydra composes it (with its `hydra` node); a composition error (an
     unknown group option, a value of the wrong type, an override that does not parse) as a
     one-line UserError."""
+    with _composer() as compose_one:
+        return compose_one(job)
+
+
+@contextlib.contextmanager
+def _composer() -> Iterator[Callable[[list[str]], DictConfig]]:
+    """`_compose` for many jobs: Hydra initialized once for all of them (a fifth less time each)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
+    def compose_one(job: list[str]) -> DictConfig:
+        try:
+            return compose(config_name="config", overrides=job, return_hydra_config=True)
+        except HydraException as e:
+            raise UserError(hydra_error_line(e)) from e
+
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-            return compose(config_name="config", overrides=job, return_hydra_config=True)
-    except HydraException as e:
-        raise UserError(hydra_error_line(e)) from e
+            yield compose_one
     finally:
         GlobalHydra.instance().clear()
 
@@ -314,10 +360,11 @@ def compose_jobs(args: list[str]) -> list[tuple[list[str], RootConfig, DictConfi
     register_configs()
     check_override_keys(overrides, groups=[d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()])
     jobs = []
-    for job in expand_sweep(overrides, multirun):
-        dcfg = _compose(job)
-        launcher = dcfg.hydra.launcher
-        jobs.append((job, _job_config(dcfg), launcher))
+    with _composer() as compose_one:
+        for job in expand_sweep(overrides, multirun):
+            dcfg = compose_one(job)
+            launcher = dcfg.hydra.launcher
+            jobs.append((job, _job_config(dcfg), launcher))
     return jobs
 
 

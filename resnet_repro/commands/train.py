@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from resnet_repro.commands.hydra_app import PROG, fail, hydra_command, record_failure
 from resnet_repro.config import (
+    RootConfig,
     UserError,
     files_as_user_errors,
     per_device_batch,
@@ -43,7 +44,48 @@ example:
 
 
 def train_command(args: list[str]) -> None:
-    hydra_command(_train, args, "train", HELP)
+    points = hydra_command(_train, args, "train", HELP, check_point=_check_sweep_point)
+    if {"-m", "--multirun"} & set(args):
+        _sweep_end(points)
+
+
+def _check_job(cfg: RootConfig, world_size: int) -> None:
+    """The checks of a job's settings before anything starts: a run's, and every point's of a
+    sweep before its first job (`_check_sweep_point`)."""
+    validate(cfg)
+    refuse_training_split_as_test(cfg.data)  # before any worker starts (prepare_data checks too)
+    # a batch-size conflict is refused here, once, before any worker or data loading starts
+    per_device_batch(cfg.trainer, world_size)
+
+
+def _check_sweep_point(cfg: RootConfig, launcher: DictConfig) -> None:
+    """`_check_job` for a sweep point, with the world size its launcher will give it (submitit's
+    SLURM launcher: nodes x tasks_per_node; else trainer.nproc, as `train` decides)."""
+    from resnet_repro.planning.rehearse_checks import launcher_description
+
+    _check_job(cfg, launcher_description(launcher, cfg.trainer.nproc)[1])
+
+
+def _sweep_end(points: int | None) -> None:
+    """After a sweep's last job: the points a non-finite loss stopped (a result: exit 0) and those
+    that failed on another error (exit 2), each counted in one line, with the first one's folder
+    and reason."""
+    from resnet_repro.commands.sweep_outcome import ended_on_error, first_line
+
+    end = ended_on_error()
+    report = f"`{PROG} report {end.sweep_dir}`"
+
+    def count(dirs: list[Path], what: str) -> str:
+        of = f" of {points}" if points else ""
+        example = "e.g. " if len(dirs) > 1 else ""
+        return f"{len(dirs)}{of} sweep points {what}: {example}{dirs[0]}"
+
+    if end.diverged:
+        diverged = count(end.diverged, "stopped on a non-finite loss")
+        print(f"{PROG}: warning: {diverged}; {report} counts them as diverged", file=sys.stderr)
+    if end.failed:
+        failed = f"{count(end.failed, 'failed')} ({first_line(end.failed[0])})"
+        fail(f"{failed}; each reason is in its point's error.txt, {report} lists them")
 
 
 def _train(dcfg: DictConfig) -> float | None:
@@ -70,12 +112,9 @@ def _train_launch(dcfg: DictConfig, run_dir: Path) -> float | None:
 
     try:
         cfg = to_dataclass(dcfg)
-        validate(cfg)
-        refuse_training_split_as_test(cfg.data)  # before any worker starts (prepare_data checks too)
         env = distributed.detect()
         local_launch = distributed.local_workers(cfg.trainer.nproc, env)
-        # a batch-size conflict is refused here, once, before any worker or data loading starts
-        per_device_batch(cfg.trainer, cfg.trainer.nproc if local_launch else env.world_size)
+        _check_job(cfg, cfg.trainer.nproc if local_launch else env.world_size)
         if env.source == "single":
             _warn_of_batch_shell(cfg.trainer.nproc)
         if local_launch:
