@@ -120,15 +120,24 @@ SLURM_JOB_ENV = {
 }
 
 
+def stand_in_entry_point(path: Path) -> Path:
+    """An executable where the scripts look for resnet-repro (the fake srun never runs it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
 @pytest.mark.parametrize("script", SBATCH_SCRIPTS, ids=SBATCH_IDS)
 def test_sbatch_script_runs_srun_with_the_paper_recipe_and_extra_overrides(script: Path, tmp_path: Path):
+    entry = stand_in_entry_point(tmp_path / "venv" / "bin" / "resnet-repro")
     proc = run_sbatch_script(
-        script, tmp_path, DATA="/data/imagenet", RESNET_REPRO="/fake/resnet-repro", **SLURM_JOB_ENV
+        script, tmp_path, DATA="/data/imagenet", RESNET_REPRO=str(entry), **SLURM_JOB_ENV
     )
     assert proc.returncode == 0, proc.stderr
     expected = [
         "--kill-on-bad-exit=1",
-        "/fake/resnet-repro",
+        str(entry),
         "train",
         "experiment=imagenet_paper",
         "data.root=/data/imagenet",
@@ -141,12 +150,32 @@ def test_sbatch_script_runs_srun_with_the_paper_recipe_and_extra_overrides(scrip
 @pytest.mark.parametrize("script", SBATCH_SCRIPTS, ids=SBATCH_IDS)
 def test_sbatch_script_defaults_to_the_venv_entry_point_of_the_submit_dir(script: Path, tmp_path: Path):
     submit_dir = tmp_path / "checkout"
-    submit_dir.mkdir()
+    stand_in_entry_point(submit_dir / ".venv" / "bin" / "resnet-repro")
     env = {**SLURM_JOB_ENV, "SLURM_SUBMIT_DIR": str(submit_dir)}
     proc = run_sbatch_script(script, tmp_path, DATA="/data/imagenet", **env)
     assert proc.returncode == 0, proc.stderr
     args = log_lines(tmp_path / "srun.args")
     assert args[1] == str(submit_dir / ".venv" / "bin" / "resnet-repro")
+
+
+@pytest.mark.parametrize("script", SBATCH_SCRIPTS, ids=SBATCH_IDS)
+def test_sbatch_script_submitted_outside_the_checkout_fails_once_naming_the_entry_point(
+    script: Path, tmp_path: Path
+):
+    # sbatch from another folder: $SLURM_SUBMIT_DIR/.venv/bin/resnet-repro does not exist. Before,
+    # every srun task failed on its own (exit 127); now the batch shell says it once, before srun.
+    elsewhere = tmp_path / "home"
+    elsewhere.mkdir()
+    env = {**SLURM_JOB_ENV, "SLURM_SUBMIT_DIR": str(elsewhere)}
+    proc = run_sbatch_script(script, tmp_path, DATA="/data/imagenet", **env)
+    assert proc.returncode == 2
+    missing = elsewhere / ".venv" / "bin" / "resnet-repro"
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(
+        f"resnet-repro: error: {missing} is not an executable file: submit from the checkout"
+    )
+    assert "RESNET_REPRO=" in line
+    assert not (tmp_path / "srun.log").exists()  # nothing was launched
 
 
 @pytest.mark.parametrize("script", SBATCH_SCRIPTS, ids=SBATCH_IDS)
