@@ -417,3 +417,14 @@ def test_a_first_launch_that_fails_keeps_its_hydra_files_for_the_report(tmp_path
     code, _ = run_main(args, capsys)
     assert code == 2
     assert (run / ".hydra" / "overrides.yaml").is_file() and not (run / ".hydra.launch").exists()
+
+
+def test_an_image_size_too_large_for_torch_to_size_is_one_line_from_rehearse(
+    tmp_path: Path, monkeypatch, capsys
+):
+    # the memory check sizes the activations on the meta device: torch refused 1e9 px with a traceback
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(["rehearse", "--check-only", "--stand-in", "data.image_size=1000000000"], capsys)
+    line = one_error_line(err)
+    assert code == 2 and line.startswith("resnet-repro: error: a training crop of 1000000000 px is too large")
+    assert "data.image_size" in line

@@ -188,6 +188,19 @@ def test_validate_accepts_the_default_config_with_each_precision(default_cfg):
         ("bench.num_classes=0", "bench.num_classes=0 must be >= 1"),
         ("data.stats.batch_size=0", "data.stats.batch_size=0 must be a positive number of images"),
         ("data.subset.seed=-1", "data.subset.seed=-1 must be a non-negative integer"),
+        # found by trying every numeric key at -1, 0 and 1e9 through `rehearse --check-only`:
+        # a warning that never comes, a ramp whose every size is the step (beyond its end size)
+        ("stabilizer.loss_warn_after_epochs=0", "stabilizer.loss_warn_after_epochs=0 must be at least 1"),
+        ("stabilizer.loss_warn_after_epochs=-1", "stabilizer.loss_warn_after_epochs=-1 must be at least 1"),
+        ("stabilizer.loss_warn_threshold=0", "stabilizer.loss_warn_threshold=0.0 must be positive"),
+        (
+            "data.progressive.start_size=128 data.progressive.end_size=192 data.progressive.step=256",
+            "data.progressive.step=256 must be at most the smaller of start_size=128 and end_size=192",
+        ),
+        (
+            "data.progressive.start_size=128 data.progressive.end_size=192 data.progressive.start_epoch=-1",
+            "data.progressive.start_epoch=-1 must be >= 0",
+        ),
     ],
 )
 def test_validate_names_the_bad_value(default_cfg, override, named):

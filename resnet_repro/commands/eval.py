@@ -193,7 +193,8 @@ def normalization_named(explicit: set[str]) -> bool:
     if alone:
         raise UserError(
             f"{' and '.join(alone)} on the command line: eval uses the run's normalization (stored in "
-            "the checkpoint, or named in its run's config); to replace it, give data.normalization=published too"
+            "the checkpoint, or named in its run's config); to replace it, give "
+            "data.normalization=published too"
         )
     return False
 

@@ -229,6 +229,13 @@ def _validate_progressive(d: DataConfig) -> None:
             f"data.progressive.start_size={pr.start_size} needs a positive end_size (it is "
             f"{pr.end_size}) and step (it is {pr.step}), in pixels"
         )
+    if pr.step > min(pr.start_size, pr.end_size):
+        raise UserError(  # every size is rounded to a multiple of step, at least one step
+            f"data.progressive.step={pr.step} must be at most the smaller of start_size={pr.start_size} "
+            f"and end_size={pr.end_size}: each size is rounded to a multiple of it"
+        )
+    if pr.start_epoch < 0:
+        raise UserError(f"data.progressive.start_epoch={pr.start_epoch} must be >= 0")
     if pr.end_epoch is not None and not 0 <= pr.start_epoch <= pr.end_epoch:
         raise UserError(
             f"data.progressive.start_epoch={pr.start_epoch} must be >= 0 and <= end_epoch={pr.end_epoch}"
@@ -352,6 +359,16 @@ def _validate_stabilizer(st: StabilizerConfig, epochs: int) -> None:
         raise UserError(f"stabilizer.max_norm={st.max_norm} must be positive, or null to turn clipping off")
     if st.max_skips <= 0:
         raise UserError(f"stabilizer.max_skips={st.max_skips} must be a positive number of steps")
+    if st.loss_warn_after_epochs is not None and st.loss_warn_after_epochs < 1:
+        raise UserError(  # the warning would never come
+            f"stabilizer.loss_warn_after_epochs={st.loss_warn_after_epochs} must be at least 1 (an epoch "
+            "number), or null for no check"
+        )
+    if st.loss_warn_threshold is not None and st.loss_warn_threshold <= 0:
+        raise UserError(  # every loss is above it: the warning would always come
+            f"stabilizer.loss_warn_threshold={st.loss_warn_threshold} must be positive, or null for "
+            "chance level"
+        )
 
 
 def _validate_plan(pl: PlanConfig) -> None:

@@ -28,8 +28,18 @@ def _meta_model(model_json: str, num_classes: int, regularization_json: str) -> 
 
 @functools.lru_cache(maxsize=8)
 def _saved_activation_mb(model_json: str, num_classes: int, regularization_json: str, size: int) -> float:
+    from resnet_repro.config import UserError
+
     net = _meta_model(model_json, num_classes, regularization_json)
-    return saved_bytes_per_image(net, (3, size, size)) / 2**20
+    try:
+        return saved_bytes_per_image(net, (3, size, size)) / 2**20
+    except RuntimeError as e:
+        if "overflow" not in str(e):
+            raise
+        raise UserError(
+            f"a training crop of {size} px is too large for torch to size its tensors ({e}); check "
+            "data.image_size and the data.progressive sizes"
+        ) from e
 
 
 def saved_bytes_per_image(net: Any, image_shape: tuple[int, ...]) -> float:
