@@ -111,3 +111,18 @@ def test_an_empty_folder_becomes_the_demo_dataset(demo_root, tmp_path):
     root.mkdir()
     assert build_demo_dataset(root) == root
     assert _tree_digest(root) == _tree_digest(demo_root)
+
+
+def test_the_digits_cache_folder_is_where_the_composed_config_puts_data_root(tmp_path, monkeypatch):
+    # the oracle is Hydra's composition of conf/data/demo.yaml, with and without RESNET_REPRO_CACHE
+    from conftest import compose
+
+    from resnet_repro.data.demo import default_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for cache in (str(tmp_path / "cache"), None):
+        if cache is None:
+            monkeypatch.delenv("RESNET_REPRO_CACHE", raising=False)
+        else:
+            monkeypatch.setenv("RESNET_REPRO_CACHE", cache)
+        assert default_root() == Path(compose([]).data.root)
