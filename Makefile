@@ -25,9 +25,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the package with dev extras
 
-demo: $(STAMP) ## build the digits demo data, train ResNet-18 on it (~2.5 min on 2 cores), evaluate
+demo: $(STAMP) ## build the digits demo data, train ResNet-18 on it (~2.5 min on 2 cores), evaluate (ARGS=...: more overrides)
 	rm -rf $(DEMO_RUN)
-	$(BIN)/resnet-repro train hydra.run.dir=$(DEMO_RUN)
+	$(BIN)/resnet-repro train hydra.run.dir=$(DEMO_RUN) $(ARGS)
 	@echo "--- re-evaluating $(DEMO_RUN)/checkpoints/last.pt"
 	$(BIN)/resnet-repro eval checkpoint=$(DEMO_RUN)/checkpoints/last.pt
 

@@ -229,6 +229,12 @@ def make_dry_run(*args: str) -> str:
     return proc.stdout.replace("\\\n", " ")
 
 
+def test_make_demo_passes_args_to_its_training_run():
+    lines = make_dry_run("demo", "ARGS=trainer.epochs=2 stabilizer.max_norm=2").splitlines()
+    (train,) = [line for line in lines if " train " in line]
+    assert shlex.split(train)[-2:] == ["trainer.epochs=2", "stabilizer.max_norm=2"]
+
+
 def test_make_sweep_slurm_submits_the_weight_decay_by_max_norm_grid_to_the_partition():
     out = make_dry_run("sweep-slurm", "DATA=/d", "PARTITION=gpu")
     command = next(line for line in out.splitlines() if "resnet-repro train -m" in line)
