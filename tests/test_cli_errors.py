@@ -428,3 +428,11 @@ def test_an_image_size_too_large_for_torch_to_size_is_one_line_from_rehearse(
     line = one_error_line(err)
     assert code == 2 and line.startswith("resnet-repro: error: a training crop of 1000000000 px is too large")
     assert "data.image_size" in line
+
+
+def test_an_environment_variable_that_is_not_set_is_one_line_naming_the_key(monkeypatch, capsys):
+    monkeypatch.delenv("NODE_LOCAL_SCRATCH", raising=False)
+    code, err = run_main(["train", "data.root=${oc.env:NODE_LOCAL_SCRATCH}/imagenet"], capsys)
+    line = one_error_line(err)
+    assert code == 2 and line.startswith("resnet-repro: error: data.root: ")
+    assert "NODE_LOCAL_SCRATCH" in line

@@ -102,7 +102,8 @@ def test_a_checkpoint_that_stores_no_normalization_is_not_said_to_store_one():
     saved = trained_config()
     saved["data"]["normalization"] = "computed"
     _, note = eval_config(command_line(), saved, explicit={"checkpoint"}, stores_normalization=False)
-    assert "normalization computed as the run's config names it, resolved again (this checkpoint " in note
+    said = "normalization computed as the data config from the checkpoint's run names it, resolved again"
+    assert f"{said} (this checkpoint stores none)" in note
     assert "stored in the checkpoint" not in note
     named = {"checkpoint", "data.normalization"}
     _, note = eval_config(

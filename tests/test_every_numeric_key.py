@@ -23,7 +23,11 @@ VALUES = {int: (-1, 0, 10**9), float: (-1.0, 0.0, 1e9, float("nan"))}
 
 # sections read only when something else turns them on: tried again with it on
 FEATURES = {
-    "data.progressive.": ["data.progressive.start_size=16", "data.progressive.end_size=32"],
+    "data.progressive.": [
+        "data.progressive.start_size=16",
+        "data.progressive.end_size=32",
+        "data.progressive.step=8",
+    ],
     "regularization.dropblock": ["regularization.dropblock=0.1"],
     "schedule.": ["schedule=linear_ramp"],
     "stabilizer.early_stop.": ["stabilizer.early_stop.patience=2"],

@@ -60,7 +60,10 @@ def test_bad_progressive_settings_are_one_line_errors():
         validate(bad)
     mean_image = RootConfig(
         data=DataConfig(
-            name="demo", root="/d", normalization="pixel_mean", progressive=ProgressiveConfig(16, 32)
+            name="demo",
+            root="/d",
+            normalization="pixel_mean",
+            progressive=ProgressiveConfig(start_size=16, end_size=32, step=8),
         )
     )
     with pytest.raises(UserError, match="pixel_mean do not combine"):

@@ -642,3 +642,17 @@ def test_rehearsal_checks_the_directory_train_names(monkeypatch, env, resume):
         assert not named_by_train.startswith("cfg-"), named_by_train  # a fresh directory each start
     else:
         assert checked == Path("runs") / cfg.name / named_by_train
+
+
+def test_one_slurm_task_of_the_launcher_starts_trainer_nproc_workers_as_train_does(capsys):
+    # a single-task job step is not a world of SLURM tasks: train starts trainer.nproc workers there
+    code, _, out = outcome(
+        [
+            "rehearse", "--check-only", "--stand-in", "-m", "experiment=imagenet_paper",
+            "hydra/launcher=slurm", "hydra.launcher.tasks_per_node=1", "trainer.nproc=4",
+        ],
+        capsys,
+    )  # fmt: skip
+    assert code == 0
+    assert "processes        4: 4 local worker processes (trainer.nproc) in one SLURM task" in out, out
+    assert "64 per process, 256 global" in out

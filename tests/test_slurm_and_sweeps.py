@@ -20,6 +20,7 @@ import yaml
 
 from resnet_repro import checkpoint
 from resnet_repro.cluster.preemption import EXIT_NOT_REQUEUED
+from resnet_repro.config import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SBATCH_DIR = REPO_ROOT / "scripts" / "slurm"
@@ -171,11 +172,21 @@ def test_sbatch_script_submitted_outside_the_checkout_fails_once_naming_the_entr
     assert proc.returncode == 2
     missing = elsewhere / ".venv" / "bin" / "resnet-repro"
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith(
-        f"resnet-repro: error: {missing} is not an executable file: submit from the checkout"
-    )
+    said = f"resnet-repro: error: {missing} is not an executable file or a command on the PATH: submit from"
+    assert line.startswith(said)
     assert "RESNET_REPRO=" in line
     assert not (tmp_path / "srun.log").exists()  # nothing was launched
+
+
+@pytest.mark.parametrize("script", SBATCH_SCRIPTS, ids=SBATCH_IDS)
+def test_sbatch_script_takes_a_resnet_repro_found_on_the_path(script: Path, tmp_path: Path):
+    # RESNET_REPRO=resnet-repro with the tool installed in the job's environment (conda, a module)
+    stand_in_entry_point(tmp_path / "bin" / "resnet-repro")
+    proc = run_sbatch_script(
+        script, tmp_path, DATA="/data/imagenet", RESNET_REPRO="resnet-repro", **SLURM_JOB_ENV
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert log_lines(tmp_path / "srun.args")[1] == "resnet-repro"
 
 
 @pytest.mark.parametrize("script", SBATCH_SCRIPTS, ids=SBATCH_IDS)
@@ -612,47 +623,99 @@ def test_a_bad_value_in_a_later_sweep_point_is_refused_before_the_first_point_st
 def test_a_slurm_sweep_point_whose_batch_the_launchers_tasks_cannot_split_is_refused_before_submission(
     tmp_path: Path,
 ):
-    # submitit's launcher gives each job nodes x tasks_per_node ranks: 3 do not split a batch of 256
+    # submitit's launcher gives each job nodes x tasks_per_node ranks: 4 do not split a batch of 258
     sweep_dir = tmp_path / "sweep"
     proc = run_cli(
-        "train",
-        "-m",
-        "hydra/launcher=slurm",
-        "hydra.launcher.tasks_per_node=2,3",
-        "trainer.global_batch=256",
-        "trainer.batch_size=null",
-        f"hydra.sweep.dir={sweep_dir}",
-    )
+        "train", "-m", "hydra/launcher=slurm", "hydra.launcher.tasks_per_node=4",
+        "trainer.global_batch=256,258", "trainer.batch_size=null", f"hydra.sweep.dir={sweep_dir}",
+    )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("resnet-repro: error: sweep point 2 of 2 (hydra.launcher.tasks_per_node=3): ")
-    assert "trainer.global_batch=256 is not divisible by the world size 3" in line
+    assert line.startswith("resnet-repro: error: sweep point 2 of 2 (trainer.global_batch=258): ")
+    assert "trainer.global_batch=258 is not divisible by the world size 4" in line
     assert not sweep_dir.exists()  # no job was submitted
 
 
-def test_a_reused_sweep_folder_counts_only_the_reasons_this_sweep_wrote(tmp_path: Path, monkeypatch):
-    from omegaconf import OmegaConf
-
-    from resnet_repro.commands import sweep_outcome
-
-    monkeypatch.setattr(sweep_outcome, "_SWEEPS", [])
+def test_a_sweep_without_its_data_root_is_refused_before_the_first_point_starts(tmp_path: Path):
     sweep_dir = tmp_path / "sweep"
-    old = sweep_dir / "optim.weight_decay=1" / "error.txt"  # an earlier sweep's failed point
-    old.parent.mkdir(parents=True)
-    old.write_text("an earlier reason\n")
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
-    sweep_outcome.SweepOutcome().on_multirun_start(config=config)
-    for name, files in {
-        "optim.weight_decay=2": {"error.txt": "a bad combination\n"},
-        "optim.weight_decay=3": {"error.txt": "non-finite loss\n", "nonfinite_report.json": "{}"},
-        "optim.weight_decay=4": {"final.json": "{}"},
-    }.items():
-        (sweep_dir / name).mkdir()
-        for file, text in files.items():
-            (sweep_dir / name / file).write_text(text)
-    end = sweep_outcome.ended_on_error()
-    assert end == (sweep_dir, [sweep_dir / "optim.weight_decay=2"], [sweep_dir / "optim.weight_decay=3"])
-    assert sweep_outcome.first_line(end.failed[0]) == "a bad combination"
-    old.write_text("the same point failed again\n")  # rewritten by this sweep: counted
-    os.utime(old, ns=(old.stat().st_atime_ns, old.stat().st_mtime_ns + 10**9))
-    assert sweep_outcome.ended_on_error().failed == [old.parent, sweep_dir / "optim.weight_decay=2"]
+    proc = run_cli(
+        "train", "-m", "experiment=imagenet_paper", "optim.weight_decay=1e-4,5e-5",
+        f"hydra.sweep.dir={sweep_dir}",
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(
+        "resnet-repro: error: sweep point 1 of 2 (optim.weight_decay=0.0001): data.root is"
+    )
+    assert not sweep_dir.exists()
+
+
+def test_an_interpolation_only_the_cluster_can_resolve_does_not_refuse_a_slurm_sweep(monkeypatch):
+    # ${oc.env:...} of a variable the compute node sets: the job resolves it, not the login node
+    from resnet_repro.commands import hydra_app
+    from resnet_repro.commands.train import _check_sweep_point
+    from resnet_repro.config import register_configs
+
+    register_configs()
+    monkeypatch.delenv("NODE_LOCAL_SCRATCH", raising=False)
+    root = "data.root=${oc.env:NODE_LOCAL_SCRATCH}/imagenet"
+    jobs = [["hydra/launcher=slurm", root, f"optim.weight_decay={wd}"] for wd in ("1e-4", "5e-5")]
+    hydra_app._check_every_point(jobs, _check_sweep_point)  # no refusal
+    local = [[root, f"optim.weight_decay={wd}"] for wd in ("1e-4", "5e-5")]  # this process runs them
+    with pytest.raises(UserError, match=r"sweep point 1 of 2 \(.*\): data.root: .*NODE_LOCAL_SCRATCH"):
+        hydra_app._check_every_point(local, _check_sweep_point)
+
+
+def test_a_point_of_each_experiment_that_fails_is_counted_in_the_experiments_own_sweep_folder(
+    demo_root: Path, tmp_path: Path
+):
+    # the default sweep folder is multiruns/${name}/<time>: a sweep over name= (or experiment=)
+    # writes one folder per name, and the count must look in each
+    proc = subprocess.run(
+        [PYTHON, "-m", "resnet_repro", "train", "-m", f"data.root={demo_root}", "name=first,second",
+         "data.subset.classes=11", *TINY_POINT],
+        capture_output=True, text=True, cwd=tmp_path, env=clean_env(), timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    failed = sorted(p.parent for p in tmp_path.glob("multiruns/*/*/*/error.txt"))
+    assert [p.parts[-3] for p in failed] == ["first", "second"]
+    last = proc.stderr.strip().splitlines()[-1]
+    first = failed[0].relative_to(tmp_path)  # as Hydra names it, from the folder the sweep started in
+    assert last.startswith(f"resnet-repro: error: 2 of 2 sweep points failed: e.g. {first} (data.subset")
+    sweeps = " ".join(str(p.parent.relative_to(tmp_path)) for p in failed)
+    assert last.endswith(f"`resnet-repro report` on each of {sweeps} lists them")
+
+
+def outcome_of(job_dir: Path) -> str | None:
+    from resnet_repro.commands.sweep_outcome import outcome
+
+    return outcome(job_dir)
+
+
+def write_job(job_dir: Path, *files: str) -> None:
+    """`files` written one after another, each at least a millisecond after the one before."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        path = job_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}\n" if name.endswith(".json") else "a reason\n")
+        time.sleep(0.01)
+
+
+def test_only_a_reason_written_after_the_points_launch_counts_in_a_reused_sweep_folder(tmp_path: Path):
+    launch = ".hydra/overrides.yaml"  # Hydra writes it when the point starts (this launch)
+    # failed before, finished now: the old reason stays in the folder but does not count
+    write_job(tmp_path / "a", "error.txt", launch, "final.json")
+    assert outcome_of(tmp_path / "a") is None
+    # failed now
+    write_job(tmp_path / "b", launch, "error.txt")
+    assert outcome_of(tmp_path / "b") == "failed"
+    # diverged now
+    write_job(tmp_path / "c", launch, "nonfinite_report.json", "error.txt")
+    assert outcome_of(tmp_path / "c") == "diverged"
+    # diverged in an earlier sweep, failed on something else now: failed, not diverged
+    write_job(tmp_path / "d", "nonfinite_report.json", launch, "error.txt")
+    assert outcome_of(tmp_path / "d") == "failed"
+    # a refused resume keeps the run's own (older) Hydra files; its reason is newer: counted
+    write_job(tmp_path / "e", launch, "final.json", "error.txt")
+    assert outcome_of(tmp_path / "e") == "failed"

@@ -176,8 +176,8 @@ def eval_config(
         note += ", normalization the run's (stored in the checkpoint)"
     else:
         note += (
-            f", normalization {data.normalization} as the run's config names it, resolved again (this "
-            "checkpoint stores none)"
+            f", normalization {data.normalization} as the data config from {source} names it, resolved "
+            "again (this checkpoint stores none)"
         )
     refuse_training_split_as_test(data)
     return out, note

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from resnet_repro.config import (
     CONF_DIR,
     RootConfig,
+    UnresolvedInterpolation,
     UserError,
     check_override_keys,
     deprecation_warnings,
@@ -178,11 +179,10 @@ def hydra_command(
     command: str,
     help_text: str = "",
     check_point: Callable[[RootConfig, DictConfig], None] | None = None,
-) -> int | None:
+) -> None:
     """Run `task` under hydra.main with `args` as the command-line overrides; `help_text`: what
     `<command> --help` says above the config groups; `check_point(cfg, launcher)`: the checks
-    every point of a `-m` sweep passes before its first job starts (a UserError refuses the sweep).
-    Returns the number of jobs composed beforehand (None where Hydra's own flags are given)."""
+    every point of a `-m` sweep passes before its first job starts (a UserError refuses the sweep)."""
     import hydra
     from omegaconf import OmegaConf
 
@@ -197,7 +197,7 @@ def hydra_command(
         )
     try:
         check_override_keys(args, groups=[d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()])
-        jobs = _compose_before_launch(args, command, check_point)
+        _compose_before_launch(args, command, check_point)
     except UserError as e:
         fail(str(e))
     for line in deprecation_warnings(args):
@@ -247,29 +247,28 @@ def hydra_command(
             fail(line)
 
     hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(guarded)()
-    return jobs
 
 
 def _compose_before_launch(
     args: list[str], command: str, check_point: Callable[[RootConfig, DictConfig], None] | None
-) -> int | None:
+) -> None:
     """Compose the command's (first) job before Hydra runs it, so that a composition error is one
     line and exit 2, as everywhere else, not Hydra's multi-line report and exit 1; for a sweep with
     `check_point`, compose and check every point, so that a bad value in its last point is refused
     before the first one trains. Where Hydra's own flags are given (--cfg, --info, ...) Hydra
-    reports (None). Returns the number of jobs."""
+    reports."""
     from resnet_repro.planning.plan import expand_sweep
 
     multirun = {"-m", "--multirun"} & set(args)
     overrides = [a for a in args if a not in ("-m", "--multirun")]
     if any(a.startswith("-") for a in overrides):
-        return None
+        return
     jobs = list(expand_sweep(overrides, bool(multirun)))
     if not jobs:
-        return 0
+        return
     if multirun and check_point is not None:
         _check_every_point(jobs, check_point)
-        return len(jobs)
+        return
     first = jobs[0]
     dcfg = _compose(first)
     if command == "train" and not multirun:  # Hydra makes the run directory: a traceback if it cannot
@@ -280,26 +279,38 @@ def _compose_before_launch(
         problem = None if run_dir is None else run_dir_problem(run_dir)
         if problem is not None:
             raise UserError(problem)
-    return len(jobs)
 
 
 def _check_every_point(jobs: list[list[str]], check_point: Callable[[RootConfig, DictConfig], None]) -> None:
     """Each point of a sweep composed and checked (`check_point(cfg, launcher)`); the first that
-    fails is refused, named by the overrides that set it apart from the other points."""
+    fails is refused, named by the overrides that set it apart from the other points. A point that
+    another machine runs (submitit's SLURM launcher) and whose interpolation only fails here
+    (`${oc.env:VAR}` of the compute node's variable) is left to its job."""
     shared = set.intersection(*(set(job) for job in jobs))
     with _composer() as compose_one:
         for number, job in enumerate(jobs, start=1):
             try:
                 dcfg = compose_one(job)
                 launcher = dcfg.hydra.launcher
-                check_point(_job_config(dcfg), launcher)
+                try:
+                    cfg = _job_config(dcfg, blank_missing_root=False)  # a missing data.root: refused
+                except UnresolvedInterpolation:
+                    if runs_elsewhere(launcher):
+                        continue
+                    raise
+                check_point(cfg, launcher)
             except UserError as e:
                 if len(jobs) == 1:
                     raise
                 own = " ".join(o for o in job if o not in shared)
-                raise UserError(
-                    f"sweep point {number} of {len(jobs)} ({own}): {e}; no point was started"
-                ) from e
+                point = f"sweep point {number} of {len(jobs)}" + (f" ({own})" if own else "")
+                raise UserError(f"{point}: {e}; no point was started") from e
+
+
+def runs_elsewhere(launcher: DictConfig | None) -> bool:
+    """Whether the Hydra launcher runs the jobs in other processes on other machines (submitit's
+    SLURM launcher), not this one."""
+    return launcher is not None and "SlurmLauncher" in str(launcher.get("_target_", ""))
 
 
 def record_failure(run_dir: Path, message: str) -> None:
@@ -368,13 +379,13 @@ def compose_jobs(args: list[str]) -> list[tuple[list[str], RootConfig, DictConfi
     return jobs
 
 
-def _job_config(dcfg: DictConfig) -> RootConfig:
+def _job_config(dcfg: DictConfig, blank_missing_root: bool = True) -> RootConfig:
     """A composed job's config as the dataclass, without Hydra's node (taken out of `dcfg`); an
-    unset data.root left empty: the caller decides."""
+    unset data.root left empty (the caller decides), or refused as `train` refuses it."""
     from omegaconf import OmegaConf, open_dict
 
     with open_dict(dcfg):
         del dcfg["hydra"]
-    if OmegaConf.is_missing(dcfg.data, "root"):
+    if blank_missing_root and OmegaConf.is_missing(dcfg.data, "root"):
         dcfg.data.root = ""
     return to_dataclass(dcfg)

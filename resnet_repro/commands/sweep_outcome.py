@@ -1,6 +1,12 @@
 """How a `train -m` sweep ended, for its exit status: the points that stopped on an error, read
 back from their folders after the last job (error.txt, as `resnet-repro report` reads them),
-however the launcher ran them (in this process, or as SLURM jobs through submitit)."""
+however the launcher ran them (in this process, or as SLURM jobs through submitit).
+
+Each point's folder is the one its launcher gave it: Hydra's own sweep config of the point
+(`load_sweep_config`, with the sweep's `${now:...}`), so a sweep over `experiment=` or `name=`,
+whose points land in different sweep folders, is read in each. A reason counts when it is newer
+than the point's launch (the Hydra files written when it started): a folder reused by
+`hydra.sweep.dir` keeps an earlier sweep's reasons, which do not."""
 
 from __future__ import annotations
 
@@ -11,47 +17,95 @@ from hydra.experimental.callback import Callback
 
 from resnet_repro.reporting.job_rows import NAN, job_status
 
-# each sweep this process launched: its folder, and the reasons (error.txt) it held before
-_SWEEPS: list[tuple[Path, dict[Path, int]]] = []
+FAILED, DIVERGED = "failed", "diverged"
+
+# each sweep this process ran: (sweep folder, job folder) of each point, known after its last job
+# (None: not knowable here)
+_ENDED: list[list[tuple[Path, Path]] | None] = []
+
+# the Hydra files of a point's launch, written when it started (LAUNCH_HYDRA_DIR until the run
+# settles them into .hydra)
+_LAUNCH_FILES = (".hydra/overrides.yaml", ".hydra.launch/overrides.yaml")
 
 
 class SweepOutcome(Callback):
-    """Hydra's callback (conf/config.yaml, hydra.callbacks): before the first job of a sweep, note
-    its folder and the reasons already in it (a sweep folder reused by `hydra.sweep.dir`). Hydra
-    resolves the folder's `${now:...}` from the same cache as its launcher does."""
+    """Hydra's callback (conf/config.yaml, hydra.callbacks): after the last job of a sweep, note
+    the folder of each of its points."""
 
-    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        _SWEEPS.append((sweep_dir, _reasons(sweep_dir)))
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        _ENDED.append(job_dirs(config))
 
 
-def _reasons(sweep_dir: Path) -> dict[Path, int]:
-    """The error.txt files under a sweep folder, with their modification times (ns)."""
-    found = {}
-    for path in sweep_dir.rglob("error.txt"):
-        try:
-            found[path] = path.stat().st_mtime_ns
-        except OSError:  # removed while listed
-            continue
-    return found
+def job_dirs(config: Any) -> list[tuple[Path, Path]] | None:
+    """Each point's (sweep folder, job folder), as the launchers name them: from the point's sweep
+    config with its job number (and, under the basic launcher, its job id); None when a folder
+    depends on what only the job knows (a subdir named after SLURM's job id)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from resnet_repro.planning.plan import expand_sweep
+
+    loader = GlobalHydra.instance().config_loader()
+    basic = "BasicLauncher" in str(config.hydra.launcher.get("_target_", ""))
+    folders = []
+    try:
+        for num, point in enumerate(expand_sweep(list(config.hydra.overrides.task), multirun=True)):
+            job = loader.load_sweep_config(config, point)
+            with open_dict(job.hydra.job):
+                job.hydra.job.num = num
+                if basic:
+                    job.hydra.job.id = num
+            sweep_dir = Path(str(job.hydra.sweep.dir))
+            folders.append((sweep_dir, sweep_dir / str(job.hydra.sweep.subdir)))
+    except Exception:  # noqa: BLE001 - any unresolvable folder: the outcome is not known here
+        return None
+    return folders
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def outcome(job_dir: Path) -> str | None:
+    """FAILED or DIVERGED when the point's reason (error.txt) was written after its launch (a
+    non-finite stop of this launch: DIVERGED, as `report` counts it); else None."""
+    reason = _mtime(job_dir / "error.txt")
+    if reason is None:
+        return None
+    launched = max((t for t in (_mtime(job_dir / f) for f in _LAUNCH_FILES) if t is not None), default=None)
+    if launched is not None and reason < launched:
+        return None  # an earlier launch's reason
+    nonfinite = _mtime(job_dir / "nonfinite_report.json")
+    this_launch = nonfinite is not None and (launched is None or nonfinite >= launched)
+    return DIVERGED if this_launch and job_status(job_dir, None) == NAN else FAILED
 
 
 class SweepEnd(NamedTuple):
-    sweep_dir: Path | None  # the (first) sweep's folder; None when no sweep was launched
+    points: int  # the sweep's points
     failed: list[Path]  # job folders stopped by an error other than a non-finite loss
     diverged: list[Path]  # job folders a non-finite loss stopped (a result, as `report` counts it)
+    sweep_dirs: list[Path]  # the folders the points are in, for `report`
 
 
-def ended_on_error() -> SweepEnd:
-    """The job folders, sorted, whose error.txt the sweeps of this process wrote or rewrote."""
-    failed, diverged = [], []
-    for sweep_dir, before in _SWEEPS:
-        for path, mtime in sorted(_reasons(sweep_dir).items()):
-            if before.get(path) == mtime:
-                continue
-            job_dir = path.parent
-            (diverged if job_status(job_dir, None) == NAN else failed).append(job_dir)
-    return SweepEnd(_SWEEPS[0][0] if _SWEEPS else None, failed, diverged)
+def ended_on_error() -> SweepEnd | None:
+    """The outcome of the sweep this process ran last, taken once (None: no sweep ended here, or
+    its points' folders are not known)."""
+    if not _ENDED:
+        return None
+    folders = _ENDED.pop()
+    _ENDED.clear()
+    if folders is None:
+        return None
+    outcomes = {job_dir: outcome(job_dir) for _, job_dir in folders}
+    return SweepEnd(
+        len(folders),
+        [f for f, o in outcomes.items() if o == FAILED],
+        [f for f, o in outcomes.items() if o == DIVERGED],
+        sorted({sweep_dir for sweep_dir, _ in folders}),
+    )
 
 
 def first_line(job_dir: Path) -> str:

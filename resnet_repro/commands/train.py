@@ -44,9 +44,9 @@ example:
 
 
 def train_command(args: list[str]) -> None:
-    points = hydra_command(_train, args, "train", HELP, check_point=_check_sweep_point)
+    hydra_command(_train, args, "train", HELP, check_point=_check_sweep_point)
     if {"-m", "--multirun"} & set(args):
-        _sweep_end(points)
+        _sweep_end()
 
 
 def _check_job(cfg: RootConfig, world_size: int) -> None:
@@ -66,19 +66,22 @@ def _check_sweep_point(cfg: RootConfig, launcher: DictConfig) -> None:
     _check_job(cfg, launcher_description(launcher, cfg.trainer.nproc)[1])
 
 
-def _sweep_end(points: int | None) -> None:
+def _sweep_end() -> None:
     """After a sweep's last job: the points a non-finite loss stopped (a result: exit 0) and those
-    that failed on another error (exit 2), each counted in one line, with the first one's folder
-    and reason."""
+    that failed on another error (exit 2), each counted in one line with the first one's folder
+    (rank 0 only, under a launcher of several ranks)."""
+    from resnet_repro.cluster import distributed
     from resnet_repro.commands.sweep_outcome import ended_on_error, first_line
 
     end = ended_on_error()
-    report = f"`{PROG} report {end.sweep_dir}`"
+    if end is None or not distributed.detect().is_main:
+        return
+    dirs = " ".join(str(d) for d in end.sweep_dirs)
+    report = f"`{PROG} report {dirs}`" if len(end.sweep_dirs) == 1 else f"`{PROG} report` on each of {dirs}"
 
-    def count(dirs: list[Path], what: str) -> str:
-        of = f" of {points}" if points else ""
-        example = "e.g. " if len(dirs) > 1 else ""
-        return f"{len(dirs)}{of} sweep points {what}: {example}{dirs[0]}"
+    def count(folders: list[Path], what: str) -> str:
+        example = "e.g. " if len(folders) > 1 else ""
+        return f"{len(folders)} of {end.points} sweep points {what}: {example}{folders[0]}"
 
     if end.diverged:
         diverged = count(end.diverged, "stopped on a non-finite loss")

@@ -17,7 +17,13 @@ each other, never this package.
 """
 
 from resnet_repro.config.derived import eval_protocols, per_device_batch
-from resnet_repro.config.errors import UserError, file_error_line, files_as_user_errors, hydra_error_line
+from resnet_repro.config.errors import (
+    UnresolvedInterpolation,
+    UserError,
+    file_error_line,
+    files_as_user_errors,
+    hydra_error_line,
+)
 from resnet_repro.config.loading import CONF_DIR, compose, to_dataclass
 from resnet_repro.config.overrides import (
     DEPRECATED_OPTIONS,
@@ -100,6 +106,7 @@ __all__ = [
     "StatsConfig",
     "SubsetConfig",
     "TrainerConfig",
+    "UnresolvedInterpolation",
     "UserError",
     "check_override_keys",
     "compose",

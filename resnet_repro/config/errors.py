@@ -9,6 +9,11 @@ class UserError(Exception):
     """An error caused by input the user controls (config, paths, data). Printed as one line."""
 
 
+class UnresolvedInterpolation(UserError):
+    """A config value whose interpolation cannot be resolved in this process (`${oc.env:VAR}` of a
+    variable that is not set here): an error here, though a job on another machine may resolve it."""
+
+
 # the errors of a path that exists but cannot be used as it is (not a missing file, which at this
 # point is more often a bug than the user's input)
 FILE_ERRNOS = frozenset(

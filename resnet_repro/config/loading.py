@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resnet_repro.config.errors import UserError
+from resnet_repro.config.errors import UnresolvedInterpolation, UserError
 from resnet_repro.config.schemas import RootConfig, child_schema, register_configs
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def to_dataclass(cfg: DictConfig) -> RootConfig:
         raise UserError(
             f"unknown config key(s) {', '.join(unknown)}; see conf/ and resnet_repro/config/schemas.py"
         )
-    from omegaconf.errors import MissingMandatoryValue
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
     merged = OmegaConf.merge(OmegaConf.structured(RootConfig), cfg)
     try:
@@ -56,6 +56,10 @@ def to_dataclass(cfg: DictConfig) -> RootConfig:
         key = getattr(e, "full_key", None) or "a required value"
         example = " (e.g. data.root=/path/to/imagenet)" if key == "data.root" else ""
         raise UserError(f"{key} is required but not set: pass {key}=...{example}") from e
+    except InterpolationResolutionError as e:  # e.g. ${oc.env:VAR} of a variable not set here
+        key = getattr(e, "full_key", None) or "a value"
+        why = str(e).splitlines()[0].split(" raised while resolving interpolation: ")[-1]
+        raise UnresolvedInterpolation(f"{key}: its interpolation cannot be resolved here: {why}") from e
     assert isinstance(obj, RootConfig)
     if obj.data.holdout.seed is None:  # null: the holdout follows the training seed
         obj.data.holdout.seed = obj.trainer.seed

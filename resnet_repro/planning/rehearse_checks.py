@@ -184,6 +184,14 @@ def launcher_description(launcher: Any, nproc: int) -> tuple[bool, int, str]:
         return launch_description(nproc)
     nodes, tasks = int(launcher.nodes), int(launcher.tasks_per_node)
     world = nodes * tasks
+    if world == 1:  # one task is not an srun world (distributed.detect): train starts nproc workers
+        if nproc == 1:
+            return False, 1, "one SLURM task of the submitit launcher"
+        return (
+            True,
+            nproc,
+            f"{nproc} local worker processes (trainer.nproc) in one SLURM task of the submitit launcher",
+        )
     return (
         False,
         world,
