@@ -719,3 +719,37 @@ def test_only_a_reason_written_after_the_points_launch_counts_in_a_reused_sweep_
     # a refused resume keeps the run's own (older) Hydra files; its reason is newer: counted
     write_job(tmp_path / "e", launch, "final.json", "error.txt")
     assert outcome_of(tmp_path / "e") == "failed"
+
+
+def sweep_folders(*overrides: str):
+    """sweep_outcome.job_dirs for the master config Hydra composes for `train -m <overrides>`."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from resnet_repro.commands.sweep_outcome import job_dirs
+    from resnet_repro.config import CONF_DIR, register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+            loader = GlobalHydra.instance().config_loader()
+            master = loader.load_configuration("config", list(overrides), run_mode=RunMode.MULTIRUN)
+            return job_dirs(master)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_the_count_finds_each_points_folder_under_either_launcher_and_gives_up_on_a_slurm_job_id():
+    grid = ("name=a,b", "optim.weight_decay=1e-4,-1", "hydra.sweep.dir=/s/${name}")
+    expected = [
+        (Path(f"/s/{name}"), Path(f"/s/{name}/name={name},optim.weight_decay={wd}"))
+        for name in "ab"
+        for wd in ("0.0001", "-1")
+    ]
+    assert sweep_folders(*grid) == expected  # the basic launcher's folders (a real sweep: tests above)
+    assert sweep_folders("hydra/launcher=slurm", *grid) == expected
+    # a subdir named after the job number is the launch order; after SLURM's job id, known in the job only
+    assert [d.name for _, d in sweep_folders(*grid, "hydra.sweep.subdir=${hydra.job.num}")] == list("0123")
+    assert sweep_folders("hydra/launcher=slurm", *grid, "hydra.sweep.subdir=${hydra.job.id}") is None
