@@ -1,8 +1,9 @@
 """The config: schemas (dataclasses registered in Hydra's ConfigStore), their loading from conf/ and
 the command line, and cross-field validation. This package only re-exports its modules' public names:
 
-- errors.py: UserError, an error in input the user controls; hydra_error_line, Hydra's in one line;
-  file_error_line, an OSError about a named file in one line (files_as_user_errors: as a UserError)
+- errors.py: UserError, an error in input the user controls (UnresolvedInterpolation: a value this
+  process cannot resolve); hydra_error_line, Hydra's in one line; file_error_line, an OSError about
+  a named file in one line (files_as_user_errors: as a UserError)
 - schemas.py: the dataclass schemas and register_configs (Hydra's ConfigStore)
 - loading.py: CONF_DIR, compose (conf/ + overrides) and to_dataclass (DictConfig -> RootConfig)
 - validation.py: validate, one validator per section, the allowed values of each choice, and
