@@ -549,19 +549,17 @@ TINY_POINT = (
 )
 
 
+def run_tiny_sweep(demo_root: Path, sweep_dir: Path, grid: str) -> subprocess.CompletedProcess:
+    """`train -m` over `grid` on the digits, each point a couple of steps, into `sweep_dir`."""
+    return run_cli("train", "-m", f"data.root={demo_root}", grid, *TINY_POINT, f"hydra.sweep.dir={sweep_dir}")
+
+
 def test_a_point_that_fails_as_it_runs_does_not_stop_the_sweep_and_the_sweep_exits_2(
     demo_root: Path, tmp_path: Path
 ):
     # 11 classes of the demo's 10: valid settings, refused once the data is listed (in the job)
     sweep_dir = tmp_path / "sweep"
-    proc = run_cli(
-        "train",
-        "-m",
-        f"data.root={demo_root}",
-        "data.subset.classes=11,2",
-        *TINY_POINT,
-        f"hydra.sweep.dir={sweep_dir}",
-    )
+    proc = run_tiny_sweep(demo_root, sweep_dir, "data.subset.classes=11,2")
     assert proc.returncode == 2, proc.stderr[-3000:]
     (failed,) = [p.parent for p in sweep_dir.glob("*/error.txt")]
     assert failed.name.startswith("data.subset.classes=11,")
@@ -578,14 +576,7 @@ def test_a_point_stopped_by_a_non_finite_loss_is_a_result_the_sweep_exits_0_and_
     demo_root: Path, tmp_path: Path
 ):
     sweep_dir = tmp_path / "sweep"
-    proc = run_cli(
-        "train",
-        "-m",
-        f"data.root={demo_root}",
-        "optim.lr_per_256=0.1,1e12",
-        *TINY_POINT,
-        f"hydra.sweep.dir={sweep_dir}",
-    )
+    proc = run_tiny_sweep(demo_root, sweep_dir, "optim.lr_per_256=0.1,1e12")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (diverged,) = [p.parent for p in sweep_dir.glob("*/nonfinite_report.json")]
     last = proc.stderr.strip().splitlines()[-1]
