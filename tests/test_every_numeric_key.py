@@ -29,8 +29,8 @@ FEATURES = {
         "data.progressive.step=8",
     ],
     "regularization.dropblock": ["regularization.dropblock=0.1"],
-    "schedule.": ["schedule=linear_ramp"],
-    "stabilizer.early_stop.": ["stabilizer.early_stop.patience=2"],
+    "schedule.": ["schedule=linear_ramp", "stabilizer.warmup_epochs=0"],
+    "stabilizer.early_stop.": ["stabilizer.early_stop.patience=2", "data.holdout.size=0.1"],
 }
 
 
@@ -72,6 +72,8 @@ def test_the_schema_has_numeric_keys_to_try():
 def test_every_numeric_key_at_a_mistyped_value_is_taken_or_refused_in_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the check names a run directory; it writes nothing
     bases = {"": compose([])} | {prefix: compose(extra) for prefix, extra in FEATURES.items()}
+    for base in bases.values():  # a refused base would refuse every value tried on it
+        rehearse.check(to_dataclass(copy.deepcopy(base)), stand_in=True)
     broken = []
     for key, kind in numeric_keys(RootConfig):
         for prefix, base in bases.items():

@@ -286,6 +286,8 @@ def _check_every_point(jobs: list[list[str]], check_point: Callable[[RootConfig,
     fails is refused, named by the overrides that set it apart from the other points. A point that
     another machine runs (submitit's SLURM launcher) and whose interpolation only fails here
     (`${oc.env:VAR}` of the compute node's variable) is left to its job."""
+    from resnet_repro.planning.rehearse_checks import runs_elsewhere
+
     shared = set.intersection(*(set(job) for job in jobs))
     with _composer() as compose_one:
         for number, job in enumerate(jobs, start=1):
@@ -305,12 +307,6 @@ def _check_every_point(jobs: list[list[str]], check_point: Callable[[RootConfig,
                 own = " ".join(o for o in job if o not in shared)
                 point = f"sweep point {number} of {len(jobs)}" + (f" ({own})" if own else "")
                 raise UserError(f"{point}: {e}; no point was started") from e
-
-
-def runs_elsewhere(launcher: DictConfig | None) -> bool:
-    """Whether the Hydra launcher runs the jobs in other processes on other machines (submitit's
-    SLURM launcher), not this one."""
-    return launcher is not None and "SlurmLauncher" in str(launcher.get("_target_", ""))
 
 
 def record_failure(run_dir: Path, message: str) -> None:

@@ -15,17 +15,13 @@ from typing import Any, NamedTuple
 
 from hydra.experimental.callback import Callback
 
-from resnet_repro.reporting.job_rows import NAN, job_status
+from resnet_repro.reporting.job_rows import NAN, job_status, reason_line
 
 FAILED, DIVERGED = "failed", "diverged"
 
 # each sweep this process ran: (sweep folder, job folder) of each point, known after its last job
 # (None: not knowable here)
 _ENDED: list[list[tuple[Path, Path]] | None] = []
-
-# the Hydra files of a point's launch, written when it started (LAUNCH_HYDRA_DIR until the run
-# settles them into .hydra)
-_LAUNCH_FILES = (".hydra/overrides.yaml", ".hydra.launch/overrides.yaml")
 
 
 class SweepOutcome(Callback):
@@ -72,10 +68,15 @@ def _mtime(path: Path) -> int | None:
 def outcome(job_dir: Path) -> str | None:
     """FAILED or DIVERGED when the point's reason (error.txt) was written after its launch (a
     non-finite stop of this launch: DIVERGED, as `report` counts it); else None."""
+    from resnet_repro.training.metrics import LAUNCH_HYDRA_DIR
+
     reason = _mtime(job_dir / "error.txt")
     if reason is None:
         return None
-    launched = max((t for t in (_mtime(job_dir / f) for f in _LAUNCH_FILES) if t is not None), default=None)
+    # the Hydra files of the point's launch, written when it started (in LAUNCH_HYDRA_DIR until the
+    # run settles them into .hydra)
+    written = (_mtime(job_dir / folder / "overrides.yaml") for folder in (".hydra", LAUNCH_HYDRA_DIR))
+    launched = max((t for t in written if t is not None), default=None)
     if launched is not None and reason < launched:
         return None  # an earlier launch's reason
     nonfinite = _mtime(job_dir / "nonfinite_report.json")
@@ -109,9 +110,8 @@ def ended_on_error() -> SweepEnd | None:
 
 
 def first_line(job_dir: Path) -> str:
-    """The first line of a job's error.txt ("" when it cannot be read)."""
+    """The first line of a job's error.txt, as `report` reads it ("" when it cannot be read)."""
     try:
-        lines = (job_dir / "error.txt").read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
+        return reason_line(job_dir)
+    except OSError:
         return ""
-    return lines[0] if lines else ""

@@ -180,7 +180,7 @@ def launcher_description(launcher: Any, nproc: int) -> tuple[bool, int, str]:
     """launch_description for a job of a command line, given the Hydra launcher it composed with
     (`hydra.launcher`): under submitit's SLURM launcher each job is nodes x tasks_per_node srun
     tasks, one rank each."""
-    if launcher is None or "SlurmLauncher" not in str(launcher.get("_target_", "")):
+    if not runs_elsewhere(launcher):
         return launch_description(nproc)
     nodes, tasks = int(launcher.nodes), int(launcher.tasks_per_node)
     world = nodes * tasks
@@ -198,6 +198,12 @@ def launcher_description(launcher: Any, nproc: int) -> tuple[bool, int, str]:
         f"{world} SLURM tasks of the submitit launcher ({nodes} node(s) x {tasks} tasks_per_node), "
         "one rank each",
     )
+
+
+def runs_elsewhere(launcher: Any) -> bool:
+    """Whether the Hydra launcher (`hydra.launcher`) runs the jobs in other processes on other
+    machines (submitit's SLURM launcher), not this one."""
+    return launcher is not None and "SlurmLauncher" in str(launcher.get("_target_", ""))
 
 
 def launch_description(nproc: int) -> tuple[bool, int, str]:

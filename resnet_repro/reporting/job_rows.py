@@ -293,6 +293,12 @@ def _nonfinite(value: Any) -> bool:
     return isinstance(value, float) and not math.isfinite(value)
 
 
+def reason_line(job_dir: Path) -> str:
+    """The first line of the reason a job failed (its error.txt)."""
+    lines = (job_dir / "error.txt").read_text(errors="replace").strip().splitlines()
+    return lines[0] if lines else "(error.txt is empty)"
+
+
 def job_outcome(job_dir: Path, status: str) -> str:
     """finished (final.json), diverged (non-finite), failed (error.txt), else incomplete:
     preempted, killed without a word, or still running."""
@@ -492,10 +498,8 @@ def _note(job_dir: Path, status: str, final: dict[str, Any], trained_on: str | N
             return f"{stopped} and requeued{by}: it resumes when SLURM starts it"
         return f"{stopped}; to resume: its command with hydra.run.dir={job_dir}"
     if status == FAILED:
-        error = job_dir / "error.txt"
-        if error.is_file():
-            lines = error.read_text(errors="replace").strip().splitlines()
-            return "error: " + (lines[0] if lines else "(error.txt is empty)")
+        if (job_dir / "error.txt").is_file():
+            return "error: " + reason_line(job_dir)
         return "no final.json: the job crashed, was killed or is still running; see its log"
     return ""
 
