@@ -74,6 +74,22 @@ def test_sweep_values_without_m_are_refused(capsys):
     assert "add -m" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("points", "named"),
+    [
+        ("optim.weight_decay=1e-4,-1", "sweep point 2 of 2 (optim.weight_decay=-1): optim.weight_decay=-1.0"),
+        ("optim.weight_decay=1e-4,abc", "sweep point 2 of 2 (optim.weight_decay=abc): "),
+    ],
+    ids=["out-of-range", "wrong-type"],
+)
+def test_a_bad_sweep_point_is_refused_by_its_number(capsys, points: str, named: str):
+    with pytest.raises(SystemExit) as refused:
+        main(["plan", "-m", "experiment=imagenet_paper", *IMAGENET, points])
+    assert refused.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"resnet-repro: error: {named}")
+
+
 def test_images_are_counted_from_the_file_lists_after_the_holdout(image_folder_factory, capsys):
     root = image_folder_factory("train", {"a": 10, "b": 7})
     image_folder_factory("val", {"a": 2, "b": 3})

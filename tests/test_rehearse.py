@@ -230,6 +230,17 @@ def test_the_check_of_a_sweep_checks_each_job(capsys):
     assert "reference=he2016" in out and "reference=torchvision" in out
 
 
+def test_the_check_of_a_sweep_names_the_point_it_refuses(capsys):
+    args = ["--stand-in", "-m", "experiment=he2016", "trainer.nproc=4", "trainer.global_batch=256,258"]
+    code, out, err = rehearse_check(args, capsys)
+    assert code == 2
+    assert out.count("rehearsal verdict") == 1  # the first point, checked before the refusal
+    (line,) = err.strip().splitlines()
+    assert line.startswith(
+        "resnet-repro: error: sweep point 2 of 2 (trainer.global_batch=258): trainer.global_batch=258 is not"
+    )
+
+
 # ----------------------------------------------------------------------------- what the docs show
 def make_train_args(target: str, *variables: str) -> list[str]:
     """The `resnet-repro train` arguments `make <target> <variables>` would run (make -n: nothing runs)."""

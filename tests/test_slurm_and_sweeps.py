@@ -635,9 +635,8 @@ def test_a_sweep_without_its_data_root_is_refused_before_the_first_point_starts(
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith(
-        "resnet-repro: error: sweep point 1 of 2 (optim.weight_decay=0.0001): data.root is"
-    )
+    # a value every point shares (here, none) is named as every point's, not as the first one's
+    assert line.startswith("resnet-repro: error: every sweep point (2): data.root is")
     assert not sweep_dir.exists()
 
 
@@ -653,8 +652,42 @@ def test_an_interpolation_only_the_cluster_can_resolve_does_not_refuse_a_slurm_s
     jobs = [["hydra/launcher=slurm", root, f"optim.weight_decay={wd}"] for wd in ("1e-4", "5e-5")]
     hydra_app._check_every_point(jobs, _check_sweep_point)  # no refusal
     local = [[root, f"optim.weight_decay={wd}"] for wd in ("1e-4", "5e-5")]  # this process runs them
-    with pytest.raises(UserError, match=r"sweep point 1 of 2 \(.*\): data.root: .*NODE_LOCAL_SCRATCH"):
+    with pytest.raises(UserError, match=r"^every sweep point \(2\): data.root: .*NODE_LOCAL_SCRATCH"):
         hydra_app._check_every_point(local, _check_sweep_point)
+
+
+@pytest.mark.parametrize(
+    ("points", "named"),
+    [
+        (["-1", "1e-4", "-2"], "sweep point 1 of 3 (optim.weight_decay=-1): optim.weight_decay=-1.0 must"),
+        (["-1", "-2", "1e-4"], "sweep point 1 of 3 (optim.weight_decay=-1): optim.weight_decay=-1.0 must"),
+        (["1e-4", "1e-4", "-2"], "sweep point 3 of 3 (optim.weight_decay=-2): optim.weight_decay=-2.0 must"),
+    ],
+    ids=["first-then-good", "first-two-differ", "last"],
+)
+def test_a_refused_sweep_point_is_named_by_its_own_value(points: list[str], named: str):
+    from resnet_repro.commands import hydra_app
+    from resnet_repro.commands.train import _check_sweep_point
+    from resnet_repro.config import register_configs
+
+    register_configs()
+    jobs = [["data.root=/nonexistent", f"optim.weight_decay={wd}"] for wd in points]
+    with pytest.raises(UserError) as refused:
+        hydra_app._check_every_point(jobs, _check_sweep_point)
+    assert str(refused.value).startswith(named) and str(refused.value).endswith("; no point was started")
+
+
+def test_a_value_every_sweep_point_shares_is_refused_as_every_points():
+    # the shared trainer.epochs=1 is shorter than each point's warm-up (point 1 must not take the blame)
+    from resnet_repro.commands import hydra_app
+    from resnet_repro.commands.train import _check_sweep_point
+    from resnet_repro.config import register_configs
+
+    register_configs()
+    shared = ["data.root=/nonexistent", "stabilizer=warmup_clip", "trainer.epochs=1"]
+    jobs = [[*shared, f"optim.weight_decay={wd}"] for wd in ("1e-4", "5e-5", "2e-4")]
+    with pytest.raises(UserError, match=r"^every sweep point \(3\): stabilizer.warmup_epochs=1.0 must be"):
+        hydra_app._check_every_point(jobs, _check_sweep_point)
 
 
 def test_a_point_of_each_experiment_that_fails_is_counted_in_the_experiments_own_sweep_folder(

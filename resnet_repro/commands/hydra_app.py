@@ -283,12 +283,14 @@ def _compose_before_launch(
 
 def _check_every_point(jobs: list[list[str]], check_point: Callable[[RootConfig, DictConfig], None]) -> None:
     """Each point of a sweep composed and checked (`check_point(cfg, launcher)`); the first that
-    fails is refused, named by the overrides that set it apart from the other points. A point that
+    fails is refused, named by the overrides that set it apart from the other points, or, where
+    every point fails for the same reason (a value they share), as every point. A point that
     another machine runs (submitit's SLURM launcher) and whose interpolation only fails here
     (`${oc.env:VAR}` of the compute node's variable) is left to its job."""
     from resnet_repro.planning.rehearse_checks import runs_elsewhere
 
-    shared = set.intersection(*(set(job) for job in jobs))
+    first: tuple[int, UserError] | None = None
+    every_point_alike = True
     with _composer() as compose_one:
         for number, job in enumerate(jobs, start=1):
             try:
@@ -302,11 +304,40 @@ def _check_every_point(jobs: list[list[str]], check_point: Callable[[RootConfig,
                     raise
                 check_point(cfg, launcher)
             except UserError as e:
-                if len(jobs) == 1:
-                    raise
-                own = " ".join(o for o in job if o not in shared)
-                point = f"sweep point {number} of {len(jobs)}" + (f" ({own})" if own else "")
-                raise UserError(f"{point}: {e}; no point was started") from e
+                if first is None:
+                    first = (number, e)
+                    every_point_alike = number == 1
+                elif str(e) != str(first[1]):
+                    every_point_alike = False
+            else:
+                every_point_alike = False
+            if first is not None and not every_point_alike:
+                break  # the first refused point is the one to name
+    if first is None:
+        return
+    number, error = first
+    if len(jobs) == 1:
+        raise error
+    where = f"every sweep point ({len(jobs)})" if every_point_alike else sweep_point(jobs, number)
+    raise UserError(f"{where}: {error}; no point was started") from error
+
+
+def sweep_point(jobs: list[list[str]], number: int) -> str:
+    """Point `number` (from 1) of a sweep's `jobs` in words, with the overrides that set it apart."""
+    shared = set.intersection(*(set(job) for job in jobs))
+    own = " ".join(o for o in jobs[number - 1] if o not in shared)
+    return f"sweep point {number} of {len(jobs)}" + (f" ({own})" if own else "")
+
+
+@contextlib.contextmanager
+def naming_the_point(jobs: list[list[str]], number: int) -> Iterator[None]:
+    """A UserError raised inside, for a sweep of several points, names point `number` first."""
+    try:
+        yield
+    except UserError as e:
+        if len(jobs) == 1:
+            raise
+        raise UserError(f"{sweep_point(jobs, number)}: {e}") from e
 
 
 def record_failure(run_dir: Path, message: str) -> None:
@@ -359,20 +390,23 @@ def _composer() -> Iterator[Callable[[list[str]], DictConfig]]:
 def compose_jobs(args: list[str]) -> list[tuple[list[str], RootConfig, DictConfig]]:
     """The jobs of a command line (`-m`: each job of the sweep), composed as `train` composes them
     and converted to dataclasses (an unset data.root is left empty: the caller decides), each with
-    the Hydra launcher it composed with (`hydra.launcher`)."""
+    the Hydra launcher it composed with (`hydra.launcher`). A sweep point that does not compose is
+    refused by its number (`naming_the_point`)."""
     from resnet_repro.planning.plan import expand_sweep
 
     multirun = any(a in ("-m", "--multirun") for a in args)
     overrides = [a for a in args if a not in ("-m", "--multirun")]
     register_configs()
     check_override_keys(overrides, groups=[d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()])
-    jobs = []
+    jobs = list(expand_sweep(overrides, multirun))
+    composed = []
     with _composer() as compose_one:
-        for job in expand_sweep(overrides, multirun):
-            dcfg = compose_one(job)
-            launcher = dcfg.hydra.launcher
-            jobs.append((job, _job_config(dcfg), launcher))
-    return jobs
+        for number, job in enumerate(jobs, start=1):
+            with naming_the_point(jobs, number):
+                dcfg = compose_one(job)
+                launcher = dcfg.hydra.launcher
+                composed.append((job, _job_config(dcfg), launcher))
+    return composed
 
 
 def _job_config(dcfg: DictConfig, blank_missing_root: bool = True) -> RootConfig:

@@ -4,18 +4,9 @@ queued."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from resnet_repro.commands.hydra_app import PROG, fail
-from resnet_repro.config import (
-    CONF_DIR,
-    UserError,
-    check_override_keys,
-    hydra_error_line,
-    register_configs,
-    to_dataclass,
-    validate,
-)
+from resnet_repro.commands.hydra_app import PROG, compose_jobs, fail, naming_the_point
+from resnet_repro.config import UserError, validate
 
 HELP = f"""usage: {PROG} plan [-m] [overrides]
 
@@ -49,31 +40,15 @@ def plan_command(args: list[str]) -> None:
     if any(a in ("-h", "--help") for a in args):
         print(HELP)
         return
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
+    from resnet_repro.planning.plan import format_table, plan
 
-    from resnet_repro.planning.plan import expand_sweep, format_table, plan
-
-    multirun = any(a in ("-m", "--multirun") for a in args)
-    overrides = [a for a in args if a not in ("-m", "--multirun")]
-    register_configs()
-    jobs = []
     try:
-        check_override_keys(overrides, groups=[d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()])
-        for job in expand_sweep(overrides, multirun):
-            GlobalHydra.instance().clear()
-            with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-                dcfg = compose(config_name="config", overrides=job)
-            if OmegaConf.is_missing(dcfg.data, "root"):
-                dcfg.data.root = ""  # plan.train_images may stand in for the data (plan says so if not)
-            cfg = to_dataclass(dcfg)
-            validate(cfg)
-            jobs.append((job, cfg))
+        # an unset data.root is left empty: plan.train_images may stand in for the data (plan says so if not)
+        jobs = [(job, cfg) for job, cfg, _ in compose_jobs(args)]
+        for number, (_, cfg) in enumerate(jobs, start=1):
+            with naming_the_point([job for job, _ in jobs], number):
+                validate(cfg)
         record = plan(jobs)
-    except HydraException as e:
-        fail(hydra_error_line(e))
     except UserError as e:
         fail(str(e))
     print(format_table(record))

@@ -16,6 +16,7 @@ from resnet_repro.commands.hydra_app import (
     compose_jobs,
     fail,
     hydra_command,
+    naming_the_point,
     record_failure,
     refuse_unknown_options,
 )
@@ -166,12 +167,14 @@ def _rehearse_check(args: list[str], options: RehearseOptions) -> None:
     if swept and not any(a.startswith("hydra.sweep.subdir=") for a in args):
         fail(collision_message(swept))  # as `train -m` refuses it
     try:
-        for job, cfg, launcher in compose_jobs(args):
-            launch = rehearse.launcher_description(launcher, cfg.trainer.nproc)
-            real_dir = rehearse.real_run_dir(job, cfg, bool(multirun))
-            shape = rehearse.check(
-                cfg, launch, options.stand_in, options.gpu_memory_gib, options.scan, real_dir
-            )
+        jobs = compose_jobs(args)
+        for number, (job, cfg, launcher) in enumerate(jobs, start=1):
+            with naming_the_point([j for j, _, _ in jobs], number):
+                launch = rehearse.launcher_description(launcher, cfg.trainer.nproc)
+                real_dir = rehearse.real_run_dir(job, cfg, bool(multirun))
+                shape = rehearse.check(
+                    cfg, launch, options.stand_in, options.gpu_memory_gib, options.scan, real_dir
+                )
             print(f"{PROG} rehearse --check-only {' '.join(job)}".rstrip())
             print(rehearse.verdict(shape))
     except UserError as e:

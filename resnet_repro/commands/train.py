@@ -14,11 +14,9 @@ from resnet_repro.commands.hydra_app import PROG, fail, hydra_command, record_fa
 from resnet_repro.config import (
     RootConfig,
     UserError,
+    check_job,
     files_as_user_errors,
-    per_device_batch,
-    refuse_training_split_as_test,
     to_dataclass,
-    validate,
 )
 
 # `train --help`, shown by conf/hydra/help/resnet_repro.yaml with the config groups
@@ -49,21 +47,12 @@ def train_command(args: list[str]) -> None:
         _sweep_end()
 
 
-def _check_job(cfg: RootConfig, world_size: int) -> None:
-    """The checks of a job's settings before anything starts: a run's, and every point's of a
-    sweep before its first job (`_check_sweep_point`)."""
-    validate(cfg)
-    refuse_training_split_as_test(cfg.data)  # before any worker starts (prepare_data checks too)
-    # a batch-size conflict is refused here, once, before any worker or data loading starts
-    per_device_batch(cfg.trainer, world_size)
-
-
 def _check_sweep_point(cfg: RootConfig, launcher: DictConfig) -> None:
-    """`_check_job` for a sweep point, with the world size its launcher will give it (submitit's
+    """`check_job` for a sweep point, with the world size its launcher will give it (submitit's
     SLURM launcher: nodes x tasks_per_node; else trainer.nproc, as `train` decides)."""
     from resnet_repro.planning.rehearse_checks import launcher_description
 
-    _check_job(cfg, launcher_description(launcher, cfg.trainer.nproc)[1])
+    check_job(cfg, launcher_description(launcher, cfg.trainer.nproc)[1])
 
 
 def _sweep_end() -> None:
@@ -117,7 +106,8 @@ def _train_launch(dcfg: DictConfig, run_dir: Path) -> float | None:
         cfg = to_dataclass(dcfg)
         env = distributed.detect()
         local_launch = distributed.local_workers(cfg.trainer.nproc, env)
-        _check_job(cfg, cfg.trainer.nproc if local_launch else env.world_size)
+        # refused here, once, before any worker or data loading starts (prepare_data checks too)
+        check_job(cfg, cfg.trainer.nproc if local_launch else env.world_size)
         if env.source == "single":
             _warn_of_batch_shell(cfg.trainer.nproc)
         if local_launch:

@@ -65,6 +65,7 @@ from resnet_repro.config.validation import (
     NORMALIZATIONS,
     PRECISIONS,
     STEMS,
+    check_job,
     refuse_training_split_as_test,
     validate,
 )
@@ -109,6 +110,7 @@ __all__ = [
     "TrainerConfig",
     "UnresolvedInterpolation",
     "UserError",
+    "check_job",
     "check_override_keys",
     "compose",
     "deprecation_warnings",

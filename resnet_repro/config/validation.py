@@ -8,7 +8,7 @@ import math
 import os
 from typing import Any
 
-from resnet_repro.config.derived import eval_protocols
+from resnet_repro.config.derived import eval_protocols, per_device_batch
 from resnet_repro.config.errors import UserError
 from resnet_repro.config.references import REFERENCES
 from resnet_repro.config.schemas import (
@@ -203,6 +203,15 @@ def _validate_data(d: DataConfig) -> None:
     if not all(0 < v <= 1 for v in d.std):
         raise UserError(f"data.std={d.std} must be in (0, 1] (pixels scaled to [0, 1]; 0-255 values / 255)")
     _validate_augment(d.augment, d.image_size)
+
+
+def check_job(cfg: RootConfig, world_size: int) -> int:
+    """A training job's checks before anything starts, alike for `train` (a run, every point of a
+    sweep before its first job) and `rehearse`: the values, the training split named as the test
+    split, and the batch split over `world_size` processes; returns the per-process batch."""
+    validate(cfg)
+    refuse_training_split_as_test(cfg.data)
+    return per_device_batch(cfg.trainer, world_size)
 
 
 def refuse_training_split_as_test(d: DataConfig) -> None:

@@ -93,7 +93,7 @@ def check(
     would raise."""
     from resnet_repro.cluster import distributed
     from resnet_repro.cluster.distributed import DistEnv
-    from resnet_repro.config import refuse_training_split_as_test, validate
+    from resnet_repro.config import check_job
     from resnet_repro.data import progressive
     from resnet_repro.planning import plan
     from resnet_repro.training import step_plan
@@ -103,10 +103,8 @@ def check(
     from resnet_repro.training.summary import deviations
     from resnet_repro.training.train import check_device
 
-    validate(cfg)
-    refuse_training_split_as_test(cfg.data)
     _, world, launch = nproc_world or launch_description(cfg.trainer.nproc)
-    batch = per_device_batch(cfg.trainer, world)
+    batch = check_job(cfg, world)
     on_gpu = cfg.trainer.device != "cpu"  # the real run's: before any substitution
     cfg, substituted = cpu_equivalent(cfg)
     device = distributed.pick_device(cfg.trainer.device, DistEnv())
