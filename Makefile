@@ -8,6 +8,11 @@ STAMP := $(VENV)/.installed
 DATA ?=
 GPUS ?= 1
 ARGS ?=
+# make expands a `$` in ARGS before the shell or resnet-repro sees it (`${oc.env:X}` would become
+# nothing, silently): refused, unless written `$$`
+ifneq ($(findstring $$,$(subst $$$$,,$(value ARGS))),)
+$(error ARGS=$(value ARGS): make would expand its '$$' (here to nothing) before resnet-repro sees it; write it as '$$$$' inside single quotes (ARGS="'key=$$$${oc.env:VAR}'"), or run .venv/bin/resnet-repro with the overrides directly)
+endif
 DEMO_RUN := runs/demo/make-demo
 
 .DEFAULT_GOAL := help

@@ -246,6 +246,23 @@ def test_make_demo_passes_args_to_its_training_run():
     assert shlex.split(train)[-2:] == ["trainer.epochs=2", "stabilizer.max_norm=2"]
 
 
+@pytest.mark.parametrize("target", ["demo", "train-imagenet", "sweep", "sweep-slurm"])
+def test_a_dollar_in_make_args_is_refused_not_expanded_to_nothing(target):
+    # make would turn ${oc.env:USER} into "" before resnet-repro sees it: runs/ instead of runs/<user>
+    args = "hydra.run.dir=runs/${oc.env:USER}"
+    proc = subprocess.run(
+        ["make", "-n", target, "DATA=/d", f"ARGS={args}"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, env=clean_env(),
+    )  # fmt: skip
+    assert proc.returncode == 2 and "resnet-repro train" not in proc.stdout
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"ARGS={args}: make would expand its '$'" in line
+    # written as make's $$ inside single quotes, the override reaches resnet-repro whole
+    (train,) = [ln for ln in make_dry_run(target, "DATA=/d", f"ARGS='{args.replace('$', '$$')}'").splitlines()
+                if "resnet-repro train" in ln]  # fmt: skip
+    assert shlex.split(train)[-1] == args
+
+
 def test_make_sweep_slurm_submits_the_weight_decay_by_max_norm_grid_to_the_partition():
     out = make_dry_run("sweep-slurm", "DATA=/d", "PARTITION=gpu")
     command = next(line for line in out.splitlines() if "resnet-repro train -m" in line)
