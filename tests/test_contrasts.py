@@ -203,6 +203,24 @@ def test_an_additive_model_that_fits_every_point_exactly_gives_no_interval():
     assert all(c.ci_low is None and not c.marked for c in answer.contrasts)
 
 
+@pytest.mark.parametrize(
+    "cells",
+    [
+        {("null",): [0.904] * 3, ("2",): [0.894] * 3},  # identical seeds
+        {("null",): [0.904], ("2",): [0.894]},  # one job per point, one axis
+    ],
+    ids=["identical-seeds", "no-replicate"],
+)
+def test_the_notes_of_a_sweep_without_a_noise_estimate_say_there_are_no_intervals(cells):
+    from resnet_repro.reporting.sweep_answer import contrast_section, points_section
+
+    answer = report.sweep_answer_of(rows_of(cells, MN))
+    assert answer.noise.s is None
+    notes = " ".join(contrast_section(answer) + points_section(answer))
+    assert "No intervals (no estimate of the seed noise" in notes
+    assert "the no estimate" not in notes  # "Intervals from the no estimate ...", as it once read
+
+
 def test_the_pooled_contrast_averages_the_within_differences_and_uses_every_runs_noise():
     keys = ("optim.weight_decay", "stabilizer.max_norm")
     cells = {

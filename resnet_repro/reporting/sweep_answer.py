@@ -116,9 +116,12 @@ def contrast_section(a: Answer) -> list[str]:
     ]
     if a.unequal:  # every contrast: each side's value's noise, Welch-Satterthwaite df
         noise = _unequal_text(a.unequal[0]).replace("each with its value's df", "Welch-Satterthwaite df")
+        intervals = f"95% intervals are Student's t with the {noise}"
+    elif a.noise.s is None:
+        intervals = f"No intervals ({_noise_text(a.noise)})"
     else:
-        noise = _noise_text(a.noise)
-    parts += ["", _table(header, lines), "", CONTRAST_NOTE.format(noise=noise), ""]
+        intervals = f"95% intervals are Student's t with the {_noise_text(a.noise)}"
+    parts += ["", _table(header, lines), "", CONTRAST_NOTE.format(intervals=intervals), ""]
     return parts
 
 
@@ -151,8 +154,8 @@ def _noise_text(noise: Noise) -> str:
 
 CONTRAST_NOTE = (
     "Estimates are differences of mean top-1 (points) over finished runs only: within one "
-    "combination of the other axes, or the average of those differences (`within` = all). 95% "
-    "intervals are Student's t with the {noise}; Holm p adjusts every "
+    "combination of the other axes, or the average of those differences (`within` = all). "
+    "{intervals}; Holm p adjusts every "
     "contrast of this table together and `*` marks Holm p < 0.05. Diverged: runs stopped by a "
     "non-finite loss of those that finished or diverged, with the exact (Clopper-Pearson) 95% "
     "interval. docs/reports.md says how the method was calibrated on sweeps of known truth."
@@ -182,16 +185,19 @@ def points_section(a: Answer) -> list[str]:
                 {True: "yes", False: "no", None: "-"}[best],
             ]
         )
-    noise, method = _noise_text(a.noise), "Tukey-Kramer's"
+    intervals, method = f"Intervals from the {_noise_text(a.noise)}", "Tukey-Kramer's"
     if a.unequal:  # the points' intervals and `could be best` take each point's value's noise
-        noise, method = _unequal_text(a.unequal[0]), "Games-Howell's (each point's noise)"
-    note = POINTS_NOTE.format(noise=noise, method=method, best=sum(1 for b in a.best if b))
+        intervals = f"Intervals from the {_unequal_text(a.unequal[0])}"
+        method = "Games-Howell's (each point's noise)"
+    elif a.noise.s is None:
+        intervals = f"No intervals ({_noise_text(a.noise)})"
+    note = POINTS_NOTE.format(intervals=intervals, method=method, best=sum(1 for b in a.best if b))
     return ["## Points: which could be the best", "", _table(header, lines), "", note, ""]
 
 
 POINTS_NOTE = (
     "Ranked by the mean of finished runs; a diverged, failed or incomplete run is counted beside "
-    "it, not averaged in. Intervals from the {noise}. `could be best`: no other point beats it by "
+    "it, not averaged in. {intervals}. `could be best`: no other point beats it by "
     "more than {method} simultaneous 95% allowance, which holds whichever point came out on "
     "top ({best} point(s) here). The top point's lead over the rest is biased upward (it was "
     "picked because its seeds came out high): confirm a winner with fresh seeds "
