@@ -43,13 +43,13 @@ test-fast: $(STAMP) ## run the tests not marked slow
 	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP) ## ruff check and format check; the import layers (import-linter's contracts in pyproject.toml)
-	$(BIN)/ruff check resnet_repro tests scripts
-	$(BIN)/ruff format --check resnet_repro tests scripts
+	$(BIN)/ruff check resnet_repro hydra_plugins tests scripts
+	$(BIN)/ruff format --check resnet_repro hydra_plugins tests scripts
 	$(BIN)/lint-imports
 
 format: $(STAMP) ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix resnet_repro tests scripts
-	$(BIN)/ruff format resnet_repro tests scripts
+	$(BIN)/ruff check --fix resnet_repro hydra_plugins tests scripts
+	$(BIN)/ruff format resnet_repro hydra_plugins tests scripts
 
 # TensorBoard listens on this machine only (reach it from a laptop with `ssh -L 6006:localhost:6006 HOST`);
 # HOST=0.0.0.0 serves every interface: anyone who can reach the port sees the runs. `:=`, so an

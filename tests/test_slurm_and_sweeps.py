@@ -213,9 +213,8 @@ def test_slurm_launcher_config_composes_with_one_task_per_gpu_and_the_submitit_t
     proc = run_cli("train", "hydra/launcher=slurm", "--cfg", "hydra", "-p", "hydra.launcher")
     assert proc.returncode == 0, proc.stderr
     assert "tasks_per_node: 8" in proc.stdout
-    assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in proc.stdout
     launcher = yaml.safe_load(proc.stdout)
-    assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher["_target_"] == "hydra_plugins.resnet_repro_launchers.sweep_launchers.SlurmSweepLauncher"
     assert launcher["tasks_per_node"] == launcher["gpus_per_node"] == 8
     assert launcher["nodes"] == 1
     assert launcher["partition"] is None
@@ -225,8 +224,73 @@ def test_local_launcher_config_composes_with_the_submitit_local_target():
     proc = run_cli("train", "hydra/launcher=local", "--cfg", "hydra", "-p", "hydra.launcher")
     assert proc.returncode == 0, proc.stderr
     launcher = yaml.safe_load(proc.stdout)
-    assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+    assert launcher["_target_"] == "hydra_plugins.resnet_repro_launchers.sweep_launchers.LocalSweepLauncher"
     assert launcher["tasks_per_node"] == 1
+
+
+def test_the_sweep_launchers_are_the_plugins_own_with_hydras_plugin_registry():
+    # Hydra instantiates a launcher only from the hydra_plugins package, after scanning it
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.launcher import Launcher
+
+    from resnet_repro.planning.rehearse_checks import runs_elsewhere
+
+    # (Hydra's scan loads the plugin modules afresh: classes compare by name)
+    found = {c.__name__: [b.__name__ for b in c.__mro__] for c in Plugins.instance().discover(Launcher)}
+    assert {"EachPointOnItsOwn", "SlurmLauncher"} <= set(found["SlurmSweepLauncher"])
+    assert {"EachPointOnItsOwn", "LocalLauncher"} <= set(found["LocalSweepLauncher"])
+    for target, elsewhere in [
+        ("hydra_plugins.resnet_repro_launchers.sweep_launchers.SlurmSweepLauncher", True),
+        ("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", True),  # the plugin's own
+        ("hydra_plugins.resnet_repro_launchers.sweep_launchers.LocalSweepLauncher", False),
+        ("hydra._internal.core_plugins.basic_launcher.BasicLauncher", False),
+    ]:
+        assert runs_elsewhere({"_target_": target}) is elsewhere, target
+
+
+def answers(*states: str | None):
+    """A stand-in for cluster.slurm.query_job answering with `states` in turn (None: the
+    controller no longer knows the job), counting the questions."""
+    from resnet_repro.cluster.slurm import JobView
+
+    asked = []
+
+    def query(job_id: str):
+        state = states[len(asked)]
+        asked.append(job_id)
+        if state is None:
+            return None, f"SLURM does not know job {job_id} (purged or never submitted)"
+        return JobView(states=(state,)), "scontrol --json show job"
+
+    return query, asked
+
+
+@pytest.mark.parametrize(
+    ("states", "questions"),
+    [
+        (["RUNNING", "CANCELLED", "CANCELLED"], 3),
+        (["PREEMPTED", "PENDING", "RUNNING", "TIMEOUT", "TIMEOUT"], 5),  # a requeue passes through PREEMPTED
+        (["CANCELLED", "PENDING", "FAILED", "FAILED"], 4),
+        (["RUNNING", None, None], 3),  # ended long enough ago for the controller to forget it
+    ],
+    ids=["cancelled", "requeued-then-timeout", "ended-once-is-not-enough", "forgotten"],
+)
+def test_a_points_slurm_job_without_a_result_is_waited_for_until_the_controller_says_twice_it_ended(
+    states, questions
+):
+    from resnet_repro.commands.sweep_launcher import wait_until_ended
+
+    query, asked = answers(*states)
+    wait_until_ended("7_1", lambda: False, query=query, sleep=lambda s: None)
+    assert asked == ["7_1"] * questions
+
+
+def test_a_points_slurm_job_with_a_result_is_not_asked_about():
+    from resnet_repro.commands.sweep_launcher import wait_until_ended
+
+    query, asked = answers()
+    wait_until_ended("7_1", lambda: True, query=query, sleep=lambda s: None)
+    assert asked == []
 
 
 def make_dry_run(*args: str) -> str:
@@ -587,6 +651,43 @@ def test_a_point_that_fails_as_it_runs_does_not_stop_the_sweep_and_the_sweep_exi
         f"resnet-repro: error: 1 of 2 sweep points failed: {failed} (data.subset.classes=11 "
     )
     assert f"`resnet-repro report {sweep_dir}` lists them" in last
+
+
+@pytest.mark.slow
+def test_a_submitit_point_killed_mid_run_is_counted_at_the_end_and_the_other_point_finishes(
+    demo_root: Path, tmp_path: Path
+):
+    # hydra-submitit-launcher alone raised submitit's UncompletedJobError at the killed point: a
+    # traceback, and no count (the SLURM launcher's cancel is tests/test_slurm_cluster.py's)
+    sweep_dir = tmp_path / "sweep"
+    args = [PYTHON, "-m", "resnet_repro", "train", "-m", "hydra/launcher=local", f"data.root={demo_root}",
+            "trainer.epochs=1,400", *TINY_POINT[1:], f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    with open(tmp_path / "stderr", "w") as err:
+        sweep = subprocess.Popen(args, cwd=REPO_ROOT, env=clean_env(), stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 300
+        long_job = None
+        while long_job is None and sweep.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            logs = sweep_dir.glob(".submitit/*/*_log.out")
+            long_job = next((p.parent.name for p in logs if "trainer.epochs=400" in p.read_text()), None)
+        assert long_job is not None, "the 400-epoch point never started"
+        # the local job id is the pid of submitit's controller; the job runs in its child
+        for child in Path(f"/proc/{long_job}/task/{long_job}/children").read_text().split():
+            os.kill(int(child), signal.SIGKILL)
+        sweep.wait(timeout=300)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    err = (tmp_path / "stderr").read_text()
+    assert sweep.returncode == 2, err[-3000:]
+    (killed,) = [p.parent for p in sweep_dir.glob("*/error.txt")]
+    assert "trainer.epochs=400" in killed.name
+    (finished,) = [p.parent for p in sweep_dir.glob("*/final.json")]
+    assert finished.name.endswith("trainer.epochs=1")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"resnet-repro: error: 1 of 2 sweep points failed: {killed} (its job {long_job} ")
+    assert "ended without a result" in last and "Traceback" not in err
 
 
 def test_a_point_stopped_by_a_non_finite_loss_is_a_result_the_sweep_exits_0_and_counts_it(

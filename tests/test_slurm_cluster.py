@@ -418,10 +418,11 @@ def submitit_results(sweep: Path, task: str) -> list[Path]:
 
 
 def scenario_submitit_sweep(c: Cluster, work: Path) -> dict[str, Any]:
-    """Two sweep points through hydra-submitit-launcher; point 0 gets submitit's time-limit signal
+    """Three sweep points through hydra-submitit-launcher; point 0 gets submitit's time-limit signal
     (USR2), point 1 is requeued by SLURM (`scontrol requeue`, as an admin or a PreemptMode=REQUEUE
-    preemption would). Neither may leave a result while SLURM holds it, or the sweep would not
-    wait for the rerun."""
+    preemption would), point 2 is cancelled (`scancel`). Neither requeued point may leave a result
+    while SLURM holds it, or the sweep would not wait for the rerun; the cancelled one must not end
+    the sweep before the others (on this cluster without accounting submitit never learns its state)."""
     sweep = work / "sweep"
     args = [
         RESNET_REPRO,
@@ -437,25 +438,25 @@ def scenario_submitit_sweep(c: Cluster, work: Path) -> dict[str, Any]:
         f"hydra.sweep.dir={sweep}",
         *SMALL_RUN,
         "trainer.epochs=3",
-        "trainer.seed=0,1",
+        "trainer.seed=0,1,2",
     ]
     with open(work / "sweep.out", "w") as out:
         proc = subprocess.Popen(args, env=c.env, cwd=work, stdout=out, stderr=subprocess.STDOUT)
         try:
-            wait_for(
-                lambda: all(epochs_done(point_dir(sweep, s)) >= 1 for s in (0, 1)) or proc.poll() is not None,
-                "epoch 1",
-            )
-            points = [point_dir(sweep, s) for s in (0, 1)]
+            started = lambda: all(epochs_done(point_dir(sweep, s)) >= 1 for s in range(3))  # noqa: E731
+            wait_for(lambda: started() or proc.poll() is not None, "epoch 1")
+            points = [point_dir(sweep, s) for s in (0, 1, 2)]
             names = c.run("squeue", "-h", "-o", "%i %j").stdout.split("\n")
             array_id = next(line.split()[0].split("_")[0] for line in names if line.endswith(" demo"))
-            tasks = [f"{array_id}_0", f"{array_id}_1"]
+            tasks = [f"{array_id}_0", f"{array_id}_1", f"{array_id}_2"]
             signals = [
                 c.run("scancel", "--signal=USR2", tasks[0]),
                 c.run("scontrol", "requeue", tasks[1]),
+                c.run("scancel", tasks[2]),
             ]
-            requeues = [c.wait_job(t, held_or_ended, "the requeue hold") for t in tasks]
-            results_while_held = [submitit_results(sweep, t) for t in tasks]
+            requeues = [c.wait_job(t, held_or_ended, "the requeue hold") for t in tasks[:2]]
+            results_while_held = [submitit_results(sweep, t) for t in tasks[:2]]
+            running_after_the_cancel = proc.poll() is None
             preempted = [
                 read_json(p / "preempted.json") if (p / "preempted.json").exists() else None for p in points
             ]
@@ -475,6 +476,7 @@ def scenario_submitit_sweep(c: Cluster, work: Path) -> dict[str, Any]:
         "signals": signals,
         "requeues": requeues,
         "results_while_held": results_while_held,
+        "running_after_the_cancel": running_after_the_cancel,
         "results": [submitit_results(sweep, t) for t in tasks],
         "preempted": preempted,
         "finals": [c.job(t) for t in tasks],
@@ -985,29 +987,40 @@ def test_two_srun_steps_with_different_seeds_get_two_run_directories_and_two_res
 
 
 @scenario("submitit")
-def test_submitit_sweep_requeued_by_submitit_or_by_slurm_leaves_no_result_waits_and_resumes(
+def test_submitit_sweep_waits_for_points_requeued_by_submitit_or_slurm_and_counts_a_cancelled_one(
     scenarios, version
 ):
     o = outcome(scenarios, "submitit", version)
-    assert o["rc"] == 0, o["output"]
     assert any(line.endswith(" demo") for line in o["names"])  # squeue names the jobs after the experiment
     for signalled in o["signals"]:
         assert signalled.returncode == 0, signalled.stderr
     assert [j["JobState"] for j in o["requeues"]] == ["PENDING", "PENDING"], o["requeues"]
     # while SLURM holds the jobs, submitit has no result for either: the sweep waits for the reruns
     assert o["results_while_held"] == [[], []], o["results_while_held"]
-    usr2, term = o["preempted"]
+    usr2, term, cancelled = o["preempted"]
     assert usr2 is not None and usr2["signal"] == "SIGUSR2" and usr2["requeued"] == "by the launcher"
     # `scontrol requeue` sends SIGTERM; the run sees that SLURM requeued the job, and says so
     assert term is not None and term["signal"] == "SIGTERM" and term["requeued"] == "by SLURM", term
-    assert [len(r) for r in o["results"]] == [1, 1]
-    for final in o["finals"]:
+    assert cancelled is None or not cancelled["requeued"], cancelled  # a cancel: not requeued
+    assert [len(r) for r in o["results"]] == [1, 1, 0]
+    for final in o["finals"][:2]:
         assert final["JobState"] == "COMPLETED" and final["Restarts"] == "1", final
-    for point in o["points"]:
+    assert o["finals"][2]["JobState"] == "CANCELLED", o["finals"][2]
+    for point in o["points"][:2]:
         assert read_json(point / "final.json")["epochs"] == 3
         assert "resumed from" in (point / "train.log").read_text()
+    # the cancelled point ends neither the sweep nor its wait for the reruns: it is counted at the end
+    assert o["running_after_the_cancel"], o["output"]
+    assert o["rc"] == 2, o["output"]
+    last = o["output"].strip().splitlines()[-1]
+    assert last.startswith(
+        f"resnet-repro: error: 1 of 3 sweep points failed: {o['points'][2]} (its SLURM job {o['tasks'][2]} "
+        "ended without a result (JobState=CANCELLED"
+    ), o["output"]
+    assert (o["points"][2] / "error.txt").read_text().startswith(f"its SLURM job {o['tasks'][2]} ended")
     assert o["report"].returncode == 0, o["report"].stderr
-    assert "trainer.seed=0" in o["report"].stdout and "trainer.seed=1" in o["report"].stdout
+    for seed in (0, 1, 2):
+        assert f"trainer.seed={seed}" in o["report"].stdout
 
 
 @scenario("preempt")

@@ -202,8 +202,10 @@ def launcher_description(launcher: Any, nproc: int) -> tuple[bool, int, str]:
 
 def runs_elsewhere(launcher: Any) -> bool:
     """Whether the Hydra launcher (`hydra.launcher`) runs the jobs in other processes on other
-    machines (submitit's SLURM launcher), not this one."""
-    return launcher is not None and "SlurmLauncher" in str(launcher.get("_target_", ""))
+    machines (submitit's SLURM launcher: the plugin's own, or hydra/launcher=slurm's
+    commands.sweep_launcher.SlurmSweepLauncher), not this one."""
+    target = "" if launcher is None else str(launcher.get("_target_", ""))
+    return target.rsplit(".", 1)[-1] in ("SlurmLauncher", "SlurmSweepLauncher")
 
 
 def launch_description(nproc: int) -> tuple[bool, int, str]:

@@ -1,0 +1,1 @@
+"""resnet-repro's Hydra launchers (Hydra takes launchers from the hydra_plugins package only)."""

@@ -1,0 +1,180 @@
+"""What hydra/launcher=slurm and hydra/launcher=local change in hydra-submitit-launcher's launchers:
+a sweep point whose job ends without a result does not end the sweep.
+
+The plugin reads the points' results in order. The first job that ends without one (cancelled,
+killed by the kernel or SLURM, a stop that was not requeued, an exception in the task) raised
+submitit's error in the submitting process: `train -m` ended on a traceback while the other points
+still ran, and the sweep's count of failed points never came. Worse, on a cluster without
+accounting (no `sacct`: submitit then knows no job's state), it waited forever for a cancelled
+job's result. Here each point is waited for on its own, under SLURM by what the controller says
+(`scontrol`, as the runs read their own jobs); a point without a result leaves its reason in its
+folder's error.txt, as a point that fails inside its job does, and the sweep waits for the others.
+`train -m` then counts them all (commands/sweep_outcome.py) and exits 2, naming the first.
+
+The launcher classes are in hydra_plugins/resnet_repro_launchers: Hydra takes launchers from its
+plugin package only."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+
+# states of a job that has ended (a requeued job is PENDING again, not one of these)
+ENDED_STATES = frozenset(
+    ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "DEADLINE",
+     "BOOT_FAIL")
+)  # fmt: skip
+# how often the controller is asked about a point's job that has no result yet; an ended state
+# counts once two answers in a row say it (a requeue passes through states of its own)
+POLL_S = 10.0
+
+
+class EachPointOnItsOwn:
+    """`launch` of the plugin's launchers, each point's job waited for and read on its own."""
+
+    _EXECUTOR: str
+    config: Any
+    hydra_context: Any
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from submitit.core.utils import FailedJobError, UncompletedJobError
+
+        plugin_launch = super().launch  # type: ignore[misc]
+        jobs = _submitted(lambda: plugin_launch(job_overrides, initial_job_idx))
+        returns = []
+        for number, (overrides, job) in enumerate(zip(job_overrides, jobs, strict=True), initial_job_idx):
+            if self._EXECUTOR == "slurm":  # submitit's own wait needs sacct (accounting) to see an end
+                wait_until_ended(job.job_id, job.paths.result_pickle.exists)
+                if not _result_shows(job):
+                    returns.append(self._without_result(list(overrides), number, job, ""))
+                    continue
+            try:
+                result = job.results()[0]
+            except UncompletedJobError as e:  # ended with no result: cancelled, killed, exited non-zero
+                result = self._without_result(list(overrides), number, job, _state_in(str(e)))
+            except FailedJobError as e:  # an error in submitit's call of the task: its last line
+                result = self._without_result(list(overrides), number, job, _last_line(str(e)))
+            if result.status == JobStatus.FAILED:  # an exception in the task (Hydra's run_job caught it)
+                error = result._return_value
+                said = f"{type(error).__name__}: {error}".splitlines()[0]
+                result = self._without_result(list(overrides), number, job, said)
+            returns.append(result)
+        return returns
+
+    def _without_result(self, overrides: list[str], number: int, job: Any, said: str) -> JobReturn:
+        """A point whose job ended without a result: its reason in its folder's error.txt (unless
+        the run left one of this launch there itself), and a return that lets the sweep go on."""
+        from omegaconf import open_dict
+
+        from resnet_repro.commands.hydra_app import record_failure
+        from resnet_repro.commands.sweep_outcome import outcome
+
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(config.hydra.job):
+            config.hydra.job.num = number
+            config.hydra.job.id = job.job_id  # as the job names itself (submitit's JobEnvironment)
+        job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+        if outcome(job_dir) is None:
+            slurm = self._EXECUTOR == "slurm"
+            state = _slurm_state(job.job_id) if slurm else ""
+            detail = "; ".join(part for part in (state, said) if part)
+            what = f"SLURM job {job.job_id}" if slurm else f"job {job.job_id}"
+            record_failure(
+                job_dir, f"its {what} ended without a result ({detail}); its log: {job.paths.stderr}"
+            )
+        return JobReturn(overrides=overrides, working_dir=str(job_dir), status=JobStatus.COMPLETED)
+
+
+class _Submitted(Exception):
+    def __init__(self, jobs: list[Any]) -> None:
+        self.jobs = jobs
+
+
+def _submitted(launch: Callable[[], object]) -> list[Any]:
+    """The submitit jobs the plugin's `launch` submits, taken as it submits them: its reading of
+    their results, in order and without a state for a job SLURM ended, is never reached."""
+    import submitit
+
+    submit = submitit.AutoExecutor.map_array
+
+    def taken(executor: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        raise _Submitted(submit(executor, *args, **kwargs))
+
+    submitit.AutoExecutor.map_array = taken  # type: ignore[method-assign]
+    try:
+        launch()
+    except _Submitted as done:
+        return done.jobs
+    finally:
+        submitit.AutoExecutor.map_array = submit  # type: ignore[method-assign]
+    raise RuntimeError("hydra-submitit-launcher's launch submitted no job array")  # not this plugin version
+
+
+def wait_until_ended(
+    job_id: str,
+    has_result: Callable[[], bool],
+    query: Callable[[str], tuple[Any, str]] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Return once the job has a result, or the controller has said twice in a row that it ended
+    (or no longer knows it: it ended minutes ago). A requeued job is waited for again."""
+    from resnet_repro.cluster.slurm import UNKNOWN_JOB, query_job
+
+    query = query or query_job
+    ended_before = False
+    while not has_result():
+        view, how = query(job_id)
+        ended = view.base in ENDED_STATES if view is not None else UNKNOWN_JOB in how
+        if ended and ended_before:
+            return
+        ended_before = ended
+        sleep(POLL_S)
+
+
+def _result_shows(job: Any, within_s: float = 120.0, sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Whether the ended SLURM job has a result file: none will come unless it COMPLETED (the task
+    returned), when a shared file system may show the file a little later (submitit's own wait
+    refreshes the folder the same way)."""
+    from resnet_repro.cluster.slurm import query_job
+
+    path = job.paths.result_pickle
+    if path.exists():
+        return True
+    view, _ = query_job(job.job_id)
+    if view is None or view.base != "COMPLETED":
+        return False
+    for _ in range(int(within_s)):
+        try:
+            path.parent.chmod(path.parent.stat().st_mode)  # a folder's attributes read afresh (NFS)
+        except OSError:
+            pass
+        if path.exists():
+            return True
+        sleep(1.0)
+    return path.exists()
+
+
+def _slurm_state(job_id: str) -> str:
+    from resnet_repro.cluster.slurm import query_job
+
+    view, _ = query_job(job_id)
+    if view is None:
+        return ""
+    reason = "" if view.reason == "None" else f", Reason={view.reason}"
+    return f"JobState={'+'.join(view.states)}{reason}"
+
+
+def _state_in(message: str) -> str:
+    """The state submitit names in its UncompletedJobError ("... (state: CANCELLED)")."""
+    found = re.search(r"\(state: ([^)]*)\)", message)
+    return f"submitit's state {found.group(1)}" if found else ""
+
+
+def _last_line(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
