@@ -272,8 +272,17 @@ def answers(*states: str | None):
         (["PREEMPTED", "PENDING", "RUNNING", "TIMEOUT", "TIMEOUT"], 5),  # a requeue passes through PREEMPTED
         (["CANCELLED", "PENDING", "FAILED", "FAILED"], 4),
         (["RUNNING", None, None], 3),  # ended long enough ago for the controller to forget it
+        (["PREEMPTED"] * 20 + ["PENDING", "RUNNING", "COMPLETED", "COMPLETED"], 24),  # a slow requeue
+        (["PREEMPTED"] * 31, 31),  # PreemptMode=CANCEL: an end, once it has lasted 300 s
     ],
-    ids=["cancelled", "requeued-then-timeout", "ended-once-is-not-enough", "forgotten"],
+    ids=[
+        "cancelled",
+        "requeued-then-timeout",
+        "ended-once-is-not-enough",
+        "forgotten",
+        "slow-requeue",
+        "preempted-for-good",
+    ],  # fmt: skip
 )
 def test_a_points_slurm_job_without_a_result_is_waited_for_until_the_controller_says_twice_it_ended(
     states, questions
@@ -283,6 +292,21 @@ def test_a_points_slurm_job_without_a_result_is_waited_for_until_the_controller_
     query, asked = answers(*states)
     wait_until_ended("7_1", lambda: False, query=query, sleep=lambda s: None)
     assert asked == ["7_1"] * questions
+
+
+def test_the_reason_of_a_failed_submitit_call_is_the_exception_line_not_a_log_path():
+    from submitit.core.utils import FailedJobError
+
+    from resnet_repro.commands.sweep_launcher import _error_line
+
+    trace = 'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\nValueError: bad point'
+    # the message as submitit's Job.exception() words it
+    message = (
+        f"Job (task=0) failed during processing with trace:\n----------------------\n{trace}\n"
+        "----------------------\nYou can check full logs with 'job.stderr(0)' and 'job.stdout(0)'"
+        "or at paths:\n  - /s/12_0_0_log.err\n  - /s/12_0_0_log.out"
+    )
+    assert _error_line(str(FailedJobError(message))) == "ValueError: bad point"
 
 
 def test_a_points_slurm_job_with_a_result_is_not_asked_about():

@@ -32,6 +32,9 @@ ENDED_STATES = frozenset(
 # how often the controller is asked about a point's job that has no result yet; an ended state
 # counts once two answers in a row say it (a requeue passes through states of its own)
 POLL_S = 10.0
+# PREEMPTED is an end under PreemptMode=CANCEL, and a passage under REQUEUE (until SLURM has ended
+# the job's processes: KillWait, epilogs): it counts once it has lasted this long
+PREEMPTED_SETTLE_S = 300.0
 
 
 class EachPointOnItsOwn:
@@ -45,41 +48,52 @@ class EachPointOnItsOwn:
         from submitit.core.utils import FailedJobError, UncompletedJobError
 
         plugin_launch = super().launch  # type: ignore[misc]
+        submitted_ns = time.time_ns()
         jobs = _submitted(lambda: plugin_launch(job_overrides, initial_job_idx))
         returns = []
         for number, (overrides, job) in enumerate(zip(job_overrides, jobs, strict=True), initial_job_idx):
+            rank0 = job.task(0)  # the point's result is rank 0's, as the plugin reads it (results()[0])
+            failed = None
             if self._EXECUTOR == "slurm":  # submitit's own wait needs sacct (accounting) to see an end
-                wait_until_ended(job.job_id, job.paths.result_pickle.exists)
-                if not _result_shows(job):
-                    returns.append(self._without_result(list(overrides), number, job, ""))
-                    continue
-            try:
-                result = job.results()[0]
-            except UncompletedJobError as e:  # ended with no result: cancelled, killed, exited non-zero
-                result = self._without_result(list(overrides), number, job, _state_in(str(e)))
-            except FailedJobError as e:  # an error in submitit's call of the task: its last line
-                result = self._without_result(list(overrides), number, job, _last_line(str(e)))
-            if result.status == JobStatus.FAILED:  # an exception in the task (Hydra's run_job caught it)
-                error = result._return_value
-                said = f"{type(error).__name__}: {error}".splitlines()[0]
-                result = self._without_result(list(overrides), number, job, said)
+                wait_until_ended(job.job_id, rank0.paths.result_pickle.exists)
+                if not _result_shows(rank0):
+                    failed = ""
+            if failed is None:
+                try:
+                    result = rank0.result()
+                except UncompletedJobError as e:  # ended with no result: cancelled, killed, exited non-zero
+                    failed = _state_in(str(e))
+                except FailedJobError as e:  # an error in submitit's call of the task
+                    failed = _error_line(str(e))
+                else:
+                    if result.status == JobStatus.FAILED:  # an exception in the task (Hydra's run_job)
+                        error = result._return_value
+                        failed = f"{type(error).__name__}: {error}".splitlines()[0]
+            if failed is not None:
+                result = self._without_result(list(overrides), number, job, failed, submitted_ns)
             returns.append(result)
         return returns
 
-    def _without_result(self, overrides: list[str], number: int, job: Any, said: str) -> JobReturn:
+    def _without_result(
+        self, overrides: list[str], number: int, job: Any, said: str, submitted_ns: int
+    ) -> JobReturn:
         """A point whose job ended without a result: its reason in its folder's error.txt (unless
-        the run left one of this launch there itself), and a return that lets the sweep go on."""
+        the run wrote one there after this sweep submitted it), and a return that lets the sweep go
+        on (its count at the end reads error.txt)."""
         from omegaconf import open_dict
 
         from resnet_repro.commands.hydra_app import record_failure
-        from resnet_repro.commands.sweep_outcome import outcome
 
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(config.hydra.job):
             config.hydra.job.num = number
             config.hydra.job.id = job.job_id  # as the job names itself (submitit's JobEnvironment)
         job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
-        if outcome(job_dir) is None:
+        try:
+            its_own = (job_dir / "error.txt").stat().st_mtime_ns >= submitted_ns
+        except OSError:
+            its_own = False
+        if not its_own:  # none, or an earlier sweep's (a point that never started writes no Hydra files)
             slurm = self._EXECUTOR == "slurm"
             state = _slurm_state(job.job_id) if slurm else ""
             detail = "; ".join(part for part in (state, said) if part)
@@ -121,18 +135,20 @@ def wait_until_ended(
     query: Callable[[str], tuple[Any, str]] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """Return once the job has a result, or the controller has said twice in a row that it ended
-    (or no longer knows it: it ended minutes ago). A requeued job is waited for again."""
+    """Return once the job has a result, or the controller has said twice in a row, POLL_S apart,
+    that it ended (or no longer knows it: it ended minutes ago); PREEMPTED only once it has lasted
+    PREEMPTED_SETTLE_S. A requeued job is waited for again."""
     from resnet_repro.cluster.slurm import UNKNOWN_JOB, query_job
 
     query = query or query_job
-    ended_before = False
+    ended_for = None  # polls since an ended state was first seen, in a row
     while not has_result():
         view, how = query(job_id)
         ended = view.base in ENDED_STATES if view is not None else UNKNOWN_JOB in how
-        if ended and ended_before:
+        ended_for = (0 if ended_for is None else ended_for + 1) if ended else None
+        settle = PREEMPTED_SETTLE_S if view is not None and view.base == "PREEMPTED" else POLL_S
+        if ended_for is not None and ended_for * POLL_S >= settle:
             return
-        ended_before = ended
         sleep(POLL_S)
 
 
@@ -175,6 +191,10 @@ def _state_in(message: str) -> str:
     return f"submitit's state {found.group(1)}" if found else ""
 
 
-def _last_line(message: str) -> str:
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+def _error_line(message: str) -> str:
+    """The exception's line of submitit's FailedJobError: the last line of the trace it quotes
+    between two lines of dashes (after them come only log paths)."""
+    parts = message.split("-" * 22)
+    trace = parts[1] if len(parts) >= 3 else message
+    lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
