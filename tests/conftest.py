@@ -6,6 +6,7 @@ works because pytest puts this folder on sys.path (rootdir-relative tests/ witho
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -73,6 +74,26 @@ def make_image_folder(
             k += 1
         written.extend(sorted(paths, key=lambda p: p.name))
     return written
+
+
+def _loggers() -> list[logging.Logger]:
+    manager = logging.root.manager
+    return [logging.root, *(lg for lg in manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+
+
+@pytest.fixture(autouse=True)
+def _log_files_go_with_their_test():
+    """The log files a test opens are closed and detached at its end. An in-process CLI run leaves
+    Hydra's job log (<run dir>/cli.log) on the root logger, which a process that ends never
+    notices; once the test's folder is gone, a later logging.config.dictConfig (submitit runs one
+    when it is imported) closes it, and the next log line anywhere fails to reopen it."""
+    before = {id(h) for logger in _loggers() for h in logger.handlers}
+    yield
+    for logger in _loggers():
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler) and id(handler) not in before:
+                logger.removeHandler(handler)
+                handler.close()
 
 
 @pytest.fixture
