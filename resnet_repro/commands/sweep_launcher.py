@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -80,15 +79,11 @@ class EachPointOnItsOwn:
         """A point whose job ended without a result: its reason in its folder's error.txt (unless
         the run wrote one there after this sweep submitted it), and a return that lets the sweep go
         on (its count at the end reads error.txt)."""
-        from omegaconf import open_dict
-
         from resnet_repro.commands.hydra_app import record_failure
+        from resnet_repro.commands.sweep_outcome import point_dirs
 
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        with open_dict(config.hydra.job):
-            config.hydra.job.num = number
-            config.hydra.job.id = job.job_id  # as the job names itself (submitit's JobEnvironment)
-        job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+        # the job id as the job names itself (submitit's JobEnvironment)
+        _, job_dir = point_dirs(self.hydra_context.config_loader, self.config, overrides, number, job.job_id)
         try:
             its_own = (job_dir / "error.txt").stat().st_mtime_ns >= submitted_ns
         except OSError:

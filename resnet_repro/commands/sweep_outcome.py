@@ -37,25 +37,30 @@ def job_dirs(config: Any) -> list[tuple[Path, Path]] | None:
     config with its job number (and, under the basic launcher, its job id); None when a folder
     depends on what only the job knows (a subdir named after SLURM's job id)."""
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
 
     from resnet_repro.planning.plan import expand_sweep
 
     loader = GlobalHydra.instance().config_loader()
     basic = "BasicLauncher" in str(config.hydra.launcher.get("_target_", ""))
-    folders = []
     try:
-        for num, point in enumerate(expand_sweep(list(config.hydra.overrides.task), multirun=True)):
-            job = loader.load_sweep_config(config, point)
-            with open_dict(job.hydra.job):
-                job.hydra.job.num = num
-                if basic:
-                    job.hydra.job.id = num
-            sweep_dir = Path(str(job.hydra.sweep.dir))
-            folders.append((sweep_dir, sweep_dir / str(job.hydra.sweep.subdir)))
+        points = expand_sweep(list(config.hydra.overrides.task), multirun=True)
+        return [point_dirs(loader, config, p, num, num if basic else None) for num, p in enumerate(points)]
     except Exception:  # noqa: BLE001 - any unresolvable folder: the outcome is not known here
         return None
-    return folders
+
+
+def point_dirs(loader: Any, config: Any, overrides: list[str], num: int, job_id: Any) -> tuple[Path, Path]:
+    """A sweep point's (sweep folder, job folder) from Hydra's sweep config of the point, with the
+    job number and id its launcher gives it (None: left unset)."""
+    from omegaconf import open_dict
+
+    job = loader.load_sweep_config(config, overrides)
+    with open_dict(job.hydra.job):
+        job.hydra.job.num = num
+        if job_id is not None:
+            job.hydra.job.id = job_id
+    sweep_dir = Path(str(job.hydra.sweep.dir))
+    return sweep_dir, sweep_dir / str(job.hydra.sweep.subdir)
 
 
 def _mtime(path: Path) -> int | None:
