@@ -294,6 +294,37 @@ def test_a_points_slurm_job_without_a_result_is_waited_for_until_the_controller_
     assert asked == ["7_1"] * questions
 
 
+def test_a_waited_points_slurm_state_is_said_each_time_it_changes_with_its_reason():
+    """A point held or pending forever is not waited for in silence: each new state (and reason)
+    is said once, not at every poll."""
+    from resnet_repro.cluster.slurm import JobView
+    from resnet_repro.commands.sweep_launcher import wait_until_ended
+
+    views = [
+        JobView(states=("PENDING",), reason="Priority"),
+        JobView(states=("PENDING",), reason="Priority"),
+        JobView(states=("PENDING",), reason="JobHeldUser"),
+        JobView(states=("RUNNING",)),
+        JobView(states=("RUNNING",)),
+        None,
+        None,
+    ]
+    asked, said = [], []
+
+    def query(job_id):
+        view = views[len(asked)]
+        asked.append(job_id)
+        return (view, "scontrol") if view else (None, f"SLURM does not know job {job_id}")
+
+    wait_until_ended("7_1", lambda: False, query=query, sleep=lambda s: None, say=said.append)
+    assert said == [
+        "SLURM job 7_1: PENDING (Reason=Priority)",
+        "SLURM job 7_1: PENDING (Reason=JobHeldUser; it runs only once released: scontrol release 7_1)",
+        "SLURM job 7_1: RUNNING",
+        "SLURM job 7_1: ended (SLURM does not know job 7_1)",
+    ]
+
+
 def test_the_reason_of_a_failed_submitit_call_is_the_exception_line_not_a_log_path():
     from submitit.core.utils import FailedJobError
 

@@ -470,7 +470,7 @@ def scenario_submitit_sweep(c: Cluster, work: Path) -> dict[str, Any]:
     )
     return {
         "rc": rc,
-        "output": (work / "sweep.out").read_text()[-4000:],
+        "output": (work / "sweep.out").read_text(),
         "names": names,
         "tasks": tasks,
         "signals": signals,
@@ -1011,6 +1011,9 @@ def test_submitit_sweep_waits_for_points_requeued_by_submitit_or_slurm_and_count
         assert "resumed from" in (point / "train.log").read_text()
     # the cancelled point ends neither the sweep nor its wait for the reruns: it is counted at the end
     assert o["running_after_the_cancel"], o["output"]
+    # the wait says each state of the point it waits for: point 1's requeue hold is not silent
+    held = f"sweep point 1 of 3 (trainer.seed=0): SLURM job {o['tasks'][0]}: PENDING"
+    assert held in o["output"], o["output"]
     assert o["rc"] == 2, o["output"]
     last = o["output"].strip().splitlines()[-1]
     assert last.startswith(

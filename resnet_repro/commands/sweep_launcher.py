@@ -16,6 +16,8 @@ plugin package only."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +36,15 @@ POLL_S = 10.0
 # PREEMPTED is an end under PreemptMode=CANCEL, and a passage under REQUEUE (until SLURM has ended
 # the job's processes: KillWait, epilogs): it counts once it has lasted this long
 PREEMPTED_SETTLE_S = 300.0
+# what a user can do about a pending job that will not start by itself
+STUCK = {
+    "JobHeldUser": "it runs only once released: scontrol release {job}",
+    "JobHeldAdmin": "it runs only once released: scontrol release {job}",
+    "launch failed requeued held": "it runs only once released: scontrol release {job}",
+    "DependencyNeverSatisfied": "it will never run: scancel {job}",
+}
+
+log = logging.getLogger(__name__)
 
 
 class EachPointOnItsOwn:
@@ -46,15 +57,20 @@ class EachPointOnItsOwn:
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from submitit.core.utils import FailedJobError, UncompletedJobError
 
+        from resnet_repro.commands.hydra_app import sweep_point
+
         plugin_launch = super().launch  # type: ignore[misc]
         submitted_ns = time.time_ns()
         jobs = _submitted(lambda: plugin_launch(job_overrides, initial_job_idx))
         returns = []
+        points = [list(o) for o in job_overrides]
         for number, (overrides, job) in enumerate(zip(job_overrides, jobs, strict=True), initial_job_idx):
             rank0 = job.task(0)  # the point's result is rank 0's, as the plugin reads it (results()[0])
             failed = None
             if self._EXECUTOR == "slurm":  # submitit's own wait needs sacct (accounting) to see an end
-                wait_until_ended(job.job_id, rank0.paths.result_pickle.exists)
+                point = sweep_point(points, number - initial_job_idx + 1)
+                say = functools.partial(log.info, "%s: %s", point)
+                wait_until_ended(job.job_id, rank0.paths.result_pickle.exists, say=say)
                 if not _result_shows(rank0):
                     failed = ""
             if failed is None:
@@ -129,22 +145,40 @@ def wait_until_ended(
     has_result: Callable[[], bool],
     query: Callable[[str], tuple[Any, str]] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    say: Callable[[str], None] = lambda line: None,
 ) -> None:
     """Return once the job has a result, or the controller has said twice in a row, POLL_S apart,
     that it ended (or no longer knows it: it ended minutes ago); PREEMPTED only once it has lasted
-    PREEMPTED_SETTLE_S. A requeued job is waited for again."""
+    PREEMPTED_SETTLE_S. A requeued job is waited for again. Each new state (with its reason) is
+    passed to `say` once: a job held or pending for good is not waited for in silence."""
     from resnet_repro.cluster.slurm import UNKNOWN_JOB, query_job
 
     query = query or query_job
     ended_for = None  # polls since an ended state was first seen, in a row
+    last_said = None
     while not has_result():
         view, how = query(job_id)
         ended = view.base in ENDED_STATES if view is not None else UNKNOWN_JOB in how
+        line = _state_line(job_id, view, how, ended)
+        if line != last_said:
+            say(line)
+            last_said = line
         ended_for = (0 if ended_for is None else ended_for + 1) if ended else None
         settle = PREEMPTED_SETTLE_S if view is not None and view.base == "PREEMPTED" else POLL_S
         if ended_for is not None and ended_for * POLL_S >= settle:
             return
         sleep(POLL_S)
+
+
+def _state_line(job_id: str, view: Any, how: str, ended: bool) -> str:
+    """The job's state in one line: `SLURM job 7_1: PENDING (Reason=JobHeldUser; ...)`."""
+    if view is None:
+        return f"SLURM job {job_id}: {'ended' if ended else 'state unknown'} ({how})"
+    state = "+".join(view.states)
+    if view.reason in ("None", ""):
+        return f"SLURM job {job_id}: {state}"
+    hint = STUCK.get(view.reason, "").format(job=job_id) if view.base == "PENDING" else ""
+    return f"SLURM job {job_id}: {state} (Reason={view.reason}{'; ' + hint if hint else ''})"
 
 
 def _result_shows(job: Any, within_s: float = 120.0, sleep: Callable[[float], None] = time.sleep) -> bool:
