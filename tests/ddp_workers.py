@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -316,3 +317,11 @@ def exit_worker(code: int) -> None:
     """A worker that ends at once, with `code` as its exit status when it is not 0."""
     if code:
         raise SystemExit(code)
+
+
+def waiting_worker(ready_dir: str) -> None:
+    """A worker that says it has started (a file per rank) and waits to be stopped by a signal."""
+    import time
+
+    Path(ready_dir, f"rank{os.environ['RANK']}").touch()
+    time.sleep(120)

@@ -436,3 +436,25 @@ def test_a_local_launch_leaves_no_torchelastic_folder_in_the_temporary_directory
         distributed.launch_local(2, ddp_workers.exit_worker, exit_code)
     agents = ("torchelastic_", "resnet-repro-agent-")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(agents)) == []
+
+
+def test_a_stop_signal_to_the_local_launcher_leaves_no_rendezvous_heartbeat_thread_behind(tmp_path: Path):
+    """torch's agent keeps its rendezvous open when a signal stops it; its heartbeat thread then ran
+    on until the handler was collected, and where that happened on the thread itself, the process
+    printed a traceback (RuntimeError: cannot join current thread) in a correct stop's log."""
+    import threading
+
+    def stop_once_started() -> None:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("rank*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_once_started, daemon=True)
+    stopper.start()
+    with pytest.raises(distributed.WorkersSignalled) as stopped:
+        distributed.launch_local(2, ddp_workers.waiting_worker, str(tmp_path))
+    stopper.join()
+    assert stopped.value.signal_name == "SIGTERM"
+    heartbeats = [t.name for t in threading.enumerate() if t.name.startswith("RendezvousKeepAliveTimer")]
+    assert heartbeats == []

@@ -322,6 +322,7 @@ def launch_local(nproc: int, fn: Callable[..., T], *args: object, what: str = "t
     except SignalException as e:
         # SIGTERM (a cancel, a time limit, a preemption) reached this launcher: torch's agent has
         # passed it on to the workers and waited for them (up to 30 s), and they saved and decided
+        _close_rendezvous(e)
         raise WorkersSignalled(e.sigval.name) from e
     finally:
         agent_log.setLevel(agent_level)
@@ -329,6 +330,30 @@ def launch_local(nproc: int, fn: Callable[..., T], *args: object, what: str = "t
             signal.signal(sig, handler)
         os.environ.pop(LOCAL_AGENT_VAR, None)
         agent_dir.cleanup()
+
+
+def _close_rendezvous(stopped: BaseException) -> None:
+    """Close the rendezvous torch's launch left open when a signal stopped its agent (so that a
+    restarted agent could join it again; this launcher never restarts one). Left open, its heartbeat
+    thread ran on until the handler was collected; where that happened on the heartbeat thread
+    itself, its finalizer joined its own thread and the process printed a traceback ("cannot join
+    current thread") into a correct stop's log. The handler is found in the frames the exception
+    passed through (torch's launch_agent keeps it in its worker spec)."""
+    import traceback
+
+    from torch.distributed.elastic.rendezvous import RendezvousHandler
+
+    handlers = {
+        id(value): value
+        for frame, _ in traceback.walk_tb(stopped.__traceback__)
+        for value in (*frame.f_locals.values(), getattr(frame.f_locals.get("spec"), "rdzv_handler", None))
+        if isinstance(value, RendezvousHandler)
+    }
+    for handler in handlers.values():
+        try:
+            handler.shutdown()  # stops the heartbeat thread from this one, then closes the rendezvous
+        except Exception:  # noqa: BLE001 - the stop's own outcome matters more than a clean close
+            pass
 
 
 def _worker_pids(parent: int) -> list[int]:
