@@ -279,6 +279,52 @@ def test_hydras_own_flags_abbreviated_or_with_a_value_attached_still_reach_hydra
         refuse_unknown_options(args, "train")  # no SystemExit
 
 
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["train", "--cfg", "job", "optim=adamx"], "Could not find 'optim/adamx'; available: adam, adamw"),
+        (["train", "-c", "job", "--resolve", "trainer.epochs=abc"], "trainer.epochs=abc: Value 'abc'"),
+        (["eval", "--cfg=all", "--package", "optim", "optim=adamx"], "Could not find 'optim/adamx'"),
+        (["stats", "--info", "defaults", "optim=adamx"], "Could not find 'optim/adamx'"),
+    ],
+    ids=["cfg", "cfg-resolve", "package", "info"],
+)
+def test_a_composition_error_beside_hydras_show_flags_is_one_line_not_hydras_report(args, words, capsys):
+    """--cfg, --resolve, --package and --info used to leave composition errors to Hydra: a report of
+    a dozen lines, exit 1, where the same overrides alone give one line and exit 2."""
+    code, err = run_main(args, capsys)
+    assert code == 2, err
+    assert words in one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["stats", "--cfg", "job", "data.root=/elsewhere"],
+        ["eval", "-c", "job", "checkpoint=/x", "data.root=/elsewhere"],
+    ],
+    ids=["stats", "eval"],
+)
+def test_hydras_flags_before_the_overrides_show_the_config_of_commands_that_add_overrides(args, capsys):
+    # the command's own `name=...` went before them: "unrecognized arguments: data.root=/elsewhere"
+    main(args)
+    assert "root: /elsewhere" in capsys.readouterr().out
+
+
+def test_two_of_hydras_modes_at_once_are_one_line_not_its_traceback(capsys):
+    code, err = run_main(["train", "-m", "--cfg", "job", "optim=sgd,adam"], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "--cfg and --multirun cannot be given together" in line, line
+
+
+@pytest.mark.parametrize("option", ["--cfg", "--resolve", "--frobnicate"])
+def test_an_option_plan_does_not_take_is_one_line_naming_it(option, capsys):
+    # it was blamed on Hydra's override grammar: "--cfg does not parse as an override"
+    code, err = run_main(["plan", option, "job"], capsys)
+    line = one_error_line(err)
+    assert code == 2 and f"unknown option {option}" in line and "resnet-repro plan --help" in line, line
+
+
 def test_a_plan_setting_of_the_wrong_type_names_the_type_expected(capsys):
     code, err = run_main(["plan", "plan.img_per_s_per_gpu=abc"], capsys)
     assert code == 2

@@ -8,6 +8,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from omegaconf import DictConfig
 
@@ -153,22 +154,93 @@ HYDRA_FLAGS = (
 )
 
 
-def refuse_unknown_options(args: list[str], command: str, own: Sequence[str] = ()) -> None:
-    """A dash option neither Hydra nor the command knows (`--nodecode`): one line naming it and the
-    closest known one, not Hydra's usage text."""
+# the long names of Hydra's short flags
+HYDRA_SHORT = {
+    "-h": "--help",
+    "-c": "--cfg",
+    "-p": "--package",
+    "-r": "--run",
+    "-m": "--multirun",
+    "-sc": "--shell-completion",
+    "-cp": "--config-path",
+    "-cn": "--config-name",
+    "-cd": "--config-dir",
+    "-i": "--info",
+}
+# Hydra's flags whose value is the next argument unless attached (--cfg=job, -cjob)
+HYDRA_VALUED = (
+    "--cfg",
+    "--package",
+    "--config-path",
+    "--config-name",
+    "--config-dir",
+    "--experimental-rerun",
+)
+# --info's optional value
+HYDRA_INFO = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+# the flags of which Hydra takes one at a time
+HYDRA_MODES = ("--run", "--multirun", "--cfg", "--info", "--shell-completion")
+# the flags under which Hydra composes the command's own config from its overrides (the others
+# show help, compose another config, or complete a shell's words)
+COMPOSING_FLAGS = frozenset(("--multirun", "--run", "--cfg", "--resolve", "--package", "--info"))
+
+
+def hydra_flag(arg: str) -> tuple[str, str | None] | None:
+    """(Hydra's flag by its long name, its attached value) for a dash argument Hydra's argparse
+    takes (an unambiguous abbreviation `--res` too); None for any other argument."""
+    if arg.startswith("--"):
+        name, eq, value = arg.partition("=")
+        found = [f for f in HYDRA_FLAGS if f.startswith("--") and f.startswith(name)]
+        if name in HYDRA_FLAGS or len(found) == 1:
+            return (name if name in HYDRA_FLAGS else found[0]), (value if eq else None)
+        return None
+    if arg.startswith("-"):
+        for short in sorted(HYDRA_SHORT, key=len, reverse=True):  # -cn before -c
+            if arg.startswith(short):
+                attached = arg[len(short) :].removeprefix("=")
+                return HYDRA_SHORT[short], attached or None
+    return None
+
+
+class HydraArgs(NamedTuple):
+    flags: set[str]  # Hydra's flags given, by their long names
+    flag_args: list[str]  # the arguments that give them, with their values, in order
+    overrides: list[str]
+
+
+def split_hydra_args(args: list[str]) -> HydraArgs:
+    """A command line's Hydra flags apart from its overrides."""
+    split = HydraArgs(set(), [], [])
+    args = list(args)
+    while args:
+        arg = args.pop(0)
+        flag = hydra_flag(arg)
+        if flag is None:
+            split.overrides.append(arg)
+            continue
+        name, attached = flag
+        split.flags.add(name)
+        split.flag_args.append(arg)
+        takes_next = name in HYDRA_VALUED or (name == "--info" and bool(args) and args[0] in HYDRA_INFO)
+        if attached is None and args and takes_next:
+            split.flag_args.append(args.pop(0))
+    return split
+
+
+def refuse_unknown_options(
+    args: list[str], command: str, own: Sequence[str] = (), hydra_flags: bool = True
+) -> None:
+    """A dash option neither Hydra (where Hydra parses the command line: `hydra_flags`) nor the
+    command knows (`--nodecode`): one line naming it and the closest known one, not Hydra's usage
+    text or an override's parse error."""
     import difflib
 
-    long_flags = [f for f in HYDRA_FLAGS if f.startswith("--")]
-    short_flags = [f for f in HYDRA_FLAGS if not f.startswith("--")]
     for arg in args:
         flag = arg.split("=", 1)[0]
-        if not flag.startswith("-") or flag in HYDRA_FLAGS or flag in own:
+        if not flag.startswith("-") or flag in own or (hydra_flags and hydra_flag(arg) is not None):
             continue
-        if flag.startswith("--") and len([f for f in long_flags if f.startswith(flag)]) == 1:
-            continue  # an abbreviation Hydra's argparse takes (--res for --resolve)
-        if not flag.startswith("--") and any(flag.startswith(f) for f in short_flags):
-            continue  # a short flag with its value attached (-cjob)
-        close = difflib.get_close_matches(flag, [*own, *(f for f in HYDRA_FLAGS if f.startswith("--"))], n=1)
+        known = [*own, *(f for f in HYDRA_FLAGS if f.startswith("--") and hydra_flags)]
+        close = difflib.get_close_matches(flag, known, n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
         fail(f"unknown option {flag}{hint} (see `{PROG} {command} --help`)")
 
@@ -190,6 +262,9 @@ def hydra_command(
 
     register_configs()
     refuse_unknown_options(args, command)
+    modes = split_hydra_args(args).flags & set(HYDRA_MODES)
+    if len(modes) > 1:  # Hydra's rule, which it raises as a ValueError (a traceback)
+        fail(f"{' and '.join(sorted(modes))} cannot be given together: only one of {', '.join(HYDRA_MODES)}")
     if "--resolve" in args and shows_hydra_node_only(args):
         fail(
             "--cfg hydra cannot be shown with --resolve (hydra.run.dir names the job's `name`, which "
@@ -230,10 +305,10 @@ def hydra_command(
         from resnet_repro.training.metrics import LAUNCH_HYDRA_DIR
 
         extra = [f"hydra.output_subdir={LAUNCH_HYDRA_DIR}"]  # .hydra/ once the run goes on there
-    # beside the other overrides: Hydra's parser takes them as one run of arguments (not after --cfg)
-    at = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
-    args = [*args[:at], *extra, *args[at:]]
-    sys.argv = [f"{PROG} {command}", *args]
+    # the flags first, then every override: Hydra's parser takes the overrides as one run of
+    # arguments (`name=eval --cfg job checkpoint=X` was "unrecognized arguments: checkpoint=X")
+    _, flag_args, overrides = split_hydra_args(args)
+    sys.argv = [f"{PROG} {command}", *flag_args, *extra, *overrides]
 
     def guarded(cfg: DictConfig) -> object:
         """The task, with a file of the user's that cannot be used (unreadable, a file where a
@@ -255,16 +330,23 @@ def _compose_before_launch(
     """Compose the command's (first) job before Hydra runs it, so that a composition error is one
     line and exit 2, as everywhere else, not Hydra's multi-line report and exit 1; for a sweep with
     `check_point`, compose and check every point, so that a bad value in its last point is refused
-    before the first one trains. Where Hydra's own flags are given (--cfg, --info, ...) Hydra
-    reports."""
+    before the first one trains. Where Hydra only shows the config (--cfg, --resolve, --package,
+    --info) each job is composed, so that an error is the same line; where it shows help or composes
+    another config (--help, --config-name, ...) Hydra reports."""
     from resnet_repro.planning.plan import expand_sweep
 
-    multirun = {"-m", "--multirun"} & set(args)
-    overrides = [a for a in args if a not in ("-m", "--multirun")]
-    if any(a.startswith("-") for a in overrides):
+    flags, _, overrides = split_hydra_args(args)
+    if flags - COMPOSING_FLAGS:
         return
-    jobs = list(expand_sweep(overrides, bool(multirun)))
+    multirun = "--multirun" in flags
+    jobs = list(expand_sweep(overrides, multirun))
     if not jobs:
+        return
+    if flags - {"--multirun", "--run"}:  # Hydra shows the config and runs nothing
+        with _composer() as compose_one:
+            for number, job in enumerate(jobs, start=1):
+                with naming_the_point(jobs, number):
+                    compose_one(job)
         return
     if multirun and check_point is not None:
         _check_every_point(jobs, check_point)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from resnet_repro.commands.hydra_app import PROG, compose_jobs, fail, naming_the_point
+from resnet_repro.commands.hydra_app import PROG, compose_jobs, fail, naming_the_point, refuse_unknown_options
 from resnet_repro.config import UserError, validate
 
 HELP = f"""usage: {PROG} plan [-m] [overrides]
@@ -42,6 +42,7 @@ def plan_command(args: list[str]) -> None:
         return
     from resnet_repro.planning.plan import format_table, plan
 
+    refuse_unknown_options(args, "plan", own=("-m", "--multirun"), hydra_flags=False)
     try:
         # an unset data.root is left empty: plan.train_images may stand in for the data (plan says so if not)
         jobs = [(job, cfg) for job, cfg, _ in compose_jobs(args)]
