@@ -86,12 +86,18 @@ def _log_files_go_with_their_test():
     """The log files a test opens are closed and detached at its end. An in-process CLI run leaves
     Hydra's job log (<run dir>/cli.log) on the root logger, which a process that ends never
     notices; once the test's folder is gone, a later logging.config.dictConfig (submitit runs one
-    when it is imported) closes it, and the next log line anywhere fails to reopen it."""
+    when it is imported) closes it, and the next log line anywhere fails to reopen it. Likewise the
+    console handlers a run under hydra.main attaches: they write to the test's captured output,
+    which is closed after it ("--- Logging error ---" in the next test's output). pytest's own
+    handlers are its to remove."""
     before = {id(h) for logger in _loggers() for h in logger.handlers}
     yield
     for logger in _loggers():
         for handler in list(logger.handlers):
-            if isinstance(handler, logging.FileHandler) and id(handler) not in before:
+            ours = isinstance(handler, logging.StreamHandler) and not type(handler).__module__.startswith(
+                "_pytest"
+            )
+            if ours and id(handler) not in before:
                 logger.removeHandler(handler)
                 handler.close()
 

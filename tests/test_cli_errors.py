@@ -311,6 +311,30 @@ def test_hydras_flags_before_the_overrides_show_the_config_of_commands_that_add_
     assert "root: /elsewhere" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["eval", "--info"], ["stats", "-i"], ["train", "trainer.seed=1", "--info"]],
+    ids=["eval", "stats", "train"],
+)
+def test_a_bare_info_flag_shows_hydras_info_whatever_overrides_the_command_adds(args, capsys):
+    # --info takes an optional value: put before the overrides it took the first one for its value
+    main(args)
+    assert "Config search path" in capsys.readouterr().out
+
+
+def test_resolve_without_cfg_is_one_line_not_hydras_traceback(capsys):
+    code, err = run_main(["train", "--resolve"], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "--resolve shows the config only with --cfg" in line, line
+
+
+def test_package_without_cfg_still_checks_every_sweep_point_before_the_first_runs(capsys):
+    # --package alone is not one of Hydra's modes: the sweep runs, so its points are checked first
+    code, err = run_main(["train", "-m", "-p", "trainer", "optim.weight_decay=1e-4,-1"], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "sweep point 2 of 2 (optim.weight_decay=-1)" in line, line
+
+
 def test_two_of_hydras_modes_at_once_are_one_line_not_its_traceback(capsys):
     code, err = run_main(["train", "-m", "--cfg", "job", "optim=sgd,adam"], capsys)
     line = one_error_line(err)

@@ -304,6 +304,7 @@ def test_a_waited_points_slurm_state_is_said_each_time_it_changes_with_its_reaso
         JobView(states=("PENDING",), reason="Priority"),
         JobView(states=("PENDING",), reason="Priority"),
         JobView(states=("PENDING",), reason="JobHeldUser"),
+        JobView(states=("PENDING",), reason="launch_failed_requeued_held"),  # as `scontrol show job` words it
         JobView(states=("RUNNING",)),
         JobView(states=("RUNNING",)),
         None,
@@ -320,6 +321,8 @@ def test_a_waited_points_slurm_state_is_said_each_time_it_changes_with_its_reaso
     assert said == [
         "SLURM job 7_1: PENDING (Reason=Priority)",
         "SLURM job 7_1: PENDING (Reason=JobHeldUser; it runs only once released: scontrol release 7_1)",
+        "SLURM job 7_1: PENDING (Reason=launch_failed_requeued_held; it runs only once released: "
+        "scontrol release 7_1)",
         "SLURM job 7_1: RUNNING",
         "SLURM job 7_1: ended (SLURM does not know job 7_1)",
     ]

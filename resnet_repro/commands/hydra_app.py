@@ -116,11 +116,12 @@ def collision_message(swept: list[str]) -> str:
 
 
 def shows_hydra_node_only(args: list[str]) -> bool:
-    """Whether `args` ask Hydra to print only its own node (`--cfg hydra`, `-c hydra`, `--cfg=hydra`)."""
-    for i, arg in enumerate(args):
-        if arg in ("--cfg", "-c") and i + 1 < len(args) and args[i + 1] == "hydra":
-            return True
-        if arg == "--cfg=hydra":
+    """Whether `args` ask Hydra to print only its own node (`--cfg hydra`, `-c hydra`, `-chydra`)."""
+    flag_args = split_hydra_args(args).flag_args
+    for i, arg in enumerate(flag_args):
+        name, attached = hydra_flag(arg) or ("", None)
+        following = flag_args[i + 1] if i + 1 < len(flag_args) else None
+        if name == "--cfg" and (attached if attached is not None else following) == "hydra":
             return True
     return False
 
@@ -262,10 +263,13 @@ def hydra_command(
 
     register_configs()
     refuse_unknown_options(args, command)
-    modes = split_hydra_args(args).flags & set(HYDRA_MODES)
+    flags = split_hydra_args(args).flags
+    modes = flags & set(HYDRA_MODES)
     if len(modes) > 1:  # Hydra's rule, which it raises as a ValueError (a traceback)
         fail(f"{' and '.join(sorted(modes))} cannot be given together: only one of {', '.join(HYDRA_MODES)}")
-    if "--resolve" in args and shows_hydra_node_only(args):
+    if "--resolve" in flags and not flags & {"--cfg", "--help"}:  # Hydra's rule, a traceback too
+        fail(f"--resolve shows the config only with --cfg: `{PROG} {command} --cfg job --resolve ...`")
+    if "--resolve" in flags and shows_hydra_node_only(args):
         fail(
             "--cfg hydra cannot be shown with --resolve (hydra.run.dir names the job's `name`, which "
             f"Hydra's node alone lacks); use `{PROG} {command} --cfg all --resolve`"
@@ -277,7 +281,7 @@ def hydra_command(
         fail(str(e))
     for line in deprecation_warnings(args):
         print(f"{PROG}: warning: {line}", file=sys.stderr)
-    swept = sweep_collisions(args) if {"-m", "--multirun"} & set(args) else []
+    swept = sweep_collisions(args) if "--multirun" in flags else []
     if swept and not any(a.startswith("hydra.sweep.subdir=") for a in args):
         fail(collision_message(swept))
     # a training run's directory is named after its settings (a rerun resumes it); the other
@@ -305,10 +309,11 @@ def hydra_command(
         from resnet_repro.training.metrics import LAUNCH_HYDRA_DIR
 
         extra = [f"hydra.output_subdir={LAUNCH_HYDRA_DIR}"]  # .hydra/ once the run goes on there
-    # the flags first, then every override: Hydra's parser takes the overrides as one run of
-    # arguments (`name=eval --cfg job checkpoint=X` was "unrecognized arguments: checkpoint=X")
+    # every override, then the flags: Hydra's parser takes the overrides as one run of arguments
+    # (`name=eval --cfg job checkpoint=X` was "unrecognized arguments: checkpoint=X"), and a bare
+    # --info (its value optional) must not take an override for its value
     _, flag_args, overrides = split_hydra_args(args)
-    sys.argv = [f"{PROG} {command}", *flag_args, *extra, *overrides]
+    sys.argv = [f"{PROG} {command}", *extra, *overrides, *flag_args]
 
     def guarded(cfg: DictConfig) -> object:
         """The task, with a file of the user's that cannot be used (unreadable, a file where a
@@ -342,7 +347,7 @@ def _compose_before_launch(
     jobs = list(expand_sweep(overrides, multirun))
     if not jobs:
         return
-    if flags - {"--multirun", "--run"}:  # Hydra shows the config and runs nothing
+    if flags & {"--cfg", "--info"}:  # Hydra shows the config and runs nothing
         with _composer() as compose_one:
             for number, job in enumerate(jobs, start=1):
                 with naming_the_point(jobs, number):
@@ -476,8 +481,8 @@ def compose_jobs(args: list[str]) -> list[tuple[list[str], RootConfig, DictConfi
     refused by its number (`naming_the_point`)."""
     from resnet_repro.planning.plan import expand_sweep
 
-    multirun = any(a in ("-m", "--multirun") for a in args)
-    overrides = [a for a in args if a not in ("-m", "--multirun")]
+    flags, _, overrides = split_hydra_args(args)
+    multirun = "--multirun" in flags
     register_configs()
     check_override_keys(overrides, groups=[d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()])
     jobs = list(expand_sweep(overrides, multirun))

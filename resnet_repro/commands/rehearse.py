@@ -19,6 +19,7 @@ from resnet_repro.commands.hydra_app import (
     naming_the_point,
     record_failure,
     refuse_unknown_options,
+    split_hydra_args,
 )
 from resnet_repro.config import UserError, files_as_user_errors, sweep_collisions, to_dataclass
 
@@ -162,7 +163,7 @@ def _rehearse_check(args: list[str], options: RehearseOptions) -> None:
     """`rehearse --check-only`: every job's checks and verdict; exit 2 at the first refusal."""
     from resnet_repro.planning import rehearse
 
-    multirun = {"-m", "--multirun"} & set(args)
+    multirun = "--multirun" in split_hydra_args(args).flags
     swept = sweep_collisions(args) if multirun else []
     if swept and not any(a.startswith("hydra.sweep.subdir=") for a in args):
         fail(collision_message(swept))  # as `train -m` refuses it

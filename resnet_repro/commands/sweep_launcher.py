@@ -177,7 +177,8 @@ def _state_line(job_id: str, view: Any, how: str, ended: bool) -> str:
     state = "+".join(view.states)
     if view.reason in ("None", ""):
         return f"SLURM job {job_id}: {state}"
-    hint = STUCK.get(view.reason, "").format(job=job_id) if view.base == "PENDING" else ""
+    # `scontrol show job` words a reason's spaces as underscores (launch_failed_requeued_held)
+    hint = STUCK.get(view.reason.replace("_", " "), "").format(job=job_id) if view.base == "PENDING" else ""
     return f"SLURM job {job_id}: {state} (Reason={view.reason}{'; ' + hint if hint else ''})"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from resnet_repro.commands.hydra_app import PROG, fail, hydra_command, record_failure
+from resnet_repro.commands.hydra_app import PROG, fail, hydra_command, record_failure, split_hydra_args
 from resnet_repro.config import (
     RootConfig,
     UserError,
@@ -43,7 +43,7 @@ example:
 
 def train_command(args: list[str]) -> None:
     hydra_command(_train, args, "train", HELP, check_point=_check_sweep_point)
-    if {"-m", "--multirun"} & set(args):
+    if "--multirun" in split_hydra_args(args).flags:
         _sweep_end()
 
 
