@@ -129,32 +129,20 @@ def shows_hydra_node_only(args: list[str]) -> bool:
 # Hydra's own command-line flags (hydra/_internal/utils.py get_args_parser)
 HYDRA_FLAGS = (
     "--help",
-    "-h",
     "--hydra-help",
     "--version",
     "--cfg",
-    "-c",
     "--resolve",
     "--package",
-    "-p",
     "--run",
-    "-r",
     "--multirun",
-    "-m",
     "--shell-completion",
-    "-sc",
     "--config-path",
-    "-cp",
     "--config-name",
-    "-cn",
     "--config-dir",
-    "-cd",
     "--experimental-rerun",
     "--info",
-    "-i",
 )
-
-
 # the long names of Hydra's short flags
 HYDRA_SHORT = {
     "-h": "--help",
@@ -168,6 +156,9 @@ HYDRA_SHORT = {
     "-cd": "--config-dir",
     "-i": "--info",
 }
+HYDRA_FLAGS += tuple(HYDRA_SHORT)
+
+
 # Hydra's flags whose value is the next argument unless attached (--cfg=job, -cjob)
 HYDRA_VALUED = (
     "--cfg",
@@ -263,7 +254,7 @@ def hydra_command(
 
     register_configs()
     refuse_unknown_options(args, command)
-    flags = split_hydra_args(args).flags
+    flags, flag_args, overrides = split_hydra_args(args)
     modes = flags & set(HYDRA_MODES)
     if len(modes) > 1:  # Hydra's rule, which it raises as a ValueError (a traceback)
         fail(f"{' and '.join(sorted(modes))} cannot be given together: only one of {', '.join(HYDRA_MODES)}")
@@ -312,7 +303,6 @@ def hydra_command(
     # every override, then the flags: Hydra's parser takes the overrides as one run of arguments
     # (`name=eval --cfg job checkpoint=X` was "unrecognized arguments: checkpoint=X"), and a bare
     # --info (its value optional) must not take an override for its value
-    _, flag_args, overrides = split_hydra_args(args)
     sys.argv = [f"{PROG} {command}", *extra, *overrides, *flag_args]
 
     def guarded(cfg: DictConfig) -> object:

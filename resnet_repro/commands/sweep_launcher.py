@@ -37,10 +37,11 @@ POLL_S = 10.0
 # the job's processes: KillWait, epilogs): it counts once it has lasted this long
 PREEMPTED_SETTLE_S = 300.0
 # what a user can do about a pending job that will not start by itself
+RELEASE = "it runs only once released: scontrol release {job}"
 STUCK = {
-    "JobHeldUser": "it runs only once released: scontrol release {job}",
-    "JobHeldAdmin": "it runs only once released: scontrol release {job}",
-    "launch failed requeued held": "it runs only once released: scontrol release {job}",
+    "JobHeldUser": RELEASE,
+    "JobHeldAdmin": RELEASE,
+    "launch failed requeued held": RELEASE,
     "DependencyNeverSatisfied": "it will never run: scancel {job}",
 }
 
