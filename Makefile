@@ -36,11 +36,19 @@ demo: $(STAMP) ## build the digits demo data, train ResNet-18 on it (~2.5 min on
 	@echo "--- re-evaluating $(DEMO_RUN)/checkpoints/last.pt"
 	$(BIN)/resnet-repro eval checkpoint=$(DEMO_RUN)/checkpoints/last.pt
 
-test: $(STAMP) ## run the whole test suite (the slowest tests, SLURM's among them, listed at the end)
-	$(BIN)/pytest -q --durations=12
+# The real SLURM clusters' scenarios keep both cores busy and time their signals: they run alone
+# first; then the rest on two pytest-xdist workers, a test file to each (module fixtures stay whole).
+# Both sessions run, and either failing fails the target.
+XDIST := -n 2 --dist loadfile
 
-test-fast: $(STAMP) ## run the tests not marked slow
-	$(BIN)/pytest -q -m "not slow"
+test: $(STAMP) ## run the whole test suite: the real SLURM clusters, then the rest on two workers (the slowest of each listed)
+	@status=0; \
+	$(BIN)/pytest -q -m slurm --durations=6 || status=$$?; \
+	$(BIN)/pytest -q -m "not slurm" $(XDIST) --durations=12 || status=$$?; \
+	exit $$status
+
+test-fast: $(STAMP) ## run the tests not marked slow (on two workers)
+	$(BIN)/pytest -q -m "not slow" $(XDIST)
 
 lint: $(STAMP) ## ruff check and format check; the import layers (import-linter's contracts in pyproject.toml)
 	$(BIN)/ruff check resnet_repro hydra_plugins tests scripts

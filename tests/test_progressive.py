@@ -113,6 +113,8 @@ def test_compiled_training_with_progressive_resizing_compiles_once_per_size(monk
 
     monkeypatch.setattr(compiling, "BACKEND", "eager")
     torch._dynamo.reset()
+    # the count is this process's: reset() keeps it, and another test in this process may have compiled
+    torch._dynamo.utils.counters.clear()
     growing = ProgressiveConfig(start_size=16, end_size=32, start_epoch=0, end_epoch=2, step=8)
     data = DataConfig(name="synthetic", root="-", image_size=32, progressive=growing)
     cfg = RootConfig(
