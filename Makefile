@@ -42,10 +42,9 @@ demo: $(STAMP) ## build the digits demo data, train ResNet-18 on it (~2.5 min on
 XDIST := -n 2 --dist loadfile
 
 test: $(STAMP) ## run the whole test suite: the real SLURM clusters, then the rest on two workers (the slowest of each listed)
-	@status=0; \
-	$(BIN)/pytest -q -m slurm --durations=6 || status=$$?; \
-	$(BIN)/pytest -q -m "not slurm" $(XDIST) --durations=12 || status=$$?; \
-	exit $$status
+	$(BIN)/pytest -q -m slurm --durations=6; slurm=$$?; \
+	$(BIN)/pytest -q -m "not slurm" $(XDIST) --durations=12; rest=$$?; \
+	exit $$(( slurm ? slurm : rest ))
 
 test-fast: $(STAMP) ## run the tests not marked slow (on two workers)
 	$(BIN)/pytest -q -m "not slow" $(XDIST)

@@ -417,14 +417,9 @@ def submitit_results(sweep: Path, task: str) -> list[Path]:
     return sorted(sweep.glob(f".submitit/{task}/*_result.pkl"))
 
 
-def scenario_submitit_sweep(c: Cluster, work: Path) -> dict[str, Any]:
-    """Three sweep points through hydra-submitit-launcher; point 0 gets submitit's time-limit signal
-    (USR2), point 1 is requeued by SLURM (`scontrol requeue`, as an admin or a PreemptMode=REQUEUE
-    preemption would), point 2 is cancelled (`scancel`). Neither requeued point may leave a result
-    while SLURM holds it, or the sweep would not wait for the rerun; the cancelled one must not end
-    the sweep before the others (on this cluster without accounting submitit never learns its state)."""
-    sweep = work / "sweep"
-    args = [
+def submitit_sweep(c: Cluster, sweep: Path, *overrides: str) -> list[str]:
+    """`train -m` of small demo runs through hydra-submitit-launcher on this CPU-only cluster."""
+    return [
         RESNET_REPRO,
         "train",
         "-m",
@@ -437,9 +432,31 @@ def scenario_submitit_sweep(c: Cluster, work: Path) -> dict[str, Any]:
         "hydra.launcher.timeout_min=30",
         f"hydra.sweep.dir={sweep}",
         *SMALL_RUN,
-        "trainer.epochs=3",
-        "trainer.seed=0,1,2",
+        *overrides,
     ]
+
+
+def scenario_submitit_point_fails(c: Cluster, work: Path) -> dict[str, Any]:
+    """Two sweep points through hydra-submitit-launcher: 11 classes of the demo's 10 are valid
+    settings that only the job, listing the data, refuses; the other point trains. The failing
+    point's exception comes back through submitit's result file from the compute node."""
+    sweep = work / "sweep"
+    args = submitit_sweep(c, sweep, "trainer.epochs=1", "data.subset.classes=11,2")
+    proc = subprocess.run(
+        args, env=c.env, cwd=work, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT_S
+    )
+    points = {n: next(iter(sweep.glob(f"data.subset.classes={n},*")), None) for n in (11, 2)}
+    return {"rc": proc.returncode, "output": proc.stdout + proc.stderr, "points": points}
+
+
+def scenario_submitit_sweep(c: Cluster, work: Path) -> dict[str, Any]:
+    """Three sweep points through hydra-submitit-launcher; point 0 gets submitit's time-limit signal
+    (USR2), point 1 is requeued by SLURM (`scontrol requeue`, as an admin or a PreemptMode=REQUEUE
+    preemption would), point 2 is cancelled (`scancel`). Neither requeued point may leave a result
+    while SLURM holds it, or the sweep would not wait for the rerun; the cancelled one must not end
+    the sweep before the others (on this cluster without accounting submitit never learns its state)."""
+    sweep = work / "sweep"
+    args = submitit_sweep(c, sweep, "trainer.epochs=3", "trainer.seed=0,1,2")
     with open(work / "sweep.out", "w") as out:
         proc = subprocess.Popen(args, env=c.env, cwd=work, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -763,6 +780,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Cluster, Path], dict[str, Any]]]] = {
     "array": ("one", scenario_array),
     "seed_loop": ("one", scenario_seed_loop),
     "submitit": ("one", scenario_submitit_sweep),
+    "submitit_point_fails": ("one", scenario_submitit_point_fails),
     "node_failure": ("one", scenario_node_failure),
     "preempt": ("nodes", scenario_preempt),
     "two_node": ("nodes", scenario_two_node),
@@ -1024,6 +1042,25 @@ def test_submitit_sweep_waits_for_points_requeued_by_submitit_or_slurm_and_count
     assert o["report"].returncode == 0, o["report"].stderr
     for seed in (0, 1, 2):
         assert f"trainer.seed={seed}" in o["report"].stdout
+
+
+@scenario("submitit_point_fails")
+def test_a_submitit_point_whose_job_raises_is_counted_with_its_error_and_the_other_point_trains(
+    scenarios, version
+):
+    o = outcome(scenarios, "submitit_point_fails", version)
+    failed, trained = o["points"][11], o["points"][2]
+    assert failed is not None and trained is not None, o["output"]
+    assert o["rc"] == 2, o["output"]
+    assert read_json(trained / "final.json")["epochs"] == 1
+    assert not (failed / "final.json").exists()
+    # the job's own reason (not "ended without a result"): it came back from the compute node
+    reason = (failed / "error.txt").read_text()
+    assert reason.startswith("data.subset.classes=11 must be between 1 and the 10 classes"), reason
+    last = o["output"].strip().splitlines()[-1]
+    assert last.startswith(
+        f"resnet-repro: error: 1 of 2 sweep points failed: {failed} (data.subset.classes=11 "
+    ), o["output"]
 
 
 @scenario("preempt")
