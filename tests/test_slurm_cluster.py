@@ -439,7 +439,7 @@ def submitit_sweep(c: Cluster, sweep: Path, *overrides: str) -> list[str]:
 def scenario_submitit_point_fails(c: Cluster, work: Path) -> dict[str, Any]:
     """Two sweep points through hydra-submitit-launcher: 11 classes of the demo's 10 are valid
     settings that only the job, listing the data, refuses; the other point trains. The failing
-    point's exception comes back through submitit's result file from the compute node."""
+    point's exception comes back in Hydra's FAILED return through submitit's result file."""
     sweep = work / "sweep"
     args = submitit_sweep(c, sweep, "trainer.epochs=1", "data.subset.classes=11,2")
     proc = subprocess.run(
@@ -1054,7 +1054,8 @@ def test_a_submitit_point_whose_job_raises_is_counted_with_its_error_and_the_oth
     assert o["rc"] == 2, o["output"]
     assert read_json(trained / "final.json")["epochs"] == 1
     assert not (failed / "final.json").exists()
-    # the job's own reason (not "ended without a result"): it came back from the compute node
+    # the reason the job wrote on its node, not the launcher's "ended without a result": the job
+    # ended with Hydra's FAILED return in submitit's result file, which the launcher read
     reason = (failed / "error.txt").read_text()
     assert reason.startswith("data.subset.classes=11 must be between 1 and the 10 classes"), reason
     last = o["output"].strip().splitlines()[-1]
