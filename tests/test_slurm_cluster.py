@@ -464,7 +464,9 @@ def scenario_submitit_sweep(c: Cluster, work: Path) -> dict[str, Any]:
             wait_for(lambda: started() or proc.poll() is not None, "epoch 1")
             points = [point_dir(sweep, s) for s in (0, 1, 2)]
             names = c.run("squeue", "-h", "-o", "%i %j").stdout.split("\n")
-            array_id = next(line.split()[0].split("_")[0] for line in names if line.endswith(" demo"))
+            # this sweep's array, from its own folder: another sweep's jobs on this cluster have
+            # the same name
+            array_id = next((sweep / ".submitit").glob("*_0")).name.split("_")[0]
             tasks = [f"{array_id}_0", f"{array_id}_1", f"{array_id}_2"]
             signals = [
                 c.run("scancel", "--signal=USR2", tasks[0]),
@@ -1009,7 +1011,8 @@ def test_submitit_sweep_waits_for_points_requeued_by_submitit_or_slurm_and_count
     scenarios, version
 ):
     o = outcome(scenarios, "submitit", version)
-    assert any(line.endswith(" demo") for line in o["names"])  # squeue names the jobs after the experiment
+    # squeue names the jobs after the experiment
+    assert [line.split()[1] for line in o["names"] if line.split()[:1] == [o["tasks"][0]]] == ["demo"]
     for signalled in o["signals"]:
         assert signalled.returncode == 0, signalled.stderr
     assert [j["JobState"] for j in o["requeues"]] == ["PENDING", "PENDING"], o["requeues"]
