@@ -308,6 +308,8 @@ def test_a_launchers_own_signal_handler_runs_after_our_checkpoint_not_instead(tm
 
     calls = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    # SIGUSR1 at its default, whatever an earlier test in this process left there
+    previous_usr1 = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     try:
         watch = PreemptionWatch(["SIGUSR2", "SIGUSR1"])
         os.kill(os.getpid(), signal.SIGUSR2)
@@ -323,6 +325,7 @@ def test_a_launchers_own_signal_handler_runs_after_our_checkpoint_not_instead(tm
         plain.restore()
     finally:
         signal.signal(signal.SIGUSR2, previous)
+        signal.signal(signal.SIGUSR1, previous_usr1)
 
 
 def test_the_first_signal_decides_when_a_second_follows():
