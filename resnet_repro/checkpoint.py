@@ -214,12 +214,16 @@ class PreemptionWatch:
 
     def launcher_handler(self) -> Callable[[int, Any], Any] | None:
         """The handler that was installed for the received signal before ours, when it is Python
-        code (e.g. submitit's, which requeues its job on SIGUSR2); None for the default handler."""
+        code (e.g. submitit's, which requeues its job on SIGUSR2); None for the default handler,
+        and for another watch's (an earlier run in this process that never restored its own: it
+        would only set a flag that nobody reads)."""
         import signal
 
         if self.received is None:
             return None
         previous = self._previous.get(getattr(signal, self.received))
+        if isinstance(getattr(previous, "__self__", None), PreemptionWatch):
+            return None
         return previous if callable(previous) else None
 
     def launcher_requeues(self) -> bool:

@@ -7,6 +7,7 @@ works because pytest puts this folder on sys.path (rootdir-relative tests/ witho
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -100,6 +101,29 @@ def _log_files_go_with_their_test():
             if ours and id(handler) not in before:
                 logger.removeHandler(handler)
                 handler.close()
+
+
+# The signals the tool handles: preemption, time-limit warnings, cancels, Ctrl-C, a resume after SUSPEND
+_HANDLED_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGCONT", "SIGHUP")
+)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_are_given_back():
+    """A test after which a signal's handler is not what it was fails (and the handler is put back).
+    Hydra's basic launcher runs a sweep's points in one process: a run that leaves its preemption
+    watch installed changes what the next point does with its signals; and a later test in the same
+    worker would see a handler it never set."""
+    before = {sig: signal.getsignal(sig) for sig in _HANDLED_SIGNALS}
+    yield
+    changed = {
+        sig.name: signal.getsignal(sig) for sig in _HANDLED_SIGNALS if signal.getsignal(sig) != before[sig]
+    }
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+    if changed:
+        pytest.fail(f"the test left other signal handlers installed than it found: {changed}")
 
 
 @pytest.fixture

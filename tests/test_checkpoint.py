@@ -372,6 +372,24 @@ def test_a_launcher_handler_that_only_logs_the_signal_is_not_a_requeue():
         signal.signal(signal.SIGUSR2, old_usr2)
 
 
+def test_a_handler_left_by_another_watch_is_not_a_launchers_requeue():
+    # an earlier run in this process that never restored its watch: its handler only sets a flag on
+    # an object nobody reads, so handing the signal to it would requeue nothing
+    import signal
+
+    from resnet_repro.checkpoint import PreemptionWatch
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2)}
+    try:
+        PreemptionWatch(["SIGUSR1", "SIGUSR2"])  # left installed
+        watch = PreemptionWatch(["SIGUSR1", "SIGUSR2"])
+        watch.received = "SIGUSR1"
+        assert watch.launcher_handler() is None and not watch.launcher_requeues()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def test_resume_refuses_a_checkpoint_of_another_experiment_and_names_the_keys(tmp_path):
     # two `srun` steps of a seed loop used to share a run directory: the second "resumed" the first
     import dataclasses

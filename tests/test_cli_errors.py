@@ -481,6 +481,32 @@ def test_a_refused_resume_leaves_the_runs_own_hydra_files(demo_root: Path, tmp_p
     assert "trainer.seed=1" not in (run / ".hydra" / "overrides.yaml").read_text()
 
 
+@pytest.mark.parametrize("failure", ["refused_resume", "tensorboard_folder_is_a_file"])
+def test_a_run_that_fails_in_this_process_gives_back_its_signal_handlers(
+    demo_root: Path, tmp_path: Path, capsys, failure
+):
+    """Hydra's basic launcher runs a sweep's points in one process, and a failed point does not end
+    the sweep: a failed run must not leave its preemption handlers installed. A later run's watch
+    would take the dead one's handler for a launcher's own and leave the requeue to it (nothing
+    requeued, the run saying "requeued by the launcher")."""
+    import signal
+
+    run = tmp_path / "run"
+    args = one_step_train(demo_root, run)
+    if failure == "refused_resume":
+        main(args)
+        capsys.readouterr()
+        args = [*args, "trainer.seed=1"]  # other settings in the same folder: refused after set-up
+    else:
+        run.mkdir()
+        (run / "tb").write_text("not a folder")
+    watched = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    before = {sig: signal.getsignal(sig) for sig in watched}
+    code, err = run_main(args, capsys)
+    assert code == 2, err
+    assert {sig: signal.getsignal(sig) for sig in watched} == before
+
+
 def test_a_first_launch_that_fails_keeps_its_hydra_files_for_the_report(tmp_path: Path, capsys):
     run = tmp_path / "run"
     args = ["train", "data=folder", f"data.root={tmp_path / 'missing'}", f"hydra.run.dir={run}"]

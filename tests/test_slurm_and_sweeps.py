@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from resnet_repro import checkpoint
@@ -709,6 +710,30 @@ def test_a_point_that_fails_as_it_runs_does_not_stop_the_sweep_and_the_sweep_exi
         f"resnet-repro: error: 1 of 2 sweep points failed: {failed} (data.subset.classes=11 "
     )
     assert f"`resnet-repro report {sweep_dir}` lists them" in last
+
+
+@pytest.mark.slow
+def test_a_point_trained_after_another_in_one_sweep_process_equals_the_same_point_run_alone(
+    demo_root: Path, tmp_path: Path
+):
+    """Hydra's basic launcher trains a local sweep's points one after another in one process: what
+    one point leaves in the process (seeds, caches, handlers, the loaders' state) must not reach the
+    next one's numbers. The oracle is the same point trained alone in a fresh process."""
+    sweep_dir, alone = tmp_path / "sweep", tmp_path / "alone"
+    proc = run_tiny_sweep(demo_root, sweep_dir, "optim.weight_decay=5e-4,1e-4")  # in this order
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (second,) = [p.parent for p in sweep_dir.glob("optim.weight_decay=0.0001,*/final.json")]
+    single = run_cli(
+        "train", f"data.root={demo_root}", "optim.weight_decay=1e-4", *TINY_POINT, f"hydra.run.dir={alone}"
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    swept, ref = (checkpoint.load(d / "checkpoints" / "last.pt") for d in (second, alone))
+    assert swept["step"] == ref["step"] == 2
+    differ = [name for name, tensor in ref["model"].items() if not torch.equal(swept["model"][name], tensor)]
+    assert not differ, f"weights unlike the point's trained alone: {differ[:5]}"
+    final, ref_final = (json.loads((d / "final.json").read_text()) for d in (second, alone))
+    assert (final["top1"], final["top5"]) == (ref_final["top1"], ref_final["top5"])
 
 
 @pytest.mark.slow

@@ -130,6 +130,32 @@ def test_a_signal_in_the_last_epoch_stops_before_a_long_final_evaluation_which_t
 
 
 @pytest.mark.slow
+def test_after_a_run_that_failed_in_this_process_a_signal_still_stops_the_next_run_unrequeued(
+    demo_root: Path, tmp_path: Path, monkeypatch, default_sigusr1
+):
+    """A local sweep runs its points in one process and goes on after a failed one. The failed run's
+    preemption watch, left installed, read as a launcher's own handler to the next run's watch: the
+    next run handed the signal to it and said "requeued by the launcher", and nothing requeued."""
+    from resnet_repro.training import disk_space
+    from resnet_repro.training.train import train
+
+    cfg = demo_cfg(demo_root, "eval.protocol=ten_crop")
+
+    def no_room(run_dir, needed):
+        raise UserError(f"{run_dir}: not enough free space for the checkpoints")
+
+    with monkeypatch.context() as m:
+        m.setattr(disk_space, "check_free_space", no_room)  # fails once set up, before its epochs
+        with pytest.raises(UserError, match="not enough free space"):
+            train(cfg, tmp_path / "first")
+    with monkeypatch.context() as m:
+        signal_during_last_evaluation(m, epochs=2)
+        stopped = train(cfg, tmp_path / "next")
+    assert stopped["preempted"] and stopped["requeued"] is False, stopped
+    assert json.loads((tmp_path / "next" / "preempted.json").read_text())["requeued"] is False
+
+
+@pytest.mark.slow
 def test_a_signal_in_the_last_epoch_of_a_centre_crop_run_lets_it_finish_and_says_so(
     demo_root: Path, tmp_path: Path, monkeypatch, caplog, default_sigusr1
 ):

@@ -33,17 +33,16 @@ from resnet_repro.config import (
     to_dataclass,
     validate,
 )
-from resnet_repro.data import progressive, subset
+from resnet_repro.data import progressive
 from resnet_repro.data.selection import Normalization
-from resnet_repro.evaluation.protocols import describe as describe_protocol
 from resnet_repro.evaluation.protocols import flips
 from resnet_repro.models import build_model
 from resnet_repro.training import disk_space
 from resnet_repro.training.compiling import compile_for_shapes
 from resnet_repro.training.ema import WeightEMA
 from resnet_repro.training.loop import Parts, train_one_epoch
-from resnet_repro.training.metrics import make_logger, write_run_files
-from resnet_repro.training.optim import build_optimizer, summarize_groups
+from resnet_repro.training.metrics import make_logger
+from resnet_repro.training.optim import build_optimizer
 from resnet_repro.training.resume import (
     acquire_run_lock,
     check_job_shape,
@@ -53,12 +52,12 @@ from resnet_repro.training.resume import (
 )
 from resnet_repro.training.run_data import RunData, make_train_loader, prepare_data
 from resnet_repro.training.run_eval import EvalSets, feed_model_selection, final_test_eval, selection_split
+from resnet_repro.training.run_start import describe_run
 from resnet_repro.training.run_state import RunState, job_shape
 from resnet_repro.training.schedule import build_scheduler
 from resnet_repro.training.stabilizers import EarlyStopper, NonFiniteError, NonFiniteGuard, chance_loss
-from resnet_repro.training.start_warnings import start_warnings
 from resnet_repro.training.step_plan import FirstImages, StepPlan
-from resnet_repro.training.summary import Derived, Deviation, deviations, deviations_record, render
+from resnet_repro.training.summary import Derived
 
 log = logging.getLogger("resnet_repro")
 
@@ -224,13 +223,35 @@ def _train_locked(
         checkpoints=True,
         classes=data.splits.train.classes,
     )
-    selection = selection_split(cfg, data.splits)
-    needed = disk_space.files_needed_bytes(cfg, parts.state.net, selection is not None)
-    room = (lambda: disk_space.check_free_space(run_dir, needed)) if env.is_main else (lambda: None)
-    distributed.all_or_none(env, room)
-    _resume(parts, cfg, run_dir, env, data)
-    _describe(parts, cfg, run_dir, env, data, selection)
-    evals = EvalSets(cfg, data.splits, data.norm, env, device, data.batch)
+    # from here the process's signal handlers are the run's (its preemption watch) and so is its
+    # train.log: a run that fails gives both back (a sweep's next point may run in this process)
+    try:
+        selection = selection_split(cfg, data.splits)
+        needed = disk_space.files_needed_bytes(cfg, parts.state.net, selection is not None)
+        room = (lambda: disk_space.check_free_space(run_dir, needed)) if env.is_main else (lambda: None)
+        distributed.all_or_none(env, room)
+        _resume(parts, cfg, run_dir, env, data)
+        describe_run(parts, cfg, run_dir, env, data, selection)
+        evals = EvalSets(cfg, data.splits, data.norm, env, device, data.batch)
+        return _train_and_finish(parts, cfg, run_dir, data, evals, env, device, selection, plan)
+    finally:
+        parts.interrupts.close()
+        parts.logger.close()
+
+
+def _train_and_finish(
+    parts: Parts,
+    cfg: RootConfig,
+    run_dir: Path,
+    data: RunData,
+    evals: EvalSets,
+    env: DistEnv,
+    device: torch.device,
+    selection: str | None,
+    plan: StepPlan | None,
+) -> dict[str, Any]:
+    """The epochs, then the final evaluation, or what a stop decides; a non-finite loss or a full
+    disk on the way is the user's one line."""
     try:
         last = _run_epochs(parts, cfg, data, evals, env, device, selection, plan)
         if parts.interrupts.stopped_by is None and _long_final_evaluation(cfg, last):
@@ -261,9 +282,6 @@ def _train_locked(
             f"no space left on the device of {e.filename or run_dir} ({e.strerror}) after step "
             f"{parts.state.step}: free some space and run the same command again; {then}"
         ) from e
-    finally:
-        parts.interrupts.close()
-        parts.logger.close()
 
 
 def build_parts(
@@ -369,63 +387,6 @@ def own_checkpoint(path: Path, run_dir: Path) -> bool:
         return os.path.samefile(path.parent, folder)
     except OSError:  # either is gone
         return False
-
-
-def _describe(
-    parts: Parts, cfg: RootConfig, run_dir: Path, env: DistEnv, data: RunData, selection: str | None
-) -> None:
-    """The start-up summary (console, train.log, TensorBoard) and the run directory's files."""
-    if not env.is_main:
-        return
-    norm, derived, splits = data.norm, data.derived, data.splits
-    found = deviations(cfg, derived.world_size)
-    checkpoint.write_text_atomic(
-        run_dir / "deviations.json", json.dumps(deviations_record(cfg, found), indent=1) + "\n"
-    )
-    text = _summary_text(parts, cfg, data, selection, found)
-    write_run_files(
-        run_dir,
-        cfg,
-        derived,
-        {"normalization": {"mean": norm.mean, "std": norm.std, "source": norm.source, "detail": norm.detail}},
-        notes=[
-            f"normalization used: {norm.describe()}",
-            f"global batch {derived.global_batch}, peak LR {derived.peak_lr:g}",
-        ],
-    )
-    if splits.holdout is not None:
-        (run_dir / "holdout_files.txt").write_text("\n".join(splits.holdout.files) + "\n")
-    if subset.is_active(cfg.data.subset):  # the kept classes, in label order
-        (run_dir / "classes.txt").write_text("\n".join(splits.train.classes) + "\n")
-    parts.logger.text("summary", "<pre>" + text + "</pre>")
-    log.info(f"run directory {run_dir}\n{text}")
-    for warning in start_warnings(cfg, data.norm_warnings, selection):
-        log.warning(warning)
-
-
-def _summary_text(
-    parts: Parts, cfg: RootConfig, data: RunData, selection: str | None, found: list[Deviation]
-) -> str:
-    groups = summarize_groups(parts.state.optimizer)
-    text = render(cfg, data.derived, groups, data.norm.describe(), found)
-    text += f"\n  model selection  {selection or 'none (no holdout): no best.pt'}"
-    if progressive.is_active(cfg.data.progressive):
-        text += "\n* progressive      " + progressive.describe(cfg.data, cfg.trainer.epochs)
-    if subset.is_active(cfg.data.subset):
-        cap = cfg.data.subset.per_class
-        text += f"\n* subset           {data.derived.num_classes} classes (classes.txt)" + (
-            f", at most {cap} images per class" if cap is not None else ""
-        )
-    if cfg.data.max_eval_images is not None:  # a smoke test's numbers are not the split's
-        text += (
-            f"\n* eval capped      at {cfg.data.max_eval_images} images per split "
-            f"(data.max_eval_images): {data.derived.num_eval} {cfg.data.eval_split} images evaluated"
-        )
-    d = cfg.data
-    for name in eval_protocols(cfg.eval):
-        detail = describe_protocol(dataclasses.replace(cfg.eval, protocol=name), d.image_size, d.crop_ratio)
-        text += f"\n  final test eval  {name}: {detail}"
-    return text
 
 
 def _run_epochs(
