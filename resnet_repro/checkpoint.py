@@ -214,24 +214,26 @@ class PreemptionWatch:
 
     def launcher_handler(self) -> Callable[[int, Any], Any] | None:
         """The handler that was installed for the received signal before ours, when it is Python
-        code (e.g. submitit's, which requeues its job on SIGUSR2); None for the default handler,
-        and for another watch's (an earlier run in this process that never restored its own: it
-        would only set a flag that nobody reads)."""
+        code (e.g. submitit's, which requeues its job on SIGUSR2); None for the default handler.
+        Another watch's handler (an earlier run in this process that never restored its own) would
+        only set a flag nobody reads: the handler that watch found installed counts instead."""
         import signal
 
         if self.received is None:
             return None
-        previous = self._previous.get(getattr(signal, self.received))
-        if isinstance(getattr(previous, "__self__", None), PreemptionWatch):
-            return None
+        sig = getattr(signal, self.received)
+        previous = self._previous.get(sig)
+        while isinstance(getattr(previous, "__self__", None), PreemptionWatch):
+            previous = previous.__self__._previous.get(sig)  # the one that watch found installed
         return previous if callable(previous) else None
 
     def launcher_requeues(self) -> bool:
-        """Whether the launcher's own handler for the received signal requeues the job. submitit
-        installs one for USR2 (checkpoint_and_try_requeue) and, for SIGTERM and SIGCONT, one that
-        only logs the signal ("bypass"): after a SIGTERM nothing would requeue."""
+        """Whether the launcher's own handler for the received signal requeues the job: submitit's
+        for its USR2 (checkpoint_and_try_requeue). Its handler for SIGTERM and SIGCONT only logs the
+        signal ("bypass"), and another library's does what it does (torch's elastic agent leaves
+        one that raises): after those the run decides its requeue itself."""
         handler = self.launcher_handler()
-        return handler is not None and getattr(handler, "__name__", "") != "bypass"
+        return handler is not None and getattr(handler, "__name__", "") == "checkpoint_and_try_requeue"
 
     def hand_over(self) -> None:
         """After our checkpoint: let the launcher's own handler do what it does (submitit: requeue the

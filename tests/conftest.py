@@ -157,6 +157,20 @@ def compose(overrides: list[str] | None = None, return_hydra_config: bool = Fals
         GlobalHydra.instance().clear()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _commands_write_outside_the_checkout(tmp_path_factory):
+    """The tests run in a folder of their own: a command run without hydra.run.dir (eval and stats
+    write runs/eval/<time>, runs/stats/<time>; a refused train its runs/<name>/<id>/.hydra) must not
+    leave its files in the checkout's runs/, beside a developer's own runs. A test that needs the
+    checkout (make, a script's relative path) names it as its subprocess's cwd."""
+    import os
+
+    here = Path.cwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(here)
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """The demo dataset, built once per test session into a tmp folder."""

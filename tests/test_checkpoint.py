@@ -372,22 +372,49 @@ def test_a_launcher_handler_that_only_logs_the_signal_is_not_a_requeue():
         signal.signal(signal.SIGUSR2, old_usr2)
 
 
-def test_a_handler_left_by_another_watch_is_not_a_launchers_requeue():
+def test_a_handler_left_by_another_watch_is_not_a_launchers_but_the_one_it_found_is():
     # an earlier run in this process that never restored its watch: its handler only sets a flag on
     # an object nobody reads, so handing the signal to it would requeue nothing
     import signal
 
     from resnet_repro.checkpoint import PreemptionWatch
 
+    def checkpoint_and_try_requeue(signum, frame):  # a launcher's own, found by the leaked watch
+        pass
+
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2)}
     try:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        signal.signal(signal.SIGUSR2, checkpoint_and_try_requeue)
         PreemptionWatch(["SIGUSR1", "SIGUSR2"])  # left installed
         watch = PreemptionWatch(["SIGUSR1", "SIGUSR2"])
         watch.received = "SIGUSR1"
         assert watch.launcher_handler() is None and not watch.launcher_requeues()
+        watch.received = "SIGUSR2"  # the launcher's handler under the leaked watch's
+        assert watch.launcher_handler() is checkpoint_and_try_requeue and watch.launcher_requeues()
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def test_only_submitits_requeueing_handler_counts_as_a_launchers_requeue():
+    # another library's handler (torch's elastic agent leaves one that raises SignalException) is
+    # not called after our checkpoint: the run decides its requeue itself
+    import signal
+
+    from resnet_repro.checkpoint import PreemptionWatch
+
+    def _terminate_process_handler(signum, frame):
+        raise RuntimeError("not to be called")
+
+    old_term = signal.signal(signal.SIGTERM, _terminate_process_handler)
+    try:
+        watch = PreemptionWatch(["SIGTERM"])
+        watch.received = "SIGTERM"
+        assert watch.launcher_handler() is _terminate_process_handler and not watch.launcher_requeues()
+        watch.restore()
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
 
 
 def test_resume_refuses_a_checkpoint_of_another_experiment_and_names_the_keys(tmp_path):

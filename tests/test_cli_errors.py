@@ -11,8 +11,6 @@ from conftest import deny_reading
 
 from resnet_repro.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(autouse=True)
 def _run_dirs_in_tmp(tmp_path: Path, monkeypatch):
@@ -117,7 +115,6 @@ def test_console_script_prints_no_traceback_for_a_bad_value(demo_root: Path):
         [sys.executable, "-m", "resnet_repro", "train", f"data.root={demo_root}", "trainer.batch_size=0"],
         capture_output=True,
         text=True,
-        cwd=REPO,
         timeout=300,
     )
     assert proc.returncode == 2

@@ -204,7 +204,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 120) -
         [PYTHON, "-m", "resnet_repro", *args],
         capture_output=True,
         text=True,
-        cwd=REPO_ROOT,
         env=env if env is not None else clean_env(),
         timeout=timeout,
     )

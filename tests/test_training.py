@@ -22,7 +22,7 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
         [sys.executable, "-m", "resnet_repro", *args],
         capture_output=True,
         text=True,
-        cwd=cwd or REPO,
+        cwd=cwd,
         env=env,
         timeout=timeout,
     )

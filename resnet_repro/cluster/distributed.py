@@ -15,7 +15,7 @@ import signal
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -310,7 +310,10 @@ def launch_local(nproc: int, fn: Callable[..., T], *args: object, what: str = "t
         logs_specs=DefaultLogsSpecs(log_dir=agent_dir.name),
     )
     os.environ[LOCAL_AGENT_VAR] = str(os.getpid())  # the workers' agent is this process, not torchrun
-    previous = {sig: signal.signal(sig, _forward_to_workers) for sig in FORWARDED_SIGNALS}
+    # torch's agent sets its own handler for these (TORCHELASTIC_SIGNALS_TO_HANDLE) and leaves it
+    # there: given back with ours, as a local sweep's next point runs in this process
+    previous = _handlers(os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGTERM,SIGINT,SIGHUP,SIGQUIT"))
+    previous.update({sig: signal.signal(sig, _forward_to_workers) for sig in FORWARDED_SIGNALS})
     agent_log = logging.getLogger("torch.distributed.elastic")
     agent_level = agent_log.level
     agent_log.setLevel(logging.CRITICAL)
@@ -330,6 +333,16 @@ def launch_local(nproc: int, fn: Callable[..., T], *args: object, what: str = "t
             signal.signal(sig, handler)
         os.environ.pop(LOCAL_AGENT_VAR, None)
         agent_dir.cleanup()
+
+
+def _handlers(names: str) -> dict[signal.Signals, Any]:
+    """The handlers now set for the comma-separated signal `names` (those Python can set again)."""
+    found = {}
+    for name in names.split(","):
+        sig = getattr(signal, name.strip(), None)
+        if isinstance(sig, signal.Signals) and signal.getsignal(sig) is not None:
+            found[sig] = signal.getsignal(sig)
+    return found
 
 
 def _close_rendezvous(stopped: BaseException) -> None:

@@ -43,12 +43,13 @@ class Interrupts:
         self.save_interval_s = minutes * 60 if minutes else None
         self.last_save = time.monotonic()
         self._save_agreed = False  # the last check's agreement that a periodic checkpoint is due
-        self.watch = checkpoint.PreemptionWatch(cfg.trainer.preempt_signals)
         self.stopped_by: str | None = None
         # the job's restart count now, from the controller: a later SIGTERM with a higher count
         # means SLURM requeued the job itself (rank 0 decides; nothing to ask outside SLURM)
         job = slurm.job_ref()
         self.restarts_at_start = slurm.restart_count(job) if env.is_main and job else None
+        # last: once installed, the signal handlers are the caller's to give back (close())
+        self.watch = checkpoint.PreemptionWatch(cfg.trainer.preempt_signals)
 
     def stop_requested(self, step: int, force_check: bool = False) -> bool:
         """Whether any rank got a preemption signal; all ranks must call this at the same steps."""
