@@ -89,8 +89,8 @@ def test_a_stop_on_the_epochs_last_step_comes_before_its_evaluation_which_the_re
 
 @pytest.fixture
 def default_sigusr1():
-    """SIGUSR1's default action during the test: a handler an earlier test left would read as a
-    launcher's own (submitit's), whose requeue the run then leaves to it."""
+    """SIGUSR1's default action during the test, whatever the process had: a run hands a stop to
+    the handler it finds when that is a launcher's own (submitit's), so the outcome depends on it."""
     previous = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     yield
     signal.signal(signal.SIGUSR1, previous)
