@@ -222,6 +222,29 @@ def test_the_memory_row_without_a_training_peak_is_skipped_not_passed(gpu_check:
         gpu_check.row_memory_estimate(ctx)
 
 
+def test_the_compile_row_runs_on_the_cpu_and_counts_only_the_graphs_it_compiled(
+    gpu_check: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Row 5's code first runs where it counts, on the lent GPU (it needs CUDA there): its path runs
+    here on the toy CPU setting, with dynamo's "eager" backend (capture and guards, no code
+    generation). Dynamo's count is the process's: a graph compiled before the row (another row, a
+    test) must not count against the row's goal of at most 2."""
+    import torch._dynamo
+    from gpu_rows_run import row_train_compiled  # scripts/, on the path once gpu_check is loaded
+
+    from resnet_repro.training import compiling
+
+    monkeypatch.setattr(compiling, "BACKEND", "eager")
+    torch._dynamo.reset()
+    torch.compile(torch.nn.Linear(2, 2), backend="eager")(torch.rand(1, 2))  # a graph before the row
+    ctx = gpu_check.Ctx(torch.device("cpu"), True, tmp_path / "logs", None, tmp_path)
+    ctx.cache["train_img_per_s"] = 100.0  # row 3's eager rate, which the speed-up is over
+    out = row_train_compiled(ctx)
+    assert out["compiled_graphs"] == 1  # one training size, one static graph
+    assert out["img_per_s"] > 0 and out["speedup_over_eager"] == round(out["img_per_s"] / 100.0, 3)
+    assert "resnet18 batch 8 32px fp32 channels_last compiled" in out["setting"]
+
+
 # -------------------------------------------------------------------------- real runs on the CPU
 def test_quick_cpu_run_in_60_s_exits_3_and_names_the_skipped_rows(tmp_path: Path):
     """The issue's must-show: `gpu_check --device cpu --quick --budget-s 60` runs the environment
