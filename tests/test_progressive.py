@@ -97,9 +97,9 @@ def test_a_demo_run_logs_the_training_size_of_every_epoch(demo_root: Path, tmp_p
 @pytest.mark.slow
 def test_compiled_training_with_progressive_resizing_compiles_once_per_size(monkeypatch, tmp_path: Path):
     """trainer.compile with sizes 16 -> 24 -> 32 over four epochs: dynamo compiles one static graph
-    per size (its own counter, recorded as each epoch's compiled_graphs), none for the repeated 32
-    px epoch, and none for a dynamic-shape graph (dynamo's default would compile 2 for 3 sizes).
-    The "eager" backend keeps it cheap: the same capture and guards, no code generation."""
+    per size (its own counter, recorded as each epoch's compiled_graphs: those since the run
+    started), none for the repeated 32 px epoch, and none for a dynamic-shape graph (dynamo's
+    default would compile 2 for 3 sizes). The "eager" backend keeps it cheap: the same capture and guards, no code generation."""
     import torch
     import torch._dynamo
 
@@ -113,8 +113,9 @@ def test_compiled_training_with_progressive_resizing_compiles_once_per_size(monk
 
     monkeypatch.setattr(compiling, "BACKEND", "eager")
     torch._dynamo.reset()
-    # the count is this process's: reset() keeps it, and another test in this process may have compiled
-    torch._dynamo.utils.counters.clear()
+    # dynamo's count is the process's (reset() keeps it): a graph compiled before the run, as an
+    # earlier point of a local sweep (or another test) in this process would, is not the run's
+    torch.compile(torch.nn.Linear(2, 2), backend="eager")(torch.rand(1, 2))
     growing = ProgressiveConfig(start_size=16, end_size=32, start_epoch=0, end_epoch=2, step=8)
     data = DataConfig(name="synthetic", root="-", image_size=32, progressive=growing)
     cfg = RootConfig(
@@ -138,6 +139,30 @@ def test_compiled_training_with_progressive_resizing_compiles_once_per_size(monk
         parts.interrupts.close()
         torch._dynamo.reset()
     assert compiled == [1, 2, 3, 3]
+
+
+def test_each_compiled_run_in_one_process_compiles_every_size_of_its_own(monkeypatch):
+    """A local sweep's points share a process, and dynamo's graph cache with it: models of another
+    shape (a sweep over the model, the classes or the precision) each compile their sizes for the
+    same forward code, and past dynamo's recompile limit (8) a later point's last sizes ran
+    uncompiled, silently. Each run starts dynamo afresh, as a run in its own process does."""
+    import torch
+    import torch._dynamo
+    import torchvision
+
+    from resnet_repro.training import compiling
+
+    monkeypatch.setattr(compiling, "BACKEND", "eager")
+    torch._dynamo.reset()
+    added = []
+    for classes in (10, 11, 12):  # another head each time: every size compiles again
+        before = compiling.graphs_compiled()
+        model = compiling.compile_for_shapes(torchvision.models.resnet18(num_classes=classes), shapes=3)
+        for size in (16, 24, 32):
+            model(torch.rand(2, 3, size, size)).sum().backward()
+        added.append(compiling.graphs_compiled() - before)
+    torch._dynamo.reset()
+    assert added == [3, 3, 3]
 
 
 def test_a_run_warns_at_its_start_of_a_ramp_it_will_not_finish():

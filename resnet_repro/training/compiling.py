@@ -7,7 +7,8 @@ different from what `bench model` measured). Static shapes compile once per size
 training loader's batches have one shape per epoch (training drops the partial last batch), the
 size changes only at epoch boundaries, and the compile happens in the first step of each size's
 first epoch (that epoch's img/s includes it). Evaluation runs the uncompiled module, so it adds no
-graph. The count of compiled graphs is logged with every epoch (`compiled_graphs` in metrics.jsonl).
+graph. The count of graphs compiled since the run was built is logged with every epoch
+(`compiled_graphs` in metrics.jsonl; dynamo's own counter is the process's).
 """
 
 from __future__ import annotations
@@ -21,9 +22,16 @@ SPARE_RECOMPILES = 2  # margin over the planned shapes before dynamo gives up co
 
 def compile_for_shapes(model: nn.Module, shapes: int) -> nn.Module:
     """`model` compiled with static shapes, allowed at least `shapes` compiles of its frame (past
-    torch's recompile_limit, 8, dynamo would silently run the rest of the run uncompiled)."""
+    torch's recompile_limit, 8, dynamo would silently run the rest of the run uncompiled).
+
+    Dynamo starts afresh first: its cache of compiled frames is the process's, and a local sweep
+    runs its points in one process. Otherwise models of another shape (a sweep over the model, the
+    classes or the precision) would add their compiles of the same forward code up to the limit,
+    and a point of the same shape would reuse an earlier point's graphs (its first epoch's img/s
+    then without the compile that the others include): each point compiles as if alone."""
     import torch._dynamo
 
+    torch._dynamo.reset()
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, shapes + SPARE_RECOMPILES)
     return torch.compile(model, dynamic=False, backend=BACKEND)
