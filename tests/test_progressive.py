@@ -99,7 +99,8 @@ def test_compiled_training_with_progressive_resizing_compiles_once_per_size(monk
     """trainer.compile with sizes 16 -> 24 -> 32 over four epochs: dynamo compiles one static graph
     per size (its own counter, recorded as each epoch's compiled_graphs: those since the run
     started), none for the repeated 32 px epoch, and none for a dynamic-shape graph (dynamo's
-    default would compile 2 for 3 sizes). The "eager" backend keeps it cheap: the same capture and guards, no code generation."""
+    default would compile 2 for 3 sizes). The "eager" backend keeps it cheap: the same capture
+    and guards, no code generation."""
     import torch
     import torch._dynamo
 
