@@ -337,12 +337,9 @@ def launch_local(nproc: int, fn: Callable[..., T], *args: object, what: str = "t
 
 def _handlers(names: str) -> dict[signal.Signals, Any]:
     """The handlers now set for the comma-separated signal `names` (those Python can set again)."""
-    found = {}
-    for name in names.split(","):
-        sig = getattr(signal, name.strip(), None)
-        if isinstance(sig, signal.Signals) and signal.getsignal(sig) is not None:
-            found[sig] = signal.getsignal(sig)
-    return found
+    signals = [getattr(signal, name.strip(), None) for name in names.split(",")]
+    found = {sig: signal.getsignal(sig) for sig in signals if isinstance(sig, signal.Signals)}
+    return {sig: handler for sig, handler in found.items() if handler is not None}
 
 
 def _close_rendezvous(stopped: BaseException) -> None:

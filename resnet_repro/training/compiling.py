@@ -8,7 +8,7 @@ training loader's batches have one shape per epoch (training drops the partial l
 size changes only at epoch boundaries, and the compile happens in the first step of each size's
 first epoch (that epoch's img/s includes it). Evaluation runs the uncompiled module, so it adds no
 graph. The count of graphs compiled since the run was built is logged with every epoch
-(`compiled_graphs` in metrics.jsonl; dynamo's own counter is the process's).
+(`compiled_graphs` in metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -30,16 +30,18 @@ def compile_for_shapes(model: nn.Module, shapes: int) -> nn.Module:
     and a point of the same shape would reuse an earlier point's graphs (its first epoch's img/s
     then without the compile that the others include): each point compiles as if alone."""
     import torch._dynamo
+    from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
+    counters.clear()  # reset() keeps dynamo's counts: graphs_compiled() is then this run's
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, shapes + SPARE_RECOMPILES)
     return torch.compile(model, dynamic=False, backend=BACKEND)
 
 
 def graphs_compiled() -> int:
-    """Graphs dynamo has compiled in this process so far (its own counter, as TORCH_LOGS=recompiles
-    would list them)."""
+    """Graphs dynamo has compiled since the last `compile_for_shapes` (its own counter, as
+    TORCH_LOGS=recompiles would list them)."""
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])

@@ -43,9 +43,6 @@ class Parts:
     logger: MetricsLogger | NullLogger
     interrupts: Interrupts
     ckpt_dir: Path | None = None
-    # dynamo's count of compiled graphs as the run was built: its rows count those since then (an
-    # earlier point of a local sweep in this process compiled its own)
-    graphs_at_start: int = 0
 
     def save(self, name: str = "last.pt") -> None:
         if self.ckpt_dir is not None:
@@ -295,7 +292,7 @@ def _epoch_metrics(
         "steps": len(norms),  # optimizer steps this epoch (or rehearsal window) ran
         "steps_skipped": parts.state.epoch_skipped,  # this epoch's, over a mid-epoch resume too
         "peak_memory_mb": peak_memory_mb(device.type),
-        **({"compiled_graphs": graphs_compiled() - parts.graphs_at_start} if cfg.trainer.compile else {}),
+        **({"compiled_graphs": graphs_compiled()} if cfg.trainer.compile else {}),
         **timer.summary(),
         **grad_norm_summary(norm_values, cfg.stabilizer.max_norm),
     }

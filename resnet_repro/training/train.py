@@ -38,7 +38,7 @@ from resnet_repro.data.selection import Normalization
 from resnet_repro.evaluation.protocols import flips
 from resnet_repro.models import build_model
 from resnet_repro.training import disk_space
-from resnet_repro.training.compiling import compile_for_shapes, graphs_compiled
+from resnet_repro.training.compiling import compile_for_shapes
 from resnet_repro.training.ema import WeightEMA
 from resnet_repro.training.loop import Parts, train_one_epoch
 from resnet_repro.training.metrics import make_logger
@@ -322,7 +322,6 @@ def build_parts(
         logger=make_logger(env.is_main, run_dir, cfg.logging),
         interrupts=Interrupts(cfg, env, device),
         ckpt_dir=run_dir / "checkpoints" if checkpoints and env.is_main else None,
-        graphs_at_start=graphs_compiled() if t.compile else 0,
     )
 
 
