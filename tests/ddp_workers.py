@@ -325,3 +325,9 @@ def waiting_worker(ready_dir: str) -> None:
 
     Path(ready_dir, f"rank{os.environ['RANK']}").touch()
     time.sleep(120)
+
+
+def threads_worker(out_dir: str) -> None:
+    """Records the intra-op threads this worker's torch runs with, and the variable that set them."""
+    record = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "torch": torch.get_num_threads()}
+    Path(out_dir, f"rank{os.environ['RANK']}.json").write_text(json.dumps(record))

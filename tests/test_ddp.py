@@ -444,6 +444,26 @@ def test_a_local_launch_leaves_no_torchelastic_folder_nor_its_agents_signal_hand
     assert {sig.name: signal.getsignal(sig) for sig in watched} == before
 
 
+def test_local_workers_share_the_cpus_out_instead_of_each_running_a_thread_per_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Each worker's torch would start a thread for every CPU the launcher may use: nproc workers on
+    as many cores then oversubscribe them (a 3-epoch demo run of trainer.nproc=2 on 2 cores took 1.8x
+    as long). torchrun sets one thread per worker; the local launch shares the CPUs out, and a
+    user's OMP_NUM_THREADS is kept."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    distributed.launch_local(2, ddp_workers.threads_worker, str(tmp_path))
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text())["OMP_NUM_THREADS"] == "4"
+    assert "OMP_NUM_THREADS" not in os.environ  # the launcher's own environment is left as it was
+
+    # the variable is what torch's pool follows (torch caps it at the cores there are: 1 is safe)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    distributed.launch_local(2, ddp_workers.threads_worker, str(tmp_path))
+    assert json.loads((tmp_path / "rank1.json").read_text()) == {"OMP_NUM_THREADS": "1", "torch": 1}
+
+
 def test_a_stop_signal_to_the_local_launcher_leaves_no_rendezvous_heartbeat_thread_behind(tmp_path: Path):
     """torch's agent keeps its rendezvous open when a signal stops it; its heartbeat thread then ran
     on until the handler was collected, and where that happened on the thread itself, the process

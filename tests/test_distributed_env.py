@@ -5,6 +5,7 @@ Fast unit tests: no processes are started and no process group is joined.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import signal
@@ -215,13 +216,31 @@ def test_run_id_slurm_wins_over_torchrun_inside_an_allocation(clean_run_id_env):
     assert run_id() == "slurm-42"
 
 
-@pytest.mark.parametrize("torchelastic", [None, "none"])
-def test_run_id_without_a_launcher_is_the_start_time(clean_run_id_env, torchelastic):
-    if torchelastic is not None:
-        clean_run_id_env.setenv("TORCHELASTIC_RUN_ID", torchelastic)
+def test_run_id_without_a_launcher_is_the_start_time_and_the_process(clean_run_id_env):
     value = run_id()
-    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}", value), value
-    assert abs(time.mktime(time.strptime(value, "%Y-%m-%d_%H-%M-%S")) - time.time()) < 120
+    assert re.fullmatch(rf"\d{{4}}-\d{{2}}-\d{{2}}_\d{{2}}-\d{{2}}-\d{{2}}-{os.getpid()}", value), value
+    started = value.rsplit("-", 1)[0]
+    assert abs(time.mktime(time.strptime(started, "%Y-%m-%d_%H-%M-%S")) - time.time()) < 120
+
+
+def _run_id_in_a_child() -> str:
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        return pool.apply(run_id)
+
+
+def test_two_commands_started_in_the_same_second_get_two_run_directories(clean_run_id_env):
+    # `eval`, `stats`, `rehearse` or `train trainer.resume=never` twice at once from a shell loop:
+    # one directory would mix their cli.log and let the second's .hydra/ overwrite the first's
+    clean_run_id_env.setattr(time, "strftime", lambda fmt, *a: "2026-12-08_05-10-03")
+    assert run_id() != _run_id_in_a_child()
+
+
+def test_ranks_of_a_torchrun_without_a_rendezvous_id_agree_on_the_start_time(clean_run_id_env):
+    # a static rendezvous (torchrun without --rdzv-id or --standalone) names no run: every rank
+    # resolves the directory itself and must land in the same one
+    clean_run_id_env.setenv("TORCHELASTIC_RUN_ID", "none")
+    clean_run_id_env.setattr(time, "strftime", lambda fmt, *a: "2026-12-08_05-10-03")
+    assert run_id() == _run_id_in_a_child() == "2026-12-08_05-10-03"
 
 
 # ------------------------------------------------------------------------------- PreemptionWatch

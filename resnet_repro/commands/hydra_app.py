@@ -74,7 +74,9 @@ def run_id() -> str:
     requeues: the SLURM job id (array: <array id>_<task>), plus `.<step>` for the second and later
     `srun` steps of one allocation (a seed loop in one sbatch script gets one directory per step;
     a requeued job's script numbers its steps the same way again); else torchrun's rendezvous id,
-    else the start time."""
+    else the start time: with this process's id when no launcher started it (two commands started
+    in one second from a shell loop get two directories), bare under a torchrun that names no
+    rendezvous (a static one: its ranks each resolve the directory and must agree)."""
     import os
     import time
 
@@ -84,8 +86,11 @@ def run_id() -> str:
     elif env.get("SLURM_JOB_ID"):
         job = f"slurm-{env['SLURM_JOB_ID']}"
     else:
-        rdzv = env.get("TORCHELASTIC_RUN_ID", "none")
-        return f"torchrun-{rdzv}" if rdzv != "none" else time.strftime("%Y-%m-%d_%H-%M-%S")
+        rdzv = env.get("TORCHELASTIC_RUN_ID")
+        started = time.strftime("%Y-%m-%d_%H-%M-%S")
+        if rdzv is None:
+            return f"{started}-{os.getpid()}"
+        return f"torchrun-{rdzv}" if rdzv != "none" else started
     step = env.get("SLURM_STEP_ID", "")
     # the batch script itself has no step id (or SLURM's "batch" number); step 0 keeps the plain name
     return f"{job}.{step}" if step.isdigit() and 0 < int(step) < 0xFFFFFFF0 else job
