@@ -266,6 +266,26 @@ def _existing(path: Path) -> Path:
     return path
 
 
+def share_the_cpus(workers: object, environ=None) -> str | None:
+    """Torch's threads per process when pytest-xdist runs `workers` of this session side by side:
+    the CPUs shared out over them (OMP_NUM_THREADS, which the workers and the processes their tests
+    start inherit), unless the variable is set already. Each process would otherwise start a thread
+    per CPU: two workers' trainings on 2 cores oversubscribed them (the session took 937 s, 801 s
+    with one thread each). Returns the value set, or None."""
+    import os
+
+    env = os.environ if environ is None else environ
+    if not isinstance(workers, int) or workers < 1 or "OMP_NUM_THREADS" in env:
+        return None
+    env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    return env["OMP_NUM_THREADS"]
+
+
+def pytest_configure(config):
+    # the controller, before xdist starts its workers (they inherit the environment)
+    share_the_cpus(getattr(config.option, "numprocesses", None))
+
+
 def pytest_sessionstart(session):
     import tempfile
     import time
@@ -293,7 +313,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     capability = torch.backends.cpu.get_cpu_capability()
     requested = os.environ.get("ATEN_CPU_CAPABILITY")
     note = f" (ATEN_CPU_CAPABILITY={requested})" if requested else ""
-    machine = f"{cpu_model()}, {os.cpu_count()} cores, ATen capability {capability}{note}"
+    threads = os.environ.get("OMP_NUM_THREADS")
+    per_process = f", OMP_NUM_THREADS={threads}" if threads else ""
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, ATen capability {capability}{note}{per_process}"
     terminalreporter.write_line(f"suite: {elapsed} of tests on {machine}")
     if _DISK:
         terminalreporter.write_line(f"suite: {_DISK[0].stop()}")
