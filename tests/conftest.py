@@ -266,24 +266,20 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def share_the_cpus(workers: object, environ=None) -> str | None:
-    """Torch's threads per process when pytest-xdist runs `workers` of this session side by side:
-    the CPUs shared out over them (OMP_NUM_THREADS, which the workers and the processes their tests
-    start inherit), unless the variable is set already. Each process would otherwise start a thread
-    per CPU: two workers' trainings on 2 cores oversubscribed them (the session took 937 s, 801 s
-    with one thread each). Returns the value set, or None."""
+def pytest_configure(config):
+    """Torch's threads per process when pytest-xdist runs workers side by side: the CPUs shared out
+    over them as the local launch shares them over its workers (OMP_NUM_THREADS, set here in the
+    controller before xdist starts the workers, so they and every process a test starts inherit
+    it), unless the variable is set already. Each process would otherwise start a thread per CPU:
+    two workers' trainings on 2 cores oversubscribed them (the session took 937 s, 801 s with one
+    thread each)."""
     import os
 
-    env = os.environ if environ is None else environ
-    if not isinstance(workers, int) or workers < 1 or "OMP_NUM_THREADS" in env:
-        return None
-    env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // workers))
-    return env["OMP_NUM_THREADS"]
+    from resnet_repro.cluster.distributed import worker_threads
 
-
-def pytest_configure(config):
-    # the controller, before xdist starts its workers (they inherit the environment)
-    share_the_cpus(getattr(config.option, "numprocesses", None))
+    workers = getattr(config.option, "numprocesses", None)
+    if isinstance(workers, int) and workers >= 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(worker_threads(workers))
 
 
 def pytest_sessionstart(session):

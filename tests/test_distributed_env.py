@@ -1,6 +1,7 @@
 """Who-am-I detection (single / torchrun / SLURM), SLURM node lists, run ids and the preemption flag.
 
-Fast unit tests: no processes are started and no process group is joined.
+Fast unit tests: no process group is joined; the run-id tests fork one child each (a second
+process started in the same second), nothing else starts a process.
 """
 
 from __future__ import annotations

@@ -310,8 +310,8 @@ def launch_local(nproc: int, fn: Callable[..., T], *args: object, what: str = "t
         logs_specs=DefaultLogsSpecs(log_dir=agent_dir.name),
     )
     os.environ[LOCAL_AGENT_VAR] = str(os.getpid())  # the workers' agent is this process, not torchrun
-    threads_given = "OMP_NUM_THREADS" not in os.environ
-    if threads_given:  # the spawned workers inherit it (torch's agent passes it on too)
+    sets_threads = "OMP_NUM_THREADS" not in os.environ
+    if sets_threads:  # the spawned workers inherit it (torch's agent passes it on too)
         os.environ["OMP_NUM_THREADS"] = str(worker_threads(nproc))
     # torch's agent sets its own handler for these (TORCHELASTIC_SIGNALS_TO_HANDLE) and leaves it
     # there: given back with ours, as a local sweep's next point runs in this process
@@ -335,7 +335,7 @@ def launch_local(nproc: int, fn: Callable[..., T], *args: object, what: str = "t
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         os.environ.pop(LOCAL_AGENT_VAR, None)
-        if threads_given:
+        if sets_threads:
             os.environ.pop("OMP_NUM_THREADS", None)
         agent_dir.cleanup()
 
